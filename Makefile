@@ -1,0 +1,33 @@
+# Kiln: `make run` starts the whole stack locally; `make test` runs the suite. Both install first.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.kiln-installed
+
+.PHONY: install run test clean chaos bench
+
+install: $(STAMP)
+
+# pip (not uv/poetry) so torch==2.14.1 / torchvision==0.29.1 come from local wheels where present.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[worker,dev]'
+	touch $(STAMP)
+
+run: install
+	HF_HUB_OFFLINE=$${HF_HUB_OFFLINE:-1} $(PY) -m deploy.devstack
+
+test: install
+	HF_HUB_OFFLINE=1 $(PY) -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf .kiln .pytest_cache
+
+# Submits many tiny predictions while killing the GPU worker and restarting Redis; prints one line.
+chaos: install
+	HF_HUB_OFFLINE=1 $(PY) -m tests.bench.chaos $(CHAOS_ARGS)
+
+# Create throughput (single, batch) and submit->start / completed->webhook latencies; prints a table.
+bench: install
+	HF_HUB_OFFLINE=1 $(PY) -m tests.bench.bench $(BENCH_ARGS)
