@@ -1,0 +1,115 @@
+"""Uploaded files (Replicate's Files API): bytes in S3, metadata in Redis, owned by a tenant, expiring."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from datetime import datetime, timedelta
+from typing import Any
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, field_serializer
+from redis import Redis
+
+from shared import keys, retention
+from shared.prediction import format_timestamp, new_id, utcnow
+from shared.storage import Storage, StoredObject, file_key
+
+_FILE_PATH = re.compile(r"^/v1/files/([0-9a-z]{26})$")
+
+
+class FileRecord(BaseModel):
+    id: str
+    tenant: str
+    name: str
+    content_type: str
+    size: int
+    sha256: str
+    md5: str
+    metadata: dict[str, Any]
+    created_at: datetime
+    expires_at: datetime
+
+    @field_serializer("created_at", "expires_at")
+    def _timestamps(self, moment: datetime) -> str | None:
+        return format_timestamp(moment)
+
+
+def render_file(record: FileRecord, base_url: str) -> dict[str, Any]:
+    """The file object as Replicate's API returns it."""
+    url = f"{base_url}/v1/files/{record.id}"
+    return {
+        "id": record.id,
+        "name": record.name,
+        "content_type": record.content_type,
+        "size": record.size,
+        "etag": record.md5,
+        "checksums": {"sha256": record.sha256, "md5": record.md5},
+        "metadata": record.metadata,
+        "created_at": format_timestamp(record.created_at),
+        "expires_at": format_timestamp(record.expires_at),
+        "urls": {"get": url},
+    }
+
+
+def file_id_from_url(url: str, base_url: str) -> str | None:
+    """The id of one of our files when ``url`` is its ``urls.get`` on this API, else None."""
+    parts, base = urlsplit(url), urlsplit(base_url)
+    if (parts.scheme, parts.netloc) != (base.scheme, base.netloc):
+        return None
+    match = _FILE_PATH.match(parts.path)
+    return match[1] if match else None
+
+
+class FileStore:
+    def __init__(self, redis: Redis, storage: Storage, retention_s: int) -> None:
+        self.redis = redis
+        self.storage = storage
+        self.retention_s = retention_s
+
+    def create(self, tenant: str, name: str, content_type: str, data: bytes, metadata: dict[str, Any]) -> FileRecord:
+        """Store the bytes first, then the record, so a record never points at a missing object."""
+        now = utcnow()
+        record = FileRecord(
+            id=new_id(), tenant=tenant, name=name, content_type=content_type, size=len(data),
+            sha256=hashlib.sha256(data).hexdigest(), md5=hashlib.md5(data, usedforsecurity=False).hexdigest(),
+            metadata=metadata, created_at=now, expires_at=now + timedelta(seconds=self.retention_s),
+        )
+        self.storage.put_bytes(file_key(record.id), data, content_type)
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.set(keys.file(record.id), record.model_dump_json(), ex=self.retention_s)
+            pipe.zadd(keys.tenant_files(tenant), {record.id: 0})
+            pipe.execute()
+        retention.schedule(self.redis, "file", record.id, record.expires_at.timestamp())
+        return record
+
+    def get(self, file_id: str, tenant: str) -> FileRecord | None:
+        """The tenant's file, or None when missing, expired or someone else's."""
+        raw = self.redis.get(keys.file(file_id))
+        record = FileRecord.model_validate_json(raw) if raw else None
+        return record if record is not None and record.tenant == tenant else None
+
+    def open(self, record: FileRecord) -> StoredObject:
+        return self.storage.open(file_key(record.id))
+
+    def read(self, file_id: str, tenant: str) -> bytes | None:
+        record = self.get(file_id, tenant)
+        if record is None:
+            return None
+        return b"".join(self.open(record).body)
+
+    def delete(self, record: FileRecord) -> None:
+        self.storage.delete(file_key(record.id))
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(keys.file(record.id))
+            pipe.zrem(keys.tenant_files(record.tenant), record.id)
+            pipe.execute()
+
+    def list_for_tenant(self, tenant: str, limit: int) -> list[FileRecord]:
+        """Newest first; expired entries are dropped from the index on the way."""
+        ids = [i.decode() for i in self.redis.zrevrangebylex(keys.tenant_files(tenant), "+", "-", start=0, num=limit)]
+        raws = self.redis.mget([keys.file(i) for i in ids]) if ids else []
+        expired = [i for i, raw in zip(ids, raws) if raw is None]
+        if expired:
+            self.redis.zrem(keys.tenant_files(tenant), *expired)
+        return [FileRecord.model_validate_json(raw) for raw in raws if raw is not None]

@@ -1,0 +1,137 @@
+"""Image inputs: data URIs and http(s) URLs, fetched and decoded within bounds.
+
+Pillow is light enough for the API, which checks data URIs at submission; workers use the same
+code to fetch and decode.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import re
+import time
+from dataclasses import dataclass
+from urllib.parse import unquote_to_bytes, urljoin, urlsplit
+
+import httpx
+from PIL import Image
+
+from shared.ssrf import URLRefused, pinned_request, resolve_checked
+
+ALLOWED_FORMATS = frozenset({"PNG", "JPEG", "WEBP", "GIF", "BMP"})
+_DATA_URI = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w.+-]+=[\w.+-]+)*)(?P<b64>;base64)?,(?P<data>.*)$", re.S)
+
+
+class ImageInputError(ValueError):
+    """An image input that cannot be used; the message says why, for the user."""
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    format: str
+    width: int
+    height: int
+
+
+def check_uri_scheme(uri: str) -> str:
+    """Return the scheme of an image URI, refusing anything but http, https and data."""
+    scheme = urlsplit(uri).scheme.lower()
+    if scheme not in {"http", "https", "data"}:
+        raise ImageInputError(f"must be an http(s) URL or a data URI, not a {scheme or 'relative'!r} URI")
+    if scheme in {"http", "https"} and not urlsplit(uri).hostname:
+        raise ImageInputError("URL has no host")
+    return scheme
+
+
+def decode_data_uri(uri: str, max_bytes: int) -> bytes:
+    """The bytes of a ``data:`` URI (base64 or percent-encoded), bounded by ``max_bytes``."""
+    match = _DATA_URI.match(uri)
+    if match is None:
+        raise ImageInputError("malformed data URI")
+    payload = match["data"]
+    if match["b64"]:
+        if len(payload) * 3 // 4 > max_bytes:
+            raise ImageInputError(f"data URI is larger than {max_bytes} bytes")
+        try:
+            data = base64.b64decode(payload, validate=True)
+        except (binascii.Error, ValueError):
+            raise ImageInputError("data URI is not valid base64") from None
+    else:
+        data = unquote_to_bytes(payload)
+    if len(data) > max_bytes:
+        raise ImageInputError(f"data URI is larger than {max_bytes} bytes")
+    return data
+
+
+def inspect_image(data: bytes, max_pixels: int) -> ImageInfo:
+    """Read only the header: format and size, checked against the allow-list and the pixel cap."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            info = ImageInfo(img.format or "", img.width, img.height)
+    except Image.DecompressionBombError:
+        raise ImageInputError(f"image has more than {max_pixels} pixels") from None
+    except (OSError, ValueError, SyntaxError):
+        raise ImageInputError("not a readable image") from None
+    if info.format not in ALLOWED_FORMATS:
+        raise ImageInputError(f"image format {info.format or 'unknown'} is not one of {sorted(ALLOWED_FORMATS)}")
+    if info.width * info.height > max_pixels:
+        raise ImageInputError(f"image is {info.width}x{info.height}, more than {max_pixels} pixels")
+    return info
+
+
+def decode_image(data: bytes, max_pixels: int) -> Image.Image:
+    """Decode to RGB after checking the header, so a decompression bomb is refused before decoding."""
+    inspect_image(data, max_pixels)
+    with Image.open(io.BytesIO(data)) as img:
+        img.load()
+        return img.convert("RGB")
+
+
+def fetch_url(url: str, *, timeout_s: float, max_bytes: int, allow_private: bool, max_redirects: int = 5) -> bytes:
+    """GET an http(s) URL through the SSRF guard, refusing bodies over ``max_bytes`` and answers
+    slower than ``timeout_s``. Redirects are followed by hand so every hop is checked."""
+    deadline = time.monotonic() + timeout_s
+    for _ in range(max_redirects + 1):
+        try:
+            target = resolve_checked(url, allow_private=allow_private)
+        except URLRefused as exc:
+            raise ImageInputError(f"{url}: {exc}") from None
+        pinned, host_header, extensions = pinned_request(target, url)
+        try:
+            with httpx.Client(timeout=timeout_s, follow_redirects=False, trust_env=False) as client, \
+                    client.stream("GET", pinned, headers=host_header, extensions=extensions) as response:
+                if response.is_redirect:
+                    url = urljoin(url, response.headers["location"])
+                    continue
+                if response.status_code != 200:
+                    raise ImageInputError(f"fetching {url} answered HTTP {response.status_code}")
+                return _read_bounded(response, url, max_bytes, deadline, timeout_s)
+        except httpx.TimeoutException:
+            raise ImageInputError(f"fetching {url} timed out after {timeout_s:g} s") from None
+        except httpx.HTTPError as exc:
+            raise ImageInputError(f"fetching {url} failed: {exc}") from None
+    raise ImageInputError(f"fetching {url}: more than {max_redirects} redirects")
+
+
+def _read_bounded(response: httpx.Response, url: str, max_bytes: int, deadline: float, timeout_s: float) -> bytes:
+    declared = response.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+        raise ImageInputError(f"{url} is larger than {max_bytes} bytes")
+    chunks, size = [], 0
+    for chunk in response.iter_bytes():
+        size += len(chunk)
+        if size > max_bytes:
+            raise ImageInputError(f"{url} is larger than {max_bytes} bytes")
+        # A server trickling bytes must not stretch the fetch past its time limit.
+        if time.monotonic() > deadline:
+            raise ImageInputError(f"fetching {url} timed out after {timeout_s:g} s")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def load_image_bytes(uri: str, *, timeout_s: float, max_bytes: int, allow_private: bool) -> bytes:
+    """The raw bytes behind an image input, whichever kind of URI it is."""
+    if check_uri_scheme(uri) == "data":
+        return decode_data_uri(uri, max_bytes)
+    return fetch_url(uri, timeout_s=timeout_s, max_bytes=max_bytes, allow_private=allow_private)

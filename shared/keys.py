@@ -1,0 +1,103 @@
+"""Every Redis key Kiln writes, in one place."""
+
+PREFIX = "kiln"
+
+
+def prediction(prediction_id: str) -> str:
+    """Hash: the prediction record, the source of truth for its status."""
+    return f"{PREFIX}:prediction:{prediction_id}"
+
+
+def prediction_logs(prediction_id: str) -> str:
+    """String: the prediction's logs, appended to line by line while it runs."""
+    return f"{PREFIX}:prediction:{prediction_id}:logs"
+
+
+def prediction_events(prediction_id: str) -> str:
+    """Pub/sub channel: ``{"status": ...}`` on every status or output change, ``{"logs": ...}`` per log append."""
+    return f"{PREFIX}:prediction:{prediction_id}:events"
+
+
+def running() -> str:
+    """Sorted set: predictions being run, scored by when their lease lapses (unix seconds)."""
+    return f"{PREFIX}:running"
+
+
+def tenant_predictions(tenant: str) -> str:
+    """Sorted set (all scores 0, ordered by id, which sorts by creation time): a tenant's predictions."""
+    return f"{PREFIX}:tenant:{tenant}:predictions"
+
+
+def secret(name: str) -> str:
+    """String: a generated server secret (webhook signing, URL signing) when none is configured."""
+    return f"{PREFIX}:secret:{name}"
+
+
+def webhook_delivery(delivery_id: str) -> str:
+    """Hash: one webhook event's delivery state (url, body, attempts, last outcome, next attempt)."""
+    return f"{PREFIX}:webhook:delivery:{delivery_id}"
+
+
+def webhook_due() -> str:
+    """Sorted set: pending delivery ids scored by when they are next due (unix seconds)."""
+    return f"{PREFIX}:webhook:due"
+
+
+def webhook_throttle(prediction_id: str, event: str) -> str:
+    """String with a short TTL: set while ``event`` may not be sent again for this prediction."""
+    return f"{PREFIX}:webhook:throttle:{prediction_id}:{event}"
+
+
+def webhook_start_delivery(prediction_id: str) -> str:
+    """String: the id of the prediction's ``start`` delivery, which must go out before ``completed``."""
+    return f"{PREFIX}:webhook:start:{prediction_id}"
+
+
+def webhook_attempt_lock(delivery_id: str) -> str:
+    """String with a TTL: held while one process attempts the delivery."""
+    return f"{PREFIX}:webhook:lock:{delivery_id}"
+
+
+def file(file_id: str) -> str:
+    """String (JSON, expires with retention): an uploaded file's metadata."""
+    return f"{PREFIX}:file:{file_id}"
+
+
+def tenant_files(tenant: str) -> str:
+    """Sorted set (scores 0, ordered by id): a tenant's uploaded files."""
+    return f"{PREFIX}:tenant:{tenant}:files"
+
+
+def idempotency(tenant: str, key_digest: str) -> str:
+    """String (24 h): the body fingerprint and prediction id an Idempotency-Key was first used with."""
+    return f"{PREFIX}:idempotency:{tenant}:{key_digest}"
+
+
+def rate_limit(tenant: str) -> str:
+    """Hash: a tenant's token bucket (tokens, last refill time)."""
+    return f"{PREFIX}:ratelimit:{tenant}"
+
+
+def model_run_count(model_ref: str) -> str:
+    """Counter: predictions created for a model."""
+    return f"{PREFIX}:model:{model_ref}:run_count"
+
+
+def retention() -> str:
+    """Sorted set: "prediction:<id>" / "file:<id>" scored by when their stored data is deleted."""
+    return f"{PREFIX}:retention"
+
+
+def queued_by_tenant() -> str:
+    """Hash: tenant -> predictions of that tenant waiting in the queue (status ``starting``)."""
+    return f"{PREFIX}:queued:by_tenant"
+
+
+def queued_by_family() -> str:
+    """Hash: model family (Celery queue) -> predictions waiting in it; their sum is the global depth."""
+    return f"{PREFIX}:queued:by_family"
+
+
+def batch(batch_id: str) -> str:
+    """String (JSON, 24 h): a batch create's results (prediction ids and problems), replayed for its Idempotency-Key."""
+    return f"{PREFIX}:batch:{batch_id}"

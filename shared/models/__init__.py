@@ -1,0 +1,1 @@
+"""Model metadata and input schemas, importable without torch."""

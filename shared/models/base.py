@@ -1,0 +1,61 @@
+"""What every model's input schema shares: strict fields and image-URI inputs."""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Annotated
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationInfo, WithJsonSchema
+
+from shared.images import ImageInputError, check_uri_scheme, decode_data_uri, inspect_image
+from shared.settings import Settings
+
+
+class InputLimits(BaseModel):
+    """Bounds applied while validating inputs, passed as validation context (``{"limits": ...}``)."""
+
+    max_bytes: int
+    max_pixels: int
+    # Largest output side a request may ask for.
+    max_side: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> InputLimits:
+        return cls(max_bytes=settings.image_fetch_max_bytes, max_pixels=settings.image_max_pixels,
+                   max_side=settings.max_image_side)
+
+
+def _validate_image_uri(value: str, info: ValidationInfo) -> str:
+    try:
+        scheme = check_uri_scheme(value)
+        limits = (info.context or {}).get("limits")
+        if scheme == "data" and limits is not None:
+            inspect_image(decode_data_uri(value, limits.max_bytes), limits.max_pixels)
+    except ImageInputError as exc:
+        raise ValueError(str(exc)) from None
+    return value
+
+
+ImageURI = Annotated[
+    str,
+    AfterValidator(_validate_image_uri),
+    WithJsonSchema({"type": "string", "format": "uri"}),
+]
+"""An image input: an http(s) URL or a data URI (checked to be a bounded, allowed image)."""
+
+
+class ModelInput(BaseModel):
+    """Base of every model's inputs: unknown fields are refused so that typos surface as 422s."""
+
+    model_config = ConfigDict(extra="forbid", title="Input")
+
+
+
+@cache
+def image_fields(input_model: type[ModelInput]) -> tuple[str, ...]:
+    """The fields that take image URIs, read off the JSON schema clients see (``format: uri``)."""
+
+    def is_uri(schema: dict) -> bool:
+        return schema.get("format") == "uri" or any(is_uri(option) for option in schema.get("anyOf", []))
+
+    return tuple(name for name, schema in input_model.model_json_schema()["properties"].items() if is_uri(schema))

@@ -1,0 +1,23 @@
+"""Celery queue names and priorities. One GPU queue per model family, so a worker loads one family's weights.
+
+Each GPU queue is split by priority (kombu's Redis transport keeps one list per step of
+``PRIORITY_STEPS`` and pops them in order), so interactive creates overtake batch backlogs; see
+docs/scheduling.md.
+"""
+
+SD2_DEPTH = "gpu.sd2-depth"
+SDXL = "gpu.sdxl"
+WEBHOOKS = "webhooks"
+GPU_QUEUES = (SD2_DEPTH, SDXL)
+
+PREDICT_TASK = "kiln.predict"
+DELIVER_WEBHOOK_TASK = "kiln.deliver_webhook"
+
+# kombu's Redis transport: a lower number is served first; priorities round down to these steps.
+PRIORITY_STEPS = [0, 3, 6, 9]
+# Single creates (someone is waiting on each).
+PRIORITY_INTERACTIVE = 0
+# Batch items queue behind every interactive prediction.
+PRIORITY_BATCH = 6
+# A prediction put back after a worker died or shut down already waited its turn once.
+PRIORITY_REQUEUE = PRIORITY_INTERACTIVE

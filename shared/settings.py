@@ -1,0 +1,130 @@
+"""Kiln settings, read from the environment (prefix ``KILN_``) and an optional ``.env`` file."""
+
+from __future__ import annotations
+
+import hashlib
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every knob of the API and the workers. One instance per process, via ``get_settings()``."""
+
+    model_config = SettingsConfigDict(env_prefix="KILN_", env_file=".env", extra="ignore")
+
+    # Where local state lives (weights cache, generated secrets) when paths are not set explicitly.
+    data_dir: Path = Path(".kiln")
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+
+    # Comma-separated bearer tokens; each token is its own tenant. An entry "sha256:<hex>" holds a
+    # token's SHA-256 instead of the token itself, so settings need not contain secrets.
+    api_token: str = ""
+    # Largest request body the API reads (uploads to /v1/files have their own cap).
+    max_request_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
+    # Absolute base URL clients reach the API at; taken from the request when empty.
+    public_url: str = ""
+    predictions_page_size: int = Field(default=100, ge=1, le=1000)
+    # A bare "Prefer: wait" waits this long: under the official Python client's 30 s read timeout.
+    prefer_wait_default_s: int = Field(default=25, ge=1, le=60)
+    # Per-token token bucket: sustained requests per second and burst size.
+    rate_limit_per_s: float = Field(default=50.0, gt=0)
+    rate_limit_burst: int = Field(default=600, ge=1)
+    # Batch create: most items in one POST /v1/predictions/batch.
+    batch_max_items: int = Field(default=1000, ge=1)
+    # Backpressure: most queued (not yet started) predictions per tenant (429 beyond) and overall (503 beyond).
+    max_queued_per_tenant: int = Field(default=100_000, ge=1)
+    max_queued_total: int = Field(default=1_000_000, ge=1)
+    # Uploaded files (Files API): size cap and how long they are kept.
+    file_max_bytes: int = Field(default=100 * 1024 * 1024, ge=1024)
+    file_retention_s: int = Field(default=24 * 3600, ge=60)
+
+    s3_endpoint_url: str = "http://127.0.0.1:8333"
+    # Endpoint used when presigning URLs for outside consumers (SigV4 signs the host).
+    s3_public_endpoint_url: str = ""
+    s3_access_key: str = "kiln"
+    s3_secret_key: str = "kiln-secret-key"
+    s3_region: str = "us-east-1"
+    s3_bucket: str = "kiln"
+
+    # Weights: "tiny" builds small random-weight pipelines locally; "full" loads real weights;
+    # "random-full" builds the full-size architectures with random weights (GPU timing without downloads).
+    weights_profile: Literal["tiny", "full", "random-full"] = "tiny"
+    weights_dir: Path | None = None
+    sd2_depth2img_weights: str = "stabilityai/stable-diffusion-2-depth"
+    sdxl_base_weights: str = "stabilityai/stable-diffusion-xl-base-1.0"
+    # fp16-safe SDXL VAE, used on CUDA (the stock VAE overflows in fp16).
+    sdxl_vae_fp16_weights: str = "madebyollin/sdxl-vae-fp16-fix"
+    controlnet_depth_xl_weights: str = "diffusers/controlnet-depth-sdxl-1.0"
+    controlnet_openpose_xl_weights: str = "thibaud/controlnet-openpose-sdxl-1.0"
+    ip_adapter_weights: str = "h94/IP-Adapter"
+    annotators_weights: str = "lllyasviel/Annotators"
+    # "auto" picks CUDA when available, else CPU.
+    device: str = "auto"
+
+    # Image inputs and outputs.
+    max_image_side: int = Field(default=1024, ge=64)
+    image_fetch_timeout_s: float = Field(default=15.0, gt=0)
+    image_fetch_max_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
+    image_max_pixels: int = Field(default=40_000_000, ge=4096)
+    # Fetch image URLs on loopback/private addresses (local development only).
+    image_fetch_allow_private: bool = False
+    image_fetch_max_redirects: int = Field(default=5, ge=0)
+
+    # A running prediction's lease, renewed by its worker's heartbeat; when it lapses the
+    # prediction is requeued, up to max_attempts runs in all.
+    lease_s: float = Field(default=30.0, ge=1)
+    max_attempts: int = Field(default=3, ge=1)
+    # Longest a prediction may run, per model ("owner/name": seconds), and for models not listed.
+    prediction_time_limit_s: float = Field(default=1800.0, gt=0)
+    model_time_limits_s: dict[str, float] = {}
+    # On SIGTERM a worker finishes its prediction within this long, else hands it back to the queue.
+    shutdown_grace_s: float = Field(default=60.0, ge=0)
+    # Inputs and outputs are deleted this long after a prediction finishes (Replicate: 1 hour).
+    retention_s: int = Field(default=3600, ge=1)
+    # Uploads to S3 are retried this many times, with exponential backoff, before the prediction fails.
+    storage_attempts: int = Field(default=5, ge=1)
+    # Webhooks. The secret is "whsec_<base64>"; when empty, one is generated and kept in Redis.
+    webhook_secret: str = ""
+    # Signs output URLs (capability links that work without the Authorization header); generated when empty.
+    url_signing_secret: str = ""
+    # Allow webhooks (and image URLs) to loopback/private addresses: local development and tests only.
+    webhook_allow_private: bool = False
+    webhook_timeout_s: float = Field(default=15.0, gt=0)
+    # Delays between attempts of a terminal event (Svix-like: 5 s, 5 min, 30 min, 2 h, 5 h, 10 h).
+    webhook_retry_schedule_s: list[float] = [5, 300, 1800, 7200, 18000, 36000]
+    webhook_throttle_ms: int = Field(default=500, ge=0)
+
+    # Celery: must exceed the longest prediction, or Redis redelivers a running job.
+    visibility_timeout_s: int = Field(default=4 * 3600, ge=60)
+
+    @property
+    def token_digests(self) -> list[str]:
+        """SHA-256 hex digests of the accepted tokens (entries given as ``sha256:<hex>`` are already digests)."""
+        entries = [t.strip() for t in self.api_token.split(",") if t.strip()]
+        return [e.removeprefix("sha256:") if e.startswith("sha256:") else token_digest(e) for e in entries]
+
+    def time_limit_s(self, model_ref: str) -> float:
+        return self.model_time_limits_s.get(model_ref, self.prediction_time_limit_s)
+
+    @property
+    def resolved_weights_dir(self) -> Path:
+        return self.weights_dir if self.weights_dir is not None else self.data_dir / "weights"
+
+
+def token_digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def tenant_of(digest: str) -> str:
+    """A stable, non-reversible tenant id from a token's digest (tokens are never stored)."""
+    return digest[:24]
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,181 @@
+"""The webhook outbox: events recorded in Redis, delivered by the webhook worker.
+
+Whoever changes a prediction (a GPU worker, or the API canceling a queued one) only records the
+event here and sends the delivery's id to the ``webhooks`` queue; it never waits on a receiver.
+Each delivery's state lives in Redis and every pending one sits in a due-time sorted set, so a
+lost queue message, a restarted webhook worker or a restarted Redis (AOF) loses no delivery: the
+webhook worker's poller sends whatever is due again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from functools import cached_property
+
+from celery import Celery
+from redis import Redis
+
+from shared import keys, queues
+from shared.prediction import Prediction, new_id
+from shared.rendering import render_prediction
+from shared.secrets import url_signing_secret
+from shared.settings import Settings
+from shared.store import PredictionStore
+from shared.webhooks import THROTTLED_EVENTS
+
+log = logging.getLogger(__name__)
+
+PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
+# How long a claimed delivery may take before the poller sends it again (beyond the HTTP timeout).
+CLAIM_LEASE_S = 60.0
+# Finished deliveries are kept this long for inspection.
+FINISHED_TTL_S = 7 * 24 * 3600
+
+# KEYS[1]: due set. ARGV[1]: now, ARGV[2]: lease, ARGV[3]: limit. Claims due ids by pushing their
+# due time a lease ahead, so two pollers never send the same delivery at once.
+_CLAIM_DUE = """
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
+for _, id in ipairs(ids) do
+  redis.call('ZADD', KEYS[1], tonumber(ARGV[1]) + tonumber(ARGV[2]), id)
+end
+return ids
+"""
+
+
+@dataclass
+class Delivery:
+    id: str
+    prediction_id: str
+    event: str
+    url: str
+    body: str
+    created_at: float
+    # Terminal events are retried on the configured schedule; the others get one attempt.
+    retry: bool
+    # A delivery that must have been attempted first (``start`` before ``completed``).
+    after: str | None = None
+    state: str = PENDING
+    attempts: int = 0
+    last_outcome: str | None = None
+    next_attempt_at: float | None = field(default=None)
+
+    def to_hash(self) -> dict[str, str]:
+        return {name: json.dumps(value) for name, value in asdict(self).items()}
+
+    @classmethod
+    def from_hash(cls, fields: dict[bytes, bytes]) -> Delivery:
+        return cls(**{k.decode(): json.loads(v) for k, v in fields.items()})
+
+
+class WebhookOutbox:
+    def __init__(self, redis: Redis, settings: Settings) -> None:
+        self.redis = redis
+        self.settings = settings
+        self._claim_due = redis.register_script(_CLAIM_DUE)
+
+    def record(self, prediction: Prediction, event: str, body: str) -> Delivery:
+        """Persist a new pending delivery, due now."""
+        delivery = Delivery(
+            id=f"msg_{new_id()}",
+            prediction_id=prediction.id,
+            event=event,
+            url=prediction.webhook or "",
+            body=body,
+            created_at=time.time(),
+            retry=event == "completed",
+            after=self._start_delivery_of(prediction.id) if event == "completed" else None,
+        )
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(keys.webhook_delivery(delivery.id), mapping=delivery.to_hash())
+            pipe.zadd(keys.webhook_due(), {delivery.id: delivery.created_at + CLAIM_LEASE_S})
+            if event == "start":
+                pipe.set(keys.webhook_start_delivery(prediction.id), delivery.id, ex=FINISHED_TTL_S)
+            pipe.execute()
+        return delivery
+
+    def _start_delivery_of(self, prediction_id: str) -> str | None:
+        found = self.redis.get(keys.webhook_start_delivery(prediction_id))
+        return found.decode() if found else None
+
+    def passes_throttle(self, prediction_id: str, event: str) -> bool:
+        """``output``/``logs``: at most one per throttle window per prediction. Others always pass."""
+        if event not in THROTTLED_EVENTS or self.settings.webhook_throttle_ms == 0:
+            return True
+        return bool(self.redis.set(keys.webhook_throttle(prediction_id, event), 1, nx=True,
+                                   px=self.settings.webhook_throttle_ms))
+
+    def get(self, delivery_id: str) -> Delivery | None:
+        fields = self.redis.hgetall(keys.webhook_delivery(delivery_id))
+        return Delivery.from_hash(fields) if fields else None
+
+    def claim_due(self, limit: int = 100) -> list[str]:
+        return [i.decode() for i in self._claim_due(keys=[keys.webhook_due()], args=[time.time(), CLAIM_LEASE_S, limit])]
+
+    def lock_attempt(self, delivery_id: str) -> bool:
+        """Only one process attempts a delivery at a time (a redelivered message may race the poller)."""
+        return bool(self.redis.set(keys.webhook_attempt_lock(delivery_id), 1, nx=True, ex=int(CLAIM_LEASE_S)))
+
+    def unlock_attempt(self, delivery_id: str) -> None:
+        self.redis.delete(keys.webhook_attempt_lock(delivery_id))
+
+    def postpone(self, delivery: Delivery, delay_s: float) -> None:
+        self.redis.zadd(keys.webhook_due(), {delivery.id: time.time() + delay_s})
+
+    def save_attempt(self, delivery: Delivery, outcome: str, *, succeeded: bool, stop: bool,
+                     retry_after_s: float | None = None) -> Delivery:
+        """Record one attempt's outcome and decide what comes next: done, failed, or due again later."""
+        delivery.attempts += 1
+        delivery.last_outcome = outcome
+        delay = None if succeeded or stop else self.next_delay(delivery, retry_after_s)
+        delivery.state = DELIVERED if succeeded else FAILED if delay is None else PENDING
+        delivery.next_attempt_at = None if delay is None else time.time() + delay
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(keys.webhook_delivery(delivery.id), mapping=delivery.to_hash())
+            if delivery.next_attempt_at is None:
+                pipe.zrem(keys.webhook_due(), delivery.id)
+                pipe.expire(keys.webhook_delivery(delivery.id), FINISHED_TTL_S)
+            else:
+                pipe.zadd(keys.webhook_due(), {delivery.id: delivery.next_attempt_at})
+            pipe.execute()
+        return delivery
+
+    def next_delay(self, delivery: Delivery, retry_after_s: float | None) -> float | None:
+        """Seconds until the next attempt, or None when the schedule is spent (or no retries apply)."""
+        schedule = self.settings.webhook_retry_schedule_s
+        if not delivery.retry or delivery.attempts > len(schedule):
+            return None
+        # ±10 % jitter spreads the retries of many predictions that failed together.
+        delay = schedule[delivery.attempts - 1] * random.uniform(0.9, 1.1)
+        return max(delay, retry_after_s or 0.0)
+
+
+class WebhookNotifier:
+    """Turns a prediction's state change into a recorded, enqueued webhook event."""
+
+    def __init__(self, store: PredictionStore, outbox: WebhookOutbox, celery: Celery) -> None:
+        self.store = store
+        self.outbox = outbox
+        self.celery = celery
+
+    @cached_property
+    def url_secret(self) -> str:
+        return url_signing_secret(self.outbox.settings, self.outbox.redis)
+
+    def notify(self, prediction: Prediction, event: str) -> Delivery | None:
+        """Record ``event`` for ``prediction`` (any fresh copy of it: the body is read now) and enqueue it."""
+        if not prediction.wants_event(event) or not self.outbox.passes_throttle(prediction.id, event):
+            return None
+        current = self.store.get(prediction.id)
+        if current is None:
+            return None
+        body = json.dumps(render_prediction(current, current.base_url, self.url_secret))
+        delivery = self.outbox.record(current, event, body)
+        try:
+            self.celery.send_task(queues.DELIVER_WEBHOOK_TASK, args=[delivery.id], queue=queues.WEBHOOKS)
+        except Exception as exc:  # the poller sends it once the lease passes; never fail a prediction for it
+            log.warning("webhook %s for %s not enqueued now (%s); the poller will send it", event, prediction.id, exc)
+        return delivery
