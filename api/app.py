@@ -1,0 +1,64 @@
+"""The HTTP API: a thin, stateless shell over the prediction store and the queue.
+
+Run with ``uvicorn api.app:create_app --factory``. Never imports torch or diffusers.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from api.body_limit import BodyLimitMiddleware
+from api.errors import install_error_handlers
+from api.routes import files, health, models, predictions, queue, webhooks
+from api.services import Services
+from shared.settings import Settings, get_settings
+
+
+def _openapi_3_1(app: FastAPI) -> None:
+    """FastAPI describes SSE streams with OpenAPI 3.2's ``itemSchema`` inside a document that says
+    3.1.0, which validators reject; describe them as text streams instead."""
+    generate = app.openapi
+
+    def openapi() -> dict:
+        document = generate()
+        for path in document.get("paths", {}).values():
+            for operation in path.values():
+                for response in operation.get("responses", {}).values():
+                    for media in response.get("content", {}).values():
+                        if media.pop("itemSchema", None) is not None:
+                            media["schema"] = {"type": "string"}
+        return document
+
+    app.openapi = openapi
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if not settings.token_digests:
+            logging.getLogger(__name__).warning("KILN_API_TOKEN is empty: every request will be refused")
+        app.state.services = Services.connect(settings)
+        try:
+            yield
+        finally:
+            await app.state.services.close()
+
+    app = FastAPI(title="Kiln", version="0.1.0", lifespan=lifespan)
+    # Uploads have their own, larger cap (plus room for the multipart framing).
+    app.add_middleware(BodyLimitMiddleware, default_limit=settings.max_request_bytes,
+                       limits_by_prefix={"/v1/files": settings.file_max_bytes + 64 * 1024})
+    install_error_handlers(app)
+    app.include_router(health.router)
+    app.include_router(predictions.router)
+    app.include_router(webhooks.router)
+    app.include_router(models.router)
+    app.include_router(files.router)
+    app.include_router(queue.router)
+    _openapi_3_1(app)
+    return app

@@ -1,0 +1,98 @@
+"""``POST /v1/predictions/batch``: many creates in one request, each item validated on its own.
+
+Valid items are stored in one pipeline and enqueued in one more (batch priority, behind single
+creates); the answer lists, in order, each created prediction or the problem with its item. The
+batch is admitted against the queue caps whole or not at all.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from pydantic import ValidationError
+
+from api.errors import ProblemError, input_validation_problem, problem_body
+from api.idempotency import TTL_S, fingerprint
+from api.schemas import BatchItem
+from api.services import Services
+from api.submission import DUPLICATE_WAIT_S, enqueue, prepare, store_queued
+from shared import keys, queues
+from shared.models.registry import ModelSpec, UnknownModelError, find_model, resolve_version
+from shared.prediction import Prediction, new_id
+from shared.rendering import render_prediction
+
+
+def _model_of(item: BatchItem, services: Services) -> ModelSpec:
+    if (item.version is None) == (item.model is None):
+        raise ProblemError(422, "give exactly one of version (a version id, owner/name or owner/name:id) or model")
+    try:
+        return resolve_version(item.version, services.settings) if item.version else find_model(item.model)
+    except UnknownModelError as exc:
+        raise ProblemError(422, f"{'version' if item.version else 'model'}: {exc}") from None
+
+
+def prepare_item(services: Services, tenant: str, raw: dict[str, Any], base_url: str) -> Prediction:
+    """One item as a prediction ready to store; ``ProblemError`` says what is wrong with it."""
+    try:
+        item = BatchItem.model_validate(raw)
+    except ValidationError as exc:
+        raise input_validation_problem(exc, prefix=()) from None
+    return prepare(services, tenant, _model_of(item, services), item, base_url)
+
+
+def submit_batch(services: Services, tenant: str, items: list[dict[str, Any]], base_url: str,
+                 idempotency_key: str | None) -> tuple[list[dict[str, Any]], bool]:
+    """Create the batch (or replay it, for a repeated Idempotency-Key); returns the rendered results
+    and whether they were created now."""
+    limit = services.settings.batch_max_items
+    if len(items) > limit:
+        raise ProblemError(422, f"predictions: {len(items)} items, at most {limit} per batch (KILN_BATCH_MAX_ITEMS)")
+    batch_id = new_id()
+    if idempotency_key is not None:
+        request = fingerprint("batch", {"predictions": items})
+        existing = services.idempotency.claim(tenant, idempotency_key, request, batch_id)
+        if existing is not None:
+            return _replay(services, existing, base_url), False
+    try:
+        results = _create(services, tenant, items, base_url)
+    except BaseException:
+        if idempotency_key is not None:
+            services.idempotency.release(tenant, idempotency_key)
+        raise
+    entries = [{"id": r.id} if isinstance(r, Prediction) else {"problem": r} for r in results]
+    if idempotency_key is not None:
+        services.redis.set(keys.batch(batch_id), json.dumps(entries), ex=TTL_S)
+    secret = services.url_signing_secret
+    return [render_prediction(r, base_url, secret) if isinstance(r, Prediction) else r for r in results], True
+
+
+def _create(services: Services, tenant: str, items: list[dict[str, Any]],
+            base_url: str) -> list[Prediction | dict[str, Any]]:
+    results: list[Prediction | dict[str, Any]] = []
+    for raw in items:
+        try:
+            results.append(prepare_item(services, tenant, raw, base_url))
+        except ProblemError as exc:
+            results.append(problem_body(exc.status, exc.detail, **exc.extra))
+    valid = [r for r in results if isinstance(r, Prediction)]
+    if valid:
+        store_queued(services, valid)
+        enqueue(services, valid, queues.PRIORITY_BATCH)
+    return results
+
+
+def _replay(services: Services, batch_id: str, base_url: str) -> list[dict[str, Any]]:
+    """The first request's results, with each prediction as it is now."""
+    deadline = time.monotonic() + DUPLICATE_WAIT_S
+    while (stored := services.redis.get(keys.batch(batch_id))) is None:
+        if time.monotonic() > deadline:
+            raise ProblemError(409, "a batch with this Idempotency-Key is still being processed; retry shortly",
+                               headers={"Retry-After": "1"})
+        time.sleep(0.02)
+    entries = json.loads(stored)
+    found = {p.id: p for p in services.store.get_many([e["id"] for e in entries if "id" in e])}
+    secret = services.url_signing_secret
+    return [render_prediction(found[e["id"]], base_url, secret) if "id" in e else e["problem"] for e in entries
+            if "problem" in e or e["id"] in found]

@@ -1,0 +1,86 @@
+"""Errors as RFC 9457 ``application/problem+json``: ``{"title", "detail", "status"}`` everywhere."""
+
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+from typing import Any
+
+import redis
+from botocore.exceptions import BotoCoreError, ClientError
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+PROBLEM_JSON = "application/problem+json"
+log = logging.getLogger(__name__)
+
+
+class ProblemError(Exception):
+    """Raise anywhere in a route to answer with a problem document."""
+
+    def __init__(self, status: int, detail: str, *, headers: dict[str, str] | None = None, **extra: Any) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.headers = headers
+        self.extra = extra
+
+
+def problem_body(status: int, detail: str, **extra: Any) -> dict[str, Any]:
+    return {"title": HTTPStatus(status).phrase, "detail": detail, "status": status, **extra}
+
+
+def problem_response(status: int, detail: str, headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
+    return JSONResponse(problem_body(status, detail, **extra), status_code=status, media_type=PROBLEM_JSON,
+                        headers=headers)
+
+
+def _location(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(part) for part in loc) or "body"
+
+
+def describe_validation_errors(errors: list[dict[str, Any]], prefix: tuple[str, ...] = ()) -> tuple[str, list[dict]]:
+    """One readable sentence naming every failing field and its limit, plus the errors as data."""
+    items = [{"field": _location(prefix + tuple(err["loc"])), "message": err["msg"]} for err in errors]
+    return "; ".join(f"{item['field']}: {item['message']}" for item in items), items
+
+
+def input_validation_problem(exc: ValidationError, prefix: tuple[str, ...]) -> ProblemError:
+    detail, items = describe_validation_errors(exc.errors(include_url=False), prefix)
+    return ProblemError(422, detail, errors=items)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ProblemError)
+    async def _problem(_: Request, exc: ProblemError) -> JSONResponse:
+        return problem_response(exc.status, exc.detail, exc.headers, **exc.extra)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return problem_response(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def _request_validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI prefixes locations with "body"/"query"; drop it so fields read as the client sent them.
+        errors = [dict(err, loc=tuple(err["loc"])[1:] or tuple(err["loc"])) for err in exc.errors()]
+        detail, items = describe_validation_errors(errors)
+        return problem_response(422, detail, errors=items)
+
+    @app.exception_handler(redis.exceptions.ConnectionError)
+    async def _redis_down(_: Request, exc: redis.exceptions.ConnectionError) -> JSONResponse:
+        log.warning("redis unavailable: %s", exc)
+        return problem_response(503, "the prediction store (Redis) is unavailable; retry shortly", {"Retry-After": "5"})
+
+    @app.exception_handler(BotoCoreError)
+    @app.exception_handler(ClientError)
+    async def _storage_down(_: Request, exc: Exception) -> JSONResponse:
+        log.warning("storage unavailable: %s", exc)
+        return problem_response(503, "object storage (S3) is unavailable; retry shortly", {"Retry-After": "5"})
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error", exc_info=exc)
+        return problem_response(500, "internal server error")

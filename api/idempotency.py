@@ -1,0 +1,45 @@
+"""``Idempotency-Key`` on create: the same key and body from the same token return the first prediction."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from redis import Redis
+
+from api.errors import ProblemError
+from shared import keys
+
+TTL_S = 24 * 3600
+
+
+def fingerprint(target: str, body: dict[str, Any]) -> str:
+    """What makes two requests the same: where they were sent and their body, canonically."""
+    return hashlib.sha256(json.dumps({"target": target, "body": body}, sort_keys=True).encode()).hexdigest()
+
+
+class IdempotencyKeys:
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+
+    def claim(self, tenant: str, key: str, request_fingerprint: str, prediction_id: str) -> str | None:
+        """Bind ``key`` to ``prediction_id`` if unused (atomically, so concurrent duplicates agree).
+
+        Returns None when this request owns the key, else the id of the prediction the key already
+        names. Raises 409 when the key was used with a different request.
+        """
+        if not key or len(key) > 255:
+            raise ProblemError(400, "Idempotency-Key must be 1 to 255 characters")
+        name = keys.idempotency(tenant, hashlib.sha256(key.encode()).hexdigest())
+        value = json.dumps({"fingerprint": request_fingerprint, "prediction_id": prediction_id})
+        if self.redis.set(name, value, nx=True, ex=TTL_S):
+            return None
+        existing = json.loads(self.redis.get(name) or value)
+        if existing["fingerprint"] != request_fingerprint:
+            raise ProblemError(409, "Idempotency-Key was already used with a different request body")
+        return existing["prediction_id"]
+
+    def release(self, tenant: str, key: str) -> None:
+        """Forget a key whose request failed before anything was stored, so a retry can use it."""
+        self.redis.delete(keys.idempotency(tenant, hashlib.sha256(key.encode()).hexdigest()))

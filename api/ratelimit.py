@@ -1,0 +1,59 @@
+"""Per-token rate limiting: a token bucket in Redis, shared by every API replica."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from redis import Redis
+
+from shared import keys
+
+# KEYS[1]: bucket. ARGV: rate (tokens/s), burst, cost. Uses the server's clock so replicas agree.
+# Returns {allowed (0/1), tokens left (string, fractional)}.
+_TAKE = """
+local rate, burst, cost = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
+local tokens = tonumber(redis.call('HGET', KEYS[1], 'tokens') or burst)
+local last = tonumber(redis.call('HGET', KEYS[1], 'ts') or now)
+tokens = math.min(burst, tokens + math.max(0, now - last) * rate)
+local allowed = 0
+if tokens >= cost then
+  tokens = tokens - cost
+  allowed = 1
+end
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(now))
+redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
+return {allowed, tostring(tokens)}
+"""
+
+
+@dataclass(frozen=True)
+class Decision:
+    allowed: bool
+    remaining: int
+    # Seconds until a request would be allowed again (0 when allowed now).
+    retry_after_s: int
+    # Seconds until the bucket is full again.
+    reset_s: int
+
+    def headers(self) -> dict[str, str]:
+        return {"ratelimit-remaining": str(self.remaining), "ratelimit-reset": str(self.reset_s)}
+
+
+class RateLimiter:
+    def __init__(self, redis: Redis, rate_per_s: float, burst: int) -> None:
+        self.rate = rate_per_s
+        self.burst = burst
+        self._take = redis.register_script(_TAKE)
+
+    def take(self, tenant: str, cost: int = 1) -> Decision:
+        allowed, tokens = self._take(keys=[keys.rate_limit(tenant)], args=[self.rate, self.burst, cost])
+        tokens = float(tokens)
+        return Decision(
+            allowed=bool(allowed),
+            remaining=int(tokens),
+            retry_after_s=0 if allowed else math.ceil((cost - tokens) / self.rate),
+            reset_s=math.ceil((self.burst - tokens) / self.rate),
+        )

@@ -1,0 +1,94 @@
+"""The Files API: upload once, then use the file's ``urls.get`` as an input."""
+
+from __future__ import annotations
+
+import json
+from urllib.parse import quote
+
+from fastapi import APIRouter, Request, Response
+from starlette.datastructures import UploadFile
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import StreamingResponse
+
+from api.deps import BaseURL, CurrentTenant, ServicesDep
+from api.errors import ProblemError
+from shared.files import FileRecord, render_file
+
+router = APIRouter(prefix="/v1/files", tags=["files"])
+
+
+def _owned_file(services, file_id: str, tenant: str) -> FileRecord:
+    record = services.files.get(file_id, tenant)
+    if record is None:
+        raise ProblemError(404, f"file {file_id!r} not found")
+    return record
+
+
+_UPLOAD_SCHEMA = {
+    "requestBody": {
+        "required": True,
+        "content": {"multipart/form-data": {"schema": {
+            "type": "object",
+            "required": ["content"],
+            "properties": {"content": {"type": "string", "format": "binary"},
+                           "metadata": {"type": "string", "description": "A JSON object"}},
+        }}},
+    }
+}
+
+
+async def _metadata(field: str | UploadFile | None) -> dict:
+    """``metadata`` as a JSON object; the JS client sends it as a file part, the Python client as a field."""
+    raw = await field.read() if isinstance(field, UploadFile) else field
+    try:
+        parsed = json.loads(raw) if raw else {}
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        parsed = None
+    if not isinstance(parsed, dict):
+        raise ProblemError(422, "metadata: must be a JSON object")
+    return parsed
+
+
+@router.post("", status_code=201, openapi_extra=_UPLOAD_SCHEMA)
+async def create_file(request: Request, tenant: CurrentTenant, services: ServicesDep, base: BaseURL) -> dict:
+    """Multipart upload: ``content`` (the file) and optional ``metadata`` (a JSON object)."""
+    form = await request.form(max_files=2, max_fields=4)
+    content = form.get("content")
+    if not isinstance(content, UploadFile):
+        raise ProblemError(422, "content: a file part named 'content' is required")
+    limit = services.settings.file_max_bytes
+    data = await content.read(limit + 1)
+    if len(data) > limit:
+        raise ProblemError(413, f"content is larger than {limit} bytes")
+    metadata = await _metadata(form.get("metadata"))
+    record = await run_in_threadpool(
+        services.files.create, tenant, content.filename or "file",
+        content.content_type or "application/octet-stream", data, metadata,
+    )
+    return render_file(record, base)
+
+
+@router.get("")
+def list_files(tenant: CurrentTenant, services: ServicesDep, base: BaseURL) -> dict:
+    records = services.files.list_for_tenant(tenant, limit=services.settings.predictions_page_size)
+    return {"next": None, "previous": None, "results": [render_file(r, base) for r in records]}
+
+
+@router.get("/{file_id}")
+def get_file(file_id: str, tenant: CurrentTenant, services: ServicesDep, base: BaseURL) -> dict:
+    return render_file(_owned_file(services, file_id, tenant), base)
+
+
+@router.get("/{file_id}/download")
+def download_file(file_id: str, tenant: CurrentTenant, services: ServicesDep) -> StreamingResponse:
+    record = _owned_file(services, file_id, tenant)
+    stored = services.files.open(record)
+    return StreamingResponse(stored.body, media_type=record.content_type,
+                             headers={"Content-Length": str(record.size),
+                                      "Content-Disposition": f"attachment; filename*=UTF-8''{quote(record.name)}"})
+
+
+@router.delete("/{file_id}", status_code=204)
+def delete_file(file_id: str, tenant: CurrentTenant, services: ServicesDep) -> Response:
+    services.files.delete(_owned_file(services, file_id, tenant))
+    return Response(status_code=204)

@@ -1,0 +1,53 @@
+"""Models and their versions, with the OpenAPI schema clients read inputs and outputs from."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from api.deps import BaseURL, CurrentTenant, ServicesDep
+from api.errors import ProblemError
+from shared import keys
+from shared.models.registry import MODELS, ModelSpec, UnknownModelError, find_model
+from shared.openapi import render_model, render_version
+
+router = APIRouter(prefix="/v1/models", tags=["models"])
+
+
+def _spec(owner: str, name: str) -> ModelSpec:
+    try:
+        return find_model(f"{owner}/{name}")
+    except UnknownModelError as exc:
+        raise ProblemError(404, str(exc)) from None
+
+
+def _run_counts(services, specs: list[ModelSpec]) -> list[int]:
+    counts = services.redis.mget([keys.model_run_count(spec.ref) for spec in specs])
+    return [int(count or 0) for count in counts]
+
+
+@router.get("")
+def list_models(_: CurrentTenant, services: ServicesDep, base: BaseURL) -> dict:
+    specs = list(MODELS.values())
+    results = [render_model(spec, services.settings, base, count)
+               for spec, count in zip(specs, _run_counts(services, specs))]
+    return {"next": None, "previous": None, "results": results}
+
+
+@router.get("/{owner}/{name}")
+def get_model(owner: str, name: str, _: CurrentTenant, services: ServicesDep, base: BaseURL) -> dict:
+    spec = _spec(owner, name)
+    return render_model(spec, services.settings, base, _run_counts(services, [spec])[0])
+
+
+@router.get("/{owner}/{name}/versions")
+def list_versions(owner: str, name: str, _: CurrentTenant, services: ServicesDep) -> dict:
+    """One version per model: its id changes when its schema or weights do."""
+    return {"next": None, "previous": None, "results": [render_version(_spec(owner, name), services.settings)]}
+
+
+@router.get("/{owner}/{name}/versions/{version_id}")
+def get_version(owner: str, name: str, version_id: str, _: CurrentTenant, services: ServicesDep) -> dict:
+    spec = _spec(owner, name)
+    if version_id != spec.version_id(services.settings):
+        raise ProblemError(404, f"version {version_id!r} of {spec.ref} not found")
+    return render_version(spec, services.settings)

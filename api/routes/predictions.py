@@ -1,0 +1,188 @@
+"""Predictions: create, get, list, cancel, stream, and their output files."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Header, Query
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.sse import EventSourceResponse, ServerSentEvent
+
+from api.deps import BaseURL, CurrentTenant, OptionalTenant, ServicesDep
+from api.errors import ProblemError
+from api.batch import submit_batch
+from api.schemas import CreateBatch, CreatePrediction, PredictionFields
+from api.services import Services
+from api.submission import create_and_respond
+from api.waiting import events
+from shared.models.registry import UnknownModelError, find_model, resolve_version
+from shared.prediction import Prediction
+from shared.rendering import output_path, render_prediction
+from shared.secrets import verify_path
+from shared.status import Status
+from shared.storage import ObjectNotFound, output_key
+from shared.store import PredictionStore
+
+router = APIRouter(prefix="/v1", tags=["predictions"])
+
+PreferHeader = Annotated[str | None, Header(description="`wait` or `wait=N` (1-60 s): answer when finished.")]
+IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key")]
+# A stream ends after this long even if the prediction is still running; clients reconnect.
+STREAM_MAX_S = 30 * 60
+
+
+def _owned(store: PredictionStore, prediction_id: str, tenant: str) -> Prediction:
+    """The tenant's prediction; another tenant's looks exactly like a missing one."""
+    prediction = store.get(prediction_id)
+    if prediction is None or prediction.tenant != tenant:
+        raise ProblemError(404, f"prediction {prediction_id!r} not found")
+    return prediction
+
+
+def _render(prediction: Prediction, base: str, services: Services) -> dict:
+    return render_prediction(prediction, base, services.url_signing_secret)
+
+
+@router.post("/predictions", status_code=201)
+async def create_prediction(
+    body: CreatePrediction, tenant: CurrentTenant, services: ServicesDep, base: BaseURL,
+    prefer: PreferHeader = None, idempotency_key: IdempotencyKey = None,
+) -> JSONResponse:
+    try:
+        spec = resolve_version(body.version, services.settings)
+    except UnknownModelError as exc:
+        raise ProblemError(422, f"version: {exc}") from None
+    return await create_and_respond(services, tenant, spec, body, base, prefer, idempotency_key)
+
+
+@router.post("/models/{owner}/{name}/predictions", status_code=201)
+async def create_model_prediction(
+    owner: str, name: str, body: PredictionFields, tenant: CurrentTenant, services: ServicesDep, base: BaseURL,
+    prefer: PreferHeader = None, idempotency_key: IdempotencyKey = None,
+) -> JSONResponse:
+    try:
+        spec = find_model(f"{owner}/{name}")
+    except UnknownModelError as exc:
+        raise ProblemError(404, str(exc)) from None
+    return await create_and_respond(services, tenant, spec, body, base, prefer, idempotency_key)
+
+
+@router.post("/predictions/batch")
+async def create_batch(
+    body: CreateBatch, tenant: CurrentTenant, services: ServicesDep, base: BaseURL,
+    idempotency_key: IdempotencyKey = None,
+) -> JSONResponse:
+    """Up to ``KILN_BATCH_MAX_ITEMS`` creates; ``results`` holds, in order, each prediction or its problem."""
+    results, created = await run_in_threadpool(submit_batch, services, tenant, body.predictions, base, idempotency_key)
+    return JSONResponse({"results": results}, headers={} if created else {"Idempotent-Replayed": "true"})
+
+
+def _encode_cursor(direction: str, prediction_id: str) -> str:
+    return base64.urlsafe_b64encode(f"{direction}:{prediction_id}".encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[str, str]:
+    try:
+        direction, _, prediction_id = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode().partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        direction, prediction_id = "", ""
+    if direction not in {"before", "after"} or not prediction_id.isalnum():
+        raise ProblemError(400, "cursor: not a cursor this API returned")
+    return direction, prediction_id
+
+
+@router.get("/predictions")
+def list_predictions(
+    tenant: CurrentTenant, services: ServicesDep, base: BaseURL, cursor: str | None = Query(default=None)
+) -> dict:
+    """Newest first, in pages of ``predictions_page_size`` with absolute ``next``/``previous`` URLs."""
+    direction, bound = _decode_cursor(cursor) if cursor else ("before", None)
+    page, more = services.store.list_for_tenant(
+        tenant,
+        before=bound if direction == "before" else None,
+        after=bound if direction == "after" else None,
+        limit=services.settings.predictions_page_size,
+    )
+    older = more if direction == "before" else bool(page)
+    newer = more if direction == "after" else bool(page and bound)
+    list_url = f"{base}/v1/predictions"
+    return {
+        "next": f"{list_url}?cursor={_encode_cursor('before', page[-1].id)}" if older and page else None,
+        "previous": f"{list_url}?cursor={_encode_cursor('after', page[0].id)}" if newer and page else None,
+        "results": [_render(p, base, services) for p in page],
+    }
+
+
+@router.get("/predictions/{prediction_id}")
+def get_prediction(prediction_id: str, tenant: CurrentTenant, services: ServicesDep, base: BaseURL) -> dict:
+    return _render(_owned(services.store, prediction_id, tenant), base, services)
+
+
+@router.post("/predictions/{prediction_id}/cancel")
+def cancel_prediction(prediction_id: str, tenant: CurrentTenant, services: ServicesDep, base: BaseURL) -> dict:
+    """Cooperative: a queued prediction ends ``canceled`` now; a running one within one denoising step."""
+    prediction = _owned(services.store, prediction_id, tenant)
+    if services.store.request_cancel(prediction_id) is Status.STARTING:
+        # It never reached a worker, so the API sends its terminal webhook.
+        services.notifier.notify(prediction, "completed")
+    return _render(_owned(services.store, prediction_id, tenant), base, services)
+
+
+async def _owned_before_streaming(prediction_id: str, tenant: CurrentTenant, services: ServicesDep) -> Prediction:
+    """Checked as a dependency: once the event stream has started, a 404 can no longer be sent."""
+    return await run_in_threadpool(_owned, services.store, prediction_id, tenant)
+
+
+@router.get("/predictions/{prediction_id}/stream", response_class=EventSourceResponse)
+async def stream_prediction(
+    prediction_id: str, _: Annotated[Prediction, Depends(_owned_before_streaming)], services: ServicesDep,
+    base: BaseURL,
+) -> AsyncIterator[ServerSentEvent]:
+    """Server-Sent Events: ``status``, ``logs`` (one line each), ``output``, ``error``, then ``done``."""
+    sent_status, sent_logs, sent_output = None, 0, None
+    async for event in events(services.aredis, prediction_id, STREAM_MAX_S):
+        if event is not None and "logs" in event:
+            continue  # logs are read from the record below, so none are lost or repeated
+        prediction = await run_in_threadpool(services.store.get, prediction_id)
+        complete_lines = prediction.logs[: prediction.logs.rfind("\n") + 1]
+        for line in complete_lines[sent_logs:].splitlines():
+            yield ServerSentEvent(event="logs", raw_data=line)
+        sent_logs = len(complete_lines)
+        if prediction.status != sent_status:
+            sent_status = prediction.status
+            yield ServerSentEvent(event="status", raw_data=prediction.status.value)
+        rendered = _render(prediction, base, services)
+        if rendered["output"] is not None and rendered["output"] != sent_output:
+            sent_output = rendered["output"]
+            yield ServerSentEvent(event="output", data=sent_output)
+        if prediction.status.is_terminal():
+            if prediction.error:
+                yield ServerSentEvent(event="error", raw_data=prediction.error.replace("\n", " "))
+            reason = {} if prediction.status is Status.SUCCEEDED else {"reason": prediction.status.value}
+            yield ServerSentEvent(event="done", data=reason)
+            return
+
+
+@router.get("/predictions/{prediction_id}/output/{name}")
+def download_output(
+    prediction_id: str, name: str, tenant: OptionalTenant, services: ServicesDep, sig: str | None = None
+) -> StreamingResponse:
+    """Stream an output file from S3: to its owner's token, or to anyone holding the signed URL."""
+    prediction = services.store.get(prediction_id)
+    signed = sig is not None and verify_path(services.url_signing_secret, output_path(prediction_id, name), sig)
+    if prediction is None or not (signed or prediction.tenant == tenant):
+        raise ProblemError(404, f"prediction {prediction_id!r} not found")
+    if prediction.data_removed:
+        raise ProblemError(410, f"the outputs of prediction {prediction_id!r} have expired and were removed")
+    if name not in (prediction.output or []):
+        raise ProblemError(404, f"prediction {prediction_id!r} has no output {name!r}")
+    try:
+        stored = services.storage.open(output_key(prediction_id, name))
+    except ObjectNotFound:
+        raise ProblemError(404, f"output {name!r} of prediction {prediction_id!r} is no longer stored") from None
+    return StreamingResponse(stored.body, media_type=stored.content_type,
+                             headers={"Content-Length": str(stored.content_length)})

@@ -1,0 +1,25 @@
+"""Queue depth: how many predictions wait to start, for the caller and per model family."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from api.deps import CurrentTenant, ServicesDep
+from shared import queues
+
+router = APIRouter(prefix="/v1", tags=["queue"])
+
+
+@router.get("/queue")
+def queue_depth(tenant: CurrentTenant, services: ServicesDep) -> dict:
+    """``queued``: the caller's predictions not yet started; ``families``: every tenant's, per model
+    family (Celery queue); ``total``: all of them, the number ``KILN_MAX_QUEUED_TOTAL`` caps."""
+    depth = services.store.queued.depth(tenant)
+    families = {name: 0 for name in queues.GPU_QUEUES} | depth.families
+    settings = services.settings
+    return {
+        "queued": depth.tenant,
+        "max_queued": settings.max_queued_per_tenant,
+        "families": {name: {"queued": count} for name, count in sorted(families.items())},
+        "total": {"queued": depth.total, "max_queued": settings.max_queued_total},
+    }

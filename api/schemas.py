@@ -1,0 +1,36 @@
+"""Request bodies of the HTTP API (model inputs are validated separately, per model)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl
+
+WebhookEvent = Literal["start", "output", "logs", "completed"]
+
+
+class PredictionFields(BaseModel):
+    """What every create body carries besides the model reference."""
+
+    # Replicate's clients send extra keys (e.g. ``stream``); ignore what we don't use.
+    model_config = ConfigDict(extra="ignore")
+
+    input: dict[str, Any] = Field(description="The model's inputs, validated against its schema.")
+    webhook: HttpUrl | None = None
+    webhook_events_filter: list[WebhookEvent] | None = None
+
+
+class CreatePrediction(PredictionFields):
+    version: str = Field(min_length=1, description="A version id, 'owner/name' or 'owner/name:version_id'.")
+
+
+class BatchItem(PredictionFields):
+    """One item of a batch create: names its model by ``version`` or by ``model`` (``owner/name``)."""
+
+    version: str | None = Field(default=None, min_length=1)
+    model: str | None = Field(default=None, min_length=1)
+
+
+class CreateBatch(BaseModel):
+    # Items stay raw here and are validated one by one, so one bad item fails only itself.
+    predictions: list[dict[str, Any]] = Field(description="Create bodies: version or model, input, webhook...")

@@ -1,0 +1,64 @@
+"""The long-lived clients one API process holds, built in ``create_app``'s lifespan."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import redis.asyncio
+from celery import Celery
+from redis import Redis
+
+from api.idempotency import IdempotencyKeys
+from api.ratelimit import RateLimiter
+from shared.celery_config import create_celery
+from shared.files import FileStore
+from shared.redis_client import connect, connect_async
+from shared.secrets import url_signing_secret
+from shared.settings import Settings
+from shared.storage import Storage
+from shared.store import PredictionStore
+from shared.webhook_outbox import WebhookNotifier, WebhookOutbox
+
+
+@dataclass
+class Services:
+    settings: Settings
+    redis: Redis
+    # For waiting on prediction events (Prefer: wait, streams) without holding a thread.
+    aredis: redis.asyncio.Redis
+    store: PredictionStore
+    storage: Storage
+    files: FileStore
+    celery: Celery
+    notifier: WebhookNotifier
+    rate_limiter: RateLimiter
+    idempotency: IdempotencyKeys
+
+    @classmethod
+    def connect(cls, settings: Settings) -> Services:
+        sync_redis = connect(settings.redis_url)
+        store = PredictionStore(sync_redis, settings.retention_s)
+        storage = Storage(settings)
+        celery = create_celery(settings)
+        return cls(
+            settings=settings,
+            redis=sync_redis,
+            # No read timeout: pub/sub waits block for as long as Prefer: wait or a stream asks.
+            aredis=connect_async(settings.redis_url, socket_timeout=None),
+            store=store,
+            storage=storage,
+            files=FileStore(sync_redis, storage, settings.file_retention_s),
+            celery=celery,
+            notifier=WebhookNotifier(store, WebhookOutbox(sync_redis, settings), celery),
+            rate_limiter=RateLimiter(sync_redis, settings.rate_limit_per_s, settings.rate_limit_burst),
+            idempotency=IdempotencyKeys(sync_redis),
+        )
+
+    @cached_property
+    def url_signing_secret(self) -> str:
+        return url_signing_secret(self.settings, self.redis)
+
+    async def close(self) -> None:
+        self.redis.close()
+        await self.aredis.aclose()

@@ -1,0 +1,157 @@
+"""Turning a create request into a stored, enqueued prediction, and answering it."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+from kombu.exceptions import OperationalError
+
+from api.errors import ProblemError
+from api.idempotency import fingerprint
+from api.inputs import stage_remote_images, validate_input
+from api.schemas import PredictionFields
+from api.services import Services
+from api.waiting import parse_prefer_wait, wait_until_terminal
+from shared import keys, queues
+from shared.enqueue import enqueue_prediction, enqueue_predictions
+from shared.models.registry import ModelSpec
+from shared.prediction import Prediction, new_id, utcnow
+from shared.queued import QueueFull
+from shared.rendering import render_prediction
+from shared.status import Status
+from shared.ssrf import URLRefused, resolve_checked
+
+log = logging.getLogger(__name__)
+# How long a duplicate request waits for the first one (same Idempotency-Key) to store its prediction.
+DUPLICATE_WAIT_S = 10.0
+# Over a queue cap: predictions start every few seconds, so this is when room is likely.
+QUEUE_FULL_RETRY_AFTER_S = 5
+
+
+def check_webhook(url: str | None, services: Services) -> str | None:
+    """Refuse webhook URLs the sender would refuse (SSRF guard), so the client learns it now."""
+    if url is None:
+        return None
+    try:
+        resolve_checked(url, allow_private=services.settings.webhook_allow_private)
+    except URLRefused as exc:
+        raise ProblemError(422, f"webhook: {exc}") from None
+    return url
+
+
+def prepare(services: Services, tenant: str, spec: ModelSpec, body: PredictionFields, base_url: str) -> Prediction:
+    """Validate a create request (input, webhook, remote images) into a prediction ready to store."""
+    prediction_id = new_id()
+    inputs = validate_input(spec, body.input, services, tenant, base_url)
+    webhook = check_webhook(str(body.webhook) if body.webhook else None, services)
+    return Prediction(
+        id=prediction_id,
+        tenant=tenant,
+        model=spec.ref,
+        version=spec.version_id(services.settings),
+        queue=spec.queue,
+        input=inputs,
+        input_files=stage_remote_images(spec, inputs, services, prediction_id, base_url),
+        webhook=webhook,
+        webhook_events_filter=body.webhook_events_filter,
+        base_url=base_url,
+    )
+
+
+def store_queued(services: Services, predictions: list[Prediction]) -> None:
+    """Store predictions within the queue caps: 429 (tenant) or 503 (global) with nothing stored."""
+    settings = services.settings
+    try:
+        services.store.create_many(predictions, tenant_cap=settings.max_queued_per_tenant,
+                                   total_cap=settings.max_queued_total)
+    except QueueFull as exc:
+        status = 429 if exc.scope == "tenant" else 503
+        who = "this token has" if exc.scope == "tenant" else "the service has"
+        raise ProblemError(status, f"{who} {exc.cap} predictions queued, the most allowed "
+                           f"(KILN_MAX_QUEUED_{'PER_TENANT' if exc.scope == 'tenant' else 'TOTAL'}); "
+                           f"{len(predictions)} more would not fit; retry when some have started",
+                           headers={"Retry-After": str(QUEUE_FULL_RETRY_AFTER_S)}) from None
+    with services.redis.pipeline(transaction=False) as pipe:
+        for model, count in Counter(p.model for p in predictions).items():
+            pipe.incrby(keys.model_run_count(model), count)
+        pipe.execute()
+
+
+def enqueue(services: Services, predictions: list[Prediction], priority: int) -> None:
+    """Put stored predictions on their queues; if the queue is down, fail them (so none hangs) and 503."""
+    try:
+        if len(predictions) == 1:
+            enqueue_prediction(services.celery, predictions[0].id, predictions[0].queue, priority)
+        else:
+            enqueue_predictions(services.celery, [(p.id, p.queue) for p in predictions], priority)
+    except OperationalError as exc:
+        log.error("could not enqueue %d predictions: %s", len(predictions), exc)
+        for prediction in predictions:
+            if services.store.transition(
+                prediction.id, Status.FAILED, error="the queue is unavailable; the prediction was not run",
+                completed_at=utcnow(),
+            ):
+                services.notifier.notify(prediction, "completed")
+        raise ProblemError(503, "the queue is unavailable; retry shortly", headers={"Retry-After": "5"}) from None
+
+
+def submit(
+    services: Services, tenant: str, spec: ModelSpec, body: PredictionFields, base_url: str,
+    idempotency_key: str | None = None,
+) -> tuple[Prediction, bool]:
+    """Store the prediction, then enqueue its id; returns it and whether it was created now.
+
+    The record is written first so a worker never receives an id it cannot find; if enqueueing
+    fails, the record says so instead of hanging. With an Idempotency-Key, a repeat of the same
+    request returns the first prediction instead of creating another.
+    """
+    prediction = prepare(services, tenant, spec, body, base_url)
+    if idempotency_key is not None:
+        request = fingerprint(spec.ref, body.model_dump(mode="json", exclude_unset=True))
+        existing = services.idempotency.claim(tenant, idempotency_key, request, prediction.id)
+        if existing is not None:
+            return _stored_by_first_request(services, existing), False
+    try:
+        store_queued(services, [prediction])
+    except BaseException:
+        if idempotency_key is not None:
+            services.idempotency.release(tenant, idempotency_key)
+        raise
+    enqueue(services, [prediction], queues.PRIORITY_INTERACTIVE)
+    return prediction, True
+
+
+def _stored_by_first_request(services: Services, prediction_id: str) -> Prediction:
+    deadline = time.monotonic() + DUPLICATE_WAIT_S
+    while (prediction := services.store.get(prediction_id)) is None:
+        if time.monotonic() > deadline:
+            raise ProblemError(409, "a request with this Idempotency-Key is still being processed; retry shortly",
+                               headers={"Retry-After": "1"})
+        time.sleep(0.02)
+    return prediction
+
+
+async def create_and_respond(
+    services: Services, tenant: str, spec: ModelSpec, body: PredictionFields, base_url: str,
+    prefer: str | None, idempotency_key: str | None,
+) -> JSONResponse:
+    """Create (or replay) the prediction; with ``Prefer: wait``, hold the answer until it is terminal."""
+    wait_s = parse_prefer_wait(prefer, services.settings.prefer_wait_default_s)
+    prediction, created = await run_in_threadpool(submit, services, tenant, spec, body, base_url, idempotency_key)
+    headers = {} if created else {"Idempotent-Replayed": "true"}
+    if wait_s is not None:
+        headers["Preference-Applied"] = f"wait={wait_s}"
+        await wait_until_terminal(services.aredis, prediction.id, wait_s)
+        prediction = await run_in_threadpool(services.store.get, prediction.id)
+    rendered = render_prediction(prediction, base_url, services.url_signing_secret)
+    if wait_s is not None and not prediction.status.is_terminal():
+        headers["Location"] = rendered["urls"]["get"]
+        # Replicate's Python client polls after a waited create only when the status is "starting";
+        # any other unfinished status with no output would make replicate.run() return None.
+        if rendered["output"] is None:
+            rendered["status"] = Status.STARTING.value
+    return JSONResponse(rendered, status_code=201, headers=headers)
