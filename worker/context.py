@@ -1,0 +1,90 @@
+"""The runner's side of ``PredictContext``: logs, bounded image loading, progress and cancel."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any, Callable
+
+import redis
+from PIL import Image
+from tqdm import tqdm
+
+from shared.files import FileStore, file_id_from_url
+from shared.images import ImageInputError, decode_image, load_image_bytes
+from shared.prediction import Prediction
+from shared.settings import Settings
+from shared.store import PredictionStore
+from shared.webhook_outbox import WebhookNotifier
+from worker.interrupts import HandedBack, LeaseLost, PredictionCanceled, TimeLimitExceeded
+
+log = logging.getLogger(__name__)
+
+
+class RunContext:
+    def __init__(self, prediction: Prediction, store: PredictionStore, notifier: WebhookNotifier, files: FileStore,
+                 settings: Settings, lease_lost: threading.Event, hand_back: threading.Event) -> None:
+        self.prediction = prediction
+        self.prediction_id = prediction.id
+        self.store = store
+        self.notifier = notifier
+        self.files = files
+        self.settings = settings
+        self.lease_lost = lease_lost
+        self.hand_back = hand_back
+        self.started = time.monotonic()
+        self.time_limit_s = settings.time_limit_s(prediction.model)
+
+    def log(self, line: str) -> None:
+        """Best effort: a Redis restart mid-prediction costs log lines, not the prediction."""
+        try:
+            self.store.append_log(self.prediction_id, line.rstrip("\n") + "\n")
+            self.notifier.notify(self.prediction, "logs")
+        except redis.RedisError as exc:
+            log.warning("prediction %s: log line not recorded: %s", self.prediction_id, exc)
+
+    def check_interruptions(self) -> None:
+        """Stop the prediction if it was canceled, ran out of time, lost its lease or must be handed back."""
+        if self.lease_lost.is_set():
+            raise LeaseLost()
+        if self.hand_back.is_set():
+            raise HandedBack()
+        if time.monotonic() - self.started > self.time_limit_s:
+            raise TimeLimitExceeded(self.time_limit_s)
+        try:
+            canceled = self.store.cancel_requested(self.prediction_id)
+        except redis.RedisError as exc:  # Redis restarting: check again at the next step
+            log.warning("prediction %s: cancel flag not readable: %s", self.prediction_id, exc)
+            canceled = False
+        if canceled:
+            raise PredictionCanceled()
+
+    def load_image(self, uri: str) -> Image.Image:
+        """Inputs staged at submission and uploaded files of the prediction's owner are read from
+        storage; anything else (data URIs) is decoded, or fetched."""
+        file_id = file_id_from_url(uri, self.prediction.base_url)
+        if uri in self.prediction.input_files:
+            data = b"".join(self.files.storage.open(self.prediction.input_files[uri]).body)
+        elif file_id is not None:
+            data = self.files.read(file_id, self.prediction.tenant)
+            if data is None:
+                raise ImageInputError(f"file {file_id} does not exist or has expired")
+        else:
+            data = load_image_bytes(
+                uri, timeout_s=self.settings.image_fetch_timeout_s, max_bytes=self.settings.image_fetch_max_bytes,
+                allow_private=self.settings.image_fetch_allow_private,
+            )
+        return decode_image(data, self.settings.image_max_pixels)
+
+    def step_callback(self) -> Callable[[Any, int, Any, dict], dict]:
+        started = time.monotonic()
+
+        def on_step_end(pipe: Any, step: int, timestep: Any, callback_kwargs: dict) -> dict:
+            total = getattr(pipe, "num_timesteps", None)
+            # The same progress line tqdm prints on Replicate, one per denoising step.
+            self.log(tqdm.format_meter(step + 1, total, time.monotonic() - started))
+            self.check_interruptions()
+            return callback_kwargs
+
+        return on_step_end

@@ -1,0 +1,184 @@
+"""What the SDXL + IP-Adapter + ControlNet models share: weights, one SDXL base per process, predict.
+
+``kiln/ip-adapter-depth-xl`` and ``kiln/ip-adapter-openpose-xl`` differ only in their ControlNet and
+in the controlnet-aux detector that turns ``input_image`` into a control map. Both run
+``StableDiffusionXLControlNetPipeline`` over the same UNet, VAE, text encoders and IP-Adapter image
+encoder: whichever predictor sets up first loads that base, and the IP-Adapter into it (loading
+replaces the UNet's attention processors, so it happens once), and the other builds its pipeline
+from the same objects. A worker serving both models holds one SDXL in memory.
+"""
+
+from __future__ import annotations
+
+import abc
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from diffusers import AutoencoderKL, ControlNetModel, StableDiffusionXLControlNetPipeline, StableDiffusionXLPipeline
+from PIL import Image
+
+from shared.models.ip_adapter_xl import IPAdapterXLInput
+from shared.settings import Settings
+from worker.devices import resolve_device
+from worker.predictors.base import NamedImage, Output, PredictContext, Predictor, resolve_seed
+from worker.predictors.schedulers import SCHEDULERS
+from worker.weights.loading import hub_cache_dir, load_model, load_pipeline
+from worker.weights.random_full import ensure_random_full_sdxl
+from worker.weights.sdxl_builder import (
+    BASE_DIR,
+    CONTROLNET_DIRS,
+    IP_ADAPTER_DIR,
+    IP_ADAPTER_SUBFOLDER,
+    IP_ADAPTER_WEIGHT_NAME,
+    VAE_FP16_DIR,
+)
+from worker.weights.tiny_annotators import ensure_tiny_annotators
+from worker.weights.tiny_sdxl import ensure_tiny_sdxl
+
+CONTROL_MAP_NAME = "control-map"
+# Detectors run at the output's short side within these bounds: 512 is what they were trained at
+# (controlnet-aux's default), and below 256 a person is too small to find.
+MIN_DETECT_RESOLUTION = 256
+MAX_DETECT_RESOLUTION = 512
+
+
+@dataclass(frozen=True)
+class XLWeights:
+    """Where each part of the XL models comes from: local folders (tiny, random-full) or Hub ids (full)."""
+
+    base: str
+    # Replaces the base's VAE when set: the fp16-safe one, on CUDA.
+    vae: str | None
+    controlnets: Mapping[str, str]
+    ip_adapter: str
+    annotators: str
+
+
+def xl_weights(settings: Settings) -> XLWeights:
+    """The weights of the settings' profile; the tiny and random-full folders are built on first use."""
+    on_cuda = resolve_device(settings.device).type == "cuda"
+    if settings.weights_profile == "full":
+        return XLWeights(
+            base=settings.sdxl_base_weights,
+            vae=settings.sdxl_vae_fp16_weights if on_cuda else None,
+            controlnets={"depth": settings.controlnet_depth_xl_weights,
+                         "openpose": settings.controlnet_openpose_xl_weights},
+            ip_adapter=settings.ip_adapter_weights,
+            annotators=settings.annotators_weights,
+        )
+    weights_dir = settings.resolved_weights_dir
+    if settings.weights_profile == "tiny":
+        root = ensure_tiny_sdxl(weights_dir)
+    else:
+        root = ensure_random_full_sdxl(weights_dir, resolve_device(settings.device))
+    return XLWeights(
+        base=str(root / BASE_DIR),
+        vae=str(root / VAE_FP16_DIR) if on_cuda else None,
+        controlnets={kind: str(root / folder) for kind, folder in CONTROLNET_DIRS.items()},
+        ip_adapter=str(root / IP_ADAPTER_DIR),
+        annotators=str(ensure_tiny_annotators(weights_dir)),
+    )
+
+
+_bases: dict[tuple[str, ...], dict[str, Any]] = {}
+_bases_lock = threading.Lock()
+
+
+def _load_base(settings: Settings, weights: XLWeights) -> dict[str, Any]:
+    vae = {"vae": load_model(AutoencoderKL, weights.vae, settings)} if weights.vae else {}
+    base = load_pipeline(StableDiffusionXLPipeline, weights.base, settings, **vae)
+    base.load_ip_adapter(
+        weights.ip_adapter,
+        subfolder=IP_ADAPTER_SUBFOLDER,
+        weight_name=IP_ADAPTER_WEIGHT_NAME,
+        cache_dir=hub_cache_dir(settings),
+    )
+    return base.components
+
+
+def shared_base_components(settings: Settings, weights: XLWeights) -> dict[str, Any]:
+    """The SDXL base's components with the IP-Adapter loaded, loaded once per process and weights.
+
+    Every XL predictor of the process gets the same UNet, VAE, text encoders, tokenizers, image
+    encoder and feature extractor objects.
+    """
+    key = (weights.base, str(weights.vae), weights.ip_adapter, str(resolve_device(settings.device)),
+           str(hub_cache_dir(settings)))
+    with _bases_lock:
+        if key not in _bases:
+            _bases[key] = _load_base(settings, weights)
+        return dict(_bases[key])
+
+
+def detect_resolution(width: int, height: int) -> int:
+    """The side the detector works at: the output's short side, within the detectors' useful range."""
+    return max(MIN_DETECT_RESOLUTION, min(MAX_DETECT_RESOLUTION, min(width, height)))
+
+
+class IPAdapterXLPredictor(Predictor[IPAdapterXLInput]):
+    """SDXL steered by an image prompt (IP-Adapter) and laid out by a control map (ControlNet)."""
+
+    # The ControlNet's key in ``XLWeights.controlnets``, also used in log lines.
+    control_kind: ClassVar[str]
+
+    @abc.abstractmethod
+    def load_detector(self, source: str) -> Any:
+        """The controlnet-aux detector from ``source`` (a folder or a Hub id), on the device.
+
+        It is called as ``detector(image, detect_resolution=n, image_resolution=n)`` and returns
+        the control map as a PIL image.
+        """
+
+    def setup(self) -> None:
+        weights = xl_weights(self.settings)
+        controlnet = load_model(ControlNetModel, weights.controlnets[self.control_kind], self.settings)
+        self.pipe = StableDiffusionXLControlNetPipeline(
+            **shared_base_components(self.settings, weights), controlnet=controlnet
+        )
+        self.pipe.set_progress_bar_config(disable=True)
+        # Every prediction gets a fresh scheduler from this config: schedulers keep per-run state.
+        self.scheduler_config = self.pipe.scheduler.config
+        self.detector = self.load_detector(weights.annotators)
+
+    def control_map(self, inputs: IPAdapterXLInput, ctx: PredictContext) -> Image.Image:
+        """The given ``control_image``, or the map the detector extracts from ``input_image``; output-sized."""
+        size = (inputs.width, inputs.height)
+        if inputs.control_image is not None:
+            control = ctx.load_image(inputs.control_image)
+        else:
+            image = ctx.load_image(inputs.input_image)
+            started = time.monotonic()
+            resolution = detect_resolution(*size)
+            control = self.detector(image, detect_resolution=resolution, image_resolution=resolution)
+            ctx.log(f"Extracted the {self.control_kind} map in {time.monotonic() - started:.2f} s")
+        return control.convert("RGB").resize(size, Image.Resampling.BICUBIC)
+
+    def predict(self, inputs: IPAdapterXLInput, ctx: PredictContext) -> list[Output]:
+        ip_image = ctx.load_image(inputs.ip_image)
+        control = self.control_map(inputs, ctx)
+        seed = resolve_seed(inputs.seed, ctx)
+        self.pipe.scheduler = SCHEDULERS[inputs.scheduler].from_config(self.scheduler_config)
+        # The attention processors belong to the UNet both XL predictors share: set it every call.
+        self.pipe.set_ip_adapter_scale(inputs.ip_adapter_scale)
+        result = self.pipe(
+            prompt=inputs.prompt,
+            negative_prompt=inputs.negative_prompt,
+            image=control,
+            ip_adapter_image=ip_image,
+            controlnet_conditioning_scale=inputs.controlnet_scale,
+            width=inputs.width,
+            height=inputs.height,
+            num_inference_steps=inputs.num_inference_steps,
+            guidance_scale=inputs.guidance_scale,
+            num_images_per_prompt=inputs.num_outputs,
+            generator=torch.Generator(device=self.pipe.device).manual_seed(seed),
+            callback_on_step_end=ctx.step_callback(),
+        )
+        outputs: list[Output] = list(result.images)
+        if inputs.return_control_map:
+            outputs.append(NamedImage(CONTROL_MAP_NAME, control))
+        return outputs

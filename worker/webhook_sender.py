@@ -1,0 +1,92 @@
+"""The webhook worker's side: attempt one delivery, signed, to the address that was checked."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+
+import httpx
+
+from shared.settings import Settings
+from shared.webhook_outbox import PENDING, Delivery, WebhookOutbox
+from shared.ssrf import URLRefused, pinned_request, resolve_checked
+from shared.webhooks import signature_headers
+
+log = logging.getLogger(__name__)
+
+# Seconds to wait before re-checking a ``completed`` delivery whose ``start`` has not gone out yet.
+ORDERING_DELAY_S = 0.2
+MAX_RETRY_AFTER_S = 24 * 3600.0
+
+
+@dataclass(frozen=True)
+class AttemptResult:
+    outcome: str
+    succeeded: bool
+    # Retrying cannot help: 410 Gone, or a URL that may not be called.
+    stop: bool = False
+    retry_after_s: float | None = None
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """``Retry-After`` as seconds (delta-seconds or an HTTP date), capped at a day."""
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            seconds = (parsedate_to_datetime(value) - datetime.now(UTC)).total_seconds()
+        except (TypeError, ValueError):
+            return None
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER_S)
+
+
+def post_signed(delivery: Delivery, secret: str, settings: Settings) -> AttemptResult:
+    """POST the body once. Redirects are failures and are not followed."""
+    try:
+        target = resolve_checked(delivery.url, allow_private=settings.webhook_allow_private)
+    except URLRefused as exc:
+        return AttemptResult(f"refused: {exc}", succeeded=False, stop=True)
+    pinned, host_header, extensions = pinned_request(target, delivery.url)
+    headers = signature_headers(secret, delivery.id, datetime.now(UTC), delivery.body) | host_header | {
+        "content-type": "application/json",
+        "user-agent": "kiln-webhooks/1",
+    }
+    try:
+        with httpx.Client(timeout=settings.webhook_timeout_s, follow_redirects=False, trust_env=False) as client:
+            response = client.post(pinned, content=delivery.body.encode(), headers=headers, extensions=extensions)
+    except httpx.TimeoutException:
+        return AttemptResult(f"timed out after {settings.webhook_timeout_s:g} s", succeeded=False)
+    except httpx.HTTPError as exc:
+        return AttemptResult(f"network error: {exc}", succeeded=False)
+    outcome = f"HTTP {response.status_code}"
+    if 200 <= response.status_code < 300:
+        return AttemptResult(outcome, succeeded=True)
+    return AttemptResult(outcome, succeeded=False, stop=response.status_code == 410,
+                         retry_after_s=parse_retry_after(response.headers.get("retry-after")))
+
+
+def deliver(outbox: WebhookOutbox, delivery_id: str, secret: str, settings: Settings) -> Delivery | None:
+    """Attempt a pending delivery once and record the outcome. Returns it, or None when skipped."""
+    delivery = outbox.get(delivery_id)
+    if delivery is None or delivery.state != PENDING:
+        return None
+    if delivery.after is not None:
+        first = outbox.get(delivery.after)
+        if first is not None and first.state == PENDING and first.attempts == 0:
+            outbox.postpone(delivery, ORDERING_DELAY_S)
+            return None
+    if not outbox.lock_attempt(delivery_id):
+        return None
+    try:
+        result = post_signed(delivery, secret, settings)
+        delivery = outbox.save_attempt(delivery, result.outcome, succeeded=result.succeeded, stop=result.stop,
+                                       retry_after_s=result.retry_after_s)
+    finally:
+        outbox.unlock_attempt(delivery_id)
+    log.info("webhook %s %s for prediction %s attempt %d: %s -> %s", delivery.id, delivery.event,
+             delivery.prediction_id, delivery.attempts, result.outcome, delivery.state)
+    return delivery
