@@ -1,0 +1,107 @@
+"""What the local stack is configured with: the environment, plus secrets generated once per data dir."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from deploy.devstack.servers import write_private
+
+DEFAULT_DATA_DIR = ".kiln"
+DEFAULT_API_PORT = 8000
+DEFAULT_BUCKET = "kiln"
+
+
+def load_or_create_token(data_dir: Path, env: Mapping[str, str]) -> str:
+    """``KILN_API_TOKEN`` when set, else the token kept in ``<data_dir>/api-token`` (made on first use)."""
+    if env.get("KILN_API_TOKEN"):
+        return env["KILN_API_TOKEN"]
+    path = data_dir / "api-token"
+    if path.exists():
+        return path.read_text().strip()
+    token = "kiln_" + secrets.token_urlsafe(24)
+    write_private(path, token + "\n")
+    return token
+
+
+def load_or_create_s3_credentials(data_dir: Path, env: Mapping[str, str]) -> tuple[str, str]:
+    """The S3 key pair from ``KILN_S3_ACCESS_KEY``/``KILN_S3_SECRET_KEY``, else from ``s3-credentials.json``."""
+    if env.get("KILN_S3_ACCESS_KEY") and env.get("KILN_S3_SECRET_KEY"):
+        return env["KILN_S3_ACCESS_KEY"], env["KILN_S3_SECRET_KEY"]
+    path = data_dir / "s3-credentials.json"
+    if path.exists():
+        stored = json.loads(path.read_text())
+        return stored["access_key"], stored["secret_key"]
+    access_key, secret_key = "kiln" + secrets.token_hex(8), secrets.token_urlsafe(30)
+    write_private(path, json.dumps({"access_key": access_key, "secret_key": secret_key}, indent=2) + "\n")
+    return access_key, secret_key
+
+
+@dataclass(frozen=True)
+class StackSettings:
+    """Everything the launcher decides before it starts a process.
+
+    ``redis_url`` and ``s3_endpoint_url`` are set when the environment points at servers that
+    already run; the launcher then starts no server of its own for them.
+    """
+
+    data_dir: Path
+    api_port: int
+    api_token: str
+    s3_access_key: str
+    s3_secret_key: str
+    s3_bucket: str
+    redis_url: str | None
+    s3_endpoint_url: str | None
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.data_dir / "logs"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> StackSettings:
+        """Read ``KILN_*`` variables, creating the data dir and its generated secrets as needed."""
+        env = os.environ if env is None else env
+        data_dir = Path(env.get("KILN_DATA_DIR") or DEFAULT_DATA_DIR).expanduser().resolve()
+        data_dir.mkdir(parents=True, exist_ok=True)
+        s3_endpoint_url = env.get("KILN_S3_ENDPOINT_URL") or None
+        if s3_endpoint_url and not (env.get("KILN_S3_ACCESS_KEY") and env.get("KILN_S3_SECRET_KEY")):
+            raise SystemExit("KILN_S3_ENDPOINT_URL is set: set KILN_S3_ACCESS_KEY and KILN_S3_SECRET_KEY for it too")
+        access_key, secret_key = load_or_create_s3_credentials(data_dir, env)
+        return cls(
+            data_dir=data_dir,
+            api_port=int(env.get("KILN_PORT") or DEFAULT_API_PORT),
+            api_token=load_or_create_token(data_dir, env),
+            s3_access_key=access_key,
+            s3_secret_key=secret_key,
+            s3_bucket=env.get("KILN_S3_BUCKET") or DEFAULT_BUCKET,
+            redis_url=env.get("KILN_REDIS_URL") or None,
+            s3_endpoint_url=s3_endpoint_url,
+        )
+
+    def child_environment(self, redis_url: str, s3_endpoint_url: str, env: Mapping[str, str] | None = None) -> dict[str, str]:
+        """The environment of every program: the stack's values, overridden by any already set."""
+        env = os.environ if env is None else env
+        defaults = {
+            "KILN_REDIS_URL": redis_url,
+            "KILN_S3_ENDPOINT_URL": s3_endpoint_url,
+            "KILN_S3_ACCESS_KEY": self.s3_access_key,
+            "KILN_S3_SECRET_KEY": self.s3_secret_key,
+            "KILN_S3_BUCKET": self.s3_bucket,
+            "KILN_API_TOKEN": self.api_token,
+            "KILN_DATA_DIR": str(self.data_dir),
+            "KILN_WEIGHTS_PROFILE": "tiny",
+            "KILN_PUBLIC_URL": self.api_url,
+            "KILN_WEBHOOK_ALLOW_PRIVATE": "true",
+            "HF_HUB_OFFLINE": "1",
+            "PYTHONUNBUFFERED": "1",
+        }
+        return {**defaults, **env}
