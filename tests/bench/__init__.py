@@ -1,0 +1,1 @@
+"""Benchmarks and stress tools with their own commands (``make chaos``); not collected by ``make test``."""

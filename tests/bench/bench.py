@@ -1,0 +1,208 @@
+"""``make bench``: create throughput (single and batch) and scheduling/webhook overhead, as a table.
+
+Starts a stack on free ports with the chaos harness's ``start_stack`` (redis-server, SeaweedFS, one
+API process under uvicorn, one GPU worker for ``kiln/sd2-depth2img`` on the tiny profile, the
+webhook worker), then measures:
+
+- create throughput: predictions accepted per second by the one API process, after a warm-up,
+  for single creates (concurrent clients) and for batches of ``--batch-size``. They target
+  ``kiln/ip-adapter-depth-xl``, whose queue no worker consumes here, so the GPU worker stays idle;
+  that queue is emptied afterwards.
+- on the idle worker, one prediction at a time (tiny sd2, 64x64, ONE denoising step, so the model's
+  time hardly hides the overhead): submit -> ``started_at``, ``completed_at`` -> ``completed``
+  webhook received (loopback receiver), and ``predict_time`` for scale.
+
+The client runs on the same machine as the stack and competes with it for the CPU.
+Usage: ``python -m tests.bench.bench [--seconds 10] [--latency-runs 40] [--batch-size 1000]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+import httpx
+import redis
+from PIL import Image
+
+from shared import keys, queues
+from tests.bench.chaos import CHAOS_SETTINGS, start_stack
+from tests.integration.conftest import TOKEN_A
+from tests.integration.receiver import WebhookReceiver
+from tests.support import REPO_ROOT, data_uri
+
+TARGETS = {"batch": 20_000, "single": 2_000, "start_p50_ms": 5, "start_p99_ms": 20, "webhook_p50_ms": 20}
+
+
+def tiny_png() -> str:
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), "teal").save(buffer, format="PNG")
+    return data_uri(buffer.getvalue())
+
+
+IMAGE = tiny_png()
+XL_BODY = {"input": {"prompt": "bench", "input_image": IMAGE, "ip_image": IMAGE, "num_inference_steps": 1}}
+SD2_INPUT = {"prompt": "bench", "input_image": IMAGE, "num_inference_steps": 1, "prompt_strength": 1.0, "seed": 1}
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+async def _hammer(base_url: str, seconds: float, concurrency: int, send) -> int:
+    """Run ``send(client)`` from ``concurrency`` tasks for ``seconds``; the number of predictions accepted."""
+    accepted = 0
+    deadline = time.monotonic() + seconds
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=base_url, headers={"Authorization": f"Bearer {TOKEN_A}"},
+                                 timeout=120, limits=limits) as client:
+        async def worker() -> None:
+            nonlocal accepted
+            while time.monotonic() < deadline:
+                accepted += await send(client)
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return accepted
+
+
+async def _single(client: httpx.AsyncClient) -> int:
+    response = await client.post("/v1/models/kiln/ip-adapter-depth-xl/predictions", json=XL_BODY)
+    return 1 if response.status_code == 201 else 0
+
+
+def _batch_sender(size: int):
+    body = {"predictions": [{"model": "kiln/ip-adapter-depth-xl"} | XL_BODY] * size}
+
+    async def send(client: httpx.AsyncClient) -> int:
+        response = await client.post("/v1/predictions/batch", json=body)
+        response.raise_for_status()
+        return sum(1 for r in response.json()["results"] if "id" in r)
+
+    return send
+
+
+def throughput(base_url: str, send, seconds: float, concurrency: int) -> float:
+    asyncio.run(_hammer(base_url, min(3.0, seconds), concurrency, send))  # warm-up
+    started = time.monotonic()
+    accepted = asyncio.run(_hammer(base_url, seconds, concurrency, send))
+    return accepted / (time.monotonic() - started)
+
+
+def drop_xl_queue(redis_url: str) -> None:
+    """Forget the throughput runs' predictions: no worker will ever run them."""
+    with redis.Redis.from_url(redis_url) as client:
+        for step in queues.PRIORITY_STEPS:
+            client.delete(queues.SDXL if step == 0 else f"{queues.SDXL}\x06\x16{step}")
+        client.delete(keys.queued_by_tenant(), keys.queued_by_family())
+
+
+def _wall(moment_monotonic: float) -> float:
+    return time.time() - time.monotonic() + moment_monotonic
+
+
+def _ts(value: str) -> float:
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+
+
+def latencies(base_url: str, runs: int) -> dict[str, list[float]]:
+    """One prediction at a time on the idle worker: submit->start, completed->webhook, predict_time (ms)."""
+    found: dict[str, list[float]] = {"start": [], "webhook": [], "predict": []}
+    with httpx.Client(base_url=base_url, headers={"Authorization": f"Bearer {TOKEN_A}"}, timeout=60) as client:
+        secret = client.get("/v1/webhooks/default/secret").json()["key"]
+        with WebhookReceiver(secret) as receiver:
+            for run in range(runs + 3):  # the first three warm the worker up
+                path = f"/bench/{run}"
+                submitted = time.time()
+                response = client.post("/v1/predictions", json={
+                    "version": "kiln/sd2-depth2img", "input": SD2_INPUT, "webhook": receiver.url(path),
+                    "webhook_events_filter": ["completed"]})
+                response.raise_for_status()
+                deadline = time.monotonic() + 60
+                while not receiver.at(path) and time.monotonic() < deadline:
+                    time.sleep(0.001)
+                delivered = receiver.at(path)
+                if not delivered or run < 3:
+                    continue
+                body = delivered[0].body
+                found["start"].append((_ts(body["started_at"]) - submitted) * 1000)
+                found["webhook"].append((_wall(delivered[0].at) - _ts(body["completed_at"])) * 1000)
+                found["predict"].append(body["metrics"]["predict_time"] * 1000)
+    return found
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+def table(single: float, batch: float, measured: dict[str, list[float]], batch_size: int) -> str:
+    start, hook, predict = measured["start"], measured["webhook"], measured["predict"]
+
+    def verdict(ok: bool) -> str:
+        return "met" if ok else "MISSED"
+
+    rows = [
+        ("single creates accepted/s", f"{single:,.0f}", f">= {TARGETS['single']:,}", verdict(single >= TARGETS["single"])),
+        (f"batch creates accepted/s ({batch_size}/batch)", f"{batch:,.0f}", f">= {TARGETS['batch']:,}",
+         verdict(batch >= TARGETS["batch"])),
+        ("submit -> started_at p50 (ms)", f"{percentile(start, 50):.1f}", f"<= {TARGETS['start_p50_ms']}",
+         verdict(percentile(start, 50) <= TARGETS["start_p50_ms"])),
+        ("submit -> started_at p99 (ms)", f"{percentile(start, 99):.1f}", f"<= {TARGETS['start_p99_ms']}",
+         verdict(percentile(start, 99) <= TARGETS["start_p99_ms"])),
+        ("completed_at -> webhook p50 (ms)", f"{percentile(hook, 50):.1f}", f"<= {TARGETS['webhook_p50_ms']}",
+         verdict(percentile(hook, 50) <= TARGETS["webhook_p50_ms"])),
+        ("completed_at -> webhook p99 (ms)", f"{percentile(hook, 99):.1f}", "", ""),
+        ("predict_time p50 / p99 (ms)", f"{percentile(predict, 50):.1f} / {percentile(predict, 99):.1f}", "", ""),
+        ("overhead share at p50", f"{(percentile(start, 50) + percentile(hook, 50)) / (percentile(start, 50) + percentile(hook, 50) + statistics.median(predict)):.0%}", "", ""),
+    ]
+    width = [max(len(row[i]) for row in rows) for i in range(4)]
+    lines = [" | ".join(cell.ljust(width[i]) for i, cell in enumerate(row)).rstrip() for row in rows]
+    note = (f"latency runs: {len(start)} predictions one at a time on an idle worker; predictor: tiny-profile "
+            "kiln/sd2-depth2img, 64x64, 1 denoising step (random weights), so predict_time is small but not zero.")
+    return "\n".join(lines + [note])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=10.0, help="measuring time per throughput run")
+    parser.add_argument("--concurrency", type=int, default=16, help="concurrent single-create clients")
+    parser.add_argument("--batch-size", type=int, default=1000)
+    parser.add_argument("--batch-concurrency", type=int, default=2)
+    parser.add_argument("--latency-runs", type=int, default=40)
+    parser.add_argument("--weights-dir", type=Path, default=REPO_ROOT / ".kiln" / "weights")
+    args = parser.parse_args(argv)
+    root = Path(tempfile.mkdtemp(prefix="kiln-bench-"))
+    # The throughput runs queue far more than the default per-tenant cap; the rate limit is already off.
+    CHAOS_SETTINGS.update({"KILN_MAX_QUEUED_PER_TENANT": "100000000", "KILN_MAX_QUEUED_TOTAL": "100000000"})
+    log(f"starting the stack under {root}")
+    stack = start_stack(root, args.weights_dir)
+    try:
+        log("single-create throughput")
+        single = throughput(stack.base_url, _single, args.seconds, args.concurrency)
+        log(f"single: {single:,.0f}/s")
+        drop_xl_queue(stack.redis_url)
+        log("batch-create throughput")
+        batch = throughput(stack.base_url, _batch_sender(args.batch_size), args.seconds, args.batch_concurrency)
+        log(f"batch: {batch:,.0f}/s")
+        drop_xl_queue(stack.redis_url)
+        log("latencies on the idle worker")
+        measured = latencies(stack.base_url, args.latency_runs)
+        print(table(single, batch, measured, args.batch_size), flush=True)
+    finally:
+        stack.stop_all()
+        stack.s3.stop()
+        stack.redis.stop()
+        shutil.rmtree(root, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,190 @@
+"""A real stack per test session: redis-server and SeaweedFS on free ports, the API under uvicorn
+(plain and TLS), a Celery GPU worker on the tiny profile and a webhook worker, all as subprocesses."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import ssl
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+import trustme
+
+from deploy.devstack.servers import RedisServer, SeaweedS3Server, free_port
+from shared.settings import Settings
+from tests.support import python, start_process, stop_process, wait_until
+
+TOKEN_A = "token-a-" + secrets.token_hex(8)
+TOKEN_B = "token-b-" + secrets.token_hex(8)
+PAGE_SIZE = 2
+# Short enough for tests to watch several retries; the default spans hours.
+WEBHOOK_RETRY_SCHEDULE_S = [0.5, 0.5, 1, 2, 4, 8]
+# Short leases so the reaper notices a killed worker within seconds.
+LEASE_S = 3
+# A per-model time limit on one model: far above that model's other test predictions (a few
+# seconds), far below the long one the time-limit test sends it.
+TIME_LIMITED_MODEL = "kiln/ip-adapter-openpose-xl"
+TIME_LIMIT_S = 10
+SHUTDOWN_GRACE_S = 1
+
+CELERY = [python(), "-m", "celery", "-A", "worker.celery_app:app", "worker", "--loglevel", "INFO"]
+GPU_WORKER_ARGV = CELERY + ["--pool", "solo", "--concurrency", "1", "-Q", "gpu.sd2-depth", "--hostname", "test-gpu@%h"]
+SDXL_WORKER_ARGV = CELERY + ["--pool", "solo", "--concurrency", "1", "-Q", "gpu.sdxl", "--hostname", "test-sdxl@%h"]
+WEBHOOK_WORKER_ARGV = CELERY + ["--pool", "threads", "--concurrency", "4", "-Q", "webhooks",
+                                "--hostname", "test-webhooks@%h"]
+
+
+@dataclass
+class Stack:
+    base_url: str
+    tls_base_url: str
+    tls_ca: Path
+    env: dict[str, str]
+    redis: RedisServer
+    s3: SeaweedS3Server
+    logs: Path
+    processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+
+    @property
+    def redis_url(self) -> str:
+        return self.redis.url
+
+    def start(self, name: str, argv: list[str]) -> subprocess.Popen:
+        self.processes[name] = start_process(argv, self.env, self.logs / f"{name}.log")
+        return self.processes[name]
+
+    def start_gpu_worker(self) -> None:
+        log = self.logs / "gpu-worker.log"
+        ready_before = log.read_bytes().count(b" ready.") if log.exists() else 0
+        worker = self.start("gpu-worker", GPU_WORKER_ARGV)
+        wait_until(lambda: worker.poll() is not None or log.read_bytes().count(b" ready.") > ready_before, 300,
+                   what="the GPU worker to be ready")
+        assert worker.poll() is None, log.read_text()[-4000:]
+
+    def kill_gpu_worker(self, sig: int = signal.SIGKILL) -> None:
+        worker = self.processes["gpu-worker"]
+        os.killpg(worker.pid, sig)
+        worker.wait(60)
+
+    def restart_webhook_worker(self) -> None:
+        stop_process(self.processes["webhooks"])
+        self.start("webhooks", WEBHOOK_WORKER_ARGV)
+
+    def stop_all(self) -> None:
+        for process in self.processes.values():
+            stop_process(process)
+
+    def settings(self, **overrides: object) -> Settings:
+        """Settings reaching this stack's Redis and S3 as tenant A, for in-process apps and tools."""
+        return Settings(_env_file=None, **{
+            "redis_url": self.redis_url, "api_token": TOKEN_A,
+            "s3_endpoint_url": self.env["KILN_S3_ENDPOINT_URL"], "s3_access_key": self.env["KILN_S3_ACCESS_KEY"],
+            "s3_secret_key": self.env["KILN_S3_SECRET_KEY"], "s3_bucket": self.env["KILN_S3_BUCKET"],
+        } | overrides)
+
+    def client(self, token: str | None = TOKEN_A) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return httpx.Client(base_url=self.base_url, headers=headers, timeout=30)
+
+
+def tiny_weights_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Tiny weights are deterministic: reuse a built copy across runs when KILN_TEST_WEIGHTS_DIR is set."""
+    configured = os.environ.get("KILN_TEST_WEIGHTS_DIR")
+    return Path(configured) if configured else tmp_path_factory.mktemp("weights")
+
+
+def stack_env(root: Path, redis: RedisServer, s3: SeaweedS3Server, access_key: str, secret_key: str,
+              weights_dir: Path) -> dict[str, str]:
+    return os.environ | {
+        "KILN_REDIS_URL": redis.url,
+        "KILN_S3_ENDPOINT_URL": s3.endpoint_url,
+        "KILN_S3_ACCESS_KEY": access_key,
+        "KILN_S3_SECRET_KEY": secret_key,
+        "KILN_S3_BUCKET": "kiln-test",
+        "KILN_API_TOKEN": f"{TOKEN_A},{TOKEN_B}",
+        "KILN_DATA_DIR": str(root / "data"),
+        "KILN_WEIGHTS_PROFILE": "tiny",
+        "KILN_WEIGHTS_DIR": str(weights_dir),
+        "KILN_PREDICTIONS_PAGE_SIZE": str(PAGE_SIZE),
+        "KILN_PUBLIC_URL": "",
+        "KILN_WEBHOOK_ALLOW_PRIVATE": "true",
+        "KILN_WEBHOOK_RETRY_SCHEDULE_S": json.dumps(WEBHOOK_RETRY_SCHEDULE_S),
+        "KILN_WEBHOOK_TIMEOUT_S": "5",
+        "KILN_LEASE_S": str(LEASE_S),
+        "KILN_MODEL_TIME_LIMITS_S": json.dumps({TIME_LIMITED_MODEL: TIME_LIMIT_S}),
+        "KILN_SHUTDOWN_GRACE_S": str(SHUTDOWN_GRACE_S),
+        "KILN_STORAGE_ATTEMPTS": "2",
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    root = tmp_path_factory.mktemp("stack")
+    logs = root / "logs"
+    logs.mkdir()
+    access_key, secret_key = "kiln-test", secrets.token_hex(16)
+    with RedisServer(root / "redis") as redis_server, SeaweedS3Server(root / "s3", access_key, secret_key) as s3:
+        port, tls_port, ca_path = free_port(), free_port(), root / "ca.pem"
+        stack = Stack(
+            base_url=f"http://127.0.0.1:{port}", tls_base_url=f"https://127.0.0.1:{tls_port}", tls_ca=ca_path,
+            env=stack_env(root, redis_server, s3, access_key, secret_key, tiny_weights_dir(tmp_path_factory)),
+            redis=redis_server, s3=s3, logs=logs,
+        )
+        try:
+            stack.start("webhooks", WEBHOOK_WORKER_ARGV)
+            stack.start("api", uvicorn_argv(port))
+            # The same API over TLS, as production serves it: Replicate's Python client only turns
+            # https:// outputs into FileOutput objects.
+            stack.start("api-tls", uvicorn_argv(tls_port) + tls_arguments(root, ca_path))
+            sdxl = stack.start("sdxl-worker", SDXL_WORKER_ARGV)
+            stack.start_gpu_worker()
+            wait_until(lambda: sdxl.poll() is not None or b" ready." in (logs / "sdxl-worker.log").read_bytes(), 300,
+                       what="the SDXL worker to be ready")
+            assert sdxl.poll() is None, (logs / "sdxl-worker.log").read_text()[-4000:]
+            wait_until(lambda: _healthy(stack.base_url), 60, what="the API's /health")
+            tls = ssl.create_default_context(cafile=str(ca_path))
+            wait_until(lambda: _healthy(stack.tls_base_url, verify=tls), 60, what="the TLS API's /health")
+            yield stack
+        finally:
+            stack.stop_all()
+
+
+def uvicorn_argv(port: int) -> list[str]:
+    return [python(), "-m", "uvicorn", "api.app:create_app", "--factory", "--host", "127.0.0.1", "--port", str(port)]
+
+
+def tls_arguments(root: Path, ca_path: Path) -> list[str]:
+    """A throwaway CA (trustme) and a certificate for 127.0.0.1 signed by it."""
+    ca = trustme.CA()
+    ca.cert_pem.write_to_path(str(ca_path))
+    server_pem = root / "server.pem"
+    ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(str(server_pem))
+    return ["--ssl-keyfile", str(server_pem), "--ssl-certfile", str(server_pem)]
+
+
+def _healthy(base_url: str, verify: ssl.SSLContext | bool = True) -> bool:
+    try:
+        return httpx.get(f"{base_url}/health", timeout=2, verify=verify).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+@pytest.fixture
+def client(stack: Stack) -> Iterator[httpx.Client]:
+    with stack.client(TOKEN_A) as c:
+        yield c
+
+
+@pytest.fixture
+def other_client(stack: Stack) -> Iterator[httpx.Client]:
+    with stack.client(TOKEN_B) as c:
+        yield c

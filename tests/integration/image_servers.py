@@ -1,0 +1,89 @@
+"""Image servers on loopback for the image-URL tests: one that serves (or redirects, or trickles)
+and counts requests, and a listener that accepts connections and never answers."""
+
+from __future__ import annotations
+
+import http.server
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from tests.support import png_bytes
+
+# A trickling server sends one byte this often, each within any per-read timeout.
+TRICKLE_INTERVAL_S = 0.2
+TRICKLE_BYTES = 150
+
+
+class ImageServer:
+    """Serves a PNG on every GET, or redirects to ``redirect_to``, or trickles a byte at a time."""
+
+    def __init__(self, host: str, trickle: bool = False) -> None:
+        self.host = host
+        self.trickle = trickle
+        self.redirect_to: str | None = None
+        self.hits = 0
+        self.body = png_bytes(64, 64)
+        self._server = http.server.ThreadingHTTPServer((host, 0), self._handler())
+        self._server.daemon_threads = True
+        self.port = self._server.server_address[1]
+
+    def url(self, path: str) -> str:
+        return f"http://{self.host}:{self.port}{path}"
+
+    def __enter__(self) -> ImageServer:
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def _handler(self):
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                server.hits += 1
+                if server.redirect_to is not None:
+                    self.send_response(302)
+                    self.send_header("Location", server.redirect_to)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", "image/png")
+                self.send_header("Content-Length", str(len(server.body)))
+                self.end_headers()
+                if not server.trickle:
+                    self.wfile.write(server.body)
+                    return
+                for byte in server.body[:TRICKLE_BYTES]:
+                    self.wfile.write(bytes([byte]))
+                    self.wfile.flush()
+                    time.sleep(TRICKLE_INTERVAL_S)
+
+            def log_message(self, *args):
+                pass
+
+        return Handler
+
+
+@dataclass
+class Listener:
+    port: int
+
+
+@contextmanager
+def silent_listener() -> Iterator[Listener]:
+    """A loopback port whose connections the kernel accepts (backlog) and nobody ever reads or answers."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(16)
+        yield Listener(sock.getsockname()[1])
+    finally:
+        sock.close()

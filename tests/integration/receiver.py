@@ -1,0 +1,86 @@
+"""A real HTTP webhook receiver on loopback that verifies every signature and records events."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+
+from standardwebhooks.webhooks import Webhook
+
+
+@dataclass
+class Received:
+    path: str
+    headers: dict[str, str]
+    body: dict
+    at: float
+
+    @property
+    def status(self) -> str:
+        return self.body["status"]
+
+
+class WebhookReceiver:
+    """Answers each path with a scripted list of status codes (then 200), verifying signatures."""
+
+    def __init__(self, secret: str, port: int = 0) -> None:
+        self.verifier = Webhook(secret)
+        self.received: list[Received] = []
+        self.bad_signatures = 0
+        self._scripts: dict[str, list[int]] = defaultdict(list)
+        self._lock = threading.Lock()
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", port), self._handler())
+        self.port = self._server.server_address[1]
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def __enter__(self) -> WebhookReceiver:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def script(self, path: str, statuses: list[int]) -> None:
+        self._scripts[path] = list(statuses)
+
+    def at(self, path: str) -> list[Received]:
+        with self._lock:
+            return [r for r in self.received if r.path == path]
+
+    def _handler(self):
+        receiver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                raw = self.rfile.read(int(self.headers.get("content-length", 0))).decode()
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                try:
+                    receiver.verifier.verify(raw, headers)
+                except Exception:
+                    with receiver._lock:
+                        receiver.bad_signatures += 1
+                    self.send_response(400)
+                    self.end_headers()
+                    return
+                with receiver._lock:
+                    receiver.received.append(Received(self.path, headers, json.loads(raw), time.monotonic()))
+                    script = receiver._scripts[self.path]
+                    status = script.pop(0) if script else 200
+                self.send_response(status)
+                if 300 <= status < 400:
+                    self.send_header("Location", "/redirected")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        return Handler

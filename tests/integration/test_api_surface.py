@@ -1,0 +1,136 @@
+"""API surface details: rate limits, Prefer: wait answers, the files API, OpenAPI validity."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from fastapi.testclient import TestClient
+from openapi_spec_validator import validate
+
+from api.app import create_app
+from tests.integration.conftest import TOKEN_A
+from tests.integration.test_predictions import depth2img_input
+from tests.support import png_bytes
+
+pytestmark = pytest.mark.integration
+AUTH = {"Authorization": f"Bearer {TOKEN_A}"}
+
+
+def app_for(stack, **overrides) -> TestClient:
+    return TestClient(create_app(stack.settings(**overrides)))
+
+
+def test_rate_limit_answers_429_with_retry_headers(stack):
+    # A tenant of its own, so other tests' requests don't share the bucket.
+    token = "rate-limited-token"
+    with app_for(stack, api_token=token, rate_limit_per_s=1, rate_limit_burst=3) as c:
+        answers = [c.get("/v1/predictions", headers={"Authorization": f"Bearer {token}"}) for _ in range(4)]
+    assert [a.status_code for a in answers] == [200, 200, 200, 429]
+    assert [a.headers["ratelimit-remaining"] for a in answers[:3]] == ["2", "1", "0"]
+    limited = answers[3]
+    assert limited.headers["content-type"] == "application/problem+json"
+    assert int(limited.headers["retry-after"]) >= 1 and int(limited.headers["ratelimit-reset"]) >= 1
+    assert "rate limit" in limited.json()["detail"]
+
+
+def test_prefer_wait_that_times_out_answers_starting_with_location(client):
+    response = client.post(
+        "/v1/predictions", headers={"Prefer": "wait=1"},
+        json={"version": "kiln/sd2-depth2img",
+              "input": depth2img_input(width=64, height=64, num_inference_steps=200, prompt_strength=1.0)},
+    )
+    assert response.status_code == 201
+    body = response.json()
+    assert response.headers["preference-applied"] == "wait=1"
+    assert response.headers["location"] == body["urls"]["get"]
+    assert body["status"] == "starting" and body["output"] is None
+    client.post(f"/v1/predictions/{body['id']}/cancel")
+
+
+def test_prefer_wait_that_finishes_answers_the_terminal_prediction(client):
+    started = time.monotonic()
+    response = client.post("/v1/predictions", headers={"Prefer": "wait=30"},
+                           json={"version": "kiln/sd2-depth2img", "input": depth2img_input()})
+    assert response.status_code == 201
+    assert response.json()["status"] == "succeeded" and response.json()["output"]
+    assert "location" not in response.headers
+    assert time.monotonic() - started < 30
+
+
+@pytest.mark.parametrize("prefer", ["wait=0", "wait=61"])
+def test_prefer_wait_out_of_range_is_a_400(client, prefer):
+    response = client.post("/v1/predictions", headers={"Prefer": prefer},
+                           json={"version": "kiln/sd2-depth2img", "input": depth2img_input()})
+    assert response.status_code == 400 and "Prefer: wait" in response.json()["detail"]
+
+
+def test_files_upload_get_download_delete_and_use_as_input(client, other_client):
+    data = png_bytes(64, 64)
+    created = client.post("/v1/files", files={"content": ("in.png", data, "image/png")},
+                          data={"metadata": '{"purpose": "test"}'})
+    assert created.status_code == 201, created.text
+    record = created.json()
+    assert (record["name"], record["size"], record["metadata"]) == ("in.png", len(data), {"purpose": "test"})
+    assert client.get(record["urls"]["get"]).json()["id"] == record["id"]
+    assert client.get(f"{record['urls']['get']}/download").content == data
+    assert other_client.get(record["urls"]["get"]).status_code == 404
+    # Another tenant cannot use it as an input either.
+    as_input = {"version": "kiln/sd2-depth2img", "input": depth2img_input() | {"input_image": record["urls"]["get"]}}
+    assert other_client.post("/v1/predictions", json=as_input).status_code == 422
+    assert client.post("/v1/predictions", json=as_input).status_code == 201
+    assert client.delete(record["urls"]["get"]).status_code == 204
+    assert client.get(record["urls"]["get"]).status_code == 404
+    assert client.post("/v1/predictions", json=as_input).status_code == 422
+
+
+def test_files_reject_bad_metadata(client):
+    response = client.post("/v1/files", files={"content": ("a.bin", b"x", "application/octet-stream")},
+                           data={"metadata": "[1, 2]"})
+    assert response.status_code == 422 and "metadata" in response.json()["detail"]
+
+
+def test_problem_json_for_unknown_routes_and_models(client):
+    for response in (client.get("/v1/nope"), client.get("/v1/models/kiln/nope"),
+                     client.get("/v1/predictions/doesnotexist")):
+        assert response.status_code == 404
+        assert response.headers["content-type"] == "application/problem+json"
+        assert set(response.json()) >= {"title", "detail", "status"}
+
+
+def test_the_api_openapi_document_is_valid(client):
+    validate(client.get("/openapi.json").json())
+
+
+def test_remote_image_urls_are_fetched_at_submission_and_kept(stack, tmp_path):
+    """The URL is fetched once, by the API; the worker runs even after the image server is gone."""
+    import http.server
+    import threading
+
+    body = png_bytes(128, 64)
+
+    class Images(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Images)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/photo.png"
+    with app_for(stack, image_fetch_allow_private=True) as c:
+        created = c.post("/v1/predictions", headers=AUTH,
+                         json={"version": "kiln/sd2-depth2img", "input": depth2img_input() | {"input_image": url}})
+        server.shutdown()
+        server.server_close()
+        assert created.status_code == 201, created.text
+        assert created.json()["input"]["input_image"] == url
+        deadline = time.monotonic() + 60
+        while (done := c.get(created.json()["urls"]["get"], headers=AUTH).json())["status"] not in {
+                "succeeded", "failed", "canceled"} and time.monotonic() < deadline:
+            time.sleep(0.2)
+    assert done["status"] == "succeeded", done["error"]

@@ -1,0 +1,125 @@
+"""Crashes, shutdowns, time limits and outages lose nothing: real processes killed and restarted."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import pytest
+import redis
+
+from shared.celery_config import create_celery
+from shared.queues import PREDICT_TASK, SD2_DEPTH
+from shared.retention import Janitor
+from shared.storage import Storage
+from tests.integration.conftest import TIME_LIMIT_S, TIME_LIMITED_MODEL
+from tests.integration.receiver import WebhookReceiver
+from tests.integration.test_predictions import create, step_lines
+from tests.integration.test_xl_models import xl_input
+from tests.support import data_uri, png_bytes, wait_for_status, wait_until
+
+pytestmark = pytest.mark.integration
+TERMINAL = {"succeeded", "failed", "canceled"}
+
+
+def wait_for_steps(client, prediction_id: str) -> None:
+    wait_until(lambda: step_lines(client.get(f"/v1/predictions/{prediction_id}").json()["logs"]), 60,
+               what="the first denoising step")
+
+
+def completed_deliveries(receiver: WebhookReceiver, path: str, prediction_id: str) -> set[str]:
+    return {r.headers["webhook-id"] for r in receiver.at(path)
+            if r.body["id"] == prediction_id and r.status in TERMINAL}
+
+
+def test_a_worker_killed_mid_denoise_is_replaced_and_the_prediction_completes_once(stack, client):
+    secret = client.get("/v1/webhooks/default/secret").json()["key"]
+    with WebhookReceiver(secret) as receiver:
+        created = client.post("/v1/predictions", json={
+            "version": "kiln/sd2-depth2img", "webhook": receiver.url("/killed"), "webhook_events_filter": ["completed"],
+            "input": {"input_image": _image(), "num_inference_steps": 150, "prompt_strength": 1.0, "seed": 1}}).json()
+        wait_for_steps(client, created["id"])
+        stack.kill_gpu_worker(signal.SIGKILL)
+        stack.start_gpu_worker()
+        done = wait_for_status(client, created["id"], TERMINAL, timeout=120)
+        assert done["status"] == "succeeded", done["error"]
+        assert "Running again (attempt 2)" in done["logs"]
+        wait_until(lambda: completed_deliveries(receiver, "/killed", created["id"]), 30, what="the completed webhook")
+
+        # A late duplicate of the original message (Celery redelivery) changes nothing.
+        create_celery(stack.settings()).send_task(PREDICT_TASK, args=[created["id"]], queue=SD2_DEPTH)
+        time.sleep(3)
+        again = client.get(f"/v1/predictions/{created['id']}").json()
+        assert (again["status"], again["completed_at"], again["output"]) == (
+            "succeeded", done["completed_at"], done["output"])
+        assert len(completed_deliveries(receiver, "/killed", created["id"])) == 1
+
+
+def test_sigterm_hands_a_running_prediction_back_after_the_grace_period(stack, client):
+    created = create(client, width=64, height=64, num_inference_steps=150, prompt_strength=1.0)
+    wait_for_steps(client, created["id"])
+    stack.kill_gpu_worker(signal.SIGTERM)  # warm shutdown; returns once the worker has exited
+    handed_back = client.get(f"/v1/predictions/{created['id']}").json()
+    assert handed_back["status"] == "starting"
+    assert "handed back to the queue" in handed_back["logs"]
+    stack.start_gpu_worker()
+    done = wait_for_status(client, created["id"], TERMINAL, timeout=120)
+    assert done["status"] == "succeeded", done["error"]
+    assert "Running again" not in done["logs"], "a hand-back is not counted as a worker death"
+
+
+def test_a_prediction_over_its_time_limit_fails_and_the_worker_stays_usable(client):
+    def run(**inputs) -> dict:
+        response = client.post(f"/v1/models/{TIME_LIMITED_MODEL}/predictions", json={"input": xl_input(**inputs)})
+        assert response.status_code == 201, response.text
+        return wait_for_status(client, response.json()["id"], TERMINAL, timeout=TIME_LIMIT_S + 120)
+
+    slow = run(width=512, height=512, num_inference_steps=100)
+    assert slow["status"] == "failed"
+    assert slow["error"] == f"prediction exceeded its time limit of {TIME_LIMIT_S} s"
+    assert run()["status"] == "succeeded"
+
+
+def test_a_redis_restart_loses_no_accepted_prediction(stack, client):
+    accepted = [create(client, num_inference_steps=2)["id"] for _ in range(5)]
+    stack.redis.stop()
+    try:
+        started = time.monotonic()
+        assert client.get("/health").status_code == 503
+        refused = client.post("/v1/predictions", json={"version": "kiln/sd2-depth2img", "input": {"input_image": _image()}})
+        assert refused.status_code == 503 and refused.headers["content-type"] == "application/problem+json"
+        assert time.monotonic() - started < 20, "answers while Redis is down, instead of hanging"
+    finally:
+        stack.redis.start()
+    wait_until(lambda: client.get("/health").status_code == 200, 30, what="the API to reconnect")
+    finals = [wait_for_status(client, prediction_id, TERMINAL, timeout=120)["status"] for prediction_id in accepted]
+    assert finals == ["succeeded"] * 5
+
+
+def test_storage_outage_fails_the_prediction_clearly_and_the_worker_keeps_serving(stack, client):
+    stack.s3.stop()
+    try:
+        assert client.get("/health").status_code == 503
+        done = wait_for_status(client, create(client)["id"], TERMINAL, timeout=120)
+    finally:
+        stack.s3.start()
+    assert done["status"] == "failed"
+    assert done["error"].startswith("could not store the outputs (object storage unavailable)")
+    assert wait_for_status(client, create(client)["id"], TERMINAL)["status"] == "succeeded"
+
+
+def test_retention_removes_inputs_and_outputs(stack, client):
+    done = wait_for_status(client, create(client)["id"], TERMINAL)
+    settings = stack.settings()
+    janitor = Janitor(redis.Redis.from_url(stack.redis_url), Storage(settings))
+    # Bring the prediction's retention deadline forward instead of waiting an hour.
+    janitor.redis.zadd("kiln:retention", {f"prediction:{done['id']}": time.time() - 1})
+    assert janitor.run_once() >= 1
+    removed = client.get(f"/v1/predictions/{done['id']}").json()
+    assert (removed["data_removed"], removed["output"]) == (True, None)
+    assert client.get(done["output"][0].split("?")[0]).status_code == 410
+    assert client.get(done["output"][0]).status_code == 410
+
+
+def _image() -> str:
+    return data_uri(png_bytes(64, 64))

@@ -1,0 +1,129 @@
+"""Webhooks end to end: a real receiver on loopback, the webhook Celery worker, retries and restarts."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator
+
+import pytest
+from fastapi.testclient import TestClient
+
+from api.app import create_app
+from deploy.devstack.servers import free_port
+from tests.integration.conftest import TOKEN_A
+from tests.integration.receiver import WebhookReceiver
+from tests.integration.test_predictions import depth2img_input
+from tests.support import wait_for_status, wait_until
+
+pytestmark = pytest.mark.integration
+TERMINAL = {"succeeded", "failed", "canceled"}
+
+
+@pytest.fixture
+def secret(client) -> str:
+    key = client.get("/v1/webhooks/default/secret").json()["key"]
+    assert key.startswith("whsec_")
+    return key
+
+
+@pytest.fixture
+def receiver(secret) -> Iterator[WebhookReceiver]:
+    with WebhookReceiver(secret) as r:
+        yield r
+
+
+def create_with_webhook(client, url: str, events: list[str] | None = None, **inputs) -> dict:
+    body = {"version": "kiln/sd2-depth2img", "input": depth2img_input(**inputs), "webhook": url}
+    if events is not None:
+        body["webhook_events_filter"] = events
+    response = client.post("/v1/predictions", json=body)
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def test_filter_order_signature_and_body_equal_to_get(client, receiver):
+    created = create_with_webhook(client, receiver.url("/basic"), ["start", "completed"])
+    wait_until(lambda: any(r.status in TERMINAL for r in receiver.at("/basic")), 60, what="the completed webhook")
+    time.sleep(1.0)  # anything the filter should have dropped would arrive by now
+    got = receiver.at("/basic")
+    assert [r.status for r in got] == ["processing", "succeeded"], [r.status for r in got]
+    assert receiver.bad_signatures == 0
+    assert got[0].at <= got[1].at
+    assert got[1].body == client.get(f"/v1/predictions/{created['id']}").json()
+    assert got[0].headers["webhook-id"] != got[1].headers["webhook-id"]
+
+
+def test_all_events_by_default_with_logs_throttled(client, receiver):
+    created = create_with_webhook(client, receiver.url("/all"), width=64, height=64, num_inference_steps=150,
+                                  prompt_strength=1.0)
+    done = wait_for_status(client, created["id"], TERMINAL)
+    wait_until(lambda: any(r.status in TERMINAL for r in receiver.at("/all")), 30, what="the completed webhook")
+    got = receiver.at("/all")
+    statuses = [r.status for r in got]
+    assert statuses[0] == "processing" and statuses[-1] == "succeeded"
+    with_output = [r for r in got if r.status == "processing" and r.body["output"]]
+    assert len(with_output) == 1, "one output event"
+    log_events = [r for r in got[1:-1] if not r.body["output"]]
+    steps = done["logs"].count("it/s]") + done["logs"].count("s/it]")
+    run_time = done["metrics"]["predict_time"]
+    assert steps == 150
+    # At most one logs event per 500 ms, yet some while it ran.
+    assert 1 <= len(log_events) <= math.ceil(run_time / 0.5) + 1, (len(log_events), run_time)
+
+
+def test_failed_attempts_are_retried_with_the_same_webhook_id(client, receiver):
+    receiver.script("/flaky", [500, 500])
+    create_with_webhook(client, receiver.url("/flaky"), ["completed"])
+    wait_until(lambda: len(receiver.at("/flaky")) >= 3, 60, what="three attempts")
+    time.sleep(1.5)
+    got = receiver.at("/flaky")
+    assert len(got) == 3, "delivered on the third try and not again"
+    assert len({r.headers["webhook-id"] for r in got}) == 1
+    assert all(r.status == "succeeded" for r in got)
+
+
+def test_410_stops_retries_and_redirects_are_failures_not_followed(client, receiver):
+    receiver.script("/gone", [410])
+    receiver.script("/moved", [302, 302])
+    create_with_webhook(client, receiver.url("/gone"), ["completed"])
+    create_with_webhook(client, receiver.url("/moved"), ["completed"])
+    wait_until(lambda: len(receiver.at("/moved")) >= 3, 60, what="the redirected delivery to be retried")
+    time.sleep(1.5)
+    assert len(receiver.at("/gone")) == 1
+    assert receiver.at("/redirected") == []
+    assert len(receiver.at("/moved")) == 3
+
+
+def test_receiver_down_and_webhook_worker_restarted_loses_nothing(stack, client, secret):
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/late"
+    created = create_with_webhook(client, url, ["completed"])
+    wait_for_status(client, created["id"], TERMINAL)
+    time.sleep(1.0)  # at least one attempt failed against the closed port
+    stack.restart_webhook_worker()
+    with WebhookReceiver(secret, port=port) as late:
+        wait_until(lambda: late.at("/late"), 60, what="the completed webhook after the receiver came back")
+        assert late.at("/late")[0].body["id"] == created["id"]
+        assert late.at("/late")[0].status == "succeeded"
+
+
+def test_cancel_of_a_queued_prediction_sends_completed(client, receiver):
+    blocker = client.post("/v1/predictions", json={"version": "kiln/sd2-depth2img", "input": depth2img_input(
+        width=64, height=64, num_inference_steps=500, prompt_strength=1.0)}).json()
+    queued = create_with_webhook(client, receiver.url("/queued-cancel"))
+    client.post(f"/v1/predictions/{queued['id']}/cancel")
+    client.post(f"/v1/predictions/{blocker['id']}/cancel")
+    wait_until(lambda: receiver.at("/queued-cancel"), 30, what="the completed webhook")
+    assert [r.status for r in receiver.at("/queued-cancel")] == ["canceled"]
+
+
+@pytest.mark.parametrize(
+    "url", ["http://127.0.0.1/hook", "http://10.0.0.1/hook", "http://[::1]/hook", "http://169.254.169.254/latest"]
+)
+def test_private_webhook_urls_are_a_422_when_not_allowed(stack, url):
+    with TestClient(create_app(stack.settings(webhook_allow_private=False))) as c:
+        response = c.post("/v1/predictions", headers={"Authorization": f"Bearer {TOKEN_A}"},
+                          json={"version": "kiln/sd2-depth2img", "input": depth2img_input(), "webhook": url})
+    assert response.status_code == 422
+    assert response.json()["detail"].startswith("webhook:")

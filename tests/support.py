@@ -1,0 +1,105 @@
+"""Helpers the test packages share: test images, processes, polling."""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+from PIL import Image
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def png_bytes(width: int, height: int, seed: int = 0) -> bytes:
+    """A deterministic noisy RGB PNG."""
+    image = Image.frombytes("RGB", (width, height), random.Random(seed).randbytes(width * height * 3))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def data_uri(data: bytes, mime: str = "image/png") -> str:
+    return f"data:{mime};base64,{base64.b64encode(data).decode()}"
+
+
+def start_process(argv: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen:
+    """Start a child in its own session (so the whole group can be stopped), logging to a file."""
+    log_file = open(log_path, "ab")
+    return subprocess.Popen(argv, env=env, stdout=log_file, stderr=subprocess.STDOUT, cwd=REPO_ROOT,
+                            start_new_session=True)
+
+
+def stop_process(process: subprocess.Popen, timeout: float = 15.0) -> None:
+    if process.poll() is not None:
+        return
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout)
+
+
+def wait_until(predicate, timeout: float, interval: float = 0.2, what: str = "condition"):
+    """Poll ``predicate`` until it returns something truthy; fail with ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(interval)
+
+
+def wait_for_status(client: httpx.Client, prediction_id: str, statuses: set[str], timeout: float = 120.0) -> dict:
+    def current():
+        body = client.get(f"/v1/predictions/{prediction_id}").json()
+        return body if body["status"] in statuses else None
+
+    return wait_until(current, timeout, what=f"prediction {prediction_id} to reach {sorted(statuses)}")
+
+
+def python() -> str:
+    return sys.executable
+
+
+PROBLEM_JSON = "application/problem+json"
+
+
+def assert_problem(response: httpx.Response, status: int, *fragments: str) -> dict:
+    """Assert ``response`` is a ``status`` problem+json whose ``detail`` contains every fragment."""
+    assert response.status_code == status, f"{response.status_code} {response.text[:500]}"
+    assert response.headers["content-type"] == PROBLEM_JSON, response.headers["content-type"]
+    problem = response.json()
+    assert problem["status"] == status and problem["title"] and isinstance(problem["detail"], str), problem
+    for fragment in fragments:
+        assert fragment in problem["detail"], f"{fragment!r} not in {problem['detail']!r}"
+    return problem
+
+
+def png_claiming_size(width: int, height: int) -> bytes:
+    """A tiny, well-formed PNG whose header claims ``width`` x ``height`` (a decompression bomb's shape)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def image_bytes(format: str, width: int = 32, height: int = 32) -> bytes:
+    """A small valid image in any format Pillow writes (TIFF, ICO, ...), to test the format allow-list."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), "teal").save(buffer, format=format)
+    return buffer.getvalue()

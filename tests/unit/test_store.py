@@ -1,0 +1,142 @@
+"""Prediction store: atomic transitions that never leave a terminal state (fakeredis with Lua)."""
+
+from __future__ import annotations
+
+import threading
+
+import fakeredis
+import pytest
+
+from shared.prediction import Prediction
+from shared.status import Status
+from shared.store import PredictionStore
+
+
+@pytest.fixture
+def store() -> PredictionStore:
+    return PredictionStore(fakeredis.FakeRedis())
+
+
+def make(store: PredictionStore, tenant: str = "t1") -> Prediction:
+    prediction = Prediction(tenant=tenant, model="kiln/sd2-depth2img", version="v", input={"prompt": "x"})
+    store.create(prediction)
+    return prediction
+
+
+def test_create_then_get_round_trips_the_record(store):
+    prediction = make(store)
+    loaded = store.get(prediction.id)
+    assert loaded == prediction
+    assert loaded.status is Status.STARTING
+
+
+def test_start_then_succeed(store):
+    p = make(store)
+    assert store.transition(p.id, Status.PROCESSING)
+    assert store.transition(p.id, Status.SUCCEEDED, output=["out-0.png"], predict_time=1.5)
+    loaded = store.get(p.id)
+    assert (loaded.status, loaded.output, loaded.predict_time) == (Status.SUCCEEDED, ["out-0.png"], 1.5)
+
+
+@pytest.mark.parametrize("terminal", [Status.SUCCEEDED, Status.FAILED, Status.CANCELED])
+def test_terminal_states_are_final(store, terminal):
+    p = make(store)
+    store.transition(p.id, Status.PROCESSING)
+    assert store.transition(p.id, terminal)
+    for target in Status:
+        if target is not Status.STARTING:
+            assert not store.transition(p.id, target, error="late")
+    loaded = store.get(p.id)
+    assert loaded.status is terminal
+    assert loaded.error is None
+
+
+def test_double_completion_keeps_the_first(store):
+    p = make(store)
+    store.transition(p.id, Status.PROCESSING)
+    assert store.transition(p.id, Status.SUCCEEDED, output=["a.png"])
+    assert not store.transition(p.id, Status.SUCCEEDED, output=["b.png"])
+    assert store.get(p.id).output == ["a.png"]
+
+
+def test_cancel_while_queued_wins_over_a_late_start(store):
+    p = make(store)
+    assert store.request_cancel(p.id) is Status.STARTING
+    assert store.status(p.id) is Status.CANCELED
+    assert store.get(p.id).completed_at is not None
+    assert not store.transition(p.id, Status.PROCESSING)
+    assert store.status(p.id) is Status.CANCELED
+
+
+def test_cancel_while_running_flags_it_for_the_worker(store):
+    p = make(store)
+    store.transition(p.id, Status.PROCESSING)
+    assert not store.cancel_requested(p.id)
+    assert store.request_cancel(p.id) is Status.PROCESSING
+    assert store.status(p.id) is Status.PROCESSING
+    assert store.cancel_requested(p.id)
+
+
+def test_cancel_after_completion_changes_nothing(store):
+    p = make(store)
+    store.transition(p.id, Status.PROCESSING)
+    store.transition(p.id, Status.SUCCEEDED)
+    assert store.request_cancel(p.id) is Status.SUCCEEDED
+    assert store.status(p.id) is Status.SUCCEEDED
+    assert not store.cancel_requested(p.id)
+
+
+def test_missing_prediction(store):
+    assert store.get("nope") is None
+    assert not store.transition("nope", Status.PROCESSING)
+    assert store.request_cancel("nope") is None
+
+
+def test_cancel_racing_start_has_exactly_one_winner(store):
+    """Many rounds of a cancel and a start fired at once: the record always ends consistent."""
+    for _ in range(50):
+        p = make(store)
+        results: dict[str, object] = {}
+        barrier = threading.Barrier(2)
+
+        def start():
+            barrier.wait()
+            results["started"] = store.transition(p.id, Status.PROCESSING)
+
+        def cancel():
+            barrier.wait()
+            results["cancel_saw"] = store.request_cancel(p.id)
+
+        threads = [threading.Thread(target=start), threading.Thread(target=cancel)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if results["started"]:
+            # The start won: the cancel found it running and flagged it.
+            assert results["cancel_saw"] is Status.PROCESSING
+            assert store.cancel_requested(p.id)
+            assert store.status(p.id) is Status.PROCESSING
+        else:
+            assert results["cancel_saw"] is Status.STARTING
+            assert store.status(p.id) is Status.CANCELED
+
+
+def test_logs_append(store):
+    p = make(store)
+    store.append_log(p.id, "a\n")
+    store.append_log(p.id, "b\n")
+    assert store.get(p.id).logs == "a\nb\n"
+
+
+def test_list_is_newest_first_with_cursors_and_per_tenant(store):
+    ids = [make(store).id for _ in range(5)]
+    make(store, tenant="other")
+    page, more = store.list_for_tenant("t1", limit=2)
+    assert [p.id for p in page] == ids[::-1][:2] and more
+    page2, more2 = store.list_for_tenant("t1", before=page[-1].id, limit=2)
+    assert [p.id for p in page2] == ids[::-1][2:4] and more2
+    page3, more3 = store.list_for_tenant("t1", before=page2[-1].id, limit=2)
+    assert [p.id for p in page3] == [ids[0]] and not more3
+    back, newer = store.list_for_tenant("t1", after=page2[0].id, limit=2)
+    assert [p.id for p in back] == [p.id for p in page] and not newer

@@ -1,0 +1,46 @@
+"""A fake of the runner's ``PredictContext`` for predictor tests."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from PIL import Image
+
+from shared.images import decode_image, load_image_bytes
+from worker.predictors.base import PredictionCanceled
+
+
+class FakeContext:
+    """A ``PredictContext`` that records log lines and steps, and cancels after ``cancel_after`` steps."""
+
+    def __init__(self, cancel_after: int | None = None) -> None:
+        self.lines: list[str] = []
+        self.steps = 0
+        self.cancel_after = cancel_after
+
+    def log(self, line: str) -> None:
+        self.lines.append(line)
+
+    def load_image(self, uri: str) -> Image.Image:
+        return decode_image(load_image_bytes(uri, timeout_s=5, max_bytes=10_000_000, allow_private=False), max_pixels=10_000_000)
+
+    def step_callback(self) -> Callable[[Any, int, Any, dict], dict]:
+        def on_step_end(pipe: Any, step: int, timestep: Any, callback_kwargs: dict) -> dict:
+            self.steps += 1
+            if self.cancel_after is not None and self.steps >= self.cancel_after:
+                raise PredictionCanceled()
+            return callback_kwargs
+
+        return on_step_end
+
+
+class SpyDetector:
+    """Wraps a controlnet-aux detector and records the size of every image it is asked to read."""
+
+    def __init__(self, detector: Callable[..., Image.Image]) -> None:
+        self.detector = detector
+        self.calls: list[tuple[int, int]] = []
+
+    def __call__(self, image: Image.Image, **kwargs: Any) -> Image.Image:
+        self.calls.append(image.size)
+        return self.detector(image, **kwargs)
