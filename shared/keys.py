@@ -53,6 +53,16 @@ def webhook_start_delivery(prediction_id: str) -> str:
     return f"{PREFIX}:webhook:start:{prediction_id}"
 
 
+def webhook_completed(prediction_id: str) -> str:
+    """String: set once a prediction's ``completed`` event is recorded; later progress events are stale."""
+    return f"{PREFIX}:webhook:completed:{prediction_id}"
+
+
+def webhook_progress_sending(prediction_id: str) -> str:
+    """Counter: progress (``output``/``logs``) deliveries of a prediction being attempted right now."""
+    return f"{PREFIX}:webhook:sending:{prediction_id}"
+
+
 def webhook_attempt_lock(delivery_id: str) -> str:
     """String with a TTL: held while one process attempts the delivery."""
     return f"{PREFIX}:webhook:lock:{delivery_id}"

@@ -94,8 +94,34 @@ class WebhookOutbox:
             pipe.zadd(keys.webhook_due(), {delivery.id: delivery.created_at + CLAIM_LEASE_S})
             if event == "start":
                 pipe.set(keys.webhook_start_delivery(prediction.id), delivery.id, ex=FINISHED_TTL_S)
+            if event == "completed":
+                pipe.set(keys.webhook_completed(prediction.id), delivery.id, ex=FINISHED_TTL_S)
             pipe.execute()
         return delivery
+
+    def begin_progress(self, prediction_id: str) -> bool:
+        """Mark a progress delivery in flight; False when the prediction's ``completed`` event is already
+        recorded, so the progress event is stale and must not reach the receiver after it.
+
+        Paired with ``progress_in_flight``: the progress side counts itself in before it looks for the
+        completed marker, the completed side is recorded before it looks at the count, so at least one
+        of the two sees the other and a progress event never lands after ``completed``.
+        """
+        counter = keys.webhook_progress_sending(prediction_id)
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.incr(counter)
+            pipe.expire(counter, int(CLAIM_LEASE_S))
+            pipe.exists(keys.webhook_completed(prediction_id))
+            completed = pipe.execute()[2]
+        if completed:
+            self.end_progress(prediction_id)
+        return not completed
+
+    def end_progress(self, prediction_id: str) -> None:
+        self.redis.decr(keys.webhook_progress_sending(prediction_id))
+
+    def progress_in_flight(self, prediction_id: str) -> bool:
+        return int(self.redis.get(keys.webhook_progress_sending(prediction_id)) or 0) > 0
 
     def _start_delivery_of(self, prediction_id: str) -> str | None:
         found = self.redis.get(keys.webhook_start_delivery(prediction_id))

@@ -12,7 +12,7 @@ import httpx
 from shared.settings import Settings
 from shared.webhook_outbox import PENDING, Delivery, WebhookOutbox
 from shared.ssrf import URLRefused, pinned_request, resolve_checked
-from shared.webhooks import signature_headers
+from shared.webhooks import THROTTLED_EVENTS, signature_headers
 
 log = logging.getLogger(__name__)
 
@@ -79,10 +79,22 @@ def deliver(outbox: WebhookOutbox, delivery_id: str, secret: str, settings: Sett
         if first is not None and first.state == PENDING and first.attempts == 0:
             outbox.postpone(delivery, ORDERING_DELAY_S)
             return None
+    if delivery.event == "completed" and outbox.progress_in_flight(delivery.prediction_id):
+        outbox.postpone(delivery, ORDERING_DELAY_S)  # let the progress event land first
+        return None
     if not outbox.lock_attempt(delivery_id):
         return None
+    progress = delivery.event in THROTTLED_EVENTS
     try:
-        result = post_signed(delivery, secret, settings)
+        if progress and not outbox.begin_progress(delivery.prediction_id):
+            result = AttemptResult("superseded: the prediction's completed event is already recorded",
+                                   succeeded=False, stop=True)
+        else:
+            try:
+                result = post_signed(delivery, secret, settings)
+            finally:
+                if progress:
+                    outbox.end_progress(delivery.prediction_id)
         delivery = outbox.save_attempt(delivery, result.outcome, succeeded=result.succeeded, stop=result.stop,
                                        retry_after_s=result.retry_after_s)
     finally:

@@ -1,0 +1,73 @@
+"""Progress events (``output``/``logs``) never reach a receiver after the prediction's ``completed`` event."""
+
+from __future__ import annotations
+
+import fakeredis
+import pytest
+
+from shared.prediction import Prediction
+from shared.settings import Settings
+from shared.webhook_outbox import DELIVERED, FAILED, PENDING, WebhookOutbox
+from worker import webhook_sender
+from worker.webhook_sender import AttemptResult, deliver
+
+
+@pytest.fixture
+def outbox() -> WebhookOutbox:
+    settings = Settings(_env_file=None, webhook_allow_private=True)
+    return WebhookOutbox(fakeredis.FakeRedis(), settings)
+
+
+@pytest.fixture
+def prediction() -> Prediction:
+    return Prediction(tenant="t", model="kiln/sd2-depth2img", version="v", input={},
+                      webhook="http://127.0.0.1:9/hook")
+
+
+@pytest.fixture
+def posted(monkeypatch) -> list[str]:
+    sent: list[str] = []
+
+    def fake_post(delivery, secret, settings):
+        sent.append(delivery.event)
+        return AttemptResult("HTTP 200", succeeded=True)
+
+    monkeypatch.setattr(webhook_sender, "post_signed", fake_post)
+    return sent
+
+
+def test_a_progress_event_recorded_before_completed_but_sent_after_it_is_dropped(outbox, prediction, posted):
+    logs = outbox.record(prediction, "logs", "{}")
+    completed = outbox.record(prediction, "completed", "{}")
+
+    assert deliver(outbox, completed.id, "whsec_x", outbox.settings).state == DELIVERED
+    stale = deliver(outbox, logs.id, "whsec_x", outbox.settings)
+
+    assert posted == ["completed"]
+    assert stale.state == FAILED and stale.last_outcome.startswith("superseded")
+
+
+def test_completed_waits_while_a_progress_event_is_in_flight(outbox, prediction, posted):
+    completed = outbox.record(prediction, "completed", "{}")
+    assert outbox.begin_progress(prediction.id) is False  # recorded first: progress is stale from now on
+
+    other = prediction.model_copy(update={"id": "other"})
+    outbox.record(other, "output", "{}")
+    assert outbox.begin_progress(other.id) is True  # an output event of a running prediction is attempted
+    other_completed = outbox.record(other, "completed", "{}")
+
+    assert deliver(outbox, other_completed.id, "whsec_x", outbox.settings) is None  # postponed, not sent
+    assert outbox.get(other_completed.id).state == PENDING and posted == []
+    outbox.end_progress(other.id)
+    assert deliver(outbox, other_completed.id, "whsec_x", outbox.settings).state == DELIVERED
+    assert deliver(outbox, completed.id, "whsec_x", outbox.settings).state == DELIVERED
+    assert posted == ["completed", "completed"]
+
+
+def test_progress_events_of_a_running_prediction_are_sent(outbox, prediction, posted):
+    first = outbox.record(prediction, "output", "{}")
+    second = outbox.record(prediction, "logs", "{}")
+    assert deliver(outbox, first.id, "whsec_x", outbox.settings).state == DELIVERED
+    assert deliver(outbox, second.id, "whsec_x", outbox.settings).state == DELIVERED
+    assert posted == ["output", "logs"]
+    assert not outbox.progress_in_flight(prediction.id)
