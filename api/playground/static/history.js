@@ -1,0 +1,43 @@
+// The token's predictions, newest first, a page at a time (the API's cursors, kept in this
+// page's URL so a page can be bookmarked and the browser's back button works).
+import { api, el, formatTime, predictionPagePath, startPage } from "./common.js";
+
+function pageLink(id, apiUrl) {
+  const link = document.getElementById(id);
+  const cursor = apiUrl ? new URL(apiUrl, location.origin).searchParams.get("cursor") : null;
+  link.hidden = !cursor;
+  if (cursor) link.href = `/playground/history?cursor=${encodeURIComponent(cursor)}`;
+}
+
+function entry(prediction) {
+  const first = prediction.output?.[0];
+  const thumbnail = first
+    ? el("img", { src: first, alt: "", loading: "lazy", class: "thumbnail" })
+    : el("span", { class: "thumbnail empty", "aria-hidden": "true" }, "no image");
+  const prompt = typeof prediction.input?.prompt === "string" ? prediction.input.prompt : "";
+  return el("li", {},
+    el("a", { href: predictionPagePath(prediction.id), class: "history-entry" },
+      thumbnail,
+      el("span", { class: "history-text" },
+        el("strong", {}, prediction.model),
+        el("span", { class: `status status-${prediction.status}` }, prediction.status),
+        el("span", { class: "muted" }, formatTime(prediction.created_at)),
+        prompt ? el("span", { class: "prompt" }, prompt) : null)));
+}
+
+async function listPredictions() {
+  const status = document.getElementById("history-status");
+  const cursor = new URLSearchParams(location.search).get("cursor");
+  status.textContent = "Loading…";
+  try {
+    const page = await api(`/v1/predictions${cursor ? `?cursor=${encodeURIComponent(cursor)}` : ""}`);
+    document.getElementById("history").replaceChildren(...page.results.map(entry));
+    pageLink("newer", page.previous);
+    pageLink("older", page.next);
+    status.textContent = page.results.length ? "" : "No predictions yet.";
+  } catch (error) {
+    status.textContent = `Could not load the predictions: ${error.message}`;
+  }
+}
+
+startPage(listPredictions);
