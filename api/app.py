@@ -14,6 +14,7 @@ from fastapi import FastAPI
 from api.body_limit import BodyLimitMiddleware
 from api.errors import install_error_handlers
 from api.routes import files, health, models, predictions, queue, webhooks
+from api.routes.playground import install_playground
 from api.services import Services
 from shared.settings import Settings, get_settings
 
@@ -60,5 +61,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(models.router)
     app.include_router(files.router)
     app.include_router(queue.router)
+    install_playground(app)
     _openapi_3_1(app)
     return app
