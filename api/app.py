@@ -13,9 +13,11 @@ from fastapi import FastAPI
 
 from api.body_limit import BodyLimitMiddleware
 from api.errors import install_error_handlers
-from api.routes import files, health, models, predictions, queue, webhooks
+from api.log_context import PredictionLogContext
+from api.routes import files, health, metrics, models, predictions, queue, webhooks
 from api.routes.playground import install_playground
 from api.services import Services
+from shared.logs import configure_logging
 from shared.settings import Settings, get_settings
 
 
@@ -39,6 +41,7 @@ def _openapi_3_1(app: FastAPI) -> None:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    configure_logging(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -54,8 +57,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Uploads have their own, larger cap (plus room for the multipart framing).
     app.add_middleware(BodyLimitMiddleware, default_limit=settings.max_request_bytes,
                        limits_by_prefix={"/v1/files": settings.file_max_bytes + 64 * 1024})
+    app.add_middleware(PredictionLogContext)
     install_error_handlers(app)
     app.include_router(health.router)
+    app.include_router(metrics.router)
     app.include_router(predictions.router)
     app.include_router(webhooks.router)
     app.include_router(models.router)

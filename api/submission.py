@@ -18,6 +18,7 @@ from api.services import Services
 from api.waiting import parse_prefer_wait, wait_until_terminal
 from shared import keys, queues
 from shared.enqueue import enqueue_prediction, enqueue_predictions
+from shared.metrics import record_created, record_finished
 from shared.models.registry import ModelSpec
 from shared.prediction import Prediction, new_id, utcnow
 from shared.queued import QueueFull
@@ -75,6 +76,7 @@ def store_queued(services: Services, predictions: list[Prediction]) -> None:
                            f"(KILN_MAX_QUEUED_{'PER_TENANT' if exc.scope == 'tenant' else 'TOTAL'}); "
                            f"{len(predictions)} more would not fit; retry when some have started",
                            headers={"Retry-After": str(QUEUE_FULL_RETRY_AFTER_S)}) from None
+    record_created(p.model for p in predictions)
     with services.redis.pipeline(transaction=False) as pipe:
         for model, count in Counter(p.model for p in predictions).items():
             pipe.incrby(keys.model_run_count(model), count)
@@ -95,6 +97,7 @@ def enqueue(services: Services, predictions: list[Prediction], priority: int) ->
                 prediction.id, Status.FAILED, error="the queue is unavailable; the prediction was not run",
                 completed_at=utcnow(),
             ):
+                record_finished(prediction.model, Status.FAILED.value)
                 services.notifier.notify(prediction, "completed")
         raise ProblemError(503, "the queue is unavailable; retry shortly", headers={"Retry-After": "5"}) from None
 

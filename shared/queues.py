@@ -21,3 +21,12 @@ PRIORITY_INTERACTIVE = 0
 PRIORITY_BATCH = 6
 # A prediction put back after a worker died or shut down already waited its turn once.
 PRIORITY_REQUEUE = PRIORITY_INTERACTIVE
+
+# kombu's Redis transport keeps priority step 0 of a queue in the list named like the queue and
+# step p > 0 in "<queue>\x06\x16<p>" (its Channel.sep). Queue depth, and KEDA's scaler, sum them all.
+KOMBU_PRIORITY_SEPARATOR = "\x06\x16"
+
+
+def priority_lists(queue: str) -> dict[int, str]:
+    """The Redis list holding each priority step of ``queue``'s waiting messages."""
+    return {step: queue if step == 0 else f"{queue}{KOMBU_PRIORITY_SEPARATOR}{step}" for step in PRIORITY_STEPS}

@@ -102,6 +102,15 @@ class Settings(BaseSettings):
     # Celery: must exceed the longest prediction, or Redis redelivers a running job.
     visibility_timeout_s: int = Field(default=4 * 3600, ge=60)
 
+    # Observability. "json": one JSON object per log line, with the prediction_id being worked on
+    # (what the container images use); "text": plain lines for a terminal.
+    log_format: Literal["text", "json"] = "text"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # A Celery worker serves its Prometheus metrics on this port (0: off); the API serves GET /metrics.
+    worker_metrics_port: int = Field(default=0, ge=0, le=65535)
+    # The address that port listens on: every interface in a container, loopback on a laptop.
+    worker_metrics_host: str = "0.0.0.0"
+
     @property
     def token_digests(self) -> list[str]:
         """SHA-256 hex digests of the accepted tokens (entries given as ``sha256:<hex>`` are already digests)."""

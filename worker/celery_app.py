@@ -14,13 +14,15 @@ import logging
 from dataclasses import dataclass
 from functools import cached_property
 
-from celery.signals import worker_init, worker_ready, worker_shutdown, worker_shutting_down
+from celery.signals import (after_setup_logger, after_setup_task_logger, worker_init, worker_ready, worker_shutdown,
+                            worker_shutting_down)
 from redis import Redis
 
 from shared import queues
 from shared.celery_config import create_celery
 from shared.enqueue import enqueue_prediction
 from shared.leases import Leases
+from shared.logs import apply_format, bound_prediction
 from shared.redis_client import connect
 from shared.retention import Janitor
 from shared.secrets import webhook_secret
@@ -29,6 +31,7 @@ from shared.storage import Storage
 from shared.store import PredictionStore
 from shared.webhook_outbox import WebhookNotifier, WebhookOutbox
 from worker.maintenance import Maintenance, worker_jobs
+from worker.metrics import start_exporter
 from worker.predictor_pool import PredictorPool
 from worker.runner import PredictionRunner
 from worker.webhook_sender import deliver
@@ -96,6 +99,24 @@ def _start_maintenance(sender, **_: object) -> None:
     _background.append(maintenance)
 
 
+@worker_ready.connect
+def _start_metrics(**_: object) -> None:
+    """Serve Prometheus metrics (KILN_WORKER_METRICS_PORT) once the worker takes jobs."""
+    port = runtime.settings.worker_metrics_port
+    try:
+        start_exporter(port, runtime.settings.worker_metrics_host)
+    except OSError as exc:
+        log.error("worker metrics not served: KILN_WORKER_METRICS_PORT=%d cannot be bound: %s", port, exc)
+
+
+@after_setup_logger.connect
+@after_setup_task_logger.connect
+def _format_logs(logger, **_: object) -> None:
+    """KILN_LOG_FORMAT=json: Celery's log handlers write JSON lines carrying the prediction id."""
+    if runtime.settings.log_format == "json":
+        apply_format(logger.handlers, "json")
+
+
 @worker_shutting_down.connect
 def _begin_shutdown(**_: object) -> None:
     """Warm shutdown (SIGTERM): the running prediction may finish within the grace period."""
@@ -111,7 +132,8 @@ def _stop_maintenance(**_: object) -> None:
 
 @app.task(name=queues.PREDICT_TASK)
 def predict(prediction_id: str) -> None:
-    runtime.runner.run(prediction_id)
+    with bound_prediction(prediction_id):
+        runtime.runner.run(prediction_id)
 
 
 @app.task(name=queues.DELIVER_WEBHOOK_TASK)

@@ -14,6 +14,7 @@ from celery import Celery
 from shared import queues
 from shared.enqueue import enqueue_prediction
 from shared.leases import Leases
+from shared.metrics import record_finished
 from shared.models.registry import find_model
 from shared.retention import Janitor
 from shared.status import Status
@@ -83,6 +84,7 @@ def reap_lapsed_leases(leases: Leases, store: PredictionStore, notifier: Webhook
             enqueue_prediction(celery, prediction_id, find_model(prediction.model).queue, queues.PRIORITY_REQUEUE)
         else:
             log.error("prediction %s failed: %s", prediction_id, prediction.error)
+            record_finished(prediction.model, Status.FAILED.value)
             notifier.notify(prediction, "completed")
     return reaped
 

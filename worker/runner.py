@@ -18,6 +18,7 @@ from collections.abc import Callable
 from botocore.exceptions import BotoCoreError, ClientError
 from PIL import Image
 
+from shared import metrics
 from shared.files import FileStore
 from shared.images import ImageInputError
 from shared.leases import Leases
@@ -88,6 +89,8 @@ class PredictionRunner:
         if attempt is None:
             log.info("prediction %s is %s; not running it", prediction_id, self.store.status(prediction_id))
             return None
+        if attempt == 1:
+            metrics.record_queue_wait(prediction.model, (utcnow() - prediction.created_at).total_seconds())
         self.notifier.notify(prediction, "start")
         with Heartbeat(self.leases, prediction_id) as heartbeat:
             ctx = RunContext(prediction, self.store, self.notifier, self.files, self.settings,
@@ -105,7 +108,8 @@ class PredictionRunner:
                 prediction.input, context={"limits": InputLimits.from_settings(self.settings)})
             outputs = self.predictors.get(spec).predict(inputs, ctx)
             predict_time = time.monotonic() - ctx.started
-            names = self._upload(prediction.id, outputs)
+            with metrics.timed_upload(prediction.model):
+                names = self._upload(prediction.id, outputs)
         except LeaseLost:
             log.warning("prediction %s: lease lost, leaving it to the worker that took over", prediction.id)
             return None
@@ -143,6 +147,7 @@ class PredictionRunner:
     def _finish(self, prediction: Prediction, attempt: int, status: Status, **fields: object) -> Status | None:
         if self.store.transition(prediction.id, status, if_attempt=attempt, completed_at=utcnow(), **fields):
             log.info("prediction %s %s", prediction.id, status.value)
+            metrics.record_finished(prediction.model, status.value, fields.get("predict_time"))
             self.notifier.notify(prediction, "completed")
             return status
         log.warning("prediction %s could not move to %s: it is %s", prediction.id, status.value,

@@ -9,8 +9,9 @@ from email.utils import parsedate_to_datetime
 
 import httpx
 
+from shared.metrics import record_webhook_delivery
 from shared.settings import Settings
-from shared.webhook_outbox import PENDING, Delivery, WebhookOutbox
+from shared.webhook_outbox import DELIVERED, FAILED, PENDING, Delivery, WebhookOutbox
 from shared.ssrf import URLRefused, pinned_request, resolve_checked
 from shared.webhooks import THROTTLED_EVENTS, signature_headers
 
@@ -19,6 +20,8 @@ log = logging.getLogger(__name__)
 # Seconds to wait before re-checking a ``completed`` delivery whose ``start`` has not gone out yet.
 ORDERING_DELAY_S = 0.2
 MAX_RETRY_AFTER_S = 24 * 3600.0
+# A delivery's state after an attempt, as the kiln_webhook_deliveries outcome label.
+DELIVERY_OUTCOMES = {DELIVERED: "delivered", PENDING: "retrying", FAILED: "failed"}
 
 
 @dataclass(frozen=True)
@@ -100,5 +103,7 @@ def deliver(outbox: WebhookOutbox, delivery_id: str, secret: str, settings: Sett
     finally:
         outbox.unlock_attempt(delivery_id)
     log.info("webhook %s %s for prediction %s attempt %d: %s -> %s", delivery.id, delivery.event,
-             delivery.prediction_id, delivery.attempts, result.outcome, delivery.state)
+             delivery.prediction_id, delivery.attempts, result.outcome, delivery.state,
+             extra={"prediction_id": delivery.prediction_id})
+    record_webhook_delivery(delivery.event, DELIVERY_OUTCOMES.get(delivery.state, delivery.state))
     return delivery

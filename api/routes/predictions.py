@@ -19,6 +19,7 @@ from api.schemas import CreateBatch, CreatePrediction, PredictionFields
 from api.services import Services
 from api.submission import create_and_respond
 from api.waiting import events
+from shared.metrics import record_finished
 from shared.models.registry import UnknownModelError, find_model, resolve_version
 from shared.prediction import Prediction
 from shared.rendering import output_path, render_prediction
@@ -127,7 +128,8 @@ def cancel_prediction(prediction_id: str, tenant: CurrentTenant, services: Servi
     """Cooperative: a queued prediction ends ``canceled`` now; a running one within one denoising step."""
     prediction = _owned(services.store, prediction_id, tenant)
     if services.store.request_cancel(prediction_id) is Status.STARTING:
-        # It never reached a worker, so the API sends its terminal webhook.
+        # It never reached a worker, so the API sends its terminal webhook (and counts it).
+        record_finished(prediction.model, Status.CANCELED.value)
         services.notifier.notify(prediction, "completed")
     return _render(_owned(services.store, prediction_id, tenant), base, services)
 

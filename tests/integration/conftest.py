@@ -17,7 +17,7 @@ import httpx
 import pytest
 import trustme
 
-from deploy.devstack.servers import RedisServer, SeaweedS3Server, free_port
+from deploy.devstack.servers import RedisServer, SeaweedS3Server, free_port, free_ports
 from shared.settings import Settings
 from tests.support import python, start_process, stop_process, wait_until
 
@@ -51,13 +51,16 @@ class Stack:
     s3: SeaweedS3Server
     logs: Path
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+    # Each worker's Prometheus port (KILN_WORKER_METRICS_PORT), by process name.
+    metrics_ports: dict[str, int] = field(default_factory=dict)
 
     @property
     def redis_url(self) -> str:
         return self.redis.url
 
     def start(self, name: str, argv: list[str]) -> subprocess.Popen:
-        self.processes[name] = start_process(argv, self.env, self.logs / f"{name}.log")
+        env = self.env | {"KILN_WORKER_METRICS_PORT": str(self.metrics_ports.get(name, 0))}
+        self.processes[name] = start_process(argv, env, self.logs / f"{name}.log")
         return self.processes[name]
 
     def start_gpu_worker(self) -> None:
@@ -121,6 +124,9 @@ def stack_env(root: Path, redis: RedisServer, s3: SeaweedS3Server, access_key: s
         "KILN_MODEL_TIME_LIMITS_S": json.dumps({TIME_LIMITED_MODEL: TIME_LIMIT_S}),
         "KILN_SHUTDOWN_GRACE_S": str(SHUTDOWN_GRACE_S),
         "KILN_STORAGE_ATTEMPTS": "2",
+        # As the container images log: one JSON object per line, with the prediction id.
+        "KILN_LOG_FORMAT": "json",
+        "KILN_WORKER_METRICS_HOST": "127.0.0.1",
         "HF_HUB_OFFLINE": "1",
         "PYTHONUNBUFFERED": "1",
     }
@@ -138,6 +144,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             base_url=f"http://127.0.0.1:{port}", tls_base_url=f"https://127.0.0.1:{tls_port}", tls_ca=ca_path,
             env=stack_env(root, redis_server, s3, access_key, secret_key, tiny_weights_dir(tmp_path_factory)),
             redis=redis_server, s3=s3, logs=logs,
+            metrics_ports=dict(zip(("gpu-worker", "sdxl-worker", "webhooks"), free_ports(3))),
         )
         try:
             stack.start("webhooks", WEBHOOK_WORKER_ARGV)

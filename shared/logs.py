@@ -1,0 +1,81 @@
+"""Log lines for people (text) or for log collectors (JSON, one object per line), each carrying the
+id of the prediction being worked on.
+
+The id lives in a context variable: a Celery task binds it for the prediction it runs (each thread
+of the webhook worker has its own), and every record logged meanwhile gets a ``prediction_id``
+field, so a collector can gather everything one prediction did across the API and the workers.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+
+from pythonjsonlogger.json import JsonFormatter
+
+from shared.settings import Settings
+
+current_prediction_id: ContextVar[str | None] = ContextVar("current_prediction_id", default=None)
+
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# Standard record attributes kept in each JSON line; anything passed in ``extra=`` is added too.
+JSON_FIELDS = "%(asctime)s %(levelname)s %(name)s %(message)s %(prediction_id)s"
+# uvicorn's loggers bring their own handlers; in JSON mode they go through ours instead.
+UVICORN_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access")
+
+
+@contextmanager
+def bound_prediction(prediction_id: str | None) -> Iterator[None]:
+    """Tag every record logged inside the block (in this thread or task) with ``prediction_id``."""
+    token = current_prediction_id.set(prediction_id)
+    try:
+        yield
+    finally:
+        current_prediction_id.reset(token)
+
+
+class PredictionIdFilter(logging.Filter):
+    """Adds ``record.prediction_id`` (None outside a prediction) unless the call passed its own."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "prediction_id", None) is None:
+            record.prediction_id = current_prediction_id.get()
+        return True
+
+
+def make_formatter(log_format: str) -> logging.Formatter:
+    if log_format == "json":
+        return JsonFormatter(JSON_FIELDS, rename_fields={"levelname": "level", "name": "logger", "asctime": "time"},
+                             timestamp=False)
+    if log_format == "text":
+        return logging.Formatter(TEXT_FORMAT)
+    raise ValueError(f"unknown log format {log_format!r}: use 'text' or 'json' (KILN_LOG_FORMAT)")
+
+
+def apply_format(handlers: Iterable[logging.Handler], log_format: str) -> None:
+    """Give existing handlers (Celery's, uvicorn's) our formatter and the prediction id filter."""
+    formatter = make_formatter(log_format)
+    for handler in handlers:
+        handler.setFormatter(formatter)
+        if not any(isinstance(f, PredictionIdFilter) for f in handler.filters):
+            handler.addFilter(PredictionIdFilter())
+
+
+def configure_logging(settings: Settings) -> None:
+    """Route the root logger (and, in JSON mode, uvicorn's) to one stderr handler in the configured format."""
+    root = logging.getLogger()
+    handler = next((h for h in root.handlers if getattr(h, "kiln", False)), None)
+    if handler is None:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.kiln = True  # type: ignore[attr-defined]
+        root.addHandler(handler)
+    apply_format([handler], settings.log_format)
+    root.setLevel(settings.log_level)
+    if settings.log_format == "json":
+        for name in UVICORN_LOGGERS:
+            logger = logging.getLogger(name)
+            logger.handlers.clear()
+            logger.propagate = True
