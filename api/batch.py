@@ -1,6 +1,6 @@
 """``POST /v1/predictions/batch``: many creates in one request, each item validated on its own.
 
-Valid items are stored in one pipeline and enqueued in one more (batch priority, behind single
+Valid items are stored and enqueued in one Redis transaction (batch priority, behind single
 creates); the answer lists, in order, each created prediction or the problem with its item. The
 batch is admitted against the queue caps whole or not at all.
 """
@@ -17,7 +17,7 @@ from api.errors import ProblemError, input_validation_problem, problem_body
 from api.idempotency import TTL_S, fingerprint
 from api.schemas import BatchItem
 from api.services import Services
-from api.submission import DUPLICATE_WAIT_S, enqueue, prepare, store_queued
+from api.submission import DUPLICATE_WAIT_S, prepare, store_and_enqueue
 from shared import keys, queues
 from shared.models.registry import ModelSpec, UnknownModelError, find_model, resolve_version
 from shared.prediction import Prediction, new_id
@@ -78,8 +78,7 @@ def _create(services: Services, tenant: str, items: list[dict[str, Any]],
             results.append(problem_body(exc.status, exc.detail, **exc.extra))
     valid = [r for r in results if isinstance(r, Prediction)]
     if valid:
-        store_queued(services, valid)
-        enqueue(services, valid, queues.PRIORITY_BATCH)
+        store_and_enqueue(services, valid, queues.PRIORITY_BATCH)
     return results
 
 

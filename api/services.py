@@ -18,6 +18,7 @@ from shared.secrets import url_signing_secret
 from shared.settings import Settings
 from shared.storage import Storage
 from shared.store import PredictionStore
+from shared.task_messages import PredictMessages
 from shared.webhook_outbox import WebhookNotifier, WebhookOutbox
 
 
@@ -31,6 +32,8 @@ class Services:
     storage: Storage
     files: FileStore
     celery: Celery
+    # Predict messages rendered from a Celery-made template, enqueued with the records.
+    messages: PredictMessages
     notifier: WebhookNotifier
     rate_limiter: RateLimiter
     idempotency: IdempotencyKeys
@@ -50,6 +53,7 @@ class Services:
             storage=storage,
             files=FileStore(sync_redis, storage, settings.file_retention_s),
             celery=celery,
+            messages=PredictMessages(celery),
             notifier=WebhookNotifier(store, WebhookOutbox(sync_redis, settings), celery),
             rate_limiter=RateLimiter(sync_redis, settings.rate_limit_per_s, settings.rate_limit_burst),
             idempotency=IdempotencyKeys(sync_redis),

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import logging
 import time
-from collections import Counter
 
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
-from kombu.exceptions import OperationalError
 
 from api.errors import ProblemError
 from api.idempotency import fingerprint
@@ -16,17 +13,15 @@ from api.inputs import stage_remote_images, validate_input
 from api.schemas import PredictionFields
 from api.services import Services
 from api.waiting import parse_prefer_wait, wait_until_terminal
-from shared import keys, queues
-from shared.enqueue import enqueue_prediction, enqueue_predictions
-from shared.metrics import record_created, record_finished
+from shared import queues
+from shared.metrics import record_created
 from shared.models.registry import ModelSpec
-from shared.prediction import Prediction, new_id, utcnow
+from shared.prediction import Prediction, new_id
 from shared.queued import QueueFull
 from shared.rendering import render_prediction
 from shared.status import Status
 from shared.ssrf import URLRefused, resolve_checked
 
-log = logging.getLogger(__name__)
 # How long a duplicate request waits for the first one (same Idempotency-Key) to store its prediction.
 DUPLICATE_WAIT_S = 10.0
 # Over a queue cap: predictions start every few seconds, so this is when room is likely.
@@ -63,12 +58,14 @@ def prepare(services: Services, tenant: str, spec: ModelSpec, body: PredictionFi
     )
 
 
-def store_queued(services: Services, predictions: list[Prediction]) -> None:
-    """Store predictions within the queue caps: 429 (tenant) or 503 (global) with nothing stored."""
+def store_and_enqueue(services: Services, predictions: list[Prediction], priority: int) -> None:
+    """Store predictions within the queue caps and enqueue them, in one Redis transaction: 429
+    (tenant) or 503 (global cap) with nothing stored; Redis down is a 503 with nothing stored."""
     settings = services.settings
+    messages = [services.messages.render(p.id, p.queue, priority) for p in predictions]
     try:
         services.store.create_many(predictions, tenant_cap=settings.max_queued_per_tenant,
-                                   total_cap=settings.max_queued_total)
+                                   total_cap=settings.max_queued_total, messages=messages)
     except QueueFull as exc:
         status = 429 if exc.scope == "tenant" else 503
         who = "this token has" if exc.scope == "tenant" else "the service has"
@@ -77,29 +74,6 @@ def store_queued(services: Services, predictions: list[Prediction]) -> None:
                            f"{len(predictions)} more would not fit; retry when some have started",
                            headers={"Retry-After": str(QUEUE_FULL_RETRY_AFTER_S)}) from None
     record_created(p.model for p in predictions)
-    with services.redis.pipeline(transaction=False) as pipe:
-        for model, count in Counter(p.model for p in predictions).items():
-            pipe.incrby(keys.model_run_count(model), count)
-        pipe.execute()
-
-
-def enqueue(services: Services, predictions: list[Prediction], priority: int) -> None:
-    """Put stored predictions on their queues; if the queue is down, fail them (so none hangs) and 503."""
-    try:
-        if len(predictions) == 1:
-            enqueue_prediction(services.celery, predictions[0].id, predictions[0].queue, priority)
-        else:
-            enqueue_predictions(services.celery, [(p.id, p.queue) for p in predictions], priority)
-    except OperationalError as exc:
-        log.error("could not enqueue %d predictions: %s", len(predictions), exc)
-        for prediction in predictions:
-            if services.store.transition(
-                prediction.id, Status.FAILED, error="the queue is unavailable; the prediction was not run",
-                completed_at=utcnow(),
-            ):
-                record_finished(prediction.model, Status.FAILED.value)
-                services.notifier.notify(prediction, "completed")
-        raise ProblemError(503, "the queue is unavailable; retry shortly", headers={"Retry-After": "5"}) from None
 
 
 def submit(
@@ -119,12 +93,11 @@ def submit(
         if existing is not None:
             return _stored_by_first_request(services, existing), False
     try:
-        store_queued(services, [prediction])
+        store_and_enqueue(services, [prediction], queues.PRIORITY_INTERACTIVE)
     except BaseException:
         if idempotency_key is not None:
             services.idempotency.release(tenant, idempotency_key)
         raise
-    enqueue(services, [prediction], queues.PRIORITY_INTERACTIVE)
     return prediction, True
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
@@ -86,9 +87,13 @@ class PredictionStore:
         self.create_many([prediction], tenant_cap=tenant_cap, total_cap=total_cap)
 
     def create_many(self, predictions: Sequence[Prediction], *, tenant_cap: int | None = None,
-                    total_cap: int | None = None) -> None:
+                    total_cap: int | None = None, messages: Sequence[tuple[str, str]] = ()) -> None:
         """Store queued predictions of one tenant in two round trips: count them against the caps
-        (all or none: ``QueueFull`` stores nothing), then write every record in one pipeline."""
+        (all or none: ``QueueFull`` stores nothing), then write every record in one transaction.
+
+        ``messages`` (``(list, message)`` pairs, ``shared.task_messages``) are pushed onto their
+        queues in that same transaction, so a worker never pops an id whose record is missing and
+        no stored prediction is left without its message."""
         if not predictions:
             return
         tenant = predictions[0].tenant
@@ -101,6 +106,10 @@ class PredictionStore:
                 for prediction in predictions:
                     pipe.hset(keys.prediction(prediction.id), mapping=prediction.to_redis_hash())
                 pipe.zadd(keys.tenant_predictions(tenant), {p.id: 0 for p in predictions})
+                for model, count in Counter(p.model for p in predictions).items():
+                    pipe.incrby(keys.model_run_count(model), count)
+                for list_key, message in messages:
+                    pipe.lpush(list_key, message)
                 pipe.execute()
         except BaseException:
             self.queued.release(tenant, families)
