@@ -19,6 +19,7 @@ from shared.models.schedulers import Scheduler
 from tests.integration.browser import CHROMIUM_ARGS, chromium_or_skip, serve_in_thread
 from tests.integration.conftest import PAGE_SIZE, TOKEN_A, TOKEN_B
 from tests.integration.test_predictions import create
+from tests.integration.test_xl_models import run as run_xl
 from tests.support import png_bytes, wait_for_status
 
 # Room for installing chromium with apt on a fresh machine, within the session's first test.
@@ -128,6 +129,21 @@ def test_another_tokens_prediction_page_shows_nothing_of_it(stack, page, client)
     enter_token(page, stack.base_url, TOKEN_A)
     page.goto(created["urls"]["web"])
     expect(page.locator("#input")).to_contain_text(secret_prompt)
+
+
+def test_the_control_map_is_shown_beside_the_outputs(stack, page, client):
+    done = run_xl(client, "kiln/ip-adapter-depth-xl", return_control_map=True)
+    assert done["status"] == "succeeded", done["error"]
+
+    enter_token(page, stack.base_url, TOKEN_A)
+    page.goto(done["urls"]["web"])
+    expect(page.locator("#gallery figure.output")).to_have_count(1)
+    control_map = page.locator("#gallery figure.control-map")
+    expect(control_map).to_contain_text("Control map")
+    image = control_map.locator("img")
+    assert image.get_attribute("src") == done["output"][-1]
+    page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=image.element_handle())
+    assert image.evaluate("img => img.naturalWidth") == 96
 
 
 def test_history_pages_through_the_tokens_predictions_with_thumbnails(stack, page, client):
