@@ -111,6 +111,27 @@ class Settings(BaseSettings):
     # The address that port listens on: every interface in a container, loopback on a laptop.
     worker_metrics_host: str = "0.0.0.0"
 
+    # GPU throughput (docs/benchmarks.md). A knob left unset (None) is on for CUDA and off elsewhere.
+    # Micro-batching: queued predictions of one model with the same settings run as one pipeline call
+    # of up to this many (unset: 4 on CUDA, 1 elsewhere), gathered for at most batch_window_ms.
+    max_batch_size: int | None = Field(default=None, ge=1, le=64)
+    batch_window_ms: float = Field(default=50.0, ge=0, le=1000)
+    # Fetch, decode and preprocess the next queued prediction's inputs while the GPU denoises.
+    prefetch: bool | None = None
+    # Upload outputs (then complete the prediction) in a side thread while the next job starts.
+    async_upload: bool | None = None
+    # Torch-side: channels_last memory format, fused QKV projections, half precision on CUDA.
+    channels_last: bool | None = None
+    fuse_qkv: bool | None = None
+    cuda_dtype: Literal["float16", "bfloat16"] = "float16"
+    # torch.compile of the UNet/ControlNet (off unless set: max-autotune takes minutes per shape),
+    # warmed up at worker start for every size bucket; snapping sizes to buckets follows it by default.
+    torch_compile: bool = False
+    compile_mode: str = "max-autotune"
+    compile_backend: str = "inductor"
+    snap_to_buckets: bool | None = None
+    size_buckets: str = "1024x1024,1152x896,896x1152,1216x832,832x1216,1344x768,768x1344,768x768,512x512"
+
     @property
     def token_digests(self) -> list[str]:
         """SHA-256 hex digests of the accepted tokens (entries given as ``sha256:<hex>`` are already digests)."""

@@ -16,6 +16,7 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def dtype_for(device: torch.device) -> torch.dtype:
-    """Half precision on CUDA (half the memory, tensor cores); float32 elsewhere, where fp16 is slow or unsupported."""
-    return torch.float16 if device.type == "cuda" else torch.float32
+def dtype_for(device: torch.device, cuda_dtype: str = "float16") -> torch.dtype:
+    """Half precision on CUDA (half the memory, tensor cores): fp16, or bf16 when ``cuda_dtype`` says so;
+    float32 elsewhere, where half precision is slow or unsupported."""
+    return getattr(torch, cuda_dtype) if device.type == "cuda" else torch.float32

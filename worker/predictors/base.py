@@ -9,6 +9,7 @@ from __future__ import annotations
 import abc
 import random
 from dataclasses import dataclass
+from collections.abc import Hashable, Sequence
 from typing import Any, Callable, Generic, Protocol, TypeVar
 
 from PIL import Image
@@ -17,6 +18,9 @@ from shared.models.base import ModelInput
 from shared.settings import Settings
 
 InputT = TypeVar("InputT", bound=ModelInput)
+JobT = TypeVar("JobT", bound="PreparedJob")
+
+StepCallback = Callable[[Any, int, Any, dict], dict]
 
 
 @dataclass(frozen=True)
@@ -34,6 +38,20 @@ class PredictionCanceled(Exception):
     """Raised from a step callback when the prediction was canceled; the runner ends it ``canceled``."""
 
 
+@dataclass(frozen=True)
+class PreparedJob:
+    """One prediction with its inputs fetched, decoded and preprocessed: ready for the denoising loop.
+
+    Jobs whose ``group_key`` is equal can run as one batched pipeline call.
+    """
+
+    seed: int
+
+    @property
+    def group_key(self) -> Hashable:
+        raise NotImplementedError
+
+
 class PredictContext(Protocol):
     """What the runner offers a running prediction."""
 
@@ -48,8 +66,13 @@ class PredictContext(Protocol):
         ``PredictionCanceled`` when the prediction was canceled."""
 
 
-class Predictor(abc.ABC, Generic[InputT]):
-    """One model: load weights once in ``setup()``, then serve many ``predict()`` calls."""
+class Predictor(abc.ABC, Generic[InputT, JobT]):
+    """One model: load weights once in ``setup()``, then serve many predictions.
+
+    A prediction runs in two halves so that a worker can overlap and batch them: ``prepare()``
+    (fetch, decode, preprocess: may run in a side thread while another job denoises) and
+    ``generate()`` (the denoising loop, for one or several prepared jobs at once).
+    """
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -58,9 +81,27 @@ class Predictor(abc.ABC, Generic[InputT]):
     def setup(self) -> None:
         """Load the pipeline (tiny or full profile) onto the device. Called once per worker."""
 
+    def batch_key(self, inputs: InputT) -> Hashable | None:
+        """What must be equal for two predictions to share a batch (None: never batched). Inputs that
+        differ per image (prompts, images, seeds) stay out of it."""
+        return None
+
     @abc.abstractmethod
+    def prepare(self, inputs: InputT, ctx: PredictContext) -> JobT:
+        """Fetch and decode the image inputs, run the preprocessors, pick the seed."""
+
+    @abc.abstractmethod
+    def generate(self, jobs: Sequence[JobT], step_callback: StepCallback) -> list[list[Output]]:
+        """Denoise the jobs (all with the same ``group_key``) in one pipeline call; outputs per job, in order.
+
+        Image ``j`` of a job is drawn from its own generator seeded ``seed + j``, so a job gives the
+        same pixels alone or in any batch.
+        """
+
     def predict(self, inputs: InputT, ctx: PredictContext) -> list[Output]:
         """Run one prediction and return the output images, in order."""
+        [outputs] = self.generate([self.prepare(inputs, ctx)], ctx.step_callback())
+        return outputs
 
 
 def resolve_seed(seed: int | None, ctx: PredictContext) -> int:

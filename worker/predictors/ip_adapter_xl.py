@@ -13,7 +13,7 @@ from __future__ import annotations
 import abc
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -24,8 +24,10 @@ from PIL import Image
 from shared.models.ip_adapter_xl import IPAdapterXLInput
 from shared.settings import Settings
 from worker.devices import resolve_device
-from worker.predictors.base import NamedImage, Output, PredictContext, Predictor, resolve_seed
+from worker.predictors.base import NamedImage, Output, PredictContext, PreparedJob, Predictor, StepCallback, resolve_seed
+from worker.predictors.rows import fit, generators, rows, split_images
 from worker.predictors.schedulers import SCHEDULERS
+from worker.tuning import Tuning, optimise_pipeline
 from worker.weights.loading import hub_cache_dir, load_model, load_pipeline
 from worker.weights.random_full import ensure_random_full_sdxl
 from worker.weights.sdxl_builder import (
@@ -119,7 +121,42 @@ def detect_resolution(width: int, height: int) -> int:
     return max(MIN_DETECT_RESOLUTION, min(MAX_DETECT_RESOLUTION, min(width, height)))
 
 
-class IPAdapterXLPredictor(Predictor[IPAdapterXLInput]):
+class RowwiseIPAdapterXLPipeline(StableDiffusionXLControlNetPipeline):
+    """The ControlNet SDXL pipeline, taking IP-Adapter image embeddings already laid out per row.
+
+    diffusers repeats given embeddings for every row of the batch (one image prompt for all rows);
+    a batch of predictions has one image prompt per row, so the embeddings passed here are used as
+    they are: ``[negative rows, positive rows]`` with guidance, else the positive rows.
+    """
+
+    def prepare_ip_adapter_image_embeds(self, ip_adapter_image, ip_adapter_image_embeds, device,
+                                        num_images_per_prompt, do_classifier_free_guidance):
+        if ip_adapter_image_embeds is None:
+            return super().prepare_ip_adapter_image_embeds(ip_adapter_image, None, device, num_images_per_prompt,
+                                                           do_classifier_free_guidance)
+        return [embeds.to(device=device) for embeds in ip_adapter_image_embeds]
+
+
+@dataclass(frozen=True)
+class IPAdapterXLJob(PreparedJob):
+    inputs: IPAdapterXLInput
+    # Output-sized (what return_control_map returns) and generation-sized (what the ControlNet reads).
+    control: Image.Image
+    control_at_generation: Image.Image
+    # Per IP-Adapter: ``(2, 1, dim)`` = [unconditional, image prompt] embeddings of ip_image.
+    ip_embeds: tuple[torch.Tensor, ...]
+
+    @property
+    def group_key(self) -> Hashable:
+        return self.control_at_generation.size, _settings_key(self.inputs)
+
+
+def _settings_key(inputs: IPAdapterXLInput) -> Hashable:
+    return (inputs.width, inputs.height, inputs.num_inference_steps, inputs.guidance_scale, inputs.scheduler,
+            inputs.ip_adapter_scale, inputs.controlnet_scale, inputs.negative_prompt is None)
+
+
+class IPAdapterXLPredictor(Predictor[IPAdapterXLInput, IPAdapterXLJob]):
     """SDXL steered by an image prompt (IP-Adapter) and laid out by a control map (ControlNet)."""
 
     # The ControlNet's key in ``XLWeights.controlnets``, also used in log lines.
@@ -134,15 +171,20 @@ class IPAdapterXLPredictor(Predictor[IPAdapterXLInput]):
         """
 
     def setup(self) -> None:
+        self.tuning = Tuning.from_settings(self.settings)
         weights = xl_weights(self.settings)
         controlnet = load_model(ControlNetModel, weights.controlnets[self.control_kind], self.settings)
-        self.pipe = StableDiffusionXLControlNetPipeline(
+        self.pipe = RowwiseIPAdapterXLPipeline(
             **shared_base_components(self.settings, weights), controlnet=controlnet
         )
         self.pipe.set_progress_bar_config(disable=True)
+        optimise_pipeline(self.pipe, self.tuning)
         # Every prediction gets a fresh scheduler from this config: schedulers keep per-run state.
         self.scheduler_config = self.pipe.scheduler.config
         self.detector = self.load_detector(weights.annotators)
+
+    def batch_key(self, inputs: IPAdapterXLInput) -> Hashable:
+        return _settings_key(inputs)
 
     def control_map(self, inputs: IPAdapterXLInput, ctx: PredictContext) -> Image.Image:
         """The given ``control_image``, or the map the detector extracts from ``input_image``; output-sized."""
@@ -157,28 +199,49 @@ class IPAdapterXLPredictor(Predictor[IPAdapterXLInput]):
             ctx.log(f"Extracted the {self.control_kind} map in {time.monotonic() - started:.2f} s")
         return control.convert("RGB").resize(size, Image.Resampling.BICUBIC)
 
-    def predict(self, inputs: IPAdapterXLInput, ctx: PredictContext) -> list[Output]:
+    @torch.no_grad()
+    def encode_ip_image(self, image: Image.Image) -> tuple[torch.Tensor, ...]:
+        return tuple(self.pipe.prepare_ip_adapter_image_embeds(image, None, self.pipe.device, 1, True))
+
+    def prepare(self, inputs: IPAdapterXLInput, ctx: PredictContext) -> IPAdapterXLJob:
         ip_image = ctx.load_image(inputs.ip_image)
         control = self.control_map(inputs, ctx)
-        seed = resolve_seed(inputs.seed, ctx)
-        self.pipe.scheduler = SCHEDULERS[inputs.scheduler].from_config(self.scheduler_config)
+        generation_size = self.tuning.generation_size(control.size)
+        return IPAdapterXLJob(seed=resolve_seed(inputs.seed, ctx), inputs=inputs, control=control,
+                              control_at_generation=fit(control, generation_size),
+                              ip_embeds=self.encode_ip_image(ip_image))
+
+    def generate(self, jobs: Sequence[IPAdapterXLJob], step_callback: StepCallback) -> list[list[Output]]:
+        first = jobs[0].inputs
+        layout = rows(jobs, lambda job: job.inputs.num_outputs)
+        width, height = jobs[0].control_at_generation.size
+        self.pipe.scheduler = SCHEDULERS[first.scheduler].from_config(self.scheduler_config)
         # The attention processors belong to the UNet both XL predictors share: set it every call.
-        self.pipe.set_ip_adapter_scale(inputs.ip_adapter_scale)
+        self.pipe.set_ip_adapter_scale(first.ip_adapter_scale)
+        guided = first.guidance_scale > 1
+        ip_embeds = [
+            torch.cat(([torch.cat([job.ip_embeds[k][:1] for job, _ in layout])] if guided else [])
+                      + [torch.cat([job.ip_embeds[k][1:] for job, _ in layout])])
+            for k in range(len(jobs[0].ip_embeds))
+        ]
         result = self.pipe(
-            prompt=inputs.prompt,
-            negative_prompt=inputs.negative_prompt,
-            image=control,
-            ip_adapter_image=ip_image,
-            controlnet_conditioning_scale=inputs.controlnet_scale,
-            width=inputs.width,
-            height=inputs.height,
-            num_inference_steps=inputs.num_inference_steps,
-            guidance_scale=inputs.guidance_scale,
-            num_images_per_prompt=inputs.num_outputs,
-            generator=torch.Generator(device=self.pipe.device).manual_seed(seed),
-            callback_on_step_end=ctx.step_callback(),
+            prompt=[job.inputs.prompt for job, _ in layout],
+            negative_prompt=None if first.negative_prompt is None else [job.inputs.negative_prompt for job, _ in layout],
+            image=[job.control_at_generation for job, _ in layout],
+            ip_adapter_image_embeds=ip_embeds,
+            controlnet_conditioning_scale=first.controlnet_scale,
+            width=width,
+            height=height,
+            num_inference_steps=first.num_inference_steps,
+            guidance_scale=first.guidance_scale,
+            num_images_per_prompt=1,
+            generator=generators(layout, self.pipe.device),
+            callback_on_step_end=step_callback,
         )
-        outputs: list[Output] = list(result.images)
-        if inputs.return_control_map:
-            outputs.append(NamedImage(CONTROL_MAP_NAME, control))
+        outputs = []
+        for job, images in split_images(result.images, jobs, lambda job: job.inputs.num_outputs):
+            job_outputs: list[Output] = [fit(image, job.control.size) for image in images]
+            if job.inputs.return_control_map:
+                job_outputs.append(NamedImage(CONTROL_MAP_NAME, job.control))
+            outputs.append(job_outputs)
         return outputs

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 from diffusers import StableDiffusionDepth2ImgPipeline
@@ -9,8 +13,10 @@ from PIL import Image
 
 from shared.images import ImageInputError
 from shared.models.sd2_depth2img import Depth2ImgInput
-from worker.predictors.base import PredictContext, Predictor, resolve_seed
+from worker.predictors.base import PredictContext, PreparedJob, Predictor, StepCallback, resolve_seed
+from worker.predictors.rows import fit, generators, rows, split_images
 from worker.predictors.schedulers import SCHEDULERS
+from worker.tuning import Tuning, optimise_pipeline
 from worker.weights.loading import load_pipeline, weights_source
 from worker.weights.tiny_sd2_depth2img import ensure_tiny_sd2_depth2img
 
@@ -39,36 +45,80 @@ def depth_map_from_image(image: Image.Image, size: tuple[int, int]) -> torch.Ten
     return torch.from_numpy(grey)[None]
 
 
-class Depth2ImgPredictor(Predictor[Depth2ImgInput]):
+@dataclass(frozen=True)
+class Depth2ImgJob(PreparedJob):
+    inputs: Depth2ImgInput
+    # Resized to the generation size (the output size, or its bucket).
+    image: Image.Image
+    # ``(1, h, w)`` at latent size; the pipeline min-max normalises it per row.
+    depth_map: torch.Tensor
+    output_size: tuple[int, int]
+
+    @property
+    def group_key(self) -> Hashable:
+        return self.image.size, _settings_key(self.inputs)
+
+
+def _settings_key(inputs: Depth2ImgInput) -> Hashable:
+    return inputs.prompt_strength, inputs.num_inference_steps, inputs.guidance_scale, inputs.scheduler
+
+
+class Depth2ImgPredictor(Predictor[Depth2ImgInput, Depth2ImgJob]):
     """Transforms an image with a prompt while keeping its depth structure (estimated by DPT or given)."""
 
     def setup(self) -> None:
+        self.tuning = Tuning.from_settings(self.settings)
         source = weights_source(self.settings, self.settings.sd2_depth2img_weights, ensure_tiny_sd2_depth2img)
         self.pipe = load_pipeline(StableDiffusionDepth2ImgPipeline, source, self.settings)
+        optimise_pipeline(self.pipe, self.tuning)
         # Every prediction gets a fresh scheduler from this config: schedulers keep per-run state.
         self.scheduler_config = self.pipe.scheduler.config
 
-    def predict(self, inputs: Depth2ImgInput, ctx: PredictContext) -> list[Image.Image]:
+    def batch_key(self, inputs: Depth2ImgInput) -> Hashable:
+        # The size is known only once input_image is fetched: jobs are grouped by it again then.
+        return _settings_key(inputs)
+
+    def prepare(self, inputs: Depth2ImgInput, ctx: PredictContext) -> Depth2ImgJob:
         image = ctx.load_image(inputs.input_image)
         size = output_size(image.width, image.height, self.settings.max_image_side)
-        image = image.resize(size, Image.Resampling.LANCZOS)
-        depth_map = None
+        image = image.resize(self.tuning.generation_size(size), Image.Resampling.LANCZOS)
+        latent_size = tuple(side // self.pipe.vae_scale_factor for side in image.size)
         if inputs.depth_image is not None:
-            latent_size = tuple(side // self.pipe.vae_scale_factor for side in size)
             depth_map = depth_map_from_image(ctx.load_image(inputs.depth_image), latent_size)
+        else:
+            depth_map = self.estimate_depth(image, latent_size)
+        return Depth2ImgJob(seed=resolve_seed(inputs.seed, ctx), inputs=inputs, image=image, depth_map=depth_map,
+                            output_size=size)
 
-        seed = resolve_seed(inputs.seed, ctx)
-        self.pipe.scheduler = SCHEDULERS[inputs.scheduler].from_config(self.scheduler_config)
+    @torch.no_grad()
+    def estimate_depth(self, image: Image.Image, latent_size: tuple[int, int]) -> torch.Tensor:
+        """DPT's depth at latent size, as the pipeline would estimate it, but per job and ahead of the loop."""
+        pixel_values = self.pipe.feature_extractor(images=[image], return_tensors="pt").pixel_values
+        pixel_values = pixel_values.to(device=self.pipe.device, dtype=self.pipe.depth_estimator.dtype)
+        # DPT-Hybrid's batch norms are not fp16-safe: the pipeline runs it under autocast on CUDA too.
+        on_cuda = self.pipe.device.type == "cuda"
+        with torch.autocast("cuda", dtype=self.tuning.dtype) if on_cuda else contextlib.nullcontext():
+            depth = self.pipe.depth_estimator(pixel_values).predicted_depth
+        width, height = latent_size
+        return torch.nn.functional.interpolate(depth.unsqueeze(1).float(), size=(height, width), mode="bicubic",
+                                               align_corners=False)[:, 0]
+
+    def generate(self, jobs: Sequence[Depth2ImgJob], step_callback: StepCallback) -> list[list[Image.Image]]:
+        first = jobs[0].inputs
+        layout = rows(jobs, lambda job: job.inputs.num_outputs)
+        self.pipe.scheduler = SCHEDULERS[first.scheduler].from_config(self.scheduler_config)
         result = self.pipe(
-            prompt=inputs.prompt,
-            negative_prompt=inputs.negative_prompt,
-            image=image,
-            depth_map=depth_map,
-            strength=inputs.prompt_strength,
-            num_inference_steps=inputs.num_inference_steps,
-            guidance_scale=inputs.guidance_scale,
-            num_images_per_prompt=inputs.num_outputs,
-            generator=torch.Generator(device=self.pipe.device).manual_seed(seed),
-            callback_on_step_end=ctx.step_callback(),
+            prompt=[job.inputs.prompt for job, _ in layout],
+            # The pipeline encodes a missing negative prompt as "": the same, spelled out per row.
+            negative_prompt=[job.inputs.negative_prompt or "" for job, _ in layout],
+            image=[job.image for job, _ in layout],
+            depth_map=torch.cat([job.depth_map for job, _ in layout]),
+            strength=first.prompt_strength,
+            num_inference_steps=first.num_inference_steps,
+            guidance_scale=first.guidance_scale,
+            num_images_per_prompt=1,
+            generator=generators(layout, self.pipe.device),
+            callback_on_step_end=step_callback,
         )
-        return list(result.images)
+        return [[fit(image, job.output_size) for image in images]
+                for job, images in split_images(result.images, jobs, lambda job: job.inputs.num_outputs)]

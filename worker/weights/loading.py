@@ -29,13 +29,13 @@ def hub_cache_dir(settings: Settings) -> Path:
 def load_pipeline(pipeline_cls: type[PipelineT], source: str, settings: Settings, **components: Any) -> PipelineT:
     """Load ``source`` (a local folder or a Hugging Face id) onto the configured device, ready to serve.
 
-    fp16 on CUDA, fp32 elsewhere. ``components`` replace the pipeline's own (e.g. another VAE).
+    Half precision on CUDA (``cuda_dtype``), fp32 elsewhere. ``components`` replace the pipeline's own (e.g. another VAE).
     Hub downloads are cached under the weights directory. The pipeline's own tqdm bar is disabled:
     progress reaches the prediction's logs through the step callback instead.
     """
     device = resolve_device(settings.device)
     pipe = pipeline_cls.from_pretrained(
-        source, torch_dtype=dtype_for(device), cache_dir=hub_cache_dir(settings), **components
+        source, torch_dtype=dtype_for(device, settings.cuda_dtype), cache_dir=hub_cache_dir(settings), **components
     )
     pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
@@ -45,5 +45,5 @@ def load_pipeline(pipeline_cls: type[PipelineT], source: str, settings: Settings
 def load_model(model_cls: type[ModelT], source: str, settings: Settings) -> ModelT:
     """Load one diffusers model (a ControlNet, a VAE) like ``load_pipeline`` loads a pipeline."""
     device = resolve_device(settings.device)
-    model = model_cls.from_pretrained(source, torch_dtype=dtype_for(device), cache_dir=hub_cache_dir(settings))
+    model = model_cls.from_pretrained(source, torch_dtype=dtype_for(device, settings.cuda_dtype), cache_dir=hub_cache_dir(settings))
     return model.to(device)

@@ -1,0 +1,143 @@
+"""Per-device throughput knobs: resolved from settings once, applied to each loaded pipeline.
+
+Every knob is a setting; a knob left unset is on for CUDA and off elsewhere, so the CPU (tiny
+profile, tests) runs the plain pipeline and a GPU worker gets the fast one with no configuration.
+What each knob buys is in docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import weakref
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from diffusers.models.attention_processor import Attention, AttnProcessor2_0, FusedAttnProcessor2_0
+
+from shared.settings import Settings
+from worker.devices import dtype_for, resolve_device
+
+log = logging.getLogger(__name__)
+
+# Micro-batch size on CUDA when max_batch_size is unset: SDXL at 1024² fills an H100 at 2-4.
+CUDA_DEFAULT_BATCH = 4
+# The modules of a diffusers pipeline that run per denoising step (or decode), which the knobs touch.
+HOT_MODULES = ("unet", "controlnet", "vae")
+
+Size = tuple[int, int]
+
+
+def parse_buckets(text: str) -> tuple[Size, ...]:
+    """``"1024x1024,1152x896"`` → ``((1024, 1024), (1152, 896))``; every side a multiple of 8."""
+    buckets = []
+    for entry in filter(None, (part.strip() for part in text.split(","))):
+        width, _, height = entry.lower().partition("x")
+        size = (int(width), int(height))
+        if min(size) < 64 or any(side % 8 for side in size):
+            raise ValueError(f"size bucket {entry!r}: each side must be a multiple of 8, at least 64")
+        buckets.append(size)
+    return tuple(buckets)
+
+
+def snap_to_bucket(size: Size, buckets: tuple[Size, ...]) -> Size:
+    """The bucket nearest ``size`` in log distance per side (so neither side is stretched far); ``size``
+    itself when there are no buckets. Generating at a few fixed shapes lets compiled graphs be reused."""
+    if not buckets:
+        return size
+    width, height = size
+    return min(buckets, key=lambda b: abs(math.log(b[0] / width)) + abs(math.log(b[1] / height)))
+
+
+@dataclass(frozen=True)
+class Tuning:
+    device: torch.device
+    dtype: torch.dtype
+    max_batch_size: int
+    batch_window_s: float
+    prefetch: bool
+    async_upload: bool
+    channels_last: bool
+    fuse_qkv: bool
+    compile: bool
+    compile_mode: str
+    compile_backend: str
+    # Empty when sizes are not snapped.
+    buckets: tuple[Size, ...]
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Tuning:
+        device = resolve_device(settings.device)
+        on_cuda = device.type == "cuda"
+
+        def auto(value: bool | None) -> bool:
+            return on_cuda if value is None else value
+
+        snap = settings.torch_compile if settings.snap_to_buckets is None else settings.snap_to_buckets
+        return cls(
+            device=device,
+            dtype=dtype_for(device, settings.cuda_dtype),
+            max_batch_size=settings.max_batch_size or (CUDA_DEFAULT_BATCH if on_cuda else 1),
+            batch_window_s=settings.batch_window_ms / 1000,
+            prefetch=auto(settings.prefetch),
+            async_upload=auto(settings.async_upload),
+            channels_last=auto(settings.channels_last),
+            fuse_qkv=auto(settings.fuse_qkv),
+            compile=settings.torch_compile,
+            compile_mode=settings.compile_mode,
+            compile_backend=settings.compile_backend,
+            buckets=parse_buckets(settings.size_buckets) if snap else (),
+        )
+
+    def generation_size(self, size: Size) -> Size:
+        return snap_to_bucket(size, self.buckets)
+
+
+def fuse_qkv(model: torch.nn.Module) -> bool:
+    """Fuse each attention's Q/K/V (self-attention) or K/V (cross-attention) projections into one matmul.
+
+    Refused (False) for models whose processors carry extra projections, e.g. IP-Adapter's: fusing
+    would replace those processors and silently drop the image prompt.
+    """
+    processors = getattr(model, "attn_processors", {})
+    if not processors or any(not isinstance(p, (AttnProcessor2_0, FusedAttnProcessor2_0)) for p in processors.values()):
+        return False
+    if all(isinstance(p, FusedAttnProcessor2_0) for p in processors.values()):
+        return True
+    for module in model.modules():
+        if isinstance(module, Attention):
+            module.fuse_projections(fuse=True)
+    model.set_attn_processor(FusedAttnProcessor2_0())
+    return True
+
+
+# A module shared by two pipelines (the SDXL UNet) is compiled once.
+_compiled_modules: weakref.WeakKeyDictionary[torch.nn.Module, torch.nn.Module] = weakref.WeakKeyDictionary()
+
+
+def _compiled(model: torch.nn.Module, tuning: Tuning) -> torch.nn.Module:
+    if model not in _compiled_modules:
+        mode = tuning.compile_mode if tuning.compile_backend == "inductor" else None
+        _compiled_modules[model] = torch.compile(model, mode=mode, backend=tuning.compile_backend, dynamic=False)
+    return _compiled_modules[model]
+
+
+def optimise_pipeline(pipe: Any, tuning: Tuning) -> list[str]:
+    """Apply the knobs to a loaded pipeline's hot modules; returns what was applied, for the log."""
+    applied = []
+    for name in HOT_MODULES:
+        model = getattr(pipe, name, None)
+        if model is None:
+            continue
+        model = getattr(model, "_orig_mod", model)
+        if tuning.channels_last:
+            model.to(memory_format=torch.channels_last)
+            applied.append(f"{name}:channels_last")
+        if tuning.fuse_qkv:
+            applied.append(f"{name}:fused_qkv" if fuse_qkv(model) else f"{name}:unfused(ip-adapter)")
+        if tuning.compile and name != "vae":
+            setattr(pipe, name, _compiled(model, tuning))
+            applied.append(f"{name}:compiled({tuning.compile_backend})")
+    log.info("pipeline %s tuned: %s", type(pipe).__name__, ", ".join(applied) or "nothing")
+    return applied
