@@ -22,7 +22,7 @@ current_prediction_id: ContextVar[str | None] = ContextVar("current_prediction_i
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # Standard record attributes kept in each JSON line; anything passed in ``extra=`` is added too.
-JSON_FIELDS = "%(asctime)s %(levelname)s %(name)s %(message)s %(prediction_id)s"
+JSON_FIELDS = "%(levelname)s %(name)s %(message)s %(prediction_id)s"
 # uvicorn's loggers bring their own handlers; in JSON mode they go through ours instead.
 UVICORN_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access")
 
@@ -48,8 +48,8 @@ class PredictionIdFilter(logging.Filter):
 
 def make_formatter(log_format: str) -> logging.Formatter:
     if log_format == "json":
-        return JsonFormatter(JSON_FIELDS, rename_fields={"levelname": "level", "name": "logger", "asctime": "time"},
-                             timestamp=False)
+        # "time": ISO 8601 in UTC, as collectors expect.
+        return JsonFormatter(JSON_FIELDS, rename_fields={"levelname": "level", "name": "logger"}, timestamp="time")
     if log_format == "text":
         return logging.Formatter(TEXT_FORMAT)
     raise ValueError(f"unknown log format {log_format!r}: use 'text' or 'json' (KILN_LOG_FORMAT)")
@@ -64,13 +64,23 @@ def apply_format(handlers: Iterable[logging.Handler], log_format: str) -> None:
             handler.addFilter(PredictionIdFilter())
 
 
+class StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a record is emitted (test runners swap it)."""
+
+    def __init__(self) -> None:
+        logging.Handler.__init__(self)
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+
 def configure_logging(settings: Settings) -> None:
     """Route the root logger (and, in JSON mode, uvicorn's) to one stderr handler in the configured format."""
     root = logging.getLogger()
-    handler = next((h for h in root.handlers if getattr(h, "kiln", False)), None)
+    handler = next((h for h in root.handlers if isinstance(h, StderrHandler)), None)
     if handler is None:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.kiln = True  # type: ignore[attr-defined]
+        handler = StderrHandler()
         root.addHandler(handler)
     apply_format([handler], settings.log_format)
     root.setLevel(settings.log_level)
