@@ -153,6 +153,7 @@ class Launcher:
                     "",
                     f"==> Kiln is up at {settings.api_url}",
                     f"    API token: {settings.api_token}",
+                    f"    Web UI:    {settings.api_url}/   (the playground: paste the token once)",
                     f'    Try:       curl -H "Authorization: Bearer {settings.api_token}" {settings.api_url}/v1/predictions'
                     "   (more in the README)",
                     f"    Logs:      {settings.logs_dir}/",

@@ -51,7 +51,7 @@ function numberControl(name, schema, id) {
   const number = el("input", {
     id, name, type: "number", value, min: schema.minimum, max: schema.maximum,
     step: schema.type === "integer" ? 1 : "any",
-    placeholder: schema.nullable ? "random / none" : null,
+    placeholder: name === "seed" ? "random" : null,
   });
   const parts = [number];
   if (hasSlider(schema)) {
@@ -122,7 +122,9 @@ function describeRange(schema) {
   const bounds = [];
   if (schema.minimum !== undefined) bounds.push(`min ${schema.minimum}`);
   if (schema.maximum !== undefined) bounds.push(`max ${schema.maximum}`);
-  if (schema.default !== undefined && schema.default !== null) bounds.push(`default ${schema.default}`);
+  if (schema.default !== undefined && schema.default !== null && schema.default !== "") {
+    bounds.push(`default ${schema.default}`);
+  }
   return bounds.length ? ` (${bounds.join(", ")})` : "";
 }
 
