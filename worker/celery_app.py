@@ -33,6 +33,7 @@ from shared.webhook_outbox import WebhookNotifier, WebhookOutbox
 from worker.maintenance import Maintenance, worker_jobs
 from worker.metrics import start_exporter
 from worker.predictor_pool import PredictorPool
+from worker.queue_peek import QueuePeek
 from worker.runner import PredictionRunner
 from worker.webhook_sender import deliver
 
@@ -88,8 +89,11 @@ def _consumed_queues(sender) -> list[str]:
 @worker_init.connect
 def _load_models(sender, **_: object) -> None:
     """A GPU worker loads the pipelines for its queues before taking the first job."""
-    if any(name.startswith("gpu.") for name in _consumed_queues(sender)):
-        runtime.runner.predictors.load_for_queues(_consumed_queues(sender))
+    gpu_queues = [name for name in _consumed_queues(sender) if name.startswith("gpu.")]
+    if gpu_queues:
+        runtime.runner.predictors.load_for_queues(gpu_queues)
+        # Micro-batching and prefetching look at what waits behind the running job on these queues.
+        runtime.runner.watch_queue(QueuePeek(runtime.redis, gpu_queues).upcoming)
 
 
 @worker_ready.connect
@@ -126,6 +130,8 @@ def _begin_shutdown(**_: object) -> None:
 
 @worker_shutdown.connect
 def _stop_maintenance(**_: object) -> None:
+    if "runner" in runtime.__dict__:
+        runtime.runner.close(timeout_s=runtime.settings.shutdown_grace_s)
     for maintenance in _background:
         maintenance.stop()
 

@@ -18,13 +18,33 @@ from shared.settings import Settings
 from shared.store import PredictionStore
 from shared.webhook_outbox import WebhookNotifier
 from worker.interrupts import HandedBack, LeaseLost, PredictionCanceled, TimeLimitExceeded
+from worker.timeline import Timeline
 
 log = logging.getLogger(__name__)
 
 
+def load_image_input(uri: str, prediction: Prediction, files: FileStore, settings: Settings) -> Image.Image:
+    """Inputs staged at submission and uploaded files of the prediction's owner are read from
+    storage; anything else (data URIs) is decoded, or fetched."""
+    file_id = file_id_from_url(uri, prediction.base_url)
+    if uri in prediction.input_files:
+        data = b"".join(files.storage.open(prediction.input_files[uri]).body)
+    elif file_id is not None:
+        data = files.read(file_id, prediction.tenant)
+        if data is None:
+            raise ImageInputError(f"file {file_id} does not exist or has expired")
+    else:
+        data = load_image_bytes(
+            uri, timeout_s=settings.image_fetch_timeout_s, max_bytes=settings.image_fetch_max_bytes,
+            allow_private=settings.image_fetch_allow_private,
+        )
+    return decode_image(data, settings.image_max_pixels)
+
+
 class RunContext:
     def __init__(self, prediction: Prediction, store: PredictionStore, notifier: WebhookNotifier, files: FileStore,
-                 settings: Settings, lease_lost: threading.Event, hand_back: threading.Event) -> None:
+                 settings: Settings, lease_lost: threading.Event, hand_back: threading.Event,
+                 timeline: Timeline | None = None) -> None:
         self.prediction = prediction
         self.prediction_id = prediction.id
         self.store = store
@@ -35,6 +55,7 @@ class RunContext:
         self.hand_back = hand_back
         self.started = time.monotonic()
         self.time_limit_s = settings.time_limit_s(prediction.model)
+        self.timeline = timeline or Timeline()
 
     def log(self, line: str) -> None:
         """Best effort: a Redis restart mid-prediction costs log lines, not the prediction."""
@@ -61,30 +82,19 @@ class RunContext:
             raise PredictionCanceled()
 
     def load_image(self, uri: str) -> Image.Image:
-        """Inputs staged at submission and uploaded files of the prediction's owner are read from
-        storage; anything else (data URIs) is decoded, or fetched."""
-        file_id = file_id_from_url(uri, self.prediction.base_url)
-        if uri in self.prediction.input_files:
-            data = b"".join(self.files.storage.open(self.prediction.input_files[uri]).body)
-        elif file_id is not None:
-            data = self.files.read(file_id, self.prediction.tenant)
-            if data is None:
-                raise ImageInputError(f"file {file_id} does not exist or has expired")
-        else:
-            data = load_image_bytes(
-                uri, timeout_s=self.settings.image_fetch_timeout_s, max_bytes=self.settings.image_fetch_max_bytes,
-                allow_private=self.settings.image_fetch_allow_private,
-            )
-        return decode_image(data, self.settings.image_max_pixels)
+        self.timeline.record("fetch", self.prediction_id)
+        return load_image_input(uri, self.prediction, self.files, self.settings)
 
     def step_callback(self) -> Callable[[Any, int, Any, dict], dict]:
         started = time.monotonic()
 
         def on_step_end(pipe: Any, step: int, timestep: Any, callback_kwargs: dict) -> dict:
-            total = getattr(pipe, "num_timesteps", None)
-            # The same progress line tqdm prints on Replicate, one per denoising step.
-            self.log(tqdm.format_meter(step + 1, total, time.monotonic() - started))
-            self.check_interruptions()
+            self.on_step(pipe, step, started)
             return callback_kwargs
 
         return on_step_end
+
+    def on_step(self, pipe: Any, step: int, started: float) -> None:
+        """One denoising step done: the progress line tqdm prints on Replicate, then the interruption checks."""
+        self.log(tqdm.format_meter(step + 1, getattr(pipe, "num_timesteps", None), time.monotonic() - started))
+        self.check_interruptions()

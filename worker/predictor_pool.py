@@ -31,6 +31,11 @@ class PredictorPool:
             if spec.queue in wanted:
                 self.get(spec)
 
+    @property
+    def models(self) -> list[str]:
+        """The models set up so far."""
+        return list(self._loaded)
+
     def get(self, spec: ModelSpec) -> Predictor:
         if spec.ref not in self._loaded:
             started = time.monotonic()

@@ -13,7 +13,9 @@ import logging
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 from PIL import Image
@@ -22,7 +24,7 @@ from shared import metrics
 from shared.files import FileStore
 from shared.images import ImageInputError
 from shared.leases import Leases
-from shared.models.base import InputLimits
+from shared.models.base import InputLimits, ModelInput
 from shared.models.registry import find_model
 from shared.prediction import Prediction, utcnow
 from shared.settings import Settings
@@ -30,16 +32,23 @@ from shared.status import Status
 from shared.storage import Storage, output_key
 from shared.store import PredictionStore
 from shared.webhook_outbox import WebhookNotifier
+from worker.batching import BatchStep, BatchStopped, Companions
 from worker.context import RunContext
 from worker.heartbeat import Heartbeat
 from worker.interrupts import HandedBack, LeaseLost, PredictionCanceled
 from worker.predictor_pool import PredictorPool
-from worker.predictors.base import NamedImage, Output
+from worker.predictors.base import NamedImage, Output, PreparedJob, Predictor
+from worker.prefetch import DetachedContext, Prefetcher
+from worker.timeline import Timeline
+from worker.tuning import Tuning
+from worker.uploader import Uploader
 
 log = logging.getLogger(__name__)
 
 # Sends a prediction id back to the queue its model is served on.
 Requeue = Callable[[str, str], None]
+# The ids of the next predictions this worker's queues will deliver (at most n): ``QueuePeek.upcoming``.
+Upcoming = Callable[[int], list[str]]
 
 
 def encode_png(image: Image.Image) -> bytes:
@@ -59,9 +68,23 @@ def describe_failure(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+@dataclass(eq=False)
+class Item:
+    """One claimed prediction on its way through a (possibly batched) run."""
+
+    prediction: Prediction
+    attempt: int
+    ctx: RunContext
+    heartbeat: Heartbeat
+    job: Any = None
+    # Settled: a terminal status was recorded (or handed to the uploader), or the lease was lost.
+    done: bool = False
+
+
 class PredictionRunner:
     def __init__(self, settings: Settings, store: PredictionStore, storage: Storage, predictors: PredictorPool,
-                 notifier: WebhookNotifier, requeue: Requeue) -> None:
+                 notifier: WebhookNotifier, requeue: Requeue, upcoming: Upcoming | None = None,
+                 timeline: Timeline | None = None) -> None:
         self.settings = settings
         self.store = store
         self.storage = storage
@@ -70,8 +93,24 @@ class PredictionRunner:
         self.predictors = predictors
         self.notifier = notifier
         self.requeue = requeue
+        self.timeline = timeline or Timeline()
+        self.tuning = Tuning.from_settings(settings)
+        self.uploader = Uploader(self.tuning.async_upload)
+        self.companions: Companions | None = None
+        self.prefetcher: Prefetcher | None = None
+        if upcoming is not None:
+            self.watch_queue(upcoming)
         # Set when the worker is shutting down and its grace period has run out.
         self.hand_back = threading.Event()
+
+    def watch_queue(self, upcoming: Upcoming) -> None:
+        """Turn on micro-batching and prefetching (as the settings allow) over this view of the queue."""
+        if self.tuning.max_batch_size > 1:
+            self.companions = Companions(self.store, self.leases, upcoming, self.tuning.max_batch_size,
+                                         self.tuning.batch_window_s)
+        if self.tuning.prefetch:
+            self.prefetcher = Prefetcher(self.store, self.files, self.settings, self.timeline, upcoming,
+                                         self._prepare_detached)
 
     def begin_shutdown(self, grace_s: float) -> None:
         """Let the running prediction finish within ``grace_s``, then hand it back to the queue."""
@@ -79,53 +118,160 @@ class PredictionRunner:
         timer.daemon = True
         timer.start()
 
-    def run(self, prediction_id: str) -> Status | None:
-        """Run one prediction to a terminal status. Returns that status, or None when skipped."""
+    def close(self, timeout_s: float | None = None) -> None:
+        """Finish the deliveries still uploading and stop prefetching (worker shutdown)."""
+        if not self.uploader.drain(timeout_s):
+            log.warning("some outputs were still uploading at shutdown; their leases will lapse and they rerun")
+        if self.prefetcher is not None:
+            self.prefetcher.close()
+
+    def run(self, prediction_id: str) -> list[str]:
+        """Run a prediction (and any queued ones batched with it) to a terminal status.
+
+        Returns the ids it took on: none when the prediction is gone or not queued (a duplicate or
+        late delivery). With asynchronous uploads some may still be uploading when this returns.
+        """
         prediction = self.store.get(prediction_id)
         if prediction is None:
             log.warning("prediction %s does not exist; dropping the message", prediction_id)
-            return None
+            return []
         attempt = self.leases.start(prediction_id)
         if attempt is None:
             log.info("prediction %s is %s; not running it", prediction_id, self.store.status(prediction_id))
-            return None
+            return []
+        items = [self._open(prediction, attempt)]
+        try:
+            items[0].ctx.check_interruptions()
+            spec = find_model(prediction.model)
+            predictor = self.predictors.get(spec)
+            key = predictor.batch_key(self._validate(prediction))
+        except Exception as exc:
+            self._settle(items[0], exc)
+            return [prediction_id]
+        if self.companions is not None and key is not None:
+            def key_of(candidate: Prediction) -> Hashable | None:
+                try:
+                    return predictor.batch_key(self._validate(candidate))
+                except ValueError:  # invalid now: it fails on its own run
+                    return None
+
+            items += [self._open(p, a) for p, a in self.companions.gather(prediction, key, key_of)]
+        for item in items:
+            self._prepare(item, predictor)
+        if self.prefetcher is not None:
+            self.prefetcher.schedule(item.prediction.id for item in items)
+        groups: dict[Hashable, list[Item]] = {}
+        for item in items:
+            if not item.done:
+                groups.setdefault(item.job.group_key, []).append(item)
+        for group in groups.values():
+            self._generate(predictor, group)
+        return [item.prediction.id for item in items]
+
+    def _open(self, prediction: Prediction, attempt: int) -> Item:
+        self.timeline.record("claimed", prediction.id)
         if attempt == 1:
             metrics.record_queue_wait(prediction.model, (utcnow() - prediction.created_at).total_seconds())
         self.notifier.notify(prediction, "start")
-        with Heartbeat(self.leases, prediction_id) as heartbeat:
-            ctx = RunContext(prediction, self.store, self.notifier, self.files, self.settings,
-                             lease_lost=heartbeat.lost, hand_back=self.hand_back)
-            return self._run_attempt(prediction, attempt, ctx)
-
-    def _run_attempt(self, prediction: Prediction, attempt: int, ctx: RunContext) -> Status | None:
+        heartbeat = Heartbeat(self.leases, prediction.id).__enter__()
+        ctx = RunContext(prediction, self.store, self.notifier, self.files, self.settings,
+                         lease_lost=heartbeat.lost, hand_back=self.hand_back, timeline=self.timeline)
         if attempt > 1:
             ctx.log(f"Running again (attempt {attempt}): the previous worker stopped without finishing.")
+        return Item(prediction, attempt, ctx, heartbeat)
+
+    def _validate(self, prediction: Prediction) -> ModelInput:
+        # The same bounds as at submission, in case settings changed since.
+        return find_model(prediction.model).input_model.model_validate(
+            prediction.input, context={"limits": InputLimits.from_settings(self.settings)})
+
+    def _prepare_detached(self, prediction: Prediction, ctx: DetachedContext) -> PreparedJob:
+        return self.predictors.get(find_model(prediction.model)).prepare(self._validate(prediction), ctx)
+
+    def _prepare(self, item: Item, predictor: Predictor) -> None:
         try:
-            ctx.check_interruptions()
-            spec = find_model(prediction.model)
-            # The same bounds as at submission, in case settings changed since.
-            inputs = spec.input_model.model_validate(
-                prediction.input, context={"limits": InputLimits.from_settings(self.settings)})
-            outputs = self.predictors.get(spec).predict(inputs, ctx)
-            predict_time = time.monotonic() - ctx.started
-            with metrics.timed_upload(prediction.model):
-                names = self._upload(prediction.id, outputs)
-        except LeaseLost:
-            log.warning("prediction %s: lease lost, leaving it to the worker that took over", prediction.id)
-            return None
-        except HandedBack:
-            return self._hand_back(prediction, attempt)
-        except PredictionCanceled:
-            ctx.log("Prediction canceled.")
-            return self._finish(prediction, attempt, Status.CANCELED, predict_time=time.monotonic() - ctx.started)
-        except Exception as exc:  # a predictor may raise anything; the user gets the message
-            log.exception("prediction %s failed", prediction.id)
-            ctx.log(traceback.format_exc())
+            item.ctx.check_interruptions()
+            prefetched = self.prefetcher.take(item.prediction.id, item.attempt) if self.prefetcher else None
+            if prefetched is not None:
+                for line in prefetched.lines:
+                    item.ctx.log(line)
+                item.job = prefetched.job
+            else:
+                item.job = predictor.prepare(self._validate(item.prediction), item.ctx)
+            self.timeline.record("prepared", item.prediction.id)
+        except Exception as exc:
+            self._settle(item, exc)
+
+    def _generate(self, predictor: Predictor, group: list[Item]) -> None:
+        """One pipeline call for the group; a failure that is not an interruption reruns each item alone."""
+        for item in group:
+            self.timeline.record("gpu_start", item.prediction.id)
+        try:
+            outputs = predictor.generate([item.job for item in group], BatchStep(group, self._settle))
+        except BatchStopped:
+            return
+        except Exception as exc:
+            remaining = [item for item in group if not item.done]
+            if len(remaining) > 1 and not isinstance(exc, HandedBack):
+                log.warning("a batch of %d failed (%s); running each prediction alone", len(remaining), exc)
+                for item in remaining:
+                    self._generate(predictor, [item])
+                return
+            for item in remaining:
+                self._settle(item, exc)
+            return
+        finally:
+            for item in group:
+                self.timeline.record("gpu_end", item.prediction.id)
+        for item, item_outputs in zip(group, outputs):
+            if not item.done:
+                self._deliver(item, item_outputs)
+
+    def _deliver(self, item: Item, outputs: list[Output]) -> None:
+        """Upload the outputs, then complete the prediction: in line, or in the uploader's thread."""
+        item.done = True
+        predict_time = time.monotonic() - item.ctx.started
+
+        def deliver() -> None:
+            prediction, attempt = item.prediction, item.attempt
+            try:
+                with metrics.timed_upload(prediction.model):
+                    names = self._upload(prediction.id, outputs)
+            except Exception as exc:
+                self._settle(item, exc, predict_time=predict_time)
+                return
+            self.timeline.record("uploaded", prediction.id)
+            if self.store.update_while_processing(prediction.id, if_attempt=attempt, output=names):
+                self.notifier.notify(prediction, "output")
+            self._finish(prediction, attempt, Status.SUCCEEDED, output=names, predict_time=predict_time)
+            self._close(item)
+
+        self.uploader.submit(deliver)
+
+    def _settle(self, item: Item, exc: Exception, predict_time: float | None = None) -> Status | None:
+        """End a prediction that stopped with ``exc``: canceled, failed, handed back, or left to another worker."""
+        item.done = True
+        prediction, attempt, ctx = item.prediction, item.attempt, item.ctx
+        predict_time = time.monotonic() - ctx.started if predict_time is None else predict_time
+        try:
+            if isinstance(exc, LeaseLost):
+                log.warning("prediction %s: lease lost, leaving it to the worker that took over", prediction.id)
+                return None
+            if isinstance(exc, HandedBack):
+                return self._hand_back(prediction, attempt)
+            if isinstance(exc, PredictionCanceled):
+                ctx.log("Prediction canceled.")
+                return self._finish(prediction, attempt, Status.CANCELED, predict_time=predict_time)
+            log.error("prediction %s failed", prediction.id, exc_info=exc)
+            ctx.log("".join(traceback.format_exception(exc)))
             return self._finish(prediction, attempt, Status.FAILED, error=describe_failure(exc),
-                                predict_time=time.monotonic() - ctx.started)
-        if self.store.update_while_processing(prediction.id, if_attempt=attempt, output=names):
-            self.notifier.notify(prediction, "output")
-        return self._finish(prediction, attempt, Status.SUCCEEDED, output=names, predict_time=predict_time)
+                                predict_time=predict_time)
+        finally:
+            self._close(item)
+
+    def _close(self, item: Item) -> None:
+        self.timeline.record("finished", item.prediction.id)
+        item.heartbeat.__exit__(None, None, None)
 
     def _upload(self, prediction_id: str, outputs: list[Output]) -> list[str]:
         names = []

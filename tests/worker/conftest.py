@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import pytest
 
+from shared.models.registry import find_model
 from shared.settings import Settings
+
+if TYPE_CHECKING:
+    from worker.predictor_pool import PredictorPool
 
 
 @pytest.fixture(scope="session")
@@ -26,3 +31,22 @@ def make_settings(weights_dir: Path) -> Callable[..., Settings]:
         return Settings(_env_file=None, **values)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A private redis-server for runner tests (real Lua, real Celery messages)."""
+    from deploy.devstack.servers import RedisServer
+
+    with RedisServer(tmp_path_factory.mktemp("redis"), appendonly=False) as server:
+        yield server.url
+
+
+@pytest.fixture(scope="session")
+def depth2img_pool(make_settings: Callable[..., Settings]) -> PredictorPool:
+    """The tiny depth2img predictor, set up once for every runner test."""
+    from worker.predictor_pool import PredictorPool
+
+    pool = PredictorPool(make_settings())
+    pool.get(find_model("kiln/sd2-depth2img"))
+    return pool

@@ -1,0 +1,105 @@
+"""A worker's runner against a real redis-server and real Celery messages, with in-memory storage.
+
+``Harness.submit`` stores a prediction and publishes its Celery message the way the API does;
+``Harness.work`` pops messages in the order kombu's Redis transport would deliver them to a solo
+worker and hands each to ``PredictionRunner.run``, like the Celery task does.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from redis import Redis
+
+from shared.celery_config import create_celery
+from shared.enqueue import enqueue_prediction
+from shared.models.registry import find_model
+from shared.prediction import Prediction
+from shared.settings import Settings
+from shared.storage import output_key
+from shared.store import PredictionStore
+from worker.predictor_pool import PredictorPool
+from worker.queue_peek import QueuePeek, prediction_id_of
+from worker.runner import PredictionRunner
+
+
+class MemoryStorage:
+    def __init__(self, fail_puts: bool = False) -> None:
+        self.objects: dict[str, bytes] = {}
+        self.fail_puts = fail_puts
+
+    def put_bytes(self, key: str, data: bytes, content_type: str) -> None:
+        if self.fail_puts:
+            raise OSError("object storage unreachable")
+        self.objects[key] = data
+
+
+@dataclass
+class RecordingNotifier:
+    events: list[tuple[str, str]] = field(default_factory=list)
+
+    def notify(self, prediction: Prediction, event: str) -> None:
+        self.events.append((prediction.id, event))
+
+    def of(self, prediction_id: str) -> list[str]:
+        """The prediction's lifecycle events, in order (``logs`` events left out)."""
+        return [event for pid, event in self.events if pid == prediction_id and event != "logs"]
+
+
+class Harness:
+    def __init__(self, redis_url: str, settings: Settings, predictors: PredictorPool,
+                 storage: MemoryStorage | None = None) -> None:
+        self.redis = Redis.from_url(redis_url)
+        self.redis.flushdb()
+        self.settings = settings
+        self.store = PredictionStore(self.redis)
+        self.celery = create_celery(settings.model_copy(update={"redis_url": redis_url}))
+        self.storage = storage or MemoryStorage()
+        self.notifier = RecordingNotifier()
+        self.runner = PredictionRunner(settings, self.store, self.storage, predictors, self.notifier,
+                                       requeue=lambda prediction_id, queue: None)
+        self.queues = sorted({spec.queue for spec in map(find_model, predictors.models)})
+        self.peek = QueuePeek(self.redis, self.queues)
+        self.runner.watch_queue(self.peek.upcoming)
+        self.timeline = self.runner.timeline
+
+    def submit(self, model: str, priority: int = 0, **inputs: Any) -> str:
+        spec = find_model(model)
+        prediction = Prediction(tenant="t", model=model, version="v", queue=spec.queue, input=inputs)
+        self.store.create(prediction)
+        enqueue_prediction(self.celery, prediction.id, spec.queue, priority)
+        return prediction.id
+
+    def next_delivery(self) -> str | None:
+        """Pop the message a solo worker on these queues would get next (kombu: BRPOP in key order)."""
+        for key in self.peek.lists:
+            raw = self.redis.rpop(key)
+            if raw is not None:
+                return prediction_id_of(raw)
+        return None
+
+    def work(self) -> list[list[str]]:
+        """Deliver every queued message; what each ``run`` took on, in order. Waits for uploads."""
+        taken = []
+        while (prediction_id := self.next_delivery()) is not None:
+            taken.append(self.runner.run(prediction_id))
+        self.runner.uploader.drain()
+        return taken
+
+    def get(self, prediction_id: str) -> Prediction:
+        prediction = self.store.get(prediction_id)
+        assert prediction is not None
+        return prediction
+
+    def output_pixels(self, prediction_id: str) -> list[np.ndarray]:
+        names = self.get(prediction_id).output or []
+        return [np.asarray(Image.open(io.BytesIO(self.storage.objects[output_key(prediction_id, name)])))
+                for name in names]
+
+    def close(self) -> None:
+        self.runner.close()
+        self.redis.close()
