@@ -1,0 +1,112 @@
+"""Overlap on the tiny profile: the next job's inputs are fetched and preprocessed while the GPU runs
+the current one, outputs upload in a side thread, and the queue is read in delivery order."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from shared import queues
+from shared.settings import Settings
+from shared.status import Status
+from tests.worker.runner_harness import Harness, MemoryStorage
+from tests.worker.test_batching import FAST, INPUTS, MODEL
+from worker.predictor_pool import PredictorPool
+from worker.timeline import Timeline, gpu_idle_share
+
+# Long enough that the first job is still denoising when the side thread has fetched the second.
+SLOW = FAST | {"num_inference_steps": 12}
+
+
+@pytest.fixture
+def overlapping(redis_url: str, make_settings: Callable[..., Settings],
+                depth2img_pool: PredictorPool) -> Iterator[Harness]:
+    harness = Harness(redis_url, make_settings(prefetch=True, async_upload=True), depth2img_pool)
+    yield harness
+    harness.close()
+
+
+def test_the_second_job_is_fetched_and_prepared_while_the_first_denoises(overlapping: Harness) -> None:
+    first = overlapping.submit(MODEL, **SLOW | INPUTS[0])
+    second = overlapping.submit(MODEL, **SLOW | INPUTS[1])
+    assert overlapping.work() == [[first], [second]]
+    timeline = overlapping.timeline
+    [fetch] = timeline.events("fetch", second)  # fetched once, by the side thread, never again in line
+    assert fetch.thread.startswith("prefetch")
+    assert timeline.first("claimed", first) < fetch.at < timeline.first("gpu_end", first)
+    assert timeline.first("prefetched", second) < timeline.first("gpu_end", first)
+    # It was prepared before it was even claimed, and started denoising straight after.
+    assert timeline.first("prefetched", second) < timeline.first("claimed", second)
+    for pid in (first, second):
+        prediction = overlapping.get(pid)
+        assert prediction.status is Status.SUCCEEDED, prediction.logs
+    # Log lines written while preparing ahead are replayed into the prediction's own logs.
+    assert f"Using seed: {INPUTS[1]['seed']}" in overlapping.get(second).logs
+
+
+def test_without_prefetch_the_second_job_is_fetched_after_it_is_claimed(redis_url, make_settings,
+                                                                       depth2img_pool) -> None:
+    harness = Harness(redis_url, make_settings(prefetch=False), depth2img_pool)
+    try:
+        first, second = (harness.submit(MODEL, **FAST | fields) for fields in INPUTS[:2])
+        harness.work()
+        assert harness.timeline.first("fetch", second) > harness.timeline.first("gpu_end", first)
+    finally:
+        harness.close()
+
+
+def test_a_prefetched_prediction_canceled_before_it_starts_is_not_run(overlapping: Harness) -> None:
+    first = overlapping.submit(MODEL, **SLOW | INPUTS[0])
+    second = overlapping.submit(MODEL, **SLOW | INPUTS[1])
+    overlapping.runner.run(overlapping.next_delivery())
+    overlapping.store.request_cancel(second)
+    assert overlapping.runner.run(overlapping.next_delivery()) == []
+    overlapping.runner.uploader.drain()
+    assert overlapping.get(first).status is Status.SUCCEEDED
+    assert overlapping.get(second).status is Status.CANCELED
+    assert overlapping.timeline.events("gpu_start", second) == []
+
+
+def test_a_background_upload_completes_the_prediction_only_after_the_upload(overlapping: Harness) -> None:
+    pid = overlapping.submit(MODEL, **FAST | INPUTS[0])
+    overlapping.work()
+    assert overlapping.timeline.first("gpu_end", pid) < overlapping.timeline.first("uploaded", pid)
+    assert overlapping.timeline.first("uploaded", pid) < overlapping.timeline.first("finished", pid)
+    assert overlapping.get(pid).status is Status.SUCCEEDED
+    assert [e.thread for e in overlapping.timeline.events("uploaded", pid)][0].startswith("upload")
+
+
+def test_a_failed_background_upload_fails_the_prediction(redis_url, make_settings, depth2img_pool) -> None:
+    harness = Harness(redis_url, make_settings(async_upload=True), depth2img_pool, MemoryStorage(fail_puts=True))
+    try:
+        pid = harness.submit(MODEL, **FAST | INPUTS[0])
+        harness.work()
+        prediction = harness.get(pid)
+        assert prediction.status is Status.FAILED and "object storage unreachable" in prediction.error
+        assert harness.notifier.of(pid) == ["start", "completed"]
+    finally:
+        harness.close()
+
+
+def test_the_queue_is_read_in_the_order_a_worker_is_handed_it(redis_url, make_settings, depth2img_pool) -> None:
+    harness = Harness(redis_url, make_settings(), depth2img_pool)
+    try:
+        batch = harness.submit(MODEL, priority=queues.PRIORITY_BATCH, **FAST | INPUTS[0])
+        first = harness.submit(MODEL, **FAST | INPUTS[0])
+        second = harness.submit(MODEL, **FAST | INPUTS[0])
+        assert harness.peek.upcoming(10) == [first, second, batch]
+        assert harness.peek.upcoming(2) == [first, second]
+        assert [harness.next_delivery() for _ in range(3)] == [first, second, batch]
+        assert harness.peek.upcoming(10) == []
+    finally:
+        harness.close()
+
+
+def test_gpu_idle_share_counts_the_gaps_between_denoising_calls() -> None:
+    timeline = Timeline()
+    for stage, pid, at in [("gpu_start", "a", 0.0), ("gpu_end", "a", 1.0), ("gpu_start", "b", 1.5),
+                           ("gpu_start", "c", 1.5), ("gpu_end", "b", 2.0), ("gpu_end", "c", 2.0)]:
+        timeline.record(stage, pid)
+        timeline._events[-1] = timeline._events[-1].__class__(stage, pid, at, "main")
+    assert gpu_idle_share(timeline) == (0.5, 0.25)
