@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.kiln-installed
 
-.PHONY: install run test clean chaos bench
+.PHONY: install run test clean chaos bench bench-gpu
 
 install: $(STAMP)
 
@@ -31,3 +31,8 @@ chaos: install
 # Create throughput (single, batch) and submit->start / completed->webhook latencies; prints a table.
 bench: install
 	HF_HUB_OFFLINE=1 $(PY) -m tests.bench.bench $(BENCH_ARGS)
+
+# Per-image time (batch 1 and best batch), images/min, GPU idle share between jobs, peak memory per model.
+# On CUDA use KILN_WEIGHTS_PROFILE=random-full (or full); on a CPU it runs on the tiny profile (not GPU numbers).
+bench-gpu: install
+	HF_HUB_OFFLINE=1 $(PY) -m tests.bench.bench_gpu $(BENCH_GPU_ARGS)

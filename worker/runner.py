@@ -4,6 +4,11 @@ Celery carries only the prediction id; the record in Redis decides what happens.
 the prediction's lease atomically, so of two deliveries of one message only one runs it; every
 later change is guarded by the attempt number, so a worker that lost its lease (and was replaced)
 can never finish a prediction, and nothing completes twice.
+
+To keep a GPU busy (docs/benchmarks.md) a run may also claim queued predictions it can batch with
+(``worker.batching``), use inputs the prefetcher prepared while the previous job denoised
+(``worker.prefetch``), and leave uploads and the terminal transition to a side thread
+(``worker.uploader``). Each prediction keeps its own lease, seed, logs, outputs and webhooks.
 """
 
 from __future__ import annotations
@@ -109,8 +114,9 @@ class PredictionRunner:
             self.companions = Companions(self.store, self.leases, upcoming, self.tuning.max_batch_size,
                                          self.tuning.batch_window_s)
         if self.tuning.prefetch:
+            # As many as the next batch may take, so its companions are prepared ahead too.
             self.prefetcher = Prefetcher(self.store, self.files, self.settings, self.timeline, upcoming,
-                                         self._prepare_detached)
+                                         self._prepare_detached, depth=self.tuning.max_batch_size)
 
     def begin_shutdown(self, grace_s: float) -> None:
         """Let the running prediction finish within ``grace_s``, then hand it back to the queue."""

@@ -22,6 +22,7 @@ from shared.prediction import Prediction
 from shared.settings import Settings
 from shared.storage import output_key
 from shared.store import PredictionStore
+from shared.task_messages import PredictMessages
 from worker.predictor_pool import PredictorPool
 from worker.queue_peek import QueuePeek, prediction_id_of
 from worker.runner import PredictionRunner
@@ -51,13 +52,17 @@ class RecordingNotifier:
 
 
 class Harness:
-    def __init__(self, redis_url: str, settings: Settings, predictors: PredictorPool,
+    """``redis``: a URL (messages published by Celery's ``send_task``) or a client such as fakeredis
+    (messages rendered by ``shared.task_messages``, byte-for-byte what kombu would push)."""
+
+    def __init__(self, redis: str | Redis, settings: Settings, predictors: PredictorPool,
                  storage: MemoryStorage | None = None) -> None:
-        self.redis = Redis.from_url(redis_url)
+        self.redis = Redis.from_url(redis) if isinstance(redis, str) else redis
         self.redis.flushdb()
         self.settings = settings
         self.store = PredictionStore(self.redis)
-        self.celery = create_celery(settings.model_copy(update={"redis_url": redis_url}))
+        self.celery = create_celery(settings.model_copy(update={"redis_url": redis})) if isinstance(redis, str) else None
+        self.messages = PredictMessages(create_celery(settings))
         self.storage = storage or MemoryStorage()
         self.notifier = RecordingNotifier()
         self.runner = PredictionRunner(settings, self.store, self.storage, predictors, self.notifier,
@@ -71,7 +76,10 @@ class Harness:
         spec = find_model(model)
         prediction = Prediction(tenant="t", model=model, version="v", queue=spec.queue, input=inputs)
         self.store.create(prediction)
-        enqueue_prediction(self.celery, prediction.id, spec.queue, priority)
+        if self.celery is not None:
+            enqueue_prediction(self.celery, prediction.id, spec.queue, priority)
+        else:
+            self.redis.lpush(*self.messages.render(prediction.id, spec.queue, priority))
         return prediction.id
 
     def next_delivery(self) -> str | None:
