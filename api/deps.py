@@ -1,4 +1,8 @@
-"""FastAPI dependencies, as ``Annotated`` aliases routes can declare."""
+"""FastAPI dependencies, as ``Annotated`` aliases routes can declare.
+
+All are ``async def``: FastAPI runs a plain ``def`` dependency in a worker thread, and a thread hop
+per dependency cost more than the checks themselves on every request.
+"""
 
 from __future__ import annotations
 
@@ -13,19 +17,19 @@ from shared.settings import Settings, tenant_of, token_digest
 from shared.store import PredictionStore
 
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:
     return request.app.state.services
 
 
-def get_settings_dep(services: Annotated[Services, Depends(get_services)]) -> Settings:
+async def get_settings_dep(services: Annotated[Services, Depends(get_services)]) -> Settings:
     return services.settings
 
 
-def get_store(services: Annotated[Services, Depends(get_services)]) -> PredictionStore:
+async def get_store(services: Annotated[Services, Depends(get_services)]) -> PredictionStore:
     return services.store
 
 
-def optional_tenant(request: Request, settings: Annotated[Settings, Depends(get_settings_dep)]) -> str | None:
+async def optional_tenant(request: Request, settings: Annotated[Settings, Depends(get_settings_dep)]) -> str | None:
     """The tenant of the request's token, None without credentials; 401 for an invalid token.
 
     Accepts ``Bearer <token>`` and Replicate's older ``Token <token>``.
@@ -46,7 +50,7 @@ def optional_tenant(request: Request, settings: Annotated[Settings, Depends(get_
     return tenant_of(digest)
 
 
-def current_tenant(
+async def current_tenant(
     tenant: Annotated[str | None, Depends(optional_tenant)],
     services: Annotated[Services, Depends(get_services)],
     response: Response,
@@ -55,7 +59,7 @@ def current_tenant(
     if tenant is None:
         raise ProblemError(401, "missing credentials: send 'Authorization: Bearer <token>'",
                            headers={"WWW-Authenticate": "Bearer"})
-    decision = services.rate_limiter.take(tenant)
+    decision = await services.rate_limiter.take(tenant)
     if not decision.allowed:
         raise ProblemError(429, f"rate limit exceeded: {services.settings.rate_limit_per_s:g} requests per second "
                            f"with bursts of {services.settings.rate_limit_burst}",
@@ -64,7 +68,7 @@ def current_tenant(
     return tenant
 
 
-def base_url(request: Request, settings: Annotated[Settings, Depends(get_settings_dep)]) -> str:
+async def base_url(request: Request, settings: Annotated[Settings, Depends(get_settings_dep)]) -> str:
     """Absolute base URL for links in responses: the configured public URL, else the request's."""
     return (settings.public_url or str(request.base_url)).rstrip("/")
 

@@ -28,6 +28,8 @@ class Services:
     redis: Redis
     # For waiting on prediction events (Prefer: wait, streams) without holding a thread.
     aredis: redis.asyncio.Redis
+    # Async commands from the event loop (rate limiting), with the usual read timeout.
+    acommands: redis.asyncio.Redis
     store: PredictionStore
     storage: Storage
     files: FileStore
@@ -44,18 +46,20 @@ class Services:
         store = PredictionStore(sync_redis, settings.retention_s)
         storage = Storage(settings)
         celery = create_celery(settings)
+        acommands = connect_async(settings.redis_url)
         return cls(
             settings=settings,
             redis=sync_redis,
             # No read timeout: pub/sub waits block for as long as Prefer: wait or a stream asks.
             aredis=connect_async(settings.redis_url, socket_timeout=None),
+            acommands=acommands,
             store=store,
             storage=storage,
             files=FileStore(sync_redis, storage, settings.file_retention_s),
             celery=celery,
             messages=PredictMessages(celery),
             notifier=WebhookNotifier(store, WebhookOutbox(sync_redis, settings), celery),
-            rate_limiter=RateLimiter(sync_redis, settings.rate_limit_per_s, settings.rate_limit_burst),
+            rate_limiter=RateLimiter(acommands, settings.rate_limit_per_s, settings.rate_limit_burst),
             idempotency=IdempotencyKeys(sync_redis),
         )
 
@@ -66,3 +70,4 @@ class Services:
     async def close(self) -> None:
         self.redis.close()
         await self.aredis.aclose()
+        await self.acommands.aclose()

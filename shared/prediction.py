@@ -6,6 +6,7 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from pydantic import BaseModel, Field, field_serializer
 from ulid import ULID
 
@@ -71,9 +72,10 @@ class Prediction(BaseModel):
             return None
         return (self.completed_at - self.created_at).total_seconds()
 
-    def to_redis_hash(self) -> dict[str, str]:
-        """Every field JSON-encoded; logs live in their own key so appends stay O(1)."""
-        return {name: json.dumps(value) for name, value in self.model_dump(mode="json", exclude={"logs"}).items()}
+    def to_redis_hash(self) -> dict[str, bytes]:
+        """Every field JSON-encoded (orjson: a create's large data-URI inputs cost the stdlib encoder
+        most of a batch's time); logs live in their own key so appends stay O(1)."""
+        return {name: orjson.dumps(value) for name, value in self.model_dump(mode="json", exclude={"logs"}).items()}
 
     @classmethod
     def from_redis_hash(cls, fields: dict[str, str], logs: str) -> Prediction:

@@ -19,15 +19,19 @@ Usage: ``python -m tests.bench.bench [--seconds 10] [--latency-runs 40] [--batch
 from __future__ import annotations
 
 import argparse
-import asyncio
+import http.client
 import io
+import json
+import multiprocessing
 import shutil
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from datetime import datetime
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import redis
@@ -57,43 +61,71 @@ def log(message: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-async def _hammer(base_url: str, seconds: float, concurrency: int, send) -> int:
-    """Run ``send(client)`` from ``concurrency`` tasks for ``seconds``; the number of predictions accepted."""
+def _client_thread(base_url: str, token: str, path: str, body: bytes, deadline: float, counts: list[int]) -> None:
+    """One keep-alive connection posting ``body`` until ``deadline``; adds the predictions accepted."""
+    url = urlsplit(base_url)
+    connection = http.client.HTTPConnection(url.hostname, url.port, timeout=120)
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
     accepted = 0
+    while time.monotonic() < deadline:
+        connection.request("POST", path, body=body, headers=headers)
+        response = connection.getresponse()
+        payload = response.read()
+        if response.status == 201:
+            accepted += 1
+        elif response.status == 200:  # a batch: count the created items
+            accepted += sum(1 for r in json.loads(payload)["results"] if "id" in r)
+        else:
+            raise RuntimeError(f"{path} answered {response.status}: {payload[:300]!r}")
+    connection.close()
+    counts.append(accepted)
+
+
+def _client_process(base_url: str, token: str, path: str, body: bytes, seconds: float, threads: int, out) -> None:
     deadline = time.monotonic() + seconds
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=base_url, headers={"Authorization": f"Bearer {TOKEN_A}"},
-                                 timeout=120, limits=limits) as client:
-        async def worker() -> None:
-            nonlocal accepted
-            while time.monotonic() < deadline:
-                accepted += await send(client)
-
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return accepted
+    counts: list[int] = []
+    workers = [threading.Thread(target=_client_thread, args=(base_url, token, path, body, deadline, counts))
+               for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    out.put(sum(counts) if len(counts) == threads else -1)
 
 
-async def _single(client: httpx.AsyncClient) -> int:
-    response = await client.post("/v1/models/kiln/ip-adapter-depth-xl/predictions", json=XL_BODY)
-    return 1 if response.status_code == 201 else 0
+def _hammer(base_url: str, path: str, body: bytes, seconds: float, processes: int, threads: int) -> float:
+    """Predictions accepted per second by the API from ``processes`` x ``threads`` keep-alive clients.
 
-
-def _batch_sender(size: int):
-    body = {"predictions": [{"model": "kiln/ip-adapter-depth-xl"} | XL_BODY] * size}
-
-    async def send(client: httpx.AsyncClient) -> int:
-        response = await client.post("/v1/predictions/batch", json=body)
-        response.raise_for_status()
-        return sum(1 for r in response.json()["results"] if "id" in r)
-
-    return send
-
-
-def throughput(base_url: str, send, seconds: float, concurrency: int) -> float:
-    asyncio.run(_hammer(base_url, min(3.0, seconds), concurrency, send))  # warm-up
+    Plain ``http.client`` connections in separate processes: an asyncio client in one process
+    (httpx's AsyncClient) turned out to be the bottleneck itself, collapsing with concurrency.
+    """
+    context = multiprocessing.get_context("spawn")
+    out = context.Queue()
     started = time.monotonic()
-    accepted = asyncio.run(_hammer(base_url, seconds, concurrency, send))
-    return accepted / (time.monotonic() - started)
+    clients = [context.Process(target=_client_process, args=(base_url, TOKEN_A, path, body, seconds, threads, out))
+               for _ in range(processes)]
+    for client in clients:
+        client.start()
+    accepted = [out.get(timeout=seconds + 300) for _ in clients]
+    elapsed = time.monotonic() - started
+    for client in clients:
+        client.join()
+    if min(accepted) < 0:
+        raise RuntimeError("a client thread failed; see its traceback above")
+    return sum(accepted) / elapsed
+
+
+SINGLE = ("/v1/models/kiln/ip-adapter-depth-xl/predictions", json.dumps(XL_BODY).encode())
+
+
+def batch_request(size: int) -> tuple[str, bytes]:
+    return "/v1/predictions/batch", json.dumps({"predictions": [{"model": "kiln/ip-adapter-depth-xl"} | XL_BODY] * size}).encode()
+
+
+def throughput(base_url: str, request: tuple[str, bytes], seconds: float, processes: int, threads: int) -> float:
+    path, body = request
+    _hammer(base_url, path, body, min(3.0, seconds), processes, threads)  # warm-up
+    return _hammer(base_url, path, body, seconds, processes, threads)
 
 
 def drop_xl_queue(redis_url: str) -> None:
@@ -173,7 +205,8 @@ def table(single: float, batch: float, measured: dict[str, list[float]], batch_s
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=10.0, help="measuring time per throughput run")
-    parser.add_argument("--concurrency", type=int, default=16, help="concurrent single-create clients")
+    parser.add_argument("--client-processes", type=int, default=2, help="load-generating processes")
+    parser.add_argument("--concurrency", type=int, default=8, help="single-create connections per process")
     parser.add_argument("--batch-size", type=int, default=1000)
     parser.add_argument("--batch-concurrency", type=int, default=2)
     parser.add_argument("--latency-runs", type=int, default=40)
@@ -186,11 +219,11 @@ def main(argv: list[str] | None = None) -> int:
     stack = start_stack(root, args.weights_dir)
     try:
         log("single-create throughput")
-        single = throughput(stack.base_url, _single, args.seconds, args.concurrency)
+        single = throughput(stack.base_url, SINGLE, args.seconds, args.client_processes, args.concurrency)
         log(f"single: {single:,.0f}/s")
         drop_xl_queue(stack.redis_url)
         log("batch-create throughput")
-        batch = throughput(stack.base_url, _batch_sender(args.batch_size), args.seconds, args.batch_concurrency)
+        batch = throughput(stack.base_url, batch_request(args.batch_size), args.seconds, 1, args.batch_concurrency)
         log(f"batch: {batch:,.0f}/s")
         drop_xl_queue(stack.redis_url)
         log("latencies on the idle worker")
