@@ -62,7 +62,14 @@ def store_and_enqueue(services: Services, predictions: list[Prediction], priorit
     """Store predictions within the queue caps and enqueue them, in one Redis transaction: 429
     (tenant) or 503 (global cap) with nothing stored; Redis down is a 503 with nothing stored."""
     settings = services.settings
-    messages = [services.messages.render(p.id, p.queue, priority) for p in predictions]
+
+    def messages(queued_before: int) -> list[tuple[str, str]]:
+        if priority != queues.PRIORITY_BATCH:
+            return [services.messages.render(p.id, p.queue, priority) for p in predictions]
+        return [services.messages.render(p.id, p.queue, queues.batch_priority(queued_before + i,
+                                                                              settings.batch_heavy_after))
+                for i, p in enumerate(predictions)]
+
     try:
         services.store.create_many(predictions, tenant_cap=settings.max_queued_per_tenant,
                                    total_cap=settings.max_queued_total, messages=messages)

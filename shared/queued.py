@@ -34,16 +34,18 @@ end
 
 # KEYS[1]: tenant counters, KEYS[2]: family counters. ARGV[1]: tenant, ARGV[2]: how many, ARGV[3]:
 # tenant cap, ARGV[4]: global cap, ARGV[5..]: family, count pairs. Takes room for all or none:
-# returns 0 (admitted, counted), 1 (over the tenant cap) or 2 (over the global cap).
+# returns the tenant's queued count before these (admitted, counted), -1 (over the tenant cap) or
+# -2 (over the global cap).
 _ADMIT = """
 local wanted = tonumber(ARGV[2])
-if tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0') + wanted > tonumber(ARGV[3]) then return 1 end
+local mine = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
+if mine + wanted > tonumber(ARGV[3]) then return -1 end
 local total = 0
 for _, count in ipairs(redis.call('HVALS', KEYS[2])) do total = total + tonumber(count) end
-if total + wanted > tonumber(ARGV[4]) then return 2 end
+if total + wanted > tonumber(ARGV[4]) then return -2 end
 redis.call('HINCRBY', KEYS[1], ARGV[1], wanted)
 for i = 5, #ARGV, 2 do redis.call('HINCRBY', KEYS[2], ARGV[i], tonumber(ARGV[i + 1])) end
-return 0
+return math.max(mine, 0)
 """
 
 
@@ -75,17 +77,20 @@ class QueuedCounters:
         self.redis = redis
         self._admit = redis.register_script(_ADMIT)
 
-    def admit(self, tenant: str, families: Sequence[str], tenant_cap: int, total_cap: int) -> None:
-        """Count ``len(families)`` new queued predictions of ``tenant``, or raise ``QueueFull`` (counting none)."""
+    def admit(self, tenant: str, families: Sequence[str], tenant_cap: int, total_cap: int) -> int:
+        """Count ``len(families)`` new queued predictions of ``tenant``, or raise ``QueueFull`` (counting none).
+
+        Returns how many of the tenant's predictions were queued before these."""
         per_family = Counter(families)
         args: list[object] = [tenant, len(families), tenant_cap, total_cap]
         for family, count in per_family.items():
             args += [family, count]
-        refused = self._admit(keys=counter_keys(), args=args)
-        if refused == 1:
+        found = self._admit(keys=counter_keys(), args=args)
+        if found == -1:
             raise QueueFull("tenant", tenant_cap)
-        if refused == 2:
+        if found == -2:
             raise QueueFull("global", total_cap)
+        return found
 
     def release(self, tenant: str, families: Sequence[str]) -> None:
         """Undo ``admit`` for predictions that were never stored."""

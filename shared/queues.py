@@ -19,6 +19,9 @@ PRIORITY_STEPS = [0, 3, 6, 9]
 PRIORITY_INTERACTIVE = 0
 # Batch items queue behind every interactive prediction.
 PRIORITY_BATCH = 6
+# A tenant's batch items beyond its first ``KILN_BATCH_HEAVY_AFTER`` queued ones: other tenants'
+# batches overtake a large backlog instead of waiting for all of it (docs/scheduling.md).
+PRIORITY_BATCH_HEAVY = 9
 # A prediction put back after a worker died or shut down already waited its turn once.
 PRIORITY_REQUEUE = PRIORITY_INTERACTIVE
 
@@ -30,3 +33,8 @@ KOMBU_PRIORITY_SEPARATOR = "\x06\x16"
 def priority_lists(queue: str) -> dict[int, str]:
     """The Redis list holding each priority step of ``queue``'s waiting messages."""
     return {step: queue if step == 0 else f"{queue}{KOMBU_PRIORITY_SEPARATOR}{step}" for step in PRIORITY_STEPS}
+
+
+def batch_priority(position: int, heavy_after: int) -> int:
+    """Priority of a batch item that is its tenant's ``position``-th queued prediction (from 0)."""
+    return PRIORITY_BATCH if position < heavy_after else PRIORITY_BATCH_HEAVY

@@ -36,6 +36,9 @@ class Settings(BaseSettings):
     rate_limit_burst: int = Field(default=600, ge=1)
     # Batch create: most items in one POST /v1/predictions/batch.
     batch_max_items: int = Field(default=1000, ge=1)
+    # A tenant's batch items beyond its first this-many queued predictions go to a lower priority
+    # step, so another tenant's batch waits for at most this many of them.
+    batch_heavy_after: int = Field(default=1000, ge=1)
     # Backpressure: most queued (not yet started) predictions per tenant (429 beyond) and overall (503 beyond).
     max_queued_per_tenant: int = Field(default=100_000, ge=1)
     max_queued_total: int = Field(default=1_000_000, ge=1)

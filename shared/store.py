@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -87,20 +87,22 @@ class PredictionStore:
         self.create_many([prediction], tenant_cap=tenant_cap, total_cap=total_cap)
 
     def create_many(self, predictions: Sequence[Prediction], *, tenant_cap: int | None = None,
-                    total_cap: int | None = None, messages: Sequence[tuple[str, str]] = ()) -> None:
+                    total_cap: int | None = None,
+                    messages: Callable[[int], Sequence[tuple[str, str]]] | None = None) -> None:
         """Store queued predictions of one tenant in two round trips: count them against the caps
         (all or none: ``QueueFull`` stores nothing), then write every record in one transaction.
 
-        ``messages`` (``(list, message)`` pairs, ``shared.task_messages``) are pushed onto their
-        queues in that same transaction, so a worker never pops an id whose record is missing and
-        no stored prediction is left without its message."""
+        ``messages``, called with how many of the tenant's predictions were already queued, gives
+        ``(list, message)`` pairs (``shared.task_messages``) pushed onto their queues in that same
+        transaction, so a worker never pops an id whose record is missing and no stored prediction
+        is left without its message."""
         if not predictions:
             return
         tenant = predictions[0].tenant
         if any(p.tenant != tenant for p in predictions):
             raise ValueError("create_many stores one tenant's predictions")
         families = [p.queue for p in predictions]
-        self.queued.admit(tenant, families, tenant_cap or _UNCAPPED, total_cap or _UNCAPPED)
+        queued_before = self.queued.admit(tenant, families, tenant_cap or _UNCAPPED, total_cap or _UNCAPPED)
         try:
             with self.redis.pipeline(transaction=True) as pipe:
                 for prediction in predictions:
@@ -108,7 +110,7 @@ class PredictionStore:
                 pipe.zadd(keys.tenant_predictions(tenant), {p.id: 0 for p in predictions})
                 for model, count in Counter(p.model for p in predictions).items():
                     pipe.incrby(keys.model_run_count(model), count)
-                for list_key, message in messages:
+                for list_key, message in messages(queued_before) if messages else ():
                     pipe.lpush(list_key, message)
                 pipe.execute()
         except BaseException:

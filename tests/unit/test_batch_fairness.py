@@ -1,0 +1,64 @@
+"""Another tenant's batch overtakes a large batch backlog: the order a worker would dequeue in."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+
+from api.batch import submit_batch
+from api.services import Services
+from api.submission import submit
+from api.schemas import CreatePrediction
+from deploy.devstack.servers import RedisServer
+from shared import queues
+from shared.models.registry import find_model
+from shared.settings import Settings
+from tests.bench.bench import SD2_INPUT
+
+HEAVY_AFTER = 3
+
+
+@pytest.fixture
+def services(tmp_path):
+    with RedisServer(tmp_path / "redis") as server:
+        settings = Settings(_env_file=None, redis_url=server.url, api_token="a,b",
+                            batch_heavy_after=HEAVY_AFTER)
+        services = Services.connect(settings)
+        yield services
+        services.redis.close()
+
+
+def dequeue_order(services: Services, queue: str) -> list[str]:
+    """Prediction ids in the order kombu's Redis transport hands them to a worker: priority steps
+    in order, each list oldest first (LPUSH in, BRPOP out)."""
+    order = []
+    for step in queues.PRIORITY_STEPS:
+        for raw in reversed(services.redis.lrange(queues.priority_lists(queue)[step], 0, -1)):
+            message = json.loads(raw)
+            order.append(json.loads(base64.b64decode(message["body"]))[0][0])
+    return order
+
+
+def batch(services: Services, tenant: str, count: int) -> list[str]:
+    items = [{"version": "kiln/sd2-depth2img", "input": SD2_INPUT | {"seed": i}} for i in range(count)]
+    results, _ = submit_batch(services, tenant, items, "http://kiln.test", None)
+    return [r["id"] for r in results]
+
+
+def test_a_second_tenants_batch_waits_for_at_most_heavy_after_items_of_a_backlog(services):
+    backlog = batch(services, "tenant-a", 5)
+    later = batch(services, "tenant-b", 2)
+    more_backlog = batch(services, "tenant-a", 2)
+
+    assert dequeue_order(services, queues.SD2_DEPTH) == backlog[:HEAVY_AFTER] + later + backlog[HEAVY_AFTER:] + more_backlog
+
+
+def test_single_creates_overtake_every_batch(services):
+    backlog = batch(services, "tenant-a", 4)
+    spec = find_model("kiln/sd2-depth2img")
+    single, _ = submit(services, "tenant-b", spec, CreatePrediction(version=spec.ref, input=SD2_INPUT),
+                       "http://kiln.test")
+
+    assert dequeue_order(services, queues.SD2_DEPTH) == [single.id] + backlog
