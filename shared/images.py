@@ -17,7 +17,7 @@ from urllib.parse import unquote_to_bytes, urljoin, urlsplit
 import httpx
 from PIL import Image
 
-from shared.ssrf import URLRefused, pinned_request, resolve_checked
+from shared.ssrf import URLRefused, pinned_client, pinned_request, resolve_checked
 
 ALLOWED_FORMATS = frozenset({"PNG", "JPEG", "WEBP", "GIF", "BMP"})
 _DATA_URI = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w.+-]+=[\w.+-]+)*)(?P<b64>;base64)?,(?P<data>.*)$", re.S)
@@ -99,8 +99,7 @@ def fetch_url(url: str, *, timeout_s: float, max_bytes: int, allow_private: bool
             raise ImageInputError(f"{url}: {exc}") from None
         pinned, host_header, extensions = pinned_request(target, url)
         try:
-            with httpx.Client(timeout=timeout_s, follow_redirects=False, trust_env=False) as client, \
-                    client.stream("GET", pinned, headers=host_header, extensions=extensions) as response:
+            with pinned_client(timeout_s).stream("GET", pinned, headers=host_header, extensions=extensions) as response:
                 if response.is_redirect:
                     url = urljoin(url, response.headers["location"])
                     continue

@@ -12,7 +12,7 @@ import httpx
 from shared.metrics import record_webhook_delivery
 from shared.settings import Settings
 from shared.webhook_outbox import DELIVERED, FAILED, PENDING, Delivery, WebhookOutbox
-from shared.ssrf import URLRefused, pinned_request, resolve_checked
+from shared.ssrf import URLRefused, pinned_client, pinned_request, resolve_checked
 from shared.webhooks import THROTTLED_EVENTS, signature_headers
 
 log = logging.getLogger(__name__)
@@ -59,8 +59,8 @@ def post_signed(delivery: Delivery, secret: str, settings: Settings) -> AttemptR
         "user-agent": "kiln-webhooks/1",
     }
     try:
-        with httpx.Client(timeout=settings.webhook_timeout_s, follow_redirects=False, trust_env=False) as client:
-            response = client.post(pinned, content=delivery.body.encode(), headers=headers, extensions=extensions)
+        response = pinned_client(settings.webhook_timeout_s).post(pinned, content=delivery.body.encode(), headers=headers,
+                                                            extensions=extensions)
     except httpx.TimeoutException:
         return AttemptResult(f"timed out after {settings.webhook_timeout_s:g} s", succeeded=False)
     except httpx.HTTPError as exc:
