@@ -7,9 +7,10 @@ import binascii
 from collections.abc import AsyncIterator
 from typing import Annotated
 
+import orjson
 from fastapi import APIRouter, Depends, Header, Query
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
 from api.deps import BaseURL, CurrentTenant, OptionalTenant, ServicesDep
@@ -79,7 +80,9 @@ async def create_batch(
 ) -> JSONResponse:
     """Up to ``KILN_BATCH_MAX_ITEMS`` creates; ``results`` holds, in order, each prediction or its problem."""
     results, created = await run_in_threadpool(submit_batch, services, tenant, body.predictions, base, idempotency_key)
-    return JSONResponse({"results": results}, headers={} if created else {"Idempotent-Replayed": "true"})
+    # orjson: encoding a thousand predictions with the stdlib encoder cost more than storing them.
+    return Response(orjson.dumps({"results": results}), media_type="application/json",
+                    headers={} if created else {"Idempotent-Replayed": "true"})
 
 
 def _encode_cursor(direction: str, prediction_id: str) -> str:
