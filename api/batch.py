@@ -33,13 +33,14 @@ def _model_of(item: BatchItem, services: Services) -> ModelSpec:
         raise ProblemError(422, f"{'version' if item.version else 'model'}: {exc}") from None
 
 
-def prepare_item(services: Services, tenant: str, raw: dict[str, Any], base_url: str) -> Prediction:
+def prepare_item(services: Services, tenant: str, raw: dict[str, Any], base_url: str,
+                 checked_images: set[str]) -> Prediction:
     """One item as a prediction ready to store; ``ProblemError`` says what is wrong with it."""
     try:
         item = BatchItem.model_validate(raw)
     except ValidationError as exc:
         raise input_validation_problem(exc, prefix=()) from None
-    return prepare(services, tenant, _model_of(item, services), item, base_url)
+    return prepare(services, tenant, _model_of(item, services), item, base_url, checked_images)
 
 
 def submit_batch(services: Services, tenant: str, items: list[dict[str, Any]], base_url: str,
@@ -71,9 +72,10 @@ def submit_batch(services: Services, tenant: str, items: list[dict[str, Any]], b
 def _create(services: Services, tenant: str, items: list[dict[str, Any]],
             base_url: str) -> list[Prediction | dict[str, Any]]:
     results: list[Prediction | dict[str, Any]] = []
+    checked_images: set[str] = set()  # data URIs found good in this batch: checked once
     for raw in items:
         try:
-            results.append(prepare_item(services, tenant, raw, base_url))
+            results.append(prepare_item(services, tenant, raw, base_url, checked_images))
         except ProblemError as exc:
             results.append(problem_body(exc.status, exc.detail, **exc.extra))
     valid = [r for r in results if isinstance(r, Prediction)]

@@ -17,10 +17,15 @@ from shared.models.registry import ModelSpec
 from shared.storage import input_key
 
 
-def validate_input(spec: ModelSpec, raw: dict, services: Services, tenant: str, base_url: str) -> dict:
-    """Validate against the model's schema; return the input as stored (the fields the client set)."""
+def validate_input(spec: ModelSpec, raw: dict, services: Services, tenant: str, base_url: str,
+                   checked_images: set[str] | None = None) -> dict:
+    """Validate against the model's schema; return the input as stored (the fields the client set).
+
+    ``checked_images``, shared by the items of one batch, holds the data-URI images already found
+    good, so a reference image repeated across a batch is decoded and checked once."""
+    context = {"limits": InputLimits.from_settings(services.settings), "checked_images": checked_images}
     try:
-        parsed = spec.input_model.model_validate(raw, context={"limits": InputLimits.from_settings(services.settings)})
+        parsed = spec.input_model.model_validate(raw, context=context)
     except ValidationError as exc:
         raise input_validation_problem(exc, prefix=("input",)) from None
     stored = parsed.model_dump(mode="json", exclude_unset=True)

@@ -39,10 +39,11 @@ def check_webhook(url: str | None, services: Services) -> str | None:
     return url
 
 
-def prepare(services: Services, tenant: str, spec: ModelSpec, body: PredictionFields, base_url: str) -> Prediction:
+def prepare(services: Services, tenant: str, spec: ModelSpec, body: PredictionFields, base_url: str,
+            checked_images: set[str] | None = None) -> Prediction:
     """Validate a create request (input, webhook, remote images) into a prediction ready to store."""
     prediction_id = new_id()
-    inputs = validate_input(spec, body.input, services, tenant, base_url)
+    inputs = validate_input(spec, body.input, services, tenant, base_url, checked_images)
     webhook = check_webhook(str(body.webhook) if body.webhook else None, services)
     return Prediction(
         id=prediction_id,

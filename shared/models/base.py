@@ -26,11 +26,17 @@ class InputLimits(BaseModel):
 
 
 def _validate_image_uri(value: str, info: ValidationInfo) -> str:
+    """Data URIs are decoded and their header checked when ``limits`` are in the context; a
+    ``checked_images`` set there (one request's) skips URIs already found good in that request."""
+    context = info.context or {}
     try:
         scheme = check_uri_scheme(value)
-        limits = (info.context or {}).get("limits")
-        if scheme == "data" and limits is not None:
+        limits = context.get("limits")
+        checked = context.get("checked_images")
+        if scheme == "data" and limits is not None and (checked is None or value not in checked):
             inspect_image(decode_data_uri(value, limits.max_bytes), limits.max_pixels)
+            if checked is not None:
+                checked.add(value)
     except ImageInputError as exc:
         raise ValueError(str(exc)) from None
     return value

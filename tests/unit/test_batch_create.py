@@ -1,4 +1,5 @@
-"""Another tenant's batch overtakes a large batch backlog: the order a worker would dequeue in."""
+"""Batch creates in-process against a real redis-server: the order a worker would dequeue in
+(another tenant's batch overtakes a large backlog), and repeated images checked once."""
 
 from __future__ import annotations
 
@@ -12,10 +13,11 @@ from api.services import Services
 from api.submission import submit
 from api.schemas import CreatePrediction
 from deploy.devstack.servers import RedisServer
-from shared import queues
+from shared import images, queues
 from shared.models.registry import find_model
 from shared.settings import Settings
 from tests.bench.bench import SD2_INPUT
+from tests.support import data_uri
 
 HEAVY_AFTER = 3
 
@@ -62,3 +64,21 @@ def test_single_creates_overtake_every_batch(services):
                        "http://kiln.test")
 
     assert dequeue_order(services, queues.SD2_DEPTH) == [single.id] + backlog
+
+
+def test_an_image_repeated_across_a_batch_is_checked_once_and_a_bad_one_fails_every_item(services, monkeypatch):
+    inspected: list[int] = []
+    real_inspect = images.inspect_image
+
+    def counting(data: bytes, max_pixels: int):
+        inspected.append(len(data))
+        return real_inspect(data, max_pixels)
+
+    monkeypatch.setattr("shared.models.base.inspect_image", counting)
+    good = batch(services, "tenant-a", 5)
+    assert len(good) == 5 and len(inspected) == 1
+
+    bad = {"version": "kiln/sd2-depth2img", "input": SD2_INPUT | {"input_image": data_uri(b"not an image")}}
+    results, _ = submit_batch(services, "tenant-a", [bad, bad], "http://kiln.test", None)
+    assert [r["status"] for r in results] == [422, 422]
+    assert all("input.input_image" in r["detail"] for r in results)
