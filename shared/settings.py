@@ -133,6 +133,8 @@ class Settings(BaseSettings):
     compile_mode: str = "max-autotune"
     compile_backend: str = "inductor"
     snap_to_buckets: bool | None = None
+    # Compile every size bucket at worker start (batch 1 and max_batch_size); unset: on with torch_compile.
+    compile_warmup: bool | None = None
     size_buckets: str = "1024x1024,1152x896,896x1152,1216x832,832x1216,1344x768,768x1344,768x768,512x512"
 
     @property

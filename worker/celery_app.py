@@ -35,6 +35,7 @@ from worker.metrics import start_exporter
 from worker.predictor_pool import PredictorPool
 from worker.queue_peek import QueuePeek
 from worker.runner import PredictionRunner
+from worker.warmup import wants_warmup, warm_up
 from worker.webhook_sender import deliver
 
 log = logging.getLogger(__name__)
@@ -92,6 +93,8 @@ def _load_models(sender, **_: object) -> None:
     gpu_queues = [name for name in _consumed_queues(sender) if name.startswith("gpu.")]
     if gpu_queues:
         runtime.runner.predictors.load_for_queues(gpu_queues)
+        if wants_warmup(runtime.settings):
+            warm_up(runtime.runner.predictors, runtime.runner.tuning, runtime.settings)
         # Micro-batching and prefetching look at what waits behind the running job on these queues.
         runtime.runner.watch_queue(QueuePeek(runtime.redis, gpu_queues).upcoming)
 

@@ -1,0 +1,63 @@
+"""Compile warm-up: every size bucket at batch 1 and the max batch is compiled before the first job,
+so a job at a bucket size runs on graphs that already exist (torch.compile's "eager" backend keeps
+this fast on the CPU; what it traces is what inductor would compile)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch._dynamo.utils import counters
+
+from shared.models.registry import find_model
+from worker.predictor_pool import PredictorPool
+from worker.tuning import Tuning
+from worker.warmup import WarmupContext, wants_warmup, warm_up, warmup_input
+
+MODEL = "kiln/sd2-depth2img"
+BUCKETS = ((64, 64), (128, 64))
+
+
+@pytest.fixture
+def compiled(make_settings):
+    torch._dynamo.reset()
+    settings = make_settings(torch_compile=True, compile_backend="eager", size_buckets="64x64,128x64",
+                             max_batch_size=2, prefetch=False)
+    pool = PredictorPool(settings)
+    pool.get(find_model(MODEL))
+    yield settings, pool
+    torch._dynamo.reset()
+
+
+def graphs() -> int:
+    """Graphs torch.compile has built so far in this process."""
+    return counters["stats"]["unique_graphs"]
+
+
+def test_warm_up_runs_every_bucket_and_batch_size_then_a_job_compiles_nothing_new(compiled):
+    settings, pool = compiled
+    tuning = Tuning.from_settings(settings)
+    assert wants_warmup(settings)
+    before = graphs()
+
+    ran = warm_up(pool, tuning, settings)
+
+    assert ran == [(MODEL, size, batch) for size in BUCKETS for batch in (1, 2)]
+    compiled_graphs = graphs()
+    assert compiled_graphs > before, "warm-up traced nothing: the UNet is not compiled"
+
+    # A job at a bucket size, with another prompt, seed and step count, reuses the warmed graphs.
+    predictor = pool.get(find_model(MODEL))
+    inputs = find_model(MODEL).input_model.model_validate(
+        warmup_input(MODEL, (128, 64)) | {"prompt": "a kiln", "seed": 7, "num_inference_steps": 3})
+    ctx = WarmupContext(settings)
+    job = predictor.prepare(inputs, ctx)
+    [outputs] = predictor.generate([job], ctx.step_callback())
+    assert job.image.size == (128, 64) and outputs[0].size == (128, 64)
+    assert graphs() == compiled_graphs
+
+
+def test_no_warm_up_without_compile_or_buckets(make_settings):
+    assert not wants_warmup(make_settings())
+    assert wants_warmup(make_settings(compile_warmup=True))
+    settings = make_settings(torch_compile=True, snap_to_buckets=False)
+    assert warm_up(PredictorPool(settings), Tuning.from_settings(settings), settings) == []

@@ -1,0 +1,97 @@
+"""Compile warm-up at worker start: one short generation per model, size bucket and batch size.
+
+``torch.compile`` builds a graph per input shape on first use (``dynamic=False``), and max-autotune
+takes minutes per shape; a worker that compiled lazily would make its first users of each size
+wait for it. With ``KILN_COMPILE_WARMUP`` (on whenever ``KILN_TORCH_COMPILE`` is) the worker runs
+each model it serves once per size bucket at batch 1 and at ``KILN_MAX_BATCH_SIZE`` before it
+takes a job. Batch sizes in between still compile on first use. The synthetic inputs go through
+the same validation, ``prepare()`` (detectors included) and ``generate()`` as a real prediction.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from PIL import Image
+
+from shared.images import decode_data_uri, decode_image
+from shared.models.base import InputLimits, image_fields
+from shared.models.registry import find_model
+from shared.settings import Settings
+from worker.predictor_pool import PredictorPool
+from worker.tuning import Size, Tuning
+
+log = logging.getLogger(__name__)
+
+# The compiled graphs do not depend on the number of steps: two keep warm-up short.
+WARMUP_STEPS = 2
+
+
+def warmup_image(size: Size) -> str:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, (128, 128, 128)).save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def warmup_input(model: str, size: Size) -> dict[str, Any]:
+    """A valid input for ``model`` at ``size``: its structure image and every required image set."""
+    input_model = find_model(model).input_model
+    fields = input_model.model_fields
+    image = warmup_image(size)
+    raw: dict[str, Any] = {"prompt": "warm-up", "seed": 0}
+    for name in image_fields(input_model):
+        if name == "input_image" or fields[name].is_required():
+            raw[name] = image
+    if "num_inference_steps" in fields:
+        raw["num_inference_steps"] = WARMUP_STEPS
+    if "width" in fields and "height" in fields:
+        raw["width"], raw["height"] = size
+    return raw
+
+
+class WarmupContext:
+    """The ``PredictContext`` of a warm-up run: no record, no logs, data-URI images only."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def log(self, line: str) -> None:
+        log.debug("warm-up: %s", line)
+
+    def load_image(self, uri: str) -> Image.Image:
+        return decode_image(decode_data_uri(uri, self.settings.image_fetch_max_bytes), self.settings.image_max_pixels)
+
+    def step_callback(self) -> Callable[[Any, int, Any, dict], dict]:
+        return lambda pipe, step, timestep, callback_kwargs: callback_kwargs
+
+
+def wants_warmup(settings: Settings) -> bool:
+    return settings.torch_compile if settings.compile_warmup is None else settings.compile_warmup
+
+
+def warm_up(pool: PredictorPool, tuning: Tuning, settings: Settings) -> list[tuple[str, Size, int]]:
+    """Run every loaded model once per bucket and batch size; returns what ran, in order."""
+    if not tuning.buckets:
+        log.warning("compile warm-up skipped: sizes are not snapped to buckets (KILN_SNAP_TO_BUCKETS), "
+                    "so there is no fixed set of shapes to compile ahead")
+        return []
+    ctx = WarmupContext(settings)
+    limits = InputLimits.from_settings(settings)
+    ran = []
+    for model in pool.models:
+        spec = find_model(model)
+        predictor = pool.get(spec)
+        for size in tuning.buckets:
+            inputs = spec.input_model.model_validate(warmup_input(model, size), context={"limits": limits})
+            job = predictor.prepare(inputs, ctx)
+            for batch in sorted({1, tuning.max_batch_size}):
+                started = time.monotonic()
+                predictor.generate([job] * batch, ctx.step_callback())
+                log.info("warm-up: %s at %dx%d, batch %d, in %.1f s", model, *size, batch, time.monotonic() - started)
+                ran.append((model, size, batch))
+    return ran
