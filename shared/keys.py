@@ -53,13 +53,18 @@ def webhook_start_delivery(prediction_id: str) -> str:
     return f"{PREFIX}:webhook:start:{prediction_id}"
 
 
+def webhook_output_delivery(prediction_id: str) -> str:
+    """String: the id of a prediction's latest ``output`` delivery, which its ``completed`` waits for."""
+    return f"{PREFIX}:webhook:output:{prediction_id}"
+
+
 def webhook_completed(prediction_id: str) -> str:
-    """String: set once a prediction's ``completed`` event is recorded; later progress events are stale."""
+    """String: set once a prediction's ``completed`` event is recorded; later ``logs`` events are stale."""
     return f"{PREFIX}:webhook:completed:{prediction_id}"
 
 
 def webhook_progress_sending(prediction_id: str) -> str:
-    """Counter: progress (``output``/``logs``) deliveries of a prediction being attempted right now."""
+    """Counter: ``output``/``logs`` deliveries of a prediction being attempted right now."""
     return f"{PREFIX}:webhook:sending:{prediction_id}"
 
 

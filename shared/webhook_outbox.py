@@ -94,34 +94,49 @@ class WebhookOutbox:
             pipe.zadd(keys.webhook_due(), {delivery.id: delivery.created_at + CLAIM_LEASE_S})
             if event == "start":
                 pipe.set(keys.webhook_start_delivery(prediction.id), delivery.id, ex=FINISHED_TTL_S)
+            if event == "output":
+                pipe.set(keys.webhook_output_delivery(prediction.id), delivery.id, ex=FINISHED_TTL_S)
             if event == "completed":
                 pipe.set(keys.webhook_completed(prediction.id), delivery.id, ex=FINISHED_TTL_S)
             pipe.execute()
         return delivery
 
-    def begin_progress(self, prediction_id: str) -> bool:
-        """Mark a progress delivery in flight; False when the prediction's ``completed`` event is already
-        recorded, so the progress event is stale and must not reach the receiver after it.
+    def begin_progress(self, prediction_id: str, event: str) -> bool:
+        """Mark an ``output``/``logs`` delivery in flight. False for a ``logs`` event once the
+        prediction's ``completed`` event is recorded: it is stale (``completed`` carries every log
+        line) and must not reach the receiver after it. ``output`` events are always sent.
 
-        Paired with ``progress_in_flight``: the progress side counts itself in before it looks for the
-        completed marker, the completed side is recorded before it looks at the count, so at least one
-        of the two sees the other and a progress event never lands after ``completed``.
+        Paired with ``progress_in_flight``: this side counts itself in before it looks for the
+        completed marker, the completed side is recorded before it looks at the count, so at least
+        one of the two sees the other and no progress event lands after ``completed``.
         """
         counter = keys.webhook_progress_sending(prediction_id)
         with self.redis.pipeline(transaction=True) as pipe:
             pipe.incr(counter)
             pipe.expire(counter, int(CLAIM_LEASE_S))
             pipe.exists(keys.webhook_completed(prediction_id))
-            completed = pipe.execute()[2]
-        if completed:
+            stale = event == "logs" and pipe.execute()[2]
+        if stale:
             self.end_progress(prediction_id)
-        return not completed
+        return not stale
 
     def end_progress(self, prediction_id: str) -> None:
         self.redis.decr(keys.webhook_progress_sending(prediction_id))
 
     def progress_in_flight(self, prediction_id: str) -> bool:
         return int(self.redis.get(keys.webhook_progress_sending(prediction_id)) or 0) > 0
+
+    def unattempted(self, delivery_id: str | None) -> bool:
+        """Whether that delivery exists and has not been attempted yet."""
+        found = self.get(delivery_id) if delivery_id else None
+        return found is not None and found.state == PENDING and found.attempts == 0
+
+    def completed_must_wait(self, delivery: Delivery) -> bool:
+        """A ``completed`` event goes out after the prediction's ``start`` and latest ``output``
+        events were attempted, and while none of its progress events is in flight."""
+        output = self.redis.get(keys.webhook_output_delivery(delivery.prediction_id))
+        return (self.unattempted(delivery.after) or self.unattempted(output.decode() if output else None)
+                or self.progress_in_flight(delivery.prediction_id))
 
     def _start_delivery_of(self, prediction_id: str) -> str | None:
         found = self.redis.get(keys.webhook_start_delivery(prediction_id))

@@ -17,7 +17,7 @@ from shared.webhooks import THROTTLED_EVENTS, signature_headers
 
 log = logging.getLogger(__name__)
 
-# Seconds to wait before re-checking a ``completed`` delivery whose ``start`` has not gone out yet.
+# Seconds to wait before re-checking a ``completed`` delivery whose earlier events have not gone out yet.
 ORDERING_DELAY_S = 0.2
 MAX_RETRY_AFTER_S = 24 * 3600.0
 # A delivery's state after an attempt, as the kiln_webhook_deliveries outcome label.
@@ -77,19 +77,14 @@ def deliver(outbox: WebhookOutbox, delivery_id: str, secret: str, settings: Sett
     delivery = outbox.get(delivery_id)
     if delivery is None or delivery.state != PENDING:
         return None
-    if delivery.after is not None:
-        first = outbox.get(delivery.after)
-        if first is not None and first.state == PENDING and first.attempts == 0:
-            outbox.postpone(delivery, ORDERING_DELAY_S)
-            return None
-    if delivery.event == "completed" and outbox.progress_in_flight(delivery.prediction_id):
-        outbox.postpone(delivery, ORDERING_DELAY_S)  # let the progress event land first
+    if delivery.event == "completed" and outbox.completed_must_wait(delivery):
+        outbox.postpone(delivery, ORDERING_DELAY_S)  # start, output and progress events land first
         return None
     if not outbox.lock_attempt(delivery_id):
         return None
     progress = delivery.event in THROTTLED_EVENTS
     try:
-        if progress and not outbox.begin_progress(delivery.prediction_id):
+        if progress and not outbox.begin_progress(delivery.prediction_id, delivery.event):
             result = AttemptResult("superseded: the prediction's completed event is already recorded",
                                    succeeded=False, stop=True)
         else:

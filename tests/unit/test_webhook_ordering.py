@@ -1,4 +1,5 @@
-"""Progress events (``output``/``logs``) never reach a receiver after the prediction's ``completed`` event."""
+"""No progress event (``output``/``logs``) reaches a receiver after its prediction's ``completed``
+event: a stale ``logs`` event is dropped, an ``output`` event is sent and ``completed`` waits for it."""
 
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ def posted(monkeypatch) -> list[str]:
     return sent
 
 
-def test_a_progress_event_recorded_before_completed_but_sent_after_it_is_dropped(outbox, prediction, posted):
+def test_a_logs_event_recorded_before_completed_but_sent_after_it_is_dropped(outbox, prediction, posted):
     logs = outbox.record(prediction, "logs", "{}")
     completed = outbox.record(prediction, "completed", "{}")
 
@@ -49,11 +50,10 @@ def test_a_progress_event_recorded_before_completed_but_sent_after_it_is_dropped
 
 def test_completed_waits_while_a_progress_event_is_in_flight(outbox, prediction, posted):
     completed = outbox.record(prediction, "completed", "{}")
-    assert outbox.begin_progress(prediction.id) is False  # recorded first: progress is stale from now on
+    assert outbox.begin_progress(prediction.id, "logs") is False  # completed recorded: logs are stale now
 
     other = prediction.model_copy(update={"id": "other"})
-    outbox.record(other, "output", "{}")
-    assert outbox.begin_progress(other.id) is True  # an output event of a running prediction is attempted
+    assert outbox.begin_progress(other.id, "logs") is True  # a logs event of a running prediction is attempted
     other_completed = outbox.record(other, "completed", "{}")
 
     assert deliver(outbox, other_completed.id, "whsec_x", outbox.settings) is None  # postponed, not sent
@@ -71,3 +71,13 @@ def test_progress_events_of_a_running_prediction_are_sent(outbox, prediction, po
     assert deliver(outbox, second.id, "whsec_x", outbox.settings).state == DELIVERED
     assert posted == ["output", "logs"]
     assert not outbox.progress_in_flight(prediction.id)
+
+
+def test_completed_waits_for_the_output_event_which_is_never_dropped(outbox, prediction, posted):
+    output = outbox.record(prediction, "output", "{}")
+    completed = outbox.record(prediction, "completed", "{}")
+
+    assert deliver(outbox, completed.id, "whsec_x", outbox.settings) is None  # the output goes first
+    assert deliver(outbox, output.id, "whsec_x", outbox.settings).state == DELIVERED
+    assert deliver(outbox, completed.id, "whsec_x", outbox.settings).state == DELIVERED
+    assert posted == ["output", "completed"]
