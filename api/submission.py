@@ -64,11 +64,14 @@ def store_and_enqueue(services: Services, predictions: list[Prediction], priorit
     (tenant) or 503 (global cap) with nothing stored; Redis down is a 503 with nothing stored."""
     settings = services.settings
 
-    def messages(queued_before: int) -> list[tuple[str, str]]:
+    def priority_at(position: int) -> int:
+        """A batch item's priority depends on how many of its tenant's predictions queue before it."""
         if priority != queues.PRIORITY_BATCH:
-            return [services.messages.render(p.id, p.queue, priority) for p in predictions]
-        return [services.messages.render(p.id, p.queue, queues.batch_priority(queued_before + i,
-                                                                              settings.batch_heavy_after))
+            return priority
+        return queues.batch_priority(position, settings.batch_heavy_after)
+
+    def messages(queued_before: int) -> list[tuple[str, str]]:
+        return [services.messages.render(p.id, p.queue, priority_at(queued_before + i))
                 for i, p in enumerate(predictions)]
 
     try:

@@ -48,14 +48,10 @@ def webhook_throttle(prediction_id: str, event: str) -> str:
     return f"{PREFIX}:webhook:throttle:{prediction_id}:{event}"
 
 
-def webhook_start_delivery(prediction_id: str) -> str:
-    """String: the id of the prediction's ``start`` delivery, which must go out before ``completed``."""
-    return f"{PREFIX}:webhook:start:{prediction_id}"
-
-
-def webhook_output_delivery(prediction_id: str) -> str:
-    """String: the id of a prediction's latest ``output`` delivery, which its ``completed`` waits for."""
-    return f"{PREFIX}:webhook:output:{prediction_id}"
+def webhook_latest_delivery(prediction_id: str, event: str) -> str:
+    """String: the id of a prediction's latest ``start`` or ``output`` delivery; its ``completed``
+    delivery waits until that one was attempted."""
+    return f"{PREFIX}:webhook:latest:{prediction_id}:{event}"
 
 
 def webhook_completed(prediction_id: str) -> str:

@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
 # How long a claimed delivery may take before the poller sends it again (beyond the HTTP timeout).
 CLAIM_LEASE_S = 60.0
+# Events a prediction's ``completed`` delivery goes out after (once each was attempted).
+COMPLETED_AFTER = ("start", "output")
 # Finished deliveries are kept this long for inspection.
 FINISHED_TTL_S = 7 * 24 * 3600
 
@@ -56,8 +58,6 @@ class Delivery:
     created_at: float
     # Terminal events are retried on the configured schedule; the others get one attempt.
     retry: bool
-    # A delivery that must have been attempted first (``start`` before ``completed``).
-    after: str | None = None
     state: str = PENDING
     attempts: int = 0
     last_outcome: str | None = None
@@ -87,15 +87,12 @@ class WebhookOutbox:
             body=body,
             created_at=time.time(),
             retry=event == "completed",
-            after=self._start_delivery_of(prediction.id) if event == "completed" else None,
         )
         with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(keys.webhook_delivery(delivery.id), mapping=delivery.to_hash())
             pipe.zadd(keys.webhook_due(), {delivery.id: delivery.created_at + CLAIM_LEASE_S})
-            if event == "start":
-                pipe.set(keys.webhook_start_delivery(prediction.id), delivery.id, ex=FINISHED_TTL_S)
-            if event == "output":
-                pipe.set(keys.webhook_output_delivery(prediction.id), delivery.id, ex=FINISHED_TTL_S)
+            if event in COMPLETED_AFTER:
+                pipe.set(keys.webhook_latest_delivery(prediction.id, event), delivery.id, ex=FINISHED_TTL_S)
             if event == "completed":
                 pipe.set(keys.webhook_completed(prediction.id), delivery.id, ex=FINISHED_TTL_S)
             pipe.execute()
@@ -126,21 +123,18 @@ class WebhookOutbox:
     def progress_in_flight(self, prediction_id: str) -> bool:
         return int(self.redis.get(keys.webhook_progress_sending(prediction_id)) or 0) > 0
 
-    def unattempted(self, delivery_id: str | None) -> bool:
+    def unattempted(self, delivery_id: str) -> bool:
         """Whether that delivery exists and has not been attempted yet."""
-        found = self.get(delivery_id) if delivery_id else None
+        found = self.get(delivery_id)
         return found is not None and found.state == PENDING and found.attempts == 0
 
     def completed_must_wait(self, delivery: Delivery) -> bool:
         """A ``completed`` event goes out after the prediction's ``start`` and latest ``output``
         events were attempted, and while none of its progress events is in flight."""
-        output = self.redis.get(keys.webhook_output_delivery(delivery.prediction_id))
-        return (self.unattempted(delivery.after) or self.unattempted(output.decode() if output else None)
+        latest = self.redis.mget([keys.webhook_latest_delivery(delivery.prediction_id, event)
+                                  for event in COMPLETED_AFTER])
+        return (any(self.unattempted(found.decode()) for found in latest if found)
                 or self.progress_in_flight(delivery.prediction_id))
-
-    def _start_delivery_of(self, prediction_id: str) -> str | None:
-        found = self.redis.get(keys.webhook_start_delivery(prediction_id))
-        return found.decode() if found else None
 
     def passes_throttle(self, prediction_id: str, event: str) -> bool:
         """``output``/``logs``: at most one per throttle window per prediction. Others always pass."""
