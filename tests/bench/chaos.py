@@ -41,7 +41,7 @@ from shared import queues
 from shared.status import Status
 from shared.store import PredictionStore
 from tests.bench.chaos_events import ChaosSchedule, Watchdog
-from tests.integration.conftest import GPU_WORKER_ARGV, TOKEN_A, WEBHOOK_WORKER_ARGV, Stack, stack_env, uvicorn_argv
+from tests.integration.conftest import TOKEN_A, WEBHOOK_WORKER_ARGV, Stack, stack_env, uvicorn_argv
 from tests.integration.receiver import WebhookReceiver
 from tests.support import REPO_ROOT, data_uri, png_bytes, wait_until
 
