@@ -112,3 +112,9 @@ def queued_by_family() -> str:
 def batch(batch_id: str) -> str:
     """String (JSON, 24 h): a batch create's results (prediction ids and problems), replayed for its Idempotency-Key."""
     return f"{PREFIX}:batch:{batch_id}"
+
+
+def step_gate(name: str) -> str:
+    """String with a TTL, written by tests only (``KILN_STEP_GATES``): while it exists, predictions
+    prompted ``step-gate:<name>`` wait after their first step. The test deletes it, or it expires."""
+    return f"{PREFIX}:step-gate:{name}"

@@ -87,6 +87,9 @@ class Settings(BaseSettings):
     model_time_limits_s: dict[str, float] = {}
     # On SIGTERM a worker finishes its prediction within this long, else hands it back to the queue.
     shutdown_grace_s: float = Field(default=60.0, ge=0)
+    # Tests only: a prediction whose prompt is "step-gate:<name>" waits after its first step while
+    # that gate is closed (worker.step_gates), so tests never use a step count as a stopwatch.
+    step_gates: bool = False
     # Inputs and outputs are deleted this long after a prediction finishes (Replicate: 1 hour).
     retention_s: int = Field(default=3600, ge=1)
     # Uploads to S3 are retried this many times, with exponential backoff, before the prediction fails.

@@ -18,6 +18,7 @@ from shared.settings import Settings
 from shared.store import PredictionStore
 from shared.webhook_outbox import WebhookNotifier
 from worker.interrupts import HandedBack, LeaseLost, PredictionCanceled, TimeLimitExceeded
+from worker.step_gates import StepGate
 from worker.timeline import Timeline
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,8 @@ class RunContext:
         self.started = time.monotonic()
         self.time_limit_s = settings.time_limit_s(prediction.model)
         self.timeline = timeline or Timeline()
+        # Tests only (KILN_STEP_GATES): where the prediction waits after its first step.
+        self.gate = StepGate.of(prediction, settings, store.redis)
 
     def log(self, line: str) -> None:
         """Best effort: a Redis restart mid-prediction costs log lines, not the prediction."""
@@ -98,3 +101,7 @@ class RunContext:
         """One denoising step done: the progress line tqdm prints on Replicate, then the interruption checks."""
         self.log(tqdm.format_meter(step + 1, getattr(pipe, "num_timesteps", None), time.monotonic() - started))
         self.check_interruptions()
+        if self.gate is not None:
+            gate, self.gate = self.gate, None
+            self.log(f"Waiting at step gate {gate.name}.")
+            gate.wait(self.check_interruptions)
