@@ -162,6 +162,11 @@ class ManagedServer:
     def pid(self) -> int | None:
         return self._process.pid if self._process else None
 
+    @property
+    def running(self) -> bool:
+        """Whether the process started here is alive: neither stopped nor exited on its own."""
+        return self._process is not None and self._process.poll() is None
+
     def start(self) -> Self:
         """Start the process, wait until it answers, raise ``ServerError`` with its log if not."""
         if self._process is not None:

@@ -20,8 +20,7 @@ import redis
 
 from deploy.devstack.servers import S3_CLIENT_CONFIG, S3_REGION, free_port
 from tests.devstack.standin_launcher import WORKER_ARG, WORKER_NAME
-from tests.devstack.test_servers import process_exists
-from tests.support import python, start_process, stop_process, wait_until
+from tests.support import process_exists, python, start_process, stop_process, wait_until
 
 pytestmark = pytest.mark.integration
 

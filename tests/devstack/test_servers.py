@@ -10,18 +10,11 @@ import pytest
 import redis
 
 from deploy.devstack.servers import RedisServer, SeaweedS3Server
+from tests.support import process_exists
 
 pytestmark = pytest.mark.integration
 
 _TCP_LISTEN = "0A"
-
-
-def process_exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def listening_addresses(pid: int) -> set[tuple[str, int]]:

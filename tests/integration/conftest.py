@@ -1,5 +1,8 @@
 """A real stack per test session: redis-server and SeaweedFS on free ports, the API under uvicorn
-(plain and TLS), a Celery GPU worker on the tiny profile and a webhook worker, all as subprocesses."""
+(plain and TLS), a Celery GPU worker on the tiny profile and a webhook worker, all as subprocesses.
+
+Before each test that uses it, ``repaired_stack`` restarts whatever an earlier test left down, so
+one failing test never takes the tests after it with it."""
 
 from __future__ import annotations
 
@@ -9,17 +12,21 @@ import secrets
 import signal
 import ssl
 import subprocess
+import warnings
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import pytest
+import redis
 import trustme
 
 from deploy.devstack.servers import RedisServer, SeaweedS3Server, free_port, free_ports
 from shared.settings import Settings
 from tests.support import python, start_process, stop_process, wait_until
+from tests.support.step_gates import open_every_gate
 
 TOKEN_A = "token-a-" + secrets.token_hex(8)
 TOKEN_B = "token-b-" + secrets.token_hex(8)
@@ -33,6 +40,8 @@ LEASE_S = 3
 TIME_LIMITED_MODEL = "kiln/ip-adapter-openpose-xl"
 TIME_LIMIT_S = 10
 SHUTDOWN_GRACE_S = 1
+# A Celery worker logs this once it takes jobs.
+READY = b" ready."
 
 CELERY = [python(), "-m", "celery", "-A", "worker.celery_app:app", "worker", "--loglevel", "INFO"]
 GPU_WORKER_ARGV = CELERY + ["--pool", "solo", "--concurrency", "1", "-Q", "gpu.sd2-depth", "--hostname", "test-gpu@%h"]
@@ -51,6 +60,9 @@ class Stack:
     s3: SeaweedS3Server
     logs: Path
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+    # How each process was started (to start it again), and its log's " ready." count before.
+    argv: dict[str, list[str]] = field(default_factory=dict)
+    ready_lines_before: dict[str, int] = field(default_factory=dict)
     # Each worker's Prometheus port (KILN_WORKER_METRICS_PORT), by process name.
     metrics_ports: dict[str, int] = field(default_factory=dict)
 
@@ -58,27 +70,72 @@ class Stack:
     def redis_url(self) -> str:
         return self.redis.url
 
+    @property
+    def api_urls(self) -> dict[str, tuple[str, ssl.SSLContext | bool]]:
+        """The API processes: base URL and TLS verification for their /health."""
+        return {"api": (self.base_url, True),
+                "api-tls": (self.tls_base_url, ssl.create_default_context(cafile=str(self.tls_ca)))}
+
     def start(self, name: str, argv: list[str]) -> subprocess.Popen:
+        """Start a process of the stack (again, after a crash or a test's kill); ``ready`` waits for it."""
+        log = self.logs / f"{name}.log"
+        self.ready_lines_before[name] = log.read_bytes().count(READY) if log.exists() else 0
         env = self.env | {"KILN_WORKER_METRICS_PORT": str(self.metrics_ports.get(name, 0))}
-        self.processes[name] = start_process(argv, env, self.logs / f"{name}.log")
+        self.argv[name] = argv
+        self.processes[name] = start_process(argv, env, log)
         return self.processes[name]
 
+    def ready(self, name: str) -> None:
+        """Wait until a process started by ``start`` serves: an API answers /health, a worker logs " ready."."""
+        process, log = self.processes[name], self.logs / f"{name}.log"
+        if name in self.api_urls:
+            wait_until(lambda: process.poll() is not None or _healthy(*self.api_urls[name]), 60,
+                       what=f"the {name} process's /health")
+        else:
+            wait_until(lambda: process.poll() is not None or log.read_bytes().count(READY) > self.ready_lines_before[name],
+                       300, what=f"the {name} process to be ready")
+        assert process.poll() is None, log.read_text()[-4000:]
+
     def start_gpu_worker(self) -> None:
-        log = self.logs / "gpu-worker.log"
-        ready_before = log.read_bytes().count(b" ready.") if log.exists() else 0
-        worker = self.start("gpu-worker", GPU_WORKER_ARGV)
-        wait_until(lambda: worker.poll() is not None or log.read_bytes().count(b" ready.") > ready_before, 300,
-                   what="the GPU worker to be ready")
-        assert worker.poll() is None, log.read_text()[-4000:]
+        self.start("gpu-worker", GPU_WORKER_ARGV)
+        self.ready("gpu-worker")
 
     def kill_gpu_worker(self, sig: int = signal.SIGKILL) -> None:
         worker = self.processes["gpu-worker"]
         os.killpg(worker.pid, sig)
         worker.wait(60)
 
+    @contextmanager
+    def gpu_worker_down(self, sig: int) -> Iterator[None]:
+        """Stop the GPU worker with ``sig``; the block runs once it has exited, and a fresh worker
+        is started when the block ends, whatever happened in it."""
+        try:
+            self.kill_gpu_worker(sig)
+            yield
+        finally:
+            self.start_gpu_worker()
+
     def restart_webhook_worker(self) -> None:
         stop_process(self.processes["webhooks"])
         self.start("webhooks", WEBHOOK_WORKER_ARGV)
+
+    def repair(self) -> list[str]:
+        """Bring back whatever is down (Redis, S3, API, workers) and open every step gate left
+        closed, so that an earlier test's failure cannot fail this one. Returns what was repaired."""
+        repaired = [server.name for server in (self.redis, self.s3) if not _serving(server)]
+        for server in (self.redis, self.s3):
+            if server.name in repaired:
+                server.stop()
+                server.start()
+        with redis.Redis.from_url(self.redis_url) as client:
+            repaired += [f"step gate {name}" for name in open_every_gate(client)]
+        down = [name for name, process in self.processes.items() if process.poll() is not None]
+        for name in down:
+            self.start(name, self.argv[name])
+        for name in down:
+            self.ready(name)
+        wait_until(lambda: _healthy(self.base_url), 60, what="the API's /health")
+        return repaired + down
 
     def stop_all(self) -> None:
         for process in self.processes.values():
@@ -123,6 +180,8 @@ def stack_env(root: Path, redis: RedisServer, s3: SeaweedS3Server, access_key: s
         "KILN_LEASE_S": str(LEASE_S),
         "KILN_MODEL_TIME_LIMITS_S": json.dumps({TIME_LIMITED_MODEL: TIME_LIMIT_S}),
         "KILN_SHUTDOWN_GRACE_S": str(SHUTDOWN_GRACE_S),
+        # Slow predictions wait at a gate the test opens (tests.support.step_gates), not on the CPU.
+        "KILN_STEP_GATES": "true",
         "KILN_STORAGE_ATTEMPTS": "2",
         # As the container images log: one JSON object per line, with the prediction id.
         "KILN_LOG_FORMAT": "json",
@@ -152,14 +211,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             # The same API over TLS, as production serves it: Replicate's Python client only turns
             # https:// outputs into FileOutput objects.
             stack.start("api-tls", uvicorn_argv(tls_port) + tls_arguments(root, ca_path))
-            sdxl = stack.start("sdxl-worker", SDXL_WORKER_ARGV)
-            stack.start_gpu_worker()
-            wait_until(lambda: sdxl.poll() is not None or b" ready." in (logs / "sdxl-worker.log").read_bytes(), 300,
-                       what="the SDXL worker to be ready")
-            assert sdxl.poll() is None, (logs / "sdxl-worker.log").read_text()[-4000:]
-            wait_until(lambda: _healthy(stack.base_url), 60, what="the API's /health")
-            tls = ssl.create_default_context(cafile=str(ca_path))
-            wait_until(lambda: _healthy(stack.tls_base_url, verify=tls), 60, what="the TLS API's /health")
+            # Both model workers load their pipelines at once.
+            stack.start("sdxl-worker", SDXL_WORKER_ARGV)
+            stack.start("gpu-worker", GPU_WORKER_ARGV)
+            for name in ("gpu-worker", "sdxl-worker", "api", "api-tls"):
+                stack.ready(name)
             yield stack
         finally:
             stack.stop_all()
@@ -183,6 +239,28 @@ def _healthy(base_url: str, verify: ssl.SSLContext | bool = True) -> bool:
         return httpx.get(f"{base_url}/health", timeout=2, verify=verify).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def _serving(server: RedisServer | SeaweedS3Server) -> bool:
+    """Running and answering (a slow answer on a busy machine is not mistaken for a dead server)."""
+    if not server.running:
+        return False
+    try:
+        wait_until(server.is_ready, 30, what=f"{server.name} to answer")
+    except AssertionError:
+        return False
+    return True
+
+
+@pytest.fixture(autouse=True)
+def repaired_stack(request: pytest.FixtureRequest) -> None:
+    """Before each test that uses the stack: restart what an earlier test killed or stopped."""
+    if "stack" not in request.fixturenames:
+        return
+    repaired = request.getfixturevalue("stack").repair()
+    if repaired:
+        warnings.warn(f"an earlier test left the stack broken; repaired before this test: {', '.join(repaired)}",
+                      stacklevel=1)
 
 
 @pytest.fixture

@@ -17,9 +17,8 @@ import pytest
 from deploy.devstack.servers import free_port
 from tests.integration.conftest import TOKEN_A
 from tests.integration.image_servers import ImageServer, silent_listener
-from tests.integration.test_api_surface import app_for
-from tests.integration.test_predictions import depth2img_input
 from tests.support import assert_problem, data_uri, image_bytes, png_claiming_size
+from tests.support.predictions import app_for, depth2img_input
 
 pytestmark = pytest.mark.integration
 AUTH = {"Authorization": f"Bearer {TOKEN_A}"}

@@ -17,9 +17,8 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from redis import Redis
 
-from tests.integration.test_api_surface import app_for
-from tests.integration.test_predictions import depth2img_input
 from tests.support import PROBLEM_JSON, data_uri, png_bytes, png_claiming_size
+from tests.support.predictions import app_for, depth2img_input
 
 pytestmark = pytest.mark.integration
 FUZZ_DB = 5

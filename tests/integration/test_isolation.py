@@ -14,8 +14,9 @@ from redis import Redis
 from shared.prediction import new_id
 from shared.store import PredictionStore
 from tests.integration.conftest import TOKEN_A, TOKEN_B
-from tests.integration.test_predictions import create, depth2img_input
 from tests.support import assert_problem, png_bytes, wait_for_status, wait_until
+from tests.support.predictions import create, depth2img_input
+from tests.support.step_gates import StepGate
 
 pytestmark = pytest.mark.integration
 TERMINAL = {"succeeded", "failed", "canceled"}
@@ -102,20 +103,21 @@ def test_another_tenant_gets_the_404_of_a_missing_id(client, stream_client, owne
 
 def test_another_tenant_cannot_cancel_a_running_or_queued_prediction(stack, client, other_client):
     """A queued prediction cancels at once and a running one is flagged: neither may happen for B."""
-    running = create(client, width=64, height=64, num_inference_steps=500, prompt_strength=1.0)
-    wait_for_status(client, running["id"], {"processing"})
-    queued = create(client, width=64, height=64)
-    store = PredictionStore(Redis.from_url(stack.redis_url))
-    try:
-        for prediction in (running, queued):
-            assert_problem(other_client.post(f"/v1/predictions/{prediction['id']}/cancel"), 404)
-        assert not store.cancel_requested(running["id"])
-        assert client.get(f"/v1/predictions/{queued['id']}").json()["status"] == "starting"
-        assert client.get(f"/v1/predictions/{running['id']}").json()["status"] == "processing"
-    finally:
-        for prediction in (running, queued):
-            client.post(f"/v1/predictions/{prediction['id']}/cancel")
-        store.redis.close()
+    with StepGate(stack.redis_url) as gate, Redis.from_url(stack.redis_url) as redis_client:
+        # Running until it is canceled, on any machine.
+        running = create(client, prompt=gate.prompt, width=64, height=64, num_inference_steps=500, prompt_strength=1.0)
+        wait_for_status(client, running["id"], {"processing"})
+        queued = create(client, width=64, height=64)
+        store = PredictionStore(redis_client)
+        try:
+            for prediction in (running, queued):
+                assert_problem(other_client.post(f"/v1/predictions/{prediction['id']}/cancel"), 404)
+            assert not store.cancel_requested(running["id"])
+            assert client.get(f"/v1/predictions/{queued['id']}").json()["status"] == "starting"
+            assert client.get(f"/v1/predictions/{running['id']}").json()["status"] == "processing"
+        finally:
+            for prediction in (running, queued):
+                client.post(f"/v1/predictions/{prediction['id']}/cancel")
     assert wait_for_status(client, running["id"], TERMINAL)["status"] == "canceled"
 
 

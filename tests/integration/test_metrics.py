@@ -19,7 +19,7 @@ from shared.prediction import Prediction
 from shared.settings import tenant_of, token_digest
 from tests.integration.conftest import TOKEN_A
 from tests.integration.receiver import WebhookReceiver
-from tests.integration.test_webhooks import create_with_webhook
+from tests.support.predictions import create_with_webhook
 from tests.support import data_uri, png_bytes, wait_for_status, wait_until
 
 pytestmark = pytest.mark.integration

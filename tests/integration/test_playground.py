@@ -18,9 +18,8 @@ from shared.models.sd2_depth2img import Depth2ImgInput
 from shared.models.schedulers import Scheduler
 from tests.integration.browser import CHROMIUM_ARGS, chromium_or_skip, serve_in_thread
 from tests.integration.conftest import PAGE_SIZE, TOKEN_A, TOKEN_B
-from tests.integration.test_predictions import create
-from tests.integration.test_xl_models import run as run_xl
 from tests.support import png_bytes, wait_for_status
+from tests.support.predictions import create, run_xl
 
 # Room for installing chromium with apt on a fresh machine, within the session's first test.
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]

@@ -3,34 +3,17 @@
 from __future__ import annotations
 
 import io
-import re
 import subprocess
 
 import pytest
 from PIL import Image
 
 from tests.integration.conftest import PAGE_SIZE, TOKEN_A, TOKEN_B
-from tests.support import REPO_ROOT, data_uri, png_bytes, python, wait_for_status, wait_until
+from tests.support import REPO_ROOT, python, wait_for_status
+from tests.support.predictions import TERMINAL, create, depth2img_input, step_lines
+from tests.support.step_gates import StepGate, wait_until_waiting
 
 pytestmark = pytest.mark.integration
-
-TERMINAL = {"succeeded", "failed", "canceled"}
-STEP_LINE = re.compile(r"\| *(\d+)/(\d+) \[")
-
-
-def depth2img_input(width=128, height=96, **overrides) -> dict:
-    return {"prompt": "a kiln", "input_image": data_uri(png_bytes(width, height)), "num_inference_steps": 4,
-            "seed": 42} | overrides
-
-
-def create(client, **overrides) -> dict:
-    response = client.post("/v1/predictions", json={"version": "kiln/sd2-depth2img", "input": depth2img_input(**overrides)})
-    assert response.status_code == 201, response.text
-    return response.json()
-
-
-def step_lines(logs: str) -> list[tuple[int, int]]:
-    return [(int(a), int(b)) for a, b in STEP_LINE.findall(logs)]
 
 
 def test_prediction_succeeds_and_its_output_png_downloads(client):
@@ -130,24 +113,25 @@ def test_output_urls_are_signed_capabilities_that_need_no_header(stack, client):
         assert anonymous.get(other_name).status_code == 404
 
 
-def test_cancel_while_running_stops_within_a_step(client):
-    created = create(client, width=64, height=64, num_inference_steps=500, prompt_strength=1.0)
-    wait_until(lambda: step_lines(client.get(f"/v1/predictions/{created['id']}").json()["logs"]), 120,
-               what="the first denoising step")
-    response = client.post(f"/v1/predictions/{created['id']}/cancel")
-    assert response.status_code == 200
-    done = wait_for_status(client, created["id"], TERMINAL, timeout=60)
+def test_cancel_while_running_stops_within_a_step(stack, client):
+    with StepGate(stack.redis_url) as gate:  # never opened: only the cancel ends it
+        created = create(client, prompt=gate.prompt, width=64, height=64, num_inference_steps=500, prompt_strength=1.0)
+        wait_until_waiting(client, created["id"])
+        response = client.post(f"/v1/predictions/{created['id']}/cancel")
+        assert response.status_code == 200
+        done = wait_for_status(client, created["id"], TERMINAL, timeout=60)
     assert done["status"] == "canceled"
     assert done["output"] is None
     assert len(step_lines(done["logs"])) < 500
 
 
-def test_cancel_while_queued_never_runs(client):
-    blocker = create(client, width=64, height=64, num_inference_steps=500, prompt_strength=1.0)
-    queued = create(client)
-    canceled = client.post(f"/v1/predictions/{queued['id']}/cancel").json()
-    assert canceled["status"] == "canceled" and canceled["completed_at"]
-    client.post(f"/v1/predictions/{blocker['id']}/cancel")
+def test_cancel_while_queued_never_runs(stack, client):
+    with StepGate(stack.redis_url) as gate:
+        blocker = create(client, prompt=gate.prompt, width=64, height=64, num_inference_steps=500, prompt_strength=1.0)
+        queued = create(client)
+        canceled = client.post(f"/v1/predictions/{queued['id']}/cancel").json()
+        assert canceled["status"] == "canceled" and canceled["completed_at"]
+        client.post(f"/v1/predictions/{blocker['id']}/cancel")
     # A prediction queued after both runs only once the worker has seen the canceled one's message.
     after = wait_for_status(client, create(client)["id"], TERMINAL)
     assert after["status"] == "succeeded"

@@ -12,19 +12,13 @@ from shared.celery_config import create_celery
 from shared.queues import PREDICT_TASK, SD2_DEPTH
 from shared.retention import Janitor
 from shared.storage import Storage
-from tests.integration.conftest import TIME_LIMIT_S, TIME_LIMITED_MODEL
+from tests.integration.conftest import SHUTDOWN_GRACE_S, TIME_LIMIT_S, TIME_LIMITED_MODEL
 from tests.integration.receiver import WebhookReceiver
-from tests.integration.test_predictions import create, step_lines
-from tests.integration.test_xl_models import xl_input
 from tests.support import data_uri, png_bytes, wait_for_status, wait_until
+from tests.support.predictions import TERMINAL, create, xl_input
+from tests.support.step_gates import StepGate, wait_until_waiting
 
 pytestmark = pytest.mark.integration
-TERMINAL = {"succeeded", "failed", "canceled"}
-
-
-def wait_for_steps(client, prediction_id: str) -> None:
-    wait_until(lambda: step_lines(client.get(f"/v1/predictions/{prediction_id}").json()["logs"]), 60,
-               what="the first denoising step")
 
 
 def completed_deliveries(receiver: WebhookReceiver, path: str, prediction_id: str) -> set[str]:
@@ -34,13 +28,13 @@ def completed_deliveries(receiver: WebhookReceiver, path: str, prediction_id: st
 
 def test_a_worker_killed_mid_denoise_is_replaced_and_the_prediction_completes_once(stack, client):
     secret = client.get("/v1/webhooks/default/secret").json()["key"]
-    with WebhookReceiver(secret) as receiver:
+    with WebhookReceiver(secret) as receiver, StepGate(stack.redis_url) as gate:
         created = client.post("/v1/predictions", json={
             "version": "kiln/sd2-depth2img", "webhook": receiver.url("/killed"), "webhook_events_filter": ["completed"],
-            "input": {"input_image": _image(), "num_inference_steps": 150, "prompt_strength": 1.0, "seed": 1}}).json()
-        wait_for_steps(client, created["id"])
-        stack.kill_gpu_worker(signal.SIGKILL)
-        stack.start_gpu_worker()
+            "input": {"input_image": _image(), "prompt": gate.prompt, "num_inference_steps": 4, "seed": 1}}).json()
+        wait_until_waiting(client, created["id"])  # mid-denoise, on any machine, until the gate opens
+        with stack.gpu_worker_down(signal.SIGKILL):
+            gate.open()
         done = wait_for_status(client, created["id"], TERMINAL, timeout=120)
         assert done["status"] == "succeeded", done["error"]
         assert "Running again (attempt 2)" in done["logs"]
@@ -56,25 +50,31 @@ def test_a_worker_killed_mid_denoise_is_replaced_and_the_prediction_completes_on
 
 
 def test_sigterm_hands_a_running_prediction_back_after_the_grace_period(stack, client):
-    created = create(client, width=64, height=64, num_inference_steps=150, prompt_strength=1.0)
-    wait_for_steps(client, created["id"])
-    stack.kill_gpu_worker(signal.SIGTERM)  # warm shutdown; returns once the worker has exited
-    handed_back = client.get(f"/v1/predictions/{created['id']}").json()
+    with StepGate(stack.redis_url) as gate:
+        created = create(client, prompt=gate.prompt, width=64, height=64)
+        # Held at its gate: still running when the grace period ends, however fast the machine is.
+        assert wait_until_waiting(client, created["id"])["status"] == "processing"
+        sigterm = time.monotonic()
+        with stack.gpu_worker_down(signal.SIGTERM):  # a warm shutdown; the block runs once the worker exited
+            waited = time.monotonic() - sigterm
+            handed_back = client.get(f"/v1/predictions/{created['id']}").json()
+            gate.open()
+    assert waited >= SHUTDOWN_GRACE_S, "the prediction was given its grace period"
     assert handed_back["status"] == "starting"
     assert "handed back to the queue" in handed_back["logs"]
-    stack.start_gpu_worker()
     done = wait_for_status(client, created["id"], TERMINAL, timeout=120)
     assert done["status"] == "succeeded", done["error"]
     assert "Running again" not in done["logs"], "a hand-back is not counted as a worker death"
 
 
-def test_a_prediction_over_its_time_limit_fails_and_the_worker_stays_usable(client):
+def test_a_prediction_over_its_time_limit_fails_and_the_worker_stays_usable(stack, client):
     def run(**inputs) -> dict:
         response = client.post(f"/v1/models/{TIME_LIMITED_MODEL}/predictions", json={"input": xl_input(**inputs)})
         assert response.status_code == 201, response.text
         return wait_for_status(client, response.json()["id"], TERMINAL, timeout=TIME_LIMIT_S + 120)
 
-    slow = run(width=512, height=512, num_inference_steps=100)
+    with StepGate(stack.redis_url) as gate:  # never opened: the prediction runs until its time limit
+        slow = run(prompt=gate.prompt)
     assert slow["status"] == "failed"
     assert slow["error"] == f"prediction exceeded its time limit of {TIME_LIMIT_S} s"
     assert run()["status"] == "succeeded"

@@ -14,16 +14,21 @@ from PIL import Image
 
 from tests.integration.conftest import PAGE_SIZE, TOKEN_A
 from tests.support import png_bytes
+from tests.support.step_gates import WAITING, StepGate
 
 pytestmark = pytest.mark.integration
 FAST = {"prompt": "a kiln", "num_inference_steps": 4, "seed": 7}
 
 
+def replicate_client(stack, transport_class: type[httpx.HTTPTransport] = httpx.HTTPTransport) -> replicate.Client:
+    # The client builds its own transport, so the test CA goes there.
+    transport = transport_class(verify=ssl.create_default_context(cafile=str(stack.tls_ca)))
+    return replicate.Client(api_token=TOKEN_A, base_url=stack.tls_base_url, transport=transport)
+
+
 @pytest.fixture
 def rc(stack) -> replicate.Client:
-    # The client builds its own transport, so the test CA goes there.
-    transport = httpx.HTTPTransport(verify=ssl.create_default_context(cafile=str(stack.tls_ca)))
-    return replicate.Client(api_token=TOKEN_A, base_url=stack.tls_base_url, transport=transport)
+    return replicate_client(stack)
 
 
 @pytest.fixture
@@ -53,11 +58,21 @@ def test_run_by_versioned_reference(rc, image_file):
     assert_png_outputs(outputs)
 
 
-def test_run_with_a_short_wait_falls_back_to_polling(rc, image_file):
+def test_run_with_a_short_wait_falls_back_to_polling(stack, image_file):
     """``Prefer: wait=1`` on a prediction slower than a second: the client must poll to the end."""
-    with image_file.open("rb") as f:
-        outputs = rc.run("kiln/sd2-depth2img", input=FAST | {"input_image": f, "num_inference_steps": 120,
-                                                              "prompt_strength": 1.0}, wait=1)
+    with StepGate(stack.redis_url) as gate:
+        class OpenGateOnceCreated(httpx.HTTPTransport):
+            """The prediction finishes only after the waited create has answered: the client must poll."""
+
+            def handle_request(self, request: httpx.Request) -> httpx.Response:
+                response = super().handle_request(request)
+                if request.method == "POST" and request.url.path.endswith("/predictions"):
+                    gate.open()
+                return response
+
+        rc = replicate_client(stack, OpenGateOnceCreated)
+        with image_file.open("rb") as f:
+            outputs = rc.run("kiln/sd2-depth2img", input=FAST | {"input_image": f, "prompt": gate.prompt}, wait=1)
     assert_png_outputs(outputs)
 
 
@@ -73,16 +88,16 @@ def test_create_wait_reload(rc, image_file):
     assert prediction.metrics["predict_time"] > 0
 
 
-def test_cancel_a_running_prediction(rc, image_file):
-    with image_file.open("rb") as f:
+def test_cancel_a_running_prediction(stack, rc, image_file):
+    with StepGate(stack.redis_url) as gate, image_file.open("rb") as f:  # running until it is canceled
         prediction = rc.models.predictions.create(
             model="kiln/sd2-depth2img",
-            input=FAST | {"input_image": f, "num_inference_steps": 500, "prompt_strength": 1.0},
+            input=FAST | {"input_image": f, "prompt": gate.prompt, "num_inference_steps": 500, "prompt_strength": 1.0},
         )
-    while not (prediction.logs or "").count("/500"):
-        prediction.reload()
-    prediction.cancel()
-    prediction.wait()
+        while WAITING not in (prediction.logs or ""):
+            prediction.reload()
+        prediction.cancel()
+        prediction.wait()
     assert prediction.status == "canceled"
 
 

@@ -13,11 +13,11 @@ from api.app import create_app
 from deploy.devstack.servers import free_port
 from tests.integration.conftest import TOKEN_A
 from tests.integration.receiver import WebhookReceiver
-from tests.integration.test_predictions import depth2img_input
 from tests.support import wait_for_status, wait_until
+from tests.support.predictions import TERMINAL, create_with_webhook, depth2img_input
+from tests.support.step_gates import StepGate
 
 pytestmark = pytest.mark.integration
-TERMINAL = {"succeeded", "failed", "canceled"}
 
 
 @pytest.fixture
@@ -31,15 +31,6 @@ def secret(client) -> str:
 def receiver(secret) -> Iterator[WebhookReceiver]:
     with WebhookReceiver(secret) as r:
         yield r
-
-
-def create_with_webhook(client, url: str, events: list[str] | None = None, **inputs) -> dict:
-    body = {"version": "kiln/sd2-depth2img", "input": depth2img_input(**inputs), "webhook": url}
-    if events is not None:
-        body["webhook_events_filter"] = events
-    response = client.post("/v1/predictions", json=body)
-    assert response.status_code == 201, response.text
-    return response.json()
 
 
 def test_filter_order_signature_and_body_equal_to_get(client, receiver):
@@ -108,12 +99,13 @@ def test_receiver_down_and_webhook_worker_restarted_loses_nothing(stack, client,
         assert late.at("/late")[0].status == "succeeded"
 
 
-def test_cancel_of_a_queued_prediction_sends_completed(client, receiver):
-    blocker = client.post("/v1/predictions", json={"version": "kiln/sd2-depth2img", "input": depth2img_input(
-        width=64, height=64, num_inference_steps=500, prompt_strength=1.0)}).json()
-    queued = create_with_webhook(client, receiver.url("/queued-cancel"))
-    client.post(f"/v1/predictions/{queued['id']}/cancel")
-    client.post(f"/v1/predictions/{blocker['id']}/cancel")
+def test_cancel_of_a_queued_prediction_sends_completed(stack, client, receiver):
+    with StepGate(stack.redis_url) as gate:  # the blocker runs until it is canceled
+        blocker = client.post("/v1/predictions", json={"version": "kiln/sd2-depth2img", "input": depth2img_input(
+            prompt=gate.prompt, width=64, height=64, num_inference_steps=500, prompt_strength=1.0)}).json()
+        queued = create_with_webhook(client, receiver.url("/queued-cancel"))
+        client.post(f"/v1/predictions/{queued['id']}/cancel")
+        client.post(f"/v1/predictions/{blocker['id']}/cancel")
     wait_until(lambda: receiver.at("/queued-cancel"), 30, what="the completed webhook")
     assert [r.status for r in receiver.at("/queued-cancel")] == ["canceled"]
 

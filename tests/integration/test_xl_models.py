@@ -7,32 +7,11 @@ import io
 import numpy as np
 import pytest
 from PIL import Image
-from skimage import data as skimage_data
 
-from tests.support import data_uri, png_bytes, wait_for_status
+from tests.support.predictions import run_xl, xl_input
 
 pytestmark = pytest.mark.integration
-TERMINAL = {"succeeded", "failed", "canceled"}
 XL_MODELS = ["kiln/ip-adapter-depth-xl", "kiln/ip-adapter-openpose-xl"]
-
-
-def astronaut_uri(size: int = 128) -> str:
-    """A real photo (scikit-image's astronaut) as the structure reference for depth and pose."""
-    photo = Image.fromarray(skimage_data.astronaut()).resize((size, size))
-    buffer = io.BytesIO()
-    photo.save(buffer, format="PNG")
-    return data_uri(buffer.getvalue())
-
-
-def xl_input(**overrides) -> dict:
-    return {"prompt": "an astronaut made of clay", "input_image": astronaut_uri(), "ip_image": data_uri(png_bytes(64, 64)),
-            "width": 96, "height": 64, "num_inference_steps": 4, "seed": 5} | overrides
-
-
-def run(client, model: str, **overrides) -> dict:
-    response = client.post(f"/v1/models/{model}/predictions", json={"input": xl_input(**overrides)})
-    assert response.status_code == 201, response.text
-    return wait_for_status(client, response.json()["id"], TERMINAL, timeout=180)
 
 
 def images(client, done: dict) -> list[Image.Image]:
@@ -41,7 +20,7 @@ def images(client, done: dict) -> list[Image.Image]:
 
 @pytest.mark.parametrize("model", XL_MODELS)
 def test_xl_model_succeeds_with_the_control_map_as_an_extra_output(client, model):
-    done = run(client, model, return_control_map=True, num_outputs=2)
+    done = run_xl(client, model, return_control_map=True, num_outputs=2)
     assert done["status"] == "succeeded", done["error"]
     assert [url.split("?")[0].rsplit("/", 1)[1] for url in done["output"]] == ["out-0.png", "out-1.png",
                                                                                "control-map.png"]
@@ -49,7 +28,7 @@ def test_xl_model_succeeds_with_the_control_map_as_an_extra_output(client, model
 
 
 def test_same_seed_same_pixels_other_seed_other_pixels(client):
-    first, second, other = (run(client, XL_MODELS[0], seed=seed) for seed in (11, 11, 12))
+    first, second, other = (run_xl(client, XL_MODELS[0], seed=seed) for seed in (11, 11, 12))
     a, b, c = (np.asarray(images(client, done)[0]) for done in (first, second, other))
     assert np.array_equal(a, b)
     assert not np.array_equal(a, c)

@@ -1,4 +1,9 @@
-"""Helpers the test packages share: test images, processes, polling."""
+"""Helpers the test packages share: test images, processes, polling.
+
+Test modules import helpers from here (and its submodules), never from one another:
+``tests.support.predictions`` (what the integration tests send a stack), ``tests.support.step_gates``
+(a prediction that runs until the test lets it go), ``tests.support.worker_inputs`` (predictor inputs).
+"""
 
 from __future__ import annotations
 
@@ -15,7 +20,7 @@ from pathlib import Path
 import httpx
 from PIL import Image
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def png_bytes(width: int, height: int, seed: int = 0) -> bytes:
@@ -46,6 +51,14 @@ def stop_process(process: subprocess.Popen, timeout: float = 15.0) -> None:
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout)
+
+
+def process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def wait_until(predicate, timeout: float, interval: float = 0.2, what: str = "condition"):

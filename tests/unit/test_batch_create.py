@@ -16,10 +16,13 @@ from deploy.devstack.servers import RedisServer
 from shared import images, queues
 from shared.models.registry import find_model
 from shared.settings import Settings
-from tests.bench.bench import SD2_INPUT
 from tests.support import data_uri
+from tests.support.predictions import depth2img_input
 
+# A real redis-server on a free port (the batch scripts, kombu's priority lists).
+pytestmark = pytest.mark.integration
 HEAVY_AFTER = 3
+SD2_INPUT = depth2img_input(width=64, height=64, num_inference_steps=1, prompt_strength=1.0, seed=1)
 
 
 @pytest.fixture

@@ -13,21 +13,11 @@ from shared.models.registry import find_model
 from shared.models.sd2_depth2img import Depth2ImgInput
 from shared.settings import Settings
 from shared.status import Status
-from tests.support import data_uri, png_bytes
+from tests.support.worker_inputs import FAST, INPUTS, MODEL, gradient, png_uri
 from tests.worker.fakes import FakeContext
 from tests.worker.runner_harness import Harness
-from tests.worker.test_sd2_depth2img import INPUT_64, _gradient, _png_uri
 from worker.predictor_pool import PredictorPool
 from worker.predictors.base import Predictor
-
-MODEL = "kiln/sd2-depth2img"
-FAST = {"num_inference_steps": 4, "scheduler": "K_EULER_ANCESTRAL"}
-INPUTS = [
-    {"prompt": "a red house", "seed": 7, "input_image": INPUT_64},
-    {"prompt": "a blue dog", "seed": 8, "num_outputs": 2, "input_image": data_uri(png_bytes(64, 64, seed=2))},
-    {"prompt": "", "negative_prompt": "fog", "seed": 9, "input_image": INPUT_64,
-     "depth_image": _png_uri(_gradient(64, 64, horizontal=True))},
-]
 
 
 def assert_same_pixels(actual: np.ndarray, expected: np.ndarray) -> None:
@@ -107,7 +97,7 @@ def test_batch_size_one_runs_each_prediction_on_its_own(redis_url, make_settings
 
 
 def test_an_item_that_fails_to_prepare_fails_alone(batching: Harness) -> None:
-    flat = _png_uri(_gradient(64, 64, horizontal=True).point(lambda _: 200))
+    flat = png_uri(gradient(64, 64, horizontal=True).point(lambda _: 200))
     good, bad, good2 = (batching.submit(MODEL, **FAST | INPUTS[0]),
                         batching.submit(MODEL, **FAST | INPUTS[0] | {"depth_image": flat}),
                         batching.submit(MODEL, **FAST | INPUTS[1]))

@@ -10,8 +10,8 @@ import pytest
 from shared import queues
 from shared.settings import Settings
 from shared.status import Status
+from tests.support.worker_inputs import FAST, INPUTS, MODEL
 from tests.worker.runner_harness import Harness, MemoryStorage
-from tests.worker.test_batching import FAST, INPUTS, MODEL
 from worker.predictor_pool import PredictorPool
 from worker.timeline import Timeline, gpu_idle_share
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 from typing import Any, Callable
 
 import numpy as np
@@ -15,24 +14,11 @@ from shared.models.schedulers import Scheduler
 from shared.models.sd2_depth2img import Depth2ImgInput
 from shared.settings import Settings
 from tests.support import data_uri, png_bytes
+from tests.support.worker_inputs import INPUT_64, gradient, png_uri
 from tests.worker.fakes import FakeContext
 from worker.predictors.base import PredictionCanceled
 from worker.predictors.sd2_depth2img import SCHEDULERS, Depth2ImgPredictor, output_size
 from worker.weights.tiny_sd2_depth2img import ensure_tiny_sd2_depth2img
-
-INPUT_64 = data_uri(png_bytes(64, 64, seed=1))
-
-
-def _png_uri(image: Image.Image) -> str:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return data_uri(buffer.getvalue())
-
-
-def _gradient(width: int, height: int, horizontal: bool) -> Image.Image:
-    ramp = np.linspace(0, 255, width if horizontal else height, dtype=np.uint8)
-    grid = np.tile(ramp, (height, 1)) if horizontal else np.tile(ramp[:, None], (1, width))
-    return Image.fromarray(grid, mode="L")
 
 
 @pytest.fixture(scope="module")
@@ -147,18 +133,18 @@ def test_a_canceling_step_callback_stops_the_denoising_loop(predictor: Depth2Img
 
 def test_depth_image_replaces_the_estimated_depth(predictor: Depth2ImgPredictor) -> None:
     estimated = run(predictor)
-    across = run(predictor, depth_image=_png_uri(_gradient(64, 64, horizontal=True)))
-    down = run(predictor, depth_image=_png_uri(_gradient(64, 64, horizontal=False)))
+    across = run(predictor, depth_image=png_uri(gradient(64, 64, horizontal=True)))
+    down = run(predictor, depth_image=png_uri(gradient(64, 64, horizontal=False)))
     assert not same(estimated, across)
     assert not same(across, down)
 
 
 def test_depth_image_of_any_size_is_fitted_to_the_output(predictor: Depth2ImgPredictor) -> None:
-    [image] = run(predictor, input_image=data_uri(png_bytes(128, 64)), depth_image=_png_uri(_gradient(37, 90, True)))
+    [image] = run(predictor, input_image=data_uri(png_bytes(128, 64)), depth_image=png_uri(gradient(37, 90, True)))
     assert image.size == (128, 64)
 
 
 def test_a_flat_depth_image_is_refused(predictor: Depth2ImgPredictor) -> None:
     with pytest.raises(ImageInputError, match="depth_image"):
-        run(predictor, depth_image=_png_uri(Image.new("L", (64, 64), 200)))
+        run(predictor, depth_image=png_uri(Image.new("L", (64, 64), 200)))
 

@@ -11,8 +11,8 @@ from diffusers.models.attention_processor import FusedAttnProcessor2_0
 
 from shared.models.sd2_depth2img import Depth2ImgInput
 from shared.settings import Settings
+from tests.support.worker_inputs import FAST, INPUTS
 from tests.worker.fakes import FakeContext
-from tests.worker.test_batching import FAST, INPUTS
 from worker.predictors.sd2_depth2img import Depth2ImgPredictor
 from worker.tuning import Tuning, fuse_qkv, parse_buckets, snap_to_bucket
 
