@@ -1,20 +1,37 @@
-"""Prediction store: atomic transitions that never leave a terminal state (fakeredis with Lua)."""
+"""Prediction store: atomic transitions that never leave a terminal state (fakeredis with Lua; the
+races on a real redis-server, where two clients' commands really arrive at once)."""
 
 from __future__ import annotations
 
 import threading
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import fakeredis
 import pytest
+import redis
 
+from deploy.devstack.servers import RedisServer
+from shared import keys
 from shared.prediction import Prediction
 from shared.status import Status
 from shared.store import PredictionStore
+
+# Rounds of the start/cancel race: each side wins about half of them, and a non-atomic guard fails within them.
+RACE_ROUNDS = 300
 
 
 @pytest.fixture
 def store() -> PredictionStore:
     return PredictionStore(fakeredis.FakeRedis())
+
+
+@pytest.fixture
+def server_store(tmp_path) -> Iterator[PredictionStore]:
+    """A store on a private redis-server on a free port (never the machine's own Redis)."""
+    with RedisServer(tmp_path / "redis", appendonly=False) as server, redis.Redis.from_url(server.url) as client:
+        yield PredictionStore(client)
 
 
 def make(store: PredictionStore, tenant: str = "t1") -> Prediction:
@@ -92,34 +109,41 @@ def test_missing_prediction(store):
     assert store.request_cancel("nope") is None
 
 
-def test_cancel_racing_start_has_exactly_one_winner(store):
-    """Many rounds of a cancel and a start fired at once: the record always ends consistent."""
-    for _ in range(50):
-        p = make(store)
-        results: dict[str, object] = {}
-        barrier = threading.Barrier(2)
+@pytest.mark.integration  # a real redis-server: two connections, commands arriving at the same moment
+def test_cancel_racing_start_has_exactly_one_winner(server_store):
+    """Rounds of a start and a cancel sent at the same moment on two connections: either the start
+    wins and the cancel only flags it, or the cancel wins and the start is refused; never both."""
+    store = server_store
+    winners: Counter[str] = Counter()
+    with ThreadPoolExecutor(2) as pool:
+        for round_number in range(RACE_ROUNDS):
+            p = make(store)
+            barrier = threading.Barrier(2)
 
-        def start():
-            barrier.wait()
-            results["started"] = store.transition(p.id, Status.PROCESSING)
+            def start(prediction_id: str = p.id, at_once: threading.Barrier = barrier) -> bool:
+                at_once.wait()
+                return store.transition(prediction_id, Status.PROCESSING)
 
-        def cancel():
-            barrier.wait()
-            results["cancel_saw"] = store.request_cancel(p.id)
+            def cancel(prediction_id: str = p.id, at_once: threading.Barrier = barrier) -> Status | None:
+                at_once.wait()
+                return store.request_cancel(prediction_id)
 
-        threads = [threading.Thread(target=start), threading.Thread(target=cancel)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        if results["started"]:
-            # The start won: the cancel found it running and flagged it.
-            assert results["cancel_saw"] is Status.PROCESSING
-            assert store.cancel_requested(p.id)
-            assert store.status(p.id) is Status.PROCESSING
-        else:
-            assert results["cancel_saw"] is Status.STARTING
-            assert store.status(p.id) is Status.CANCELED
+            # Either may reach the barrier first: alternate which one is handed to the pool first.
+            first, second = (start, cancel) if round_number % 2 else (cancel, start)
+            futures = {task: pool.submit(task) for task in (first, second)}
+            started, cancel_saw = futures[start].result(), futures[cancel].result()
+            if started:
+                # The start won: the cancel found it running and flagged it.
+                assert cancel_saw is Status.PROCESSING
+                assert store.cancel_requested(p.id)
+                assert store.status(p.id) is Status.PROCESSING
+            else:
+                assert cancel_saw is Status.STARTING
+                assert store.status(p.id) is Status.CANCELED
+            # It left the queue exactly once, whoever won.
+            assert int(store.redis.hget(keys.queued_by_tenant(), p.tenant) or 0) == 0
+            winners["start" if started else "cancel"] += 1
+    assert set(winners) == {"start", "cancel"}, f"the two never raced: {dict(winners)}"
 
 
 def test_logs_append(store):
