@@ -14,6 +14,8 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from shared.objects import StorageUnavailable
+
 PROBLEM_JSON = "application/problem+json"
 log = logging.getLogger(__name__)
 
@@ -74,6 +76,7 @@ def install_error_handlers(app: FastAPI) -> None:
         log.warning("redis unavailable: %s", exc)
         return problem_response(503, "the prediction store (Redis) is unavailable; retry shortly", {"Retry-After": "5"})
 
+    @app.exception_handler(StorageUnavailable)
     @app.exception_handler(BotoCoreError)
     @app.exception_handler(ClientError)
     async def _storage_down(_: Request, exc: Exception) -> JSONResponse:

@@ -14,7 +14,7 @@ from shared.files import file_id_from_url
 from shared.images import ImageInputError, check_uri_scheme, fetch_url, inspect_image
 from shared.models.base import InputLimits, image_fields
 from shared.models.registry import ModelSpec
-from shared.storage import input_key
+from shared.objects import input_key
 
 
 def validate_input(spec: ModelSpec, raw: dict, services: Services, tenant: str, base_url: str,

@@ -5,15 +5,18 @@ from __future__ import annotations
 import hashlib
 import re
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, field_serializer
 from redis import Redis
 
+if TYPE_CHECKING:
+    from shared.storage import Storage
+
 from shared import keys, retention
 from shared.prediction import format_timestamp, new_id, utcnow
-from shared.storage import Storage, StoredObject, file_key
+from shared.objects import StoredObject, file_key
 
 _FILE_PATH = re.compile(r"^/v1/files/([0-9a-z]{26})$")
 

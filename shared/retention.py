@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import TYPE_CHECKING
 
 from redis import Redis
 
 from shared import keys
-from shared.storage import Storage, file_key, prediction_prefix
+from shared.objects import file_key, prediction_prefix
+
+if TYPE_CHECKING:
+    from shared.storage import Storage
 
 log = logging.getLogger(__name__)
 

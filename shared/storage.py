@@ -1,45 +1,18 @@
-"""S3-compatible object storage for outputs (and, later, uploaded inputs), through boto3."""
+"""S3-compatible object storage through boto3: the one place Kiln talks to S3.
+
+Where objects live and the errors callers handle are in ``shared.objects``, which needs no boto3.
+"""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 
 import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from shared.objects import ObjectNotFound, StorageUnavailable, StoredObject
 from shared.settings import Settings
-
-
-def prediction_prefix(prediction_id: str) -> str:
-    """Everything stored for one prediction lives under this prefix (deleted together at retention)."""
-    return f"predictions/{prediction_id}/"
-
-
-def output_key(prediction_id: str, name: str) -> str:
-    return f"{prediction_prefix(prediction_id)}{name}"
-
-
-def file_key(file_id: str) -> str:
-    """An uploaded file (Files API)."""
-    return f"files/{file_id}"
-
-
-def input_key(prediction_id: str, field: str) -> str:
-    return f"{prediction_prefix(prediction_id)}inputs/{field}"
-
-
-@dataclass
-class StoredObject:
-    body: Iterator[bytes]
-    content_type: str
-    content_length: int
-
-
-class ObjectNotFound(LookupError):
-    pass
 
 
 def _client(settings: Settings, endpoint_url: str, attempts: int = 3):
@@ -103,7 +76,11 @@ class Storage:
         self.client.head_bucket(Bucket=self.bucket)
 
     def put_bytes(self, key: str, data: bytes, content_type: str) -> None:
-        self.client.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type)
+        """Store ``data`` at ``key``; ``StorageUnavailable`` when the server cannot be reached or refuses it."""
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type)
+        except (BotoCoreError, ClientError) as exc:
+            raise StorageUnavailable(str(exc)) from exc
 
     def delete(self, key: str) -> None:
         self.client.delete_object(Bucket=self.bucket, Key=key)

@@ -20,9 +20,8 @@ import time
 import traceback
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from botocore.exceptions import BotoCoreError, ClientError
 from PIL import Image
 
 from shared import metrics
@@ -31,10 +30,10 @@ from shared.images import ImageInputError
 from shared.leases import Leases
 from shared.models.base import InputLimits, ModelInput
 from shared.models.registry import find_model
+from shared.objects import StorageUnavailable, output_key
 from shared.prediction import Prediction, utcnow
 from shared.settings import Settings
 from shared.status import Status
-from shared.storage import Storage, output_key
 from shared.store import PredictionStore
 from shared.webhook_outbox import WebhookNotifier
 from worker.batching import BatchStep, BatchStopped, Companions
@@ -47,6 +46,9 @@ from worker.prefetch import DetachedContext, Prefetcher
 from worker.timeline import Timeline
 from worker.tuning import Tuning
 from worker.uploader import Uploader
+
+if TYPE_CHECKING:
+    from shared.storage import Storage
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +70,7 @@ def describe_failure(exc: BaseException) -> str:
         return f"out of memory: {exc}".strip().rstrip(":")
     if isinstance(exc, ImageInputError):
         return f"could not load an image input: {exc}"
-    if isinstance(exc, (BotoCoreError, ClientError)):
+    if isinstance(exc, StorageUnavailable):
         return f"could not store the outputs (object storage unavailable): {exc}"
     return str(exc) or type(exc).__name__
 

@@ -26,7 +26,7 @@ from shared.prediction import Prediction
 from shared.rendering import output_path, render_prediction
 from shared.secrets import verify_path
 from shared.status import Status
-from shared.storage import ObjectNotFound, output_key
+from shared.objects import ObjectNotFound, output_key
 from shared.store import PredictionStore
 
 router = APIRouter(prefix="/v1", tags=["predictions"])

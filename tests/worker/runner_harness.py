@@ -20,7 +20,7 @@ from shared.enqueue import enqueue_prediction
 from shared.models.registry import find_model
 from shared.prediction import Prediction
 from shared.settings import Settings
-from shared.storage import output_key
+from shared.objects import StorageUnavailable, output_key
 from shared.store import PredictionStore
 from shared.task_messages import PredictMessages
 from worker.predictor_pool import PredictorPool
@@ -35,7 +35,7 @@ class MemoryStorage:
 
     def put_bytes(self, key: str, data: bytes, content_type: str) -> None:
         if self.fail_puts:
-            raise OSError("object storage unreachable")
+            raise StorageUnavailable("object storage unreachable")
         self.objects[key] = data
 
 
