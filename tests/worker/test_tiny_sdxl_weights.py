@@ -18,10 +18,13 @@ from transformers import (
     CLIPTokenizer,
     CLIPVisionConfig,
     CLIPVisionModelWithProjection,
+    DPTConfig,
+    DPTForDepthEstimation,
 )
 
 from worker.weights import random_full, tiny_annotators
 from worker.weights.random_full import ensure_random_full_sdxl, full_configs
+from worker.weights.sdxl_builder import load_config
 from worker.weights.sdxl_builder import (
     BASE_DIR,
     CONTROLNET_DIRS,
@@ -114,6 +117,23 @@ def test_the_random_full_configs_have_the_published_parameter_counts() -> None:
     # ip-adapter_sdxl.safetensors: 70 cross-attention layers, 703 MB in fp16.
     assert sum(name.endswith("to_k_ip.weight") for name in ip_adapter) == 70
     assert sum(tensor.numel() for tensor in ip_adapter.values()) * 2 == pytest.approx(703e6, rel=0.01)
+
+
+def test_the_random_full_sd2_depth2img_configs_have_the_published_parameter_counts() -> None:
+    with torch.device("meta"):
+        models = {
+            "unet": UNet2DConditionModel.from_config(load_config("sd2_depth_unet")),
+            "vae": AutoencoderKL.from_config(load_config("sd2_depth_vae")),
+            "text_encoder": CLIPTextModel(CLIPTextConfig(**load_config("sd2_depth_text_encoder"))),
+            "depth_estimator": DPTForDepthEstimation(DPTConfig(**load_config("sd2_depth_estimator"))),
+        }
+    counts = {name: sum(p.numel() for p in model.parameters()) for name, model in models.items()}
+    # SD 2's UNet (865,910,724) plus the depth channel of conv_in (320 x 3 x 3); OpenCLIP ViT-H/14 text.
+    assert counts["unet"] == 865_910_724 + 320 * 9
+    assert counts["vae"] == 83_653_863
+    assert counts["text_encoder"] == 340_387_840
+    # DPT-Hybrid (Intel/dpt-hybrid-midas, "123M" on its card): a ViT-B/16 over a BiT-R50 stem.
+    assert counts["depth_estimator"] == pytest.approx(123e6, rel=0.01)
 
 
 def test_random_full_builds_the_published_configs_in_fp16_once(tmp_path: Path, monkeypatch) -> None:

@@ -6,11 +6,16 @@ import threading
 import time
 from pathlib import Path
 
+import torch
 from transformers import CLIPTokenizer
 
 from worker.weights.loading import weights_source
 from worker.weights.tiny import MARKER_NAME, ensure_built
 from worker.weights.tiny_sd2_depth2img import build_tiny_sd2_depth2img, ensure_tiny_sd2_depth2img
+
+
+def _no_random_full(weights_dir: Path, device: torch.device) -> Path:
+    raise AssertionError("the random-full profile was not asked for")
 
 
 def _files(folder: Path) -> dict[str, bytes]:
@@ -95,11 +100,24 @@ def test_tokenizer_covers_any_prompt_without_unknown_tokens(weights_dir: Path) -
 
 def test_the_full_profile_loads_its_reference_and_builds_nothing(make_settings, tmp_path: Path) -> None:
     settings = make_settings(weights_profile="full", weights_dir=tmp_path, sd2_depth2img_weights="org/model")
-    assert weights_source(settings, settings.sd2_depth2img_weights, ensure_tiny_sd2_depth2img) == "org/model"
+    assert weights_source(settings, settings.sd2_depth2img_weights, ensure_tiny_sd2_depth2img, _no_random_full) == "org/model"
     assert list(tmp_path.iterdir()) == []
 
 
 def test_the_tiny_profile_loads_the_built_folder(make_settings, weights_dir: Path) -> None:
     settings = make_settings()
-    source = weights_source(settings, settings.sd2_depth2img_weights, ensure_tiny_sd2_depth2img)
+    source = weights_source(settings, settings.sd2_depth2img_weights, ensure_tiny_sd2_depth2img, _no_random_full)
     assert source == str(weights_dir / "tiny" / "sd2-depth2img")
+
+
+def test_the_random_full_profile_builds_its_folder_on_the_configured_device(make_settings, tmp_path: Path) -> None:
+    settings = make_settings(weights_profile="random-full", weights_dir=tmp_path, device="cpu")
+    built = []
+
+    def ensure_random_full(weights_dir: Path, device: torch.device) -> Path:
+        built.append((weights_dir, device))
+        return weights_dir / "random-full" / "sd2-depth2img"
+
+    source = weights_source(settings, settings.sd2_depth2img_weights, ensure_tiny_sd2_depth2img, ensure_random_full)
+    assert source == str(tmp_path / "random-full" / "sd2-depth2img")
+    assert built == [(tmp_path, torch.device("cpu"))]

@@ -178,7 +178,7 @@ class IPAdapterXLPredictor(Predictor[IPAdapterXLInput, IPAdapterXLJob]):
             **shared_base_components(self.settings, weights), controlnet=controlnet
         )
         self.pipe.set_progress_bar_config(disable=True)
-        optimise_pipeline(self.pipe, self.tuning)
+        self.applied = optimise_pipeline(self.pipe, self.tuning)
         # Every prediction gets a fresh scheduler from this config: schedulers keep per-run state.
         self.scheduler_config = self.pipe.scheduler.config
         self.detector = self.load_detector(weights.annotators)

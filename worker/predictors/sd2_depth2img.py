@@ -18,6 +18,7 @@ from worker.predictors.rows import fit, generators, rows, split_images
 from worker.predictors.schedulers import SCHEDULERS
 from worker.tuning import Tuning, optimise_pipeline
 from worker.weights.loading import load_pipeline, weights_source
+from worker.weights.random_full import ensure_random_full_sd2_depth2img
 from worker.weights.tiny_sd2_depth2img import ensure_tiny_sd2_depth2img
 
 SIZE_MULTIPLE = 64
@@ -68,9 +69,10 @@ class Depth2ImgPredictor(Predictor[Depth2ImgInput, Depth2ImgJob]):
 
     def setup(self) -> None:
         self.tuning = Tuning.from_settings(self.settings)
-        source = weights_source(self.settings, self.settings.sd2_depth2img_weights, ensure_tiny_sd2_depth2img)
+        source = weights_source(self.settings, self.settings.sd2_depth2img_weights, ensure_tiny_sd2_depth2img,
+                                ensure_random_full_sd2_depth2img)
         self.pipe = load_pipeline(StableDiffusionDepth2ImgPipeline, source, self.settings)
-        optimise_pipeline(self.pipe, self.tuning)
+        self.applied = optimise_pipeline(self.pipe, self.tuning)
         # Every prediction gets a fresh scheduler from this config: schedulers keep per-run state.
         self.scheduler_config = self.pipe.scheduler.config
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
+import torch
 from diffusers import DiffusionPipeline, ModelMixin
 
 from shared.settings import Settings
@@ -14,10 +15,14 @@ PipelineT = TypeVar("PipelineT", bound=DiffusionPipeline)
 ModelT = TypeVar("ModelT", bound=ModelMixin)
 
 
-def weights_source(settings: Settings, full_ref: str, ensure_tiny: Callable[[Path], Path]) -> str:
-    """What to pass to ``from_pretrained``: the local tiny folder (built on first use) or the full reference."""
+def weights_source(settings: Settings, full_ref: str, ensure_tiny: Callable[[Path], Path],
+                   ensure_random_full: Callable[[Path, torch.device], Path]) -> str:
+    """What to pass to ``from_pretrained``: the local tiny or random-full folder (built on first use, the
+    random-full one on the configured device) or the full profile's reference."""
     if settings.weights_profile == "tiny":
         return str(ensure_tiny(settings.resolved_weights_dir))
+    if settings.weights_profile == "random-full":
+        return str(ensure_random_full(settings.resolved_weights_dir, resolve_device(settings.device)))
     return full_ref
 
 

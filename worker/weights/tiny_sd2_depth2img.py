@@ -93,15 +93,22 @@ def _depth_estimator() -> DPTForDepthEstimation:
         neck_hidden_sizes=(16, 32, 32, 32),
         fusion_hidden_size=32,
     )
-    model = DPTForDepthEstimation(config)
-    # transformers' init (std 0.02) leaves the random depth map flat to 1e-4 and blind to the image;
-    # PyTorch's default init in the neck and head makes it vary with the input, so the map survives
-    # fp16 and the pipeline's min-max normalisation (a flat map normalises to NaN). The positive
-    # bias keeps the head's final ReLU from zeroing the map.
-    for module in (*model.neck.modules(), *model.head.modules()):
-        if isinstance(module, torch.nn.Conv2d | torch.nn.ConvTranspose2d):
-            module.reset_parameters()
-    torch.nn.init.constant_(model.head.head[-2].bias, 0.5)
+    return make_depth_observable(DPTForDepthEstimation(config))
+
+
+def make_depth_observable(model: DPTForDepthEstimation) -> DPTForDepthEstimation:
+    """Make a random DPT's depth map vary with its input image, as a trained one's does; returns ``model``.
+
+    transformers' init (std 0.02) leaves the random depth map flat to 1e-4 and blind to the image;
+    PyTorch's default init in the neck and head makes it vary with the input, so the map survives
+    fp16 and the pipeline's min-max normalisation (a flat map normalises to NaN). The positive
+    bias keeps the head's final ReLU from zeroing the map.
+    """
+    with torch.no_grad():
+        for module in (*model.neck.modules(), *model.head.modules()):
+            if isinstance(module, torch.nn.Conv2d | torch.nn.ConvTranspose2d):
+                module.reset_parameters()
+        torch.nn.init.constant_(model.head.head[-2].bias, 0.5)
     return model
 
 
