@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.kiln-installed
 
-.PHONY: install run test clean chaos bench bench-gpu
+.PHONY: install run test clean chaos bench bench-gpu gpu-kit
 
 install: $(STAMP)
 
