@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.kiln-installed
 
-.PHONY: install run test clean chaos bench bench-gpu gpu-kit
+.PHONY: install run test test-fast clean chaos bench bench-gpu gpu-kit
 
 install: $(STAMP)
 
@@ -20,6 +20,10 @@ run: install
 
 test: install
 	HF_HUB_OFFLINE=1 $(PY) -m pytest $(PYTEST_ARGS)
+
+# The tests that start no servers (unit, worker, deploy and devstack checks).
+test-fast: install
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -m "not integration" $(PYTEST_ARGS)
 
 clean:
 	rm -rf .kiln .pytest_cache
