@@ -16,10 +16,10 @@ from redis import Redis
 
 from shared import keys, retention
 from shared.prediction import format_timestamp, utcnow
-from shared.queued import LUA_QUEUED_DELTA, counter_keys
+from shared.queue_counters import LUA_QUEUED_DELTA, counter_keys
 from shared.status import Status
 
-# KEYS[1]: record, KEYS[2]: events, KEYS[3]: running set, KEYS[4..5]: queued counters (shared.queued).
+# KEYS[1]: record, KEYS[2]: events, KEYS[3]: running set, KEYS[4..5]: queued counters (shared.queue_counters).
 # ARGV[1]: JSON started_at, ARGV[2]: lease expiry, ARGV[3]: prediction id. Starts a queued prediction under a new attempt number and takes
 # its lease; returns that number, or 0 when the prediction is not queued (running, finished, gone).
 _START = LUA_QUEUED_DELTA + """

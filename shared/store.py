@@ -18,11 +18,11 @@ from redis import Redis
 
 from shared import keys, retention
 from shared.prediction import Prediction, format_timestamp, utcnow
-from shared.queued import LUA_QUEUED_DELTA, QueuedCounters, counter_keys
+from shared.queue_counters import LUA_QUEUED_DELTA, QueuedCounters, counter_keys
 from shared.status import ALLOWED_SOURCES, Status
 
 # KEYS[1]: record, KEYS[2]: its event channel, KEYS[3]: the running set (leases), KEYS[4..5]: the
-# queued counters (shared.queued), moved when the prediction leaves or re-enters "starting".
+# queued counters (shared.queue_counters), moved when the prediction leaves or re-enters "starting".
 # ARGV[1]: JSON target status; ARGV[2]: JSON list of allowed source statuses; ARGV[3]: the attempt
 # that must be current ("" for any), so a worker that lost its lease cannot finish a rerun's work;
 # ARGV[4]: prediction id; ARGV[5..]: field, JSON value pairs to set with the new status.
