@@ -13,6 +13,7 @@ from api.idempotency import IdempotencyKeys
 from api.ratelimit import RateLimiter
 from shared.celery_config import create_celery
 from shared.files import FileStore
+from shared.lifecycle import PredictionLifecycle
 from shared.redis_client import connect, connect_async
 from shared.secrets import url_signing_secret
 from shared.settings import Settings
@@ -37,6 +38,8 @@ class Services:
     # Predict messages rendered from a Celery-made template, enqueued with the records.
     messages: PredictMessages
     notifier: WebhookNotifier
+    # Ends predictions (here: cancels of queued ones) with their retention, metrics and webhook.
+    lifecycle: PredictionLifecycle
     rate_limiter: RateLimiter
     idempotency: IdempotencyKeys
 
@@ -47,6 +50,7 @@ class Services:
         storage = Storage(settings)
         celery = create_celery(settings)
         acommands = connect_async(settings.redis_url)
+        notifier = WebhookNotifier(store, WebhookOutbox(sync_redis, settings), celery)
         return cls(
             settings=settings,
             redis=sync_redis,
@@ -58,7 +62,8 @@ class Services:
             files=FileStore(sync_redis, storage, settings.file_retention_s),
             celery=celery,
             messages=PredictMessages(celery),
-            notifier=WebhookNotifier(store, WebhookOutbox(sync_redis, settings), celery),
+            notifier=notifier,
+            lifecycle=PredictionLifecycle(store, notifier),
             rate_limiter=RateLimiter(acommands, settings.rate_limit_per_s, settings.rate_limit_burst),
             idempotency=IdempotencyKeys(sync_redis),
         )

@@ -22,6 +22,7 @@ from shared import queues
 from shared.celery_config import create_celery
 from shared.enqueue import enqueue_prediction
 from shared.leases import Leases
+from shared.lifecycle import PredictionLifecycle
 from shared.logs import apply_format, bound_prediction
 from shared.redis_client import connect
 from shared.retention import Janitor
@@ -73,10 +74,10 @@ class WorkerRuntime:
                                     app, prediction_id, queue, queues.PRIORITY_REQUEUE))
 
     def maintenance(self, with_webhooks: bool) -> Maintenance:
-        leases = Leases(self.redis, self.settings.lease_s, self.settings.retention_s)
-        return Maintenance(worker_jobs(leases, self.store, self.notifier, app, Janitor(self.redis, self.storage),
-                                       self.settings.max_attempts, with_webhooks,
-                                       retention_interval_s=min(30.0, self.settings.retention_s / 4)))
+        leases = Leases(self.redis, self.settings.lease_s)
+        return Maintenance(worker_jobs(PredictionLifecycle(self.store, self.notifier), leases, self.notifier.outbox,
+                                       app, Janitor(self.redis, self.storage), self.settings.max_attempts,
+                                       with_webhooks, retention_interval_s=min(30.0, self.settings.retention_s / 4)))
 
 
 runtime = WorkerRuntime(get_settings())

@@ -20,7 +20,6 @@ from api.schemas import CreateBatch, CreatePrediction, PredictionFields
 from api.services import Services
 from api.submission import create_and_respond
 from api.waiting import events
-from shared.metrics import record_finished
 from shared.models.registry import UnknownModelError, find_model, resolve_version
 from shared.prediction import Prediction
 from shared.rendering import output_path, render_prediction
@@ -129,11 +128,8 @@ def get_prediction(prediction_id: str, tenant: CurrentTenant, services: Services
 @router.post("/predictions/{prediction_id}/cancel")
 def cancel_prediction(prediction_id: str, tenant: CurrentTenant, services: ServicesDep, base: BaseURL) -> dict:
     """Cooperative: a queued prediction ends ``canceled`` now; a running one within one denoising step."""
-    prediction = _owned(services.store, prediction_id, tenant)
-    if services.store.request_cancel(prediction_id) is Status.STARTING:
-        # It never reached a worker, so the API sends its terminal webhook (and counts it).
-        record_finished(prediction.model, Status.CANCELED.value)
-        services.notifier.notify(prediction, "completed")
+    # A queued one never reached a worker, so the API ends it (retention, metrics, webhook).
+    services.lifecycle.cancel(_owned(services.store, prediction_id, tenant))
     return _render(_owned(services.store, prediction_id, tenant), base, services)
 
 
