@@ -132,7 +132,7 @@ async def create_and_respond(
     headers = {} if created else {"Idempotent-Replayed": "true"}
     if wait_s is not None:
         headers["Preference-Applied"] = f"wait={wait_s}"
-        await wait_until_terminal(services.aredis, prediction.id, wait_s)
+        await wait_until_terminal(services.event_redis, prediction.id, wait_s)
         prediction = await run_in_threadpool(services.store.get, prediction.id)
     rendered = render_prediction(prediction, base_url, services.url_signing_secret)
     if wait_s is not None and not prediction.status.is_terminal():

@@ -145,7 +145,7 @@ async def stream_prediction(
 ) -> AsyncIterator[ServerSentEvent]:
     """Server-Sent Events: ``status``, ``logs`` (one line each), ``output``, ``error``, then ``done``."""
     sent_status, sent_logs, sent_output = None, 0, None
-    async for event in events(services.aredis, prediction_id, STREAM_MAX_S):
+    async for event in events(services.event_redis, prediction_id, STREAM_MAX_S):
         if event is not None and "logs" in event:
             continue  # logs are read from the record below, so none are lost or repeated
         prediction = await run_in_threadpool(services.store.get, prediction_id)
