@@ -21,7 +21,7 @@ from api.routes.predictions import cancel_prediction
 from shared import keys, leases as leases_module, store as store_module
 from shared.leases import Leases
 from shared.lifecycle import PredictionLifecycle
-from worker.maintenance import reap_lapsed_leases
+from shared.maintenance import reap_lapsed_leases
 from shared.prediction import Prediction
 from shared.status import ALLOWED_SOURCES, LUA_STATUS_TABLE, TERMINAL, Status, render_lua_status_table
 from shared.store import PredictionStore

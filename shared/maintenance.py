@@ -1,6 +1,7 @@
-"""Periodic work every worker process runs beside its tasks: reaping lapsed leases, deleting data
-past retention and, on the webhook worker, sending due webhook deliveries. Each job's Redis
-operations are atomic claims, so any number of workers can run them at once."""
+"""Periodic work every worker process (``shared.worker_process``) runs beside its tasks: reaping
+lapsed leases, deleting data past retention and, on a worker that consumes the ``webhooks`` queue,
+sending due webhook deliveries. Each job's Redis operations are atomic claims, so any number of
+workers can run them at once."""
 
 from __future__ import annotations
 
