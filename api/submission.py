@@ -17,8 +17,8 @@ from shared import queues
 from shared.metrics import record_created
 from shared.models.registry import ModelSpec
 from shared.prediction import Prediction, new_id
+from shared.prediction_json import render_prediction
 from shared.queue_counters import QueueFull
-from shared.rendering import render_prediction
 from shared.status import Status
 from shared.ssrf import URLRefused, resolve_checked
 

@@ -22,7 +22,7 @@ from api.submission import create_and_respond
 from api.waiting import events
 from shared.models.registry import UnknownModelError, find_model, resolve_version
 from shared.prediction import Prediction
-from shared.rendering import output_path, render_prediction
+from shared.prediction_json import output_path, render_prediction
 from shared.secrets import verify_path
 from shared.status import Status
 from shared.objects import ObjectNotFound, output_key
