@@ -26,6 +26,7 @@ from shared.prediction import Prediction
 from shared.status import ALLOWED_SOURCES, LUA_STATUS_TABLE, TERMINAL, Status, render_lua_status_table
 from shared.store import PredictionStore
 from tests.support import REPO_ROOT
+from tests.support.lifecycle import record_endings
 
 PAIRS = list(itertools.product(Status, Status))
 # Every Lua script that reads or changes a prediction's status, by name.
@@ -54,15 +55,7 @@ def store() -> PredictionStore:
 @pytest.fixture
 def ended(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, Status]]:
     """Every call of the one function that follows a terminal transition, as (prediction id, status)."""
-    calls: list[tuple[str, Status]] = []
-    original = PredictionLifecycle._ended
-
-    def spy(self: PredictionLifecycle, prediction: Prediction, status: Status, predict_time: float | None = None) -> None:
-        calls.append((prediction.id, status))
-        original(self, prediction, status, predict_time)
-
-    monkeypatch.setattr(PredictionLifecycle, "_ended", spy)
-    return calls
+    return record_endings(monkeypatch)
 
 
 def make(store: PredictionStore, status: Status = Status.STARTING) -> Prediction:

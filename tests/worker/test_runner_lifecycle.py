@@ -8,10 +8,9 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from shared import keys
-from shared.lifecycle import PredictionLifecycle
-from shared.prediction import Prediction
 from shared.settings import Settings
 from shared.status import Status
+from tests.support.lifecycle import record_endings
 from tests.support.worker_inputs import FAST, INPUTS, MODEL, gradient, png_uri
 from tests.worker.runner_harness import Harness
 from worker.predictor_pool import PredictorPool
@@ -19,15 +18,8 @@ from worker.predictor_pool import PredictorPool
 
 @pytest.fixture
 def ended(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, Status]]:
-    calls: list[tuple[str, Status]] = []
-    original = PredictionLifecycle._ended
-
-    def spy(self: PredictionLifecycle, prediction: Prediction, status: Status, predict_time: float | None = None) -> None:
-        calls.append((prediction.id, status))
-        original(self, prediction, status, predict_time)
-
-    monkeypatch.setattr(PredictionLifecycle, "_ended", spy)
-    return calls
+    """Every call of the one function that follows a terminal transition, as (prediction id, status)."""
+    return record_endings(monkeypatch)
 
 
 @pytest.fixture
