@@ -15,16 +15,16 @@ from pydantic import ValidationError
 
 from api.errors import ProblemError, input_validation_problem, problem_body
 from api.idempotency import TTL_S, fingerprint
-from api.schemas import BatchItem
+from api.schemas import CreateInBatch
 from api.services import Services
 from api.submission import DUPLICATE_WAIT_S, prepare, store_and_enqueue
 from shared import keys, queues
 from shared.models.registry import ModelSpec, UnknownModelError, find_model, resolve_version
 from shared.prediction import Prediction, new_id
-from shared.rendering import render_prediction
+from shared.prediction_json import render_prediction
 
 
-def _model_of(item: BatchItem, services: Services) -> ModelSpec:
+def _model_of(item: CreateInBatch, services: Services) -> ModelSpec:
     if (item.version is None) == (item.model is None):
         raise ProblemError(422, "give exactly one of version (a version id, owner/name or owner/name:id) or model")
     try:
@@ -37,7 +37,7 @@ def prepare_item(services: Services, tenant: str, raw: dict[str, Any], base_url:
                  checked_images: set[str]) -> Prediction:
     """One item as a prediction ready to store; ``ProblemError`` says what is wrong with it."""
     try:
-        item = BatchItem.model_validate(raw)
+        item = CreateInBatch.model_validate(raw)
     except ValidationError as exc:
         raise input_validation_problem(exc, prefix=()) from None
     return prepare(services, tenant, _model_of(item, services), item, base_url, checked_images)

@@ -24,8 +24,9 @@ class CreatePrediction(PredictionFields):
     version: str = Field(min_length=1, description="A version id, 'owner/name' or 'owner/name:version_id'.")
 
 
-class BatchItem(PredictionFields):
-    """One item of a batch create: names its model by ``version`` or by ``model`` (``owner/name``)."""
+class CreateInBatch(PredictionFields):
+    """One create of a batch create (``CreateBatch.predictions``): names its model by ``version`` or
+    by ``model`` (``owner/name``)."""
 
     version: str | None = Field(default=None, min_length=1)
     model: str | None = Field(default=None, min_length=1)

@@ -13,6 +13,7 @@ from api.idempotency import IdempotencyKeys
 from api.ratelimit import RateLimiter
 from shared.celery_config import create_celery
 from shared.files import FileStore
+from shared.lifecycle import PredictionLifecycle
 from shared.redis_client import connect, connect_async
 from shared.secrets import url_signing_secret
 from shared.settings import Settings
@@ -26,10 +27,11 @@ from shared.webhook_outbox import WebhookNotifier, WebhookOutbox
 class Services:
     settings: Settings
     redis: Redis
-    # For waiting on prediction events (Prefer: wait, streams) without holding a thread.
-    aredis: redis.asyncio.Redis
     # Async commands from the event loop (rate limiting), with the usual read timeout.
-    acommands: redis.asyncio.Redis
+    async_redis: redis.asyncio.Redis
+    # Async, without a read timeout: waiting on prediction events (Prefer: wait, streams) without
+    # holding a thread, for as long as the wait asks.
+    event_redis: redis.asyncio.Redis
     store: PredictionStore
     storage: Storage
     files: FileStore
@@ -37,6 +39,8 @@ class Services:
     # Predict messages rendered from a Celery-made template, enqueued with the records.
     messages: PredictMessages
     notifier: WebhookNotifier
+    # Ends predictions (here: cancels of queued ones) with their retention, metrics and webhook.
+    lifecycle: PredictionLifecycle
     rate_limiter: RateLimiter
     idempotency: IdempotencyKeys
 
@@ -46,20 +50,22 @@ class Services:
         store = PredictionStore(sync_redis, settings.retention_s)
         storage = Storage(settings)
         celery = create_celery(settings)
-        acommands = connect_async(settings.redis_url)
+        async_redis = connect_async(settings.redis_url)
+        notifier = WebhookNotifier(store, WebhookOutbox(sync_redis, settings), celery)
         return cls(
             settings=settings,
             redis=sync_redis,
+            async_redis=async_redis,
             # No read timeout: pub/sub waits block for as long as Prefer: wait or a stream asks.
-            aredis=connect_async(settings.redis_url, socket_timeout=None),
-            acommands=acommands,
+            event_redis=connect_async(settings.redis_url, socket_timeout=None),
             store=store,
             storage=storage,
             files=FileStore(sync_redis, storage, settings.file_retention_s),
             celery=celery,
             messages=PredictMessages(celery),
-            notifier=WebhookNotifier(store, WebhookOutbox(sync_redis, settings), celery),
-            rate_limiter=RateLimiter(acommands, settings.rate_limit_per_s, settings.rate_limit_burst),
+            notifier=notifier,
+            lifecycle=PredictionLifecycle(store, notifier),
+            rate_limiter=RateLimiter(async_redis, settings.rate_limit_per_s, settings.rate_limit_burst),
             idempotency=IdempotencyKeys(sync_redis),
         )
 
@@ -69,5 +75,5 @@ class Services:
 
     async def close(self) -> None:
         self.redis.close()
-        await self.aredis.aclose()
-        await self.acommands.aclose()
+        await self.event_redis.aclose()
+        await self.async_redis.aclose()

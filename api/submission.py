@@ -17,8 +17,8 @@ from shared import queues
 from shared.metrics import record_created
 from shared.models.registry import ModelSpec
 from shared.prediction import Prediction, new_id
-from shared.queued import QueueFull
-from shared.rendering import render_prediction
+from shared.prediction_json import render_prediction
+from shared.queue_counters import QueueFull
 from shared.status import Status
 from shared.ssrf import URLRefused, resolve_checked
 
@@ -132,7 +132,7 @@ async def create_and_respond(
     headers = {} if created else {"Idempotent-Replayed": "true"}
     if wait_s is not None:
         headers["Preference-Applied"] = f"wait={wait_s}"
-        await wait_until_terminal(services.aredis, prediction.id, wait_s)
+        await wait_until_terminal(services.event_redis, prediction.id, wait_s)
         prediction = await run_in_threadpool(services.store.get, prediction.id)
     rendered = render_prediction(prediction, base_url, services.url_signing_secret)
     if wait_s is not None and not prediction.status.is_terminal():

@@ -31,12 +31,12 @@ def parse_prefer_wait(header: str | None, default_s: int) -> int | None:
     return None
 
 
-async def events(aredis: redis.asyncio.Redis, prediction_id: str, timeout_s: float) -> AsyncIterator[dict | None]:
+async def events(event_redis: redis.asyncio.Redis, prediction_id: str, timeout_s: float) -> AsyncIterator[dict | None]:
     """Yield each event published for the prediction, and None at least once a second (to re-check
     state, so a missed message costs at most a second), until ``timeout_s`` passes."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
-    async with aredis.pubsub() as pubsub:
+    async with event_redis.pubsub() as pubsub:
         await pubsub.subscribe(keys.prediction_events(prediction_id))
         yield None  # subscribed: the caller can read state without missing what follows
         while (remaining := deadline - loop.time()) > 0:
@@ -44,10 +44,10 @@ async def events(aredis: redis.asyncio.Redis, prediction_id: str, timeout_s: flo
             yield json.loads(message["data"]) if message else None
 
 
-async def wait_until_terminal(aredis: redis.asyncio.Redis, prediction_id: str, timeout_s: float) -> bool:
+async def wait_until_terminal(event_redis: redis.asyncio.Redis, prediction_id: str, timeout_s: float) -> bool:
     """Block (asynchronously) until the prediction is terminal or ``timeout_s`` passes; True if terminal."""
-    async for _ in events(aredis, prediction_id, timeout_s):
-        raw = await aredis.hget(keys.prediction(prediction_id), "status")
+    async for _ in events(event_redis, prediction_id, timeout_s):
+        raw = await event_redis.hget(keys.prediction(prediction_id), "status")
         if raw is not None and Status(json.loads(raw)).is_terminal():
             return True
     return False

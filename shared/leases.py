@@ -14,63 +14,62 @@ import time
 
 from redis import Redis
 
-from shared import keys, retention
+from shared import keys
 from shared.prediction import format_timestamp, utcnow
-from shared.queued import LUA_QUEUED_DELTA, counter_keys
 from shared.status import Status
+from shared.store import LUA_SET_STATUS, record_keys
 
-# KEYS[1]: record, KEYS[2]: events, KEYS[3]: running set, KEYS[4..5]: queued counters (shared.queued).
-# ARGV[1]: JSON started_at, ARGV[2]: lease expiry, ARGV[3]: prediction id. Starts a queued prediction under a new attempt number and takes
-# its lease; returns that number, or 0 when the prediction is not queued (running, finished, gone).
-_START = LUA_QUEUED_DELTA + """
+# KEYS: as shared.store.LUA_SET_STATUS (record, events, running set, queued counters).
+# ARGV[1]: JSON started_at, ARGV[2]: lease expiry, ARGV[3]: prediction id. Starts the prediction
+# under a new attempt number and takes its lease, if the state table lets it enter PROCESSING (it is
+# queued); returns that number, or 0 when not (running, finished, gone).
+_START = LUA_SET_STATUS + """
 local current = redis.call('HGET', KEYS[1], 'status')
-if not current or cjson.decode(current) ~= 'starting' then return 0 end
-queued_delta(-1)
+if not current then return 0 end
+local status = cjson.decode(current)
+if not may_enter(status, PROCESSING) then return 0 end
 local attempt = tonumber(redis.call('HGET', KEYS[1], 'attempt') or '0') + 1
-redis.call('HSET', KEYS[1], 'status', '"processing"', 'started_at', ARGV[1], 'attempt', tostring(attempt))
+set_status(status, PROCESSING, ARGV[3], 'started_at', ARGV[1], 'attempt', tostring(attempt))
 redis.call('ZADD', KEYS[3], ARGV[2], ARGV[3])
-redis.call('PUBLISH', KEYS[2], '{"status": "processing"}')
 return attempt
 """
 
-# KEYS[1]: record, KEYS[2]: events, KEYS[3]: running set, KEYS[4..5]: queued counters. ARGV[1]: now,
-# ARGV[2]: max attempts, ARGV[3]: prediction id, ARGV[4]: JSON completed_at, ARGV[5]: JSON error for the last attempt.
-# If the lease really lapsed (not renewed meanwhile), requeue or fail. Returns the new status or "".
-_REAP = LUA_QUEUED_DELTA + """
+# KEYS: as shared.store.LUA_SET_STATUS. ARGV[1]: now, ARGV[2]: max attempts, ARGV[3]: prediction id,
+# ARGV[4]: JSON completed_at, ARGV[5]: JSON error for the last attempt.
+# If the lease really lapsed (not renewed meanwhile), requeue (STARTING) or, once the prediction was
+# tried max attempts times, fail it, as far as the state table allows. Returns the new status or "".
+_REAP = LUA_SET_STATUS + """
 local expiry = redis.call('ZSCORE', KEYS[3], ARGV[3])
 if not expiry or tonumber(expiry) > tonumber(ARGV[1]) then return '' end
 redis.call('ZREM', KEYS[3], ARGV[3])
 local current = redis.call('HGET', KEYS[1], 'status')
-if not current or cjson.decode(current) ~= 'processing' then return '' end
+if not current then return '' end
+local status = cjson.decode(current)
 local attempt = tonumber(redis.call('HGET', KEYS[1], 'attempt') or '0')
-if attempt >= tonumber(ARGV[2]) then
-  redis.call('HSET', KEYS[1], 'status', '"failed"', 'completed_at', ARGV[4], 'error', ARGV[5])
-  redis.call('PUBLISH', KEYS[2], '{"status": "failed"}')
-  return 'failed'
+local target = STARTING
+if attempt >= tonumber(ARGV[2]) then target = FAILED end
+-- A lease belongs to a running prediction; any other status is not this reaper's to change.
+if status ~= PROCESSING or not may_enter(status, target) then return '' end
+if target == FAILED then
+  set_status(status, FAILED, ARGV[3], 'completed_at', ARGV[4], 'error', ARGV[5])
+else
+  set_status(status, STARTING, ARGV[3])
 end
-redis.call('HSET', KEYS[1], 'status', '"starting"')
-queued_delta(1)
-redis.call('PUBLISH', KEYS[2], '{"status": "starting"}')
-return 'starting'
+return target
 """
 
 
-def _record_keys(prediction_id: str) -> list[str]:
-    return [keys.prediction(prediction_id), keys.prediction_events(prediction_id), keys.running(), *counter_keys()]
-
-
 class Leases:
-    def __init__(self, redis: Redis, lease_s: float, retention_s: float = 3600) -> None:
+    def __init__(self, redis: Redis, lease_s: float) -> None:
         self.redis = redis
         self.lease_s = lease_s
-        self.retention_s = retention_s
         self._start = redis.register_script(_START)
         self._reap = redis.register_script(_REAP)
 
     def start(self, prediction_id: str) -> int | None:
         """Move a queued prediction to processing under this worker's lease; its attempt number, or
         None when it is not queued (canceled, finished, or already taken by another delivery)."""
-        attempt = self._start(keys=_record_keys(prediction_id),
+        attempt = self._start(keys=record_keys(prediction_id),
                               args=[json.dumps(format_timestamp(utcnow())), time.time() + self.lease_s, prediction_id])
         return int(attempt) or None
 
@@ -83,15 +82,12 @@ class Leases:
 
     def reap(self, prediction_id: str, max_attempts: int) -> Status | None:
         """Requeue (``starting``) or fail (``failed``) a prediction whose lease lapsed; None if it was
-        renewed or finished meanwhile."""
+        renewed or finished meanwhile. The bare status change: ``PredictionLifecycle.reap`` ends a
+        failed one."""
         attempts = self.redis.hget(keys.prediction(prediction_id), "attempt")
         tried = int(attempts or 0)
         error = f"worker died {tried} time{'s' if tried != 1 else ''} while running this prediction"
-        outcome = self._reap(keys=_record_keys(prediction_id),
+        outcome = self._reap(keys=record_keys(prediction_id),
                              args=[time.time(), max_attempts, prediction_id, json.dumps(format_timestamp(utcnow())),
                                    json.dumps(error)])
-        if not outcome:
-            return None
-        if outcome == b"failed":
-            retention.schedule(self.redis, "prediction", prediction_id, time.time() + self.retention_s)
-        return Status(outcome.decode())
+        return Status(outcome.decode()) if outcome else None

@@ -1,19 +1,25 @@
-"""Prometheus metrics, in the default registry of the process that records them.
+"""Prometheus metrics, in the default registry of the process that records them, and the exporter
+a worker process serves them on.
 
 Each process counts what it did itself: the API its creates and the cancels of queued predictions,
-a GPU worker the predictions it ran, the webhook worker its deliveries. Prometheus scrapes every
-API replica (``GET /metrics``) and every worker (``KILN_WORKER_METRICS_PORT``), so cluster totals
-are ``sum by (model, status) (...)`` over the targets. Queue depth is read from Redis at scrape time
-(``api.metrics``) and GPU memory from torch (``worker.metrics``).
+a GPU worker the predictions it ran, the webhook worker its deliveries (and the predictions its
+lease reaper failed). Prometheus scrapes every API replica (``GET /metrics``) and every worker
+(``KILN_WORKER_METRICS_PORT``), so cluster totals are ``sum by (model, status) (...)`` over the
+targets. Queue depth is read from Redis at scrape time (``api.routes.metrics``) and GPU memory from
+torch (``worker.metrics``).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from time import monotonic
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import REGISTRY, Counter, Histogram, start_http_server
+from prometheus_client.registry import Collector
+
+log = logging.getLogger(__name__)
 
 PREDICTIONS_CREATED = Counter(
     "kiln_predictions_created", "Predictions accepted and queued, by model.", ["model"])
@@ -61,3 +67,24 @@ def timed_upload(model: str) -> Iterator[None]:
 
 def record_webhook_delivery(event: str, outcome: str) -> None:
     WEBHOOK_DELIVERIES.labels(event=event, outcome=outcome).inc()
+
+
+_exporting: list[int] = []
+
+
+def start_exporter(port: int, host: str = "0.0.0.0", collectors: Iterable[Collector] = ()) -> bool:
+    """Serve this process's metrics (and ``collectors``) on ``host:port``, once per process. False when
+    off (port 0).
+
+    Each Celery worker is one process (solo pool on a GPU, threads for webhooks), so a plain
+    ``prometheus_client`` HTTP server in that process sees every sample; no multiprocess mode needed.
+    It starts once the worker is ready (models loaded), so an answer on the port also means "serving".
+    """
+    if port == 0 or _exporting:
+        return bool(_exporting)
+    start_http_server(port, addr=host)
+    for collector in collectors:
+        REGISTRY.register(collector)
+    _exporting.append(port)
+    log.info("worker metrics on port %d", port)
+    return True

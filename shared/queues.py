@@ -2,7 +2,7 @@
 
 Each GPU queue is split by priority (kombu's Redis transport keeps one list per step of
 ``PRIORITY_STEPS`` and pops them in order), so interactive creates overtake batch backlogs; see
-docs/scheduling.md.
+docs/scheduling.md. How many predictions wait in each is counted in ``shared.queue_counters``.
 """
 
 SD2_DEPTH = "gpu.sd2-depth"

@@ -1,8 +1,8 @@
 """Prediction records in Redis, with atomic status transitions.
 
-Every status change runs as one Lua script that checks the current status against the allowed
-sources, so a cancel racing a start, a duplicate completion or a late redelivery can never move a
-prediction out of a terminal state.
+Every status change runs as one Lua script that checks the current status against the state table
+(``shared.status.ALLOWED_SOURCES``, rendered into each script), so a cancel racing a start, a
+duplicate completion or a late redelivery can never move a prediction out of a terminal state.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -18,47 +18,67 @@ from redis import Redis
 
 from shared import keys, retention
 from shared.prediction import Prediction, format_timestamp, utcnow
-from shared.queued import LUA_QUEUED_DELTA, QueuedCounters, counter_keys
-from shared.status import ALLOWED_SOURCES, Status
+from shared.queue_counters import LUA_QUEUED_DELTA, QueuedCounters, counter_keys
+from shared.status import LUA_STATUS_TABLE, Status
 
-# KEYS[1]: record, KEYS[2]: its event channel, KEYS[3]: the running set (leases), KEYS[4..5]: the
-# queued counters (shared.queued), moved when the prediction leaves or re-enters "starting".
-# ARGV[1]: JSON target status; ARGV[2]: JSON list of allowed source statuses; ARGV[3]: the attempt
-# that must be current ("" for any), so a worker that lost its lease cannot finish a rerun's work;
-# ARGV[4]: prediction id; ARGV[5..]: field, JSON value pairs to set with the new status.
-# Returns 1 when it changed the record, 0 when not, false when there is none; announces the
-# change to waiters and streams; leaving "processing" drops the lease.
-_TRANSITION = LUA_QUEUED_DELTA + """
-local current = redis.call('HGET', KEYS[1], 'status')
-if not current then return false end
-if ARGV[3] ~= '' and redis.call('HGET', KEYS[1], 'attempt') ~= ARGV[3] then return 0 end
-local status = cjson.decode(current)
-for _, allowed in ipairs(cjson.decode(ARGV[2])) do
-  if status == allowed then
-    local target = cjson.decode(ARGV[1])
-    if status == 'starting' and target ~= 'starting' then queued_delta(-1)
-    elseif target == 'starting' and status ~= 'starting' then queued_delta(1) end
-    redis.call('HSET', KEYS[1], 'status', ARGV[1], unpack(ARGV, 5))
-    if target ~= 'processing' then redis.call('ZREM', KEYS[3], ARGV[4]) end
-    redis.call('PUBLISH', KEYS[2], '{"status": ' .. ARGV[1] .. '}')
-    return 1
-  end
+# Every script that changes a prediction's status starts with this: the state table rendered from
+# shared.status (the status constants and ``may_enter``), the queued counters (shared.queue_counters)
+# and ``set_status``. Those scripts take KEYS[1]: the record, KEYS[2]: its event channel, KEYS[3]: the
+# running set (leases), KEYS[4..5]: the queued counters.
+# set_status(current, target, prediction_id, ...) moves the record from ``current`` to ``target`` (a
+# move the script checked with ``may_enter``) and sets the field, JSON value pairs given after the id:
+# the queued counters follow the prediction into and out of STARTING, leaving PROCESSING drops its
+# lease, and the new status is announced to waiters and streams.
+LUA_SET_STATUS = LUA_STATUS_TABLE + LUA_QUEUED_DELTA + """
+local function set_status(current, target, prediction_id, ...)
+  if current == STARTING and target ~= STARTING then queued_delta(-1)
+  elseif target == STARTING and current ~= STARTING then queued_delta(1) end
+  redis.call('HSET', KEYS[1], 'status', cjson.encode(target), ...)
+  if target ~= PROCESSING then redis.call('ZREM', KEYS[3], prediction_id) end
+  redis.call('PUBLISH', KEYS[2], '{"status": ' .. cjson.encode(target) .. '}')
 end
-return 0
 """
 
-# KEYS[1]: record, KEYS[2]: its event channel, KEYS[3..4]: queued counters. ARGV[1]: JSON completed_at.
-# A queued prediction is canceled on the spot; a running one is flagged, and its worker stops at the next denoising step.
+# KEYS: as LUA_SET_STATUS. ARGV[1]: JSON target status; ARGV[2]: the attempt that must be current
+# ("" for any), so a worker that lost its lease cannot finish a rerun's work; ARGV[3]: prediction
+# id; ARGV[4..]: field, JSON value pairs to set with the new status.
+# Moves the record when the state table allows the move from its current status. Returns 1 when it
+# changed the record, 0 when not, false when there is none.
+_TRANSITION = LUA_SET_STATUS + """
+local current = redis.call('HGET', KEYS[1], 'status')
+if not current then return false end
+if ARGV[2] ~= '' and redis.call('HGET', KEYS[1], 'attempt') ~= ARGV[2] then return 0 end
+local status, target = cjson.decode(current), cjson.decode(ARGV[1])
+if not may_enter(status, target) then return 0 end
+set_status(status, target, ARGV[3], unpack(ARGV, 4))
+return 1
+"""
+
+# KEYS[1]: record, KEYS[2]: its event channel. ARGV[1]: the attempt that must be current ("" for
+# any); ARGV[2..]: field, JSON value pairs. Sets fields of a running prediction (its outputs before
+# it completes) without changing its status, and announces the change. Returns 1 when it set them,
+# 0 when the prediction is not running (under that attempt), false when there is none.
+_UPDATE_RUNNING = LUA_STATUS_TABLE + """
+local current = redis.call('HGET', KEYS[1], 'status')
+if not current then return false end
+if ARGV[1] ~= '' and redis.call('HGET', KEYS[1], 'attempt') ~= ARGV[1] then return 0 end
+if cjson.decode(current) ~= PROCESSING then return 0 end
+if #ARGV > 1 then redis.call('HSET', KEYS[1], unpack(ARGV, 2)) end
+redis.call('PUBLISH', KEYS[2], '{"status": ' .. cjson.encode(PROCESSING) .. '}')
+return 1
+"""
+
+# KEYS: as LUA_SET_STATUS. ARGV[1]: JSON completed_at, ARGV[2]: prediction id.
+# A queued prediction is canceled on the spot; one in any other status the state table lets become
+# canceled (a running one) is flagged, and its worker stops at the next denoising step.
 # Returns the status found.
-_REQUEST_CANCEL = LUA_QUEUED_DELTA + """
+_REQUEST_CANCEL = LUA_SET_STATUS + """
 local current = redis.call('HGET', KEYS[1], 'status')
 if not current then return false end
 local status = cjson.decode(current)
-if status == 'starting' then
-  queued_delta(-1)
-  redis.call('HSET', KEYS[1], 'status', cjson.encode('canceled'), 'completed_at', ARGV[1])
-  redis.call('PUBLISH', KEYS[2], '{"status": "canceled"}')
-elseif status == 'processing' then
+if status == STARTING and may_enter(status, CANCELED) then
+  set_status(status, CANCELED, ARGV[2], 'completed_at', ARGV[1])
+elseif may_enter(status, CANCELED) then
   redis.call('HSET', KEYS[1], 'cancel_requested', 'true')
 end
 return current
@@ -80,6 +100,7 @@ class PredictionStore:
         self.redis = redis
         self.retention_s = retention_s
         self._transition = redis.register_script(_TRANSITION)
+        self._update_running = redis.register_script(_UPDATE_RUNNING)
         self._request_cancel = redis.register_script(_REQUEST_CANCEL)
         self.queued = QueuedCounters(redis)
 
@@ -139,28 +160,19 @@ class PredictionStore:
         ]
 
     def transition(self, prediction_id: str, target: Status, *, if_attempt: int | None = None, **fields: Any) -> bool:
-        """Move to ``target`` and set ``fields`` atomically, if the current status allows it (and,
-        when ``if_attempt`` is given, only if that attempt is still the current one)."""
-        return self._set_if(prediction_id, target, ALLOWED_SOURCES[target], if_attempt, fields)
+        """Move to ``target`` and set ``fields`` atomically, if the state table (``shared.status``)
+        allows the move from the current status (and, when ``if_attempt`` is given, only if that
+        attempt is still the current one).
+
+        This is the bare status change: a terminal status has consequences (retention, metrics, the
+        ``completed`` webhook) that only ``shared.lifecycle.PredictionLifecycle`` adds."""
+        args = [_encode(target.value), _attempt_arg(if_attempt), prediction_id, *_field_args(fields)]
+        return self._transition(keys=record_keys(prediction_id), args=args) == 1
 
     def update_while_processing(self, prediction_id: str, *, if_attempt: int | None = None, **fields: Any) -> bool:
         """Set fields of a running prediction (e.g. its output before it completes); no-op otherwise."""
-        return self._set_if(prediction_id, Status.PROCESSING, {Status.PROCESSING}, if_attempt, fields)
-
-    def _set_if(self, prediction_id: str, target: Status, sources: Iterable[Status], attempt: int | None,
-                fields: dict[str, Any]) -> bool:
-        allowed = sorted(status.value for status in sources)
-        args: list[str] = [_encode(target.value), json.dumps(allowed), "" if attempt is None else json.dumps(attempt),
-                           prediction_id]
-        for name, value in fields.items():
-            args += [name, _encode(value)]
-        changed = self._transition(
-            keys=[keys.prediction(prediction_id), keys.prediction_events(prediction_id), keys.running(),
-                  *counter_keys()], args=args
-        )
-        if changed == 1 and target.is_terminal():
-            self.schedule_retention(prediction_id)
-        return changed == 1
+        args = [_attempt_arg(if_attempt), *_field_args(fields)]
+        return self._update_running(keys=record_keys(prediction_id)[:2], args=args) == 1
 
     def schedule_retention(self, prediction_id: str) -> None:
         """A finished prediction's inputs and outputs are deleted ``retention_s`` from now."""
@@ -171,16 +183,10 @@ class PredictionStore:
         return None if raw is None else Status(json.loads(raw))
 
     def request_cancel(self, prediction_id: str) -> Status | None:
-        """Cancel a queued prediction now, or flag a running one. Returns the status it had."""
-        found = self._request_cancel(
-            keys=[keys.prediction(prediction_id), keys.prediction_events(prediction_id), *counter_keys()],
-            args=[_encode(utcnow())]
-        )
-        if found is None:
-            return None
-        if Status(json.loads(found)) is Status.STARTING:
-            self.schedule_retention(prediction_id)
-        return Status(json.loads(found))
+        """Cancel a queued prediction now, or flag a running one. Returns the status it had (``STARTING``:
+        canceled by this call). The bare status change, as ``transition``."""
+        found = self._request_cancel(keys=record_keys(prediction_id), args=[_encode(utcnow()), prediction_id])
+        return None if found is None else Status(json.loads(found))
 
     def cancel_requested(self, prediction_id: str) -> bool:
         return self.redis.hget(keys.prediction(prediction_id), "cancel_requested") == b"true"
@@ -209,6 +215,19 @@ class PredictionStore:
             more = len(ids) > limit
             ids = ids[:limit]
         return self.get_many([i.decode() for i in ids]), more
+
+
+def record_keys(prediction_id: str) -> list[str]:
+    """The KEYS of a script that changes a prediction's status (``LUA_SET_STATUS``)."""
+    return [keys.prediction(prediction_id), keys.prediction_events(prediction_id), keys.running(), *counter_keys()]
+
+
+def _attempt_arg(attempt: int | None) -> str:
+    return "" if attempt is None else json.dumps(attempt)
+
+
+def _field_args(fields: dict[str, Any]) -> list[str]:
+    return [item for name, value in fields.items() for item in (name, _encode(value))]
 
 
 def _decode_hash(fields: dict[bytes, bytes]) -> dict[str, str]:

@@ -21,7 +21,7 @@ from redis import Redis
 
 from shared import keys, queues
 from shared.prediction import Prediction, new_id
-from shared.rendering import render_prediction
+from shared.prediction_json import render_prediction
 from shared.secrets import url_signing_secret
 from shared.settings import Settings
 from shared.store import PredictionStore

@@ -24,7 +24,9 @@ from worker.interrupts import HandedBack
 SCAN_LIMIT = 32
 
 
-class Companions:
+class BatchClaimer:
+    """Claims the queued predictions that can join a running one's pipeline call (its batch-mates)."""
+
     def __init__(self, store: PredictionStore, leases: Leases, upcoming: Callable[[int], list[str]], max_size: int,
                  window_s: float, poll_s: float = 0.005) -> None:
         self.store = store
@@ -34,7 +36,7 @@ class Companions:
         self.window_s = window_s
         self.poll_s = poll_s
 
-    def gather(self, leader: Prediction, key: Hashable,
+    def claim(self, leader: Prediction, key: Hashable,
                key_of: Callable[[Prediction], Hashable | None]) -> list[tuple[Prediction, int]]:
         """Claim up to ``max_size - 1`` queued predictions batchable with ``leader``: ``(record, attempt)`` each."""
         taken: list[tuple[Prediction, int]] = []
@@ -63,7 +65,9 @@ class Companions:
         return taken
 
 
-class BatchItem(Protocol):
+class BatchedPrediction(Protocol):
+    """A prediction in a micro-batch, as ``BatchStep`` sees it (``worker.runner.RunningPrediction``)."""
+
     done: bool
     ctx: Any
 
@@ -80,7 +84,7 @@ class BatchStep:
     (``HandedBack``) or the last prediction stopping ends the loop.
     """
 
-    def __init__(self, items: Sequence[BatchItem], stop: Callable[[Any, Exception], object]) -> None:
+    def __init__(self, items: Sequence[BatchedPrediction], stop: Callable[[Any, Exception], object]) -> None:
         self.items = items
         self.stop = stop
         self.started = time.monotonic()

@@ -1,26 +1,17 @@
-"""A worker's Prometheus exporter: what it recorded (``shared.metrics``) plus GPU memory on CUDA.
-
-Each Celery worker is one process (solo pool on a GPU, threads for webhooks), so a plain
-``prometheus_client`` HTTP server in that process sees every sample; no multiprocess mode needed.
-It starts once the worker is ready (models loaded), so an answer on the port also means "serving".
-"""
+"""GPU memory series for a GPU worker's Prometheus exporter (``shared.metrics.start_exporter``)."""
 
 from __future__ import annotations
 
-import logging
 import sys
 from collections.abc import Iterator
 
-from prometheus_client import REGISTRY, start_http_server
 from prometheus_client.core import GaugeMetricFamily, Metric
-
-log = logging.getLogger(__name__)
 
 
 class GpuMemoryCollector:
     """torch's CUDA allocator counters per device, when this process uses CUDA; nothing otherwise.
 
-    Never imports torch itself: a worker without CUDA work (webhooks, CPU) reports no GPU series.
+    Never imports torch itself: a worker without CUDA work (on a CPU) reports no GPU series.
     """
 
     def collect(self) -> Iterator[Metric]:
@@ -41,17 +32,3 @@ class GpuMemoryCollector:
             peak.add_metric([device], torch.cuda.max_memory_allocated(index))
             total.add_metric([device], torch.cuda.get_device_properties(index).total_memory)
         yield from (allocated, reserved, peak, total)
-
-
-_started: list[int] = []
-
-
-def start_exporter(port: int, host: str = "0.0.0.0") -> bool:
-    """Serve this process's metrics on ``host:port``, once per process. False when off (port 0)."""
-    if port == 0 or _started:
-        return bool(_started)
-    start_http_server(port, addr=host)
-    REGISTRY.register(GpuMemoryCollector())
-    _started.append(port)
-    log.info("worker metrics on port %d", port)
-    return True

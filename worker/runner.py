@@ -9,6 +9,7 @@ To keep a GPU busy (docs/benchmarks.md) a run may also claim queued predictions 
 (``worker.batching``), use inputs the prefetcher prepared while the previous job denoised
 (``worker.prefetch``), and leave uploads and the terminal transition to a side thread
 (``worker.uploader``). Each prediction keeps its own lease, seed, logs, outputs and webhooks.
+Whatever way it stops, a prediction ends through ``shared.lifecycle`` (``PredictionLifecycle.finish``).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from shared import metrics
 from shared.files import FileStore
 from shared.images import ImageInputError
 from shared.leases import Leases
+from shared.lifecycle import PredictionLifecycle
 from shared.models.base import InputLimits, ModelInput
 from shared.models.registry import find_model
 from shared.objects import StorageUnavailable, output_key
@@ -36,7 +38,7 @@ from shared.settings import Settings
 from shared.status import Status
 from shared.store import PredictionStore
 from shared.webhook_outbox import WebhookNotifier
-from worker.batching import BatchStep, BatchStopped, Companions
+from worker.batching import BatchClaimer, BatchStep, BatchStopped
 from worker.context import RunContext
 from worker.heartbeat import Heartbeat
 from worker.interrupts import HandedBack, LeaseLost, PredictionCanceled
@@ -76,8 +78,8 @@ def describe_failure(exc: BaseException) -> str:
 
 
 @dataclass(eq=False)
-class Item:
-    """One claimed prediction on its way through a (possibly batched) run."""
+class RunningPrediction:
+    """A prediction this worker claimed, on its way through a (possibly batched) run."""
 
     prediction: Prediction
     attempt: int
@@ -99,24 +101,25 @@ class PredictionRunner:
         self.leases = Leases(store.redis, settings.lease_s)
         self.predictors = predictors
         self.notifier = notifier
+        self.lifecycle = PredictionLifecycle(store, notifier)
         self.requeue = requeue
         self.timeline = timeline or Timeline()
         self.tuning = Tuning.from_settings(settings)
         self.uploader = Uploader(self.tuning.async_upload)
-        self.companions: Companions | None = None
+        self.batch_claimer: BatchClaimer | None = None
         self.prefetcher: Prefetcher | None = None
         if upcoming is not None:
-            self.watch_queue(upcoming)
+            self.enable_batching_and_prefetch(upcoming)
         # Set when the worker is shutting down and its grace period has run out.
         self.hand_back = threading.Event()
 
-    def watch_queue(self, upcoming: Upcoming) -> None:
+    def enable_batching_and_prefetch(self, upcoming: Upcoming) -> None:
         """Turn on micro-batching and prefetching (as the settings allow) over this view of the queue."""
         if self.tuning.max_batch_size > 1:
-            self.companions = Companions(self.store, self.leases, upcoming, self.tuning.max_batch_size,
-                                         self.tuning.batch_window_s)
+            self.batch_claimer = BatchClaimer(self.store, self.leases, upcoming, self.tuning.max_batch_size,
+                                              self.tuning.batch_window_s)
         if self.tuning.prefetch:
-            # As many as the next batch may take, so its companions are prepared ahead too.
+            # As many as the next batch may take, so its batch-mates are prepared ahead too.
             self.prefetcher = Prefetcher(self.store, self.files, self.settings, self.timeline, upcoming,
                                          self._prepare_detached, depth=self.tuning.max_batch_size)
 
@@ -127,7 +130,7 @@ class PredictionRunner:
         timer.start()
 
     def close(self, timeout_s: float | None = None) -> None:
-        """Finish the deliveries still uploading and stop prefetching (worker shutdown)."""
+        """Finish the uploads still running (and their predictions) and stop prefetching (worker shutdown)."""
         if not self.uploader.drain(timeout_s):
             log.warning("some outputs were still uploading at shutdown; their leases will lapse and they rerun")
         if self.prefetcher is not None:
@@ -156,19 +159,19 @@ class PredictionRunner:
         except Exception as exc:
             self._settle(items[0], exc)
             return [prediction_id]
-        if self.companions is not None and key is not None:
+        if self.batch_claimer is not None and key is not None:
             def key_of(candidate: Prediction) -> Hashable | None:
                 try:
                     return predictor.batch_key(self._validate(candidate))
                 except ValueError:  # invalid now: it fails on its own run
                     return None
 
-            items += [self._open(p, a) for p, a in self.companions.gather(prediction, key, key_of)]
+            items += [self._open(p, a) for p, a in self.batch_claimer.claim(prediction, key, key_of)]
         for item in items:
             self._prepare(item, predictor)
         if self.prefetcher is not None:
             self.prefetcher.schedule(item.prediction.id for item in items)
-        groups: dict[Hashable, list[Item]] = {}
+        groups: dict[Hashable, list[RunningPrediction]] = {}
         for item in items:
             if not item.done:
                 groups.setdefault(item.job.group_key, []).append(item)
@@ -176,7 +179,7 @@ class PredictionRunner:
             self._generate(predictor, group)
         return [item.prediction.id for item in items]
 
-    def _open(self, prediction: Prediction, attempt: int) -> Item:
+    def _open(self, prediction: Prediction, attempt: int) -> RunningPrediction:
         self.timeline.record("claimed", prediction.id)
         if attempt == 1:
             metrics.record_queue_wait(prediction.model, (utcnow() - prediction.created_at).total_seconds())
@@ -186,7 +189,7 @@ class PredictionRunner:
                          lease_lost=heartbeat.lost, hand_back=self.hand_back, timeline=self.timeline)
         if attempt > 1:
             ctx.log(f"Running again (attempt {attempt}): the previous worker stopped without finishing.")
-        return Item(prediction, attempt, ctx, heartbeat)
+        return RunningPrediction(prediction, attempt, ctx, heartbeat)
 
     def _validate(self, prediction: Prediction) -> ModelInput:
         # The same bounds as at submission, in case settings changed since.
@@ -196,7 +199,7 @@ class PredictionRunner:
     def _prepare_detached(self, prediction: Prediction, ctx: DetachedContext) -> PreparedJob:
         return self.predictors.get(find_model(prediction.model)).prepare(self._validate(prediction), ctx)
 
-    def _prepare(self, item: Item, predictor: Predictor) -> None:
+    def _prepare(self, item: RunningPrediction, predictor: Predictor) -> None:
         try:
             item.ctx.check_interruptions()
             prefetched = self.prefetcher.take(item.prediction.id, item.attempt) if self.prefetcher else None
@@ -210,7 +213,7 @@ class PredictionRunner:
         except Exception as exc:
             self._settle(item, exc)
 
-    def _generate(self, predictor: Predictor, group: list[Item]) -> None:
+    def _generate(self, predictor: Predictor, group: list[RunningPrediction]) -> None:
         """One pipeline call for the group; a failure that is not an interruption reruns each item alone."""
         for item in group:
             self.timeline.record("gpu_start", item.prediction.id)
@@ -233,14 +236,14 @@ class PredictionRunner:
                 self.timeline.record("gpu_end", item.prediction.id)
         for item, item_outputs in zip(group, outputs):
             if not item.done:
-                self._deliver(item, item_outputs)
+                self._upload_and_finish(item, item_outputs)
 
-    def _deliver(self, item: Item, outputs: list[Output]) -> None:
-        """Upload the outputs, then complete the prediction: in line, or in the uploader's thread."""
+    def _upload_and_finish(self, item: RunningPrediction, outputs: list[Output]) -> None:
+        """Upload the outputs, then end the prediction ``succeeded``: in line, or in the uploader's thread."""
         item.done = True
         predict_time = time.monotonic() - item.ctx.started
 
-        def deliver() -> None:
+        def upload_and_finish() -> None:
             prediction, attempt = item.prediction, item.attempt
             try:
                 with metrics.timed_upload(prediction.model):
@@ -251,12 +254,12 @@ class PredictionRunner:
             self.timeline.record("uploaded", prediction.id)
             if self.store.update_while_processing(prediction.id, if_attempt=attempt, output=names):
                 self.notifier.notify(prediction, "output")
-            self._finish(prediction, attempt, Status.SUCCEEDED, output=names, predict_time=predict_time)
+            self._finish(item, Status.SUCCEEDED, output=names, predict_time=predict_time)
             self._close(item)
 
-        self.uploader.submit(deliver)
+        self.uploader.submit(upload_and_finish)
 
-    def _settle(self, item: Item, exc: Exception, predict_time: float | None = None) -> Status | None:
+    def _settle(self, item: RunningPrediction, exc: Exception, predict_time: float | None = None) -> Status | None:
         """End a prediction that stopped with ``exc``: canceled, failed, handed back, or left to another worker."""
         item.done = True
         prediction, attempt, ctx = item.prediction, item.attempt, item.ctx
@@ -269,15 +272,14 @@ class PredictionRunner:
                 return self._hand_back(prediction, attempt)
             if isinstance(exc, PredictionCanceled):
                 ctx.log("Prediction canceled.")
-                return self._finish(prediction, attempt, Status.CANCELED, predict_time=predict_time)
+                return self._finish(item, Status.CANCELED, predict_time=predict_time)
             log.error("prediction %s failed", prediction.id, exc_info=exc)
             ctx.log("".join(traceback.format_exception(exc)))
-            return self._finish(prediction, attempt, Status.FAILED, error=describe_failure(exc),
-                                predict_time=predict_time)
+            return self._finish(item, Status.FAILED, error=describe_failure(exc), predict_time=predict_time)
         finally:
             self._close(item)
 
-    def _close(self, item: Item) -> None:
+    def _close(self, item: RunningPrediction) -> None:
         self.timeline.record("finished", item.prediction.id)
         item.heartbeat.__exit__(None, None, None)
 
@@ -298,12 +300,8 @@ class PredictionRunner:
         log.info("prediction %s handed back to the queue", prediction.id)
         return Status.STARTING
 
-    def _finish(self, prediction: Prediction, attempt: int, status: Status, **fields: object) -> Status | None:
-        if self.store.transition(prediction.id, status, if_attempt=attempt, completed_at=utcnow(), **fields):
-            log.info("prediction %s %s", prediction.id, status.value)
-            metrics.record_finished(prediction.model, status.value, fields.get("predict_time"))
-            self.notifier.notify(prediction, "completed")
-            return status
-        log.warning("prediction %s could not move to %s: it is %s", prediction.id, status.value,
-                    self.store.status(prediction.id))
-        return None
+    def _finish(self, item: RunningPrediction, status: Status, predict_time: float, **fields: object) -> Status | None:
+        """End the prediction through the one lifecycle (``shared.lifecycle``): its status, or None
+        when it could not (another attempt owns it now, or it had ended)."""
+        ended = self.lifecycle.finish(item.prediction, status, attempt=item.attempt, predict_time=predict_time, **fields)
+        return status if ended else None

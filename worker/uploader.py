@@ -1,4 +1,4 @@
-"""Where finished jobs are delivered: uploads and the terminal transition, in line or in a side thread.
+"""Where finished jobs are uploaded and their predictions ended, in line or in a side thread.
 
 In a side thread the GPU starts the next job while the last one's images are encoded and uploaded.
 A job still completes only after its upload succeeded, under its own lease (its heartbeat runs
@@ -23,12 +23,13 @@ class Uploader:
         self._pending: set[Future] = set()
         self._lock = threading.Lock()
 
-    def submit(self, deliver: Callable[[], object]) -> None:
+    def submit(self, upload_and_finish: Callable[[], object]) -> None:
+        """Run a finished job's upload-and-finish step, in line or in the side thread."""
         if self._executor is None:
-            deliver()
+            upload_and_finish()
             return
         self._slots.acquire()
-        future = self._executor.submit(deliver)
+        future = self._executor.submit(upload_and_finish)
         with self._lock:
             self._pending.add(future)
         future.add_done_callback(self._done)
@@ -38,10 +39,10 @@ class Uploader:
             self._pending.discard(future)
         self._slots.release()
         if not future.cancelled() and future.exception() is not None:
-            log.error("delivering a finished job failed", exc_info=future.exception())
+            log.error("uploading and finishing a job failed", exc_info=future.exception())
 
     def drain(self, timeout_s: float | None = None) -> bool:
-        """Wait for every submitted delivery; False if some were still running after ``timeout_s``."""
+        """Wait for every submitted upload; False if some were still running after ``timeout_s``."""
         with self._lock:
             pending = set(self._pending)
         return not wait(pending, timeout=timeout_s).not_done

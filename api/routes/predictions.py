@@ -20,10 +20,9 @@ from api.schemas import CreateBatch, CreatePrediction, PredictionFields
 from api.services import Services
 from api.submission import create_and_respond
 from api.waiting import events
-from shared.metrics import record_finished
 from shared.models.registry import UnknownModelError, find_model, resolve_version
 from shared.prediction import Prediction
-from shared.rendering import output_path, render_prediction
+from shared.prediction_json import output_path, render_prediction
 from shared.secrets import verify_path
 from shared.status import Status
 from shared.objects import ObjectNotFound, output_key
@@ -129,11 +128,8 @@ def get_prediction(prediction_id: str, tenant: CurrentTenant, services: Services
 @router.post("/predictions/{prediction_id}/cancel")
 def cancel_prediction(prediction_id: str, tenant: CurrentTenant, services: ServicesDep, base: BaseURL) -> dict:
     """Cooperative: a queued prediction ends ``canceled`` now; a running one within one denoising step."""
-    prediction = _owned(services.store, prediction_id, tenant)
-    if services.store.request_cancel(prediction_id) is Status.STARTING:
-        # It never reached a worker, so the API sends its terminal webhook (and counts it).
-        record_finished(prediction.model, Status.CANCELED.value)
-        services.notifier.notify(prediction, "completed")
+    # A queued one never reached a worker, so the API ends it (retention, metrics, webhook).
+    services.lifecycle.cancel(_owned(services.store, prediction_id, tenant))
     return _render(_owned(services.store, prediction_id, tenant), base, services)
 
 
@@ -149,7 +145,7 @@ async def stream_prediction(
 ) -> AsyncIterator[ServerSentEvent]:
     """Server-Sent Events: ``status``, ``logs`` (one line each), ``output``, ``error``, then ``done``."""
     sent_status, sent_logs, sent_output = None, 0, None
-    async for event in events(services.aredis, prediction_id, STREAM_MAX_S):
+    async for event in events(services.event_redis, prediction_id, STREAM_MAX_S):
         if event is not None and "logs" in event:
             continue  # logs are read from the record below, so none are lost or repeated
         prediction = await run_in_threadpool(services.store.get, prediction_id)

@@ -1,6 +1,5 @@
-"""The programs of the local stack, as supervisord will run them.
-
-To run another Celery worker (the SDXL queue, the webhook worker), add a row to ``WORKERS``.
+"""The programs of the local stack, as supervisord will run them: Redis and SeaweedFS (unless
+external), the API, and a Celery worker per row of ``WORKERS`` (to run another, add a row).
 """
 
 from __future__ import annotations
@@ -28,15 +27,21 @@ class Program:
     stop_wait_s: int = 15
 
 
+# Celery apps (``-A``): the GPU worker, and the webhook worker that imports no torch.
+GPU_WORKER_APP = "worker.celery_app:app"
+WEBHOOK_WORKER_APP = "webhook_worker.celery_app:app"
+
+
 @dataclass(frozen=True)
 class WorkerSpec:
-    """A Celery worker: the queues it consumes and how it runs tasks."""
+    """A Celery worker: its app, the queues it consumes and how it runs tasks."""
 
     name: str
     queues: tuple[str, ...]
     hostname: str
     pool: str = "solo"
     concurrency: int = 1
+    app: str = GPU_WORKER_APP
 
 
 WORKERS: tuple[WorkerSpec, ...] = (
@@ -45,7 +50,8 @@ WORKERS: tuple[WorkerSpec, ...] = (
     # Both SDXL models in one process: they share one SDXL base in memory.
     WorkerSpec("worker-sdxl", (queues.SDXL,), "gpu-sdxl@%h"),
     # Webhook delivery is network-bound: threads, and the poller that re-sends due deliveries.
-    WorkerSpec("worker-webhooks", (queues.WEBHOOKS,), "webhooks@%h", pool="threads", concurrency=8),
+    WorkerSpec("worker-webhooks", (queues.WEBHOOKS,), "webhooks@%h", pool="threads", concurrency=8,
+               app=WEBHOOK_WORKER_APP),
 )
 
 
@@ -82,7 +88,7 @@ def worker_program(context: StackContext, spec: WorkerSpec) -> Program:
     return Program(
         spec.name,
         [
-            context.python, "-m", "celery", "-A", "worker.celery_app:app", "worker",
+            context.python, "-m", "celery", "-A", spec.app, "worker",
             "--pool", spec.pool, "--concurrency", str(spec.concurrency),
             "-Q", ",".join(spec.queues), "--hostname", spec.hostname, "--loglevel", "INFO",
         ],

@@ -29,7 +29,8 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 LOOPBACK = "127.0.0.1"
 S3_REGION = "us-east-1"
-# What the project's storage client uses (DESIGN.md section 5); the readiness check uses it too.
+# The client options shared/storage.py uses (SigV4, path-style, checksums only when required); the
+# readiness check uses them too.
 S3_CLIENT_CONFIG = Config(
     signature_version="s3v4",
     s3={"addressing_style": "path"},

@@ -100,6 +100,17 @@ def test_gpu_workers_reserve_a_gpu_share_the_weights_and_consume_their_family():
     assert "weights" in compose()["volumes"]
 
 
+def test_the_webhook_worker_runs_its_own_entry_point_on_the_api_image():
+    services = compose()["services"]
+    webhooks, api = services["webhooks"], services["api"]
+    assert (webhooks["image"], webhooks["build"]) == (api["image"], api["build"])
+    assert webhooks["build"]["dockerfile"] == "deploy/docker/Dockerfile.api"
+    assert webhooks["command"][webhooks["command"].index("-A") + 1] == "webhook_worker.celery_app:app"
+    for name in GPU_WORKERS:
+        command = services[name]["command"]
+        assert command[command.index("-A") + 1] == "worker.celery_app:app"
+
+
 def test_workers_serve_metrics_where_their_healthcheck_and_prometheus_look():
     services = compose()["services"]
     scrape = load_yaml(REPO_ROOT / "deploy" / "prometheus" / "prometheus.yml")

@@ -102,6 +102,21 @@ def test_the_api_image_installs_only_the_core_set():
     assert "worker" not in copied
 
 
+@pytest.mark.parametrize(("dockerfile", "packages"), [
+    # The API image also runs the webhook worker (compose, Kubernetes).
+    ("Dockerfile.api", {"api", "shared", "webhook_worker"}),
+    # The GPU worker registers the webhook delivery task too, for a worker given the webhooks queue.
+    ("Dockerfile.worker", {"api", "shared", "webhook_worker", "worker"}),
+])
+def test_each_image_copies_the_packages_its_entry_points_import(dockerfile, packages):
+    text = (DOCKER_DIR / dockerfile).read_text()
+    copied = {source for source, target in re.findall(r"^COPY (?!--from)(\S+) (\S+)$", text, flags=re.M)
+              if source == target}
+    assert copied == packages
+    included = pyproject()["tool"]["setuptools"]["packages"]["find"]["include"]
+    assert {f"{package}*" for package in packages} <= set(included)
+
+
 def test_the_worker_image_pins_torch_as_pyproject_does():
     text = (DOCKER_DIR / "Dockerfile.worker").read_text()
     pins = {_name(r): str(Requirement(r).specifier) for r in pyproject()["project"]["optional-dependencies"]["worker"]}
@@ -112,12 +127,12 @@ def test_the_worker_image_pins_torch_as_pyproject_does():
     assert "KILN_WEIGHTS_DIR=/weights" in text and "HF_HOME=/weights" in text
 
 
-def test_api_and_shared_never_import_torch():
+def test_api_shared_and_the_webhook_worker_never_import_torch():
     code = """
 import importlib, pkgutil, sys
-import api, shared
+import api, shared, webhook_worker
 from api.app import create_app
-for package in (api, shared):
+for package in (api, shared, webhook_worker):
     for module in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
         importlib.import_module(module.name)
 create_app()

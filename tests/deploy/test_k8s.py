@@ -162,6 +162,17 @@ def test_gpu_workers_outlast_their_longest_prediction_when_stopped(name):
     assert command[command.index("--pool") + 1] == "solo"
 
 
+def test_the_webhook_worker_runs_its_own_entry_point_on_the_api_image():
+    deployments = by_kind("Deployment")
+    webhooks = container(deployments["kiln-worker-webhooks"])
+    assert webhooks["image"] == container(deployments["kiln-api"])["image"] == "kiln-api"
+    command = webhooks["command"]
+    assert command[command.index("-A") + 1] == "webhook_worker.celery_app:app"
+    for name in GPU_WORKERS:
+        command = container(deployments[name])["command"]
+        assert command[command.index("-A") + 1] == "worker.celery_app:app"
+
+
 def test_api_scales_on_cpu_and_the_webhook_worker_needs_no_gpu():
     assert consumed_queue(by_kind("Deployment")["kiln-worker-webhooks"]) == queues.WEBHOOKS
     assert "nvidia.com/gpu" not in json.dumps(by_kind("Deployment")["kiln-worker-webhooks"])

@@ -60,8 +60,11 @@ def test_servers_start_before_the_api_and_the_workers(tmp_path: Path) -> None:
     assert programs["api"].command[-4:] == ["--host", "127.0.0.1", "--port", "8123"]
     worker = shlex.join(programs["worker-sd2"].command)
     assert f"-Q {queues.SD2_DEPTH} " in worker and "--pool solo --concurrency 1" in worker
+    assert "-A worker.celery_app:app " in worker
     webhooks = shlex.join(programs["worker-webhooks"].command)
     assert f"-Q {queues.WEBHOOKS} " in webhooks and "--pool threads" in webhooks
+    # The webhook worker's own entry point, which imports no torch.
+    assert "-A webhook_worker.celery_app:app " in webhooks
 
 
 def test_supervisord_config_reads_back_commands_unchanged(tmp_path: Path) -> None:

@@ -44,10 +44,12 @@ SHUTDOWN_GRACE_S = 1
 READY = b" ready."
 
 CELERY = [python(), "-m", "celery", "-A", "worker.celery_app:app", "worker", "--loglevel", "INFO"]
+# The webhook worker's own entry point (no torch), as deploy/devstack, compose and Kubernetes run it.
+WEBHOOK_CELERY = [python(), "-m", "celery", "-A", "webhook_worker.celery_app:app", "worker", "--loglevel", "INFO"]
 GPU_WORKER_ARGV = CELERY + ["--pool", "solo", "--concurrency", "1", "-Q", "gpu.sd2-depth", "--hostname", "test-gpu@%h"]
 SDXL_WORKER_ARGV = CELERY + ["--pool", "solo", "--concurrency", "1", "-Q", "gpu.sdxl", "--hostname", "test-sdxl@%h"]
-WEBHOOK_WORKER_ARGV = CELERY + ["--pool", "threads", "--concurrency", "4", "-Q", "webhooks",
-                                "--hostname", "test-webhooks@%h"]
+WEBHOOK_WORKER_ARGV = WEBHOOK_CELERY + ["--pool", "threads", "--concurrency", "4", "-Q", "webhooks",
+                                        "--hostname", "test-webhooks@%h"]
 
 
 @dataclass

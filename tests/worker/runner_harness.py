@@ -69,7 +69,7 @@ class Harness:
                                        requeue=lambda prediction_id, queue: None)
         self.queues = sorted({spec.queue for spec in map(find_model, predictors.models)})
         self.peek = QueuePeek(self.redis, self.queues)
-        self.runner.watch_queue(self.peek.upcoming)
+        self.runner.enable_batching_and_prefetch(self.peek.upcoming)
         self.timeline = self.runner.timeline
 
     def submit(self, model: str, priority: int = 0, **inputs: Any) -> str:

@@ -1,4 +1,5 @@
-"""The webhook worker's side: attempt one delivery, signed, to the address that was checked."""
+"""Webhook delivery: attempt one recorded delivery (``shared.webhook_outbox``), signed, to the
+address that was checked, and record the outcome. What the ``kiln.deliver_webhook`` task runs."""
 
 from __future__ import annotations
 
@@ -8,12 +9,16 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
 import httpx
+from celery import Celery
 
+from shared import queues
 from shared.metrics import record_webhook_delivery
+from shared.secrets import webhook_secret
 from shared.settings import Settings
 from shared.webhook_outbox import DELIVERED, FAILED, PENDING, Delivery, WebhookOutbox
 from shared.ssrf import URLRefused, pinned_client, pinned_request, resolve_checked
 from shared.webhooks import THROTTLED_EVENTS, signature_headers
+from shared.worker_process import WorkerProcess
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +77,7 @@ def post_signed(delivery: Delivery, secret: str, settings: Settings) -> AttemptR
                          retry_after_s=parse_retry_after(response.headers.get("retry-after")))
 
 
-def deliver(outbox: WebhookOutbox, delivery_id: str, secret: str, settings: Settings) -> Delivery | None:
+def attempt_delivery(outbox: WebhookOutbox, delivery_id: str, secret: str, settings: Settings) -> Delivery | None:
     """Attempt a pending delivery once and record the outcome. Returns it, or None when skipped."""
     delivery = outbox.get(delivery_id)
     if delivery is None or delivery.state != PENDING:
@@ -102,3 +107,13 @@ def deliver(outbox: WebhookOutbox, delivery_id: str, secret: str, settings: Sett
              extra={"prediction_id": delivery.prediction_id})
     record_webhook_delivery(delivery.event, DELIVERY_OUTCOMES.get(delivery.state, delivery.state))
     return delivery
+
+
+def add_delivery_task(celery: Celery, process: WorkerProcess) -> None:
+    """Register ``kiln.deliver_webhook`` on ``celery``: a worker that consumes the ``webhooks`` queue
+    (the webhook worker, or a GPU worker told to) attempts each delivery it is sent."""
+
+    @celery.task(name=queues.DELIVER_WEBHOOK_TASK, shared=False)
+    def deliver_webhook(delivery_id: str) -> None:
+        attempt_delivery(process.notifier.outbox, delivery_id, webhook_secret(process.settings, process.redis),
+                         process.settings)

@@ -10,7 +10,7 @@ import pytest
 
 from shared.leases import Leases
 from shared.prediction import Prediction
-from shared.queued import QueueFull
+from shared.queue_counters import QueueFull
 from shared.status import Status
 from shared.store import PredictionStore
 

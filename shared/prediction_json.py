@@ -1,4 +1,5 @@
-"""The public JSON shape of a prediction (Replicate's), built from the stored record."""
+"""A prediction as clients see it: Replicate's JSON shape, built from the stored record, and the
+URLs in it (the prediction, its page, its signed output files)."""
 
 from __future__ import annotations
 

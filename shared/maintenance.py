@@ -1,6 +1,7 @@
-"""Periodic work every worker process runs beside its tasks: reaping lapsed leases, deleting data
-past retention and, on the webhook worker, sending due webhook deliveries. Each job's Redis
-operations are atomic claims, so any number of workers can run them at once."""
+"""Periodic work every worker process (``shared.worker_process``) runs beside its tasks: reaping
+lapsed leases, deleting data past retention and, on a worker that consumes the ``webhooks`` queue,
+sending due webhook deliveries. Each job's Redis operations are atomic claims, so any number of
+workers can run them at once."""
 
 from __future__ import annotations
 
@@ -14,12 +15,11 @@ from celery import Celery
 from shared import queues
 from shared.enqueue import enqueue_prediction
 from shared.leases import Leases
-from shared.metrics import record_finished
+from shared.lifecycle import PredictionLifecycle
 from shared.models.registry import find_model
 from shared.retention import Janitor
 from shared.status import Status
-from shared.store import PredictionStore
-from shared.webhook_outbox import WebhookNotifier, WebhookOutbox
+from shared.webhook_outbox import WebhookOutbox
 
 log = logging.getLogger(__name__)
 
@@ -69,33 +69,29 @@ def send_due_webhooks(outbox: WebhookOutbox, celery: Celery) -> int:
     return len(due)
 
 
-def reap_lapsed_leases(leases: Leases, store: PredictionStore, notifier: WebhookNotifier, celery: Celery,
-                       max_attempts: int) -> int:
-    """Requeue predictions whose worker stopped renewing their lease; fail them after ``max_attempts``."""
+def reap_lapsed_leases(lifecycle: PredictionLifecycle, leases: Leases, celery: Celery, max_attempts: int) -> int:
+    """Requeue predictions whose worker stopped renewing their lease; the lifecycle fails them after
+    ``max_attempts``."""
     reaped = 0
     for prediction_id in leases.lapsed():
-        outcome = leases.reap(prediction_id, max_attempts)
-        prediction = store.get(prediction_id) if outcome else None
-        if prediction is None:
+        found = lifecycle.reap(leases, prediction_id, max_attempts)
+        if found is None:
             continue
         reaped += 1
+        outcome, prediction = found
         if outcome is Status.STARTING:
             log.warning("prediction %s: its worker stopped renewing the lease; requeued", prediction_id)
             enqueue_prediction(celery, prediction_id, find_model(prediction.model).queue, queues.PRIORITY_REQUEUE)
-        else:
-            log.error("prediction %s failed: %s", prediction_id, prediction.error)
-            record_finished(prediction.model, Status.FAILED.value)
-            notifier.notify(prediction, "completed")
     return reaped
 
 
-def worker_jobs(leases: Leases, store: PredictionStore, notifier: WebhookNotifier, celery: Celery, janitor: Janitor,
-                max_attempts: int, with_webhooks: bool, retention_interval_s: float) -> list[Job]:
+def worker_jobs(lifecycle: PredictionLifecycle, leases: Leases, outbox: WebhookOutbox, celery: Celery,
+                janitor: Janitor, max_attempts: int, with_webhooks: bool, retention_interval_s: float) -> list[Job]:
     jobs = [
         Job("reap-leases", max(1.0, leases.lease_s / 3),
-            lambda: reap_lapsed_leases(leases, store, notifier, celery, max_attempts)),
+            lambda: reap_lapsed_leases(lifecycle, leases, celery, max_attempts)),
         Job("retention", retention_interval_s, janitor.run_once),
     ]
     if with_webhooks:
-        jobs.append(Job("webhooks", 0.25, lambda: send_due_webhooks(notifier.outbox, celery)))
+        jobs.append(Job("webhooks", 0.25, lambda: send_due_webhooks(outbox, celery)))
     return jobs

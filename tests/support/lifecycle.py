@@ -1,0 +1,23 @@
+"""A spy on ``PredictionLifecycle._ended``, the one function that follows every terminal transition."""
+
+from __future__ import annotations
+
+import pytest
+
+from shared.lifecycle import PredictionLifecycle
+from shared.prediction import Prediction
+from shared.status import Status
+
+
+def record_endings(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, Status]]:
+    """Every prediction the lifecycle ends from now on, as ``(prediction id, status)``, in order; the
+    real ``_ended`` still runs (retention, metrics, webhook)."""
+    endings: list[tuple[str, Status]] = []
+    original = PredictionLifecycle._ended
+
+    def spy(self: PredictionLifecycle, prediction: Prediction, status: Status, predict_time: float | None = None) -> None:
+        endings.append((prediction.id, status))
+        original(self, prediction, status, predict_time)
+
+    monkeypatch.setattr(PredictionLifecycle, "_ended", spy)
+    return endings
