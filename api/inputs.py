@@ -12,8 +12,8 @@ from api.errors import ProblemError, input_validation_problem
 from api.services import Services
 from shared.files import file_id_from_url
 from shared.images import ImageInputError, check_uri_scheme, fetch_url, inspect_image
-from shared.models.base import InputLimits, image_fields
-from shared.models.registry import ModelSpec
+from shared.input_schema import InputLimits, image_fields
+from shared.model_spec import ModelSpec
 from shared.objects import input_key
 
 

@@ -19,9 +19,9 @@ from typing import Any
 
 from PIL import Image
 
+from models.registry import find_model
 from shared.images import decode_data_uri, decode_image
-from shared.models.base import InputLimits, image_fields
-from shared.models.registry import find_model
+from shared.input_schema import InputLimits, image_fields
 from shared.settings import Settings
 from worker.predictor_pool import PredictorPool
 from worker.tuning import Size, Tuning

@@ -20,8 +20,8 @@ from api.schemas import CreateBatch, CreatePrediction, PredictionFields
 from api.services import Services
 from api.submission import create_and_respond
 from api.waiting import events
+from models.registry import UnknownModelError, find_model, resolve_version
 from shared.metrics import record_finished
-from shared.models.registry import UnknownModelError, find_model, resolve_version
 from shared.prediction import Prediction
 from shared.rendering import output_path, render_prediction
 from shared.secrets import verify_path

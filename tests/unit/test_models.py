@@ -5,10 +5,9 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from shared.models.base import InputLimits
-from shared.models.registry import MODELS, UnknownModelError, resolve_version
-from shared.models.schedulers import Scheduler
-from shared.models.sd2_depth2img import Depth2ImgInput
+from models.registry import MODELS, UnknownModelError, resolve_version
+from models.sd2_depth2img.schema import Depth2ImgInput
+from shared.input_schema import InputLimits, Scheduler
 from shared.settings import Settings
 from tests.support import data_uri, png_bytes
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch._dynamo.utils import counters
 
-from shared.models.registry import find_model
+from models.registry import find_model
 from worker.predictor_pool import PredictorPool
 from worker.tuning import Tuning
 from worker.warmup import WarmupContext, wants_warmup, warm_up, warmup_input

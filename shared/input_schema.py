@@ -1,7 +1,12 @@
-"""What every model's input schema shares: strict fields and image-URI inputs."""
+"""What every model's input schema is built from: strict fields, image-URI inputs, scheduler names.
+
+Each model declares its inputs in its own folder (``models/<name>/schema.py``) from these pieces;
+like everything in ``shared/`` they import without torch, so the API can validate inputs.
+"""
 
 from __future__ import annotations
 
+from enum import Enum
 from functools import cache
 from typing import Annotated
 
@@ -55,6 +60,16 @@ class ModelInput(BaseModel):
 
     model_config = ConfigDict(extra="forbid", title="Input")
 
+
+# Scheduler names users pick from (Replicate's names), shared by every model's inputs. No docstring:
+# it would become the enum's description in every input schema, and so change every version id.
+class Scheduler(str, Enum):
+    DDIM = "DDIM"
+    K_EULER = "K_EULER"
+    DPM_SOLVER_MULTISTEP = "DPMSolverMultistep"
+    K_EULER_ANCESTRAL = "K_EULER_ANCESTRAL"
+    PNDM = "PNDM"
+    KLMS = "KLMS"
 
 
 @cache
