@@ -8,6 +8,8 @@ of images and nested objects included).
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import ValidationError
 
 from api.errors import ProblemError, input_validation_problem
@@ -19,8 +21,8 @@ from shared.model_spec import ModelSpec
 from shared.objects import input_key
 
 
-def validate_input(spec: ModelSpec, raw: dict, services: Services, tenant: str, base_url: str,
-                   checked_images: set[str] | None = None) -> dict:
+def validate_input(spec: ModelSpec, raw: dict[str, Any], services: Services, tenant: str, base_url: str,
+                   checked_images: set[str] | None = None) -> dict[str, Any]:
     """Validate against the model's schema; return the input as stored (the fields the client set).
 
     ``checked_images``, shared by the items of one batch, holds the data-URI images already found
@@ -38,7 +40,7 @@ def validate_input(spec: ModelSpec, raw: dict, services: Services, tenant: str, 
     return stored
 
 
-def remote_image_urls(spec: ModelSpec, inputs: dict, base_url: str) -> dict[str, str]:
+def remote_image_urls(spec: ModelSpec, inputs: dict[str, Any], base_url: str) -> dict[str, str]:
     """Image inputs holding http(s) URLs other than our own files: where (``input_image``,
     ``references.1``) -> URL, each URL once."""
     remote: dict[str, str] = {}
@@ -48,7 +50,7 @@ def remote_image_urls(spec: ModelSpec, inputs: dict, base_url: str) -> dict[str,
     return remote
 
 
-def stage_remote_images(spec: ModelSpec, inputs: dict, services: Services, prediction_id: str,
+def stage_remote_images(spec: ModelSpec, inputs: dict[str, Any], services: Services, prediction_id: str,
                         base_url: str) -> dict[str, str]:
     """Fetch each remote image input, check it, and store it; returns URL -> storage key (the worker's
     ``Prediction.input_files``)."""

@@ -13,7 +13,7 @@ from shared.input_schema import InputLimits, image_inputs
 from tests.support.nested_images import ListOfImagesInput, NestedImagesInput
 from worker.predictor_pool import PredictorPool
 from worker.tuning import Tuning
-from worker.warmup import WarmupContext, synthetic_input, wants_warmup, warm_up, warmup_input, warmup_image
+from worker.warmup import WarmupContext, synthetic_input, wants_warmup, warm_up, warmup_image, warmup_input
 
 MODEL = "kiln/sd2-depth2img"
 BUCKETS = ((64, 64), (128, 64))
