@@ -18,8 +18,9 @@ from api.idempotency import TTL_S, fingerprint
 from api.schemas import CreateInBatch
 from api.services import Services
 from api.submission import DUPLICATE_WAIT_S, prepare, store_and_enqueue
+from models.registry import UnknownModelError, find_model, resolve_version
 from shared import keys, queues
-from shared.models.registry import ModelSpec, UnknownModelError, find_model, resolve_version
+from shared.model_spec import ModelSpec
 from shared.prediction import Prediction, new_id
 from shared.prediction_json import render_prediction
 

@@ -15,7 +15,7 @@ from api.services import Services
 from api.waiting import parse_prefer_wait, wait_until_terminal
 from shared import queues
 from shared.metrics import record_created
-from shared.models.registry import ModelSpec
+from shared.model_spec import ModelSpec
 from shared.prediction import Prediction, new_id
 from shared.prediction_json import render_prediction
 from shared.queue_counters import QueueFull

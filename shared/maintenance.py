@@ -12,11 +12,11 @@ from dataclasses import dataclass
 
 from celery import Celery
 
+from models.registry import find_model
 from shared import queues
 from shared.enqueue import enqueue_prediction
 from shared.leases import Leases
 from shared.lifecycle import PredictionLifecycle
-from shared.models.registry import find_model
 from shared.retention import Janitor
 from shared.status import Status
 from shared.webhook_outbox import WebhookOutbox

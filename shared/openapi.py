@@ -6,8 +6,8 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
-from shared.models.base import ModelInput
-from shared.models.registry import ModelSpec
+from shared.input_schema import ModelInput
+from shared.model_spec import ModelSpec
 from shared.settings import Settings
 
 COG_VERSION = "kiln-0.1.0"

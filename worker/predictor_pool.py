@@ -7,7 +7,8 @@ import logging
 import time
 from collections.abc import Iterable
 
-from shared.models.registry import MODELS, ModelSpec
+from models.registry import MODELS
+from shared.model_spec import ModelSpec
 from shared.settings import Settings
 from worker.predictors.base import Predictor
 

@@ -25,13 +25,13 @@ from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
+from models.registry import find_model
 from shared import metrics
 from shared.files import FileStore
 from shared.images import ImageInputError
+from shared.input_schema import InputLimits, ModelInput
 from shared.leases import Leases
 from shared.lifecycle import PredictionLifecycle
-from shared.models.base import InputLimits, ModelInput
-from shared.models.registry import find_model
 from shared.objects import StorageUnavailable, output_key
 from shared.prediction import Prediction, utcnow
 from shared.settings import Settings

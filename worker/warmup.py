@@ -19,9 +19,9 @@ from typing import Any
 
 from PIL import Image
 
+from models.registry import find_model
 from shared.images import decode_data_uri, decode_image
-from shared.models.base import InputLimits, image_fields
-from shared.models.registry import find_model
+from shared.input_schema import EVERY_ITEM, EVERY_VALUE, InputLimits, ModelInput, image_fields
 from shared.settings import Settings
 from worker.predictor_pool import PredictorPool
 from worker.tuning import Size, Tuning
@@ -40,18 +40,38 @@ def warmup_image(size: Size) -> str:
 
 def warmup_input(model: str, size: Size) -> dict[str, Any]:
     """A valid input for ``model`` at ``size``: its structure image and every required image set."""
-    input_model = find_model(model).input_model
+    return synthetic_input(find_model(model).input_model, size)
+
+
+def synthetic_input(input_model: type[ModelInput], size: Size) -> dict[str, Any]:
+    """An input of ``input_model`` at ``size`` with the image at every required image field, at any
+    depth (a required list of images gets one), and at ``input_image``."""
     fields = input_model.model_fields
     image = warmup_image(size)
-    raw: dict[str, Any] = {"prompt": "warm-up", "seed": 0}
-    for name in image_fields(input_model):
-        if name == "input_image" or fields[name].is_required():
-            raw[name] = image
+    raw: dict[str, Any] = {name: value for name, value in (("prompt", "warm-up"), ("seed", 0)) if name in fields}
+    for field in image_fields(input_model):
+        if field.required or field.path == ("input_image",):
+            raw = with_image_at(raw, field.path, image)
     if "num_inference_steps" in fields:
         raw["num_inference_steps"] = WARMUP_STEPS
     if "width" in fields and "height" in fields:
         raw["width"], raw["height"] = size
     return raw
+
+
+def with_image_at(value: Any, path: tuple[str, ...], image: str) -> Any:
+    """``value`` with ``image`` put at ``path``: objects on the way are kept or made, and a list or
+    mapping on the way holds one item (key ``"0"``) with the rest of the path."""
+    if not path:
+        return image
+    step, rest = path[0], path[1:]
+    if step == EVERY_ITEM:
+        return [with_image_at(value[0] if isinstance(value, list) and value else None, rest, image)]
+    if step == EVERY_VALUE:
+        return {"0": with_image_at(value.get("0") if isinstance(value, dict) else None, rest, image)}
+    filled = dict(value) if isinstance(value, dict) else {}
+    filled[step] = with_image_at(filled.get(step), rest, image)
+    return filled
 
 
 class WarmupContext:

@@ -6,8 +6,9 @@ from fastapi import APIRouter
 
 from api.deps import BaseURL, CurrentTenant, ServicesDep
 from api.errors import ProblemError
+from models.registry import MODELS, UnknownModelError, find_model
 from shared import keys
-from shared.models.registry import MODELS, ModelSpec, UnknownModelError, find_model
+from shared.model_spec import ModelSpec
 from shared.openapi import render_model, render_version
 
 router = APIRouter(prefix="/v1/models", tags=["models"])

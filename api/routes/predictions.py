@@ -20,7 +20,7 @@ from api.schemas import CreateBatch, CreatePrediction, PredictionFields
 from api.services import Services
 from api.submission import create_and_respond
 from api.waiting import events
-from shared.models.registry import UnknownModelError, find_model, resolve_version
+from models.registry import UnknownModelError, find_model, resolve_version
 from shared.prediction import Prediction
 from shared.prediction_json import output_path, render_prediction
 from shared.secrets import verify_path

@@ -18,7 +18,7 @@ from api.schemas import CreatePrediction
 from api.services import Services
 from api.submission import submit
 from deploy.devstack.servers import RedisServer
-from shared.models.registry import find_model
+from models.registry import find_model
 from shared.settings import Settings
 from tests.bench.bench import SD2_INPUT
 

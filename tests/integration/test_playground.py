@@ -13,9 +13,9 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 from pydantic import Field
 
 from api.app import create_app
-from shared.models.registry import MODELS
-from shared.models.sd2_depth2img import Depth2ImgInput
-from shared.models.schedulers import Scheduler
+from models.registry import MODELS
+from models.sd2_depth2img.schema import Depth2ImgInput
+from shared.input_schema import Scheduler
 from tests.integration.browser import CHROMIUM_ARGS, chromium_or_skip, serve_in_thread
 from tests.integration.conftest import PAGE_SIZE, TOKEN_A, TOKEN_B
 from tests.support import png_bytes, wait_for_status

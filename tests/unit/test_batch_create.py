@@ -13,8 +13,8 @@ from api.services import Services
 from api.submission import submit
 from api.schemas import CreatePrediction
 from deploy.devstack.servers import RedisServer
+from models.registry import find_model
 from shared import images, queues
-from shared.models.registry import find_model
 from shared.settings import Settings
 from tests.support import data_uri
 from tests.support.predictions import depth2img_input
@@ -77,7 +77,7 @@ def test_an_image_repeated_across_a_batch_is_checked_once_and_a_bad_one_fails_ev
         inspected.append(len(data))
         return real_inspect(data, max_pixels)
 
-    monkeypatch.setattr("shared.models.base.inspect_image", counting)
+    monkeypatch.setattr("shared.input_schema.inspect_image", counting)
     good = batch(services, "tenant-a", 5)
     assert len(good) == 5 and len(inspected) == 1
 

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 from pydantic import ValidationError
 
-from shared.models.base import InputLimits
-from shared.models.registry import MODELS, UnknownModelError, resolve_version
-from shared.models.schedulers import Scheduler
-from shared.models.sd2_depth2img import Depth2ImgInput
+from models.registry import MODELS, UnknownModelError, resolve_version
+from models.sd2_depth2img.schema import Depth2ImgInput
+from shared.input_schema import InputLimits, Scheduler
 from shared.settings import Settings
-from tests.support import data_uri, png_bytes
+from tests.support import REPO_ROOT, data_uri, png_bytes
 
 SETTINGS = Settings(_env_file=None)
 SPEC = MODELS["kiln/sd2-depth2img"]
@@ -33,6 +35,42 @@ def test_version_id_changes_with_the_weights():
     assert SPEC.version_id(SETTINGS) == SPEC.version_id(Settings(_env_file=None))
 
 
+# Version ids as clients have stored them: a model's id changes only when its input schema or its weights do.
+PUBLISHED_VERSIONS = {
+    ("tiny", "kiln/sd2-depth2img"): "be38b2b2754d1d2d69e824ae5367810931c847c504dde3b88d8175613ff40de4",
+    ("tiny", "kiln/ip-adapter-depth-xl"): "1f825963e7eb635189aa5751ddc44f4bbfae68a68c3af6e2918a54929976f7d5",
+    ("tiny", "kiln/ip-adapter-openpose-xl"): "8f5b473503de4406c7394923b5ffb7ef6dd37539b79df197ff5099b38eb0d926",
+    ("full", "kiln/sd2-depth2img"): "e5ee5923a6558a1c7708b525a3ccc0f7b2a6f1faa0bcab0636f132bd113af04b",
+    ("full", "kiln/ip-adapter-depth-xl"): "8bac8bac4d1ccc76bd6bc44b718b606cee347246f98b19fbbdb98096a56659ed",
+    ("full", "kiln/ip-adapter-openpose-xl"): "b2adffc6e08945a50a70ef43e3b29d31b3cae34e0a8f14ffef50420bac065c83",
+}
+
+
+def test_version_ids_stay_what_clients_stored():
+    ids = {(profile, ref): spec.version_id(Settings(_env_file=None, weights_profile=profile))
+           for profile in ("tiny", "full") for ref, spec in MODELS.items()}
+    assert ids == PUBLISHED_VERSIONS, "an input schema or a weights reference changed: every client's version id moves"
+
+
+def test_the_registry_and_every_model_schema_import_without_torch():
+    code = """
+import importlib, importlib.util, pkgutil, sys
+import models
+from models.registry import MODELS
+for folder in pkgutil.iter_modules(models.__path__, "models."):
+    if folder.ispkg:
+        importlib.import_module(folder.name)
+        if importlib.util.find_spec(folder.name + ".schema"):
+            importlib.import_module(folder.name + ".schema")
+for spec in MODELS.values():
+    spec.input_model.model_json_schema()
+print(",".join(sorted({m.split(".")[0] for m in sys.modules} & {"torch", "diffusers", "transformers", "controlnet_aux"})))
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "", f"imported: {result.stdout}"
+
+
 def test_defaults_follow_the_replicate_model():
     parsed = Depth2ImgInput.model_validate({"input_image": "https://example.com/a.png"})
     assert (parsed.prompt_strength, parsed.num_outputs, parsed.num_inference_steps, parsed.guidance_scale) == (0.8, 1, 50, 7.5)
@@ -41,7 +79,8 @@ def test_defaults_follow_the_replicate_model():
 
 def test_data_uri_images_are_checked_only_with_limits():
     bad = "data:image/png;base64,aGVsbG8="
-    Depth2ImgInput.model_validate({"input_image": bad})  # the worker re-validates without limits
+    # Without limits in the context only the scheme is checked (the API and the runner both pass limits).
+    Depth2ImgInput.model_validate({"input_image": bad})
     limits = InputLimits(max_bytes=10_000, max_pixels=100, max_side=1024)
     with pytest.raises(ValidationError, match="not a readable image"):
         Depth2ImgInput.model_validate({"input_image": bad}, context={"limits": limits})

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import pytest
 
-from shared.models.registry import find_model
+from models.registry import find_model
 from shared.settings import Settings
 
 if TYPE_CHECKING:

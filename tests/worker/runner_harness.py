@@ -15,9 +15,9 @@ import numpy as np
 from PIL import Image
 from redis import Redis
 
+from models.registry import find_model
 from shared.celery_config import create_celery
 from shared.enqueue import enqueue_prediction
-from shared.models.registry import find_model
 from shared.prediction import Prediction
 from shared.settings import Settings
 from shared.objects import StorageUnavailable, output_key

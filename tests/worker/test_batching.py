@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from shared.models.registry import find_model
-from shared.models.sd2_depth2img import Depth2ImgInput
+from models.registry import find_model
+from models.sd2_depth2img.schema import Depth2ImgInput
 from shared.settings import Settings
 from shared.status import Status
 from tests.support.worker_inputs import FAST, INPUTS, MODEL, gradient, png_uri

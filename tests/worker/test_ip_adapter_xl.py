@@ -16,20 +16,21 @@ from diffusers.models.attention_processor import IPAdapterAttnProcessor2_0
 from PIL import Image
 from skimage import data as photos
 
+from models.ip_adapter_depth_xl.predictor import IPAdapterDepthXLPredictor
+from models.ip_adapter_openpose_xl.predictor import IPAdapterOpenposeXLPredictor
+from models.registry import MODELS
+from models.sdxl_family.configs import tiny_configs
+from models.sdxl_family.predictor import IPAdapterXLPredictor, detect_resolution
+from models.sdxl_family.schema import IPAdapterXLInput
+from models.sdxl_family.weights import xl_weights
 from shared import queues
-from shared.models.ip_adapter_xl import IPAdapterXLInput
-from shared.models.registry import MODELS
-from shared.models.schedulers import Scheduler
+from shared.input_schema import Scheduler
 from shared.settings import Settings
 from tests.support import data_uri, png_bytes
 from tests.worker.fakes import FakeContext, SpyDetector
 from worker.predictor_pool import PredictorPool
 from worker.predictors.base import NamedImage, PredictionCanceled
-from worker.predictors.ip_adapter_depth_xl import IPAdapterDepthXLPredictor
-from worker.predictors.ip_adapter_openpose_xl import IPAdapterOpenposeXLPredictor
-from worker.predictors.ip_adapter_xl import IPAdapterXLPredictor, detect_resolution, xl_weights
 from worker.predictors.schedulers import SCHEDULERS
-from worker.weights.tiny_sdxl import tiny_configs
 
 
 def png_uri(image: Image.Image) -> str:
@@ -206,7 +207,7 @@ def test_the_openpose_detector_runs_on_a_photo(openpose, monkeypatch) -> None:
     assert spy.calls == [(512, 512)]
     assert any(line.startswith("Extracted the openpose map in") for line in ctx.lines)
     assert image.size == pose.image.size == (96, 64)
-    # Random weights find no person: the tiny profile's pose map is black (see tiny_annotators).
+    # Random weights find no person: the tiny profile's pose map is black (see models/sdxl_family/annotators.py).
     assert np.asarray(pose.image).max() == 0
 
 

@@ -9,16 +9,16 @@ import pytest
 from diffusers import StableDiffusionDepth2ImgPipeline
 from PIL import Image
 
+from models.sd2_depth2img.predictor import SCHEDULERS, Depth2ImgPredictor, output_size
+from models.sd2_depth2img.schema import Depth2ImgInput
+from models.sd2_depth2img.weights import ensure_tiny_sd2_depth2img
 from shared.images import ImageInputError
-from shared.models.schedulers import Scheduler
-from shared.models.sd2_depth2img import Depth2ImgInput
+from shared.input_schema import Scheduler
 from shared.settings import Settings
 from tests.support import data_uri, png_bytes
 from tests.support.worker_inputs import INPUT_64, gradient, png_uri
 from tests.worker.fakes import FakeContext
 from worker.predictors.base import PredictionCanceled
-from worker.predictors.sd2_depth2img import SCHEDULERS, Depth2ImgPredictor, output_size
-from worker.weights.tiny_sd2_depth2img import ensure_tiny_sd2_depth2img
 
 
 @pytest.fixture(scope="module")

@@ -22,24 +22,24 @@ from transformers import (
     DPTForDepthEstimation,
 )
 
-from worker.weights import random_full, tiny_annotators
-from worker.weights.random_full import ensure_random_full_sdxl, full_configs
-from worker.weights.sdxl_builder import load_config
-from worker.weights.sdxl_builder import (
+from models.ip_adapter_depth_xl import weights as depth_weights
+from models.ip_adapter_openpose_xl import weights as openpose_weights
+from models.sd2_depth2img.weights import load_config
+from models.sdxl_family import weights as family_weights
+from models.sdxl_family.annotators import build_tiny_annotators, compact_random_state_dict, ensure_tiny_annotators
+from models.sdxl_family.builder import (
     BASE_DIR,
-    CONTROLNET_DIRS,
     IMAGE_ENCODER_DIR,
     IP_ADAPTER_DIR,
     IP_ADAPTER_SUBFOLDER,
     IP_ADAPTER_WEIGHT_NAME,
     VAE_FP16_DIR,
-    XLConfigs,
     build_xl_weights,
     make_conditioning_observable,
     random_ip_adapter_weights,
 )
-from worker.weights.tiny_annotators import build_tiny_annotators, compact_random_state_dict, ensure_tiny_annotators
-from worker.weights.tiny_sdxl import build_tiny_sdxl, ensure_tiny_sdxl, tiny_configs
+from models.sdxl_family.configs import XLConfigs, control_kinds, full_configs, tiny_configs
+from models.sdxl_family.weights import build_tiny_sdxl, ensure_random_full_sdxl, ensure_tiny_sdxl
 
 
 def _files(folder: Path) -> dict[str, bytes]:
@@ -54,7 +54,7 @@ def test_tiny_sdxl_builds_the_full_layout_identically_twice(tmp_path: Path) -> N
     ip_folder = f"{IP_ADAPTER_DIR}/{IP_ADAPTER_SUBFOLDER}"
     for path in (f"{BASE_DIR}/model_index.json", f"{BASE_DIR}/unet/diffusion_pytorch_model.safetensors",
                  f"{BASE_DIR}/tokenizer_2/vocab.json", f"{VAE_FP16_DIR}/config.json",
-                 *(f"{folder}/diffusion_pytorch_model.safetensors" for folder in CONTROLNET_DIRS.values()),
+                 *(f"{kind.folder}/diffusion_pytorch_model.safetensors" for kind in control_kinds()),
                  f"{ip_folder}/{IP_ADAPTER_WEIGHT_NAME}", f"{ip_folder}/{IMAGE_ENCODER_DIR}/model.safetensors"):
         assert path in one, path
     assert not any(name.startswith(f"{BASE_DIR}/image_encoder") for name in one)
@@ -62,7 +62,7 @@ def test_tiny_sdxl_builds_the_full_layout_identically_twice(tmp_path: Path) -> N
 
 def test_ensure_builds_each_layout_once_into_its_profile_folder(weights_dir: Path) -> None:
     assert ensure_tiny_sdxl(weights_dir) == weights_dir / "tiny" / "sdxl"
-    assert ensure_tiny_annotators(weights_dir) == weights_dir / "tiny" / "annotators"
+    assert ensure_tiny_annotators(weights_dir, control_kinds()) == weights_dir / "tiny" / "annotators"
     marker = weights_dir / "tiny" / "sdxl" / "kiln-tiny.json"
     built_at = marker.stat().st_mtime_ns
     ensure_tiny_sdxl(weights_dir)
@@ -143,7 +143,7 @@ def test_random_full_builds_the_published_configs_in_fp16_once(tmp_path: Path, m
         calls.append((configs, options))
         (folder / "built").write_text("")
 
-    monkeypatch.setattr(random_full, "build_xl_weights", fake_build)
+    monkeypatch.setattr(family_weights, "build_xl_weights", fake_build)
     folder = ensure_random_full_sdxl(tmp_path, torch.device("cpu"))
     assert ensure_random_full_sdxl(tmp_path, torch.device("cpu")) == folder == tmp_path / "random-full" / "sdxl"
     [(configs, options)] = calls
@@ -172,12 +172,12 @@ def test_a_fresh_controlnet_ignores_its_control_image_until_made_observable() ->
 
 
 def test_annotators_build_identically_and_compactly(tmp_path: Path) -> None:
-    build_tiny_annotators(tmp_path / "one")
-    build_tiny_annotators(tmp_path / "two")
+    build_tiny_annotators(tmp_path / "one", control_kinds())
+    build_tiny_annotators(tmp_path / "two", control_kinds())
     one = _files(tmp_path / "one")
     assert one == _files(tmp_path / "two")
-    assert sorted(one) == sorted([tiny_annotators.MIDAS_FILENAME, tiny_annotators.BODY_FILENAME,
-                                  tiny_annotators.HAND_FILENAME, tiny_annotators.FACE_FILENAME])
+    assert sorted(one) == sorted([depth_weights.MIDAS_FILENAME, openpose_weights.BODY_FILENAME,
+                                  openpose_weights.HAND_FILENAME, openpose_weights.FACE_FILENAME])
     # 250 M parameters: 500 MB in fp16 if every tensor had storage of its own.
     assert sum(len(content) for content in one.values()) < 80e6
 

@@ -9,11 +9,11 @@ import pytest
 import torch
 from diffusers.models.attention_processor import FusedAttnProcessor2_0
 
-from shared.models.sd2_depth2img import Depth2ImgInput
+from models.sd2_depth2img.predictor import Depth2ImgPredictor
+from models.sd2_depth2img.schema import Depth2ImgInput
 from shared.settings import Settings
 from tests.support.worker_inputs import FAST, INPUTS
 from tests.worker.fakes import FakeContext
-from worker.predictors.sd2_depth2img import Depth2ImgPredictor
 from worker.tuning import Tuning, fuse_qkv, parse_buckets, snap_to_bucket
 
 BUCKETS = parse_buckets("1024x1024,1152x896,896x1152,768x768,512x512")

@@ -8,10 +8,12 @@ import pytest
 import torch
 from torch._dynamo.utils import counters
 
-from shared.models.registry import find_model
+from models.registry import find_model
+from shared.input_schema import InputLimits, image_inputs
+from tests.support.nested_images import ListOfImagesInput, NestedImagesInput
 from worker.predictor_pool import PredictorPool
 from worker.tuning import Tuning
-from worker.warmup import WarmupContext, wants_warmup, warm_up, warmup_input
+from worker.warmup import WarmupContext, synthetic_input, wants_warmup, warm_up, warmup_image, warmup_input
 
 MODEL = "kiln/sd2-depth2img"
 BUCKETS = ((64, 64), (128, 64))
@@ -61,3 +63,14 @@ def test_no_warm_up_without_compile_or_buckets(make_settings):
     assert wants_warmup(make_settings(compile_warmup=True))
     settings = make_settings(torch_compile=True, snap_to_buckets=False)
     assert warm_up(PredictorPool(settings), Tuning.from_settings(settings), settings) == []
+
+
+def test_warm_up_inputs_set_every_required_image_at_any_depth():
+    image = warmup_image((64, 64))
+    limits = InputLimits(max_bytes=10_000_000, max_pixels=10_000_000, max_side=1024)
+    nested = synthetic_input(NestedImagesInput, (64, 64))
+    NestedImagesInput.model_validate(nested, context={"limits": limits})
+    assert image_inputs(NestedImagesInput, nested) == [("style.image", image), ("layers.0.image", image)]
+    listed = synthetic_input(ListOfImagesInput, (64, 64))
+    ListOfImagesInput.model_validate(listed, context={"limits": limits})
+    assert image_inputs(ListOfImagesInput, listed) == [("input_image", image), ("references.0", image)]

@@ -14,7 +14,7 @@ from typing import Any, Callable, Generic, Protocol, TypeVar
 
 from PIL import Image
 
-from shared.models.base import ModelInput
+from shared.input_schema import ModelInput
 from shared.settings import Settings
 
 InputT = TypeVar("InputT", bound=ModelInput)

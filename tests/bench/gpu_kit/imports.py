@@ -18,7 +18,7 @@ from types import FrameType
 
 from tests.bench.gpu_kit.pack import HOST_PACKAGES, KIT_PACKAGES, canonical, names
 
-FIRST_PARTY = frozenset({"api", "shared", "worker", "tests", "deploy"})
+FIRST_PARTY = frozenset({"api", "shared", "models", "worker", "tests", "deploy"})
 # Optional imports of carried packages: each importer guards it and works without it, as on the host.
 OPTIONAL = {
     "cryptography": "redis: TLS certificate helpers",

@@ -16,16 +16,15 @@ from typing import Any
 import torch
 from diffusers import AutoencoderKL, ControlNetModel, StableDiffusionDepth2ImgPipeline, StableDiffusionXLControlNetPipeline
 
-from shared.models.registry import find_model
+from models.registry import find_model
+from models.sd2_depth2img.predictor import Depth2ImgJob
+from models.sd2_depth2img.weights import sd2_depth2img_source
+from models.sdxl_family.builder import IP_ADAPTER_SUBFOLDER, IP_ADAPTER_WEIGHT_NAME
+from models.sdxl_family.predictor import IPAdapterXLPredictor
+from models.sdxl_family.weights import xl_weights
 from shared.settings import Settings
 from worker.devices import dtype_for, resolve_device
-from worker.predictors.ip_adapter_xl import IPAdapterXLPredictor, xl_weights
 from worker.predictors.schedulers import SCHEDULERS
-from worker.predictors.sd2_depth2img import Depth2ImgJob
-from worker.weights.loading import weights_source
-from worker.weights.random_full import ensure_random_full_sd2_depth2img
-from worker.weights.sdxl_builder import IP_ADAPTER_SUBFOLDER, IP_ADAPTER_WEIGHT_NAME
-from worker.weights.tiny_sd2_depth2img import ensure_tiny_sd2_depth2img
 
 
 @dataclass
@@ -41,9 +40,8 @@ class StockPipeline:
 
 def stock_sd2_depth2img(settings: Settings, job: Depth2ImgJob) -> StockPipeline:
     device = resolve_device(settings.device)
-    source = weights_source(settings, settings.sd2_depth2img_weights, ensure_tiny_sd2_depth2img,
-                            ensure_random_full_sd2_depth2img)
-    pipe = StableDiffusionDepth2ImgPipeline.from_pretrained(source, torch_dtype=dtype_for(device, settings.cuda_dtype))
+    pipe = StableDiffusionDepth2ImgPipeline.from_pretrained(sd2_depth2img_source(settings),
+                                                            torch_dtype=dtype_for(device, settings.cuda_dtype))
     pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     inputs = job.inputs
@@ -63,7 +61,7 @@ def stock_ip_adapter_xl(settings: Settings, model: str, predictor: IPAdapterXLPr
     device = resolve_device(settings.device)
     dtype = dtype_for(device, settings.cuda_dtype)
     weights = xl_weights(settings)
-    controlnet = ControlNetModel.from_pretrained(weights.controlnets[predictor.control_kind], torch_dtype=dtype)
+    controlnet = ControlNetModel.from_pretrained(weights.controlnets[predictor.control.name], torch_dtype=dtype)
     vae = {"vae": AutoencoderKL.from_pretrained(weights.vae, torch_dtype=dtype)} if weights.vae else {}
     pipe = StableDiffusionXLControlNetPipeline.from_pretrained(weights.base, controlnet=controlnet, torch_dtype=dtype,
                                                                **vae)

@@ -45,7 +45,7 @@ import fakeredis
 import torch
 import transformers
 
-from shared.models.registry import find_model
+from models.registry import find_model
 from shared.settings import Settings
 from tests.bench.gpu_kit import imports, stock
 from tests.support import data_uri, png_bytes

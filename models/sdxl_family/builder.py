@@ -1,4 +1,4 @@
-"""Write an SDXL + ControlNet + IP-Adapter weights folder from configs, with random weights.
+"""Write an SDXL + ControlNets + IP-Adapter weights folder from configs, with random weights.
 
 The tiny profile (small configs) and the random-full profile (the published full-size configs) share
 this builder and one layout, which mirrors where the full profile's weights live so that the
@@ -6,8 +6,7 @@ predictors load every profile with the same ``from_pretrained`` / ``load_ip_adap
 
     sdxl-base/               StableDiffusionXLPipeline   stabilityai/stable-diffusion-xl-base-1.0
     sdxl-vae-fp16-fix/       AutoencoderKL               madebyollin/sdxl-vae-fp16-fix
-    controlnet-depth/        ControlNetModel             diffusers/controlnet-depth-sdxl-1.0
-    controlnet-openpose/     ControlNetModel             thibaud/controlnet-openpose-sdxl-1.0
+    controlnet-<kind>/       ControlNetModel             e.g. diffusers/controlnet-depth-sdxl-1.0 (one per kind)
     ip-adapter/sdxl_models/  ip-adapter_sdxl.safetensors and image_encoder/   h94/IP-Adapter
 
 The base is saved without image encoder and feature extractor: ``load_ip_adapter`` registers them.
@@ -17,11 +16,8 @@ CLIP vocabulary is not in the repo); prompts are padded to 77 tokens either way,
 
 from __future__ import annotations
 
-import hashlib
-import json
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import torch
 from diffusers import (
@@ -40,16 +36,14 @@ from transformers import (
     CLIPVisionModelWithProjection,
 )
 
+from models.sdxl_family.configs import XLConfigs
+from models.sdxl_family.spec import controlnet_folder
 from worker.weights.tiny import save_tiny_clip_tokenizer
 
 ModelT = TypeVar("ModelT", bound=torch.nn.Module)
 
-# The published configs of the full-size models (sources in configs/README.md).
-CONFIGS_DIR = Path(__file__).parent / "configs"
-
 BASE_DIR = "sdxl-base"
 VAE_FP16_DIR = "sdxl-vae-fp16-fix"
-CONTROLNET_DIRS = {"depth": "controlnet-depth", "openpose": "controlnet-openpose"}
 IP_ADAPTER_DIR = "ip-adapter"
 IP_ADAPTER_SUBFOLDER = "sdxl_models"
 IP_ADAPTER_WEIGHT_NAME = "ip-adapter_sdxl.safetensors"
@@ -61,33 +55,6 @@ IP_ADAPTER_TOKENS = 4
 OBSERVABLE_ZERO_CONV_STD = 0.1
 # Side of the ramp image the conditioning embedding is calibrated on; a multiple of its downscale.
 EMBEDDING_PROBE_SIDE = 64
-
-
-@dataclass(frozen=True)
-class XLConfigs:
-    """The configs of every model in the layout; ``controlnets`` is keyed by control kind."""
-
-    unet: dict[str, Any]
-    vae: dict[str, Any]
-    vae_fp16: dict[str, Any]
-    text_encoder: dict[str, Any]
-    text_encoder_2: dict[str, Any]
-    scheduler: dict[str, Any]
-    controlnets: dict[str, dict[str, Any]]
-    image_encoder: dict[str, Any]
-
-
-def load_config(name: str) -> dict[str, Any]:
-    """A published config from ``configs/``, by file name without ``.json``."""
-    return json.loads((CONFIGS_DIR / f"{name}.json").read_text())
-
-
-def configs_digest() -> str:
-    """A digest of every config in ``configs/``: part of the builders' fingerprints."""
-    digest = hashlib.sha256()
-    for path in sorted(CONFIGS_DIR.glob("*.json")):
-        digest.update(path.name.encode() + path.read_bytes())
-    return digest.hexdigest()[:16]
 
 
 def make_conditioning_observable(controlnet: ControlNetModel, std: float = OBSERVABLE_ZERO_CONV_STD) -> None:
@@ -190,7 +157,7 @@ def build_xl_weights(
             controlnet = ControlNetModel.from_config(config)
             if observable_controlnets:
                 make_conditioning_observable(controlnet)
-            _in_dtype(controlnet, dtype).save_pretrained(folder / CONTROLNET_DIRS[kind])
+            _in_dtype(controlnet, dtype).save_pretrained(folder / controlnet_folder(kind))
             del controlnet
         ip_folder = folder / IP_ADAPTER_DIR / IP_ADAPTER_SUBFOLDER
         image_encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(**configs.image_encoder))

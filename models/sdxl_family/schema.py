@@ -5,8 +5,7 @@ from __future__ import annotations
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from shared.models.base import ImageURI, ModelInput
-from shared.models.schedulers import Scheduler
+from shared.input_schema import ImageURI, ModelInput, Scheduler
 
 SIZE_MULTIPLE = 8
 

@@ -1,6 +1,6 @@
-"""Random-weight checkpoints for controlnet-aux's MiDaS and openpose detectors, stored compactly.
+"""Random-weight checkpoints for the controlnet-aux detectors of the family, stored compactly.
 
-The tiny (and random-full) profile runs the same detectors as the full profile:
+The tiny (and random-full) profile runs the same detectors as the full profile, e.g.
 ``MidasDetector.from_pretrained(folder)`` (DPT-hybrid, as ``lllyasviel/Annotators`` ships it) and
 ``OpenposeDetector.from_pretrained(folder)``, loaded through their real loaders. Those loaders build
 fixed, full-size networks (MiDaS 123 M parameters; openpose body, hand and face 127 M) and
@@ -9,27 +9,30 @@ random weights would take about 500 MB in fp16.
 
 Here every weight tensor is instead a view into one random buffer shared by all tensors with the same
 initialisation scale (``torch.save`` keeps shared storage), and every norm weight, bias and running
-statistic is a single broadcast value, so the four files take about 60 MB and build in a second, yet
+statistic is a single broadcast value, so the files take about 60 MB and build in a second, yet
 load into the real architectures. Tensors start at different offsets of their buffer so that layers
 differ. The weights are random: the depth map is an image-dependent texture, not depth, and openpose
 finds no person, so its pose map is black.
+
+One folder holds every kind's checkpoints, like ``lllyasviel/Annotators`` (the full profile's
+``annotators_weights``); each kind names the function that writes its own
+(``ControlKind.random_detector_checkpoints``).
 """
 
 from __future__ import annotations
 
+import importlib
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from models.sdxl_family.spec import ControlKind
 from worker.weights.tiny import builder_fingerprint, ensure_built
 
 SEED = 0
-MIDAS_FILENAME = "dpt_hybrid-midas-501f0c75.pt"
-BODY_FILENAME = "body_pose_model.pth"
-HAND_FILENAME = "hand_pose_model.pth"
-FACE_FILENAME = "facenet.pth"
 # Room for per-tensor start offsets inside a shared buffer.
 OFFSET_SLACK = 4096
 # timm's default for position embeddings and class tokens, which have no fan-in.
@@ -99,44 +102,22 @@ def compact_random_state_dict(model: nn.Module, seed: int = SEED) -> dict[str, t
     return {name: views.get(name, constants.get(name)) for name in state}
 
 
-def _midas_model() -> nn.Module:
-    from controlnet_aux.midas.midas.dpt_depth import DPTDepthModel
-
-    # The architecture MidasDetector builds for model_type="dpt_hybrid".
-    return DPTDepthModel(path=None, backbone="vitb_rn50_384", non_negative=True)
-
-
-def _openpose_models() -> dict[str, nn.Module]:
-    from controlnet_aux.open_pose.face import FaceNet
-    from controlnet_aux.open_pose.model import bodypose_model, handpose_model
-
-    return {BODY_FILENAME: bodypose_model(), HAND_FILENAME: handpose_model(), FACE_FILENAME: FaceNet()}
-
-
-def _strip_top_level(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    # controlnet-aux's openpose loader (util.transfer) expects keys without the model's first level.
-    return {name.split(".", 1)[1]: tensor for name, tensor in state.items()}
-
-
-def build_tiny_annotators(folder: Path) -> None:
-    """Write random MiDaS DPT-hybrid and openpose body/hand/face checkpoints into ``folder``.
+def build_tiny_annotators(folder: Path, kinds: Sequence[ControlKind]) -> None:
+    """Write the random checkpoints of every kind's detector into ``folder``.
 
     Deterministic: two builds with the same libraries write identical files.
     """
     folder.mkdir(parents=True, exist_ok=True)
-    with torch.device("meta"):
-        midas = _midas_model()
-        openpose = _openpose_models()
-    torch.save(compact_random_state_dict(midas, SEED), folder / MIDAS_FILENAME)
-    for index, (filename, model) in enumerate(openpose.items(), start=1):
-        state = compact_random_state_dict(model, SEED + index)
-        torch.save(state if filename == FACE_FILENAME else _strip_top_level(state), folder / filename)
+    for kind in kinds:
+        kind.write_random_detector_checkpoints(folder)
 
 
-def ensure_tiny_annotators(weights_dir: Path) -> Path:
-    """The folder of the random annotator checkpoints under ``weights_dir``, built on first use."""
+def ensure_tiny_annotators(weights_dir: Path, kinds: Sequence[ControlKind]) -> Path:
+    """The folder of the kinds' random detector checkpoints under ``weights_dir``, built on first use."""
+    # The writers' modules, imported: their source is part of the fingerprint.
+    writers = [importlib.import_module(kind.random_detector_checkpoints.partition(":")[0]).__name__ for kind in kinds]
     return ensure_built(
         Path(weights_dir) / "tiny" / "annotators",
-        builder_fingerprint(__name__),
-        build_tiny_annotators,
+        builder_fingerprint(__name__, *writers),
+        lambda folder: build_tiny_annotators(folder, kinds),
     )

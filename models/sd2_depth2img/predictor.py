@@ -11,15 +11,14 @@ import torch
 from diffusers import StableDiffusionDepth2ImgPipeline
 from PIL import Image
 
+from models.sd2_depth2img.schema import Depth2ImgInput
+from models.sd2_depth2img.weights import sd2_depth2img_source
 from shared.images import ImageInputError
-from shared.models.sd2_depth2img import Depth2ImgInput
 from worker.predictors.base import PredictContext, PreparedJob, Predictor, StepCallback, resolve_seed
 from worker.predictors.rows import fit, generators, rows, split_images
 from worker.predictors.schedulers import SCHEDULERS
 from worker.tuning import Tuning, optimise_pipeline
-from worker.weights.loading import load_pipeline, weights_source
-from worker.weights.random_full import ensure_random_full_sd2_depth2img
-from worker.weights.tiny_sd2_depth2img import ensure_tiny_sd2_depth2img
+from worker.weights.loading import load_pipeline
 
 SIZE_MULTIPLE = 64
 
@@ -28,10 +27,10 @@ def output_size(width: int, height: int, max_side: int) -> tuple[int, int]:
     """The input's size scaled down to fit ``max_side`` (aspect kept), each side rounded down to a multiple of 64."""
     scale = min(1.0, max_side / max(width, height))
 
-    def fit(side: int) -> int:
+    def scaled_side(side: int) -> int:
         return max(SIZE_MULTIPLE, int(side * scale) // SIZE_MULTIPLE * SIZE_MULTIPLE)
 
-    return fit(width), fit(height)
+    return scaled_side(width), scaled_side(height)
 
 
 def depth_map_from_image(image: Image.Image, size: tuple[int, int]) -> torch.Tensor:
@@ -69,9 +68,7 @@ class Depth2ImgPredictor(Predictor[Depth2ImgInput, Depth2ImgJob]):
 
     def setup(self) -> None:
         self.tuning = Tuning.from_settings(self.settings)
-        source = weights_source(self.settings, self.settings.sd2_depth2img_weights, ensure_tiny_sd2_depth2img,
-                                ensure_random_full_sd2_depth2img)
-        self.pipe = load_pipeline(StableDiffusionDepth2ImgPipeline, source, self.settings)
+        self.pipe = load_pipeline(StableDiffusionDepth2ImgPipeline, sd2_depth2img_source(self.settings), self.settings)
         self.applied = optimise_pipeline(self.pipe, self.tuning)
         # Every prediction gets a fresh scheduler from this config: schedulers keep per-run state.
         self.scheduler_config = self.pipe.scheduler.config

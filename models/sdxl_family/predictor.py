@@ -1,19 +1,18 @@
-"""What the SDXL + IP-Adapter + ControlNet models share: weights, one SDXL base per process, predict.
+"""The predictor of the SDXL + IP-Adapter + ControlNet models: one SDXL base per process, then predict.
 
 ``kiln/ip-adapter-depth-xl`` and ``kiln/ip-adapter-openpose-xl`` differ only in their ControlNet and
-in the controlnet-aux detector that turns ``input_image`` into a control map. Both run
-``StableDiffusionXLControlNetPipeline`` over the same UNet, VAE, text encoders and IP-Adapter image
-encoder: whichever predictor sets up first loads that base, and the IP-Adapter into it (loading
+in the controlnet-aux detector that turns ``input_image`` into a control map (their ``ControlKind``).
+Both run ``StableDiffusionXLControlNetPipeline`` over the same UNet, VAE, text encoders and IP-Adapter
+image encoder: whichever predictor sets up first loads that base, and the IP-Adapter into it (loading
 replaces the UNet's attention processors, so it happens once), and the other builds its pipeline
 from the same objects. A worker serving both models holds one SDXL in memory.
 """
 
 from __future__ import annotations
 
-import abc
 import threading
 import time
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -21,7 +20,10 @@ import torch
 from diffusers import AutoencoderKL, ControlNetModel, StableDiffusionXLControlNetPipeline, StableDiffusionXLPipeline
 from PIL import Image
 
-from shared.models.ip_adapter_xl import IPAdapterXLInput
+from models.sdxl_family.builder import IP_ADAPTER_SUBFOLDER, IP_ADAPTER_WEIGHT_NAME
+from models.sdxl_family.schema import IPAdapterXLInput
+from models.sdxl_family.spec import ControlKind
+from models.sdxl_family.weights import XLWeights, xl_weights
 from shared.settings import Settings
 from worker.devices import resolve_device
 from worker.predictors.base import NamedImage, Output, PredictContext, PreparedJob, Predictor, StepCallback, resolve_seed
@@ -29,61 +31,12 @@ from worker.predictors.rows import fit, generators, rows, split_images
 from worker.predictors.schedulers import SCHEDULERS
 from worker.tuning import Tuning, optimise_pipeline
 from worker.weights.loading import hub_cache_dir, load_model, load_pipeline
-from worker.weights.random_full import ensure_random_full_sdxl
-from worker.weights.sdxl_builder import (
-    BASE_DIR,
-    CONTROLNET_DIRS,
-    IP_ADAPTER_DIR,
-    IP_ADAPTER_SUBFOLDER,
-    IP_ADAPTER_WEIGHT_NAME,
-    VAE_FP16_DIR,
-)
-from worker.weights.tiny_annotators import ensure_tiny_annotators
-from worker.weights.tiny_sdxl import ensure_tiny_sdxl
 
 CONTROL_MAP_NAME = "control-map"
 # Detectors run at the output's short side within these bounds: 512 is what they were trained at
 # (controlnet-aux's default), and below 256 a person is too small to find.
 MIN_DETECT_RESOLUTION = 256
 MAX_DETECT_RESOLUTION = 512
-
-
-@dataclass(frozen=True)
-class XLWeights:
-    """Where each part of the XL models comes from: local folders (tiny, random-full) or Hub ids (full)."""
-
-    base: str
-    # Replaces the base's VAE when set: the fp16-safe one, on CUDA.
-    vae: str | None
-    controlnets: Mapping[str, str]
-    ip_adapter: str
-    annotators: str
-
-
-def xl_weights(settings: Settings) -> XLWeights:
-    """The weights of the settings' profile; the tiny and random-full folders are built on first use."""
-    on_cuda = resolve_device(settings.device).type == "cuda"
-    if settings.weights_profile == "full":
-        return XLWeights(
-            base=settings.sdxl_base_weights,
-            vae=settings.sdxl_vae_fp16_weights if on_cuda else None,
-            controlnets={"depth": settings.controlnet_depth_xl_weights,
-                         "openpose": settings.controlnet_openpose_xl_weights},
-            ip_adapter=settings.ip_adapter_weights,
-            annotators=settings.annotators_weights,
-        )
-    weights_dir = settings.resolved_weights_dir
-    if settings.weights_profile == "tiny":
-        root = ensure_tiny_sdxl(weights_dir)
-    else:
-        root = ensure_random_full_sdxl(weights_dir, resolve_device(settings.device))
-    return XLWeights(
-        base=str(root / BASE_DIR),
-        vae=str(root / VAE_FP16_DIR) if on_cuda else None,
-        controlnets={kind: str(root / folder) for kind, folder in CONTROLNET_DIRS.items()},
-        ip_adapter=str(root / IP_ADAPTER_DIR),
-        annotators=str(ensure_tiny_annotators(weights_dir)),
-    )
 
 
 _bases: dict[tuple[str, ...], dict[str, Any]] = {}
@@ -157,23 +110,27 @@ def _settings_key(inputs: IPAdapterXLInput) -> Hashable:
 
 
 class IPAdapterXLPredictor(Predictor[IPAdapterXLInput, IPAdapterXLJob]):
-    """SDXL steered by an image prompt (IP-Adapter) and laid out by a control map (ControlNet)."""
+    """SDXL steered by an image prompt (IP-Adapter) and laid out by a control map (ControlNet).
 
-    # The ControlNet's key in ``XLWeights.controlnets``, also used in log lines.
-    control_kind: ClassVar[str]
+    A model of the family subclasses it with its ``control`` kind and nothing else.
+    """
 
-    @abc.abstractmethod
+    # Which ControlNet and detector to load: the model's kind, declared in its folder.
+    control: ClassVar[ControlKind]
+
     def load_detector(self, source: str) -> Any:
-        """The controlnet-aux detector from ``source`` (a folder or a Hub id), on the device.
+        """The kind's controlnet-aux detector from ``source`` (a folder or a Hub id), on the device.
 
         It is called as ``detector(image, detect_resolution=n, image_resolution=n)`` and returns
         the control map as a PIL image.
         """
+        detector = self.control.detector_class().from_pretrained(source, cache_dir=hub_cache_dir(self.settings))
+        return detector.to(resolve_device(self.settings.device))
 
     def setup(self) -> None:
         self.tuning = Tuning.from_settings(self.settings)
         weights = xl_weights(self.settings)
-        controlnet = load_model(ControlNetModel, weights.controlnets[self.control_kind], self.settings)
+        controlnet = load_model(ControlNetModel, weights.controlnets[self.control.name], self.settings)
         self.pipe = RowwiseIPAdapterXLPipeline(
             **shared_base_components(self.settings, weights), controlnet=controlnet
         )
@@ -196,7 +153,7 @@ class IPAdapterXLPredictor(Predictor[IPAdapterXLInput, IPAdapterXLJob]):
             started = time.monotonic()
             resolution = detect_resolution(*size)
             control = self.detector(image, detect_resolution=resolution, image_resolution=resolution)
-            ctx.log(f"Extracted the {self.control_kind} map in {time.monotonic() - started:.2f} s")
+            ctx.log(f"Extracted the {self.control.name} map in {time.monotonic() - started:.2f} s")
         return control.convert("RGB").resize(size, Image.Resampling.BICUBIC)
 
     @torch.no_grad()

@@ -1,24 +1,42 @@
-"""Tiny ``StableDiffusionDepth2ImgPipeline`` weights: the real classes, small configs, random weights.
+"""``kiln/sd2-depth2img``'s weights in each profile: the full one's reference, the tiny and random-full builds.
 
-The layout mirrors ``stabilityai/stable-diffusion-2-depth`` (a UNet taking 4 latent + 1 depth
-channels, a VAE that downsamples by 8, a CLIP text encoder, a hybrid DPT depth estimator with a
-BiT backbone) so the predictor loads it exactly like the real weights. Its images are noise.
+- ``full``: ``KILN_SD2_DEPTH2IMG_WEIGHTS`` (``stabilityai/stable-diffusion-2-depth`` by default).
+- ``tiny``: the real classes, small configs, random weights. The layout mirrors
+  ``stabilityai/stable-diffusion-2-depth`` (a UNet taking 4 latent + 1 depth channels, a VAE that
+  downsamples by 8, a CLIP text encoder, a hybrid DPT depth estimator with a BiT backbone) so the
+  predictor loads it exactly like the real weights. Its images are noise.
+- ``random-full``: the published configs in ``configs/`` (sources in its README) with random
+  weights, built on the device and saved once in fp16 (about 2.8 GB), for GPU timing: real shapes
+  and FLOPs, noise images.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionDepth2ImgPipeline, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, DPTConfig, DPTForDepthEstimation, DPTImageProcessor
 
+from shared.settings import Settings
+from worker.weights.loading import weights_source
+from worker.weights.published import configs_digest, read_config
 from worker.weights.tiny import builder_fingerprint, ensure_built, save_tiny_clip_tokenizer
 
+# The published configs of stabilityai/stable-diffusion-2-depth (sources in configs/README.md).
+CONFIGS_DIR = Path(__file__).parent / "configs"
 SEED = 0
+# random-full is saved in half precision whatever the device: half the disk and load time; loading casts.
+SAVED_DTYPE = torch.float16
 TEXT_HIDDEN_SIZE = 32
 # The DPT's input side; its BiT backbone downsamples by 16, so the ViT sees a 4x4 grid of patches.
 DEPTH_INPUT_SIDE = 64
+
+
+def load_config(name: str) -> dict[str, Any]:
+    """A published config from ``configs/``, by file name without ``.json``."""
+    return read_config(CONFIGS_DIR / f"{name}.json")
 
 
 def _unet() -> UNet2DConditionModel:
@@ -163,3 +181,47 @@ def ensure_tiny_sd2_depth2img(weights_dir: Path) -> Path:
         builder_fingerprint(__name__),
         build_tiny_sd2_depth2img,
     )
+
+
+def build_sd2_depth2img_weights(folder: Path, *, seed: int, dtype: torch.dtype = torch.float32,
+                                device: str = "cpu") -> None:
+    """``stabilityai/stable-diffusion-2-depth``'s layout from its published configs, random weights, into ``folder``.
+
+    The tokenizer is the tiny profile's (the real CLIP vocabulary is not in the repo); prompts are
+    padded to 77 tokens either way. The DPT depth estimator is made to depend on its input
+    (``make_depth_observable``): a flat random depth map would normalise to NaN.
+    """
+    tokenizer = save_tiny_clip_tokenizer(folder / "tokenizer")
+    torch.manual_seed(seed)
+    with torch.device(device):
+        pipe = StableDiffusionDepth2ImgPipeline(
+            vae=AutoencoderKL.from_config(load_config("sd2_depth_vae")),
+            text_encoder=CLIPTextModel(CLIPTextConfig(**load_config("sd2_depth_text_encoder"))),
+            tokenizer=tokenizer,
+            unet=UNet2DConditionModel.from_config(load_config("sd2_depth_unet")),
+            scheduler=PNDMScheduler.from_config(load_config("sd2_depth_scheduler")),
+            depth_estimator=make_depth_observable(DPTForDepthEstimation(DPTConfig(**load_config("sd2_depth_estimator")))),
+            feature_extractor=DPTImageProcessor(**load_config("sd2_depth_feature_extractor")),
+        )
+    if dtype != torch.float32:
+        pipe.to(dtype=dtype)
+    pipe.save_pretrained(folder)
+
+
+def ensure_random_full_sd2_depth2img(weights_dir: Path, device: torch.device) -> Path:
+    """The folder of the random full-size SD2 depth2img pipeline under ``weights_dir``, built on first use."""
+
+    def build(folder: Path) -> None:
+        build_sd2_depth2img_weights(folder, seed=SEED, dtype=SAVED_DTYPE, device=str(device))
+
+    return ensure_built(
+        Path(weights_dir) / "random-full" / "sd2-depth2img",
+        f"{builder_fingerprint(__name__)}-{configs_digest(CONFIGS_DIR.glob('*.json'))}",
+        build,
+    )
+
+
+def sd2_depth2img_source(settings: Settings) -> str:
+    """What the predictor passes to ``from_pretrained`` in the settings' profile (local folders built on first use)."""
+    return weights_source(settings, settings.sd2_depth2img_weights, ensure_tiny_sd2_depth2img,
+                          ensure_random_full_sd2_depth2img)

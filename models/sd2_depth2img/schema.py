@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field, model_validator
 
-from shared.models.base import ImageURI, ModelInput
-from shared.models.schedulers import Scheduler
+from shared.input_schema import ImageURI, ModelInput, Scheduler
 
 
 class Depth2ImgInput(ModelInput):

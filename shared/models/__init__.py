@@ -1,1 +1,0 @@
-"""Model metadata and input schemas, importable without torch."""

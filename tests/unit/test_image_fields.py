@@ -1,0 +1,119 @@
+"""Image inputs at any depth: found in the schema, then staged, ownership-checked and reported by where they are."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from api.errors import ProblemError
+from api.inputs import stage_remote_images, validate_input
+from models.sd2_depth2img.schema import Depth2ImgInput
+from models.sdxl_family.schema import IPAdapterXLInput
+from shared.input_schema import EVERY_ITEM, EVERY_VALUE, ImageField, image_fields, image_inputs
+from shared.settings import Settings
+from tests.support import data_uri, png_bytes
+from tests.support.nested_images import LIST_OF_IMAGES, ListOfImagesInput, NestedImagesInput
+
+BASE_URL = "http://kiln.test"
+OURS = f"{BASE_URL}/v1/files/{'a' * 26}"
+GONE = f"{BASE_URL}/v1/files/{'b' * 26}"
+PNG = data_uri(png_bytes(8, 8))
+
+
+def test_the_models_image_fields_are_their_top_level_image_inputs():
+    assert image_fields(Depth2ImgInput) == (ImageField(("input_image",), True), ImageField(("depth_image",), False))
+    assert image_fields(IPAdapterXLInput) == (ImageField(("input_image",), False), ImageField(("ip_image",), True),
+                                              ImageField(("control_image",), False))
+
+
+def test_image_fields_are_found_in_lists_nested_objects_optionals_and_mappings():
+    assert image_fields(ListOfImagesInput) == (
+        ImageField(("input_image",), False),
+        ImageField(("references", EVERY_ITEM), True),
+        ImageField(("masks", EVERY_ITEM), False),
+        ImageField(("style", "image"), False),
+        ImageField(("layers", EVERY_ITEM, "image"), False),
+        ImageField(("named", EVERY_VALUE), False),
+    )
+    assert image_fields(NestedImagesInput) == (
+        ImageField(("style", "image"), True),
+        ImageField(("layers", EVERY_ITEM, "image"), True),
+        ImageField(("extra", "image"), False),
+    )
+
+
+def test_image_inputs_names_where_each_image_is():
+    inputs = ListOfImagesInput.model_validate({
+        "references": ["https://e.com/0.png", "https://e.com/1.png"], "masks": None,
+        "style": {"image": "https://e.com/style.png"}, "layers": [{"image": PNG}, {"image": "https://e.com/l1.png"}],
+        "named": {"sky": "https://e.com/sky.png"}, "caption": "https://e.com/not-an-image-field",
+    }).model_dump(mode="json")
+    assert image_inputs(ListOfImagesInput, inputs) == [
+        ("references.0", "https://e.com/0.png"), ("references.1", "https://e.com/1.png"),
+        ("style.image", "https://e.com/style.png"), ("layers.0.image", PNG), ("layers.1.image", "https://e.com/l1.png"),
+        ("named.sky", "https://e.com/sky.png"),
+    ]
+
+
+class FakeFiles:
+    """Only ``OURS`` exists, and only for tenant "a"."""
+
+    def get(self, file_id: str, tenant: str) -> object | None:
+        return object() if (file_id, tenant) == (OURS.rsplit("/", 1)[1], "a") else None
+
+
+class FakeStorage:
+    def __init__(self) -> None:
+        self.objects: dict[str, bytes] = {}
+
+    def put_bytes(self, key: str, data: bytes, content_type: str) -> None:
+        self.objects[key] = data
+
+
+@pytest.fixture
+def services() -> SimpleNamespace:
+    return SimpleNamespace(settings=Settings(_env_file=None), files=FakeFiles(), storage=FakeStorage())
+
+
+def test_a_missing_or_foreign_file_inside_a_list_is_refused_naming_the_item(services):
+    validate_input(LIST_OF_IMAGES, {"references": [OURS]}, services, "a", BASE_URL)
+    with pytest.raises(ProblemError) as refused:
+        validate_input(LIST_OF_IMAGES, {"references": [OURS, GONE]}, services, "a", BASE_URL)
+    assert refused.value.status == 422
+    assert refused.value.detail == f"input.references.1: file {'b' * 26} does not exist or has expired"
+    with pytest.raises(ProblemError, match=r"input\.layers\.0\.image: file a{26} does not exist"):
+        validate_input(LIST_OF_IMAGES, {"references": [], "layers": [{"image": OURS}]}, services, "b", BASE_URL)
+
+
+def test_a_bad_data_uri_inside_a_list_is_refused_naming_the_item(services):
+    with pytest.raises(ProblemError, match=r"input\.references\.1: .*not a readable image"):
+        validate_input(LIST_OF_IMAGES, {"references": [PNG, data_uri(b"not an image")]}, services, "a", BASE_URL)
+
+
+def test_every_remote_image_in_a_list_or_nested_object_is_fetched_once_and_staged(services, monkeypatch):
+    fetched: list[str] = []
+
+    def fetch_url(url: str, **bounds) -> bytes:
+        fetched.append(url)
+        return png_bytes(8, 8, seed=len(fetched))
+
+    monkeypatch.setattr("api.inputs.fetch_url", fetch_url)
+    inputs = validate_input(LIST_OF_IMAGES, {
+        "references": ["https://e.com/0.png", PNG, OURS, "https://e.com/0.png"],
+        "layers": [{"image": "https://e.com/layer.png"}], "caption": "https://e.com/caption",
+    }, services, "a", BASE_URL)
+
+    staged = stage_remote_images(LIST_OF_IMAGES, inputs, services, "p1", BASE_URL)
+
+    assert fetched == ["https://e.com/0.png", "https://e.com/layer.png"]
+    assert staged == {"https://e.com/0.png": "predictions/p1/inputs/references.0",
+                      "https://e.com/layer.png": "predictions/p1/inputs/layers.0.image"}
+    assert sorted(services.storage.objects) == sorted(staged.values())
+
+
+def test_a_remote_image_in_a_list_that_is_not_an_image_is_refused_naming_the_item(services, monkeypatch):
+    monkeypatch.setattr("api.inputs.fetch_url", lambda url, **bounds: png_bytes(8, 8) if url.endswith(".png") else b"<html>")
+    inputs = {"references": ["https://e.com/0.png", "https://e.com/page.html"]}
+    with pytest.raises(ProblemError, match=r"input\.references\.1: "):
+        stage_remote_images(LIST_OF_IMAGES, inputs, services, "p1", BASE_URL)
