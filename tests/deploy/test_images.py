@@ -103,10 +103,10 @@ def test_the_api_image_installs_only_the_core_set():
 
 
 @pytest.mark.parametrize(("dockerfile", "packages"), [
-    # The API image also runs the webhook worker (compose, Kubernetes).
-    ("Dockerfile.api", {"api", "shared", "webhook_worker"}),
+    # The API image also runs the webhook worker (compose, Kubernetes); the API reads the model registry.
+    ("Dockerfile.api", {"api", "shared", "models", "webhook_worker"}),
     # The GPU worker registers the webhook delivery task too, for a worker given the webhooks queue.
-    ("Dockerfile.worker", {"api", "shared", "webhook_worker", "worker"}),
+    ("Dockerfile.worker", {"api", "shared", "models", "webhook_worker", "worker"}),
 ])
 def test_each_image_copies_the_packages_its_entry_points_import(dockerfile, packages):
     text = (DOCKER_DIR / dockerfile).read_text()
