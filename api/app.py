@@ -55,8 +55,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(title="Kiln", version="0.1.0", lifespan=lifespan)
     # Uploads have their own, larger cap (plus room for the multipart framing).
-    app.add_middleware(BodyLimitMiddleware, default_limit=settings.max_request_bytes,
-                       limits_by_prefix={"/v1/files": settings.file_max_bytes + 64 * 1024})
+    app.add_middleware(
+        BodyLimitMiddleware,
+        default_limit=settings.max_request_bytes,
+        limits_by_prefix={"/v1/files": settings.file_max_bytes + 64 * 1024},
+    )
     app.add_middleware(PredictionLogContext)
     install_error_handlers(app)
     app.include_router(health.router)

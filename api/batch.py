@@ -34,8 +34,9 @@ def _model_of(item: CreateInBatch, services: Services) -> ModelSpec:
         raise ProblemError(422, f"{'version' if item.version else 'model'}: {exc}") from None
 
 
-def prepare_item(services: Services, tenant: str, raw: dict[str, Any], base_url: str,
-                 checked_images: set[str]) -> Prediction:
+def prepare_item(
+    services: Services, tenant: str, raw: dict[str, Any], base_url: str, checked_images: set[str]
+) -> Prediction:
     """One item as a prediction ready to store; ``ProblemError`` says what is wrong with it."""
     try:
         item = CreateInBatch.model_validate(raw)
@@ -44,8 +45,9 @@ def prepare_item(services: Services, tenant: str, raw: dict[str, Any], base_url:
     return prepare(services, tenant, _model_of(item, services), item, base_url, checked_images)
 
 
-def submit_batch(services: Services, tenant: str, items: list[dict[str, Any]], base_url: str,
-                 idempotency_key: str | None) -> tuple[list[dict[str, Any]], bool]:
+def submit_batch(
+    services: Services, tenant: str, items: list[dict[str, Any]], base_url: str, idempotency_key: str | None
+) -> tuple[list[dict[str, Any]], bool]:
     """Create the batch (or replay it, for a repeated Idempotency-Key); returns the rendered results
     and whether they were created now."""
     limit = services.settings.batch_max_items
@@ -70,8 +72,9 @@ def submit_batch(services: Services, tenant: str, items: list[dict[str, Any]], b
     return [render_prediction(r, base_url, secret) if isinstance(r, Prediction) else r for r in results], True
 
 
-def _create(services: Services, tenant: str, items: list[dict[str, Any]],
-            base_url: str) -> list[Prediction | dict[str, Any]]:
+def _create(
+    services: Services, tenant: str, items: list[dict[str, Any]], base_url: str
+) -> list[Prediction | dict[str, Any]]:
     results: list[Prediction | dict[str, Any]] = []
     checked_images: set[str] = set()  # data URIs found good in this batch: checked once
     for raw in items:
@@ -90,11 +93,17 @@ def _replay(services: Services, batch_id: str, base_url: str) -> list[dict[str, 
     deadline = time.monotonic() + DUPLICATE_WAIT_S
     while (stored := services.redis.get(keys.batch(batch_id))) is None:
         if time.monotonic() > deadline:
-            raise ProblemError(409, "a batch with this Idempotency-Key is still being processed; retry shortly",
-                               headers={"Retry-After": "1"})
+            raise ProblemError(
+                409,
+                "a batch with this Idempotency-Key is still being processed; retry shortly",
+                headers={"Retry-After": "1"},
+            )
         time.sleep(0.02)
     entries = json.loads(stored)
     found = {p.id: p for p in services.store.get_many([e["id"] for e in entries if "id" in e])}
     secret = services.url_signing_secret
-    return [render_prediction(found[e["id"]], base_url, secret) if "id" in e else e["problem"] for e in entries
-            if "problem" in e or e["id"] in found]
+    return [
+        render_prediction(found[e["id"]], base_url, secret) if "id" in e else e["problem"]
+        for e in entries
+        if "problem" in e or e["id"] in found
+    ]

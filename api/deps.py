@@ -40,8 +40,9 @@ async def optional_tenant(request: Request, settings: Annotated[Settings, Depend
     scheme, _, token = header.partition(" ")
     token = token.strip()
     if scheme.lower() not in {"bearer", "token"} or not token:
-        raise ProblemError(401, "malformed credentials: send 'Authorization: Bearer <token>'",
-                           headers={"WWW-Authenticate": "Bearer"})
+        raise ProblemError(
+            401, "malformed credentials: send 'Authorization: Bearer <token>'", headers={"WWW-Authenticate": "Bearer"}
+        )
     digest = token_digest(token)
     # Every known digest is compared, in constant time, so timing says nothing about which matched.
     matches = [hmac.compare_digest(digest, known) for known in settings.token_digests]
@@ -57,13 +58,17 @@ async def current_tenant(
 ) -> str:
     """The authenticated tenant, within its rate limit (429 with ``Retry-After`` beyond it)."""
     if tenant is None:
-        raise ProblemError(401, "missing credentials: send 'Authorization: Bearer <token>'",
-                           headers={"WWW-Authenticate": "Bearer"})
+        raise ProblemError(
+            401, "missing credentials: send 'Authorization: Bearer <token>'", headers={"WWW-Authenticate": "Bearer"}
+        )
     decision = await services.rate_limiter.take(tenant)
     if not decision.allowed:
-        raise ProblemError(429, f"rate limit exceeded: {services.settings.rate_limit_per_s:g} requests per second "
-                           f"with bursts of {services.settings.rate_limit_burst}",
-                           headers=decision.headers() | {"Retry-After": str(decision.retry_after_s)})
+        raise ProblemError(
+            429,
+            f"rate limit exceeded: {services.settings.rate_limit_per_s:g} requests per second "
+            f"with bursts of {services.settings.rate_limit_burst}",
+            headers=decision.headers() | {"Retry-After": str(decision.retry_after_s)},
+        )
     response.headers.update(decision.headers())
     return tenant
 

@@ -36,8 +36,9 @@ def problem_body(status: int, detail: str, **extra: Any) -> dict[str, Any]:
 
 
 def problem_response(status: int, detail: str, headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
-    return JSONResponse(problem_body(status, detail, **extra), status_code=status, media_type=PROBLEM_JSON,
-                        headers=headers)
+    return JSONResponse(
+        problem_body(status, detail, **extra), status_code=status, media_type=PROBLEM_JSON, headers=headers
+    )
 
 
 def _location(loc: tuple[Any, ...]) -> str:

@@ -21,8 +21,14 @@ from shared.model_spec import ModelSpec
 from shared.objects import input_key
 
 
-def validate_input(spec: ModelSpec, raw: dict[str, Any], services: Services, tenant: str, base_url: str,
-                   checked_images: set[str] | None = None) -> dict[str, Any]:
+def validate_input(
+    spec: ModelSpec,
+    raw: dict[str, Any],
+    services: Services,
+    tenant: str,
+    base_url: str,
+    checked_images: set[str] | None = None,
+) -> dict[str, Any]:
     """Validate against the model's schema; return the input as stored (the fields the client set).
 
     ``checked_images``, shared by the items of one batch, holds the data-URI images already found
@@ -50,17 +56,22 @@ def remote_image_urls(spec: ModelSpec, inputs: dict[str, Any], base_url: str) ->
     return remote
 
 
-def stage_remote_images(spec: ModelSpec, inputs: dict[str, Any], services: Services, prediction_id: str,
-                        base_url: str) -> dict[str, str]:
+def stage_remote_images(
+    spec: ModelSpec, inputs: dict[str, Any], services: Services, prediction_id: str, base_url: str
+) -> dict[str, str]:
     """Fetch each remote image input, check it, and store it; returns URL -> storage key (the worker's
     ``Prediction.input_files``)."""
     settings = services.settings
     staged: dict[str, str] = {}
     for where, url in remote_image_urls(spec, inputs, base_url).items():
         try:
-            data = fetch_url(url, timeout_s=settings.image_fetch_timeout_s, max_bytes=settings.image_fetch_max_bytes,
-                             allow_private=settings.image_fetch_allow_private,
-                             max_redirects=settings.image_fetch_max_redirects)
+            data = fetch_url(
+                url,
+                timeout_s=settings.image_fetch_timeout_s,
+                max_bytes=settings.image_fetch_max_bytes,
+                allow_private=settings.image_fetch_allow_private,
+                max_redirects=settings.image_fetch_max_redirects,
+            )
             inspect_image(data, settings.image_max_pixels)
         except ImageInputError as exc:
             raise ProblemError(422, f"input.{where}: {exc}") from None

@@ -19,8 +19,8 @@ from shared.model_spec import ModelSpec
 from shared.prediction import Prediction, new_id
 from shared.prediction_json import render_prediction
 from shared.queue_counters import QueueFull
-from shared.status import Status
 from shared.ssrf import URLRefused, resolve_checked
+from shared.status import Status
 
 # How long a duplicate request waits for the first one (same Idempotency-Key) to store its prediction.
 DUPLICATE_WAIT_S = 10.0
@@ -39,8 +39,14 @@ def check_webhook(url: str | None, services: Services) -> str | None:
     return url
 
 
-def prepare(services: Services, tenant: str, spec: ModelSpec, body: PredictionFields, base_url: str,
-            checked_images: set[str] | None = None) -> Prediction:
+def prepare(
+    services: Services,
+    tenant: str,
+    spec: ModelSpec,
+    body: PredictionFields,
+    base_url: str,
+    checked_images: set[str] | None = None,
+) -> Prediction:
     """Validate a create request (input, webhook, remote images) into a prediction ready to store."""
     prediction_id = new_id()
     inputs = validate_input(spec, body.input, services, tenant, base_url, checked_images)
@@ -71,24 +77,36 @@ def store_and_enqueue(services: Services, predictions: list[Prediction], priorit
         return queues.batch_priority(position, settings.batch_heavy_after)
 
     def messages(queued_before: int) -> list[tuple[str, str]]:
-        return [services.messages.render(p.id, p.queue, priority_at(queued_before + i))
-                for i, p in enumerate(predictions)]
+        return [
+            services.messages.render(p.id, p.queue, priority_at(queued_before + i)) for i, p in enumerate(predictions)
+        ]
 
     try:
-        services.store.create_many(predictions, tenant_cap=settings.max_queued_per_tenant,
-                                   total_cap=settings.max_queued_total, messages=messages)
+        services.store.create_many(
+            predictions,
+            tenant_cap=settings.max_queued_per_tenant,
+            total_cap=settings.max_queued_total,
+            messages=messages,
+        )
     except QueueFull as exc:
         status = 429 if exc.scope == "tenant" else 503
         who = "this token has" if exc.scope == "tenant" else "the service has"
-        raise ProblemError(status, f"{who} {exc.cap} predictions queued, the most allowed "
-                           f"(KILN_MAX_QUEUED_{'PER_TENANT' if exc.scope == 'tenant' else 'TOTAL'}); "
-                           f"{len(predictions)} more would not fit; retry when some have started",
-                           headers={"Retry-After": str(QUEUE_FULL_RETRY_AFTER_S)}) from None
+        raise ProblemError(
+            status,
+            f"{who} {exc.cap} predictions queued, the most allowed "
+            f"(KILN_MAX_QUEUED_{'PER_TENANT' if exc.scope == 'tenant' else 'TOTAL'}); "
+            f"{len(predictions)} more would not fit; retry when some have started",
+            headers={"Retry-After": str(QUEUE_FULL_RETRY_AFTER_S)},
+        ) from None
     record_created(p.model for p in predictions)
 
 
 def submit(
-    services: Services, tenant: str, spec: ModelSpec, body: PredictionFields, base_url: str,
+    services: Services,
+    tenant: str,
+    spec: ModelSpec,
+    body: PredictionFields,
+    base_url: str,
     idempotency_key: str | None = None,
 ) -> tuple[Prediction, bool]:
     """Store the prediction, then enqueue its id; returns it and whether it was created now.
@@ -116,15 +134,23 @@ def _stored_by_first_request(services: Services, prediction_id: str) -> Predicti
     deadline = time.monotonic() + DUPLICATE_WAIT_S
     while (prediction := services.store.get(prediction_id)) is None:
         if time.monotonic() > deadline:
-            raise ProblemError(409, "a request with this Idempotency-Key is still being processed; retry shortly",
-                               headers={"Retry-After": "1"})
+            raise ProblemError(
+                409,
+                "a request with this Idempotency-Key is still being processed; retry shortly",
+                headers={"Retry-After": "1"},
+            )
         time.sleep(0.02)
     return prediction
 
 
 async def create_and_respond(
-    services: Services, tenant: str, spec: ModelSpec, body: PredictionFields, base_url: str,
-    prefer: str | None, idempotency_key: str | None,
+    services: Services,
+    tenant: str,
+    spec: ModelSpec,
+    body: PredictionFields,
+    base_url: str,
+    prefer: str | None,
+    idempotency_key: str | None,
 ) -> JSONResponse:
     """Create (or replay) the prediction; with ``Prefer: wait``, hold the answer until it is terminal."""
     wait_s = parse_prefer_wait(prefer, services.settings.prefer_wait_default_s)

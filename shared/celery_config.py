@@ -22,8 +22,10 @@ def create_celery(settings: Settings) -> Celery:
         accept_content=["json"],
         broker_connection_retry_on_startup=True,
         # One Redis list per priority step, popped in order: interactive creates overtake batches.
-        broker_transport_options={"visibility_timeout": settings.visibility_timeout_s,
-                                  "priority_steps": queues.PRIORITY_STEPS},
+        broker_transport_options={
+            "visibility_timeout": settings.visibility_timeout_s,
+            "priority_steps": queues.PRIORITY_STEPS,
+        },
         task_default_priority=queues.PRIORITY_INTERACTIVE,
         worker_hijack_root_logger=False,
         worker_send_task_events=False,

@@ -15,8 +15,8 @@ if TYPE_CHECKING:
     from shared.storage import Storage
 
 from shared import keys, retention
-from shared.prediction import format_timestamp, new_id, utcnow
 from shared.objects import StoredObject, file_key
+from shared.prediction import format_timestamp, new_id, utcnow
 
 _FILE_PATH = re.compile(r"^/v1/files/([0-9a-z]{26})$")
 
@@ -74,9 +74,16 @@ class FileStore:
         """Store the bytes first, then the record, so a record never points at a missing object."""
         now = utcnow()
         record = FileRecord(
-            id=new_id(), tenant=tenant, name=name, content_type=content_type, size=len(data),
-            sha256=hashlib.sha256(data).hexdigest(), md5=hashlib.md5(data, usedforsecurity=False).hexdigest(),
-            metadata=metadata, created_at=now, expires_at=now + timedelta(seconds=self.retention_s),
+            id=new_id(),
+            tenant=tenant,
+            name=name,
+            content_type=content_type,
+            size=len(data),
+            sha256=hashlib.sha256(data).hexdigest(),
+            md5=hashlib.md5(data, usedforsecurity=False).hexdigest(),
+            metadata=metadata,
+            created_at=now,
+            expires_at=now + timedelta(seconds=self.retention_s),
         )
         self.storage.put_bytes(file_key(record.id), data, content_type)
         with self.redis.pipeline(transaction=True) as pipe:
@@ -112,7 +119,7 @@ class FileStore:
         """Newest first; expired entries are dropped from the index on the way."""
         ids = [i.decode() for i in self.redis.zrevrangebylex(keys.tenant_files(tenant), "+", "-", start=0, num=limit)]
         raws = self.redis.mget([keys.file(i) for i in ids]) if ids else []
-        expired = [i for i, raw in zip(ids, raws) if raw is None]
+        expired = [i for i, raw in zip(ids, raws, strict=True) if raw is None]
         if expired:
             self.redis.zrem(keys.tenant_files(tenant), *expired)
         return [FileRecord.model_validate_json(raw) for raw in raws if raw is not None]

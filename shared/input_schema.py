@@ -30,8 +30,11 @@ class InputLimits(BaseModel):
 
     @classmethod
     def from_settings(cls, settings: Settings) -> InputLimits:
-        return cls(max_bytes=settings.image_fetch_max_bytes, max_pixels=settings.image_max_pixels,
-                   max_side=settings.max_image_side)
+        return cls(
+            max_bytes=settings.image_fetch_max_bytes,
+            max_pixels=settings.image_max_pixels,
+            max_side=settings.max_image_side,
+        )
 
 
 def _validate_image_uri(value: str, info: ValidationInfo) -> str:
@@ -126,8 +129,9 @@ def image_fields(input_model: type[ModelInput]) -> tuple[ImageField, ...]:
     return tuple(ImageField(path, required) for path, required in found.items())
 
 
-def _image_paths(schema: Mapping[str, Any], defs: Mapping[str, Any], path: tuple[str, ...], required: bool,
-                 expanding: frozenset[str]) -> Iterator[tuple[tuple[str, ...], bool]]:
+def _image_paths(
+    schema: Mapping[str, Any], defs: Mapping[str, Any], path: tuple[str, ...], required: bool, expanding: frozenset[str]
+) -> Iterator[tuple[tuple[str, ...], bool]]:
     if "$ref" in schema:
         if schema["$ref"] in expanding:
             return
@@ -159,8 +163,9 @@ def image_inputs(input_model: type[ModelInput], inputs: Mapping[str, Any]) -> li
     return list(found.items())
 
 
-def _images_in(value: Any, schema: Mapping[str, Any], defs: Mapping[str, Any],
-               where: tuple[str, ...]) -> Iterator[tuple[str, str]]:
+def _images_in(
+    value: Any, schema: Mapping[str, Any], defs: Mapping[str, Any], where: tuple[str, ...]
+) -> Iterator[tuple[str, str]]:
     schema = _resolved(schema, defs)
     if _is_image(schema):
         if isinstance(value, str) and value:

@@ -23,7 +23,9 @@ from shared.store import LUA_SET_STATUS, record_keys
 # ARGV[1]: JSON started_at, ARGV[2]: lease expiry, ARGV[3]: prediction id. Starts the prediction
 # under a new attempt number and takes its lease, if the state table lets it enter PROCESSING (it is
 # queued); returns that number, or 0 when not (running, finished, gone).
-_START = LUA_SET_STATUS + """
+_START = (
+    LUA_SET_STATUS
+    + """
 local current = redis.call('HGET', KEYS[1], 'status')
 if not current then return 0 end
 local status = cjson.decode(current)
@@ -33,12 +35,15 @@ set_status(status, PROCESSING, ARGV[3], 'started_at', ARGV[1], 'attempt', tostri
 redis.call('ZADD', KEYS[3], ARGV[2], ARGV[3])
 return attempt
 """
+)
 
 # KEYS: as shared.store.LUA_SET_STATUS. ARGV[1]: now, ARGV[2]: max attempts, ARGV[3]: prediction id,
 # ARGV[4]: JSON completed_at, ARGV[5]: JSON error for the last attempt.
 # If the lease really lapsed (not renewed meanwhile), requeue (STARTING) or, once the prediction was
 # tried max attempts times, fail it, as far as the state table allows. Returns the new status or "".
-_REAP = LUA_SET_STATUS + """
+_REAP = (
+    LUA_SET_STATUS
+    + """
 local expiry = redis.call('ZSCORE', KEYS[3], ARGV[3])
 if not expiry or tonumber(expiry) > tonumber(ARGV[1]) then return '' end
 redis.call('ZREM', KEYS[3], ARGV[3])
@@ -57,6 +62,7 @@ else
 end
 return target
 """
+)
 
 
 class Leases:
@@ -69,8 +75,10 @@ class Leases:
     def start(self, prediction_id: str) -> int | None:
         """Move a queued prediction to processing under this worker's lease; its attempt number, or
         None when it is not queued (canceled, finished, or already taken by another delivery)."""
-        attempt = self._start(keys=record_keys(prediction_id),
-                              args=[json.dumps(format_timestamp(utcnow())), time.time() + self.lease_s, prediction_id])
+        attempt = self._start(
+            keys=record_keys(prediction_id),
+            args=[json.dumps(format_timestamp(utcnow())), time.time() + self.lease_s, prediction_id],
+        )
         return int(attempt) or None
 
     def renew(self, prediction_id: str) -> bool:
@@ -87,7 +95,8 @@ class Leases:
         attempts = self.redis.hget(keys.prediction(prediction_id), "attempt")
         tried = int(attempts or 0)
         error = f"worker died {tried} time{'s' if tried != 1 else ''} while running this prediction"
-        outcome = self._reap(keys=record_keys(prediction_id),
-                             args=[time.time(), max_attempts, prediction_id, json.dumps(format_timestamp(utcnow())),
-                                   json.dumps(error)])
+        outcome = self._reap(
+            keys=record_keys(prediction_id),
+            args=[time.time(), max_attempts, prediction_id, json.dumps(format_timestamp(utcnow())), json.dumps(error)],
+        )
         return Status(outcome.decode()) if outcome else None

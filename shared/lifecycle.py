@@ -37,16 +37,27 @@ class PredictionLifecycle:
         self.store = store
         self.notifier = notifier
 
-    def finish(self, prediction: Prediction, status: Status, *, attempt: int | None = None,
-               predict_time: float | None = None, **fields: object) -> bool:
+    def finish(
+        self,
+        prediction: Prediction,
+        status: Status,
+        *,
+        attempt: int | None = None,
+        predict_time: float | None = None,
+        **fields: object,
+    ) -> bool:
         """End ``prediction`` in the terminal ``status`` with ``fields`` (``output``, ``error``), if
         ``attempt`` is still the current one. False when it had already ended or moved on (another
         worker took over, a duplicate delivery)."""
         if predict_time is not None:
             fields["predict_time"] = predict_time
         if not self.store.transition(prediction.id, status, if_attempt=attempt, completed_at=utcnow(), **fields):
-            log.warning("prediction %s could not move to %s: it is %s", prediction.id, status.value,
-                        self.store.status(prediction.id))
+            log.warning(
+                "prediction %s could not move to %s: it is %s",
+                prediction.id,
+                status.value,
+                self.store.status(prediction.id),
+            )
             return False
         log.info("prediction %s %s", prediction.id, status.value)
         self._ended(prediction, status, predict_time)

@@ -85,11 +85,22 @@ def reap_lapsed_leases(lifecycle: PredictionLifecycle, leases: Leases, celery: C
     return reaped
 
 
-def worker_jobs(lifecycle: PredictionLifecycle, leases: Leases, outbox: WebhookOutbox, celery: Celery,
-                janitor: Janitor, max_attempts: int, with_webhooks: bool, retention_interval_s: float) -> list[Job]:
+def worker_jobs(
+    lifecycle: PredictionLifecycle,
+    leases: Leases,
+    outbox: WebhookOutbox,
+    celery: Celery,
+    janitor: Janitor,
+    max_attempts: int,
+    with_webhooks: bool,
+    retention_interval_s: float,
+) -> list[Job]:
     jobs = [
-        Job("reap-leases", max(1.0, leases.lease_s / 3),
-            lambda: reap_lapsed_leases(lifecycle, leases, celery, max_attempts)),
+        Job(
+            "reap-leases",
+            max(1.0, leases.lease_s / 3),
+            lambda: reap_lapsed_leases(lifecycle, leases, celery, max_attempts),
+        ),
         Job("retention", retention_interval_s, janitor.run_once),
     ]
     if with_webhooks:

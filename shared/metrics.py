@@ -21,24 +21,34 @@ from prometheus_client.registry import Collector
 
 log = logging.getLogger(__name__)
 
-PREDICTIONS_CREATED = Counter(
-    "kiln_predictions_created", "Predictions accepted and queued, by model.", ["model"])
+PREDICTIONS_CREATED = Counter("kiln_predictions_created", "Predictions accepted and queued, by model.", ["model"])
 PREDICTIONS_FINISHED = Counter(
-    "kiln_predictions_finished", "Predictions that reached a terminal status, by model and status.",
-    ["model", "status"])
+    "kiln_predictions_finished", "Predictions that reached a terminal status, by model and status.", ["model", "status"]
+)
 QUEUE_WAIT = Histogram(
-    "kiln_prediction_queue_wait_seconds", "From create to a worker's first start of the prediction.", ["model"],
-    buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 4 * 3600))
+    "kiln_prediction_queue_wait_seconds",
+    "From create to a worker's first start of the prediction.",
+    ["model"],
+    buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 4 * 3600),
+)
 PREDICT_TIME = Histogram(
-    "kiln_prediction_predict_seconds", "Time a worker spent running a prediction (inputs, denoising, encoding).",
-    ["model", "status"], buckets=(0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1800))
+    "kiln_prediction_predict_seconds",
+    "Time a worker spent running a prediction (inputs, denoising, encoding).",
+    ["model", "status"],
+    buckets=(0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1800),
+)
 UPLOAD_TIME = Histogram(
-    "kiln_prediction_upload_seconds", "Time to store one prediction's outputs in S3.", ["model"],
-    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
+    "kiln_prediction_upload_seconds",
+    "Time to store one prediction's outputs in S3.",
+    ["model"],
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
 WEBHOOK_DELIVERIES = Counter(
-    "kiln_webhook_deliveries", "Webhook delivery attempts by event and outcome: delivered, retrying (failed, "
+    "kiln_webhook_deliveries",
+    "Webhook delivery attempts by event and outcome: delivered, retrying (failed, "
     "another attempt is scheduled) or failed (given up: retries spent, 410, or a refused URL).",
-    ["event", "outcome"])
+    ["event", "outcome"],
+)
 
 
 def record_created(models: Iterable[str]) -> None:

@@ -32,8 +32,12 @@ def output_url(base_url: str, prediction_id: str, name: str, url_secret: str) ->
 
 def render_prediction(prediction: Prediction, base_url: str, url_secret: str) -> dict[str, Any]:
     get_url = f"{base_url}{prediction_path(prediction.id)}"
-    urls = {"get": get_url, "cancel": f"{get_url}/cancel", "stream": f"{get_url}/stream",
-            "web": f"{base_url}{prediction_page_path(prediction.id)}"}
+    urls = {
+        "get": get_url,
+        "cancel": f"{get_url}/cancel",
+        "stream": f"{get_url}/stream",
+        "web": f"{base_url}{prediction_page_path(prediction.id)}",
+    }
     output = None
     if prediction.output is not None and not prediction.data_removed:
         output = [output_url(base_url, prediction.id, name, url_secret) for name in prediction.output]

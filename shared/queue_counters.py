@@ -105,5 +105,4 @@ class QueuedCounters:
             pipe.hget(keys.queued_by_tenant(), tenant)
             pipe.hgetall(keys.queued_by_family())
             mine, families = pipe.execute()
-        return Depth(tenant=max(0, int(mine or 0)),
-                     families={k.decode(): max(0, int(v)) for k, v in families.items()})
+        return Depth(tenant=max(0, int(mine or 0)), families={k.decode(): max(0, int(v)) for k, v in families.items()})

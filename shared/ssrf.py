@@ -88,5 +88,6 @@ def pinned_client(timeout_s: float) -> httpx.Client:
     hostname must never carry a request for another hostname that resolves to the same address.
     Redirects are never followed here; callers check each hop.
     """
-    return httpx.Client(timeout=timeout_s, follow_redirects=False, trust_env=False,
-                        limits=httpx.Limits(max_keepalive_connections=0))
+    return httpx.Client(
+        timeout=timeout_s, follow_redirects=False, trust_env=False, limits=httpx.Limits(max_keepalive_connections=0)
+    )

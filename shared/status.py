@@ -42,7 +42,8 @@ def render_lua_status_table(allowed_sources: dict[Status, frozenset[Status]]) ->
     values = ", ".join(f"'{status.value}'" for status in Status)
     rows = ", ".join(
         f"[{target.name}] = {{{', '.join(f'[{source.name}] = true' for source in Status if source in sources)}}}"
-        for target, sources in allowed_sources.items())
+        for target, sources in allowed_sources.items()
+    )
     return f"""
 local {names} = {values}
 local ENTERED_FROM = {{{rows}}}

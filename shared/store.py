@@ -29,7 +29,10 @@ from shared.status import LUA_STATUS_TABLE, Status
 # move the script checked with ``may_enter``) and sets the field, JSON value pairs given after the id:
 # the queued counters follow the prediction into and out of STARTING, leaving PROCESSING drops its
 # lease, and the new status is announced to waiters and streams.
-LUA_SET_STATUS = LUA_STATUS_TABLE + LUA_QUEUED_DELTA + """
+LUA_SET_STATUS = (
+    LUA_STATUS_TABLE
+    + LUA_QUEUED_DELTA
+    + """
 local function set_status(current, target, prediction_id, ...)
   if current == STARTING and target ~= STARTING then queued_delta(-1)
   elseif target == STARTING and current ~= STARTING then queued_delta(1) end
@@ -38,13 +41,16 @@ local function set_status(current, target, prediction_id, ...)
   redis.call('PUBLISH', KEYS[2], '{"status": ' .. cjson.encode(target) .. '}')
 end
 """
+)
 
 # KEYS: as LUA_SET_STATUS. ARGV[1]: JSON target status; ARGV[2]: the attempt that must be current
 # ("" for any), so a worker that lost its lease cannot finish a rerun's work; ARGV[3]: prediction
 # id; ARGV[4..]: field, JSON value pairs to set with the new status.
 # Moves the record when the state table allows the move from its current status. Returns 1 when it
 # changed the record, 0 when not, false when there is none.
-_TRANSITION = LUA_SET_STATUS + """
+_TRANSITION = (
+    LUA_SET_STATUS
+    + """
 local current = redis.call('HGET', KEYS[1], 'status')
 if not current then return false end
 if ARGV[2] ~= '' and redis.call('HGET', KEYS[1], 'attempt') ~= ARGV[2] then return 0 end
@@ -53,12 +59,15 @@ if not may_enter(status, target) then return 0 end
 set_status(status, target, ARGV[3], unpack(ARGV, 4))
 return 1
 """
+)
 
 # KEYS[1]: record, KEYS[2]: its event channel. ARGV[1]: the attempt that must be current ("" for
 # any); ARGV[2..]: field, JSON value pairs. Sets fields of a running prediction (its outputs before
 # it completes) without changing its status, and announces the change. Returns 1 when it set them,
 # 0 when the prediction is not running (under that attempt), false when there is none.
-_UPDATE_RUNNING = LUA_STATUS_TABLE + """
+_UPDATE_RUNNING = (
+    LUA_STATUS_TABLE
+    + """
 local current = redis.call('HGET', KEYS[1], 'status')
 if not current then return false end
 if ARGV[1] ~= '' and redis.call('HGET', KEYS[1], 'attempt') ~= ARGV[1] then return 0 end
@@ -67,12 +76,15 @@ if #ARGV > 1 then redis.call('HSET', KEYS[1], unpack(ARGV, 2)) end
 redis.call('PUBLISH', KEYS[2], '{"status": ' .. cjson.encode(PROCESSING) .. '}')
 return 1
 """
+)
 
 # KEYS: as LUA_SET_STATUS. ARGV[1]: JSON completed_at, ARGV[2]: prediction id.
 # A queued prediction is canceled on the spot; one in any other status the state table lets become
 # canceled (a running one) is flagged, and its worker stops at the next denoising step.
 # Returns the status found.
-_REQUEST_CANCEL = LUA_SET_STATUS + """
+_REQUEST_CANCEL = (
+    LUA_SET_STATUS
+    + """
 local current = redis.call('HGET', KEYS[1], 'status')
 if not current then return false end
 local status = cjson.decode(current)
@@ -83,6 +95,7 @@ elseif may_enter(status, CANCELED) then
 end
 return current
 """
+)
 
 
 # Caps left unset: more than Redis could ever hold.
@@ -107,9 +120,14 @@ class PredictionStore:
     def create(self, prediction: Prediction, *, tenant_cap: int | None = None, total_cap: int | None = None) -> None:
         self.create_many([prediction], tenant_cap=tenant_cap, total_cap=total_cap)
 
-    def create_many(self, predictions: Sequence[Prediction], *, tenant_cap: int | None = None,
-                    total_cap: int | None = None,
-                    messages: Callable[[int], Sequence[tuple[str, str]]] | None = None) -> None:
+    def create_many(
+        self,
+        predictions: Sequence[Prediction],
+        *,
+        tenant_cap: int | None = None,
+        total_cap: int | None = None,
+        messages: Callable[[int], Sequence[tuple[str, str]]] | None = None,
+    ) -> None:
         """Store queued predictions of one tenant in two round trips: count them against the caps
         (all or none: ``QueueFull`` stores nothing), then write every record in one transaction.
 
@@ -155,7 +173,7 @@ class PredictionStore:
             replies = pipe.execute()
         return [
             Prediction.from_redis_hash(_decode_hash(fields), (logs or b"").decode())
-            for fields, logs in zip(replies[::2], replies[1::2])
+            for fields, logs in zip(replies[::2], replies[1::2], strict=True)
             if fields
         ]
 

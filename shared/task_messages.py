@@ -48,7 +48,7 @@ class Template:
             "delivery_tag": str(uuid.uuid4()),
         }
         out = [self.parts[0]]
-        for slot, literal in zip(self.slots, self.parts[1:]):
+        for slot, literal in zip(self.slots, self.parts[1:], strict=True):
             out += (values[slot], literal)
         return "".join(out)
 
@@ -81,8 +81,7 @@ class PredictMessages:
         probe = Celery("kiln-template", broker="memory://", set_as_current=False)
         probe.conf.update({k: v for k, v in self._conf.items() if not k.startswith("broker")})
         probe.conf.broker_url = "memory://"
-        probe.send_task(queues.PREDICT_TASK, args=[_PREDICTION_ID], task_id=_TASK_ID, queue=queue,
-                        priority=priority)
+        probe.send_task(queues.PREDICT_TASK, args=[_PREDICTION_ID], task_id=_TASK_ID, queue=queue, priority=priority)
         with probe.connection_for_write() as connection:
             message = connection.default_channel._get(queue)
         return _template_of(message, queues.priority_lists(queue)[priority_step(priority)])
@@ -96,8 +95,12 @@ def _template_of(message: dict, list_key: str) -> Template:
     prefix, found, suffix = body.partition(_PREDICTION_ID.encode())
     if not found or _PREDICTION_ID.encode() in suffix:
         raise RuntimeError("the task body does not hold the prediction id exactly once")
-    marks = {_TASK_ID: "task_id", _PREDICTION_ID: "prediction_id", message["body"]: "body",
-             properties["delivery_tag"]: "delivery_tag"}
+    marks = {
+        _TASK_ID: "task_id",
+        _PREDICTION_ID: "prediction_id",
+        message["body"]: "body",
+        properties["delivery_tag"]: "delivery_tag",
+    }
     pieces = re.split("(" + "|".join(re.escape(mark) for mark in marks) + ")", kombu_dumps(message))
     parts, slots = tuple(pieces[::2]), tuple(marks[mark] for mark in pieces[1::2])
     if {"task_id", "body", "delivery_tag"} - set(slots):

@@ -131,24 +131,31 @@ class WebhookOutbox:
     def completed_must_wait(self, delivery: Delivery) -> bool:
         """A ``completed`` event goes out after the prediction's ``start`` and latest ``output``
         events were attempted, and while none of its progress events is in flight."""
-        latest = self.redis.mget([keys.webhook_latest_delivery(delivery.prediction_id, event)
-                                  for event in COMPLETED_AFTER])
-        return (any(self.unattempted(found.decode()) for found in latest if found)
-                or self.progress_in_flight(delivery.prediction_id))
+        latest = self.redis.mget(
+            [keys.webhook_latest_delivery(delivery.prediction_id, event) for event in COMPLETED_AFTER]
+        )
+        return any(self.unattempted(found.decode()) for found in latest if found) or self.progress_in_flight(
+            delivery.prediction_id
+        )
 
     def passes_throttle(self, prediction_id: str, event: str) -> bool:
         """``output``/``logs``: at most one per throttle window per prediction. Others always pass."""
         if event not in THROTTLED_EVENTS or self.settings.webhook_throttle_ms == 0:
             return True
-        return bool(self.redis.set(keys.webhook_throttle(prediction_id, event), 1, nx=True,
-                                   px=self.settings.webhook_throttle_ms))
+        return bool(
+            self.redis.set(
+                keys.webhook_throttle(prediction_id, event), 1, nx=True, px=self.settings.webhook_throttle_ms
+            )
+        )
 
     def get(self, delivery_id: str) -> Delivery | None:
         fields = self.redis.hgetall(keys.webhook_delivery(delivery_id))
         return Delivery.from_hash(fields) if fields else None
 
     def claim_due(self, limit: int = 100) -> list[str]:
-        return [i.decode() for i in self._claim_due(keys=[keys.webhook_due()], args=[time.time(), CLAIM_LEASE_S, limit])]
+        return [
+            i.decode() for i in self._claim_due(keys=[keys.webhook_due()], args=[time.time(), CLAIM_LEASE_S, limit])
+        ]
 
     def lock_attempt(self, delivery_id: str) -> bool:
         """Only one process attempts a delivery at a time (a redelivered message may race the poller)."""
@@ -160,8 +167,9 @@ class WebhookOutbox:
     def postpone(self, delivery: Delivery, delay_s: float) -> None:
         self.redis.zadd(keys.webhook_due(), {delivery.id: time.time() + delay_s})
 
-    def save_attempt(self, delivery: Delivery, outcome: str, *, succeeded: bool, stop: bool,
-                     retry_after_s: float | None = None) -> Delivery:
+    def save_attempt(
+        self, delivery: Delivery, outcome: str, *, succeeded: bool, stop: bool, retry_after_s: float | None = None
+    ) -> Delivery:
         """Record one attempt's outcome and decide what comes next: done, failed, or due again later."""
         delivery.attempts += 1
         delivery.last_outcome = outcome

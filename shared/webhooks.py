@@ -6,7 +6,6 @@ from datetime import datetime
 
 from standardwebhooks.webhooks import Webhook
 
-
 EVENTS = ("start", "output", "logs", "completed")
 # Events sent at most once per throttle window per prediction; the others are always sent.
 THROTTLED_EVENTS = frozenset({"output", "logs"})

@@ -79,11 +79,18 @@ class WorkerProcess:
     def start(self, queues_consumed: Sequence[str]) -> None:
         """Once the worker takes jobs: the maintenance jobs (and sending due webhooks, when it
         consumes the ``webhooks`` queue), then the metrics exporter."""
-        self._maintenance = Maintenance(worker_jobs(
-            self.lifecycle, Leases(self.redis, self.settings.lease_s), self.notifier.outbox, self.celery,
-            Janitor(self.redis, self.storage), self.settings.max_attempts,
-            with_webhooks=queues.WEBHOOKS in queues_consumed,
-            retention_interval_s=min(30.0, self.settings.retention_s / 4)))
+        self._maintenance = Maintenance(
+            worker_jobs(
+                self.lifecycle,
+                Leases(self.redis, self.settings.lease_s),
+                self.notifier.outbox,
+                self.celery,
+                Janitor(self.redis, self.storage),
+                self.settings.max_attempts,
+                with_webhooks=queues.WEBHOOKS in queues_consumed,
+                retention_interval_s=min(30.0, self.settings.retention_s / 4),
+            )
+        )
         self._maintenance.start()
         port = self.settings.worker_metrics_port
         try:

@@ -15,8 +15,8 @@ from shared import queues
 from shared.metrics import record_webhook_delivery
 from shared.secrets import webhook_secret
 from shared.settings import Settings
-from shared.webhook_outbox import DELIVERED, FAILED, PENDING, Delivery, WebhookOutbox
 from shared.ssrf import URLRefused, pinned_client, pinned_request, resolve_checked
+from shared.webhook_outbox import DELIVERED, FAILED, PENDING, Delivery, WebhookOutbox
 from shared.webhooks import THROTTLED_EVENTS, signature_headers
 from shared.worker_process import WorkerProcess
 
@@ -59,13 +59,18 @@ def post_signed(delivery: Delivery, secret: str, settings: Settings) -> AttemptR
     except URLRefused as exc:
         return AttemptResult(f"refused: {exc}", succeeded=False, stop=True)
     pinned, host_header, extensions = pinned_request(target, delivery.url)
-    headers = signature_headers(secret, delivery.id, datetime.now(UTC), delivery.body) | host_header | {
-        "content-type": "application/json",
-        "user-agent": "kiln-webhooks/1",
-    }
+    headers = (
+        signature_headers(secret, delivery.id, datetime.now(UTC), delivery.body)
+        | host_header
+        | {
+            "content-type": "application/json",
+            "user-agent": "kiln-webhooks/1",
+        }
+    )
     try:
-        response = pinned_client(settings.webhook_timeout_s).post(pinned, content=delivery.body.encode(), headers=headers,
-                                                            extensions=extensions)
+        response = pinned_client(settings.webhook_timeout_s).post(
+            pinned, content=delivery.body.encode(), headers=headers, extensions=extensions
+        )
     except httpx.TimeoutException:
         return AttemptResult(f"timed out after {settings.webhook_timeout_s:g} s", succeeded=False)
     except httpx.HTTPError as exc:
@@ -73,8 +78,12 @@ def post_signed(delivery: Delivery, secret: str, settings: Settings) -> AttemptR
     outcome = f"HTTP {response.status_code}"
     if 200 <= response.status_code < 300:
         return AttemptResult(outcome, succeeded=True)
-    return AttemptResult(outcome, succeeded=False, stop=response.status_code == 410,
-                         retry_after_s=parse_retry_after(response.headers.get("retry-after")))
+    return AttemptResult(
+        outcome,
+        succeeded=False,
+        stop=response.status_code == 410,
+        retry_after_s=parse_retry_after(response.headers.get("retry-after")),
+    )
 
 
 def attempt_delivery(outbox: WebhookOutbox, delivery_id: str, secret: str, settings: Settings) -> Delivery | None:
@@ -90,21 +99,30 @@ def attempt_delivery(outbox: WebhookOutbox, delivery_id: str, secret: str, setti
     progress = delivery.event in THROTTLED_EVENTS
     try:
         if progress and not outbox.begin_progress(delivery.prediction_id, delivery.event):
-            result = AttemptResult("superseded: the prediction's completed event is already recorded",
-                                   succeeded=False, stop=True)
+            result = AttemptResult(
+                "superseded: the prediction's completed event is already recorded", succeeded=False, stop=True
+            )
         else:
             try:
                 result = post_signed(delivery, secret, settings)
             finally:
                 if progress:
                     outbox.end_progress(delivery.prediction_id)
-        delivery = outbox.save_attempt(delivery, result.outcome, succeeded=result.succeeded, stop=result.stop,
-                                       retry_after_s=result.retry_after_s)
+        delivery = outbox.save_attempt(
+            delivery, result.outcome, succeeded=result.succeeded, stop=result.stop, retry_after_s=result.retry_after_s
+        )
     finally:
         outbox.unlock_attempt(delivery_id)
-    log.info("webhook %s %s for prediction %s attempt %d: %s -> %s", delivery.id, delivery.event,
-             delivery.prediction_id, delivery.attempts, result.outcome, delivery.state,
-             extra={"prediction_id": delivery.prediction_id})
+    log.info(
+        "webhook %s %s for prediction %s attempt %d: %s -> %s",
+        delivery.id,
+        delivery.event,
+        delivery.prediction_id,
+        delivery.attempts,
+        result.outcome,
+        delivery.state,
+        extra={"prediction_id": delivery.prediction_id},
+    )
     record_webhook_delivery(delivery.event, DELIVERY_OUTCOMES.get(delivery.state, delivery.state))
     return delivery
 
@@ -115,5 +133,6 @@ def add_delivery_task(celery: Celery, process: WorkerProcess) -> None:
 
     @celery.task(name=queues.DELIVER_WEBHOOK_TASK, shared=False)
     def deliver_webhook(delivery_id: str) -> None:
-        attempt_delivery(process.notifier.outbox, delivery_id, webhook_secret(process.settings, process.redis),
-                         process.settings)
+        attempt_delivery(
+            process.notifier.outbox, delivery_id, webhook_secret(process.settings, process.redis), process.settings
+        )

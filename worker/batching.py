@@ -27,8 +27,15 @@ SCAN_LIMIT = 32
 class BatchClaimer:
     """Claims the queued predictions that can join a running one's pipeline call (its batch-mates)."""
 
-    def __init__(self, store: PredictionStore, leases: Leases, upcoming: Callable[[int], list[str]], max_size: int,
-                 window_s: float, poll_s: float = 0.005) -> None:
+    def __init__(
+        self,
+        store: PredictionStore,
+        leases: Leases,
+        upcoming: Callable[[int], list[str]],
+        max_size: int,
+        window_s: float,
+        poll_s: float = 0.005,
+    ) -> None:
         self.store = store
         self.leases = leases
         self.upcoming = upcoming
@@ -36,8 +43,9 @@ class BatchClaimer:
         self.window_s = window_s
         self.poll_s = poll_s
 
-    def claim(self, leader: Prediction, key: Hashable,
-               key_of: Callable[[Prediction], Hashable | None]) -> list[tuple[Prediction, int]]:
+    def claim(
+        self, leader: Prediction, key: Hashable, key_of: Callable[[Prediction], Hashable | None]
+    ) -> list[tuple[Prediction, int]]:
         """Claim up to ``max_size - 1`` queued predictions batchable with ``leader``: ``(record, attempt)`` each."""
         taken: list[tuple[Prediction, int]] = []
         looked_at = {leader.id}

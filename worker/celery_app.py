@@ -42,9 +42,14 @@ class GpuWorkerProcess(WorkerProcess):
     @cached_property
     def runner(self) -> PredictionRunner:
         self.storage.ensure_bucket()
-        return PredictionRunner(self.settings, self.store, self.storage, PredictorPool(self.settings), self.notifier,
-                                requeue=lambda prediction_id, queue: enqueue_prediction(
-                                    app, prediction_id, queue, queues.PRIORITY_REQUEUE))
+        return PredictionRunner(
+            self.settings,
+            self.store,
+            self.storage,
+            PredictorPool(self.settings),
+            self.notifier,
+            requeue=lambda prediction_id, queue: enqueue_prediction(app, prediction_id, queue, queues.PRIORITY_REQUEUE),
+        )
 
     def metrics_collectors(self) -> list[Collector]:
         return [GpuMemoryCollector()]

@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import redis
 from PIL import Image
@@ -36,16 +37,26 @@ def load_image_input(uri: str, prediction: Prediction, files: FileStore, setting
             raise ImageInputError(f"file {file_id} does not exist or has expired")
     else:
         data = load_image_bytes(
-            uri, timeout_s=settings.image_fetch_timeout_s, max_bytes=settings.image_fetch_max_bytes,
+            uri,
+            timeout_s=settings.image_fetch_timeout_s,
+            max_bytes=settings.image_fetch_max_bytes,
             allow_private=settings.image_fetch_allow_private,
         )
     return decode_image(data, settings.image_max_pixels)
 
 
 class RunContext:
-    def __init__(self, prediction: Prediction, store: PredictionStore, notifier: WebhookNotifier, files: FileStore,
-                 settings: Settings, lease_lost: threading.Event, hand_back: threading.Event,
-                 timeline: Timeline | None = None) -> None:
+    def __init__(
+        self,
+        prediction: Prediction,
+        store: PredictionStore,
+        notifier: WebhookNotifier,
+        files: FileStore,
+        settings: Settings,
+        lease_lost: threading.Event,
+        hand_back: threading.Event,
+        timeline: Timeline | None = None,
+    ) -> None:
         self.prediction = prediction
         self.prediction_id = prediction.id
         self.store = store

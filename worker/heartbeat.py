@@ -37,8 +37,9 @@ class Heartbeat:
                     # Also what a renewal racing the prediction's own finish sees: only a loss while
                     # it still runs matters, and the runner stops at its next step.
                     if not self._stop.is_set():
-                        log.info("lease on %s is gone; the prediction finished or another worker took it",
-                                 self.prediction_id)
+                        log.info(
+                            "lease on %s is gone; the prediction finished or another worker took it", self.prediction_id
+                        )
                     self.lost.set()
                     return
             except redis.RedisError as exc:  # Redis restarting: keep trying; the reaper decides

@@ -18,12 +18,19 @@ class GpuMemoryCollector:
         torch = sys.modules.get("torch")
         if torch is None or not torch.cuda.is_available() or not torch.cuda.is_initialized():
             return
-        allocated = GaugeMetricFamily("kiln_gpu_memory_allocated_bytes",
-                                      "GPU memory held by tensors of this worker.", labels=["device"])
-        reserved = GaugeMetricFamily("kiln_gpu_memory_reserved_bytes",
-                                     "GPU memory reserved by this worker's caching allocator.", labels=["device"])
-        peak = GaugeMetricFamily("kiln_gpu_memory_max_allocated_bytes",
-                                 "Peak GPU memory held by tensors since the worker started.", labels=["device"])
+        allocated = GaugeMetricFamily(
+            "kiln_gpu_memory_allocated_bytes", "GPU memory held by tensors of this worker.", labels=["device"]
+        )
+        reserved = GaugeMetricFamily(
+            "kiln_gpu_memory_reserved_bytes",
+            "GPU memory reserved by this worker's caching allocator.",
+            labels=["device"],
+        )
+        peak = GaugeMetricFamily(
+            "kiln_gpu_memory_max_allocated_bytes",
+            "Peak GPU memory held by tensors since the worker started.",
+            labels=["device"],
+        )
         total = GaugeMetricFamily("kiln_gpu_memory_total_bytes", "The device's memory.", labels=["device"])
         for index in range(torch.cuda.device_count()):
             device = f"cuda:{index}"

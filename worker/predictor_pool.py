@@ -43,5 +43,7 @@ class PredictorPool:
             predictor = import_predictor(spec.predictor)(self.settings)
             predictor.setup()
             self._loaded[spec.ref] = predictor
-            log.info("loaded %s (%s profile) in %.1f s", spec.ref, self.settings.weights_profile, time.monotonic() - started)
+            log.info(
+                "loaded %s (%s profile) in %.1f s", spec.ref, self.settings.weights_profile, time.monotonic() - started
+            )
         return self._loaded[spec.ref]

@@ -63,8 +63,16 @@ Prepare = Callable[[Prediction, DetachedContext], Any]
 
 
 class Prefetcher:
-    def __init__(self, store: PredictionStore, files: FileStore, settings: Settings, timeline: Timeline,
-                 upcoming: Callable[[int], list[str]], prepare: Prepare, depth: int = 1) -> None:
+    def __init__(
+        self,
+        store: PredictionStore,
+        files: FileStore,
+        settings: Settings,
+        timeline: Timeline,
+        upcoming: Callable[[int], list[str]],
+        prepare: Prepare,
+        depth: int = 1,
+    ) -> None:
         self.store = store
         self.files = files
         self.settings = settings

@@ -43,7 +43,7 @@ from worker.context import RunContext
 from worker.heartbeat import Heartbeat
 from worker.interrupts import HandedBack, LeaseLost, PredictionCanceled
 from worker.predictor_pool import PredictorPool
-from worker.predictors.base import NamedImage, Output, PreparedJob, Predictor
+from worker.predictors.base import NamedImage, Output, Predictor, PreparedJob
 from worker.prefetch import DetachedContext, Prefetcher
 from worker.timeline import Timeline
 from worker.tuning import Tuning
@@ -91,9 +91,17 @@ class RunningPrediction:
 
 
 class PredictionRunner:
-    def __init__(self, settings: Settings, store: PredictionStore, storage: Storage, predictors: PredictorPool,
-                 notifier: WebhookNotifier, requeue: Requeue, upcoming: Upcoming | None = None,
-                 timeline: Timeline | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: PredictionStore,
+        storage: Storage,
+        predictors: PredictorPool,
+        notifier: WebhookNotifier,
+        requeue: Requeue,
+        upcoming: Upcoming | None = None,
+        timeline: Timeline | None = None,
+    ) -> None:
         self.settings = settings
         self.store = store
         self.storage = storage
@@ -116,12 +124,20 @@ class PredictionRunner:
     def enable_batching_and_prefetch(self, upcoming: Upcoming) -> None:
         """Turn on micro-batching and prefetching (as the settings allow) over this view of the queue."""
         if self.tuning.max_batch_size > 1:
-            self.batch_claimer = BatchClaimer(self.store, self.leases, upcoming, self.tuning.max_batch_size,
-                                              self.tuning.batch_window_s)
+            self.batch_claimer = BatchClaimer(
+                self.store, self.leases, upcoming, self.tuning.max_batch_size, self.tuning.batch_window_s
+            )
         if self.tuning.prefetch:
             # As many as the next batch may take, so its batch-mates are prepared ahead too.
-            self.prefetcher = Prefetcher(self.store, self.files, self.settings, self.timeline, upcoming,
-                                         self._prepare_detached, depth=self.tuning.max_batch_size)
+            self.prefetcher = Prefetcher(
+                self.store,
+                self.files,
+                self.settings,
+                self.timeline,
+                upcoming,
+                self._prepare_detached,
+                depth=self.tuning.max_batch_size,
+            )
 
     def begin_shutdown(self, grace_s: float) -> None:
         """Let the running prediction finish within ``grace_s``, then hand it back to the queue."""
@@ -160,6 +176,7 @@ class PredictionRunner:
             self._settle(items[0], exc)
             return [prediction_id]
         if self.batch_claimer is not None and key is not None:
+
             def key_of(candidate: Prediction) -> Hashable | None:
                 try:
                     return predictor.batch_key(self._validate(candidate))
@@ -185,8 +202,16 @@ class PredictionRunner:
             metrics.record_queue_wait(prediction.model, (utcnow() - prediction.created_at).total_seconds())
         self.notifier.notify(prediction, "start")
         heartbeat = Heartbeat(self.leases, prediction.id).__enter__()
-        ctx = RunContext(prediction, self.store, self.notifier, self.files, self.settings,
-                         lease_lost=heartbeat.lost, hand_back=self.hand_back, timeline=self.timeline)
+        ctx = RunContext(
+            prediction,
+            self.store,
+            self.notifier,
+            self.files,
+            self.settings,
+            lease_lost=heartbeat.lost,
+            hand_back=self.hand_back,
+            timeline=self.timeline,
+        )
         if attempt > 1:
             ctx.log(f"Running again (attempt {attempt}): the previous worker stopped without finishing.")
         return RunningPrediction(prediction, attempt, ctx, heartbeat)
@@ -194,7 +219,8 @@ class PredictionRunner:
     def _validate(self, prediction: Prediction) -> ModelInput:
         # The same bounds as at submission, in case settings changed since.
         return find_model(prediction.model).input_model.model_validate(
-            prediction.input, context={"limits": InputLimits.from_settings(self.settings)})
+            prediction.input, context={"limits": InputLimits.from_settings(self.settings)}
+        )
 
     def _prepare_detached(self, prediction: Prediction, ctx: DetachedContext) -> PreparedJob:
         return self.predictors.get(find_model(prediction.model)).prepare(self._validate(prediction), ctx)
@@ -234,7 +260,7 @@ class PredictionRunner:
         finally:
             for item in group:
                 self.timeline.record("gpu_end", item.prediction.id)
-        for item, item_outputs in zip(group, outputs):
+        for item, item_outputs in zip(group, outputs, strict=True):
             if not item.done:
                 self._upload_and_finish(item, item_outputs)
 
@@ -303,5 +329,7 @@ class PredictionRunner:
     def _finish(self, item: RunningPrediction, status: Status, predict_time: float, **fields: object) -> Status | None:
         """End the prediction through the one lifecycle (``shared.lifecycle``): its status, or None
         when it could not (another attempt owns it now, or it had ended)."""
-        ended = self.lifecycle.finish(item.prediction, status, attempt=item.attempt, predict_time=predict_time, **fields)
+        ended = self.lifecycle.finish(
+            item.prediction, status, attempt=item.attempt, predict_time=predict_time, **fields
+        )
         return status if ended else None

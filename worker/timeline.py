@@ -33,8 +33,11 @@ class Timeline:
 
     def events(self, stage: str | None = None, prediction_id: str | None = None) -> list[Event]:
         with self._lock:
-            return [e for e in self._events if (stage is None or e.stage == stage)
-                    and (prediction_id is None or e.prediction_id == prediction_id)]
+            return [
+                e
+                for e in self._events
+                if (stage is None or e.stage == stage) and (prediction_id is None or e.prediction_id == prediction_id)
+            ]
 
     def first(self, stage: str, prediction_id: str) -> float:
         [event, *_] = self.events(stage, prediction_id) or [None]

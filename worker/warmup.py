@@ -97,8 +97,10 @@ def wants_warmup(settings: Settings) -> bool:
 def warm_up(pool: PredictorPool, tuning: Tuning, settings: Settings) -> list[tuple[str, Size, int]]:
     """Run every loaded model once per bucket and batch size; returns what ran, in order."""
     if not tuning.buckets:
-        log.warning("compile warm-up skipped: sizes are not snapped to buckets (KILN_SNAP_TO_BUCKETS), "
-                    "so there is no fixed set of shapes to compile ahead")
+        log.warning(
+            "compile warm-up skipped: sizes are not snapped to buckets (KILN_SNAP_TO_BUCKETS), "
+            "so there is no fixed set of shapes to compile ahead"
+        )
         return []
     ctx = WarmupContext(settings)
     limits = InputLimits.from_settings(settings)

@@ -6,9 +6,9 @@ import json
 from urllib.parse import quote
 
 from fastapi import APIRouter, Request, Response
-from starlette.datastructures import UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
+from starlette.datastructures import UploadFile
 
 from api.deps import BaseURL, CurrentTenant, ServicesDep
 from api.errors import ProblemError
@@ -27,12 +27,18 @@ def _owned_file(services, file_id: str, tenant: str) -> FileRecord:
 _UPLOAD_SCHEMA = {
     "requestBody": {
         "required": True,
-        "content": {"multipart/form-data": {"schema": {
-            "type": "object",
-            "required": ["content"],
-            "properties": {"content": {"type": "string", "format": "binary"},
-                           "metadata": {"type": "string", "description": "A JSON object"}},
-        }}},
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["content"],
+                    "properties": {
+                        "content": {"type": "string", "format": "binary"},
+                        "metadata": {"type": "string", "description": "A JSON object"},
+                    },
+                }
+            }
+        },
     }
 }
 
@@ -62,8 +68,12 @@ async def create_file(request: Request, tenant: CurrentTenant, services: Service
         raise ProblemError(413, f"content is larger than {limit} bytes")
     metadata = await _metadata(form.get("metadata"))
     record = await run_in_threadpool(
-        services.files.create, tenant, content.filename or "file",
-        content.content_type or "application/octet-stream", data, metadata,
+        services.files.create,
+        tenant,
+        content.filename or "file",
+        content.content_type or "application/octet-stream",
+        data,
+        metadata,
     )
     return render_file(record, base)
 
@@ -83,9 +93,14 @@ def get_file(file_id: str, tenant: CurrentTenant, services: ServicesDep, base: B
 def download_file(file_id: str, tenant: CurrentTenant, services: ServicesDep) -> StreamingResponse:
     record = _owned_file(services, file_id, tenant)
     stored = services.files.open(record)
-    return StreamingResponse(stored.body, media_type=record.content_type,
-                             headers={"Content-Length": str(record.size),
-                                      "Content-Disposition": f"attachment; filename*=UTF-8''{quote(record.name)}"})
+    return StreamingResponse(
+        stored.body,
+        media_type=record.content_type,
+        headers={
+            "Content-Length": str(record.size),
+            "Content-Disposition": f"attachment; filename*=UTF-8''{quote(record.name)}",
+        },
+    )
 
 
 @router.delete("/{file_id}", status_code=204)

@@ -27,4 +27,6 @@ def health(services: ServicesDep) -> JSONResponse:
     except (BotoCoreError, ClientError) as exc:
         checks["s3"] = f"unavailable: {exc}"
     healthy = all(value == "ok" for value in checks.values())
-    return JSONResponse({"status": "ok" if healthy else "unavailable", "checks": checks}, status_code=200 if healthy else 503)
+    return JSONResponse(
+        {"status": "ok" if healthy else "unavailable", "checks": checks}, status_code=200 if healthy else 503
+    )

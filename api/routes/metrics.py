@@ -49,14 +49,19 @@ class QueueDepthCollector:
         up.add_metric([], 1)
         yield up
         length = GaugeMetricFamily(
-            "kiln_queue_length", "Messages waiting in a Celery queue's Redis list, by queue and priority step "
-            "(jobs being run are not counted); what KEDA scales the GPU workers on.", labels=["queue", "priority"])
-        for (queue, step, _), count in zip(lists, lengths):
+            "kiln_queue_length",
+            "Messages waiting in a Celery queue's Redis list, by queue and priority step "
+            "(jobs being run are not counted); what KEDA scales the GPU workers on.",
+            labels=["queue", "priority"],
+        )
+        for (queue, step, _), count in zip(lists, lengths, strict=True):
             length.add_metric([queue, str(step)], count)
         yield length
         queued = GaugeMetricFamily(
-            "kiln_queued_predictions", "Predictions waiting to start (status starting), by model family.",
-            labels=["family"])
+            "kiln_queued_predictions",
+            "Predictions waiting to start (status starting), by model family.",
+            labels=["family"],
+        )
         counts = {name: 0 for name in queues.GPU_QUEUES} | {k.decode(): max(0, int(v)) for k, v in families.items()}
         for family, count in sorted(counts.items()):
             queued.add_metric([family], count)

@@ -29,8 +29,8 @@ def _run_counts(services, specs: list[ModelSpec]) -> list[int]:
 @router.get("")
 def list_models(_: CurrentTenant, services: ServicesDep, base: BaseURL) -> dict:
     specs = list(MODELS.values())
-    results = [render_model(spec, services.settings, base, count)
-               for spec, count in zip(specs, _run_counts(services, specs))]
+    counts = _run_counts(services, specs)
+    results = [render_model(spec, services.settings, base, count) for spec, count in zip(specs, counts, strict=True)]
     return {"next": None, "previous": None, "results": results}
 
 

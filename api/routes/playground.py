@@ -15,7 +15,7 @@ STATIC_DIR = Path(__file__).resolve().parent.parent / "playground" / "static"
 # (KILN_PUBLIC_URL) or previews of picked files (blob:).
 _PAGE_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src * data: blob:; object-src 'none'; "
-                               "base-uri 'none'; frame-ancestors 'none'; form-action 'self'",
+    "base-uri 'none'; frame-ancestors 'none'; form-action 'self'",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "same-origin",
     "Cache-Control": "no-cache",

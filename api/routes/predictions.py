@@ -13,19 +13,19 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
+from api.batch import submit_batch
 from api.deps import BaseURL, CurrentTenant, OptionalTenant, ServicesDep
 from api.errors import ProblemError
-from api.batch import submit_batch
 from api.schemas import CreateBatch, CreatePrediction, PredictionFields
 from api.services import Services
 from api.submission import create_and_respond
 from api.waiting import events
 from models.registry import UnknownModelError, find_model, resolve_version
+from shared.objects import ObjectNotFound, output_key
 from shared.prediction import Prediction
 from shared.prediction_json import output_path, render_prediction
 from shared.secrets import verify_path
 from shared.status import Status
-from shared.objects import ObjectNotFound, output_key
 from shared.store import PredictionStore
 
 router = APIRouter(prefix="/v1", tags=["predictions"])
@@ -50,8 +50,12 @@ def _render(prediction: Prediction, base: str, services: Services) -> dict:
 
 @router.post("/predictions", status_code=201)
 async def create_prediction(
-    body: CreatePrediction, tenant: CurrentTenant, services: ServicesDep, base: BaseURL,
-    prefer: PreferHeader = None, idempotency_key: IdempotencyKey = None,
+    body: CreatePrediction,
+    tenant: CurrentTenant,
+    services: ServicesDep,
+    base: BaseURL,
+    prefer: PreferHeader = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> JSONResponse:
     try:
         spec = resolve_version(body.version, services.settings)
@@ -62,8 +66,14 @@ async def create_prediction(
 
 @router.post("/models/{owner}/{name}/predictions", status_code=201)
 async def create_model_prediction(
-    owner: str, name: str, body: PredictionFields, tenant: CurrentTenant, services: ServicesDep, base: BaseURL,
-    prefer: PreferHeader = None, idempotency_key: IdempotencyKey = None,
+    owner: str,
+    name: str,
+    body: PredictionFields,
+    tenant: CurrentTenant,
+    services: ServicesDep,
+    base: BaseURL,
+    prefer: PreferHeader = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> JSONResponse:
     try:
         spec = find_model(f"{owner}/{name}")
@@ -74,14 +84,20 @@ async def create_model_prediction(
 
 @router.post("/predictions/batch")
 async def create_batch(
-    body: CreateBatch, tenant: CurrentTenant, services: ServicesDep, base: BaseURL,
+    body: CreateBatch,
+    tenant: CurrentTenant,
+    services: ServicesDep,
+    base: BaseURL,
     idempotency_key: IdempotencyKey = None,
 ) -> JSONResponse:
     """Up to ``KILN_BATCH_MAX_ITEMS`` creates; ``results`` holds, in order, each prediction or its problem."""
     results, created = await run_in_threadpool(submit_batch, services, tenant, body.predictions, base, idempotency_key)
     # orjson: encoding a thousand predictions with the stdlib encoder cost more than storing them.
-    return Response(orjson.dumps({"results": results}), media_type="application/json",
-                    headers={} if created else {"Idempotent-Replayed": "true"})
+    return Response(
+        orjson.dumps({"results": results}),
+        media_type="application/json",
+        headers={} if created else {"Idempotent-Replayed": "true"},
+    )
 
 
 def _encode_cursor(direction: str, prediction_id: str) -> str:
@@ -90,7 +106,9 @@ def _encode_cursor(direction: str, prediction_id: str) -> str:
 
 def _decode_cursor(cursor: str) -> tuple[str, str]:
     try:
-        direction, _, prediction_id = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode().partition(":")
+        direction, _, prediction_id = (
+            base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode().partition(":")
+        )
     except (binascii.Error, UnicodeDecodeError):
         direction, prediction_id = "", ""
     if direction not in {"before", "after"} or not prediction_id.isalnum():
@@ -140,7 +158,9 @@ async def _owned_before_streaming(prediction_id: str, tenant: CurrentTenant, ser
 
 @router.get("/predictions/{prediction_id}/stream", response_class=EventSourceResponse)
 async def stream_prediction(
-    prediction_id: str, _: Annotated[Prediction, Depends(_owned_before_streaming)], services: ServicesDep,
+    prediction_id: str,
+    _: Annotated[Prediction, Depends(_owned_before_streaming)],
+    services: ServicesDep,
     base: BaseURL,
 ) -> AsyncIterator[ServerSentEvent]:
     """Server-Sent Events: ``status``, ``logs`` (one line each), ``output``, ``error``, then ``done``."""
@@ -185,5 +205,6 @@ def download_output(
         stored = services.storage.open(output_key(prediction_id, name))
     except ObjectNotFound:
         raise ProblemError(404, f"output {name!r} of prediction {prediction_id!r} is no longer stored") from None
-    return StreamingResponse(stored.body, media_type=stored.content_type,
-                             headers={"Content-Length": str(stored.content_length)})
+    return StreamingResponse(
+        stored.body, media_type=stored.content_type, headers={"Content-Length": str(stored.content_length)}
+    )

@@ -35,7 +35,9 @@ def _exclusive(lock_path: Path) -> Iterator[None]:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise SystemExit(f"another Kiln stack is running with {lock_path.parent}; stop it or set KILN_DATA_DIR") from None
+            raise SystemExit(
+                f"another Kiln stack is running with {lock_path.parent}; stop it or set KILN_DATA_DIR"
+            ) from None
         yield
 
 
@@ -154,8 +156,8 @@ class Launcher:
                     f"==> Kiln is up at {settings.api_url}",
                     f"    API token: {settings.api_token}",
                     f"    Web UI:    {settings.api_url}/   (the playground: paste the token once)",
-                    f'    Try:       curl -H "Authorization: Bearer {settings.api_token}" {settings.api_url}/v1/predictions'
-                    "   (more in the README)",
+                    f'    Try:       curl -H "Authorization: Bearer {settings.api_token}" '
+                    f"{settings.api_url}/v1/predictions   (more in the README)",
                     f"    Logs:      {settings.logs_dir}/",
                     f"    Status:    {config.status_hint}",
                     "    Ctrl-C stops everything.",

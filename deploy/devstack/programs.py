@@ -50,8 +50,9 @@ WORKERS: tuple[WorkerSpec, ...] = (
     # Both SDXL models in one process: they share one SDXL base in memory.
     WorkerSpec("worker-sdxl", (queues.SDXL,), "gpu-sdxl@%h"),
     # Webhook delivery is network-bound: threads, and the poller that re-sends due deliveries.
-    WorkerSpec("worker-webhooks", (queues.WEBHOOKS,), "webhooks@%h", pool="threads", concurrency=8,
-               app=WEBHOOK_WORKER_APP),
+    WorkerSpec(
+        "worker-webhooks", (queues.WEBHOOKS,), "webhooks@%h", pool="threads", concurrency=8, app=WEBHOOK_WORKER_APP
+    ),
 )
 
 
@@ -79,7 +80,17 @@ def api_program(context: StackContext) -> Program:
     """The HTTP API under uvicorn, on loopback."""
     return Program(
         "api",
-        [context.python, "-m", "uvicorn", "api.app:create_app", "--factory", "--host", "127.0.0.1", "--port", str(context.api_port)],
+        [
+            context.python,
+            "-m",
+            "uvicorn",
+            "api.app:create_app",
+            "--factory",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(context.api_port),
+        ],
     )
 
 
@@ -88,9 +99,22 @@ def worker_program(context: StackContext, spec: WorkerSpec) -> Program:
     return Program(
         spec.name,
         [
-            context.python, "-m", "celery", "-A", spec.app, "worker",
-            "--pool", spec.pool, "--concurrency", str(spec.concurrency),
-            "-Q", ",".join(spec.queues), "--hostname", spec.hostname, "--loglevel", "INFO",
+            context.python,
+            "-m",
+            "celery",
+            "-A",
+            spec.app,
+            "worker",
+            "--pool",
+            spec.pool,
+            "--concurrency",
+            str(spec.concurrency),
+            "-Q",
+            ",".join(spec.queues),
+            "--hostname",
+            spec.hostname,
+            "--loglevel",
+            "INFO",
         ],
         stop_wait_s=60,
     )

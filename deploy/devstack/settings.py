@@ -87,7 +87,9 @@ class StackSettings:
             s3_endpoint_url=s3_endpoint_url,
         )
 
-    def child_environment(self, redis_url: str, s3_endpoint_url: str, env: Mapping[str, str] | None = None) -> dict[str, str]:
+    def child_environment(
+        self, redis_url: str, s3_endpoint_url: str, env: Mapping[str, str] | None = None
+    ) -> dict[str, str]:
         """The environment of every program: the stack's values, overridden by any already set."""
         env = os.environ if env is None else env
         defaults = {

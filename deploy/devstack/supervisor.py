@@ -95,7 +95,10 @@ class SupervisorConfig:
 
     def write(self, programs: Sequence[Program]) -> None:
         if len(str(self.socket_path)) > _MAX_UNIX_SOCKET_PATH:
-            raise SystemExit(f"the data dir path is too long for supervisord's control socket ({self.socket_path}); use a shorter KILN_DATA_DIR")
+            raise SystemExit(
+                f"the data dir path is too long for supervisord's control socket ({self.socket_path}); "
+                "use a shorter KILN_DATA_DIR"
+            )
         self.logs_dir.mkdir(parents=True, exist_ok=True)
         self.path.write_text(self.render(programs))
 

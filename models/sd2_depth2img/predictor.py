@@ -14,7 +14,7 @@ from PIL import Image
 from models.sd2_depth2img.schema import Depth2ImgInput
 from models.sd2_depth2img.weights import sd2_depth2img_source
 from shared.images import ImageInputError
-from worker.predictors.base import PredictContext, PreparedJob, Predictor, StepCallback, resolve_seed
+from worker.predictors.base import PredictContext, Predictor, PreparedJob, StepCallback, resolve_seed
 from worker.predictors.rows import fit, generators, rows, split_images
 from worker.predictors.schedulers import SCHEDULERS
 from worker.tuning import Tuning, optimise_pipeline
@@ -86,8 +86,9 @@ class Depth2ImgPredictor(Predictor[Depth2ImgInput, Depth2ImgJob]):
             depth_map = depth_map_from_image(ctx.load_image(inputs.depth_image), latent_size)
         else:
             depth_map = self.estimate_depth(image, latent_size)
-        return Depth2ImgJob(seed=resolve_seed(inputs.seed, ctx), inputs=inputs, image=image, depth_map=depth_map,
-                            output_size=size)
+        return Depth2ImgJob(
+            seed=resolve_seed(inputs.seed, ctx), inputs=inputs, image=image, depth_map=depth_map, output_size=size
+        )
 
     @torch.no_grad()
     def estimate_depth(self, image: Image.Image, latent_size: tuple[int, int]) -> torch.Tensor:
@@ -99,8 +100,9 @@ class Depth2ImgPredictor(Predictor[Depth2ImgInput, Depth2ImgJob]):
         with torch.autocast("cuda", dtype=self.tuning.dtype) if on_cuda else contextlib.nullcontext():
             depth = self.pipe.depth_estimator(pixel_values).predicted_depth
         width, height = latent_size
-        return torch.nn.functional.interpolate(depth.unsqueeze(1).float(), size=(height, width), mode="bicubic",
-                                               align_corners=False)[:, 0]
+        return torch.nn.functional.interpolate(
+            depth.unsqueeze(1).float(), size=(height, width), mode="bicubic", align_corners=False
+        )[:, 0]
 
     def generate(self, jobs: Sequence[Depth2ImgJob], step_callback: StepCallback) -> list[list[Image.Image]]:
         first = jobs[0].inputs
@@ -119,5 +121,7 @@ class Depth2ImgPredictor(Predictor[Depth2ImgInput, Depth2ImgJob]):
             generator=generators(layout, self.pipe.device),
             callback_on_step_end=step_callback,
         )
-        return [[fit(image, job.output_size) for image in images]
-                for job, images in split_images(result.images, jobs, lambda job: job.inputs.num_outputs)]
+        return [
+            [fit(image, job.output_size) for image in images]
+            for job, images in split_images(result.images, jobs, lambda job: job.inputs.num_outputs)
+        ]

@@ -183,8 +183,9 @@ def ensure_tiny_sd2_depth2img(weights_dir: Path) -> Path:
     )
 
 
-def build_sd2_depth2img_weights(folder: Path, *, seed: int, dtype: torch.dtype = torch.float32,
-                                device: str = "cpu") -> None:
+def build_sd2_depth2img_weights(
+    folder: Path, *, seed: int, dtype: torch.dtype = torch.float32, device: str = "cpu"
+) -> None:
     """``stabilityai/stable-diffusion-2-depth``'s layout from its published configs, random weights, into ``folder``.
 
     The tokenizer is the tiny profile's (the real CLIP vocabulary is not in the repo); prompts are
@@ -200,7 +201,9 @@ def build_sd2_depth2img_weights(folder: Path, *, seed: int, dtype: torch.dtype =
             tokenizer=tokenizer,
             unet=UNet2DConditionModel.from_config(load_config("sd2_depth_unet")),
             scheduler=PNDMScheduler.from_config(load_config("sd2_depth_scheduler")),
-            depth_estimator=make_depth_observable(DPTForDepthEstimation(DPTConfig(**load_config("sd2_depth_estimator")))),
+            depth_estimator=make_depth_observable(
+                DPTForDepthEstimation(DPTConfig(**load_config("sd2_depth_estimator")))
+            ),
             feature_extractor=DPTImageProcessor(**load_config("sd2_depth_feature_extractor")),
         )
     if dtype != torch.float32:
@@ -223,5 +226,6 @@ def ensure_random_full_sd2_depth2img(weights_dir: Path, device: torch.device) ->
 
 def sd2_depth2img_source(settings: Settings) -> str:
     """What the predictor passes to ``from_pretrained`` in the settings' profile (local folders built on first use)."""
-    return weights_source(settings, settings.sd2_depth2img_weights, ensure_tiny_sd2_depth2img,
-                          ensure_random_full_sd2_depth2img)
+    return weights_source(
+        settings, settings.sd2_depth2img_weights, ensure_tiny_sd2_depth2img, ensure_random_full_sd2_depth2img
+    )

@@ -103,8 +103,11 @@ def _text_encoder(**extra: Any) -> dict[str, Any]:
 def tiny_controlnet(kind: ControlKind) -> dict[str, Any]:
     """The kind's tiny ControlNet: the tiny UNet's blocks, the published ControlNet's conditioning channels."""
     # Three stride-2 convolutions: the control image is downscaled by 8, like the VAE's latents.
-    return {**_UNET_BLOCKS, "conditioning_embedding_out_channels": [8, 8, 16, 16],
-            "conditioning_channels": read_config(kind.published_config)["conditioning_channels"]}
+    return {
+        **_UNET_BLOCKS,
+        "conditioning_embedding_out_channels": [8, 8, 16, 16],
+        "conditioning_channels": read_config(kind.published_config)["conditioning_channels"],
+    }
 
 
 def tiny_configs(kinds: Sequence[ControlKind] | None = None) -> XLConfigs:

@@ -26,7 +26,15 @@ from models.sdxl_family.spec import ControlKind
 from models.sdxl_family.weights import XLWeights, xl_weights
 from shared.settings import Settings
 from worker.devices import resolve_device
-from worker.predictors.base import NamedImage, Output, PredictContext, PreparedJob, Predictor, StepCallback, resolve_seed
+from worker.predictors.base import (
+    NamedImage,
+    Output,
+    PredictContext,
+    Predictor,
+    PreparedJob,
+    StepCallback,
+    resolve_seed,
+)
 from worker.predictors.rows import fit, generators, rows, split_images
 from worker.predictors.schedulers import SCHEDULERS
 from worker.tuning import Tuning, optimise_pipeline
@@ -61,8 +69,13 @@ def shared_base_components(settings: Settings, weights: XLWeights) -> dict[str, 
     Every XL predictor of the process gets the same UNet, VAE, text encoders, tokenizers, image
     encoder and feature extractor objects.
     """
-    key = (weights.base, str(weights.vae), weights.ip_adapter, str(resolve_device(settings.device)),
-           str(hub_cache_dir(settings)))
+    key = (
+        weights.base,
+        str(weights.vae),
+        weights.ip_adapter,
+        str(resolve_device(settings.device)),
+        str(hub_cache_dir(settings)),
+    )
     with _bases_lock:
         if key not in _bases:
             _bases[key] = _load_base(settings, weights)
@@ -82,11 +95,13 @@ class RowwiseIPAdapterXLPipeline(StableDiffusionXLControlNetPipeline):
     they are: ``[negative rows, positive rows]`` with guidance, else the positive rows.
     """
 
-    def prepare_ip_adapter_image_embeds(self, ip_adapter_image, ip_adapter_image_embeds, device,
-                                        num_images_per_prompt, do_classifier_free_guidance):
+    def prepare_ip_adapter_image_embeds(
+        self, ip_adapter_image, ip_adapter_image_embeds, device, num_images_per_prompt, do_classifier_free_guidance
+    ):
         if ip_adapter_image_embeds is None:
-            return super().prepare_ip_adapter_image_embeds(ip_adapter_image, None, device, num_images_per_prompt,
-                                                           do_classifier_free_guidance)
+            return super().prepare_ip_adapter_image_embeds(
+                ip_adapter_image, None, device, num_images_per_prompt, do_classifier_free_guidance
+            )
         return [embeds.to(device=device) for embeds in ip_adapter_image_embeds]
 
 
@@ -105,8 +120,16 @@ class IPAdapterXLJob(PreparedJob):
 
 
 def _settings_key(inputs: IPAdapterXLInput) -> Hashable:
-    return (inputs.width, inputs.height, inputs.num_inference_steps, inputs.guidance_scale, inputs.scheduler,
-            inputs.ip_adapter_scale, inputs.controlnet_scale, inputs.negative_prompt is None)
+    return (
+        inputs.width,
+        inputs.height,
+        inputs.num_inference_steps,
+        inputs.guidance_scale,
+        inputs.scheduler,
+        inputs.ip_adapter_scale,
+        inputs.controlnet_scale,
+        inputs.negative_prompt is None,
+    )
 
 
 class IPAdapterXLPredictor(Predictor[IPAdapterXLInput, IPAdapterXLJob]):
@@ -131,9 +154,7 @@ class IPAdapterXLPredictor(Predictor[IPAdapterXLInput, IPAdapterXLJob]):
         self.tuning = Tuning.from_settings(self.settings)
         weights = xl_weights(self.settings)
         controlnet = load_model(ControlNetModel, weights.controlnets[self.control.name], self.settings)
-        self.pipe = RowwiseIPAdapterXLPipeline(
-            **shared_base_components(self.settings, weights), controlnet=controlnet
-        )
+        self.pipe = RowwiseIPAdapterXLPipeline(**shared_base_components(self.settings, weights), controlnet=controlnet)
         self.pipe.set_progress_bar_config(disable=True)
         self.applied = optimise_pipeline(self.pipe, self.tuning)
         # Every prediction gets a fresh scheduler from this config: schedulers keep per-run state.
@@ -164,9 +185,13 @@ class IPAdapterXLPredictor(Predictor[IPAdapterXLInput, IPAdapterXLJob]):
         ip_image = ctx.load_image(inputs.ip_image)
         control = self.control_map(inputs, ctx)
         generation_size = self.tuning.generation_size(control.size)
-        return IPAdapterXLJob(seed=resolve_seed(inputs.seed, ctx), inputs=inputs, control=control,
-                              control_at_generation=fit(control, generation_size),
-                              ip_embeds=self.encode_ip_image(ip_image))
+        return IPAdapterXLJob(
+            seed=resolve_seed(inputs.seed, ctx),
+            inputs=inputs,
+            control=control,
+            control_at_generation=fit(control, generation_size),
+            ip_embeds=self.encode_ip_image(ip_image),
+        )
 
     def generate(self, jobs: Sequence[IPAdapterXLJob], step_callback: StepCallback) -> list[list[Output]]:
         first = jobs[0].inputs
@@ -177,13 +202,17 @@ class IPAdapterXLPredictor(Predictor[IPAdapterXLInput, IPAdapterXLJob]):
         self.pipe.set_ip_adapter_scale(first.ip_adapter_scale)
         guided = first.guidance_scale > 1
         ip_embeds = [
-            torch.cat(([torch.cat([job.ip_embeds[k][:1] for job, _ in layout])] if guided else [])
-                      + [torch.cat([job.ip_embeds[k][1:] for job, _ in layout])])
+            torch.cat(
+                ([torch.cat([job.ip_embeds[k][:1] for job, _ in layout])] if guided else [])
+                + [torch.cat([job.ip_embeds[k][1:] for job, _ in layout])]
+            )
             for k in range(len(jobs[0].ip_embeds))
         ]
         result = self.pipe(
             prompt=[job.inputs.prompt for job, _ in layout],
-            negative_prompt=None if first.negative_prompt is None else [job.inputs.negative_prompt for job, _ in layout],
+            negative_prompt=None
+            if first.negative_prompt is None
+            else [job.inputs.negative_prompt for job, _ in layout],
             image=[job.control_at_generation for job, _ in layout],
             ip_adapter_image_embeds=ip_embeds,
             controlnet_conditioning_scale=first.controlnet_scale,

@@ -84,8 +84,10 @@ def _client_thread(base_url: str, token: str, path: str, body: bytes, deadline: 
 def _client_process(base_url: str, token: str, path: str, body: bytes, seconds: float, threads: int, out) -> None:
     deadline = time.monotonic() + seconds
     counts: list[int] = []
-    workers = [threading.Thread(target=_client_thread, args=(base_url, token, path, body, deadline, counts))
-               for _ in range(threads)]
+    workers = [
+        threading.Thread(target=_client_thread, args=(base_url, token, path, body, deadline, counts))
+        for _ in range(threads)
+    ]
     for worker in workers:
         worker.start()
     for worker in workers:
@@ -102,8 +104,10 @@ def _hammer(base_url: str, path: str, body: bytes, seconds: float, processes: in
     context = multiprocessing.get_context("spawn")
     out = context.Queue()
     started = time.monotonic()
-    clients = [context.Process(target=_client_process, args=(base_url, TOKEN_A, path, body, seconds, threads, out))
-               for _ in range(processes)]
+    clients = [
+        context.Process(target=_client_process, args=(base_url, TOKEN_A, path, body, seconds, threads, out))
+        for _ in range(processes)
+    ]
     for client in clients:
         client.start()
     accepted = [out.get(timeout=seconds + 300) for _ in clients]
@@ -119,7 +123,9 @@ SINGLE = ("/v1/models/kiln/ip-adapter-depth-xl/predictions", json.dumps(XL_BODY)
 
 
 def batch_request(size: int) -> tuple[str, bytes]:
-    return "/v1/predictions/batch", json.dumps({"predictions": [{"model": "kiln/ip-adapter-depth-xl"} | XL_BODY] * size}).encode()
+    return "/v1/predictions/batch", json.dumps(
+        {"predictions": [{"model": "kiln/ip-adapter-depth-xl"} | XL_BODY] * size}
+    ).encode()
 
 
 def throughput(base_url: str, request: tuple[str, bytes], seconds: float, processes: int, threads: int) -> float:
@@ -153,9 +159,15 @@ def latencies(base_url: str, runs: int) -> dict[str, list[float]]:
             for run in range(runs + 3):  # the first three warm the worker up
                 path = f"/bench/{run}"
                 submitted = time.time()
-                response = client.post("/v1/predictions", json={
-                    "version": "kiln/sd2-depth2img", "input": SD2_INPUT, "webhook": receiver.url(path),
-                    "webhook_events_filter": ["completed"]})
+                response = client.post(
+                    "/v1/predictions",
+                    json={
+                        "version": "kiln/sd2-depth2img",
+                        "input": SD2_INPUT,
+                        "webhook": receiver.url(path),
+                        "webhook_events_filter": ["completed"],
+                    },
+                )
                 response.raise_for_status()
                 deadline = time.monotonic() + 60
                 while not receiver.at(path) and time.monotonic() < deadline:
@@ -181,25 +193,54 @@ def table(single: float, batch: float, measured: dict[str, list[float]], batch_s
     def verdict(ok: bool) -> str:
         return "met" if ok else "MISSED"
 
+    overhead_p50 = percentile(start, 50) + percentile(hook, 50)
     rows = [
-        ("single creates accepted/s", f"{single:,.0f}", f">= {TARGETS['single']:,}", verdict(single >= TARGETS["single"])),
-        (f"batch creates accepted/s ({batch_size}/batch)", f"{batch:,.0f}", f">= {TARGETS['batch']:,}",
-         verdict(batch >= TARGETS["batch"])),
-        ("submit -> started_at p50 (ms)", f"{percentile(start, 50):.1f}", f"<= {TARGETS['start_p50_ms']}",
-         verdict(percentile(start, 50) <= TARGETS["start_p50_ms"])),
-        ("submit -> started_at p99 (ms)", f"{percentile(start, 99):.1f}", f"<= {TARGETS['start_p99_ms']}",
-         verdict(percentile(start, 99) <= TARGETS["start_p99_ms"])),
-        ("completed_at -> webhook p50 (ms)", f"{percentile(hook, 50):.1f}", f"<= {TARGETS['webhook_p50_ms']}",
-         verdict(percentile(hook, 50) <= TARGETS["webhook_p50_ms"])),
+        (
+            "single creates accepted/s",
+            f"{single:,.0f}",
+            f">= {TARGETS['single']:,}",
+            verdict(single >= TARGETS["single"]),
+        ),
+        (
+            f"batch creates accepted/s ({batch_size}/batch)",
+            f"{batch:,.0f}",
+            f">= {TARGETS['batch']:,}",
+            verdict(batch >= TARGETS["batch"]),
+        ),
+        (
+            "submit -> started_at p50 (ms)",
+            f"{percentile(start, 50):.1f}",
+            f"<= {TARGETS['start_p50_ms']}",
+            verdict(percentile(start, 50) <= TARGETS["start_p50_ms"]),
+        ),
+        (
+            "submit -> started_at p99 (ms)",
+            f"{percentile(start, 99):.1f}",
+            f"<= {TARGETS['start_p99_ms']}",
+            verdict(percentile(start, 99) <= TARGETS["start_p99_ms"]),
+        ),
+        (
+            "completed_at -> webhook p50 (ms)",
+            f"{percentile(hook, 50):.1f}",
+            f"<= {TARGETS['webhook_p50_ms']}",
+            verdict(percentile(hook, 50) <= TARGETS["webhook_p50_ms"]),
+        ),
         ("completed_at -> webhook p99 (ms)", f"{percentile(hook, 99):.1f}", "", ""),
         ("predict_time p50 / p99 (ms)", f"{percentile(predict, 50):.1f} / {percentile(predict, 99):.1f}", "", ""),
-        ("overhead share at p50", f"{(percentile(start, 50) + percentile(hook, 50)) / (percentile(start, 50) + percentile(hook, 50) + statistics.median(predict)):.0%}", "", ""),
+        (
+            "overhead share at p50",
+            f"{overhead_p50 / (overhead_p50 + statistics.median(predict)):.0%}",
+            "",
+            "",
+        ),
     ]
     width = [max(len(row[i]) for row in rows) for i in range(4)]
     lines = [" | ".join(cell.ljust(width[i]) for i, cell in enumerate(row)).rstrip() for row in rows]
-    note = (f"latency runs: {len(start)} predictions one at a time on an idle worker; predictor: tiny-profile "
-            "kiln/sd2-depth2img, 64x64, 1 denoising step (random weights), so predict_time is small but not zero.")
-    return "\n".join(lines + [note])
+    note = (
+        f"latency runs: {len(start)} predictions one at a time on an idle worker; predictor: tiny-profile "
+        "kiln/sd2-depth2img, 64x64, 1 denoising step (random weights), so predict_time is small but not zero."
+    )
+    return "\n".join([*lines, note])
 
 
 def main(argv: list[str] | None = None) -> int:

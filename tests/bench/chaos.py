@@ -5,7 +5,8 @@ It starts its own stack on free ports (redis-server with AOF, SeaweedFS, the API
 the tiny profile, one webhook worker, the same way the integration tests do) and a verifying
 webhook receiver, and prints one line:
 
-    submitted=N terminal=.. succeeded=.. failed=.. lost=.. completed_twice=.. webhooks_missing=.. refused=.. crashes=.. seconds=..
+    submitted=N terminal=.. succeeded=.. failed=.. lost=.. completed_twice=.. webhooks_missing=.. refused=..
+    crashes=.. seconds=..       (on one line)
 
 - lost: accepted (201) but not terminal at the end, or missing from Redis;
 - completed_twice: predictions with more than one distinct ``completed`` delivery (webhook-id);
@@ -68,14 +69,29 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--count", type=int, default=2000, help="predictions to submit (default 2000)")
     parser.add_argument("--submitters", type=int, default=4, help="threads submitting (default 4)")
-    parser.add_argument("--backlog", type=int, default=40,
-                        help="submitters pause while more than this many jobs wait in the queue (default 40)")
-    parser.add_argument("--timeout-s", type=float, default=None,
-                        help="overall limit for the run (default: 120 s plus 2 s per prediction)")
-    parser.add_argument("--weights-dir", type=Path, default=REPO_ROOT / ".kiln" / "weights",
-                        help="tiny weights, built there once (default: make run's .kiln/weights)")
-    parser.add_argument("--supervise", action="store_true",
-                        help="restart a process that exits on its own, as make run's supervisor does")
+    parser.add_argument(
+        "--backlog",
+        type=int,
+        default=40,
+        help="submitters pause while more than this many jobs wait in the queue (default 40)",
+    )
+    parser.add_argument(
+        "--timeout-s",
+        type=float,
+        default=None,
+        help="overall limit for the run (default: 120 s plus 2 s per prediction)",
+    )
+    parser.add_argument(
+        "--weights-dir",
+        type=Path,
+        default=REPO_ROOT / ".kiln" / "weights",
+        help="tiny weights, built there once (default: make run's .kiln/weights)",
+    )
+    parser.add_argument(
+        "--supervise",
+        action="store_true",
+        help="restart a process that exits on its own, as make run's supervisor does",
+    )
     parser.add_argument("--no-faults", action="store_true", help="inject no fault: a baseline for the timings")
     parser.add_argument("--keep", action="store_true", help="keep the stack's directory (logs) and print its path")
     return parser.parse_args(argv)
@@ -177,7 +193,7 @@ def statuses(stack: Stack, prediction_ids: list[str]) -> dict[str, str]:
         store = PredictionStore(client)
         found: dict[str, str] = {}
         for start in range(0, len(prediction_ids), 500):
-            found |= {p.id: p.status.value for p in store.get_many(prediction_ids[start:start + 500])}
+            found |= {p.id: p.status.value for p in store.get_many(prediction_ids[start : start + 500])}
     return found
 
 
@@ -193,8 +209,9 @@ def settled(stack: Stack, submitter: Submitter, receiver: WebhookReceiver) -> bo
     return len(terminal) == len(ids) and all(i in delivered for i in terminal)
 
 
-def summary(count: int, stack: Stack, submitter: Submitter, receiver: WebhookReceiver, crashes: int,
-            seconds: float) -> str:
+def summary(
+    count: int, stack: Stack, submitter: Submitter, receiver: WebhookReceiver, crashes: int, seconds: float
+) -> str:
     ids = list(submitter.accepted.values())
     current = statuses(stack, ids)
     delivered = completed_deliveries(receiver)
@@ -222,8 +239,15 @@ def start_stack(root: Path, weights_dir: Path) -> Stack:
     s3 = SeaweedS3Server(root / "s3", access_key, secret_key).start()
     port = free_port()
     env = stack_env(root, redis_server, s3, access_key, secret_key, weights_dir) | CHAOS_SETTINGS
-    stack = Stack(base_url=f"http://127.0.0.1:{port}", tls_base_url="", tls_ca=root / "unused", env=env,
-                  redis=redis_server, s3=s3, logs=root / "logs")
+    stack = Stack(
+        base_url=f"http://127.0.0.1:{port}",
+        tls_base_url="",
+        tls_ca=root / "unused",
+        env=env,
+        redis=redis_server,
+        s3=s3,
+        logs=root / "logs",
+    )
     try:
         stack.start("webhooks", WEBHOOK_WORKER_ARGV)
         stack.start("api", uvicorn_argv(port))
@@ -258,8 +282,7 @@ def run(args: argparse.Namespace, root: Path) -> str:
             secret = client.get("/v1/webhooks/default/secret").json()["key"]
         with WebhookReceiver(secret) as receiver:
             submitter = Submitter(stack, receiver.url("/chaos"), args.backlog)
-            chaos = ChaosSchedule(stack, lambda: submitter.accepted_count / args.count, log,
-                                  inject=not args.no_faults)
+            chaos = ChaosSchedule(stack, lambda: submitter.accepted_count / args.count, log, inject=not args.no_faults)
             watchdog = Watchdog(stack, chaos, restarters(stack), args.supervise, log)
             started = time.monotonic()
             deadline = started + timeout_s
@@ -282,8 +305,11 @@ def run(args: argparse.Namespace, root: Path) -> str:
 def restarters(stack: Stack) -> dict[str, Callable[[], None]]:
     """How to start each watched process again."""
     port = int(stack.base_url.rsplit(":", 1)[1])
-    return {"api": lambda: stack.start("api", uvicorn_argv(port)), "webhooks": stack.restart_webhook_worker,
-            "gpu-worker": stack.start_gpu_worker}
+    return {
+        "api": lambda: stack.start("api", uvicorn_argv(port)),
+        "webhooks": stack.restart_webhook_worker,
+        "gpu-worker": stack.start_gpu_worker,
+    }
 
 
 def _interrupt(*_: object) -> None:

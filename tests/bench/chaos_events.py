@@ -22,14 +22,21 @@ RUNNING_WAIT_S = 15.0
 class ChaosSchedule:
     """Runs the faults in a thread, in order, as ``progress()`` (0..1) passes each threshold."""
 
-    def __init__(self, stack: Stack, progress: Callable[[], float], log: Callable[[str], None],
-                 inject: bool = True) -> None:
+    def __init__(
+        self, stack: Stack, progress: Callable[[], float], log: Callable[[str], None], inject: bool = True
+    ) -> None:
         self.stack = stack
         self.progress = progress
         self.log = log
-        self.faults = [(0.2, "SIGKILL the GPU worker", self.kill_gpu_worker),
-                       (0.45, "restart Redis", self.restart_redis),
-                       (0.7, "SIGKILL the GPU worker", self.kill_gpu_worker)] if inject else []
+        self.faults = (
+            [
+                (0.2, "SIGKILL the GPU worker", self.kill_gpu_worker),
+                (0.45, "restart Redis", self.restart_redis),
+                (0.7, "SIGKILL the GPU worker", self.kill_gpu_worker),
+            ]
+            if inject
+            else []
+        )
         self.done: list[str] = []
         # Held while a fault runs, so the watchdog does not take a planned kill for a crash.
         self.lock = threading.Lock()
@@ -77,8 +84,14 @@ class Watchdog:
     """Notices stack processes that exit on their own (not one of the planned kills); with
     ``restart`` it starts them again, as ``make run``'s supervisor would."""
 
-    def __init__(self, stack: Stack, schedule: ChaosSchedule, restarters: dict[str, Callable[[], None]],
-                 restart: bool, log: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        stack: Stack,
+        schedule: ChaosSchedule,
+        restarters: dict[str, Callable[[], None]],
+        restart: bool,
+        log: Callable[[str], None],
+    ) -> None:
         self.stack = stack
         self.schedule = schedule
         self.restarters = restarters
@@ -108,6 +121,7 @@ class Watchdog:
                         self.log(f"{name} exited on its own (status {process.returncode}); restarting it")
                         self.restarters[name]()
                     else:
-                        self.log(f"{name} exited on its own (status {process.returncode}); "
-                                 "not restarted (--supervise would)")
+                        self.log(
+                            f"{name} exited on its own (status {process.returncode}); not restarted (--supervise would)"
+                        )
                         self._watched.discard(name)

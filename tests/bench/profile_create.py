@@ -25,15 +25,22 @@ from tests.bench.bench import SD2_INPUT
 
 def main() -> int:
     with RedisServer(Path(tempfile.mkdtemp(prefix="kiln-profile-"))) as redis_server:
-        settings = Settings(_env_file=None, redis_url=redis_server.url, api_token="t",
-                            max_queued_per_tenant=10**8, max_queued_total=10**8)
+        settings = Settings(
+            _env_file=None,
+            redis_url=redis_server.url,
+            api_token="t",
+            max_queued_per_tenant=10**8,
+            max_queued_total=10**8,
+        )
         services = Services.connect(settings)
         spec = find_model("kiln/sd2-depth2img")
         body = CreatePrediction(version="kiln/sd2-depth2img", input=SD2_INPUT)
         items = [{"version": "kiln/sd2-depth2img", "input": SD2_INPUT}] * 1000
         submit_batch(services, "t", items, "http://x", None)  # warm-up
-        for name, run, count in (("single", lambda: submit(services, "t", spec, body, "http://x"), 2000),
-                                 ("batch", lambda: submit_batch(services, "t", items, "http://x", None), 10)):
+        for name, run, count in (
+            ("single", lambda: submit(services, "t", spec, body, "http://x"), 2000),
+            ("batch", lambda: submit_batch(services, "t", items, "http://x", None), 10),
+        ):
             profiler = Profiler(interval=0.0005)
             started = time.perf_counter()
             with profiler:

@@ -39,8 +39,9 @@ def test_there_are_api_and_worker_dockerfiles():
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
 def test_dockerfile_passes_hadolint(dockerfile):
-    result = subprocess.run([hadolint(), "--no-color", "--format", "json", str(dockerfile)],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [hadolint(), "--no-color", "--format", "json", str(dockerfile)], capture_output=True, text=True, timeout=60
+    )
     findings = json.loads(result.stdout or "[]")
     assert findings == [] and result.returncode == 0, findings or result.stderr
 
@@ -102,16 +103,20 @@ def test_the_api_image_installs_only_the_core_set():
     assert "worker" not in copied
 
 
-@pytest.mark.parametrize(("dockerfile", "packages"), [
-    # The API image also runs the webhook worker (compose, Kubernetes); the API reads the model registry.
-    ("Dockerfile.api", {"api", "shared", "models", "webhook_worker"}),
-    # The GPU worker registers the webhook delivery task too, for a worker given the webhooks queue.
-    ("Dockerfile.worker", {"api", "shared", "models", "webhook_worker", "worker"}),
-])
+@pytest.mark.parametrize(
+    ("dockerfile", "packages"),
+    [
+        # The API image also runs the webhook worker (compose, Kubernetes); the API reads the model registry.
+        ("Dockerfile.api", {"api", "shared", "models", "webhook_worker"}),
+        # The GPU worker registers the webhook delivery task too, for a worker given the webhooks queue.
+        ("Dockerfile.worker", {"api", "shared", "models", "webhook_worker", "worker"}),
+    ],
+)
 def test_each_image_copies_the_packages_its_entry_points_import(dockerfile, packages):
     text = (DOCKER_DIR / dockerfile).read_text()
-    copied = {source for source, target in re.findall(r"^COPY (?!--from)(\S+) (\S+)$", text, flags=re.M)
-              if source == target}
+    copied = {
+        source for source, target in re.findall(r"^COPY (?!--from)(\S+) (\S+)$", text, flags=re.M) if source == target
+    }
     assert copied == packages
     included = pyproject()["tool"]["setuptools"]["packages"]["find"]["include"]
     assert {f"{package}*" for package in packages} <= set(included)
@@ -139,8 +144,14 @@ create_app()
 heavy = sorted(m for m in sys.modules if m.split(".")[0] in {"torch", "diffusers", "transformers", "controlnet_aux"})
 print(",".join(heavy))
 """
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT, timeout=120,
-                            env={"PATH": "/usr/bin:/bin", "KILN_DATA_DIR": "/tmp/kiln-no-torch", "HF_HUB_OFFLINE": "1"})
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        timeout=120,
+        env={"PATH": "/usr/bin:/bin", "KILN_DATA_DIR": "/tmp/kiln-no-torch", "HF_HUB_OFFLINE": "1"},
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "", f"imported: {result.stdout}"
 

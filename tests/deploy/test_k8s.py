@@ -68,12 +68,16 @@ def test_kustomize_builds_the_base():
     assert built.returncode == 0, built.stderr
     docs = [d for d in yaml.safe_load_all(built.stdout) if d]
     assert sorted((d["kind"], d["metadata"]["name"]) for d in docs) == sorted(
-        (d["kind"], d["metadata"]["name"]) for d in objects())
+        (d["kind"], d["metadata"]["name"]) for d in objects()
+    )
     assert all(d["metadata"].get("namespace") == "kiln" for d in docs if d["kind"] != "Namespace")
 
 
-@pytest.mark.parametrize("document", [d for d in objects() if d["kind"] not in CRD_KINDS],
-                         ids=lambda d: f"{d['kind']}/{d['metadata']['name']}")
+@pytest.mark.parametrize(
+    "document",
+    [d for d in objects() if d["kind"] not in CRD_KINDS],
+    ids=lambda d: f"{d['kind']}/{d['metadata']['name']}",
+)
 def test_kubernetes_objects_validate(document):
     kubernetes_validate.validate(document, KUBERNETES_VERSION, strict=True)
 
@@ -193,7 +197,9 @@ def test_kiln_variables_are_settings():
         names |= set(document.get("data", {})) | set(document.get("stringData", {}))
     for deployment in by_kind("Deployment").values():
         names |= set(env_of(deployment))
-    unknown = {n for n in names if n.startswith("KILN_") and n.removeprefix("KILN_").lower() not in Settings.model_fields}
+    unknown = {
+        n for n in names if n.startswith("KILN_") and n.removeprefix("KILN_").lower() not in Settings.model_fields
+    }
     assert unknown == set()
 
 

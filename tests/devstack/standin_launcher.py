@@ -27,7 +27,16 @@ def standin_programs(settings: StackSettings):
     def factory(context: StackContext) -> list[Program]:
         api = Program(
             "api",
-            [context.python, "-m", "http.server", str(context.api_port), "--bind", "127.0.0.1", "--directory", str(API_ROOT)],
+            [
+                context.python,
+                "-m",
+                "http.server",
+                str(context.api_port),
+                "--bind",
+                "127.0.0.1",
+                "--directory",
+                str(API_ROOT),
+            ],
         )
         report = settings.data_dir / f"{WORKER_NAME}.json"
         worker = Program(WORKER_NAME, [context.python, "-c", WORKER_SCRIPT, str(report), WORKER_ARG], stop_wait_s=5)

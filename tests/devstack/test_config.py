@@ -42,7 +42,11 @@ def test_environment_values_win_over_generated_ones(tmp_path: Path) -> None:
     assert child["KILN_WEIGHTS_PROFILE"] == "full"
     assert child["KILN_PUBLIC_URL"] == "http://127.0.0.1:8123"
     assert (child["KILN_REDIS_URL"], child["KILN_S3_ENDPOINT_URL"]) == ("redis://127.0.0.1:1/0", "http://127.0.0.1:2")
-    assert (child["KILN_WEBHOOK_ALLOW_PRIVATE"], child["HF_HUB_OFFLINE"], child["PYTHONUNBUFFERED"]) == ("true", "1", "1")
+    assert (child["KILN_WEBHOOK_ALLOW_PRIVATE"], child["HF_HUB_OFFLINE"], child["PYTHONUNBUFFERED"]) == (
+        "true",
+        "1",
+        "1",
+    )
 
 
 def test_an_external_s3_endpoint_needs_its_keys(tmp_path: Path) -> None:

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import boto3
 import botocore.exceptions
-from botocore.client import BaseClient
 import pytest
 import redis
+from botocore.client import BaseClient
 
 from deploy.devstack.servers import S3_CLIENT_CONFIG, S3_REGION, free_port
 from tests.devstack.standin_launcher import WORKER_ARG, WORKER_NAME
@@ -80,13 +80,19 @@ def test_launcher_runs_the_stack_wires_its_environment_and_generates_private_sec
     assert set(launcher.statuses()) == {"redis", "s3", "api", WORKER_NAME}
 
     report_path = launcher.data_dir / f"{WORKER_NAME}.json"
-    report = json.loads(wait_until(lambda: report_path.exists() and report_path.read_text(), 15, what="the worker's report"))
+    report = json.loads(
+        wait_until(lambda: report_path.exists() and report_path.read_text(), 15, what="the worker's report")
+    )
     env = report["env"]
     assert report["argv"] == [WORKER_ARG]
     assert env["KILN_API_TOKEN"] == token
     assert env["KILN_PUBLIC_URL"] == f"http://127.0.0.1:{launcher.port}"
     assert env["KILN_DATA_DIR"] == str(launcher.data_dir)
-    assert (env["KILN_WEIGHTS_PROFILE"], env["KILN_WEBHOOK_ALLOW_PRIVATE"], env["HF_HUB_OFFLINE"]) == ("tiny", "true", "1")
+    assert (env["KILN_WEIGHTS_PROFILE"], env["KILN_WEBHOOK_ALLOW_PRIVATE"], env["HF_HUB_OFFLINE"]) == (
+        "tiny",
+        "true",
+        "1",
+    )
     assert redis.Redis.from_url(env["KILN_REDIS_URL"]).ping()
 
     s3 = boto3.client(
@@ -113,7 +119,9 @@ def test_launcher_restarts_a_dead_worker_and_stops_everything_on_sigterm(launche
     first_pid = launcher.program_pid(WORKER_NAME)
     os.kill(first_pid, signal.SIGKILL)
     wait_until(
-        lambda: launcher.program_pid(WORKER_NAME) not in (0, first_pid) and launcher.statuses()[WORKER_NAME] == "RUNNING",
+        lambda: (
+            launcher.program_pid(WORKER_NAME) not in (0, first_pid) and launcher.statuses()[WORKER_NAME] == "RUNNING"
+        ),
         15,
         what="supervisord to restart the worker",
     )
@@ -122,7 +130,9 @@ def test_launcher_restarts_a_dead_worker_and_stops_everything_on_sigterm(launche
     supervisord_pid = int((launcher.data_dir / "supervisord.pid").read_text())
     assert all(children) and process_exists(supervisord_pid)
 
-    second = start_process([python(), "-m", "tests.devstack.standin_launcher"], launcher.env, launcher.data_dir.parent / "second.out")
+    second = start_process(
+        [python(), "-m", "tests.devstack.standin_launcher"], launcher.env, launcher.data_dir.parent / "second.out"
+    )
     assert second.wait(timeout=30) != 0
     assert "another Kiln stack is running" in (launcher.data_dir.parent / "second.out").read_text()
 

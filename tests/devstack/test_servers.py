@@ -23,7 +23,7 @@ def listening_addresses(pid: int) -> set[tuple[str, int]]:
     for fd in Path(f"/proc/{pid}/fd").iterdir():
         target = os.readlink(fd) if fd.is_symlink() else ""
         if target.startswith("socket:["):
-            inodes.add(target[len("socket:["):-1])
+            inodes.add(target[len("socket:[") : -1])
     found = set()
     for table, family in (("/proc/net/tcp", 4), ("/proc/net/tcp6", 6)):
         for row in Path(table).read_text().splitlines()[1:]:
@@ -31,7 +31,7 @@ def listening_addresses(pid: int) -> set[tuple[str, int]]:
             local, state, inode = fields[1], fields[3], fields[9]
             if state == _TCP_LISTEN and inode in inodes:
                 address, port = local.split(":")
-                host = ".".join(str(int(address[i:i + 2], 16)) for i in (6, 4, 2, 0)) if family == 4 else "::"
+                host = ".".join(str(int(address[i : i + 2], 16)) for i in (6, 4, 2, 0)) if family == 4 else "::"
                 found.add((host, int(port, 16)))
     return found
 

@@ -20,8 +20,16 @@ from deploy.devstack.servers import free_port
 from tests.support import wait_until
 
 # Headless, and quiet: no first-run UI, no update checks or other calls home.
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 APT_TIMEOUT_S = 900
 
 
@@ -59,8 +67,9 @@ def chromium_or_skip() -> str:
         reason = _apt_install_chromium()
         found = _find_chromium()
         if found is None:
-            pytest.skip(f"the playground's browser tests need Debian's chromium, which could not be installed: "
-                        f"{reason}")
+            pytest.skip(
+                f"the playground's browser tests need Debian's chromium, which could not be installed: {reason}"
+            )
     return found
 
 

@@ -46,10 +46,19 @@ READY = b" ready."
 CELERY = [python(), "-m", "celery", "-A", "worker.celery_app:app", "worker", "--loglevel", "INFO"]
 # The webhook worker's own entry point (no torch), as deploy/devstack, compose and Kubernetes run it.
 WEBHOOK_CELERY = [python(), "-m", "celery", "-A", "webhook_worker.celery_app:app", "worker", "--loglevel", "INFO"]
-GPU_WORKER_ARGV = CELERY + ["--pool", "solo", "--concurrency", "1", "-Q", "gpu.sd2-depth", "--hostname", "test-gpu@%h"]
-SDXL_WORKER_ARGV = CELERY + ["--pool", "solo", "--concurrency", "1", "-Q", "gpu.sdxl", "--hostname", "test-sdxl@%h"]
-WEBHOOK_WORKER_ARGV = WEBHOOK_CELERY + ["--pool", "threads", "--concurrency", "4", "-Q", "webhooks",
-                                        "--hostname", "test-webhooks@%h"]
+GPU_WORKER_ARGV = [*CELERY, "--pool", "solo", "--concurrency", "1", "-Q", "gpu.sd2-depth", "--hostname", "test-gpu@%h"]
+SDXL_WORKER_ARGV = [*CELERY, "--pool", "solo", "--concurrency", "1", "-Q", "gpu.sdxl", "--hostname", "test-sdxl@%h"]
+WEBHOOK_WORKER_ARGV = [
+    *WEBHOOK_CELERY,
+    "--pool",
+    "threads",
+    "--concurrency",
+    "4",
+    "-Q",
+    "webhooks",
+    "--hostname",
+    "test-webhooks@%h",
+]
 
 
 @dataclass
@@ -75,8 +84,10 @@ class Stack:
     @property
     def api_urls(self) -> dict[str, tuple[str, ssl.SSLContext | bool]]:
         """The API processes: base URL and TLS verification for their /health."""
-        return {"api": (self.base_url, True),
-                "api-tls": (self.tls_base_url, ssl.create_default_context(cafile=str(self.tls_ca)))}
+        return {
+            "api": (self.base_url, True),
+            "api-tls": (self.tls_base_url, ssl.create_default_context(cafile=str(self.tls_ca))),
+        }
 
     def start(self, name: str, argv: list[str]) -> subprocess.Popen:
         """Start a process of the stack (again, after a crash or a test's kill); ``ready`` waits for it."""
@@ -91,11 +102,17 @@ class Stack:
         """Wait until a process started by ``start`` serves: an API answers /health, a worker logs " ready."."""
         process, log = self.processes[name], self.logs / f"{name}.log"
         if name in self.api_urls:
-            wait_until(lambda: process.poll() is not None or _healthy(*self.api_urls[name]), 60,
-                       what=f"the {name} process's /health")
+            wait_until(
+                lambda: process.poll() is not None or _healthy(*self.api_urls[name]),
+                60,
+                what=f"the {name} process's /health",
+            )
         else:
-            wait_until(lambda: process.poll() is not None or log.read_bytes().count(READY) > self.ready_lines_before[name],
-                       300, what=f"the {name} process to be ready")
+            wait_until(
+                lambda: process.poll() is not None or log.read_bytes().count(READY) > self.ready_lines_before[name],
+                300,
+                what=f"the {name} process to be ready",
+            )
         assert process.poll() is None, log.read_text()[-4000:]
 
     def start_gpu_worker(self) -> None:
@@ -145,11 +162,18 @@ class Stack:
 
     def settings(self, **overrides: object) -> Settings:
         """Settings reaching this stack's Redis and S3 as tenant A, for in-process apps and tools."""
-        return Settings(_env_file=None, **{
-            "redis_url": self.redis_url, "api_token": TOKEN_A,
-            "s3_endpoint_url": self.env["KILN_S3_ENDPOINT_URL"], "s3_access_key": self.env["KILN_S3_ACCESS_KEY"],
-            "s3_secret_key": self.env["KILN_S3_SECRET_KEY"], "s3_bucket": self.env["KILN_S3_BUCKET"],
-        } | overrides)
+        return Settings(
+            _env_file=None,
+            **{
+                "redis_url": self.redis_url,
+                "api_token": TOKEN_A,
+                "s3_endpoint_url": self.env["KILN_S3_ENDPOINT_URL"],
+                "s3_access_key": self.env["KILN_S3_ACCESS_KEY"],
+                "s3_secret_key": self.env["KILN_S3_SECRET_KEY"],
+                "s3_bucket": self.env["KILN_S3_BUCKET"],
+            }
+            | overrides,
+        )
 
     def client(self, token: str | None = TOKEN_A) -> httpx.Client:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -162,8 +186,9 @@ def tiny_weights_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return Path(configured) if configured else tmp_path_factory.mktemp("weights")
 
 
-def stack_env(root: Path, redis: RedisServer, s3: SeaweedS3Server, access_key: str, secret_key: str,
-              weights_dir: Path) -> dict[str, str]:
+def stack_env(
+    root: Path, redis: RedisServer, s3: SeaweedS3Server, access_key: str, secret_key: str, weights_dir: Path
+) -> dict[str, str]:
     return os.environ | {
         "KILN_REDIS_URL": redis.url,
         "KILN_S3_ENDPOINT_URL": s3.endpoint_url,
@@ -202,10 +227,14 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     with RedisServer(root / "redis") as redis_server, SeaweedS3Server(root / "s3", access_key, secret_key) as s3:
         port, tls_port, ca_path = free_port(), free_port(), root / "ca.pem"
         stack = Stack(
-            base_url=f"http://127.0.0.1:{port}", tls_base_url=f"https://127.0.0.1:{tls_port}", tls_ca=ca_path,
+            base_url=f"http://127.0.0.1:{port}",
+            tls_base_url=f"https://127.0.0.1:{tls_port}",
+            tls_ca=ca_path,
             env=stack_env(root, redis_server, s3, access_key, secret_key, tiny_weights_dir(tmp_path_factory)),
-            redis=redis_server, s3=s3, logs=logs,
-            metrics_ports=dict(zip(("gpu-worker", "sdxl-worker", "webhooks"), free_ports(3))),
+            redis=redis_server,
+            s3=s3,
+            logs=logs,
+            metrics_ports=dict(zip(("gpu-worker", "sdxl-worker", "webhooks"), free_ports(3), strict=True)),
         )
         try:
             stack.start("webhooks", WEBHOOK_WORKER_ARGV)
@@ -261,8 +290,9 @@ def repaired_stack(request: pytest.FixtureRequest) -> None:
         return
     repaired = request.getfixturevalue("stack").repair()
     if repaired:
-        warnings.warn(f"an earlier test left the stack broken; repaired before this test: {', '.join(repaired)}",
-                      stacklevel=1)
+        warnings.warn(
+            f"an earlier test left the stack broken; repaired before this test: {', '.join(repaired)}", stacklevel=1
+        )
 
 
 @pytest.fixture

@@ -32,10 +32,14 @@ def test_rate_limit_answers_429_with_retry_headers(stack):
 def test_prefer_wait_that_times_out_answers_starting_with_location(stack, client):
     with StepGate(stack.redis_url) as gate:  # not finished within the wait, on any machine
         response = client.post(
-            "/v1/predictions", headers={"Prefer": "wait=1"},
-            json={"version": "kiln/sd2-depth2img",
-                  "input": depth2img_input(prompt=gate.prompt, width=64, height=64, num_inference_steps=200,
-                                           prompt_strength=1.0)},
+            "/v1/predictions",
+            headers={"Prefer": "wait=1"},
+            json={
+                "version": "kiln/sd2-depth2img",
+                "input": depth2img_input(
+                    prompt=gate.prompt, width=64, height=64, num_inference_steps=200, prompt_strength=1.0
+                ),
+            },
         )
         assert response.status_code == 201
         body = response.json()
@@ -47,8 +51,11 @@ def test_prefer_wait_that_times_out_answers_starting_with_location(stack, client
 
 def test_prefer_wait_that_finishes_answers_the_terminal_prediction(client):
     started = time.monotonic()
-    response = client.post("/v1/predictions", headers={"Prefer": "wait=30"},
-                           json={"version": "kiln/sd2-depth2img", "input": depth2img_input()})
+    response = client.post(
+        "/v1/predictions",
+        headers={"Prefer": "wait=30"},
+        json={"version": "kiln/sd2-depth2img", "input": depth2img_input()},
+    )
     assert response.status_code == 201
     assert response.json()["status"] == "succeeded" and response.json()["output"]
     assert "location" not in response.headers
@@ -57,15 +64,19 @@ def test_prefer_wait_that_finishes_answers_the_terminal_prediction(client):
 
 @pytest.mark.parametrize("prefer", ["wait=0", "wait=61"])
 def test_prefer_wait_out_of_range_is_a_400(client, prefer):
-    response = client.post("/v1/predictions", headers={"Prefer": prefer},
-                           json={"version": "kiln/sd2-depth2img", "input": depth2img_input()})
+    response = client.post(
+        "/v1/predictions",
+        headers={"Prefer": prefer},
+        json={"version": "kiln/sd2-depth2img", "input": depth2img_input()},
+    )
     assert response.status_code == 400 and "Prefer: wait" in response.json()["detail"]
 
 
 def test_files_upload_get_download_delete_and_use_as_input(client, other_client):
     data = png_bytes(64, 64)
-    created = client.post("/v1/files", files={"content": ("in.png", data, "image/png")},
-                          data={"metadata": '{"purpose": "test"}'})
+    created = client.post(
+        "/v1/files", files={"content": ("in.png", data, "image/png")}, data={"metadata": '{"purpose": "test"}'}
+    )
     assert created.status_code == 201, created.text
     record = created.json()
     assert (record["name"], record["size"], record["metadata"]) == ("in.png", len(data), {"purpose": "test"})
@@ -82,14 +93,18 @@ def test_files_upload_get_download_delete_and_use_as_input(client, other_client)
 
 
 def test_files_reject_bad_metadata(client):
-    response = client.post("/v1/files", files={"content": ("a.bin", b"x", "application/octet-stream")},
-                           data={"metadata": "[1, 2]"})
+    response = client.post(
+        "/v1/files", files={"content": ("a.bin", b"x", "application/octet-stream")}, data={"metadata": "[1, 2]"}
+    )
     assert response.status_code == 422 and "metadata" in response.json()["detail"]
 
 
 def test_problem_json_for_unknown_routes_and_models(client):
-    for response in (client.get("/v1/nope"), client.get("/v1/models/kiln/nope"),
-                     client.get("/v1/predictions/doesnotexist")):
+    for response in (
+        client.get("/v1/nope"),
+        client.get("/v1/models/kiln/nope"),
+        client.get("/v1/predictions/doesnotexist"),
+    ):
         assert response.status_code == 404
         assert response.headers["content-type"] == "application/problem+json"
         assert set(response.json()) >= {"title", "detail", "status"}
@@ -120,14 +135,20 @@ def test_remote_image_urls_are_fetched_at_submission_and_kept(stack, tmp_path):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_address[1]}/photo.png"
     with app_for(stack, image_fetch_allow_private=True) as c:
-        created = c.post("/v1/predictions", headers=AUTH,
-                         json={"version": "kiln/sd2-depth2img", "input": depth2img_input() | {"input_image": url}})
+        created = c.post(
+            "/v1/predictions",
+            headers=AUTH,
+            json={"version": "kiln/sd2-depth2img", "input": depth2img_input() | {"input_image": url}},
+        )
         server.shutdown()
         server.server_close()
         assert created.status_code == 201, created.text
         assert created.json()["input"]["input_image"] == url
         deadline = time.monotonic() + 60
         while (done := c.get(created.json()["urls"]["get"], headers=AUTH).json())["status"] not in {
-                "succeeded", "failed", "canceled"} and time.monotonic() < deadline:
+            "succeeded",
+            "failed",
+            "canceled",
+        } and time.monotonic() < deadline:
             time.sleep(0.2)
     assert done["status"] == "succeeded", done["error"]

@@ -56,8 +56,9 @@ CASES = [
     pytest.param(raw(b'{"version": "kiln/sd2-depth2img" "input": {}}'), 422, ["JSON"], id="json-missing-comma"),
     pytest.param(raw(b"[1, 2, 3]"), 422, [], id="json-array-body"),
     pytest.param(raw(b'"kiln/sd2-depth2img"'), 422, [], id="json-string-body"),
-    pytest.param(raw(b"version=kiln/sd2-depth2img", "application/x-www-form-urlencoded"), 422, [],
-                 id="form-encoded-body"),
+    pytest.param(
+        raw(b"version=kiln/sd2-depth2img", "application/x-www-form-urlencoded"), 422, [], id="form-encoded-body"
+    ),
     # Wrong types.
     pytest.param(with_input(num_outputs="three"), 422, ["input.num_outputs", "integer"], id="num-outputs-string"),
     pytest.param(with_input(guidance_scale=[7.5]), 422, ["input.guidance_scale"], id="guidance-scale-list"),
@@ -94,58 +95,131 @@ CASES = [
     pytest.param(with_body(version=None), 422, ["version"], id="missing-version"),
     pytest.param(with_body(input={"prompt": "a kiln"}), 422, ["input.input_image"], id="missing-input-image"),
     # Data URIs and image bytes.
-    pytest.param(with_input(input_image="data:image/png;base64,@@not*base64@@"), 422, ["input.input_image", "base64"],
-                 id="bad-base64"),
-    pytest.param(with_input(input_image="data:image/png;base64,iVBORw0KGgo="[:-2]), 422,
-                 ["input.input_image", "base64"], id="base64-bad-padding"),
-    pytest.param(with_input(input_image="data:image/png;base64"), 422, ["input.input_image", "malformed data URI"],
-                 id="data-uri-without-comma"),
+    pytest.param(
+        with_input(input_image="data:image/png;base64,@@not*base64@@"),
+        422,
+        ["input.input_image", "base64"],
+        id="bad-base64",
+    ),
+    pytest.param(
+        with_input(input_image="data:image/png;base64,iVBORw0KGgo="[:-2]),
+        422,
+        ["input.input_image", "base64"],
+        id="base64-bad-padding",
+    ),
+    pytest.param(
+        with_input(input_image="data:image/png;base64"),
+        422,
+        ["input.input_image", "malformed data URI"],
+        id="data-uri-without-comma",
+    ),
     pytest.param(with_input(input_image="data:;;;,"), 422, ["input.input_image"], id="data-uri-junk"),
-    pytest.param(with_input(input_image=data_uri(b"this is not an image")), 422,
-                 ["input.input_image", "not a readable image"], id="not-an-image"),
-    pytest.param(with_input(input_image="data:image/png;base64,"), 422, ["input.input_image", "not a readable image"],
-                 id="empty-image"),
-    pytest.param(with_input(input_image="data:image/png," + quote(b"GIF89a-but-not-really")), 422,
-                 ["input.input_image", "not a readable image"], id="percent-encoded-junk"),
-    pytest.param(with_input(input_image=data_uri(image_bytes("TIFF"), "image/tiff")), 422,
-                 ["input.input_image", "is not one of"], id="tiff"),
-    pytest.param(with_input(input_image=data_uri(image_bytes("ICO"), "image/x-icon")), 422,
-                 ["input.input_image", "is not one of"], id="ico"),
+    pytest.param(
+        with_input(input_image=data_uri(b"this is not an image")),
+        422,
+        ["input.input_image", "not a readable image"],
+        id="not-an-image",
+    ),
+    pytest.param(
+        with_input(input_image="data:image/png;base64,"),
+        422,
+        ["input.input_image", "not a readable image"],
+        id="empty-image",
+    ),
+    pytest.param(
+        with_input(input_image="data:image/png," + quote(b"GIF89a-but-not-really")),
+        422,
+        ["input.input_image", "not a readable image"],
+        id="percent-encoded-junk",
+    ),
+    pytest.param(
+        with_input(input_image=data_uri(image_bytes("TIFF"), "image/tiff")),
+        422,
+        ["input.input_image", "is not one of"],
+        id="tiff",
+    ),
+    pytest.param(
+        with_input(input_image=data_uri(image_bytes("ICO"), "image/x-icon")),
+        422,
+        ["input.input_image", "is not one of"],
+        id="ico",
+    ),
     # Pillow cannot open a PDF at all, so it is answered like any unreadable bytes.
-    pytest.param(with_input(input_image=data_uri(PDF, "application/pdf")), 422,
-                 ["input.input_image", "not a readable image"], id="pdf"),
-    pytest.param(with_input(input_image=data_uri(png_claiming_size(100_000, 100_000))), 422,
-                 ["input.input_image", f"more than {DEFAULT_MAX_PIXELS} pixels"], id="bomb-100000x100000"),
-    pytest.param(with_input(input_image=data_uri(png_claiming_size(8_000, 8_000))), 422,
-                 ["input.input_image", f"more than {DEFAULT_MAX_PIXELS} pixels"], id="bomb-8000x8000"),
-    pytest.param(with_input(depth_image=data_uri(png_claiming_size(100_000, 100_000))), 422,
-                 ["input.depth_image", f"more than {DEFAULT_MAX_PIXELS} pixels"], id="bomb-as-depth-image"),
+    pytest.param(
+        with_input(input_image=data_uri(PDF, "application/pdf")),
+        422,
+        ["input.input_image", "not a readable image"],
+        id="pdf",
+    ),
+    pytest.param(
+        with_input(input_image=data_uri(png_claiming_size(100_000, 100_000))),
+        422,
+        ["input.input_image", f"more than {DEFAULT_MAX_PIXELS} pixels"],
+        id="bomb-100000x100000",
+    ),
+    pytest.param(
+        with_input(input_image=data_uri(png_claiming_size(8_000, 8_000))),
+        422,
+        ["input.input_image", f"more than {DEFAULT_MAX_PIXELS} pixels"],
+        id="bomb-8000x8000",
+    ),
+    pytest.param(
+        with_input(depth_image=data_uri(png_claiming_size(100_000, 100_000))),
+        422,
+        ["input.depth_image", f"more than {DEFAULT_MAX_PIXELS} pixels"],
+        id="bomb-as-depth-image",
+    ),
     # URL schemes other than http(s) and data.
     pytest.param(with_input(input_image="file:///etc/passwd"), 422, ["input.input_image", "file"], id="file-url"),
-    pytest.param(with_input(input_image="gopher://127.0.0.1:70/_INFO"), 422, ["input.input_image", "gopher"],
-                 id="gopher-url"),
+    pytest.param(
+        with_input(input_image="gopher://127.0.0.1:70/_INFO"), 422, ["input.input_image", "gopher"], id="gopher-url"
+    ),
     pytest.param(with_input(input_image="ftp://example.com/x.png"), 422, ["input.input_image", "ftp"], id="ftp-url"),
-    pytest.param(with_input(depth_image="ftp://example.com/depth.png"), 422, ["input.depth_image", "ftp"],
-                 id="ftp-depth-url"),
+    pytest.param(
+        with_input(depth_image="ftp://example.com/depth.png"), 422, ["input.depth_image", "ftp"], id="ftp-depth-url"
+    ),
     pytest.param(with_input(input_image="http:///x.png"), 422, ["input.input_image", "no host"], id="url-without-host"),
     # URLs to private addresses (the stack leaves KILN_IMAGE_FETCH_ALLOW_PRIVATE off).
-    pytest.param(with_input(input_image="http://10.0.0.1/x.png"), 422, ["input.input_image", "private"],
-                 id="private-10"),
-    pytest.param(with_input(input_image="http://192.168.1.1/x.png"), 422, ["input.input_image", "private"],
-                 id="private-192-168"),
-    pytest.param(with_input(input_image=f"http://127.0.0.1:{free_port()}/x.png"), 422,
-                 ["input.input_image", "loopback"], id="loopback"),
-    pytest.param(with_input(input_image=f"http://localhost:{free_port()}/x.png"), 422,
-                 ["input.input_image", "loopback"], id="localhost"),
-    pytest.param(with_input(input_image="http://[::1]/x.png"), 422, ["input.input_image", "loopback"],
-                 id="loopback-v6"),
-    pytest.param(with_input(input_image="http://[::ffff:10.0.0.1]/x.png"), 422, ["input.input_image", "private"],
-                 id="v4-mapped-private"),
+    pytest.param(
+        with_input(input_image="http://10.0.0.1/x.png"), 422, ["input.input_image", "private"], id="private-10"
+    ),
+    pytest.param(
+        with_input(input_image="http://192.168.1.1/x.png"), 422, ["input.input_image", "private"], id="private-192-168"
+    ),
+    pytest.param(
+        with_input(input_image=f"http://127.0.0.1:{free_port()}/x.png"),
+        422,
+        ["input.input_image", "loopback"],
+        id="loopback",
+    ),
+    pytest.param(
+        with_input(input_image=f"http://localhost:{free_port()}/x.png"),
+        422,
+        ["input.input_image", "loopback"],
+        id="localhost",
+    ),
+    pytest.param(
+        with_input(input_image="http://[::1]/x.png"), 422, ["input.input_image", "loopback"], id="loopback-v6"
+    ),
+    pytest.param(
+        with_input(input_image="http://[::ffff:10.0.0.1]/x.png"),
+        422,
+        ["input.input_image", "private"],
+        id="v4-mapped-private",
+    ),
     # Python counts 169.254/16 as private too, so the reason may say either; the address is named.
-    pytest.param(with_input(input_image="http://169.254.169.254/latest/meta-data/"), 422,
-                 ["input.input_image", "169.254.169.254", "address"], id="cloud-metadata"),
-    pytest.param(with_input(depth_image="https://10.1.2.3/depth.png"), 422, ["input.depth_image", "private"],
-                 id="private-depth-image"),
+    pytest.param(
+        with_input(input_image="http://169.254.169.254/latest/meta-data/"),
+        422,
+        ["input.input_image", "169.254.169.254", "address"],
+        id="cloud-metadata",
+    ),
+    pytest.param(
+        with_input(depth_image="https://10.1.2.3/depth.png"),
+        422,
+        ["input.depth_image", "private"],
+        id="private-depth-image",
+    ),
 ]
 
 
@@ -178,8 +252,11 @@ def test_bodies_over_the_cap_are_a_413(stack, client, max_request_bytes, body_si
     body = prefix + b"x" * (body_size - len(prefix) - len(suffix)) + suffix
     with app_for(stack, max_request_bytes=max_request_bytes) as app:
         declared = app.post("/v1/predictions", content=body, headers=AUTH | {"content-type": "application/json"})
-        streamed = app.post("/v1/predictions", content=iter([body[:1000], body[1000:]]),
-                            headers=AUTH | {"content-type": "application/json"})
+        streamed = app.post(
+            "/v1/predictions",
+            content=iter([body[:1000], body[1000:]]),
+            headers=AUTH | {"content-type": "application/json"},
+        )
     assert_problem(declared, 413, str(max_request_bytes))
     assert "content-length" not in streamed.request.headers
     assert_problem(streamed, 413, str(max_request_bytes))
@@ -200,25 +277,30 @@ def test_a_public_name_resolving_to_a_private_address_is_refused(stack, client, 
     monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
     before = newest_predictions(client)
     with app_for(stack) as app:
-        response = app.post("/v1/predictions", headers=AUTH,
-                            **with_input(input_image="http://images.example.test/x.png"))
+        response = app.post(
+            "/v1/predictions", headers=AUTH, **with_input(input_image="http://images.example.test/x.png")
+        )
     assert_problem(response, 422, "input.input_image", "private", "10.20.30.40")
     assert newest_predictions(client) == before
 
 
-@pytest.mark.parametrize(("location", "fragment"), [
-    ("http://127.0.0.1:{private_port}/x.png", "loopback"),
-    ("http://10.0.0.1/x.png", "private"),
-    ("file:///etc/passwd", "file"),
-])
+@pytest.mark.parametrize(
+    ("location", "fragment"),
+    [
+        ("http://127.0.0.1:{private_port}/x.png", "loopback"),
+        ("http://10.0.0.1/x.png", "private"),
+        ("file:///etc/passwd", "file"),
+    ],
+)
 def test_a_redirect_to_a_private_address_is_refused(stack, client, monkeypatch, location, fragment):
     """The first hop is on 127.0.0.2, which the guard is told to treat as public for this test;
     the redirect's target must still be checked, and the private server never hit."""
     import shared.ssrf
 
     real_reason = shared.ssrf.forbidden_reason
-    monkeypatch.setattr(shared.ssrf, "forbidden_reason",
-                        lambda address: None if str(address) == "127.0.0.2" else real_reason(address))
+    monkeypatch.setattr(
+        shared.ssrf, "forbidden_reason", lambda address: None if str(address) == "127.0.0.2" else real_reason(address)
+    )
     with ImageServer("127.0.0.1") as private, ImageServer("127.0.0.2") as redirector:
         redirector.redirect_to = location.format(private_port=private.port)
         before = newest_predictions(client)
@@ -234,9 +316,12 @@ def test_an_image_url_that_never_finishes_times_out(stack, client, kind):
     """A server that accepts and never answers, and one that sends a byte now and then: both are
     cut off by ``KILN_IMAGE_FETCH_TIMEOUT_S``."""
     before = newest_predictions(client)
-    with silent_listener() if kind == "silent" else ImageServer("127.0.0.1", trickle=True) as server:
-        with app_for(stack, image_fetch_allow_private=True, image_fetch_timeout_s=1) as app:
-            response = app.post("/v1/predictions", headers=AUTH,
-                                **with_input(input_image=f"http://127.0.0.1:{server.port}/x.png"))
+    with (
+        silent_listener() if kind == "silent" else ImageServer("127.0.0.1", trickle=True) as server,
+        app_for(stack, image_fetch_allow_private=True, image_fetch_timeout_s=1) as app,
+    ):
+        response = app.post(
+            "/v1/predictions", headers=AUTH, **with_input(input_image=f"http://127.0.0.1:{server.port}/x.png")
+        )
     assert_problem(response, 422, "input.input_image", "timed out")
     assert newest_predictions(client) == before

@@ -31,8 +31,10 @@ def tiny_image() -> str:
 
 def item(seed: int = 0, **overrides) -> dict:
     """A fast valid item: 64x64, two denoising steps."""
-    return {"version": "kiln/sd2-depth2img",
-            "input": {"prompt": "batch", "input_image": tiny_image(), "num_inference_steps": 2, "seed": seed}} | overrides
+    return {
+        "version": "kiln/sd2-depth2img",
+        "input": {"prompt": "batch", "input_image": tiny_image(), "num_inference_steps": 2, "seed": seed},
+    } | overrides
 
 
 def assert_problem(response: httpx.Response, status: int, *fragments: str) -> None:
@@ -63,11 +65,15 @@ def test_batch_answers_every_item_in_order_and_runs_only_the_valid_ones(stack, c
     assert len(results) == len(items)
 
     created = [results[0], results[3]]
-    for prediction, seed in zip(created, (1, 3)):
+    for prediction, seed in zip(created, (1, 3), strict=True):
         assert prediction["status"] == "starting" and prediction["model"] == "kiln/sd2-depth2img"
         assert prediction["input"]["seed"] == seed
-    for index, fragment in ((1, "input.num_inference_steps"), (2, "kiln/no-such-model"), (4, "exactly one of"),
-                            (5, "webhook")):
+    for index, fragment in (
+        (1, "input.num_inference_steps"),
+        (2, "kiln/no-such-model"),
+        (4, "exactly one of"),
+        (5, "webhook"),
+    ):
         problem = results[index]
         assert "id" not in problem and problem["status"] == 422 and problem["title"], problem
         assert fragment in problem["detail"], problem
@@ -111,8 +117,11 @@ def test_single_create_of_another_tenant_starts_before_a_batch_backlog_drains(st
             assert interactive["status"] == "succeeded", interactive["error"]
             queued_seen = client.get("/v1/queue").json()["queued"]
             backlog_now = store.get_many(backlog_ids)
-            started_before = [p for p in backlog_now
-                              if p.started_at is not None and p.started_at.isoformat() < _iso(interactive["started_at"])]
+            started_before = [
+                p
+                for p in backlog_now
+                if p.started_at is not None and p.started_at.isoformat() < _iso(interactive["started_at"])
+            ]
             # Without priorities every one of the 500 would have started first.
             assert len(started_before) < len(backlog_ids) // 2, len(started_before)
             still_queued = sum(1 for p in backlog_now if p.status.value == "starting")
@@ -136,12 +145,16 @@ TOTAL_CAP = 50
 def capped_api(stack: Stack) -> Iterator[httpx.Client]:
     """A second API on the same Redis with small queue caps and its own tenant."""
     port = free_port()
-    env = stack.env | {"KILN_API_TOKEN": TOKEN_C, "KILN_MAX_QUEUED_PER_TENANT": str(TENANT_CAP),
-                       "KILN_MAX_QUEUED_TOTAL": str(TOTAL_CAP)}
+    env = stack.env | {
+        "KILN_API_TOKEN": TOKEN_C,
+        "KILN_MAX_QUEUED_PER_TENANT": str(TENANT_CAP),
+        "KILN_MAX_QUEUED_TOTAL": str(TOTAL_CAP),
+    }
     process = start_process(uvicorn_argv(port), env, stack.logs / "api-capped.log")
     try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {TOKEN_C}"},
-                          timeout=30) as capped:
+        with httpx.Client(
+            base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {TOKEN_C}"}, timeout=30
+        ) as capped:
             wait_until(lambda: _up(capped), 60, what="the capped API")
             yield capped
     finally:

@@ -137,8 +137,9 @@ def cursor(direction: str, prediction_id: str) -> str:
 
 def test_lists_show_only_the_tenants_own_items(client, other_client, owned):
     theirs = create(other_client, width=64, height=64)
-    their_file = other_client.post("/v1/files",
-                                   files={"content": ("theirs.png", png_bytes(64, 64), "image/png")}).json()
+    their_file = other_client.post(
+        "/v1/files", files={"content": ("theirs.png", png_bytes(64, 64), "image/png")}
+    ).json()
     mine, visible_to_them = all_prediction_ids(client), all_prediction_ids(other_client)
     assert owned.prediction["id"] in mine and theirs["id"] in visible_to_them
     assert not mine & visible_to_them
@@ -157,6 +158,7 @@ def test_lists_show_only_the_tenants_own_items(client, other_client, owned):
 def test_another_tenants_file_url_is_not_an_input(client, other_client, owned, field):
     made_up = owned.file["urls"]["get"].replace(owned.file["id"], new_id())
     body = {"version": "kiln/sd2-depth2img", "input": depth2img_input(width=64, height=64)}
+
     def create_with(url: str):
         return other_client.post("/v1/predictions", json=body | {"input": body["input"] | {field: url}})
 
@@ -178,5 +180,8 @@ def test_the_same_idempotency_key_from_another_tenant_is_another_prediction(clie
     assert replay.json()["id"] == first.json()["id"] and replay.headers["idempotent-replayed"] == "true"
     assert_problem(other_client.get(f"/v1/predictions/{first.json()['id']}"), 404)
     for c, created in ((client, first), (other_client, other)):
-        wait_until(lambda: c.get(f"/v1/predictions/{created.json()['id']}").json()["status"] in TERMINAL, 120,
-                   what="the idempotent predictions to finish")
+        wait_until(
+            lambda c=c, created=created: c.get(f"/v1/predictions/{created.json()['id']}").json()["status"] in TERMINAL,
+            120,
+            what="the idempotent predictions to finish",
+        )

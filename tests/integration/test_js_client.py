@@ -21,8 +21,9 @@ def node() -> str:
     if node is None or shutil.which("npm") is None:
         pytest.skip("Node.js and npm are needed for the JavaScript client test")
     if not (JS_DIR / "node_modules" / "replicate").exists():
-        subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=JS_DIR, check=True, capture_output=True,
-                       timeout=300)
+        subprocess.run(
+            ["npm", "ci", "--no-audit", "--no-fund"], cwd=JS_DIR, check=True, capture_output=True, timeout=300
+        )
     return node
 
 
@@ -30,8 +31,12 @@ def test_js_client_runs_downloads_waits_and_verifies_webhooks(stack, node, tmp_p
     image = tmp_path / "input.png"
     image.write_bytes(png_bytes(128, 128))
     result = subprocess.run(
-        [node, "run_kiln.mjs", stack.tls_base_url, TOKEN_A, str(image)], cwd=JS_DIR, capture_output=True,
-        text=True, timeout=180, env={"PATH": shutil.os.environ["PATH"], "NODE_EXTRA_CA_CERTS": str(stack.tls_ca)},
+        [node, "run_kiln.mjs", stack.tls_base_url, TOKEN_A, str(image)],
+        cwd=JS_DIR,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env={"PATH": shutil.os.environ["PATH"], "NODE_EXTRA_CA_CERTS": str(stack.tls_ca)},
     )
     assert result.returncode == 0, result.stderr
     seen = json.loads(result.stdout.strip().splitlines()[-1])

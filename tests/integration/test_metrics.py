@@ -19,8 +19,8 @@ from shared.prediction import Prediction
 from shared.settings import tenant_of, token_digest
 from tests.integration.conftest import TOKEN_A
 from tests.integration.receiver import WebhookReceiver
-from tests.support.predictions import create_with_webhook
 from tests.support import data_uri, png_bytes, wait_for_status, wait_until
+from tests.support.predictions import create_with_webhook
 
 pytestmark = pytest.mark.integration
 
@@ -30,8 +30,11 @@ Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
 def parse(text: str) -> Samples:
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
 
 
 def scrape(url: str) -> Samples:
@@ -48,6 +51,7 @@ def value(samples: Samples, name: str, **labels: str) -> float:
 def grew(url: str, before: Samples, name: str, **labels: str) -> Samples:
     """Scrape until ``name{labels}`` is above its value in ``before`` (workers count right after the
     status change a client can see)."""
+
     def grown() -> Samples | None:
         now = scrape(url)
         return now if value(now, name, **labels) > value(before, name, **labels) else None
@@ -72,8 +76,10 @@ def test_api_and_workers_export_prediction_metrics(stack, client, receiver):
     assert done["status"] == "succeeded", done["error"]
 
     api = scrape(api_url)
-    assert value(api, "kiln_predictions_created_total", model=MODEL) >= value(
-        api_before, "kiln_predictions_created_total", model=MODEL) + 1
+    assert (
+        value(api, "kiln_predictions_created_total", model=MODEL)
+        >= value(api_before, "kiln_predictions_created_total", model=MODEL) + 1
+    )
     assert value(api, "kiln_redis_up") == 1
     for queue in (*queues.GPU_QUEUES, queues.WEBHOOKS):
         for step in queues.PRIORITY_STEPS:
@@ -82,10 +88,14 @@ def test_api_and_workers_export_prediction_metrics(stack, client, receiver):
         assert ("kiln_queued_predictions", (("family", family),)) in api
 
     gpu = grew(gpu_url, gpu_before, "kiln_predictions_finished_total", model=MODEL, status="succeeded")
-    for histogram, labels in [("kiln_prediction_predict_seconds_count", {"status": "succeeded"}),
-                              ("kiln_prediction_upload_seconds_count", {}),
-                              ("kiln_prediction_queue_wait_seconds_count", {})]:
-        assert value(gpu, histogram, model=MODEL, **labels) > value(gpu_before, histogram, model=MODEL, **labels), histogram
+    for histogram, labels in [
+        ("kiln_prediction_predict_seconds_count", {"status": "succeeded"}),
+        ("kiln_prediction_upload_seconds_count", {}),
+        ("kiln_prediction_queue_wait_seconds_count", {}),
+    ]:
+        assert value(gpu, histogram, model=MODEL, **labels) > value(gpu_before, histogram, model=MODEL, **labels), (
+            histogram
+        )
     assert value(gpu, "kiln_prediction_predict_seconds_sum", model=MODEL, status="succeeded") > 0
     # The tiny profile runs on the CPU: no CUDA, so no GPU memory series.
     assert not any(name.startswith("kiln_gpu_memory") for name, _ in gpu)
@@ -100,14 +110,17 @@ def test_a_queued_cancel_is_counted_by_the_api_that_made_it(stack):
     with TestClient(create_app(settings), headers={"Authorization": f"Bearer {TOKEN_A}"}) as api:
         before = parse(api.get("/metrics").text)
         # Stored but never enqueued: it stays queued until canceled.
-        queued = Prediction(tenant=tenant_of(token_digest(TOKEN_A)), model=MODEL, version="v", input={},
-                            queue=queues.SD2_DEPTH)
+        queued = Prediction(
+            tenant=tenant_of(token_digest(TOKEN_A)), model=MODEL, version="v", input={}, queue=queues.SD2_DEPTH
+        )
         api.app.state.services.store.create(queued)
         assert api.post(f"/v1/predictions/{queued.id}/cancel").json()["status"] == "canceled"
         after = parse(api.get("/metrics").text)
     labels = {"model": MODEL, "status": "canceled"}
-    assert value(after, "kiln_predictions_finished_total", **labels) == value(
-        before, "kiln_predictions_finished_total", **labels) + 1
+    assert (
+        value(after, "kiln_predictions_finished_total", **labels)
+        == value(before, "kiln_predictions_finished_total", **labels) + 1
+    )
 
 
 def test_queue_length_reads_the_lists_kombu_writes_for_each_priority(stack):
@@ -128,15 +141,19 @@ def test_queue_length_reads_the_lists_kombu_writes_for_each_priority(stack):
 
 
 def test_log_lines_are_json_with_the_prediction_id(stack, client):
-    created = client.post("/v1/predictions", json={"version": MODEL, "input": {
-        "prompt": "a kiln", "input_image": data_uri(png_bytes(64, 64)), "num_inference_steps": 2}})
+    created = client.post(
+        "/v1/predictions",
+        json={
+            "version": MODEL,
+            "input": {"prompt": "a kiln", "input_image": data_uri(png_bytes(64, 64)), "num_inference_steps": 2},
+        },
+    )
     assert created.status_code == 201, created.text
     prediction_id = created.json()["id"]
     assert wait_for_status(client, prediction_id, TERMINAL)["status"] == "succeeded"
 
     def lines_about(log_name: str) -> list[dict]:
-        lines = [json.loads(line) for line in (stack.logs / log_name).read_text().splitlines()
-                 if line.startswith("{")]
+        lines = [json.loads(line) for line in (stack.logs / log_name).read_text().splitlines() if line.startswith("{")]
         return [line for line in lines if line.get("prediction_id") == prediction_id]
 
     worker_lines = wait_until(lambda: lines_about("gpu-worker.log"), 30, what="the worker's log lines")

@@ -47,8 +47,9 @@ def page(browser: Browser) -> Iterator[Page]:
     tab.set_default_timeout(UI_TIMEOUT_MS)
     problems: list[str] = []
     tab.on("pageerror", lambda error: problems.append(f"uncaught: {error}"))
-    tab.on("console", lambda message: problems.append(message.text)
-           if "Content Security Policy" in message.text else None)
+    tab.on(
+        "console", lambda message: problems.append(message.text) if "Content Security Policy" in message.text else None
+    )
     yield tab
     context.close()
     assert not problems, f"the page reported script problems: {problems}"
@@ -72,7 +73,8 @@ def test_depth2img_from_the_form_to_a_rendered_output(stack, page, client, tmp_p
     page.get_by_role("link", name="kiln/sd2-depth2img").click()
 
     page.get_by_label("input_image").set_input_files(
-        files=[{"name": "room.png", "mimeType": "image/png", "buffer": png_bytes(128, 96, seed=7)}])
+        files=[{"name": "room.png", "mimeType": "image/png", "buffer": png_bytes(128, 96, seed=7)}]
+    )
     page.get_by_label("prompt", exact=True).fill("a brick kiln at dusk")
     page.get_by_label("num_inference_steps", exact=True).fill("4")
     # At full strength the pipeline runs every one of the 4 steps, so the bar must reach 4 / 4.
@@ -97,8 +99,14 @@ def test_depth2img_from_the_form_to_a_rendered_output(stack, page, client, tmp_p
     # The picked file went through the Files API; the form's values are the prediction's input.
     assert prediction["input"]["input_image"].startswith(f"{stack.base_url}/v1/files/")
     assert prediction["input"] | {"input_image": None} == {
-        "prompt": "a brick kiln at dusk", "input_image": None, "prompt_strength": 1, "num_outputs": 1,
-        "num_inference_steps": 4, "guidance_scale": 7.5, "scheduler": "DPMSolverMultistep", "seed": 1234,
+        "prompt": "a brick kiln at dusk",
+        "input_image": None,
+        "prompt_strength": 1,
+        "num_outputs": 1,
+        "num_inference_steps": 4,
+        "guidance_scale": 7.5,
+        "scheduler": "DPMSolverMultistep",
+        "seed": 1234,
     }
     expect(page.locator("#logs")).to_contain_text("Using seed: 1234")
     expect(page.locator("#timings")).to_contain_text("Predict time")
@@ -175,14 +183,22 @@ class Mood(str, Enum):
 class ChangedDepth2ImgInput(Depth2ImgInput):
     """depth2img's schema with other defaults, a narrower range and one more field."""
 
-    num_inference_steps: int = Field(default=23, ge=1, le=500, description="Number of denoising steps.",
-                                     json_schema_extra={"x-order": 5})
-    guidance_scale: float = Field(default=3.5, ge=1.0, le=12.0, description="Scale for classifier-free guidance.",
-                                  json_schema_extra={"x-order": 6})
-    scheduler: Scheduler = Field(default=Scheduler.DDIM, description="Denoising scheduler.",
-                                 json_schema_extra={"x-order": 7})
-    mood: Mood = Field(default=Mood.STORMY, description="A field only this schema has.",
-                       json_schema_extra={"x-order": 4.5})
+    num_inference_steps: int = Field(
+        default=23, ge=1, le=500, description="Number of denoising steps.", json_schema_extra={"x-order": 5}
+    )
+    guidance_scale: float = Field(
+        default=3.5,
+        ge=1.0,
+        le=12.0,
+        description="Scale for classifier-free guidance.",
+        json_schema_extra={"x-order": 6},
+    )
+    scheduler: Scheduler = Field(
+        default=Scheduler.DDIM, description="Denoising scheduler.", json_schema_extra={"x-order": 7}
+    )
+    mood: Mood = Field(
+        default=Mood.STORMY, description="A field only this schema has.", json_schema_extra={"x-order": 4.5}
+    )
 
 
 def form_state(page: Page, base_url: str) -> dict:
@@ -205,7 +221,11 @@ def test_the_form_is_generated_from_the_models_schema(stack, page, monkeypatch):
     shipped = form_state(page, stack.base_url)
     assert shipped["order"][:3] == ["prompt", "negative_prompt", "input_image"]
     assert (shipped["steps"], shipped["stepsSlider"], shipped["guidance"], shipped["guidanceMax"]) == (
-        "50", "50", "7.5", "20")
+        "50",
+        "50",
+        "7.5",
+        "20",
+    )
     assert (shipped["scheduler"], shipped["mood"]) == ("DPMSolverMultistep", None)
 
     spec = MODELS["kiln/sd2-depth2img"]
@@ -214,6 +234,10 @@ def test_the_form_is_generated_from_the_models_schema(stack, page, monkeypatch):
         enter_token(page, base_url, TOKEN_A)
         changed = form_state(page, base_url)
     assert (changed["steps"], changed["stepsSlider"], changed["guidance"], changed["guidanceMax"]) == (
-        "23", "23", "3.5", "12")
+        "23",
+        "23",
+        "3.5",
+        "12",
+    )
     assert (changed["scheduler"], changed["mood"], changed["moods"]) == ("DDIM", "stormy", ["calm", "stormy"])
     assert changed["order"].index("mood") == changed["order"].index("num_inference_steps") - 1

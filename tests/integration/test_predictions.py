@@ -66,7 +66,9 @@ def test_version_id_and_versioned_ref_are_accepted(client):
     ],
 )
 def test_bad_input_is_a_422_naming_the_field_and_limit(client, payload, field, limit):
-    response = client.post("/v1/predictions", json={"version": "kiln/sd2-depth2img", "input": depth2img_input() | payload})
+    response = client.post(
+        "/v1/predictions", json={"version": "kiln/sd2-depth2img", "input": depth2img_input() | payload}
+    )
     assert response.status_code == 422
     assert response.headers["content-type"] == "application/problem+json"
     problem = response.json()
@@ -176,7 +178,8 @@ def test_api_process_never_imports_torch(stack):
         "heavy = sorted(m for m in ('torch', 'diffusers', 'transformers', 'controlnet_aux') if m in sys.modules)\n"
         "print('HEAVY', heavy)\n"
     )
-    result = subprocess.run([python(), "-c", script], env=stack.env, cwd=REPO_ROOT, capture_output=True, text=True,
-                            timeout=120)
+    result = subprocess.run(
+        [python(), "-c", script], env=stack.env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr
     assert "HEAVY []" in result.stdout

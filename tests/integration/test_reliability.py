@@ -22,16 +22,23 @@ pytestmark = pytest.mark.integration
 
 
 def completed_deliveries(receiver: WebhookReceiver, path: str, prediction_id: str) -> set[str]:
-    return {r.headers["webhook-id"] for r in receiver.at(path)
-            if r.body["id"] == prediction_id and r.status in TERMINAL}
+    return {
+        r.headers["webhook-id"] for r in receiver.at(path) if r.body["id"] == prediction_id and r.status in TERMINAL
+    }
 
 
 def test_a_worker_killed_mid_denoise_is_replaced_and_the_prediction_completes_once(stack, client):
     secret = client.get("/v1/webhooks/default/secret").json()["key"]
     with WebhookReceiver(secret) as receiver, StepGate(stack.redis_url) as gate:
-        created = client.post("/v1/predictions", json={
-            "version": "kiln/sd2-depth2img", "webhook": receiver.url("/killed"), "webhook_events_filter": ["completed"],
-            "input": {"input_image": _image(), "prompt": gate.prompt, "num_inference_steps": 4, "seed": 1}}).json()
+        created = client.post(
+            "/v1/predictions",
+            json={
+                "version": "kiln/sd2-depth2img",
+                "webhook": receiver.url("/killed"),
+                "webhook_events_filter": ["completed"],
+                "input": {"input_image": _image(), "prompt": gate.prompt, "num_inference_steps": 4, "seed": 1},
+            },
+        ).json()
         wait_until_waiting(client, created["id"])  # mid-denoise, on any machine, until the gate opens
         with stack.gpu_worker_down(signal.SIGKILL):
             gate.open()
@@ -45,7 +52,10 @@ def test_a_worker_killed_mid_denoise_is_replaced_and_the_prediction_completes_on
         time.sleep(3)
         again = client.get(f"/v1/predictions/{created['id']}").json()
         assert (again["status"], again["completed_at"], again["output"]) == (
-            "succeeded", done["completed_at"], done["output"])
+            "succeeded",
+            done["completed_at"],
+            done["output"],
+        )
         assert len(completed_deliveries(receiver, "/killed", created["id"])) == 1
 
 
@@ -86,7 +96,9 @@ def test_a_redis_restart_loses_no_accepted_prediction(stack, client):
     try:
         started = time.monotonic()
         assert client.get("/health").status_code == 503
-        refused = client.post("/v1/predictions", json={"version": "kiln/sd2-depth2img", "input": {"input_image": _image()}})
+        refused = client.post(
+            "/v1/predictions", json={"version": "kiln/sd2-depth2img", "input": {"input_image": _image()}}
+        )
         assert refused.status_code == 503 and refused.headers["content-type"] == "application/problem+json"
         assert time.monotonic() - started < 20, "answers while Redis is down, instead of hanging"
     finally:

@@ -61,6 +61,7 @@ def test_run_by_versioned_reference(rc, image_file):
 def test_run_with_a_short_wait_falls_back_to_polling(stack, image_file):
     """``Prefer: wait=1`` on a prediction slower than a second: the client must poll to the end."""
     with StepGate(stack.redis_url) as gate:
+
         class OpenGateOnceCreated(httpx.HTTPTransport):
             """The prediction finishes only after the waited create has answered: the client must poll."""
 
@@ -104,8 +105,10 @@ def test_cancel_a_running_prediction(stack, rc, image_file):
 def test_list_across_pages(rc, image_file):
     with image_file.open("rb") as f:
         url = rc.files.create(f).urls["get"]
-    ids = {rc.predictions.create(model="kiln/sd2-depth2img", input=FAST | {"input_image": url}).id
-           for _ in range(PAGE_SIZE + 1)}
+    ids = {
+        rc.predictions.create(model="kiln/sd2-depth2img", input=FAST | {"input_image": url}).id
+        for _ in range(PAGE_SIZE + 1)
+    }
     page = rc.predictions.list()
     seen, pages = set(), 0
     while True:
@@ -129,15 +132,18 @@ def test_models_and_versions(rc):
 
 def test_invalid_input_raises_a_replicate_error_naming_the_field(rc):
     with pytest.raises(replicate.exceptions.ReplicateError) as raised:
-        rc.predictions.create(model="kiln/sd2-depth2img", input={"input_image": "https://x.test/a.png",
-                                                                  "num_outputs": 99})
+        rc.predictions.create(
+            model="kiln/sd2-depth2img", input={"input_image": "https://x.test/a.png", "num_outputs": 99}
+        )
     assert raised.value.status == 422 and "input.num_outputs" in raised.value.detail
 
 
 def test_idempotency_key_under_concurrent_duplicates(stack, image_file):
     """20 identical requests at once with one Idempotency-Key: exactly one prediction exists."""
-    body = {"version": "kiln/sd2-depth2img", "input": FAST | {"input_image": "data:image/png;base64,"
-            + base64.b64encode(png_bytes(64, 64)).decode()}}
+    body = {
+        "version": "kiln/sd2-depth2img",
+        "input": FAST | {"input_image": "data:image/png;base64," + base64.b64encode(png_bytes(64, 64)).decode()},
+    }
     headers = {"Authorization": f"Bearer {TOKEN_A}", "Idempotency-Key": "batch-42"}
     ids, barrier = [], threading.Barrier(20)
 
@@ -153,15 +159,27 @@ def test_idempotency_key_under_concurrent_duplicates(stack, image_file):
     for t in threads:
         t.join()
     assert len(ids) == 20 and len(set(ids)) == 1
-    other = httpx.post(f"{stack.base_url}/v1/predictions", json=body | {"input": body["input"] | {"seed": 8}},
-                       headers=headers, timeout=30)
+    other = httpx.post(
+        f"{stack.base_url}/v1/predictions",
+        json=body | {"input": body["input"] | {"seed": 8}},
+        headers=headers,
+        timeout=30,
+    )
     assert other.status_code == 409 and other.headers["content-type"] == "application/problem+json"
 
 
 def test_sse_stream_yields_status_logs_and_done(stack, client):
-    created = client.post("/v1/predictions", json={"version": "kiln/sd2-depth2img", "input": FAST | {
-        "input_image": "data:image/png;base64," + base64.b64encode(png_bytes(64, 64)).decode(),
-        "num_inference_steps": 20}}).json()
+    created = client.post(
+        "/v1/predictions",
+        json={
+            "version": "kiln/sd2-depth2img",
+            "input": FAST
+            | {
+                "input_image": "data:image/png;base64," + base64.b64encode(png_bytes(64, 64)).decode(),
+                "num_inference_steps": 20,
+            },
+        },
+    ).json()
     events = []
     with client.stream("GET", created["urls"]["stream"], timeout=60) as response:
         assert response.headers["content-type"].startswith("text/event-stream")
@@ -181,6 +199,15 @@ def test_sse_stream_yields_status_logs_and_done(stack, client):
 @pytest.mark.parametrize("model", ["kiln/ip-adapter-depth-xl", "kiln/ip-adapter-openpose-xl"])
 def test_run_each_xl_model(rc, image_file, model):
     with image_file.open("rb") as structure, image_file.open("rb") as image_prompt:
-        outputs = rc.run(model, input={"input_image": structure, "ip_image": image_prompt, "width": 64, "height": 64,
-                                       "num_inference_steps": 4, "return_control_map": True})
+        outputs = rc.run(
+            model,
+            input={
+                "input_image": structure,
+                "ip_image": image_prompt,
+                "width": 64,
+                "height": 64,
+                "num_inference_steps": 4,
+                "return_control_map": True,
+            },
+        )
     assert_png_outputs(outputs, count=2, size=(64, 64))

@@ -46,8 +46,9 @@ def test_filter_order_signature_and_body_equal_to_get(client, receiver):
 
 
 def test_all_events_by_default_with_logs_throttled(client, receiver):
-    created = create_with_webhook(client, receiver.url("/all"), width=64, height=64, num_inference_steps=150,
-                                  prompt_strength=1.0)
+    created = create_with_webhook(
+        client, receiver.url("/all"), width=64, height=64, num_inference_steps=150, prompt_strength=1.0
+    )
     done = wait_for_status(client, created["id"], TERMINAL)
     wait_until(lambda: any(r.status in TERMINAL for r in receiver.at("/all")), 30, what="the completed webhook")
     got = receiver.at("/all")
@@ -101,8 +102,15 @@ def test_receiver_down_and_webhook_worker_restarted_loses_nothing(stack, client,
 
 def test_cancel_of_a_queued_prediction_sends_completed(stack, client, receiver):
     with StepGate(stack.redis_url) as gate:  # the blocker runs until it is canceled
-        blocker = client.post("/v1/predictions", json={"version": "kiln/sd2-depth2img", "input": depth2img_input(
-            prompt=gate.prompt, width=64, height=64, num_inference_steps=500, prompt_strength=1.0)}).json()
+        blocker = client.post(
+            "/v1/predictions",
+            json={
+                "version": "kiln/sd2-depth2img",
+                "input": depth2img_input(
+                    prompt=gate.prompt, width=64, height=64, num_inference_steps=500, prompt_strength=1.0
+                ),
+            },
+        ).json()
         queued = create_with_webhook(client, receiver.url("/queued-cancel"))
         client.post(f"/v1/predictions/{queued['id']}/cancel")
         client.post(f"/v1/predictions/{blocker['id']}/cancel")
@@ -115,7 +123,10 @@ def test_cancel_of_a_queued_prediction_sends_completed(stack, client, receiver):
 )
 def test_private_webhook_urls_are_a_422_when_not_allowed(stack, url):
     with TestClient(create_app(stack.settings(webhook_allow_private=False))) as c:
-        response = c.post("/v1/predictions", headers={"Authorization": f"Bearer {TOKEN_A}"},
-                          json={"version": "kiln/sd2-depth2img", "input": depth2img_input(), "webhook": url})
+        response = c.post(
+            "/v1/predictions",
+            headers={"Authorization": f"Bearer {TOKEN_A}"},
+            json={"version": "kiln/sd2-depth2img", "input": depth2img_input(), "webhook": url},
+        )
     assert response.status_code == 422
     assert response.json()["detail"].startswith("webhook:")

@@ -22,8 +22,11 @@ def images(client, done: dict) -> list[Image.Image]:
 def test_xl_model_succeeds_with_the_control_map_as_an_extra_output(client, model):
     done = run_xl(client, model, return_control_map=True, num_outputs=2)
     assert done["status"] == "succeeded", done["error"]
-    assert [url.split("?")[0].rsplit("/", 1)[1] for url in done["output"]] == ["out-0.png", "out-1.png",
-                                                                               "control-map.png"]
+    assert [url.split("?")[0].rsplit("/", 1)[1] for url in done["output"]] == [
+        "out-0.png",
+        "out-1.png",
+        "control-map.png",
+    ]
     assert [image.size for image in images(client, done)] == [(96, 64)] * 3
 
 

@@ -37,9 +37,11 @@ def data_uri(data: bytes, mime: str = "image/png") -> str:
 
 def start_process(argv: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen:
     """Start a child in its own session (so the whole group can be stopped), logging to a file."""
-    log_file = open(log_path, "ab")
-    return subprocess.Popen(argv, env=env, stdout=log_file, stderr=subprocess.STDOUT, cwd=REPO_ROOT,
-                            start_new_session=True)
+    # The child inherits the descriptor; this process's copy closes once Popen has it.
+    with open(log_path, "ab") as log_file:
+        return subprocess.Popen(
+            argv, env=env, stdout=log_file, stderr=subprocess.STDOUT, cwd=REPO_ROOT, start_new_session=True
+        )
 
 
 def stop_process(process: subprocess.Popen, timeout: float = 15.0) -> None:
@@ -108,7 +110,9 @@ def png_claiming_size(width: int, height: int) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    )
 
 
 def image_bytes(format: str, width: int = 32, height: int = 32) -> bytes:

@@ -15,7 +15,9 @@ def record_endings(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, Status]]:
     endings: list[tuple[str, Status]] = []
     original = PredictionLifecycle._ended
 
-    def spy(self: PredictionLifecycle, prediction: Prediction, status: Status, predict_time: float | None = None) -> None:
+    def spy(
+        self: PredictionLifecycle, prediction: Prediction, status: Status, predict_time: float | None = None
+    ) -> None:
         endings.append((prediction.id, status))
         original(self, prediction, status, predict_time)
 

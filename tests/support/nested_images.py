@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from shared.input_schema import ImageURI, ModelInput
 from shared.model_spec import ModelSpec
@@ -21,8 +21,8 @@ class ListOfImagesInput(ModelInput):
     references: list[ImageURI]
     masks: list[ImageURI] | None = None
     style: Layer | None = None
-    layers: list[Layer] = []
-    named: dict[str, ImageURI] = {}
+    layers: list[Layer] = Field(default_factory=list)
+    named: dict[str, ImageURI] = Field(default_factory=dict)
     # A string that is not an image: never fetched, staged or checked.
     caption: str = ""
 
@@ -34,6 +34,12 @@ class NestedImagesInput(ModelInput):
     extra: Layer | None = None
 
 
-LIST_OF_IMAGES = ModelSpec(owner="test", name="list-of-images", description="A list of images.",
-                           input_model=ListOfImagesInput, queue="gpu.test", predictor="tests:none",
-                           weights_settings=())
+LIST_OF_IMAGES = ModelSpec(
+    owner="test",
+    name="list-of-images",
+    description="A list of images.",
+    input_model=ListOfImagesInput,
+    queue="gpu.test",
+    predictor="tests:none",
+    weights_settings=(),
+)

@@ -17,13 +17,19 @@ STEP_LINE = re.compile(r"\| *(\d+)/(\d+) \[")
 
 
 def depth2img_input(width=128, height=96, **overrides) -> dict:
-    return {"prompt": "a kiln", "input_image": data_uri(png_bytes(width, height)), "num_inference_steps": 4,
-            "seed": 42} | overrides
+    return {
+        "prompt": "a kiln",
+        "input_image": data_uri(png_bytes(width, height)),
+        "num_inference_steps": 4,
+        "seed": 42,
+    } | overrides
 
 
 def create(client: httpx.Client, **overrides) -> dict:
     """Create a kiln/sd2-depth2img prediction from ``depth2img_input(**overrides)``."""
-    response = client.post("/v1/predictions", json={"version": "kiln/sd2-depth2img", "input": depth2img_input(**overrides)})
+    response = client.post(
+        "/v1/predictions", json={"version": "kiln/sd2-depth2img", "input": depth2img_input(**overrides)}
+    )
     assert response.status_code == 201, response.text
     return response.json()
 
@@ -53,8 +59,15 @@ def astronaut_uri(size: int = 128) -> str:
 
 
 def xl_input(**overrides) -> dict:
-    return {"prompt": "an astronaut made of clay", "input_image": astronaut_uri(), "ip_image": data_uri(png_bytes(64, 64)),
-            "width": 96, "height": 64, "num_inference_steps": 4, "seed": 5} | overrides
+    return {
+        "prompt": "an astronaut made of clay",
+        "input_image": astronaut_uri(),
+        "ip_image": data_uri(png_bytes(64, 64)),
+        "width": 96,
+        "height": 64,
+        "num_inference_steps": 4,
+        "seed": 5,
+    } | overrides
 
 
 def run_xl(client: httpx.Client, model: str, **overrides) -> dict:

@@ -46,6 +46,7 @@ class StepGate:
 
 def wait_until_waiting(client: httpx.Client, prediction_id: str, timeout: float = 120) -> dict:
     """Wait until the prediction waits at its gate (running, one step done); return its record."""
+
     def waiting():
         body = client.get(f"/v1/predictions/{prediction_id}").json()
         return body if WAITING in (body["logs"] or "") else None

@@ -31,6 +31,11 @@ def gradient(width: int, height: int, horizontal: bool) -> Image.Image:
 INPUTS = [
     {"prompt": "a red house", "seed": 7, "input_image": INPUT_64},
     {"prompt": "a blue dog", "seed": 8, "num_outputs": 2, "input_image": data_uri(png_bytes(64, 64, seed=2))},
-    {"prompt": "", "negative_prompt": "fog", "seed": 9, "input_image": INPUT_64,
-     "depth_image": png_uri(gradient(64, 64, horizontal=True))},
+    {
+        "prompt": "",
+        "negative_prompt": "fog",
+        "seed": 9,
+        "input_image": INPUT_64,
+        "depth_image": png_uri(gradient(64, 64, horizontal=True)),
+    },
 ]

@@ -9,9 +9,9 @@ import json
 import pytest
 
 from api.batch import submit_batch
+from api.schemas import CreatePrediction
 from api.services import Services
 from api.submission import submit
-from api.schemas import CreatePrediction
 from deploy.devstack.servers import RedisServer
 from models.registry import find_model
 from shared import images, queues
@@ -28,8 +28,7 @@ SD2_INPUT = depth2img_input(width=64, height=64, num_inference_steps=1, prompt_s
 @pytest.fixture
 def services(tmp_path):
     with RedisServer(tmp_path / "redis") as server:
-        settings = Settings(_env_file=None, redis_url=server.url, api_token="a,b",
-                            batch_heavy_after=HEAVY_AFTER)
+        settings = Settings(_env_file=None, redis_url=server.url, api_token="a,b", batch_heavy_after=HEAVY_AFTER)
         services = Services.connect(settings)
         yield services
         services.redis.close()
@@ -57,16 +56,20 @@ def test_a_second_tenants_batch_waits_for_at_most_heavy_after_items_of_a_backlog
     later = batch(services, "tenant-b", 2)
     more_backlog = batch(services, "tenant-a", 2)
 
-    assert dequeue_order(services, queues.SD2_DEPTH) == backlog[:HEAVY_AFTER] + later + backlog[HEAVY_AFTER:] + more_backlog
+    assert (
+        dequeue_order(services, queues.SD2_DEPTH)
+        == backlog[:HEAVY_AFTER] + later + backlog[HEAVY_AFTER:] + more_backlog
+    )
 
 
 def test_single_creates_overtake_every_batch(services):
     backlog = batch(services, "tenant-a", 4)
     spec = find_model("kiln/sd2-depth2img")
-    single, _ = submit(services, "tenant-b", spec, CreatePrediction(version=spec.ref, input=SD2_INPUT),
-                       "http://kiln.test")
+    single, _ = submit(
+        services, "tenant-b", spec, CreatePrediction(version=spec.ref, input=SD2_INPUT), "http://kiln.test"
+    )
 
-    assert dequeue_order(services, queues.SD2_DEPTH) == [single.id] + backlog
+    assert dequeue_order(services, queues.SD2_DEPTH) == [single.id, *backlog]
 
 
 def test_an_image_repeated_across_a_batch_is_checked_once_and_a_bad_one_fails_every_item(services, monkeypatch):

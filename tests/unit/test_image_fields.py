@@ -23,8 +23,11 @@ PNG = data_uri(png_bytes(8, 8))
 
 def test_the_models_image_fields_are_their_top_level_image_inputs():
     assert image_fields(Depth2ImgInput) == (ImageField(("input_image",), True), ImageField(("depth_image",), False))
-    assert image_fields(IPAdapterXLInput) == (ImageField(("input_image",), False), ImageField(("ip_image",), True),
-                                              ImageField(("control_image",), False))
+    assert image_fields(IPAdapterXLInput) == (
+        ImageField(("input_image",), False),
+        ImageField(("ip_image",), True),
+        ImageField(("control_image",), False),
+    )
 
 
 def test_image_fields_are_found_in_lists_nested_objects_optionals_and_mappings():
@@ -44,14 +47,22 @@ def test_image_fields_are_found_in_lists_nested_objects_optionals_and_mappings()
 
 
 def test_image_inputs_names_where_each_image_is():
-    inputs = ListOfImagesInput.model_validate({
-        "references": ["https://e.com/0.png", "https://e.com/1.png"], "masks": None,
-        "style": {"image": "https://e.com/style.png"}, "layers": [{"image": PNG}, {"image": "https://e.com/l1.png"}],
-        "named": {"sky": "https://e.com/sky.png"}, "caption": "https://e.com/not-an-image-field",
-    }).model_dump(mode="json")
+    inputs = ListOfImagesInput.model_validate(
+        {
+            "references": ["https://e.com/0.png", "https://e.com/1.png"],
+            "masks": None,
+            "style": {"image": "https://e.com/style.png"},
+            "layers": [{"image": PNG}, {"image": "https://e.com/l1.png"}],
+            "named": {"sky": "https://e.com/sky.png"},
+            "caption": "https://e.com/not-an-image-field",
+        }
+    ).model_dump(mode="json")
     assert image_inputs(ListOfImagesInput, inputs) == [
-        ("references.0", "https://e.com/0.png"), ("references.1", "https://e.com/1.png"),
-        ("style.image", "https://e.com/style.png"), ("layers.0.image", PNG), ("layers.1.image", "https://e.com/l1.png"),
+        ("references.0", "https://e.com/0.png"),
+        ("references.1", "https://e.com/1.png"),
+        ("style.image", "https://e.com/style.png"),
+        ("layers.0.image", PNG),
+        ("layers.1.image", "https://e.com/l1.png"),
         ("named.sky", "https://e.com/sky.png"),
     ]
 
@@ -99,21 +110,32 @@ def test_every_remote_image_in_a_list_or_nested_object_is_fetched_once_and_stage
         return png_bytes(8, 8, seed=len(fetched))
 
     monkeypatch.setattr("api.inputs.fetch_url", fetch_url)
-    inputs = validate_input(LIST_OF_IMAGES, {
-        "references": ["https://e.com/0.png", PNG, OURS, "https://e.com/0.png"],
-        "layers": [{"image": "https://e.com/layer.png"}], "caption": "https://e.com/caption",
-    }, services, "a", BASE_URL)
+    inputs = validate_input(
+        LIST_OF_IMAGES,
+        {
+            "references": ["https://e.com/0.png", PNG, OURS, "https://e.com/0.png"],
+            "layers": [{"image": "https://e.com/layer.png"}],
+            "caption": "https://e.com/caption",
+        },
+        services,
+        "a",
+        BASE_URL,
+    )
 
     staged = stage_remote_images(LIST_OF_IMAGES, inputs, services, "p1", BASE_URL)
 
     assert fetched == ["https://e.com/0.png", "https://e.com/layer.png"]
-    assert staged == {"https://e.com/0.png": "predictions/p1/inputs/references.0",
-                      "https://e.com/layer.png": "predictions/p1/inputs/layers.0.image"}
+    assert staged == {
+        "https://e.com/0.png": "predictions/p1/inputs/references.0",
+        "https://e.com/layer.png": "predictions/p1/inputs/layers.0.image",
+    }
     assert sorted(services.storage.objects) == sorted(staged.values())
 
 
 def test_a_remote_image_in_a_list_that_is_not_an_image_is_refused_naming_the_item(services, monkeypatch):
-    monkeypatch.setattr("api.inputs.fetch_url", lambda url, **bounds: png_bytes(8, 8) if url.endswith(".png") else b"<html>")
+    monkeypatch.setattr(
+        "api.inputs.fetch_url", lambda url, **bounds: png_bytes(8, 8) if url.endswith(".png") else b"<html>"
+    )
     inputs = {"references": ["https://e.com/0.png", "https://e.com/page.html"]}
     with pytest.raises(ProblemError, match=r"input\.references\.1: "):
         stage_remote_images(LIST_OF_IMAGES, inputs, services, "p1", BASE_URL)

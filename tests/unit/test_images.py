@@ -19,7 +19,9 @@ from shared.images import (
 from tests.support import data_uri, png_bytes
 
 
-@pytest.mark.parametrize("uri", ["file:///etc/passwd", "gopher://x/", "ftp://host/a.png", "/relative.png", "http:///nohost"])
+@pytest.mark.parametrize(
+    "uri", ["file:///etc/passwd", "gopher://x/", "ftp://host/a.png", "/relative.png", "http:///nohost"]
+)
 def test_only_http_https_and_data_uris(uri):
     with pytest.raises(ImageInputError):
         check_uri_scheme(uri)
@@ -119,8 +121,9 @@ def test_a_url_that_never_answers_times_out():
     silent.bind(("127.0.0.1", 0))
     silent.listen()
     try:
-        with pytest.raises(ImageInputError, match="timed out after 0.5 s"):
-            fetch_url(f"http://127.0.0.1:{silent.getsockname()[1]}/x.png", timeout_s=0.5, max_bytes=10_000,
-                      allow_private=True)
+        with pytest.raises(ImageInputError, match=r"timed out after 0\.5 s"):
+            fetch_url(
+                f"http://127.0.0.1:{silent.getsockname()[1]}/x.png", timeout_s=0.5, max_bytes=10_000, allow_private=True
+            )
     finally:
         silent.close()

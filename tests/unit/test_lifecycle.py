@@ -18,7 +18,9 @@ import pytest
 from prometheus_client import REGISTRY
 
 from api.routes.predictions import cancel_prediction
-from shared import keys, leases as leases_module, store as store_module
+from shared import keys
+from shared import leases as leases_module
+from shared import store as store_module
 from shared.leases import Leases
 from shared.lifecycle import PredictionLifecycle
 from shared.maintenance import reap_lapsed_leases
@@ -59,8 +61,14 @@ def ended(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, Status]]:
 
 
 def make(store: PredictionStore, status: Status = Status.STARTING) -> Prediction:
-    prediction = Prediction(tenant="t1", model="kiln/sd2-depth2img", version="v", queue="gpu.sd2-depth",
-                            input={"prompt": "x"}, webhook="https://example.com/hook")
+    prediction = Prediction(
+        tenant="t1",
+        model="kiln/sd2-depth2img",
+        version="v",
+        queue="gpu.sd2-depth",
+        input={"prompt": "x"},
+        webhook="https://example.com/hook",
+    )
     store.create(prediction)
     if status is not Status.STARTING:
         store.redis.hset(keys.prediction(prediction.id), "status", json.dumps(status.value))
@@ -68,8 +76,12 @@ def make(store: PredictionStore, status: Status = Status.STARTING) -> Prediction
 
 
 def finished_count(status: Status) -> float:
-    return REGISTRY.get_sample_value("kiln_predictions_finished_total",
-                                     {"model": "kiln/sd2-depth2img", "status": status.value}) or 0.0
+    return (
+        REGISTRY.get_sample_value(
+            "kiln_predictions_finished_total", {"model": "kiln/sd2-depth2img", "status": status.value}
+        )
+        or 0.0
+    )
 
 
 def retention_due(store: PredictionStore, prediction_id: str) -> float | None:
@@ -78,16 +90,19 @@ def retention_due(store: PredictionStore, prediction_id: str) -> float | None:
 
 # --- the state table, in Lua --------------------------------------------------------------------
 
+
 @pytest.mark.parametrize(("current", "target"), PAIRS, ids=lambda s: s.value)
 def test_the_lua_allows_exactly_what_the_table_allows(current: Status, target: Status) -> None:
-    allowed = fakeredis.FakeRedis().eval(LUA_STATUS_TABLE + "return may_enter(ARGV[1], ARGV[2]) and 1 or 0", 0,
-                                         current.value, target.value)
+    allowed = fakeredis.FakeRedis().eval(
+        LUA_STATUS_TABLE + "return may_enter(ARGV[1], ARGV[2]) and 1 or 0", 0, current.value, target.value
+    )
     assert bool(allowed) == (current in ALLOWED_SOURCES[target])
 
 
 @pytest.mark.parametrize(("current", "target"), PAIRS, ids=lambda s: s.value)
-def test_a_transition_moves_exactly_where_the_table_allows(store: PredictionStore, current: Status,
-                                                           target: Status) -> None:
+def test_a_transition_moves_exactly_where_the_table_allows(
+    store: PredictionStore, current: Status, target: Status
+) -> None:
     prediction = make(store, current)
     assert store.transition(prediction.id, target) == (current in ALLOWED_SOURCES[target])
     assert store.status(prediction.id) is (target if current in ALLOWED_SOURCES[target] else current)
@@ -114,7 +129,9 @@ def test_no_script_spells_out_a_status_of_its_own(name: str) -> None:
 @pytest.mark.parametrize("current", list(Status), ids=lambda s: s.value)
 def test_start_and_cancel_follow_the_table(store: PredictionStore, current: Status) -> None:
     started = make(store, current)
-    assert (Leases(store.redis, lease_s=30).start(started.id) is not None) == (current in ALLOWED_SOURCES[Status.PROCESSING])
+    assert (Leases(store.redis, lease_s=30).start(started.id) is not None) == (
+        current in ALLOWED_SOURCES[Status.PROCESSING]
+    )
     canceled = make(store, current)
     assert store.request_cancel(canceled.id) is current
     may_cancel = current in ALLOWED_SOURCES[Status.CANCELED]
@@ -124,6 +141,7 @@ def test_start_and_cancel_follow_the_table(store: PredictionStore, current: Stat
 
 
 # --- one lifecycle ------------------------------------------------------------------------------
+
 
 def test_a_workers_outcome_ends_the_prediction_once(store: PredictionStore, ended) -> None:
     notifier = RecordingNotifier()
@@ -222,9 +240,11 @@ def ends_a_prediction(name: str, call: ast.Call) -> bool:
     """Calls that make or follow a terminal transition: only the lifecycle may make them."""
     constants = [arg.value for arg in call.args if isinstance(arg, ast.Constant)]
     named = {arg.attr for arg in ast.walk(call) if isinstance(arg, ast.Attribute)}
-    return (name in {"record_finished", "schedule_retention", "request_cancel"}
-            or (name == "notify" and "completed" in constants)
-            or (name == "transition" and bool(named & {status.name for status in TERMINAL})))
+    return (
+        name in {"record_finished", "schedule_retention", "request_cancel"}
+        or (name == "notify" and "completed" in constants)
+        or (name == "transition" and bool(named & {status.name for status in TERMINAL}))
+    )
 
 
 def test_only_the_lifecycle_ends_a_prediction() -> None:
@@ -238,4 +258,8 @@ def test_only_the_lifecycle_ends_a_prediction() -> None:
     assert offenders == []
     # The check does see them where they are.
     assert {name for name, call in calls_in(REPO_ROOT / LIFECYCLE) if ends_a_prediction(name, call)} == {
-        "record_finished", "schedule_retention", "request_cancel", "notify"}
+        "record_finished",
+        "schedule_retention",
+        "request_cancel",
+        "notify",
+    }

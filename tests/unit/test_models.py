@@ -47,8 +47,11 @@ PUBLISHED_VERSIONS = {
 
 
 def test_version_ids_stay_what_clients_stored():
-    ids = {(profile, ref): spec.version_id(Settings(_env_file=None, weights_profile=profile))
-           for profile in ("tiny", "full") for ref, spec in MODELS.items()}
+    ids = {
+        (profile, ref): spec.version_id(Settings(_env_file=None, weights_profile=profile))
+        for profile in ("tiny", "full")
+        for ref, spec in MODELS.items()
+    }
     assert ids == PUBLISHED_VERSIONS, "an input schema or a weights reference changed: every client's version id moves"
 
 
@@ -64,7 +67,8 @@ for folder in pkgutil.iter_modules(models.__path__, "models."):
             importlib.import_module(folder.name + ".schema")
 for spec in MODELS.values():
     spec.input_model.model_json_schema()
-print(",".join(sorted({m.split(".")[0] for m in sys.modules} & {"torch", "diffusers", "transformers", "controlnet_aux"})))
+heavy = {"torch", "diffusers", "transformers", "controlnet_aux"}
+print(",".join(sorted({m.split(".")[0] for m in sys.modules} & heavy)))
 """
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -73,7 +77,12 @@ print(",".join(sorted({m.split(".")[0] for m in sys.modules} & {"torch", "diffus
 
 def test_defaults_follow_the_replicate_model():
     parsed = Depth2ImgInput.model_validate({"input_image": "https://example.com/a.png"})
-    assert (parsed.prompt_strength, parsed.num_outputs, parsed.num_inference_steps, parsed.guidance_scale) == (0.8, 1, 50, 7.5)
+    assert (parsed.prompt_strength, parsed.num_outputs, parsed.num_inference_steps, parsed.guidance_scale) == (
+        0.8,
+        1,
+        50,
+        7.5,
+    )
     assert parsed.scheduler is Scheduler.DPM_SOLVER_MULTISTEP and parsed.seed is None
 
 

@@ -25,14 +25,21 @@ def collected(collector) -> dict[tuple[str, tuple], float]:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(collector)
     text = generate_latest(registry).decode()
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
 
 
 def test_priority_list_names_use_kombus_separator():
-    assert queues.KOMBU_PRIORITY_SEPARATOR == Channel.sep
-    assert queues.priority_lists("gpu.sdxl") == {0: "gpu.sdxl", 3: "gpu.sdxl\x06\x163", 6: "gpu.sdxl\x06\x166",
-                                                 9: "gpu.sdxl\x06\x169"}
+    assert Channel.sep == queues.KOMBU_PRIORITY_SEPARATOR
+    assert queues.priority_lists("gpu.sdxl") == {
+        0: "gpu.sdxl",
+        3: "gpu.sdxl\x06\x163",
+        6: "gpu.sdxl\x06\x166",
+        9: "gpu.sdxl\x06\x169",
+    }
 
 
 def test_queue_depth_reports_every_priority_list_and_family():
@@ -79,7 +86,10 @@ def test_json_lines_carry_the_bound_prediction_id():
         logger.info("explicit", extra={"prediction_id": "p2"})
     lines = [json.loads(line) for line in stream.getvalue().splitlines()]
     assert [(line["message"], line["prediction_id"]) for line in lines] == [
-        ("outside", None), ("running it", "p1"), ("explicit", "p2")]
+        ("outside", None),
+        ("running it", "p1"),
+        ("explicit", "p2"),
+    ]
     assert lines[1]["level"] == "WARNING" and lines[1]["logger"] == "kiln-test-json" and lines[1]["time"]
 
 
@@ -103,10 +113,14 @@ def _fake_torch(initialized: bool) -> types.ModuleType:
     torch = types.ModuleType("torch")
     gib = 1024**3
     torch.cuda = types.SimpleNamespace(
-        is_available=lambda: True, is_initialized=lambda: initialized, device_count=lambda: 2,
-        memory_allocated=lambda i: (i + 1) * gib, memory_reserved=lambda i: (i + 2) * gib,
+        is_available=lambda: True,
+        is_initialized=lambda: initialized,
+        device_count=lambda: 2,
+        memory_allocated=lambda i: (i + 1) * gib,
+        memory_reserved=lambda i: (i + 2) * gib,
         max_memory_allocated=lambda i: (i + 3) * gib,
-        get_device_properties=lambda i: types.SimpleNamespace(total_memory=80 * gib))
+        get_device_properties=lambda i: types.SimpleNamespace(total_memory=80 * gib),
+    )
     return torch
 
 

@@ -14,7 +14,7 @@ from shared.settings import Settings
 
 PAGES = ["/", "/playground/models/kiln/sd2-depth2img", "/playground/predictions/01abc", "/playground/history"]
 # src="..." / href="..." in HTML, import ... from "..." in JS, url(...) in CSS.
-REFERENCE = re.compile(r'''(?:src|href)="([^"]*)"|from\s+"([^"]+)"|url\(([^)]*)\)''')
+REFERENCE = re.compile(r"""(?:src|href)="([^"]*)"|from\s+"([^"]+)"|url\(([^)]*)\)""")
 
 
 @pytest.fixture(scope="module")

@@ -36,16 +36,22 @@ def normalised(message: dict) -> dict:
     """The message with its per-message ids (task id, delivery tag, process-bound reply queue) blanked."""
     message = json.loads(json.dumps(message))
     task_id = message["headers"]["id"]
-    for where, name in (("headers", "id"), ("headers", "root_id"), ("properties", "correlation_id"),
-                        ("properties", "delivery_tag"), ("properties", "reply_to")):
+    for where, name in (
+        ("headers", "id"),
+        ("headers", "root_id"),
+        ("properties", "correlation_id"),
+        ("properties", "delivery_tag"),
+        ("properties", "reply_to"),
+    ):
         message[where][name] = "<id>"
     assert task_id
     message["body"] = json.loads(base64.b64decode(message["body"]))
     return message
 
 
-@pytest.mark.parametrize("queue,priority", [(queues.SD2_DEPTH, queues.PRIORITY_INTERACTIVE),
-                                            (queues.SDXL, queues.PRIORITY_BATCH)])
+@pytest.mark.parametrize(
+    "queue,priority", [(queues.SD2_DEPTH, queues.PRIORITY_INTERACTIVE), (queues.SDXL, queues.PRIORITY_BATCH)]
+)
 def test_a_rendered_message_equals_what_kombu_publishes(redis_url, queue, priority):
     expected = published_by_celery(redis_url, queue, priority)
     messages = PredictMessages(create_celery(Settings(_env_file=None, redis_url=redis_url)))

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 import fakeredis
 import pytest
-from standardwebhooks.webhooks import Webhook
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from shared.secrets import new_webhook_secret as new_secret
 from shared.secrets import sign_path, url_signing_secret, verify_path, webhook_secret
@@ -22,7 +22,7 @@ def test_signatures_verify_with_the_standardwebhooks_library():
     body = '{"id": "abc", "status": "succeeded"}'
     headers = signature_headers(secret, "msg_1", datetime.now(UTC), body)
     assert Webhook(secret).verify(body, headers) == {"id": "abc", "status": "succeeded"}
-    with pytest.raises(Exception):
+    with pytest.raises(WebhookVerificationError):
         Webhook(new_secret()).verify(body, headers)
 
 
@@ -45,8 +45,20 @@ def test_signed_paths_verify_only_for_the_same_path_and_secret():
 
 @pytest.mark.parametrize(
     "address",
-    ["127.0.0.1", "10.0.0.1", "172.16.5.4", "192.168.1.1", "169.254.169.254", "::1", "fd00::1", "fe80::1",
-     "224.0.0.1", "0.0.0.0", "::ffff:127.0.0.1", "::ffff:10.1.2.3"],
+    [
+        "127.0.0.1",
+        "10.0.0.1",
+        "172.16.5.4",
+        "192.168.1.1",
+        "169.254.169.254",
+        "::1",
+        "fd00::1",
+        "fe80::1",
+        "224.0.0.1",
+        "0.0.0.0",
+        "::ffff:127.0.0.1",
+        "::ffff:10.1.2.3",
+    ],
 )
 def test_private_addresses_are_forbidden(address):
     assert forbidden_reason(ipaddress.ip_address(address)) is not None
@@ -80,8 +92,9 @@ def test_a_hostname_resolving_to_a_private_address_is_refused(monkeypatch):
 
 
 def test_resolved_url_pins_the_checked_address(monkeypatch):
-    monkeypatch.setattr(socket, "getaddrinfo",
-                        lambda *a, **k: [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("93.184.216.34", 443))])
+    monkeypatch.setattr(
+        socket, "getaddrinfo", lambda *a, **k: [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("93.184.216.34", 443))]
+    )
     resolved = resolve_checked("https://hooks.example/x", allow_private=False)
     assert (resolved.host, resolved.port, resolved.address) == ("hooks.example", 443, "93.184.216.34")
 

@@ -21,8 +21,7 @@ def outbox() -> WebhookOutbox:
 
 @pytest.fixture
 def prediction() -> Prediction:
-    return Prediction(tenant="t", model="kiln/sd2-depth2img", version="v", input={},
-                      webhook="http://127.0.0.1:9/hook")
+    return Prediction(tenant="t", model="kiln/sd2-depth2img", version="v", input={}, webhook="http://127.0.0.1:9/hook")
 
 
 @pytest.fixture

@@ -27,9 +27,14 @@ print(json.dumps({"seconds": seconds, "modules": sorted({name.split(".")[0] for 
 
 
 def import_in_a_fresh_interpreter(code: str) -> dict:
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT, timeout=120,
-                            env={"PATH": "/usr/bin:/bin", "KILN_DATA_DIR": "/tmp/kiln-webhook-worker",
-                                 "HF_HUB_OFFLINE": "1"})
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        timeout=120,
+        env={"PATH": "/usr/bin:/bin", "KILN_DATA_DIR": "/tmp/kiln-webhook-worker", "HF_HUB_OFFLINE": "1"},
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from PIL import Image
 
@@ -22,7 +23,9 @@ class FakeContext:
         self.lines.append(line)
 
     def load_image(self, uri: str) -> Image.Image:
-        return decode_image(load_image_bytes(uri, timeout_s=5, max_bytes=10_000_000, allow_private=False), max_pixels=10_000_000)
+        return decode_image(
+            load_image_bytes(uri, timeout_s=5, max_bytes=10_000_000, allow_private=False), max_pixels=10_000_000
+        )
 
     def step_callback(self) -> Callable[[Any, int, Any, dict], dict]:
         def on_step_end(pipe: Any, step: int, timestep: Any, callback_kwargs: dict) -> dict:

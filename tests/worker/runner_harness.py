@@ -18,9 +18,9 @@ from redis import Redis
 from models.registry import find_model
 from shared.celery_config import create_celery
 from shared.enqueue import enqueue_prediction
+from shared.objects import StorageUnavailable, output_key
 from shared.prediction import Prediction
 from shared.settings import Settings
-from shared.objects import StorageUnavailable, output_key
 from shared.store import PredictionStore
 from shared.task_messages import PredictMessages
 from worker.predictor_pool import PredictorPool
@@ -55,18 +55,22 @@ class Harness:
     """``redis``: a URL (messages published by Celery's ``send_task``) or a client such as fakeredis
     (messages rendered by ``shared.task_messages``, byte-for-byte what kombu would push)."""
 
-    def __init__(self, redis: str | Redis, settings: Settings, predictors: PredictorPool,
-                 storage: MemoryStorage | None = None) -> None:
+    def __init__(
+        self, redis: str | Redis, settings: Settings, predictors: PredictorPool, storage: MemoryStorage | None = None
+    ) -> None:
         self.redis = Redis.from_url(redis) if isinstance(redis, str) else redis
         self.redis.flushdb()
         self.settings = settings
         self.store = PredictionStore(self.redis)
-        self.celery = create_celery(settings.model_copy(update={"redis_url": redis})) if isinstance(redis, str) else None
+        self.celery = (
+            create_celery(settings.model_copy(update={"redis_url": redis})) if isinstance(redis, str) else None
+        )
         self.messages = PredictMessages(create_celery(settings))
         self.storage = storage or MemoryStorage()
         self.notifier = RecordingNotifier()
-        self.runner = PredictionRunner(settings, self.store, self.storage, predictors, self.notifier,
-                                       requeue=lambda prediction_id, queue: None)
+        self.runner = PredictionRunner(
+            settings, self.store, self.storage, predictors, self.notifier, requeue=lambda prediction_id, queue: None
+        )
         self.queues = sorted({spec.queue for spec in map(find_model, predictors.models)})
         self.peek = QueuePeek(self.redis, self.queues)
         self.runner.enable_batching_and_prefetch(self.peek.upcoming)
@@ -105,8 +109,9 @@ class Harness:
 
     def output_pixels(self, prediction_id: str) -> list[np.ndarray]:
         names = self.get(prediction_id).output or []
-        return [np.asarray(Image.open(io.BytesIO(self.storage.objects[output_key(prediction_id, name)])))
-                for name in names]
+        return [
+            np.asarray(Image.open(io.BytesIO(self.storage.objects[output_key(prediction_id, name)]))) for name in names
+        ]
 
     def close(self) -> None:
         self.runner.close()

@@ -41,10 +41,10 @@ def test_a_batch_gives_every_item_the_pixels_it_gets_alone(depth2img_pool: Predi
     jobs = [predictor.prepare(Depth2ImgInput(**FAST | fields), FakeContext()) for fields in INPUTS]
     assert len({job.group_key for job in jobs}) == 1
     batched = predictor.generate(jobs, FakeContext().step_callback())
-    for fields, outputs in zip(INPUTS, batched):
+    for fields, outputs in zip(INPUTS, batched, strict=True):
         alone = _alone(predictor, fields)
         assert len(outputs) == len(alone) == fields.get("num_outputs", 1)
-        for image, expected in zip(outputs, alone):
+        for image, expected in zip(outputs, alone, strict=True):
             assert_same_pixels(np.asarray(image), expected)
     # Each item really is different: the batch did not hand everyone the same rows.
     assert not np.array_equal(np.asarray(batched[0][0]), np.asarray(batched[1][0]))
@@ -60,7 +60,9 @@ def test_image_j_of_a_prediction_is_what_seed_plus_j_gives_alone(depth2img_pool:
 
 
 @pytest.fixture
-def batching(redis_url: str, make_settings: Callable[..., Settings], depth2img_pool: PredictorPool) -> Iterator[Harness]:
+def batching(
+    redis_url: str, make_settings: Callable[..., Settings], depth2img_pool: PredictorPool
+) -> Iterator[Harness]:
     harness = Harness(redis_url, make_settings(max_batch_size=4, batch_window_ms=0), depth2img_pool)
     yield harness
     harness.close()
@@ -75,14 +77,14 @@ def test_queued_compatible_predictions_run_as_one_batch_each_with_its_own_record
     starts = {pid: batching.timeline.first("gpu_start", pid) for pid in ids}
     assert len(set(starts.values())) == 1 or max(starts.values()) - min(starts.values()) < 0.01
     predictor = _predictor(batching.runner.predictors)
-    for pid, fields in zip(ids, INPUTS):
+    for pid, fields in zip(ids, INPUTS, strict=True):
         prediction = batching.get(pid)
         assert prediction.status is Status.SUCCEEDED, prediction.logs
         assert f"Using seed: {fields['seed']}" in prediction.logs
         assert batching.notifier.of(pid) == ["start", "output", "completed"]
         stored, alone = batching.output_pixels(pid), _alone(predictor, fields)
         assert len(stored) == len(alone)
-        for actual, expected in zip(stored, alone):
+        for actual, expected in zip(stored, alone, strict=True):
             assert_same_pixels(actual, expected)
     assert batching.get(other).status is Status.SUCCEEDED
 
@@ -98,9 +100,11 @@ def test_batch_size_one_runs_each_prediction_on_its_own(redis_url, make_settings
 
 def test_an_item_that_fails_to_prepare_fails_alone(batching: Harness) -> None:
     flat = png_uri(gradient(64, 64, horizontal=True).point(lambda _: 200))
-    good, bad, good2 = (batching.submit(MODEL, **FAST | INPUTS[0]),
-                        batching.submit(MODEL, **FAST | INPUTS[0] | {"depth_image": flat}),
-                        batching.submit(MODEL, **FAST | INPUTS[1]))
+    good, bad, good2 = (
+        batching.submit(MODEL, **FAST | INPUTS[0]),
+        batching.submit(MODEL, **FAST | INPUTS[0] | {"depth_image": flat}),
+        batching.submit(MODEL, **FAST | INPUTS[1]),
+    )
     assert batching.work()[0] == [good, bad, good2]
     assert batching.get(bad).status is Status.FAILED
     assert "single flat shade" in batching.get(bad).error
@@ -140,11 +144,13 @@ class SabotagedPool(PredictorPool):
         self._loaded = dict(pool._loaded) | {MODEL: sabotaged}
 
 
-def test_a_failing_batch_reruns_each_item_alone_so_only_the_culprit_fails(redis_url, make_settings,
-                                                                          depth2img_pool) -> None:
+def test_a_failing_batch_reruns_each_item_alone_so_only_the_culprit_fails(
+    redis_url, make_settings, depth2img_pool
+) -> None:
     sabotaged = Sabotaged(_predictor(depth2img_pool))
-    harness = Harness(redis_url, make_settings(max_batch_size=4, batch_window_ms=0),
-                      SabotagedPool(depth2img_pool, sabotaged))
+    harness = Harness(
+        redis_url, make_settings(max_batch_size=4, batch_window_ms=0), SabotagedPool(depth2img_pool, sabotaged)
+    )
     try:
         ids = [harness.submit(MODEL, **FAST | INPUTS[0] | {"prompt": prompt}) for prompt in ("a", "poison", "b")]
         harness.work()
@@ -155,8 +161,9 @@ def test_a_failing_batch_reruns_each_item_alone_so_only_the_culprit_fails(redis_
         harness.close()
 
 
-def test_canceling_one_item_of_a_batch_stops_it_within_a_step_and_the_others_finish(redis_url, make_settings,
-                                                                                     depth2img_pool) -> None:
+def test_canceling_one_item_of_a_batch_stops_it_within_a_step_and_the_others_finish(
+    redis_url, make_settings, depth2img_pool
+) -> None:
     ids: list[str] = []
     harness: Harness
 
@@ -164,8 +171,9 @@ def test_canceling_one_item_of_a_batch_stops_it_within_a_step_and_the_others_fin
         harness.store.request_cancel(ids[1])
 
     sabotaged = Sabotaged(_predictor(depth2img_pool), on_first_step=cancel_second)
-    harness = Harness(redis_url, make_settings(max_batch_size=4, batch_window_ms=0),
-                      SabotagedPool(depth2img_pool, sabotaged))
+    harness = Harness(
+        redis_url, make_settings(max_batch_size=4, batch_window_ms=0), SabotagedPool(depth2img_pool, sabotaged)
+    )
     try:
         ids += [harness.submit(MODEL, **FAST | fields) for fields in INPUTS[:2]]
         harness.work()

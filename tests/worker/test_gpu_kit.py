@@ -21,9 +21,25 @@ MODEL_FIELDS = {"workload", "kiln", "stock", "ratio_kiln_over_stock", "idle"}
 
 def run_kit(out: Path, weights_dir: Path, *args: str) -> dict:
     env = os.environ | {"KILN_DEVICE": "cpu", "HF_HUB_OFFLINE": "1"}
-    subprocess.run([sys.executable, "-m", "tests.bench.gpu_kit", "--out", str(out), "--profile", "tiny",
-                    "--weights-dir", str(weights_dir), *args], cwd=ROOT, env=env, check=False, timeout=600,
-                   capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tests.bench.gpu_kit",
+            "--out",
+            str(out),
+            "--profile",
+            "tiny",
+            "--weights-dir",
+            str(weights_dir),
+            *args,
+        ],
+        cwd=ROOT,
+        env=env,
+        check=False,
+        timeout=600,
+        capture_output=True,
+    )
     return json.loads((out / "gpu-truth.json").read_text())
 
 
@@ -44,7 +60,7 @@ def test_the_kit_measures_every_model_stock_against_kiln(report: tuple[dict, str
     assert data["units"]["seconds_per_image"] == "s" and data["units"]["peak_gib"] == "GiB"
     assert list(data["models"]) == list(truth.MODELS)
     for model in data["models"].values():
-        assert MODEL_FIELDS <= set(model)
+        assert set(model) >= MODEL_FIELDS
         assert model["workload"] == {"width": 64, "height": 64, "steps": 4, "label": "64², 4 steps"}
         stock, kiln = model["stock"], model["kiln"]
         for measured in (stock, *kiln["batches"].values()):
@@ -53,7 +69,8 @@ def test_the_kit_measures_every_model_stock_against_kiln(report: tuple[dict, str
         assert set(kiln["batches"]) == {"1", "2"}
         assert kiln["batches"]["2"]["batch"] == 2
         assert model["ratio_kiln_over_stock"] == pytest.approx(
-            kiln["batches"]["1"]["seconds_per_image"] / stock["seconds_per_image"], rel=0.01)
+            kiln["batches"]["1"]["seconds_per_image"] / stock["seconds_per_image"], rel=0.01
+        )
         best = kiln["batches"][str(kiln["best_batch"])]["seconds_per_image"]
         assert best == min(batch["seconds_per_image"] for batch in kiln["batches"].values())
         assert kiln["setup_s"] > 0 and kiln["prepare_s"] > 0
@@ -70,7 +87,7 @@ def test_the_markdown_report_has_a_row_per_model_and_says_what_it_measured_on(re
     assert "**tiny**" in markdown
     rows = [line for line in markdown.splitlines() if line.startswith("| kiln/")]
     assert [row.split(" | ")[0].removeprefix("| ") for row in rows] == list(truth.MODELS)
-    for row, model in zip(rows, data["models"].values()):
+    for row, model in zip(rows, data["models"].values(), strict=True):
         assert f"{model['ratio_kiln_over_stock']:.2f}" in row
 
 

@@ -7,7 +7,8 @@ in the tests about them.
 from __future__ import annotations
 
 import io
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -84,7 +85,7 @@ def run(predictor: IPAdapterXLPredictor, ctx: FakeContext | None = None, **field
 
 
 def same(a: list, b: list) -> bool:
-    return len(a) == len(b) and all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(a, b))
+    return len(a) == len(b) and all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(a, b, strict=True))
 
 
 def visibly_different(a: list, b: list) -> bool:
@@ -94,8 +95,16 @@ def visibly_different(a: list, b: list) -> bool:
 
 
 def test_the_pool_serves_both_models_from_one_sdxl_base(depth, openpose) -> None:
-    for part in ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "image_encoder",
-                 "feature_extractor"):
+    for part in (
+        "unet",
+        "vae",
+        "text_encoder",
+        "text_encoder_2",
+        "tokenizer",
+        "tokenizer_2",
+        "image_encoder",
+        "feature_extractor",
+    ):
         assert getattr(depth.pipe, part) is getattr(openpose.pipe, part), part
     assert depth.pipe.controlnet is not openpose.pipe.controlnet
     assert depth.pipe.unet is openpose.pipe.unet
@@ -122,11 +131,23 @@ def test_the_tiny_profile_loads_the_built_folders(make_settings, weights_dir) ->
 
 @pytest.mark.parametrize(("device", "vae"), [("cpu", None), ("cuda", "org/vae-fp16")])
 def test_the_full_profile_uses_the_configured_references_and_builds_nothing(make_settings, tmp_path, device, vae):
-    settings = make_settings(weights_profile="full", weights_dir=tmp_path, device=device, sdxl_base_weights="org/xl",
-                             sdxl_vae_fp16_weights="org/vae-fp16", controlnet_depth_xl_weights="org/depth",
-                             ip_adapter_weights="org/ip", annotators_weights="org/annotators")
+    settings = make_settings(
+        weights_profile="full",
+        weights_dir=tmp_path,
+        device=device,
+        sdxl_base_weights="org/xl",
+        sdxl_vae_fp16_weights="org/vae-fp16",
+        controlnet_depth_xl_weights="org/depth",
+        ip_adapter_weights="org/ip",
+        annotators_weights="org/annotators",
+    )
     weights = xl_weights(settings)
-    assert (weights.base, weights.vae, weights.ip_adapter, weights.annotators) == ("org/xl", vae, "org/ip", "org/annotators")
+    assert (weights.base, weights.vae, weights.ip_adapter, weights.annotators) == (
+        "org/xl",
+        vae,
+        "org/ip",
+        "org/annotators",
+    )
     assert weights.controlnets["depth"] == "org/depth"
     assert weights.controlnets["openpose"] == settings.controlnet_openpose_xl_weights
     assert list(tmp_path.iterdir()) == []
@@ -190,7 +211,9 @@ def test_the_depth_detector_extracts_an_image_dependent_map_from_a_photo(depth, 
     spy = SpyDetector(depth.detector)
     monkeypatch.setattr(depth, "detector", spy)
     ctx = FakeContext()
-    *astronaut_images, astronaut_map = run(depth, ctx, control_image=None, input_image=ASTRONAUT, return_control_map=True)
+    *astronaut_images, astronaut_map = run(
+        depth, ctx, control_image=None, input_image=ASTRONAUT, return_control_map=True
+    )
     *coffee_images, coffee_map = run(depth, control_image=None, input_image=COFFEE, return_control_map=True)
     assert spy.calls == [(512, 512), (600, 400)]
     assert any(line.startswith("Extracted the depth map in") for line in ctx.lines)

@@ -20,8 +20,9 @@ SLOW = FAST | {"num_inference_steps": 12}
 
 
 @pytest.fixture
-def overlapping(redis_url: str, make_settings: Callable[..., Settings],
-                depth2img_pool: PredictorPool) -> Iterator[Harness]:
+def overlapping(
+    redis_url: str, make_settings: Callable[..., Settings], depth2img_pool: PredictorPool
+) -> Iterator[Harness]:
     harness = Harness(redis_url, make_settings(prefetch=True, async_upload=True), depth2img_pool)
     yield harness
     harness.close()
@@ -45,8 +46,9 @@ def test_the_second_job_is_fetched_and_prepared_while_the_first_denoises(overlap
     assert f"Using seed: {INPUTS[1]['seed']}" in overlapping.get(second).logs
 
 
-def test_without_prefetch_the_second_job_is_fetched_after_it_is_claimed(redis_url, make_settings,
-                                                                       depth2img_pool) -> None:
+def test_without_prefetch_the_second_job_is_fetched_after_it_is_claimed(
+    redis_url, make_settings, depth2img_pool
+) -> None:
     harness = Harness(redis_url, make_settings(prefetch=False), depth2img_pool)
     try:
         first, second = (harness.submit(MODEL, **FAST | fields) for fields in INPUTS[:2])
@@ -74,7 +76,7 @@ def test_a_background_upload_completes_the_prediction_only_after_the_upload(over
     assert overlapping.timeline.first("gpu_end", pid) < overlapping.timeline.first("uploaded", pid)
     assert overlapping.timeline.first("uploaded", pid) < overlapping.timeline.first("finished", pid)
     assert overlapping.get(pid).status is Status.SUCCEEDED
-    assert [e.thread for e in overlapping.timeline.events("uploaded", pid)][0].startswith("upload")
+    assert next(e.thread for e in overlapping.timeline.events("uploaded", pid)).startswith("upload")
 
 
 def test_a_failed_background_upload_fails_the_prediction(redis_url, make_settings, depth2img_pool) -> None:
@@ -105,8 +107,14 @@ def test_the_queue_is_read_in_the_order_a_worker_is_handed_it(redis_url, make_se
 
 def test_gpu_idle_share_counts_the_gaps_between_denoising_calls() -> None:
     timeline = Timeline()
-    for stage, pid, at in [("gpu_start", "a", 0.0), ("gpu_end", "a", 1.0), ("gpu_start", "b", 1.5),
-                           ("gpu_start", "c", 1.5), ("gpu_end", "b", 2.0), ("gpu_end", "c", 2.0)]:
+    for stage, pid, at in [
+        ("gpu_start", "a", 0.0),
+        ("gpu_end", "a", 1.0),
+        ("gpu_start", "b", 1.5),
+        ("gpu_start", "c", 1.5),
+        ("gpu_end", "b", 2.0),
+        ("gpu_end", "c", 2.0),
+    ]:
         timeline.record(stage, pid)
         timeline._events[-1] = timeline._events[-1].__class__(stage, pid, at, "main")
     assert gpu_idle_share(timeline) == (0.5, 0.25)

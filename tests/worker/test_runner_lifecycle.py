@@ -37,8 +37,9 @@ def test_each_way_a_run_stops_ends_the_prediction_once_through_the_lifecycle(har
     # Canceled after it was taken, before its first step: the runner sees the flag and stops.
     harness.redis.hset(keys.prediction(canceled), "cancel_requested", "true")
     harness.work()
-    assert sorted(ended) == sorted([(succeeded, Status.SUCCEEDED), (failed, Status.FAILED),
-                                    (canceled, Status.CANCELED)])
+    assert sorted(ended) == sorted(
+        [(succeeded, Status.SUCCEEDED), (failed, Status.FAILED), (canceled, Status.CANCELED)]
+    )
     for prediction_id, status in ended:
         assert harness.get(prediction_id).status is status
         assert harness.notifier.of(prediction_id)[-1] == "completed"

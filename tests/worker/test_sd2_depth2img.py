@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -38,7 +39,7 @@ def pixels(images: list[Image.Image]) -> list[np.ndarray]:
 
 
 def same(a: list[Image.Image], b: list[Image.Image]) -> bool:
-    return len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(pixels(a), pixels(b)))
+    return len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(pixels(a), pixels(b), strict=True))
 
 
 def test_setup_loads_the_tiny_folder_with_from_pretrained(predictor: Depth2ImgPredictor, weights_dir) -> None:
@@ -147,4 +148,3 @@ def test_depth_image_of_any_size_is_fitted_to_the_output(predictor: Depth2ImgPre
 def test_a_flat_depth_image_is_refused(predictor: Depth2ImgPredictor) -> None:
     with pytest.raises(ImageInputError, match="depth_image"):
         run(predictor, depth_image=png_uri(Image.new("L", (64, 64), 200)))
-

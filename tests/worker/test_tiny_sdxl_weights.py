@@ -52,10 +52,15 @@ def test_tiny_sdxl_builds_the_full_layout_identically_twice(tmp_path: Path) -> N
     one = _files(tmp_path / "one")
     assert one == _files(tmp_path / "two")
     ip_folder = f"{IP_ADAPTER_DIR}/{IP_ADAPTER_SUBFOLDER}"
-    for path in (f"{BASE_DIR}/model_index.json", f"{BASE_DIR}/unet/diffusion_pytorch_model.safetensors",
-                 f"{BASE_DIR}/tokenizer_2/vocab.json", f"{VAE_FP16_DIR}/config.json",
-                 *(f"{kind.folder}/diffusion_pytorch_model.safetensors" for kind in control_kinds()),
-                 f"{ip_folder}/{IP_ADAPTER_WEIGHT_NAME}", f"{ip_folder}/{IMAGE_ENCODER_DIR}/model.safetensors"):
+    for path in (
+        f"{BASE_DIR}/model_index.json",
+        f"{BASE_DIR}/unet/diffusion_pytorch_model.safetensors",
+        f"{BASE_DIR}/tokenizer_2/vocab.json",
+        f"{VAE_FP16_DIR}/config.json",
+        *(f"{kind.folder}/diffusion_pytorch_model.safetensors" for kind in control_kinds()),
+        f"{ip_folder}/{IP_ADAPTER_WEIGHT_NAME}",
+        f"{ip_folder}/{IMAGE_ENCODER_DIR}/model.safetensors",
+    ):
         assert path in one, path
     assert not any(name.startswith(f"{BASE_DIR}/image_encoder") for name in one)
 
@@ -80,7 +85,9 @@ def test_the_tiny_text_encoders_cover_the_tiny_tokenizer(weights_dir: Path) -> N
 def test_configs_fit_together_like_sdxl(configs: XLConfigs) -> None:
     unet, text, text_2 = configs.unet, configs.text_encoder, configs.text_encoder_2
     assert unet["cross_attention_dim"] == text["hidden_size"] + text_2["hidden_size"]
-    assert unet["projection_class_embeddings_input_dim"] == 6 * unet["addition_time_embed_dim"] + text_2["projection_dim"]
+    assert (
+        unet["projection_class_embeddings_input_dim"] == 6 * unet["addition_time_embed_dim"] + text_2["projection_dim"]
+    )
     vae_downscale = 2 ** (len(configs.vae["block_out_channels"]) - 1)
     for controlnet in configs.controlnets.values():
         assert 2 ** (len(controlnet["conditioning_embedding_out_channels"]) - 1) == vae_downscale
@@ -97,7 +104,10 @@ def _meta_models(configs: XLConfigs) -> dict[str, torch.nn.Module]:
             "text_encoder": CLIPTextModel(CLIPTextConfig(**configs.text_encoder)),
             "text_encoder_2": CLIPTextModelWithProjection(CLIPTextConfig(**configs.text_encoder_2)),
             "image_encoder": CLIPVisionModelWithProjection(CLIPVisionConfig(**configs.image_encoder)),
-            **{f"controlnet_{kind}": ControlNetModel.from_config(config) for kind, config in configs.controlnets.items()},
+            **{
+                f"controlnet_{kind}": ControlNetModel.from_config(config)
+                for kind, config in configs.controlnets.items()
+            },
         }
 
 
@@ -157,10 +167,12 @@ def _control_effect(controlnet: ControlNetModel) -> float:
     sample, text = torch.randn(1, 4, 8, 8), torch.randn(1, 3, 64)
     added = {"text_embeds": torch.randn(1, 32), "time_ids": torch.randn(1, 6)}
     outputs = [
-        controlnet(sample, 10, text, controlnet_cond=torch.rand(1, 3, 64, 64), added_cond_kwargs=added, return_dict=False)
+        controlnet(
+            sample, 10, text, controlnet_cond=torch.rand(1, 3, 64, 64), added_cond_kwargs=added, return_dict=False
+        )
         for _ in range(2)
     ]
-    return max((a - b).abs().max().item() for a, b in zip(outputs[0][0], outputs[1][0]))
+    return max((a - b).abs().max().item() for a, b in zip(outputs[0][0], outputs[1][0], strict=True))
 
 
 def test_a_fresh_controlnet_ignores_its_control_image_until_made_observable() -> None:
@@ -176,15 +188,26 @@ def test_annotators_build_identically_and_compactly(tmp_path: Path) -> None:
     build_tiny_annotators(tmp_path / "two", control_kinds())
     one = _files(tmp_path / "one")
     assert one == _files(tmp_path / "two")
-    assert sorted(one) == sorted([depth_weights.MIDAS_FILENAME, openpose_weights.BODY_FILENAME,
-                                  openpose_weights.HAND_FILENAME, openpose_weights.FACE_FILENAME])
+    assert sorted(one) == sorted(
+        [
+            depth_weights.MIDAS_FILENAME,
+            openpose_weights.BODY_FILENAME,
+            openpose_weights.HAND_FILENAME,
+            openpose_weights.FACE_FILENAME,
+        ]
+    )
     # 250 M parameters: 500 MB in fp16 if every tensor had storage of its own.
     assert sum(len(content) for content in one.values()) < 80e6
 
 
 def test_a_compact_state_dict_loads_strictly_into_the_real_model() -> None:
-    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.Flatten(),
-                                torch.nn.LayerNorm(8 * 6 * 6), torch.nn.Linear(8 * 6 * 6, 4))
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3),
+        torch.nn.BatchNorm2d(8),
+        torch.nn.Flatten(),
+        torch.nn.LayerNorm(8 * 6 * 6),
+        torch.nn.Linear(8 * 6 * 6, 4),
+    )
     state = compact_random_state_dict(model)
     model.load_state_dict(state, strict=True)
     assert torch.equal(model[1].running_var, torch.ones(8)) and torch.equal(model[3].weight, torch.ones(288))
@@ -200,4 +223,4 @@ def test_a_half_precision_build_saves_every_weight_in_fp16(tmp_path: Path) -> No
     assert len(weight_files) == 9
     for path in weight_files:
         with safe_open(path, framework="pt") as weights:
-            assert {weights.get_slice(name).get_dtype() for name in weights.keys()} == {"F16"}, path
+            assert {weights.get_slice(name).get_dtype() for name in weights.keys()} == {"F16"}, path  # noqa: SIM118 - safe_open is not iterable

@@ -100,7 +100,10 @@ def test_tokenizer_covers_any_prompt_without_unknown_tokens(weights_dir: Path) -
 
 def test_the_full_profile_loads_its_reference_and_builds_nothing(make_settings, tmp_path: Path) -> None:
     settings = make_settings(weights_profile="full", weights_dir=tmp_path, sd2_depth2img_weights="org/model")
-    assert weights_source(settings, settings.sd2_depth2img_weights, ensure_tiny_sd2_depth2img, _no_random_full) == "org/model"
+    assert (
+        weights_source(settings, settings.sd2_depth2img_weights, ensure_tiny_sd2_depth2img, _no_random_full)
+        == "org/model"
+    )
     assert list(tmp_path.iterdir()) == []
 
 

@@ -19,9 +19,16 @@ from worker.tuning import Tuning, fuse_qkv, parse_buckets, snap_to_bucket
 BUCKETS = parse_buckets("1024x1024,1152x896,896x1152,768x768,512x512")
 
 
-@pytest.mark.parametrize(("size", "bucket"), [((1024, 1024), (1024, 1024)), ((512, 384), (512, 512)),
-                                             ((1200, 900), (1152, 896)), ((800, 1100), (896, 1152)),
-                                             ((700, 700), (768, 768))])
+@pytest.mark.parametrize(
+    ("size", "bucket"),
+    [
+        ((1024, 1024), (1024, 1024)),
+        ((512, 384), (512, 512)),
+        ((1200, 900), (1152, 896)),
+        ((800, 1100), (896, 1152)),
+        ((700, 700), (768, 768)),
+    ],
+)
 def test_sizes_snap_to_the_nearest_bucket(size, bucket) -> None:
     assert snap_to_bucket(size, BUCKETS) == bucket
     assert snap_to_bucket(size, ()) == size
@@ -34,15 +41,29 @@ def test_a_bucket_that_is_not_a_multiple_of_8_is_refused() -> None:
 
 def test_on_the_cpu_every_knob_defaults_off(make_settings: Callable[..., Settings]) -> None:
     tuning = Tuning.from_settings(make_settings())
-    assert (tuning.max_batch_size, tuning.prefetch, tuning.async_upload, tuning.channels_last, tuning.fuse_qkv,
-            tuning.compile, tuning.buckets, tuning.dtype) == (1, False, False, False, False, False, (), torch.float32)
+    assert (
+        tuning.max_batch_size,
+        tuning.prefetch,
+        tuning.async_upload,
+        tuning.channels_last,
+        tuning.fuse_qkv,
+        tuning.compile,
+        tuning.buckets,
+        tuning.dtype,
+    ) == (1, False, False, False, False, False, (), torch.float32)
 
 
 def test_on_cuda_the_safe_knobs_default_on(make_settings: Callable[..., Settings], monkeypatch) -> None:
     monkeypatch.setattr("worker.tuning.resolve_device", lambda name: torch.device("cuda"))
     tuning = Tuning.from_settings(make_settings(cuda_dtype="bfloat16"))
-    assert (tuning.max_batch_size, tuning.prefetch, tuning.async_upload, tuning.channels_last,
-            tuning.fuse_qkv, tuning.dtype) == (4, True, True, True, True, torch.bfloat16)
+    assert (
+        tuning.max_batch_size,
+        tuning.prefetch,
+        tuning.async_upload,
+        tuning.channels_last,
+        tuning.fuse_qkv,
+        tuning.dtype,
+    ) == (4, True, True, True, True, torch.bfloat16)
     assert tuning.buckets == () and not tuning.compile
     assert Tuning.from_settings(make_settings(torch_compile=True)).buckets == parse_buckets(Settings().size_buckets)
 
@@ -54,8 +75,11 @@ def _run(predictor: Depth2ImgPredictor) -> np.ndarray:
 def test_fused_qkv_channels_last_and_compile_keep_the_image(make_settings: Callable[..., Settings]) -> None:
     plain = Depth2ImgPredictor(make_settings())
     plain.setup()
-    tuned = Depth2ImgPredictor(make_settings(fuse_qkv=True, channels_last=True, torch_compile=True,
-                                             compile_backend="eager", snap_to_buckets=False))
+    tuned = Depth2ImgPredictor(
+        make_settings(
+            fuse_qkv=True, channels_last=True, torch_compile=True, compile_backend="eager", snap_to_buckets=False
+        )
+    )
     tuned.setup()
     unet = tuned.pipe.unet
     assert isinstance(unet, torch._dynamo.eval_frame.OptimizedModule)

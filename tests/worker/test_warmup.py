@@ -22,8 +22,9 @@ BUCKETS = ((64, 64), (128, 64))
 @pytest.fixture
 def compiled(make_settings):
     torch._dynamo.reset()
-    settings = make_settings(torch_compile=True, compile_backend="eager", size_buckets="64x64,128x64",
-                             max_batch_size=2, prefetch=False)
+    settings = make_settings(
+        torch_compile=True, compile_backend="eager", size_buckets="64x64,128x64", max_batch_size=2, prefetch=False
+    )
     pool = PredictorPool(settings)
     pool.get(find_model(MODEL))
     yield settings, pool
@@ -50,7 +51,8 @@ def test_warm_up_runs_every_bucket_and_batch_size_then_a_job_compiles_nothing_ne
     # A job at a bucket size, with another prompt, seed and step count, reuses the warmed graphs.
     predictor = pool.get(find_model(MODEL))
     inputs = find_model(MODEL).input_model.model_validate(
-        warmup_input(MODEL, (128, 64)) | {"prompt": "a kiln", "seed": 7, "num_inference_steps": 3})
+        warmup_input(MODEL, (128, 64)) | {"prompt": "a kiln", "seed": 7, "num_inference_steps": 3}
+    )
     ctx = WarmupContext(settings)
     job = predictor.prepare(inputs, ctx)
     [outputs] = predictor.generate([job], ctx.step_callback())

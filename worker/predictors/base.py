@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import abc
 import random
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
-from collections.abc import Hashable, Sequence
-from typing import Any, Callable, Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from PIL import Image
 

@@ -26,7 +26,9 @@ def generators(layout: list[tuple[Any, int]], device: torch.device) -> list[torc
     return [torch.Generator(device=device).manual_seed(job.seed + j) for job, j in layout]
 
 
-def split_images(images: Sequence[Image.Image], jobs: Sequence[T], count: Callable[[T], int]) -> Iterator[tuple[T, list[Image.Image]]]:
+def split_images(
+    images: Sequence[Image.Image], jobs: Sequence[T], count: Callable[[T], int]
+) -> Iterator[tuple[T, list[Image.Image]]]:
     """Hand each job back its rows' images."""
     stream = iter(images)
     for job in jobs:

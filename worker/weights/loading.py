@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 import torch
 from diffusers import DiffusionPipeline, ModelMixin
@@ -15,8 +16,12 @@ PipelineT = TypeVar("PipelineT", bound=DiffusionPipeline)
 ModelT = TypeVar("ModelT", bound=ModelMixin)
 
 
-def weights_source(settings: Settings, full_ref: str, ensure_tiny: Callable[[Path], Path],
-                   ensure_random_full: Callable[[Path, torch.device], Path]) -> str:
+def weights_source(
+    settings: Settings,
+    full_ref: str,
+    ensure_tiny: Callable[[Path], Path],
+    ensure_random_full: Callable[[Path, torch.device], Path],
+) -> str:
     """What to pass to ``from_pretrained``: the local tiny or random-full folder (built on first use, the
     random-full one on the configured device) or the full profile's reference."""
     if settings.weights_profile == "tiny":
@@ -34,7 +39,8 @@ def hub_cache_dir(settings: Settings) -> Path:
 def load_pipeline(pipeline_cls: type[PipelineT], source: str, settings: Settings, **components: Any) -> PipelineT:
     """Load ``source`` (a local folder or a Hugging Face id) onto the configured device, ready to serve.
 
-    Half precision on CUDA (``cuda_dtype``), fp32 elsewhere. ``components`` replace the pipeline's own (e.g. another VAE).
+    Half precision on CUDA (``cuda_dtype``), fp32 elsewhere. ``components`` replace the pipeline's own
+    (e.g. another VAE).
     Hub downloads are cached under the weights directory. The pipeline's own tqdm bar is disabled:
     progress reaches the prediction's logs through the step callback instead.
     """
@@ -50,5 +56,7 @@ def load_pipeline(pipeline_cls: type[PipelineT], source: str, settings: Settings
 def load_model(model_cls: type[ModelT], source: str, settings: Settings) -> ModelT:
     """Load one diffusers model (a ControlNet, a VAE) like ``load_pipeline`` loads a pipeline."""
     device = resolve_device(settings.device)
-    model = model_cls.from_pretrained(source, torch_dtype=dtype_for(device, settings.cuda_dtype), cache_dir=hub_cache_dir(settings))
+    model = model_cls.from_pretrained(
+        source, torch_dtype=dtype_for(device, settings.cuda_dtype), cache_dir=hub_cache_dir(settings)
+    )
     return model.to(device)

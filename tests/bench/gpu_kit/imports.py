@@ -35,7 +35,7 @@ class _Recorder(importlib.abc.MetaPathFinder):
         self.seen: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
 
-    def find_spec(self, fullname, path, target=None):  # noqa: ANN001 - importlib's signature
+    def find_spec(self, fullname, path, target=None):
         if path is None and "." not in fullname:
             importer = _importer(sys._getframe(1))
             if importer is not None:
@@ -48,7 +48,10 @@ def _importer(frame: FrameType | None) -> str | None:
     """The module whose code is importing: the first frame outside the import machinery."""
     while frame is not None:
         filename = frame.f_code.co_filename
-        if not (filename.startswith("<frozen importlib") or filename.endswith(("importlib/__init__.py", "importlib/util.py"))):
+        if not (
+            filename.startswith("<frozen importlib")
+            or filename.endswith(("importlib/__init__.py", "importlib/util.py"))
+        ):
             return frame.f_globals.get("__name__")
         frame = frame.f_back
     return None

@@ -22,9 +22,17 @@ HERE = Path(__file__).parent
 KIT_PACKAGES = HERE / "kit-packages.txt"
 HOST_PACKAGES = HERE / "host-packages.txt"
 # manylinux tags pip may pick for the host (glibc 2.35+); pip matches a wheel's tag exactly.
-PLATFORMS = ("manylinux_2_35_x86_64", "manylinux_2_34_x86_64", "manylinux_2_31_x86_64", "manylinux_2_28_x86_64",
-             "manylinux_2_27_x86_64", "manylinux_2_24_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64",
-             "manylinux1_x86_64")
+PLATFORMS = (
+    "manylinux_2_35_x86_64",
+    "manylinux_2_34_x86_64",
+    "manylinux_2_31_x86_64",
+    "manylinux_2_28_x86_64",
+    "manylinux_2_27_x86_64",
+    "manylinux_2_24_x86_64",
+    "manylinux_2_17_x86_64",
+    "manylinux2014_x86_64",
+    "manylinux1_x86_64",
+)
 # What travels to the host (tree and kit together) is capped at 64 MiB; the kit aims at half of it.
 KIT_TARGET_BYTES = 30 * 2**20
 TRAVEL_LIMIT_BYTES = 64 * 2**20
@@ -48,8 +56,23 @@ def pinned(name: str) -> str:
 def download(requirements: list[str], dest: Path, python_version: str) -> None:
     platforms = [arg for platform in PLATFORMS for arg in ("--platform", platform)]
     subprocess.run(
-        [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
-         "--implementation", "cp", "--python-version", python_version, *platforms, "--dest", str(dest), *requirements],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--quiet",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--implementation",
+            "cp",
+            "--python-version",
+            python_version,
+            *platforms,
+            "--dest",
+            str(dest),
+            *requirements,
+        ],
         check=True,
     )
 
@@ -72,7 +95,9 @@ def tracked_tree_bytes() -> int:
 
 def commit() -> str:
     head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True).stdout
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True
+    ).stdout
     return f"{head}{'+dirty' if dirty.strip() else ''}" or "unknown"
 
 
@@ -92,18 +117,30 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         raise SystemExit(f"no wheel downloaded for {sorted(missing)}")
     kit_bytes = sum(wheel.stat().st_size for wheel in wheels)
-    (dest / "kit.json").write_text(json.dumps({
-        "commit": commit(), "python_version": args.python_version,
-        "wheels": {wheel.name: wheel.stat().st_size for wheel in wheels}, "bytes": kit_bytes,
-    }, indent=2) + "\n")
+    (dest / "kit.json").write_text(
+        json.dumps(
+            {
+                "commit": commit(),
+                "python_version": args.python_version,
+                "wheels": {wheel.name: wheel.stat().st_size for wheel in wheels},
+                "bytes": kit_bytes,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     tree_bytes = tracked_tree_bytes()
-    print(f"{len(wheels)} wheels in {dest}/: {kit_bytes / 2**20:.1f} MiB (target {KIT_TARGET_BYTES / 2**20:.0f} MiB); "
-          f"with the tracked tree ({tree_bytes / 2**20:.1f} MiB): {(kit_bytes + tree_bytes) / 2**20:.1f} MiB "
-          f"of the {TRAVEL_LIMIT_BYTES / 2**20:.0f} MiB that may travel")
+    print(
+        f"{len(wheels)} wheels in {dest}/: {kit_bytes / 2**20:.1f} MiB (target {KIT_TARGET_BYTES / 2**20:.0f} MiB); "
+        f"with the tracked tree ({tree_bytes / 2**20:.1f} MiB): {(kit_bytes + tree_bytes) / 2**20:.1f} MiB "
+        f"of the {TRAVEL_LIMIT_BYTES / 2**20:.0f} MiB that may travel"
+    )
     if kit_bytes + tree_bytes > TRAVEL_LIMIT_BYTES:
         raise SystemExit("the kit and the tree exceed what may travel to the host")
-    print(f"On the GPU host, from the repository root, with {dest}/ carried along:\n    {HOST_COMMAND}\n"
-          "(BUDGET_S=seconds sets the run's budget, default 420; results land in $OUT/gpu-truth.json and .md)")
+    print(
+        f"On the GPU host, from the repository root, with {dest}/ carried along:\n    {HOST_COMMAND}\n"
+        "(BUDGET_S=seconds sets the run's budget, default 420; results land in $OUT/gpu-truth.json and .md)"
+    )
     return 0
 
 

@@ -14,7 +14,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from diffusers import AutoencoderKL, ControlNetModel, StableDiffusionDepth2ImgPipeline, StableDiffusionXLControlNetPipeline
+from diffusers import (
+    AutoencoderKL,
+    ControlNetModel,
+    StableDiffusionDepth2ImgPipeline,
+    StableDiffusionXLControlNetPipeline,
+)
 
 from models.registry import find_model
 from models.sd2_depth2img.predictor import Depth2ImgJob
@@ -40,31 +45,40 @@ class StockPipeline:
 
 def stock_sd2_depth2img(settings: Settings, job: Depth2ImgJob) -> StockPipeline:
     device = resolve_device(settings.device)
-    pipe = StableDiffusionDepth2ImgPipeline.from_pretrained(sd2_depth2img_source(settings),
-                                                            torch_dtype=dtype_for(device, settings.cuda_dtype))
+    pipe = StableDiffusionDepth2ImgPipeline.from_pretrained(
+        sd2_depth2img_source(settings), torch_dtype=dtype_for(device, settings.cuda_dtype)
+    )
     pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     inputs = job.inputs
     pipe.scheduler = SCHEDULERS[inputs.scheduler].from_config(pipe.scheduler.config)
 
     def call() -> Any:
-        return pipe(prompt=inputs.prompt, image=job.image, depth_map=job.depth_map, strength=inputs.prompt_strength,
-                    num_inference_steps=inputs.num_inference_steps, guidance_scale=inputs.guidance_scale,
-                    generator=torch.Generator(device=device).manual_seed(job.seed))
+        return pipe(
+            prompt=inputs.prompt,
+            image=job.image,
+            depth_map=job.depth_map,
+            strength=inputs.prompt_strength,
+            num_inference_steps=inputs.num_inference_steps,
+            guidance_scale=inputs.guidance_scale,
+            generator=torch.Generator(device=device).manual_seed(job.seed),
+        )
 
     return StockPipeline(pipe, call)
 
 
-def stock_ip_adapter_xl(settings: Settings, model: str, predictor: IPAdapterXLPredictor, job: Any,
-                        ip_image: Any) -> StockPipeline:
+def stock_ip_adapter_xl(
+    settings: Settings, model: str, predictor: IPAdapterXLPredictor, job: Any, ip_image: Any
+) -> StockPipeline:
     """``StableDiffusionXLControlNetPipeline`` with the model's ControlNet and the IP-Adapter, as its docs load them."""
     device = resolve_device(settings.device)
     dtype = dtype_for(device, settings.cuda_dtype)
     weights = xl_weights(settings)
     controlnet = ControlNetModel.from_pretrained(weights.controlnets[predictor.control.name], torch_dtype=dtype)
     vae = {"vae": AutoencoderKL.from_pretrained(weights.vae, torch_dtype=dtype)} if weights.vae else {}
-    pipe = StableDiffusionXLControlNetPipeline.from_pretrained(weights.base, controlnet=controlnet, torch_dtype=dtype,
-                                                               **vae)
+    pipe = StableDiffusionXLControlNetPipeline.from_pretrained(
+        weights.base, controlnet=controlnet, torch_dtype=dtype, **vae
+    )
     pipe.load_ip_adapter(weights.ip_adapter, subfolder=IP_ADAPTER_SUBFOLDER, weight_name=IP_ADAPTER_WEIGHT_NAME)
     pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
@@ -75,9 +89,17 @@ def stock_ip_adapter_xl(settings: Settings, model: str, predictor: IPAdapterXLPr
     width, height = job.control_at_generation.size
 
     def call() -> Any:
-        return pipe(prompt=inputs.prompt, negative_prompt=inputs.negative_prompt, image=job.control_at_generation,
-                    ip_adapter_image=ip_image, controlnet_conditioning_scale=inputs.controlnet_scale,
-                    width=width, height=height, num_inference_steps=inputs.num_inference_steps,
-                    guidance_scale=inputs.guidance_scale, generator=torch.Generator(device=device).manual_seed(job.seed))
+        return pipe(
+            prompt=inputs.prompt,
+            negative_prompt=inputs.negative_prompt,
+            image=job.control_at_generation,
+            ip_adapter_image=ip_image,
+            controlnet_conditioning_scale=inputs.controlnet_scale,
+            width=width,
+            height=height,
+            num_inference_steps=inputs.num_inference_steps,
+            guidance_scale=inputs.guidance_scale,
+            generator=torch.Generator(device=device).manual_seed(job.seed),
+        )
 
     return StockPipeline(pipe, call)

@@ -31,7 +31,6 @@ import platform
 import resource
 import shutil
 import sys
-import tempfile
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -69,9 +68,11 @@ COMPILE_RESERVE_S = {"cuda": 150.0, "cpu": 600.0}
 # Weights are built into RAM-backed /dev/shm on the GPU host when it has room for them (SDXL layout
 # plus SD2: about 19 GB in fp16), which makes saving and loading them seconds.
 SHM_NEEDED_BYTES = 24 * 2**30
-WEIGHTS_NOTES = {"random-full": "random weights: full-size architectures, images are noise",
-                 "tiny": "random weights: tiny architectures, for testing the kit only",
-                 "full": "published weights"}
+WEIGHTS_NOTES = {
+    "random-full": "random weights: full-size architectures, images are noise",
+    "tiny": "random weights: tiny architectures, for testing the kit only",
+    "full": "published weights",
+}
 
 
 @dataclass(frozen=True)
@@ -92,12 +93,22 @@ def workload(model: str, on_cuda: bool, side: int | None = None, steps: int | No
     if model == "kiln/sd2-depth2img":
         side, steps = side or (512 if on_cuda else 64), steps or (50 if on_cuda else 4)
         # prompt_strength 1.0: all the steps run (the pipeline runs steps * strength).
-        inputs = {"input_image": data_uri(png_bytes(side, side, seed=1)), "num_inference_steps": steps,
-                  "prompt_strength": 1.0, "prompt": "a red house"}
+        inputs = {
+            "input_image": data_uri(png_bytes(side, side, seed=1)),
+            "num_inference_steps": steps,
+            "prompt_strength": 1.0,
+            "prompt": "a red house",
+        }
     else:
         side, steps = side or (1024 if on_cuda else 64), steps or (30 if on_cuda else 4)
-        inputs = {"input_image": data_uri(png_bytes(side, side, seed=1)), "ip_image": data_uri(png_bytes(256, 256, 2)),
-                  "num_inference_steps": steps, "width": side, "height": side, "prompt": "a red house"}
+        inputs = {
+            "input_image": data_uri(png_bytes(side, side, seed=1)),
+            "ip_image": data_uri(png_bytes(256, 256, 2)),
+            "num_inference_steps": steps,
+            "width": side,
+            "height": side,
+            "prompt": "a red house",
+        }
     return Workload(inputs, side, steps)
 
 
@@ -175,8 +186,15 @@ class Report:
 
     def __init__(self, out_dir: Path, header: dict[str, Any]) -> None:
         self.out_dir = out_dir
-        self.data: dict[str, Any] = {**header, "models": {}, "compile": None, "skipped": [], "errors": [],
-                                     "elapsed_s": 0.0, "complete": False}
+        self.data: dict[str, Any] = {
+            **header,
+            "models": {},
+            "compile": None,
+            "skipped": [],
+            "errors": [],
+            "elapsed_s": 0.0,
+            "complete": False,
+        }
 
     def model(self, ref: str) -> dict[str, Any]:
         return self.data["models"].setdefault(ref, {})
@@ -187,16 +205,19 @@ class Report:
 
     def error(self, what: str, exc: BaseException) -> None:
         tail = traceback.format_exception(exc)[-6:]
-        self.data["errors"].append({"what": what, "error": f"{type(exc).__name__}: {exc}"[:2000],
-                                    "traceback": "".join(tail)[-4000:]})
+        self.data["errors"].append(
+            {"what": what, "error": f"{type(exc).__name__}: {exc}"[:2000], "traceback": "".join(tail)[-4000:]}
+        )
         print(f"ERROR in {what}: {type(exc).__name__}: {exc}", flush=True)
 
     def save(self, elapsed: float, complete: bool = False) -> None:
         self.data["elapsed_s"] = round(elapsed, 1)
         self.data["complete"] = complete
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        for name, text in ((f"{RESULT_NAME}.json", json.dumps(self.data, indent=2) + "\n"),
-                           (f"{RESULT_NAME}.md", render_markdown(self.data))):
+        for name, text in (
+            (f"{RESULT_NAME}.json", json.dumps(self.data, indent=2) + "\n"),
+            (f"{RESULT_NAME}.md", render_markdown(self.data)),
+        ):
             partial = self.out_dir / f".{name}.partial"
             partial.write_text(text)
             os.replace(partial, self.out_dir / name)
@@ -235,7 +256,9 @@ def render_markdown(data: dict[str, Any]) -> str:
         best = batches.get(str(kiln.get("best_batch")), {})
         one = batches.get("1", {})
         idle = model.get("idle", {})
-        idle_cell = " → ".join(_cell(idle.get(key, {}).get("idle_share"), digits=3) for key in ("overlap_off", "overlap_on"))
+        idle_cell = " → ".join(
+            _cell(idle.get(key, {}).get("idle_share"), digits=3) for key in ("overlap_off", "overlap_on")
+        )
         lines.append(
             f"| {ref} | {model.get('workload', {}).get('label', '–')} "
             f"| {_cell(model.get('stock', {}).get('seconds_per_image'))} | {_cell(one.get('seconds_per_image'))} "
@@ -247,9 +270,12 @@ def render_markdown(data: dict[str, Any]) -> str:
         )
     compiled = data.get("compile")
     if compiled:
-        lines += ["", f"Compiled ({compiled['model']}, {compiled['workload']}, mode `{compiled['mode']}`): "
-                      f"compile {_cell(compiled.get('compile_s'), ' s', 1)}, {_cell(compiled.get('seconds_per_image'))} s/image "
-                      f"at batch 1, {_cell(compiled.get('speedup_over_eager'), '×', 2)} the eager Kiln speed."]
+        lines += [
+            "",
+            f"Compiled ({compiled['model']}, {compiled['workload']}, mode `{compiled['mode']}`): "
+            f"compile {_cell(compiled.get('compile_s'), ' s', 1)}, {_cell(compiled.get('seconds_per_image'))} s/image "
+            f"at batch 1, {_cell(compiled.get('speedup_over_eager'), '×', 2)} the eager Kiln speed.",
+        ]
     for item in data["skipped"]:
         lines.append(f"- skipped {item['what']}: {item['why']}")
     for item in data["errors"]:
@@ -270,11 +296,17 @@ def header(device: torch.device, settings: Settings, budget_s: float) -> dict[st
     on_cuda = device.type == "cuda"
     if on_cuda:
         props = torch.cuda.get_device_properties(device)
-        device_info = {"name": torch.cuda.get_device_name(device), "kind": "cuda",
-                       "memory_gib": round(props.total_memory / 2**30, 1), "multiprocessors": props.multi_processor_count}
+        device_info = {
+            "name": torch.cuda.get_device_name(device),
+            "kind": "cuda",
+            "memory_gib": round(props.total_memory / 2**30, 1),
+            "multiprocessors": props.multi_processor_count,
+        }
     else:
-        device_info = {"name": f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores): "
-                               "NOT GPU numbers", "kind": "cpu"}
+        device_info = {
+            "name": f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores): NOT GPU numbers",
+            "kind": "cpu",
+        }
     kit_info = Path(".gpu-kit/kit.json")
     commit = json.loads(kit_info.read_text()).get("commit") if kit_info.exists() else _git_commit()
     tuning = Tuning.from_settings(settings)
@@ -282,18 +314,37 @@ def header(device: torch.device, settings: Settings, budget_s: float) -> dict[st
         "kit_version": KIT_VERSION,
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "device": device_info,
-        "versions": {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
-                     "cudnn": torch.backends.cudnn.version() if on_cuda else None,
-                     "diffusers": diffusers.__version__, "transformers": transformers.__version__,
-                     "kiln_commit": commit},
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "cuda": torch.version.cuda,
+            "cudnn": torch.backends.cudnn.version() if on_cuda else None,
+            "diffusers": diffusers.__version__,
+            "transformers": transformers.__version__,
+            "kiln_commit": commit,
+        },
         "weights": {"profile": settings.weights_profile, "note": WEIGHTS_NOTES[settings.weights_profile]},
-        "kiln_defaults": {"dtype": str(tuning.dtype).removeprefix("torch."), "channels_last": tuning.channels_last,
-                          "fuse_qkv": tuning.fuse_qkv, "max_batch_size": tuning.max_batch_size,
-                          "prefetch": tuning.prefetch, "async_upload": tuning.async_upload, "compile": tuning.compile},
+        "kiln_defaults": {
+            "dtype": str(tuning.dtype).removeprefix("torch."),
+            "channels_last": tuning.channels_last,
+            "fuse_qkv": tuning.fuse_qkv,
+            "max_batch_size": tuning.max_batch_size,
+            "prefetch": tuning.prefetch,
+            "async_upload": tuning.async_upload,
+            "compile": tuning.compile,
+        },
         "memory_measure": "torch.cuda peak allocated during the measurement, and allocated before it (every model "
-                          "loaded so far)" if on_cuda else "process peak RSS so far (a CPU cannot reset it)",
-        "units": {"seconds_per_image": "s", "images_per_minute": "1/min", "peak_gib": "GiB", "resident_gib": "GiB",
-                  "idle_share": "fraction 0-1", "ratio_kiln_over_stock": "Kiln s/image ÷ stock s/image at batch 1"},
+        "loaded so far)"
+        if on_cuda
+        else "process peak RSS so far (a CPU cannot reset it)",
+        "units": {
+            "seconds_per_image": "s",
+            "images_per_minute": "1/min",
+            "peak_gib": "GiB",
+            "resident_gib": "GiB",
+            "idle_share": "fraction 0-1",
+            "ratio_kiln_over_stock": "Kiln s/image ÷ stock s/image at batch 1",
+        },
         "budget_s": budget_s,
     }
 
@@ -333,7 +384,7 @@ class Kit:
         """Run one measurement: record its error instead of stopping the run, then save the report."""
         try:
             yield
-        except Exception as exc:  # noqa: BLE001 - one failing measurement must not cost the others
+        except Exception as exc:
             self.report.error(what, exc)
             if self.on_cuda:
                 torch.cuda.empty_cache()
@@ -400,8 +451,13 @@ class Kit:
         with Memory(self.device).window() as memory:
             first, mean = timed_calls(call, self.device, repeats)
         kiln = self.report.model(model).setdefault("kiln", {"batches": {}})
-        kiln["batches"][str(batch)] = {"batch": batch, **throughput(mean, batch), "first_call_s": round(first, 3),
-                                       "calls": repeats, **memory.fields()}
+        kiln["batches"][str(batch)] = {
+            "batch": batch,
+            **throughput(mean, batch),
+            "first_call_s": round(first, 3),
+            "calls": repeats,
+            **memory.fields(),
+        }
         kiln["applied"] = getattr(self.predictor(model), "applied", None)
         print(f"{model}: Kiln batch {batch}: {kiln['batches'][str(batch)]}", flush=True)
 
@@ -409,7 +465,9 @@ class Kit:
         one_s = self.report.model(model)["kiln"]["batches"]["1"]["seconds_per_image"]
         estimate = self.report.model(model)["kiln"]["setup_s"] + (1 + self.args.repeats) * one_s * 2
         if not self.budget.allows(estimate):
-            self.report.skip(f"{model} stock", f"needs ~{estimate:.0f} s, {self.budget.seconds - self.budget.elapsed:.0f} s left")
+            self.report.skip(
+                f"{model} stock", f"needs ~{estimate:.0f} s, {self.budget.seconds - self.budget.elapsed:.0f} s left"
+            )
             return
         [job] = self.prepared(model, 1)
         started = time.perf_counter()
@@ -429,8 +487,14 @@ class Kit:
             if self.on_cuda:
                 torch.cuda.empty_cache()
         entry = self.report.model(model)
-        entry["stock"] = {"batch": 1, **throughput(mean, 1), "first_call_s": round(first, 3), "load_s": round(load_s, 2),
-                          "calls": self.args.repeats, **memory.fields()}
+        entry["stock"] = {
+            "batch": 1,
+            **throughput(mean, 1),
+            "first_call_s": round(first, 3),
+            "load_s": round(load_s, 2),
+            "calls": self.args.repeats,
+            **memory.fields(),
+        }
         print(f"{model}: stock batch 1: {entry['stock']}", flush=True)
 
     # -- 2. Kiln's best batch ----------------------------------------------------------------------
@@ -443,10 +507,14 @@ class Kit:
         for batch in self.args.batch_sizes:
             if batch <= 1 or str(batch) in kiln["batches"]:
                 continue
-            estimate = (1 + self.args.sweep_repeats) * batch * one["seconds_per_image"] + batch * kiln.get("prepare_s", 0)
+            estimate = (1 + self.args.sweep_repeats) * batch * one["seconds_per_image"] + batch * kiln.get(
+                "prepare_s", 0
+            )
             if not self.budget.allows(estimate):
-                self.report.skip(f"{model} batch {batch}", f"needs ~{estimate:.0f} s, "
-                                 f"{self.budget.seconds - self.budget.elapsed:.0f} s left")
+                self.report.skip(
+                    f"{model} batch {batch}",
+                    f"needs ~{estimate:.0f} s, {self.budget.seconds - self.budget.elapsed:.0f} s left",
+                )
                 break
             failed_before = len(self.report.data["errors"])
             with self.step(f"{model} Kiln batch {batch}"):
@@ -466,14 +534,20 @@ class Kit:
         per_job = kiln["batches"]["1"]["seconds_per_image"] + kiln.get("prepare_s", 0)
         estimate = 2 * jobs * per_job + 2 * kiln["best_batch"] * per_job  # both runs, and a warm-up batch
         if not self.budget.allows(estimate):
-            self.report.skip(f"{model} idle share", f"needs ~{estimate:.0f} s, {self.budget.seconds - self.budget.elapsed:.0f} s left")
+            self.report.skip(
+                f"{model} idle share",
+                f"needs ~{estimate:.0f} s, {self.budget.seconds - self.budget.elapsed:.0f} s left",
+            )
             return
         with self.step(f"{model} idle share"):
             idle = self.report.model(model).setdefault("idle", {"jobs": jobs})
             for key, overlap in (("overlap_off", False), ("overlap_on", True)):
                 share, wall = self.idle_share(model, jobs, overlap, kiln["best_batch"] if overlap else 1)
-                idle[key] = {"idle_share": round(share, 4), "wall_seconds_per_image": round(wall, 4),
-                             "max_batch_size": kiln["best_batch"] if overlap else 1}
+                idle[key] = {
+                    "idle_share": round(share, 4),
+                    "wall_seconds_per_image": round(wall, 4),
+                    "max_batch_size": kiln["best_batch"] if overlap else 1,
+                }
                 print(f"{model}: idle share, {key}: {idle[key]}", flush=True)
 
     def idle_share(self, model: str, jobs: int, overlap: bool, batch: int) -> tuple[float, float]:
@@ -501,26 +575,38 @@ class Kit:
         eager = self.report.model(model)["kiln"]["batches"]["1"]["seconds_per_image"]
         reserve = (self.args.compile_reserve_s or COMPILE_RESERVE_S[self.kind]) + (1 + self.args.repeats) * eager
         if not self.budget.allows(reserve):
-            self.report.skip("compiled pass", f"needs at least ~{reserve:.0f} s, "
-                             f"{self.budget.seconds - self.budget.elapsed:.0f} s left")
+            self.report.skip(
+                "compiled pass",
+                f"needs at least ~{reserve:.0f} s, {self.budget.seconds - self.budget.elapsed:.0f} s left",
+            )
             return
         with self.step(f"{model} compiled"):
-            settings = self.settings.model_copy(update={"torch_compile": True, "compile_mode": self.args.compile_mode,
-                                                        "compile_warmup": False})
+            settings = self.settings.model_copy(
+                update={"torch_compile": True, "compile_mode": self.args.compile_mode, "compile_warmup": False}
+            )
             pool = PredictorPool(settings)
             predictor = pool.get(find_model(model))
             spec, work = find_model(model), self.workload(model)
             job = predictor.prepare(spec.input_model(**work.inputs | {"seed": 0}), FakeContext())
-            first, mean = timed_calls(lambda: predictor.generate([job], FakeContext().step_callback()), self.device,
-                                      self.args.repeats)
-            self.report.data["compile"] = {"model": model, "workload": work.label, "mode": self.args.compile_mode,
-                                           "compile_s": round(first - mean, 2), **throughput(mean, 1),
-                                           "speedup_over_eager": round(eager / mean, 3)}
+            first, mean = timed_calls(
+                lambda: predictor.generate([job], FakeContext().step_callback()), self.device, self.args.repeats
+            )
+            self.report.data["compile"] = {
+                "model": model,
+                "workload": work.label,
+                "mode": self.args.compile_mode,
+                "compile_s": round(first - mean, 2),
+                **throughput(mean, 1),
+                "speedup_over_eager": round(eager / mean, 3),
+            }
             print(f"compiled: {self.report.data['compile']}", flush=True)
 
     def run(self) -> None:
-        print(f"GPU truth kit: {self.report.data['device']['name']}; weights {self.settings.weights_profile} in "
-              f"{self.settings.resolved_weights_dir}; budget {self.args.budget_s:.0f} s", flush=True)
+        print(
+            f"GPU truth kit: {self.report.data['device']['name']}; weights {self.settings.weights_profile} in "
+            f"{self.settings.resolved_weights_dir}; budget {self.args.budget_s:.0f} s",
+            flush=True,
+        )
         self.save()
         for phase in (self.measure_batch_one, self.measure_batches, self.measure_idle):
             for model in self.args.models:
@@ -536,17 +622,29 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--budget-s", type=float, default=420.0, help="wall-clock seconds for the whole run")
     parser.add_argument("--models", nargs="*", default=list(MODELS))
     parser.add_argument("--batch-sizes", default="", help="comma-separated; default 1,2,4,8 on CUDA, 1,2 on a CPU")
-    parser.add_argument("--repeats", type=int, default=0,
-                        help="timed calls after the warm-up at batch 1 and compiled (default 2 on CUDA, 1 on a CPU)")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=0,
+        help="timed calls after the warm-up at batch 1 and compiled (default 2 on CUDA, 1 on a CPU)",
+    )
     parser.add_argument("--sweep-repeats", type=int, default=1, help="timed calls after the warm-up at larger batches")
-    parser.add_argument("--jobs", type=int, default=0, help="predictions per idle-share run (default 6 on CUDA, 3 on a CPU)")
+    parser.add_argument(
+        "--jobs", type=int, default=0, help="predictions per idle-share run (default 6 on CUDA, 3 on a CPU)"
+    )
     parser.add_argument("--profile", choices=("tiny", "random-full", "full"), default=None)
     parser.add_argument("--weights-dir", default=None)
     parser.add_argument("--side", type=int, default=None, help="image side for every model (default: the targets)")
-    parser.add_argument("--steps", type=int, default=None, help="denoising steps for every model (default: the targets)")
+    parser.add_argument(
+        "--steps", type=int, default=None, help="denoising steps for every model (default: the targets)"
+    )
     parser.add_argument("--no-compile", action="store_true")
-    parser.add_argument("--compile-reserve-s", type=float, default=0.0,
-                        help="least time left to try the compiled pass (default 150 s on CUDA, 600 s on a CPU)")
+    parser.add_argument(
+        "--compile-reserve-s",
+        type=float,
+        default=0.0,
+        help="least time left to try the compiled pass (default 150 s on CUDA, 600 s on a CPU)",
+    )
     # max-autotune (Kiln's default) takes many minutes per shape: the kit compiles in the default mode.
     parser.add_argument("--compile-mode", default="default")
     return parser.parse_args(argv)
