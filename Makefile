@@ -21,9 +21,9 @@ run: install
 test: install
 	HF_HUB_OFFLINE=1 $(PY) -m pytest $(PYTEST_ARGS)
 
-# The tests that start no servers (unit, worker, deploy and devstack checks).
+# Unit tests only: no servers, no model pipelines (seconds). `make test` runs everything.
 test-fast: install
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -m "not integration" $(PYTEST_ARGS)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest tests/unit -m "not integration" $(PYTEST_ARGS)
 
 clean:
 	rm -rf .kiln .pytest_cache
