@@ -6,20 +6,25 @@ import base64
 import hashlib
 import hmac
 import secrets
+from collections.abc import Callable
 
 from redis import Redis
 
 from shared import keys
+from shared.redis_client import as_text
 from shared.settings import Settings
 
 
-def configured_or_shared(redis: Redis, name: str, configured: str, generate) -> str:
+def configured_or_shared(redis: Redis, name: str, configured: str, generate: Callable[[], str]) -> str:
     """``configured`` if set; otherwise the value every process finds under ``name`` in Redis,
     created by whichever process asked first."""
     if configured:
         return configured
     redis.set(keys.secret(name), generate(), nx=True)
-    return redis.get(keys.secret(name)).decode()
+    value = redis.get(keys.secret(name))
+    if value is None:
+        raise RuntimeError(f"the shared {name} secret vanished from Redis as it was created (was Redis flushed?)")
+    return as_text(value)
 
 
 def new_webhook_secret() -> str:
