@@ -18,7 +18,8 @@ from shared.store import PredictionStore
 
 
 async def get_services(request: Request) -> Services:
-    return request.app.state.services
+    services: Services = request.app.state.services
+    return services
 
 
 async def get_settings_dep(services: Annotated[Services, Depends(get_services)]) -> Settings:

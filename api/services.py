@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cached_property
 
-import redis.asyncio
 from celery import Celery
 from redis import Redis
+from redis.asyncio import Redis as AsyncRedis
 
 from api.idempotency import IdempotencyKeys
 from api.ratelimit import RateLimiter
@@ -28,10 +28,10 @@ class Services:
     settings: Settings
     redis: Redis
     # Async commands from the event loop (rate limiting), with the usual read timeout.
-    async_redis: redis.asyncio.Redis
+    async_redis: AsyncRedis
     # Async, without a read timeout: waiting on prediction events (Prefer: wait, streams) without
     # holding a thread, for as long as the wait asks.
-    event_redis: redis.asyncio.Redis
+    event_redis: AsyncRedis
     store: PredictionStore
     storage: Storage
     files: FileStore

@@ -60,7 +60,7 @@ def prepare(
         input=inputs,
         input_files=stage_remote_images(spec, inputs, services, prediction_id, base_url),
         webhook=webhook,
-        webhook_events_filter=body.webhook_events_filter,
+        webhook_events_filter=list(body.webhook_events_filter) if body.webhook_events_filter is not None else None,
         base_url=base_url,
     )
 

@@ -6,6 +6,7 @@ import asyncio
 import json
 import re
 from collections.abc import AsyncIterator
+from typing import Any
 
 import redis.asyncio
 
@@ -31,7 +32,9 @@ def parse_prefer_wait(header: str | None, default_s: int) -> int | None:
     return None
 
 
-async def events(event_redis: redis.asyncio.Redis, prediction_id: str, timeout_s: float) -> AsyncIterator[dict | None]:
+async def events(
+    event_redis: redis.asyncio.Redis, prediction_id: str, timeout_s: float
+) -> AsyncIterator[dict[str, Any] | None]:
     """Yield each event published for the prediction, and None at least once a second (to re-check
     state, so a missed message costs at most a second), until ``timeout_s`` passes."""
     loop = asyncio.get_running_loop()

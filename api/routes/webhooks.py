@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter
 
 from api.deps import CurrentTenant, ServicesDep
@@ -11,6 +13,6 @@ router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"])
 
 
 @router.get("/default/secret")
-def default_secret(_: CurrentTenant, services: ServicesDep) -> dict:
+def default_secret(_: CurrentTenant, services: ServicesDep) -> dict[str, Any]:
     """``{"key": "whsec_..."}``: verify the ``webhook-signature`` header with it (Standard Webhooks)."""
     return {"key": webhook_secret(services.settings, services.redis)}
