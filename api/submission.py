@@ -159,7 +159,9 @@ async def create_and_respond(
     if wait_s is not None:
         headers["Preference-Applied"] = f"wait={wait_s}"
         await wait_until_terminal(services.event_redis, prediction.id, wait_s)
-        prediction = await run_in_threadpool(services.store.get, prediction.id)
+        latest = await run_in_threadpool(services.store.get, prediction.id)
+        if latest is not None:  # None only if the record vanished meanwhile (Redis lost it): answer as created
+            prediction = latest
     rendered = render_prediction(prediction, base_url, services.url_signing_secret)
     if wait_s is not None and not prediction.status.is_terminal():
         headers["Location"] = rendered["urls"]["get"]

@@ -171,6 +171,10 @@ async def stream_prediction(
         if event is not None and "logs" in event:
             continue  # logs are read from the record below, so none are lost or repeated
         prediction = await run_in_threadpool(services.store.get, prediction_id)
+        if prediction is None:
+            # The record vanished after the stream began (Redis lost its data): end the stream, as at
+            # STREAM_MAX_S; a client that reconnects gets the 404.
+            return
         complete_lines = prediction.logs[: prediction.logs.rfind("\n") + 1]
         for line in complete_lines[sent_logs:].splitlines():
             yield ServerSentEvent(event="logs", raw_data=line)
