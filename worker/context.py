@@ -32,9 +32,10 @@ def load_image_input(uri: str, prediction: Prediction, files: FileStore, setting
     if uri in prediction.input_files:
         data = b"".join(files.storage.open(prediction.input_files[uri]).body)
     elif file_id is not None:
-        data = files.read(file_id, prediction.tenant)
-        if data is None:
+        uploaded = files.read(file_id, prediction.tenant)
+        if uploaded is None:
             raise ImageInputError(f"file {file_id} does not exist or has expired")
+        data = uploaded
     else:
         data = load_image_bytes(
             uri,

@@ -170,6 +170,7 @@ class IPAdapterXLPredictor(Predictor[IPAdapterXLInput, IPAdapterXLJob]):
         if inputs.control_image is not None:
             control = ctx.load_image(inputs.control_image)
         else:
+            assert inputs.input_image is not None  # the schema requires one of the two
             image = ctx.load_image(inputs.input_image)
             started = time.monotonic()
             resolution = detect_resolution(*size)
