@@ -4,6 +4,7 @@ carries its event channel."""
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 
 import fakeredis
@@ -33,4 +34,8 @@ async def _stream_until_the_record_vanishes() -> list[str]:
 
 
 def test_a_stream_whose_prediction_vanishes_ends_instead_of_failing():
-    assert asyncio.run(asyncio.wait_for(_stream_until_the_record_vanishes(), timeout=10)) == ["status"]
+    # In a thread of its own: the browser tests' session fixture (playwright's sync API) keeps an
+    # event loop running in this one.
+    with ThreadPoolExecutor(1) as pool:
+        sent = pool.submit(asyncio.run, asyncio.wait_for(_stream_until_the_record_vanishes(), timeout=10)).result()
+    assert sent == ["status"]
