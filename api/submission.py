@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 from api.errors import ProblemError
 from api.idempotency import fingerprint
 from api.inputs import stage_remote_images, validate_input
+from api.lora_inputs import check_lora_inputs
 from api.schemas import PredictionFields
 from api.services import Services
 from api.waiting import parse_prefer_wait, wait_until_terminal
@@ -47,9 +48,10 @@ def prepare(
     base_url: str,
     checked_images: set[str] | None = None,
 ) -> Prediction:
-    """Validate a create request (input, webhook, remote images) into a prediction ready to store."""
+    """Validate a create request (input, LoRA inputs, webhook, remote images) into a prediction ready to store."""
     prediction_id = new_id()
     inputs = validate_input(spec, body.input, services, tenant, base_url, checked_images)
+    check_lora_inputs(spec, inputs, services, tenant, base_url, checked_images)
     webhook = check_webhook(str(body.webhook) if body.webhook else None, services)
     return Prediction(
         id=prediction_id,
