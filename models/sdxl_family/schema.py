@@ -5,18 +5,18 @@ from __future__ import annotations
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from shared.input_schema import ImageURI, ModelInput, Scheduler
+from shared.input_schema import ImageURI, ModelInput, PromptText, Scheduler
 
 SIZE_MULTIPLE = 8
 
 
 class IPAdapterXLInput(ModelInput):
-    prompt: str = Field(
+    prompt: PromptText = Field(
         default="",
         description="Text that describes the output; the image prompt (ip_image) adds style and content.",
         json_schema_extra={"x-order": 0},
     )
-    negative_prompt: str | None = Field(
+    negative_prompt: PromptText | None = Field(
         default="lowres, blurry, worst quality",
         description="Things the output should not contain.",
         json_schema_extra={"x-order": 1},
