@@ -54,6 +54,8 @@ class SupervisorConfig:
             f"pidfile={_quote(str(self.data_dir / 'supervisord.pid'))}",
             f"directory={_quote(str(self.directory))}",
             "identifier=kiln-devstack",
+            # Every program writes files its owner only can read (Redis's AOF holds the secrets).
+            "umask=077",
             "",
             "[unix_http_server]",
             f"file={_quote(str(self.socket_path))}",
