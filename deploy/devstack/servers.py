@@ -188,7 +188,7 @@ class ManagedServer:
         if self._process is not None:
             return self
         self.prepare()
-        with open(self.log_path, "ab") as log:
+        with os.fdopen(os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab") as log:
             self._process = subprocess.Popen(
                 self.command_line(),
                 stdin=subprocess.DEVNULL,

@@ -54,8 +54,6 @@ class SupervisorConfig:
             f"pidfile={_quote(str(self.data_dir / 'supervisord.pid'))}",
             f"directory={_quote(str(self.directory))}",
             "identifier=kiln-devstack",
-            # Every program writes files its owner only can read (Redis's AOF holds the secrets).
-            "umask=077",
             "",
             "[unix_http_server]",
             f"file={_quote(str(self.socket_path))}",
@@ -88,6 +86,8 @@ class SupervisorConfig:
             # Stop and kill whole process groups, so no grandchild outlives the stack.
             "stopasgroup=true",
             "killasgroup=true",
+            # What a program writes is its owner's only (Redis's AOF holds every secret).
+            "umask=077",
             "redirect_stderr=true",
             f"stdout_logfile={_quote(str(self.log_path(program.name)))}",
             "stdout_logfile_maxbytes=20MB",
