@@ -21,4 +21,4 @@ def new_token(redis_url: str, prefix: str = "test", **limits: float | int) -> tu
 
 def client_for(base_url: str, token: str | None, **options: object) -> httpx.Client:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    return httpx.Client(base_url=base_url, headers=headers, timeout=30, **options)  # type: ignore[arg-type]
+    return httpx.Client(**({"base_url": base_url, "headers": headers, "timeout": 30} | options))  # type: ignore[arg-type]
