@@ -82,7 +82,7 @@ class EventHub:
                 with contextlib.suppress(asyncio.CancelledError, RedisError, OSError):
                     await task
         with contextlib.suppress(RedisError, OSError):
-            await self._pubsub.aclose()
+            await self._pubsub.aclose()  # type: ignore[no-untyped-call]
         with contextlib.suppress(RedisError, OSError):
             await self._client.aclose()
 

@@ -76,7 +76,7 @@ async def _read_changes(context: StreamContext, prediction_id: str, state: Strea
     complete = new_logs[: new_logs.rfind(b"\n") + 1]
     state.log_bytes += len(complete)
     state.pending += [ServerSentEvent(event="logs", raw_data=line) for line in complete.decode().splitlines()]
-    status = Status(record["status"])
+    status = Status(str(record["status"]))
     if status is not state.status:
         state.status = status
         state.pending.append(ServerSentEvent(event="status", raw_data=status.value))

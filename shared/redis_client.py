@@ -3,6 +3,8 @@ retried on a fresh one (briefly, with backoff) instead of failing the request th
 
 from __future__ import annotations
 
+from typing import Any
+
 import redis
 import redis.asyncio
 from redis.backoff import ExponentialBackoff
@@ -11,7 +13,7 @@ from redis.exceptions import ConnectionError, TimeoutError
 _RETRY_ON = [ConnectionError, TimeoutError]
 
 
-def _options(socket_timeout: float) -> dict:
+def _options(socket_timeout: float | None) -> dict[str, Any]:
     return {
         "socket_timeout": socket_timeout,
         "socket_connect_timeout": 5,
@@ -20,13 +22,13 @@ def _options(socket_timeout: float) -> dict:
     }
 
 
-def connect(url: str, socket_timeout: float = 10) -> redis.Redis:
+def connect(url: str, socket_timeout: float | None = 10) -> redis.Redis:
     return redis.Redis.from_url(
         url, retry=redis.retry.Retry(ExponentialBackoff(cap=1.0, base=0.05), 3), **_options(socket_timeout)
     )
 
 
-def connect_async(url: str, socket_timeout: float = 10) -> redis.asyncio.Redis:
+def connect_async(url: str, socket_timeout: float | None = 10) -> redis.asyncio.Redis:
     return redis.asyncio.Redis.from_url(
         url, retry=redis.asyncio.retry.Retry(ExponentialBackoff(cap=1.0, base=0.05), 3), **_options(socket_timeout)
     )

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable
+from typing import Any
 
 from redis import Redis
 
@@ -19,8 +20,7 @@ def configured_or_shared(redis: Redis, name: str, configured: str, generate: Cal
     if configured:
         return configured
     redis.set(keys.secret(name), generate(), nx=True)
-    stored = redis.get(keys.secret(name))
-    assert stored is not None
+    stored: Any = redis.get(keys.secret(name))
     return bytes(stored).decode()
 
 

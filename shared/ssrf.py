@@ -127,7 +127,7 @@ def resolve_checked(url: str, *, allow_private: bool) -> ResolvedURL:
         infos = socket.getaddrinfo(parts.hostname, port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError):
         raise URLRefused(f"host {parts.hostname!r} does not resolve") from None
-    addresses = [ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos]
+    addresses = [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
     if not allow_private:
         for address in addresses:
             reason = forbidden_reason(address)

@@ -20,7 +20,7 @@ import secrets
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from redis import Redis
 
@@ -104,8 +104,13 @@ def bootstrap_tokens(setting: str) -> list[TokenInfo]:
     return found
 
 
-def record_limits(fields: Mapping[bytes, bytes]) -> TokenLimits:
-    return TokenLimits.from_fields({k.decode(): v.decode() for k, v in fields.items()})
+def decoded(fields: Mapping[Any, Any]) -> dict[str, str]:
+    """A Redis hash (bytes keys and values) as text."""
+    return {bytes(key).decode(): bytes(value).decode() for key, value in fields.items()}
+
+
+def record_limits(fields: Mapping[Any, Any]) -> TokenLimits:
+    return TokenLimits.from_fields(decoded(fields))
 
 
 class TokenRegistry:
@@ -117,18 +122,19 @@ class TokenRegistry:
         self.bootstrap = bootstrap_tokens(bootstrap_setting)
 
     def _revoked(self) -> set[str]:
-        return {member.decode() for member in self.redis.smembers(keys.revoked_tokens())}
+        members: set[Any] = self.redis.smembers(keys.revoked_tokens())
+        return {bytes(member).decode() for member in members}
 
     def list(self) -> list[TokenInfo]:
         """Every token accepted now: the bootstrap ones not revoked, then the created ones by name."""
         revoked = self._revoked()
         listed = [info for info in self.bootstrap if info.digest not in revoked]
-        names = {k.decode(): v.decode() for k, v in self.redis.hgetall(keys.token_names()).items()}
+        names = decoded(self.redis.hgetall(keys.token_names()))
         for name, digest in sorted(names.items()):
-            fields = self.redis.hgetall(keys.token(digest))
+            fields = decoded(self.redis.hgetall(keys.token(digest)))
             if not fields:
                 continue
-            created = fields.get(b"created_at")
+            created = fields.get("created_at")
             listed.append(
                 TokenInfo(
                     name,
@@ -150,19 +156,20 @@ class TokenRegistry:
         digest = token_digest(token)
         if not self.redis.hsetnx(keys.token_names(), name, digest):
             raise TokenError(f"a token named {name!r} exists; revoke it first or pick another name")
-        fields = {"name": name, "created_at": repr(time.time())} | (limits or TokenLimits()).to_fields()
-        self.redis.hset(keys.token(digest), mapping=fields)
+        record: dict[Any, Any] = {"name": name, "created_at": repr(time.time())}
+        self.redis.hset(keys.token(digest), mapping=record | (limits or TokenLimits()).to_fields())
         return token
 
     def revoke(self, name: str) -> TokenInfo:
         """Refuse the token named ``name`` from now on, in every API process."""
-        digest = self.redis.hget(keys.token_names(), name)
-        if digest is not None:
+        found: Any = self.redis.hget(keys.token_names(), name)
+        if found is not None:
+            digest = bytes(found).decode()
             with self.redis.pipeline(transaction=True) as pipe:
-                pipe.delete(keys.token(digest.decode()))
+                pipe.delete(keys.token(digest))
                 pipe.hdel(keys.token_names(), name)
                 pipe.execute()
-            return TokenInfo(name, digest.decode(), "redis")
+            return TokenInfo(name, digest, "redis")
         for info in self.bootstrap:
             if info.name == name:
                 self.redis.sadd(keys.revoked_tokens(), info.digest)

@@ -12,7 +12,9 @@ from __future__ import annotations
 import base64
 import secrets
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from redis import Redis
 
@@ -54,12 +56,13 @@ class TenantSecret:
         return [self.current] + ([self.previous] if self.previous and self.previous_active(now) else [])
 
     @classmethod
-    def from_hash(cls, fields: dict[bytes, bytes]) -> TenantSecret:
-        until = fields.get(b"previous_until")
-        previous = fields.get(b"previous")
+    def from_hash(cls, fields: Mapping[Any, Any]) -> TenantSecret:
+        """From the Redis hash (bytes keys and values)."""
+        text = {bytes(key).decode(): bytes(value).decode() for key, value in fields.items()}
+        until = text.get("previous_until")
         return cls(
-            current=fields[b"current"].decode(),
-            previous=previous.decode() if previous else None,
+            current=text["current"],
+            previous=text.get("previous") or None,
             previous_until=float(until) if until else None,
         )
 
@@ -74,7 +77,7 @@ class WebhookSecrets:
 
     def get(self, tenant: str) -> TenantSecret:
         key = keys.webhook_secret(tenant)
-        fields = self.redis.hgetall(key)
+        fields: Mapping[Any, Any] = self.redis.hgetall(key)
         if b"current" not in fields:
             # Two processes asking at once agree on whichever secret was stored first.
             self.redis.hsetnx(key, "current", new_webhook_secret())
