@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.kiln-installed
 
-.PHONY: install run test test-fast clean chaos bench bench-gpu gpu-kit
+.PHONY: install run test test-fast lint clean chaos bench bench-gpu gpu-kit
 
 install: $(STAMP)
 
@@ -21,9 +21,15 @@ run: install
 test: install
 	HF_HUB_OFFLINE=1 $(PY) -m pytest $(PYTEST_ARGS)
 
-# The tests that start no servers (unit, worker, deploy and devstack checks).
+# Unit tests only: no servers, no model pipelines (seconds). `make test` runs everything.
 test-fast: install
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -m "not integration" $(PYTEST_ARGS)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest tests/unit -m "not integration" $(PYTEST_ARGS)
+
+# Lint and format check (ruff), then types (mypy: strict for api/ and shared/; see pyproject.toml).
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 clean:
 	rm -rf .kiln .pytest_cache

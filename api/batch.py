@@ -28,7 +28,10 @@ def _model_of(item: CreateInBatch, services: Services) -> ModelSpec:
     if (item.version is None) == (item.model is None):
         raise ProblemError(422, "give exactly one of version (a version id, owner/name or owner/name:id) or model")
     try:
-        return resolve_version(item.version, services.settings) if item.version else find_model(item.model)
+        if item.version:
+            return resolve_version(item.version, services.settings)
+        assert item.model is not None  # exactly one of the two is given (checked above)
+        return find_model(item.model)
     except UnknownModelError as exc:
         raise ProblemError(422, f"{'version' if item.version else 'model'}: {exc}") from None
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from http import HTTPStatus
 from typing import Any
 
@@ -58,7 +59,9 @@ def _location(loc: tuple[Any, ...]) -> str:
     return ".".join(str(part) for part in loc) or "body"
 
 
-def describe_validation_errors(errors: list[dict[str, Any]], prefix: tuple[str, ...] = ()) -> tuple[str, list[dict]]:
+def describe_validation_errors(
+    errors: Sequence[Mapping[str, Any]], prefix: tuple[str, ...] = ()
+) -> tuple[str, list[dict[str, Any]]]:
     """One readable sentence naming every failing field and its limit, plus the errors as data."""
     items = [{"field": _location(prefix + tuple(err["loc"])), "message": err["msg"]} for err in errors]
     return "; ".join(f"{item['field']}: {item['message']}" for item in items), items

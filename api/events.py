@@ -18,12 +18,16 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 from redis.exceptions import RedisError
 
 from shared import keys
 from shared.prediction import new_id
 from shared.redis_client import connect_async
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis as AsyncRedis
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +58,13 @@ class Subscription:
 class EventHub:
     """The process's one pub/sub connection and the subscribers of each prediction's channel."""
 
-    def __init__(self, redis_url: str) -> None:
-        # No read timeout: the listener blocks until a message comes.
-        self._client = connect_async(redis_url, socket_timeout=None)
+    @classmethod
+    def connect(cls, redis_url: str) -> EventHub:
+        return cls(connect_async(redis_url, socket_timeout=None))
+
+    def __init__(self, client: AsyncRedis) -> None:
+        # A client of its own, with no read timeout: the listener blocks until a message comes.
+        self._client = client
         self._pubsub = self._client.pubsub()
         # A channel of this process's own keeps the connection subscribed while nobody waits.
         self._home = f"{keys.PREFIX}:api-events:{new_id()}".encode()

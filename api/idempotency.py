@@ -35,7 +35,7 @@ class IdempotencyKeys:
         value = json.dumps({"fingerprint": request_fingerprint, "prediction_id": prediction_id})
         if self.redis.set(name, value, nx=True, ex=TTL_S):
             return None
-        existing = json.loads(self.redis.get(name) or value)
+        existing: dict[str, str] = json.loads(self.redis.get(name) or value)
         if existing["fingerprint"] != request_fingerprint:
             raise ProblemError(409, "Idempotency-Key was already used with a different request body")
         return existing["prediction_id"]

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
-import redis.asyncio
 from celery import Celery
 from redis import Redis
+from redis.asyncio import Redis as AsyncRedis
 from redis.exceptions import RedisError
 
 from api.auth import Authenticator
@@ -37,7 +37,7 @@ class Services:
     settings: Settings
     redis: Redis
     # Async commands from the event loop (tokens, rate limiting, what waiters and streams read).
-    async_redis: redis.asyncio.Redis
+    async_redis: AsyncRedis
     # The process's one pub/sub connection: every Prefer: wait and stream waits on it.
     events: EventHub
     # At most KILN_MAX_OPEN_STREAMS_PER_TENANT streams and waits per token.
@@ -69,7 +69,7 @@ class Services:
             settings=settings,
             redis=sync_redis,
             async_redis=async_redis,
-            events=EventHub(settings.redis_url),
+            events=EventHub.connect(settings.redis_url),
             stream_slots=StreamSlots(async_redis, settings.max_open_streams_per_tenant),
             store=store,
             storage=storage,

@@ -14,6 +14,7 @@ from api.auth import Caller
 from api.errors import ProblemError, reject_invalid_text
 from api.idempotency import fingerprint
 from api.inputs import stage_remote_images, validate_input
+from api.lora_inputs import check_lora_inputs
 from api.schemas import PredictionFields
 from api.services import Services
 from api.waiting import parse_prefer_wait, wait_until_terminal
@@ -54,11 +55,12 @@ def prepare(
     base_url: str,
     checked_images: set[str] | None = None,
 ) -> Prediction:
-    """Validate a create request (input, webhook, remote images) into a prediction ready to store."""
+    """Validate a create request (input, LoRA inputs, webhook, remote images) into a prediction ready to store."""
     # First: text that is not valid Unicode is never fetched, stored or echoed.
     reject_invalid_text(body.input, "input")
     prediction_id = new_id()
     inputs = validate_input(spec, body.input, services, tenant, base_url, checked_images)
+    check_lora_inputs(spec, inputs, services, tenant, base_url, checked_images)
     webhook = check_webhook(str(body.webhook) if body.webhook else None, services)
     try:
         input_files = stage_remote_images(spec, inputs, services, prediction_id, base_url)
@@ -74,7 +76,7 @@ def prepare(
         input=inputs,
         input_files=input_files,
         webhook=webhook,
-        webhook_events_filter=body.webhook_events_filter,
+        webhook_events_filter=list(body.webhook_events_filter) if body.webhook_events_filter is not None else None,
         base_url=base_url,
     )
 

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 from shared import keys, retention
 from shared.objects import StoredObject, file_key
 from shared.prediction import format_timestamp, new_id, utcnow
+from shared.redis_client import as_text
 
 _FILE_PATH = re.compile(r"^/v1/files/([0-9a-z]{26})$")
 
@@ -119,7 +120,7 @@ class FileStore:
 
     def list_for_tenant(self, tenant: str, limit: int) -> list[FileRecord]:
         """Newest first; expired entries are dropped from the index on the way."""
-        ids = [i.decode() for i in self.redis.zrevrangebylex(keys.tenant_files(tenant), "+", "-", start=0, num=limit)]
+        ids = [as_text(i) for i in self.redis.zrevrangebylex(keys.tenant_files(tenant), "+", "-", start=0, num=limit)]
         raws = self.redis.mget([keys.file(i) for i in ids]) if ids else []
         expired = [i for i, raw in zip(ids, raws, strict=True) if raw is None]
         if expired:

@@ -16,6 +16,7 @@ from redis import Redis
 
 from shared import keys
 from shared.prediction import format_timestamp, utcnow
+from shared.redis_client import range_members
 from shared.status import Status
 from shared.store import LUA_SET_STATUS, record_keys
 
@@ -86,7 +87,7 @@ class Leases:
         return bool(self.redis.zadd(keys.running(), {prediction_id: time.time() + self.lease_s}, xx=True, ch=True))
 
     def lapsed(self, limit: int = 100) -> list[str]:
-        return [i.decode() for i in self.redis.zrangebyscore(keys.running(), "-inf", time.time(), start=0, num=limit)]
+        return range_members(self.redis.zrangebyscore(keys.running(), "-inf", time.time(), start=0, num=limit))
 
     def reap(self, prediction_id: str, max_attempts: int) -> Status | None:
         """Requeue (``starting``) or fail (``failed``) a prediction whose lease lapsed; None if it was

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from pydantic import BaseModel, Field, field_serializer
 from ulid import ULID
 
 from shared.status import Status
+
+if TYPE_CHECKING:
+    from redis.typing import EncodableT, FieldT
 
 
 def utcnow() -> datetime:
@@ -72,7 +75,7 @@ class Prediction(BaseModel):
             return None
         return (self.completed_at - self.created_at).total_seconds()
 
-    def to_redis_hash(self) -> dict[str, bytes]:
+    def to_redis_hash(self) -> dict[FieldT, EncodableT]:
         """Every field JSON-encoded (orjson: a create's large data-URI inputs cost the stdlib encoder
         most of a batch's time); logs live in their own key so appends stay O(1)."""
         return {name: orjson.dumps(value) for name, value in self.model_dump(mode="json", exclude={"logs"}).items()}

@@ -82,10 +82,10 @@ class QueuedCounters:
 
         Returns how many of the tenant's predictions were queued before these."""
         per_family = Counter(families)
-        args: list[object] = [tenant, len(families), tenant_cap, total_cap]
+        args: list[str | int] = [tenant, len(families), tenant_cap, total_cap]
         for family, count in per_family.items():
             args += [family, count]
-        found = self._admit(keys=counter_keys(), args=args)
+        found: int = self._admit(keys=counter_keys(), args=args)
         if found == -1:
             raise QueueFull("tenant", tenant_cap)
         if found == -2:

@@ -3,12 +3,13 @@ retried on a fresh one (briefly, with backoff) instead of failing the request th
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import redis
 import redis.asyncio
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError, TimeoutError
+from redis.typing import ZSetRangeResponse
 
 _RETRY_ON = [ConnectionError, TimeoutError]
 
@@ -32,3 +33,15 @@ def connect_async(url: str, socket_timeout: float | None = 10) -> redis.asyncio.
     return redis.asyncio.Redis.from_url(
         url, retry=redis.asyncio.retry.Retry(ExponentialBackoff(cap=1.0, base=0.05), 3), **_options(socket_timeout)
     )
+
+
+def as_text(reply: bytes | str) -> str:
+    """A Redis reply as text. Kiln's clients return bytes (none sets ``decode_responses``); redis-py
+    types replies for both settings, as ``bytes | str``."""
+    return reply.decode() if isinstance(reply, bytes) else reply
+
+
+def range_members(reply: ZSetRangeResponse) -> list[str]:
+    """The members of a sorted-set range read without scores, as text."""
+    # redis-py's reply type also covers ranges read WITHSCORES (member, score pairs); these never are.
+    return [as_text(member) for member in cast("list[bytes | str]", reply)]

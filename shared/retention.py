@@ -11,6 +11,7 @@ from redis import Redis
 
 from shared import keys
 from shared.objects import file_key, prediction_prefix
+from shared.redis_client import range_members
 
 if TYPE_CHECKING:
     from shared.storage import Storage
@@ -31,7 +32,7 @@ class Janitor:
     def run_once(self, limit: int = 100) -> int:
         """Delete what is due; returns how many items were cleaned."""
         due = self.redis.zrangebyscore(keys.retention(), "-inf", time.time(), start=0, num=limit)
-        for member in (m.decode() for m in due):
+        for member in range_members(due):
             kind, _, item_id = member.partition(":")
             if kind == "prediction":
                 self.storage.delete_prefix(prediction_prefix(item_id))

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable
-from typing import Any
 
 from redis import Redis
 
 from shared import keys
+from shared.redis_client import as_text
 from shared.settings import Settings
 
 
@@ -20,8 +20,10 @@ def configured_or_shared(redis: Redis, name: str, configured: str, generate: Cal
     if configured:
         return configured
     redis.set(keys.secret(name), generate(), nx=True)
-    stored: Any = redis.get(keys.secret(name))
-    return bytes(stored).decode()
+    value = redis.get(keys.secret(name))
+    if value is None:
+        raise RuntimeError(f"the shared {name} secret vanished from Redis as it was created (was Redis flushed?)")
+    return as_text(value)
 
 
 def url_signing_secret(settings: Settings, redis: Redis) -> str:

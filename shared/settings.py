@@ -86,6 +86,12 @@ class Settings(BaseSettings):
     image_fetch_allow_private: bool = False
     image_fetch_max_redirects: int = Field(default=5, ge=0)
 
+    # LoRA weights per request (lora_weights of the XL models): the largest file a worker fetches, how
+    # long that may take, and the bytes of parsed LoRAs a worker keeps in memory (LRU by content hash).
+    lora_max_bytes: int = Field(default=1024 * 1024 * 1024, ge=1024)
+    lora_fetch_timeout_s: float = Field(default=300.0, gt=0)
+    lora_cache_bytes: int = Field(default=4 * 1024 * 1024 * 1024, ge=0)
+
     # A running prediction's lease, renewed by its worker's heartbeat; when it lapses the
     # prediction is requeued, up to max_attempts runs in all.
     lease_s: float = Field(default=30.0, ge=1)

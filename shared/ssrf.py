@@ -127,6 +127,7 @@ def resolve_checked(url: str, *, allow_private: bool) -> ResolvedURL:
         infos = socket.getaddrinfo(parts.hostname, port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError):
         raise URLRefused(f"host {parts.hostname!r} does not resolve") from None
+    # Only IPv4 and IPv6 entries come back for a host name, and their address is a string.
     addresses = [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
     if not allow_private:
         for address in addresses:

@@ -6,6 +6,7 @@ Where objects live and the errors callers handle are in ``shared.objects``, whic
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import boto3
 from botocore.config import Config
@@ -15,7 +16,7 @@ from shared.objects import ObjectNotFound, StorageUnavailable, StoredObject
 from shared.settings import Settings
 
 
-def _client(settings: Settings, endpoint_url: str, attempts: int = 3):
+def _client(settings: Settings, endpoint_url: str, attempts: int = 3) -> Any:  # boto3 has no annotations
     # Path-style addressing and SigV4 work with every S3-compatible server; botocore >= 1.36 sends
     # CRC checksums by default, which some servers reject, so only send them when required.
     config = Config(
@@ -109,6 +110,7 @@ class Storage:
         )
 
     def presigned_get_url(self, key: str, expires_s: int = 3600) -> str:
-        return self._presign_client.generate_presigned_url(
+        url: str = self._presign_client.generate_presigned_url(
             "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=expires_s
         )
+        return url

@@ -20,6 +20,7 @@ from redis import Redis
 from shared import keys, retention
 from shared.prediction import Prediction, format_timestamp, utcnow
 from shared.queue_counters import LUA_QUEUED_DELTA, QueuedCounters, counter_keys
+from shared.redis_client import as_text
 from shared.status import LUA_STATUS_TABLE, Status
 
 # Every script that changes a prediction's status starts with this: the state table rendered from
@@ -186,12 +187,14 @@ class PredictionStore:
         This is the bare status change: a terminal status has consequences (retention, metrics, the
         ``completed`` webhook) that only ``shared.lifecycle.PredictionLifecycle`` adds."""
         args = [_encode(target.value), _attempt_arg(if_attempt), prediction_id, *_field_args(fields)]
-        return self._transition(keys=record_keys(prediction_id), args=args) == 1
+        changed: int | None = self._transition(keys=record_keys(prediction_id), args=args)
+        return changed == 1
 
     def update_while_processing(self, prediction_id: str, *, if_attempt: int | None = None, **fields: Any) -> bool:
         """Set fields of a running prediction (e.g. its output before it completes); no-op otherwise."""
         args = [_attempt_arg(if_attempt), *_field_args(fields)]
-        return self._update_running(keys=record_keys(prediction_id)[:2], args=args) == 1
+        changed: int | None = self._update_running(keys=record_keys(prediction_id)[:2], args=args)
+        return changed == 1
 
     def schedule_retention(self, prediction_id: str) -> None:
         """A finished prediction's inputs and outputs are deleted ``retention_s`` from now."""
@@ -233,7 +236,7 @@ class PredictionStore:
             ids = self.redis.zrevrangebylex(index, upper, "-", start=0, num=limit + 1)
             more = len(ids) > limit
             ids = ids[:limit]
-        return self.get_many([i.decode() for i in ids]), more
+        return self.get_many([as_text(i) for i in ids]), more
 
 
 async def read_prediction(client: redis.asyncio.Redis, prediction_id: str) -> Prediction | None:

@@ -13,8 +13,10 @@ import json
 import logging
 import random
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 from celery import Celery
 from redis import Redis
@@ -22,10 +24,14 @@ from redis import Redis
 from shared import keys, queues
 from shared.prediction import Prediction, new_id
 from shared.prediction_json import render_prediction
+from shared.redis_client import as_text
 from shared.settings import Settings
 from shared.signed_urls import UrlSigner
 from shared.store import PredictionStore
 from shared.webhooks import THROTTLED_EVENTS
+
+if TYPE_CHECKING:
+    from redis.typing import EncodableT, FieldT
 
 log = logging.getLogger(__name__)
 
@@ -66,12 +72,12 @@ class Delivery:
     # secrets were per tenant: the prediction's record says).
     tenant: str = ""
 
-    def to_hash(self) -> dict[str, str]:
+    def to_hash(self) -> dict[FieldT, EncodableT]:
         return {name: json.dumps(value) for name, value in asdict(self).items()}
 
     @classmethod
-    def from_hash(cls, fields: dict[bytes, bytes]) -> Delivery:
-        return cls(**{k.decode(): json.loads(v) for k, v in fields.items()})
+    def from_hash(cls, fields: Mapping[bytes | str, bytes | str]) -> Delivery:
+        return cls(**{as_text(k): json.loads(v) for k, v in fields.items()})
 
 
 class WebhookOutbox:
@@ -138,7 +144,7 @@ class WebhookOutbox:
         latest = self.redis.mget(
             [keys.webhook_latest_delivery(delivery.prediction_id, event) for event in COMPLETED_AFTER]
         )
-        return any(self.unattempted(found.decode()) for found in latest if found) or self.progress_in_flight(
+        return any(self.unattempted(as_text(found)) for found in latest if found) or self.progress_in_flight(
             delivery.prediction_id
         )
 

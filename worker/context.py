@@ -13,7 +13,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from shared.files import FileStore, file_id_from_url
-from shared.images import ImageInputError, decode_image, load_image_bytes
+from shared.images import ImageInputError, decode_image, fetch_url, load_image_bytes
 from shared.prediction import Prediction
 from shared.settings import Settings
 from shared.store import PredictionStore
@@ -32,9 +32,10 @@ def load_image_input(uri: str, prediction: Prediction, files: FileStore, setting
     if uri in prediction.input_files:
         data = b"".join(files.storage.open(prediction.input_files[uri]).body)
     elif file_id is not None:
-        data = files.read(file_id, prediction.tenant)
-        if data is None:
+        uploaded = files.read(file_id, prediction.tenant)
+        if uploaded is None:
             raise ImageInputError(f"file {file_id} does not exist or has expired")
+        data = uploaded
     else:
         data = load_image_bytes(
             uri,
@@ -43,6 +44,42 @@ def load_image_input(uri: str, prediction: Prediction, files: FileStore, setting
             allow_private=settings.image_fetch_allow_private,
         )
     return decode_image(data, settings.image_max_pixels)
+
+
+class FileInputError(ValueError):
+    """A file input (e.g. ``lora_weights``) that could not be read; the message says why, for the user."""
+
+
+def file_input_digest(uri: str, prediction: Prediction, files: FileStore) -> str | None:
+    """An uploaded file's SHA-256, from its record (None for other URLs, or a file not the owner's)."""
+    file_id = file_id_from_url(uri, prediction.base_url)
+    record = files.get(file_id, prediction.tenant) if file_id is not None else None
+    return record.sha256 if record is not None else None
+
+
+def load_file_input(
+    uri: str, prediction: Prediction, files: FileStore, settings: Settings, *, max_bytes: int, timeout_s: float
+) -> bytes:
+    """The bytes of a file input: an uploaded file of the prediction's owner from storage, or a URL
+    fetched through the SSRF guard (every redirect checked), bounded in bytes and time."""
+    file_id = file_id_from_url(uri, prediction.base_url)
+    if file_id is not None:
+        record = files.get(file_id, prediction.tenant)
+        if record is None:
+            raise FileInputError(f"file {file_id} does not exist or has expired")
+        if record.size > max_bytes:
+            raise FileInputError(f"file {file_id} is {record.size} bytes, more than the {max_bytes} allowed")
+        return b"".join(files.open(record).body)
+    try:
+        return fetch_url(
+            uri,
+            timeout_s=timeout_s,
+            max_bytes=max_bytes,
+            allow_private=settings.image_fetch_allow_private,
+            max_redirects=settings.image_fetch_max_redirects,
+        )
+    except ImageInputError as exc:  # fetch_url speaks of images; the message itself holds for any file
+        raise FileInputError(str(exc)) from None
 
 
 class RunContext:
@@ -98,6 +135,15 @@ class RunContext:
     def load_image(self, uri: str) -> Image.Image:
         self.timeline.record("fetch", self.prediction_id)
         return load_image_input(uri, self.prediction, self.files, self.settings)
+
+    def file_digest(self, uri: str) -> str | None:
+        return file_input_digest(uri, self.prediction, self.files)
+
+    def load_file(self, uri: str, *, max_bytes: int, timeout_s: float) -> bytes:
+        self.timeline.record("fetch", self.prediction_id)
+        return load_file_input(
+            uri, self.prediction, self.files, self.settings, max_bytes=max_bytes, timeout_s=timeout_s
+        )
 
     def step_callback(self) -> Callable[[Any, int, Any, dict], dict]:
         started = time.monotonic()

@@ -25,7 +25,7 @@ from shared.prediction import Prediction
 from shared.settings import Settings
 from shared.status import Status
 from shared.store import PredictionStore
-from worker.context import load_image_input
+from worker.context import file_input_digest, load_file_input, load_image_input
 from worker.timeline import Timeline
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,15 @@ class DetachedContext:
     def load_image(self, uri: str) -> Image.Image:
         self.timeline.record("fetch", self.prediction.id)
         return load_image_input(uri, self.prediction, self.files, self.settings)
+
+    def file_digest(self, uri: str) -> str | None:
+        return file_input_digest(uri, self.prediction, self.files)
+
+    def load_file(self, uri: str, *, max_bytes: int, timeout_s: float) -> bytes:
+        self.timeline.record("fetch", self.prediction.id)
+        return load_file_input(
+            uri, self.prediction, self.files, self.settings, max_bytes=max_bytes, timeout_s=timeout_s
+        )
 
     def step_callback(self) -> Callable[[Any, int, Any, dict], dict]:
         raise RuntimeError("a prediction being prefetched does not denoise")

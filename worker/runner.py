@@ -14,7 +14,6 @@ Whatever way it stops, a prediction ends through ``shared.lifecycle`` (``Predict
 
 from __future__ import annotations
 
-import io
 import logging
 import threading
 import time
@@ -22,8 +21,6 @@ import traceback
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-
-from PIL import Image
 
 from models.registry import find_model
 from shared import metrics
@@ -33,13 +30,14 @@ from shared.input_schema import InputLimits, ModelInput
 from shared.leases import Leases
 from shared.lifecycle import PredictionLifecycle
 from shared.objects import StorageUnavailable, output_key
+from shared.output_formats import OutputEncoding, encoding_of
 from shared.prediction import Prediction, utcnow
 from shared.settings import Settings
 from shared.status import Status
 from shared.store import PredictionStore
 from shared.webhook_outbox import WebhookNotifier
 from worker.batching import BatchClaimer, BatchStep, BatchStopped
-from worker.context import RunContext
+from worker.context import FileInputError, RunContext
 from worker.heartbeat import Heartbeat
 from worker.interrupts import HandedBack, LeaseLost, PredictionCanceled
 from worker.predictor_pool import PredictorPool
@@ -60,18 +58,14 @@ Requeue = Callable[[str, str], None]
 Upcoming = Callable[[int], list[str]]
 
 
-def encode_png(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 def describe_failure(exc: BaseException) -> str:
     """The ``error`` a user sees: the message, with out-of-memory and storage outages named as such."""
     if type(exc).__name__ == "OutOfMemoryError" or isinstance(exc, MemoryError):
         return f"out of memory: {exc}".strip().rstrip(":")
     if isinstance(exc, ImageInputError):
         return f"could not load an image input: {exc}"
+    if isinstance(exc, FileInputError):
+        return f"could not load a file input: {exc}"
     if isinstance(exc, StorageUnavailable):
         return f"could not store the outputs (object storage unavailable): {exc}"
     return str(exc) or type(exc).__name__
@@ -272,8 +266,9 @@ class PredictionRunner:
         def upload_and_finish() -> None:
             prediction, attempt = item.prediction, item.attempt
             try:
+                encoding = encoding_of(find_model(prediction.model).input_model.model_validate(prediction.input))
                 with metrics.timed_upload(prediction.model):
-                    names = self._upload(prediction.id, outputs)
+                    names = self._upload(prediction.id, outputs, encoding)
             except Exception as exc:
                 self._settle(item, exc, predict_time=predict_time)
                 return
@@ -309,12 +304,14 @@ class PredictionRunner:
         self.timeline.record("finished", item.prediction.id)
         item.heartbeat.__exit__(None, None, None)
 
-    def _upload(self, prediction_id: str, outputs: list[Output]) -> list[str]:
+    def _upload(self, prediction_id: str, outputs: list[Output], encoding: OutputEncoding) -> list[str]:
+        """Encode each output in the prediction's ``output_format`` and store it: ``out-0.webp``, ..."""
         names = []
         for index, output in enumerate(outputs):
             name, image = (output.name, output.image) if isinstance(output, NamedImage) else (f"out-{index}", output)
-            self.storage.put_bytes(output_key(prediction_id, f"{name}.png"), encode_png(image), "image/png")
-            names.append(f"{name}.png")
+            file_name = f"{name}.{encoding.extension}"
+            self.storage.put_bytes(output_key(prediction_id, file_name), encoding.encode(image), encoding.content_type)
+            names.append(file_name)
         return names
 
     def _hand_back(self, prediction: Prediction, attempt: int) -> Status | None:

@@ -40,10 +40,10 @@ class Timeline:
             ]
 
     def first(self, stage: str, prediction_id: str) -> float:
-        [event, *_] = self.events(stage, prediction_id) or [None]
-        if event is None:
+        found = self.events(stage, prediction_id)
+        if not found:
             raise LookupError(f"{prediction_id} never reached {stage}")
-        return event.at
+        return found[0].at
 
     def clear(self) -> None:
         with self._lock:

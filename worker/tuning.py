@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -108,15 +109,17 @@ def fuse_qkv(model: torch.nn.Module) -> bool:
     for module in model.modules():
         if isinstance(module, Attention):
             module.fuse_projections(fuse=True)
-    model.set_attn_processor(FusedAttnProcessor2_0())
+    # torch types a Module's attributes as Tensor | Module; a model with attention processors is a
+    # diffusers model, which has this method.
+    model.set_attn_processor(FusedAttnProcessor2_0())  # type: ignore[operator]
     return True
 
 
 # A module shared by two pipelines (the SDXL UNet) is compiled once.
-_compiled_modules: weakref.WeakKeyDictionary[torch.nn.Module, torch.nn.Module] = weakref.WeakKeyDictionary()
+_compiled_modules: weakref.WeakKeyDictionary[torch.nn.Module, Callable[..., Any]] = weakref.WeakKeyDictionary()
 
 
-def _compiled(model: torch.nn.Module, tuning: Tuning) -> torch.nn.Module:
+def _compiled(model: torch.nn.Module, tuning: Tuning) -> Callable[..., Any]:
     if model not in _compiled_modules:
         mode = tuning.compile_mode if tuning.compile_backend == "inductor" else None
         _compiled_modules[model] = torch.compile(model, mode=mode, backend=tuning.compile_backend, dynamic=False)

@@ -45,12 +45,14 @@ def warmup_input(model: str, size: Size) -> dict[str, Any]:
 
 def synthetic_input(input_model: type[ModelInput], size: Size) -> dict[str, Any]:
     """An input of ``input_model`` at ``size`` with the image at every required image field, at any
-    depth (a required list of images gets one), and at ``input_image``."""
+    depth (a required list of images gets one), and at the optional ones the model names in its
+    ``warmup_images`` (default: ``input_image``)."""
     fields = input_model.model_fields
     image = warmup_image(size)
+    optional = {(name,) for name in getattr(input_model, "warmup_images", ("input_image",))}
     raw: dict[str, Any] = {name: value for name, value in (("prompt", "warm-up"), ("seed", 0)) if name in fields}
     for field in image_fields(input_model):
-        if field.required or field.path == ("input_image",):
+        if field.required or field.path in optional:
             raw = with_image_at(raw, field.path, image)
     if "num_inference_steps" in fields:
         raw["num_inference_steps"] = WARMUP_STEPS
@@ -85,6 +87,12 @@ class WarmupContext:
 
     def load_image(self, uri: str) -> Image.Image:
         return decode_image(decode_data_uri(uri, self.settings.image_fetch_max_bytes), self.settings.image_max_pixels)
+
+    def file_digest(self, uri: str) -> str | None:
+        return None
+
+    def load_file(self, uri: str, *, max_bytes: int, timeout_s: float) -> bytes:
+        raise RuntimeError("warm-up inputs hold no file inputs")
 
     def step_callback(self) -> Callable[[Any, int, Any, dict], dict]:
         return lambda pipe, step, timestep, callback_kwargs: callback_kwargs

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 from urllib.parse import quote
 
 from fastapi import APIRouter, Request, Response
@@ -12,12 +13,13 @@ from starlette.datastructures import UploadFile
 
 from api.deps import BaseURL, CurrentTenant, ServicesDep
 from api.errors import ProblemError, reject_invalid_text
+from api.services import Services
 from shared.files import FileRecord, render_file
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
 
 
-def _owned_file(services, file_id: str, tenant: str) -> FileRecord:
+def _owned_file(services: Services, file_id: str, tenant: str) -> FileRecord:
     record = services.files.get(file_id, tenant)
     if record is None:
         raise ProblemError(404, f"file {file_id!r} not found")
@@ -43,7 +45,7 @@ _UPLOAD_SCHEMA = {
 }
 
 
-async def _metadata(field: str | UploadFile | None) -> dict:
+async def _metadata(field: str | UploadFile | None) -> dict[str, Any]:
     """``metadata`` as a JSON object; the JS client sends it as a file part, the Python client as a field."""
     raw = await field.read() if isinstance(field, UploadFile) else field
     try:
@@ -57,7 +59,7 @@ async def _metadata(field: str | UploadFile | None) -> dict:
 
 
 @router.post("", status_code=201, openapi_extra=_UPLOAD_SCHEMA)
-async def create_file(request: Request, tenant: CurrentTenant, services: ServicesDep, base: BaseURL) -> dict:
+async def create_file(request: Request, tenant: CurrentTenant, services: ServicesDep, base: BaseURL) -> dict[str, Any]:
     """Multipart upload: ``content`` (the file) and optional ``metadata`` (a JSON object)."""
     form = await request.form(max_files=2, max_fields=4)
     content = form.get("content")
@@ -81,13 +83,13 @@ async def create_file(request: Request, tenant: CurrentTenant, services: Service
 
 
 @router.get("")
-def list_files(tenant: CurrentTenant, services: ServicesDep, base: BaseURL) -> dict:
+def list_files(tenant: CurrentTenant, services: ServicesDep, base: BaseURL) -> dict[str, Any]:
     records = services.files.list_for_tenant(tenant, limit=services.settings.predictions_page_size)
     return {"next": None, "previous": None, "results": [render_file(r, base) for r in records]}
 
 
 @router.get("/{file_id}")
-def get_file(file_id: str, tenant: CurrentTenant, services: ServicesDep, base: BaseURL) -> dict:
+def get_file(file_id: str, tenant: CurrentTenant, services: ServicesDep, base: BaseURL) -> dict[str, Any]:
     return render_file(_owned_file(services, file_id, tenant), base)
 
 

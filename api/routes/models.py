@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter
 
 from api.deps import BaseURL, CurrentTenant, ServicesDep
 from api.errors import ProblemError
+from api.services import Services
 from models.registry import MODELS, UnknownModelError, find_model
 from shared import keys
 from shared.model_spec import ModelSpec
@@ -21,13 +24,13 @@ def _spec(owner: str, name: str) -> ModelSpec:
         raise ProblemError(404, str(exc)) from None
 
 
-def _run_counts(services, specs: list[ModelSpec]) -> list[int]:
+def _run_counts(services: Services, specs: list[ModelSpec]) -> list[int]:
     counts = services.redis.mget([keys.model_run_count(spec.ref) for spec in specs])
     return [int(count or 0) for count in counts]
 
 
 @router.get("")
-def list_models(_: CurrentTenant, services: ServicesDep, base: BaseURL) -> dict:
+def list_models(_: CurrentTenant, services: ServicesDep, base: BaseURL) -> dict[str, Any]:
     specs = list(MODELS.values())
     counts = _run_counts(services, specs)
     results = [render_model(spec, services.settings, base, count) for spec, count in zip(specs, counts, strict=True)]
@@ -35,19 +38,19 @@ def list_models(_: CurrentTenant, services: ServicesDep, base: BaseURL) -> dict:
 
 
 @router.get("/{owner}/{name}")
-def get_model(owner: str, name: str, _: CurrentTenant, services: ServicesDep, base: BaseURL) -> dict:
+def get_model(owner: str, name: str, _: CurrentTenant, services: ServicesDep, base: BaseURL) -> dict[str, Any]:
     spec = _spec(owner, name)
     return render_model(spec, services.settings, base, _run_counts(services, [spec])[0])
 
 
 @router.get("/{owner}/{name}/versions")
-def list_versions(owner: str, name: str, _: CurrentTenant, services: ServicesDep) -> dict:
+def list_versions(owner: str, name: str, _: CurrentTenant, services: ServicesDep) -> dict[str, Any]:
     """One version per model: its id changes when its schema or weights do."""
     return {"next": None, "previous": None, "results": [render_version(_spec(owner, name), services.settings)]}
 
 
 @router.get("/{owner}/{name}/versions/{version_id}")
-def get_version(owner: str, name: str, version_id: str, _: CurrentTenant, services: ServicesDep) -> dict:
+def get_version(owner: str, name: str, version_id: str, _: CurrentTenant, services: ServicesDep) -> dict[str, Any]:
     spec = _spec(owner, name)
     if version_id != spec.version_id(services.settings):
         raise ProblemError(404, f"version {version_id!r} of {spec.ref} not found")

@@ -6,7 +6,7 @@ import base64
 import binascii
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Depends, Header, Query
@@ -42,7 +42,7 @@ def _owned(store: PredictionStore, prediction_id: str, tenant: str) -> Predictio
     return prediction
 
 
-def _render(prediction: Prediction, base: str, services: Services) -> dict:
+def _render(prediction: Prediction, base: str, services: Services) -> dict[str, Any]:
     return services.render(prediction, base)
 
 
@@ -119,7 +119,7 @@ def _decode_cursor(cursor: str) -> tuple[str, str]:
 @router.get("/predictions")
 def list_predictions(
     tenant: CurrentTenant, services: ServicesDep, base: BaseURL, cursor: str | None = Query(default=None)
-) -> dict:
+) -> dict[str, Any]:
     """Newest first, in pages of ``predictions_page_size`` with absolute ``next``/``previous`` URLs."""
     direction, bound = _decode_cursor(cursor) if cursor else ("before", None)
     page, more = services.store.list_for_tenant(
@@ -139,12 +139,14 @@ def list_predictions(
 
 
 @router.get("/predictions/{prediction_id}")
-def get_prediction(prediction_id: str, tenant: CurrentTenant, services: ServicesDep, base: BaseURL) -> dict:
+def get_prediction(prediction_id: str, tenant: CurrentTenant, services: ServicesDep, base: BaseURL) -> dict[str, Any]:
     return _render(_owned(services.store, prediction_id, tenant), base, services)
 
 
 @router.post("/predictions/{prediction_id}/cancel")
-def cancel_prediction(prediction_id: str, tenant: CurrentTenant, services: ServicesDep, base: BaseURL) -> dict:
+def cancel_prediction(
+    prediction_id: str, tenant: CurrentTenant, services: ServicesDep, base: BaseURL
+) -> dict[str, Any]:
     """Cooperative: a queued prediction ends ``canceled`` now; a running one within one denoising step."""
     # A queued one never reached a worker, so the API ends it (retention, metrics, webhook).
     services.lifecycle.cancel(_owned(services.store, prediction_id, tenant))

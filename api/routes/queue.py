@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter
 
 from api.deps import CurrentTenant, ServicesDep
@@ -11,7 +13,7 @@ router = APIRouter(prefix="/v1", tags=["queue"])
 
 
 @router.get("/queue")
-def queue_depth(tenant: CurrentTenant, services: ServicesDep) -> dict:
+def queue_depth(tenant: CurrentTenant, services: ServicesDep) -> dict[str, Any]:
     """``queued``: the caller's predictions not yet started; ``families``: every tenant's, per model
     family (Celery queue); ``total``: all of them, the number ``KILN_MAX_QUEUED_TOTAL`` caps."""
     depth = services.store.queued.depth(tenant)

@@ -14,7 +14,7 @@ from PIL import Image
 from models.sd2_depth2img.schema import Depth2ImgInput
 from models.sd2_depth2img.weights import sd2_depth2img_source
 from shared.images import ImageInputError
-from worker.predictors.base import PredictContext, Predictor, PreparedJob, StepCallback, resolve_seed
+from worker.predictors.base import Output, PredictContext, Predictor, PreparedJob, StepCallback, resolve_seed
 from worker.predictors.rows import fit, generators, rows, split_images
 from worker.predictors.schedulers import SCHEDULERS
 from worker.tuning import Tuning, optimise_pipeline
@@ -104,7 +104,7 @@ class Depth2ImgPredictor(Predictor[Depth2ImgInput, Depth2ImgJob]):
             depth.unsqueeze(1).float(), size=(height, width), mode="bicubic", align_corners=False
         )[:, 0]
 
-    def generate(self, jobs: Sequence[Depth2ImgJob], step_callback: StepCallback) -> list[list[Image.Image]]:
+    def generate(self, jobs: Sequence[Depth2ImgJob], step_callback: StepCallback) -> list[list[Output]]:
         first = jobs[0].inputs
         layout = rows(jobs, lambda job: job.inputs.num_outputs)
         self.pipe.scheduler = SCHEDULERS[first.scheduler].from_config(self.scheduler_config)

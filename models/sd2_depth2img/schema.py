@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import Field, model_validator
 
 from shared.input_schema import ImageURI, ModelInput, PromptText, Scheduler
+from shared.output_formats import OutputFormat, output_format_field, output_quality_field
 
 
 class Depth2ImgInput(ModelInput):
@@ -60,6 +61,8 @@ class Depth2ImgInput(ModelInput):
         description="Depth map to use instead of the one estimated from the input image (white is near).",
         json_schema_extra={"x-order": 9},
     )
+    output_format: OutputFormat = output_format_field(order=10)
+    output_quality: int = output_quality_field(order=11)
 
     @model_validator(mode="after")
     def _at_least_one_denoising_step(self) -> Depth2ImgInput:

@@ -13,7 +13,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionDepth2ImgPipeline, UNet2DConditionModel
@@ -126,7 +126,8 @@ def make_depth_observable(model: DPTForDepthEstimation) -> DPTForDepthEstimation
         for module in (*model.neck.modules(), *model.head.modules()):
             if isinstance(module, torch.nn.Conv2d | torch.nn.ConvTranspose2d):
                 module.reset_parameters()
-        torch.nn.init.constant_(model.head.head[-2].bias, 0.5)
+        # torch types a Module attribute as Tensor | Module: the last conv's bias is a Tensor.
+        torch.nn.init.constant_(cast(torch.Tensor, model.head.head[-2].bias), 0.5)
     return model
 
 

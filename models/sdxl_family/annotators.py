@@ -99,7 +99,7 @@ def compact_random_state_dict(model: nn.Module, seed: int = SEED) -> dict[str, t
         shape = state[name].shape
         offset = zlib.crc32(name.encode()) % OFFSET_SLACK
         views[name] = buffers[std][offset : offset + shape.numel()].view(shape)
-    return {name: views.get(name, constants.get(name)) for name in state}
+    return {name: views[name] if name in views else constants[name] for name in state}
 
 
 def build_tiny_annotators(folder: Path, kinds: Sequence[ControlKind]) -> None:

@@ -18,9 +18,12 @@ from typing import Any, ClassVar
 
 import torch
 from diffusers import AutoencoderKL, ControlNetModel, StableDiffusionXLControlNetPipeline, StableDiffusionXLPipeline
+from diffusers.image_processor import IPAdapterMaskProcessor
 from PIL import Image
 
 from models.sdxl_family.builder import IP_ADAPTER_SUBFOLDER, IP_ADAPTER_WEIGHT_NAME
+from models.sdxl_family.ip_adapter_scales import ip_adapter_block_scales
+from models.sdxl_family.lora import LoraWeights, fetch_lora, lora_applied, process_lora_cache
 from models.sdxl_family.schema import IPAdapterXLInput
 from models.sdxl_family.spec import ControlKind
 from models.sdxl_family.weights import XLWeights, xl_weights
@@ -111,24 +114,37 @@ class IPAdapterXLJob(PreparedJob):
     # Output-sized (what return_control_map returns) and generation-sized (what the ControlNet reads).
     control: Image.Image
     control_at_generation: Image.Image
-    # Per IP-Adapter: ``(2, 1, dim)`` = [unconditional, image prompt] embeddings of ip_image.
+    # Per IP-Adapter: ``(2, n, dim)`` = [unconditional, image prompt] embeddings of the n image prompts.
     ip_embeds: tuple[torch.Tensor, ...]
+    # With ip_images: ``(n, height, width)`` at the generation size, each image prompt's weight where its
+    # mask is white (everywhere without ip_masks) and 0 elsewhere. None for ip_image alone.
+    ip_masks: torch.Tensor | None = None
+    lora: LoraWeights | None = None
 
     @property
     def group_key(self) -> Hashable:
-        return self.control_at_generation.size, _settings_key(self.inputs)
+        lora = self.lora.sha256 if self.lora is not None else None
+        return self.control_at_generation.size, _settings_key(self.inputs), lora
 
 
 def _settings_key(inputs: IPAdapterXLInput) -> Hashable:
+    """What one pipeline call shares: everything but the per-row prompts, images, seeds and image-prompt
+    weights and masks (which ride in each row's masks when ip_images is given)."""
+    image_prompts = ("one", inputs.ip_adapter_scale) if inputs.ip_images is None else ("several", len(inputs.ip_images))
     return (
         inputs.width,
         inputs.height,
         inputs.num_inference_steps,
         inputs.guidance_scale,
         inputs.scheduler,
-        inputs.ip_adapter_scale,
+        image_prompts,
+        inputs.ip_adapter_mode,
         inputs.controlnet_scale,
+        inputs.control_guidance_start,
+        inputs.control_guidance_end,
         inputs.negative_prompt is None,
+        inputs.lora_weights,
+        inputs.lora_scale if inputs.lora_weights is not None else None,
     )
 
 
@@ -160,6 +176,8 @@ class IPAdapterXLPredictor(Predictor[IPAdapterXLInput, IPAdapterXLJob]):
         # Every prediction gets a fresh scheduler from this config: schedulers keep per-run state.
         self.scheduler_config = self.pipe.scheduler.config
         self.detector = self.load_detector(weights.annotators)
+        self.mask_processor = IPAdapterMaskProcessor()
+        self.lora_cache = process_lora_cache(self.settings)
 
     def batch_key(self, inputs: IPAdapterXLInput) -> Hashable:
         return _settings_key(inputs)
@@ -170,6 +188,7 @@ class IPAdapterXLPredictor(Predictor[IPAdapterXLInput, IPAdapterXLJob]):
         if inputs.control_image is not None:
             control = ctx.load_image(inputs.control_image)
         else:
+            assert inputs.input_image is not None  # the schema requires one of the two
             image = ctx.load_image(inputs.input_image)
             started = time.monotonic()
             resolution = detect_resolution(*size)
@@ -181,16 +200,42 @@ class IPAdapterXLPredictor(Predictor[IPAdapterXLInput, IPAdapterXLJob]):
     def encode_ip_image(self, image: Image.Image) -> tuple[torch.Tensor, ...]:
         return tuple(self.pipe.prepare_ip_adapter_image_embeds(image, None, self.pipe.device, 1, True))
 
+    def encode_ip_images(self, images: Sequence[Image.Image]) -> tuple[torch.Tensor, ...]:
+        """Per IP-Adapter, ``(2, n, dim)``: each image encoded on its own, so its embedding is the same
+        whatever other images come with it."""
+        encoded = [self.encode_ip_image(image) for image in images]
+        return tuple(torch.cat([embeds[k] for embeds in encoded], dim=1) for k in range(len(encoded[0])))
+
+    def weighted_masks(
+        self, inputs: IPAdapterXLInput, ctx: PredictContext, size: tuple[int, int]
+    ) -> torch.Tensor | None:
+        """With ip_images: ``(n, height, width)``, each image's weight where its mask (binarised, stretched
+        to the generation ``size``) is white; its weight everywhere without ip_masks."""
+        if inputs.ip_images is None:
+            return None
+        width, height = size
+        weights = torch.tensor(inputs.image_prompt_weights, dtype=torch.float32)[:, None, None]
+        if inputs.ip_masks is None:
+            return weights.expand(len(inputs.ip_images), height, width).clone()
+        masks = [ctx.load_image(uri) for uri in inputs.ip_masks]
+        binary = self.mask_processor.preprocess(masks, height=height, width=width)[:, 0].float()
+        return weights * binary
+
     def prepare(self, inputs: IPAdapterXLInput, ctx: PredictContext) -> IPAdapterXLJob:
-        ip_image = ctx.load_image(inputs.ip_image)
+        ip_images = [ctx.load_image(uri) for uri in inputs.image_prompts]
         control = self.control_map(inputs, ctx)
         generation_size = self.tuning.generation_size(control.size)
+        lora = None
+        if inputs.lora_weights is not None:
+            lora = fetch_lora(inputs.lora_weights, ctx, self.pipe, self.lora_cache, self.settings)
         return IPAdapterXLJob(
             seed=resolve_seed(inputs.seed, ctx),
             inputs=inputs,
             control=control,
             control_at_generation=fit(control, generation_size),
-            ip_embeds=self.encode_ip_image(ip_image),
+            ip_embeds=self.encode_ip_images(ip_images),
+            ip_masks=self.weighted_masks(inputs, ctx, generation_size),
+            lora=lora,
         )
 
     def generate(self, jobs: Sequence[IPAdapterXLJob], step_callback: StepCallback) -> list[list[Output]]:
@@ -198,8 +243,6 @@ class IPAdapterXLPredictor(Predictor[IPAdapterXLInput, IPAdapterXLJob]):
         layout = rows(jobs, lambda job: job.inputs.num_outputs)
         width, height = jobs[0].control_at_generation.size
         self.pipe.scheduler = SCHEDULERS[first.scheduler].from_config(self.scheduler_config)
-        # The attention processors belong to the UNet both XL predictors share: set it every call.
-        self.pipe.set_ip_adapter_scale(first.ip_adapter_scale)
         guided = first.guidance_scale > 1
         ip_embeds = [
             torch.cat(
@@ -208,22 +251,39 @@ class IPAdapterXLPredictor(Predictor[IPAdapterXLInput, IPAdapterXLJob]):
             )
             for k in range(len(jobs[0].ip_embeds))
         ]
-        result = self.pipe(
-            prompt=[job.inputs.prompt for job, _ in layout],
-            negative_prompt=None
-            if first.negative_prompt is None
-            else [job.inputs.negative_prompt for job, _ in layout],
-            image=[job.control_at_generation for job, _ in layout],
-            ip_adapter_image_embeds=ip_embeds,
-            controlnet_conditioning_scale=first.controlnet_scale,
-            width=width,
-            height=height,
-            num_inference_steps=first.num_inference_steps,
-            guidance_scale=first.guidance_scale,
-            num_images_per_prompt=1,
-            generator=generators(layout, self.pipe.device),
-            callback_on_step_end=step_callback,
+        # The attention processors belong to the UNet both XL predictors share: set them every call. With
+        # ip_images the weights ride in each row's masks, so the processors only say which blocks listen.
+        several = first.ip_images is not None
+        self.pipe.set_ip_adapter_scale(
+            ip_adapter_block_scales(
+                self.pipe.unet.config, first.ip_adapter_mode, 1.0 if several else first.ip_adapter_scale
+            )
         )
+        cross_attention_kwargs = None
+        if several:
+            masks = torch.stack([job.ip_masks for job, _ in layout])
+            masks = torch.cat([masks, masks]) if guided else masks
+            cross_attention_kwargs = {"ip_adapter_masks": [masks.to(self.pipe.device)]}
+        with lora_applied(self.pipe, jobs[0].lora, first.lora_scale):
+            result = self.pipe(
+                prompt=[job.inputs.prompt for job, _ in layout],
+                negative_prompt=None
+                if first.negative_prompt is None
+                else [job.inputs.negative_prompt for job, _ in layout],
+                image=[job.control_at_generation for job, _ in layout],
+                ip_adapter_image_embeds=ip_embeds,
+                cross_attention_kwargs=cross_attention_kwargs,
+                controlnet_conditioning_scale=first.controlnet_scale,
+                control_guidance_start=first.control_guidance_start,
+                control_guidance_end=first.control_guidance_end,
+                width=width,
+                height=height,
+                num_inference_steps=first.num_inference_steps,
+                guidance_scale=first.guidance_scale,
+                num_images_per_prompt=1,
+                generator=generators(layout, self.pipe.device),
+                callback_on_step_end=step_callback,
+            )
         outputs = []
         for job, images in split_images(result.images, jobs, lambda job: job.inputs.num_outputs):
             job_outputs: list[Output] = [fit(image, job.control.size) for image in images]

@@ -15,6 +15,7 @@ from pydantic import Field
 from api.app import create_app
 from models.registry import MODELS
 from models.sd2_depth2img.schema import Depth2ImgInput
+from models.sdxl_family.tiny_lora import write_tiny_lora
 from shared.input_schema import Scheduler
 from tests.integration.browser import CHROMIUM_ARGS, chromium_or_skip, serve_in_thread
 from tests.integration.conftest import PAGE_SIZE, TOKEN_A, TOKEN_B
@@ -107,6 +108,8 @@ def test_depth2img_from_the_form_to_a_rendered_output(stack, page, client, tmp_p
         "guidance_scale": 7.5,
         "scheduler": "DPMSolverMultistep",
         "seed": 1234,
+        "output_format": "png",
+        "output_quality": 90,
     }
     expect(page.locator("#logs")).to_contain_text("Using seed: 1234")
     expect(page.locator("#timings")).to_contain_text("Predict time")
@@ -116,6 +119,49 @@ def test_depth2img_from_the_form_to_a_rendered_output(stack, page, client, tmp_p
     screenshot = tmp_path / "prediction-page.png"
     page.screenshot(path=screenshot, full_page=True)
     assert screenshot.stat().st_size > 10_000
+
+
+def test_the_xl_form_takes_several_image_prompts_with_weights_a_lora_file_and_an_output_format(
+    stack, page, client, tmp_path
+):
+    enter_token(page, stack.base_url, TOKEN_A)
+    page.goto(f"{stack.base_url}/playground/models/kiln/ip-adapter-depth-xl")
+    expect(page.locator("#prediction-form")).to_be_visible()
+    # A list of images is several pickers, a list of weights several number fields.
+    assert page.locator("#fields .field-image-list").first.locator("input[type=file]").count() == 4
+    picture = {"mimeType": "image/png"}
+    page.locator("#input-control_image").set_input_files(
+        files=[picture | {"name": "depth.png", "buffer": png_bytes(64, 64, seed=3)}]
+    )
+    for slot, seed in (("#input-ip_images", 1), ("#input-ip_images-1", 2)):
+        page.locator(slot).set_input_files(
+            files=[picture | {"name": f"prompt-{seed}.png", "buffer": png_bytes(64, 64, seed=seed)}]
+        )
+    page.locator("#input-ip_adapter_scales").fill("0.5")
+    page.locator("#input-ip_adapter_scales-1").fill("1.5")
+    lora = tmp_path / "tiny.safetensors"
+    write_tiny_lora(lora)
+    page.locator("#input-lora_weights").set_input_files(str(lora))
+    page.get_by_label("prompt", exact=True).fill("a clay kiln")
+    page.get_by_label("num_inference_steps", exact=True).fill("3")
+    page.get_by_label("width", exact=True).fill("64")
+    page.get_by_label("height", exact=True).fill("64")
+    page.get_by_label("output_format", exact=True).select_option("webp")
+    page.get_by_role("button", name="Run").click()
+
+    page.wait_for_url("**/playground/predictions/*")
+    expect(page.locator("#status")).to_have_text("succeeded", timeout=UI_TIMEOUT_MS)
+    prediction = client.get(f"/v1/predictions/{page.url.rsplit('/', 1)[1]}").json()
+    uploaded = f"{stack.base_url}/v1/files/"
+    assert [url.startswith(uploaded) for url in prediction["input"]["ip_images"]] == [True, True]
+    assert prediction["input"]["ip_adapter_scales"] == [0.5, 1.5]
+    assert prediction["input"]["lora_weights"].startswith(uploaded)
+    assert "ip_image" not in prediction["input"]
+    assert "Loaded lora_weights" in prediction["logs"] or "Using cached lora_weights" in prediction["logs"]
+    [output] = prediction["output"]
+    assert output.split("?")[0].endswith("/out-0.webp")
+    download = client.get(output)
+    assert download.headers["content-type"] == "image/webp" and download.content[8:12] == b"WEBP"
 
 
 def test_another_tokens_prediction_page_shows_nothing_of_it(stack, page, client):

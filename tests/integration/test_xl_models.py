@@ -40,7 +40,12 @@ def test_same_seed_same_pixels_other_seed_other_pixels(client):
 @pytest.mark.parametrize(
     ("overrides", "expected"),
     [
-        ({"ip_image": None}, "input.ip_image"),
+        ({"ip_image": None}, "an image prompt is required: ip_image, or ip_images"),
+        ({"ip_images": ["https://e.com/a.png"]}, "give one kind of image prompt: ip_image or ip_images"),
+        ({"ip_adapter_mode": "layout"}, "input.ip_adapter_mode: Input should be 'full', 'style'"),
+        ({"control_guidance_start": 0.9, "control_guidance_end": 0.1}, "control_guidance_start (0.9) must be less"),
+        ({"lora_weights": "http://loras.example/a.safetensors"}, "input.lora_weights: must be an https URL"),
+        ({"output_format": "gif"}, "input.output_format: Input should be 'png', 'jpg' or 'webp'"),
         ({"width": 100}, "input.width: Value error, must be a multiple of 8, got 100"),
         ({"height": 4096}, "input.height: Value error, must be at most 1024"),
         ({"ip_adapter_scale": 1.5}, "input.ip_adapter_scale: Input should be less than or equal to 1"),

@@ -21,11 +21,14 @@ GONE = f"{BASE_URL}/v1/files/{'b' * 26}"
 PNG = data_uri(png_bytes(8, 8))
 
 
-def test_the_models_image_fields_are_their_top_level_image_inputs():
+def test_the_models_image_fields_are_their_image_inputs():
     assert image_fields(Depth2ImgInput) == (ImageField(("input_image",), True), ImageField(("depth_image",), False))
+    # One image prompt or several (ip_image or ip_images): neither is required on its own.
     assert image_fields(IPAdapterXLInput) == (
         ImageField(("input_image",), False),
-        ImageField(("ip_image",), True),
+        ImageField(("ip_image",), False),
+        ImageField(("ip_images", EVERY_ITEM), False),
+        ImageField(("ip_masks", EVERY_ITEM), False),
         ImageField(("control_image",), False),
     )
 

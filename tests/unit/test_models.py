@@ -36,13 +36,14 @@ def test_version_id_changes_with_the_weights():
 
 
 # Version ids as clients have stored them: a model's id changes only when its input schema or its weights do.
+# Last moved by issue 18 (output_format / output_quality on every model; the XL models' new inputs).
 PUBLISHED_VERSIONS = {
-    ("tiny", "kiln/sd2-depth2img"): "be38b2b2754d1d2d69e824ae5367810931c847c504dde3b88d8175613ff40de4",
-    ("tiny", "kiln/ip-adapter-depth-xl"): "1f825963e7eb635189aa5751ddc44f4bbfae68a68c3af6e2918a54929976f7d5",
-    ("tiny", "kiln/ip-adapter-openpose-xl"): "8f5b473503de4406c7394923b5ffb7ef6dd37539b79df197ff5099b38eb0d926",
-    ("full", "kiln/sd2-depth2img"): "e5ee5923a6558a1c7708b525a3ccc0f7b2a6f1faa0bcab0636f132bd113af04b",
-    ("full", "kiln/ip-adapter-depth-xl"): "8bac8bac4d1ccc76bd6bc44b718b606cee347246f98b19fbbdb98096a56659ed",
-    ("full", "kiln/ip-adapter-openpose-xl"): "b2adffc6e08945a50a70ef43e3b29d31b3cae34e0a8f14ffef50420bac065c83",
+    ("tiny", "kiln/sd2-depth2img"): "a428a7700df0f57e651ddd012673cdf29d6286ecfd8abc497e6136d4402a1d59",
+    ("tiny", "kiln/ip-adapter-depth-xl"): "6db849f2204902c8d097f291641756e67ced270b7742013754f7450b6185d011",
+    ("tiny", "kiln/ip-adapter-openpose-xl"): "06c951a8ed8cba7c446612825860960311d66d5e982a8015434442dec858ee25",
+    ("full", "kiln/sd2-depth2img"): "9e9ee3464c349805f793639a99a6a24086bfb44d9d688c885d6e1e627561e8ff",
+    ("full", "kiln/ip-adapter-depth-xl"): "ff6786fff1aa5fbbed69d452974f50cacb4d46968a8ea772fb093fe9f94ab656",
+    ("full", "kiln/ip-adapter-openpose-xl"): "b25de017bf11b2b65192904d5c47e78fa547b40d4ec6e2b9cc8aae2993cd37b8",
 }
 
 

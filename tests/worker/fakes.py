@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import hashlib
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from PIL import Image
@@ -12,12 +13,24 @@ from worker.predictors.base import PredictionCanceled
 
 
 class FakeContext:
-    """A ``PredictContext`` that records log lines and steps, and cancels after ``cancel_after`` steps."""
+    """A ``PredictContext`` that records log lines and steps, and cancels after ``cancel_after`` steps.
 
-    def __init__(self, cancel_after: int | None = None) -> None:
+    File inputs come from ``files`` (URL -> bytes); those in ``uploaded`` act as uploaded files, whose
+    digest is known without reading them. ``loaded`` records every file read.
+    """
+
+    def __init__(
+        self,
+        cancel_after: int | None = None,
+        files: Mapping[str, bytes] | None = None,
+        uploaded: frozenset[str] = frozenset(),
+    ) -> None:
         self.lines: list[str] = []
         self.steps = 0
         self.cancel_after = cancel_after
+        self.files = dict(files or {})
+        self.uploaded = uploaded
+        self.loaded: list[str] = []
 
     def log(self, line: str) -> None:
         self.lines.append(line)
@@ -26,6 +39,19 @@ class FakeContext:
         return decode_image(
             load_image_bytes(uri, timeout_s=5, max_bytes=10_000_000, allow_private=False), max_pixels=10_000_000
         )
+
+    def file_digest(self, uri: str) -> str | None:
+        return hashlib.sha256(self.files[uri]).hexdigest() if uri in self.uploaded else None
+
+    def load_file(self, uri: str, *, max_bytes: int, timeout_s: float) -> bytes:
+        from worker.context import FileInputError
+
+        self.loaded.append(uri)
+        if uri not in self.files:
+            raise FileInputError(f"fetching {uri} answered HTTP 404")
+        if len(self.files[uri]) > max_bytes:
+            raise FileInputError(f"{uri} is larger than {max_bytes} bytes")
+        return self.files[uri]
 
     def step_callback(self) -> Callable[[Any, int, Any, dict], dict]:
         def on_step_end(pipe: Any, step: int, timestep: Any, callback_kwargs: dict) -> dict:

@@ -31,12 +31,14 @@ from worker.runner import PredictionRunner
 class MemoryStorage:
     def __init__(self, fail_puts: bool = False) -> None:
         self.objects: dict[str, bytes] = {}
+        self.content_types: dict[str, str] = {}
         self.fail_puts = fail_puts
 
     def put_bytes(self, key: str, data: bytes, content_type: str) -> None:
         if self.fail_puts:
             raise StorageUnavailable("object storage unreachable")
         self.objects[key] = data
+        self.content_types[key] = content_type
 
 
 @dataclass

@@ -61,6 +61,13 @@ class PredictContext(Protocol):
     def load_image(self, uri: str) -> Image.Image:
         """Fetch and decode an image input (bounded in bytes, time and pixels) as RGB."""
 
+    def file_digest(self, uri: str) -> str | None:
+        """The SHA-256 (hex) of a file input when it is known without fetching it (an uploaded file's), else None."""
+
+    def load_file(self, uri: str, *, max_bytes: int, timeout_s: float) -> bytes:
+        """The bytes of a file input (an uploaded file of the prediction's owner, or an https URL fetched
+        through the SSRF guard), at most ``max_bytes`` within ``timeout_s``; ``FileInputError`` says why not."""
+
     def step_callback(self) -> Callable[[Any, int, Any, dict], dict]:
         """A diffusers ``callback_on_step_end``: logs a progress line per step and raises
         ``PredictionCanceled`` when the prediction was canceled."""

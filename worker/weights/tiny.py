@@ -9,6 +9,7 @@ under a file lock, so that workers starting together neither collide nor see a h
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 import shutil
@@ -41,7 +42,7 @@ def builder_fingerprint(*module_names: str) -> str:
     """
     digest = hashlib.sha256()
     for name in (__name__, *module_names):
-        digest.update(Path(sys.modules[name].__file__).read_bytes())
+        digest.update(Path(inspect.getfile(sys.modules[name])).read_bytes())
     for version in (torch.__version__, diffusers.__version__, transformers.__version__):
         digest.update(version.encode())
     return digest.hexdigest()[:16]

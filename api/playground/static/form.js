@@ -27,7 +27,12 @@ export function resolveProperty(property, components) {
   return { ...schema, nullable };
 }
 
+// Slots shown for a list input without maxItems.
+const DEFAULT_LIST_SLOTS = 4;
+
 function kindOf(schema) {
+  if (schema.type === "array") return schema.items?.format === "uri" ? "image-list" : "number-list";
+  if (schema["x-kiln-accept"]) return "file";
   if (schema.format === "uri") return "image";
   if (Array.isArray(schema.enum)) return "select";
   if (schema.type === "boolean") return "checkbox";
@@ -71,25 +76,56 @@ function numberControl(name, schema, id) {
   return el("div", { class: "number-control" }, ...parts);
 }
 
-function imageControl(name, id, required) {
+function imageControl(name, id, required, accept = "image/*") {
+  const isImage = accept === "image/*";
   const preview = el("img", { class: "preview", alt: `Preview of ${name}`, hidden: true });
-  const file = el("input", { id, name, type: "file", accept: "image/*" });
+  const file = el("input", { id, name, type: "file", accept });
   file.addEventListener("change", () => {
-    preview.hidden = !file.files.length;
-    if (file.files.length) preview.src = URL.createObjectURL(file.files[0]);
+    preview.hidden = !isImage || !file.files.length;
+    if (isImage && file.files.length) preview.src = URL.createObjectURL(file.files[0]);
   });
   return el("div", { class: "image-control" },
     file,
-    el("label", { for: `${id}-url`, class: "sub-label" }, "or an image URL"),
-    el("input", { id: `${id}-url`, type: "url", placeholder: "https://… or data:image/…", required: false,
-                  "aria-required": required ? "true" : null }),
+    el("label", { for: `${id}-url`, class: "sub-label" }, isImage ? "or an image URL" : `or the URL of a ${accept} file`),
+    el("input", { id: `${id}-url`, type: "url", placeholder: isImage ? "https://… or data:image/…" : "https://…",
+                  required: false, "aria-required": required ? "true" : null }),
     preview);
+}
+
+// The element id of slot i of a list input: slot 0 carries the field's own id (its label points there).
+function slotId(id, index) {
+  return index === 0 ? id : `${id}-${index}`;
+}
+
+function listSlots(schema) {
+  return schema.maxItems ?? DEFAULT_LIST_SLOTS;
+}
+
+// A list input as a few slots, one per item: image pickers, or number fields; empty slots are left out.
+function listControl(field) {
+  const { name, schema, id } = field;
+  const slots = Array.from({ length: listSlots(schema) }, (_, index) => {
+    const slot = slotId(id, index);
+    const label = el("span", { class: "sub-label" }, `${index + 1}.`);
+    if (field.kind === "image-list") {
+      return el("div", { class: "list-slot" }, label, imageControl(`${name}[${index}]`, slot, false));
+    }
+    const items = schema.items || {};
+    return el("div", { class: "list-slot" }, label, el("input", {
+      id: slot, name: `${name}[${index}]`, type: "number", min: items.minimum, max: items.maximum,
+      step: items.type === "integer" ? 1 : "any", "aria-label": `${name} ${index + 1}`,
+    }));
+  });
+  return el("div", { class: "list-control" }, ...slots);
 }
 
 function control(field) {
   const { name, schema, id } = field;
   switch (field.kind) {
     case "image": return imageControl(name, id, field.required);
+    case "file": return imageControl(name, id, field.required, schema["x-kiln-accept"]);
+    case "image-list":
+    case "number-list": return listControl(field);
     case "select":
       return el("select", { id, name },
         ...(schema.nullable ? [el("option", { value: "" }, "(none)")] : []),
@@ -136,7 +172,11 @@ export function renderFields(container, fields) {
     focusable.setAttribute("aria-describedby", descriptionId);
     const label = el("label", { for: field.id }, el("code", {}, field.name),
       field.required ? el("span", { class: "required" }, " (required)") : null);
-    const typeNote = field.kind === "image" ? "image" : (field.schema.type || "string");
+    const typeNote = {
+      image: "image", file: `${field.schema["x-kiln-accept"]} file`,
+      "image-list": `up to ${listSlots(field.schema)} images`,
+      "number-list": `up to ${listSlots(field.schema)} numbers`,
+    }[field.kind] || field.schema.type || "string";
     return el("div", { class: `field field-${field.kind}` }, label, built,
       el("p", { id: descriptionId, class: "description" },
         `${field.schema.description || ""} `, el("span", { class: "muted" }, typeNote + describeRange(field.schema))));
@@ -150,22 +190,42 @@ async function uploadImage(file) {
   return record.urls.get;
 }
 
+function numberOrUndefined(text) {
+  return text === "" ? undefined : Number(text);
+}
+
+// A picked file (uploaded now through the Files API) or the URL typed beside it; undefined when neither.
+async function pickedFile(form, id, label, onProgress) {
+  const element = form.querySelector(`#${CSS.escape(id)}`);
+  const url = form.querySelector(`#${CSS.escape(id)}-url`).value.trim();
+  if (element.files.length) {
+    onProgress(`Uploading ${label}…`);
+    return uploadImage(element.files[0]);
+  }
+  return url || undefined;
+}
+
 // The input object for a create request; picked files are uploaded through the Files API first.
 export async function collectInput(form, fields, onProgress) {
   const input = {};
   for (const field of fields) {
     const element = form.querySelector(`#${CSS.escape(field.id)}`);
     let value;
-    if (field.kind === "image") {
-      const url = form.querySelector(`#${CSS.escape(field.id)}-url`).value.trim();
-      if (element.files.length) {
-        onProgress(`Uploading ${field.name}…`);
-        value = await uploadImage(element.files[0]);
-      } else if (url) {
-        value = url;
-      } else if (field.required) {
-        throw new Error(`${field.name}: choose an image file or enter an image URL`);
+    if (field.kind === "image" || field.kind === "file") {
+      value = await pickedFile(form, field.id, field.name, onProgress);
+      if (value === undefined && field.required) {
+        throw new Error(`${field.name}: choose a file or enter a URL`);
       }
+    } else if (field.kind === "image-list" || field.kind === "number-list") {
+      const items = [];
+      for (let index = 0; index < listSlots(field.schema); index++) {
+        const slot = slotId(field.id, index);
+        const item = field.kind === "image-list"
+          ? await pickedFile(form, slot, `${field.name} ${index + 1}`, onProgress)
+          : numberOrUndefined(form.querySelector(`#${CSS.escape(slot)}`).value);
+        if (item !== undefined) items.push(item);
+      }
+      value = items.length ? items : undefined;
     } else if (field.kind === "checkbox") {
       value = element.checked;
     } else if (field.kind === "number") {
