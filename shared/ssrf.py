@@ -134,7 +134,8 @@ def resolve_checked(url: str, *, allow_private: bool) -> ResolvedURL:
             reason = forbidden_reason(address)
             if reason:
                 raise URLRefused(
-                    f"host {parts.hostname!r} resolves to {address}, which is not globally routable ({reason})"
+                    f"host {parts.hostname!r} resolves to the address {address}, "
+                    f"which is not globally routable ({reason})"
                 )
     return ResolvedURL(url=url, scheme=parts.scheme, host=parts.hostname, port=port, address=str(addresses[0]))
 

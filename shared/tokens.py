@@ -25,6 +25,7 @@ from typing import Any, Literal
 from redis import Redis
 
 from shared import keys
+from shared.redis_client import as_text
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 TOKEN_PREFIX = "kiln_"
@@ -106,7 +107,7 @@ def bootstrap_tokens(setting: str) -> list[TokenInfo]:
 
 def decoded(fields: Mapping[Any, Any]) -> dict[str, str]:
     """A Redis hash (bytes keys and values) as text."""
-    return {bytes(key).decode(): bytes(value).decode() for key, value in fields.items()}
+    return {as_text(key): as_text(value) for key, value in fields.items()}
 
 
 def record_limits(fields: Mapping[Any, Any]) -> TokenLimits:
@@ -123,7 +124,7 @@ class TokenRegistry:
 
     def _revoked(self) -> set[str]:
         members: set[Any] = self.redis.smembers(keys.revoked_tokens())
-        return {bytes(member).decode() for member in members}
+        return {as_text(member) for member in members}
 
     def list(self) -> list[TokenInfo]:
         """Every token accepted now: the bootstrap ones not revoked, then the created ones by name."""
@@ -164,7 +165,7 @@ class TokenRegistry:
         """Refuse the token named ``name`` from now on, in every API process."""
         found: Any = self.redis.hget(keys.token_names(), name)
         if found is not None:
-            digest = bytes(found).decode()
+            digest = as_text(found)
             with self.redis.pipeline(transaction=True) as pipe:
                 pipe.delete(keys.token(digest))
                 pipe.hdel(keys.token_names(), name)

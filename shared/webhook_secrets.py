@@ -19,6 +19,7 @@ from typing import Any
 from redis import Redis
 
 from shared import keys
+from shared.redis_client import as_text
 
 # KEYS[1]: the tenant's secret hash. ARGV[1]: new secret, ARGV[2]: until when the old one still signs.
 # The current secret becomes the previous one (a rotation within the overlap drops the oldest).
@@ -58,7 +59,7 @@ class TenantSecret:
     @classmethod
     def from_hash(cls, fields: Mapping[Any, Any]) -> TenantSecret:
         """From the Redis hash (bytes keys and values)."""
-        text = {bytes(key).decode(): bytes(value).decode() for key, value in fields.items()}
+        text = {as_text(key): as_text(value) for key, value in fields.items()}
         until = text.get("previous_until")
         return cls(
             current=text["current"],
