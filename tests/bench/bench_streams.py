@@ -135,13 +135,23 @@ def start(root: Path, weights_dir: Path, cap: int) -> Stack:
         s3=s3,
         logs=root / "logs",
     )
-    stack.start("webhooks", WEBHOOK_WORKER_ARGV)
-    stack.start("api", uvicorn_argv(port))
-    stack.start("gpu-worker", GPU_WORKER_ARGV)
-    worker_log = stack.logs / "gpu-worker.log"
-    wait_until(lambda: worker_log.exists() and READY in worker_log.read_bytes(), 600, what="the GPU worker")
-    wait_until(lambda: httpx.get(f"{stack.base_url}/health", timeout=2).status_code == 200, 60, what="the API")
+    try:
+        stack.start("webhooks", WEBHOOK_WORKER_ARGV)
+        stack.start("api", uvicorn_argv(port))
+        stack.start("gpu-worker", GPU_WORKER_ARGV)
+        worker_log = stack.logs / "gpu-worker.log"
+        wait_until(lambda: worker_log.exists() and READY in worker_log.read_bytes(), 600, what="the GPU worker")
+        wait_until(lambda: httpx.get(f"{stack.base_url}/health", timeout=2).status_code == 200, 60, what="the API")
+    except BaseException:
+        stop(stack)
+        raise
     return stack
+
+
+def stop(stack: Stack) -> None:
+    stack.stop_all()
+    stack.s3.stop()
+    stack.redis.stop()
 
 
 def run(args: argparse.Namespace, root: Path) -> list[str]:
@@ -160,9 +170,7 @@ def run(args: argparse.Namespace, root: Path) -> list[str]:
             lines.append(f"{label:>15}: {line} | API log: {errors} ASGI exceptions")
             log(lines[-1])
         finally:
-            stack.stop_all()
-            stack.s3.stop()
-            stack.redis.stop()
+            stop(stack)
     return lines
 
 
