@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.kiln-installed
 
-.PHONY: install run test test-fast lint clean chaos bench bench-gpu gpu-kit
+.PHONY: install run test test-fast lint clean chaos bench bench-streams bench-gpu gpu-kit
 
 install: $(STAMP)
 
@@ -41,6 +41,10 @@ chaos: install
 # Create throughput (single, batch) and submit->start / completed->webhook latencies; prints a table.
 bench: install
 	HF_HUB_OFFLINE=1 $(PY) -m tests.bench.bench $(BENCH_ARGS)
+
+# One tenant holds many SSE streams while another waits on creates and reads: latencies, 5xx, Redis clients.
+bench-streams: install
+	HF_HUB_OFFLINE=1 $(PY) -m tests.bench.bench_streams $(BENCH_STREAMS_ARGS)
 
 # Per-image time (batch 1 and best batch), images/min, GPU idle share between jobs, peak memory per model.
 # On CUDA use KILN_WEIGHTS_PROFILE=random-full (or full); on a CPU it runs on the tiny profile (not GPU numbers).

@@ -47,8 +47,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if not settings.token_digests:
-            logging.getLogger(__name__).warning("KILN_API_TOKEN is empty: every request will be refused")
+            logging.getLogger(__name__).warning(
+                "KILN_API_TOKEN is empty: only tokens made with `kiln tokens create` are accepted"
+            )
         app.state.services = Services.connect(settings)
+        await app.state.services.start()
         try:
             yield
         finally:

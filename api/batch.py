@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from api.errors import ProblemError, input_validation_problem, problem_body
+from api.errors import ProblemError, input_validation_problem, problem_body, reject_invalid_text
 from api.idempotency import TTL_S, fingerprint
 from api.schemas import CreateInBatch
 from api.services import Services
@@ -22,7 +22,6 @@ from models.registry import UnknownModelError, find_model, resolve_version
 from shared import keys, queues
 from shared.model_spec import ModelSpec
 from shared.prediction import Prediction, new_id
-from shared.prediction_json import render_prediction
 
 
 def _model_of(item: CreateInBatch, services: Services) -> ModelSpec:
@@ -41,6 +40,7 @@ def prepare_item(
     services: Services, tenant: str, raw: dict[str, Any], base_url: str, checked_images: set[str]
 ) -> Prediction:
     """One item as a prediction ready to store; ``ProblemError`` says what is wrong with it."""
+    reject_invalid_text(raw)
     try:
         item = CreateInBatch.model_validate(raw)
     except ValidationError as exc:
@@ -49,7 +49,12 @@ def prepare_item(
 
 
 def submit_batch(
-    services: Services, tenant: str, items: list[dict[str, Any]], base_url: str, idempotency_key: str | None
+    services: Services,
+    tenant: str,
+    items: list[dict[str, Any]],
+    base_url: str,
+    idempotency_key: str | None,
+    tenant_cap: int | None = None,
 ) -> tuple[list[dict[str, Any]], bool]:
     """Create the batch (or replay it, for a repeated Idempotency-Key); returns the rendered results
     and whether they were created now."""
@@ -63,7 +68,7 @@ def submit_batch(
         if existing is not None:
             return _replay(services, existing, base_url), False
     try:
-        results = _create(services, tenant, items, base_url)
+        results = _create(services, tenant, items, base_url, tenant_cap)
     except BaseException:
         if idempotency_key is not None:
             services.idempotency.release(tenant, idempotency_key)
@@ -71,12 +76,11 @@ def submit_batch(
     entries = [{"id": r.id} if isinstance(r, Prediction) else {"problem": r} for r in results]
     if idempotency_key is not None:
         services.redis.set(keys.batch(batch_id), json.dumps(entries), ex=TTL_S)
-    secret = services.url_signing_secret
-    return [render_prediction(r, base_url, secret) if isinstance(r, Prediction) else r for r in results], True
+    return [services.render(r, base_url) if isinstance(r, Prediction) else r for r in results], True
 
 
 def _create(
-    services: Services, tenant: str, items: list[dict[str, Any]], base_url: str
+    services: Services, tenant: str, items: list[dict[str, Any]], base_url: str, tenant_cap: int | None
 ) -> list[Prediction | dict[str, Any]]:
     results: list[Prediction | dict[str, Any]] = []
     checked_images: set[str] = set()  # data URIs found good in this batch: checked once
@@ -87,7 +91,7 @@ def _create(
             results.append(problem_body(exc.status, exc.detail, **exc.extra))
     valid = [r for r in results if isinstance(r, Prediction)]
     if valid:
-        store_and_enqueue(services, valid, queues.PRIORITY_BATCH)
+        store_and_enqueue(services, valid, queues.PRIORITY_BATCH, tenant_cap)
     return results
 
 
@@ -104,9 +108,8 @@ def _replay(services: Services, batch_id: str, base_url: str) -> list[dict[str, 
         time.sleep(0.02)
     entries = json.loads(stored)
     found = {p.id: p for p in services.store.get_many([e["id"] for e in entries if "id" in e])}
-    secret = services.url_signing_secret
     return [
-        render_prediction(found[e["id"]], base_url, secret) if "id" in e else e["problem"]
+        services.render(found[e["id"]], base_url) if "id" in e else e["problem"]
         for e in entries
         if "problem" in e or e["id"] in found
     ]

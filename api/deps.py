@@ -6,15 +6,17 @@ per dependency cost more than the checks themselves on every request.
 
 from __future__ import annotations
 
-import hmac
 from typing import Annotated
 
 from fastapi import Depends, Request, Response
 
+from api.auth import Caller
 from api.errors import ProblemError
 from api.services import Services
-from shared.settings import Settings, tenant_of, token_digest
+from shared.settings import Settings
 from shared.store import PredictionStore
+
+_CHALLENGE = {"WWW-Authenticate": "Bearer"}
 
 
 async def get_services(request: Request) -> Services:
@@ -30,8 +32,8 @@ async def get_store(services: Annotated[Services, Depends(get_services)]) -> Pre
     return services.store
 
 
-async def optional_tenant(request: Request, settings: Annotated[Settings, Depends(get_settings_dep)]) -> str | None:
-    """The tenant of the request's token, None without credentials; 401 for an invalid token.
+async def optional_caller(request: Request, services: Annotated[Services, Depends(get_services)]) -> Caller | None:
+    """The caller of the request's token, None without credentials; 401 for an unknown or revoked token.
 
     Accepts ``Bearer <token>`` and Replicate's older ``Token <token>``.
     """
@@ -41,37 +43,39 @@ async def optional_tenant(request: Request, settings: Annotated[Settings, Depend
     scheme, _, token = header.partition(" ")
     token = token.strip()
     if scheme.lower() not in {"bearer", "token"} or not token:
-        raise ProblemError(
-            401, "malformed credentials: send 'Authorization: Bearer <token>'", headers={"WWW-Authenticate": "Bearer"}
-        )
-    digest = token_digest(token)
-    # Every known digest is compared, in constant time, so timing says nothing about which matched.
-    matches = [hmac.compare_digest(digest, known) for known in settings.token_digests]
-    if not any(matches):
-        raise ProblemError(401, "invalid token", headers={"WWW-Authenticate": "Bearer"})
-    return tenant_of(digest)
+        raise ProblemError(401, "malformed credentials: send 'Authorization: Bearer <token>'", headers=_CHALLENGE)
+    caller = await services.authenticator.caller(token)
+    if caller is None:
+        raise ProblemError(401, "invalid token (unknown or revoked)", headers=_CHALLENGE)
+    return caller
 
 
-async def current_tenant(
-    tenant: Annotated[str | None, Depends(optional_tenant)],
+async def optional_tenant(caller: Annotated[Caller | None, Depends(optional_caller)]) -> str | None:
+    return caller.tenant if caller else None
+
+
+async def current_caller(
+    caller: Annotated[Caller | None, Depends(optional_caller)],
     services: Annotated[Services, Depends(get_services)],
     response: Response,
-) -> str:
-    """The authenticated tenant, within its rate limit (429 with ``Retry-After`` beyond it)."""
-    if tenant is None:
-        raise ProblemError(
-            401, "missing credentials: send 'Authorization: Bearer <token>'", headers={"WWW-Authenticate": "Bearer"}
-        )
-    decision = await services.rate_limiter.take(tenant)
+) -> Caller:
+    """The authenticated caller, within its rate limit (429 with ``Retry-After`` beyond it)."""
+    if caller is None:
+        raise ProblemError(401, "missing credentials: send 'Authorization: Bearer <token>'", headers=_CHALLENGE)
+    decision = await services.rate_limiter.take(caller.tenant, caller.rate_limit_per_s, caller.rate_limit_burst)
     if not decision.allowed:
         raise ProblemError(
             429,
-            f"rate limit exceeded: {services.settings.rate_limit_per_s:g} requests per second "
-            f"with bursts of {services.settings.rate_limit_burst}",
+            f"rate limit exceeded: {caller.rate_limit_per_s:g} requests per second "
+            f"with bursts of {caller.rate_limit_burst}",
             headers=decision.headers() | {"Retry-After": str(decision.retry_after_s)},
         )
     response.headers.update(decision.headers())
-    return tenant
+    return caller
+
+
+async def current_tenant(caller: Annotated[Caller, Depends(current_caller)]) -> str:
+    return caller.tenant
 
 
 async def base_url(request: Request, settings: Annotated[Settings, Depends(get_settings_dep)]) -> str:
@@ -82,6 +86,7 @@ async def base_url(request: Request, settings: Annotated[Settings, Depends(get_s
 ServicesDep = Annotated[Services, Depends(get_services)]
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 StoreDep = Annotated[PredictionStore, Depends(get_store)]
+CurrentCaller = Annotated[Caller, Depends(current_caller)]
 CurrentTenant = Annotated[str, Depends(current_tenant)]
 OptionalTenant = Annotated[str | None, Depends(optional_tenant)]
 BaseURL = Annotated[str, Depends(base_url)]

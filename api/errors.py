@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from shared.objects import StorageUnavailable
+from shared.text import find_invalid_text, printable
 
 PROBLEM_JSON = "application/problem+json"
 log = logging.getLogger(__name__)
@@ -32,8 +33,20 @@ class ProblemError(Exception):
         self.extra = extra
 
 
+def _printable(value: Any) -> Any:
+    """``value`` (JSON) with every string made encodable: a problem may quote the bad text it names."""
+    if isinstance(value, str):
+        return printable(value)
+    if isinstance(value, dict):
+        return {_printable(key): _printable(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_printable(item) for item in value]
+    return value
+
+
 def problem_body(status: int, detail: str, **extra: Any) -> dict[str, Any]:
-    return {"title": HTTPStatus(status).phrase, "detail": detail, "status": status, **extra}
+    body: dict[str, Any] = _printable({"title": HTTPStatus(status).phrase, "detail": detail, "status": status, **extra})
+    return body
 
 
 def problem_response(status: int, detail: str, headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
@@ -57,6 +70,13 @@ def describe_validation_errors(
 def input_validation_problem(exc: ValidationError, prefix: tuple[str, ...]) -> ProblemError:
     detail, items = describe_validation_errors(exc.errors(include_url=False), prefix)
     return ProblemError(422, detail, errors=items)
+
+
+def reject_invalid_text(value: Any, prefix: str = "") -> None:
+    """A 422 naming the first string or key of ``value`` (JSON) that is not valid Unicode."""
+    found = find_invalid_text(value)
+    if found is not None:
+        raise ProblemError(422, f"{found.field(prefix)}: {found.problem}")
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -43,18 +43,17 @@ class Decision:
 
 
 class RateLimiter:
-    def __init__(self, client: redis.asyncio.Redis, rate_per_s: float, burst: int) -> None:
-        self.rate = rate_per_s
-        self.burst = burst
+    def __init__(self, client: redis.asyncio.Redis) -> None:
         # Async, so the check runs on the event loop instead of costing every request a thread hop.
         self._take = client.register_script(_TAKE)
 
-    async def take(self, tenant: str, cost: int = 1) -> Decision:
-        allowed, tokens = await self._take(keys=[keys.rate_limit(tenant)], args=[self.rate, self.burst, cost])
-        tokens = float(tokens)
+    async def take(self, tenant: str, rate_per_s: float, burst: int, cost: int = 1) -> Decision:
+        """Take ``cost`` from the tenant's bucket (``rate_per_s`` refill, ``burst`` deep: the token's limits)."""
+        allowed, left = await self._take(keys=[keys.rate_limit(tenant)], args=[rate_per_s, burst, cost])
+        tokens = float(left)
         return Decision(
             allowed=bool(allowed),
             remaining=int(tokens),
-            retry_after_s=0 if allowed else math.ceil((cost - tokens) / self.rate),
-            reset_s=math.ceil((self.burst - tokens) / self.rate),
+            retry_after_s=0 if allowed else math.ceil((cost - tokens) / rate_per_s),
+            reset_s=math.ceil((burst - tokens) / rate_per_s),
         )

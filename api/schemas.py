@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, HttpUrl
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl, model_validator
+
+from api.errors import reject_invalid_text
 
 WebhookEvent = Literal["start", "output", "logs", "completed"]
 
@@ -14,6 +16,14 @@ class PredictionFields(BaseModel):
 
     # Replicate's clients send extra keys (e.g. ``stream``); ignore what we don't use.
     model_config = ConfigDict(extra="ignore")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _valid_text(cls, data: Any) -> Any:
+        """Text that is not valid Unicode, anywhere in the body (ignored keys too), is a 422 naming
+        where it is, before anything reads it."""
+        reject_invalid_text(data)
+        return data
 
     input: dict[str, Any] = Field(description="The model's inputs, validated against its schema.")
     webhook: HttpUrl | None = None
@@ -35,3 +45,11 @@ class CreateInBatch(PredictionFields):
 class CreateBatch(BaseModel):
     # Items stay raw here and are validated one by one, so one bad item fails only itself.
     predictions: list[dict[str, Any]] = Field(description="Create bodies: version or model, input, webhook...")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _valid_text(cls, data: Any) -> Any:
+        """Invalid Unicode outside the items is a 422 for the batch; in an item, a problem for that item."""
+        if isinstance(data, dict):
+            reject_invalid_text({key: value for key, value in data.items() if key != "predictions"})
+        return data

@@ -2,36 +2,49 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Any
 
 from celery import Celery
 from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
+from redis.exceptions import RedisError
 
+from api.auth import Authenticator
+from api.events import EventHub
 from api.idempotency import IdempotencyKeys
 from api.ratelimit import RateLimiter
+from api.stream_slots import StreamSlots
 from shared.celery_config import create_celery
 from shared.files import FileStore
 from shared.lifecycle import PredictionLifecycle
+from shared.prediction import Prediction
+from shared.prediction_json import render_prediction
 from shared.redis_client import connect, connect_async
-from shared.secrets import url_signing_secret
 from shared.settings import Settings
+from shared.signed_urls import UrlSigner
 from shared.storage import Storage
 from shared.store import PredictionStore
 from shared.task_messages import PredictMessages
 from shared.webhook_outbox import WebhookNotifier, WebhookOutbox
+from shared.webhook_secrets import WebhookSecrets
+
+# What renders a prediction without outputs: it signs no URL.
+_SIGNS_NOTHING = UrlSigner(secret="", ttl_s=1)
 
 
 @dataclass
 class Services:
     settings: Settings
     redis: Redis
-    # Async commands from the event loop (rate limiting), with the usual read timeout.
+    # Async commands from the event loop (tokens, rate limiting, what waiters and streams read).
     async_redis: AsyncRedis
-    # Async, without a read timeout: waiting on prediction events (Prefer: wait, streams) without
-    # holding a thread, for as long as the wait asks.
-    event_redis: AsyncRedis
+    # The process's one pub/sub connection: every Prefer: wait and stream waits on it.
+    events: EventHub
+    # At most KILN_MAX_OPEN_STREAMS_PER_TENANT streams and waits per token.
+    stream_slots: StreamSlots
     store: PredictionStore
     storage: Storage
     files: FileStore
@@ -41,8 +54,11 @@ class Services:
     notifier: WebhookNotifier
     # Ends predictions (here: cancels of queued ones) with their retention, metrics and webhook.
     lifecycle: PredictionLifecycle
+    authenticator: Authenticator
     rate_limiter: RateLimiter
     idempotency: IdempotencyKeys
+    # Each tenant's webhook signing secret (and its rotation).
+    webhook_secrets: WebhookSecrets
 
     @classmethod
     def connect(cls, settings: Settings) -> Services:
@@ -56,8 +72,8 @@ class Services:
             settings=settings,
             redis=sync_redis,
             async_redis=async_redis,
-            # No read timeout: pub/sub waits block for as long as Prefer: wait or a stream asks.
-            event_redis=connect_async(settings.redis_url, socket_timeout=None),
+            events=EventHub.connect(settings.redis_url),
+            stream_slots=StreamSlots(async_redis, settings.max_open_streams_per_tenant),
             store=store,
             storage=storage,
             files=FileStore(sync_redis, storage, settings.file_retention_s),
@@ -65,15 +81,34 @@ class Services:
             messages=PredictMessages(celery),
             notifier=notifier,
             lifecycle=PredictionLifecycle(store, notifier),
-            rate_limiter=RateLimiter(async_redis, settings.rate_limit_per_s, settings.rate_limit_burst),
+            authenticator=Authenticator(async_redis, settings),
+            rate_limiter=RateLimiter(async_redis),
             idempotency=IdempotencyKeys(sync_redis),
+            webhook_secrets=WebhookSecrets(sync_redis, settings.webhook_secret_overlap_s),
         )
 
+    async def start(self) -> None:
+        """The background tasks: the event listener and the open-stream slot keeper."""
+        await self.events.start()
+        await self.stream_slots.start()
+        # Read the URL-signing secret now, so answering never needs Redis for it later.
+        with contextlib.suppress(RedisError, OSError):
+            _ = self.url_signer
+
     @cached_property
-    def url_signing_secret(self) -> str:
-        return url_signing_secret(self.settings, self.redis)
+    def url_signer(self) -> UrlSigner:
+        """Signs the URLs that work without a token (outputs), with their expiry."""
+        return UrlSigner.from_settings(self.settings, self.redis)
+
+    def render(self, prediction: Prediction, base_url: str) -> dict[str, Any]:
+        """The prediction as clients see it, with freshly signed output URLs. One without outputs
+        needs no signing secret, so answering a create never depends on reading it from Redis."""
+        has_outputs = prediction.output is not None and not prediction.data_removed
+        signer = self.url_signer if has_outputs else _SIGNS_NOTHING
+        return render_prediction(prediction, base_url, signer, self.settings.retention_s)
 
     async def close(self) -> None:
+        await self.stream_slots.close()
+        await self.events.close()
         self.redis.close()
-        await self.event_redis.aclose()
         await self.async_redis.aclose()

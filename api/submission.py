@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import time
+from collections.abc import Iterable
 
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
-from api.errors import ProblemError
+from api.auth import Caller
+from api.errors import ProblemError, reject_invalid_text
 from api.idempotency import fingerprint
 from api.inputs import stage_remote_images, validate_input
 from api.lora_inputs import check_lora_inputs
@@ -17,11 +21,14 @@ from api.waiting import parse_prefer_wait, wait_until_terminal
 from shared import queues
 from shared.metrics import record_created
 from shared.model_spec import ModelSpec
+from shared.objects import prediction_prefix
 from shared.prediction import Prediction, new_id
-from shared.prediction_json import render_prediction
 from shared.queue_counters import QueueFull
 from shared.ssrf import URLRefused, resolve_checked
 from shared.status import Status
+from shared.store import read_prediction
+
+log = logging.getLogger(__name__)
 
 # How long a duplicate request waits for the first one (same Idempotency-Key) to store its prediction.
 DUPLICATE_WAIT_S = 10.0
@@ -49,10 +56,17 @@ def prepare(
     checked_images: set[str] | None = None,
 ) -> Prediction:
     """Validate a create request (input, LoRA inputs, webhook, remote images) into a prediction ready to store."""
+    # First: text that is not valid Unicode is never fetched, stored or echoed.
+    reject_invalid_text(body.input, "input")
     prediction_id = new_id()
     inputs = validate_input(spec, body.input, services, tenant, base_url, checked_images)
     check_lora_inputs(spec, inputs, services, tenant, base_url, checked_images)
     webhook = check_webhook(str(body.webhook) if body.webhook else None, services)
+    try:
+        input_files = stage_remote_images(spec, inputs, services, prediction_id, base_url)
+    except BaseException:
+        discard_staged_inputs(services, [prediction_id])  # a 4xx leaves no object behind
+        raise
     return Prediction(
         id=prediction_id,
         tenant=tenant,
@@ -60,17 +74,31 @@ def prepare(
         version=spec.version_id(services.settings),
         queue=spec.queue,
         input=inputs,
-        input_files=stage_remote_images(spec, inputs, services, prediction_id, base_url),
+        input_files=input_files,
         webhook=webhook,
         webhook_events_filter=list(body.webhook_events_filter) if body.webhook_events_filter is not None else None,
         base_url=base_url,
     )
 
 
-def store_and_enqueue(services: Services, predictions: list[Prediction], priority: int) -> None:
+def discard_staged_inputs(services: Services, prediction_ids: Iterable[str]) -> None:
+    """Delete what was staged in S3 for predictions that will not be stored (best effort: the
+    answer is the problem that stopped them, not a storage error)."""
+    for prediction_id in prediction_ids:
+        try:
+            services.storage.delete_prefix(prediction_prefix(prediction_id))
+        except Exception as exc:
+            log.warning("staged inputs of refused prediction %s not deleted: %s", prediction_id, exc)
+
+
+def store_and_enqueue(
+    services: Services, predictions: list[Prediction], priority: int, tenant_cap: int | None = None
+) -> None:
     """Store predictions within the queue caps and enqueue them, in one Redis transaction: 429
-    (tenant) or 503 (global cap) with nothing stored; Redis down is a 503 with nothing stored."""
+    (tenant: ``tenant_cap``, else ``KILN_MAX_QUEUED_PER_TENANT``) or 503 (global cap) with nothing
+    stored; Redis down is a 503 with nothing stored. Inputs staged for them are deleted then."""
     settings = services.settings
+    tenant_cap = tenant_cap or settings.max_queued_per_tenant
 
     def priority_at(position: int) -> int:
         """A batch item's priority depends on how many of its tenant's predictions queue before it."""
@@ -85,22 +113,26 @@ def store_and_enqueue(services: Services, predictions: list[Prediction], priorit
 
     try:
         services.store.create_many(
-            predictions,
-            tenant_cap=settings.max_queued_per_tenant,
-            total_cap=settings.max_queued_total,
-            messages=messages,
+            predictions, tenant_cap=tenant_cap, total_cap=settings.max_queued_total, messages=messages
         )
-    except QueueFull as exc:
-        status = 429 if exc.scope == "tenant" else 503
-        who = "this token has" if exc.scope == "tenant" else "the service has"
-        raise ProblemError(
-            status,
-            f"{who} {exc.cap} predictions queued, the most allowed "
-            f"(KILN_MAX_QUEUED_{'PER_TENANT' if exc.scope == 'tenant' else 'TOTAL'}); "
-            f"{len(predictions)} more would not fit; retry when some have started",
-            headers={"Retry-After": str(QUEUE_FULL_RETRY_AFTER_S)},
-        ) from None
+    except BaseException as exc:
+        discard_staged_inputs(services, (p.id for p in predictions if p.input_files))
+        if isinstance(exc, QueueFull):
+            raise _queue_full_problem(exc, len(predictions)) from None
+        raise
     record_created(p.model for p in predictions)
+
+
+def _queue_full_problem(exc: QueueFull, count: int) -> ProblemError:
+    status = 429 if exc.scope == "tenant" else 503
+    who = "this token has" if exc.scope == "tenant" else "the service has"
+    return ProblemError(
+        status,
+        f"{who} {exc.cap} predictions queued, the most allowed "
+        f"(KILN_MAX_QUEUED_{'PER_TENANT' if exc.scope == 'tenant' else 'TOTAL'}); "
+        f"{count} more would not fit; retry when some have started",
+        headers={"Retry-After": str(QUEUE_FULL_RETRY_AFTER_S)},
+    )
 
 
 def submit(
@@ -110,6 +142,7 @@ def submit(
     body: PredictionFields,
     base_url: str,
     idempotency_key: str | None = None,
+    tenant_cap: int | None = None,
 ) -> tuple[Prediction, bool]:
     """Store the prediction, then enqueue its id; returns it and whether it was created now.
 
@@ -120,11 +153,16 @@ def submit(
     prediction = prepare(services, tenant, spec, body, base_url)
     if idempotency_key is not None:
         request = fingerprint(spec.ref, body.model_dump(mode="json", exclude_unset=True))
-        existing = services.idempotency.claim(tenant, idempotency_key, request, prediction.id)
+        try:
+            existing = services.idempotency.claim(tenant, idempotency_key, request, prediction.id)
+        except BaseException:
+            discard_staged_inputs(services, [prediction.id] if prediction.input_files else [])
+            raise
         if existing is not None:
+            discard_staged_inputs(services, [prediction.id] if prediction.input_files else [])
             return _stored_by_first_request(services, existing), False
     try:
-        store_and_enqueue(services, [prediction], queues.PRIORITY_INTERACTIVE)
+        store_and_enqueue(services, [prediction], queues.PRIORITY_INTERACTIVE, tenant_cap)
     except BaseException:
         if idempotency_key is not None:
             services.idempotency.release(tenant, idempotency_key)
@@ -147,24 +185,30 @@ def _stored_by_first_request(services: Services, prediction_id: str) -> Predicti
 
 async def create_and_respond(
     services: Services,
-    tenant: str,
+    caller: Caller,
     spec: ModelSpec,
     body: PredictionFields,
     base_url: str,
     prefer: str | None,
     idempotency_key: str | None,
 ) -> JSONResponse:
-    """Create (or replay) the prediction; with ``Prefer: wait``, hold the answer until it is terminal."""
+    """Create (or replay) the prediction; with ``Prefer: wait``, hold the answer until it is terminal.
+
+    A waited create takes one of the token's open-stream slots first (429 when none is free, with
+    nothing stored). Once the prediction is stored the answer is a 201 whatever happens while
+    waiting: a client that retried a 5xx would run it twice."""
     wait_s = parse_prefer_wait(prefer, services.settings.prefer_wait_default_s)
-    prediction, created = await run_in_threadpool(submit, services, tenant, spec, body, base_url, idempotency_key)
-    headers = {} if created else {"Idempotent-Replayed": "true"}
-    if wait_s is not None:
-        headers["Preference-Applied"] = f"wait={wait_s}"
-        await wait_until_terminal(services.event_redis, prediction.id, wait_s)
-        latest = await run_in_threadpool(services.store.get, prediction.id)
-        if latest is not None:  # None only if the record vanished meanwhile (Redis lost it): answer as created
-            prediction = latest
-    rendered = render_prediction(prediction, base_url, services.url_signing_secret)
+    async with contextlib.AsyncExitStack() as held:
+        if wait_s is not None:
+            await held.enter_async_context(services.stream_slots.hold(caller.tenant))
+        prediction, created = await run_in_threadpool(
+            submit, services, caller.tenant, spec, body, base_url, idempotency_key, caller.max_queued
+        )
+        headers = {} if created else {"Idempotent-Replayed": "true"}
+        if wait_s is not None:
+            headers["Preference-Applied"] = f"wait={wait_s}"
+            prediction = await _after_waiting(services, prediction, wait_s)
+    rendered = services.render(prediction, base_url)
     if wait_s is not None and not prediction.status.is_terminal():
         headers["Location"] = rendered["urls"]["get"]
         # Replicate's Python client polls after a waited create only when the status is "starting";
@@ -172,3 +216,13 @@ async def create_and_respond(
         if rendered["output"] is None:
             rendered["status"] = Status.STARTING.value
     return JSONResponse(rendered, status_code=201, headers=headers)
+
+
+async def _after_waiting(services: Services, stored: Prediction, wait_s: int) -> Prediction:
+    """The prediction once terminal or after ``wait_s``; as stored if waiting or reading fails."""
+    try:
+        await wait_until_terminal(services.events, services.async_redis, stored.id, wait_s)
+        return await read_prediction(services.async_redis, stored.id) or stored
+    except Exception as exc:
+        log.warning("waiting for prediction %s failed (%r); answering with it as stored", stored.id, exc)
+        return stored

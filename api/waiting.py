@@ -1,16 +1,16 @@
-"""Waiting for a prediction to change without holding a thread: Redis pub/sub on its event channel."""
+"""Waiting for a prediction to finish without holding a thread or a Redis connection: the process's
+event hub (``api.events``) wakes the waiter, which re-reads the status."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import re
-from collections.abc import AsyncIterator
-from typing import Any
 
 import redis.asyncio
 
 from api.errors import ProblemError
+from api.events import RECHECK_S, EventHub
 from shared import keys
 from shared.status import Status
 
@@ -32,25 +32,16 @@ def parse_prefer_wait(header: str | None, default_s: int) -> int | None:
     return None
 
 
-async def events(
-    event_redis: redis.asyncio.Redis, prediction_id: str, timeout_s: float
-) -> AsyncIterator[dict[str, Any] | None]:
-    """Yield each event published for the prediction, and None at least once a second (to re-check
-    state, so a missed message costs at most a second), until ``timeout_s`` passes."""
+async def wait_until_terminal(hub: EventHub, client: redis.asyncio.Redis, prediction_id: str, timeout_s: float) -> bool:
+    """Block (asynchronously) until the prediction is terminal or ``timeout_s`` passes; True if terminal."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
-    async with event_redis.pubsub() as pubsub:
-        await pubsub.subscribe(keys.prediction_events(prediction_id))
-        yield None  # subscribed: the caller can read state without missing what follows
-        while (remaining := deadline - loop.time()) > 0:
-            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=min(remaining, 1.0))
-            yield json.loads(message["data"]) if message else None
-
-
-async def wait_until_terminal(event_redis: redis.asyncio.Redis, prediction_id: str, timeout_s: float) -> bool:
-    """Block (asynchronously) until the prediction is terminal or ``timeout_s`` passes; True if terminal."""
-    async for _ in events(event_redis, prediction_id, timeout_s):
-        raw = await event_redis.hget(keys.prediction(prediction_id), "status")
-        if raw is not None and Status(json.loads(raw)).is_terminal():
-            return True
-    return False
+    async with hub.subscribe(prediction_id) as subscription:
+        while True:
+            raw = await client.hget(keys.prediction(prediction_id), "status")
+            if raw is not None and Status(json.loads(raw)).is_terminal():
+                return True
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
+            await subscription.wait(min(remaining, RECHECK_S))

@@ -86,9 +86,11 @@ class FileStore:
             created_at=now,
             expires_at=now + timedelta(seconds=self.retention_s),
         )
+        # Serialized first: a record that cannot be stored must not leave its bytes behind in S3.
+        serialized = record.model_dump_json()
         self.storage.put_bytes(file_key(record.id), data, content_type)
         with self.redis.pipeline(transaction=True) as pipe:
-            pipe.set(keys.file(record.id), record.model_dump_json(), ex=self.retention_s)
+            pipe.set(keys.file(record.id), serialized, ex=self.retention_s)
             pipe.zadd(keys.tenant_files(tenant), {record.id: 0})
             pipe.execute()
         retention.schedule(self.redis, "file", record.id, record.expires_at.timestamp())

@@ -27,6 +27,8 @@ class InputLimits(BaseModel):
     max_pixels: int
     # Largest output side a request may ask for.
     max_side: int
+    # Longest prompt (``PromptText``), in characters.
+    max_prompt_chars: int = 10_000
 
     @classmethod
     def from_settings(cls, settings: Settings) -> InputLimits:
@@ -34,7 +36,20 @@ class InputLimits(BaseModel):
             max_bytes=settings.image_fetch_max_bytes,
             max_pixels=settings.image_max_pixels,
             max_side=settings.max_image_side,
+            max_prompt_chars=settings.max_prompt_chars,
         )
+
+
+def _bounded_prompt(value: str, info: ValidationInfo) -> str:
+    limits = (info.context or {}).get("limits")
+    if limits is not None and len(value) > limits.max_prompt_chars:
+        raise ValueError(f"{len(value)} characters, at most {limits.max_prompt_chars} (KILN_MAX_PROMPT_CHARS)")
+    return value
+
+
+# The JSON schema is a plain string's (so version ids stay); the bound comes from the settings.
+PromptText = Annotated[str, AfterValidator(_bounded_prompt)]
+"""Prompt text: at most ``KILN_MAX_PROMPT_CHARS`` characters when ``limits`` are in the context."""
 
 
 def _validate_image_uri(value: str, info: ValidationInfo) -> str:

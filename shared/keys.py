@@ -29,8 +29,14 @@ def tenant_predictions(tenant: str) -> str:
 
 
 def secret(name: str) -> str:
-    """String: a generated server secret (webhook signing, URL signing) when none is configured."""
+    """String: a generated server secret (URL signing) when none is configured."""
     return f"{PREFIX}:secret:{name}"
+
+
+def webhook_secret(tenant: str) -> str:
+    """Hash: a tenant's webhook signing secret (``current``) and, after a rotation, the ``previous``
+    one with ``previous_until`` (unix seconds). Kept as long as the tenant may have receivers."""
+    return f"{PREFIX}:webhook:secret:{tenant}"
 
 
 def webhook_delivery(delivery_id: str) -> str:
@@ -82,6 +88,29 @@ def tenant_files(tenant: str) -> str:
 def idempotency(tenant: str, key_digest: str) -> str:
     """String (24 h): the body fingerprint and prediction id an Idempotency-Key was first used with."""
     return f"{PREFIX}:idempotency:{tenant}:{key_digest}"
+
+
+def token(digest: str) -> str:
+    """Hash: a token created at run time (``kiln tokens create``), by its SHA-256: ``name``,
+    ``created_at`` and its limits (``rate_limit_per_s``, ``rate_limit_burst``, ``max_queued``) where
+    set. Deleted when revoked."""
+    return f"{PREFIX}:token:{digest}"
+
+
+def token_names() -> str:
+    """Hash: token name -> SHA-256 of the token created under that name."""
+    return f"{PREFIX}:tokens:names"
+
+
+def revoked_tokens() -> str:
+    """Set: SHA-256 digests of revoked bootstrap tokens (``KILN_API_TOKEN`` entries), refused even so."""
+    return f"{PREFIX}:tokens:revoked"
+
+
+def open_streams(tenant: str) -> str:
+    """Sorted set: a tenant's open streams and ``Prefer: wait`` creates (one member each, across API
+    processes), scored by when its lease lapses; a process renews its members while they are open."""
+    return f"{PREFIX}:tenant:{tenant}:open-streams"
 
 
 def rate_limit(tenant: str) -> str:

@@ -1,12 +1,16 @@
 """A prediction as clients see it: Replicate's JSON shape, built from the stored record, and the
-URLs in it (the prediction, its page, its signed output files)."""
+URLs in it (the prediction, its page, its signed, expiring output files)."""
 
 from __future__ import annotations
 
+import json
+import time
+from datetime import datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 from shared.prediction import Prediction, format_timestamp
-from shared.secrets import sign_path
+from shared.signed_urls import UrlSigner
 
 
 def prediction_path(prediction_id: str) -> str:
@@ -22,15 +26,33 @@ def output_path(prediction_id: str, name: str) -> str:
     return f"{prediction_path(prediction_id)}/output/{name}"
 
 
-def output_url(base_url: str, prediction_id: str, name: str, url_secret: str) -> str:
+def outputs_kept_until(completed_at: datetime | None, retention_s: float) -> float:
+    """When a prediction's outputs are deleted (unix seconds): retention after it completed, or after
+    now while it runs. No output URL outlives that."""
+    return (completed_at.timestamp() if completed_at else time.time()) + retention_s
+
+
+def output_url(base_url: str, prediction_id: str, name: str, signer: UrlSigner, not_after: float) -> str:
     """Served by the API, not presigned S3: the Python client downloads with its Bearer header and
     follows no redirect (S3 rejects a presigned URL that also carries Authorization), while the JS
-    client sends no header at all. The signature makes the URL work for both."""
-    path = output_path(prediction_id, name)
-    return f"{base_url}{path}?sig={sign_path(url_secret, path)}"
+    client sends no header at all. The signature (which expires) makes the URL work for both."""
+    return signer.url(base_url, output_path(prediction_id, name), not_after=not_after)
 
 
-def render_prediction(prediction: Prediction, base_url: str, url_secret: str) -> dict[str, Any]:
+def render_outputs(
+    base_url: str,
+    prediction_id: str,
+    names: list[str],
+    completed_at: datetime | None,
+    signer: UrlSigner,
+    retention_s: float,
+) -> list[str]:
+    """The signed URLs of a prediction's output files, fresh, none outliving the files."""
+    kept_until = outputs_kept_until(completed_at, retention_s)
+    return [output_url(base_url, prediction_id, name, signer, kept_until) for name in names]
+
+
+def render_prediction(prediction: Prediction, base_url: str, signer: UrlSigner, retention_s: float) -> dict[str, Any]:
     get_url = f"{base_url}{prediction_path(prediction.id)}"
     urls = {
         "get": get_url,
@@ -40,7 +62,9 @@ def render_prediction(prediction: Prediction, base_url: str, url_secret: str) ->
     }
     output = None
     if prediction.output is not None and not prediction.data_removed:
-        output = [output_url(base_url, prediction.id, name, url_secret) for name in prediction.output]
+        output = render_outputs(
+            base_url, prediction.id, prediction.output, prediction.completed_at, signer, retention_s
+        )
     metrics: dict[str, float] = {}
     if prediction.predict_time is not None:
         metrics["predict_time"] = prediction.predict_time
@@ -63,3 +87,20 @@ def render_prediction(prediction: Prediction, base_url: str, url_secret: str) ->
         "data_removed": prediction.data_removed,
         "source": prediction.source,
     }
+
+
+def refresh_output_urls(body: str, signer: UrlSigner, retention_s: float) -> str:
+    """A rendered prediction (a webhook body, recorded earlier) with freshly signed output URLs, so a
+    delivery retried long after the event still links to files it can fetch."""
+    rendered = json.loads(body)
+    outputs = rendered.get("output")
+    if not isinstance(outputs, list) or not outputs:
+        return body
+    completed_at = rendered.get("completed_at")
+    kept_until = outputs_kept_until(datetime.fromisoformat(completed_at) if completed_at else None, retention_s)
+    fresh = []
+    for url in outputs:
+        parts = urlsplit(url)
+        base = f"{parts.scheme}://{parts.netloc}" if parts.netloc else ""
+        fresh.append(signer.url(base, parts.path, not_after=kept_until))
+    return json.dumps(rendered | {"output": fresh})

@@ -23,16 +23,29 @@ def _options(socket_timeout: float | None) -> dict[str, Any]:
     }
 
 
-def connect(url: str, socket_timeout: float = 10) -> redis.Redis:
+def connect(url: str, socket_timeout: float | None = 10) -> redis.Redis:
     return redis.Redis.from_url(
         url, retry=redis.retry.Retry(ExponentialBackoff(cap=1.0, base=0.05), 3), **_options(socket_timeout)
     )
 
 
+# The event loop's pool: commands are short (nothing waits on a connection: pub/sub waits share one),
+# so a burst of requests beyond this many at once queues for a connection instead of failing.
+ASYNC_POOL_SIZE = 100
+ASYNC_POOL_WAIT_S = 10.0
+
+
 def connect_async(url: str, socket_timeout: float | None = 10) -> redis.asyncio.Redis:
-    return redis.asyncio.Redis.from_url(
-        url, retry=redis.asyncio.retry.Retry(ExponentialBackoff(cap=1.0, base=0.05), 3), **_options(socket_timeout)
+    """An asyncio client whose pool makes a command wait (up to ``ASYNC_POOL_WAIT_S``) for a free
+    connection rather than fail with "Too many connections" when a burst takes them all."""
+    pool = redis.asyncio.BlockingConnectionPool.from_url(
+        url,
+        max_connections=ASYNC_POOL_SIZE,
+        timeout=ASYNC_POOL_WAIT_S,
+        retry=redis.asyncio.retry.Retry(ExponentialBackoff(cap=1.0, base=0.05), 3),
+        **_options(socket_timeout),
     )
+    return redis.asyncio.Redis.from_pool(pool)
 
 
 def as_text(reply: bytes | str) -> str:

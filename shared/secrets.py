@@ -1,10 +1,9 @@
-"""Server-side secrets: configured in settings, or generated once and shared through Redis."""
+"""Server-side secrets: configured in settings, or generated once and shared through Redis.
+
+(Webhook signing secrets are per tenant: ``shared.webhook_secrets``.)"""
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import secrets
 from collections.abc import Callable
 
@@ -27,25 +26,6 @@ def configured_or_shared(redis: Redis, name: str, configured: str, generate: Cal
     return as_text(value)
 
 
-def new_webhook_secret() -> str:
-    return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
-
-
-def webhook_secret(settings: Settings, redis: Redis) -> str:
-    """The Standard Webhooks signing secret (``whsec_<base64>``)."""
-    return configured_or_shared(redis, "webhook", settings.webhook_secret, new_webhook_secret)
-
-
 def url_signing_secret(settings: Settings, redis: Redis) -> str:
-    """The key that signs output URLs so clients without our Authorization header can fetch them."""
+    """The key that signs URLs clients may use without our Authorization header (``shared.signed_urls``)."""
     return configured_or_shared(redis, "url-signing", settings.url_signing_secret, lambda: secrets.token_hex(32))
-
-
-def sign_path(secret: str, path: str) -> str:
-    """A URL-safe HMAC of ``path``: the capability to GET it without a token."""
-    digest = hmac.new(secret.encode(), path.encode(), hashlib.sha256).digest()
-    return base64.urlsafe_b64encode(digest[:24]).decode()
-
-
-def verify_path(secret: str, path: str, signature: str) -> bool:
-    return hmac.compare_digest(sign_path(secret, path), signature)

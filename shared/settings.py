@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-import hashlib
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared.tokens import bootstrap_tokens, tenant_of, token_digest
+
+__all__ = ["Settings", "get_settings", "tenant_of", "token_digest"]
 
 
 class Settings(BaseSettings):
@@ -21,8 +24,9 @@ class Settings(BaseSettings):
 
     redis_url: str = "redis://127.0.0.1:6379/0"
 
-    # Comma-separated bearer tokens; each token is its own tenant. An entry "sha256:<hex>" holds a
-    # token's SHA-256 instead of the token itself, so settings need not contain secrets.
+    # The bootstrap tokens, comma-separated; each token is its own tenant. An entry is "[name=]token" or
+    # "[name=]sha256:<hex>" (the token's SHA-256, so settings need not contain secrets). More tokens,
+    # each with its own limits, are created and revoked at run time: `kiln tokens --help` (shared.tokens).
     api_token: str = ""
     # Largest request body the API reads (uploads to /v1/files have their own cap).
     max_request_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
@@ -31,6 +35,10 @@ class Settings(BaseSettings):
     predictions_page_size: int = Field(default=100, ge=1, le=1000)
     # A bare "Prefer: wait" waits this long: under the official Python client's 30 s read timeout.
     prefer_wait_default_s: int = Field(default=25, ge=1, le=60)
+    # Most SSE streams and Prefer: wait creates open at once per token, across API processes (429 beyond).
+    max_open_streams_per_tenant: int = Field(default=20, ge=1)
+    # Longest prompt / negative_prompt, in characters (422 beyond): the text encoders read 77 tokens.
+    max_prompt_chars: int = Field(default=10_000, ge=1)
     # Per-token token bucket: sustained requests per second and burst size.
     rate_limit_per_s: float = Field(default=50.0, gt=0)
     rate_limit_burst: int = Field(default=600, ge=1)
@@ -100,10 +108,14 @@ class Settings(BaseSettings):
     retention_s: int = Field(default=3600, ge=1)
     # Uploads to S3 are retried this many times, with exponential backoff, before the prediction fails.
     storage_attempts: int = Field(default=5, ge=1)
-    # Webhooks. The secret is "whsec_<base64>"; when empty, one is generated and kept in Redis.
-    webhook_secret: str = ""
+    # Webhooks are signed with a secret per tenant (generated, kept in Redis). After a rotation the
+    # old secret signs too, beside the new one, for this long, so receivers switch without losing events.
+    webhook_secret_overlap_s: float = Field(default=24 * 3600, ge=0)
     # Signs output URLs (capability links that work without the Authorization header); generated when empty.
     url_signing_secret: str = ""
+    # How long a signed output URL works (every GET, list and webhook renders a fresh one); never
+    # longer than retention_s. The owner's token fetches the file without one.
+    output_url_ttl_s: int = Field(default=3600, ge=10)
     # Allow webhooks (and image URLs) to loopback/private addresses: local development and tests only.
     webhook_allow_private: bool = False
     webhook_timeout_s: float = Field(default=15.0, gt=0)
@@ -148,9 +160,8 @@ class Settings(BaseSettings):
 
     @property
     def token_digests(self) -> list[str]:
-        """SHA-256 hex digests of the accepted tokens (entries given as ``sha256:<hex>`` are already digests)."""
-        entries = [t.strip() for t in self.api_token.split(",") if t.strip()]
-        return [e.removeprefix("sha256:") if e.startswith("sha256:") else token_digest(e) for e in entries]
+        """SHA-256 hex digests of the bootstrap tokens (``KILN_API_TOKEN``)."""
+        return [info.digest for info in bootstrap_tokens(self.api_token)]
 
     def time_limit_s(self, model_ref: str) -> float:
         return self.model_time_limits_s.get(model_ref, self.prediction_time_limit_s)
@@ -158,15 +169,6 @@ class Settings(BaseSettings):
     @property
     def resolved_weights_dir(self) -> Path:
         return self.weights_dir if self.weights_dir is not None else self.data_dir / "weights"
-
-
-def token_digest(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
-def tenant_of(digest: str) -> str:
-    """A stable, non-reversible tenant id from a token's digest (tokens are never stored)."""
-    return digest[:24]
 
 
 @lru_cache

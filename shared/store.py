@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
+import redis.asyncio
 from redis import Redis
 
 from shared import keys, retention
@@ -236,6 +237,17 @@ class PredictionStore:
             more = len(ids) > limit
             ids = ids[:limit]
         return self.get_many([as_text(i) for i in ids]), more
+
+
+async def read_prediction(client: redis.asyncio.Redis, prediction_id: str) -> Prediction | None:
+    """``PredictionStore.get`` for the event loop (an asyncio client)."""
+    async with client.pipeline(transaction=False) as pipe:
+        pipe.hgetall(keys.prediction(prediction_id))
+        pipe.get(keys.prediction_logs(prediction_id))
+        fields, logs = await pipe.execute()
+    if not fields:
+        return None
+    return Prediction.from_redis_hash(_decode_hash(fields), (logs or b"").decode())
 
 
 def record_keys(prediction_id: str) -> list[str]:

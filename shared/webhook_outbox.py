@@ -25,8 +25,8 @@ from shared import keys, queues
 from shared.prediction import Prediction, new_id
 from shared.prediction_json import render_prediction
 from shared.redis_client import as_text
-from shared.secrets import url_signing_secret
 from shared.settings import Settings
+from shared.signed_urls import UrlSigner
 from shared.store import PredictionStore
 from shared.webhooks import THROTTLED_EVENTS
 
@@ -68,6 +68,9 @@ class Delivery:
     attempts: int = 0
     last_outcome: str | None = None
     next_attempt_at: float | None = field(default=None)
+    # The prediction's tenant, whose secret signs the delivery ("" in deliveries recorded before
+    # secrets were per tenant: the prediction's record says).
+    tenant: str = ""
 
     def to_hash(self) -> dict[FieldT, EncodableT]:
         return {name: json.dumps(value) for name, value in asdict(self).items()}
@@ -93,6 +96,7 @@ class WebhookOutbox:
             body=body,
             created_at=time.time(),
             retry=event == "completed",
+            tenant=prediction.tenant,
         )
         with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(keys.webhook_delivery(delivery.id), mapping=delivery.to_hash())
@@ -211,8 +215,8 @@ class WebhookNotifier:
         self.celery = celery
 
     @cached_property
-    def url_secret(self) -> str:
-        return url_signing_secret(self.outbox.settings, self.outbox.redis)
+    def url_signer(self) -> UrlSigner:
+        return UrlSigner.from_settings(self.outbox.settings, self.outbox.redis)
 
     def notify(self, prediction: Prediction, event: str) -> Delivery | None:
         """Record ``event`` for ``prediction`` (any fresh copy of it: the body is read now) and enqueue it."""
@@ -221,7 +225,8 @@ class WebhookNotifier:
         current = self.store.get(prediction.id)
         if current is None:
             return None
-        body = json.dumps(render_prediction(current, current.base_url, self.url_secret))
+        rendered = render_prediction(current, current.base_url, self.url_signer, self.outbox.settings.retention_s)
+        body = json.dumps(rendered)
         delivery = self.outbox.record(current, event, body)
         try:
             self.celery.send_task(queues.DELIVER_WEBHOOK_TASK, args=[delivery.id], queue=queues.WEBHOOKS)

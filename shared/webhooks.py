@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 
 from standardwebhooks.webhooks import Webhook
@@ -11,10 +12,11 @@ EVENTS = ("start", "output", "logs", "completed")
 THROTTLED_EVENTS = frozenset({"output", "logs"})
 
 
-def signature_headers(secret: str, msg_id: str, timestamp: datetime, body: str) -> dict[str, str]:
-    """``webhook-id``, ``webhook-timestamp`` and ``webhook-signature`` for one delivery attempt."""
+def signature_headers(secrets: Sequence[str], msg_id: str, timestamp: datetime, body: str) -> dict[str, str]:
+    """``webhook-id``, ``webhook-timestamp`` and ``webhook-signature`` for one delivery attempt: one
+    ``v1,<signature>`` per secret, separated by spaces (during a rotation, the new and the old)."""
     return {
         "webhook-id": msg_id,
         "webhook-timestamp": str(int(timestamp.timestamp())),
-        "webhook-signature": Webhook(secret).sign(msg_id, timestamp, body),
+        "webhook-signature": " ".join(Webhook(secret).sign(msg_id, timestamp, body) for secret in secrets),
     }

@@ -4,19 +4,24 @@ address that was checked, and record the outcome. What the ``kiln.deliver_webhoo
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
+from functools import cache
 
 import httpx
 from celery import Celery
 
 from shared import queues
 from shared.metrics import record_webhook_delivery
-from shared.secrets import webhook_secret
+from shared.prediction_json import refresh_output_urls
 from shared.settings import Settings
+from shared.signed_urls import UrlSigner
 from shared.ssrf import URLRefused, pinned_client, pinned_request, resolve_checked
+from shared.store import PredictionStore
 from shared.webhook_outbox import DELIVERED, FAILED, PENDING, Delivery, WebhookOutbox
+from shared.webhook_secrets import WebhookSecrets
 from shared.webhooks import THROTTLED_EVENTS, signature_headers
 from shared.worker_process import WorkerProcess
 
@@ -27,6 +32,44 @@ ORDERING_DELAY_S = 0.2
 MAX_RETRY_AFTER_S = 24 * 3600.0
 # A delivery's state after an attempt, as the kiln_webhook_deliveries outcome label.
 DELIVERY_OUTCOMES = {DELIVERED: "delivered", PENDING: "retrying", FAILED: "failed"}
+
+
+@dataclass(frozen=True)
+class SignedBody:
+    """What one attempt sends: the body (output URLs signed afresh) and the secrets that sign it."""
+
+    body: str
+    secrets: list[str]
+
+
+# Turns a delivery into what one attempt sends (``DeliverySigner``; tests pass stand-ins).
+Signing = Callable[[Delivery], SignedBody]
+
+
+class DeliverySigner:
+    """Signs each delivery with its tenant's secrets (the current one, and the previous during a
+    rotation's overlap) and renews the signed output URLs in its body, so a retry hours later still
+    links to files that can be fetched."""
+
+    def __init__(self, secrets: WebhookSecrets, store: PredictionStore, urls: UrlSigner, retention_s: float) -> None:
+        self.secrets = secrets
+        self.store = store
+        self.urls = urls
+        self.retention_s = retention_s
+
+    def tenant(self, delivery: Delivery) -> str | None:
+        if delivery.tenant:
+            return delivery.tenant
+        prediction = self.store.get(delivery.prediction_id)  # recorded before secrets were per tenant
+        return prediction.tenant if prediction else None
+
+    def __call__(self, delivery: Delivery) -> SignedBody:
+        tenant = self.tenant(delivery)
+        if tenant is None:
+            return SignedBody(delivery.body, [])
+        return SignedBody(
+            refresh_output_urls(delivery.body, self.urls, self.retention_s), self.secrets.signing_keys(tenant)
+        )
 
 
 @dataclass(frozen=True)
@@ -52,15 +95,17 @@ def parse_retry_after(value: str | None) -> float | None:
     return min(max(seconds, 0.0), MAX_RETRY_AFTER_S)
 
 
-def post_signed(delivery: Delivery, secret: str, settings: Settings) -> AttemptResult:
+def post_signed(delivery: Delivery, signed: SignedBody, settings: Settings) -> AttemptResult:
     """POST the body once. Redirects are failures and are not followed."""
+    if not signed.secrets:
+        return AttemptResult("refused: the prediction's tenant is unknown, so nothing can sign it", False, stop=True)
     try:
         target = resolve_checked(delivery.url, allow_private=settings.webhook_allow_private)
     except URLRefused as exc:
         return AttemptResult(f"refused: {exc}", succeeded=False, stop=True)
     pinned, host_header, extensions = pinned_request(target, delivery.url)
     headers = (
-        signature_headers(secret, delivery.id, datetime.now(UTC), delivery.body)
+        signature_headers(signed.secrets, delivery.id, datetime.now(UTC), signed.body)
         | host_header
         | {
             "content-type": "application/json",
@@ -69,7 +114,7 @@ def post_signed(delivery: Delivery, secret: str, settings: Settings) -> AttemptR
     )
     try:
         response = pinned_client(settings.webhook_timeout_s).post(
-            pinned, content=delivery.body.encode(), headers=headers, extensions=extensions
+            pinned, content=signed.body.encode(), headers=headers, extensions=extensions
         )
     except httpx.TimeoutException:
         return AttemptResult(f"timed out after {settings.webhook_timeout_s:g} s", succeeded=False)
@@ -86,7 +131,7 @@ def post_signed(delivery: Delivery, secret: str, settings: Settings) -> AttemptR
     )
 
 
-def attempt_delivery(outbox: WebhookOutbox, delivery_id: str, secret: str, settings: Settings) -> Delivery | None:
+def attempt_delivery(outbox: WebhookOutbox, delivery_id: str, signing: Signing, settings: Settings) -> Delivery | None:
     """Attempt a pending delivery once and record the outcome. Returns it, or None when skipped."""
     delivery = outbox.get(delivery_id)
     if delivery is None or delivery.state != PENDING:
@@ -104,7 +149,7 @@ def attempt_delivery(outbox: WebhookOutbox, delivery_id: str, secret: str, setti
             )
         else:
             try:
-                result = post_signed(delivery, secret, settings)
+                result = post_signed(delivery, signing(delivery), settings)
             finally:
                 if progress:
                     outbox.end_progress(delivery.prediction_id)
@@ -127,12 +172,22 @@ def attempt_delivery(outbox: WebhookOutbox, delivery_id: str, secret: str, setti
     return delivery
 
 
+@cache
+def delivery_signer(process: WorkerProcess) -> DeliverySigner:
+    """The worker process's signer, built on first use."""
+    settings = process.settings
+    return DeliverySigner(
+        WebhookSecrets(process.redis, settings.webhook_secret_overlap_s),
+        process.store,
+        process.notifier.url_signer,
+        settings.retention_s,
+    )
+
+
 def add_delivery_task(celery: Celery, process: WorkerProcess) -> None:
     """Register ``kiln.deliver_webhook`` on ``celery``: a worker that consumes the ``webhooks`` queue
     (the webhook worker, or a GPU worker told to) attempts each delivery it is sent."""
 
     @celery.task(name=queues.DELIVER_WEBHOOK_TASK, shared=False)
     def deliver_webhook(delivery_id: str) -> None:
-        attempt_delivery(
-            process.notifier.outbox, delivery_id, webhook_secret(process.settings, process.redis), process.settings
-        )
+        attempt_delivery(process.notifier.outbox, delivery_id, delivery_signer(process), process.settings)

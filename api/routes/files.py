@@ -12,7 +12,7 @@ from fastapi.responses import StreamingResponse
 from starlette.datastructures import UploadFile
 
 from api.deps import BaseURL, CurrentTenant, ServicesDep
-from api.errors import ProblemError
+from api.errors import ProblemError, reject_invalid_text
 from api.services import Services
 from shared.files import FileRecord, render_file
 
@@ -54,6 +54,7 @@ async def _metadata(field: str | UploadFile | None) -> dict[str, Any]:
         parsed = None
     if not isinstance(parsed, dict):
         raise ProblemError(422, "metadata: must be a JSON object")
+    reject_invalid_text(parsed, "metadata")
     return parsed
 
 
@@ -69,6 +70,7 @@ async def create_file(request: Request, tenant: CurrentTenant, services: Service
     if len(data) > limit:
         raise ProblemError(413, f"content is larger than {limit} bytes")
     metadata = await _metadata(form.get("metadata"))
+    reject_invalid_text({"filename": content.filename or "", "content_type": content.content_type or ""})
     record = await run_in_threadpool(
         services.files.create,
         tenant,

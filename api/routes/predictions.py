@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import orjson
@@ -14,26 +15,23 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
 from api.batch import submit_batch
-from api.deps import BaseURL, CurrentTenant, OptionalTenant, ServicesDep
+from api.deps import BaseURL, CurrentCaller, CurrentTenant, OptionalTenant, ServicesDep
 from api.errors import ProblemError
 from api.schemas import CreateBatch, CreatePrediction, PredictionFields
 from api.services import Services
+from api.streaming import StreamContext, prediction_events
 from api.submission import create_and_respond
-from api.waiting import events
 from models.registry import UnknownModelError, find_model, resolve_version
 from shared.objects import ObjectNotFound, output_key
-from shared.prediction import Prediction
-from shared.prediction_json import output_path, render_prediction
-from shared.secrets import verify_path
-from shared.status import Status
+from shared.prediction import Prediction, format_timestamp
+from shared.prediction_json import output_path
+from shared.signed_urls import Verdict
 from shared.store import PredictionStore
 
 router = APIRouter(prefix="/v1", tags=["predictions"])
 
 PreferHeader = Annotated[str | None, Header(description="`wait` or `wait=N` (1-60 s): answer when finished.")]
 IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key")]
-# A stream ends after this long even if the prediction is still running; clients reconnect.
-STREAM_MAX_S = 30 * 60
 
 
 def _owned(store: PredictionStore, prediction_id: str, tenant: str) -> Prediction:
@@ -45,13 +43,13 @@ def _owned(store: PredictionStore, prediction_id: str, tenant: str) -> Predictio
 
 
 def _render(prediction: Prediction, base: str, services: Services) -> dict[str, Any]:
-    return render_prediction(prediction, base, services.url_signing_secret)
+    return services.render(prediction, base)
 
 
 @router.post("/predictions", status_code=201)
 async def create_prediction(
     body: CreatePrediction,
-    tenant: CurrentTenant,
+    caller: CurrentCaller,
     services: ServicesDep,
     base: BaseURL,
     prefer: PreferHeader = None,
@@ -61,7 +59,7 @@ async def create_prediction(
         spec = resolve_version(body.version, services.settings)
     except UnknownModelError as exc:
         raise ProblemError(422, f"version: {exc}") from None
-    return await create_and_respond(services, tenant, spec, body, base, prefer, idempotency_key)
+    return await create_and_respond(services, caller, spec, body, base, prefer, idempotency_key)
 
 
 @router.post("/models/{owner}/{name}/predictions", status_code=201)
@@ -69,7 +67,7 @@ async def create_model_prediction(
     owner: str,
     name: str,
     body: PredictionFields,
-    tenant: CurrentTenant,
+    caller: CurrentCaller,
     services: ServicesDep,
     base: BaseURL,
     prefer: PreferHeader = None,
@@ -79,19 +77,21 @@ async def create_model_prediction(
         spec = find_model(f"{owner}/{name}")
     except UnknownModelError as exc:
         raise ProblemError(404, str(exc)) from None
-    return await create_and_respond(services, tenant, spec, body, base, prefer, idempotency_key)
+    return await create_and_respond(services, caller, spec, body, base, prefer, idempotency_key)
 
 
 @router.post("/predictions/batch")
 async def create_batch(
     body: CreateBatch,
-    tenant: CurrentTenant,
+    caller: CurrentCaller,
     services: ServicesDep,
     base: BaseURL,
     idempotency_key: IdempotencyKey = None,
 ) -> Response:
     """Up to ``KILN_BATCH_MAX_ITEMS`` creates; ``results`` holds, in order, each prediction or its problem."""
-    results, created = await run_in_threadpool(submit_batch, services, tenant, body.predictions, base, idempotency_key)
+    results, created = await run_in_threadpool(
+        submit_batch, services, caller.tenant, body.predictions, base, idempotency_key, caller.max_queued
+    )
     # orjson: encoding a thousand predictions with the stdlib encoder cost more than storing them.
     return Response(
         orjson.dumps({"results": results}),
@@ -109,9 +109,9 @@ def _decode_cursor(cursor: str) -> tuple[str, str]:
         direction, _, prediction_id = (
             base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode().partition(":")
         )
-    except (binascii.Error, UnicodeDecodeError):
+    except (binascii.Error, ValueError):  # not base64 (non-ASCII included), or not UTF-8 inside
         direction, prediction_id = "", ""
-    if direction not in {"before", "after"} or not prediction_id.isalnum():
+    if direction not in {"before", "after"} or not (prediction_id.isascii() and prediction_id.isalnum()):
         raise ProblemError(400, "cursor: not a cursor this API returned")
     return direction, prediction_id
 
@@ -158,51 +158,53 @@ async def _owned_before_streaming(prediction_id: str, tenant: CurrentTenant, ser
     return await run_in_threadpool(_owned, services.store, prediction_id, tenant)
 
 
+async def _stream_slot(
+    prediction: Annotated[Prediction, Depends(_owned_before_streaming)], services: ServicesDep
+) -> AsyncIterator[None]:
+    """One of the tenant's open-stream slots for as long as the stream is open (429 when none is free).
+    A dependency, so the 429 can still be sent; it is released once the stream has ended."""
+    async with services.stream_slots.hold(prediction.tenant):
+        yield
+
+
 @router.get("/predictions/{prediction_id}/stream", response_class=EventSourceResponse)
 async def stream_prediction(
     prediction_id: str,
-    _: Annotated[Prediction, Depends(_owned_before_streaming)],
+    _: Annotated[None, Depends(_stream_slot)],
     services: ServicesDep,
     base: BaseURL,
 ) -> AsyncIterator[ServerSentEvent]:
-    """Server-Sent Events: ``status``, ``logs`` (one line each), ``output``, ``error``, then ``done``."""
-    sent_status, sent_logs, sent_output = None, 0, None
-    async for event in events(services.event_redis, prediction_id, STREAM_MAX_S):
-        if event is not None and "logs" in event:
-            continue  # logs are read from the record below, so none are lost or repeated
-        prediction = await run_in_threadpool(services.store.get, prediction_id)
-        if prediction is None:
-            # The record vanished after the stream began (Redis lost its data): end the stream, as at
-            # STREAM_MAX_S; a client that reconnects gets the 404.
-            return
-        complete_lines = prediction.logs[: prediction.logs.rfind("\n") + 1]
-        for line in complete_lines[sent_logs:].splitlines():
-            yield ServerSentEvent(event="logs", raw_data=line)
-        sent_logs = len(complete_lines)
-        if prediction.status != sent_status:
-            sent_status = prediction.status
-            yield ServerSentEvent(event="status", raw_data=prediction.status.value)
-        rendered = _render(prediction, base, services)
-        if rendered["output"] is not None and rendered["output"] != sent_output:
-            sent_output = rendered["output"]
-            yield ServerSentEvent(event="output", data=sent_output)
-        if prediction.status.is_terminal():
-            if prediction.error:
-                yield ServerSentEvent(event="error", raw_data=prediction.error.replace("\n", " "))
-            reason = {} if prediction.status is Status.SUCCEEDED else {"reason": prediction.status.value}
-            yield ServerSentEvent(event="done", data=reason)
-            return
+    """Server-Sent Events: ``status``, ``logs`` (one line each), ``output``, ``error``, then ``done``.
+    At most ``KILN_MAX_OPEN_STREAMS_PER_TENANT`` streams and waits per token (429 beyond)."""
+    context = StreamContext(
+        services.async_redis, services.events, services.url_signer, services.settings.retention_s, base
+    )
+    async for event in prediction_events(context, prediction_id):
+        yield event
 
 
 @router.get("/predictions/{prediction_id}/output/{name}")
 def download_output(
-    prediction_id: str, name: str, tenant: OptionalTenant, services: ServicesDep, sig: str | None = None
+    prediction_id: str,
+    name: str,
+    tenant: OptionalTenant,
+    services: ServicesDep,
+    sig: str | None = None,
+    expires: str | None = None,
 ) -> StreamingResponse:
-    """Stream an output file from S3: to its owner's token, or to anyone holding the signed URL."""
+    """Stream an output file from S3: to its owner's token, or to anyone holding an unexpired signed URL."""
     prediction = services.store.get(prediction_id)
-    signed = sig is not None and verify_path(services.url_signing_secret, output_path(prediction_id, name), sig)
-    if prediction is None or not (signed or prediction.tenant == tenant):
+    verdict = services.url_signer.check(output_path(prediction_id, name), expires=expires, sig=sig)
+    owner = prediction is not None and tenant is not None and prediction.tenant == tenant
+    if prediction is None or not (owner or verdict in {Verdict.VALID, Verdict.EXPIRED}):
         raise ProblemError(404, f"prediction {prediction_id!r} not found")
+    if not owner and verdict is Verdict.EXPIRED:
+        expired_at = format_timestamp(datetime.fromtimestamp(int(expires or 0), UTC))
+        raise ProblemError(
+            403,
+            f"this signed output URL expired at {expired_at} (KILN_OUTPUT_URL_TTL_S); GET the prediction "
+            "for a fresh one, or send the owner's token",
+        )
     if prediction.data_removed:
         raise ProblemError(410, f"the outputs of prediction {prediction_id!r} have expired and were removed")
     if name not in (prediction.output or []):

@@ -21,9 +21,10 @@ from typing import TextIO
 
 from deploy.devstack.logs import LogFollower
 from deploy.devstack.programs import Program, StackContext, default_programs, repo_root
-from deploy.devstack.servers import RedisServer, SeaweedS3Server, port_is_free
+from deploy.devstack.servers import RedisServer, SeaweedS3Server, port_is_free, write_private
 from deploy.devstack.settings import StackSettings
 from deploy.devstack.supervisor import SupervisorConfig, Supervisord
+from shared.cli import REDIS_URL_FILE
 
 ProgramsFactory = Callable[[StackContext], list[Program]]
 
@@ -91,7 +92,11 @@ class Launcher:
     def _prepare_servers(self) -> tuple[StackContext, dict[str, str]]:
         """Create the servers the environment does not point at, and the programs' environment."""
         settings = self.settings
-        redis = None if settings.redis_url else RedisServer(settings.data_dir / "redis")
+        redis = None
+        if not settings.redis_url:
+            redis = RedisServer(settings.data_dir / "redis", password=settings.redis_password)
+            # For `kiln tokens ...` run beside the stack (shared.cli reads it when KILN_REDIS_URL is unset).
+            write_private(settings.data_dir / REDIS_URL_FILE, redis.url + "\n")
         s3 = None
         if not settings.s3_endpoint_url:
             s3 = SeaweedS3Server(
@@ -149,14 +154,17 @@ class Launcher:
 
     def _announce(self, config: SupervisorConfig) -> None:
         settings = self.settings
+        tokens = settings.tokens
+        example = next((info.token for info in tokens if info.token), "<token>")
         self.say(
             "\n".join(
                 [
                     "",
                     f"==> Kiln is up at {settings.api_url}",
-                    f"    API token: {settings.api_token}",
-                    f"    Web UI:    {settings.api_url}/   (the playground: paste the token once)",
-                    f'    Try:       curl -H "Authorization: Bearer {settings.api_token}" '
+                    *(f"    API token {info.name}: {info.token or '(given as its sha256 digest)'}" for info in tokens),
+                    "    More tokens: `kiln tokens create NAME` (list, revoke: `kiln tokens --help`)",
+                    f"    Web UI:    {settings.api_url}/   (the playground: paste a token once)",
+                    f'    Try:       curl -H "Authorization: Bearer {example}" '
                     f"{settings.api_url}/v1/predictions   (more in the README)",
                     f"    Logs:      {settings.logs_dir}/",
                     f"    Status:    {config.status_hint}",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import atexit
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -20,9 +21,11 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 from typing import ClassVar, Self
+from urllib.parse import quote
 
 import boto3
 import redis
+import trustme
 from botocore.client import BaseClient
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
@@ -40,6 +43,10 @@ S3_CLIENT_CONFIG = Config(
 SEAWEED_GRPC_PORT_OFFSET = 10000
 # `weed mini` creates its own S3 identity from these when they are set; only ours must exist.
 SEAWEED_IGNORED_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+
+
+# Files the servers write are readable by their owner only.
+PRIVATE_UMASK = 0o077
 
 
 class ServerError(RuntimeError):
@@ -95,12 +102,19 @@ def port_is_free(port: int) -> bool:
         return False
 
 
-def write_private(path: Path, text: str) -> None:
+def write_private(path: Path, text: str | bytes) -> None:
     """Write ``text`` to ``path`` readable by its owner only (0600), whatever the umask."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as file:
-        file.write(text)
+    with os.fdopen(fd, "wb") as file:
+        file.write(text.encode() if isinstance(text, str) else text)
     os.chmod(path, 0o600)
+
+
+def private_dir(path: Path) -> Path:
+    """``path`` as a directory only its owner can enter (0700), created if need be."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(path, 0o700)
+    return path
 
 
 def _tail(path: Path, lines: int = 40) -> str:
@@ -145,8 +159,9 @@ class ManagedServer:
         raise NotImplementedError
 
     def prepare(self) -> None:
-        """Create the directories and config files the command line refers to."""
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        """Create the directories and config files the command line refers to: a directory only
+        its owner can enter (the server keeps data and secrets there)."""
+        private_dir(self.data_dir)
 
     def child_env(self, base: Mapping[str, str] | None = None) -> dict[str, str]:
         """The environment to run the command line with (``base`` defaults to ours)."""
@@ -173,7 +188,7 @@ class ManagedServer:
         if self._process is not None:
             return self
         self.prepare()
-        with open(self.log_path, "ab") as log:
+        with os.fdopen(os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab") as log:
             self._process = subprocess.Popen(
                 self.command_line(),
                 stdin=subprocess.DEVNULL,
@@ -181,6 +196,8 @@ class ManagedServer:
                 stderr=subprocess.STDOUT,
                 env=self.child_env(),
                 start_new_session=True,
+                # What the server writes (Redis's AOF holds every secret) is its owner's only.
+                umask=PRIVATE_UMASK,
             )
         _RunningServers.add(self)
         self._wait_ready()
@@ -225,18 +242,31 @@ class ManagedServer:
 
 
 class RedisServer(ManagedServer):
-    """``redis-server`` on 127.0.0.1 only, with the append-only file on and RDB snapshots off."""
+    """``redis-server`` on 127.0.0.1 only, with the append-only file on and RDB snapshots off.
+
+    With a ``password``, every client must authenticate (``url`` carries it); the password is in a
+    config file only its owner can read, never on the command line (which every user can see).
+    """
 
     name = "redis"
 
-    def __init__(self, data_dir: Path, port: int | None = None, appendonly: bool = True) -> None:
+    def __init__(
+        self, data_dir: Path, port: int | None = None, appendonly: bool = True, password: str | None = None
+    ) -> None:
         super().__init__(data_dir)
         self.port = port or free_port()
         self.appendonly = appendonly
+        self.password = password
+        self.config_path = self.data_dir / "redis.conf"
 
     @property
     def url(self) -> str:
-        return f"redis://{LOOPBACK}:{self.port}/0"
+        credentials = f":{quote(self.password, safe='')}@" if self.password else ""
+        return f"redis://{credentials}{LOOPBACK}:{self.port}/0"
+
+    def prepare(self) -> None:
+        super().prepare()
+        write_private(self.config_path, f"requirepass {self.password}\n" if self.password else "")
 
     def command_line(self) -> list[str]:
         executable = shutil.which("redis-server")
@@ -246,6 +276,7 @@ class RedisServer(ManagedServer):
             )
         return [
             executable,
+            str(self.config_path),
             "--bind",
             LOOPBACK,
             "--port",
@@ -265,7 +296,9 @@ class RedisServer(ManagedServer):
         ]
 
     def is_ready(self) -> bool:
-        client = redis.Redis(host=LOOPBACK, port=self.port, socket_timeout=1, socket_connect_timeout=1)
+        client = redis.Redis(
+            host=LOOPBACK, port=self.port, password=self.password, socket_timeout=1, socket_connect_timeout=1
+        )
         try:
             return bool(client.ping())
         except redis.exceptions.RedisError:
@@ -278,7 +311,12 @@ class SeaweedS3Server(ManagedServer):
     """SeaweedFS ``weed mini`` as an S3 endpoint on 127.0.0.1 that verifies SigV4 signatures.
 
     Every port it opens is chosen free and bound to loopback; WebDAV, the admin UI, the Iceberg
-    and Lance catalogs and telemetry are off. The ports are kept in ``ports.json`` and reused by
+    and Lance catalogs and telemetry are off. Only the S3 endpoint answers without credentials
+    (and it checks signatures): the master's and filer's HTTP APIs are off (``-disableHttp``: the
+    master's would delete a bucket's collection for anyone who asked), the volume server wants a
+    JWT for every read and write, the filer for every read and write too, and every gRPC port
+    wants a client certificate of a CA made for this server (``security.toml``, written here,
+    with the keys and certificates, readable by their owner only). The ports are kept in ``ports.json`` and reused by
     the next server on the same directory when they are still free, so that a restarted stack
     keeps its endpoint (and SeaweedFS its one ``m<master port>`` directory instead of a new one
     per start).
@@ -294,6 +332,8 @@ class SeaweedS3Server(ManagedServer):
         "admin.port",
         "admin.port.grpc",
     )
+    # Every gRPC server and client of ``weed mini`` presents and checks certificates (mutual TLS).
+    _TLS_COMPONENTS = ("master", "volume", "filer", "s3", "admin", "worker", "client")
     # Volumes grow on demand up to this size (no preallocation), so a dev disk stays small.
     volume_size_limit_mb = 64
 
@@ -369,10 +409,35 @@ class SeaweedS3Server(ManagedServer):
             ]
         }
 
+    def security(self) -> str:
+        """``security.toml``: JWT signing keys for the volume server and the filer (reads and writes),
+        and mutual TLS on every gRPC port. Fresh keys and certificates on every start."""
+        tls = private_dir(self.data_dir / "tls")
+        ca = trustme.CA(organization_name="Kiln devstack SeaweedFS")
+        leaf = ca.issue_cert("seaweedfs.kiln.invalid")
+        write_private(tls / "ca.pem", ca.cert_pem.bytes())
+        write_private(tls / "cert.pem", b"".join(pem.bytes() for pem in leaf.cert_chain_pems))
+        write_private(tls / "key.pem", leaf.private_key_pem.bytes())
+        sections = [
+            *(
+                f'[{section}]\nkey = "{secrets.token_urlsafe(32)}"\nexpires_after_seconds = 10\n'
+                for section in ("jwt.signing", "jwt.signing.read", "jwt.filer_signing", "jwt.filer_signing.read")
+            ),
+            "[access]\nui = false\n",
+            "[filer.expose_directory_metadata]\nenabled = false\n",
+            f'[grpc]\nca = "{tls / "ca.pem"}"\n',
+            *(
+                f'[grpc.{component}]\ncert = "{tls / "cert.pem"}"\nkey = "{tls / "key.pem"}"\n'
+                for component in self._TLS_COMPONENTS
+            ),
+        ]
+        return "\n".join(sections)
+
     def prepare(self) -> None:
         super().prepare()
         (self.data_dir / "logs").mkdir(exist_ok=True)
         write_private(self.config_path, json.dumps(self.identities(), indent=2))
+        write_private(self.data_dir / "security.toml", self.security())
         self._ports_path.write_text(json.dumps(self.ports, indent=2))
         # weed mini re-applies the flags it saved here to any flag left at its default; every
         # flag we need is on our command line, so an old copy could only surprise us.
@@ -386,6 +451,8 @@ class SeaweedS3Server(ManagedServer):
             "s3.config": str(self.config_path),
             **{flag: str(self.ports[flag]) for flag in self._PORT_FLAGS},
             "admin.ui": "false",
+            # No master or filer HTTP API: S3 (and gRPC, with certificates) only.
+            "disableHttp": "true",
             "webdav": "false",
             "s3.port.iceberg": "0",
             "s3.port.lance": "0",
@@ -403,8 +470,8 @@ class SeaweedS3Server(ManagedServer):
         if self.buckets:
             flags["bucket"] = ",".join(self.buckets)
         # Global options come before the subcommand. Warnings and errors go to stderr, the
-        # chatty INFO log to files under our directory (not /tmp); no security.toml or
-        # master.toml is read from the working or home directory.
+        # chatty INFO log to files under our directory (not /tmp); security.toml is ours (in
+        # -config_dir), none is read from the working or home directory.
         return [
             self.executable(),
             f"-logdir={self.data_dir / 'logs'}",

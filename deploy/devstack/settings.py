@@ -9,11 +9,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from deploy.devstack.servers import write_private
+from deploy.devstack.servers import private_dir, write_private
+from shared.tokens import TokenInfo, bootstrap_tokens
 
 DEFAULT_DATA_DIR = ".kiln"
 DEFAULT_API_PORT = 8000
 DEFAULT_BUCKET = "kiln"
+
+
+# The name of the token make run generates (when KILN_API_TOKEN is not set).
+GENERATED_TOKEN_NAME = "default"
 
 
 def load_or_create_token(data_dir: Path, env: Mapping[str, str]) -> str:
@@ -26,6 +31,16 @@ def load_or_create_token(data_dir: Path, env: Mapping[str, str]) -> str:
     token = "kiln_" + secrets.token_urlsafe(24)
     write_private(path, token + "\n")
     return token
+
+
+def load_or_create_redis_password(data_dir: Path) -> str:
+    """The password of the Redis ``make run`` starts, kept in ``<data_dir>/redis-password`` (0600)."""
+    path = data_dir / "redis-password"
+    if path.exists():
+        return path.read_text().strip()
+    password = secrets.token_urlsafe(32)
+    write_private(path, password + "\n")
+    return password
 
 
 def load_or_create_s3_credentials(data_dir: Path, env: Mapping[str, str]) -> tuple[str, str]:
@@ -51,12 +66,17 @@ class StackSettings:
 
     data_dir: Path
     api_port: int
+    # KILN_API_TOKEN's value, or the generated token (kept in <data_dir>/api-token).
     api_token: str
     s3_access_key: str
     s3_secret_key: str
     s3_bucket: str
     redis_url: str | None
     s3_endpoint_url: str | None
+    # The password of the Redis the stack starts (None when KILN_REDIS_URL points at another).
+    redis_password: str | None = None
+    # Whether api_token was generated here (then it is named GENERATED_TOKEN_NAME).
+    token_generated: bool = False
 
     @property
     def api_url(self) -> str:
@@ -66,16 +86,27 @@ class StackSettings:
     def logs_dir(self) -> Path:
         return self.data_dir / "logs"
 
+    @property
+    def api_token_setting(self) -> str:
+        """What the programs get as ``KILN_API_TOKEN``: the generated token carries its name."""
+        return f"{GENERATED_TOKEN_NAME}={self.api_token}" if self.token_generated else self.api_token
+
+    @property
+    def tokens(self) -> list[TokenInfo]:
+        """The bootstrap tokens, each with its name (``shared.tokens``)."""
+        return bootstrap_tokens(self.api_token_setting)
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> StackSettings:
         """Read ``KILN_*`` variables, creating the data dir and its generated secrets as needed."""
         env = os.environ if env is None else env
-        data_dir = Path(env.get("KILN_DATA_DIR") or DEFAULT_DATA_DIR).expanduser().resolve()
-        data_dir.mkdir(parents=True, exist_ok=True)
+        # Secrets, the AOF and every tenant's files live here: its owner's only.
+        data_dir = private_dir(Path(env.get("KILN_DATA_DIR") or DEFAULT_DATA_DIR).expanduser().resolve())
         s3_endpoint_url = env.get("KILN_S3_ENDPOINT_URL") or None
         if s3_endpoint_url and not (env.get("KILN_S3_ACCESS_KEY") and env.get("KILN_S3_SECRET_KEY")):
             raise SystemExit("KILN_S3_ENDPOINT_URL is set: set KILN_S3_ACCESS_KEY and KILN_S3_SECRET_KEY for it too")
         access_key, secret_key = load_or_create_s3_credentials(data_dir, env)
+        redis_url = env.get("KILN_REDIS_URL") or None
         return cls(
             data_dir=data_dir,
             api_port=int(env.get("KILN_PORT") or DEFAULT_API_PORT),
@@ -83,8 +114,10 @@ class StackSettings:
             s3_access_key=access_key,
             s3_secret_key=secret_key,
             s3_bucket=env.get("KILN_S3_BUCKET") or DEFAULT_BUCKET,
-            redis_url=env.get("KILN_REDIS_URL") or None,
+            redis_url=redis_url,
             s3_endpoint_url=s3_endpoint_url,
+            redis_password=None if redis_url else load_or_create_redis_password(data_dir),
+            token_generated=not env.get("KILN_API_TOKEN"),
         )
 
     def child_environment(
@@ -98,7 +131,7 @@ class StackSettings:
             "KILN_S3_ACCESS_KEY": self.s3_access_key,
             "KILN_S3_SECRET_KEY": self.s3_secret_key,
             "KILN_S3_BUCKET": self.s3_bucket,
-            "KILN_API_TOKEN": self.api_token,
+            "KILN_API_TOKEN": self.api_token_setting,
             "KILN_DATA_DIR": str(self.data_dir),
             "KILN_WEIGHTS_PROFILE": "tiny",
             "KILN_PUBLIC_URL": self.api_url,

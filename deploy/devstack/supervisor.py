@@ -86,6 +86,8 @@ class SupervisorConfig:
             # Stop and kill whole process groups, so no grandchild outlives the stack.
             "stopasgroup=true",
             "killasgroup=true",
+            # What a program writes is its owner's only (Redis's AOF holds every secret).
+            "umask=077",
             "redirect_stderr=true",
             f"stdout_logfile={_quote(str(self.log_path(program.name)))}",
             "stdout_logfile_maxbytes=20MB",

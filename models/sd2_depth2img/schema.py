@@ -4,17 +4,17 @@ from __future__ import annotations
 
 from pydantic import Field, model_validator
 
-from shared.input_schema import ImageURI, ModelInput, Scheduler
+from shared.input_schema import ImageURI, ModelInput, PromptText, Scheduler
 from shared.output_formats import OutputFormat, output_format_field, output_quality_field
 
 
 class Depth2ImgInput(ModelInput):
-    prompt: str = Field(
+    prompt: PromptText = Field(
         default="",
         description="Text that describes what the output should look like.",
         json_schema_extra={"x-order": 0},
     )
-    negative_prompt: str | None = Field(
+    negative_prompt: PromptText | None = Field(
         default=None,
         description="Things the output should not contain.",
         json_schema_extra={"x-order": 1},

@@ -8,7 +8,7 @@ from typing import Annotated, ClassVar
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from shared.input_schema import ImageURI, ModelInput, Scheduler
+from shared.input_schema import ImageURI, ModelInput, PromptText, Scheduler
 from shared.lora_inputs import LoraURI
 from shared.output_formats import OutputFormat, output_format_field, output_quality_field
 
@@ -32,12 +32,12 @@ class IPAdapterXLInput(ModelInput):
     # The optional image fields a warm-up run sets (worker.warmup): the structure and one image prompt.
     warmup_images: ClassVar[tuple[str, ...]] = ("input_image", "ip_image")
 
-    prompt: str = Field(
+    prompt: PromptText = Field(
         default="",
         description="Text that describes the output; the image prompts (ip_image or ip_images) add style and content.",
         json_schema_extra={"x-order": 0},
     )
-    negative_prompt: str | None = Field(
+    negative_prompt: PromptText | None = Field(
         default="lowres, blurry, worst quality",
         description="Things the output should not contain.",
         json_schema_extra={"x-order": 1},

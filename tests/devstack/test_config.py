@@ -21,8 +21,21 @@ def test_generated_secrets_are_private_and_kept_across_runs(tmp_path: Path) -> N
     first, second = StackSettings.from_env(env), StackSettings.from_env(env)
     assert first.api_token and first.api_token == second.api_token
     assert (first.s3_access_key, first.s3_secret_key) == (second.s3_access_key, second.s3_secret_key)
-    for name in ("api-token", "s3-credentials.json"):
+    assert first.redis_password and first.redis_password == second.redis_password
+    for name in ("api-token", "s3-credentials.json", "redis-password"):
         assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o600
+    assert stat.S_IMODE(tmp_path.stat().st_mode) == 0o700
+
+
+def test_each_bootstrap_token_has_a_name(tmp_path: Path) -> None:
+    generated = StackSettings.from_env({"KILN_DATA_DIR": str(tmp_path / "a")})
+    assert [(t.name, t.token) for t in generated.tokens] == [("default", generated.api_token)]
+    assert (
+        generated.child_environment("redis://x", "http://y", {})["KILN_API_TOKEN"] == f"default={generated.api_token}"
+    )
+    given = StackSettings.from_env({"KILN_DATA_DIR": str(tmp_path / "b"), "KILN_API_TOKEN": "alice=tok-a,tok-b"})
+    assert [t.token for t in given.tokens] == ["tok-a", "tok-b"]
+    assert given.tokens[0].name == "alice" and given.tokens[1].name.startswith("token-")
 
 
 def test_environment_values_win_over_generated_ones(tmp_path: Path) -> None:
@@ -37,6 +50,7 @@ def test_environment_values_win_over_generated_ones(tmp_path: Path) -> None:
     settings = StackSettings.from_env(env)
     assert (settings.api_token, settings.s3_access_key, settings.s3_secret_key) == ("from-env", "key", "secret")
     assert not (tmp_path / "api-token").exists() and not (tmp_path / "s3-credentials.json").exists()
+    assert child_token(settings) == "from-env"
 
     child = settings.child_environment("redis://127.0.0.1:1/0", "http://127.0.0.1:2", env)
     assert child["KILN_WEIGHTS_PROFILE"] == "full"
@@ -47,6 +61,10 @@ def test_environment_values_win_over_generated_ones(tmp_path: Path) -> None:
         "1",
         "1",
     )
+
+
+def child_token(settings: StackSettings) -> str:
+    return settings.child_environment("redis://x", "http://y", {})["KILN_API_TOKEN"]
 
 
 def test_an_external_s3_endpoint_needs_its_keys(tmp_path: Path) -> None:
@@ -80,6 +98,8 @@ def test_supervisord_config_reads_back_commands_unchanged(tmp_path: Path) -> Non
     assert shlex.split(parser["program:worker"]["command"].replace("%%", "%")) == command
     assert parser["program:worker"]["autorestart"] == "true"
     assert parser["unix_http_server"]["file"] == str(tmp_path / "supervisor.sock")
+    # What the programs write (Redis's AOF, logs) is their owner's only.
+    assert parser["program:worker"]["umask"] == "077"
 
     with pytest.raises(ValueError):
         config.write([Program("worker", ["sh", "-c", "true ; false"])])

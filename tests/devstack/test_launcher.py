@@ -72,9 +72,11 @@ def test_launcher_runs_the_stack_wires_its_environment_and_generates_private_sec
         assert response.status == 200
     token_file = launcher.data_dir / "api-token"
     token = token_file.read_text().strip()
-    assert f"API token: {token}" in launcher.text()
-    for secret in (token_file, launcher.data_dir / "s3-credentials.json"):
-        assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+    assert f"API token default: {token}" in launcher.text()
+    private = ("api-token", "s3-credentials.json", "redis-password", "redis-url", "s3/security.toml", "s3/tls/key.pem")
+    for name in private:
+        assert stat.S_IMODE((launcher.data_dir / name).stat().st_mode) == 0o600, name
+    assert stat.S_IMODE(launcher.data_dir.stat().st_mode) == 0o700
 
     wait_until(lambda: set(launcher.statuses().values()) == {"RUNNING"}, 15, what="every program RUNNING")
     assert set(launcher.statuses()) == {"redis", "s3", "api", WORKER_NAME}
@@ -85,7 +87,7 @@ def test_launcher_runs_the_stack_wires_its_environment_and_generates_private_sec
     )
     env = report["env"]
     assert report["argv"] == [WORKER_ARG]
-    assert env["KILN_API_TOKEN"] == token
+    assert env["KILN_API_TOKEN"] == f"default={token}"
     assert env["KILN_PUBLIC_URL"] == f"http://127.0.0.1:{launcher.port}"
     assert env["KILN_DATA_DIR"] == str(launcher.data_dir)
     assert (env["KILN_WEIGHTS_PROFILE"], env["KILN_WEBHOOK_ALLOW_PRIVATE"], env["HF_HUB_OFFLINE"]) == (
@@ -93,7 +95,15 @@ def test_launcher_runs_the_stack_wires_its_environment_and_generates_private_sec
         "true",
         "1",
     )
+    # Redis wants the generated password, which every program gets (and `kiln tokens` finds).
+    password = (launcher.data_dir / "redis-password").read_text().strip()
+    assert f":{password}@" in env["KILN_REDIS_URL"]
+    assert (launcher.data_dir / "redis-url").read_text().strip() == env["KILN_REDIS_URL"]
     assert redis.Redis.from_url(env["KILN_REDIS_URL"]).ping()
+    without_password = env["KILN_REDIS_URL"].replace(f":{password}@", "")
+    with pytest.raises(redis.exceptions.AuthenticationError):
+        redis.Redis.from_url(without_password).ping()
+    assert_owner_only(launcher.data_dir / "redis")
 
     s3 = boto3.client(
         "s3",
@@ -104,6 +114,14 @@ def test_launcher_runs_the_stack_wires_its_environment_and_generates_private_sec
         config=S3_CLIENT_CONFIG,
     )
     wait_until(lambda: bucket_exists(s3, env["KILN_S3_BUCKET"]), 30, what="SeaweedFS to create the stack's bucket")
+
+
+def assert_owner_only(directory: Path) -> None:
+    """Nothing under ``directory`` (the AOF included) is readable or enterable by another user."""
+    found = [directory, *directory.rglob("*")]
+    assert any(path.name.endswith(".aof") for path in found), "no append-only file"
+    for path in found:
+        assert stat.S_IMODE(path.stat().st_mode) & 0o077 == 0, f"{path} is {oct(path.stat().st_mode)}"
 
 
 def bucket_exists(s3: BaseClient, bucket: str) -> bool:

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import os
+import secrets
+import socket
+import ssl
+import stat
 from pathlib import Path
 
 import botocore.exceptions
+import httpx
 import pytest
 import redis
 
@@ -84,3 +89,88 @@ def test_two_seaweed_servers_run_side_by_side(tmp_path: Path) -> None:
         second.client().head_bucket(Bucket="second")
         with pytest.raises(botocore.exceptions.ClientError):
             second.client().head_bucket(Bucket="first")
+
+
+def test_redis_with_a_password_refuses_clients_without_it_and_keeps_its_files_private(tmp_path: Path) -> None:
+    server = RedisServer(tmp_path / "redis", password="pw-" + secrets.token_hex(8))
+    with server:
+        with redis.Redis.from_url(server.url) as client:
+            client.set("kiln:secret:url-signing", "s3cret")
+        with pytest.raises(redis.exceptions.AuthenticationError):
+            redis.Redis(host="127.0.0.1", port=server.port).ping()
+        with pytest.raises(redis.exceptions.AuthenticationError):
+            redis.Redis(host="127.0.0.1", port=server.port, password="wrong").ping()
+        # The password is in a file only its owner reads, never on the command line others can see.
+        assert server.password not in " ".join(server.command_line())
+        assert server.password not in Path(f"/proc/{server.pid}/cmdline").read_text()
+    files = [tmp_path / "redis", *(tmp_path / "redis").rglob("*")]
+    assert any(path.name.endswith(".aof") for path in files)
+    for path in files:
+        assert stat.S_IMODE(path.stat().st_mode) & 0o077 == 0, f"{path}: {oct(path.stat().st_mode)}"
+
+
+def grpc_answers_without_a_certificate(port: int) -> bool:
+    """Whether a gRPC port speaks to a client without credentials: plain HTTP/2, or TLS without a client certificate."""
+    with socket.create_connection(("127.0.0.1", port), timeout=3) as plain:
+        plain.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes.fromhex("000000040000000000"))
+        try:
+            if plain.recv(64):
+                return True
+        except OSError:
+            pass
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    context.set_alpn_protocols(["h2"])
+    try:
+        with (
+            socket.create_connection(("127.0.0.1", port), timeout=3) as raw,
+            context.wrap_socket(raw) as tls,
+        ):
+            tls.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes.fromhex("000000040000000000"))
+            return bool(tls.recv(64))
+    except (ssl.SSLError, OSError):
+        return False
+
+
+def grpc_accepts_certificate(port: int, tls_dir: Path) -> bool:
+    """The same port with the server's own client certificate: the handshake succeeds (the control)."""
+    context = ssl.create_default_context(cafile=str(tls_dir / "ca.pem"))
+    context.check_hostname = False
+    context.load_cert_chain(tls_dir / "cert.pem", tls_dir / "key.pem")
+    context.set_alpn_protocols(["h2"])
+    with socket.create_connection(("127.0.0.1", port), timeout=3) as raw, context.wrap_socket(raw) as tls:
+        tls.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes.fromhex("000000040000000000"))
+        return bool(tls.recv(64))
+
+
+def test_seaweed_answers_without_credentials_only_on_s3_and_checks_signatures_there(tmp_path: Path) -> None:
+    server = SeaweedS3Server(tmp_path / "s3", "kiln-test", "secret-key-1234", buckets=["kiln-test"])
+    with server:
+        client = server.client()
+        client.put_object(Bucket="kiln-test", Key="predictions/p/out-0.png", Body=b"tenant data")
+        ports = server.ports
+        http = {name: f"http://127.0.0.1:{ports[name + '.port']}" for name in ("master", "volume", "filer")}
+        # Master and filer HTTP APIs are off: nothing to list, read or delete (the master's
+        # /col/delete would drop the bucket's whole collection).
+        for url in (
+            f"{http['master']}/dir/status",
+            f"{http['master']}/dir/assign",
+            f"{http['master']}/col/delete?collection=kiln-test",
+            f"{http['filer']}/buckets/kiln-test/predictions/p/",
+            f"{http['filer']}/buckets/kiln-test/predictions/p/out-0.png",
+        ):
+            assert httpx.get(url, timeout=5).status_code in {401, 403, 404}, url
+        # The volume server wants a JWT for reading, writing and deleting.
+        for method in ("GET", "POST", "DELETE"):
+            response = httpx.request(method, f"{http['volume']}/1,0100000001", content=b"x", timeout=5)
+            assert response.status_code == 401, (method, response.text)
+        for component in ("master", "volume", "filer", "s3", "admin"):
+            port = ports[component + ".port.grpc"]
+            assert not grpc_answers_without_a_certificate(port), component
+            assert grpc_accepts_certificate(port, tmp_path / "s3" / "tls"), component
+        # The S3 endpoint still serves signed requests, and only those.
+        assert client.get_object(Bucket="kiln-test", Key="predictions/p/out-0.png")["Body"].read() == b"tenant data"
+        unsigned = httpx.get(f"{server.endpoint_url}/kiln-test/predictions/p/out-0.png", timeout=5)
+        assert unsigned.status_code == 403
+    for name in ("security.toml", "s3-identities.json", "tls/key.pem"):
+        assert stat.S_IMODE((tmp_path / "s3" / name).stat().st_mode) == 0o600

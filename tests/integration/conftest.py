@@ -225,7 +225,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     logs = root / "logs"
     logs.mkdir()
     access_key, secret_key = "kiln-test", secrets.token_hex(16)
-    with RedisServer(root / "redis") as redis_server, SeaweedS3Server(root / "s3", access_key, secret_key) as s3:
+    # Closed as make run starts it: every process of the stack must use the password in its URL.
+    redis_server = RedisServer(root / "redis", password=secrets.token_urlsafe(16))
+    with redis_server, SeaweedS3Server(root / "s3", access_key, secret_key) as s3:
         port, tls_port, ca_path = free_port(), free_port(), root / "ca.pem"
         stack = Stack(
             base_url=f"http://127.0.0.1:{port}",

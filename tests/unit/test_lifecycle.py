@@ -25,6 +25,8 @@ from shared.leases import Leases
 from shared.lifecycle import PredictionLifecycle
 from shared.maintenance import reap_lapsed_leases
 from shared.prediction import Prediction
+from shared.prediction_json import render_prediction
+from shared.signed_urls import UrlSigner
 from shared.status import ALLOWED_SOURCES, LUA_STATUS_TABLE, TERMINAL, Status, render_lua_status_table
 from shared.store import PredictionStore
 from tests.support import REPO_ROOT
@@ -171,7 +173,11 @@ def test_a_stale_attempt_cannot_end_a_rerun(store: PredictionStore, ended) -> No
 
 def test_an_api_cancel_of_a_queued_prediction_ends_it_through_the_lifecycle(store: PredictionStore, ended) -> None:
     notifier = RecordingNotifier()
-    services = SimpleNamespace(store=store, lifecycle=PredictionLifecycle(store, notifier), url_signing_secret="s")
+    services = SimpleNamespace(
+        store=store,
+        lifecycle=PredictionLifecycle(store, notifier),
+        render=lambda prediction, base: render_prediction(prediction, base, UrlSigner("s", 3600), 3600),
+    )
     queued, running = make(store), make(store)
     Leases(store.redis, lease_s=30).start(running.id)
     before = finished_count(Status.CANCELED)

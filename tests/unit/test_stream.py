@@ -1,17 +1,18 @@
 """The Server-Sent Events stream of a prediction, without servers: fakeredis holds the record and
-carries its event channel."""
+carries its event channel to the process's event hub."""
 
 from __future__ import annotations
 
 import asyncio
 from concurrent.futures import ThreadPoolExecutor
-from types import SimpleNamespace
 
 import fakeredis
 
-from api.routes.predictions import stream_prediction
+from api.events import EventHub
+from api.streaming import StreamContext, prediction_events
 from shared import keys
 from shared.prediction import Prediction
+from shared.signed_urls import UrlSigner
 from shared.store import PredictionStore
 
 
@@ -21,16 +22,21 @@ async def _stream_until_the_record_vanishes() -> list[str]:
     store = PredictionStore(redis)
     prediction = Prediction(tenant="t1", model="kiln/sd2-depth2img", version="v", input={"prompt": "x"})
     store.create(prediction)
-    services = SimpleNamespace(
-        store=store, event_redis=fakeredis.FakeAsyncRedis(server=server), url_signing_secret="secret"
+    hub = EventHub(fakeredis.FakeAsyncRedis(server=server))
+    await hub.start()
+    context = StreamContext(
+        fakeredis.FakeAsyncRedis(server=server), hub, UrlSigner("secret", 3600), 3600, "http://kiln"
     )
-    stream = stream_prediction(prediction.id, prediction, services, "http://kiln")
-    sent = [(await anext(stream)).event]
-    # Redis lost the record while the stream was open (a restart that dropped the last writes).
-    redis.delete(keys.prediction(prediction.id))
-    redis.publish(keys.prediction_events(prediction.id), '{"status": "processing"}')
-    sent += [event.event async for event in stream]
-    return sent
+    try:
+        stream = prediction_events(context, prediction.id)
+        sent = [(await anext(stream)).event]
+        # Redis lost the record while the stream was open (a restart that dropped the last writes).
+        redis.delete(keys.prediction(prediction.id))
+        redis.publish(keys.prediction_events(prediction.id), '{"status": "processing"}')
+        sent += [event.event async for event in stream]
+    finally:
+        await hub.close()
+    return [event for event in sent if event is not None]
 
 
 def test_a_stream_whose_prediction_vanishes_ends_instead_of_failing():

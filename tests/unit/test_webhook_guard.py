@@ -1,46 +1,101 @@
-"""Webhook signing round trip and the SSRF guard."""
+"""Webhook signing (a secret per tenant, rotation with an overlap), signed expiring URLs, and the SSRF guard."""
 
 from __future__ import annotations
 
 import ipaddress
 import socket
+import time
 from datetime import UTC, datetime
 
 import fakeredis
 import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from shared.secrets import new_webhook_secret as new_secret
-from shared.secrets import sign_path, url_signing_secret, verify_path, webhook_secret
+from shared.secrets import url_signing_secret
 from shared.settings import Settings
+from shared.signed_urls import UrlSigner, Verdict
 from shared.ssrf import URLRefused, forbidden_reason, resolve_checked
+from shared.webhook_secrets import WebhookSecrets, new_webhook_secret
 from shared.webhooks import signature_headers
+
+BODY = '{"id": "abc", "status": "succeeded"}'
 
 
 def test_signatures_verify_with_the_standardwebhooks_library():
-    secret = new_secret()
-    body = '{"id": "abc", "status": "succeeded"}'
-    headers = signature_headers(secret, "msg_1", datetime.now(UTC), body)
-    assert Webhook(secret).verify(body, headers) == {"id": "abc", "status": "succeeded"}
+    secret = new_webhook_secret()
+    headers = signature_headers([secret], "msg_1", datetime.now(UTC), BODY)
+    assert Webhook(secret).verify(BODY, headers) == {"id": "abc", "status": "succeeded"}
     with pytest.raises(WebhookVerificationError):
-        Webhook(new_secret()).verify(body, headers)
+        Webhook(new_webhook_secret()).verify(BODY, headers)
 
 
-def test_secret_from_settings_wins_else_one_is_generated_and_kept():
+def test_each_tenant_has_its_own_secret_and_cannot_sign_for_another():
+    secrets = WebhookSecrets(fakeredis.FakeRedis(), overlap_s=60)
+    a, b = secrets.get("tenant-a").current, secrets.get("tenant-b").current
+    assert a.startswith("whsec_") and b.startswith("whsec_") and a != b
+    assert secrets.get("tenant-a").current == a, "kept, not made anew"
+    forged = signature_headers([b], "msg_1", datetime.now(UTC), BODY)
+    with pytest.raises(WebhookVerificationError):
+        Webhook(a).verify(BODY, forged)
+
+
+def test_after_a_rotation_both_secrets_sign_until_the_overlap_ends():
+    secrets = WebhookSecrets(fakeredis.FakeRedis(), overlap_s=60)
+    old = secrets.get("t").current
+    rotated = secrets.rotate("t")
+    assert rotated.current != old and rotated.previous == old
+    keys_now = secrets.signing_keys("t")
+    assert keys_now == [rotated.current, old]
+    headers = signature_headers(keys_now, "msg_1", datetime.now(UTC), BODY)
+    assert len(headers["webhook-signature"].split(" ")) == 2
+    for receiver_secret in (old, rotated.current):  # a receiver with either secret accepts it
+        assert Webhook(receiver_secret).verify(BODY, headers)["id"] == "abc"
+    assert secrets.get("t").signing_keys(now=time.time() + 61) == [rotated.current]
+
+
+def test_the_url_signing_secret_is_generated_once_and_kept():
     redis = fakeredis.FakeRedis()
-    configured = new_secret()
-    assert webhook_secret(Settings(_env_file=None, webhook_secret=configured), redis) == configured
-    generated = webhook_secret(Settings(_env_file=None), redis)
-    assert generated.startswith("whsec_") and generated != configured
-    assert webhook_secret(Settings(_env_file=None), redis) == generated
-    assert url_signing_secret(Settings(_env_file=None), redis) not in {generated, ""}
+    generated = url_signing_secret(Settings(_env_file=None), redis)
+    assert generated and url_signing_secret(Settings(_env_file=None), redis) == generated
+    assert url_signing_secret(Settings(_env_file=None, url_signing_secret="mine"), redis) == "mine"
 
 
-def test_signed_paths_verify_only_for_the_same_path_and_secret():
-    signature = sign_path("k1", "/v1/predictions/p/output/out-0.png")
-    assert verify_path("k1", "/v1/predictions/p/output/out-0.png", signature)
-    assert not verify_path("k1", "/v1/predictions/p/output/out-1.png", signature)
-    assert not verify_path("k2", "/v1/predictions/p/output/out-0.png", signature)
+PATH = "/v1/predictions/p/output/out-0.png"
+
+
+def query_of(url: str) -> dict[str, str]:
+    return dict(part.split("=", 1) for part in url.split("?", 1)[1].split("&"))
+
+
+def test_signed_urls_verify_only_for_the_same_path_secret_and_expiry():
+    signer = UrlSigner("k1", ttl_s=3600)
+    query = query_of(signer.url("http://kiln.test", PATH, now=1000))
+    assert signer.check(PATH, now=1000, **query) is Verdict.VALID
+    assert signer.check(PATH.replace("out-0", "out-1"), now=1000, **query) is Verdict.INVALID
+    assert UrlSigner("k2", ttl_s=3600).check(PATH, now=1000, **query) is Verdict.INVALID
+    later = str(int(query["expires"]) + 3600)
+    assert signer.check(PATH, now=1000, expires=later, sig=query["sig"]) is Verdict.INVALID
+    assert signer.check(PATH, now=1000, expires=None, sig=None) is Verdict.MISSING
+    for sig, expires in (("é" * 32, query["expires"]), (query["sig"], "１２"), (query["sig"], "-1"), ("", "")):
+        assert signer.check(PATH, now=1000, expires=expires, sig=sig) is Verdict.INVALID
+
+
+def test_signed_urls_expire_within_their_lifetime_and_never_after_not_after():
+    signer = UrlSigner("k", ttl_s=3600)
+    expires = int(query_of(signer.url("", PATH, now=1000))["expires"])
+    assert 1000 + 0.9 * 3600 <= expires <= 1000 + 3600
+    query = query_of(signer.url("", PATH, now=1000))
+    assert signer.check(PATH, now=expires - 1, **query) is Verdict.VALID
+    assert signer.check(PATH, now=expires, **query) is Verdict.EXPIRED
+    capped = query_of(signer.url("", PATH, now=1000, not_after=1500))
+    assert capped["expires"] == "1500"
+    # URLs rendered close together are the same URL.
+    assert signer.url("", PATH, now=1000) == signer.url("", PATH, now=1001)
+
+
+def test_the_lifetime_never_exceeds_retention():
+    settings = Settings(_env_file=None, output_url_ttl_s=7200, retention_s=600, url_signing_secret="s")
+    assert UrlSigner.from_settings(settings, fakeredis.FakeRedis()).ttl_s == 600
 
 
 @pytest.mark.parametrize(

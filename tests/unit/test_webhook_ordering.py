@@ -10,7 +10,11 @@ from shared.prediction import Prediction
 from shared.settings import Settings
 from shared.webhook_outbox import DELIVERED, FAILED, PENDING, WebhookOutbox
 from webhook_worker import delivery as webhook_delivery
-from webhook_worker.delivery import AttemptResult, attempt_delivery
+from webhook_worker.delivery import AttemptResult, SignedBody, attempt_delivery
+
+
+def signing(delivery):
+    return SignedBody(delivery.body, ["whsec_x"])
 
 
 @pytest.fixture
@@ -28,7 +32,7 @@ def prediction() -> Prediction:
 def posted(monkeypatch) -> list[str]:
     sent: list[str] = []
 
-    def fake_post(delivery, secret, settings):
+    def fake_post(delivery, signed, settings):
         sent.append(delivery.event)
         return AttemptResult("HTTP 200", succeeded=True)
 
@@ -40,8 +44,8 @@ def test_a_logs_event_recorded_before_completed_but_sent_after_it_is_dropped(out
     logs = outbox.record(prediction, "logs", "{}")
     completed = outbox.record(prediction, "completed", "{}")
 
-    assert attempt_delivery(outbox, completed.id, "whsec_x", outbox.settings).state == DELIVERED
-    stale = attempt_delivery(outbox, logs.id, "whsec_x", outbox.settings)
+    assert attempt_delivery(outbox, completed.id, signing, outbox.settings).state == DELIVERED
+    stale = attempt_delivery(outbox, logs.id, signing, outbox.settings)
 
     assert posted == ["completed"]
     assert stale.state == FAILED and stale.last_outcome.startswith("superseded")
@@ -55,19 +59,19 @@ def test_completed_waits_while_a_progress_event_is_in_flight(outbox, prediction,
     assert outbox.begin_progress(other.id, "logs") is True  # a logs event of a running prediction is attempted
     other_completed = outbox.record(other, "completed", "{}")
 
-    assert attempt_delivery(outbox, other_completed.id, "whsec_x", outbox.settings) is None  # postponed, not sent
+    assert attempt_delivery(outbox, other_completed.id, signing, outbox.settings) is None  # postponed, not sent
     assert outbox.get(other_completed.id).state == PENDING and posted == []
     outbox.end_progress(other.id)
-    assert attempt_delivery(outbox, other_completed.id, "whsec_x", outbox.settings).state == DELIVERED
-    assert attempt_delivery(outbox, completed.id, "whsec_x", outbox.settings).state == DELIVERED
+    assert attempt_delivery(outbox, other_completed.id, signing, outbox.settings).state == DELIVERED
+    assert attempt_delivery(outbox, completed.id, signing, outbox.settings).state == DELIVERED
     assert posted == ["completed", "completed"]
 
 
 def test_progress_events_of_a_running_prediction_are_sent(outbox, prediction, posted):
     first = outbox.record(prediction, "output", "{}")
     second = outbox.record(prediction, "logs", "{}")
-    assert attempt_delivery(outbox, first.id, "whsec_x", outbox.settings).state == DELIVERED
-    assert attempt_delivery(outbox, second.id, "whsec_x", outbox.settings).state == DELIVERED
+    assert attempt_delivery(outbox, first.id, signing, outbox.settings).state == DELIVERED
+    assert attempt_delivery(outbox, second.id, signing, outbox.settings).state == DELIVERED
     assert posted == ["output", "logs"]
     assert not outbox.progress_in_flight(prediction.id)
 
@@ -76,7 +80,7 @@ def test_completed_waits_for_the_output_event_which_is_never_dropped(outbox, pre
     output = outbox.record(prediction, "output", "{}")
     completed = outbox.record(prediction, "completed", "{}")
 
-    assert attempt_delivery(outbox, completed.id, "whsec_x", outbox.settings) is None  # the output goes first
-    assert attempt_delivery(outbox, output.id, "whsec_x", outbox.settings).state == DELIVERED
-    assert attempt_delivery(outbox, completed.id, "whsec_x", outbox.settings).state == DELIVERED
+    assert attempt_delivery(outbox, completed.id, signing, outbox.settings) is None  # the output goes first
+    assert attempt_delivery(outbox, output.id, signing, outbox.settings).state == DELIVERED
+    assert attempt_delivery(outbox, completed.id, signing, outbox.settings).state == DELIVERED
     assert posted == ["output", "completed"]

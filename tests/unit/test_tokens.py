@@ -1,0 +1,63 @@
+"""Tokens: the bootstrap set from KILN_API_TOKEN, tokens made and revoked at run time (``kiln tokens``)."""
+
+from __future__ import annotations
+
+import io
+
+import fakeredis
+import pytest
+
+from shared import keys
+from shared.cli import run
+from shared.tokens import TokenError, TokenLimits, TokenRegistry, bootstrap_tokens, token_digest
+
+
+def test_bootstrap_entries_have_names_and_digests():
+    found = bootstrap_tokens(f" alice=tok-a , tok-b,bob=sha256:{'ab' * 32},pad==,x=y=z ")
+    assert [(t.name, t.token) for t in found[:2]] == [
+        ("alice", "tok-a"),
+        (f"token-{token_digest('tok-b')[:8]}", "tok-b"),
+    ]
+    assert (found[2].name, found[2].digest, found[2].token) == ("bob", "ab" * 32, None)
+    # Base64 padding is part of a token, not a name.
+    assert found[3].token == "pad==" and found[3].name.startswith("token-")
+    assert (found[4].name, found[4].token) == ("x", "y=z")
+    assert bootstrap_tokens(" , ") == []
+
+
+def test_made_tokens_are_stored_hashed_listed_and_revoked():
+    redis = fakeredis.FakeRedis()
+    registry = TokenRegistry(redis, "boot=tok-boot")
+    token = registry.create("alice", TokenLimits(rate_limit_per_s=2.5, max_queued=7))
+    assert token.startswith("kiln_") and len(token) > 40
+    record = redis.hgetall(keys.token(token_digest(token)))
+    assert record[b"name"] == b"alice" and token.encode() not in b"".join(record.values())
+    listed = {info.name: info for info in registry.list()}
+    assert set(listed) == {"boot", "alice"}
+    assert listed["alice"].limits == TokenLimits(rate_limit_per_s=2.5, max_queued=7)
+    with pytest.raises(TokenError, match="exists"):
+        registry.create("alice")
+    with pytest.raises(TokenError, match="KILN_API_TOKEN"):
+        registry.create("boot")
+    with pytest.raises(TokenError, match="not a token name"):
+        registry.create("no spaces")
+    registry.revoke("alice")
+    assert not redis.exists(keys.token(token_digest(token)))
+    registry.revoke("boot")
+    assert redis.sismember(keys.revoked_tokens(), token_digest("tok-boot"))
+    assert registry.list() == []
+    with pytest.raises(TokenError, match="no token named"):
+        registry.revoke("alice")
+
+
+def test_the_kiln_command_prints_a_new_token_once_and_never_lists_it():
+    registry = TokenRegistry(fakeredis.FakeRedis())
+    out = io.StringIO()
+    assert run(["tokens", "create", "ops", "--rate-limit-per-s", "3", "--max-queued", "9"], registry, out) == 0
+    token = out.getvalue().strip()
+    listing = io.StringIO()
+    run(["tokens", "list"], registry, listing)
+    assert "ops" in listing.getvalue() and "rate_limit_per_s=3" in listing.getvalue()
+    assert "max_queued=9" in listing.getvalue() and token not in listing.getvalue()
+    with pytest.raises(SystemExit):
+        run(["tokens", "create", "bad", "--max-queued", "0"], registry, io.StringIO())
