@@ -16,7 +16,7 @@ from api.services import Services
 from shared.settings import Settings
 from shared.store import PredictionStore
 
-_CHALLENGE = {"WWW-Authenticate": "Bearer"}
+CHALLENGE = {"WWW-Authenticate": "Bearer"}
 
 
 async def get_services(request: Request) -> Services:
@@ -43,10 +43,10 @@ async def optional_caller(request: Request, services: Annotated[Services, Depend
     scheme, _, token = header.partition(" ")
     token = token.strip()
     if scheme.lower() not in {"bearer", "token"} or not token:
-        raise ProblemError(401, "malformed credentials: send 'Authorization: Bearer <token>'", headers=_CHALLENGE)
+        raise ProblemError(401, "malformed credentials: send 'Authorization: Bearer <token>'", headers=CHALLENGE)
     caller = await services.authenticator.caller(token)
     if caller is None:
-        raise ProblemError(401, "invalid token (unknown or revoked)", headers=_CHALLENGE)
+        raise ProblemError(401, "invalid token (unknown or revoked)", headers=CHALLENGE)
     return caller
 
 
@@ -61,7 +61,13 @@ async def current_caller(
 ) -> Caller:
     """The authenticated caller, within its rate limit (429 with ``Retry-After`` beyond it)."""
     if caller is None:
-        raise ProblemError(401, "missing credentials: send 'Authorization: Bearer <token>'", headers=_CHALLENGE)
+        raise ProblemError(401, "missing credentials: send 'Authorization: Bearer <token>'", headers=CHALLENGE)
+    response.headers.update(await take_rate_limit(services, caller))
+    return caller
+
+
+async def take_rate_limit(services: Services, caller: Caller) -> dict[str, str]:
+    """One request off the caller's rate limit: its ``ratelimit-*`` headers, or a 429 with ``Retry-After``."""
     decision = await services.rate_limiter.take(caller.tenant, caller.rate_limit_per_s, caller.rate_limit_burst)
     if not decision.allowed:
         raise ProblemError(
@@ -70,8 +76,7 @@ async def current_caller(
             f"with bursts of {caller.rate_limit_burst}",
             headers=decision.headers() | {"Retry-After": str(decision.retry_after_s)},
         )
-    response.headers.update(decision.headers())
-    return caller
+    return decision.headers()
 
 
 async def current_tenant(caller: Annotated[Caller, Depends(current_caller)]) -> str:
@@ -88,5 +93,6 @@ SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 StoreDep = Annotated[PredictionStore, Depends(get_store)]
 CurrentCaller = Annotated[Caller, Depends(current_caller)]
 CurrentTenant = Annotated[str, Depends(current_tenant)]
+OptionalCaller = Annotated[Caller | None, Depends(optional_caller)]
 OptionalTenant = Annotated[str | None, Depends(optional_tenant)]
 BaseURL = Annotated[str, Depends(base_url)]

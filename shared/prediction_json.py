@@ -22,6 +22,11 @@ def prediction_page_path(prediction_id: str) -> str:
     return f"/playground/predictions/{prediction_id}"
 
 
+def stream_path(prediction_id: str) -> str:
+    """The prediction's Server-Sent Events (``urls.stream``, signed: it works without a token)."""
+    return f"{prediction_path(prediction_id)}/stream"
+
+
 def output_path(prediction_id: str, name: str) -> str:
     return f"{prediction_path(prediction_id)}/output/{name}"
 
@@ -57,7 +62,7 @@ def render_prediction(prediction: Prediction, base_url: str, signer: UrlSigner, 
     urls = {
         "get": get_url,
         "cancel": f"{get_url}/cancel",
-        "stream": f"{get_url}/stream",
+        "stream": signer.url(base_url, stream_path(prediction.id)),
         "web": f"{base_url}{prediction_page_path(prediction.id)}",
     }
     output = None

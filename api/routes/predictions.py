@@ -9,22 +9,31 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Depends, Header, Query
+from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
 from api.batch import submit_batch
-from api.deps import BaseURL, CurrentCaller, CurrentTenant, OptionalTenant, ServicesDep
+from api.deps import (
+    CHALLENGE,
+    BaseURL,
+    CurrentCaller,
+    CurrentTenant,
+    OptionalCaller,
+    OptionalTenant,
+    ServicesDep,
+    take_rate_limit,
+)
 from api.errors import ProblemError
 from api.schemas import CreateBatch, CreatePrediction, PredictionFields
 from api.services import Services
-from api.streaming import StreamContext, prediction_events
+from api.streaming import BadEventId, Position, StreamContext, prediction_events
 from api.submission import create_and_respond
 from models.registry import UnknownModelError, find_model, resolve_version
 from shared.objects import ObjectNotFound, output_key
 from shared.prediction import Prediction, format_timestamp
-from shared.prediction_json import output_path
+from shared.prediction_json import output_path, stream_path
 from shared.signed_urls import Verdict
 from shared.store import PredictionStore
 
@@ -153,13 +162,40 @@ def cancel_prediction(
     return _render(_owned(services.store, prediction_id, tenant), base, services)
 
 
-async def _owned_before_streaming(prediction_id: str, tenant: CurrentTenant, services: ServicesDep) -> Prediction:
-    """Checked as a dependency: once the event stream has started, a 404 can no longer be sent."""
-    return await run_in_threadpool(_owned, services.store, prediction_id, tenant)
+async def _stream_access(
+    request: Request, prediction_id: str, caller: OptionalCaller, services: ServicesDep
+) -> Prediction:
+    """The prediction a stream may follow: through its signed ``urls.stream`` (no token needed, as on
+    Replicate, whose JavaScript client fetches it without one) or with the owner's token. Checked as a
+    dependency: once the event stream has started, a 4xx can no longer be sent."""
+    query = request.query_params
+    path = stream_path(prediction_id)
+    verdict = services.url_signer.check(path, expires=query.get("expires"), sig=query.get("sig"))
+    if verdict is Verdict.EXPIRED and caller is None:
+        raise ProblemError(
+            403, "this signed stream URL expired; GET the prediction for a fresh urls.stream, or send the owner's token"
+        )
+    tenant = None  # a valid signature grants the stream whoever asks
+    if verdict is not Verdict.VALID:
+        if caller is None:
+            raise ProblemError(401, "missing credentials: send 'Authorization: Bearer <token>'", headers=CHALLENGE)
+        await take_rate_limit(services, caller)
+        tenant = caller.tenant
+    prediction = await run_in_threadpool(services.store.get, prediction_id)
+    if prediction is None or (tenant is not None and prediction.tenant != tenant):
+        raise ProblemError(404, f"prediction {prediction_id!r} not found")
+    return prediction
+
+
+def _resume_position(last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None) -> Position:
+    try:
+        return Position.from_event_id(last_event_id)
+    except BadEventId as exc:
+        raise ProblemError(400, str(exc)) from None
 
 
 async def _stream_slot(
-    prediction: Annotated[Prediction, Depends(_owned_before_streaming)], services: ServicesDep
+    prediction: Annotated[Prediction, Depends(_stream_access)], services: ServicesDep
 ) -> AsyncIterator[None]:
     """One of the tenant's open-stream slots for as long as the stream is open (429 when none is free).
     A dependency, so the 429 can still be sent; it is released once the stream has ended."""
@@ -171,15 +207,20 @@ async def _stream_slot(
 async def stream_prediction(
     prediction_id: str,
     _: Annotated[None, Depends(_stream_slot)],
+    start: Annotated[Position, Depends(_resume_position)],
     services: ServicesDep,
     base: BaseURL,
+    kiln_status: Annotated[
+        bool, Query(description="Kiln extension: also send `status` events (Replicate's clients reject them).")
+    ] = False,
 ) -> AsyncIterator[ServerSentEvent]:
-    """Server-Sent Events: ``status``, ``logs`` (one line each), ``output``, ``error``, then ``done``.
-    At most ``KILN_MAX_OPEN_STREAMS_PER_TENANT`` streams and waits per token (429 beyond)."""
+    """Server-Sent Events as Replicate sends them: ``output``, ``logs``, ``error``, then ``done``, each
+    with an ``id`` (``Last-Event-ID`` resumes after it). Open with the signed ``urls.stream`` or the
+    owner's token; at most ``KILN_MAX_OPEN_STREAMS_PER_TENANT`` streams and waits per token (429 beyond)."""
     context = StreamContext(
         services.async_redis, services.events, services.url_signer, services.settings.retention_s, base
     )
-    async for event in prediction_events(context, prediction_id):
+    async for event in prediction_events(context, prediction_id, start, with_status=kiln_status):
         yield event
 
 

@@ -27,7 +27,7 @@ def node() -> str:
     return node
 
 
-def test_js_client_runs_downloads_waits_and_verifies_webhooks(stack, node, tmp_path):
+def test_js_client_runs_downloads_waits_streams_and_verifies_webhooks(stack, node, tmp_path):
     image = tmp_path / "input.png"
     image.write_bytes(png_bytes(128, 128))
     result = subprocess.run(
@@ -43,3 +43,7 @@ def test_js_client_runs_downloads_waits_and_verifies_webhooks(stack, node, tmp_p
     assert seen["run"] == {"count": 1, "pngMagic": "PNG"}
     assert seen["wait"] == {"status": "succeeded", "outputs": 1}
     assert seen["webhook"] == {"valid": True, "status": "succeeded"}
+    stream = seen["stream"]
+    assert stream["events"] == ["done", "logs", "output"] and stream["everyEventHasAnId"]
+    assert (stream["outputs"], stream["pngMagic"]) == (1, "PNG")
+    assert (stream["last"]["event"], stream["last"]["data"]) == ("done", "{}")

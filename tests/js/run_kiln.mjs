@@ -23,6 +23,21 @@ const created = await replicate.predictions.create({ version: version.id, input:
 const finished = await replicate.wait(created);
 result.wait = { status: finished.status, outputs: finished.output.length };
 
+// replicate.stream: the signed urls.stream, fetched without a token as the client does.
+const streamed = [];
+for await (const event of replicate.stream("kiln/sd2-depth2img", { input: { ...input, input_image: file.urls.get } })) {
+  streamed.push({ event: event.event, id: event.id, data: String(event.data) });
+}
+const streamedOutputs = streamed.filter((e) => e.event === "output").map((e) => e.data);
+const streamedBytes = new Uint8Array(await (await fetch(streamedOutputs[0])).arrayBuffer());
+result.stream = {
+  events: [...new Set(streamed.map((e) => e.event))].sort(),
+  everyEventHasAnId: streamed.every((e) => typeof e.id === "string" && e.id.length > 0),
+  outputs: streamedOutputs.length,
+  pngMagic: Array.from(streamedBytes.slice(1, 4), (c) => String.fromCharCode(c)).join(""),
+  last: streamed[streamed.length - 1],
+};
+
 // A webhook, verified with the client's own validateWebhook.
 const secret = (await replicate.webhooks.default.secret.get()).key;
 const verified = await new Promise((resolve, reject) => {
