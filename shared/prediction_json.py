@@ -75,7 +75,7 @@ def render_prediction(prediction: Prediction, base_url: str, signer: UrlSigner, 
         metrics["predict_time"] = prediction.predict_time
     if prediction.total_time is not None:
         metrics["total_time"] = prediction.total_time
-    return {
+    rendered = {
         "id": prediction.id,
         "model": prediction.model,
         "version": prediction.version,
@@ -92,6 +92,9 @@ def render_prediction(prediction: Prediction, base_url: str, signer: UrlSigner, 
         "data_removed": prediction.data_removed,
         "source": prediction.source,
     }
+    if prediction.deadline is not None:
+        rendered["deadline"] = format_timestamp(prediction.deadline)
+    return rendered
 
 
 def refresh_output_urls(body: str, signer: UrlSigner, retention_s: float) -> str:

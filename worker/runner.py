@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from models.registry import find_model
-from shared import metrics
+from shared import deadlines, metrics
 from shared.files import FileStore
 from shared.images import ImageInputError
 from shared.input_schema import InputLimits, ModelInput
@@ -155,6 +155,11 @@ class PredictionRunner:
         prediction = self.store.get(prediction_id)
         if prediction is None:
             log.warning("prediction %s does not exist; dropping the message", prediction_id)
+            return []
+        if deadlines.passed(prediction.deadline):
+            # Never started, never billed as GPU time: aborted (unless it ended meanwhile).
+            found = self.lifecycle.expire(prediction)
+            log.info("prediction %s is past its deadline (it was %s); dropping it", prediction_id, found)
             return []
         attempt = self.leases.start(prediction_id)
         if attempt is None:

@@ -31,6 +31,7 @@ from api.services import Services
 from api.streaming import BadEventId, Position, StreamContext, prediction_events
 from api.submission import create_and_respond
 from models.registry import UnknownModelError, find_model, resolve_version
+from shared.deadlines import DURATION_PATTERN
 from shared.objects import ObjectNotFound, output_key
 from shared.prediction import Prediction, format_timestamp
 from shared.prediction_json import output_path, stream_path
@@ -41,6 +42,16 @@ router = APIRouter(prefix="/v1", tags=["predictions"])
 
 PreferHeader = Annotated[str | None, Header(description="`wait` or `wait=N` (1-60 s): answer when finished.")]
 IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key")]
+CancelAfter = Annotated[
+    str | None,
+    Header(
+        alias="Cancel-After",
+        description="A duration (`30s`, `5m`, `1h30m`): not started by then, the prediction ends `aborted`; "
+        "still running, `canceled`.",
+        # Documented only: a bad value is a 400 naming the header (api.submission.deadline_after), not a 422.
+        json_schema_extra={"pattern": DURATION_PATTERN},
+    ),
+]
 
 
 def _owned(store: PredictionStore, prediction_id: str, tenant: str) -> Prediction:
@@ -63,12 +74,13 @@ async def create_prediction(
     base: BaseURL,
     prefer: PreferHeader = None,
     idempotency_key: IdempotencyKey = None,
+    cancel_after: CancelAfter = None,
 ) -> JSONResponse:
     try:
         spec = resolve_version(body.version, services.settings)
     except UnknownModelError as exc:
         raise ProblemError(422, f"version: {exc}") from None
-    return await create_and_respond(services, caller, spec, body, base, prefer, idempotency_key)
+    return await create_and_respond(services, caller, spec, body, base, prefer, idempotency_key, cancel_after)
 
 
 @router.post("/models/{owner}/{name}/predictions", status_code=201)
@@ -81,12 +93,13 @@ async def create_model_prediction(
     base: BaseURL,
     prefer: PreferHeader = None,
     idempotency_key: IdempotencyKey = None,
+    cancel_after: CancelAfter = None,
 ) -> JSONResponse:
     try:
         spec = find_model(f"{owner}/{name}")
     except UnknownModelError as exc:
         raise ProblemError(404, str(exc)) from None
-    return await create_and_respond(services, caller, spec, body, base, prefer, idempotency_key)
+    return await create_and_respond(services, caller, spec, body, base, prefer, idempotency_key, cancel_after)
 
 
 @router.post("/predictions/batch")
