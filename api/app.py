@@ -15,7 +15,8 @@ from fastapi import FastAPI
 from api.body_limit import BodyLimitMiddleware
 from api.errors import install_error_handlers
 from api.log_context import PredictionLogContext
-from api.routes import files, health, metrics, models, predictions, queue, webhooks
+from api.ratelimit import RateLimitHeaders
+from api.routes import catalog, files, health, metrics, models, predictions, queue, webhooks
 from api.routes.playground import install_playground
 from api.services import Services
 from shared.logs import configure_logging
@@ -65,12 +66,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         limits_by_prefix={"/v1/files": settings.file_max_bytes + 64 * 1024},
     )
     app.add_middleware(PredictionLogContext)
+    app.add_middleware(RateLimitHeaders)
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(metrics.router)
     app.include_router(predictions.router)
     app.include_router(webhooks.router)
     app.include_router(models.router)
+    app.include_router(catalog.router)
     app.include_router(files.router)
     app.include_router(queue.router)
     install_playground(app)

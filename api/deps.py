@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Request, Response
+from fastapi import Depends, Request
 
 from api.auth import Caller
 from api.errors import ProblemError
+from api.ratelimit import STATE_KEY as RATELIMIT_STATE_KEY
 from api.services import Services
 from shared.settings import Settings
 from shared.store import PredictionStore
@@ -55,20 +56,22 @@ async def optional_tenant(caller: Annotated[Caller | None, Depends(optional_call
 
 
 async def current_caller(
+    request: Request,
     caller: Annotated[Caller | None, Depends(optional_caller)],
     services: Annotated[Services, Depends(get_services)],
-    response: Response,
 ) -> Caller:
     """The authenticated caller, within its rate limit (429 with ``Retry-After`` beyond it)."""
     if caller is None:
         raise ProblemError(401, "missing credentials: send 'Authorization: Bearer <token>'", headers=CHALLENGE)
-    response.headers.update(await take_rate_limit(services, caller))
+    await take_rate_limit(request, services, caller)
     return caller
 
 
-async def take_rate_limit(services: Services, caller: Caller) -> dict[str, str]:
-    """One request off the caller's rate limit: its ``ratelimit-*`` headers, or a 429 with ``Retry-After``."""
+async def take_rate_limit(request: Request, services: Services, caller: Caller) -> None:
+    """One request off the caller's rate limit, or a 429 with ``Retry-After``. The answer, whatever it
+    is, carries the ``ratelimit-*`` headers (``api.ratelimit.RateLimitHeaders``)."""
     decision = await services.rate_limiter.take(caller.tenant, caller.rate_limit_per_s, caller.rate_limit_burst)
+    setattr(request.state, RATELIMIT_STATE_KEY, decision.headers())
     if not decision.allowed:
         raise ProblemError(
             429,
@@ -76,7 +79,6 @@ async def take_rate_limit(services: Services, caller: Caller) -> dict[str, str]:
             f"with bursts of {caller.rate_limit_burst}",
             headers=decision.headers() | {"Retry-After": str(decision.retry_after_s)},
         )
-    return decision.headers()
 
 
 async def current_tenant(caller: Annotated[Caller, Depends(current_caller)]) -> str:

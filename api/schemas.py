@@ -28,6 +28,26 @@ class PredictionFields(BaseModel):
     input: dict[str, Any] = Field(description="The model's inputs, validated against its schema.")
     webhook: HttpUrl | None = None
     webhook_events_filter: list[WebhookEvent] | None = None
+    # Replicate's legacy field: a URL called once, when the prediction completes.
+    webhook_completed: HttpUrl | None = Field(
+        default=None, description="Legacy: the same as `webhook` with `webhook_events_filter: [\"completed\"]`."
+    )
+
+    @model_validator(mode="after")
+    def _legacy_webhook_completed(self) -> PredictionFields:
+        """``webhook_completed`` as Replicate handles it: the completed event goes to that URL. Kiln sends
+        a prediction's events to one URL, so another ``webhook`` beside it is a 422, never dropped."""
+        if self.webhook_completed is None:
+            return self
+        if self.webhook is None:
+            self.webhook = self.webhook_completed
+            self.webhook_events_filter = ["completed"]
+        elif self.webhook != self.webhook_completed:
+            raise ValueError(
+                "webhook_completed: Kiln sends a prediction's events to one URL; give webhook (with "
+                "webhook_events_filter) or webhook_completed, not two different URLs"
+            )
+        return self
 
 
 class CreatePrediction(PredictionFields):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -26,6 +24,8 @@ from api.deps import (
     take_rate_limit,
 )
 from api.errors import ProblemError
+from api.pagination import Cursor, CursorQuery, page_links
+from api.prediction_list import PredictionFilter, list_page
 from api.schemas import CreateBatch, CreatePrediction, PredictionFields
 from api.services import Services
 from api.streaming import BadEventId, Position, StreamContext, prediction_events
@@ -122,42 +122,24 @@ async def create_batch(
     )
 
 
-def _encode_cursor(direction: str, prediction_id: str) -> str:
-    return base64.urlsafe_b64encode(f"{direction}:{prediction_id}".encode()).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str) -> tuple[str, str]:
-    try:
-        direction, _, prediction_id = (
-            base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode().partition(":")
-        )
-    except (binascii.Error, ValueError):  # not base64 (non-ASCII included), or not UTF-8 inside
-        direction, prediction_id = "", ""
-    if direction not in {"before", "after"} or not (prediction_id.isascii() and prediction_id.isalnum()):
-        raise ProblemError(400, "cursor: not a cursor this API returned")
-    return direction, prediction_id
-
-
 @router.get("/predictions")
 def list_predictions(
-    tenant: CurrentTenant, services: ServicesDep, base: BaseURL, cursor: str | None = Query(default=None)
+    tenant: CurrentTenant,
+    services: ServicesDep,
+    base: BaseURL,
+    cursor: CursorQuery = None,
+    created_after: Annotated[str | None, Query(description="ISO 8601: only predictions created after it.")] = None,
+    created_before: Annotated[str | None, Query(description="ISO 8601: only predictions created before it.")] = None,
+    source: Annotated[
+        str | None, Query(description="How they were created.", json_schema_extra={"enum": ["api", "web"]})
+    ] = None,
 ) -> dict[str, Any]:
-    """Newest first, in pages of ``predictions_page_size`` with absolute ``next``/``previous`` URLs."""
-    direction, bound = _decode_cursor(cursor) if cursor else ("before", None)
-    page, more = services.store.list_for_tenant(
-        tenant,
-        before=bound if direction == "before" else None,
-        after=bound if direction == "after" else None,
-        limit=services.settings.predictions_page_size,
-    )
-    older = more if direction == "before" else bool(page)
-    newer = more if direction == "after" else bool(page and bound)
-    list_url = f"{base}/v1/predictions"
-    return {
-        "next": f"{list_url}?cursor={_encode_cursor('before', page[-1].id)}" if older and page else None,
-        "previous": f"{list_url}?cursor={_encode_cursor('after', page[0].id)}" if newer and page else None,
-        "results": [_render(p, base, services) for p in page],
-    }
+    """Newest first, in pages of ``predictions_page_size`` with absolute ``next``/``previous`` URLs;
+    bad filters are a 400 naming the parameter."""
+    filters = PredictionFilter.parse(created_after, created_before, source)
+    page = list_page(services.store, tenant, Cursor.decode(cursor), services.settings.predictions_page_size, filters)
+    links = page_links(f"{base}/v1/predictions", filters.as_query(), page.older_than, page.newer_than)
+    return links | {"results": [_render(p, base, services) for p in page.results]}
 
 
 @router.get("/predictions/{prediction_id}")
@@ -192,7 +174,7 @@ async def _stream_access(
     if verdict is not Verdict.VALID:
         if caller is None:
             raise ProblemError(401, "missing credentials: send 'Authorization: Bearer <token>'", headers=CHALLENGE)
-        await take_rate_limit(services, caller)
+        await take_rate_limit(request, services, caller)
         tenant = caller.tenant
     prediction = await run_in_threadpool(services.store.get, prediction_id)
     if prediction is None or (tenant is not None and prediction.tenant != tenant):
