@@ -16,7 +16,7 @@ from api.body_limit import BodyLimitMiddleware
 from api.errors import install_error_handlers
 from api.log_context import PredictionLogContext
 from api.ratelimit import RateLimitHeaders
-from api.routes import catalog, files, health, metrics, models, predictions, queue, webhooks
+from api.routes import catalog, deployments, files, health, metrics, models, predictions, queue, webhooks
 from api.routes.playground import install_playground
 from api.services import Services
 from shared.logs import configure_logging
@@ -74,6 +74,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(webhooks.router)
     app.include_router(models.router)
     app.include_router(catalog.router)
+    app.include_router(deployments.router)
     app.include_router(files.router)
     app.include_router(queue.router)
     install_playground(app)

@@ -67,6 +67,7 @@ def prepare(
     base_url: str,
     checked_images: set[str] | None = None,
     deadline: datetime | None = None,
+    deployment: str | None = None,
 ) -> Prediction:
     """Validate a create request (input, LoRA inputs, webhook, remote images) into a prediction ready to store."""
     # First: text that is not valid Unicode is never fetched, stored or echoed.
@@ -92,6 +93,7 @@ def prepare(
         webhook_events_filter=list(body.webhook_events_filter) if body.webhook_events_filter is not None else None,
         base_url=base_url,
         deadline=deadline,
+        deployment=deployment,
     )
 
 
@@ -158,6 +160,7 @@ def submit(
     idempotency_key: str | None = None,
     tenant_cap: int | None = None,
     deadline: datetime | None = None,
+    deployment: str | None = None,
 ) -> tuple[Prediction, bool]:
     """Store the prediction, then enqueue its id; returns it and whether it was created now.
 
@@ -165,7 +168,7 @@ def submit(
     fails, the record says so instead of hanging. With an Idempotency-Key, a repeat of the same
     request returns the first prediction instead of creating another.
     """
-    prediction = prepare(services, tenant, spec, body, base_url, deadline=deadline)
+    prediction = prepare(services, tenant, spec, body, base_url, deadline=deadline, deployment=deployment)
     if idempotency_key is not None:
         request = fingerprint(spec.ref, body.model_dump(mode="json", exclude_unset=True))
         try:
@@ -207,6 +210,7 @@ async def create_and_respond(
     prefer: str | None,
     idempotency_key: str | None,
     cancel_after: str | None = None,
+    deployment: str | None = None,
 ) -> JSONResponse:
     """Create (or replay) the prediction; with ``Prefer: wait``, hold the answer until it is terminal.
 
@@ -219,7 +223,16 @@ async def create_and_respond(
         if wait_s is not None:
             await held.enter_async_context(services.stream_slots.hold(caller.tenant))
         prediction, created = await run_in_threadpool(
-            submit, services, caller.tenant, spec, body, base_url, idempotency_key, caller.max_queued, deadline
+            submit,
+            services,
+            caller.tenant,
+            spec,
+            body,
+            base_url,
+            idempotency_key,
+            caller.max_queued,
+            deadline,
+            deployment,
         )
         headers = {} if created else {"Idempotent-Replayed": "true"}
         if wait_s is not None:

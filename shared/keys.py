@@ -29,6 +29,11 @@ def deadlines() -> str:
     return f"{PREFIX}:deadlines"
 
 
+def tenant_deployments(tenant: str) -> str:
+    """Hash: a tenant's deployments, name -> JSON (``shared.deployments``); kept until deleted."""
+    return f"{PREFIX}:tenant:{tenant}:deployments"
+
+
 def tenant_predictions(tenant: str) -> str:
     """Sorted set (all scores 0, ordered by id, which sorts by creation time): a tenant's predictions."""
     return f"{PREFIX}:tenant:{tenant}:predictions"

@@ -51,6 +51,8 @@ class Prediction(BaseModel):
     started_at: datetime | None = None
     completed_at: datetime | None = None
     predict_time: float | None = None
+    # The deployment ("owner/name") it was created through, if any.
+    deployment: str | None = None
     # Cancel-After: stopped (aborted before it starts, canceled while it runs) if not finished by then.
     deadline: datetime | None = None
     data_removed: bool = False

@@ -92,6 +92,8 @@ def render_prediction(prediction: Prediction, base_url: str, signer: UrlSigner, 
         "data_removed": prediction.data_removed,
         "source": prediction.source,
     }
+    if prediction.deployment is not None:
+        rendered["deployment"] = prediction.deployment
     if prediction.deadline is not None:
         rendered["deadline"] = format_timestamp(prediction.deadline)
     return rendered

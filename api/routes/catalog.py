@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 
+from api.auth import Caller
 from api.deps import BaseURL, CurrentCaller, CurrentTenant, ServicesDep
 from api.errors import ProblemError
 from api.routes.models import render_models
@@ -20,10 +21,15 @@ NO_TRAININGS = (
 )
 
 
+def account_of(caller: Caller) -> dict[str, Any]:
+    """Each token is its own account, named after the token (``kiln tokens``, ``KILN_API_TOKEN``)."""
+    return {"type": "user", "username": caller.name, "name": caller.name, "github_url": None}
+
+
 @router.get("/account")
 def get_account(caller: CurrentCaller) -> dict[str, Any]:
-    """The caller: each token is its own account, named after the token (``kiln tokens``, ``KILN_API_TOKEN``)."""
-    return {"type": "user", "username": caller.name, "name": caller.name, "github_url": None}
+    """The caller's account."""
+    return account_of(caller)
 
 
 @router.get("/hardware")
