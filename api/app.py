@@ -8,37 +8,19 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 from fastapi import FastAPI
 
 from api.body_limit import BodyLimitMiddleware
 from api.errors import install_error_handlers
 from api.log_context import PredictionLogContext
+from api.openapi_document import install_openapi
 from api.ratelimit import RateLimitHeaders
 from api.routes import catalog, deployments, files, health, metrics, models, predictions, queue, webhooks
 from api.routes.playground import install_playground
 from api.services import Services
 from shared.logs import configure_logging
 from shared.settings import Settings, get_settings
-
-
-def _openapi_3_1(app: FastAPI) -> None:
-    """FastAPI describes SSE streams with OpenAPI 3.2's ``itemSchema`` inside a document that says
-    3.1.0, which validators reject; describe them as text streams instead."""
-    generate = app.openapi
-
-    def openapi() -> dict[str, Any]:
-        document = generate()
-        for path in document.get("paths", {}).values():
-            for operation in path.values():
-                for response in operation.get("responses", {}).values():
-                    for media in response.get("content", {}).values():
-                        if media.pop("itemSchema", None) is not None:
-                            media["schema"] = {"type": "string"}
-        return document
-
-    app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented way to customise the schema
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -78,5 +60,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(files.router)
     app.include_router(queue.router)
     install_playground(app)
-    _openapi_3_1(app)
+    install_openapi(app)
     return app

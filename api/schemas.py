@@ -9,6 +9,8 @@ from pydantic import BaseModel, ConfigDict, Field, HttpUrl, model_validator
 from api.errors import reject_invalid_text
 
 WebhookEvent = Literal["start", "output", "logs", "completed"]
+# What ``version`` may be: a version id (64 hex digits), ``owner/name`` or ``owner/name:<id>``.
+VERSION_REFERENCE = r"^([0-9a-f]{64}|[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*(:[0-9a-f]{64})?)$"
 
 
 class PredictionFields(BaseModel):
@@ -30,7 +32,7 @@ class PredictionFields(BaseModel):
     webhook_events_filter: list[WebhookEvent] | None = None
     # Replicate's legacy field: a URL called once, when the prediction completes.
     webhook_completed: HttpUrl | None = Field(
-        default=None, description="Legacy: the same as `webhook` with `webhook_events_filter: [\"completed\"]`."
+        default=None, description='Legacy: the same as `webhook` with `webhook_events_filter: ["completed"]`.'
     )
 
     @model_validator(mode="after")
@@ -51,7 +53,9 @@ class PredictionFields(BaseModel):
 
 
 class CreatePrediction(PredictionFields):
-    version: str = Field(min_length=1, description="A version id, 'owner/name' or 'owner/name:version_id'.")
+    version: str = Field(
+        pattern=VERSION_REFERENCE, description="A version id, 'owner/name' or 'owner/name:version_id'."
+    )
 
 
 class CreateInBatch(PredictionFields):

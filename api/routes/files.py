@@ -35,11 +35,13 @@ _UPLOAD_SCHEMA = {
                 "schema": {
                     "type": "object",
                     "required": ["content"],
+                    "additionalProperties": False,
                     "properties": {
                         "content": {"type": "string", "format": "binary"},
-                        "metadata": {"type": "string", "description": "A JSON object"},
+                        "metadata": {"type": "object", "description": "Anything to keep with the file."},
                     },
-                }
+                },
+                "encoding": {"metadata": {"contentType": "application/json"}},
             }
         },
     }
