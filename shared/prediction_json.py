@@ -99,18 +99,26 @@ def render_prediction(prediction: Prediction, base_url: str, signer: UrlSigner, 
     return rendered
 
 
+def _resigned(url: str, signer: UrlSigner, not_after: float | None = None) -> str:
+    parts = urlsplit(url)
+    base = f"{parts.scheme}://{parts.netloc}" if parts.netloc else ""
+    return signer.url(base, parts.path, not_after=not_after)
+
+
 def refresh_output_urls(body: str, signer: UrlSigner, retention_s: float) -> str:
-    """A rendered prediction (a webhook body, recorded earlier) with freshly signed output URLs, so a
-    delivery retried long after the event still links to files it can fetch."""
+    """A rendered prediction (a webhook body, recorded earlier) with freshly signed output and stream
+    URLs, so a delivery retried long after the event still links to what it can fetch."""
     rendered = json.loads(body)
     outputs = rendered.get("output")
-    if not isinstance(outputs, list) or not outputs:
+    urls = rendered.get("urls")
+    stream = urls.get("stream") if isinstance(urls, dict) else None
+    has_outputs = isinstance(outputs, list) and bool(outputs)
+    if not has_outputs and not isinstance(stream, str):
         return body
-    completed_at = rendered.get("completed_at")
-    kept_until = outputs_kept_until(datetime.fromisoformat(completed_at) if completed_at else None, retention_s)
-    fresh = []
-    for url in outputs:
-        parts = urlsplit(url)
-        base = f"{parts.scheme}://{parts.netloc}" if parts.netloc else ""
-        fresh.append(signer.url(base, parts.path, not_after=kept_until))
-    return json.dumps(rendered | {"output": fresh})
+    if isinstance(stream, str):
+        rendered["urls"] = urls | {"stream": _resigned(stream, signer)}
+    if has_outputs:
+        completed_at = rendered.get("completed_at")
+        kept_until = outputs_kept_until(datetime.fromisoformat(completed_at) if completed_at else None, retention_s)
+        rendered["output"] = [_resigned(url, signer, kept_until) for url in outputs]
+    return json.dumps(rendered)

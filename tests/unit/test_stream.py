@@ -4,9 +4,11 @@ carries its event channel to the process's event hub."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 import fakeredis
 import pytest
@@ -16,7 +18,8 @@ from api.events import EventHub
 from api.streaming import BadEventId, Position, StreamContext, done_data, prediction_events
 from shared import keys
 from shared.prediction import Prediction, utcnow
-from shared.signed_urls import UrlSigner
+from shared.prediction_json import refresh_output_urls, render_prediction
+from shared.signed_urls import UrlSigner, Verdict
 from shared.status import Status
 from shared.store import PredictionStore
 
@@ -127,3 +130,17 @@ async def _stream_until_the_record_vanishes() -> list[ServerSentEvent]:
 def test_a_stream_whose_prediction_vanishes_ends_instead_of_failing():
     sent = _in_a_thread(_stream_until_the_record_vanishes)
     assert [event.event for event in sent] == ["status"]
+
+
+def test_urls_stream_is_signed_and_a_retried_webhook_body_gets_a_fresh_one():
+    prediction = Prediction(tenant="t1", model="kiln/sd2-depth2img", version="v", input={})
+    rendered = render_prediction(prediction, "http://kiln", SIGNER, 3600)
+    parts = urlsplit(rendered["urls"]["stream"])
+    query = dict(parse_qsl(parts.query))
+    assert parts.path == f"/v1/predictions/{prediction.id}/stream"
+    assert SIGNER.check(parts.path, expires=query["expires"], sig=query["sig"]) is Verdict.VALID
+    later = UrlSigner("secret", 7200)  # signs with a later expiry, as a retry hours later would
+    refreshed = json.loads(refresh_output_urls(json.dumps(rendered), later, 3600))
+    fresh = dict(parse_qsl(urlsplit(refreshed["urls"]["stream"]).query))
+    assert int(fresh["expires"]) > int(query["expires"])
+    assert later.check(parts.path, expires=fresh["expires"], sig=fresh["sig"]) is Verdict.VALID
