@@ -14,6 +14,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from api.errors import PROBLEM_JSON
+from api.openapi_schemas import RESPONSE_BODIES, SCHEMAS
 
 PROBLEM_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -110,6 +111,7 @@ def exact(document: dict[str, Any]) -> dict[str, Any]:
     schemas.pop("HTTPValidationError", None)
     schemas.pop("ValidationError", None)
     schemas["Problem"] = PROBLEM_SCHEMA
+    schemas.update(SCHEMAS)
     for path, operations in document.get("paths", {}).items():
         for method, operation in operations.items():
             responses = operation.setdefault("responses", {})
@@ -121,6 +123,9 @@ def exact(document: dict[str, Any]) -> dict[str, Any]:
                     _sse_as_text(media)
                 if status.startswith("2") and path.startswith("/v1/"):
                     response.setdefault("headers", {}).update(RATELIMIT_HEADERS)
+            if (method, path) in RESPONSE_BODIES:
+                ok = next(status for status in responses if status.startswith("2"))
+                responses[ok]["content"] = {"application/json": {"schema": RESPONSE_BODIES[(method, path)]}}
             if (method, path) in BINARY_ANSWERS:
                 ok = next(status for status in responses if status.startswith("2"))
                 responses[ok]["content"] = {media_type: BINARY for media_type in BINARY_ANSWERS[(method, path)]}
