@@ -59,5 +59,7 @@ def test_js_client_through_every_call(stack, node, tmp_path):
         "prediction": ["succeeded", True],
         "deleted": True,
     }
+    # The deadline is set as the request arrives, a moment before the prediction is made.
+    assert 240 <= seen["cancelAfter"]["deadlineAfterS"] <= 300 and seen["cancelAfter"]["status"] == "succeeded"
     paging = seen["paging"]
     assert paging["filePages"] >= 2 and paging["filesUnique"] and paging["files"] >= 5 and paging["predictionsSeen"]

@@ -97,6 +97,21 @@ result.paging = {
   predictionsSeen: predictionIds.includes(throughDeployment.id) && predictionIds.includes(finished.id),
 };
 
+// Cancel-After: the client sends no such header of its own; a fetch that adds it does.
+const withDeadline = new Replicate({
+  auth: token,
+  baseUrl: `${baseUrl}/v1`,
+  fetch: (url, init) => fetch(url, { ...init, headers: { ...init.headers, "Cancel-After": "5m" } }),
+});
+const limited = await withDeadline.predictions.create({
+  model: "kiln/sd2-depth2img", input: { ...input, input_image: file.urls.get },
+});
+const limitedDone = await replicate.wait(limited);
+result.cancelAfter = {
+  deadlineAfterS: (Date.parse(limited.deadline) - Date.parse(limited.created_at)) / 1000,
+  status: limitedDone.status,
+};
+
 // A webhook, verified with the client's own validateWebhook.
 const secret = (await replicate.webhooks.default.secret.get()).key;
 const verified = await new Promise((resolve, reject) => {
