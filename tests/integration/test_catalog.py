@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 from datetime import UTC, datetime, timedelta
+from urllib.parse import quote
 
 import pytest
 import replicate
@@ -61,6 +62,11 @@ def test_created_filters_and_source(client):
     assert "created_before=" in before["next"]
     assert second["id"] not in [p["id"] for p in client.get(before["next"]).json()["results"]]
     assert client.get("/v1/predictions", params={"source": "web"}).json()["results"] == []
+    # The Python client lists from any list URL, filters included.
+    rc = replicate.Client(api_token=TOKEN_A, base_url=str(client.base_url))
+    assert [
+        p.id for p in rc.predictions.list(f"/v1/predictions?created_after={quote(middle.isoformat())}").results
+    ] == [second["id"]]
     assert all(p["source"] == "api" for p in client.get("/v1/predictions", params={"source": "api"}).json()["results"])
     future = (datetime.now(UTC) + timedelta(days=1)).isoformat()
     assert client.get("/v1/predictions", params={"created_after": future}).json()["results"] == []
