@@ -49,4 +49,8 @@ bench-streams: install
 # Per-image time (batch 1 and best batch), images/min, GPU idle share between jobs, peak memory per model.
 # On CUDA use KILN_WEIGHTS_PROFILE=random-full (or full); on a CPU it runs on the tiny profile (not GPU numbers).
 bench-gpu: install
-	HF_HUB_OFFLINE=1 $(PY) -m tests.bench.bench_gpu $(BENCH_GPU_ARGS)
+	HF_HUB_OFFLINE=1 $(PY) -m tests.bench.gpu_kit --out gpu-kit-out $(BENCH_GPU_ARGS)
+
+# Packs the GPU truth kit for an offline GPU host: the wheels it lacks into .gpu-kit/, and the command to run there.
+gpu-kit: install
+	$(PY) -m tests.bench.gpu_kit.pack $(GPU_KIT_ARGS)

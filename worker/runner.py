@@ -22,6 +22,9 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+
 from models.registry import find_model
 from shared import deadlines, metrics
 from shared.files import FileStore
@@ -51,6 +54,11 @@ if TYPE_CHECKING:
     from shared.storage import Storage
 
 log = logging.getLogger(__name__)
+
+# Until a run has taken its prediction's lease, the Celery message is the prediction's only way to
+# run (no lease for the reaper to find), so a Redis outage there is waited out (about two minutes)
+# rather than letting the task fail and its message be acknowledged.
+CLAIM_RETRY = Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=70)
 
 # Sends a prediction id back to the queue its model is served on.
 Requeue = Callable[[str, str], None]
@@ -152,19 +160,15 @@ class PredictionRunner:
         Returns the ids it took on: none when the prediction is gone or not queued (a duplicate or
         late delivery). With asynchronous uploads some may still be uploading when this returns.
         """
-        prediction = self.store.get(prediction_id)
-        if prediction is None:
-            log.warning("prediction %s does not exist; dropping the message", prediction_id)
+        claimed = CLAIM_RETRY.call_with_retry(
+            lambda: self._claim(prediction_id),
+            lambda error: log.warning(
+                "prediction %s: Redis unavailable (%s); waiting to start it", prediction_id, error
+            ),
+        )
+        if claimed is None:
             return []
-        if deadlines.passed(prediction.deadline):
-            # Never started, never billed as GPU time: aborted (unless it ended meanwhile).
-            found = self.lifecycle.expire(prediction)
-            log.info("prediction %s is past its deadline (it was %s); dropping it", prediction_id, found)
-            return []
-        attempt = self.leases.start(prediction_id)
-        if attempt is None:
-            log.info("prediction %s is %s; not running it", prediction_id, self.store.status(prediction_id))
-            return []
+        prediction, attempt = claimed
         items = [self._open(prediction, attempt)]
         try:
             items[0].ctx.check_interruptions()
@@ -194,6 +198,23 @@ class PredictionRunner:
         for group in groups.values():
             self._generate(predictor, group)
         return [item.prediction.id for item in items]
+
+    def _claim(self, prediction_id: str) -> tuple[Prediction, int] | None:
+        """The prediction and its new attempt number, its lease taken; None when there is nothing to run."""
+        prediction = self.store.get(prediction_id)
+        if prediction is None:
+            log.warning("prediction %s does not exist; dropping the message", prediction_id)
+            return None
+        if deadlines.passed(prediction.deadline):
+            # Never started, never billed as GPU time: aborted (unless it ended meanwhile).
+            found = self.lifecycle.expire(prediction)
+            log.info("prediction %s is past its deadline (it was %s); dropping it", prediction_id, found)
+            return None
+        attempt = self.leases.start(prediction_id)
+        if attempt is None:
+            log.info("prediction %s is %s; not running it", prediction_id, self.store.status(prediction_id))
+            return None
+        return prediction, attempt
 
     def _open(self, prediction: Prediction, attempt: int) -> RunningPrediction:
         self.timeline.record("claimed", prediction.id)

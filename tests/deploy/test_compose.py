@@ -73,6 +73,20 @@ def test_redis_keeps_an_append_only_file_on_a_volume():
     assert redis["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"]
 
 
+def test_redis_wants_the_password_that_every_client_of_it_uses():
+    services = compose()["services"]
+    command = services["redis"]["command"]
+    password = command[command.index("--requirepass") + 1]
+    assert password == "${REDIS_PASSWORD:?set REDIS_PASSWORD in .env}"
+    assert services["redis"]["environment"]["REDISCLI_AUTH"] == password
+    urls = {name: spec.get("environment", {}).get("KILN_REDIS_URL") for name, spec in services.items()}
+    urls["flower"] = services["flower"]["environment"]["CELERY_BROKER_URL"]
+    clients = {name: url for name, url in urls.items() if url}
+    assert set(clients) >= {"api", *GPU_WORKERS, "webhooks", "flower"}, clients
+    for name, url in clients.items():
+        assert url == f"redis://:{password}@redis:6379/0", name
+
+
 def test_s3_is_a_pinned_seaweedfs_that_creates_the_bucket():
     s3 = compose()["services"]["s3"]
     image, _, tag = s3["image"].partition(":")
@@ -127,7 +141,7 @@ def test_workers_serve_metrics_where_their_healthcheck_and_prometheus_look():
 def test_kiln_services_read_dot_env_and_reach_redis_and_s3_by_service_name(service):
     spec = compose()["services"][service]
     assert spec["env_file"] == [{"path": ".env", "required": True}]
-    assert spec["environment"]["KILN_REDIS_URL"].startswith("redis://redis:6379/")
+    assert spec["environment"]["KILN_REDIS_URL"].endswith("@redis:6379/0")
     assert spec["environment"]["KILN_S3_ENDPOINT_URL"] == "http://s3:8333"
     for key in spec["environment"]:
         assert key.removeprefix("KILN_").lower() in Settings.model_fields, f"{service}: {key} is not a setting"

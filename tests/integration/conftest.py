@@ -77,6 +77,8 @@ class Stack:
     ready_lines_before: dict[str, int] = field(default_factory=dict)
     # Each worker's Prometheus port (KILN_WORKER_METRICS_PORT), by process name.
     metrics_ports: dict[str, int] = field(default_factory=dict)
+    # Each process log's size when the current test started (what a failure report shows is after it).
+    log_offsets: dict[str, int] = field(default_factory=dict)
 
     @property
     def redis_url(self) -> str:
@@ -84,11 +86,12 @@ class Stack:
 
     @property
     def api_urls(self) -> dict[str, tuple[str, ssl.SSLContext | bool]]:
-        """The API processes: base URL and TLS verification for their /health."""
-        return {
-            "api": (self.base_url, True),
-            "api-tls": (self.tls_base_url, ssl.create_default_context(cafile=str(self.tls_ca))),
-        }
+        """The API processes: base URL and TLS verification for their /health (a stack without
+        ``tls_base_url``, such as the chaos harness's, runs no TLS API)."""
+        urls: dict[str, tuple[str, ssl.SSLContext | bool]] = {"api": (self.base_url, True)}
+        if self.tls_base_url:
+            urls["api-tls"] = (self.tls_base_url, ssl.create_default_context(cafile=str(self.tls_ca)))
+        return urls
 
     def start(self, name: str, argv: list[str]) -> subprocess.Popen:
         """Start a process of the stack (again, after a crash or a test's kill); ``ready`` waits for it."""
@@ -156,6 +159,20 @@ class Stack:
             self.ready(name)
         wait_until(lambda: _healthy(self.base_url), 60, what="the API's /health")
         return repaired + down
+
+    def mark_logs(self) -> None:
+        self.log_offsets = {path.stem: path.stat().st_size for path in self.logs.glob("*.log")}
+
+    def logs_since_mark(self, max_lines: int = 40) -> dict[str, str]:
+        """What each process logged since ``mark_logs``, its last ``max_lines`` lines each."""
+        written = {}
+        for path in sorted(self.logs.glob("*.log")):
+            with path.open("rb") as log:
+                log.seek(self.log_offsets.get(path.stem, 0))
+                lines = log.read().decode(errors="replace").splitlines()
+            if lines:
+                written[path.stem] = "\n".join(lines[-max_lines:])
+        return written
 
     def stop_all(self) -> None:
         for process in self.processes.values():
@@ -291,11 +308,24 @@ def repaired_stack(request: pytest.FixtureRequest) -> None:
     """Before each test that uses the stack: restart what an earlier test killed or stopped."""
     if "stack" not in request.fixturenames:
         return
-    repaired = request.getfixturevalue("stack").repair()
+    stack = request.getfixturevalue("stack")
+    repaired = stack.repair()
+    stack.mark_logs()
     if repaired:
         warnings.warn(
             f"an earlier test left the stack broken; repaired before this test: {', '.join(repaired)}", stacklevel=1
         )
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[pytest.TestReport]:
+    """A failing stack test's report shows what each process of the stack logged during it."""
+    report: pytest.TestReport = yield
+    stack = getattr(item, "funcargs", {}).get("stack")
+    if report.failed and isinstance(stack, Stack):
+        for name, text in stack.logs_since_mark().items():
+            report.sections.append((f"stack log: {name} (during the test, last lines)", text))
+    return report
 
 
 @pytest.fixture

@@ -56,7 +56,8 @@ def test_all_events_by_default_with_logs_throttled(client, receiver):
     created = create_with_webhook(
         client, receiver.url("/all"), width=64, height=64, num_inference_steps=150, prompt_strength=1.0
     )
-    done = wait_for_status(client, created["id"], TERMINAL)
+    # 150 steps take about 1.5 s on a quiet CPU and over two minutes at a load of 10 on two cores.
+    done = wait_for_status(client, created["id"], TERMINAL, timeout=600)
     wait_until(lambda: any(r.status in TERMINAL for r in receiver.at("/all")), 30, what="the completed webhook")
     got = receiver.at("/all")
     statuses = [r.status for r in got]

@@ -76,11 +76,18 @@ def wait_until(predicate, timeout: float, interval: float = 0.2, what: str = "co
 
 
 def wait_for_status(client: httpx.Client, prediction_id: str, statuses: set[str], timeout: float = 120.0) -> dict:
+    last: dict = {}
+
     def current():
         body = client.get(f"/v1/predictions/{prediction_id}").json()
+        last.update(body)
         return body if body["status"] in statuses else None
 
-    return wait_until(current, timeout, what=f"prediction {prediction_id} to reach {sorted(statuses)}")
+    try:
+        return wait_until(current, timeout, what=f"prediction {prediction_id} to reach {sorted(statuses)}")
+    except AssertionError as exc:
+        seen = {key: last.get(key) for key in ("status", "started_at", "error", "logs")}
+        raise AssertionError(f"{exc}; last seen {seen}") from None
 
 
 def python() -> str:

@@ -3,6 +3,7 @@ the current one, outputs upload in a side thread, and the queue is read in deliv
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -10,28 +11,35 @@ import pytest
 from shared import queues
 from shared.settings import Settings
 from shared.status import Status
+from tests.support import wait_until
+from tests.support.step_gates import StepGate
 from tests.support.worker_inputs import FAST, INPUTS, MODEL
 from tests.worker.runner_harness import Harness, MemoryStorage
 from worker.predictor_pool import PredictorPool
 from worker.timeline import Timeline, gpu_idle_share
-
-# Long enough that the first job is still denoising when the side thread has fetched the second.
-SLOW = FAST | {"num_inference_steps": 12}
 
 
 @pytest.fixture
 def overlapping(
     redis_url: str, make_settings: Callable[..., Settings], depth2img_pool: PredictorPool
 ) -> Iterator[Harness]:
-    harness = Harness(redis_url, make_settings(prefetch=True, async_upload=True), depth2img_pool)
+    harness = Harness(redis_url, make_settings(prefetch=True, async_upload=True, step_gates=True), depth2img_pool)
     yield harness
     harness.close()
 
 
-def test_the_second_job_is_fetched_and_prepared_while_the_first_denoises(overlapping: Harness) -> None:
-    first = overlapping.submit(MODEL, **SLOW | INPUTS[0])
-    second = overlapping.submit(MODEL, **SLOW | INPUTS[1])
-    assert overlapping.work() == [[first], [second]]
+def test_the_second_job_is_fetched_and_prepared_while_the_first_denoises(overlapping: Harness, redis_url: str) -> None:
+    with StepGate(redis_url) as gate:
+        # The first job denoises until the side thread has prepared the second, however fast this CPU is.
+        first = overlapping.submit(MODEL, **FAST | INPUTS[0] | {"prompt": gate.prompt})
+        second = overlapping.submit(MODEL, **FAST | INPUTS[1])
+        opener = threading.Thread(target=_open_once_prefetched, args=(overlapping, second, gate))
+        opener.start()
+        try:
+            assert overlapping.work() == [[first], [second]]
+        finally:
+            gate.open()
+            opener.join()
     timeline = overlapping.timeline
     [fetch] = timeline.events("fetch", second)  # fetched once, by the side thread, never again in line
     assert fetch.thread.startswith("prefetch")
@@ -59,8 +67,8 @@ def test_without_prefetch_the_second_job_is_fetched_after_it_is_claimed(
 
 
 def test_a_prefetched_prediction_canceled_before_it_starts_is_not_run(overlapping: Harness) -> None:
-    first = overlapping.submit(MODEL, **SLOW | INPUTS[0])
-    second = overlapping.submit(MODEL, **SLOW | INPUTS[1])
+    first = overlapping.submit(MODEL, **FAST | INPUTS[0])
+    second = overlapping.submit(MODEL, **FAST | INPUTS[1])
     overlapping.runner.run(overlapping.next_delivery())
     overlapping.store.request_cancel(second)
     assert overlapping.runner.run(overlapping.next_delivery()) == []
@@ -118,3 +126,10 @@ def test_gpu_idle_share_counts_the_gaps_between_denoising_calls() -> None:
         timeline.record(stage, pid)
         timeline._events[-1] = timeline._events[-1].__class__(stage, pid, at, "main")
     assert gpu_idle_share(timeline) == (0.5, 0.25)
+
+
+def _open_once_prefetched(harness: Harness, prediction_id: str, gate: StepGate) -> None:
+    try:
+        wait_until(lambda: harness.timeline.events("prefetched", prediction_id), 120, what="the prefetch")
+    finally:
+        gate.open()
