@@ -8,36 +8,19 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 from fastapi import FastAPI
 
 from api.body_limit import BodyLimitMiddleware
 from api.errors import install_error_handlers
 from api.log_context import PredictionLogContext
-from api.routes import files, health, metrics, models, predictions, queue, webhooks
+from api.openapi_document import install_openapi
+from api.ratelimit import RateLimitHeaders
+from api.routes import catalog, deployments, files, health, metrics, models, predictions, queue, webhooks
 from api.routes.playground import install_playground
 from api.services import Services
 from shared.logs import configure_logging
 from shared.settings import Settings, get_settings
-
-
-def _openapi_3_1(app: FastAPI) -> None:
-    """FastAPI describes SSE streams with OpenAPI 3.2's ``itemSchema`` inside a document that says
-    3.1.0, which validators reject; describe them as text streams instead."""
-    generate = app.openapi
-
-    def openapi() -> dict[str, Any]:
-        document = generate()
-        for path in document.get("paths", {}).values():
-            for operation in path.values():
-                for response in operation.get("responses", {}).values():
-                    for media in response.get("content", {}).values():
-                        if media.pop("itemSchema", None) is not None:
-                            media["schema"] = {"type": "string"}
-        return document
-
-    app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented way to customise the schema
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -65,14 +48,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         limits_by_prefix={"/v1/files": settings.file_max_bytes + 64 * 1024},
     )
     app.add_middleware(PredictionLogContext)
+    app.add_middleware(RateLimitHeaders)
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(metrics.router)
     app.include_router(predictions.router)
     app.include_router(webhooks.router)
     app.include_router(models.router)
+    app.include_router(catalog.router)
+    app.include_router(deployments.router)
     app.include_router(files.router)
     app.include_router(queue.router)
     install_playground(app)
-    _openapi_3_1(app)
+    install_openapi(app)
     return app

@@ -8,15 +8,16 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Request, Response
+from fastapi import Depends, Request
 
 from api.auth import Caller
 from api.errors import ProblemError
+from api.ratelimit import STATE_KEY as RATELIMIT_STATE_KEY
 from api.services import Services
 from shared.settings import Settings
 from shared.store import PredictionStore
 
-_CHALLENGE = {"WWW-Authenticate": "Bearer"}
+CHALLENGE = {"WWW-Authenticate": "Bearer"}
 
 
 async def get_services(request: Request) -> Services:
@@ -43,10 +44,10 @@ async def optional_caller(request: Request, services: Annotated[Services, Depend
     scheme, _, token = header.partition(" ")
     token = token.strip()
     if scheme.lower() not in {"bearer", "token"} or not token:
-        raise ProblemError(401, "malformed credentials: send 'Authorization: Bearer <token>'", headers=_CHALLENGE)
+        raise ProblemError(401, "malformed credentials: send 'Authorization: Bearer <token>'", headers=CHALLENGE)
     caller = await services.authenticator.caller(token)
     if caller is None:
-        raise ProblemError(401, "invalid token (unknown or revoked)", headers=_CHALLENGE)
+        raise ProblemError(401, "invalid token (unknown or revoked)", headers=CHALLENGE)
     return caller
 
 
@@ -55,14 +56,22 @@ async def optional_tenant(caller: Annotated[Caller | None, Depends(optional_call
 
 
 async def current_caller(
+    request: Request,
     caller: Annotated[Caller | None, Depends(optional_caller)],
     services: Annotated[Services, Depends(get_services)],
-    response: Response,
 ) -> Caller:
     """The authenticated caller, within its rate limit (429 with ``Retry-After`` beyond it)."""
     if caller is None:
-        raise ProblemError(401, "missing credentials: send 'Authorization: Bearer <token>'", headers=_CHALLENGE)
+        raise ProblemError(401, "missing credentials: send 'Authorization: Bearer <token>'", headers=CHALLENGE)
+    await take_rate_limit(request, services, caller)
+    return caller
+
+
+async def take_rate_limit(request: Request, services: Services, caller: Caller) -> None:
+    """One request off the caller's rate limit, or a 429 with ``Retry-After``. The answer, whatever it
+    is, carries the ``ratelimit-*`` headers (``api.ratelimit.RateLimitHeaders``)."""
     decision = await services.rate_limiter.take(caller.tenant, caller.rate_limit_per_s, caller.rate_limit_burst)
+    setattr(request.state, RATELIMIT_STATE_KEY, decision.headers())
     if not decision.allowed:
         raise ProblemError(
             429,
@@ -70,8 +79,6 @@ async def current_caller(
             f"with bursts of {caller.rate_limit_burst}",
             headers=decision.headers() | {"Retry-After": str(decision.retry_after_s)},
         )
-    response.headers.update(decision.headers())
-    return caller
 
 
 async def current_tenant(caller: Annotated[Caller, Depends(current_caller)]) -> str:
@@ -88,5 +95,6 @@ SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 StoreDep = Annotated[PredictionStore, Depends(get_store)]
 CurrentCaller = Annotated[Caller, Depends(current_caller)]
 CurrentTenant = Annotated[str, Depends(current_tenant)]
+OptionalCaller = Annotated[Caller | None, Depends(optional_caller)]
 OptionalTenant = Annotated[str | None, Depends(optional_tenant)]
 BaseURL = Annotated[str, Depends(base_url)]

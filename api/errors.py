@@ -14,6 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from shared.objects import StorageUnavailable
 from shared.text import find_invalid_text, printable
@@ -79,14 +80,33 @@ def reject_invalid_text(value: Any, prefix: str = "") -> None:
         raise ProblemError(422, f"{found.field(prefix)}: {found.problem}")
 
 
+# The methods an Allow header may name.
+_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "QUERY")
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route answers at the request's path (asking each route, as routing does)."""
+    routes = request.app.router.routes
+    return [
+        method
+        for method in _METHODS
+        if any(route.matches(dict(request.scope, method=method))[0] is Match.FULL for route in routes)
+    ]
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ProblemError)
     async def _problem(_: Request, exc: ProblemError) -> JSONResponse:
         return problem_response(exc.status, exc.detail, exc.headers, **exc.extra)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return problem_response(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        headers = getattr(exc, "headers", None)
+        if exc.status_code == 405:
+            # Starlette's Allow names the methods of the first route of the path only (GET of
+            # /v1/files/{id}, not its DELETE): name every method the path answers.
+            headers = (headers or {}) | {"Allow": ", ".join(allowed_methods(request))}
+        return problem_response(exc.status_code, str(exc.detail), headers)
 
     @app.exception_handler(RequestValidationError)
     async def _request_validation(_: Request, exc: RequestValidationError) -> JSONResponse:

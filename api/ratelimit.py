@@ -6,6 +6,8 @@ import math
 from dataclasses import dataclass
 
 import redis.asyncio
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared import keys
 
@@ -57,3 +59,32 @@ class RateLimiter:
             retry_after_s=0 if allowed else math.ceil((cost - tokens) / rate_per_s),
             reset_s=math.ceil((burst - tokens) / rate_per_s),
         )
+
+
+# Where ``api.deps`` leaves the caller's ``ratelimit-*`` headers for ``RateLimitHeaders``.
+STATE_KEY = "ratelimit_headers"
+
+
+class RateLimitHeaders:
+    """Adds the caller's ``ratelimit-*`` headers to every answer of an authenticated request: creates
+    (which answer with a response of their own), errors and streams too, not only plain GETs."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                found = scope.get("state", {}).get(STATE_KEY)
+                if found:
+                    headers = MutableHeaders(scope=message)
+                    for name, value in found.items():
+                        if name not in headers:
+                            headers[name] = value
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)

@@ -9,6 +9,8 @@ from pydantic import BaseModel, ConfigDict, Field, HttpUrl, model_validator
 from api.errors import reject_invalid_text
 
 WebhookEvent = Literal["start", "output", "logs", "completed"]
+# What ``version`` may be: a version id (64 hex digits), ``owner/name`` or ``owner/name:<id>``.
+VERSION_REFERENCE = r"^([0-9a-f]{64}|[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*(:[0-9a-f]{64})?)$"
 
 
 class PredictionFields(BaseModel):
@@ -28,10 +30,32 @@ class PredictionFields(BaseModel):
     input: dict[str, Any] = Field(description="The model's inputs, validated against its schema.")
     webhook: HttpUrl | None = None
     webhook_events_filter: list[WebhookEvent] | None = None
+    # Replicate's legacy field: a URL called once, when the prediction completes.
+    webhook_completed: HttpUrl | None = Field(
+        default=None, description='Legacy: the same as `webhook` with `webhook_events_filter: ["completed"]`.'
+    )
+
+    @model_validator(mode="after")
+    def _legacy_webhook_completed(self) -> PredictionFields:
+        """``webhook_completed`` as Replicate handles it: the completed event goes to that URL. Kiln sends
+        a prediction's events to one URL, so another ``webhook`` beside it is a 422, never dropped."""
+        if self.webhook_completed is None:
+            return self
+        if self.webhook is None:
+            self.webhook = self.webhook_completed
+            self.webhook_events_filter = ["completed"]
+        elif self.webhook != self.webhook_completed:
+            raise ValueError(
+                "webhook_completed: Kiln sends a prediction's events to one URL; give webhook (with "
+                "webhook_events_filter) or webhook_completed, not two different URLs"
+            )
+        return self
 
 
 class CreatePrediction(PredictionFields):
-    version: str = Field(min_length=1, description="A version id, 'owner/name' or 'owner/name:version_id'.")
+    version: str = Field(
+        pattern=VERSION_REFERENCE, description="A version id, 'owner/name' or 'owner/name:version_id'."
+    )
 
 
 class CreateInBatch(PredictionFields):

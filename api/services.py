@@ -31,9 +31,6 @@ from shared.task_messages import PredictMessages
 from shared.webhook_outbox import WebhookNotifier, WebhookOutbox
 from shared.webhook_secrets import WebhookSecrets
 
-# What renders a prediction without outputs: it signs no URL.
-_SIGNS_NOTHING = UrlSigner(secret="", ttl_s=1)
-
 
 @dataclass
 class Services:
@@ -97,15 +94,12 @@ class Services:
 
     @cached_property
     def url_signer(self) -> UrlSigner:
-        """Signs the URLs that work without a token (outputs), with their expiry."""
+        """Signs the URLs that work without a token (streams, outputs), with their expiry."""
         return UrlSigner.from_settings(self.settings, self.redis)
 
     def render(self, prediction: Prediction, base_url: str) -> dict[str, Any]:
-        """The prediction as clients see it, with freshly signed output URLs. One without outputs
-        needs no signing secret, so answering a create never depends on reading it from Redis."""
-        has_outputs = prediction.output is not None and not prediction.data_removed
-        signer = self.url_signer if has_outputs else _SIGNS_NOTHING
-        return render_prediction(prediction, base_url, signer, self.settings.retention_s)
+        """The prediction as clients see it, with freshly signed stream and output URLs."""
+        return render_prediction(prediction, base_url, self.url_signer, self.settings.retention_s)
 
     async def close(self) -> None:
         await self.stream_slots.close()

@@ -1,4 +1,13 @@
-"""A prediction's Server-Sent Events: ``status``, ``logs`` (one line each), ``output``, ``error``, ``done``.
+"""A prediction's Server-Sent Events, as Replicate sends them: ``output``, ``logs``, ``error``, ``done``.
+
+- every event has an ``id:`` naming the position the stream reached, ``<log bytes>-<outputs>``
+  (``-error``/``-done`` appended on the last two), so a client that reconnects with
+  ``Last-Event-ID`` gets only what comes after it;
+- ``logs`` carries one log line, ``output`` one output URL as plain text (each new output file its
+  own event), ``error`` the error message, and ``done`` ``{}`` or ``{"reason": "canceled"|"error"}``;
+- ``status`` events (the status, each time it changes) are a Kiln-only extension the playground
+  asks for (``?kiln_status=true``); Replicate's clients reject unknown events, so they are never
+  in the default stream.
 
 The stream waits on the process's event hub (``api.events``), holds no Redis connection, and on
 each change reads only what it sends: a few fields of the record and the log bytes it has not sent.
@@ -8,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -24,16 +34,48 @@ from shared.status import Status
 # A stream ends after this long even if the prediction is still running; clients reconnect.
 STREAM_MAX_S = 30 * 60
 _FIELDS = ("status", "output", "error", "completed_at", "data_removed")
+# What a stream sent before, as its event ids name it: log bytes, outputs, and an optional suffix.
+EVENT_ID = re.compile(r"(?P<log_bytes>\d{1,15})-(?P<outputs>\d{1,6})(?:-(?:error|done))?")
+
+
+class BadEventId(ValueError):
+    """A ``Last-Event-ID`` this API did not send."""
+
+
+@dataclass(frozen=True)
+class Position:
+    """How far a stream got: log bytes sent (whole lines only) and output URLs sent."""
+
+    log_bytes: int = 0
+    outputs: int = 0
+
+    @classmethod
+    def from_event_id(cls, event_id: str | None) -> Position:
+        """Where a stream resumes after ``Last-Event-ID`` (the start, without one)."""
+        if event_id is None or not event_id.strip():
+            return cls()
+        found = EVENT_ID.fullmatch(event_id.strip())
+        if found is None:
+            raise BadEventId(f"Last-Event-ID: {event_id[:60]!r} is not an event id this API sent")
+        return cls(int(found["log_bytes"]), int(found["outputs"]))
+
+    def event_id(self, suffix: str = "") -> str:
+        return f"{self.log_bytes}-{self.outputs}{suffix}"
 
 
 @dataclass
 class StreamState:
     """What the stream has sent so far."""
 
-    status: Status | None = None
     log_bytes: int = 0
-    outputs: list[str] | None = None
+    outputs_sent: int = 0
+    status: Status | None = None
+    # Kiln's extension: also send ``status`` events.
+    with_status: bool = False
     pending: list[ServerSentEvent] = field(default_factory=list)
+
+    def event_id(self, suffix: str = "") -> str:
+        return Position(self.log_bytes, self.outputs_sent).event_id(suffix)
 
 
 @dataclass(frozen=True)
@@ -45,10 +87,14 @@ class StreamContext:
     base_url: str
 
 
-async def prediction_events(context: StreamContext, prediction_id: str) -> AsyncIterator[ServerSentEvent]:
+async def prediction_events(
+    context: StreamContext, prediction_id: str, start: Position | None = None, *, with_status: bool = False
+) -> AsyncIterator[ServerSentEvent]:
+    """The prediction's events from ``start`` (a ``Last-Event-ID``) until ``done``."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + STREAM_MAX_S
-    state = StreamState()
+    start = start or Position()
+    state = StreamState(log_bytes=start.log_bytes, outputs_sent=start.outputs, with_status=with_status)
     async with context.hub.subscribe(prediction_id) as subscription:
         while True:
             finished = await _read_changes(context, prediction_id, state)
@@ -72,26 +118,40 @@ async def _read_changes(context: StreamContext, prediction_id: str, state: Strea
     record = {
         name: json.loads(value) if value is not None else None for name, value in zip(_FIELDS, values, strict=True)
     }
-    # Whole lines only: a line still being written is sent once it ends.
-    complete = new_logs[: new_logs.rfind(b"\n") + 1]
-    state.log_bytes += len(complete)
-    state.pending += [ServerSentEvent(event="logs", raw_data=line) for line in complete.decode().splitlines()]
+    _queue_logs(state, new_logs)
     status = Status(str(record["status"]))
-    if status is not state.status:
-        state.status = status
-        state.pending.append(ServerSentEvent(event="status", raw_data=status.value))
+    if state.with_status and status is not state.status:
+        state.pending.append(ServerSentEvent(event="status", raw_data=status.value, id=state.event_id()))
+    state.status = status
     outputs = record["output"] if not record["data_removed"] else None
-    if outputs and outputs != state.outputs:
-        state.outputs = outputs
+    if outputs and len(outputs) > state.outputs_sent:
         completed_at = datetime.fromisoformat(record["completed_at"]) if record["completed_at"] else None
         urls = render_outputs(
             context.base_url, prediction_id, outputs, completed_at, context.signer, context.retention_s
         )
-        state.pending.append(ServerSentEvent(event="output", data=urls))
+        for url in urls[state.outputs_sent :]:
+            state.outputs_sent += 1
+            state.pending.append(ServerSentEvent(event="output", raw_data=url, id=state.event_id()))
     if not status.is_terminal():
         return False
     if record["error"]:
-        state.pending.append(ServerSentEvent(event="error", raw_data=str(record["error"]).replace("\n", " ")))
-    reason = {} if status is Status.SUCCEEDED else {"reason": status.value}
-    state.pending.append(ServerSentEvent(event="done", data=reason))
+        message = str(record["error"]).replace("\r", " ").replace("\n", " ")
+        state.pending.append(ServerSentEvent(event="error", raw_data=message, id=state.event_id("-error")))
+    state.pending.append(ServerSentEvent(event="done", data=done_data(status), id=state.event_id("-done")))
     return True
+
+
+def _queue_logs(state: StreamState, new_logs: bytes) -> None:
+    """One ``logs`` event per whole line; a line still being written is sent once it ends."""
+    complete = new_logs[: new_logs.rfind(b"\n") + 1]
+    for line in complete.splitlines(keepends=True):
+        state.log_bytes += len(line)
+        text = line.decode(errors="replace").rstrip("\r\n").replace("\r", " ")
+        state.pending.append(ServerSentEvent(event="logs", raw_data=text, id=state.event_id()))
+
+
+def done_data(status: Status) -> dict[str, str]:
+    """``done``'s data as Replicate sends it: ``{}`` when it succeeded, else the reason it stopped."""
+    if status is Status.SUCCEEDED:
+        return {}
+    return {"reason": "error" if status is Status.FAILED else "canceled"}

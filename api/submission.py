@@ -6,6 +6,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Iterable
+from datetime import datetime, timedelta
 
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
@@ -19,10 +20,11 @@ from api.schemas import PredictionFields
 from api.services import Services
 from api.waiting import parse_prefer_wait, wait_until_terminal
 from shared import queues
+from shared.deadlines import BadDuration, parse_duration
 from shared.metrics import record_created
 from shared.model_spec import ModelSpec
 from shared.objects import prediction_prefix
-from shared.prediction import Prediction, new_id
+from shared.prediction import Prediction, new_id, utcnow
 from shared.queue_counters import QueueFull
 from shared.ssrf import URLRefused, resolve_checked
 from shared.status import Status
@@ -34,6 +36,16 @@ log = logging.getLogger(__name__)
 DUPLICATE_WAIT_S = 10.0
 # Over a queue cap: predictions start every few seconds, so this is when room is likely.
 QUEUE_FULL_RETRY_AFTER_S = 5
+
+
+def deadline_after(cancel_after: str | None) -> datetime | None:
+    """The deadline a ``Cancel-After`` header sets (from now), or a 400 naming the header."""
+    if cancel_after is None:
+        return None
+    try:
+        return utcnow() + timedelta(seconds=parse_duration(cancel_after))
+    except BadDuration as exc:
+        raise ProblemError(400, f"Cancel-After: {exc}") from None
 
 
 def check_webhook(url: str | None, services: Services) -> str | None:
@@ -54,6 +66,8 @@ def prepare(
     body: PredictionFields,
     base_url: str,
     checked_images: set[str] | None = None,
+    deadline: datetime | None = None,
+    deployment: str | None = None,
 ) -> Prediction:
     """Validate a create request (input, LoRA inputs, webhook, remote images) into a prediction ready to store."""
     # First: text that is not valid Unicode is never fetched, stored or echoed.
@@ -78,6 +92,8 @@ def prepare(
         webhook=webhook,
         webhook_events_filter=list(body.webhook_events_filter) if body.webhook_events_filter is not None else None,
         base_url=base_url,
+        deadline=deadline,
+        deployment=deployment,
     )
 
 
@@ -143,6 +159,8 @@ def submit(
     base_url: str,
     idempotency_key: str | None = None,
     tenant_cap: int | None = None,
+    deadline: datetime | None = None,
+    deployment: str | None = None,
 ) -> tuple[Prediction, bool]:
     """Store the prediction, then enqueue its id; returns it and whether it was created now.
 
@@ -150,7 +168,7 @@ def submit(
     fails, the record says so instead of hanging. With an Idempotency-Key, a repeat of the same
     request returns the first prediction instead of creating another.
     """
-    prediction = prepare(services, tenant, spec, body, base_url)
+    prediction = prepare(services, tenant, spec, body, base_url, deadline=deadline, deployment=deployment)
     if idempotency_key is not None:
         request = fingerprint(spec.ref, body.model_dump(mode="json", exclude_unset=True))
         try:
@@ -191,6 +209,8 @@ async def create_and_respond(
     base_url: str,
     prefer: str | None,
     idempotency_key: str | None,
+    cancel_after: str | None = None,
+    deployment: str | None = None,
 ) -> JSONResponse:
     """Create (or replay) the prediction; with ``Prefer: wait``, hold the answer until it is terminal.
 
@@ -198,11 +218,21 @@ async def create_and_respond(
     nothing stored). Once the prediction is stored the answer is a 201 whatever happens while
     waiting: a client that retried a 5xx would run it twice."""
     wait_s = parse_prefer_wait(prefer, services.settings.prefer_wait_default_s)
+    deadline = deadline_after(cancel_after)
     async with contextlib.AsyncExitStack() as held:
         if wait_s is not None:
             await held.enter_async_context(services.stream_slots.hold(caller.tenant))
         prediction, created = await run_in_threadpool(
-            submit, services, caller.tenant, spec, body, base_url, idempotency_key, caller.max_queued
+            submit,
+            services,
+            caller.tenant,
+            spec,
+            body,
+            base_url,
+            idempotency_key,
+            caller.max_queued,
+            deadline,
+            deployment,
         )
         headers = {} if created else {"Idempotent-Replayed": "true"}
         if wait_s is not None:

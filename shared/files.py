@@ -118,11 +118,22 @@ class FileStore:
             pipe.zrem(keys.tenant_files(record.tenant), record.id)
             pipe.execute()
 
-    def list_for_tenant(self, tenant: str, limit: int) -> list[FileRecord]:
-        """Newest first; expired entries are dropped from the index on the way."""
-        ids = [as_text(i) for i in self.redis.zrevrangebylex(keys.tenant_files(tenant), "+", "-", start=0, num=limit)]
+    def list_for_tenant(
+        self, tenant: str, limit: int, *, before: str | None = None, after: str | None = None
+    ) -> tuple[list[FileRecord], bool]:
+        """Newest first, older than ``before`` or newer than ``after`` (ids, exclusive); and whether
+        more exist beyond the page in that direction. Expired entries are dropped from the index on
+        the way (a page may then be short)."""
+        index = keys.tenant_files(tenant)
+        if after is not None:
+            ids = [as_text(i) for i in self.redis.zrangebylex(index, f"({after}", "+", start=0, num=limit + 1)]
+            more, ids = len(ids) > limit, ids[:limit][::-1]
+        else:
+            upper = f"({before}" if before is not None else "+"
+            ids = [as_text(i) for i in self.redis.zrevrangebylex(index, upper, "-", start=0, num=limit + 1)]
+            more, ids = len(ids) > limit, ids[:limit]
         raws = self.redis.mget([keys.file(i) for i in ids]) if ids else []
         expired = [i for i, raw in zip(ids, raws, strict=True) if raw is None]
         if expired:
-            self.redis.zrem(keys.tenant_files(tenant), *expired)
-        return [FileRecord.model_validate_json(raw) for raw in raws if raw is not None]
+            self.redis.zrem(index, *expired)
+        return [FileRecord.model_validate_json(raw) for raw in raws if raw is not None], more

@@ -23,6 +23,17 @@ def running() -> str:
     return f"{PREFIX}:running"
 
 
+def deadlines() -> str:
+    """Sorted set: predictions with a deadline (``Cancel-After``) not yet enforced, scored by it (unix
+    seconds); members leave when ``shared.deadlines.expire_due`` handles them or the record goes."""
+    return f"{PREFIX}:deadlines"
+
+
+def tenant_deployments(tenant: str) -> str:
+    """Hash: a tenant's deployments, name -> JSON (``shared.deployments``); kept until deleted."""
+    return f"{PREFIX}:tenant:{tenant}:deployments"
+
+
 def tenant_predictions(tenant: str) -> str:
     """Sorted set (all scores 0, ordered by id, which sorts by creation time): a tenant's predictions."""
     return f"{PREFIX}:tenant:{tenant}:predictions"

@@ -4,7 +4,7 @@ Three paths end predictions, each with its own atomic status change (they differ
 checked in the same step, all against the one state table in ``shared.status``):
 
 - a worker's outcome (``finish``): succeeded, failed or canceled, only while its attempt is current;
-- a user's cancel of a queued prediction (``cancel``, from the API);
+- a user's cancel of a queued prediction (``cancel``, from the API), or its deadline (``expire``);
 - the lease reaper failing a prediction whose workers kept dying (``reap``, a maintenance job).
 
 What follows a terminal status is ``_ended``, for all three: its data is scheduled for deletion
@@ -69,6 +69,15 @@ class PredictionLifecycle:
         found = self.store.request_cancel(prediction.id)
         if found is Status.STARTING:
             self._ended(prediction, Status.CANCELED)
+        return found
+
+    def expire(self, prediction: Prediction) -> Status | None:
+        """Its deadline (``Cancel-After``) passed: a queued prediction ends ``aborted`` now (it never
+        runs); a running one is flagged and ends ``canceled`` within one step. Returns the status it had."""
+        found = self.store.request_cancel(prediction.id, queued_ends=Status.ABORTED)
+        if found is Status.STARTING:
+            log.info("prediction %s aborted: its deadline passed before it started", prediction.id)
+            self._ended(prediction, Status.ABORTED)
         return found
 
     def reap(self, leases: Leases, prediction_id: str, max_attempts: int) -> tuple[Status, Prediction] | None:

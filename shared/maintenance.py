@@ -1,7 +1,7 @@
-"""Periodic work every worker process (``shared.worker_process``) runs beside its tasks: reaping
-lapsed leases, deleting data past retention and, on a worker that consumes the ``webhooks`` queue,
-sending due webhook deliveries. Each job's Redis operations are atomic claims, so any number of
-workers can run them at once."""
+"""Periodic work every worker process (``shared.worker_process``) runs beside its tasks: enforcing
+deadlines (``Cancel-After``), reaping lapsed leases, deleting data past retention and, on a worker
+that consumes the ``webhooks`` queue, sending due webhook deliveries. Each job's Redis operations
+are atomic claims, so any number of workers can run them at once."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from celery import Celery
 
 from models.registry import find_model
 from shared import queues
+from shared.deadlines import expire_due
 from shared.enqueue import enqueue_prediction
 from shared.leases import Leases
 from shared.lifecycle import PredictionLifecycle
@@ -22,6 +23,10 @@ from shared.status import Status
 from shared.webhook_outbox import WebhookOutbox
 
 log = logging.getLogger(__name__)
+
+
+# Deadlines (Cancel-After) are enforced within about this long of passing.
+DEADLINES_INTERVAL_S = 0.5
 
 
 @dataclass
@@ -96,6 +101,7 @@ def worker_jobs(
     retention_interval_s: float,
 ) -> list[Job]:
     jobs = [
+        Job("deadlines", DEADLINES_INTERVAL_S, lambda: expire_due(lifecycle, leases.redis)),
         Job(
             "reap-leases",
             max(1.0, leases.lease_s / 3),

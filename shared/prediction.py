@@ -51,6 +51,10 @@ class Prediction(BaseModel):
     started_at: datetime | None = None
     completed_at: datetime | None = None
     predict_time: float | None = None
+    # The deployment ("owner/name") it was created through, if any.
+    deployment: str | None = None
+    # Cancel-After: stopped (aborted before it starts, canceled while it runs) if not finished by then.
+    deadline: datetime | None = None
     data_removed: bool = False
     source: str = "api"
     cancel_requested: bool = False
@@ -65,7 +69,7 @@ class Prediction(BaseModel):
         """Whether this prediction's webhook subscribed to ``event`` (all events when no filter was given)."""
         return self.webhook is not None and (self.webhook_events_filter is None or event in self.webhook_events_filter)
 
-    @field_serializer("created_at", "started_at", "completed_at")
+    @field_serializer("created_at", "started_at", "completed_at", "deadline")
     def _timestamps(self, moment: datetime | None) -> str | None:
         return format_timestamp(moment)
 

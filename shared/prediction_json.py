@@ -22,6 +22,11 @@ def prediction_page_path(prediction_id: str) -> str:
     return f"/playground/predictions/{prediction_id}"
 
 
+def stream_path(prediction_id: str) -> str:
+    """The prediction's Server-Sent Events (``urls.stream``, signed: it works without a token)."""
+    return f"{prediction_path(prediction_id)}/stream"
+
+
 def output_path(prediction_id: str, name: str) -> str:
     return f"{prediction_path(prediction_id)}/output/{name}"
 
@@ -57,7 +62,7 @@ def render_prediction(prediction: Prediction, base_url: str, signer: UrlSigner, 
     urls = {
         "get": get_url,
         "cancel": f"{get_url}/cancel",
-        "stream": f"{get_url}/stream",
+        "stream": signer.url(base_url, stream_path(prediction.id)),
         "web": f"{base_url}{prediction_page_path(prediction.id)}",
     }
     output = None
@@ -70,7 +75,7 @@ def render_prediction(prediction: Prediction, base_url: str, signer: UrlSigner, 
         metrics["predict_time"] = prediction.predict_time
     if prediction.total_time is not None:
         metrics["total_time"] = prediction.total_time
-    return {
+    rendered = {
         "id": prediction.id,
         "model": prediction.model,
         "version": prediction.version,
@@ -87,20 +92,33 @@ def render_prediction(prediction: Prediction, base_url: str, signer: UrlSigner, 
         "data_removed": prediction.data_removed,
         "source": prediction.source,
     }
+    if prediction.deployment is not None:
+        rendered["deployment"] = prediction.deployment
+    if prediction.deadline is not None:
+        rendered["deadline"] = format_timestamp(prediction.deadline)
+    return rendered
+
+
+def _resigned(url: str, signer: UrlSigner, not_after: float | None = None) -> str:
+    parts = urlsplit(url)
+    base = f"{parts.scheme}://{parts.netloc}" if parts.netloc else ""
+    return signer.url(base, parts.path, not_after=not_after)
 
 
 def refresh_output_urls(body: str, signer: UrlSigner, retention_s: float) -> str:
-    """A rendered prediction (a webhook body, recorded earlier) with freshly signed output URLs, so a
-    delivery retried long after the event still links to files it can fetch."""
+    """A rendered prediction (a webhook body, recorded earlier) with freshly signed output and stream
+    URLs, so a delivery retried long after the event still links to what it can fetch."""
     rendered = json.loads(body)
     outputs = rendered.get("output")
-    if not isinstance(outputs, list) or not outputs:
+    urls = rendered.get("urls")
+    stream = urls.get("stream") if isinstance(urls, dict) else None
+    has_outputs = isinstance(outputs, list) and bool(outputs)
+    if not has_outputs and not isinstance(stream, str):
         return body
-    completed_at = rendered.get("completed_at")
-    kept_until = outputs_kept_until(datetime.fromisoformat(completed_at) if completed_at else None, retention_s)
-    fresh = []
-    for url in outputs:
-        parts = urlsplit(url)
-        base = f"{parts.scheme}://{parts.netloc}" if parts.netloc else ""
-        fresh.append(signer.url(base, parts.path, not_after=kept_until))
-    return json.dumps(rendered | {"output": fresh})
+    if isinstance(stream, str):
+        rendered["urls"] = urls | {"stream": _resigned(stream, signer)}
+    if has_outputs:
+        completed_at = rendered.get("completed_at")
+        kept_until = outputs_kept_until(datetime.fromisoformat(completed_at) if completed_at else None, retention_s)
+        rendered["output"] = [_resigned(url, signer, kept_until) for url in outputs]
+    return json.dumps(rendered)

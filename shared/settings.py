@@ -6,12 +6,19 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.tokens import bootstrap_tokens, tenant_of, token_digest
 
 __all__ = ["Settings", "get_settings", "tenant_of", "token_digest"]
+
+
+class HardwareSku(BaseModel):
+    """A kind of GPU Kiln's workers run on, as ``GET /v1/hardware`` lists it and deployments name it."""
+
+    sku: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$", max_length=64)
+    name: str = Field(min_length=1, max_length=200)
 
 
 class Settings(BaseSettings):
@@ -35,6 +42,8 @@ class Settings(BaseSettings):
     predictions_page_size: int = Field(default=100, ge=1, le=1000)
     # A bare "Prefer: wait" waits this long: under the official Python client's 30 s read timeout.
     prefer_wait_default_s: int = Field(default=25, ge=1, le=60)
+    # What GET /v1/hardware lists, and the SKUs a deployment may name (JSON list of {sku, name}).
+    hardware: list[HardwareSku] = [HardwareSku(sku="gpu", name="GPU")]
     # Most SSE streams and Prefer: wait creates open at once per token, across API processes (429 beyond).
     max_open_streams_per_tenant: int = Field(default=20, ge=1)
     # Longest prompt / negative_prompt, in characters (422 beyond): the text encoders read 77 tokens.

@@ -16,12 +16,14 @@ class Status(StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELED = "canceled"
+    # Its deadline (``Cancel-After``) passed before it started: it never ran.
+    ABORTED = "aborted"
 
     def is_terminal(self) -> bool:
         return self in TERMINAL
 
 
-TERMINAL = frozenset({Status.SUCCEEDED, Status.FAILED, Status.CANCELED})
+TERMINAL = frozenset({Status.SUCCEEDED, Status.FAILED, Status.CANCELED, Status.ABORTED})
 
 # Where each status may be entered from. Terminal states have no way out, so a late or duplicate
 # message can never move a finished or canceled prediction back.
@@ -32,6 +34,7 @@ ALLOWED_SOURCES: dict[Status, frozenset[Status]] = {
     Status.SUCCEEDED: frozenset({Status.PROCESSING}),
     Status.FAILED: frozenset({Status.STARTING, Status.PROCESSING}),
     Status.CANCELED: frozenset({Status.STARTING, Status.PROCESSING}),
+    Status.ABORTED: frozenset({Status.STARTING}),
 }
 
 

@@ -80,8 +80,9 @@ return 1
 """
 )
 
-# KEYS: as LUA_SET_STATUS. ARGV[1]: JSON completed_at, ARGV[2]: prediction id.
-# A queued prediction is canceled on the spot; one in any other status the state table lets become
+# KEYS: as LUA_SET_STATUS. ARGV[1]: JSON completed_at, ARGV[2]: prediction id, ARGV[3]: the status a
+# queued prediction ends in (canceled by a user, aborted by its deadline).
+# A queued prediction ends on the spot; one in any other status the state table lets become
 # canceled (a running one) is flagged, and its worker stops at the next denoising step.
 # Returns the status found.
 _REQUEST_CANCEL = (
@@ -90,8 +91,8 @@ _REQUEST_CANCEL = (
 local current = redis.call('HGET', KEYS[1], 'status')
 if not current then return false end
 local status = cjson.decode(current)
-if status == STARTING and may_enter(status, CANCELED) then
-  set_status(status, CANCELED, ARGV[2], 'completed_at', ARGV[1])
+if status == STARTING and may_enter(status, ARGV[3]) then
+  set_status(status, ARGV[3], ARGV[2], 'completed_at', ARGV[1])
 elseif may_enter(status, CANCELED) then
   redis.call('HSET', KEYS[1], 'cancel_requested', 'true')
 end
@@ -149,6 +150,8 @@ class PredictionStore:
                 for prediction in predictions:
                     pipe.hset(keys.prediction(prediction.id), mapping=prediction.to_redis_hash())
                 pipe.zadd(keys.tenant_predictions(tenant), {p.id: 0 for p in predictions})
+                if deadlines := {p.id: p.deadline.timestamp() for p in predictions if p.deadline}:
+                    pipe.zadd(keys.deadlines(), deadlines)
                 for model, count in Counter(p.model for p in predictions).items():
                     pipe.incrby(keys.model_run_count(model), count)
                 for list_key, message in messages(queued_before) if messages else ():
@@ -204,10 +207,13 @@ class PredictionStore:
         raw = self.redis.hget(keys.prediction(prediction_id), "status")
         return None if raw is None else Status(json.loads(raw))
 
-    def request_cancel(self, prediction_id: str) -> Status | None:
-        """Cancel a queued prediction now, or flag a running one. Returns the status it had (``STARTING``:
-        canceled by this call). The bare status change, as ``transition``."""
-        found = self._request_cancel(keys=record_keys(prediction_id), args=[_encode(utcnow()), prediction_id])
+    def request_cancel(self, prediction_id: str, queued_ends: Status = Status.CANCELED) -> Status | None:
+        """End a queued prediction now (``queued_ends``: canceled, or aborted when its deadline
+        passed), or flag a running one. Returns the status it had (``STARTING``: ended by this call).
+        The bare status change, as ``transition``."""
+        found = self._request_cancel(
+            keys=record_keys(prediction_id), args=[_encode(utcnow()), prediction_id, queued_ends.value]
+        )
         return None if found is None else Status(json.loads(found))
 
     def cancel_requested(self, prediction_id: str) -> bool:

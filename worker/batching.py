@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any, Protocol
 
+from shared.deadlines import passed
 from shared.leases import Leases
 from shared.prediction import Prediction
 from shared.status import Status
@@ -59,8 +60,8 @@ class BatchClaimer:
                     continue
                 looked_at.add(prediction_id)
                 candidate = self.store.get(prediction_id)
-                if candidate is None or candidate.status is not Status.STARTING:
-                    continue
+                if candidate is None or candidate.status is not Status.STARTING or passed(candidate.deadline):
+                    continue  # one past its deadline is aborted by its own delivery (or the deadline job)
                 if candidate.model != leader.model or key_of(candidate) != key:
                     other_work = True
                     continue

@@ -12,6 +12,7 @@ import redis
 from PIL import Image
 from tqdm import tqdm
 
+from shared import deadlines
 from shared.files import FileStore, file_id_from_url
 from shared.images import ImageInputError, decode_image, fetch_url, load_image_bytes
 from shared.prediction import Prediction
@@ -117,13 +118,17 @@ class RunContext:
             log.warning("prediction %s: log line not recorded: %s", self.prediction_id, exc)
 
     def check_interruptions(self) -> None:
-        """Stop the prediction if it was canceled, ran out of time, lost its lease or must be handed back."""
+        """Stop the prediction if it was canceled, ran out of time, reached its deadline, lost its lease
+        or must be handed back."""
         if self.lease_lost.is_set():
             raise LeaseLost()
         if self.hand_back.is_set():
             raise HandedBack()
         if time.monotonic() - self.started > self.time_limit_s:
             raise TimeLimitExceeded(self.time_limit_s)
+        if deadlines.passed(self.prediction.deadline):
+            self.log("Deadline reached (Cancel-After).")
+            raise PredictionCanceled()
         try:
             canceled = self.store.cancel_requested(self.prediction_id)
         except redis.RedisError as exc:  # Redis restarting: check again at the next step

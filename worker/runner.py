@@ -26,7 +26,7 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from models.registry import find_model
-from shared import metrics
+from shared import deadlines, metrics
 from shared.files import FileStore
 from shared.images import ImageInputError
 from shared.input_schema import InputLimits, ModelInput
@@ -204,6 +204,11 @@ class PredictionRunner:
         prediction = self.store.get(prediction_id)
         if prediction is None:
             log.warning("prediction %s does not exist; dropping the message", prediction_id)
+            return None
+        if deadlines.passed(prediction.deadline):
+            # Never started, never billed as GPU time: aborted (unless it ended meanwhile).
+            found = self.lifecycle.expire(prediction)
+            log.info("prediction %s is past its deadline (it was %s); dropping it", prediction_id, found)
             return None
         attempt = self.leases.start(prediction_id)
         if attempt is None:

@@ -13,6 +13,7 @@ from starlette.datastructures import UploadFile
 
 from api.deps import BaseURL, CurrentTenant, ServicesDep
 from api.errors import ProblemError, reject_invalid_text
+from api.pagination import Cursor, CursorQuery, page_links
 from api.services import Services
 from shared.files import FileRecord, render_file
 
@@ -34,11 +35,13 @@ _UPLOAD_SCHEMA = {
                 "schema": {
                     "type": "object",
                     "required": ["content"],
+                    "additionalProperties": False,
                     "properties": {
                         "content": {"type": "string", "format": "binary"},
-                        "metadata": {"type": "string", "description": "A JSON object"},
+                        "metadata": {"type": "object", "description": "Anything to keep with the file."},
                     },
-                }
+                },
+                "encoding": {"metadata": {"contentType": "application/json"}},
             }
         },
     }
@@ -83,9 +86,23 @@ async def create_file(request: Request, tenant: CurrentTenant, services: Service
 
 
 @router.get("")
-def list_files(tenant: CurrentTenant, services: ServicesDep, base: BaseURL) -> dict[str, Any]:
-    records = services.files.list_for_tenant(tenant, limit=services.settings.predictions_page_size)
-    return {"next": None, "previous": None, "results": [render_file(r, base) for r in records]}
+def list_files(
+    tenant: CurrentTenant, services: ServicesDep, base: BaseURL, cursor: CursorQuery = None
+) -> dict[str, Any]:
+    """Newest first, in pages like ``GET /v1/predictions`` (``predictions_page_size``)."""
+    at = Cursor.decode(cursor)
+    backwards = at.direction == "before"
+    records, more = services.files.list_for_tenant(
+        tenant,
+        services.settings.predictions_page_size,
+        before=at.bound if backwards else None,
+        after=None if backwards else at.bound,
+    )
+    ids = [record.id for record in records]
+    older = ids[-1] if ids and (more if backwards else True) else None
+    newer = ids[0] if ids and (at.bound is not None if backwards else more) else None
+    links = page_links(f"{base}/v1/files", {}, older, newer)
+    return links | {"results": [render_file(r, base) for r in records]}
 
 
 @router.get("/{file_id}")

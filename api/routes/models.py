@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
 
 from api.deps import BaseURL, CurrentTenant, ServicesDep
 from api.errors import ProblemError
 from api.services import Services
 from models.registry import MODELS, UnknownModelError, find_model
 from shared import keys
+from shared.catalog import search
 from shared.model_spec import ModelSpec
 from shared.openapi import render_model, render_version
 
@@ -29,12 +31,32 @@ def _run_counts(services: Services, specs: list[ModelSpec]) -> list[int]:
     return [int(count or 0) for count in counts]
 
 
+def render_models(services: Services, base: str, specs: list[ModelSpec] | None = None) -> list[dict[str, Any]]:
+    """``specs`` (every model by default) as ``GET /v1/models/{owner}/{name}`` renders each."""
+    specs = list(MODELS.values()) if specs is None else specs
+    counts = _run_counts(services, specs) if specs else []
+    return [render_model(spec, services.settings, base, count) for spec, count in zip(specs, counts, strict=True)]
+
+
 @router.get("")
 def list_models(_: CurrentTenant, services: ServicesDep, base: BaseURL) -> dict[str, Any]:
-    specs = list(MODELS.values())
-    counts = _run_counts(services, specs)
-    results = [render_model(spec, services.settings, base, count) for spec, count in zip(specs, counts, strict=True)]
-    return {"next": None, "previous": None, "results": results}
+    return {"next": None, "previous": None, "results": render_models(services, base)}
+
+
+# Replicate's search is the HTTP QUERY method with a text/plain body; OpenAPI 3.1 has no QUERY
+# operation, so it is documented as GET /v1/search (which answers the same models).
+@router.api_route("", methods=["QUERY"], include_in_schema=False)
+async def search_models(request: Request, _: CurrentTenant, services: ServicesDep, base: BaseURL) -> dict[str, Any]:
+    """``QUERY /v1/models`` (body: the query as plain text): the models matching it, best first."""
+    body = await request.body()
+    try:
+        query = body.decode().strip()
+    except UnicodeDecodeError:
+        query = ""
+    if not query or len(query) > 500:
+        raise ProblemError(400, "body: the search query, as text/plain (1 to 500 characters)")
+    specs = [spec for spec, _ in search(query)]
+    return {"next": None, "previous": None, "results": await run_in_threadpool(render_models, services, base, specs)}
 
 
 @router.get("/{owner}/{name}")

@@ -2,29 +2,39 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Depends, Header, Query
+from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
 from api.batch import submit_batch
-from api.deps import BaseURL, CurrentCaller, CurrentTenant, OptionalTenant, ServicesDep
+from api.deps import (
+    CHALLENGE,
+    BaseURL,
+    CurrentCaller,
+    CurrentTenant,
+    OptionalCaller,
+    OptionalTenant,
+    ServicesDep,
+    take_rate_limit,
+)
 from api.errors import ProblemError
+from api.pagination import Cursor, CursorQuery, page_links
+from api.prediction_list import PredictionFilter, list_page
 from api.schemas import CreateBatch, CreatePrediction, PredictionFields
 from api.services import Services
-from api.streaming import StreamContext, prediction_events
+from api.streaming import BadEventId, Position, StreamContext, prediction_events
 from api.submission import create_and_respond
 from models.registry import UnknownModelError, find_model, resolve_version
+from shared.deadlines import DURATION_PATTERN
 from shared.objects import ObjectNotFound, output_key
 from shared.prediction import Prediction, format_timestamp
-from shared.prediction_json import output_path
+from shared.prediction_json import output_path, stream_path
 from shared.signed_urls import Verdict
 from shared.store import PredictionStore
 
@@ -32,6 +42,16 @@ router = APIRouter(prefix="/v1", tags=["predictions"])
 
 PreferHeader = Annotated[str | None, Header(description="`wait` or `wait=N` (1-60 s): answer when finished.")]
 IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key")]
+CancelAfter = Annotated[
+    str | None,
+    Header(
+        alias="Cancel-After",
+        description="A duration (`30s`, `5m`, `1h30m`): not started by then, the prediction ends `aborted`; "
+        "still running, `canceled`.",
+        # Documented only: a bad value is a 400 naming the header (api.submission.deadline_after), not a 422.
+        json_schema_extra={"pattern": DURATION_PATTERN},
+    ),
+]
 
 
 def _owned(store: PredictionStore, prediction_id: str, tenant: str) -> Prediction:
@@ -54,12 +74,13 @@ async def create_prediction(
     base: BaseURL,
     prefer: PreferHeader = None,
     idempotency_key: IdempotencyKey = None,
+    cancel_after: CancelAfter = None,
 ) -> JSONResponse:
     try:
         spec = resolve_version(body.version, services.settings)
     except UnknownModelError as exc:
         raise ProblemError(422, f"version: {exc}") from None
-    return await create_and_respond(services, caller, spec, body, base, prefer, idempotency_key)
+    return await create_and_respond(services, caller, spec, body, base, prefer, idempotency_key, cancel_after)
 
 
 @router.post("/models/{owner}/{name}/predictions", status_code=201)
@@ -72,12 +93,13 @@ async def create_model_prediction(
     base: BaseURL,
     prefer: PreferHeader = None,
     idempotency_key: IdempotencyKey = None,
+    cancel_after: CancelAfter = None,
 ) -> JSONResponse:
     try:
         spec = find_model(f"{owner}/{name}")
     except UnknownModelError as exc:
         raise ProblemError(404, str(exc)) from None
-    return await create_and_respond(services, caller, spec, body, base, prefer, idempotency_key)
+    return await create_and_respond(services, caller, spec, body, base, prefer, idempotency_key, cancel_after)
 
 
 @router.post("/predictions/batch")
@@ -100,42 +122,24 @@ async def create_batch(
     )
 
 
-def _encode_cursor(direction: str, prediction_id: str) -> str:
-    return base64.urlsafe_b64encode(f"{direction}:{prediction_id}".encode()).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str) -> tuple[str, str]:
-    try:
-        direction, _, prediction_id = (
-            base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode().partition(":")
-        )
-    except (binascii.Error, ValueError):  # not base64 (non-ASCII included), or not UTF-8 inside
-        direction, prediction_id = "", ""
-    if direction not in {"before", "after"} or not (prediction_id.isascii() and prediction_id.isalnum()):
-        raise ProblemError(400, "cursor: not a cursor this API returned")
-    return direction, prediction_id
-
-
 @router.get("/predictions")
 def list_predictions(
-    tenant: CurrentTenant, services: ServicesDep, base: BaseURL, cursor: str | None = Query(default=None)
+    tenant: CurrentTenant,
+    services: ServicesDep,
+    base: BaseURL,
+    cursor: CursorQuery = None,
+    created_after: Annotated[str | None, Query(description="ISO 8601: only predictions created after it.")] = None,
+    created_before: Annotated[str | None, Query(description="ISO 8601: only predictions created before it.")] = None,
+    source: Annotated[
+        str | None, Query(description="How they were created.", json_schema_extra={"enum": ["api", "web"]})
+    ] = None,
 ) -> dict[str, Any]:
-    """Newest first, in pages of ``predictions_page_size`` with absolute ``next``/``previous`` URLs."""
-    direction, bound = _decode_cursor(cursor) if cursor else ("before", None)
-    page, more = services.store.list_for_tenant(
-        tenant,
-        before=bound if direction == "before" else None,
-        after=bound if direction == "after" else None,
-        limit=services.settings.predictions_page_size,
-    )
-    older = more if direction == "before" else bool(page)
-    newer = more if direction == "after" else bool(page and bound)
-    list_url = f"{base}/v1/predictions"
-    return {
-        "next": f"{list_url}?cursor={_encode_cursor('before', page[-1].id)}" if older and page else None,
-        "previous": f"{list_url}?cursor={_encode_cursor('after', page[0].id)}" if newer and page else None,
-        "results": [_render(p, base, services) for p in page],
-    }
+    """Newest first, in pages of ``predictions_page_size`` with absolute ``next``/``previous`` URLs;
+    bad filters are a 400 naming the parameter."""
+    filters = PredictionFilter.parse(created_after, created_before, source)
+    page = list_page(services.store, tenant, Cursor.decode(cursor), services.settings.predictions_page_size, filters)
+    links = page_links(f"{base}/v1/predictions", filters.as_query(), page.older_than, page.newer_than)
+    return links | {"results": [_render(p, base, services) for p in page.results]}
 
 
 @router.get("/predictions/{prediction_id}")
@@ -153,13 +157,40 @@ def cancel_prediction(
     return _render(_owned(services.store, prediction_id, tenant), base, services)
 
 
-async def _owned_before_streaming(prediction_id: str, tenant: CurrentTenant, services: ServicesDep) -> Prediction:
-    """Checked as a dependency: once the event stream has started, a 404 can no longer be sent."""
-    return await run_in_threadpool(_owned, services.store, prediction_id, tenant)
+async def _stream_access(
+    request: Request, prediction_id: str, caller: OptionalCaller, services: ServicesDep
+) -> Prediction:
+    """The prediction a stream may follow: through its signed ``urls.stream`` (no token needed, as on
+    Replicate, whose JavaScript client fetches it without one) or with the owner's token. Checked as a
+    dependency: once the event stream has started, a 4xx can no longer be sent."""
+    query = request.query_params
+    path = stream_path(prediction_id)
+    verdict = services.url_signer.check(path, expires=query.get("expires"), sig=query.get("sig"))
+    if verdict is Verdict.EXPIRED and caller is None:
+        raise ProblemError(
+            403, "this signed stream URL expired; GET the prediction for a fresh urls.stream, or send the owner's token"
+        )
+    tenant = None  # a valid signature grants the stream whoever asks
+    if verdict is not Verdict.VALID:
+        if caller is None:
+            raise ProblemError(401, "missing credentials: send 'Authorization: Bearer <token>'", headers=CHALLENGE)
+        await take_rate_limit(request, services, caller)
+        tenant = caller.tenant
+    prediction = await run_in_threadpool(services.store.get, prediction_id)
+    if prediction is None or (tenant is not None and prediction.tenant != tenant):
+        raise ProblemError(404, f"prediction {prediction_id!r} not found")
+    return prediction
+
+
+def _resume_position(last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None) -> Position:
+    try:
+        return Position.from_event_id(last_event_id)
+    except BadEventId as exc:
+        raise ProblemError(400, str(exc)) from None
 
 
 async def _stream_slot(
-    prediction: Annotated[Prediction, Depends(_owned_before_streaming)], services: ServicesDep
+    prediction: Annotated[Prediction, Depends(_stream_access)], services: ServicesDep
 ) -> AsyncIterator[None]:
     """One of the tenant's open-stream slots for as long as the stream is open (429 when none is free).
     A dependency, so the 429 can still be sent; it is released once the stream has ended."""
@@ -171,15 +202,20 @@ async def _stream_slot(
 async def stream_prediction(
     prediction_id: str,
     _: Annotated[None, Depends(_stream_slot)],
+    start: Annotated[Position, Depends(_resume_position)],
     services: ServicesDep,
     base: BaseURL,
+    kiln_status: Annotated[
+        bool, Query(description="Kiln extension: also send `status` events (Replicate's clients reject them).")
+    ] = False,
 ) -> AsyncIterator[ServerSentEvent]:
-    """Server-Sent Events: ``status``, ``logs`` (one line each), ``output``, ``error``, then ``done``.
-    At most ``KILN_MAX_OPEN_STREAMS_PER_TENANT`` streams and waits per token (429 beyond)."""
+    """Server-Sent Events as Replicate sends them: ``output``, ``logs``, ``error``, then ``done``, each
+    with an ``id`` (``Last-Event-ID`` resumes after it). Open with the signed ``urls.stream`` or the
+    owner's token; at most ``KILN_MAX_OPEN_STREAMS_PER_TENANT`` streams and waits per token (429 beyond)."""
     context = StreamContext(
         services.async_redis, services.events, services.url_signer, services.settings.retention_s, base
     )
-    async for event in prediction_events(context, prediction_id):
+    async for event in prediction_events(context, prediction_id, start, with_status=kiln_status):
         yield event
 
 

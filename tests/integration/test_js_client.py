@@ -27,7 +27,7 @@ def node() -> str:
     return node
 
 
-def test_js_client_runs_downloads_waits_and_verifies_webhooks(stack, node, tmp_path):
+def test_js_client_through_every_call(stack, node, tmp_path):
     image = tmp_path / "input.png"
     image.write_bytes(png_bytes(128, 128))
     result = subprocess.run(
@@ -43,3 +43,23 @@ def test_js_client_runs_downloads_waits_and_verifies_webhooks(stack, node, tmp_p
     assert seen["run"] == {"count": 1, "pngMagic": "PNG"}
     assert seen["wait"] == {"status": "succeeded", "outputs": 1}
     assert seen["webhook"] == {"valid": True, "status": "succeeded"}
+    stream = seen["stream"]
+    assert stream["events"] == ["done", "logs", "output"] and stream["everyEventHasAnId"]
+    assert (stream["outputs"], stream["pngMagic"]) == (1, "PNG")
+    assert (stream["last"]["event"], stream["last"]["data"]) == ("done", "{}")
+    catalog = seen["catalog"]
+    assert (catalog["accountType"], catalog["named"], catalog["hardware"]) == ("user", True, ["gpu"])
+    assert catalog["collections"] == ["kiln"] and "kiln/sd2-depth2img" in catalog["collectionModels"]
+    assert catalog["search"] == ["kiln/ip-adapter-openpose-xl"]
+    assert seen["deployments"] == {
+        "owner": True,
+        "releases": [1, 1, 2],
+        "maxInstances": 2,
+        "listed": True,
+        "prediction": ["succeeded", True],
+        "deleted": True,
+    }
+    # The deadline is set as the request arrives, a moment before the prediction is made.
+    assert 240 <= seen["cancelAfter"]["deadlineAfterS"] <= 300 and seen["cancelAfter"]["status"] == "succeeded"
+    paging = seen["paging"]
+    assert paging["filePages"] >= 2 and paging["filesUnique"] and paging["files"] >= 5 and paging["predictionsSeen"]

@@ -126,7 +126,8 @@ def all_ids(client: httpx.Client) -> set[str]:
 
 
 def test_a_stream_sends_logs_status_output_and_done_and_waits_are_answered(stack, client):
-    """What a stream sends over the event hub, in order, for a prediction that runs."""
+    """What a stream sends over the event hub, in order, for a prediction that runs (with Kiln's
+    ``status`` events, which the playground asks for)."""
     with StepGate(stack.redis_url) as gate:
         created = client.post(
             "/v1/predictions",
@@ -140,7 +141,8 @@ def test_a_stream_sends_logs_status_output_and_done_and_waits_are_answered(stack
         events: list[tuple[str, str]] = []
 
         def read() -> None:
-            with client.stream("GET", f"/v1/predictions/{created['id']}/stream", timeout=120) as response:
+            stream = f"/v1/predictions/{created['id']}/stream?kiln_status=true"
+            with client.stream("GET", stream, timeout=120) as response:
                 event = ""
                 for line in response.iter_lines():
                     if line.startswith("event: "):

@@ -1,5 +1,6 @@
-"""A bounded schemathesis run against the API's own ``/openapi.json`` (issue 15): whatever it sends,
-to every operation, no server error.
+"""A bounded schemathesis run against the API's own ``/openapi.json`` (issues 15 and 17): whatever it
+sends, to every operation, no server error, and every answer as the document describes it (status
+code, content type, headers, body schema).
 
 The API under test is a real uvicorn process on the stack's Redis server but another database and
 with rate limits out of the way; no worker consumes that database, so what it manages to create is
@@ -17,6 +18,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from redis import Redis
+from schemathesis import checks
 
 from deploy.devstack.servers import free_port
 from tests.integration.conftest import uvicorn_argv
@@ -67,7 +69,17 @@ def answers(base_url: str) -> bool:
         return False
 
 
-def test_no_operation_answers_a_server_error(fuzzed_api: str) -> None:
+# The response-conformance checks every answer must pass.
+CHECKS = [
+    checks.not_a_server_error,
+    checks.status_code_conformance,
+    checks.content_type_conformance,
+    checks.response_headers_conformance,
+    checks.response_schema_conformance,
+]
+
+
+def test_every_answer_conforms_to_the_document(fuzzed_api: str) -> None:
     # The schema as the running API serves it; each operation fuzzed by its own Hypothesis run.
     schema = schemathesis.openapi.from_url(f"{fuzzed_api}/openapi.json")
     operations = [result.ok() for result in schema.get_all_operations()]
@@ -84,6 +96,7 @@ def test_no_operation_answers_a_server_error(fuzzed_api: str) -> None:
             assert response.status_code < 500, (
                 f"{case.method} {case.formatted_path}: {response.status_code} {response.text[:500]}"
             )
+            case.validate_response(response, checks=CHECKS)
             if response.status_code >= 400 and response.headers.get("content-type") == "application/problem+json":
                 problem = json.loads(response.text)
                 assert problem["status"] == response.status_code and problem["detail"]
@@ -92,3 +105,17 @@ def test_no_operation_answers_a_server_error(fuzzed_api: str) -> None:
     print(
         f"\nschemathesis: {len(calls)} requests over {len(operations)} operations, {sum(c >= 500 for c in calls)} x 5xx"
     )
+
+
+def test_a_method_a_path_does_not_answer_is_a_405_allowing_every_documented_one(fuzzed_api: str) -> None:
+    import httpx
+
+    document = httpx.get(f"{fuzzed_api}/openapi.json", timeout=30).json()
+    for path, operations in document["paths"].items():
+        documented = {method.upper() for method in operations}
+        method = next(m for m in ("PUT", "PATCH", "DELETE", "POST", "GET") if m not in documented)
+        url = fuzzed_api + path.replace("{", "").replace("}", "")
+        response = httpx.request(method, url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30)
+        assert response.status_code == 405, (method, path, response.status_code)
+        assert response.headers["content-type"] == "application/problem+json"
+        assert documented <= {m.strip() for m in response.headers["allow"].split(",")}, (path, response.headers)

@@ -168,34 +168,6 @@ def test_idempotency_key_under_concurrent_duplicates(stack, image_file):
     assert other.status_code == 409 and other.headers["content-type"] == "application/problem+json"
 
 
-def test_sse_stream_yields_status_logs_and_done(stack, client):
-    created = client.post(
-        "/v1/predictions",
-        json={
-            "version": "kiln/sd2-depth2img",
-            "input": FAST
-            | {
-                "input_image": "data:image/png;base64," + base64.b64encode(png_bytes(64, 64)).decode(),
-                "num_inference_steps": 20,
-            },
-        },
-    ).json()
-    events = []
-    with client.stream("GET", created["urls"]["stream"], timeout=60) as response:
-        assert response.headers["content-type"].startswith("text/event-stream")
-        event = None
-        for line in response.iter_lines():
-            if line.startswith("event:"):
-                event = line.split(":", 1)[1].strip()
-            elif line.startswith("data:"):
-                events.append((event, line.split(":", 1)[1].strip()))
-    names = [name for name, _ in events]
-    assert names[0] == "status"
-    assert "logs" in names
-    assert ("status", "succeeded") in events
-    assert names[-1] == "done" and "output" in names
-
-
 @pytest.mark.parametrize("model", ["kiln/ip-adapter-depth-xl", "kiln/ip-adapter-openpose-xl"])
 def test_run_each_xl_model(rc, image_file, model):
     with image_file.open("rb") as structure, image_file.open("rb") as image_prompt:

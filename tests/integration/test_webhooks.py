@@ -34,7 +34,8 @@ def receiver(secret) -> Iterator[WebhookReceiver]:
 
 
 def unsigned(prediction: dict) -> dict:
-    return prediction | {"output": [url.split("?")[0] for url in prediction["output"] or []]}
+    urls = prediction["urls"] | {"stream": prediction["urls"]["stream"].split("?")[0]}
+    return prediction | {"output": [url.split("?")[0] for url in prediction["output"] or []], "urls": urls}
 
 
 def test_filter_order_signature_and_body_equal_to_get(client, receiver):

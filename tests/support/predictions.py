@@ -11,7 +11,7 @@ from PIL import Image
 
 from tests.support import data_uri, png_bytes, wait_for_status
 
-TERMINAL = {"succeeded", "failed", "canceled"}
+TERMINAL = {"succeeded", "failed", "canceled", "aborted"}
 # A tqdm progress line in a prediction's logs: "... | 3/4 [...".
 STEP_LINE = re.compile(r"\| *(\d+)/(\d+) \[")
 

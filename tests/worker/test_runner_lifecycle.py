@@ -3,11 +3,14 @@ way it stops: succeeded, failed, or canceled (tiny profile, a real redis-server)
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 
 import pytest
 
 from shared import keys
+from shared.prediction import format_timestamp, utcnow
 from shared.settings import Settings
 from shared.status import Status
 from tests.support.lifecycle import record_endings
@@ -44,3 +47,12 @@ def test_each_way_a_run_stops_ends_the_prediction_once_through_the_lifecycle(har
         assert harness.get(prediction_id).status is status
         assert harness.notifier.of(prediction_id)[-1] == "completed"
         assert harness.redis.zscore(keys.retention(), f"prediction:{prediction_id}") is not None
+
+
+def test_a_delivery_past_its_deadline_is_dropped_and_ends_aborted(harness: Harness, ended) -> None:
+    late = harness.submit(MODEL, **FAST | INPUTS[0])
+    past = json.dumps(format_timestamp(utcnow() - timedelta(seconds=1)))
+    harness.redis.hset(keys.prediction(late), "deadline", past)
+    assert harness.work() == [[]]  # dropped: nothing ran (reached while running: tests/integration/test_deadlines.py)
+    assert harness.get(late).status is Status.ABORTED and harness.get(late).started_at is None
+    assert ended == [(late, Status.ABORTED)] and harness.notifier.of(late) == ["completed"]

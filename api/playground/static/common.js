@@ -3,7 +3,7 @@
 
 const TOKEN_KEY = "kiln.token";
 
-export const TERMINAL = new Set(["succeeded", "failed", "canceled"]);
+export const TERMINAL = new Set(["succeeded", "failed", "canceled", "aborted"]);
 
 export function getToken() {
   return localStorage.getItem(TOKEN_KEY) || "";

@@ -137,7 +137,7 @@ function parseEvent(block) {
 
 // Server-Sent Events read with fetch, since EventSource cannot send the Authorization header.
 async function stream() {
-  const response = await api(`/v1/predictions/${encodeURIComponent(predictionId)}/stream`,
+  const response = await api(`/v1/predictions/${encodeURIComponent(predictionId)}/stream?kiln_status=true`,
     { headers: { Accept: "text/event-stream" }, raw: true });
   const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
   let buffer = "";

@@ -1,0 +1,54 @@
+"""The README's "Try it" and client snippets, copy-pasted: they run against a live Kiln as written
+(only ``KILN`` and ``TOKEN`` set, as the README says), with one token or several."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+
+import pytest
+
+from tests.integration.conftest import TOKEN_A
+from tests.support import REPO_ROOT, python
+
+pytestmark = pytest.mark.integration
+README = (REPO_ROOT / "README.md").read_text()
+
+
+def block(after_heading: str, language: str, index: int = 0) -> str:
+    """The ``index``-th ``language`` code block after the heading."""
+    section = README[README.index(after_heading) :]
+    return re.findall(rf"```{language}\n(.*?)```", section, re.S)[index]
+
+
+@pytest.fixture
+def workdir(tmp_path):
+    (tmp_path / ".venv").symlink_to(REPO_ROOT / ".venv")
+    return tmp_path
+
+
+def run(argv: list[str], cwd, env: dict[str, str], timeout: float = 300) -> str:
+    result = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    return result.stdout
+
+
+def test_try_it_then_the_python_snippets(stack, workdir):
+    env = {"PATH": os.environ["PATH"], "KILN": stack.base_url, "TOKEN": TOKEN_A, "HOME": str(workdir)}
+    shell = run(["bash", "-euo", "pipefail", "-c", block("## Try it", "sh")], workdir, env)
+    assert "event: done" in shell and "event: output" in shell and "out.png" in shell
+    assert (workdir / "out.png").read_bytes().startswith(b"\x89PNG")
+    printed = run([python(), "-c", block("## The official Replicate clients", "python")], workdir, env)
+    assert printed.splitlines()[-1].startswith("done")
+    run([python(), "-c", block("## Webhooks", "python") + "\nassert secret.startswith('whsec_')"], workdir, env)
+
+
+@pytest.mark.parametrize(
+    ("setting", "expected"),
+    [("tok-a,tok-b", "tok-a"), ("alice=tok-a, bob=tok-b", "tok-a"), ("only-one==", "only-one==")],
+)
+def test_the_token_line_picks_one_token_of_several(setting, expected):
+    line = next(line for line in block("## Try it", "sh").splitlines() if line.startswith("export TOKEN="))
+    env = {"PATH": os.environ["PATH"], "KILN_API_TOKEN": setting, "PYTHONPATH": str(REPO_ROOT)}
+    assert run(["bash", "-c", f'{line}\necho "$TOKEN"'], REPO_ROOT, env).strip() == expected
