@@ -1,12 +1,26 @@
-"""Retention: inputs and outputs are deleted a while after a prediction finishes (uploaded files
-when they expire); the prediction then shows ``data_removed: true`` and ``output: null``."""
+"""Retention, as Replicate does it, and record expiry: nothing a prediction leaves in Redis or S3
+outlives them.
+
+- ``prediction:<id>``, due ``KILN_RETENTION_S`` after it finished: every stored object of the
+  prediction (inputs, outputs) is deleted, and input, output and logs are cleared from the record,
+  which then shows ``data_removed: true``; id, status, model, timestamps, metrics and error stay.
+- ``record:<id>``, due ``KILN_RECORD_RETENTION_S`` after it finished: the record, its logs, its
+  webhook state and its entry in the tenant's list are deleted; GET answers 404.
+- ``file:<id>[:<tenant>]``, due when an uploaded file expires: its bytes and its list entry.
+
+All three wait in one sorted set (``keys.retention``), scored by when they are due. The janitor
+(``Janitor.sweep``, a maintenance job of every worker process) takes what is due in bounded
+batches and exports how far behind it is (``kiln_janitor_lag_seconds``).
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from typing import TYPE_CHECKING
 
+from prometheus_client import Gauge
 from redis import Redis
 
 from shared import keys
@@ -18,29 +32,109 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+JANITOR_LAG = Gauge(
+    "kiln_janitor_lag_seconds",
+    "How long the oldest retention or record-expiry item has been due and not yet done (0: none due).",
+)
+
+# Items per batch, and batches per sweep: a sweep holds Redis and S3 for a bounded while.
+BATCH = 200
+MAX_BATCHES = 25
+
+# The webhook events whose per-prediction state (``keys.webhook_*``) a record takes with it.
+_WEBHOOK_EVENTS = ("start", "output", "logs", "completed")
+
+# KEYS[1]: the record, KEYS[2]: its logs. Clears input, output and logs of a record that exists
+# (a record already expired is not brought back) and marks it ``data_removed``.
+_REMOVE_DATA = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'data_removed', 'true', 'output', 'null', 'input', '{}', 'input_files', '{}')
+redis.call('DEL', KEYS[2])
+return 1
+"""
+
 
 def schedule(redis: Redis, kind: str, item_id: str, due: float) -> None:
-    """Remember to delete the data of a ``prediction`` or ``file`` at ``due`` (unix seconds)."""
+    """Remember to remove ``kind`` (``prediction``, ``record``, ``file``) of ``item_id`` at ``due``
+    (unix seconds)."""
     redis.zadd(keys.retention(), {f"{kind}:{item_id}": due})
 
 
+def prediction_keys(prediction_id: str) -> list[str]:
+    """Every Redis key of a prediction that goes with its record (its tenant's list entry aside)."""
+    return [
+        keys.prediction(prediction_id),
+        keys.prediction_logs(prediction_id),
+        keys.webhook_completed(prediction_id),
+        keys.webhook_progress_sending(prediction_id),
+        *(keys.webhook_latest_delivery(prediction_id, event) for event in _WEBHOOK_EVENTS),
+        *(keys.webhook_throttle(prediction_id, event) for event in _WEBHOOK_EVENTS),
+    ]
+
+
 class Janitor:
-    def __init__(self, redis: Redis, storage: Storage) -> None:
+    def __init__(self, redis: Redis, storage: Storage, batch: int = BATCH, max_batches: int = MAX_BATCHES) -> None:
         self.redis = redis
         self.storage = storage
+        self.batch = batch
+        self.max_batches = max_batches
+        self._remove_data = redis.register_script(_REMOVE_DATA)
 
-    def run_once(self, limit: int = 100) -> int:
-        """Delete what is due; returns how many items were cleaned."""
+    def sweep(self) -> int:
+        """Batches of due items until none is left or ``max_batches`` ran; then the lag metric.
+        Returns how many items were done."""
+        done = 0
+        for _ in range(self.max_batches):
+            count = self.run_once(self.batch)
+            done += count
+            if count < self.batch:
+                break
+        JANITOR_LAG.set(self.lag_s())
+        return done
+
+    def lag_s(self, now: float | None = None) -> float:
+        """How long the oldest due item has been waiting (0 when none is due)."""
+        now = time.time() if now is None else now
+        oldest = self.redis.zrangebyscore(keys.retention(), "-inf", now, start=0, num=1, withscores=True)
+        return max(0.0, now - float(oldest[0][1])) if oldest else 0.0
+
+    def run_once(self, limit: int = BATCH) -> int:
+        """Do one batch of what is due; returns how many items were done."""
         due = self.redis.zrangebyscore(keys.retention(), "-inf", time.time(), start=0, num=limit)
         for member in range_members(due):
-            kind, _, item_id = member.partition(":")
+            kind, _, rest = member.partition(":")
             if kind == "prediction":
-                self.storage.delete_prefix(prediction_prefix(item_id))
-                if self.redis.exists(keys.prediction(item_id)):
-                    self.redis.hset(keys.prediction(item_id), mapping={"data_removed": "true", "output": "null"})
+                self.remove_data(rest)
+            elif kind == "record":
+                self.expire_record(rest)
             elif kind == "file":
-                self.storage.delete(file_key(item_id))
-            # Removed only once the data is gone, so a failure is retried on the next run.
+                file_id, _, tenant = rest.partition(":")
+                self.storage.delete(file_key(file_id))
+                if tenant:
+                    self.redis.zrem(keys.tenant_files(tenant), file_id)
+            # Removed only once done, so a failure is retried on the next run.
             self.redis.zrem(keys.retention(), member)
-            log.info("retention: removed the data of %s %s", kind, item_id)
+            log.info("retention: removed %s %s", kind, rest)
         return len(due)
+
+    def remove_data(self, prediction_id: str) -> None:
+        """Retention: the prediction's stored objects deleted, its input, output and logs cleared."""
+        self.storage.delete_prefix(prediction_prefix(prediction_id))
+        self._remove_data(keys=[keys.prediction(prediction_id), keys.prediction_logs(prediction_id)])
+
+    def expire_record(self, prediction_id: str) -> None:
+        """Record expiry: the record and every key that goes with it, and its tenant's list entry."""
+        tenant = self.redis.hget(keys.prediction(prediction_id), "tenant")
+        # Retention ran before (it is due earlier), but a record must never outlive its data.
+        self.storage.delete_prefix(prediction_prefix(prediction_id))
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(*prediction_keys(prediction_id))
+            if tenant is not None:
+                pipe.zrem(keys.tenant_predictions(_tenant_of(tenant)), prediction_id)
+            pipe.execute()
+
+
+def _tenant_of(raw: bytes | str) -> str:
+    """The tenant as the record stores it (a JSON string)."""
+    tenant: str = json.loads(raw)
+    return tenant
