@@ -101,10 +101,10 @@ class Services:
         return UrlSigner.from_settings(self.settings, self.redis)
 
     def render(self, prediction: Prediction, base_url: str) -> dict[str, Any]:
-        """The prediction as clients see it, with freshly signed output URLs. One without outputs
-        needs no signing secret, so answering a create never depends on reading it from Redis."""
+        """The prediction as clients see it, with freshly signed output (and stored input) URLs. One
+        without either needs no signing secret, so answering a create never depends on reading it from Redis."""
         has_outputs = prediction.output is not None and not prediction.data_removed
-        signer = self.url_signer if has_outputs else _SIGNS_NOTHING
+        signer = self.url_signer if has_outputs or prediction.input_files else _SIGNS_NOTHING
         return render_prediction(prediction, base_url, signer, self.settings.retention_s)
 
     async def close(self) -> None:

@@ -26,6 +26,11 @@ def output_path(prediction_id: str, name: str) -> str:
     return f"{prediction_path(prediction_id)}/output/{name}"
 
 
+def input_path(prediction_id: str, name: str) -> str:
+    """Where a stored image input of the prediction is served (``api.image_staging``)."""
+    return f"{prediction_path(prediction_id)}/inputs/{name}"
+
+
 def outputs_kept_until(completed_at: datetime | None, retention_s: float) -> float:
     """When a prediction's outputs are deleted (unix seconds): retention after it completed, or after
     now while it runs. No output URL outlives that."""
@@ -65,6 +70,7 @@ def render_prediction(prediction: Prediction, base_url: str, signer: UrlSigner, 
         output = render_outputs(
             base_url, prediction.id, prediction.output, prediction.completed_at, signer, retention_s
         )
+    inputs = render_inputs(prediction, base_url, signer, retention_s)
     metrics: dict[str, float] = {}
     if prediction.predict_time is not None:
         metrics["predict_time"] = prediction.predict_time
@@ -74,7 +80,7 @@ def render_prediction(prediction: Prediction, base_url: str, signer: UrlSigner, 
         "id": prediction.id,
         "model": prediction.model,
         "version": prediction.version,
-        "input": prediction.input,
+        "input": inputs,
         "output": output,
         "logs": prediction.logs,
         "error": prediction.error,
@@ -87,6 +93,28 @@ def render_prediction(prediction: Prediction, base_url: str, signer: UrlSigner, 
         "data_removed": prediction.data_removed,
         "source": prediction.source,
     }
+
+
+def render_inputs(prediction: Prediction, base_url: str, signer: UrlSigner, retention_s: float) -> dict[str, Any]:
+    """The input as given, but with each image input stored at submission in place of a large data
+    URI shown as a signed URL to the stored copy (served by the API, expiring like outputs)."""
+    prefix = input_path(prediction.id, "")
+    stored = {uri for uri in prediction.input_files if urlsplit(uri).path.startswith(prefix)}
+    if not stored:
+        return prediction.input
+    kept_until = outputs_kept_until(prediction.completed_at, retention_s)
+
+    def signed(value: Any) -> Any:
+        if isinstance(value, str) and value in stored:
+            return signer.url(base_url, urlsplit(value).path, not_after=kept_until)
+        if isinstance(value, list):
+            return [signed(item) for item in value]
+        if isinstance(value, dict):
+            return {key: signed(item) for key, item in value.items()}
+        return value
+
+    rendered: dict[str, Any] = signed(prediction.input)
+    return rendered
 
 
 def refresh_output_urls(body: str, signer: UrlSigner, retention_s: float) -> str:
