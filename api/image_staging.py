@@ -10,7 +10,8 @@ unusable image is a 422 naming its field now, never a failure in the worker. The
   stored copy instead (``…/v1/predictions/<id>/inputs/<field>``), so a queued prediction costs Redis
   a few KiB whatever its images weigh. Clients see that URL signed (``shared.prediction_json``).
 
-The record's ``input_files`` maps each such URI to its storage key; the worker reads those from S3.
+The record's ``input_files`` maps each stored URL to its storage key; a stored data URI's reference
+names its object itself (no entry: a few hundred bytes less per record). The worker reads both from S3.
 Within one request (a batch's items), an image repeated across predictions is decoded once and
 uploaded once: later predictions get a server-side copy of the first one's object, so each
 prediction still owns (and at retention deletes) its own objects.
@@ -76,7 +77,7 @@ def stage_images(
 ) -> tuple[dict[str, Any], dict[str, str]]:
     """Check every image input of ``inputs``; store those that must be (see the module). Returns the
     input as it is to be stored (large data URIs replaced by their stored copy's URL) and its
-    ``input_files`` (URI -> storage key)."""
+    ``input_files`` (URL or file URL -> storage key)."""
     settings = services.settings
     input_files: dict[str, str] = {}
     replaced: dict[str, str] = {}
@@ -100,9 +101,8 @@ def stage_images(
         except ObjectNotFound:
             raise ProblemError(422, f"input.{where}: the file does not exist or has expired") from None
         if is_data:
-            reference = f"{base_url}{input_path(prediction_id, name)}"
-            replaced[uri] = reference
-            input_files[reference] = key
+            # The reference names its object (``shared.prediction_json.stored_input_name``).
+            replaced[uri] = f"{base_url}{input_path(prediction_id, name)}"
         else:
             input_files[uri] = key
     return _replace_strings(inputs, replaced), input_files

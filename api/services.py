@@ -21,7 +21,7 @@ from shared.celery_config import create_celery
 from shared.files import FileStore
 from shared.lifecycle import PredictionLifecycle
 from shared.prediction import Prediction
-from shared.prediction_json import render_prediction
+from shared.prediction_json import has_stored_inputs, render_prediction
 from shared.redis_client import connect, connect_async
 from shared.settings import Settings
 from shared.signed_urls import UrlSigner
@@ -104,7 +104,7 @@ class Services:
         """The prediction as clients see it, with freshly signed output (and stored input) URLs. One
         without either needs no signing secret, so answering a create never depends on reading it from Redis."""
         has_outputs = prediction.output is not None and not prediction.data_removed
-        signer = self.url_signer if has_outputs or prediction.input_files else _SIGNS_NOTHING
+        signer = self.url_signer if has_outputs or has_stored_inputs(prediction) else _SIGNS_NOTHING
         return render_prediction(prediction, base_url, signer, self.settings.retention_s)
 
     async def close(self) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
@@ -95,26 +96,52 @@ def render_prediction(prediction: Prediction, base_url: str, signer: UrlSigner, 
     }
 
 
+def stored_input_name(prediction: Prediction, uri: str) -> str | None:
+    """The name of the stored input ``uri`` refers to, when it is the reference that stands in the
+    record for a large data URI (``api.image_staging``: ``<base>/v1/predictions/<id>/inputs/<name>``);
+    else None. The object lives at ``shared.objects.input_key(prediction.id, name)``."""
+    prefix = f"{prediction.base_url}{input_path(prediction.id, '')}"
+    name = uri.removeprefix(prefix)
+    return name if name != uri and name and "/" not in name and "?" not in name else None
+
+
+def _signed_inputs(value: Any, sign: Callable[[str], str | None]) -> Any:
+    if isinstance(value, str):
+        return sign(value) or value
+    if isinstance(value, list):
+        return [_signed_inputs(item, sign) for item in value]
+    if isinstance(value, dict):
+        return {key: _signed_inputs(item, sign) for key, item in value.items()}
+    return value
+
+
 def render_inputs(prediction: Prediction, base_url: str, signer: UrlSigner, retention_s: float) -> dict[str, Any]:
-    """The input as given, but with each image input stored at submission in place of a large data
-    URI shown as a signed URL to the stored copy (served by the API, expiring like outputs)."""
-    prefix = input_path(prediction.id, "")
-    stored = {uri for uri in prediction.input_files if urlsplit(uri).path.startswith(prefix)}
-    if not stored:
-        return prediction.input
+    """The input as given, except that each reference to a stored copy of a large data URI is shown
+    as a signed URL to it (served by the API, expiring like outputs)."""
     kept_until = outputs_kept_until(prediction.completed_at, retention_s)
 
-    def signed(value: Any) -> Any:
-        if isinstance(value, str) and value in stored:
-            return signer.url(base_url, urlsplit(value).path, not_after=kept_until)
-        if isinstance(value, list):
-            return [signed(item) for item in value]
-        if isinstance(value, dict):
-            return {key: signed(item) for key, item in value.items()}
-        return value
+    def sign(value: str) -> str | None:
+        name = stored_input_name(prediction, value)
+        return None if name is None else signer.url(base_url, input_path(prediction.id, name), not_after=kept_until)
 
-    rendered: dict[str, Any] = signed(prediction.input)
+    rendered: dict[str, Any] = _signed_inputs(prediction.input, sign)
     return rendered
+
+
+def has_stored_inputs(prediction: Prediction) -> bool:
+    """Whether the input holds references to stored copies (rendering them needs the URL signer)."""
+    return any(stored_input_name(prediction, value) is not None for value in _strings(prediction.input))
+
+
+def _strings(value: Any) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, list):
+        for item in value:
+            yield from _strings(item)
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _strings(item)
 
 
 def refresh_output_urls(body: str, signer: UrlSigner, retention_s: float) -> str:

@@ -20,10 +20,9 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from prometheus_client import Gauge
 from redis import Redis
 
-from shared import keys
+from shared import keys, metrics
 from shared.objects import file_key, prediction_prefix
 from shared.redis_client import range_members
 
@@ -31,11 +30,6 @@ if TYPE_CHECKING:
     from shared.storage import Storage
 
 log = logging.getLogger(__name__)
-
-JANITOR_LAG = Gauge(
-    "kiln_janitor_lag_seconds",
-    "How long the oldest retention or record-expiry item has been due and not yet done (0: none due).",
-)
 
 # Items per batch, and batches per sweep: a sweep holds Redis and S3 for a bounded while.
 BATCH = 200
@@ -89,7 +83,7 @@ class Janitor:
             done += count
             if count < self.batch:
                 break
-        JANITOR_LAG.set(self.lag_s())
+        metrics.record_janitor_lag(self.lag_s())
         return done
 
     def lag_s(self, now: float | None = None) -> float:

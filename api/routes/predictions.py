@@ -212,8 +212,6 @@ def download_input(
     expires: str | None = None,
 ) -> StreamingResponse:
     """Stream an image input stored at submission (``api.image_staging``), as outputs are streamed."""
-    prediction = signed_or_owned(services, prediction_id, input_path(prediction_id, name), tenant, sig, expires)
-    key = input_key(prediction_id, name)
-    if key not in prediction.input_files.values():
-        raise ProblemError(404, f"prediction {prediction_id!r} has no stored input {name!r}")
-    return stream_stored(services, key, f"input {name!r} of prediction {prediction_id!r} is no longer stored")
+    signed_or_owned(services, prediction_id, input_path(prediction_id, name), tenant, sig, expires)  # or raises
+    missing = f"prediction {prediction_id!r} has no stored input {name!r}"
+    return stream_stored(services, input_key(prediction_id, name), missing)

@@ -87,10 +87,10 @@ class Stack:
     @property
     def api_urls(self) -> dict[str, tuple[str, ssl.SSLContext | bool]]:
         """The API processes: base URL and TLS verification for their /health."""
-        return {
-            "api": (self.base_url, True),
-            "api-tls": (self.tls_base_url, ssl.create_default_context(cafile=str(self.tls_ca))),
-        }
+        urls: dict[str, tuple[str, ssl.SSLContext | bool]] = {"api": (self.base_url, True)}
+        if self.tls_base_url:  # the bench stacks run no TLS API
+            urls["api-tls"] = (self.tls_base_url, ssl.create_default_context(cafile=str(self.tls_ca)))
+        return urls
 
     def start(self, name: str, argv: list[str]) -> subprocess.Popen:
         """Start a process of the stack (again, after a crash or a test's kill); ``ready`` waits for it."""

@@ -12,8 +12,9 @@ import pytest
 
 from shared import keys
 from shared.lifecycle import PredictionLifecycle
+from shared.metrics import JANITOR_LAG
 from shared.prediction import Prediction
-from shared.retention import JANITOR_LAG, Janitor, schedule
+from shared.retention import Janitor, schedule
 from shared.status import Status
 from shared.store import PredictionStore
 
