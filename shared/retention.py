@@ -48,6 +48,18 @@ return 1
 """
 
 
+# KEYS[1]: the retention set. ARGV[1]: now, ARGV[2]: most items to take, ARGV[3]: until when they
+# are taken. Claims up to ARGV[2] due items by moving them to ARGV[3], so the janitors of several
+# workers share the work instead of repeating it; one whose janitor died is due again then.
+_CLAIM = """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+for _, member in ipairs(due) do redis.call('ZADD', KEYS[1], ARGV[3], member) end
+return due
+"""
+# How long a claimed item is left to the janitor that claimed it.
+CLAIM_S = 300
+
+
 def schedule(redis: Redis, kind: str, item_id: str, due: float) -> None:
     """Remember to remove ``kind`` (``prediction``, ``record``, ``file``) of ``item_id`` at ``due``
     (unix seconds)."""
@@ -73,6 +85,7 @@ class Janitor:
         self.batch = batch
         self.max_batches = max_batches
         self._remove_data = redis.register_script(_REMOVE_DATA)
+        self._claim = redis.register_script(_CLAIM)
 
     def sweep(self) -> int:
         """Batches of due items until none is left or ``max_batches`` ran; then the lag metric.
@@ -94,7 +107,8 @@ class Janitor:
 
     def run_once(self, limit: int = BATCH) -> int:
         """Do one batch of what is due; returns how many items were done."""
-        due = self.redis.zrangebyscore(keys.retention(), "-inf", time.time(), start=0, num=limit)
+        now = time.time()
+        due = self._claim(keys=[keys.retention()], args=[now, limit, now + CLAIM_S])
         for member in range_members(due):
             kind, _, rest = member.partition(":")
             if kind == "prediction":
@@ -106,7 +120,7 @@ class Janitor:
                 self.storage.delete(file_key(file_id))
                 if tenant:
                     self.redis.zrem(keys.tenant_files(tenant), file_id)
-            # Removed only once done, so a failure is retried on the next run.
+            # Removed only once done, so a failure is retried once its claim lapses.
             self.redis.zrem(keys.retention(), member)
             log.info("retention: removed %s %s", kind, rest)
         return len(due)
@@ -119,8 +133,9 @@ class Janitor:
     def expire_record(self, prediction_id: str) -> None:
         """Record expiry: the record and every key that goes with it, and its tenant's list entry."""
         tenant = self.redis.hget(keys.prediction(prediction_id), "tenant")
-        # Retention ran before (it is due earlier), but a record must never outlive its data.
-        self.storage.delete_prefix(prediction_prefix(prediction_id))
+        # Retention is due first; should it still be pending, the record must not outlive its data.
+        if self.redis.zscore(keys.retention(), f"prediction:{prediction_id}") is not None:
+            self.storage.delete_prefix(prediction_prefix(prediction_id))
         with self.redis.pipeline(transaction=True) as pipe:
             pipe.delete(*prediction_keys(prediction_id))
             if tenant is not None:

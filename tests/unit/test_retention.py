@@ -151,3 +151,15 @@ def test_the_janitor_works_in_bounded_batches_and_reports_its_lag():
     assert JANITOR_LAG._value.get() == pytest.approx(100, abs=10)
     assert janitor.sweep() == 3
     assert JANITOR_LAG._value.get() == 0
+
+
+def test_janitors_of_several_workers_share_the_work_instead_of_repeating_it():
+    redis = fakeredis.FakeRedis()
+    for index in range(4):
+        schedule(redis, "file", f"f{index}", time.time() - 10)
+    first, second = RecordingStorage(), RecordingStorage()
+    # The first claims two items and dies before finishing them: the second must not take them.
+    Janitor(redis, first)._claim(keys=[keys.retention()], args=[time.time(), 2, time.time() + 300])
+    assert Janitor(redis, second).sweep() == 2
+    assert len(second.deleted) == 2
+    assert redis.zcard(keys.retention()) == 2, "the claimed ones wait for their claim to lapse"
