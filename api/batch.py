@@ -15,6 +15,7 @@ from pydantic import ValidationError
 
 from api.errors import ProblemError, input_validation_problem, problem_body, reject_invalid_text
 from api.idempotency import TTL_S, fingerprint
+from api.image_staging import RequestImages
 from api.schemas import CreateInBatch
 from api.services import Services
 from api.submission import DUPLICATE_WAIT_S, prepare, store_and_enqueue
@@ -37,7 +38,7 @@ def _model_of(item: CreateInBatch, services: Services) -> ModelSpec:
 
 
 def prepare_item(
-    services: Services, tenant: str, raw: dict[str, Any], base_url: str, checked_images: set[str]
+    services: Services, tenant: str, raw: dict[str, Any], base_url: str, images: RequestImages | set[str]
 ) -> Prediction:
     """One item as a prediction ready to store; ``ProblemError`` says what is wrong with it."""
     reject_invalid_text(raw)
@@ -45,7 +46,7 @@ def prepare_item(
         item = CreateInBatch.model_validate(raw)
     except ValidationError as exc:
         raise input_validation_problem(exc, prefix=()) from None
-    return prepare(services, tenant, _model_of(item, services), item, base_url, checked_images)
+    return prepare(services, tenant, _model_of(item, services), item, base_url, images)
 
 
 def submit_batch(
@@ -83,10 +84,10 @@ def _create(
     services: Services, tenant: str, items: list[dict[str, Any]], base_url: str, tenant_cap: int | None
 ) -> list[Prediction | dict[str, Any]]:
     results: list[Prediction | dict[str, Any]] = []
-    checked_images: set[str] = set()  # data URIs found good in this batch: checked once
+    images = RequestImages()  # images of this batch: each checked and uploaded once
     for raw in items:
         try:
-            results.append(prepare_item(services, tenant, raw, base_url, checked_images))
+            results.append(prepare_item(services, tenant, raw, base_url, images))
         except ProblemError as exc:
             results.append(problem_body(exc.status, exc.detail, **exc.extra))
     valid = [r for r in results if isinstance(r, Prediction)]

@@ -60,7 +60,7 @@ class Services:
     @classmethod
     def connect(cls, settings: Settings) -> Services:
         sync_redis = connect(settings.redis_url)
-        store = PredictionStore(sync_redis, settings.retention_s)
+        store = PredictionStore(sync_redis, settings.retention_s, settings.record_retention_s)
         storage = Storage(settings)
         celery = create_celery(settings)
         async_redis = connect_async(settings.redis_url)

@@ -14,7 +14,8 @@ from fastapi.responses import JSONResponse
 from api.auth import Caller
 from api.errors import ProblemError, reject_invalid_text
 from api.idempotency import fingerprint
-from api.inputs import stage_remote_images, validate_input
+from api.image_staging import RequestImages, stage_images
+from api.inputs import validate_input
 from api.lora_inputs import check_lora_inputs
 from api.schemas import PredictionFields
 from api.services import Services
@@ -65,20 +66,26 @@ def prepare(
     spec: ModelSpec,
     body: PredictionFields,
     base_url: str,
-    checked_images: set[str] | None = None,
+    images: RequestImages | set[str] | None = None,
     deadline: datetime | None = None,
     deployment: str | None = None,
 ) -> Prediction:
-    """Validate a create request (input, LoRA inputs, webhook, remote images) into a prediction ready to store."""
+    """Validate a create request (input, LoRA inputs, webhook, every image) into a prediction ready
+    to store, its large and remote images stored in S3 (``api.image_staging``).
+
+    ``images`` is shared by the items of one request (a batch), so an image repeated across them is
+    checked and uploaded once; a bare set is taken as the data URIs already checked."""
+    images = images if isinstance(images, RequestImages) else RequestImages(checked=images or set())
     # First: text that is not valid Unicode is never fetched, stored or echoed.
     reject_invalid_text(body.input, "input")
     prediction_id = new_id()
-    inputs = validate_input(spec, body.input, services, tenant, base_url, checked_images)
-    check_lora_inputs(spec, inputs, services, tenant, base_url, checked_images)
+    inputs = validate_input(spec, body.input, services, tenant, base_url, images.checked)
+    check_lora_inputs(spec, inputs, services, tenant, base_url, images.checked)
     webhook = check_webhook(str(body.webhook) if body.webhook else None, services)
     try:
-        input_files = stage_remote_images(spec, inputs, services, prediction_id, base_url)
+        inputs, input_files = stage_images(spec, inputs, services, tenant, prediction_id, base_url, images)
     except BaseException:
+        images.forget(prediction_id)
         discard_staged_inputs(services, [prediction_id])  # a 4xx leaves no object behind
         raise
     return Prediction(

@@ -93,7 +93,8 @@ class FileStore:
             pipe.set(keys.file(record.id), serialized, ex=self.retention_s)
             pipe.zadd(keys.tenant_files(tenant), {record.id: 0})
             pipe.execute()
-        retention.schedule(self.redis, "file", record.id, record.expires_at.timestamp())
+        # With its tenant, so the janitor also drops it from the tenant's list (keys.tenant_files).
+        retention.schedule(self.redis, "file", f"{record.id}:{tenant}", record.expires_at.timestamp())
         return record
 
     def get(self, file_id: str, tenant: str) -> FileRecord | None:

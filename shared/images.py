@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from urllib.parse import unquote_to_bytes, urljoin, urlsplit
 
 import httpx
-from PIL import Image
+from PIL import Image, ImageOps
 
 from shared.ssrf import URLRefused, pinned_client, pinned_request, resolve_checked
 
@@ -23,6 +23,7 @@ ALLOWED_FORMATS = frozenset({"PNG", "JPEG", "WEBP", "GIF", "BMP"})
 _DATA_URI = re.compile(
     r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w.+-]+=[\w.+-]+)*)(?P<b64>;base64)?,(?P<data>.*)$", re.S
 )
+_WHITESPACE = re.compile(r"\s+")
 
 
 class ImageInputError(ValueError):
@@ -47,16 +48,20 @@ def check_uri_scheme(uri: str) -> str:
 
 
 def decode_data_uri(uri: str, max_bytes: int) -> bytes:
-    """The bytes of a ``data:`` URI (base64 or percent-encoded), bounded by ``max_bytes``."""
+    """The bytes of a ``data:`` URI (base64 or percent-encoded), bounded by ``max_bytes``.
+
+    Base64 may be wrapped in lines (what ``base64 photo.png`` prints), hold other whitespace, or
+    lack its ``=`` padding: all are accepted, as browsers accept them."""
     match = _DATA_URI.match(uri)
     if match is None:
         raise ImageInputError("malformed data URI")
     payload = match["data"]
     if match["b64"]:
+        payload = _WHITESPACE.sub("", payload)
         if len(payload) * 3 // 4 > max_bytes:
             raise ImageInputError(f"data URI is larger than {max_bytes} bytes")
         try:
-            data = base64.b64decode(payload, validate=True)
+            data = base64.b64decode(payload + "=" * (-len(payload) % 4), validate=True)
         except (binascii.Error, ValueError):
             raise ImageInputError("data URI is not valid base64") from None
     else:
@@ -83,11 +88,37 @@ def inspect_image(data: bytes, max_pixels: int) -> ImageInfo:
 
 
 def decode_image(data: bytes, max_pixels: int) -> Image.Image:
-    """Decode to RGB after checking the header, so a decompression bomb is refused before decoding."""
+    """Decode fully to RGB, upright (EXIF orientation applied), after checking the header, so a
+    decompression bomb is refused before decoding. Truncated or corrupt data is an ``ImageInputError``."""
     inspect_image(data, max_pixels)
-    with Image.open(io.BytesIO(data)) as img:
-        img.load()
-        return img.convert("RGB")
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()
+            upright = ImageOps.exif_transpose(img) or img
+            return upright.convert("RGB")
+    except Image.DecompressionBombError:
+        raise ImageInputError(f"image has more than {max_pixels} pixels") from None
+    except (OSError, ValueError, SyntaxError, EOFError):
+        raise ImageInputError("image data is truncated or corrupt") from None
+
+
+@dataclass(frozen=True)
+class CheckedImage:
+    """What submission learned by decoding an image input fully: it is usable, and these facts."""
+
+    format: str
+    width: int
+    height: int
+    # A single shade: no structure to follow (a depth map like that carries no depth).
+    flat: bool
+
+
+def check_image(data: bytes, max_pixels: int) -> CheckedImage:
+    """Decode an image input fully, once, within the pixel cap (``decode_image``), and keep the facts
+    per-field checks need; the decoded pixels are not kept."""
+    image = decode_image(data, max_pixels)
+    low, high = image.convert("L").getextrema()
+    return CheckedImage(inspect_image(data, max_pixels).format, image.width, image.height, flat=low == high)
 
 
 def fetch_url(url: str, *, timeout_s: float, max_bytes: int, allow_private: bool, max_redirects: int = 5) -> bytes:

@@ -16,7 +16,7 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationInfo, WithJsonSchema
 
-from shared.images import ImageInputError, check_uri_scheme, decode_data_uri, inspect_image
+from shared.images import CheckedImage, ImageInputError, check_uri_scheme, decode_data_uri, inspect_image
 from shared.settings import Settings
 
 
@@ -81,6 +81,11 @@ class ModelInput(BaseModel):
     """Base of every model's inputs: unknown fields are refused so that typos surface as 422s."""
 
     model_config = ConfigDict(extra="forbid", title="Input")
+
+    @classmethod
+    def check_image(cls, where: str, image: CheckedImage) -> None:
+        """Refuse (``ImageInputError``, a 422 naming ``where``) an image input that decodes but that
+        this model cannot use there; called at submission with what decoding it fully found."""
 
 
 # Scheduler names users pick from (Replicate's names), shared by every model's inputs. No docstring:

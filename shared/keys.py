@@ -158,3 +158,44 @@ def step_gate(name: str) -> str:
     """String with a TTL, written by tests only (``KILN_STEP_GATES``): while it exists, predictions
     prompted ``step-gate:<name>`` wait after their first step. The test deletes it, or it expires."""
     return f"{PREFIX}:step-gate:{name}"
+
+
+# How each key above stays bounded, by builder name (a test holds every builder to one, and checks the
+# TTLs on a running stack):
+# - "ttl": written with an expiry, every time;
+# - "record": deleted with its prediction's record (``shared.retention``, KILN_RECORD_RETENTION_S);
+# - "swept": a collection whose members a named job removes (the janitor, the lease reaper, the
+#   webhook sender, the open-stream keeper, the API's listing);
+# - "config": one key, or one per tenant, token, model or model family: grows with configuration,
+#   never with traffic;
+# - "channel": a pub/sub channel: Redis stores nothing.
+BOUNDS: dict[str, str] = {
+    "prediction": "record",
+    "prediction_logs": "record",
+    "prediction_events": "channel",
+    "running": "swept",  # leases: a terminal status removes the member, the reaper the lapsed ones
+    "tenant_predictions": "swept",  # record expiry removes the member
+    "secret": "config",
+    "webhook_secret": "config",
+    "webhook_delivery": "swept",  # pending: in webhook_due; done: expires FINISHED_TTL_S later
+    "webhook_due": "swept",  # the webhook sender removes delivered and abandoned deliveries
+    "webhook_throttle": "ttl",
+    "webhook_latest_delivery": "ttl",
+    "webhook_completed": "ttl",
+    "webhook_progress_sending": "ttl",
+    "webhook_attempt_lock": "ttl",
+    "file": "ttl",
+    "tenant_files": "swept",  # the janitor removes a file's member when the file expires
+    "idempotency": "ttl",
+    "token": "config",
+    "token_names": "config",
+    "revoked_tokens": "config",
+    "open_streams": "ttl",
+    "rate_limit": "ttl",
+    "model_run_count": "config",
+    "retention": "swept",  # the janitor removes each member once done
+    "queued_by_tenant": "config",
+    "queued_by_family": "config",
+    "batch": "ttl",
+    "step_gate": "ttl",
+}

@@ -107,7 +107,7 @@ def worker_jobs(
             max(1.0, leases.lease_s / 3),
             lambda: reap_lapsed_leases(lifecycle, leases, celery, max_attempts),
         ),
-        Job("retention", retention_interval_s, janitor.run_once),
+        Job("retention", retention_interval_s, janitor.sweep),
     ]
     if with_webhooks:
         jobs.append(Job("webhooks", 0.25, lambda: send_due_webhooks(outbox, celery)))

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from time import monotonic
 
-from prometheus_client import REGISTRY, Counter, Histogram, start_http_server
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.registry import Collector
 
 log = logging.getLogger(__name__)
@@ -42,6 +42,10 @@ UPLOAD_TIME = Histogram(
     "Time to store one prediction's outputs in S3.",
     ["model"],
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+JANITOR_LAG = Gauge(
+    "kiln_janitor_lag_seconds",
+    "How long the oldest retention or record-expiry item has been due and not yet done (0: none due).",
 )
 WEBHOOK_DELIVERIES = Counter(
     "kiln_webhook_deliveries",
@@ -73,6 +77,10 @@ def timed_upload(model: str) -> Iterator[None]:
     started = monotonic()
     yield
     UPLOAD_TIME.labels(model=model).observe(monotonic() - started)
+
+
+def record_janitor_lag(seconds: float) -> None:
+    JANITOR_LAG.set(seconds)
 
 
 def record_webhook_delivery(event: str, outcome: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
@@ -29,6 +30,11 @@ def stream_path(prediction_id: str) -> str:
 
 def output_path(prediction_id: str, name: str) -> str:
     return f"{prediction_path(prediction_id)}/output/{name}"
+
+
+def input_path(prediction_id: str, name: str) -> str:
+    """Where a stored image input of the prediction is served (``api.image_staging``)."""
+    return f"{prediction_path(prediction_id)}/inputs/{name}"
 
 
 def outputs_kept_until(completed_at: datetime | None, retention_s: float) -> float:
@@ -70,6 +76,7 @@ def render_prediction(prediction: Prediction, base_url: str, signer: UrlSigner, 
         output = render_outputs(
             base_url, prediction.id, prediction.output, prediction.completed_at, signer, retention_s
         )
+    inputs = render_inputs(prediction, base_url, signer, retention_s)
     metrics: dict[str, float] = {}
     if prediction.predict_time is not None:
         metrics["predict_time"] = prediction.predict_time
@@ -79,7 +86,7 @@ def render_prediction(prediction: Prediction, base_url: str, signer: UrlSigner, 
         "id": prediction.id,
         "model": prediction.model,
         "version": prediction.version,
-        "input": prediction.input,
+        "input": inputs,
         "output": output,
         "logs": prediction.logs,
         "error": prediction.error,
@@ -103,6 +110,54 @@ def _resigned(url: str, signer: UrlSigner, not_after: float | None = None) -> st
     parts = urlsplit(url)
     base = f"{parts.scheme}://{parts.netloc}" if parts.netloc else ""
     return signer.url(base, parts.path, not_after=not_after)
+
+
+def stored_input_name(prediction: Prediction, uri: str) -> str | None:
+    """The name of the stored input ``uri`` refers to, when it is the reference that stands in the
+    record for a large data URI (``api.image_staging``: ``<base>/v1/predictions/<id>/inputs/<name>``);
+    else None. The object lives at ``shared.objects.input_key(prediction.id, name)``."""
+    prefix = f"{prediction.base_url}{input_path(prediction.id, '')}"
+    name = uri.removeprefix(prefix)
+    return name if name != uri and name and "/" not in name and "?" not in name else None
+
+
+def _signed_inputs(value: Any, sign: Callable[[str], str | None]) -> Any:
+    if isinstance(value, str):
+        return sign(value) or value
+    if isinstance(value, list):
+        return [_signed_inputs(item, sign) for item in value]
+    if isinstance(value, dict):
+        return {key: _signed_inputs(item, sign) for key, item in value.items()}
+    return value
+
+
+def render_inputs(prediction: Prediction, base_url: str, signer: UrlSigner, retention_s: float) -> dict[str, Any]:
+    """The input as given, except that each reference to a stored copy of a large data URI is shown
+    as a signed URL to it (served by the API, expiring like outputs)."""
+    kept_until = outputs_kept_until(prediction.completed_at, retention_s)
+
+    def sign(value: str) -> str | None:
+        name = stored_input_name(prediction, value)
+        return None if name is None else signer.url(base_url, input_path(prediction.id, name), not_after=kept_until)
+
+    rendered: dict[str, Any] = _signed_inputs(prediction.input, sign)
+    return rendered
+
+
+def has_stored_inputs(prediction: Prediction) -> bool:
+    """Whether the input holds references to stored copies (rendering them needs the URL signer)."""
+    return any(stored_input_name(prediction, value) is not None for value in _strings(prediction.input))
+
+
+def _strings(value: Any) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, list):
+        for item in value:
+            yield from _strings(item)
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _strings(item)
 
 
 def refresh_output_urls(body: str, signer: UrlSigner, retention_s: float) -> str:

@@ -115,6 +115,14 @@ class Settings(BaseSettings):
     step_gates: bool = False
     # Inputs and outputs are deleted this long after a prediction finishes (Replicate: 1 hour).
     retention_s: int = Field(default=3600, ge=1)
+    # The record itself (status, timestamps, metrics, error), its webhook state and its place in the
+    # tenant's list are deleted this long after it finishes (GET then answers 404); never before retention_s.
+    record_retention_s: int = Field(default=30 * 24 * 3600, ge=1)
+    # The janitor (retention and record expiry, in every worker process) runs at least this often.
+    janitor_interval_s: float = Field(default=10.0, gt=0)
+    # Image inputs larger than this (as sent: a data URI's characters) are stored in S3 with their
+    # prediction; the record keeps a reference, so a queued prediction costs Redis a few KiB.
+    inline_input_max_bytes: int = Field(default=16 * 1024, ge=0)
     # Uploads to S3 are retried this many times, with exponential backoff, before the prediction fails.
     storage_attempts: int = Field(default=5, ge=1)
     # Webhooks are signed with a secret per tenant (generated, kept in Redis). After a rotation the

@@ -83,6 +83,18 @@ class Storage:
         except (BotoCoreError, ClientError) as exc:
             raise StorageUnavailable(str(exc)) from exc
 
+    def copy(self, source: str, key: str) -> None:
+        """Copy the object at ``source`` to ``key`` inside the server (no bytes through Kiln):
+        ``ObjectNotFound`` when ``source`` is gone, ``StorageUnavailable`` when the server fails."""
+        try:
+            self.client.copy_object(Bucket=self.bucket, Key=key, CopySource={"Bucket": self.bucket, "Key": source})
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in {"NoSuchKey", "404"}:
+                raise ObjectNotFound(source) from None
+            raise StorageUnavailable(str(exc)) from exc
+        except BotoCoreError as exc:
+            raise StorageUnavailable(str(exc)) from exc
+
     def delete(self, key: str) -> None:
         self.client.delete_object(Bucket=self.bucket, Key=key)
 

@@ -112,9 +112,11 @@ def _encode(value: Any) -> str:
 
 
 class PredictionStore:
-    def __init__(self, redis: Redis, retention_s: float = 3600) -> None:
+    def __init__(self, redis: Redis, retention_s: float = 3600, record_retention_s: float = 30 * 24 * 3600) -> None:
         self.redis = redis
         self.retention_s = retention_s
+        # The record never goes before its data (retention) does.
+        self.record_retention_s = max(record_retention_s, retention_s)
         self._transition = redis.register_script(_TRANSITION)
         self._update_running = redis.register_script(_UPDATE_RUNNING)
         self._request_cancel = redis.register_script(_REQUEST_CANCEL)
@@ -200,8 +202,11 @@ class PredictionStore:
         return changed == 1
 
     def schedule_retention(self, prediction_id: str) -> None:
-        """A finished prediction's inputs and outputs are deleted ``retention_s`` from now."""
-        retention.schedule(self.redis, "prediction", prediction_id, time.time() + self.retention_s)
+        """A finished prediction's inputs, outputs and logs are deleted ``retention_s`` from now, and
+        its record ``record_retention_s`` from now (``shared.retention``)."""
+        now = time.time()
+        retention.schedule(self.redis, "prediction", prediction_id, now + self.retention_s)
+        retention.schedule(self.redis, "record", prediction_id, now + self.record_retention_s)
 
     def status(self, prediction_id: str) -> Status | None:
         raw = self.redis.hget(keys.prediction(prediction_id), "status")

@@ -56,7 +56,7 @@ class WorkerProcess:
 
     @cached_property
     def store(self) -> PredictionStore:
-        return PredictionStore(self.redis, self.settings.retention_s)
+        return PredictionStore(self.redis, self.settings.retention_s, self.settings.record_retention_s)
 
     @cached_property
     def storage(self) -> Storage:
@@ -88,7 +88,7 @@ class WorkerProcess:
                 Janitor(self.redis, self.storage),
                 self.settings.max_attempts,
                 with_webhooks=queues.WEBHOOKS in queues_consumed,
-                retention_interval_s=min(30.0, self.settings.retention_s / 4),
+                retention_interval_s=min(self.settings.janitor_interval_s, self.settings.retention_s / 4),
             )
         )
         self._maintenance.start()

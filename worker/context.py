@@ -15,7 +15,9 @@ from tqdm import tqdm
 from shared import deadlines
 from shared.files import FileStore, file_id_from_url
 from shared.images import ImageInputError, decode_image, fetch_url, load_image_bytes
+from shared.objects import input_key
 from shared.prediction import Prediction
+from shared.prediction_json import stored_input_name
 from shared.settings import Settings
 from shared.store import PredictionStore
 from shared.webhook_outbox import WebhookNotifier
@@ -27,10 +29,13 @@ log = logging.getLogger(__name__)
 
 
 def load_image_input(uri: str, prediction: Prediction, files: FileStore, settings: Settings) -> Image.Image:
-    """Inputs staged at submission and uploaded files of the prediction's owner are read from
-    storage; anything else (data URIs) is decoded, or fetched."""
+    """Inputs stored at submission (``api.image_staging``) and uploaded files of the prediction's
+    owner are read from storage; anything else (small data URIs) is decoded, or fetched."""
     file_id = file_id_from_url(uri, prediction.base_url)
-    if uri in prediction.input_files:
+    stored_name = stored_input_name(prediction, uri)
+    if stored_name is not None:
+        data = b"".join(files.storage.open(input_key(prediction.id, stored_name)).body)
+    elif uri in prediction.input_files:
         data = b"".join(files.storage.open(prediction.input_files[uri]).body)
     elif file_id is not None:
         uploaded = files.read(file_id, prediction.tenant)

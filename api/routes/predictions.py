@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import orjson
@@ -28,13 +27,14 @@ from api.pagination import Cursor, CursorQuery, page_links
 from api.prediction_list import PredictionFilter, list_page
 from api.schemas import CreateBatch, CreatePrediction, PredictionFields
 from api.services import Services
+from api.signed_access import signed_or_owned, stream_stored
 from api.streaming import BadEventId, Position, StreamContext, prediction_events
 from api.submission import create_and_respond
 from models.registry import UnknownModelError, find_model, resolve_version
 from shared.deadlines import DURATION_PATTERN
-from shared.objects import ObjectNotFound, output_key
-from shared.prediction import Prediction, format_timestamp
-from shared.prediction_json import output_path, stream_path
+from shared.objects import input_key, output_key
+from shared.prediction import Prediction
+from shared.prediction_json import input_path, output_path, stream_path
 from shared.signed_urls import Verdict
 from shared.store import PredictionStore
 
@@ -229,26 +229,26 @@ def download_output(
     expires: str | None = None,
 ) -> StreamingResponse:
     """Stream an output file from S3: to its owner's token, or to anyone holding an unexpired signed URL."""
-    prediction = services.store.get(prediction_id)
-    verdict = services.url_signer.check(output_path(prediction_id, name), expires=expires, sig=sig)
-    owner = prediction is not None and tenant is not None and prediction.tenant == tenant
-    if prediction is None or not (owner or verdict in {Verdict.VALID, Verdict.EXPIRED}):
-        raise ProblemError(404, f"prediction {prediction_id!r} not found")
-    if not owner and verdict is Verdict.EXPIRED:
-        expired_at = format_timestamp(datetime.fromtimestamp(int(expires or 0), UTC))
-        raise ProblemError(
-            403,
-            f"this signed output URL expired at {expired_at} (KILN_OUTPUT_URL_TTL_S); GET the prediction "
-            "for a fresh one, or send the owner's token",
-        )
-    if prediction.data_removed:
-        raise ProblemError(410, f"the outputs of prediction {prediction_id!r} have expired and were removed")
+    prediction = signed_or_owned(services, prediction_id, output_path(prediction_id, name), tenant, sig, expires)
     if name not in (prediction.output or []):
         raise ProblemError(404, f"prediction {prediction_id!r} has no output {name!r}")
-    try:
-        stored = services.storage.open(output_key(prediction_id, name))
-    except ObjectNotFound:
-        raise ProblemError(404, f"output {name!r} of prediction {prediction_id!r} is no longer stored") from None
-    return StreamingResponse(
-        stored.body, media_type=stored.content_type, headers={"Content-Length": str(stored.content_length)}
+    return stream_stored(
+        services,
+        output_key(prediction_id, name),
+        f"output {name!r} of prediction {prediction_id!r} is no longer stored",
     )
+
+
+@router.get("/predictions/{prediction_id}/inputs/{name}")
+def download_input(
+    prediction_id: str,
+    name: str,
+    tenant: OptionalTenant,
+    services: ServicesDep,
+    sig: str | None = None,
+    expires: str | None = None,
+) -> StreamingResponse:
+    """Stream an image input stored at submission (``api.image_staging``), as outputs are streamed."""
+    signed_or_owned(services, prediction_id, input_path(prediction_id, name), tenant, sig, expires)  # or raises
+    missing = f"prediction {prediction_id!r} has no stored input {name!r}"
+    return stream_stored(services, input_key(prediction_id, name), missing)

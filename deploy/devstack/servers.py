@@ -291,6 +291,9 @@ class RedisServer(ManagedServer):
             "yes" if self.appendonly else "no",
             "--save",
             "",
+            # Prediction records (hashes) stay compact listpacks (docs/benchmarks.md: Redis bytes).
+            "--hash-max-listpack-value",
+            "1024",
             "--logfile",
             "",
         ]

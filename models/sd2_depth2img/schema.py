@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field, model_validator
 
+from shared.images import CheckedImage, ImageInputError
 from shared.input_schema import ImageURI, ModelInput, PromptText, Scheduler
 from shared.output_formats import OutputFormat, output_format_field, output_quality_field
 
@@ -63,6 +64,12 @@ class Depth2ImgInput(ModelInput):
     )
     output_format: OutputFormat = output_format_field(order=10)
     output_quality: int = output_quality_field(order=11)
+
+    @classmethod
+    def check_image(cls, where: str, image: CheckedImage) -> None:
+        # The pipeline min-max normalises a given depth map: a single shade would become NaN.
+        if where == "depth_image" and image.flat:
+            raise ImageInputError("a single flat shade: it carries no depth to follow")
 
     @model_validator(mode="after")
     def _at_least_one_denoising_step(self) -> Depth2ImgInput:

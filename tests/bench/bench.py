@@ -13,7 +13,11 @@ webhook worker), then measures:
   webhook received (loopback receiver), and ``predict_time`` for scale.
 
 The client runs on the same machine as the stack and competes with it for the CPU.
-Usage: ``python -m tests.bench.bench [--seconds 10] [--latency-runs 40] [--batch-size 1000]``.
+- Redis bytes per queued prediction, and used_memory back at its baseline after retention and
+  record expiry (``tests.bench.redis_bytes``; ``--count`` predictions of each kind).
+
+Usage: ``python -m tests.bench.bench [--seconds 10] [--latency-runs 40] [--batch-size 1000]
+[--sections throughput,latency,redis] [--count 10000]``.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ import redis
 from PIL import Image
 
 from shared import keys, queues
+from tests.bench import redis_bytes
 from tests.bench.chaos import CHAOS_SETTINGS, start_stack
 from tests.integration.conftest import TOKEN_A
 from tests.integration.receiver import WebhookReceiver
@@ -252,24 +257,35 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-concurrency", type=int, default=2)
     parser.add_argument("--latency-runs", type=int, default=40)
     parser.add_argument("--weights-dir", type=Path, default=REPO_ROOT / ".kiln" / "weights")
+    parser.add_argument(
+        "--sections", default="throughput,latency,redis", help="comma-separated: throughput, latency, redis"
+    )
+    parser.add_argument("--count", type=int, default=10_000, help="predictions per kind in the Redis section")
     args = parser.parse_args(argv)
+    sections = set(args.sections.split(","))
     root = Path(tempfile.mkdtemp(prefix="kiln-bench-"))
     # The throughput runs queue far more than the default per-tenant cap; the rate limit is already off.
     CHAOS_SETTINGS.update({"KILN_MAX_QUEUED_PER_TENANT": "100000000", "KILN_MAX_QUEUED_TOTAL": "100000000"})
+    CHAOS_SETTINGS.update(redis_bytes.REDIS_SETTINGS)
     log(f"starting the stack under {root}")
     stack = start_stack(root, args.weights_dir)
     try:
-        log("single-create throughput")
-        single = throughput(stack.base_url, SINGLE, args.seconds, args.client_processes, args.concurrency)
-        log(f"single: {single:,.0f}/s")
-        drop_xl_queue(stack.redis_url)
-        log("batch-create throughput")
-        batch = throughput(stack.base_url, batch_request(args.batch_size), args.seconds, 1, args.batch_concurrency)
-        log(f"batch: {batch:,.0f}/s")
-        drop_xl_queue(stack.redis_url)
-        log("latencies on the idle worker")
-        measured = latencies(stack.base_url, args.latency_runs)
-        print(table(single, batch, measured, args.batch_size), flush=True)
+        if "redis" in sections:
+            print(redis_bytes.table(redis_bytes.measure(stack.base_url, stack.redis_url, args.count, log)), flush=True)
+        if "throughput" in sections:
+            log("single-create throughput")
+            single = throughput(stack.base_url, SINGLE, args.seconds, args.client_processes, args.concurrency)
+            log(f"single: {single:,.0f}/s")
+            drop_xl_queue(stack.redis_url)
+            log("batch-create throughput")
+            batch = throughput(stack.base_url, batch_request(args.batch_size), args.seconds, 1, args.batch_concurrency)
+            log(f"batch: {batch:,.0f}/s")
+            drop_xl_queue(stack.redis_url)
+        if "latency" in sections:
+            log("latencies on the idle worker")
+            measured = latencies(stack.base_url, args.latency_runs)
+            if "throughput" in sections:
+                print(table(single, batch, measured, args.batch_size), flush=True)
     finally:
         stack.stop_all()
         stack.s3.stop()

@@ -28,7 +28,14 @@ SD2_INPUT = depth2img_input(width=64, height=64, num_inference_steps=1, prompt_s
 @pytest.fixture
 def services(tmp_path):
     with RedisServer(tmp_path / "redis") as server:
-        settings = Settings(_env_file=None, redis_url=server.url, api_token="a,b", batch_heavy_after=HEAVY_AFTER)
+        # No S3 here: the images stay inline (the bound is over their size).
+        settings = Settings(
+            _env_file=None,
+            redis_url=server.url,
+            api_token="a,b",
+            batch_heavy_after=HEAVY_AFTER,
+            inline_input_max_bytes=1024 * 1024,
+        )
         services = Services.connect(settings)
         yield services
         services.redis.close()

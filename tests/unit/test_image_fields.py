@@ -7,7 +7,8 @@ from types import SimpleNamespace
 import pytest
 
 from api.errors import ProblemError
-from api.inputs import stage_remote_images, validate_input
+from api.image_staging import RequestImages, stage_images
+from api.inputs import validate_input
 from models.sd2_depth2img.schema import Depth2ImgInput
 from models.sdxl_family.schema import IPAdapterXLInput
 from shared.input_schema import EVERY_ITEM, EVERY_VALUE, ImageField, image_fields, image_inputs
@@ -71,18 +72,28 @@ def test_image_inputs_names_where_each_image_is():
 
 
 class FakeFiles:
-    """Only ``OURS`` exists, and only for tenant "a"."""
+    """Only ``OURS`` exists (an 8x8 PNG), and only for tenant "a"."""
 
     def get(self, file_id: str, tenant: str) -> object | None:
-        return object() if (file_id, tenant) == (OURS.rsplit("/", 1)[1], "a") else None
+        found = (file_id, tenant) == (OURS.rsplit("/", 1)[1], "a")
+        return SimpleNamespace(size=len(png_bytes(8, 8))) if found else None
+
+    def open(self, record: object) -> SimpleNamespace:
+        return SimpleNamespace(body=iter([png_bytes(8, 8)]))
 
 
 class FakeStorage:
     def __init__(self) -> None:
         self.objects: dict[str, bytes] = {}
+        # (source, key) of each server-side copy.
+        self.copies: list[tuple[str, str]] = []
 
     def put_bytes(self, key: str, data: bytes, content_type: str) -> None:
         self.objects[key] = data
+
+    def copy(self, source: str, key: str) -> None:
+        self.copies.append((source, key))
+        self.objects[key] = self.objects.get(source, b"copied")
 
 
 @pytest.fixture
@@ -112,7 +123,7 @@ def test_every_remote_image_in_a_list_or_nested_object_is_fetched_once_and_stage
         fetched.append(url)
         return png_bytes(8, 8, seed=len(fetched))
 
-    monkeypatch.setattr("api.inputs.fetch_url", fetch_url)
+    monkeypatch.setattr("api.image_staging.fetch_url", fetch_url)
     inputs = validate_input(
         LIST_OF_IMAGES,
         {
@@ -125,20 +136,23 @@ def test_every_remote_image_in_a_list_or_nested_object_is_fetched_once_and_stage
         BASE_URL,
     )
 
-    staged = stage_remote_images(LIST_OF_IMAGES, inputs, services, "p1", BASE_URL)
+    stored, staged = stage_images(LIST_OF_IMAGES, inputs, services, "a", "p1", BASE_URL, RequestImages())
 
     assert fetched == ["https://e.com/0.png", "https://e.com/layer.png"]
     assert staged == {
         "https://e.com/0.png": "predictions/p1/inputs/references.0",
+        OURS: "predictions/p1/inputs/references.2",
         "https://e.com/layer.png": "predictions/p1/inputs/layers.0.image",
     }
+    assert stored == inputs, "small data URIs and URLs stay as given"
     assert sorted(services.storage.objects) == sorted(staged.values())
+    assert services.storage.copies == [(f"files/{'a' * 26}", "predictions/p1/inputs/references.2")]
 
 
 def test_a_remote_image_in_a_list_that_is_not_an_image_is_refused_naming_the_item(services, monkeypatch):
     monkeypatch.setattr(
-        "api.inputs.fetch_url", lambda url, **bounds: png_bytes(8, 8) if url.endswith(".png") else b"<html>"
+        "api.image_staging.fetch_url", lambda url, **bounds: png_bytes(8, 8) if url.endswith(".png") else b"<html>"
     )
     inputs = {"references": ["https://e.com/0.png", "https://e.com/page.html"]}
     with pytest.raises(ProblemError, match=r"input\.references\.1: "):
-        stage_remote_images(LIST_OF_IMAGES, inputs, services, "p1", BASE_URL)
+        stage_images(LIST_OF_IMAGES, inputs, services, "a", "p1", BASE_URL, RequestImages())

@@ -1,0 +1,49 @@
+"""Who may fetch a prediction's stored files (outputs, stored inputs): its owner's token, or anyone
+holding an unexpired signed URL of that very path (``shared.signed_urls``)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+from fastapi.responses import StreamingResponse
+
+from api.errors import ProblemError
+from api.services import Services
+from shared.objects import ObjectNotFound
+from shared.prediction import Prediction, format_timestamp
+from shared.signed_urls import Verdict
+
+
+def signed_or_owned(
+    services: Services, prediction_id: str, path: str, tenant: str | None, sig: str | None, expires: str | None
+) -> Prediction:
+    """The prediction, when the caller may fetch ``path`` of it; else 404 (or 403 for a signed URL
+    of ours that expired)."""
+    prediction = services.store.get(prediction_id)
+    verdict = services.url_signer.check(path, expires=expires, sig=sig)
+    owner = prediction is not None and tenant is not None and prediction.tenant == tenant
+    if prediction is None or not (owner or verdict in {Verdict.VALID, Verdict.EXPIRED}):
+        raise ProblemError(404, f"prediction {prediction_id!r} not found")
+    if not owner and verdict is Verdict.EXPIRED:
+        expired_at = format_timestamp(datetime.fromtimestamp(int(expires or 0), UTC))
+        raise ProblemError(
+            403,
+            f"this signed URL expired at {expired_at} (KILN_OUTPUT_URL_TTL_S); GET the prediction "
+            "for a fresh one, or send the owner's token",
+        )
+    if prediction.data_removed:
+        raise ProblemError(410, f"the files of prediction {prediction_id!r} have expired and were removed")
+    return prediction
+
+
+def stream_stored(services: Services, key: str, missing: str) -> StreamingResponse:
+    """The object at ``key``, streamed from S3; 404 saying ``missing`` when it is gone."""
+    try:
+        stored = services.storage.open(key)
+    except ObjectNotFound:
+        raise ProblemError(404, missing) from None
+    body: Iterator[bytes] = stored.body
+    return StreamingResponse(
+        body, media_type=stored.content_type, headers={"Content-Length": str(stored.content_length)}
+    )
