@@ -198,4 +198,6 @@ BOUNDS: dict[str, str] = {
     "queued_by_family": "config",
     "batch": "ttl",
     "step_gate": "ttl",
+    "deadlines": "swept",  # the deadline job removes each member once its deadline (at most 7 days) passes
+    "tenant_deployments": "config",  # a tenant's deployments, until deleted
 }
