@@ -14,10 +14,12 @@ from shared.retention import Janitor
 from shared.storage import Storage
 from tests.integration.conftest import SHUTDOWN_GRACE_S, TIME_LIMIT_S, TIME_LIMITED_MODEL
 from tests.integration.receiver import WebhookReceiver
-from tests.support import data_uri, png_bytes, wait_for_status, wait_until
-from tests.support.predictions import TERMINAL, create, xl_input
+from tests.support import assert_problem, data_uri, png_bytes, wait_for_status, wait_until
+from tests.support.predictions import TERMINAL, create, depth2img_input, xl_input
 from tests.support.step_gates import StepGate, wait_until_waiting
+from tests.support.worker_inputs import gradient, png_uri
 
+SD2_MODEL = "kiln/sd2-depth2img"
 pytestmark = pytest.mark.integration
 
 
@@ -109,10 +111,15 @@ def test_a_redis_restart_loses_no_accepted_prediction(stack, client):
 
 
 def test_storage_outage_fails_the_prediction_clearly_and_the_worker_keeps_serving(stack, client):
+    # Small enough to stay inline in the record (KILN_INLINE_INPUT_MAX_BYTES): submitting it needs no S3.
+    inline_image = png_uri(gradient(64, 64, horizontal=True))
     stack.s3.stop()
     try:
         assert client.get("/health").status_code == 503
-        done = wait_for_status(client, create(client)["id"], TERMINAL, timeout=120)
+        # A larger image is stored with the prediction at submission: without S3, a clear 503.
+        stored_image = client.post("/v1/predictions", json={"version": SD2_MODEL, "input": depth2img_input()})
+        assert_problem(stored_image, 503, "object storage (S3) is unavailable")
+        done = wait_for_status(client, create(client, input_image=inline_image)["id"], TERMINAL, timeout=120)
     finally:
         stack.s3.start()
     assert done["status"] == "failed"
