@@ -160,6 +160,57 @@ def step_gate(name: str) -> str:
     return f"{PREFIX}:step-gate:{name}"
 
 
+def batch_record(batch_id: str) -> str:
+    """Hash: a batch object (``shared.batches``): its fields, and ``n:<status>`` counts of its items per
+    prediction status kept by the status-changing Lua scripts (``unfinished``: items not yet terminal).
+    Expires after its items' records can (``BatchStore.ttl_s``: ``BATCH_TTL_S`` + ``KILN_RECORD_RETENTION_S``)."""
+    return f"{PREFIX}:batch:{batch_id}:record"
+
+
+def batch_items(batch_id: str) -> str:
+    """List: a batch's items in submission order: a prediction id, or ``!`` + JSON ``{"line", "problem"}``
+    for an item that was refused. Expires with the batch record."""
+    return f"{PREFIX}:batch:{batch_id}:items"
+
+
+def tenant_batches(tenant: str) -> str:
+    """Sorted set (scores 0, ordered by id, which sorts by creation time): a tenant's batches. Members of
+    expired batches are dropped when a listing finds them gone."""
+    return f"{PREFIX}:tenant:{tenant}:batches"
+
+
+def batches_finished() -> str:
+    """Sorted set: batches whose every item is terminal, whose ``completed`` webhook is still to be
+    recorded, scored by when a settler may take it (``shared.batches.BatchSettler``). Emptied by it."""
+    return f"{PREFIX}:batches:finished"
+
+
+def dispatch_tenants(family: str) -> str:
+    """List: the round-robin ring of tenants with batch items waiting for ``family`` in Kiln's
+    dispatcher (``shared.dispatcher``); each tenant at most once. Emptied as their lists drain."""
+    return f"{PREFIX}:dispatch:{family}:tenants"
+
+
+def dispatch_queue(family: str, tenant: str) -> str:
+    """List: a tenant's batch items (prediction ids) waiting for ``family``, oldest first; the dispatcher
+    moves them onto Celery's queue as workers free up. Drained by the dispatcher."""
+    return f"{PREFIX}:dispatch:{family}:tenant:{tenant}"
+
+
+def dispatch_claimed() -> str:
+    """Sorted set: ``<family> <prediction id>`` released by the dispatcher whose Celery message is
+    being written, scored by the claim time; a claim older than a minute is sent again (a dispatcher
+    died between claim and push). Emptied as messages are pushed."""
+    return f"{PREFIX}:dispatch:claimed"
+
+
+def batch_shared_fields(batch_id: str, index: int) -> str:
+    """Hash: record fields (the input, the version) that items of a batch submitted with the same text
+    share; their records name it in ``shared_fields`` instead of holding copies, so a queued item's
+    record stays in Redis's compact hash encoding. Expires with the batch record."""
+    return f"{PREFIX}:batch:{batch_id}:shared:{index}"
+
+
 # How each key above stays bounded, by builder name (a test holds every builder to one, and checks the
 # TTLs on a running stack):
 # - "ttl": written with an expiry, every time;
@@ -200,4 +251,12 @@ BOUNDS: dict[str, str] = {
     "step_gate": "ttl",
     "deadlines": "swept",  # the deadline job removes each member once its deadline (at most 7 days) passes
     "tenant_deployments": "config",  # a tenant's deployments, until deleted
+    "batch_record": "ttl",  # BatchStore.ttl_s: outlives its items' records
+    "batch_items": "ttl",
+    "batch_shared_fields": "ttl",
+    "tenant_batches": "swept",  # the API's listing drops expired batches
+    "batches_finished": "swept",  # the batch settler removes each once its webhook is recorded
+    "dispatch_tenants": "swept",  # the dispatcher drops a tenant whose list drained
+    "dispatch_queue": "swept",  # drained by the dispatcher
+    "dispatch_claimed": "swept",  # emptied as the dispatcher's messages are pushed
 }

@@ -1,7 +1,8 @@
 """Periodic work every worker process (``shared.worker_process``) runs beside its tasks: enforcing
-deadlines (``Cancel-After``), reaping lapsed leases, deleting data past retention and, on a worker
-that consumes the ``webhooks`` queue, sending due webhook deliveries. Each job's Redis operations
-are atomic claims, so any number of workers can run them at once."""
+deadlines (``Cancel-After``), reaping lapsed leases, deleting data past retention, releasing batch
+items to Celery (the dispatcher), recording finished batches' webhooks and, on a worker that
+consumes the ``webhooks`` queue, sending due webhook deliveries. Each job's Redis operations are
+atomic claims, so any number of workers can run them at once."""
 
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ from celery import Celery
 
 from models.registry import find_model
 from shared import queues
+from shared.batch_webhooks import BatchSettler
 from shared.deadlines import expire_due
+from shared.dispatcher import Dispatcher
 from shared.enqueue import enqueue_prediction
 from shared.leases import Leases
 from shared.lifecycle import PredictionLifecycle
@@ -99,6 +102,8 @@ def worker_jobs(
     max_attempts: int,
     with_webhooks: bool,
     retention_interval_s: float,
+    dispatcher: Dispatcher,
+    settler: BatchSettler,
 ) -> list[Job]:
     jobs = [
         Job("deadlines", DEADLINES_INTERVAL_S, lambda: expire_due(lifecycle, leases.redis)),
@@ -108,6 +113,8 @@ def worker_jobs(
             lambda: reap_lapsed_leases(lifecycle, leases, celery, max_attempts),
         ),
         Job("retention", retention_interval_s, janitor.sweep),
+        Job("dispatch", 0.5, dispatcher.release_all),
+        Job("settle-batches", 0.5, settler.settle),
     ]
     if with_webhooks:
         jobs.append(Job("webhooks", 0.25, lambda: send_due_webhooks(outbox, celery)))

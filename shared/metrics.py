@@ -12,7 +12,7 @@ torch (``worker.metrics``).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from time import monotonic
 
@@ -58,6 +58,12 @@ WEBHOOK_DELIVERIES = Counter(
 def record_created(models: Iterable[str]) -> None:
     for model in models:
         PREDICTIONS_CREATED.labels(model=model).inc()
+
+
+def record_created_counts(counts: Mapping[str, int]) -> None:
+    """``record_created`` for many predictions at once: model -> how many."""
+    for model, count in counts.items():
+        PREDICTIONS_CREATED.labels(model=model).inc(count)
 
 
 def record_finished(model: str, status: str, predict_time_s: object = None) -> None:

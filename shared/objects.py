@@ -28,6 +28,16 @@ def input_key(prediction_id: str, field: str) -> str:
     return f"{prediction_prefix(prediction_id)}inputs/{field}"
 
 
+def batch_prefix(batch_id: str) -> str:
+    """What a batch's items share in S3 (their stored image inputs) lives under this prefix, deleted
+    together when the batch's keys go (``shared.retention``, ``batch:<id>``)."""
+    return f"batches/{batch_id}/"
+
+
+def batch_input_key(batch_id: str, name: str) -> str:
+    return f"{batch_prefix(batch_id)}inputs/{name}"
+
+
 @dataclass
 class StoredObject:
     body: Iterator[bytes]

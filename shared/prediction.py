@@ -32,6 +32,37 @@ def new_id() -> str:
     return str(ULID()).lower()
 
 
+# Crockford's base32, as ULIDs are written (lowercase); in ASCII order, so encoded numbers sort as numbers.
+_BASE32 = "0123456789abcdefghjkmnpqrstvwxyz"
+# ``new_ids`` counts up in a ULID's last 8 characters (40 of its 80 random bits).
+_COUNTED_CHARS = 8
+
+
+def new_ids(count: int) -> list[str]:
+    """``count`` ids like ``new_id``'s, sorting in the order returned, made cheaply for a batch: one
+    ULID's time and randomness, its last characters counting up from their random start."""
+    while True:
+        first = new_id()
+        start = int("".join(f"{_BASE32.index(c):05b}" for c in first[-_COUNTED_CHARS:]), 2)
+        if start + count < 32**_COUNTED_CHARS:
+            break
+    prefix, found, number, end = first[:-_COUNTED_CHARS], [], start, start + count
+    while number < end:  # a block of 1,024 shares all but its last two characters
+        block, low = divmod(number, 1024)
+        head = prefix + _encode_base32(block, _COUNTED_CHARS - 2)
+        taken = min(end - number, 1024 - low)
+        found += [head + pair for pair in _PAIRS[low : low + taken]]
+        number += taken
+    return found
+
+
+def _encode_base32(number: int, width: int) -> str:
+    return "".join(_BASE32[(number >> shift) & 31] for shift in range(5 * (width - 1), -1, -5))
+
+
+_PAIRS = [_encode_base32(number, 2) for number in range(1024)]
+
+
 class Prediction(BaseModel):
     id: str = Field(default_factory=new_id)
     tenant: str
@@ -64,6 +95,8 @@ class Prediction(BaseModel):
     webhook_events_filter: list[str] | None = None
     # The API base URL the prediction was created through; webhook bodies link to it.
     base_url: str = ""
+    # The batch (``shared.batches``) this prediction is an item of: its status changes move the batch's counts.
+    batch_id: str | None = None
 
     def wants_event(self, event: str) -> bool:
         """Whether this prediction's webhook subscribed to ``event`` (all events when no filter was given)."""
@@ -83,6 +116,17 @@ class Prediction(BaseModel):
         """Every field JSON-encoded (orjson: a create's large data-URI inputs cost the stdlib encoder
         most of a batch's time); logs live in their own key so appends stay O(1)."""
         return {name: orjson.dumps(value) for name, value in self.model_dump(mode="json", exclude={"logs"}).items()}
+
+    def to_compact_hash(self) -> dict[str, bytes]:
+        """``to_redis_hash`` without the fields that hold their defaults (a batch item's record: a
+        queued item costs fewer bytes of Redis); ``status`` is always written, the scripts read it."""
+        fields = self.model_dump(mode="json", exclude={"logs"}, exclude_defaults=True)
+        fields["status"] = self.status.value
+        return {
+            name: orjson.dumps(value)
+            for name, value in fields.items()
+            if value is not None or Prediction.model_fields[name].default is not None
+        }
 
     @classmethod
     def from_redis_hash(cls, fields: dict[str, str], logs: str) -> Prediction:

@@ -17,6 +17,9 @@ DELIVER_WEBHOOK_TASK = "kiln.deliver_webhook"
 PRIORITY_STEPS = [0, 3, 6, 9]
 # Single creates (someone is waiting on each).
 PRIORITY_INTERACTIVE = 0
+# Items of ``/v1/batches``, released by Kiln's dispatcher (``shared.dispatcher``) a few at a time in a
+# fair order: behind interactive work, ahead of the inline batch form's backlog.
+PRIORITY_DISPATCHED = 3
 # Batch items queue behind every interactive prediction.
 PRIORITY_BATCH = 6
 # A tenant's batch items beyond its first ``KILN_BATCH_HEAVY_AFTER`` queued ones: other tenants'

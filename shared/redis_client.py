@@ -58,3 +58,18 @@ def range_members(reply: ZSetRangeResponse) -> list[str]:
     """The members of a sorted-set range read without scores, as text."""
     # redis-py's reply type also covers ranges read WITHSCORES (member, score pairs); these never are.
     return [as_text(member) for member in cast("list[bytes | str]", reply)]
+
+
+def newest_first_page(
+    client: redis.Redis, index: str, *, before: str | None, after: str | None, limit: int
+) -> tuple[list[str], bool]:
+    """A page of an index of ids (a sorted set, all scores 0, ids sorting by creation time), newest
+    first. ``before``/``after`` are ids bounding the page (exclusive). Returns the page and whether
+    more exist beyond it in the direction of travel."""
+    if after is not None:
+        ids = client.zrangebylex(index, f"({after}", "+", start=0, num=limit + 1)
+        more = len(ids) > limit
+        return [as_text(i) for i in reversed(ids[:limit])], more
+    upper = f"({before}" if before is not None else "+"
+    ids = client.zrevrangebylex(index, upper, "-", start=0, num=limit + 1)
+    return [as_text(i) for i in ids[:limit]], len(ids) > limit

@@ -7,8 +7,11 @@ outlives them.
 - ``record:<id>``, due ``KILN_RECORD_RETENTION_S`` after it finished: the record, its logs, its
   webhook state and its entry in the tenant's list are deleted; GET answers 404.
 - ``file:<id>[:<tenant>]``, due when an uploaded file expires: its bytes and its list entry.
+- ``batch:<id>``, due ``KILN_RETENTION_S`` after a batch object's items were given their time to
+  finish (``shared.batches.BATCH_TTL_S``): the image inputs its items share (``api.image_staging``),
+  stored once for the batch.
 
-All three wait in one sorted set (``keys.retention``), scored by when they are due. The janitor
+All four wait in one sorted set (``keys.retention``), scored by when they are due. The janitor
 (``Janitor.sweep``, a maintenance job of every worker process) takes what is due in bounded
 batches and exports how far behind it is (``kiln_janitor_lag_seconds``).
 """
@@ -23,7 +26,7 @@ from typing import TYPE_CHECKING
 from redis import Redis
 
 from shared import keys, metrics
-from shared.objects import file_key, prediction_prefix
+from shared.objects import batch_prefix, file_key, prediction_prefix
 from shared.redis_client import range_members
 
 if TYPE_CHECKING:
@@ -61,7 +64,7 @@ CLAIM_S = 300
 
 
 def schedule(redis: Redis, kind: str, item_id: str, due: float) -> None:
-    """Remember to remove ``kind`` (``prediction``, ``record``, ``file``) of ``item_id`` at ``due``
+    """Remember to remove ``kind`` (``prediction``, ``record``, ``file``, ``batch``) of ``item_id`` at ``due``
     (unix seconds)."""
     redis.zadd(keys.retention(), {f"{kind}:{item_id}": due})
 
@@ -120,6 +123,8 @@ class Janitor:
                 self.storage.delete(file_key(file_id))
                 if tenant:
                     self.redis.zrem(keys.tenant_files(tenant), file_id)
+            elif kind == "batch":
+                self.storage.delete_prefix(batch_prefix(rest))
             # Removed only once done, so a failure is retried once its claim lapses.
             self.redis.zrem(keys.retention(), member)
             log.info("retention: removed %s %s", kind, rest)

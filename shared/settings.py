@@ -51,8 +51,14 @@ class Settings(BaseSettings):
     # Per-token token bucket: sustained requests per second and burst size.
     rate_limit_per_s: float = Field(default=50.0, gt=0)
     rate_limit_burst: int = Field(default=600, ge=1)
-    # Batch create: most items in one POST /v1/predictions/batch.
-    batch_max_items: int = Field(default=1000, ge=1)
+    # Batch create: most items inline in one POST /v1/batches or POST /v1/predictions/batch.
+    batch_max_items: int = Field(default=10_000, ge=1)
+    # Most lines of a batch's input_file (POST /v1/batches with a Files-API URL of a JSONL file).
+    batch_file_max_lines: int = Field(default=100_000, ge=1)
+    # Kiln's dispatcher keeps this many /v1/batches items waiting in Celery per model family and
+    # releases the rest round-robin across tenants as workers take them: a tenant's first item waits
+    # for at most the running job and this many others. Set it to the family's worker count.
+    dispatch_ahead: int = Field(default=1, ge=1, le=1000)
     # A tenant's batch items beyond its first this-many queued predictions go to a lower priority
     # step, so another tenant's batch waits for at most this many of them.
     batch_heavy_after: int = Field(default=1000, ge=1)

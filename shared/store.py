@@ -16,11 +16,13 @@ from typing import Any
 
 import redis.asyncio
 from redis import Redis
+from redis.client import Pipeline
 
 from shared import keys, retention
+from shared.batch_counts import LUA_BATCH_MOVED
 from shared.prediction import Prediction, format_timestamp, utcnow
 from shared.queue_counters import LUA_QUEUED_DELTA, QueuedCounters, counter_keys
-from shared.redis_client import as_text
+from shared.redis_client import newest_first_page
 from shared.status import LUA_STATUS_TABLE, Status
 
 # Every script that changes a prediction's status starts with this: the state table rendered from
@@ -29,16 +31,19 @@ from shared.status import LUA_STATUS_TABLE, Status
 # running set (leases), KEYS[4..5]: the queued counters.
 # set_status(current, target, prediction_id, ...) moves the record from ``current`` to ``target`` (a
 # move the script checked with ``may_enter``) and sets the field, JSON value pairs given after the id:
-# the queued counters follow the prediction into and out of STARTING, leaving PROCESSING drops its
-# lease, and the new status is announced to waiters and streams.
+# the queued counters follow the prediction into and out of STARTING, an item of a batch moves its
+# batch's counts (shared.batch_counts), leaving PROCESSING drops its lease, and the new status is
+# announced to waiters and streams.
 LUA_SET_STATUS = (
     LUA_STATUS_TABLE
     + LUA_QUEUED_DELTA
+    + LUA_BATCH_MOVED
     + """
 local function set_status(current, target, prediction_id, ...)
   if current == STARTING and target ~= STARTING then queued_delta(-1)
   elseif target == STARTING and current ~= STARTING then queued_delta(1) end
   redis.call('HSET', KEYS[1], 'status', cjson.encode(target), ...)
+  batch_moved(current, target)
   if target ~= PROCESSING then redis.call('ZREM', KEYS[3], prediction_id) end
   redis.call('PUBLISH', KEYS[2], '{"status": ' .. cjson.encode(target) .. '}')
 end
@@ -101,6 +106,25 @@ return current
 )
 
 
+_PLACEHOLDER = "\x00"
+_RECORD_PREFIX, _RECORD_SUFFIX = keys.prediction(_PLACEHOLDER).split(_PLACEHOLDER)
+
+# ARGV[1]: n, ARGV[2 .. 2n+1]: field, value pairs every record shares; ARGV[2n+2 ..]: prediction ids.
+# Writes one record per id: the shared fields and its JSON ``id`` (a batch's identical items, stored
+# in one call instead of one command each). Returns how many it wrote.
+_STORE_RECORDS = f"""
+local n = tonumber(ARGV[1])
+local fields = {{}}
+for i = 2, 2 * n + 1 do fields[#fields + 1] = ARGV[i] end
+fields[#fields + 1] = 'id'
+local slot = #fields + 1
+for i = 2 * n + 2, #ARGV do
+  fields[slot] = '"' .. ARGV[i] .. '"'
+  redis.call('HSET', '{_RECORD_PREFIX}' .. ARGV[i] .. '{_RECORD_SUFFIX}', unpack(fields))
+end
+return #ARGV - 2 * n - 1
+"""
+
 # Caps left unset: more than Redis could ever hold.
 _UNCAPPED = 2**62
 
@@ -120,6 +144,7 @@ class PredictionStore:
         self._transition = redis.register_script(_TRANSITION)
         self._update_running = redis.register_script(_UPDATE_RUNNING)
         self._request_cancel = redis.register_script(_REQUEST_CANCEL)
+        self._store_records = redis.register_script(_STORE_RECORDS)
         self.queued = QueuedCounters(redis)
 
     def create(self, prediction: Prediction, *, tenant_cap: int | None = None, total_cap: int | None = None) -> None:
@@ -163,14 +188,17 @@ class PredictionStore:
             self.queued.release(tenant, families)
             raise
 
+    def add_records_to_pipeline(self, pipe: Pipeline, prediction_ids: Sequence[str], fields: dict[str, bytes]) -> None:
+        """Write a record per id, each ``fields`` (encoded as ``Prediction.to_compact_hash``) and its
+        own id, in the caller's transaction (a batch's items: ``api.batch_intake``)."""
+        args: list[str | bytes | int] = [len(fields)]
+        for name, value in fields.items():
+            args += [name, value]
+        self._store_records(args=[*args, *prediction_ids], client=pipe)
+
     def get(self, prediction_id: str) -> Prediction | None:
-        with self.redis.pipeline(transaction=False) as pipe:
-            pipe.hgetall(keys.prediction(prediction_id))
-            pipe.get(keys.prediction_logs(prediction_id))
-            fields, logs = pipe.execute()
-        if not fields:
-            return None
-        return Prediction.from_redis_hash(_decode_hash(fields), (logs or b"").decode())
+        found = self.get_many([prediction_id])
+        return found[0] if found else None
 
     def get_many(self, prediction_ids: Sequence[str]) -> list[Prediction]:
         with self.redis.pipeline(transaction=False) as pipe:
@@ -178,10 +206,18 @@ class PredictionStore:
                 pipe.hgetall(keys.prediction(prediction_id))
                 pipe.get(keys.prediction_logs(prediction_id))
             replies = pipe.execute()
+        records = [
+            (_decode_hash(fields), logs) for fields, logs in zip(replies[::2], replies[1::2], strict=True) if fields
+        ]
+        refs = sorted({ref for fields, _ in records if (ref := _shared_ref(fields))})
+        shared: dict[str, dict[bytes, bytes]] = {}
+        if refs:
+            with self.redis.pipeline(transaction=False) as pipe:
+                for ref in refs:
+                    pipe.hgetall(ref)
+                shared = dict(zip(refs, pipe.execute(), strict=True))
         return [
-            Prediction.from_redis_hash(_decode_hash(fields), (logs or b"").decode())
-            for fields, logs in zip(replies[::2], replies[1::2], strict=True)
-            if fields
+            Prediction.from_redis_hash(_with_shared(fields, shared), (logs or b"").decode()) for fields, logs in records
         ]
 
     def transition(self, prediction_id: str, target: Status, *, if_attempt: int | None = None, **fields: Any) -> bool:
@@ -237,17 +273,10 @@ class PredictionStore:
 
         Returns the page and whether more exist beyond it in the direction of travel.
         """
-        index = keys.tenant_predictions(tenant)
-        if after is not None:
-            ids = self.redis.zrangebylex(index, f"({after}", "+", start=0, num=limit + 1)
-            more = len(ids) > limit
-            ids = list(reversed(ids[:limit]))
-        else:
-            upper = f"({before}" if before is not None else "+"
-            ids = self.redis.zrevrangebylex(index, upper, "-", start=0, num=limit + 1)
-            more = len(ids) > limit
-            ids = ids[:limit]
-        return self.get_many([as_text(i) for i in ids]), more
+        ids, more = newest_first_page(
+            self.redis, keys.tenant_predictions(tenant), before=before, after=after, limit=limit
+        )
+        return self.get_many(ids), more
 
 
 async def read_prediction(client: redis.asyncio.Redis, prediction_id: str) -> Prediction | None:
@@ -258,7 +287,10 @@ async def read_prediction(client: redis.asyncio.Redis, prediction_id: str) -> Pr
         fields, logs = await pipe.execute()
     if not fields:
         return None
-    return Prediction.from_redis_hash(_decode_hash(fields), (logs or b"").decode())
+    decoded = _decode_hash(fields)
+    ref = _shared_ref(decoded)
+    shared = {ref: await client.hgetall(ref)} if ref else {}
+    return Prediction.from_redis_hash(_with_shared(decoded, shared), (logs or b"").decode())
 
 
 def record_keys(prediction_id: str) -> list[str]:
@@ -272,6 +304,20 @@ def _attempt_arg(attempt: int | None) -> str:
 
 def _field_args(fields: dict[str, Any]) -> list[str]:
     return [item for name, value in fields.items() for item in (name, _encode(value))]
+
+
+def _shared_ref(fields: dict[str, str]) -> str | None:
+    """The key of the fields a batch item's record shares with its twins (``keys.batch_shared_fields``)."""
+    ref: str | None = json.loads(fields["shared_fields"]) if "shared_fields" in fields else None
+    return ref
+
+
+def _with_shared(fields: dict[str, str], shared: dict[str, Any]) -> dict[str, str]:
+    """The record with the shared fields it does not hold itself (a field set on the record wins)."""
+    ref = _shared_ref(fields)
+    if ref is None:
+        return fields
+    return {"input": "{}"} | _decode_hash(shared.get(ref) or {}) | fields
 
 
 def _decode_hash(fields: dict[bytes, bytes]) -> dict[str, str]:

@@ -108,6 +108,27 @@ class WebhookOutbox:
             pipe.execute()
         return delivery
 
+    def record_once(self, delivery_id: str, subject_id: str, tenant: str, url: str, body: str) -> Delivery | None:
+        """Persist a ``completed`` delivery under a fixed id (a batch's one webhook), unless a delivery
+        with that id was already recorded: then None."""
+        delivery = Delivery(
+            id=delivery_id,
+            prediction_id=subject_id,
+            event="completed",
+            url=url,
+            body=body,
+            created_at=time.time(),
+            retry=True,
+            tenant=tenant,
+        )
+        if not self.redis.hsetnx(keys.webhook_delivery(delivery.id), "id", json.dumps(delivery.id)):
+            return None
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(keys.webhook_delivery(delivery.id), mapping=delivery.to_hash())
+            pipe.zadd(keys.webhook_due(), {delivery.id: delivery.created_at + CLAIM_LEASE_S})
+            pipe.execute()
+        return delivery
+
     def begin_progress(self, prediction_id: str, event: str) -> bool:
         """Mark an ``output``/``logs`` delivery in flight. False for a ``logs`` event once the
         prediction's ``completed`` event is recorded: it is stale (``completed`` carries every log

@@ -20,6 +20,9 @@ from prometheus_client.registry import Collector
 from redis import Redis
 
 from shared import queues
+from shared.batch_webhooks import BatchSettler
+from shared.batches import BatchStore
+from shared.dispatcher import Dispatcher
 from shared.leases import Leases
 from shared.lifecycle import PredictionLifecycle
 from shared.logs import apply_format
@@ -29,6 +32,7 @@ from shared.redis_client import connect
 from shared.retention import Janitor
 from shared.settings import Settings
 from shared.store import PredictionStore
+from shared.task_messages import PredictMessages
 from shared.webhook_outbox import WebhookNotifier, WebhookOutbox
 
 if TYPE_CHECKING:
@@ -72,6 +76,10 @@ class WorkerProcess:
     def lifecycle(self) -> PredictionLifecycle:
         return PredictionLifecycle(self.store, self.notifier)
 
+    @cached_property
+    def dispatcher(self) -> Dispatcher:
+        return Dispatcher(self.redis, PredictMessages(self.celery), self.settings.dispatch_ahead)
+
     def metrics_collectors(self) -> list[Collector]:
         """What the exporter serves besides ``shared.metrics``' series (the GPU worker adds GPU memory)."""
         return []
@@ -89,6 +97,12 @@ class WorkerProcess:
                 self.settings.max_attempts,
                 with_webhooks=queues.WEBHOOKS in queues_consumed,
                 retention_interval_s=min(self.settings.janitor_interval_s, self.settings.retention_s / 4),
+                dispatcher=self.dispatcher,
+                settler=BatchSettler(
+                    BatchStore(self.redis, max(self.settings.record_retention_s, self.settings.retention_s)),
+                    self.notifier.outbox,
+                    self.celery,
+                ),
             )
         )
         self._maintenance.start()

@@ -85,7 +85,18 @@ def _begin_shutdown(**_: object) -> None:
         runtime.runner.begin_shutdown(runtime.settings.shutdown_grace_s)
 
 
-@app.task(name=queues.PREDICT_TASK)
-def predict(prediction_id: str) -> None:
+@app.task(name=queues.PREDICT_TASK, bind=True)
+def predict(task: Any, prediction_id: str) -> None:
     with bound_prediction(prediction_id):
+        _top_up(task)
         runtime.runner.run(prediction_id)
+
+
+def _top_up(task: Any) -> None:
+    """This job's message left a gap in its queue: let the dispatcher fill it while the job runs."""
+    queue = (task.request.delivery_info or {}).get("routing_key")
+    if queue in queues.GPU_QUEUES:
+        try:
+            runtime.dispatcher.release(queue)
+        except Exception as exc:  # the maintenance job releases it shortly
+            log.warning("dispatcher release for %s failed: %s", queue, exc)
