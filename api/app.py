@@ -16,7 +16,18 @@ from api.errors import install_error_handlers
 from api.log_context import PredictionLogContext
 from api.openapi_document import install_openapi
 from api.ratelimit import RateLimitHeaders
-from api.routes import catalog, deployments, files, health, metrics, models, predictions, queue, webhooks
+from api.routes import (
+    batches,
+    catalog,
+    deployments,
+    files,
+    health,
+    metrics,
+    models,
+    predictions,
+    queue,
+    webhooks,
+)
 from api.routes.playground import install_playground
 from api.services import Services
 from shared.logs import configure_logging
@@ -53,6 +64,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(metrics.router)
     app.include_router(predictions.router)
+    app.include_router(batches.router)
     app.include_router(webhooks.router)
     app.include_router(models.router)
     app.include_router(catalog.router)

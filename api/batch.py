@@ -8,17 +8,16 @@ batch is admitted against the queue caps whole or not at all.
 from __future__ import annotations
 
 import json
-import time
-from typing import Any
+from typing import Any, cast
 
 from pydantic import ValidationError
 
 from api.errors import ProblemError, input_validation_problem, problem_body, reject_invalid_text
-from api.idempotency import TTL_S, fingerprint
+from api.idempotency import TTL_S, await_first_request, fingerprint
 from api.image_staging import RequestImages
 from api.schemas import CreateInBatch
 from api.services import Services
-from api.submission import DUPLICATE_WAIT_S, prepare, store_and_enqueue
+from api.submission import prepare, store_and_enqueue
 from models.registry import UnknownModelError, find_model, resolve_version
 from shared import keys, queues
 from shared.model_spec import ModelSpec
@@ -98,15 +97,7 @@ def _create(
 
 def _replay(services: Services, batch_id: str, base_url: str) -> list[dict[str, Any]]:
     """The first request's results, with each prediction as it is now."""
-    deadline = time.monotonic() + DUPLICATE_WAIT_S
-    while (stored := services.redis.get(keys.batch(batch_id))) is None:
-        if time.monotonic() > deadline:
-            raise ProblemError(
-                409,
-                "a batch with this Idempotency-Key is still being processed; retry shortly",
-                headers={"Retry-After": "1"},
-            )
-        time.sleep(0.02)
+    stored = await_first_request(lambda: cast("bytes | None", services.redis.get(keys.batch(batch_id))), "a batch")
     entries = json.loads(stored)
     found = {p.id: p for p in services.store.get_many([e["id"] for e in entries if "id" in e])}
     return [

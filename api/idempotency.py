@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from redis import Redis
 
@@ -12,6 +14,10 @@ from api.errors import ProblemError
 from shared import keys
 
 TTL_S = 24 * 3600
+# How long a duplicate request waits for the first one's result before a 409 asking it to retry.
+DUPLICATE_WAIT_S = 10.0
+
+T = TypeVar("T")
 
 
 def fingerprint(target: str, body: dict[str, Any]) -> str:
@@ -43,3 +49,18 @@ class IdempotencyKeys:
     def release(self, tenant: str, key: str) -> None:
         """Forget a key whose request failed before anything was stored, so a retry can use it."""
         self.redis.delete(keys.idempotency(tenant, hashlib.sha256(key.encode()).hexdigest()))
+
+
+def await_first_request(load: Callable[[], T | None], what: str) -> T:
+    """What the first request with a key stored (``load`` returns it, or None while it is still being
+    processed), waited for up to ``DUPLICATE_WAIT_S``; then 409 naming ``what`` with a Retry-After."""
+    deadline = time.monotonic() + DUPLICATE_WAIT_S
+    while (stored := load()) is None:
+        if time.monotonic() > deadline:
+            raise ProblemError(
+                409,
+                f"{what} with this Idempotency-Key is still being processed; retry shortly",
+                headers={"Retry-After": "1"},
+            )
+        time.sleep(0.02)
+    return stored

@@ -15,6 +15,12 @@ names its object itself (no entry: a few hundred bytes less per record). The wor
 Within one request (a batch's items), an image repeated across predictions is decoded once and
 uploaded once: later predictions get a server-side copy of the first one's object, so each
 prediction still owns (and at retention deletes) its own objects.
+
+A batch object's items (``RequestImages.batch_id``, ``api.batch_intake``) instead share one stored
+copy per image owned by the batch (``shared.objects.batch_input_key``), named in each record's
+``input_files``: a 100,000-line file repeating one image stores it once, and no item's retention
+deletes what another item still needs. The batch's objects are deleted by the janitor
+(``shared.retention``, ``batch:<id>``).
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ from shared.files import file_id_from_url
 from shared.images import CheckedImage, ImageInputError, check_image, check_uri_scheme, decode_data_uri, fetch_url
 from shared.input_schema import image_inputs
 from shared.model_spec import ModelSpec
-from shared.objects import ObjectNotFound, file_key, input_key, prediction_prefix
+from shared.objects import ObjectNotFound, batch_input_key, file_key, input_key, prediction_prefix
 from shared.prediction_json import input_path
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
@@ -51,6 +57,8 @@ class RequestImages:
 
     checked: set[str] = field(default_factory=set)
     seen: dict[str, SeenImage] = field(default_factory=dict)
+    # The batch object whose items these are: their stored images belong to it, not to one item.
+    batch_id: str | None = None
 
     def forget(self, prediction_id: str) -> None:
         """A prediction was refused: the objects it stored are deleted, so nothing copies from them."""
@@ -94,6 +102,9 @@ def stage_images(
         is_data = check_uri_scheme(uri) == "data"
         if uri in input_files or uri in replaced or (is_data and len(uri) <= settings.inline_input_max_bytes):
             continue
+        if images.batch_id is not None:
+            _store_for_batch(services, uri, where, seen, data, tenant, base_url, images.batch_id, input_files, replaced)
+            continue
         name = stored_name(where)
         key = input_key(prediction_id, name)
         try:
@@ -106,6 +117,35 @@ def stage_images(
         else:
             input_files[uri] = key
     return _replace_strings(inputs, replaced), input_files
+
+
+def _store_for_batch(
+    services: Services,
+    uri: str,
+    where: str,
+    seen: SeenImage,
+    data: bytes | None,
+    tenant: str,
+    base_url: str,
+    batch_id: str,
+    input_files: dict[str, str],
+    replaced: dict[str, str],
+) -> None:
+    """Store the image once for the whole batch (see the module); the record names the copy in its
+    ``input_files``, a large data URI being replaced by a URL that names the batch."""
+    name = hashlib.sha256(uri.encode()).hexdigest()[:32]
+    key = batch_input_key(batch_id, name)
+    if seen.stored_key != key:
+        try:
+            _store(services, uri, seen, key, data, tenant, base_url)
+        except ObjectNotFound:
+            raise ProblemError(422, f"input.{where}: the file does not exist or has expired") from None
+        seen.stored_key = key
+    if check_uri_scheme(uri) == "data":
+        reference = replaced[uri] = f"{base_url}/v1/batches/{batch_id}/inputs/{name}"
+        input_files[reference] = key
+    else:
+        input_files[uri] = key
 
 
 def _read(uri: str, services: Services, tenant: str, base_url: str) -> bytes:

@@ -61,6 +61,7 @@ EXTRA_STATUSES: dict[tuple[str, str], set[int]] = {
     ("post", "/v1/predictions"): {409},
     ("post", "/v1/models/{owner}/{name}/predictions"): {404, 409},
     ("post", "/v1/predictions/batch"): {409},
+    ("post", "/v1/batches"): {409},
     ("post", "/v1/deployments"): {409},
     ("post", "/v1/deployments/{owner}/{name}/predictions"): {409},
     ("get", "/v1/predictions/{prediction_id}/stream"): {403},
@@ -73,6 +74,8 @@ EXTRA_STATUSES: dict[tuple[str, str], set[int]] = {
 BINARY_ANSWERS: dict[tuple[str, str], list[str]] = {
     ("get", "/v1/predictions/{prediction_id}/output/{name}"): ["image/png", "image/jpeg", "image/webp"],
     ("get", "/v1/files/{file_id}/download"): ["*/*"],
+    ("get", "/v1/batches/{batch_id}/results"): ["application/jsonl"],
+    ("get", "/v1/batches/{batch_id}/inputs/{name}"): ["image/png", "image/jpeg", "image/webp"],
 }
 
 

@@ -66,9 +66,8 @@ class CreateInBatch(PredictionFields):
     model: str | None = Field(default=None, min_length=1)
 
 
-class CreateBatch(BaseModel):
-    # Items stay raw here and are validated one by one, so one bad item fails only itself.
-    predictions: list[dict[str, Any]] = Field(description="Create bodies: version or model, input, webhook...")
+class _RawItems(BaseModel):
+    """A body whose ``predictions`` stay raw, validated one by one, so one bad item fails only itself."""
 
     @model_validator(mode="before")
     @classmethod
@@ -77,3 +76,19 @@ class CreateBatch(BaseModel):
         if isinstance(data, dict):
             reject_invalid_text({key: value for key, value in data.items() if key != "predictions"})
         return data
+
+
+class CreateBatch(_RawItems):
+    predictions: list[dict[str, Any]] = Field(description="Create bodies: version or model, input, webhook...")
+
+
+class CreateBatchObject(_RawItems):
+    """``POST /v1/batches``: inline create bodies or an uploaded JSONL file, and the batch's webhook."""
+
+    predictions: list[Any] | None = Field(
+        default=None, description="Create bodies: version or model, input, webhook..."
+    )
+    input_file: str | None = Field(
+        default=None, min_length=1, description="urls.get of an uploaded JSONL file: one create body per line."
+    )
+    webhook: HttpUrl | None = Field(default=None, description="Called once, with the batch, when every item has ended.")

@@ -17,7 +17,10 @@ from api.events import EventHub
 from api.idempotency import IdempotencyKeys
 from api.ratelimit import RateLimiter
 from api.stream_slots import StreamSlots
+from shared.batch_webhooks import BatchSettler
+from shared.batches import BatchStore
 from shared.celery_config import create_celery
+from shared.dispatcher import Dispatcher
 from shared.files import FileStore
 from shared.lifecycle import PredictionLifecycle
 from shared.prediction import Prediction
@@ -56,6 +59,10 @@ class Services:
     idempotency: IdempotencyKeys
     # Each tenant's webhook signing secret (and its rotation).
     webhook_secrets: WebhookSecrets
+    # Batch objects (/v1/batches), the dispatcher their items wait in, and their one webhook.
+    batches: BatchStore
+    dispatcher: Dispatcher
+    batch_settler: BatchSettler
 
     @classmethod
     def connect(cls, settings: Settings) -> Services:
@@ -65,6 +72,8 @@ class Services:
         celery = create_celery(settings)
         async_redis = connect_async(settings.redis_url)
         notifier = WebhookNotifier(store, WebhookOutbox(sync_redis, settings), celery)
+        messages = PredictMessages(celery)
+        batches = BatchStore(sync_redis, max(settings.record_retention_s, settings.retention_s))
         return cls(
             settings=settings,
             redis=sync_redis,
@@ -75,13 +84,16 @@ class Services:
             storage=storage,
             files=FileStore(sync_redis, storage, settings.file_retention_s),
             celery=celery,
-            messages=PredictMessages(celery),
+            messages=messages,
             notifier=notifier,
             lifecycle=PredictionLifecycle(store, notifier),
             authenticator=Authenticator(async_redis, settings),
             rate_limiter=RateLimiter(async_redis),
             idempotency=IdempotencyKeys(sync_redis),
             webhook_secrets=WebhookSecrets(sync_redis, settings.webhook_secret_overlap_s),
+            batches=batches,
+            dispatcher=Dispatcher(sync_redis, messages, settings.dispatch_ahead),
+            batch_settler=BatchSettler(batches, notifier.outbox, celery),
         )
 
     async def start(self) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import time
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 
@@ -13,7 +12,7 @@ from fastapi.responses import JSONResponse
 
 from api.auth import Caller
 from api.errors import ProblemError, reject_invalid_text
-from api.idempotency import fingerprint
+from api.idempotency import await_first_request, fingerprint
 from api.image_staging import RequestImages, stage_images
 from api.inputs import validate_input
 from api.lora_inputs import check_lora_inputs
@@ -33,8 +32,6 @@ from shared.store import read_prediction
 
 log = logging.getLogger(__name__)
 
-# How long a duplicate request waits for the first one (same Idempotency-Key) to store its prediction.
-DUPLICATE_WAIT_S = 10.0
 # Over a queue cap: predictions start every few seconds, so this is when room is likely.
 QUEUE_FULL_RETRY_AFTER_S = 5
 
@@ -196,16 +193,7 @@ def submit(
 
 
 def _stored_by_first_request(services: Services, prediction_id: str) -> Prediction:
-    deadline = time.monotonic() + DUPLICATE_WAIT_S
-    while (prediction := services.store.get(prediction_id)) is None:
-        if time.monotonic() > deadline:
-            raise ProblemError(
-                409,
-                "a request with this Idempotency-Key is still being processed; retry shortly",
-                headers={"Retry-After": "1"},
-            )
-        time.sleep(0.02)
-    return prediction
+    return await_first_request(lambda: services.store.get(prediction_id), "a request")
 
 
 async def create_and_respond(

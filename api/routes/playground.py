@@ -46,6 +46,12 @@ def prediction_page(prediction_id: str) -> FileResponse:
     return _page("prediction.html")
 
 
+@router.get("/playground/batches/{batch_id}")
+def batch_page(batch_id: str) -> FileResponse:
+    """A batch's page (its ``urls.web``): counts, a progress bar, cancel and the results file."""
+    return _page("batch.html")
+
+
 @router.get("/playground/history")
 def history_page() -> FileResponse:
     return _page("history.html")

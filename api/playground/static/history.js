@@ -25,7 +25,28 @@ function entry(prediction) {
         prompt ? el("span", { class: "prompt" }, prompt) : null)));
 }
 
+function batchEntry(batch) {
+  const counts = batch.counts;
+  const ended = counts.succeeded + counts.failed + counts.canceled;
+  const runnable = counts.total - counts.invalid;
+  return el("li", {},
+    el("a", { href: `/playground/batches/${encodeURIComponent(batch.id)}`, class: "history-entry" },
+      el("progress", { max: Math.max(runnable, 1), value: runnable ? ended : 1, class: "batch-progress" }),
+      el("span", { class: "history-text" },
+        el("strong", {}, `Batch of ${counts.total}`),
+        el("span", { class: `status status-${batch.status}` }, batch.status),
+        el("span", { class: "muted" }, formatTime(batch.created_at)),
+        el("span", {}, `${ended} / ${runnable} ended`))));
+}
+
+// The newest batches (first page) above the predictions: a batch is followed as one object.
+async function listBatches() {
+  const page = await api("/v1/batches");
+  document.getElementById("batches").replaceChildren(...page.results.map(batchEntry));
+}
+
 async function listPredictions() {
+  listBatches().catch(() => { /* the predictions below say what went wrong */ });
   const status = document.getElementById("history-status");
   const cursor = new URLSearchParams(location.search).get("cursor");
   status.textContent = "Loading…";

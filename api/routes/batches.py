@@ -1,0 +1,202 @@
+"""Batches (``/v1/batches``): many predictions as one object to follow, cancel and collect."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Any
+
+from fastapi import APIRouter, Query
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from api.batch_intake import create_batch, file_lines, inline_items, read_input_file
+from api.batch_views import batch_predictions, cancel_batch, results_file
+from api.deps import BaseURL, CurrentCaller, CurrentTenant, ServicesDep
+from api.errors import ProblemError
+from api.idempotency import await_first_request, fingerprint
+from api.routes.predictions import IdempotencyKey
+from api.schemas import CreateBatchObject
+from api.services import Services
+from api.signed_access import stream_stored
+from api.submission import check_webhook
+from shared.batches import Batch, render_batch
+from shared.objects import batch_input_key
+from shared.prediction import new_id
+
+router = APIRouter(prefix="/v1", tags=["batches"])
+
+
+def encode_cursor(direction: str, bound: str) -> str:
+    """An opaque list cursor: which way to page from which id (or offset)."""
+    return base64.urlsafe_b64encode(f"{direction}:{bound}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(
+    cursor: str, directions: frozenset[str] | set[str] = frozenset({"before", "after"})
+) -> tuple[str, str]:
+    """``encode_cursor``'s direction and bound; 400 for anything else."""
+    try:
+        direction, _, bound = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode().partition(":")
+    except (binascii.Error, ValueError):  # not base64 (non-ASCII included), or not UTF-8 inside
+        direction, bound = "", ""
+    if direction not in directions or not (bound.isascii() and bound.isalnum()):
+        raise ProblemError(400, "cursor: not a cursor this API returned")
+    return direction, bound
+
+
+def _owned(services: Services, batch_id: str, tenant: str) -> Batch:
+    """The tenant's batch; another tenant's looks exactly like a missing one."""
+    batch = services.batches.get(batch_id)
+    if batch is None or batch.tenant != tenant:
+        raise ProblemError(404, f"batch {batch_id!r} not found")
+    return batch
+
+
+def _submit(
+    services: Services, tenant: str, tenant_cap: int, body: CreateBatchObject, base: str, idempotency_key: str | None
+) -> tuple[Batch, bool]:
+    settings = services.settings
+    if (body.predictions is None) == (body.input_file is None):
+        raise ProblemError(422, "give exactly one of predictions (create bodies) or input_file (a JSONL file's URL)")
+    webhook = check_webhook(str(body.webhook) if body.webhook else None, services)
+    if body.predictions is not None and len(body.predictions) > settings.batch_max_items:
+        raise ProblemError(
+            422,
+            f"predictions: {len(body.predictions)} items, at most {settings.batch_max_items} per batch "
+            "(KILN_BATCH_MAX_ITEMS); larger batches go in an input_file",
+        )
+    batch_id = new_id()
+    if idempotency_key is not None:
+        request = fingerprint("batches", body.model_dump(mode="json", exclude_unset=True))
+        existing = services.idempotency.claim(tenant, idempotency_key, request, batch_id)
+        if existing is not None:
+            return _stored_by_first_request(services, existing), False
+    try:
+        if body.input_file is not None:
+            data = read_input_file(services, tenant, body.input_file, base)
+            lines = list(file_lines(data))
+            if len(lines) > settings.batch_file_max_lines:
+                raise ProblemError(
+                    422,
+                    f"input_file: {len(lines)} lines, at most {settings.batch_file_max_lines} "
+                    "(KILN_BATCH_FILE_MAX_LINES)",
+                )
+            items, count, source = iter(lines), len(lines), body.input_file
+        else:
+            assert body.predictions is not None  # exactly one of the two (checked above)
+            items, count, source = inline_items(body.predictions), len(body.predictions), "inline"
+        batch = create_batch(services, tenant, items, count, base, webhook, source, tenant_cap, batch_id)
+    except BaseException:
+        if idempotency_key is not None:
+            services.idempotency.release(tenant, idempotency_key)
+        raise
+    return batch, True
+
+
+def _stored_by_first_request(services: Services, batch_id: str) -> Batch:
+    return await_first_request(lambda: services.batches.get(batch_id), "a batch")
+
+
+@router.post("/batches", status_code=201)
+async def create(
+    body: CreateBatchObject,
+    caller: CurrentCaller,
+    services: ServicesDep,
+    base: BaseURL,
+    idempotency_key: IdempotencyKey = None,
+) -> JSONResponse:
+    """A batch of inline create bodies (``predictions``, up to ``KILN_BATCH_MAX_ITEMS``) or of the lines
+    of an uploaded JSONL file (``input_file``, up to ``KILN_BATCH_FILE_MAX_LINES``). Answers once the
+    items are validated and queued; refused items are reported in the results, never sink the batch."""
+    batch, created = await run_in_threadpool(
+        _submit,
+        services,
+        caller.tenant,
+        caller.max_queued or services.settings.max_queued_per_tenant,
+        body,
+        base,
+        idempotency_key,
+    )
+    return JSONResponse(
+        render_batch(batch, base), status_code=201, headers={} if created else {"Idempotent-Replayed": "true"}
+    )
+
+
+@router.get("/batches")
+def list_batches(
+    tenant: CurrentTenant, services: ServicesDep, base: BaseURL, cursor: str | None = Query(default=None)
+) -> dict[str, Any]:
+    """Newest first, in pages of ``KILN_PREDICTIONS_PAGE_SIZE`` with absolute ``next``/``previous`` URLs."""
+    direction, bound = decode_cursor(cursor) if cursor else ("before", None)
+    page, more = services.batches.list_for_tenant(
+        tenant,
+        before=bound if direction == "before" else None,
+        after=bound if direction == "after" else None,
+        limit=services.settings.predictions_page_size,
+    )
+    older = more if direction == "before" else bool(page)
+    newer = more if direction == "after" else bool(page and bound)
+    list_url = f"{base}/v1/batches"
+    return {
+        "next": f"{list_url}?cursor={encode_cursor('before', page[-1].id)}" if older and page else None,
+        "previous": f"{list_url}?cursor={encode_cursor('after', page[0].id)}" if newer and page else None,
+        "results": [render_batch(b, base) for b in page],
+    }
+
+
+@router.get("/batches/{batch_id}")
+def get_batch(batch_id: str, tenant: CurrentTenant, services: ServicesDep, base: BaseURL) -> dict[str, Any]:
+    return render_batch(_owned(services, batch_id, tenant), base)
+
+
+@router.post("/batches/{batch_id}/cancel")
+def cancel(batch_id: str, tenant: CurrentTenant, services: ServicesDep, base: BaseURL) -> dict[str, Any]:
+    """Every unfinished item: queued ones end ``canceled`` now, running ones at their next step."""
+    cancel_batch(services, _owned(services, batch_id, tenant))
+    return render_batch(_owned(services, batch_id, tenant), base)
+
+
+@router.get("/batches/{batch_id}/predictions")
+def list_batch_predictions(
+    batch_id: str,
+    tenant: CurrentTenant,
+    services: ServicesDep,
+    base: BaseURL,
+    cursor: str | None = Query(default=None),
+) -> dict[str, Any]:
+    """The batch's predictions in submission order, in pages of ``KILN_PREDICTIONS_PAGE_SIZE`` items."""
+    batch = _owned(services, batch_id, tenant)
+    start = _decode_offset(cursor)
+    size = services.settings.predictions_page_size
+    page, more = batch_predictions(services, batch, start, size)
+    list_url = f"{base}/v1/batches/{batch.id}/predictions"
+    return {
+        "next": f"{list_url}?cursor={encode_cursor('offset', str(start + size))}" if more else None,
+        "previous": f"{list_url}?cursor={encode_cursor('offset', str(max(0, start - size)))}" if start else None,
+        "results": [services.render(p, base) for p in page],
+    }
+
+
+def _decode_offset(cursor: str | None) -> int:
+    if cursor is None:
+        return 0
+    _, offset = decode_cursor(cursor, directions={"offset"})
+    if not offset.isdigit():
+        raise ProblemError(400, "cursor: not a cursor this API returned")
+    return int(offset)
+
+
+@router.get("/batches/{batch_id}/results")
+def results(batch_id: str, tenant: CurrentTenant, services: ServicesDep, base: BaseURL) -> StreamingResponse:
+    """JSONL, one line per item in submission order: ``id``, ``status``, ``output``, ``error``,
+    ``metrics`` (a refused item: its line number and problem). Streamed; readable while it runs."""
+    batch = _owned(services, batch_id, tenant)
+    return StreamingResponse(results_file(services, batch, base), media_type="application/jsonl")
+
+
+@router.get("/batches/{batch_id}/inputs/{name}")
+def download_input(batch_id: str, name: str, tenant: CurrentTenant, services: ServicesDep) -> StreamingResponse:
+    """An image input the batch's items share, stored once for the batch (``api.image_staging``)."""
+    _owned(services, batch_id, tenant)
+    return stream_stored(services, batch_input_key(batch_id, name), f"batch {batch_id!r} has no stored input {name!r}")
