@@ -8,6 +8,11 @@ webhook worker), then measures:
   for single creates (concurrent clients) and for batches of ``--batch-size``. They target
   ``kiln/ip-adapter-depth-xl``, whose queue no worker consumes here, so the GPU worker stays idle;
   that queue is emptied afterwards.
+- batch-file acceptance: a JSONL file of ``--file-lines`` create bodies sharing one uploaded image
+  (Files API), sent as ``POST /v1/batches {"input_file": ...}``: seconds until it answers (every
+  line validated, stored and queued) and Redis bytes per queued item (``INFO memory`` before and
+  after, the items' Celery messages included: the dispatcher keeps most of them in Kiln's compact
+  lists). Also ``XL`` items, so none runs.
 - on the idle worker, one prediction at a time (tiny sd2, 64x64, ONE denoising step, so the model's
   time hardly hides the overhead): submit -> ``started_at``, ``completed_at`` -> ``completed``
   webhook received (loopback receiver), and ``predict_time`` for scale.
@@ -17,7 +22,7 @@ The client runs on the same machine as the stack and competes with it for the CP
   record expiry (``tests.bench.redis_bytes``; ``--count`` predictions of each kind).
 
 Usage: ``python -m tests.bench.bench [--seconds 10] [--latency-runs 40] [--batch-size 1000]
-[--sections throughput,latency,redis] [--count 10000]``.
+[--sections batch-file,throughput,latency,redis] [--count 10000] [--only-batch-file]``.
 """
 
 from __future__ import annotations
@@ -48,7 +53,15 @@ from tests.integration.conftest import TOKEN_A
 from tests.integration.receiver import WebhookReceiver
 from tests.support import REPO_ROOT, data_uri
 
-TARGETS = {"batch": 20_000, "single": 2_000, "start_p50_ms": 5, "start_p99_ms": 20, "webhook_p50_ms": 20}
+TARGETS = {
+    "batch": 20_000,
+    "single": 2_000,
+    "start_p50_ms": 5,
+    "start_p99_ms": 20,
+    "webhook_p50_ms": 20,
+    "file_items_per_s": 20_000,
+    "file_bytes_per_item": 1024,
+}
 
 
 def tiny_png() -> str:
@@ -144,7 +157,43 @@ def drop_xl_queue(redis_url: str) -> None:
     with redis.Redis.from_url(redis_url) as client:
         for step in queues.PRIORITY_STEPS:
             client.delete(queues.SDXL if step == 0 else f"{queues.SDXL}\x06\x16{step}")
+        client.delete(keys.dispatch_tenants(queues.SDXL), *client.keys(keys.dispatch_queue(queues.SDXL, "*")))
         client.delete(keys.queued_by_tenant(), keys.queued_by_family())
+
+
+def batch_file(base_url: str, redis_url: str, lines: int) -> tuple[float, float]:
+    """Seconds to accept a ``lines``-line batch file, and Redis bytes per queued item it added."""
+    headers = {"Authorization": f"Bearer {TOKEN_A}"}
+    with httpx.Client(base_url=base_url, headers=headers, timeout=600) as client, redis.Redis.from_url(redis_url) as r:
+        image = client.post("/v1/files", files={"content": ("ref.png", _png_bytes(), "image/png")})
+        image.raise_for_status()
+        url = image.json()["urls"]["get"]
+        line = json.dumps(
+            {
+                "model": "kiln/ip-adapter-depth-xl",
+                "input": {"prompt": "bench", "input_image": url, "ip_image": url, "num_inference_steps": 1},
+            }
+        )
+        upload = client.post(
+            "/v1/files", files={"content": ("b.jsonl", "\n".join([line] * lines), "application/jsonl")}
+        )
+        upload.raise_for_status()
+        before = r.info("memory")["used_memory"]
+        started = time.monotonic()
+        created = client.post("/v1/batches", json={"input_file": upload.json()["urls"]["get"]})
+        elapsed = time.monotonic() - started
+        created.raise_for_status()
+        counts = created.json()["counts"]
+        if counts["starting"] != lines:
+            raise RuntimeError(f"expected {lines} queued items, the batch says {counts}")
+        after = r.info("memory")["used_memory"]
+    return elapsed, (after - before) / lines
+
+
+def _png_bytes() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), "teal").save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def _wall(moment_monotonic: float) -> float:
@@ -192,7 +241,32 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
-def table(single: float, batch: float, measured: dict[str, list[float]], batch_size: int) -> str:
+def file_rows(file_lines: int, file_s: float, file_bytes: float) -> list[tuple[str, str, str, str]]:
+    rate = file_lines / file_s
+    return [
+        (
+            f"batch file accepted/s ({file_lines:,} lines, {file_s:.2f} s)",
+            f"{rate:,.0f}",
+            f">= {TARGETS['file_items_per_s']:,}",
+            "met" if rate >= TARGETS["file_items_per_s"] else "MISSED",
+        ),
+        (
+            "Redis bytes per queued batch-file item",
+            f"{file_bytes:,.0f}",
+            f"<= {TARGETS['file_bytes_per_item']:,}",
+            "met" if file_bytes <= TARGETS["file_bytes_per_item"] else "MISSED",
+        ),
+    ]
+
+
+def render_rows(rows: list[tuple[str, str, str, str]]) -> list[str]:
+    width = [max(len(row[i]) for row in rows) for i in range(4)]
+    return [" | ".join(cell.ljust(width[i]) for i, cell in enumerate(row)).rstrip() for row in rows]
+
+
+def table(
+    single: float, batch: float, measured: dict[str, list[float]], batch_size: int, extra_rows: list[tuple[str, ...]]
+) -> str:
     start, hook, predict = measured["start"], measured["webhook"], measured["predict"]
 
     def verdict(ok: bool) -> str:
@@ -231,6 +305,7 @@ def table(single: float, batch: float, measured: dict[str, list[float]], batch_s
             verdict(percentile(hook, 50) <= TARGETS["webhook_p50_ms"]),
         ),
         ("completed_at -> webhook p99 (ms)", f"{percentile(hook, 99):.1f}", "", ""),
+        *extra_rows,
         ("predict_time p50 / p99 (ms)", f"{percentile(predict, 50):.1f} / {percentile(predict, 99):.1f}", "", ""),
         (
             "overhead share at p50",
@@ -239,8 +314,7 @@ def table(single: float, batch: float, measured: dict[str, list[float]], batch_s
             "",
         ),
     ]
-    width = [max(len(row[i]) for row in rows) for i in range(4)]
-    lines = [" | ".join(cell.ljust(width[i]) for i, cell in enumerate(row)).rstrip() for row in rows]
+    lines = render_rows(rows)
     note = (
         f"latency runs: {len(start)} predictions one at a time on an idle worker; predictor: tiny-profile "
         "kiln/sd2-depth2img, 64x64, 1 denoising step (random weights), so predict_time is small but not zero."
@@ -256,13 +330,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=1000)
     parser.add_argument("--batch-concurrency", type=int, default=2)
     parser.add_argument("--latency-runs", type=int, default=40)
+    parser.add_argument("--file-lines", type=int, default=100_000, help="lines of the batch file")
+    parser.add_argument(
+        "--only-batch-file", action="store_true", help="measure the batch file alone (--sections batch-file)"
+    )
     parser.add_argument("--weights-dir", type=Path, default=REPO_ROOT / ".kiln" / "weights")
     parser.add_argument(
-        "--sections", default="throughput,latency,redis", help="comma-separated: throughput, latency, redis"
+        "--sections",
+        default="batch-file,throughput,latency,redis",
+        help="comma-separated: batch-file, throughput, latency, redis",
     )
     parser.add_argument("--count", type=int, default=10_000, help="predictions per kind in the Redis section")
     args = parser.parse_args(argv)
-    sections = set(args.sections.split(","))
+    sections = {"batch-file"} if args.only_batch_file else set(args.sections.split(","))
     root = Path(tempfile.mkdtemp(prefix="kiln-bench-"))
     # The throughput runs queue far more than the default per-tenant cap; the rate limit is already off.
     CHAOS_SETTINGS.update({"KILN_MAX_QUEUED_PER_TENANT": "100000000", "KILN_MAX_QUEUED_TOTAL": "100000000"})
@@ -270,6 +350,14 @@ def main(argv: list[str] | None = None) -> int:
     log(f"starting the stack under {root}")
     stack = start_stack(root, args.weights_dir)
     try:
+        rows: list[tuple[str, str, str, str]] = []
+        if "batch-file" in sections:
+            log(f"batch file of {args.file_lines:,} lines")
+            file_s, file_bytes = batch_file(stack.base_url, stack.redis_url, args.file_lines)
+            rows = file_rows(args.file_lines, file_s, file_bytes)
+            drop_xl_queue(stack.redis_url)
+            if sections == {"batch-file"}:
+                print("\n".join(render_rows(rows)), flush=True)
         if "redis" in sections:
             print(redis_bytes.table(redis_bytes.measure(stack.base_url, stack.redis_url, args.count, log)), flush=True)
         if "throughput" in sections:
@@ -285,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
             log("latencies on the idle worker")
             measured = latencies(stack.base_url, args.latency_runs)
             if "throughput" in sections:
-                print(table(single, batch, measured, args.batch_size), flush=True)
+                print(table(single, batch, measured, args.batch_size, rows), flush=True)
     finally:
         stack.stop_all()
         stack.s3.stop()

@@ -99,8 +99,8 @@ def test_batch_idempotency_key_covers_the_whole_batch(client):
 
 
 def test_batch_over_the_item_limit_is_refused(client):
-    response = client.post("/v1/predictions/batch", json={"predictions": [{}] * 1001})
-    assert_problem(response, 422, "1001 items", "at most 1000")
+    response = client.post("/v1/predictions/batch", json={"predictions": [{}] * 10_001})
+    assert_problem(response, 422, "10001 items", "at most 10000")
 
 
 def test_single_create_of_another_tenant_starts_before_a_batch_backlog_drains(stack, client, other_client):

@@ -5,8 +5,10 @@ tokens and the history's pages."""
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Iterator
 from enum import Enum
+from pathlib import Path
 
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
@@ -19,8 +21,8 @@ from models.sdxl_family.tiny_lora import write_tiny_lora
 from shared.input_schema import Scheduler
 from tests.integration.browser import CHROMIUM_ARGS, chromium_or_skip, serve_in_thread
 from tests.integration.conftest import PAGE_SIZE, TOKEN_A, TOKEN_B
-from tests.support import png_bytes, wait_for_status
-from tests.support.predictions import create, run_xl
+from tests.support import png_bytes, wait_for_status, wait_until
+from tests.support.predictions import create, depth2img_input, run_xl
 
 # Room for installing chromium with apt on a fresh machine, within the session's first test.
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
@@ -219,6 +221,26 @@ def test_history_pages_through_the_tokens_predictions_with_thumbnails(stack, pag
     expect(page.locator(f'#history a[href="/playground/predictions/{newest_first[PAGE_SIZE]}"]')).to_be_visible()
     page.get_by_role("link", name="← Newer").click()
     expect(page.locator(f'#history a[href="/playground/predictions/{newest_first[0]}"]')).to_be_visible()
+
+
+def test_a_batch_page_shows_counts_progress_and_its_results_and_the_history_lists_it(stack, page, client):
+    items = [{"version": "kiln/sd2-depth2img", "input": depth2img_input(seed=seed)} for seed in range(2)]
+    batch = client.post("/v1/batches", json={"predictions": [*items, {"model": "kiln/nope", "input": {}}]}).json()
+    wait_until(lambda: client.get(batch["urls"]["get"]).json()["status"] == "completed", 300, what="the batch")
+
+    enter_token(page, stack.base_url, TOKEN_A)
+    page.get_by_role("link", name="History").click()
+    page.locator(f'#batches a[href="/playground/batches/{batch["id"]}"]').click()
+    page.wait_for_url(f"**/playground/batches/{batch['id']}")
+    expect(page.locator("#status")).to_have_text("completed")
+    expect(page.locator('[data-count="succeeded"]')).to_have_text("2")
+    expect(page.locator('[data-count="invalid"]')).to_have_text("1")
+    expect(page.locator("#progress-text")).to_have_text("2 / 2 ended")
+    assert page.locator("#progress").evaluate("bar => bar.value === bar.max")
+    with page.expect_download() as download:
+        page.get_by_role("button", name="Download results (JSONL)").click()
+    lines = Path(download.value.path()).read_text().splitlines()
+    assert [json.loads(line)["status"] for line in lines] == ["succeeded", "succeeded", "invalid"]
 
 
 class Mood(str, Enum):

@@ -12,7 +12,13 @@ from api.app import create_app
 from api.routes.playground import STATIC_DIR
 from shared.settings import Settings
 
-PAGES = ["/", "/playground/models/kiln/sd2-depth2img", "/playground/predictions/01abc", "/playground/history"]
+PAGES = [
+    "/",
+    "/playground/models/kiln/sd2-depth2img",
+    "/playground/predictions/01abc",
+    "/playground/batches/01abc",
+    "/playground/history",
+]
 # src="..." / href="..." in HTML, import ... from "..." in JS, url(...) in CSS.
 REFERENCE = re.compile(r"""(?:src|href)="([^"]*)"|from\s+"([^"]+)"|url\(([^)]*)\)""")
 
