@@ -69,7 +69,5 @@ def cancel_batch(services: Services, batch: Batch) -> None:
     services.batches.flag_cancel(batch.id)
     for page in services.batches.iter_items(batch.id):
         ids = [e for e in page if isinstance(e, str)]
-        for prediction in services.store.get_many(ids):
-            if not prediction.status.is_terminal():
-                services.lifecycle.cancel(prediction)
+        services.lifecycle.cancel_many([p for p in services.store.get_many(ids) if not p.status.is_terminal()])
     services.batch_settler.settle()

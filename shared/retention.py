@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from redis import Redis
@@ -66,7 +67,13 @@ CLAIM_S = 300
 def schedule(redis: Redis, kind: str, item_id: str, due: float) -> None:
     """Remember to remove ``kind`` (``prediction``, ``record``, ``file``, ``batch``) of ``item_id`` at ``due``
     (unix seconds)."""
-    redis.zadd(keys.retention(), {f"{kind}:{item_id}": due})
+    schedule_many(redis, [(kind, item_id, due)])
+
+
+def schedule_many(redis: Redis, items: Sequence[tuple[str, str, float]]) -> None:
+    """``schedule`` for each (kind, item id, due), in one command."""
+    if items:
+        redis.zadd(keys.retention(), {f"{kind}:{item_id}": due for kind, item_id, due in items})
 
 
 def prediction_keys(prediction_id: str) -> list[str]:

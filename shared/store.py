@@ -237,12 +237,12 @@ class PredictionStore:
         changed: int | None = self._update_running(keys=record_keys(prediction_id)[:2], args=args)
         return changed == 1
 
-    def schedule_retention(self, prediction_id: str) -> None:
-        """A finished prediction's inputs, outputs and logs are deleted ``retention_s`` from now, and
-        its record ``record_retention_s`` from now (``shared.retention``)."""
+    def schedule_retention(self, prediction_ids: Sequence[str]) -> None:
+        """Finished predictions' inputs, outputs and logs are deleted ``retention_s`` from now, and
+        their records ``record_retention_s`` from now (``shared.retention``)."""
         now = time.time()
-        retention.schedule(self.redis, "prediction", prediction_id, now + self.retention_s)
-        retention.schedule(self.redis, "record", prediction_id, now + self.record_retention_s)
+        due = {"prediction": now + self.retention_s, "record": now + self.record_retention_s}
+        retention.schedule_many(self.redis, [(kind, i, when) for i in prediction_ids for kind, when in due.items()])
 
     def status(self, prediction_id: str) -> Status | None:
         raw = self.redis.hget(keys.prediction(prediction_id), "status")
@@ -252,10 +252,20 @@ class PredictionStore:
         """End a queued prediction now (``queued_ends``: canceled, or aborted when its deadline
         passed), or flag a running one. Returns the status it had (``STARTING``: ended by this call).
         The bare status change, as ``transition``."""
-        found = self._request_cancel(
-            keys=record_keys(prediction_id), args=[_encode(utcnow()), prediction_id, queued_ends.value]
-        )
-        return None if found is None else Status(json.loads(found))
+        return self.request_cancel_many([prediction_id], queued_ends)[0]
+
+    def request_cancel_many(
+        self, prediction_ids: Sequence[str], queued_ends: Status = Status.CANCELED
+    ) -> list[Status | None]:
+        """``request_cancel`` for each id, in one round trip (each still its own atomic script)."""
+        now = _encode(utcnow())
+        with self.redis.pipeline(transaction=False) as pipe:
+            for prediction_id in prediction_ids:
+                self._request_cancel(
+                    keys=record_keys(prediction_id), args=[now, prediction_id, queued_ends.value], client=pipe
+                )
+            replies = pipe.execute()
+        return [None if found is None else Status(json.loads(found)) for found in replies]
 
     def cancel_requested(self, prediction_id: str) -> bool:
         return self.redis.hget(keys.prediction(prediction_id), "cancel_requested") == b"true"

@@ -51,7 +51,7 @@ from tests.bench import redis_bytes
 from tests.bench.chaos import CHAOS_SETTINGS, start_stack
 from tests.integration.conftest import TOKEN_A
 from tests.integration.receiver import WebhookReceiver
-from tests.support import REPO_ROOT, data_uri
+from tests.support import REPO_ROOT, data_uri, wait_until
 
 TARGETS = {
     "batch": 20_000,
@@ -161,8 +161,9 @@ def drop_xl_queue(redis_url: str) -> None:
         client.delete(keys.queued_by_tenant(), keys.queued_by_family())
 
 
-def batch_file(base_url: str, redis_url: str, lines: int) -> tuple[float, float]:
-    """Seconds to accept a ``lines``-line batch file, and Redis bytes per queued item it added."""
+def batch_file(base_url: str, redis_url: str, lines: int) -> tuple[float, float, float]:
+    """Seconds to accept a ``lines``-line batch file, Redis bytes per queued item it added, and
+    seconds to cancel the batch (every item ended ``canceled``, the batch too)."""
     headers = {"Authorization": f"Bearer {TOKEN_A}"}
     with httpx.Client(base_url=base_url, headers=headers, timeout=600) as client, redis.Redis.from_url(redis_url) as r:
         image = client.post("/v1/files", files={"content": ("ref.png", _png_bytes(), "image/png")})
@@ -187,7 +188,15 @@ def batch_file(base_url: str, redis_url: str, lines: int) -> tuple[float, float]
         if counts["starting"] != lines:
             raise RuntimeError(f"expected {lines} queued items, the batch says {counts}")
         after = r.info("memory")["used_memory"]
-    return elapsed, (after - before) / lines
+        started = time.monotonic()
+        client.post(created.json()["urls"]["cancel"]).raise_for_status()
+        wait_until(
+            lambda: client.get(created.json()["urls"]["get"]).json()["status"] == "canceled",
+            600,
+            what="the batch to end canceled",
+        )
+        canceled = time.monotonic() - started
+    return elapsed, (after - before) / lines, canceled
 
 
 def _png_bytes() -> bytes:
@@ -241,7 +250,7 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
-def file_rows(file_lines: int, file_s: float, file_bytes: float) -> list[tuple[str, str, str, str]]:
+def file_rows(file_lines: int, file_s: float, file_bytes: float, cancel_s: float) -> list[tuple[str, str, str, str]]:
     rate = file_lines / file_s
     return [
         (
@@ -256,6 +265,7 @@ def file_rows(file_lines: int, file_s: float, file_bytes: float) -> list[tuple[s
             f"<= {TARGETS['file_bytes_per_item']:,}",
             "met" if file_bytes <= TARGETS["file_bytes_per_item"] else "MISSED",
         ),
+        (f"batch cancel: {file_lines:,} items ended canceled, s", f"{cancel_s:.1f}", "", ""),
     ]
 
 
@@ -353,8 +363,8 @@ def main(argv: list[str] | None = None) -> int:
         rows: list[tuple[str, str, str, str]] = []
         if "batch-file" in sections:
             log(f"batch file of {args.file_lines:,} lines")
-            file_s, file_bytes = batch_file(stack.base_url, stack.redis_url, args.file_lines)
-            rows = file_rows(args.file_lines, file_s, file_bytes)
+            file_s, file_bytes, cancel_s = batch_file(stack.base_url, stack.redis_url, args.file_lines)
+            rows = file_rows(args.file_lines, file_s, file_bytes, cancel_s)
             drop_xl_queue(stack.redis_url)
             if sections == {"batch-file"}:
                 print("\n".join(render_rows(rows)), flush=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import pytest
 
 from shared.lifecycle import PredictionLifecycle
@@ -16,10 +18,10 @@ def record_endings(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, Status]]:
     original = PredictionLifecycle._ended
 
     def spy(
-        self: PredictionLifecycle, prediction: Prediction, status: Status, predict_time: float | None = None
+        self: PredictionLifecycle, predictions: Sequence[Prediction], status: Status, predict_time: float | None = None
     ) -> None:
-        endings.append((prediction.id, status))
-        original(self, prediction, status, predict_time)
+        endings.extend((prediction.id, status) for prediction in predictions)
+        original(self, predictions, status, predict_time)
 
     monkeypatch.setattr(PredictionLifecycle, "_ended", spy)
     return endings

@@ -171,6 +171,22 @@ def test_a_stale_attempt_cannot_end_a_rerun(store: PredictionStore, ended) -> No
     assert ended == [] and store.status(prediction.id) is Status.PROCESSING
 
 
+def test_a_batch_cancel_ends_each_queued_item_once_and_flags_the_running_one(store: PredictionStore, ended) -> None:
+    notifier = RecordingNotifier()
+    lifecycle = PredictionLifecycle(store, notifier)
+    first, running, second, done = make(store), make(store), make(store), make(store)
+    Leases(store.redis, lease_s=30).start(running.id)
+    lifecycle.cancel_many([done])
+    ended.clear()
+    found = lifecycle.cancel_many([first, running, second, done])
+    assert found == [Status.STARTING, Status.PROCESSING, Status.STARTING, Status.CANCELED]
+    assert ended == [(first.id, Status.CANCELED), (second.id, Status.CANCELED)]
+    assert notifier.events == [(done.id, "completed"), (first.id, "completed"), (second.id, "completed")]
+    assert store.cancel_requested(running.id) and store.status(running.id) is Status.PROCESSING
+    due = {member.decode() for member in store.redis.zrange(keys.retention(), 0, -1)}
+    assert {f"{kind}:{p.id}" for p in (first, second, done) for kind in ("prediction", "record")} == due
+
+
 def test_an_api_cancel_of_a_queued_prediction_ends_it_through_the_lifecycle(store: PredictionStore, ended) -> None:
     notifier = RecordingNotifier()
     services = SimpleNamespace(
