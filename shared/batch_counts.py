@@ -12,10 +12,8 @@ per item; nothing scans a batch.
 from __future__ import annotations
 
 from shared import keys
+from shared.redis_client import lua_key
 from shared.status import TERMINAL
-
-_PLACEHOLDER = "\x00"
-_BATCH_PREFIX, _BATCH_SUFFIX = keys.batch_record(_PLACEHOLDER).split(_PLACEHOLDER)
 
 # A batch's own statuses (the batch hash's ``status`` field). ``running`` is not stored: a queued
 # batch with an item started or ended is shown running.
@@ -53,7 +51,7 @@ local function batch_moved(current, target)
   if not raw then return end
   local batch_id = cjson.decode(raw)
   if type(batch_id) ~= 'string' then return end
-  local key = '{_BATCH_PREFIX}' .. batch_id .. '{_BATCH_SUFFIX}'
+  local key = {lua_key(keys.batch_record, "batch_id")}
   if redis.call('EXISTS', key) == 0 then return end
   redis.call('HINCRBY', key, 'n:' .. current, -1)
   redis.call('HINCRBY', key, 'n:' .. target, 1)

@@ -25,13 +25,10 @@ from redis import Redis
 from redis.client import Pipeline
 
 from shared import keys, queues
-from shared.redis_client import as_text, range_members
+from shared.redis_client import as_text, lua_key, range_members
 from shared.status import LUA_STATUS_TABLE
 from shared.task_messages import PredictMessages
 
-_PLACEHOLDER = "\x00"
-_QUEUE_PREFIX, _QUEUE_MIDDLE, _QUEUE_SUFFIX = keys.dispatch_queue(_PLACEHOLDER, _PLACEHOLDER).split(_PLACEHOLDER)
-_RECORD_PREFIX, _RECORD_SUFFIX = keys.prediction(_PLACEHOLDER).split(_PLACEHOLDER)
 # A claim this old was left by a dispatcher that died before writing its messages.
 STALE_CLAIM_S = 60.0
 # Most list entries one release looks at (canceled items are skipped without a message).
@@ -50,11 +47,11 @@ local taken, looked = {{}}, 0
 while #taken < wanted and looked < {_SCAN_LIMIT} do
   local tenant = redis.call('LPOP', KEYS[1])
   if not tenant then break end
-  local list = '{_QUEUE_PREFIX}' .. ARGV[1] .. '{_QUEUE_MIDDLE}' .. tenant .. '{_QUEUE_SUFFIX}'
+  local list = {lua_key(keys.dispatch_queue, "ARGV[1]", "tenant")}
   local id = redis.call('LPOP', list)
   while id do
     looked = looked + 1
-    if redis.call('HGET', '{_RECORD_PREFIX}' .. id .. '{_RECORD_SUFFIX}', 'status') == queued then break end
+    if redis.call('HGET', {lua_key(keys.prediction, "id")}, 'status') == queued then break end
     if looked >= {_SCAN_LIMIT} then id = nil break end
     id = redis.call('LPOP', list)
   end

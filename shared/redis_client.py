@@ -3,6 +3,7 @@ retried on a fresh one (briefly, with backoff) instead of failing the request th
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, cast
 
 import redis
@@ -73,3 +74,15 @@ def newest_first_page(
     upper = f"({before}" if before is not None else "+"
     ids = client.zrevrangebylex(index, upper, "-", start=0, num=limit + 1)
     return [as_text(i) for i in ids[:limit]], len(ids) > limit
+
+
+def lua_key(builder: Callable[..., str], *lua_args: str) -> str:
+    """A Lua expression for the key ``builder`` (a ``shared.keys`` function) makes, its arguments
+    the Lua expressions ``lua_args``: ``lua_key(keys.prediction, "id")`` is
+    ``'kiln:prediction:' .. id``. Scripts build keys of ids they read this way, from the one builder."""
+    hole = "\x00"
+    parts = builder(*[hole] * len(lua_args)).split(hole)
+    pieces = [f"'{parts[0]}'"]
+    for arg, part in zip(lua_args, parts[1:], strict=True):
+        pieces += [arg, f"'{part}'"]
+    return " .. ".join(piece for piece in pieces if piece != "''")

@@ -22,7 +22,7 @@ from shared import keys, retention
 from shared.batch_counts import LUA_BATCH_MOVED
 from shared.prediction import Prediction, format_timestamp, utcnow
 from shared.queue_counters import LUA_QUEUED_DELTA, QueuedCounters, counter_keys
-from shared.redis_client import newest_first_page
+from shared.redis_client import lua_key, newest_first_page
 from shared.status import LUA_STATUS_TABLE, Status
 
 # Every script that changes a prediction's status starts with this: the state table rendered from
@@ -106,9 +106,6 @@ return current
 )
 
 
-_PLACEHOLDER = "\x00"
-_RECORD_PREFIX, _RECORD_SUFFIX = keys.prediction(_PLACEHOLDER).split(_PLACEHOLDER)
-
 # ARGV[1]: n, ARGV[2 .. 2n+1]: field, value pairs every record shares; ARGV[2n+2 ..]: prediction ids.
 # Writes one record per id: the shared fields and its JSON ``id`` (a batch's identical items, stored
 # in one call instead of one command each). Returns how many it wrote.
@@ -120,7 +117,7 @@ fields[#fields + 1] = 'id'
 local slot = #fields + 1
 for i = 2 * n + 2, #ARGV do
   fields[slot] = '"' .. ARGV[i] .. '"'
-  redis.call('HSET', '{_RECORD_PREFIX}' .. ARGV[i] .. '{_RECORD_SUFFIX}', unpack(fields))
+  redis.call('HSET', {lua_key(keys.prediction, "ARGV[i]")}, unpack(fields))
 end
 return #ARGV - 2 * n - 1
 """
