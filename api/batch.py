@@ -67,12 +67,8 @@ def submit_batch(
         existing = services.idempotency.claim(tenant, idempotency_key, request, batch_id)
         if existing is not None:
             return _replay(services, existing, base_url), False
-    try:
+    with services.idempotency.released_on_failure(tenant, idempotency_key):
         results = _create(services, tenant, items, base_url, tenant_cap)
-    except BaseException:
-        if idempotency_key is not None:
-            services.idempotency.release(tenant, idempotency_key)
-        raise
     entries = [{"id": r.id} if isinstance(r, Prediction) else {"problem": r} for r in results]
     if idempotency_key is not None:
         services.redis.set(keys.batch(batch_id), json.dumps(entries), ex=TTL_S)

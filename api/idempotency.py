@@ -5,7 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from redis import Redis
@@ -49,6 +50,16 @@ class IdempotencyKeys:
     def release(self, tenant: str, key: str) -> None:
         """Forget a key whose request failed before anything was stored, so a retry can use it."""
         self.redis.delete(keys.idempotency(tenant, hashlib.sha256(key.encode()).hexdigest()))
+
+    @contextmanager
+    def released_on_failure(self, tenant: str, key: str | None) -> Iterator[None]:
+        """The block stores what ``key`` (if any) was claimed for; should it fail, ``release`` the key."""
+        try:
+            yield
+        except BaseException:
+            if key is not None:
+                self.release(tenant, key)
+            raise
 
 
 def await_first_request(load: Callable[[], T | None], what: str) -> T:

@@ -183,12 +183,8 @@ def submit(
         if existing is not None:
             discard_staged_inputs(services, [prediction.id] if prediction.input_files else [])
             return _stored_by_first_request(services, existing), False
-    try:
+    with services.idempotency.released_on_failure(tenant, idempotency_key):
         store_and_enqueue(services, [prediction], queues.PRIORITY_INTERACTIVE, tenant_cap)
-    except BaseException:
-        if idempotency_key is not None:
-            services.idempotency.release(tenant, idempotency_key)
-        raise
     return prediction, True
 
 

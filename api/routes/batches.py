@@ -72,7 +72,7 @@ def _submit(
         existing = services.idempotency.claim(tenant, idempotency_key, request, batch_id)
         if existing is not None:
             return _stored_by_first_request(services, existing), False
-    try:
+    with services.idempotency.released_on_failure(tenant, idempotency_key):
         if body.input_file is not None:
             data = read_input_file(services, tenant, body.input_file, base)
             lines = list(file_lines(data))
@@ -87,10 +87,6 @@ def _submit(
             assert body.predictions is not None  # exactly one of the two (checked above)
             items, count, source = inline_items(body.predictions), len(body.predictions), "inline"
         batch = create_batch(services, tenant, items, count, base, webhook, source, tenant_cap, batch_id)
-    except BaseException:
-        if idempotency_key is not None:
-            services.idempotency.release(tenant, idempotency_key)
-        raise
     return batch, True
 
 
