@@ -4,16 +4,29 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.kiln-installed
 
-.PHONY: install run test test-fast lint clean chaos bench bench-streams bench-gpu gpu-kit
+.PHONY: install lock run test test-fast lint clean chaos bench bench-streams bench-gpu gpu-kit
+
+# Exact versions of every dependency and tool (requirements.lock): install, CI and the images use them.
+LOCK := requirements.lock
 
 install: $(STAMP)
 
 # pip (not uv/poetry) so torch==2.14.1 / torchvision==0.29.1 come from local wheels where present.
-$(STAMP): pyproject.toml
+# PIP_CONSTRAINT (not only -c) so the build environment of the editable install is pinned too.
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[worker,dev]'
+	PIP_CONSTRAINT=$(LOCK) $(PY) -m pip install --quiet --upgrade pip
+	PIP_CONSTRAINT=$(LOCK) $(PY) -m pip install --quiet -e '.[worker,dev]'
 	touch $(STAMP)
+
+# Updates the lock on purpose: resolves pyproject.toml's ranges afresh in a scratch venv and pins the result.
+lock:
+	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/python -m pip install --quiet --upgrade pip
+	.lock-venv/bin/python -m pip install --quiet '.[worker,dev]'
+	{ echo "# Exact versions for make install, CI and the images. Written by 'make lock'; do not edit by hand."; \
+	  .lock-venv/bin/python -m pip freeze --all --exclude-editable | grep -v '^kiln[ =@]'; } > $(LOCK)
+	rm -rf .lock-venv build
 
 run: install
 	HF_HUB_OFFLINE=$${HF_HUB_OFFLINE:-1} $(PY) -m deploy.devstack

@@ -90,7 +90,7 @@ class EventHub:
                 with contextlib.suppress(asyncio.CancelledError, RedisError, OSError):
                     await task
         with contextlib.suppress(RedisError, OSError):
-            await self._pubsub.aclose()  # type: ignore[no-untyped-call]
+            await self._pubsub.aclose()
         with contextlib.suppress(RedisError, OSError):
             await self._client.aclose()
 

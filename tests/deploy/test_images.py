@@ -59,17 +59,18 @@ def _name(requirement: str) -> str:
 
 
 def reachable(requirements: list[str]) -> set[str]:
-    """Every distribution an install of ``requirements`` pulls in, from the installed metadata."""
-    seen: set[str] = set()
+    """Every distribution an install of ``requirements`` pulls in, from the installed metadata (a package
+    reached again with other extras is walked again for their dependencies)."""
+    seen: set[tuple[str, frozenset[str]]] = set()
     pending = [Requirement(r) for r in requirements]
     while pending:
         requirement = pending.pop()
         name = requirement.name.lower().replace("_", "-")
         if requirement.marker is not None and not requirement.marker.evaluate({"extra": ""}):
             continue
-        if name in seen:
+        if (name, frozenset(requirement.extras)) in seen:
             continue
-        seen.add(name)
+        seen.add((name, frozenset(requirement.extras)))
         try:
             dependencies = metadata.requires(requirement.name) or []
         except metadata.PackageNotFoundError:
@@ -80,7 +81,7 @@ def reachable(requirements: list[str]) -> set[str]:
             if marker is None or marker.evaluate({"extra": ""}) or any(marker.evaluate({"extra": e}) for e in extras):
                 dependency.marker = None
                 pending.append(dependency)
-    return seen
+    return {name for name, _ in seen}
 
 
 def test_the_api_install_set_has_no_torch():
