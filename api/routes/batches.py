@@ -12,17 +12,18 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from api.batch_intake import create_batch, file_lines, inline_items, read_input_file
 from api.batch_views import batch_predictions, cancel_batch, results_file
-from api.deps import BaseURL, CurrentCaller, CurrentTenant, ServicesDep
+from api.deps import BaseURL, CurrentCaller, CurrentTenant, OptionalTenant, ServicesDep
 from api.errors import ProblemError
 from api.idempotency import await_first_request, fingerprint
 from api.routes.predictions import IdempotencyKey
 from api.schemas import CreateBatchObject
 from api.services import Services
-from api.signed_access import stream_stored
+from api.signed_access import grant, stream_stored
 from api.submission import check_webhook
 from shared.batches import Batch, render_batch
 from shared.objects import batch_input_key
 from shared.prediction import new_id
+from shared.prediction_json import batch_input_path
 
 router = APIRouter(prefix="/v1", tags=["batches"])
 
@@ -192,7 +193,17 @@ def results(batch_id: str, tenant: CurrentTenant, services: ServicesDep, base: B
 
 
 @router.get("/batches/{batch_id}/inputs/{name}")
-def download_input(batch_id: str, name: str, tenant: CurrentTenant, services: ServicesDep) -> StreamingResponse:
-    """An image input the batch's items share, stored once for the batch (``api.image_staging``)."""
-    _owned(services, batch_id, tenant)
+def download_input(
+    batch_id: str,
+    name: str,
+    tenant: OptionalTenant,
+    services: ServicesDep,
+    sig: str | None = None,
+    expires: str | None = None,
+) -> StreamingResponse:
+    """An image input the batch's items share, stored once for the batch (``api.image_staging``): to
+    the batch's owner, or to anyone holding the signed URL its items' inputs show."""
+    batch = services.batches.get(batch_id)
+    path = batch_input_path(batch_id, name)
+    grant(services, batch.tenant if batch else None, path, tenant, sig, expires, f"batch {batch_id!r} not found")
     return stream_stored(services, batch_input_key(batch_id, name), f"batch {batch_id!r} has no stored input {name!r}")
