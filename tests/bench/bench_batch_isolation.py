@@ -42,7 +42,7 @@ def start_api(root: Path) -> Stack:
     }
     stack = Stack(f"http://127.0.0.1:{port}", "", root / "unused", env, redis_server, s3, root / "logs")
     stack.start("api", uvicorn_argv(port))
-    wait_until(lambda: _healthy(stack), 60, what="the API's /health")
+    wait_until(lambda: _healthy(stack), 240, what="the API's /health (SeaweedFS can be slow to start)")
     return stack
 
 
