@@ -22,6 +22,7 @@ from pathlib import Path
 import httpx
 
 from deploy.devstack.servers import RedisServer, SeaweedS3Server, free_port
+from shared.storage import Storage
 from tests.bench.chaos import _healthy, stop_stack
 from tests.integration.conftest import TOKEN_A, Stack, stack_env, uvicorn_argv
 from tests.support import REPO_ROOT, wait_until
@@ -41,6 +42,7 @@ def start_api(root: Path) -> Stack:
         "KILN_RATE_LIMIT_BURST": "1000000",
     }
     stack = Stack(f"http://127.0.0.1:{port}", "", root / "unused", env, redis_server, s3, root / "logs")
+    Storage(stack.settings()).ensure_bucket()  # a worker would make it; none runs here
     stack.start("api", uvicorn_argv(port))
     wait_until(lambda: _healthy(stack), 240, what="the API's /health (SeaweedFS can be slow to start)")
     return stack
