@@ -6,11 +6,12 @@ import base64
 import binascii
 from typing import Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from api.batch_intake import create_batch, file_lines, inline_items, read_input_file
+from api.batch_process import IntakePool
 from api.batch_views import batch_predictions, cancel_batch, results_file
 from api.deps import BaseURL, CurrentCaller, CurrentTenant, OptionalTenant, ServicesDep
 from api.errors import ProblemError
@@ -97,6 +98,7 @@ def _stored_by_first_request(services: Services, batch_id: str) -> Batch:
 
 @router.post("/batches", status_code=201)
 async def create(
+    request: Request,
     body: CreateBatchObject,
     caller: CurrentCaller,
     services: ServicesDep,
@@ -106,15 +108,12 @@ async def create(
     """A batch of inline create bodies (``predictions``, up to ``KILN_BATCH_MAX_ITEMS``) or of the lines
     of an uploaded JSONL file (``input_file``, up to ``KILN_BATCH_FILE_MAX_LINES``). Answers once the
     items are validated and queued; refused items are reported in the results, never sink the batch."""
-    batch, created = await run_in_threadpool(
-        _submit,
-        services,
-        caller.tenant,
-        caller.max_queued or services.settings.max_queued_per_tenant,
-        body,
-        base,
-        idempotency_key,
-    )
+    args = (caller.tenant, caller.max_queued or services.settings.max_queued_per_tenant, body, base, idempotency_key)
+    pool: IntakePool | None = getattr(request.app.state, "intake_pool", None)
+    if pool is not None:  # validation is CPU-bound: in a process of its own, never this one's GIL
+        batch, created = await pool.run(_submit, *args)
+    else:
+        batch, created = await run_in_threadpool(_submit, services, *args)
     return JSONResponse(
         render_batch(batch, base), status_code=201, headers={} if created else {"Idempotent-Replayed": "true"}
     )
