@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from api.batch_process import IntakePool
 from api.body_limit import BodyLimitMiddleware
 from api.errors import install_error_handlers
 from api.log_context import PredictionLogContext
@@ -45,10 +46,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 "KILN_API_TOKEN is empty: only tokens made with `kiln tokens create` are accepted"
             )
         app.state.services = Services.connect(settings)
+        app.state.intake_pool = IntakePool(settings)
         await app.state.services.start()
         try:
             yield
         finally:
+            app.state.intake_pool.close()
             await app.state.services.close()
 
     app = FastAPI(title="Kiln", version="0.1.0", lifespan=lifespan)

@@ -14,15 +14,17 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
 
 from api.batch import prepare_item
+from api.batch_views import cancel_batch, cancel_items
 from api.errors import ProblemError, problem_body
 from api.image_staging import RequestImages
+from api.json_nesting import nested_too_deep, too_deep_problem
 from api.services import Services
 from api.submission import _queue_full_problem
 from shared import keys, metrics, retention
@@ -34,11 +36,17 @@ from shared.queue_counters import QueueFull
 
 # Items stored per Redis transaction.
 CHUNK = 5000
+# Items validated between two looks at whether the batch was canceled meanwhile.
+CANCEL_CHECK_EVERY = 500
 # What a shared record keeps of its own: what the status scripts read (the rest is shared).
 OWN_FIELDS = frozenset({"id", "status", "tenant", "queue", "batch_id"})
 
 # One submitted item: its line number (from 1) and its text, or the problem found reading it.
 RawItem = tuple[int, bytes]
+
+
+class CanceledWhileValidating(Exception):
+    """The batch was canceled before its items were stored: none will be."""
 
 
 @dataclass(frozen=True)
@@ -77,14 +85,22 @@ def file_lines(data: bytes) -> Iterator[RawItem]:
 
 
 def validate_items(
-    services: Services, tenant: str, batch_id: str, items: Iterable[RawItem], base_url: str
+    services: Services,
+    tenant: str,
+    batch_id: str,
+    items: Iterable[RawItem],
+    base_url: str,
+    canceled: Callable[[], bool] = lambda: False,
 ) -> Validated:
     """Every item checked; identical items checked once. Their stored images belong to the batch
-    (``api.image_staging``), so identical items share them with the rest of their fields."""
+    (``api.image_staging``), so identical items share them with the rest of their fields. Stops with
+    ``CanceledWhileValidating`` once ``canceled()`` (asked every ``CANCEL_CHECK_EVERY`` items) says so."""
     found = Validated()
     cache: dict[bytes, int | RefusedItem] = {}
     images = RequestImages(batch_id=batch_id)
-    for line, text in items:
+    for count, (line, text) in enumerate(items, start=1):
+        if count % CANCEL_CHECK_EVERY == 0 and canceled():
+            raise CanceledWhileValidating
         known = cache.get(text)
         if known is None:
             known = _validate_one(services, tenant, batch_id, line, text, base_url, images, found)
@@ -105,6 +121,8 @@ def _validate_one(
     images: RequestImages,
     found: Validated,
 ) -> int | RefusedItem:
+    if nested_too_deep(text):
+        return RefusedItem(line, problem_body(422, too_deep_problem(f"line {line}")))
     try:
         raw = _parse(text)
     except ValueError as exc:
@@ -134,23 +152,36 @@ def _shared_fields(prediction: Prediction) -> dict[str, bytes]:
 
 
 def store_batch(services: Services, batch: Batch, validated: Validated, tenant_cap: int) -> None:
-    """Admit the valid items against the queue caps (whole, or ``ProblemError`` 429/503 with nothing
-    stored), then store them a chunk at a time with the refused entries, and seal the batch."""
+    """Admit the valid items against the queue caps (whole, or ``ProblemError`` with nothing stored),
+    then store them a chunk at a time with the refused entries, and seal the batch. A cancel that
+    arrives meanwhile wins: no later chunk is stored, and the one stored just before it is canceled
+    here (the cancel itself ends those stored earlier: it reads the item list after flagging)."""
     families = validated.families()
     try:
         services.store.queued.admit(batch.tenant, families, tenant_cap, services.settings.max_queued_total)
     except QueueFull as exc:
         raise _queue_full_problem(exc, len(families)) from None
-    stored = 0
+    stored: list[str] = []
+    created: Counter[str] = Counter()
+    cut_short = False
     try:
         _share_inputs(services, batch, validated)
         for start in range(0, len(validated.entries), CHUNK):
-            stored += _store_chunk(services, batch, validated, validated.entries[start : start + CHUNK])
-    except BaseException:
-        services.store.queued.release(batch.tenant, families[stored:])
-        raise
+            if cut_short := services.batches.cancel_requested(batch.id):
+                break
+            ids, runs = _store_chunk(services, batch, validated, validated.entries[start : start + CHUNK])
+            stored += ids
+            created += runs
+            if cut_short := services.batches.cancel_requested(batch.id):
+                cancel_items(services, ids)
+                break
+    finally:
+        if len(stored) < len(families):
+            services.store.queued.release(batch.tenant, families[len(stored) :])
+    if cut_short:
+        services.batches.cut_short(batch.id)
     services.batches.seal(batch.id)
-    metrics.record_created_counts(Counter(_template(validated, e).model for e in _valid(validated)))
+    metrics.record_created_counts(created)
     for family in set(families):
         services.dispatcher.release(family)
 
@@ -182,8 +213,10 @@ def _template(validated: Validated, entry: int) -> Template:
     return validated.templates[entry]
 
 
-def _store_chunk(services: Services, batch: Batch, validated: Validated, chunk: list[int | RefusedItem]) -> int:
-    """One transaction; returns how many predictions it stored."""
+def _store_chunk(
+    services: Services, batch: Batch, validated: Validated, chunk: list[int | RefusedItem]
+) -> tuple[list[str], Counter[str]]:
+    """One transaction; returns the ids of the predictions it stored, and how many per model."""
     fresh = iter(new_ids(sum(1 for entry in chunk if isinstance(entry, int))))
     entries: list[str] = []
     by_family: dict[str, list[str]] = {}
@@ -212,7 +245,7 @@ def _store_chunk(services: Services, batch: Batch, validated: Validated, chunk: 
         for family, family_ids in by_family.items():
             services.dispatcher.add_to_pipeline(pipe, family, batch.tenant, family_ids)
         pipe.execute()
-    return len(stored)
+    return stored, runs
 
 
 def read_input_file(services: Services, tenant: str, url: str, base_url: str) -> bytes:
@@ -239,16 +272,41 @@ def create_batch(
 ) -> Batch:
     """Validate, admit, store and seal a batch of ``count`` items; the batch as stored then. The
     image inputs its items share are deleted once its items have been given time to finish and
-    retention has passed (or at once if it is refused)."""
+    retention has passed (or at once if it is refused). A cancel while it is validated ends it with
+    no item stored; any other failure ends it too (never a batch validating for ever)."""
     batch = services.batches.create(tenant, base_url, webhook, source, count, batch_id=batch_id)
     # Its items' stored inputs: until they have had BATCH_TTL_S to finish, and retention after that.
     due = time.time() + BATCH_TTL_S + services.settings.retention_s
     retention.schedule(services.redis, "batch", batch.id, due)
     try:
-        validated = validate_items(services, tenant, batch.id, items, base_url)
+        validated = validate_items(
+            services, tenant, batch.id, items, base_url, lambda: services.batches.cancel_requested(batch.id)
+        )
         store_batch(services, batch, validated, tenant_cap)
+    except CanceledWhileValidating:
+        services.batches.cut_short(batch.id)
+        services.batches.seal(batch.id)
     except ProblemError:
-        services.batches.discard(batch)
-        services.storage.delete_prefix(batch_prefix(batch.id))
+        _forget(services, batch)
+        raise
+    except BaseException:
+        _abandon(services, batch)
         raise
     return services.batches.get(batch.id) or batch
+
+
+def _forget(services: Services, batch: Batch) -> None:
+    """A batch refused whole: its record and its stored inputs go."""
+    services.batches.discard(batch)
+    services.storage.delete_prefix(batch_prefix(batch.id))
+
+
+def _abandon(services: Services, batch: Batch) -> None:
+    """After an unexpected failure the batch ends at once: forgotten when none of its items was
+    stored, else canceled with the items stored so far."""
+    if services.batches.item_count(batch.id) == 0:
+        _forget(services, batch)
+        return
+    cancel_batch(services, batch)
+    services.batches.cut_short(batch.id)
+    services.batches.seal(batch.id)

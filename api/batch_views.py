@@ -68,6 +68,10 @@ def cancel_batch(services: Services, batch: Batch) -> None:
     cancel path of single predictions). The batch ends ``canceled`` once the last item has ended."""
     services.batches.flag_cancel(batch.id)
     for page in services.batches.iter_items(batch.id):
-        ids = [e for e in page if isinstance(e, str)]
-        services.lifecycle.cancel_many([p for p in services.store.get_many(ids) if not p.status.is_terminal()])
+        cancel_items(services, [e for e in page if isinstance(e, str)])
     services.batch_settler.settle()
+
+
+def cancel_items(services: Services, prediction_ids: list[str]) -> None:
+    """Cancel those of the predictions that have not ended (queued now, running at their next step)."""
+    services.lifecycle.cancel_many([p for p in services.store.get_many(prediction_ids) if not p.status.is_terminal()])

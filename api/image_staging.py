@@ -37,7 +37,7 @@ from shared.images import CheckedImage, ImageInputError, check_image, check_uri_
 from shared.input_schema import image_inputs
 from shared.model_spec import ModelSpec
 from shared.objects import ObjectNotFound, batch_input_key, file_key, input_key, prediction_prefix
-from shared.prediction_json import input_path
+from shared.prediction_json import batch_input_path, input_path
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
 
@@ -142,7 +142,7 @@ def _store_for_batch(
             raise ProblemError(422, f"input.{where}: the file does not exist or has expired") from None
         seen.stored_key = key
     if check_uri_scheme(uri) == "data":
-        reference = replaced[uri] = f"{base_url}/v1/batches/{batch_id}/inputs/{name}"
+        reference = replaced[uri] = f"{base_url}{batch_input_path(batch_id, name)}"
         input_files[reference] = key
     else:
         input_files[uri] = key

@@ -93,7 +93,7 @@ class Services:
             webhook_secrets=WebhookSecrets(sync_redis, settings.webhook_secret_overlap_s),
             batches=batches,
             dispatcher=Dispatcher(sync_redis, messages, settings.dispatch_ahead),
-            batch_settler=BatchSettler(batches, notifier.outbox, celery),
+            batch_settler=BatchSettler(batches, notifier.outbox, celery, settings.retention_s),
         )
 
     async def start(self) -> None:

@@ -1,5 +1,6 @@
-"""Who may fetch a prediction's stored files (outputs, stored inputs): its owner's token, or anyone
-holding an unexpired signed URL of that very path (``shared.signed_urls``)."""
+"""Who may fetch a prediction's stored files (outputs, stored inputs, the inputs its batch's items
+share): its owner's token, or anyone holding an unexpired signed URL of that very path
+(``shared.signed_urls``)."""
 
 from __future__ import annotations
 
@@ -21,20 +22,37 @@ def signed_or_owned(
     """The prediction, when the caller may fetch ``path`` of it; else 404 (or 403 for a signed URL
     of ours that expired)."""
     prediction = services.store.get(prediction_id)
+    owner = prediction.tenant if prediction is not None else None
+    grant(services, owner, path, tenant, sig, expires, f"prediction {prediction_id!r} not found")
+    assert prediction is not None  # granted: it exists
+    if prediction.data_removed:
+        raise ProblemError(410, f"the files of prediction {prediction_id!r} have expired and were removed")
+    return prediction
+
+
+def grant(
+    services: Services,
+    owner: str | None,
+    path: str,
+    tenant: str | None,
+    sig: str | None,
+    expires: str | None,
+    not_found: str,
+) -> None:
+    """Let the caller fetch ``path`` of an object ``owner`` holds (None: no such object): its owner's
+    token, or an unexpired signed URL of that very path; else 404 saying ``not_found`` (403 for a
+    signed URL of ours that expired)."""
     verdict = services.url_signer.check(path, expires=expires, sig=sig)
-    owner = prediction is not None and tenant is not None and prediction.tenant == tenant
-    if prediction is None or not (owner or verdict in {Verdict.VALID, Verdict.EXPIRED}):
-        raise ProblemError(404, f"prediction {prediction_id!r} not found")
-    if not owner and verdict is Verdict.EXPIRED:
+    is_owner = owner is not None and tenant is not None and owner == tenant
+    if owner is None or not (is_owner or verdict in {Verdict.VALID, Verdict.EXPIRED}):
+        raise ProblemError(404, not_found)
+    if not is_owner and verdict is Verdict.EXPIRED:
         expired_at = format_timestamp(datetime.fromtimestamp(int(expires or 0), UTC))
         raise ProblemError(
             403,
             f"this signed URL expired at {expired_at} (KILN_OUTPUT_URL_TTL_S); GET the prediction "
             "for a fresh one, or send the owner's token",
         )
-    if prediction.data_removed:
-        raise ProblemError(410, f"the files of prediction {prediction_id!r} have expired and were removed")
-    return prediction
 
 
 def stream_stored(services: Services, key: str, missing: str) -> StreamingResponse:

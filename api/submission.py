@@ -144,13 +144,21 @@ def store_and_enqueue(
 
 
 def _queue_full_problem(exc: QueueFull, count: int) -> ProblemError:
-    status = 429 if exc.scope == "tenant" else 503
-    who = "this token has" if exc.scope == "tenant" else "the service has"
+    """429/503 with a Retry-After when ``count`` more predictions would fit once some have started;
+    422 without one when ``count`` is over the cap itself (no wait would ever admit them)."""
+    tenant = exc.scope == "tenant"
+    who = "this token" if tenant else "the service"
+    setting = "the token's max_queued, else KILN_MAX_QUEUED_PER_TENANT" if tenant else "KILN_MAX_QUEUED_TOTAL"
+    if count > exc.cap:
+        return ProblemError(
+            422,
+            f"{count} predictions in one request, but {who} may have at most {exc.cap} queued ({setting}): "
+            f"they can never fit; send at most {exc.cap} at a time",
+        )
     return ProblemError(
-        status,
-        f"{who} {exc.cap} predictions queued, the most allowed "
-        f"(KILN_MAX_QUEUED_{'PER_TENANT' if exc.scope == 'tenant' else 'TOTAL'}); "
-        f"{count} more would not fit; retry when some have started",
+        429 if tenant else 503,
+        f"{who} may have at most {exc.cap} predictions queued ({setting}); {count} more would not fit now; "
+        "retry when some have started",
         headers={"Retry-After": str(QUEUE_FULL_RETRY_AFTER_S)},
     )
 

@@ -1,6 +1,7 @@
 """A finished batch's one ``completed`` webhook, signed like prediction webhooks (its tenant's secret),
 sent through the webhook outbox. ``BatchSettler.settle`` is the one place a batch's end is followed
-up: a maintenance job of every worker runs it, and the API after a cancel."""
+up: a maintenance job of every worker runs it, and the API after a cancel. It also brings the
+retention of the inputs its items share forward to its items' own (retention after the last ended)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import logging
 
 from celery import Celery
 
-from shared import queues
+from shared import queues, retention
 from shared.batches import BatchStore, batch_delivery_id, render_batch
 from shared.webhook_outbox import WebhookOutbox
 
@@ -17,16 +18,21 @@ log = logging.getLogger(__name__)
 
 
 class BatchSettler:
-    def __init__(self, batches: BatchStore, outbox: WebhookOutbox, celery: Celery) -> None:
+    def __init__(self, batches: BatchStore, outbox: WebhookOutbox, celery: Celery, retention_s: float) -> None:
         self.batches = batches
         self.outbox = outbox
         self.celery = celery
+        # KILN_RETENTION_S: how long after its last item ended a batch's shared inputs are kept.
+        self.retention_s = retention_s
 
     def settle(self) -> int:
         """Record the webhook of every batch that finished (once each); returns how many were settled."""
         settled = 0
         for batch_id in self.batches.claim_finished():
             batch = self.batches.get(batch_id)
+            if batch is not None and batch.completed_at is not None:
+                due = batch.completed_at + self.retention_s
+                retention.schedule(self.batches.redis, "batch", batch.id, due)
             if batch is not None and batch.webhook:
                 body = json.dumps(render_batch(batch))
                 delivery = self.outbox.record_once(

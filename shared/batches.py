@@ -229,6 +229,14 @@ class BatchStore:
         """Remember that the batch was canceled: it ends ``canceled`` rather than ``completed``."""
         self.redis.hset(keys.batch_record(batch_id), "cancel_requested", 1)
 
+    def cancel_requested(self, batch_id: str) -> bool:
+        return bool(self.redis.hexists(keys.batch_record(batch_id), "cancel_requested"))
+
+    def cut_short(self, batch_id: str) -> None:
+        """A batch canceled (or failed) before all its items were stored: its ``total`` becomes the
+        items it took in, so its counts add up."""
+        self.redis.hset(keys.batch_record(batch_id), "total", self.item_count(batch_id))
+
     def list_for_tenant(
         self, tenant: str, *, before: str | None = None, after: str | None = None, limit: int = 100
     ) -> tuple[list[Batch], bool]:

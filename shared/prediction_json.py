@@ -121,6 +121,22 @@ def stored_input_name(prediction: Prediction, uri: str) -> str | None:
     return name if name != uri and name and "/" not in name and "?" not in name else None
 
 
+def batch_input_path(batch_id: str, name: str) -> str:
+    """Where an image input that a batch's items share is served (``api.image_staging``)."""
+    return f"/v1/batches/{batch_id}/inputs/{name}"
+
+
+def shared_input_path(prediction: Prediction, uri: str) -> str | None:
+    """The path of the batch's stored input ``uri`` refers to, when it is the reference that stands
+    in an item's record for a large data URI the batch's items share; else None."""
+    if prediction.batch_id is None:
+        return None
+    prefix = f"{prediction.base_url}{batch_input_path(prediction.batch_id, '')}"
+    name = uri.removeprefix(prefix)
+    valid = name != uri and name and "/" not in name and "?" not in name
+    return batch_input_path(prediction.batch_id, name) if valid else None
+
+
 def _signed_inputs(value: Any, sign: Callable[[str], str | None]) -> Any:
     if isinstance(value, str):
         return sign(value) or value
@@ -132,13 +148,15 @@ def _signed_inputs(value: Any, sign: Callable[[str], str | None]) -> Any:
 
 
 def render_inputs(prediction: Prediction, base_url: str, signer: UrlSigner, retention_s: float) -> dict[str, Any]:
-    """The input as given, except that each reference to a stored copy of a large data URI is shown
-    as a signed URL to it (served by the API, expiring like outputs)."""
+    """The input as given, except that each reference to a stored copy of a large data URI (the
+    prediction's own, or one its batch's items share) is shown as a signed URL to it (served by the
+    API, expiring like outputs)."""
     kept_until = outputs_kept_until(prediction.completed_at, retention_s)
 
     def sign(value: str) -> str | None:
         name = stored_input_name(prediction, value)
-        return None if name is None else signer.url(base_url, input_path(prediction.id, name), not_after=kept_until)
+        path = input_path(prediction.id, name) if name is not None else shared_input_path(prediction, value)
+        return None if path is None else signer.url(base_url, path, not_after=kept_until)
 
     rendered: dict[str, Any] = _signed_inputs(prediction.input, sign)
     return rendered

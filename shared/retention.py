@@ -7,9 +7,10 @@ outlives them.
 - ``record:<id>``, due ``KILN_RECORD_RETENTION_S`` after it finished: the record, its logs, its
   webhook state and its entry in the tenant's list are deleted; GET answers 404.
 - ``file:<id>[:<tenant>]``, due when an uploaded file expires: its bytes and its list entry.
-- ``batch:<id>``, due ``KILN_RETENTION_S`` after a batch object's items were given their time to
-  finish (``shared.batches.BATCH_TTL_S``): the image inputs its items share (``api.image_staging``),
-  stored once for the batch.
+- ``batch:<id>``, due ``KILN_RETENTION_S`` after a batch object's last item ended (with its items'
+  own retention: ``shared.batch_webhooks``), or after its items were given their time to finish
+  (``shared.batches.BATCH_TTL_S``) should it never end: the image inputs its items share
+  (``api.image_staging``), stored once for the batch.
 
 All four wait in one sorted set (``keys.retention``), scored by when they are due. The janitor
 (``Janitor.sweep``, a maintenance job of every worker process) takes what is due in bounded

@@ -102,6 +102,7 @@ class WorkerProcess:
                     BatchStore(self.redis, max(self.settings.record_retention_s, self.settings.retention_s)),
                     self.notifier.outbox,
                     self.celery,
+                    self.settings.retention_s,
                 ),
             )
         )

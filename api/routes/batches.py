@@ -6,23 +6,25 @@ import base64
 import binascii
 from typing import Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from api.batch_intake import create_batch, file_lines, inline_items, read_input_file
+from api.batch_process import IntakePool
 from api.batch_views import batch_predictions, cancel_batch, results_file
-from api.deps import BaseURL, CurrentCaller, CurrentTenant, ServicesDep
+from api.deps import BaseURL, CurrentCaller, CurrentTenant, OptionalTenant, ServicesDep
 from api.errors import ProblemError
 from api.idempotency import await_first_request, fingerprint
 from api.routes.predictions import IdempotencyKey
 from api.schemas import CreateBatchObject
 from api.services import Services
-from api.signed_access import stream_stored
+from api.signed_access import grant, stream_stored
 from api.submission import check_webhook
 from shared.batches import Batch, render_batch
 from shared.objects import batch_input_key
 from shared.prediction import new_id
+from shared.prediction_json import batch_input_path
 
 router = APIRouter(prefix="/v1", tags=["batches"])
 
@@ -96,6 +98,7 @@ def _stored_by_first_request(services: Services, batch_id: str) -> Batch:
 
 @router.post("/batches", status_code=201)
 async def create(
+    request: Request,
     body: CreateBatchObject,
     caller: CurrentCaller,
     services: ServicesDep,
@@ -105,15 +108,12 @@ async def create(
     """A batch of inline create bodies (``predictions``, up to ``KILN_BATCH_MAX_ITEMS``) or of the lines
     of an uploaded JSONL file (``input_file``, up to ``KILN_BATCH_FILE_MAX_LINES``). Answers once the
     items are validated and queued; refused items are reported in the results, never sink the batch."""
-    batch, created = await run_in_threadpool(
-        _submit,
-        services,
-        caller.tenant,
-        caller.max_queued or services.settings.max_queued_per_tenant,
-        body,
-        base,
-        idempotency_key,
-    )
+    args = (caller.tenant, caller.max_queued or services.settings.max_queued_per_tenant, body, base, idempotency_key)
+    pool: IntakePool | None = getattr(request.app.state, "intake_pool", None)
+    if pool is not None:  # validation is CPU-bound: in a process of its own, never this one's GIL
+        batch, created = await pool.run(_submit, *args)
+    else:
+        batch, created = await run_in_threadpool(_submit, services, *args)
     return JSONResponse(
         render_batch(batch, base), status_code=201, headers={} if created else {"Idempotent-Replayed": "true"}
     )
@@ -192,7 +192,17 @@ def results(batch_id: str, tenant: CurrentTenant, services: ServicesDep, base: B
 
 
 @router.get("/batches/{batch_id}/inputs/{name}")
-def download_input(batch_id: str, name: str, tenant: CurrentTenant, services: ServicesDep) -> StreamingResponse:
-    """An image input the batch's items share, stored once for the batch (``api.image_staging``)."""
-    _owned(services, batch_id, tenant)
+def download_input(
+    batch_id: str,
+    name: str,
+    tenant: OptionalTenant,
+    services: ServicesDep,
+    sig: str | None = None,
+    expires: str | None = None,
+) -> StreamingResponse:
+    """An image input the batch's items share, stored once for the batch (``api.image_staging``): to
+    the batch's owner, or to anyone holding the signed URL its items' inputs show."""
+    batch = services.batches.get(batch_id)
+    path = batch_input_path(batch_id, name)
+    grant(services, batch.tenant if batch else None, path, tenant, sig, expires, f"batch {batch_id!r} not found")
     return stream_stored(services, batch_input_key(batch_id, name), f"batch {batch_id!r} has no stored input {name!r}")

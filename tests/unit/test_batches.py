@@ -101,7 +101,7 @@ def test_the_batch_webhook_is_recorded_once_however_many_settlers_run(client):
         store.request_cancel(item.id)
     outbox = WebhookOutbox(client, Settings(_env_file=None))
     celery = SentTasks()
-    settlers = [BatchSettler(BatchStore(client), outbox, celery) for _ in range(2)]  # type: ignore[arg-type]
+    settlers = [BatchSettler(BatchStore(client), outbox, celery, 3600) for _ in range(2)]  # type: ignore[arg-type]
     assert sum(settler.settle() for settler in settlers) == 1
     client.zadd(keys.batches_finished(), {batch.id: 0})  # as if a settler died before forgetting it
     settlers[1].settle()
@@ -109,6 +109,16 @@ def test_the_batch_webhook_is_recorded_once_however_many_settlers_run(client):
     delivery = outbox.get(batch_delivery_id(batch.id))
     assert delivery is not None and delivery.url == "https://example.com/h" and delivery.tenant == "t1"
     assert '"status": "completed"' in delivery.body and '"succeeded": 0' in delivery.body
+
+
+def test_a_settled_batch_s_shared_inputs_are_due_with_its_items_retention(client):
+    batch, items = new_batch(client, 1)
+    BatchStore(client).seal(batch.id)
+    PredictionStore(client).request_cancel(items[0].id)
+    settler = BatchSettler(BatchStore(client), WebhookOutbox(client, Settings(_env_file=None)), SentTasks(), 40)  # type: ignore[arg-type]
+    assert settler.settle() == 1
+    ended = BatchStore(client).get(batch.id).completed_at
+    assert client.zscore(keys.retention(), f"batch:{batch.id}") == pytest.approx(ended + 40)
 
 
 def test_a_batch_ends_only_once_sealed_and_a_canceled_one_ends_canceled(client):

@@ -65,6 +65,11 @@ async function start() {
     render(await api(current.urls.cancel, { method: "POST" }));
   });
   document.getElementById("download-results").addEventListener("click", () => downloadResults().catch(showError));
+  // The API URL is shown for scripts; clicked here, it downloads with the token like the button.
+  document.getElementById("results-api").addEventListener("click", (event) => {
+    event.preventDefault();
+    downloadResults().catch(showError);
+  });
   try {
     await refresh();
   } catch (error) {
