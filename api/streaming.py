@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
 import hmac
 import json
 import re
@@ -41,7 +40,7 @@ STREAM_MAX_S = 30 * 60
 _FIELDS = ("status", "output", "error", "completed_at", "data_removed")
 # What a stream sent before, as its event ids name it: log bytes, outputs, an optional suffix, the tag.
 EVENT_ID = re.compile(
-    r"(?P<position>(?P<log_bytes>\d{1,15})-(?P<outputs>\d{1,6})(?:-(?:error|done))?)\.(?P<tag>[A-Za-z0-9_-]{16})"
+    r"(?P<position>(?P<log_bytes>[0-9]{1,15})-(?P<outputs>[0-9]{1,6})(?:-(?:error|done))?)\.(?P<tag>[A-Za-z0-9_-]{16})"
 )
 
 
@@ -83,7 +82,7 @@ class EventIds:
 
     def _tag(self, position_text: str) -> str:
         message = f"stream-event:{self.prediction_id}:{position_text}".encode()
-        digest = hmac.new(self.secret.encode(), message, hashlib.sha256).digest()
+        digest = hmac.digest(self.secret.encode(), message, "sha256")
         return base64.urlsafe_b64encode(digest[:12]).decode()
 
 
