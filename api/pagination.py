@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Annotated, Literal
 from urllib.parse import urlencode
@@ -18,7 +20,11 @@ from fastapi import Query
 from api.errors import ProblemError
 
 # What a cursor this API returns looks like (documented in the OpenAPI document).
-CURSOR_PATTERN = r"^[A-Za-z0-9_-]{1,200}$"
+MAX_CURSOR_CHARS = 200
+CURSOR_PATTERN = rf"^[A-Za-z0-9_-]{{1,{MAX_CURSOR_CHARS}}}$"
+
+# What a cursor this API returns decodes to: ``<direction>:<bound>``, the bound an id or an offset.
+_CURSOR_TEXT = re.compile(r"(?P<direction>[a-z]{1,16}):(?P<bound>[A-Za-z0-9]{1,64})")
 
 Direction = Literal["before", "after"]
 # The ``cursor`` query parameter. The pattern is documented only: any other value is a 400 naming it.
@@ -39,18 +45,27 @@ class Cursor:
     def decode(cls, cursor: str | None) -> Cursor:
         if not cursor:
             return cls()
-        try:
-            text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        except (binascii.Error, ValueError):  # not base64 (non-ASCII included), or not UTF-8 inside
-            text = ""
-        direction, _, bound = text.partition(":")
-        if direction not in {"before", "after"} or not (bound.isascii() and bound.isalnum()):
-            raise ProblemError(400, "cursor: not a cursor this API returned")
+        direction, bound = split_cursor(cursor, {"before", "after"})
         return cls("before" if direction == "before" else "after", bound)
 
     @staticmethod
     def encode(direction: Direction, bound: str) -> str:
         return base64.urlsafe_b64encode(f"{direction}:{bound}".encode()).decode().rstrip("=")
+
+
+def split_cursor(cursor: str, directions: Collection[str]) -> tuple[str, str]:
+    """A cursor's direction (one of ``directions``) and bound (ASCII letters and digits), or a 400
+    naming ``cursor`` for anything this API could not have returned."""
+    if len(cursor) > MAX_CURSOR_CHARS:
+        raise ProblemError(400, f"cursor: longer than {MAX_CURSOR_CHARS} characters, not a cursor this API returned")
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (binascii.Error, ValueError):  # not base64 (non-ASCII included), or not UTF-8 inside
+        text = ""
+    found = _CURSOR_TEXT.fullmatch(text)
+    if found is None or found["direction"] not in directions:
+        raise ProblemError(400, "cursor: not a cursor this API returned")
+    return found["direction"], found["bound"]
 
 
 def page_links(

@@ -21,7 +21,8 @@ ID_SLACK = timedelta(seconds=1)
 
 
 def parse_time(name: str, value: str | None) -> datetime | None:
-    """An ISO 8601 time (``2026-11-26T10:00:00Z``; no offset means UTC), or a 400 naming ``name``."""
+    """An ISO 8601 time (``2026-11-26T10:00:00Z``; no offset means UTC) as UTC, or a 400 naming ``name``
+    (also for a time whose UTC date falls outside years 1-9999, such as year 1 at +14:00)."""
     if value is None:
         return None
     try:
@@ -30,7 +31,22 @@ def parse_time(name: str, value: str | None) -> datetime | None:
         raise ProblemError(
             400, f"{name}: {value[:60]!r} is not an ISO 8601 time such as 2026-11-26T10:00:00Z"
         ) from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:
+        raise ProblemError(
+            400, f"{name}: {value[:60]!r} is out of range: in UTC it must fall within the years 1 to 9999"
+        ) from None
+
+
+def _shifted(moment: datetime, delta: timedelta) -> datetime:
+    """``moment + delta``, held at the earliest or latest time there is instead of overflowing."""
+    try:
+        return moment + delta
+    except OverflowError:
+        return datetime.max.replace(tzinfo=UTC) if delta > timedelta(0) else datetime.min.replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -54,10 +70,10 @@ class PredictionFilter:
 
     def too_old(self, prediction: Prediction) -> bool:
         """Past the oldest a match can be: scanning towards older ones can stop."""
-        return self.created_after is not None and prediction.created_at < self.created_after - ID_SLACK
+        return self.created_after is not None and prediction.created_at < _shifted(self.created_after, -ID_SLACK)
 
     def too_new(self, prediction: Prediction) -> bool:
-        return self.created_before is not None and prediction.created_at > self.created_before + ID_SLACK
+        return self.created_before is not None and prediction.created_at > _shifted(self.created_before, ID_SLACK)
 
     def as_query(self) -> dict[str, str]:
         """The filters as query parameters, for page links."""
@@ -91,9 +107,9 @@ def list_page(store: PredictionStore, tenant: str, cursor: Cursor, limit: int, f
     backwards = cursor.direction == "before"  # towards older predictions
     bound = cursor.bound
     if bound is None and backwards and filters.created_before is not None:
-        bound = _id_at(filters.created_before + ID_SLACK)  # skip what is certainly too new
+        bound = _id_at(_shifted(filters.created_before, ID_SLACK))  # skip what is certainly too new
     if bound is None and not backwards and filters.created_after is not None:
-        bound = _id_at(filters.created_after - ID_SLACK)
+        bound = _id_at(_shifted(filters.created_after, -ID_SLACK))
     found: list[Prediction] = []
     last_seen: str | None = None
     ahead = False  # more predictions to look at beyond last_seen, in the direction of travel

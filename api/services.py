@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -31,8 +32,11 @@ from shared.signed_urls import UrlSigner
 from shared.storage import Storage
 from shared.store import PredictionStore
 from shared.task_messages import PredictMessages
+from shared.tokens import publish_bootstrap
 from shared.webhook_outbox import WebhookNotifier, WebhookOutbox
 from shared.webhook_secrets import WebhookSecrets
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -103,6 +107,20 @@ class Services:
         # Read the URL-signing secret now, so answering never needs Redis for it later.
         with contextlib.suppress(RedisError, OSError):
             _ = self.url_signer
+        self.publish_bootstrap_tokens()
+
+    def publish_bootstrap_tokens(self) -> None:
+        """Tell ``kiln tokens`` which names ``KILN_API_TOKEN`` holds here (it may not have that setting)."""
+        try:
+            shared_names = publish_bootstrap(self.redis, self.settings.api_token)
+        except (RedisError, OSError) as exc:
+            log.warning("could not publish KILN_API_TOKEN's names for `kiln tokens` (%s)", exc)
+            return
+        if shared_names:
+            log.warning(
+                "KILN_API_TOKEN names %s are also names of tokens made with `kiln tokens create`: rename one of each",
+                ", ".join(shared_names),
+            )
 
     @cached_property
     def url_signer(self) -> UrlSigner:

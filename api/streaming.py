@@ -1,8 +1,10 @@
 """A prediction's Server-Sent Events, as Replicate sends them: ``output``, ``logs``, ``error``, ``done``.
 
 - every event has an ``id:`` naming the position the stream reached, ``<log bytes>-<outputs>``
-  (``-error``/``-done`` appended on the last two), so a client that reconnects with
-  ``Last-Event-ID`` gets only what comes after it;
+  (``-error``/``-done`` appended on the last two) and a tag, ``.<HMAC>``, that binds it to the
+  prediction, so a client that reconnects with ``Last-Event-ID`` gets only what comes after it, and
+  an id this server never sent for this prediction (another prediction's, or a made-up position
+  that would resume mid-line) is refused;
 - ``logs`` carries one log line, ``output`` one output URL as plain text (each new output file its
   own event), ``error`` the error message, and ``done`` ``{}`` or ``{"reason": "canceled"|"error"}``;
 - ``status`` events (the status, each time it changes) are a Kiln-only extension the playground
@@ -16,6 +18,8 @@ each change reads only what it sends: a few fields of the record and the log byt
 from __future__ import annotations
 
 import asyncio
+import base64
+import hmac
 import json
 import re
 from collections.abc import AsyncIterator
@@ -34,8 +38,10 @@ from shared.status import Status
 # A stream ends after this long even if the prediction is still running; clients reconnect.
 STREAM_MAX_S = 30 * 60
 _FIELDS = ("status", "output", "error", "completed_at", "data_removed")
-# What a stream sent before, as its event ids name it: log bytes, outputs, and an optional suffix.
-EVENT_ID = re.compile(r"(?P<log_bytes>\d{1,15})-(?P<outputs>\d{1,6})(?:-(?:error|done))?")
+# What a stream sent before, as its event ids name it: log bytes, outputs, an optional suffix, the tag.
+EVENT_ID = re.compile(
+    r"(?P<position>(?P<log_bytes>[0-9]{1,15})-(?P<outputs>[0-9]{1,6})(?:-(?:error|done))?)\.(?P<tag>[A-Za-z0-9_-]{16})"
+)
 
 
 class BadEventId(ValueError):
@@ -49,24 +55,42 @@ class Position:
     log_bytes: int = 0
     outputs: int = 0
 
-    @classmethod
-    def from_event_id(cls, event_id: str | None) -> Position:
+
+@dataclass(frozen=True)
+class EventIds:
+    """One prediction's event ids: each names a position and carries an HMAC of it and the prediction
+    id under the server's URL-signing secret, so only ids this server sent for this prediction resume."""
+
+    secret: str
+    prediction_id: str
+
+    def event_id(self, position: Position, suffix: str = "") -> str:
+        text = f"{position.log_bytes}-{position.outputs}{suffix}"
+        return f"{text}.{self._tag(text)}"
+
+    def resume_after(self, event_id: str | None) -> Position:
         """Where a stream resumes after ``Last-Event-ID`` (the start, without one)."""
         if event_id is None or not event_id.strip():
-            return cls()
+            return Position()
         found = EVENT_ID.fullmatch(event_id.strip())
-        if found is None:
-            raise BadEventId(f"Last-Event-ID: {event_id[:60]!r} is not an event id this API sent")
-        return cls(int(found["log_bytes"]), int(found["outputs"]))
+        if found is None or not hmac.compare_digest(found["tag"], self._tag(found["position"])):
+            raise BadEventId(
+                f"Last-Event-ID: {event_id[:60]!r} is not an event id this API sent for prediction "
+                f"{self.prediction_id!r}; reconnect without it to start over"
+            )
+        return Position(int(found["log_bytes"]), int(found["outputs"]))
 
-    def event_id(self, suffix: str = "") -> str:
-        return f"{self.log_bytes}-{self.outputs}{suffix}"
+    def _tag(self, position_text: str) -> str:
+        message = f"stream-event:{self.prediction_id}:{position_text}".encode()
+        digest = hmac.digest(self.secret.encode(), message, "sha256")
+        return base64.urlsafe_b64encode(digest[:12]).decode()
 
 
 @dataclass
 class StreamState:
     """What the stream has sent so far."""
 
+    ids: EventIds
     log_bytes: int = 0
     outputs_sent: int = 0
     status: Status | None = None
@@ -75,7 +99,7 @@ class StreamState:
     pending: list[ServerSentEvent] = field(default_factory=list)
 
     def event_id(self, suffix: str = "") -> str:
-        return Position(self.log_bytes, self.outputs_sent).event_id(suffix)
+        return self.ids.event_id(Position(self.log_bytes, self.outputs_sent), suffix)
 
 
 @dataclass(frozen=True)
@@ -90,11 +114,17 @@ class StreamContext:
 async def prediction_events(
     context: StreamContext, prediction_id: str, start: Position | None = None, *, with_status: bool = False
 ) -> AsyncIterator[ServerSentEvent]:
-    """The prediction's events from ``start`` (a ``Last-Event-ID``) until ``done``."""
+    """The prediction's events from ``start`` (after a ``Last-Event-ID``, ``EventIds.resume_after``)
+    until ``done``."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + STREAM_MAX_S
     start = start or Position()
-    state = StreamState(log_bytes=start.log_bytes, outputs_sent=start.outputs, with_status=with_status)
+    state = StreamState(
+        EventIds(context.signer.secret, prediction_id),
+        log_bytes=start.log_bytes,
+        outputs_sent=start.outputs,
+        with_status=with_status,
+    )
     async with context.hub.subscribe(prediction_id) as subscription:
         while True:
             finished = await _read_changes(context, prediction_id, state)

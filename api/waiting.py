@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 
 import redis.asyncio
 
@@ -15,21 +14,37 @@ from shared import keys
 from shared.status import Status
 
 MAX_WAIT_S = 60
-_WAIT = re.compile(r"^wait(?:=(\d+))?$")
 
 
 def parse_prefer_wait(header: str | None, default_s: int) -> int | None:
-    """Seconds asked for by ``Prefer: wait=N`` (1-60) or a bare ``Prefer: wait`` (``default_s``); None when absent."""
+    """Seconds asked for by ``Prefer: wait=N`` (a whole number, 1-60) or a bare ``Prefer: wait``
+    (``default_s``); None when absent. As RFC 7240 has it, other preferences are ignored, names are
+    case-insensitive, parameters after ``;`` are ignored, and only the first ``wait`` counts; a ``wait``
+    value that is not a whole number in range is a 400 naming the header."""
     if not header:
         return None
-    for preference in (p.strip() for p in header.split(",")):
-        match = _WAIT.match(preference.replace(" ", ""))
-        if match:
-            seconds = int(match[1]) if match[1] else default_s
-            if not 1 <= seconds <= MAX_WAIT_S:
-                raise ProblemError(400, f"Prefer: wait must be between 1 and {MAX_WAIT_S} seconds, got {seconds}")
-            return seconds
+    for preference in header.split(","):
+        name, has_value, value = preference.partition(";")[0].partition("=")
+        if name.strip().lower() != "wait":
+            continue
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] == '"':
+            value = value[1:-1]  # a quoted-string is the same value
+        if not has_value or not value:
+            return default_s
+        return _wait_seconds(value)
     return None
+
+
+def _wait_seconds(value: str) -> int:
+    if not (value.isascii() and value.isdigit()):
+        raise ProblemError(
+            400, f"Prefer: wait must be a whole number of seconds from 1 to {MAX_WAIT_S}, got {value[:40]!r}"
+        )
+    seconds = int(value) if len(value) <= len(str(MAX_WAIT_S)) + 3 else None  # long digit runs need no int()
+    if seconds is None or not 1 <= seconds <= MAX_WAIT_S:
+        raise ProblemError(400, f"Prefer: wait must be between 1 and {MAX_WAIT_S} seconds, got {value[:40]}")
+    return seconds
 
 
 async def wait_until_terminal(hub: EventHub, client: redis.asyncio.Redis, prediction_id: str, timeout_s: float) -> bool:

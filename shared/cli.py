@@ -6,6 +6,9 @@
 
 It talks to the Redis the API uses: ``KILN_REDIS_URL`` (environment or ``.env``), else the URL
 ``make run`` keeps in ``<KILN_DATA_DIR>/redis-url`` (with the password it generated).
+The bootstrap tokens are those the running API published there at start (``KILN_API_TOKEN`` of the
+API, which this command need not have), and this environment's ``KILN_API_TOKEN`` besides. A name in
+use is refused (exit status 1).
 """
 
 from __future__ import annotations

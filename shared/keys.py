@@ -113,6 +113,13 @@ def token_names() -> str:
     return f"{PREFIX}:tokens:names"
 
 
+def bootstrap_tokens() -> str:
+    """Hash: name -> SHA-256 of each bootstrap token (``KILN_API_TOKEN``) of the API process that started
+    last, which rewrites it whole at start, so ``kiln tokens`` lists and guards those names without the
+    API's environment. As large as that setting."""
+    return f"{PREFIX}:tokens:bootstrap"
+
+
 def revoked_tokens() -> str:
     """Set: SHA-256 digests of revoked bootstrap tokens (``KILN_API_TOKEN`` entries), refused even so."""
     return f"{PREFIX}:tokens:revoked"

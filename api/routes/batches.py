@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import binascii
 from typing import Any
 
 from fastapi import APIRouter, Query, Request
@@ -16,6 +15,7 @@ from api.batch_views import batch_predictions, cancel_batch, results_file
 from api.deps import BaseURL, CurrentCaller, CurrentTenant, OptionalTenant, ServicesDep
 from api.errors import ProblemError
 from api.idempotency import await_first_request, fingerprint
+from api.pagination import split_cursor
 from api.routes.predictions import IdempotencyKey
 from api.schemas import CreateBatchObject
 from api.services import Services
@@ -27,6 +27,8 @@ from shared.prediction import new_id
 from shared.prediction_json import batch_input_path
 
 router = APIRouter(prefix="/v1", tags=["batches"])
+# Offsets in batch page cursors: far more items than a batch can hold, well inside Redis's list indexes.
+MAX_OFFSET_DIGITS = 15
 
 
 def encode_cursor(direction: str, bound: str) -> str:
@@ -38,13 +40,7 @@ def decode_cursor(
     cursor: str, directions: frozenset[str] | set[str] = frozenset({"before", "after"})
 ) -> tuple[str, str]:
     """``encode_cursor``'s direction and bound; 400 for anything else."""
-    try:
-        direction, _, bound = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode().partition(":")
-    except (binascii.Error, ValueError):  # not base64 (non-ASCII included), or not UTF-8 inside
-        direction, bound = "", ""
-    if direction not in directions or not (bound.isascii() and bound.isalnum()):
-        raise ProblemError(400, "cursor: not a cursor this API returned")
-    return direction, bound
+    return split_cursor(cursor, directions)
 
 
 def _owned(services: Services, batch_id: str, tenant: str) -> Batch:
@@ -175,10 +171,11 @@ def list_batch_predictions(
 
 
 def _decode_offset(cursor: str | None) -> int:
+    """The item offset a batch's page link names; 400 for anything else, offsets beyond any batch included."""
     if cursor is None:
         return 0
     _, offset = decode_cursor(cursor, directions={"offset"})
-    if not offset.isdigit():
+    if not offset.isdigit() or len(offset) > MAX_OFFSET_DIGITS:
         raise ProblemError(400, "cursor: not a cursor this API returned")
     return int(offset)
 

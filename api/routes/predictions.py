@@ -28,7 +28,7 @@ from api.prediction_list import PredictionFilter, list_page
 from api.schemas import CreateBatch, CreatePrediction, PredictionFields
 from api.services import Services
 from api.signed_access import signed_or_owned, stream_stored
-from api.streaming import BadEventId, Position, StreamContext, prediction_events
+from api.streaming import BadEventId, EventIds, Position, StreamContext, prediction_events
 from api.submission import create_and_respond
 from models.registry import UnknownModelError, find_model, resolve_version
 from shared.deadlines import DURATION_PATTERN
@@ -182,9 +182,14 @@ async def _stream_access(
     return prediction
 
 
-def _resume_position(last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None) -> Position:
+async def _resume_position(
+    prediction_id: str,
+    services: ServicesDep,
+    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+) -> Position:
+    """Where the stream resumes: after ``Last-Event-ID``, which must be an id sent for this prediction."""
     try:
-        return Position.from_event_id(last_event_id)
+        return EventIds(services.url_signer.secret, prediction_id).resume_after(last_event_id)
     except BadEventId as exc:
         raise ProblemError(400, str(exc)) from None
 

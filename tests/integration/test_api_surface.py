@@ -62,8 +62,8 @@ def test_prefer_wait_that_finishes_answers_the_terminal_prediction(client):
     assert time.monotonic() - started < 30
 
 
-@pytest.mark.parametrize("prefer", ["wait=0", "wait=61"])
-def test_prefer_wait_out_of_range_is_a_400(client, prefer):
+@pytest.mark.parametrize("prefer", ["wait=0", "wait=61", "wait=-1", "wait=abc", "wait=1.5", "respond-async, wait=x"])
+def test_prefer_wait_malformed_or_out_of_range_is_a_400(client, prefer):
     response = client.post(
         "/v1/predictions",
         headers={"Prefer": prefer},

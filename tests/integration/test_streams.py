@@ -100,6 +100,23 @@ def test_the_signed_stream_url_works_without_a_token_and_resumes_after_last_even
         assert forged.status_code == 401
 
 
+def test_last_event_id_resumes_only_after_an_id_sent_for_that_prediction(client):
+    created = [client.post("/v1/predictions", json={"version": MODEL, "input": INPUT}).json() for _ in range(2)]
+    first, second = (wait_for_status(client, c["id"], {"succeeded"}) for c in created)
+    with httpx.Client(timeout=60) as anonymous:
+        with anonymous.stream("GET", first["urls"]["stream"]) as response:
+            sent = read_events(response)
+        log_id = next(event["id"] for event in sent if event["event"] == "logs")
+        with anonymous.stream("GET", first["urls"]["stream"], headers={"Last-Event-ID": log_id}) as response:
+            assert response.status_code == 200 and read_events(response)[-1]["event"] == "done"
+        # Another prediction's id, and a position this server never sent (mid-line): refused, not resumed.
+        for foreign in (log_id, "29-0", log_id.replace("-", "0-", 1)):
+            refused = anonymous.get(second["urls"]["stream"], headers={"Last-Event-ID": foreign})
+            assert refused.status_code == 400, (foreign, refused.text)
+            assert refused.headers["content-type"] == "application/problem+json"
+            assert "Last-Event-ID" in refused.json()["detail"]
+
+
 def test_the_owners_token_opens_the_stream_and_status_events_are_opt_in(stack, client, other_client):
     created = client.post("/v1/predictions", json={"version": MODEL, "input": INPUT}).json()
     wait_for_status(client, created["id"], {"succeeded"})

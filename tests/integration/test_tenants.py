@@ -3,9 +3,11 @@ rotation; signed output URLs that expire; tokens made, limited and revoked at ru
 
 from __future__ import annotations
 
+import secrets
 import ssl
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from urllib.parse import parse_qs, urlsplit
 
@@ -160,6 +162,34 @@ def test_a_bootstrap_token_can_be_revoked_too(stack):
     # Still refused after a restart with the same KILN_API_TOKEN.
     with app_for(stack, api_token=f"bootstrap-test={token}") as restarted:
         assert restarted.get("/v1/predictions", headers={"Authorization": f"Bearer {token}"}).status_code == 401
+
+
+def test_kiln_tokens_sees_the_running_apis_bootstrap_tokens_without_its_environment(stack):
+    name, token = f"boot-{time.time_ns()}", secrets.token_urlsafe(16)
+    # The CLI has the stack's Redis but not the API's KILN_API_TOKEN, as after `make run`.
+    env = {k: v for k, v in stack.env.items() if k != "KILN_API_TOKEN"} | {"KILN_REDIS_URL": stack.redis_url}
+
+    def kiln(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [python(), "-m", "shared.cli", *args], env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=60
+        )
+
+    with app_for(stack, api_token=f"{name}={token}") as app:
+        assert app.get("/v1/predictions", headers={"Authorization": f"Bearer {token}"}).status_code == 200
+        listed = kiln("tokens", "list")
+        assert listed.returncode == 0 and f"{name}  source=KILN_API_TOKEN" in listed.stdout, listed
+        assert token not in listed.stdout
+        clash = kiln("tokens", "create", name)
+        assert clash.returncode == 1 and name in clash.stderr and "KILN_API_TOKEN" in clash.stderr, clash
+        assert clash.stdout == ""
+        with Redis.from_url(stack.redis_url) as redis_client:
+            assert redis_client.hget(keys.token_names(), name) is None
+        # Two creates of one new name at once: one wins.
+        racing = f"race-{time.time_ns()}"
+        with ThreadPoolExecutor(4) as pool:
+            outcomes = list(pool.map(lambda _: kiln("tokens", "create", racing), range(4)))
+        assert sorted(o.returncode for o in outcomes) == [0, 1, 1, 1], outcomes
+        assert kiln("tokens", "list").stdout.count(f"{racing}  source=kiln tokens") == 1
 
 
 def test_a_tokens_own_limits_apply_to_it_alone(stack, client):

@@ -7,6 +7,8 @@ from datetime import UTC, datetime, timedelta
 
 import fakeredis
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from ulid import ULID
 
 from api.errors import ProblemError
@@ -83,3 +85,51 @@ def test_bad_filters_name_the_parameter(args, field):
 
 def test_a_time_without_offset_is_utc():
     assert PredictionFilter.parse("2026-11-26T10:00:00", None, None).created_after == START
+
+
+@pytest.mark.parametrize(
+    ("args", "field"),
+    [
+        (("0001-01-01T00:00:00+14:00", None), "created_after"),
+        ((None, "9999-12-31T23:59:59-14:00"), "created_before"),
+    ],
+)
+def test_a_time_outside_the_calendar_in_utc_is_a_400_naming_the_parameter(args, field):
+    with pytest.raises(ProblemError) as raised:
+        PredictionFilter.parse(*args, None)
+    assert raised.value.status == 400 and raised.value.detail.startswith(field) and "range" in raised.value.detail
+
+
+@pytest.mark.parametrize(
+    ("created_after", "created_before"),
+    [
+        ("0001-01-01T00:00:00Z", None),
+        (None, "9999-12-31T23:59:59.999999Z"),
+        ("0001-01-01T00:00:00-14:00", "9999-12-31T23:59:59+14:00"),
+        ("9999-12-31T23:59:59.999999Z", "0001-01-01T00:00:00Z"),
+    ],
+)
+def test_times_at_the_ends_of_the_calendar_list_a_page_both_ways(store, created_after, created_before):
+    store, made = store
+    filters = PredictionFilter.parse(created_after, created_before, None)
+    everything = created_after is None or created_after.startswith("0001")
+    expected = [p.id for p in reversed(made)] if everything and created_before != "0001-01-01T00:00:00Z" else []
+    assert follow(store, filters, 5) == expected
+    assert list_page(store, "t1", Cursor("after"), 100, filters).results == [
+        p for p in reversed(made) if p.id in expected
+    ]
+    assert filters.as_query()
+
+
+@given(st.text(max_size=40) | st.sampled_from(["0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00"]))
+@settings(max_examples=300, deadline=None, database=None)
+def test_any_filter_text_lists_a_page_or_is_a_400(text):
+    store = PredictionStore(fakeredis.FakeRedis())
+    try:
+        filters = PredictionFilter.parse(text, text, None)
+    except ProblemError as problem:
+        assert problem.status == 400 and problem.detail.startswith("created_")
+        return
+    for cursor in (Cursor(), Cursor("after")):
+        assert list_page(store, "t1", cursor, 5, filters).results == []
+    filters.as_query()

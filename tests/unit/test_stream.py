@@ -15,7 +15,7 @@ import pytest
 from fastapi.sse import ServerSentEvent
 
 from api.events import EventHub
-from api.streaming import BadEventId, Position, StreamContext, done_data, prediction_events
+from api.streaming import BadEventId, EventIds, Position, StreamContext, done_data, prediction_events
 from shared import keys
 from shared.prediction import Prediction, utcnow
 from shared.prediction_json import refresh_output_urls, render_prediction
@@ -40,6 +40,7 @@ class Fixture:
         self.store = PredictionStore(self.redis)
         self.prediction = Prediction(tenant="t1", model="kiln/sd2-depth2img", version="v", input={"prompt": "x"})
         self.store.create(self.prediction)
+        self.ids = EventIds(SIGNER.secret, self.prediction.id)
 
     def finish(self, status: Status, logs: str = "", **fields: object) -> None:
         self.store.transition(self.prediction.id, Status.PROCESSING)
@@ -68,14 +69,22 @@ def test_a_finished_prediction_streams_logs_each_output_as_plain_text_then_done_
     assert events[2].raw_data.startswith(f"http://kiln/v1/predictions/{fixture.prediction.id}/output/out-0.png?")
     assert events[3].raw_data.startswith(f"http://kiln/v1/predictions/{fixture.prediction.id}/output/out-1.png?")
     assert events[4].data == {}
-    assert [e.id for e in events] == ["7-0", "14-0", "14-1", "14-2", "14-2-done"]
+    assert [e.id.split(".")[0] for e in events] == ["7-0", "14-0", "14-1", "14-2", "14-2-done"]
+    assert [e.id for e in events] == [
+        fixture.ids.event_id(Position(7, 0)),
+        fixture.ids.event_id(Position(14, 0)),
+        fixture.ids.event_id(Position(14, 1)),
+        fixture.ids.event_id(Position(14, 2)),
+        fixture.ids.event_id(Position(14, 2), "-done"),
+    ]
 
 
 def test_last_event_id_resumes_after_what_was_sent():
     fixture = Fixture()
     fixture.finish(Status.SUCCEEDED, logs="step 1\nstep 2\n", output=["out-0.png", "out-1.png"])
-    events = _in_a_thread(lambda: fixture.events(Position.from_event_id("14-1")))
-    assert [(e.event, e.id) for e in events] == [("output", "14-2"), ("done", "14-2-done")]
+    sent = _in_a_thread(fixture.events)
+    events = _in_a_thread(lambda: fixture.events(fixture.ids.resume_after(sent[2].id)))
+    assert [(e.event, e.id) for e in events] == [("output", sent[3].id), ("done", sent[4].id)]
     assert "out-1.png" in events[0].raw_data
 
 
@@ -98,10 +107,22 @@ def test_status_events_only_when_asked_for():
     assert with_status[-1].data == {"reason": "canceled"}
 
 
-@pytest.mark.parametrize("event_id", ["abc", "1", "-1-2", "1-2-3", "9" * 20 + "-1"])
+@pytest.mark.parametrize("event_id", ["abc", "1", "-1-2", "1-2-3", "9" * 20 + "-1", "29-0", "14-1", "14-1.x"])
 def test_an_event_id_this_api_never_sent_is_refused(event_id):
+    with pytest.raises(BadEventId, match="Last-Event-ID"):
+        EventIds(SIGNER.secret, "p1").resume_after(event_id)
+
+
+def test_an_event_id_sent_for_another_prediction_or_under_another_secret_is_refused():
+    sent = EventIds(SIGNER.secret, "p1").event_id(Position(14, 1))
+    assert EventIds(SIGNER.secret, "p1").resume_after(sent) == Position(14, 1)
+    assert EventIds(SIGNER.secret, "p1").resume_after(" ") == Position()
+    for other in (EventIds(SIGNER.secret, "p2"), EventIds("another-secret", "p1")):
+        with pytest.raises(BadEventId, match="Last-Event-ID"):
+            other.resume_after(sent)
+    tampered = sent.replace("14-1.", "15-1.")
     with pytest.raises(BadEventId):
-        Position.from_event_id(event_id)
+        EventIds(SIGNER.secret, "p1").resume_after(tampered)
 
 
 def test_done_reasons_as_replicate_sends_them():

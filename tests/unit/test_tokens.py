@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import io
+from concurrent.futures import ThreadPoolExecutor
 
 import fakeredis
 import pytest
 
 from shared import keys
 from shared.cli import run
-from shared.tokens import TokenError, TokenLimits, TokenRegistry, bootstrap_tokens, token_digest
+from shared.tokens import TokenError, TokenLimits, TokenRegistry, bootstrap_tokens, publish_bootstrap, token_digest
 
 
 def test_bootstrap_entries_have_names_and_digests():
@@ -61,3 +62,45 @@ def test_the_kiln_command_prints_a_new_token_once_and_never_lists_it():
     assert "max_queued=9" in listing.getvalue() and token not in listing.getvalue()
     with pytest.raises(SystemExit):
         run(["tokens", "create", "bad", "--max-queued", "0"], registry, io.StringIO())
+
+
+def test_the_running_apis_bootstrap_tokens_are_seen_without_its_environment():
+    redis = fakeredis.FakeRedis()
+    assert publish_bootstrap(redis, "a=tok-a,tok-b") == []
+    registry = TokenRegistry(redis)  # no KILN_API_TOKEN here
+    listing = io.StringIO()
+    run(["tokens", "list"], registry, listing)
+    assert listing.getvalue().splitlines()[0].startswith("a  source=KILN_API_TOKEN")
+    assert f"token-{token_digest('tok-b')[:8]}" in listing.getvalue()
+    with pytest.raises(TokenError, match="running API's KILN_API_TOKEN"):
+        run(["tokens", "create", "a"], registry, io.StringIO())
+    assert not redis.hexists(keys.token_names(), "a")
+    registry.revoke("a")
+    assert redis.sismember(keys.revoked_tokens(), token_digest("tok-a"))
+    assert [info.name for info in registry.list()] == [f"token-{token_digest('tok-b')[:8]}"]
+
+
+def test_a_restarted_api_replaces_the_published_set_and_names_clashes():
+    redis = fakeredis.FakeRedis()
+    publish_bootstrap(redis, "old=tok-old")
+    TokenRegistry(redis).create("made")
+    assert publish_bootstrap(redis, "made=tok-m,new=tok-n") == ["made"]
+    assert {info.name for info in TokenRegistry(redis).bootstrap()} == {"made", "new"}
+    assert publish_bootstrap(redis, "") == [] and TokenRegistry(redis).bootstrap() == []
+
+
+def test_of_concurrent_creates_of_one_name_exactly_one_wins():
+    server = fakeredis.FakeServer()
+
+    def create(_: int) -> str | None:
+        try:
+            return TokenRegistry(fakeredis.FakeRedis(server=server)).create("same")
+        except TokenError:
+            return None
+
+    with ThreadPoolExecutor(8) as pool:
+        made = [token for token in pool.map(create, range(16)) if token is not None]
+    assert len(made) == 1
+    redis = fakeredis.FakeRedis(server=server)
+    assert redis.hget(keys.token_names(), "same") == token_digest(made[0]).encode()
+    assert len(redis.keys(keys.token("*"))) == 1
