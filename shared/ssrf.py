@@ -67,7 +67,7 @@ IPV4_BLOCKS = (
     _block("172.16.0.0/12", "private", local=True),
     _block("192.0.0.0/24", "IETF protocol assignments"),
     _block("192.0.0.0/29", "IPv4 service continuity"),
-    _block("192.0.0.8/32", "IPv4 dummy address"),
+    _block("192.0.0.8/32", "dummy"),
     _block("192.0.0.170/31", "NAT64/DNS64 discovery"),
     _block("192.0.2.0/24", "documentation (TEST-NET-1)"),
     _block("192.31.196.0/24", "AS112-v4", reachable=True),

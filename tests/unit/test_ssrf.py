@@ -26,7 +26,7 @@ ADDRESSES: list[tuple[str, str | None]] = [
     ("172.16.5.4", "private"),
     ("172.31.255.255", "private"),
     ("192.0.0.1", "IPv4 service continuity"),
-    ("192.0.0.8", "IPv4 dummy address"),
+    ("192.0.0.8", "dummy"),
     ("192.0.0.9", "IETF protocol assignments"),  # PCP anycast: a server in Kiln's own network
     ("192.0.0.10", "IETF protocol assignments"),  # TURN anycast, likewise
     ("192.0.0.11", "IETF protocol assignments"),
@@ -83,18 +83,18 @@ ADDRESSES: list[tuple[str, str | None]] = [
     ("::ffff:127.0.0.1", "IPv4-mapped, carrying the loopback IPv4 address 127.0.0.1"),
     ("::ffff:10.1.2.3", "IPv4-mapped, carrying the private IPv4 address 10.1.2.3"),
     ("::ffff:169.254.169.254", "IPv4-mapped, carrying the link-local IPv4 address 169.254.169.254"),
-    ("::ffff:192.0.0.8", "IPv4-mapped, carrying the IPv4 dummy address IPv4 address 192.0.0.8"),
+    ("::ffff:192.0.0.8", "IPv4-mapped, carrying the dummy IPv4 address 192.0.0.8"),
     ("::ffff:0:7f00:1", "IPv4-translated, carrying the loopback IPv4 address 127.0.0.1"),
     ("::ffff:0:808:808", "IPv4-translated"),  # carries 8.8.8.8, yet translated addresses are not global
     ("64:ff9b::a00:1", "NAT64, carrying the private IPv4 address 10.0.0.1"),
     ("64:ff9b::a9fe:a9fe", "NAT64, carrying the link-local IPv4 address 169.254.169.254"),
     ("64:ff9b::7f00:1", "NAT64, carrying the loopback IPv4 address 127.0.0.1"),
-    ("64:ff9b::c000:8", "NAT64, carrying the IPv4 dummy address IPv4 address 192.0.0.8"),
+    ("64:ff9b::c000:8", "NAT64, carrying the dummy IPv4 address 192.0.0.8"),
     ("2002::1", "6to4, carrying the unspecified IPv4 address 0.0.0.0"),
     ("2002:a00:1::1", "6to4, carrying the private IPv4 address 10.0.0.1"),
     ("2002:7f00:1::", "6to4, carrying the loopback IPv4 address 127.0.0.1"),
     ("2002:6440:1::1", "6to4, carrying the shared (carrier-grade NAT) IPv4 address 100.64.0.1"),
-    ("2002:c000:8::", "6to4, carrying the IPv4 dummy address IPv4 address 192.0.0.8"),
+    ("2002:c000:8::", "6to4, carrying the dummy IPv4 address 192.0.0.8"),
     ("2001:0:4136:e378:8000:63bf:f5ff:fffe", "Teredo, carrying the private IPv4 address 10.0.0.1"),
     ("2001:0:4136:e378:8000:63bf:3fff:fdd2", "Teredo, carrying the documentation (TEST-NET-1) IPv4 address 192.0.2.45"),
     ("2001:0:4136:e378:8000:63bf:f7f7:f7f7", "Teredo"),  # carries 8.8.8.8, yet Teredo is not global
@@ -177,7 +177,7 @@ URLS: list[tuple[str, str | None, bool]] = [
     ("http://v6private.example/x.png", "unique-local", LOCAL),
     ("http://sixtofour.example/x.png", "6to4, carrying the private IPv4 address 192.168.1.1", LOCAL),
     ("http://nat64.example/x.png", "NAT64, carrying the private IPv4 address 192.168.1.1", LOCAL),
-    ("http://dummy.example/hook", "IPv4 dummy address", NEVER),
+    ("http://dummy.example/hook", "(dummy)", NEVER),
     ("https://public.example/x.png", None, LOCAL),
     ("http://localhost:8080/hook", "loopback", LOCAL),
     ("http://2130706433/", "loopback", LOCAL),  # 127.0.0.1 as one decimal number
@@ -188,12 +188,12 @@ URLS: list[tuple[str, str | None, bool]] = [
     ("http://[0:0:0:0:0:ffff:169.254.169.254]/", "link-local", NEVER),
     ("http://[2002:a9fe:a9fe::]/", "6to4, carrying the link-local IPv4 address 169.254.169.254", NEVER),
     ("http://100.64.0.1/", "carrier-grade NAT", NEVER),
-    ("http://192.0.0.8/hook", "IPv4 dummy address", NEVER),
-    ("http://3221225480/", "IPv4 dummy address", NEVER),  # 192.0.0.8 as one number
+    ("http://192.0.0.8/hook", "(dummy)", NEVER),
+    ("http://3221225480/", "(dummy)", NEVER),  # 192.0.0.8 as one number
     ("http://192.0.0.255/", "IETF protocol assignments", NEVER),
-    ("http://[::ffff:192.0.0.8]/", "IPv4-mapped, carrying the IPv4 dummy address", NEVER),
-    ("http://[64:ff9b::c000:8]/", "NAT64, carrying the IPv4 dummy address", NEVER),
-    ("http://[2002:c000:8::]/", "6to4, carrying the IPv4 dummy address", NEVER),
+    ("http://[::ffff:192.0.0.8]/", "IPv4-mapped, carrying the dummy IPv4 address", NEVER),
+    ("http://[64:ff9b::c000:8]/", "NAT64, carrying the dummy IPv4 address", NEVER),
+    ("http://[2002:c000:8::]/", "6to4, carrying the dummy IPv4 address", NEVER),
     ("http://[::ffff:0:7f00:1]/", "IPv4-translated, carrying the loopback", NEVER),
     ("http://[3fff::1]/", "documentation", NEVER),
     ("http://[5f00::1]/", "segment routing", NEVER),

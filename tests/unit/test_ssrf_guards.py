@@ -108,7 +108,7 @@ PATHS: dict[str, Callable[[bool], None]] = {
 
 
 def verdict(path: Callable[[bool], None], allow_private: bool) -> str:
-    """"allowed", or "refused" when the path refused the address as not globally routable."""
+    """Whether the path let the address through ("allowed") or refused it as not globally routable."""
     try:
         path(allow_private)
     except (ValueError, ProblemError) as exc:  # ImageInputError and FileInputError are ValueErrors
