@@ -13,8 +13,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+import httpx
+import pytest
 import trustme
 
+import shared.ssrf
 from tests.support import png_bytes
 
 # A trickling server sends one byte this often, each within any per-read timeout.
@@ -100,3 +103,15 @@ def silent_listener() -> Iterator[Listener]:
         yield Listener(sock.getsockname()[1])
     finally:
         sock.close()
+
+
+def trust_in_the_guard(monkeypatch: pytest.MonkeyPatch, ca: trustme.CA) -> None:
+    """The SSRF guard's client trusts ``ca`` (as a deployment's trusts the public CAs); the rest of
+    the guard is the real one."""
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    monkeypatch.setattr(
+        shared.ssrf,
+        "pinned_client",
+        lambda timeout_s: httpx.Client(verify=context, timeout=timeout_s, follow_redirects=False, trust_env=False),
+    )

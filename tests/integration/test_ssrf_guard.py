@@ -1,19 +1,15 @@
-"""The SSRF guard in a real API process (issue 15): image URLs and webhooks that reach anything but
+"""The SSRF guard in a real API process: image URLs and webhooks that reach anything but
 globally routable addresses are a 422, IPv4 carried in IPv6 included (the table of addresses is in
 tests/unit/test_ssrf.py; tests/unit/test_ssrf_guards.py checks every outbound path gives its verdict),
 and an https image URL that redirects to plain http is a 422."""
 
 from __future__ import annotations
 
-import ssl
-
-import httpx
 import pytest
 import trustme
 
-import shared.ssrf
 from tests.integration.conftest import TOKEN_A
-from tests.integration.image_servers import ImageServer
+from tests.integration.image_servers import ImageServer, trust_in_the_guard
 from tests.support import assert_problem
 from tests.support.predictions import app_for, depth2img_input
 
@@ -48,13 +44,7 @@ def test_an_image_url_redirecting_from_https_to_http_is_a_422_and_never_fetched(
     """Both servers are on loopback (local development allows it); the guard's client trusts the
     test CA as a deployment's trusts the public ones."""
     ca = trustme.CA()
-    context = ssl.create_default_context()
-    ca.configure_trust(context)
-    monkeypatch.setattr(
-        shared.ssrf,
-        "pinned_client",
-        lambda timeout_s: httpx.Client(verify=context, timeout=timeout_s, follow_redirects=False, trust_env=False),
-    )
+    trust_in_the_guard(monkeypatch, ca)
     with ImageServer("127.0.0.1", tls=ca) as redirector, ImageServer("127.0.0.1") as plain:
         redirector.redirect_to = plain.url("/x.png")
         body = {"version": "kiln/sd2-depth2img", "input": depth2img_input(input_image=redirector.url("/x.png"))}

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-import ssl
 from collections.abc import Callable, Iterator
 from types import SimpleNamespace
 
@@ -24,7 +23,7 @@ from shared.images import ImageInputError, fetch_url
 from shared.settings import Settings
 from shared.webhook_outbox import Delivery
 from shared.webhook_secrets import new_webhook_secret
-from tests.integration.image_servers import ImageServer
+from tests.integration.image_servers import ImageServer, trust_in_the_guard
 from tests.support import png_bytes
 from tests.unit.test_ssrf import ADDRESSES, LOCAL_DEVELOPMENT
 from webhook_worker.delivery import SignedBody, post_signed
@@ -141,15 +140,8 @@ def ca() -> trustme.CA:
 
 @pytest.fixture
 def trusting(monkeypatch: pytest.MonkeyPatch, ca: trustme.CA) -> None:
-    """The guard's client trusts the test CA, as a deployment's trusts the public ones (the rest of
-    the guard is the real one; loopback passes as local development)."""
-    context = ssl.create_default_context()
-    ca.configure_trust(context)
-    monkeypatch.setattr(
-        shared.ssrf,
-        "pinned_client",
-        lambda timeout_s: httpx.Client(verify=context, timeout=timeout_s, follow_redirects=False, trust_env=False),
-    )
+    """Loopback passes as local development, and the guard's client trusts the test CA."""
+    trust_in_the_guard(monkeypatch, ca)
 
 
 @pytest.fixture
