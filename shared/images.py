@@ -12,12 +12,12 @@ import io
 import re
 import time
 from dataclasses import dataclass
-from urllib.parse import unquote_to_bytes, urljoin, urlsplit
+from urllib.parse import unquote_to_bytes, urlsplit
 
 import httpx
 from PIL import Image, ImageOps
 
-from shared.ssrf import URLRefused, pinned_client, pinned_request, resolve_checked
+from shared.ssrf import URLRefused, guarded_request, redirect_target
 
 ALLOWED_FORMATS = frozenset({"PNG", "JPEG", "WEBP", "GIF", "BMP"})
 _DATA_URI = re.compile(
@@ -123,22 +123,20 @@ def check_image(data: bytes, max_pixels: int) -> CheckedImage:
 
 def fetch_url(url: str, *, timeout_s: float, max_bytes: int, allow_private: bool, max_redirects: int = 5) -> bytes:
     """GET an http(s) URL through the SSRF guard, refusing bodies over ``max_bytes`` and answers
-    slower than ``timeout_s``. Redirects are followed by hand so every hop is checked."""
+    slower than ``timeout_s``. Redirects are followed by hand: every hop is judged again, and a
+    redirect from https to plain http is refused."""
     deadline = time.monotonic() + timeout_s
     for _ in range(max_redirects + 1):
         try:
-            target = resolve_checked(url, allow_private=allow_private)
-        except URLRefused as exc:
-            raise ImageInputError(f"{url}: {exc}") from None
-        pinned, host_header, extensions = pinned_request(target, url)
-        try:
-            with pinned_client(timeout_s).stream("GET", pinned, headers=host_header, extensions=extensions) as response:
+            with guarded_request("GET", url, allow_private=allow_private, timeout_s=timeout_s) as response:
                 if response.is_redirect:
-                    url = urljoin(url, response.headers["location"])
+                    url = redirect_target(url, response.headers["location"])
                     continue
                 if response.status_code != 200:
                     raise ImageInputError(f"fetching {url} answered HTTP {response.status_code}")
                 return _read_bounded(response, url, max_bytes, deadline, timeout_s)
+        except URLRefused as exc:
+            raise ImageInputError(f"{url}: {exc}") from None
         except httpx.TimeoutException:
             raise ImageInputError(f"fetching {url} timed out after {timeout_s:g} s") from None
         except httpx.HTTPError as exc:

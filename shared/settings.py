@@ -97,7 +97,8 @@ class Settings(BaseSettings):
     image_fetch_timeout_s: float = Field(default=15.0, gt=0)
     image_fetch_max_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
     image_max_pixels: int = Field(default=40_000_000, ge=4096)
-    # Fetch image URLs on loopback/private addresses (local development only).
+    # Fetch image and LoRA URLs on loopback, private-use and unique-local addresses (local development
+    # only; link-local and the other special-purpose ranges stay refused: shared.ssrf).
     image_fetch_allow_private: bool = False
     image_fetch_max_redirects: int = Field(default=5, ge=0)
 
@@ -139,7 +140,7 @@ class Settings(BaseSettings):
     # How long a signed output URL works (every GET, list and webhook renders a fresh one); never
     # longer than retention_s. The owner's token fetches the file without one.
     output_url_ttl_s: int = Field(default=3600, ge=10)
-    # Allow webhooks (and image URLs) to loopback/private addresses: local development and tests only.
+    # Allow webhooks to loopback, private-use and unique-local addresses: local development and tests only.
     webhook_allow_private: bool = False
     webhook_timeout_s: float = Field(default=15.0, gt=0)
     # Delays between attempts of a terminal event (Svix-like: 5 s, 5 min, 30 min, 2 h, 5 h, 10 h).

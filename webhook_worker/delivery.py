@@ -18,7 +18,7 @@ from shared.metrics import record_webhook_delivery
 from shared.prediction_json import refresh_output_urls
 from shared.settings import Settings
 from shared.signed_urls import UrlSigner
-from shared.ssrf import URLRefused, pinned_client, pinned_request, resolve_checked
+from shared.ssrf import URLRefused, guarded_request
 from shared.store import PredictionStore
 from shared.webhook_outbox import DELIVERED, FAILED, PENDING, Delivery, WebhookOutbox
 from shared.webhook_secrets import WebhookSecrets
@@ -99,23 +99,22 @@ def post_signed(delivery: Delivery, signed: SignedBody, settings: Settings) -> A
     """POST the body once. Redirects are failures and are not followed."""
     if not signed.secrets:
         return AttemptResult("refused: the prediction's tenant is unknown, so nothing can sign it", False, stop=True)
+    headers = signature_headers(signed.secrets, delivery.id, datetime.now(UTC), signed.body) | {
+        "content-type": "application/json",
+        "user-agent": "kiln-webhooks/1",
+    }
     try:
-        target = resolve_checked(delivery.url, allow_private=settings.webhook_allow_private)
+        with guarded_request(
+            "POST",
+            delivery.url,
+            allow_private=settings.webhook_allow_private,
+            timeout_s=settings.webhook_timeout_s,
+            headers=headers,
+            content=signed.body.encode(),
+        ) as response:
+            pass  # only the status and headers count: a receiver's body is never read
     except URLRefused as exc:
         return AttemptResult(f"refused: {exc}", succeeded=False, stop=True)
-    pinned, host_header, extensions = pinned_request(target, delivery.url)
-    headers = (
-        signature_headers(signed.secrets, delivery.id, datetime.now(UTC), signed.body)
-        | host_header
-        | {
-            "content-type": "application/json",
-            "user-agent": "kiln-webhooks/1",
-        }
-    )
-    try:
-        response = pinned_client(settings.webhook_timeout_s).post(
-            pinned, content=signed.body.encode(), headers=headers, extensions=extensions
-        )
     except httpx.TimeoutException:
         return AttemptResult(f"timed out after {settings.webhook_timeout_s:g} s", succeeded=False)
     except httpx.HTTPError as exc:

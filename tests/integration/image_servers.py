@@ -1,16 +1,23 @@
 """Image servers on loopback for the image-URL tests: one that serves (or redirects, or trickles)
-and counts requests, and a listener that accepts connections and never answers."""
+and counts requests, over plain http or TLS (a trustme CA), and a listener that accepts connections
+and never answers."""
 
 from __future__ import annotations
 
 import http.server
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+import httpx
+import pytest
+import trustme
+
+import shared.ssrf
 from tests.support import png_bytes
 
 # A trickling server sends one byte this often, each within any per-read timeout.
@@ -19,20 +26,29 @@ TRICKLE_BYTES = 150
 
 
 class ImageServer:
-    """Serves a PNG on every GET, or redirects to ``redirect_to``, or trickles a byte at a time."""
+    """Serves a PNG (or ``body``) on every GET, or redirects to ``redirect_to``, or trickles a byte at
+    a time; over TLS with a certificate for ``host`` from ``tls`` when given."""
 
-    def __init__(self, host: str, trickle: bool = False) -> None:
+    def __init__(
+        self, host: str, trickle: bool = False, *, tls: trustme.CA | None = None, body: bytes | None = None
+    ) -> None:
         self.host = host
         self.trickle = trickle
         self.redirect_to: str | None = None
         self.hits = 0
-        self.body = png_bytes(64, 64)
+        self.body = png_bytes(64, 64) if body is None else body
         self._server = http.server.ThreadingHTTPServer((host, 0), self._handler())
         self._server.daemon_threads = True
+        self.scheme = "http"
+        if tls is not None:
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            tls.issue_cert(host).configure_cert(context)
+            self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
+            self.scheme = "https"
         self.port = self._server.server_address[1]
 
     def url(self, path: str) -> str:
-        return f"http://{self.host}:{self.port}{path}"
+        return f"{self.scheme}://{self.host}:{self.port}{path}"
 
     def __enter__(self) -> ImageServer:
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
@@ -87,3 +103,15 @@ def silent_listener() -> Iterator[Listener]:
         yield Listener(sock.getsockname()[1])
     finally:
         sock.close()
+
+
+def trust_in_the_guard(monkeypatch: pytest.MonkeyPatch, ca: trustme.CA) -> None:
+    """The SSRF guard's client trusts ``ca`` (as a deployment's trusts the public CAs); the rest of
+    the guard is the real one."""
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    monkeypatch.setattr(
+        shared.ssrf,
+        "pinned_client",
+        lambda timeout_s: httpx.Client(verify=context, timeout=timeout_s, follow_redirects=False, trust_env=False),
+    )

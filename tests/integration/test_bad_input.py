@@ -300,7 +300,11 @@ def test_a_redirect_to_a_private_address_is_refused(stack, client, monkeypatch, 
 
     real_reason = shared.ssrf.forbidden_reason
     monkeypatch.setattr(
-        shared.ssrf, "forbidden_reason", lambda address: None if str(address) == "127.0.0.2" else real_reason(address)
+        shared.ssrf,
+        "forbidden_reason",
+        lambda address, allow_private=False: (
+            None if str(address) == "127.0.0.2" else real_reason(address, allow_private)
+        ),
     )
     with ImageServer("127.0.0.1") as private, ImageServer("127.0.0.2") as redirector:
         redirector.redirect_to = location.format(private_port=private.port)

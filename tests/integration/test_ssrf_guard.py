@@ -1,12 +1,15 @@
-"""The SSRF guard in a real API process (issue 15): image URLs and webhooks that reach anything but
+"""The SSRF guard in a real API process: image URLs and webhooks that reach anything but
 globally routable addresses are a 422, IPv4 carried in IPv6 included (the table of addresses is in
-tests/unit/test_ssrf.py)."""
+tests/unit/test_ssrf.py; tests/unit/test_ssrf_guards.py checks every outbound path gives its verdict),
+and an https image URL that redirects to plain http is a 422."""
 
 from __future__ import annotations
 
 import pytest
+import trustme
 
 from tests.integration.conftest import TOKEN_A
+from tests.integration.image_servers import ImageServer, trust_in_the_guard
 from tests.support import assert_problem
 from tests.support.predictions import app_for, depth2img_input
 
@@ -35,3 +38,17 @@ def test_webhooks_to_non_global_addresses_are_refused(stack, url):
         body = {"version": "kiln/sd2-depth2img", "input": depth2img_input(), "webhook": url.replace("x.png", "hook")}
         response = app.post("/v1/predictions", json=body, headers={"Authorization": f"Bearer {TOKEN_A}"})
     assert_problem(response, 422, "webhook:", "not globally routable")
+
+
+def test_an_image_url_redirecting_from_https_to_http_is_a_422_and_never_fetched(stack, monkeypatch):
+    """Both servers are on loopback (local development allows it); the guard's client trusts the
+    test CA as a deployment's trusts the public ones."""
+    ca = trustme.CA()
+    trust_in_the_guard(monkeypatch, ca)
+    with ImageServer("127.0.0.1", tls=ca) as redirector, ImageServer("127.0.0.1") as plain:
+        redirector.redirect_to = plain.url("/x.png")
+        body = {"version": "kiln/sd2-depth2img", "input": depth2img_input(input_image=redirector.url("/x.png"))}
+        with app_for(stack, image_fetch_allow_private=True) as app:
+            response = app.post("/v1/predictions", json=body, headers={"Authorization": f"Bearer {TOKEN_A}"})
+        assert_problem(response, 422, "input.input_image", "a redirect may not leave https")
+        assert (redirector.hits, plain.hits) == (1, 0)

@@ -151,6 +151,16 @@ def safetensors_bytes(names: list[str]) -> bytes:
 LORA_FILE = safetensors_bytes(["unet.a.lora_A.weight", "unet.a.lora_B.weight"])
 
 
+def deeply_nested_header(depth: int) -> bytes:
+    """A file whose header nests ``depth`` lists in a tensor's shape (a JSON parser recurses once per level)."""
+    header = b'{"unet.a.lora_A.weight": {"dtype": "F32", "shape": ' + b"[" * depth + b"]" * depth
+    header += b', "data_offsets": [0, 0]}}'
+    return struct.pack("<Q", len(header)) + header
+
+
+DEEP_FILE = deeply_nested_header(100_000)
+
+
 def test_the_safetensors_header_is_read_from_the_first_bytes_only() -> None:
     chunks = [LORA_FILE[:5], LORA_FILE[5:30], LORA_FILE[30:]]
     header = read_safetensors_header(iter(chunks))
@@ -170,6 +180,8 @@ def test_the_safetensors_header_is_read_from_the_first_bytes_only() -> None:
         (struct.pack("<Q", 40) + b"{}", "ends inside its header"),
         (struct.pack("<Q", 4) + b"nope", "not JSON"),
         (struct.pack("<Q", 9) + b'{"a": 1}\x20', "does not describe tensors"),
+        (DEEP_FILE, "its header nests deeper than 3 levels"),
+        (deeply_nested_header(2), "its header nests deeper than 3 levels"),
     ],
 )
 def test_files_that_are_not_safetensors_are_refused_by_their_header(data: bytes, message: str) -> None:
@@ -185,7 +197,7 @@ def test_a_safetensors_file_must_hold_lora_layers() -> None:
         check_lora_header({"__metadata__": {}})
 
 
-OURS, THEIRS, BIG, NOT_LORA = (f"{BASE_URL}/v1/files/{letter * 26}" for letter in "abcd")
+OURS, THEIRS, BIG, NOT_LORA, DEEP = (f"{BASE_URL}/v1/files/{letter * 26}" for letter in "abcde")
 
 
 class FakeFiles:
@@ -197,6 +209,7 @@ class FakeFiles:
             "b" * 26: ("someone else", LORA_FILE, len(LORA_FILE)),
             "c" * 26: ("me", LORA_FILE, 2 * 2**30),
             "d" * 26: ("me", safetensors_bytes(["model.weight"]), 100),
+            "e" * 26: ("me", DEEP_FILE, len(DEEP_FILE)),
         }
         self.opened = 0
 
@@ -231,6 +244,7 @@ def submit(services: SimpleNamespace, lora: str, checked: set[str] | None = None
         (THEIRS, f"input.lora_weights: file {'b' * 26} does not exist or has expired"),
         (BIG, "is 2147483648 bytes, more than the 1073741824 allowed (KILN_LORA_MAX_BYTES)"),
         (NOT_LORA, "not a LoRA"),
+        (DEEP, "not a safetensors file: its header nests deeper than 3 levels"),
         ("http://loras.example/a.safetensors", "must be an https URL"),
         ("https://internal/a.safetensors", "resolves to a private address"),
     ],

@@ -124,13 +124,17 @@ def test_public_addresses_pass(address):
     assert forbidden_reason(ipaddress.ip_address(address)) is None
 
 
-@pytest.mark.parametrize(
-    "url", ["http://127.0.0.1/hook", "http://10.0.0.1/hook", "http://[::1]/hook", "http://169.254.169.254/latest"]
-)
+@pytest.mark.parametrize("url", ["http://127.0.0.1/hook", "http://10.0.0.1/hook", "http://[::1]/hook"])
 def test_private_urls_are_refused_unless_allowed(url):
     with pytest.raises(URLRefused):
         resolve_checked(url, allow_private=False)
     assert resolve_checked(url, allow_private=True).address
+
+
+@pytest.mark.parametrize("url", ["http://169.254.169.254/latest", "http://100.100.100.200/", "http://0.0.0.0/hook"])
+def test_metadata_and_other_non_private_urls_are_refused_even_when_private_ones_are_allowed(url):
+    with pytest.raises(URLRefused):
+        resolve_checked(url, allow_private=True)
 
 
 def test_a_hostname_resolving_to_a_private_address_is_refused(monkeypatch):
