@@ -24,7 +24,7 @@ from api.batch import prepare_item
 from api.batch_views import cancel_batch, cancel_items
 from api.errors import ProblemError, problem_body
 from api.image_staging import RequestImages
-from api.json_nesting import nested_too_deep, too_deep_problem
+from shared.json_nesting import nests_deeper_than, too_deep_problem
 from api.services import Services
 from api.submission import _queue_full_problem
 from shared import keys, metrics, retention
@@ -121,7 +121,7 @@ def _validate_one(
     images: RequestImages,
     found: Validated,
 ) -> int | RefusedItem:
-    if nested_too_deep(text):
+    if nests_deeper_than(text):
         return RefusedItem(line, problem_body(422, too_deep_problem(f"line {line}")))
     try:
         raw = _parse(text)

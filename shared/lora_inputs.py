@@ -11,7 +11,6 @@ safetensors format is read, never a pickle.
 from __future__ import annotations
 
 import json
-import re
 import struct
 from collections.abc import Iterable, Iterator, Mapping
 from functools import cache
@@ -21,6 +20,7 @@ from urllib.parse import urlsplit
 from pydantic import AfterValidator, WithJsonSchema
 
 from shared.input_schema import ModelInput
+from shared.json_nesting import nests_deeper_than
 
 # What marks a LoRA input in a JSON schema (and which files the playground's picker offers).
 ACCEPT_KEY = "x-kiln-accept"
@@ -33,11 +33,6 @@ MAX_HEADER_BYTES = 16 * 1024 * 1024
 METADATA_KEY = "__metadata__"
 # A header nests three levels: the object of tensors, each tensor's entry, its shape and offsets.
 MAX_HEADER_DEPTH = 3
-# For measuring nesting without parsing: escapes (inside strings, whose brackets are text), every
-# byte but brackets, and the innermost pairs of brackets.
-_ESCAPE = re.compile(rb"\\.", re.S)
-_NOT_BRACKETS = bytes(range(256)).translate(None, b"[]{}")
-_INNERMOST_PAIRS = re.compile(rb"\[\]|\{\}")
 
 
 class LoraInputError(ValueError):
@@ -109,17 +104,6 @@ def read_safetensors_header(chunks: Iterable[bytes], max_header_bytes: int = MAX
     ):
         raise LoraInputError("not a safetensors file: its header does not describe tensors")
     return header
-
-
-def nests_deeper_than(raw: bytes, depth: int) -> bool:
-    """Whether the JSON text ``raw`` nests arrays and objects deeper than ``depth``, found without
-    parsing it (a parser recurses once per level): each pass removes the innermost pairs of brackets."""
-    outside_strings = b"".join(_ESCAPE.sub(b"", raw).split(b'"')[::2])
-    brackets = outside_strings.translate(None, _NOT_BRACKETS)
-    for _ in range(depth):
-        brackets = _INNERMOST_PAIRS.sub(b"", brackets)
-    # Brackets that no pass could pair (malformed JSON) are left for the parser to refuse.
-    return _INNERMOST_PAIRS.search(brackets) is not None
 
 
 def check_lora_header(header: Mapping[str, Any]) -> None:

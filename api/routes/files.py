@@ -13,7 +13,7 @@ from starlette.datastructures import UploadFile
 
 from api.deps import BaseURL, CurrentTenant, ServicesDep
 from api.errors import ProblemError, reject_invalid_text
-from api.json_nesting import nested_too_deep, too_deep_problem
+from shared.json_nesting import nests_deeper_than, too_deep_problem
 from api.pagination import Cursor, CursorQuery, page_links
 from api.services import Services
 from shared.files import FileRecord, render_file
@@ -52,7 +52,7 @@ _UPLOAD_SCHEMA = {
 async def _metadata(field: str | UploadFile | None) -> dict[str, Any]:
     """``metadata`` as a JSON object; the JS client sends it as a file part, the Python client as a field."""
     raw = await field.read() if isinstance(field, UploadFile) else field
-    if raw and nested_too_deep(raw):
+    if raw and nests_deeper_than(raw):
         raise ProblemError(422, too_deep_problem("metadata"))
     try:
         parsed = json.loads(raw) if raw else {}

@@ -2,26 +2,36 @@
 
 from __future__ import annotations
 
+import struct
 import time
 
-from api.json_nesting import MAX_DEPTH, nested_too_deep
+import pytest
+
+from shared.json_nesting import MAX_DEPTH, nests_deeper_than
+from shared.lora_inputs import LoraInputError, read_safetensors_header
 
 
 def test_depth_at_the_limit_passes_and_one_more_is_refused():
-    assert not nested_too_deep("[" * MAX_DEPTH + "]" * MAX_DEPTH)
-    assert nested_too_deep("[" * (MAX_DEPTH + 1) + "]" * (MAX_DEPTH + 1))
-    assert nested_too_deep(b'{"a": ' * (MAX_DEPTH + 1))  # unclosed counts as well
-    assert not nested_too_deep("[1]," * 10_000)  # many brackets side by side are not deep
+    assert not nests_deeper_than("[" * MAX_DEPTH + "]" * MAX_DEPTH)
+    assert nests_deeper_than("[" * (MAX_DEPTH + 1) + "]" * (MAX_DEPTH + 1))
+    assert nests_deeper_than(b'{"a": ' * (MAX_DEPTH + 1))  # unclosed counts as well
+    assert not nests_deeper_than("[1]," * 10_000)  # many brackets side by side are not deep
 
 
 def test_brackets_inside_strings_do_not_count():
-    assert not nested_too_deep('{"prompt": "' + "[" * 10_000 + '"}')
-    assert not nested_too_deep('{"prompt": "\\"' + "[" * 10_000 + '"}')  # an escaped quote stays inside
-    assert nested_too_deep('{"a": "\\\\"' + ", " + "[" * 100 + "]" * 100 + "}")  # an escaped backslash ends it
+    assert not nests_deeper_than('{"prompt": "' + "[" * 10_000 + '"}')
+    assert not nests_deeper_than('{"prompt": "\\"' + "[" * 10_000 + '"}')  # an escaped quote stays inside
+    assert nests_deeper_than('{"a": "\\\\"' + ", " + "[" * 100 + "]" * 100 + "}")  # an escaped backslash ends it
 
 
 def test_hostile_text_is_measured_in_linear_time():
     started = time.perf_counter()
     for text in ('"' + '\\"' * 2_500_000, "[" * 5_000_000, '"a"' * 1_000_000 + "["):
-        nested_too_deep(text)
+        nests_deeper_than(text)
     assert time.perf_counter() - started < 5
+
+
+def test_a_safetensors_header_of_unclosed_brackets_is_refused_before_parsing():
+    raw = b"[" * 200_000  # json.loads would raise RecursionError on it
+    with pytest.raises(LoraInputError, match="nests deeper"):
+        read_safetensors_header([struct.pack("<Q", len(raw)) + raw])
