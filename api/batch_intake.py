@@ -24,12 +24,12 @@ from api.batch import prepare_item
 from api.batch_views import cancel_batch, cancel_items
 from api.errors import ProblemError, problem_body
 from api.image_staging import RequestImages
-from shared.json_nesting import nests_deeper_than, too_deep_problem
 from api.services import Services
 from api.submission import _queue_full_problem
 from shared import keys, metrics, retention
 from shared.batches import BATCH_TTL_S, Batch, RefusedItem, invalid_entry
 from shared.files import file_id_from_url
+from shared.json_nesting import nests_deeper_than, too_deep_problem
 from shared.objects import batch_prefix
 from shared.prediction import Prediction, new_ids
 from shared.queue_counters import QueueFull

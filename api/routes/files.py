@@ -13,10 +13,10 @@ from starlette.datastructures import UploadFile
 
 from api.deps import BaseURL, CurrentTenant, ServicesDep
 from api.errors import ProblemError, reject_invalid_text
-from shared.json_nesting import nests_deeper_than, too_deep_problem
 from api.pagination import Cursor, CursorQuery, page_links
 from api.services import Services
 from shared.files import FileRecord, render_file
+from shared.json_nesting import nests_deeper_than, too_deep_problem
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
 
