@@ -12,6 +12,7 @@ places in the dispatcher's lists (``shared.dispatcher``): no Celery message is w
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
+from redis.client import Pipeline
 
 from api.batch import prepare_item
 from api.errors import ProblemError, problem_body
@@ -31,14 +33,20 @@ from shared.files import file_id_from_url
 from shared.objects import batch_prefix
 from shared.prediction import Prediction, new_ids
 from shared.queue_counters import QueueFull
+from shared.redis_client import AlreadyStored
 
 # Items stored per Redis transaction.
 CHUNK = 5000
+# Draws of a chunk's ids before a collision with stored records fails the batch (each is all but
+# impossible: ``shared.prediction.new_ids``).
+ID_DRAWS = 3
 # What a shared record keeps of its own: what the status scripts read (the rest is shared).
 OWN_FIELDS = frozenset({"id", "status", "tenant", "queue", "batch_id"})
 
 # One submitted item: its line number (from 1) and its text, or the problem found reading it.
 RawItem = tuple[int, bytes]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -183,7 +191,19 @@ def _template(validated: Validated, entry: int) -> Template:
 
 
 def _store_chunk(services: Services, batch: Batch, validated: Validated, chunk: list[int | RefusedItem]) -> int:
-    """One transaction; returns how many predictions it stored."""
+    """One transaction; returns how many predictions it stored. Should an id drawn for it have a
+    record already, nothing of the chunk is stored and it is tried again with ids drawn afresh."""
+    for _ in range(ID_DRAWS - 1):
+        try:
+            return _store_chunk_with_new_ids(services, batch, validated, chunk)
+        except AlreadyStored as exc:
+            log.error("batch %s: new prediction ids already stored (%s); drawing others", batch.id, exc)
+    return _store_chunk_with_new_ids(services, batch, validated, chunk)
+
+
+def _store_chunk_with_new_ids(
+    services: Services, batch: Batch, validated: Validated, chunk: list[int | RefusedItem]
+) -> int:
     fresh = iter(new_ids(sum(1 for entry in chunk if isinstance(entry, int))))
     entries: list[str] = []
     by_family: dict[str, list[str]] = {}
@@ -197,13 +217,14 @@ def _store_chunk(services: Services, batch: Batch, validated: Validated, chunk: 
         entries.append(prediction_id)
         by_family.setdefault(template.family, []).append(prediction_id)
         by_template.setdefault(entry, []).append(prediction_id)
-    runs: Counter[str] = Counter()
-    with services.redis.pipeline(transaction=True) as pipe:
+    stored = [i for ids in by_family.values() for i in ids]
+
+    def fill(pipe: Pipeline) -> None:
+        runs: Counter[str] = Counter()
         for entry, ids in by_template.items():
             template = _template(validated, entry)
             services.store.add_records_to_pipeline(pipe, ids, {k: v for k, v in template.fields.items() if k != "id"})
             runs[template.model] += len(ids)
-        stored = [i for ids in by_family.values() for i in ids]
         if stored:
             pipe.zadd(keys.tenant_predictions(batch.tenant), dict.fromkeys(stored, 0))
         for model, count in runs.items():
@@ -211,7 +232,8 @@ def _store_chunk(services: Services, batch: Batch, validated: Validated, chunk: 
         services.batches.add_items_to_pipeline(pipe, batch.id, entries, len(stored), len(entries) - len(stored))
         for family, family_ids in by_family.items():
             services.dispatcher.add_to_pipeline(pipe, family, batch.tenant, family_ids)
-        pipe.execute()
+
+    services.store.create_records(stored, fill)
     return len(stored)
 
 

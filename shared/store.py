@@ -22,7 +22,7 @@ from shared import keys, retention
 from shared.batch_counts import LUA_BATCH_MOVED
 from shared.prediction import Prediction, format_timestamp, utcnow
 from shared.queue_counters import LUA_QUEUED_DELTA, QueuedCounters, counter_keys
-from shared.redis_client import lua_key, newest_first_page
+from shared.redis_client import create_new, lua_key, newest_first_page
 from shared.status import LUA_STATUS_TABLE, Status
 
 # Every script that changes a prediction's status starts with this: the state table rendered from
@@ -108,9 +108,15 @@ return current
 
 # ARGV[1]: n, ARGV[2 .. 2n+1]: field, value pairs every record shares; ARGV[2n+2 ..]: prediction ids.
 # Writes one record per id: the shared fields and its JSON ``id`` (a batch's identical items, stored
-# in one call instead of one command each). Returns how many it wrote.
+# in one call instead of one command each). Returns how many it wrote; an error, having written
+# none, when a record of one of the ids exists already (never written over: it may be another tenant's).
 _STORE_RECORDS = f"""
 local n = tonumber(ARGV[1])
+for i = 2 * n + 2, #ARGV do
+  if redis.call('EXISTS', {lua_key(keys.prediction, "ARGV[i]")}) == 1 then
+    return redis.error_reply('prediction ' .. ARGV[i] .. ' is already stored')
+  end
+end
 local fields = {{}}
 for i = 2, 2 * n + 1 do fields[#fields + 1] = ARGV[i] end
 fields[#fields + 1] = 'id'
@@ -155,8 +161,9 @@ class PredictionStore:
         total_cap: int | None = None,
         messages: Callable[[int], Sequence[tuple[str, str]]] | None = None,
     ) -> None:
-        """Store queued predictions of one tenant in two round trips: count them against the caps
-        (all or none: ``QueueFull`` stores nothing), then write every record in one transaction.
+        """Store queued predictions of one tenant: count them against the caps (all or none:
+        ``QueueFull`` stores nothing), then write every record in one transaction (``create_records``:
+        ``AlreadyStored``, nothing stored, if a record of one of their ids exists).
 
         ``messages``, called with how many of the tenant's predictions were already queued, gives
         ``(list, message)`` pairs (``shared.task_messages``) pushed onto their queues in that same
@@ -169,25 +176,34 @@ class PredictionStore:
             raise ValueError("create_many stores one tenant's predictions")
         families = [p.queue for p in predictions]
         queued_before = self.queued.admit(tenant, families, tenant_cap or _UNCAPPED, total_cap or _UNCAPPED)
+
+        def fill(pipe: Pipeline) -> None:
+            for prediction in predictions:
+                pipe.hset(keys.prediction(prediction.id), mapping=prediction.to_redis_hash())
+            pipe.zadd(keys.tenant_predictions(tenant), {p.id: 0 for p in predictions})
+            if deadlines := {p.id: p.deadline.timestamp() for p in predictions if p.deadline}:
+                pipe.zadd(keys.deadlines(), deadlines)
+            for model, count in Counter(p.model for p in predictions).items():
+                pipe.incrby(keys.model_run_count(model), count)
+            for list_key, message in messages(queued_before) if messages else ():
+                pipe.lpush(list_key, message)
+
         try:
-            with self.redis.pipeline(transaction=True) as pipe:
-                for prediction in predictions:
-                    pipe.hset(keys.prediction(prediction.id), mapping=prediction.to_redis_hash())
-                pipe.zadd(keys.tenant_predictions(tenant), {p.id: 0 for p in predictions})
-                if deadlines := {p.id: p.deadline.timestamp() for p in predictions if p.deadline}:
-                    pipe.zadd(keys.deadlines(), deadlines)
-                for model, count in Counter(p.model for p in predictions).items():
-                    pipe.incrby(keys.model_run_count(model), count)
-                for list_key, message in messages(queued_before) if messages else ():
-                    pipe.lpush(list_key, message)
-                pipe.execute()
+            self.create_records([p.id for p in predictions], fill)
         except BaseException:
             self.queued.release(tenant, families)
             raise
 
+    def create_records(self, prediction_ids: Sequence[str], fill: Callable[[Pipeline], None]) -> None:
+        """Run the transaction ``fill`` queues, which creates the records of ``prediction_ids``, only
+        if none of them exists yet: ``AlreadyStored`` otherwise, with nothing of it written. A record
+        is never written over (the one there may be another tenant's)."""
+        create_new(self.redis, [keys.prediction(i) for i in prediction_ids], fill)
+
     def add_records_to_pipeline(self, pipe: Pipeline, prediction_ids: Sequence[str], fields: dict[str, bytes]) -> None:
         """Write a record per id, each ``fields`` (encoded as ``Prediction.to_compact_hash``) and its
-        own id, in the caller's transaction (a batch's items: ``api.batch_intake``)."""
+        own id, in the caller's transaction (a batch's items: ``api.batch_intake``, in ``create_records``).
+        None is written if one of the ids has a record already (the script answers an error)."""
         args: list[str | bytes | int] = [len(fields)]
         for name, value in fields.items():
             args += [name, value]

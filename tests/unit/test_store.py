@@ -14,7 +14,8 @@ import redis
 
 from deploy.devstack.servers import RedisServer
 from shared import keys
-from shared.prediction import Prediction
+from shared.prediction import Prediction, new_id, new_ids
+from shared.redis_client import AlreadyStored
 from shared.status import Status
 from shared.store import PredictionStore
 
@@ -164,3 +165,77 @@ def test_list_is_newest_first_with_cursors_and_per_tenant(store):
     assert [p.id for p in page3] == [ids[0]] and not more3
     back, newer = store.list_for_tenant("t1", after=page2[0].id, limit=2)
     assert [p.id for p in back] == [p.id for p in page] and not newer
+
+
+def twin_of(first: Prediction, tenant: str) -> Prediction:
+    """Another tenant's prediction that drew the same id."""
+    return Prediction(id=first.id, tenant=tenant, model=first.model, version="v", input={"prompt": "the twin's"})
+
+
+@pytest.mark.integration  # a real redis-server: WATCH and the record scripts as Redis runs them
+def test_a_create_whose_id_is_stored_is_refused_and_writes_nothing(server_store):
+    store = server_store
+    first = make(store, tenant="tenant-a")
+    queue = "kiln:test:queue"
+
+    with pytest.raises(AlreadyStored):
+        store.create_many([twin_of(first, "tenant-b")], messages=lambda _: [(queue, "message")])
+
+    assert store.get(first.id) == first
+    assert store.list_for_tenant("tenant-b") == ([], False)
+    assert store.redis.llen(queue) == 0
+    assert store.queued.depth("tenant-b").tenant == 0
+    assert store.queued.depth("tenant-a").tenant == 1
+
+
+@pytest.mark.integration
+def test_a_batch_chunk_with_a_stored_id_is_refused_whole(server_store):
+    store = server_store
+    first = make(store, tenant="tenant-a")
+    others = new_ids(3)
+    fields = twin_of(first, "tenant-b").to_compact_hash()
+
+    def fill(pipe) -> None:
+        store.add_records_to_pipeline(pipe, [*others, first.id], fields)
+        pipe.zadd(keys.tenant_predictions("tenant-b"), dict.fromkeys([*others, first.id], 0))
+
+    with pytest.raises(AlreadyStored):
+        store.create_records([*others, first.id], fill)
+
+    assert store.get(first.id) == first
+    assert store.get_many(others) == []
+    assert store.list_for_tenant("tenant-b") == ([], False)
+
+
+@pytest.mark.integration
+def test_the_record_script_itself_never_writes_over_a_stored_record(server_store):
+    store = server_store
+    first = make(store, tenant="tenant-a")
+    other = new_id()
+
+    with store.redis.pipeline(transaction=True) as pipe:
+        store.add_records_to_pipeline(pipe, [other, first.id], twin_of(first, "tenant-b").to_compact_hash())
+        with pytest.raises(redis.ResponseError, match=f"prediction {first.id} is already stored"):
+            pipe.execute()
+
+    assert store.get(first.id) == first
+    assert store.get(other) is None
+
+
+@pytest.mark.integration
+def test_a_record_made_between_the_check_and_the_write_fails_the_create(server_store):
+    """Another client storing one of the ids after the check but before the transaction: the watch
+    sees it, the create checks again and is refused; the record written in between stays."""
+    store = server_store
+    late = Prediction(tenant="tenant-a", model="kiln/sd2-depth2img", version="v", input={"prompt": "late"})
+    twin = twin_of(late, "tenant-b")
+
+    def fill(pipe) -> None:
+        if not store.redis.exists(keys.prediction(late.id)):
+            store.create(late)  # on another connection, while this create's keys are watched
+        pipe.hset(keys.prediction(twin.id), mapping=twin.to_redis_hash())
+
+    with pytest.raises(AlreadyStored):
+        store.create_records([twin.id], fill)
+
+    assert store.get(late.id) == late
