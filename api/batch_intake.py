@@ -4,9 +4,10 @@ Each item is validated on its own with the same code as a single create (``api.b
 a bad item (or a line that is not JSON) becomes a refused entry with its line number and problem,
 and never sinks the rest. Items with the same text are validated once: the first one's prepared
 prediction is the template of the others, which differ only in their id. The batch is admitted
-against the queue caps whole, then stored a chunk at a time, each chunk one Redis transaction
-holding the compact records, the tenant's index, the batch's item list and counts, and the items'
-places in the dispatcher's lists (``shared.dispatcher``): no Celery message is written here.
+against the queue caps whole, then stored a chunk at a time: the chunk's compact records in one
+script call (refused whole, and drawn again, if one of its new ids is stored), then one Redis
+transaction holding the tenant's index, the batch's item list and counts, and the items' places in
+the dispatcher's lists (``shared.dispatcher``): no Celery message is written here.
 """
 
 from __future__ import annotations
@@ -191,8 +192,8 @@ def _template(validated: Validated, entry: int) -> Template:
 
 
 def _store_chunk(services: Services, batch: Batch, validated: Validated, chunk: list[int | RefusedItem]) -> int:
-    """One transaction; returns how many predictions it stored. Should an id drawn for it have a
-    record already, nothing of the chunk is stored and it is tried again with ids drawn afresh."""
+    """Its records, then one transaction; returns how many predictions it stored. Should an id drawn
+    for it have a record already, nothing of the chunk is stored and it is tried with ids drawn afresh."""
     for _ in range(ID_DRAWS - 1):
         try:
             return _store_chunk_with_new_ids(services, batch, validated, chunk)
@@ -218,13 +219,11 @@ def _store_chunk_with_new_ids(
         by_family.setdefault(template.family, []).append(prediction_id)
         by_template.setdefault(entry, []).append(prediction_id)
     stored = [i for ids in by_family.values() for i in ids]
+    runs: Counter[str] = Counter()
+    for entry, ids in by_template.items():
+        runs[_template(validated, entry).model] += len(ids)
 
-    def fill(pipe: Pipeline) -> None:
-        runs: Counter[str] = Counter()
-        for entry, ids in by_template.items():
-            template = _template(validated, entry)
-            services.store.add_records_to_pipeline(pipe, ids, {k: v for k, v in template.fields.items() if k != "id"})
-            runs[template.model] += len(ids)
+    def then(pipe: Pipeline) -> None:
         if stored:
             pipe.zadd(keys.tenant_predictions(batch.tenant), dict.fromkeys(stored, 0))
         for model, count in runs.items():
@@ -233,7 +232,10 @@ def _store_chunk_with_new_ids(
         for family, family_ids in by_family.items():
             services.dispatcher.add_to_pipeline(pipe, family, batch.tenant, family_ids)
 
-    services.store.create_records(stored, fill)
+    records = [
+        ({k: v for k, v in _template(validated, e).fields.items() if k != "id"}, ids) for e, ids in by_template.items()
+    ]
+    services.store.create_records(records, then)
     return len(stored)
 
 

@@ -8,6 +8,7 @@ import json
 
 import pytest
 
+from api import batch_intake
 from api.batch import submit_batch
 from api.schemas import CreatePrediction
 from api.services import Services
@@ -15,6 +16,7 @@ from api.submission import submit
 from deploy.devstack.servers import RedisServer
 from models.registry import find_model
 from shared import images, queues
+from shared.prediction import new_ids
 from shared.settings import Settings
 from tests.support import data_uri
 from tests.support.predictions import depth2img_input
@@ -95,3 +97,23 @@ def test_an_image_repeated_across_a_batch_is_checked_once_and_a_bad_one_fails_ev
     results, _ = submit_batch(services, "tenant-a", [bad, bad], "http://kiln.test", None)
     assert [r["status"] for r in results] == [422, 422]
     assert all("input.input_image" in r["detail"] for r in results)
+
+
+def test_a_batch_chunk_whose_new_id_is_stored_is_stored_again_with_fresh_ids(services, monkeypatch):
+    spec = find_model("kiln/sd2-depth2img")
+    other, _ = submit(
+        services, "tenant-b", spec, CreatePrediction(version=spec.ref, input=SD2_INPUT), "http://kiln.test"
+    )
+    draws = iter([lambda count: [other.id, *new_ids(count - 1)]])
+    monkeypatch.setattr(batch_intake, "new_ids", lambda count: next(draws, new_ids)(count))
+    items = [{"version": spec.ref, "input": SD2_INPUT | {"seed": seed}} for seed in range(3)]
+
+    batch = batch_intake.create_batch(
+        services, "tenant-a", batch_intake.inline_items(items), 3, "http://kiln.test", None, "inline", 100
+    )
+
+    ids = [entry for entry in services.batches.items(batch.id, 0, 10)]
+    assert len(ids) == 3 and other.id not in ids
+    assert [p.input["seed"] for p in services.store.get_many(ids)] == [0, 1, 2]
+    assert services.store.get(other.id) == other
+    assert batch.counts == {"starting": 3}

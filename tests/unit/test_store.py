@@ -14,8 +14,8 @@ import redis
 
 from deploy.devstack.servers import RedisServer
 from shared import keys
-from shared.prediction import Prediction, new_id, new_ids
-from shared.redis_client import AlreadyStored
+from shared.prediction import Prediction, new_ids
+from shared.redis_client import AlreadyStored, create_new
 from shared.status import Status
 from shared.store import PredictionStore
 
@@ -193,14 +193,13 @@ def test_a_batch_chunk_with_a_stored_id_is_refused_whole(server_store):
     store = server_store
     first = make(store, tenant="tenant-a")
     others = new_ids(3)
-    fields = twin_of(first, "tenant-b").to_compact_hash()
+    fields = {k: v for k, v in twin_of(first, "tenant-b").to_compact_hash().items() if k != "id"}
 
-    def fill(pipe) -> None:
-        store.add_records_to_pipeline(pipe, [*others, first.id], fields)
+    def then(pipe) -> None:
         pipe.zadd(keys.tenant_predictions("tenant-b"), dict.fromkeys([*others, first.id], 0))
 
     with pytest.raises(AlreadyStored):
-        store.create_records([*others, first.id], fill)
+        store.create_records([(fields, others[:2]), (fields, [others[2], first.id])], then)
 
     assert store.get(first.id) == first
     assert store.get_many(others) == []
@@ -208,34 +207,34 @@ def test_a_batch_chunk_with_a_stored_id_is_refused_whole(server_store):
 
 
 @pytest.mark.integration
-def test_the_record_script_itself_never_writes_over_a_stored_record(server_store):
+def test_records_whose_transaction_failed_are_deleted_again(server_store):
     store = server_store
-    first = make(store, tenant="tenant-a")
-    other = new_id()
+    ids = new_ids(2)
+    fields = {k: v for k, v in twin_of(make(store), "t1").to_compact_hash().items() if k != "id"}
 
-    with store.redis.pipeline(transaction=True) as pipe:
-        store.add_records_to_pipeline(pipe, [other, first.id], twin_of(first, "tenant-b").to_compact_hash())
-        with pytest.raises(redis.ResponseError, match=f"prediction {first.id} is already stored"):
-            pipe.execute()
+    def then(pipe) -> None:
+        pipe.lpush(keys.prediction(ids[0]), "a list where a hash is")  # fails inside the transaction
 
-    assert store.get(first.id) == first
-    assert store.get(other) is None
+    with pytest.raises(redis.ResponseError):
+        store.create_records([(fields, ids)], then)
+
+    assert store.get_many(ids) == []
 
 
 @pytest.mark.integration
-def test_a_record_made_between_the_check_and_the_write_fails_the_create(server_store):
-    """Another client storing one of the ids after the check but before the transaction: the watch
-    sees it, the create checks again and is refused; the record written in between stays."""
-    store = server_store
-    late = Prediction(tenant="tenant-a", model="kiln/sd2-depth2img", version="v", input={"prompt": "late"})
-    twin = twin_of(late, "tenant-b")
+def test_a_key_made_between_the_check_and_the_write_fails_the_create(server_store):
+    """``create_new`` (a batch's record): another client storing the key after the check but before
+    the transaction is seen by the watch; the create checks again and is refused, the key made in
+    between kept as it was."""
+    client = server_store.redis
+    key = keys.batch_record("b1")
 
-    def fill(pipe) -> None:
-        if not store.redis.exists(keys.prediction(late.id)):
-            store.create(late)  # on another connection, while this create's keys are watched
-        pipe.hset(keys.prediction(twin.id), mapping=twin.to_redis_hash())
+    def then(pipe) -> None:
+        if not client.exists(key):
+            client.hset(key, "tenant", "tenant-a")  # on another connection, while the key is watched
+        pipe.hset(key, "tenant", "tenant-b")
 
     with pytest.raises(AlreadyStored):
-        store.create_records([twin.id], fill)
+        create_new(client, [key], then)
 
-    assert store.get(late.id) == late
+    assert client.hgetall(key) == {b"tenant": b"tenant-a"}
