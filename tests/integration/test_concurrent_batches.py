@@ -14,6 +14,7 @@ import pytest
 
 from tests.integration.test_batch import item
 from tests.integration.test_batch_objects import all_predictions, wait_for_batch
+from tests.integration.test_isolation import all_prediction_ids
 from tests.support.tenants import client_for, new_token
 
 pytestmark = pytest.mark.integration
@@ -70,20 +71,10 @@ def check_batches_created_at_once(clients: list[httpx.Client]) -> None:
         assert [p["input"]["prompt"] for p in predictions] == expected_prompts(tenant, batch)
     for tenant, client in enumerate(clients):
         mine = {p["id"] for (owner, _), predictions in listed.items() if owner == tenant for p in predictions}
-        assert listed_predictions(client) == mine
+        assert all_prediction_ids(client) == mine
 
     for (tenant, batch), created_batch in created.items():
         done = wait_for_batch(clients[tenant], created_batch["id"], {"completed", "canceled"}, timeout=240)
         assert done["status"] == "completed"
         assert done["counts"]["total"] == done["counts"]["succeeded"] == len(expected_prompts(tenant, batch))
     print(f"all {len(created)} batches completed {time.monotonic() - began:.1f} s after they were sent")
-
-
-def listed_predictions(client: httpx.Client) -> set[str]:
-    """Every id in the tenant's ``GET /v1/predictions`` (all pages)."""
-    found, url = set(), "/v1/predictions"
-    while url:
-        page = client.get(url).json()
-        found |= {p["id"] for p in page["results"]}
-        url = page["next"]
-    return found
