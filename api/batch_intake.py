@@ -4,14 +4,16 @@ Each item is validated on its own with the same code as a single create (``api.b
 a bad item (or a line that is not JSON) becomes a refused entry with its line number and problem,
 and never sinks the rest. Items with the same text are validated once: the first one's prepared
 prediction is the template of the others, which differ only in their id. The batch is admitted
-against the queue caps whole, then stored a chunk at a time, each chunk one Redis transaction
-holding the compact records, the tenant's index, the batch's item list and counts, and the items'
-places in the dispatcher's lists (``shared.dispatcher``): no Celery message is written here.
+against the queue caps whole, then stored a chunk at a time: the chunk's compact records in one
+script call (refused whole, and drawn again, if one of its new ids is stored), then one Redis
+transaction holding the tenant's index, the batch's item list and counts, and the items' places in
+the dispatcher's lists (``shared.dispatcher``): no Celery message is written here.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -19,6 +21,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
+from redis.client import Pipeline
 
 from api.batch import prepare_item
 from api.batch_views import cancel_batch, cancel_items
@@ -33,16 +36,22 @@ from shared.json_nesting import nests_deeper_than, too_deep_problem
 from shared.objects import batch_prefix
 from shared.prediction import Prediction, new_ids
 from shared.queue_counters import QueueFull
+from shared.redis_client import AlreadyStored
 
 # Items stored per Redis transaction.
 CHUNK = 5000
 # Items validated between two looks at whether the batch was canceled meanwhile.
 CANCEL_CHECK_EVERY = 500
+# Draws of a chunk's ids before a collision with stored records fails the batch (each is all but
+# impossible: ``shared.prediction.new_ids``).
+ID_DRAWS = 3
 # What a shared record keeps of its own: what the status scripts read (the rest is shared).
 OWN_FIELDS = frozenset({"id", "status", "tenant", "queue", "batch_id"})
 
 # One submitted item: its line number (from 1) and its text, or the problem found reading it.
 RawItem = tuple[int, bytes]
+
+log = logging.getLogger(__name__)
 
 
 class CanceledWhileValidating(Exception):
@@ -216,7 +225,20 @@ def _template(validated: Validated, entry: int) -> Template:
 def _store_chunk(
     services: Services, batch: Batch, validated: Validated, chunk: list[int | RefusedItem]
 ) -> tuple[list[str], Counter[str]]:
-    """One transaction; returns the ids of the predictions it stored, and how many per model."""
+    """Its records, then one transaction; returns the ids of the predictions it stored, and how many
+    per model. Should an id drawn for it have a record already, nothing of the chunk is stored and it
+    is tried with ids drawn afresh."""
+    for _ in range(ID_DRAWS - 1):
+        try:
+            return _store_chunk_with_new_ids(services, batch, validated, chunk)
+        except AlreadyStored as exc:
+            log.error("batch %s: new prediction ids already stored (%s); drawing others", batch.id, exc)
+    return _store_chunk_with_new_ids(services, batch, validated, chunk)
+
+
+def _store_chunk_with_new_ids(
+    services: Services, batch: Batch, validated: Validated, chunk: list[int | RefusedItem]
+) -> tuple[list[str], Counter[str]]:
     fresh = iter(new_ids(sum(1 for entry in chunk if isinstance(entry, int))))
     entries: list[str] = []
     by_family: dict[str, list[str]] = {}
@@ -230,13 +252,12 @@ def _store_chunk(
         entries.append(prediction_id)
         by_family.setdefault(template.family, []).append(prediction_id)
         by_template.setdefault(entry, []).append(prediction_id)
+    stored = [i for ids in by_family.values() for i in ids]
     runs: Counter[str] = Counter()
-    with services.redis.pipeline(transaction=True) as pipe:
-        for entry, ids in by_template.items():
-            template = _template(validated, entry)
-            services.store.add_records_to_pipeline(pipe, ids, {k: v for k, v in template.fields.items() if k != "id"})
-            runs[template.model] += len(ids)
-        stored = [i for ids in by_family.values() for i in ids]
+    for entry, ids in by_template.items():
+        runs[_template(validated, entry).model] += len(ids)
+
+    def then(pipe: Pipeline) -> None:
         if stored:
             pipe.zadd(keys.tenant_predictions(batch.tenant), dict.fromkeys(stored, 0))
         for model, count in runs.items():
@@ -244,7 +265,11 @@ def _store_chunk(
         services.batches.add_items_to_pipeline(pipe, batch.id, entries, len(stored), len(entries) - len(stored))
         for family, family_ids in by_family.items():
             services.dispatcher.add_to_pipeline(pipe, family, batch.tenant, family_ids)
-        pipe.execute()
+
+    records = [
+        ({k: v for k, v in _template(validated, e).fields.items() if k != "id"}, ids) for e, ids in by_template.items()
+    ]
+    services.store.create_records(records, then)
     return stored, runs
 
 

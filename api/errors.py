@@ -17,6 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from shared.objects import StorageUnavailable
+from shared.redis_client import AlreadyStored
 from shared.text import find_invalid_text, printable
 
 PROBLEM_JSON = "application/problem+json"
@@ -119,6 +120,11 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _redis_down(_: Request, exc: redis.exceptions.ConnectionError) -> JSONResponse:
         log.warning("redis unavailable: %s", exc)
         return problem_response(503, "the prediction store (Redis) is unavailable; retry shortly", {"Retry-After": "5"})
+
+    @app.exception_handler(AlreadyStored)
+    async def _id_taken(_: Request, exc: AlreadyStored) -> JSONResponse:
+        log.error("a create's new id is already stored; nothing was written: %s", exc)
+        return problem_response(503, "a new id was already taken; nothing was stored; retry", {"Retry-After": "1"})
 
     @app.exception_handler(StorageUnavailable)
     @app.exception_handler(BotoCoreError)

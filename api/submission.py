@@ -26,6 +26,7 @@ from shared.model_spec import ModelSpec
 from shared.objects import prediction_prefix
 from shared.prediction import Prediction, new_id, utcnow
 from shared.queue_counters import QueueFull
+from shared.redis_client import AlreadyStored
 from shared.ssrf import URLRefused, resolve_checked
 from shared.status import Status
 from shared.store import read_prediction
@@ -136,7 +137,8 @@ def store_and_enqueue(
             predictions, tenant_cap=tenant_cap, total_cap=settings.max_queued_total, messages=messages
         )
     except BaseException as exc:
-        discard_staged_inputs(services, (p.id for p in predictions if p.input_files))
+        if not isinstance(exc, AlreadyStored):  # an id taken: what is staged under it is not only ours
+            discard_staged_inputs(services, (p.id for p in predictions if p.input_files))
         if isinstance(exc, QueueFull):
             raise _queue_full_problem(exc, len(predictions)) from None
         raise

@@ -25,7 +25,7 @@ from redis import Redis
 from shared import keys
 from shared.batch_counts import CANCELED, COMPLETED, LUA_BATCH_FINISH, QUEUED, RUNNING, VALIDATING
 from shared.prediction import format_timestamp, new_id
-from shared.redis_client import as_text, newest_first_page
+from shared.redis_client import as_text, create_new, newest_first_page
 from shared.status import LUA_STATUS_TABLE, Status
 
 if TYPE_CHECKING:
@@ -165,7 +165,8 @@ class BatchStore:
     def create(
         self, tenant: str, base_url: str, webhook: str | None, source: str, total: int, batch_id: str | None = None
     ) -> Batch:
-        """A new batch, ``validating`` until ``seal``."""
+        """A new batch, ``validating`` until ``seal``; ``AlreadyStored``, nothing written, if a batch
+        of that id exists."""
         batch = Batch(
             id=batch_id or new_id(),
             tenant=tenant,
@@ -188,11 +189,13 @@ class BatchStore:
         }
         if webhook:
             fields["webhook"] = webhook
-        with self.redis.pipeline(transaction=True) as pipe:
+
+        def fill(pipe: Pipeline) -> None:
             pipe.hset(keys.batch_record(batch.id), mapping=fields)
             pipe.expire(keys.batch_record(batch.id), self.ttl_s)
             pipe.zadd(keys.tenant_batches(tenant), {batch.id: 0})
-            pipe.execute()
+
+        create_new(self.redis, [keys.batch_record(batch.id), keys.batch_items(batch.id)], fill)
         return batch
 
     def add_items_to_pipeline(

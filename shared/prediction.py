@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import os
+import secrets
+import threading
+import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import orjson
 from pydantic import BaseModel, Field, field_serializer
-from ulid import ULID
 
 from shared.status import Status
 
@@ -29,38 +33,74 @@ def format_timestamp(moment: datetime | None) -> str | None:
 
 def new_id() -> str:
     """26 lowercase characters that sort by creation time (a ULID), so ids double as list cursors."""
-    return str(ULID()).lower()
-
-
-# Crockford's base32, as ULIDs are written (lowercase); in ASCII order, so encoded numbers sort as numbers.
-_BASE32 = "0123456789abcdefghjkmnpqrstvwxyz"
-# ``new_ids`` counts up in a ULID's last 8 characters (40 of its 80 random bits).
-_COUNTED_CHARS = 8
+    return _encode_ulid(_IDS.reserve(1))
 
 
 def new_ids(count: int) -> list[str]:
     """``count`` ids like ``new_id``'s, sorting in the order returned, made cheaply for a batch: one
-    ULID's time and randomness, its last characters counting up from their random start."""
-    while True:
-        first = new_id()
-        start = int("".join(f"{_BASE32.index(c):05b}" for c in first[-_COUNTED_CHARS:]), 2)
-        if start + count < 32**_COUNTED_CHARS:
-            break
-    prefix, found, number, end = first[:-_COUNTED_CHARS], [], start, start + count
+    range of ULIDs reserved at once, the ids counting up through it."""
+    found: list[str] = []
+    number = _IDS.reserve(count)
+    end = number + count
     while number < end:  # a block of 1,024 shares all but its last two characters
         block, low = divmod(number, 1024)
-        head = prefix + _encode_base32(block, _COUNTED_CHARS - 2)
+        head = _encode_ulid(block << 10)[:-2]
         taken = min(end - number, 1024 - low)
         found += [head + pair for pair in _PAIRS[low : low + taken]]
         number += taken
     return found
 
 
-def _encode_base32(number: int, width: int) -> str:
-    return "".join(_BASE32[(number >> shift) & 31] for shift in range(5 * (width - 1), -1, -5))
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
 
 
-_PAIRS = [_encode_base32(number, 2) for number in range(1024)]
+# A ULID is a 128-bit number: 48 bits of milliseconds, then 80 of randomness.
+_RANDOM_BITS = 80
+# A fresh start is drawn in the lower half of the random part, so counting on from it never runs out.
+_FRESH_BITS = _RANDOM_BITS - 1
+
+
+class IdRanges:
+    """Hands out ranges of ULIDs, each made of its millisecond and a random start drawn for it.
+
+    Every range starts past the last one this process handed out: within a millisecond (or when the
+    clock steps back) it counts on from there, so ids sort in the order they were made, and two calls
+    never share one. Another process, thread-free or on another machine, draws its own start: two
+    ranges made in one millisecond meet only if 79 random bits land within the ranges' lengths. A
+    forked child starts afresh rather than counting on from its parent's last id."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._next = 0
+
+    def reserve(self, count: int) -> int:
+        """The first of ``count`` consecutive ULIDs no other call of this process gets."""
+        fresh = (_now_ms() << _RANDOM_BITS) | secrets.randbits(_FRESH_BITS)
+        with self._lock:
+            start = max(fresh, self._next)
+            self._next = start + count
+        return start
+
+    def forget(self) -> None:
+        self._lock = threading.Lock()
+        self._next = 0
+
+
+_IDS = IdRanges()
+os.register_at_fork(after_in_child=_IDS.forget)
+
+# Crockford's base32, as ULIDs are written (lowercase); in ASCII order, so encoded numbers sort as numbers.
+_BASE32 = "0123456789abcdefghjkmnpqrstvwxyz"
+_FROM_RFC4648 = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", _BASE32.encode())
+# Every value of 10 bits as two characters, in order.
+_PAIRS = [high + low for high in _BASE32 for low in _BASE32]
+
+
+def _encode_ulid(number: int) -> str:
+    """The 26 characters of a 128-bit ULID: its 130-bit form (two leading zero bits) at the top of
+    17 bytes, base32-encoded by the standard library and mapped to Crockford's alphabet."""
+    return base64.b32encode((number << 6).to_bytes(17, "big")).translate(_FROM_RFC4648)[:26].decode()
 
 
 class Prediction(BaseModel):

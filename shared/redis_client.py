@@ -3,16 +3,20 @@ retried on a fresh one (briefly, with backoff) instead of failing the request th
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 import redis
 import redis.asyncio
 from redis.backoff import ExponentialBackoff
-from redis.exceptions import ConnectionError, TimeoutError
+from redis.client import Pipeline
+from redis.exceptions import ConnectionError, TimeoutError, WatchError
 from redis.typing import ZSetRangeResponse
 
 _RETRY_ON = [ConnectionError, TimeoutError]
+# A create whose new keys were touched between its check and its write (or whose connection dropped
+# while it watched them) is checked again, this many times in all.
+_CREATE_TRIES = 5
 
 
 def _options(socket_timeout: float | None) -> dict[str, Any]:
@@ -86,3 +90,38 @@ def lua_key(builder: Callable[..., str], *lua_args: str) -> str:
     for arg, part in zip(lua_args, parts[1:], strict=True):
         pieces += [arg, f"'{part}'"]
     return " .. ".join(piece for piece in pieces if piece != "''")
+
+
+class AlreadyStored(Exception):
+    """A create found keys it was to make already stored, and wrote nothing."""
+
+    def __init__(self, taken: Sequence[str]) -> None:
+        super().__init__(f"{len(taken)} key(s) already stored, the first {taken[0]}")
+        self.taken = list(taken)
+
+
+def create_new(client: redis.Redis, new_keys: Sequence[str], fill: Callable[[Pipeline], None]) -> None:
+    """Run the commands ``fill`` queues on a pipeline as one transaction, but only if none of
+    ``new_keys`` exists: ``AlreadyStored`` (nothing written) otherwise. The keys are watched from the
+    check to the write, so a key made in between fails the transaction too, never overwritten."""
+    for tries_left in reversed(range(_CREATE_TRIES)):
+        with client.pipeline(transaction=True) as pipe:
+            if new_keys:
+                pipe.watch(*new_keys)  # type: ignore[no-untyped-call]  # redis-py leaves watch untyped
+                if pipe.exists(*new_keys):
+                    raise AlreadyStored(_stored(client, new_keys))
+                pipe.multi()
+            fill(pipe)
+            try:
+                pipe.execute()
+                return
+            except WatchError:
+                if not tries_left:
+                    raise
+
+
+def _stored(client: redis.Redis, candidates: Sequence[str]) -> list[str]:
+    with client.pipeline(transaction=False) as pipe:
+        for key in candidates:
+            pipe.exists(key)
+        return [key for key, found in zip(candidates, pipe.execute(), strict=True) if found]

@@ -8,21 +8,24 @@ duplicate completion or a late redelivery can never move a prediction out of a t
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
 import redis.asyncio
 from redis import Redis
 from redis.client import Pipeline
+from redis.exceptions import RedisError
+from redis.typing import EncodableT
 
 from shared import keys, retention
 from shared.batch_counts import LUA_BATCH_MOVED
 from shared.prediction import Prediction, format_timestamp, utcnow
 from shared.queue_counters import LUA_QUEUED_DELTA, QueuedCounters, counter_keys
-from shared.redis_client import lua_key, newest_first_page
+from shared.redis_client import AlreadyStored, lua_key, newest_first_page
 from shared.status import LUA_STATUS_TABLE, Status
 
 # Every script that changes a prediction's status starts with this: the state table rendered from
@@ -106,24 +109,46 @@ return current
 )
 
 
-# ARGV[1]: n, ARGV[2 .. 2n+1]: field, value pairs every record shares; ARGV[2n+2 ..]: prediction ids.
-# Writes one record per id: the shared fields and its JSON ``id`` (a batch's identical items, stored
-# in one call instead of one command each). Returns how many it wrote.
+# ARGV: groups of records, each: n, then n field, value pairs its records share, then m, then m
+# prediction ids. Writes one record per id: its group's fields and its JSON ``id`` (a batch's
+# identical items, stored in one call instead of one command each), but only if no record of any of
+# the ids exists: a stored record is never written over (it may be another tenant's). Returns how
+# many it wrote, or the first id found stored (having written nothing).
 _STORE_RECORDS = f"""
-local n = tonumber(ARGV[1])
-local fields = {{}}
-for i = 2, 2 * n + 1 do fields[#fields + 1] = ARGV[i] end
-fields[#fields + 1] = 'id'
-local slot = #fields + 1
-for i = 2 * n + 2, #ARGV do
-  fields[slot] = '"' .. ARGV[i] .. '"'
-  redis.call('HSET', {lua_key(keys.prediction, "ARGV[i]")}, unpack(fields))
+local groups, i = {{}}, 1
+while i <= #ARGV do
+  local n = tonumber(ARGV[i])
+  local fields = {{}}
+  for j = i + 1, i + 2 * n do fields[#fields + 1] = ARGV[j] end
+  fields[#fields + 1] = 'id'
+  i = i + 2 * n + 1
+  groups[#groups + 1] = {{fields, i + 1, i + tonumber(ARGV[i])}}
+  i = i + tonumber(ARGV[i]) + 1
 end
-return #ARGV - 2 * n - 1
+for _, group in ipairs(groups) do
+  for j = group[2], group[3] do
+    if redis.call('EXISTS', {lua_key(keys.prediction, "ARGV[j]")}) == 1 then return ARGV[j] end
+  end
+end
+local written = 0
+for _, group in ipairs(groups) do
+  local fields = group[1]
+  local slot = #fields + 1
+  for j = group[2], group[3] do
+    fields[slot] = '"' .. ARGV[j] .. '"'
+    redis.call('HSET', {lua_key(keys.prediction, "ARGV[j]")}, unpack(fields))
+    written = written + 1
+  end
+end
+return written
 """
 
 # Caps left unset: more than Redis could ever hold.
 _UNCAPPED = 2**62
+# Records that share fields: the fields (encoded, without ``id``) and the records' ids.
+RecordGroup = tuple[Mapping[str, bytes], Sequence[str]]
+
+log = logging.getLogger(__name__)
 
 
 def _encode(value: Any) -> str:
@@ -155,13 +180,14 @@ class PredictionStore:
         total_cap: int | None = None,
         messages: Callable[[int], Sequence[tuple[str, str]]] | None = None,
     ) -> None:
-        """Store queued predictions of one tenant in two round trips: count them against the caps
-        (all or none: ``QueueFull`` stores nothing), then write every record in one transaction.
+        """Store queued predictions of one tenant: count them against the caps (all or none:
+        ``QueueFull`` stores nothing), then write their records and the rest (``create_records``:
+        ``AlreadyStored``, nothing stored, if a record of one of their ids exists).
 
         ``messages``, called with how many of the tenant's predictions were already queued, gives
-        ``(list, message)`` pairs (``shared.task_messages``) pushed onto their queues in that same
-        transaction, so a worker never pops an id whose record is missing and no stored prediction
-        is left without its message."""
+        ``(list, message)`` pairs (``shared.task_messages``) pushed onto their queues in the
+        transaction that follows the records, so a worker never pops an id whose record is missing,
+        and a record whose message failed is deleted again."""
         if not predictions:
             return
         tenant = predictions[0].tenant
@@ -169,29 +195,51 @@ class PredictionStore:
             raise ValueError("create_many stores one tenant's predictions")
         families = [p.queue for p in predictions]
         queued_before = self.queued.admit(tenant, families, tenant_cap or _UNCAPPED, total_cap or _UNCAPPED)
+
+        def then(pipe: Pipeline) -> None:
+            pipe.zadd(keys.tenant_predictions(tenant), {p.id: 0 for p in predictions})
+            if deadlines := {p.id: p.deadline.timestamp() for p in predictions if p.deadline}:
+                pipe.zadd(keys.deadlines(), deadlines)
+            for model, count in Counter(p.model for p in predictions).items():
+                pipe.incrby(keys.model_run_count(model), count)
+            for list_key, message in messages(queued_before) if messages else ():
+                pipe.lpush(list_key, message)
+
         try:
-            with self.redis.pipeline(transaction=True) as pipe:
-                for prediction in predictions:
-                    pipe.hset(keys.prediction(prediction.id), mapping=prediction.to_redis_hash())
-                pipe.zadd(keys.tenant_predictions(tenant), {p.id: 0 for p in predictions})
-                if deadlines := {p.id: p.deadline.timestamp() for p in predictions if p.deadline}:
-                    pipe.zadd(keys.deadlines(), deadlines)
-                for model, count in Counter(p.model for p in predictions).items():
-                    pipe.incrby(keys.model_run_count(model), count)
-                for list_key, message in messages(queued_before) if messages else ():
-                    pipe.lpush(list_key, message)
-                pipe.execute()
+            self.create_records([(_own_fields(p.to_redis_hash()), [p.id]) for p in predictions], then)
         except BaseException:
             self.queued.release(tenant, families)
             raise
 
-    def add_records_to_pipeline(self, pipe: Pipeline, prediction_ids: Sequence[str], fields: dict[str, bytes]) -> None:
-        """Write a record per id, each ``fields`` (encoded as ``Prediction.to_compact_hash``) and its
-        own id, in the caller's transaction (a batch's items: ``api.batch_intake``)."""
-        args: list[str | bytes | int] = [len(fields)]
-        for name, value in fields.items():
-            args += [name, value]
-        self._store_records(args=[*args, *prediction_ids], client=pipe)
+    def create_records(self, groups: Sequence[RecordGroup], then: Callable[[Pipeline], None]) -> None:
+        """Write new records, then run the transaction ``then`` queues (what refers to them: the
+        tenant's index, queues, counts), so a worker never finds an id whose record is missing.
+
+        ``groups``: the fields some records share (encoded as ``Prediction.to_redis_hash``, without
+        ``id``) and their ids. The records are written in one script that refuses them all if a record
+        of one of the ids exists (``AlreadyStored``, nothing written): a record is never written over,
+        and nothing refers to an id that is not the caller's. If the transaction fails, the records
+        are deleted again."""
+        args: list[EncodableT] = []
+        for fields, ids in groups:
+            args += [len(fields), *(item for pair in fields.items() for item in pair), len(ids), *ids]
+        taken = self._store_records(args=args) if args else 0
+        if isinstance(taken, bytes):
+            raise AlreadyStored([keys.prediction(taken.decode())])
+        try:
+            with self.redis.pipeline(transaction=True) as pipe:
+                then(pipe)
+                pipe.execute()
+        except BaseException:
+            self._delete_records([i for _, ids in groups for i in ids])
+            raise
+
+    def _delete_records(self, prediction_ids: Sequence[str]) -> None:
+        """Best effort: the caller's error, not a second one, is what the create answers."""
+        try:
+            self.redis.delete(*[keys.prediction(i) for i in prediction_ids])
+        except RedisError as exc:
+            log.warning("%d records of a failed create not deleted: %s", len(prediction_ids), exc)
 
     def get(self, prediction_id: str) -> Prediction | None:
         found = self.get_many([prediction_id])
@@ -325,6 +373,11 @@ def _with_shared(fields: dict[str, str], shared: dict[str, Any]) -> dict[str, st
     if ref is None:
         return fields
     return {"input": "{}"} | _decode_hash(shared.get(ref) or {}) | fields
+
+
+def _own_fields(record: Mapping[Any, Any]) -> dict[str, bytes]:
+    """A record's fields but its ``id`` (``create_records`` writes the id itself)."""
+    return {name: value for name, value in record.items() if name != "id"}
 
 
 def _decode_hash(fields: dict[bytes, bytes]) -> dict[str, str]:

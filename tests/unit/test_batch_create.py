@@ -1,5 +1,6 @@
 """Batch creates in-process against a real redis-server: the order a worker would dequeue in
-(another tenant's batch overtakes a large backlog), and repeated images checked once."""
+(another tenant's batch overtakes a large backlog), repeated images checked once, and a new id
+found already stored (never written over: a batch chunk draws fresh ids, a single create is a 503)."""
 
 from __future__ import annotations
 
@@ -7,14 +8,20 @@ import base64
 import json
 
 import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
 
+from api import batch_intake, submission
 from api.batch import submit_batch
+from api.errors import install_error_handlers
 from api.schemas import CreatePrediction
 from api.services import Services
 from api.submission import submit
 from deploy.devstack.servers import RedisServer
 from models.registry import find_model
 from shared import images, queues
+from shared.prediction import new_ids
+from shared.redis_client import AlreadyStored
 from shared.settings import Settings
 from tests.support import data_uri
 from tests.support.predictions import depth2img_input
@@ -95,3 +102,53 @@ def test_an_image_repeated_across_a_batch_is_checked_once_and_a_bad_one_fails_ev
     results, _ = submit_batch(services, "tenant-a", [bad, bad], "http://kiln.test", None)
     assert [r["status"] for r in results] == [422, 422]
     assert all("input.input_image" in r["detail"] for r in results)
+
+
+def test_a_batch_chunk_whose_new_id_is_stored_is_stored_again_with_fresh_ids(services, monkeypatch):
+    spec = find_model("kiln/sd2-depth2img")
+    other, _ = submit(
+        services, "tenant-b", spec, CreatePrediction(version=spec.ref, input=SD2_INPUT), "http://kiln.test"
+    )
+    draws = iter([lambda count: [other.id, *new_ids(count - 1)]])
+    monkeypatch.setattr(batch_intake, "new_ids", lambda count: next(draws, new_ids)(count))
+    items = [{"version": spec.ref, "input": SD2_INPUT | {"seed": seed}} for seed in range(3)]
+
+    batch = batch_intake.create_batch(
+        services, "tenant-a", batch_intake.inline_items(items), 3, "http://kiln.test", None, "inline", 100
+    )
+
+    ids = [entry for entry in services.batches.items(batch.id, 0, 10)]
+    assert len(ids) == 3 and other.id not in ids
+    assert [p.input["seed"] for p in services.store.get_many(ids)] == [0, 1, 2]
+    assert services.store.get(other.id) == other
+    assert batch.counts == {"starting": 3}
+
+
+def test_a_single_create_whose_new_id_is_stored_is_refused_and_stores_nothing(services, monkeypatch):
+    spec = find_model("kiln/sd2-depth2img")
+    other, _ = submit(
+        services, "tenant-b", spec, CreatePrediction(version=spec.ref, input=SD2_INPUT), "http://kiln.test"
+    )
+    monkeypatch.setattr(submission, "new_id", lambda: other.id)
+
+    with pytest.raises(AlreadyStored):
+        submit(services, "tenant-a", spec, CreatePrediction(version=spec.ref, input=SD2_INPUT), "http://kiln.test")
+
+    assert services.store.get(other.id) == other
+    assert services.store.list_for_tenant("tenant-a") == ([], False)
+    assert services.store.queued.depth("tenant-a").tenant == 0
+    assert dequeue_order(services, queues.SD2_DEPTH) == [other.id]
+
+
+def test_the_api_answers_a_taken_id_with_a_503_problem():
+    app = FastAPI()
+    install_error_handlers(app)
+
+    @app.post("/create")
+    def create() -> None:
+        raise AlreadyStored(["kiln:prediction:x"])
+
+    response = TestClient(app).post("/create")
+
+    assert response.status_code == 503 and response.headers["content-type"] == "application/problem+json"
+    assert "nothing was stored; retry" in response.json()["detail"]

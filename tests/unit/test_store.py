@@ -14,7 +14,8 @@ import redis
 
 from deploy.devstack.servers import RedisServer
 from shared import keys
-from shared.prediction import Prediction
+from shared.prediction import Prediction, new_ids
+from shared.redis_client import AlreadyStored, create_new
 from shared.status import Status
 from shared.store import PredictionStore
 
@@ -164,3 +165,76 @@ def test_list_is_newest_first_with_cursors_and_per_tenant(store):
     assert [p.id for p in page3] == [ids[0]] and not more3
     back, newer = store.list_for_tenant("t1", after=page2[0].id, limit=2)
     assert [p.id for p in back] == [p.id for p in page] and not newer
+
+
+def twin_of(first: Prediction, tenant: str) -> Prediction:
+    """Another tenant's prediction that drew the same id."""
+    return Prediction(id=first.id, tenant=tenant, model=first.model, version="v", input={"prompt": "the twin's"})
+
+
+@pytest.mark.integration  # a real redis-server: WATCH and the record scripts as Redis runs them
+def test_a_create_whose_id_is_stored_is_refused_and_writes_nothing(server_store):
+    store = server_store
+    first = make(store, tenant="tenant-a")
+    queue = "kiln:test:queue"
+
+    with pytest.raises(AlreadyStored):
+        store.create_many([twin_of(first, "tenant-b")], messages=lambda _: [(queue, "message")])
+
+    assert store.get(first.id) == first
+    assert store.list_for_tenant("tenant-b") == ([], False)
+    assert store.redis.llen(queue) == 0
+    assert store.queued.depth("tenant-b").tenant == 0
+    assert store.queued.depth("tenant-a").tenant == 1
+
+
+@pytest.mark.integration
+def test_a_batch_chunk_with_a_stored_id_is_refused_whole(server_store):
+    store = server_store
+    first = make(store, tenant="tenant-a")
+    others = new_ids(3)
+    fields = {k: v for k, v in twin_of(first, "tenant-b").to_compact_hash().items() if k != "id"}
+
+    def then(pipe) -> None:
+        pipe.zadd(keys.tenant_predictions("tenant-b"), dict.fromkeys([*others, first.id], 0))
+
+    with pytest.raises(AlreadyStored):
+        store.create_records([(fields, others[:2]), (fields, [others[2], first.id])], then)
+
+    assert store.get(first.id) == first
+    assert store.get_many(others) == []
+    assert store.list_for_tenant("tenant-b") == ([], False)
+
+
+@pytest.mark.integration
+def test_records_whose_transaction_failed_are_deleted_again(server_store):
+    store = server_store
+    ids = new_ids(2)
+    fields = {k: v for k, v in twin_of(make(store), "t1").to_compact_hash().items() if k != "id"}
+
+    def then(pipe) -> None:
+        pipe.lpush(keys.prediction(ids[0]), "a list where a hash is")  # fails inside the transaction
+
+    with pytest.raises(redis.ResponseError):
+        store.create_records([(fields, ids)], then)
+
+    assert store.get_many(ids) == []
+
+
+@pytest.mark.integration
+def test_a_key_made_between_the_check_and_the_write_fails_the_create(server_store):
+    """``create_new`` (a batch's record): another client storing the key after the check but before
+    the transaction is seen by the watch; the create checks again and is refused, the key made in
+    between kept as it was."""
+    client = server_store.redis
+    key = keys.batch_record("b1")
+
+    def then(pipe) -> None:
+        if not client.exists(key):
+            client.hset(key, "tenant", "tenant-a")  # on another connection, while the key is watched
+        pipe.hset(key, "tenant", "tenant-b")
+
+    with pytest.raises(AlreadyStored):
+        create_new(client, [key], then)
+
+    assert client.hgetall(key) == {b"tenant": b"tenant-a"}
