@@ -328,6 +328,6 @@ class IPAdapterXLPredictor(Predictor[IPAdapterXLInput, IPAdapterXLJob]):
         return outputs
 
 
-def _for_guidance(rows: torch.Tensor, guided: bool) -> torch.Tensor:
+def _for_guidance(per_row: torch.Tensor, guided: bool) -> torch.Tensor:
     """Per-row values for the UNet's batch: [unconditional rows, conditional rows] with guidance."""
-    return torch.cat([rows, rows]) if guided else rows
+    return torch.cat([per_row, per_row]) if guided else per_row
