@@ -6,12 +6,20 @@ attention of the deepest down block (``down_blocks.2.attentions.1``: composition
 prompt only to those layers keeps its style without its content, or its layout without its look.
 diffusers takes such per-block scales in ``set_ip_adapter_scale`` as a dict; the blocks are found from
 the UNet's config, so the tiny profile's two-block UNet gets the same roles as SDXL's three-block one.
+
+Kiln applies a mode as data rather than as processor settings: each cross-attention layer has a role
+(the style layer, the composition layer, or another), and every batch row gets, per role, its
+image-prompt scales where its mode lets that role listen and 0 elsewhere (``role_row_scales``). Rows
+in different modes share one pipeline call, and a compiled UNet sees the same graph for every mode.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from enum import IntEnum
 from typing import Any
+
+import torch
 
 from models.sdxl_family.schema import IPAdapterMode
 
@@ -55,3 +63,53 @@ def ip_adapter_block_scales(config: Mapping[str, Any], mode: IPAdapterMode, scal
     if mode in (IPAdapterMode.COMPOSITION, IPAdapterMode.STYLE_AND_COMPOSITION):
         blocks |= composition_blocks(config, scale)
     return blocks
+
+
+class LayerRole(IntEnum):
+    """What a cross-attention layer does in InstantStyle's reading of SDXL."""
+
+    OTHER = 0
+    STYLE = 1
+    COMPOSITION = 2
+
+
+# The roles that listen to the image prompts in each mode.
+LISTENING: dict[IPAdapterMode, frozenset[LayerRole]] = {
+    IPAdapterMode.FULL: frozenset(LayerRole),
+    IPAdapterMode.STYLE: frozenset({LayerRole.STYLE}),
+    IPAdapterMode.COMPOSITION: frozenset({LayerRole.COMPOSITION}),
+    IPAdapterMode.STYLE_AND_COMPOSITION: frozenset({LayerRole.STYLE, LayerRole.COMPOSITION}),
+}
+
+
+def _listening_prefixes(blocks: BlockScales) -> list[str]:
+    """The module-name prefixes of the attentions a dict scale gives a non-zero scale, as diffusers matches them."""
+    return [
+        f"{part}_blocks.{block.removeprefix('block_')}.attentions.{index}."
+        for part, per_block in blocks.items()
+        for block, scales in per_block.items()
+        for index, scale in enumerate(scales)
+        if scale
+    ]
+
+
+def layer_role(config: Mapping[str, Any], processor_name: str) -> LayerRole:
+    """The role of the attention processor named ``processor_name`` (a key of ``unet.attn_processors``)."""
+    for role, mode in ((LayerRole.STYLE, IPAdapterMode.STYLE), (LayerRole.COMPOSITION, IPAdapterMode.COMPOSITION)):
+        blocks = ip_adapter_block_scales(config, mode, 1.0)
+        assert isinstance(blocks, dict)  # every mode but full is a dict of blocks
+        if any(processor_name.startswith(prefix) for prefix in _listening_prefixes(blocks)):
+            return role
+    return LayerRole.OTHER
+
+
+def role_row_scales(modes: Sequence[IPAdapterMode], scales: torch.Tensor) -> dict[LayerRole, torch.Tensor]:
+    """Per role, ``(rows, n)``: row ``r``'s image-prompt scales (``scales[r]``) where its mode ``modes[r]``
+    lets that role listen, 0 where it does not."""
+    return {
+        role: scales
+        * torch.tensor([float(role in LISTENING[mode]) for mode in modes], dtype=scales.dtype, device=scales.device)[
+            :, None
+        ]
+        for role in LayerRole
+    }

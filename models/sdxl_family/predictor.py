@@ -6,6 +6,10 @@ Both run ``StableDiffusionXLControlNetPipeline`` over the same UNet, VAE, text e
 image encoder: whichever predictor sets up first loads that base, and the IP-Adapter into it (loading
 replaces the UNet's attention processors, so it happens once), and the other builds its pipeline
 from the same objects. A worker serving both models holds one SDXL in memory.
+
+The IP-Adapter and ControlNet strengths (and the InstantStyle mode) are tensors with one entry per
+batch row (``models.sdxl_family.row_scales``): predictions that differ only in them share a pipeline
+call, and a compiled UNet or ControlNet sees the same graph whatever their values.
 """
 
 from __future__ import annotations
@@ -17,13 +21,14 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
-from diffusers import AutoencoderKL, ControlNetModel, StableDiffusionXLControlNetPipeline, StableDiffusionXLPipeline
+from diffusers import AutoencoderKL, StableDiffusionXLControlNetPipeline, StableDiffusionXLPipeline
 from diffusers.image_processor import IPAdapterMaskProcessor
 from PIL import Image
 
 from models.sdxl_family.builder import IP_ADAPTER_SUBFOLDER, IP_ADAPTER_WEIGHT_NAME
-from models.sdxl_family.ip_adapter_scales import ip_adapter_block_scales
+from models.sdxl_family.ip_adapter_scales import LayerRole, role_row_scales
 from models.sdxl_family.lora import LoraWeights, fetch_lora, lora_applied, process_lora_cache
+from models.sdxl_family.row_scales import RowScaledControlNetModel, install_row_scaled_processors, row_scales_applied
 from models.sdxl_family.schema import IPAdapterXLInput
 from models.sdxl_family.spec import ControlKind
 from models.sdxl_family.weights import XLWeights, xl_weights
@@ -63,6 +68,7 @@ def _load_base(settings: Settings, weights: XLWeights) -> dict[str, Any]:
         weight_name=IP_ADAPTER_WEIGHT_NAME,
         cache_dir=hub_cache_dir(settings),
     )
+    install_row_scaled_processors(base.unet)
     return base.components
 
 
@@ -128,9 +134,9 @@ class IPAdapterXLJob(PreparedJob):
 
 
 def _settings_key(inputs: IPAdapterXLInput) -> Hashable:
-    """What one pipeline call shares: everything but the per-row prompts, images, seeds and image-prompt
-    weights and masks (which ride in each row's masks when ip_images is given)."""
-    image_prompts = ("one", inputs.ip_adapter_scale) if inputs.ip_images is None else ("several", len(inputs.ip_images))
+    """What one pipeline call shares: everything but what each row carries: prompts, images, seeds, the
+    image prompts' weights and masks, ip_adapter_scale, ip_adapter_mode and controlnet_scale."""
+    image_prompts = "one" if inputs.ip_images is None else ("several", len(inputs.ip_images))
     return (
         inputs.width,
         inputs.height,
@@ -138,8 +144,6 @@ def _settings_key(inputs: IPAdapterXLInput) -> Hashable:
         inputs.guidance_scale,
         inputs.scheduler,
         image_prompts,
-        inputs.ip_adapter_mode,
-        inputs.controlnet_scale,
         inputs.control_guidance_start,
         inputs.control_guidance_end,
         inputs.negative_prompt is None,
@@ -169,7 +173,7 @@ class IPAdapterXLPredictor(Predictor[IPAdapterXLInput, IPAdapterXLJob]):
     def setup(self) -> None:
         self.tuning = Tuning.from_settings(self.settings)
         weights = xl_weights(self.settings)
-        controlnet = load_model(ControlNetModel, weights.controlnets[self.control.name], self.settings)
+        controlnet = load_model(RowScaledControlNetModel, weights.controlnets[self.control.name], self.settings)
         self.pipe = RowwiseIPAdapterXLPipeline(**shared_base_components(self.settings, weights), controlnet=controlnet)
         self.pipe.set_progress_bar_config(disable=True)
         self.applied = optimise_pipeline(self.pipe, self.tuning)
@@ -238,9 +242,36 @@ class IPAdapterXLPredictor(Predictor[IPAdapterXLInput, IPAdapterXLJob]):
             lora=lora,
         )
 
-    def generate(self, jobs: Sequence[IPAdapterXLJob], step_callback: StepCallback) -> list[list[Output]]:
+    def ip_row_scales(self, layout: list[tuple[IPAdapterXLJob, int]], guided: bool) -> dict[LayerRole, torch.Tensor]:
+        """Per layer role, ``(rows, n)``: each row's image-prompt scales where its mode listens, else 0.
+
+        With ip_images the weights ride in each row's masks, so the scales only say which layers listen.
+        """
+        scales = torch.tensor(
+            [
+                [job.inputs.ip_adapter_scale] if job.inputs.ip_images is None else [1.0] * len(job.inputs.ip_images)
+                for job, _ in layout
+            ],
+            dtype=self.pipe.unet.dtype,
+            device=self.pipe.device,
+        )
+        by_role = role_row_scales([job.inputs.ip_adapter_mode for job, _ in layout], scales)
+        return {role: _for_guidance(tensor, guided) for role, tensor in by_role.items()}
+
+    def controlnet_row_scales(self, layout: list[tuple[IPAdapterXLJob, int]], guided: bool) -> torch.Tensor:
+        """``(rows,)``: each row's controlnet_scale."""
+        scales = [job.inputs.controlnet_scale for job, _ in layout]
+        return _for_guidance(torch.tensor(scales, dtype=self.pipe.controlnet.dtype, device=self.pipe.device), guided)
+
+    def run_pipeline(
+        self,
+        jobs: Sequence[IPAdapterXLJob],
+        layout: list[tuple[IPAdapterXLJob, int]],
+        step_callback: StepCallback,
+        **overrides: Any,
+    ) -> Any:
+        """One pipeline call over the rows of ``jobs`` with a fresh scheduler; ``overrides`` replace arguments."""
         first = jobs[0].inputs
-        layout = rows(jobs, lambda job: job.inputs.num_outputs)
         width, height = jobs[0].control_at_generation.size
         self.pipe.scheduler = SCHEDULERS[first.scheduler].from_config(self.scheduler_config)
         guided = first.guidance_scale > 1
@@ -251,43 +282,52 @@ class IPAdapterXLPredictor(Predictor[IPAdapterXLInput, IPAdapterXLJob]):
             )
             for k in range(len(jobs[0].ip_embeds))
         ]
-        # The attention processors belong to the UNet both XL predictors share: set them every call. With
-        # ip_images the weights ride in each row's masks, so the processors only say which blocks listen.
-        several = first.ip_images is not None
-        self.pipe.set_ip_adapter_scale(
-            ip_adapter_block_scales(
-                self.pipe.unet.config, first.ip_adapter_mode, 1.0 if several else first.ip_adapter_scale
-            )
-        )
         cross_attention_kwargs = None
-        if several:
-            masks = torch.stack([job.ip_masks for job, _ in layout])
-            masks = torch.cat([masks, masks]) if guided else masks
-            cross_attention_kwargs = {"ip_adapter_masks": [masks.to(self.pipe.device)]}
-        with lora_applied(self.pipe, jobs[0].lora, first.lora_scale):
-            result = self.pipe(
-                prompt=[job.inputs.prompt for job, _ in layout],
-                negative_prompt=None
-                if first.negative_prompt is None
-                else [job.inputs.negative_prompt for job, _ in layout],
-                image=[job.control_at_generation for job, _ in layout],
-                ip_adapter_image_embeds=ip_embeds,
-                cross_attention_kwargs=cross_attention_kwargs,
-                controlnet_conditioning_scale=first.controlnet_scale,
-                control_guidance_start=first.control_guidance_start,
-                control_guidance_end=first.control_guidance_end,
-                width=width,
-                height=height,
-                num_inference_steps=first.num_inference_steps,
-                guidance_scale=first.guidance_scale,
-                num_images_per_prompt=1,
-                generator=generators(layout, self.pipe.device),
-                callback_on_step_end=step_callback,
+        if first.ip_images is not None:
+            # The batch key gives every job of the call the same kind of image prompts: all have masks.
+            masks = _for_guidance(
+                torch.stack([mask for job, _ in layout if (mask := job.ip_masks) is not None]), guided
             )
+            cross_attention_kwargs = {"ip_adapter_masks": [masks.to(self.pipe.device)]}
+        arguments = {
+            "prompt": [job.inputs.prompt for job, _ in layout],
+            "negative_prompt": None
+            if first.negative_prompt is None
+            else [job.inputs.negative_prompt for job, _ in layout],
+            "image": [job.control_at_generation for job, _ in layout],
+            "ip_adapter_image_embeds": ip_embeds,
+            "cross_attention_kwargs": cross_attention_kwargs,
+            "controlnet_conditioning_scale": 1.0,
+            "control_guidance_start": first.control_guidance_start,
+            "control_guidance_end": first.control_guidance_end,
+            "width": width,
+            "height": height,
+            "num_inference_steps": first.num_inference_steps,
+            "guidance_scale": first.guidance_scale,
+            "num_images_per_prompt": 1,
+            "generator": generators(layout, self.pipe.device),
+            "callback_on_step_end": step_callback,
+        }
+        return self.pipe(**arguments | overrides).images
+
+    def generate(self, jobs: Sequence[IPAdapterXLJob], step_callback: StepCallback) -> list[list[Output]]:
+        layout = rows(jobs, lambda job: job.inputs.num_outputs)
+        guided = jobs[0].inputs.guidance_scale > 1
+        # The attention processors belong to the UNet both XL predictors share: their scales are set per call.
+        scales = row_scales_applied(
+            self.pipe, self.ip_row_scales(layout, guided), self.controlnet_row_scales(layout, guided)
+        )
+        with lora_applied(self.pipe, jobs[0].lora, jobs[0].inputs.lora_scale), scales:
+            images = self.run_pipeline(jobs, layout, step_callback)
         outputs = []
-        for job, images in split_images(result.images, jobs, lambda job: job.inputs.num_outputs):
-            job_outputs: list[Output] = [fit(image, job.control.size) for image in images]
+        for job, job_images in split_images(images, jobs, lambda job: job.inputs.num_outputs):
+            job_outputs: list[Output] = [fit(image, job.control.size) for image in job_images]
             if job.inputs.return_control_map:
                 job_outputs.append(NamedImage(CONTROL_MAP_NAME, job.control))
             outputs.append(job_outputs)
         return outputs
+
+
+def _for_guidance(per_row: torch.Tensor, guided: bool) -> torch.Tensor:
+    """Per-row values for the UNet's batch: [unconditional rows, conditional rows] with guidance."""
+    return torch.cat([per_row, per_row]) if guided else per_row

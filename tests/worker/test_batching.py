@@ -11,11 +11,13 @@ import pytest
 
 from models.registry import find_model
 from models.sd2_depth2img.schema import Depth2ImgInput
+from models.sdxl_family.schema import IPAdapterXLInput
 from shared.settings import Settings
 from shared.status import Status
 from tests.support.worker_inputs import FAST, INPUTS, MODEL, gradient, png_uri
 from tests.worker.fakes import FakeContext
 from tests.worker.runner_harness import Harness
+from tests.worker.test_xl_knobs import FACE, RAMP
 from worker.predictor_pool import PredictorPool
 from worker.predictors.base import Predictor
 
@@ -185,5 +187,36 @@ def test_canceling_one_item_of_a_batch_stops_it_within_a_step_and_the_others_fin
         assert canceled.logs.count("it/s") + canceled.logs.count("s/it") == 1
         assert kept.status is Status.SUCCEEDED and len(kept.output) == 1
         assert harness.notifier.of(ids[1]) == ["start", "completed"]
+    finally:
+        harness.close()
+
+
+XL_MODEL = "kiln/ip-adapter-depth-xl"
+# kiln/ip-adapter-depth-xl predictions that differ only in what each batch row carries as a tensor: the
+# IP-Adapter strength, the InstantStyle mode and the ControlNet strength.
+XL_STRENGTHS = [
+    {"ip_adapter_scale": 0.0},
+    {"ip_adapter_scale": 0.9, "controlnet_scale": 1.6},
+    {"ip_adapter_mode": "style", "controlnet_scale": 0.0, "num_outputs": 2},
+]
+
+
+def test_xl_predictions_that_differ_only_in_strengths_run_as_one_batch(redis_url, make_settings) -> None:
+    pool = PredictorPool(make_settings())
+    predictor = pool.get(find_model(XL_MODEL))
+    shared = {"control_image": RAMP, "ip_image": FACE, "prompt": "a red house", "num_inference_steps": 4,
+              "width": 64, "height": 64, "seed": 7, "output_format": "png"}  # fmt: skip
+    harness = Harness(redis_url, make_settings(max_batch_size=4, batch_window_ms=0), pool)
+    try:
+        ids = [harness.submit(XL_MODEL, **shared | fields) for fields in XL_STRENGTHS]
+        assert harness.work() == [ids, [], []]
+        for pid, fields in zip(ids, XL_STRENGTHS, strict=True):
+            assert harness.get(pid).status is Status.SUCCEEDED, harness.get(pid).logs
+            alone = predictor.predict(IPAdapterXLInput(**shared | fields), FakeContext())
+            stored = harness.output_pixels(pid)
+            assert len(stored) == len(alone) == fields.get("num_outputs", 1)
+            for actual, expected in zip(stored, alone, strict=True):
+                assert_same_pixels(actual, np.asarray(expected))
+        assert not np.array_equal(harness.output_pixels(ids[0])[0], harness.output_pixels(ids[1])[0])
     finally:
         harness.close()

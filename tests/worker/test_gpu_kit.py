@@ -81,6 +81,18 @@ def test_the_kit_measures_every_model_stock_against_kiln(report: tuple[dict, str
     assert [item["what"] for item in data["skipped"]] == ["compiled pass"]
 
 
+def test_the_kit_counts_no_recompile_for_new_scale_values(report: tuple[dict, str]) -> None:
+    data, markdown = report
+    recompiles = data["recompiles"]
+    assert recompiles["model"] == "kiln/ip-adapter-depth-xl" and recompiles["backend"] == "eager"
+    assert recompiles["first_call_graphs"] > 0  # the pass really was compiled
+    assert set(recompiles["inputs"]) == {"ip_adapter_scale", "controlnet_scale", "ip_adapter_mode"}
+    for entry in recompiles["inputs"].values():
+        assert len(entry["values"]) == 3
+        assert entry["new_graphs"] == 0 and entry["eager_fallbacks"] == 0, recompiles
+    assert "Recompiles (kiln/ip-adapter-depth-xl" in markdown
+
+
 def test_the_markdown_report_has_a_row_per_model_and_says_what_it_measured_on(report: tuple[dict, str]) -> None:
     data, markdown = report
     assert markdown.startswith(f"# GPU truth: {data['device']['name']}")
@@ -95,7 +107,7 @@ def test_a_budget_too_small_skips_measurements_and_still_writes_the_report(tmp_p
     data = run_kit(tmp_path / "out", tmp_path / "weights", "--budget-s", "1")
     assert data["complete"] is True and data["errors"] == []
     skipped = [item["what"] for item in data["skipped"]]
-    assert skipped == [f"{model} batch 1" for model in truth.MODELS] + ["compiled pass"]
+    assert skipped == [f"{model} batch 1" for model in truth.MODELS] + ["compiled pass", "recompiles"]
     assert all("stock" not in model and "kiln" not in model for model in data["models"].values())
     assert (tmp_path / "out" / "gpu-truth.md").exists()
 

@@ -157,9 +157,18 @@ def test_the_modes_are_instantstyles_blocks_of_the_sdxl_unet() -> None:
     assert ip_adapter_block_scales(config, IPAdapterMode.FULL, 0.7) == 0.7
 
 
-def cross_attention_scales(predictor: IPAdapterXLPredictor) -> dict[str, float]:
-    processors = predictor.pipe.unet.attn_processors
-    return {name.split(".transformer")[0]: p.scale[0] for name, p in processors.items() if "attn2" in name}
+def scales_during_the_call(predictor: IPAdapterXLPredictor, **fields: Any) -> dict[str, float]:
+    """The image-prompt scale each cross-attention block gives the (last) conditional row, seen mid-call."""
+    seen: dict[str, float] = {}
+
+    def record(pipe: Any, step: int, timestep: Any, kwargs: dict) -> dict:
+        for name, processor in predictor.pipe.unet.attn_processors.items():
+            if "attn2" in name:
+                seen[name.split(".transformer")[0]] = round(float(processor.row_scales[0][-1, 0]), 6)
+        return kwargs
+
+    predictor.generate([predictor.prepare(inputs(**fields), FakeContext(files=FILES))], record)
+    return seen
 
 
 @pytest.mark.parametrize(
@@ -173,10 +182,13 @@ def cross_attention_scales(predictor: IPAdapterXLPredictor) -> dict[str, float]:
 def test_a_mode_gives_the_image_prompt_to_its_blocks_only_and_changes_the_pixels(depth, mode, listening) -> None:
     full = run(depth, ip_adapter_scale=0.8)
     styled = run(depth, ip_adapter_scale=0.8, ip_adapter_mode=mode)
-    assert {block for block, scale in cross_attention_scales(depth).items() if scale} == listening
-    assert {scale for scale in cross_attention_scales(depth).values() if scale} == {0.8}
+    scales = scales_during_the_call(depth, ip_adapter_scale=0.8, ip_adapter_mode=mode)
+    assert {block for block, scale in scales.items() if scale} == listening
+    assert {scale for scale in scales.values() if scale} == {0.8}
     assert visibly_different(styled, full)
-    # The next prediction in full mode gets every block back.
+    # The scales live for the call only; the next prediction in full mode gets every block back.
+    assert all(p.row_scales is None for p in depth.pipe.unet.attn_processors.values() if hasattr(p, "row_scales"))
+    assert set(scales_during_the_call(depth, ip_adapter_scale=0.8).values()) == {0.8}
     assert np.array_equal(run(depth, ip_adapter_scale=0.8), full)
 
 
@@ -308,28 +320,40 @@ def test_tiny_lora_command_writes_a_lora_that_loads(depth, tmp_path: Path, capsy
 
 # --- Batching --------------------------------------------------------------------------------------
 
-# Predictions that share a pipeline call: different prompts, seeds, outputs, image prompts, weights and masks.
+# Predictions that share a pipeline call: different prompts, seeds, outputs, image prompts, weights, masks,
+# InstantStyle modes and ControlNet strengths.
 BATCHABLE = [
-    {"prompt": "a red house", "seed": 7, "ip_images": [FACE, PRODUCT], "ip_adapter_scales": [0.6, 1.2]},
-    {"prompt": "a blue dog", "seed": 8, "num_outputs": 2, "ip_images": [SETTING, FACE], "ip_masks": [WHITE, BLACK]},
+    {"prompt": "a red house", "seed": 7, "ip_images": [FACE, PRODUCT], "ip_adapter_scales": [0.6, 1.2],
+     "ip_adapter_mode": "style_and_composition"},
+    {"prompt": "a blue dog", "seed": 8, "num_outputs": 2, "ip_images": [SETTING, FACE], "ip_masks": [WHITE, BLACK],
+     "controlnet_scale": 1.4},
     {"prompt": "", "seed": 9, "ip_images": [PRODUCT, SETTING], "ip_adapter_scales": [0.0, 2.0],
-     "ip_masks": [half_mask("left", 64), WHITE]},
+     "ip_masks": [half_mask("left", 64), WHITE], "ip_adapter_mode": "style", "controlnet_scale": 0.3},
 ]  # fmt: skip
-SHARED = {"ip_adapter_mode": "style_and_composition", "control_guidance_end": 0.75, "lora_weights": LORA,
-          "lora_scale": 0.7, "output_format": "webp"}  # fmt: skip
+SHARED = {"control_guidance_end": 0.75, "lora_weights": LORA, "lora_scale": 0.7, "output_format": "webp"}
+# One image prompt each, at different strengths and modes.
+BATCHABLE_ONE = [
+    {"prompt": "a red house", "seed": 7, "ip_image": FACE, "ip_adapter_scale": 0.0},
+    {"prompt": "a red house", "seed": 7, "ip_image": FACE, "ip_adapter_scale": 0.9, "controlnet_scale": 1.6},
+    {"prompt": "a blue dog", "seed": 8, "num_outputs": 2, "ip_image": PRODUCT, "ip_adapter_scale": 0.5,
+     "ip_adapter_mode": "composition", "controlnet_scale": 0.0},
+]  # fmt: skip
 
 
-def test_new_inputs_give_the_same_pixels_alone_or_batched(depth) -> None:
-    jobs = [depth.prepare(inputs(**SHARED | fields), FakeContext(files=FILES)) for fields in BATCHABLE]
+@pytest.mark.parametrize(("batch", "shared"), [(BATCHABLE, SHARED), (BATCHABLE_ONE, {})], ids=["several", "one"])
+def test_new_inputs_give_the_same_pixels_alone_or_batched(depth, batch, shared) -> None:
+    jobs = [depth.prepare(inputs(**shared | fields), FakeContext(files=FILES)) for fields in batch]
     assert len({job.group_key for job in jobs}) == 1
     assert len({depth.batch_key(job.inputs) for job in jobs}) == 1
     batched = depth.generate(jobs, FakeContext().step_callback())
-    for fields, outputs in zip(BATCHABLE, batched, strict=True):
-        alone = depth.predict(inputs(**SHARED | fields), FakeContext(files=FILES))
+    for fields, outputs in zip(batch, batched, strict=True):
+        alone = depth.predict(inputs(**shared | fields), FakeContext(files=FILES))
         assert len(outputs) == len(alone) == fields.get("num_outputs", 1)
         for image, expected in zip(outputs, alone, strict=True):
             assert at_most_one_level_apart(np.asarray(image).astype(int), np.asarray(expected).astype(int))
     assert not np.array_equal(np.asarray(batched[0][0]), np.asarray(batched[2][0]))
+    # Rows that differ only in their strengths differ in pixels too: each row got its own.
+    assert not np.array_equal(np.asarray(batched[0][0]), np.asarray(batched[1][0]))
     # The batch's LoRA is gone afterwards.
     assert not any(hasattr(module, "lora_A") for module in depth.pipe.unet.modules())
 
@@ -337,7 +361,6 @@ def test_new_inputs_give_the_same_pixels_alone_or_batched(depth) -> None:
 @pytest.mark.parametrize(
     "change",
     [
-        {"ip_adapter_mode": "style"},
         {"control_guidance_start": 0.25},
         {"control_guidance_end": 0.5},
         {"lora_weights": OTHER_LORA},
@@ -352,7 +375,27 @@ def test_what_changes_the_pipeline_call_is_in_the_batch_key(depth, change) -> No
     assert depth.batch_key(base) != depth.batch_key(inputs(**SHARED | BATCHABLE[0] | change))
 
 
-def test_per_row_inputs_stay_out_of_the_batch_key(depth) -> None:
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"ip_adapter_scales": [2.0, 0.0]},
+        {"ip_masks": [BLACK, WHITE]},
+        {"output_format": "jpg"},
+        {"ip_adapter_mode": "composition"},
+        {"ip_adapter_mode": "full"},
+        {"controlnet_scale": 1.9},
+        {"ip_adapter_scale": 0.1},
+    ],
+    ids=lambda change: next(iter(change)),
+)
+def test_per_row_inputs_stay_out_of_the_batch_key(depth, change) -> None:
     base = inputs(**SHARED | BATCHABLE[0])
-    for change in ({"ip_adapter_scales": [2.0, 0.0]}, {"ip_masks": [BLACK, WHITE]}, {"output_format": "jpg"}):
-        assert depth.batch_key(base) == depth.batch_key(inputs(**SHARED | BATCHABLE[0] | change))
+    assert depth.batch_key(base) == depth.batch_key(inputs(**SHARED | BATCHABLE[0] | change))
+
+
+@pytest.mark.parametrize(
+    "change", [{"ip_adapter_scale": 0.1}, {"controlnet_scale": 0.0}, {"ip_adapter_mode": "style"}], ids=str
+)
+def test_one_image_prompt_at_another_strength_or_mode_shares_the_batch(depth, change) -> None:
+    one = {"ip_image": FACE, "ip_adapter_scale": 0.6, "controlnet_scale": 0.8}
+    assert depth.batch_key(inputs(**one)) == depth.batch_key(inputs(**one | change))

@@ -12,7 +12,10 @@ architectures, random weights, built on the GPU) and the ``tiny`` profile on a C
 3. the GPU idle share between consecutive jobs through the real ``PredictionRunner`` (fakeredis,
    in-memory storage), with every overlap knob off and then on (prefetch, background uploads,
    micro-batching at the best batch size);
-4. if time remains, one model compiled (``KILN_TORCH_COMPILE``) at one size, with its compile time.
+4. if time remains, one model compiled (``KILN_TORCH_COMPILE``) at one size, with its compile time;
+5. the XL depth model compiled with dynamo's ``eager`` backend (guards, no code generation), run at
+   three values of each per-row scale input: the graphs each new value adds (0 when the scales are
+   data, one per value when a graph is specialised on them) and the frames left to run eager.
 
 Measurements run in that order of priority, every model's step 1 before any step 2. Each one's cost
 is estimated from those before it and skipped (and listed as skipped) when it would not fit in
@@ -35,7 +38,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +46,7 @@ import diffusers
 import fakeredis
 import torch
 import transformers
+from torch._dynamo.utils import counters as dynamo_counters
 
 from models.registry import find_model
 from shared.settings import Settings
@@ -65,6 +69,16 @@ SAFETY = 1.25
 FIRST_LOAD_GUESS_S = {"cuda": 60.0, "cpu": 30.0}
 # What a compiled pass needs at least (compile time is unknown until it has run once).
 COMPILE_RESERVE_S = {"cuda": 150.0, "cpu": 600.0}
+# The model, inputs and values the recompile count runs over (each input moved on its own from the workload).
+RECOMPILE_MODEL = "kiln/ip-adapter-depth-xl"
+RECOMPILE_VALUES: dict[str, tuple[Any, ...]] = {
+    "ip_adapter_scale": (0.2, 0.5, 0.8),
+    "controlnet_scale": (0.3, 0.9, 1.5),
+    "ip_adapter_mode": ("full", "style", "composition"),
+}
+RECOMPILE_STEPS = 2
+# What tracing the XL UNet and ControlNet once with dynamo needs at least.
+RECOMPILE_RESERVE_S = {"cuda": 90.0, "cpu": 30.0}
 # Weights are built into RAM-backed /dev/shm on the GPU host when it has room for them (SDXL layout
 # plus SD2: about 19 GB in fp16), which makes saving and loading them seconds.
 SHM_NEEDED_BYTES = 24 * 2**30
@@ -190,6 +204,7 @@ class Report:
             **header,
             "models": {},
             "compile": None,
+            "recompiles": None,
             "skipped": [],
             "errors": [],
             "elapsed_s": 0.0,
@@ -275,6 +290,17 @@ def render_markdown(data: dict[str, Any]) -> str:
             f"Compiled ({compiled['model']}, {compiled['workload']}, mode `{compiled['mode']}`): "
             f"compile {_cell(compiled.get('compile_s'), ' s', 1)}, {_cell(compiled.get('seconds_per_image'))} s/image "
             f"at batch 1, {_cell(compiled.get('speedup_over_eager'), '×', 2)} the eager Kiln speed.",
+        ]
+    recompiles = data.get("recompiles")
+    if recompiles:
+        per_input = ", ".join(
+            f"{name} {entry['new_graphs']} (eager fallbacks {entry['eager_fallbacks']})"
+            for name, entry in recompiles["inputs"].items()
+        )
+        lines += [
+            "",
+            f"Recompiles ({recompiles['model']}, {recompiles['workload']}, backend `{recompiles['backend']}`): "
+            f"new graphs over {len(next(iter(RECOMPILE_VALUES.values())))} values of each input: {per_input}.",
         ]
     for item in data["skipped"]:
         lines.append(f"- skipped {item['what']}: {item['why']}")
@@ -601,6 +627,58 @@ class Kit:
             }
             print(f"compiled: {self.report.data['compile']}", flush=True)
 
+    # -- 5. recompiles per scale value -----------------------------------------------------------
+
+    def measure_recompiles(self) -> None:
+        if self.args.no_compile or RECOMPILE_MODEL not in self.args.models:
+            self.report.skip("recompiles", "--no-compile" if self.args.no_compile else f"{RECOMPILE_MODEL} not run")
+            return
+        reserve = RECOMPILE_RESERVE_S[self.kind]
+        if not self.budget.allows(reserve):
+            self.report.skip(
+                "recompiles", f"needs at least ~{reserve:.0f} s, {self.budget.seconds - self.budget.elapsed:.0f} s left"
+            )
+            return
+        with self.step(f"{RECOMPILE_MODEL} recompiles"):
+            settings = self.settings.model_copy(
+                update={"torch_compile": True, "compile_backend": "eager", "compile_warmup": False}
+            )
+            predictor = PredictorPool(settings).get(find_model(RECOMPILE_MODEL))
+            spec, work = find_model(RECOMPILE_MODEL), self.workload(RECOMPILE_MODEL)
+            base = work.inputs | {"seed": 0, "num_inference_steps": RECOMPILE_STEPS}
+            job = predictor.prepare(spec.input_model(**base), FakeContext())
+
+            def run_with(**change: Any) -> None:
+                inputs = spec.input_model(**job.inputs.model_dump() | change)
+                predictor.generate([replace(job, inputs=inputs)], FakeContext().step_callback())
+
+            def graphs_and_fallbacks() -> tuple[int, int]:
+                frames = dynamo_counters["frames"]
+                return dynamo_counters["stats"]["unique_graphs"], frames["total"] - frames["ok"]
+
+            before = graphs_and_fallbacks()
+            run_with()
+            first = graphs_and_fallbacks()
+            inputs: dict[str, Any] = {}
+            for name, values in RECOMPILE_VALUES.items():
+                start = graphs_and_fallbacks()
+                for value in values:
+                    run_with(**{name: value})
+                end = graphs_and_fallbacks()
+                inputs[name] = {
+                    "values": list(values),
+                    "new_graphs": end[0] - start[0],
+                    "eager_fallbacks": end[1] - start[1],
+                }
+            self.report.data["recompiles"] = {
+                "model": RECOMPILE_MODEL,
+                "workload": f"{work.side}², {RECOMPILE_STEPS} steps",
+                "backend": "eager",
+                "first_call_graphs": first[0] - before[0],
+                "inputs": inputs,
+            }
+            print(f"recompiles: {self.report.data['recompiles']}", flush=True)
+
     def run(self) -> None:
         print(
             f"GPU truth kit: {self.report.data['device']['name']}; weights {self.settings.weights_profile} in "
@@ -612,6 +690,7 @@ class Kit:
             for model in self.args.models:
                 phase(model)
         self.measure_compiled()
+        self.measure_recompiles()
         self.report.data["foreign_imports"] = imports.foreign_imports()
         self.save(complete=True)
 
