@@ -247,6 +247,7 @@ BOUNDS: dict[str, str] = {
     "idempotency": "ttl",
     "token": "config",
     "token_names": "config",
+    "bootstrap_tokens": "config",
     "revoked_tokens": "config",
     "open_streams": "ttl",
     "rate_limit": "ttl",

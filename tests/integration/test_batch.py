@@ -2,39 +2,24 @@
 
 from __future__ import annotations
 
-import io
 import secrets
 from collections.abc import Iterator
 
 import httpx
 import pytest
 import redis
-from PIL import Image
 
 from deploy.devstack.servers import free_port
 from shared import keys
 from shared.settings import tenant_of, token_digest
 from shared.store import PredictionStore
 from tests.integration.conftest import TOKEN_A, Stack, uvicorn_argv
-from tests.support import data_uri, start_process, stop_process, wait_for_status, wait_until
+from tests.support import start_process, stop_process, wait_for_status, wait_until
+from tests.support.batches import item, tiny_image
 
 pytestmark = pytest.mark.integration
 
 TERMINAL = {"succeeded", "failed", "canceled"}
-
-
-def tiny_image() -> str:
-    buffer = io.BytesIO()
-    Image.new("RGB", (64, 64), "teal").save(buffer, format="PNG")
-    return data_uri(buffer.getvalue())
-
-
-def item(seed: int = 0, **overrides) -> dict:
-    """A fast valid item: 64x64, two denoising steps."""
-    return {
-        "version": "kiln/sd2-depth2img",
-        "input": {"prompt": "batch", "input_image": tiny_image(), "num_inference_steps": 2, "seed": seed},
-    } | overrides
 
 
 def assert_problem(response: httpx.Response, status: int, *fragments: str) -> None:

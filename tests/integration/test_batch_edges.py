@@ -17,9 +17,8 @@ from shared import keys
 from shared.objects import batch_prefix
 from shared.retention import Janitor
 from shared.storage import Storage
-from tests.integration.test_batch import item
-from tests.integration.test_batch_objects import all_predictions, results_of, wait_for_batch
 from tests.support import data_uri, png_bytes, wait_until
+from tests.support.batches import all_predictions, item, results_of, wait_for_batch
 from tests.support.tenants import client_for, new_token
 
 pytestmark = pytest.mark.integration

@@ -20,8 +20,8 @@ from shared.objects import batch_prefix
 from shared.retention import Janitor
 from shared.storage import Storage
 from tests.integration.receiver import WebhookReceiver
-from tests.integration.test_batch import item, tiny_image
 from tests.support import data_uri, png_bytes, wait_until
+from tests.support.batches import all_predictions, item, results_of, tiny_image, wait_for_batch
 from tests.support.step_gates import StepGate, wait_until_waiting
 from tests.support.tenants import client_for, new_token
 
@@ -48,31 +48,6 @@ def other_client(stack) -> Iterator[httpx.Client]:
 def receiver(client) -> Iterator[WebhookReceiver]:
     with WebhookReceiver(client.get("/v1/webhooks/default/secret").json()["key"]) as r:
         yield r
-
-
-def wait_for_batch(client: httpx.Client, batch_id: str, statuses: set[str], timeout: float = 300) -> dict:
-    def ended():
-        batch = client.get(f"/v1/batches/{batch_id}").json()
-        return batch if batch["status"] in statuses else None
-
-    return wait_until(ended, timeout, interval=0.5, what=f"batch {batch_id} to be {statuses}")
-
-
-def results_of(client: httpx.Client, batch: dict) -> list[dict]:
-    response = client.get(batch["urls"]["results"])
-    assert response.status_code == 200, response.text[:300]
-    assert response.headers["content-type"].startswith("application/jsonl")
-    return [json.loads(line) for line in response.text.splitlines()]
-
-
-def all_predictions(client: httpx.Client, batch: dict) -> list[dict]:
-    """Every page of the batch's predictions (the stack's page size is small: this walks the cursor)."""
-    found, url = [], batch["urls"]["predictions"]
-    while url:
-        page = client.get(url).json()
-        found += page["results"]
-        url = page["next"]
-    return found
 
 
 def started(prediction: dict) -> datetime:

@@ -12,9 +12,7 @@ from contextlib import ExitStack
 import httpx
 import pytest
 
-from tests.integration.test_batch import item
-from tests.integration.test_batch_objects import all_predictions, wait_for_batch
-from tests.integration.test_isolation import all_prediction_ids
+from tests.support.batches import all_prediction_ids, all_predictions, item, wait_for_batch
 from tests.support.tenants import client_for, new_token
 
 pytestmark = pytest.mark.integration

@@ -13,9 +13,9 @@ from PIL import Image
 
 from shared import keys
 from tests.support import assert_problem, data_uri, png_bytes, png_claiming_size, wait_for_status
+from tests.support.image_files import flat_png, rotated_jpeg
 from tests.support.predictions import TERMINAL, depth2img_input
 from tests.support.step_gates import StepGate, wait_until_waiting
-from tests.unit.test_image_intake import flat_png, rotated_jpeg
 
 pytestmark = pytest.mark.integration
 VERSION = "kiln/sd2-depth2img"

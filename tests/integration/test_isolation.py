@@ -15,6 +15,7 @@ from shared.prediction import new_id
 from shared.store import PredictionStore
 from tests.integration.conftest import TOKEN_A, TOKEN_B
 from tests.support import assert_problem, png_bytes, wait_for_status, wait_until
+from tests.support.batches import all_prediction_ids
 from tests.support.predictions import create, depth2img_input
 from tests.support.step_gates import StepGate
 
@@ -121,16 +122,6 @@ def test_another_tenant_cannot_cancel_a_running_or_queued_prediction(stack, clie
             for prediction in (running, queued):
                 client.post(f"/v1/predictions/{prediction['id']}/cancel")
     assert wait_for_status(client, running["id"], TERMINAL)["status"] == "canceled"
-
-
-def all_prediction_ids(client: httpx.Client, first_page: str = "/v1/predictions") -> set[str]:
-    """Every prediction id the tenant can list, following ``next`` to the end."""
-    ids, url = set(), first_page
-    while url:
-        page = client.get(url).json()
-        ids |= {p["id"] for p in page["results"]}
-        url = page["next"]
-    return ids
 
 
 def cursor(direction: str, prediction_id: str) -> str:

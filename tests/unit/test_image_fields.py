@@ -14,10 +14,9 @@ from models.sdxl_family.schema import IPAdapterXLInput
 from shared.input_schema import EVERY_ITEM, EVERY_VALUE, ImageField, image_fields, image_inputs
 from shared.settings import Settings
 from tests.support import data_uri, png_bytes
+from tests.support.image_files import BASE_URL, OURS, FakeFiles, FakeStorage
 from tests.support.nested_images import LIST_OF_IMAGES, ListOfImagesInput, NestedImagesInput
 
-BASE_URL = "http://kiln.test"
-OURS = f"{BASE_URL}/v1/files/{'a' * 26}"
 GONE = f"{BASE_URL}/v1/files/{'b' * 26}"
 PNG = data_uri(png_bytes(8, 8))
 
@@ -69,31 +68,6 @@ def test_image_inputs_names_where_each_image_is():
         ("layers.1.image", "https://e.com/l1.png"),
         ("named.sky", "https://e.com/sky.png"),
     ]
-
-
-class FakeFiles:
-    """Only ``OURS`` exists (an 8x8 PNG), and only for tenant "a"."""
-
-    def get(self, file_id: str, tenant: str) -> object | None:
-        found = (file_id, tenant) == (OURS.rsplit("/", 1)[1], "a")
-        return SimpleNamespace(size=len(png_bytes(8, 8))) if found else None
-
-    def open(self, record: object) -> SimpleNamespace:
-        return SimpleNamespace(body=iter([png_bytes(8, 8)]))
-
-
-class FakeStorage:
-    def __init__(self) -> None:
-        self.objects: dict[str, bytes] = {}
-        # (source, key) of each server-side copy.
-        self.copies: list[tuple[str, str]] = []
-
-    def put_bytes(self, key: str, data: bytes, content_type: str) -> None:
-        self.objects[key] = data
-
-    def copy(self, source: str, key: str) -> None:
-        self.copies.append((source, key))
-        self.objects[key] = self.objects.get(source, b"copied")
 
 
 @pytest.fixture

@@ -4,11 +4,9 @@ decoded fully, friendly base64, EXIF orientation, large inputs stored with a ref
 from __future__ import annotations
 
 import base64
-import io
 from types import SimpleNamespace
 
 import pytest
-from PIL import Image
 
 from api.errors import ProblemError
 from api.image_staging import RequestImages, stage_images
@@ -17,26 +15,11 @@ from shared.images import ImageInputError, check_image, decode_data_uri, decode_
 from shared.prediction import Prediction
 from shared.settings import Settings
 from tests.support import data_uri, png_bytes, png_claiming_size
-from tests.unit.test_image_fields import FakeFiles, FakeStorage
+from tests.support.image_files import FakeFiles, FakeStorage, flat_png, rotated_jpeg
 from worker.context import load_image_input
 
 BASE_URL = "http://kiln.test"
 SD2 = find_model("kiln/sd2-depth2img")
-
-
-def rotated_jpeg(width: int = 40, height: int = 20) -> bytes:
-    """A ``width`` x ``height`` JPEG whose EXIF says: turn me 90 degrees (orientation 6) to view it."""
-    buffer = io.BytesIO()
-    exif = Image.Exif()
-    exif[0x0112] = 6
-    Image.new("RGB", (width, height), "teal").save(buffer, format="JPEG", exif=exif)
-    return buffer.getvalue()
-
-
-def flat_png(size: int = 16) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("L", (size, size), 128).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def test_base64_wrapped_in_lines_or_unpadded_is_accepted():

@@ -15,9 +15,9 @@ from models.sdxl_family.schema import IPAdapterXLInput
 from shared.settings import Settings
 from shared.status import Status
 from tests.support.worker_inputs import FAST, INPUTS, MODEL, gradient, png_uri
+from tests.support.xl_inputs import FACE, RAMP
 from tests.worker.fakes import FakeContext
 from tests.worker.runner_harness import Harness
-from tests.worker.test_xl_knobs import FACE, RAMP
 from worker.predictor_pool import PredictorPool
 from worker.predictors.base import Predictor
 

@@ -26,8 +26,8 @@ from models.sdxl_family.row_scales import RowScaledControlNetModel, RowScaledIPA
 from models.sdxl_family.schema import IPAdapterMode
 from shared import queues
 from shared.settings import Settings
+from tests.support.xl_inputs import FACE, PRODUCT, SETTING, WHITE, half_mask, inputs
 from tests.worker.fakes import FakeContext
-from tests.worker.test_xl_knobs import FACE, PRODUCT, SETTING, WHITE, half_mask, inputs
 from worker.predictor_pool import PredictorPool
 from worker.predictors.rows import rows
 

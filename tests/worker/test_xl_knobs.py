@@ -5,7 +5,6 @@ the way it should; the batch tests show every new input giving the same pixels a
 from __future__ import annotations
 
 import hashlib
-import io
 import pickle
 from collections.abc import Callable
 from pathlib import Path
@@ -14,7 +13,6 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from safetensors.torch import save as save_safetensors
 
 from models.registry import MODELS
@@ -22,34 +20,16 @@ from models.sdxl_family.configs import load_config
 from models.sdxl_family.ip_adapter_scales import ip_adapter_block_scales
 from models.sdxl_family.lora import ADAPTER_NAME, LoraCache, LoraError, LoraWeights
 from models.sdxl_family.predictor import IPAdapterXLPredictor
-from models.sdxl_family.schema import IPAdapterMode, IPAdapterXLInput
+from models.sdxl_family.schema import IPAdapterMode
 from models.sdxl_family.tiny_lora import tiny_lora_state_dict
 from shared import queues
 from shared.settings import Settings
-from tests.support import data_uri, png_bytes
+from tests.support.xl_inputs import BLACK, FACE, PRODUCT, SETTING, WHITE, half_mask, inputs
 from tests.worker.fakes import FakeContext
 from worker.context import FileInputError
 from worker.predictor_pool import PredictorPool
 from worker.weights.tiny_lora import main as tiny_lora_main
 
-
-def png_uri(image: Image.Image) -> str:
-    buffer = io.BytesIO()
-    image.convert("RGB").save(buffer, format="PNG")
-    return data_uri(buffer.getvalue())
-
-
-def half_mask(side: str, size: int = 128) -> str:
-    """White on the ``side`` ("left"/"right") half, black elsewhere."""
-    mask = Image.new("L", (size, size), 0)
-    mask.paste(255, (0, 0, size // 2, size) if side == "left" else (size // 2, 0, size, size))
-    return png_uri(mask)
-
-
-RAMP = png_uri(Image.fromarray(np.tile(np.linspace(0, 255, 64, dtype=np.uint8), (64, 1))))
-FACE, PRODUCT, SETTING = (data_uri(png_bytes(64, 64, seed=seed)) for seed in (1, 2, 3))
-WHITE = png_uri(Image.new("L", (64, 64), 255))
-BLACK = png_uri(Image.new("L", (64, 64), 0))
 LORA = "https://loras.example/tiny.safetensors"
 OTHER_LORA = "https://loras.example/other.safetensors"
 UPLOADED_LORA = "http://kiln.test/v1/files/" + "l" * 26
@@ -72,16 +52,6 @@ def depth(pool: PredictorPool) -> IPAdapterXLPredictor:
 @pytest.fixture(scope="module")
 def openpose(pool: PredictorPool) -> IPAdapterXLPredictor:
     return pool.get(MODELS["kiln/ip-adapter-openpose-xl"])
-
-
-def inputs(**fields: Any) -> IPAdapterXLInput:
-    values = {
-        "control_image": RAMP, "prompt": "a red house", "num_inference_steps": 4, "width": 64, "height": 64,
-        "seed": 7,
-    } | fields  # fmt: skip
-    if "ip_images" not in values and "ip_image" not in values:
-        values["ip_image"] = FACE
-    return IPAdapterXLInput(**values)
 
 
 def run(predictor: IPAdapterXLPredictor, ctx: FakeContext | None = None, **fields: Any) -> np.ndarray:
