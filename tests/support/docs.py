@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from functools import cache
+from itertools import pairwise
 from pathlib import Path
 
 from markdown_it import MarkdownIt
@@ -25,17 +26,24 @@ def tokens(path: Path) -> list[Token]:
     return MarkdownIt("commonmark").enable("table").parse(path.read_text())
 
 
+def headings(path: Path) -> list[tuple[int, str]]:
+    """Each heading of a page: the index of its first token and the text it shows."""
+    page = tokens(path)
+    return [
+        (index, heading_text(inline))
+        for index, (token, inline) in enumerate(pairwise(page))
+        if token.type == "heading_open"
+    ]
+
+
 def block(path: Path, heading: str, language: str, index: int = 0) -> str:
     """The ``index``-th fenced ``language`` code block after the heading whose text is ``heading``."""
-    found = False
-    blocks = []
-    for token, following in zip(tokens(path), [*tokens(path)[1:], None], strict=True):
-        if token.type == "heading_open" and following is not None and following.content == heading:
-            found = True
-        elif found and token.type == "fence" and token.info.strip() == language:
-            blocks.append(token.content)
-    assert found, f"{path.name} has no heading {heading!r}"
-    return blocks[index]
+    start = next((at for at, text in headings(path) if text == heading), None)
+    assert start is not None, f"{path.name} has no heading {heading!r}"
+    fences = [
+        token.content for token in tokens(path)[start:] if token.type == "fence" and token.info.strip() == language
+    ]
+    return fences[index]
 
 
 def slug(heading: str) -> str:
@@ -52,11 +60,8 @@ def anchors(path: Path) -> set[str]:
     """Every heading anchor of a page, with GitHub's ``-1``, ``-2``... for repeated headings."""
     seen: dict[str, int] = {}
     result = set()
-    page = tokens(path)
-    for token, inline in zip(page, page[1:], strict=False):
-        if token.type != "heading_open":
-            continue
-        base = slug(heading_text(inline))
+    for _, text in headings(path):
+        base = slug(text)
         count = seen.get(base, 0)
         seen[base] = count + 1
         result.add(base if count == 0 else f"{base}-{count}")
