@@ -1,5 +1,5 @@
 """docker-compose.yml: valid against the Compose specification (the schema check-jsonschema vendors,
-so no download) and shaped as the single-GPU-host deployment the README describes."""
+so no download) and shaped as the single-GPU-host deployment docs/deploy.md describes."""
 
 from __future__ import annotations
 

@@ -1,25 +1,21 @@
-"""The README's "Try it" and client snippets, copy-pasted: they run against a live Kiln as written
-(only ``KILN`` and ``TOKEN`` set, as the README says), with one token or several."""
+"""The snippets of the README's "Try it", docs/clients.md and docs/webhooks.md, copy-pasted: they run
+against a live Kiln as written (only ``KILN`` and ``TOKEN`` set, as the README says), with one token or
+several."""
 
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 
 import pytest
 
 from tests.integration.conftest import TOKEN_A
 from tests.support import REPO_ROOT, python
+from tests.support.docs import README, block
 
 pytestmark = pytest.mark.integration
-README = (REPO_ROOT / "README.md").read_text()
-
-
-def block(after_heading: str, language: str, index: int = 0) -> str:
-    """The ``index``-th ``language`` code block after the heading."""
-    section = README[README.index(after_heading) :]
-    return re.findall(rf"```{language}\n(.*?)```", section, re.S)[index]
+CLIENTS = REPO_ROOT / "docs" / "clients.md"
+WEBHOOKS = REPO_ROOT / "docs" / "webhooks.md"
 
 
 @pytest.fixture
@@ -36,12 +32,12 @@ def run(argv: list[str], cwd, env: dict[str, str], timeout: float = 300) -> str:
 
 def test_try_it_then_the_python_snippets(stack, workdir):
     env = {"PATH": os.environ["PATH"], "KILN": stack.base_url, "TOKEN": TOKEN_A, "HOME": str(workdir)}
-    shell = run(["bash", "-euo", "pipefail", "-c", block("## Try it", "sh")], workdir, env)
+    shell = run(["bash", "-euo", "pipefail", "-c", block(README, "Try it", "sh")], workdir, env)
     assert "event: done" in shell and "event: output" in shell and "out.png" in shell
     assert (workdir / "out.png").read_bytes().startswith(b"\x89PNG")
-    printed = run([python(), "-c", block("## The official Replicate clients", "python")], workdir, env)
+    printed = run([python(), "-c", block(CLIENTS, "The official Replicate clients", "python")], workdir, env)
     assert printed.splitlines()[-1].startswith("done")
-    run([python(), "-c", block("## Webhooks", "python") + "\nassert secret.startswith('whsec_')"], workdir, env)
+    run([python(), "-c", block(WEBHOOKS, "Webhooks", "python") + "\nassert secret.startswith('whsec_')"], workdir, env)
 
 
 @pytest.mark.parametrize(
@@ -49,6 +45,6 @@ def test_try_it_then_the_python_snippets(stack, workdir):
     [("tok-a,tok-b", "tok-a"), ("alice=tok-a, bob=tok-b", "tok-a"), ("only-one==", "only-one==")],
 )
 def test_the_token_line_picks_one_token_of_several(setting, expected):
-    line = next(line for line in block("## Try it", "sh").splitlines() if line.startswith("export TOKEN="))
+    line = next(line for line in block(README, "Try it", "sh").splitlines() if line.startswith("export TOKEN="))
     env = {"PATH": os.environ["PATH"], "KILN_API_TOKEN": setting, "PYTHONPATH": str(REPO_ROOT)}
     assert run(["bash", "-c", f'{line}\necho "$TOKEN"'], REPO_ROOT, env).strip() == expected
