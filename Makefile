@@ -38,11 +38,13 @@ test: install
 test-fast: install
 	HF_HUB_OFFLINE=1 $(PY) -m pytest tests/unit -m "not integration" $(PYTEST_ARGS)
 
-# Lint and format check (ruff), then types (mypy: strict for api/ and shared/; see pyproject.toml).
+# Lint and format check (ruff), types (mypy: strict for api/ and shared/), then the import arrows
+# (lint-imports: api, worker, webhook_worker -> models -> shared; [tool.importlinter] in pyproject.toml).
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports --no-cache
 
 clean:
 	rm -rf .kiln .pytest_cache

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 
 from celery import Celery
 
-from models.registry import find_model
 from shared import queues
 from shared.batch_webhooks import BatchSettler
 from shared.deadlines import expire_due
@@ -78,8 +77,8 @@ def send_due_webhooks(outbox: WebhookOutbox, celery: Celery) -> int:
 
 
 def reap_lapsed_leases(lifecycle: PredictionLifecycle, leases: Leases, celery: Celery, max_attempts: int) -> int:
-    """Requeue predictions whose worker stopped renewing their lease; the lifecycle fails them after
-    ``max_attempts``."""
+    """Requeue predictions whose worker stopped renewing their lease, on the queue their record names;
+    the lifecycle fails them after ``max_attempts``."""
     reaped = 0
     for prediction_id in leases.lapsed():
         found = lifecycle.reap(leases, prediction_id, max_attempts)
@@ -89,7 +88,7 @@ def reap_lapsed_leases(lifecycle: PredictionLifecycle, leases: Leases, celery: C
         outcome, prediction = found
         if outcome is Status.STARTING:
             log.warning("prediction %s: its worker stopped renewing the lease; requeued", prediction_id)
-            enqueue_prediction(celery, prediction_id, find_model(prediction.model).queue, queues.PRIORITY_REQUEUE)
+            enqueue_prediction(celery, prediction_id, prediction.queue, queues.PRIORITY_REQUEUE)
     return reaped
 
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from shared.celery_config import create_celery
 from shared.settings import get_settings
+from shared.webhook_delivery import add_delivery_task
 from shared.worker_process import WorkerProcess
-from webhook_worker.delivery import add_delivery_task
 
 app = create_celery(get_settings())
 process = WorkerProcess(get_settings(), app)

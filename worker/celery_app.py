@@ -23,8 +23,8 @@ from shared.celery_config import create_celery
 from shared.enqueue import enqueue_prediction
 from shared.logs import bound_prediction
 from shared.settings import get_settings
+from shared.webhook_delivery import add_delivery_task
 from shared.worker_process import WorkerProcess, consumed_queues
-from webhook_worker.delivery import add_delivery_task
 from worker.metrics import GpuMemoryCollector
 from worker.predictor_pool import PredictorPool
 from worker.queue_peek import QueuePeek

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from worker.predictors.base import PredictionCanceled
+from models.kit.contract import PredictionCanceled
 
 
 class TimeLimitExceeded(Exception):

@@ -7,10 +7,10 @@ import logging
 import time
 from collections.abc import Iterable
 
+from models.kit.contract import Predictor
 from models.registry import MODELS
 from shared.model_spec import ModelSpec
 from shared.settings import Settings
-from worker.predictors.base import Predictor
 
 log = logging.getLogger(__name__)
 

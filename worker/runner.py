@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING, Any
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
+from models.kit.contract import NamedImage, Output, Predictor, PreparedJob
+from models.kit.tuning import Tuning
 from models.registry import find_model
 from shared import deadlines, metrics
 from shared.files import FileStore
@@ -44,10 +46,8 @@ from worker.context import FileInputError, RunContext
 from worker.heartbeat import Heartbeat
 from worker.interrupts import HandedBack, LeaseLost, PredictionCanceled
 from worker.predictor_pool import PredictorPool
-from worker.predictors.base import NamedImage, Output, Predictor, PreparedJob
 from worker.prefetch import DetachedContext, Prefetcher
 from worker.timeline import Timeline
-from worker.tuning import Tuning
 from worker.uploader import Uploader
 
 if TYPE_CHECKING:

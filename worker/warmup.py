@@ -19,12 +19,12 @@ from typing import Any
 
 from PIL import Image
 
+from models.kit.tuning import Size, Tuning
 from models.registry import find_model
 from shared.images import decode_data_uri, decode_image
 from shared.input_schema import EVERY_ITEM, EVERY_VALUE, InputLimits, ModelInput, image_fields
 from shared.settings import Settings
 from worker.predictor_pool import PredictorPool
-from worker.tuning import Size, Tuning
 
 log = logging.getLogger(__name__)
 

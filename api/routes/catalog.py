@@ -8,10 +8,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 
 from api.auth import Caller
+from api.catalog import COLLECTION_SLUG, collection_summary, query_words, search
 from api.deps import BaseURL, CurrentCaller, CurrentTenant, ServicesDep
 from api.errors import ProblemError
 from api.routes.models import render_models
-from shared.catalog import COLLECTION_SLUG, collection_summary, query_words, search
 
 router = APIRouter(prefix="/v1", tags=["account and catalog"])
 

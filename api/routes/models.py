@@ -7,12 +7,12 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 
+from api.catalog import search
 from api.deps import BaseURL, CurrentTenant, ServicesDep
 from api.errors import ProblemError
 from api.services import Services
 from models.registry import MODELS, UnknownModelError, find_model
 from shared import keys
-from shared.catalog import search
 from shared.model_spec import ModelSpec
 from shared.openapi import render_model, render_version
 

@@ -11,14 +11,14 @@ import torch
 from diffusers import StableDiffusionDepth2ImgPipeline
 from PIL import Image
 
+from models.kit.contract import Output, PredictContext, Predictor, PreparedJob, StepCallback, resolve_seed
+from models.kit.rows import fit, generators, rows, split_images
+from models.kit.schedulers import SCHEDULERS
+from models.kit.tuning import Tuning, optimise_pipeline
+from models.kit.weights.loading import load_pipeline
 from models.sd2_depth2img.schema import Depth2ImgInput
 from models.sd2_depth2img.weights import sd2_depth2img_source
 from shared.images import ImageInputError
-from worker.predictors.base import Output, PredictContext, Predictor, PreparedJob, StepCallback, resolve_seed
-from worker.predictors.rows import fit, generators, rows, split_images
-from worker.predictors.schedulers import SCHEDULERS
-from worker.tuning import Tuning, optimise_pipeline
-from worker.weights.loading import load_pipeline
 
 SIZE_MULTIPLE = 64
 

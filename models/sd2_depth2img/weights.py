@@ -19,10 +19,10 @@ import torch
 from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionDepth2ImgPipeline, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, DPTConfig, DPTForDepthEstimation, DPTImageProcessor
 
+from models.kit.weights.loading import weights_source
+from models.kit.weights.published import configs_digest, read_config
+from models.kit.weights.tiny import builder_fingerprint, ensure_built, save_tiny_clip_tokenizer
 from shared.settings import Settings
-from worker.weights.loading import weights_source
-from worker.weights.published import configs_digest, read_config
-from worker.weights.tiny import builder_fingerprint, ensure_built, save_tiny_clip_tokenizer
 
 # The published configs of stabilityai/stable-diffusion-2-depth (sources in configs/README.md).
 CONFIGS_DIR = Path(__file__).parent / "configs"

@@ -29,8 +29,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from models.kit.weights.tiny import builder_fingerprint, ensure_built
 from models.sdxl_family.spec import ControlKind
-from worker.weights.tiny import builder_fingerprint, ensure_built
 
 SEED = 0
 # Room for per-tensor start offsets inside a shared buffer.

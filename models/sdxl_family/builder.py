@@ -10,7 +10,7 @@ predictors load every profile with the same ``from_pretrained`` / ``load_ip_adap
     ip-adapter/sdxl_models/  ip-adapter_sdxl.safetensors and image_encoder/   h94/IP-Adapter
 
 The base is saved without image encoder and feature extractor: ``load_ip_adapter`` registers them.
-The tokenizers are the small byte-level ones of ``worker.weights.tiny`` in both profiles (the real
+The tokenizers are the small byte-level ones of ``models.kit.weights.tiny`` in both profiles (the real
 CLIP vocabulary is not in the repo); prompts are padded to 77 tokens either way, so shapes match.
 """
 
@@ -36,9 +36,9 @@ from transformers import (
     CLIPVisionModelWithProjection,
 )
 
+from models.kit.weights.tiny import save_tiny_clip_tokenizer
 from models.sdxl_family.configs import XLConfigs
 from models.sdxl_family.spec import controlnet_folder
-from worker.weights.tiny import save_tiny_clip_tokenizer
 
 ModelT = TypeVar("ModelT", bound=torch.nn.Module)
 

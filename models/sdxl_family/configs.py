@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from models.kit.weights.published import configs_digest, read_config
 from models.registry import MODELS
 from models.sdxl_family.spec import ControlKind, XLModelSpec
-from worker.weights.published import configs_digest, read_config
 
 # The published configs of the family's full-size models (sources in configs/README.md).
 CONFIGS_DIR = Path(__file__).parent / "configs"

@@ -30,9 +30,9 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 
+from models.kit.contract import PredictContext
 from shared.lora_inputs import LoraInputError, check_lora_header, read_safetensors_header
 from shared.settings import Settings
-from worker.predictors.base import PredictContext
 
 log = logging.getLogger(__name__)
 

@@ -25,16 +25,7 @@ from diffusers import AutoencoderKL, StableDiffusionXLControlNetPipeline, Stable
 from diffusers.image_processor import IPAdapterMaskProcessor
 from PIL import Image
 
-from models.sdxl_family.builder import IP_ADAPTER_SUBFOLDER, IP_ADAPTER_WEIGHT_NAME
-from models.sdxl_family.ip_adapter_scales import LayerRole, role_row_scales
-from models.sdxl_family.lora import LoraWeights, fetch_lora, lora_applied, process_lora_cache
-from models.sdxl_family.row_scales import RowScaledControlNetModel, install_row_scaled_processors, row_scales_applied
-from models.sdxl_family.schema import IPAdapterXLInput
-from models.sdxl_family.spec import ControlKind
-from models.sdxl_family.weights import XLWeights, xl_weights
-from shared.settings import Settings
-from worker.devices import resolve_device
-from worker.predictors.base import (
+from models.kit.contract import (
     NamedImage,
     Output,
     PredictContext,
@@ -43,10 +34,19 @@ from worker.predictors.base import (
     StepCallback,
     resolve_seed,
 )
-from worker.predictors.rows import fit, generators, rows, split_images
-from worker.predictors.schedulers import SCHEDULERS
-from worker.tuning import Tuning, optimise_pipeline
-from worker.weights.loading import hub_cache_dir, load_model, load_pipeline
+from models.kit.devices import resolve_device
+from models.kit.rows import fit, generators, rows, split_images
+from models.kit.schedulers import SCHEDULERS
+from models.kit.tuning import Tuning, optimise_pipeline
+from models.kit.weights.loading import hub_cache_dir, load_model, load_pipeline
+from models.sdxl_family.builder import IP_ADAPTER_SUBFOLDER, IP_ADAPTER_WEIGHT_NAME
+from models.sdxl_family.ip_adapter_scales import LayerRole, role_row_scales
+from models.sdxl_family.lora import LoraWeights, fetch_lora, lora_applied, process_lora_cache
+from models.sdxl_family.row_scales import RowScaledControlNetModel, install_row_scaled_processors, row_scales_applied
+from models.sdxl_family.schema import IPAdapterXLInput
+from models.sdxl_family.spec import ControlKind
+from models.sdxl_family.weights import XLWeights, xl_weights
+from shared.settings import Settings
 
 CONTROL_MAP_NAME = "control-map"
 # Detectors run at the output's short side within these bounds: 512 is what they were trained at

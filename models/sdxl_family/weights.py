@@ -21,12 +21,12 @@ from pathlib import Path
 
 import torch
 
+from models.kit.devices import resolve_device
+from models.kit.weights.tiny import builder_fingerprint, ensure_built
 from models.sdxl_family.annotators import ensure_tiny_annotators
 from models.sdxl_family.builder import BASE_DIR, IP_ADAPTER_DIR, VAE_FP16_DIR, build_xl_weights
 from models.sdxl_family.configs import control_kinds, full_configs, layout_digest, tiny_configs
 from shared.settings import Settings
-from worker.devices import resolve_device
-from worker.weights.tiny import builder_fingerprint, ensure_built
 
 SEED = 0
 # random-full is saved in half precision whatever the device: half the disk and load time; loading casts.

@@ -62,12 +62,12 @@ def ended(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, Status]]:
     return record_endings(monkeypatch)
 
 
-def make(store: PredictionStore, status: Status = Status.STARTING) -> Prediction:
+def make(store: PredictionStore, status: Status = Status.STARTING, queue: str = "gpu.sd2-depth") -> Prediction:
     prediction = Prediction(
         tenant="t1",
         model="kiln/sd2-depth2img",
         version="v",
-        queue="gpu.sd2-depth",
+        queue=queue,
         input={"prompt": "x"},
         webhook="https://example.com/hook",
     )
@@ -239,6 +239,17 @@ def test_the_reaper_requeues_then_fails_through_the_lifecycle(store: PredictionS
     assert finished_count(Status.FAILED) == before + 1
     assert retention_due(store, prediction.id) is not None
     assert len(celery.sent) == 1
+
+
+def test_the_reaper_requeues_on_the_queue_the_record_names(store: PredictionStore) -> None:
+    """The record carries its queue, so the reaper (in every worker process, torch-free) needs no model lookup."""
+    celery = RecordingCelery()
+    lifecycle, leases = PredictionLifecycle(store, RecordingNotifier()), Leases(store.redis, lease_s=30)
+    prediction = make(store, queue="gpu.elsewhere")
+    leases.start(prediction.id)
+    lapse(store, prediction.id)
+    assert reap_lapsed_leases(lifecycle, leases, celery, max_attempts=2) == 1
+    assert [(args, queue) for _, args, queue in celery.sent] == [([prediction.id], "gpu.elsewhere")]
 
 
 # --- nothing else ends a prediction -------------------------------------------------------------

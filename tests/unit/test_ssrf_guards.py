@@ -21,12 +21,12 @@ from api.submission import check_webhook
 from models.registry import MODELS
 from shared.images import ImageInputError, fetch_url
 from shared.settings import Settings
+from shared.webhook_delivery import SignedBody, post_signed
 from shared.webhook_outbox import Delivery
 from shared.webhook_secrets import new_webhook_secret
 from tests.integration.image_servers import ImageServer, trust_in_the_guard
 from tests.support import png_bytes
 from tests.support.addresses import ADDRESSES, LOCAL_DEVELOPMENT
-from webhook_worker.delivery import SignedBody, post_signed
 from worker.context import FileInputError, load_file_input
 from worker.runner import describe_failure
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 import fakeredis
 import pytest
 
+from shared import webhook_delivery
 from shared.prediction import Prediction
 from shared.settings import Settings
+from shared.webhook_delivery import AttemptResult, SignedBody, attempt_delivery
 from shared.webhook_outbox import DELIVERED, FAILED, PENDING, WebhookOutbox
-from webhook_worker import delivery as webhook_delivery
-from webhook_worker.delivery import AttemptResult, SignedBody, attempt_delivery
 
 
 def signing(delivery):

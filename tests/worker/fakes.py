@@ -8,8 +8,8 @@ from typing import Any
 
 from PIL import Image
 
+from models.kit.contract import PredictionCanceled
 from shared.images import decode_image, load_image_bytes
-from worker.predictors.base import PredictionCanceled
 
 
 class FakeContext:

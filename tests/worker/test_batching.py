@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from models.kit.contract import Predictor
 from models.registry import find_model
 from models.sd2_depth2img.schema import Depth2ImgInput
 from models.sdxl_family.schema import IPAdapterXLInput
@@ -19,7 +20,6 @@ from tests.support.xl_inputs import FACE, RAMP
 from tests.worker.fakes import FakeContext
 from tests.worker.runner_harness import Harness
 from worker.predictor_pool import PredictorPool
-from worker.predictors.base import Predictor
 
 
 def assert_same_pixels(actual: np.ndarray, expected: np.ndarray) -> None:

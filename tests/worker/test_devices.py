@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from worker.devices import dtype_for, resolve_device
+from models.kit.devices import dtype_for, resolve_device
 
 
 def test_auto_prefers_cuda_when_available(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -19,6 +19,8 @@ from skimage import data as photos
 
 from models.ip_adapter_depth_xl.predictor import IPAdapterDepthXLPredictor
 from models.ip_adapter_openpose_xl.predictor import IPAdapterOpenposeXLPredictor
+from models.kit.contract import NamedImage, PredictionCanceled
+from models.kit.schedulers import SCHEDULERS
 from models.registry import MODELS
 from models.sdxl_family.configs import tiny_configs
 from models.sdxl_family.predictor import IPAdapterXLPredictor, detect_resolution
@@ -30,8 +32,6 @@ from shared.settings import Settings
 from tests.support import data_uri, png_bytes
 from tests.worker.fakes import FakeContext, SpyDetector
 from worker.predictor_pool import PredictorPool
-from worker.predictors.base import NamedImage, PredictionCanceled
-from worker.predictors.schedulers import SCHEDULERS
 
 
 def png_uri(image: Image.Image) -> str:

@@ -17,6 +17,7 @@ import torch
 from diffusers import ControlNetModel
 from diffusers.models.attention_processor import Attention, IPAdapterAttnProcessor2_0
 
+from models.kit.rows import rows
 from models.registry import MODELS
 from models.sdxl_family.builder import make_conditioning_observable
 from models.sdxl_family.configs import tiny_configs
@@ -29,7 +30,6 @@ from shared.settings import Settings
 from tests.support.xl_inputs import FACE, PRODUCT, SETTING, WHITE, half_mask, inputs
 from tests.worker.fakes import FakeContext
 from worker.predictor_pool import PredictorPool
-from worker.predictors.rows import rows
 
 HIDDEN, CROSS, HEADS, TOKENS, QUERIES = 32, 24, 2, 4, 16
 

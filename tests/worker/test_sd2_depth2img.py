@@ -10,6 +10,7 @@ import pytest
 from diffusers import StableDiffusionDepth2ImgPipeline
 from PIL import Image
 
+from models.kit.contract import PredictionCanceled
 from models.sd2_depth2img.predictor import SCHEDULERS, Depth2ImgPredictor, output_size
 from models.sd2_depth2img.schema import Depth2ImgInput
 from models.sd2_depth2img.weights import ensure_tiny_sd2_depth2img
@@ -19,7 +20,6 @@ from shared.settings import Settings
 from tests.support import data_uri, png_bytes
 from tests.support.worker_inputs import INPUT_64, gradient, png_uri
 from tests.worker.fakes import FakeContext
-from worker.predictors.base import PredictionCanceled
 
 
 @pytest.fixture(scope="module")

@@ -9,12 +9,12 @@ import pytest
 import torch
 from diffusers.models.attention_processor import FusedAttnProcessor2_0
 
+from models.kit.tuning import Tuning, fuse_qkv, parse_buckets, snap_to_bucket
 from models.sd2_depth2img.predictor import Depth2ImgPredictor
 from models.sd2_depth2img.schema import Depth2ImgInput
 from shared.settings import Settings
 from tests.support.worker_inputs import FAST, INPUTS
 from tests.worker.fakes import FakeContext
-from worker.tuning import Tuning, fuse_qkv, parse_buckets, snap_to_bucket
 
 BUCKETS = parse_buckets("1024x1024,1152x896,896x1152,768x768,512x512")
 
@@ -54,7 +54,7 @@ def test_on_the_cpu_every_knob_defaults_off(make_settings: Callable[..., Setting
 
 
 def test_on_cuda_the_safe_knobs_default_on(make_settings: Callable[..., Settings], monkeypatch) -> None:
-    monkeypatch.setattr("worker.tuning.resolve_device", lambda name: torch.device("cuda"))
+    monkeypatch.setattr("models.kit.tuning.resolve_device", lambda name: torch.device("cuda"))
     tuning = Tuning.from_settings(make_settings(cuda_dtype="bfloat16"))
     assert (
         tuning.max_batch_size,

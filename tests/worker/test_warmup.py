@@ -8,11 +8,11 @@ import pytest
 import torch
 from torch._dynamo.utils import counters
 
+from models.kit.tuning import Tuning
 from models.registry import find_model
 from shared.input_schema import InputLimits, image_inputs
 from tests.support.nested_images import ListOfImagesInput, NestedImagesInput
 from worker.predictor_pool import PredictorPool
-from worker.tuning import Tuning
 from worker.warmup import WarmupContext, synthetic_input, wants_warmup, warm_up, warmup_image, warmup_input
 
 MODEL = "kiln/sd2-depth2img"

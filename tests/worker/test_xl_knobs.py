@@ -203,7 +203,7 @@ def test_a_lora_never_leaks_into_later_predictions_of_either_model(depth, openpo
 
 
 def test_a_lora_is_unloaded_when_the_prediction_is_canceled_mid_loop(depth) -> None:
-    from worker.predictors.base import PredictionCanceled
+    from models.kit.contract import PredictionCanceled
 
     before = run(depth)
     with pytest.raises(PredictionCanceled):

@@ -21,6 +21,8 @@ from diffusers import (
     StableDiffusionXLControlNetPipeline,
 )
 
+from models.kit.devices import dtype_for, resolve_device
+from models.kit.schedulers import SCHEDULERS
 from models.registry import find_model
 from models.sd2_depth2img.predictor import Depth2ImgJob
 from models.sd2_depth2img.weights import sd2_depth2img_source
@@ -28,8 +30,6 @@ from models.sdxl_family.builder import IP_ADAPTER_SUBFOLDER, IP_ADAPTER_WEIGHT_N
 from models.sdxl_family.predictor import IPAdapterXLPredictor
 from models.sdxl_family.weights import xl_weights
 from shared.settings import Settings
-from worker.devices import dtype_for, resolve_device
-from worker.predictors.schedulers import SCHEDULERS
 
 
 @dataclass

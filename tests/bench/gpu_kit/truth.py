@@ -48,17 +48,17 @@ import torch
 import transformers
 from torch._dynamo.utils import counters as dynamo_counters
 
+from models.kit.contract import Predictor
+from models.kit.devices import resolve_device
+from models.kit.tuning import Tuning
 from models.registry import find_model
 from shared.settings import Settings
 from tests.bench.gpu_kit import imports, stock
 from tests.support import data_uri, png_bytes
 from tests.worker.fakes import FakeContext
 from tests.worker.runner_harness import Harness
-from worker.devices import resolve_device
 from worker.predictor_pool import PredictorPool
-from worker.predictors.base import Predictor
 from worker.timeline import gpu_idle_share
-from worker.tuning import Tuning
 
 KIT_VERSION = 1
 MODELS = ("kiln/sd2-depth2img", "kiln/ip-adapter-depth-xl", "kiln/ip-adapter-openpose-xl")

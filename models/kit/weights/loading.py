@@ -9,8 +9,8 @@ from typing import Any, TypeVar
 import torch
 from diffusers import DiffusionPipeline, ModelMixin
 
+from models.kit.devices import dtype_for, resolve_device
 from shared.settings import Settings
-from worker.devices import dtype_for, resolve_device
 
 PipelineT = TypeVar("PipelineT", bound=DiffusionPipeline)
 ModelT = TypeVar("ModelT", bound=ModelMixin)

@@ -17,8 +17,8 @@ from typing import Any
 import torch
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0, FusedAttnProcessor2_0
 
+from models.kit.devices import dtype_for, resolve_device
 from shared.settings import Settings
-from worker.devices import dtype_for, resolve_device
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,60 @@
-"""The predictor contract: a predictor knows only ``setup()`` and ``predict()``.
+"""The predictor contract: what a model folder's ``predictor.py`` implements.
 
-The runner owns the prediction's lifecycle (status, logs, cancel, uploads); a predictor gets a
-``PredictContext`` for the few things it needs from it.
+A ``Predictor`` loads its weights once in ``setup()``; the runner then drives each prediction in two
+halves, so that a worker can overlap and batch them: ``prepare()`` (fetch, decode, preprocess, pick
+the seed: one prediction, may run in a side thread) and ``generate()`` (the denoising loop, for one
+or several prepared jobs whose ``group_key`` is equal). ``batch_key()`` says which queued predictions
+may share a batch at all. The runner owns the prediction's lifecycle (status, logs, cancel,
+uploads); a predictor gets a ``PredictContext`` for the few things it needs from it.
+
+A minimal predictor (it paints flat squares; a real one loads a diffusers pipeline in ``setup()``
+and passes ``step_callback`` to it as ``callback_on_step_end``):
+
+>>> from dataclasses import dataclass
+>>> from PIL import Image
+>>> from models.kit.contract import PreparedJob, Predictor, resolve_seed
+>>> from shared.input_schema import ModelInput
+>>> from shared.settings import Settings
+>>> class Inputs(ModelInput):
+...     colour: str = "red"
+...     size: int = 8
+...     seed: int | None = None
+>>> @dataclass(frozen=True)
+... class Job(PreparedJob):
+...     colour: str
+...     size: int
+...
+...     @property
+...     def group_key(self):
+...         return self.size
+>>> def paint(colours, size, callback_on_step_end):
+...     callback_on_step_end(None, 0, 0, {})  # one denoising step
+...     return [Image.new("RGB", (size, size), colour) for colour in colours]
+>>> class Flat(Predictor[Inputs, Job]):
+...     def setup(self):
+...         self.pipeline = paint
+...
+...     def batch_key(self, inputs):
+...         return inputs.size
+...
+...     def prepare(self, inputs, ctx):
+...         return Job(seed=resolve_seed(inputs.seed, ctx), colour=inputs.colour, size=inputs.size)
+...
+...     def generate(self, jobs, step_callback):
+...         images = self.pipeline([job.colour for job in jobs], jobs[0].size, callback_on_step_end=step_callback)
+...         return [[image] for image in images]
+>>> class Context:  # the runner's context; this predictor uses only log and step_callback
+...     def log(self, line):
+...         print(line)
+...
+...     def step_callback(self):
+...         return lambda pipe, step, timestep, kwargs: kwargs
+>>> predictor = Flat(Settings())
+>>> predictor.setup()
+>>> [image] = predictor.predict(Inputs(colour="blue", seed=7), Context())
+Using seed: 7
+>>> image.size, image.getpixel((0, 0))
+((8, 8), (0, 0, 255))
 """
 
 from __future__ import annotations
