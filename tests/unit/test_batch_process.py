@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 import pytest
 
@@ -18,6 +20,7 @@ from shared import metrics
 from shared.settings import Settings
 
 pytestmark = pytest.mark.integration
+T = TypeVar("T")
 
 
 def where(services: Services, answer: str) -> tuple[int, str]:
@@ -41,20 +44,27 @@ def pool(tmp_path_factory) -> Iterator[IntakePool]:
         found.close()
 
 
+def in_own_loop(work: Coroutine[Any, Any, T]) -> T:
+    """``asyncio.run`` on a thread of its own: a session-scoped sync Playwright keeps an event loop
+    running on the main thread for the rest of the session."""
+    with ThreadPoolExecutor(1) as thread:
+        return thread.submit(asyncio.run, work).result()
+
+
 def created(model: str) -> float:
     return metrics.PREDICTIONS_CREATED.labels(model=model)._value.get()
 
 
 def test_work_runs_in_another_process_and_its_created_counts_reach_this_one(pool):
     before = created("kiln/test-intake")
-    pid, answer = asyncio.run(pool.run(where, "ok"))  # type: ignore[arg-type]
+    pid, answer = in_own_loop(pool.run(where, "ok"))  # type: ignore[arg-type]
     assert answer == "ok" and pid != os.getpid()
     assert created("kiln/test-intake") == before + 3
 
 
 def test_a_problem_comes_back_as_the_same_problem(pool):
     with pytest.raises(ProblemError) as refused:
-        asyncio.run(pool.run(refuses))  # type: ignore[arg-type]
+        in_own_loop(pool.run(refuses))  # type: ignore[arg-type]
     assert (refused.value.status, refused.value.detail, refused.value.headers) == (
         422,
         "predictions: too many",
@@ -64,4 +74,4 @@ def test_a_problem_comes_back_as_the_same_problem(pool):
 
 def test_any_other_failure_is_intake_failed(pool):
     with pytest.raises(IntakeFailed, match="RuntimeError: a bug"):
-        asyncio.run(pool.run(breaks))  # type: ignore[arg-type]
+        in_own_loop(pool.run(breaks))  # type: ignore[arg-type]
