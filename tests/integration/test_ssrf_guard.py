@@ -1,9 +1,14 @@
 """The SSRF guard in a real API process: image URLs and webhooks that reach anything but
 globally routable addresses are a 422, IPv4 carried in IPv6 included (the table of addresses is in
-tests/unit/test_ssrf.py; tests/unit/test_ssrf_guards.py checks every outbound path gives its verdict),
-and an https image URL that redirects to plain http is a 422."""
+tests/support/addresses.py; tests/unit/test_ssrf_guards.py checks every outbound path gives its
+verdict), and an https image URL that redirects to plain http is a 422. The in-process API here may
+connect to loopback only, so a guard that failed could send nothing off the machine."""
 
 from __future__ import annotations
+
+import errno
+import ipaddress
+import socket
 
 import pytest
 import trustme
@@ -23,21 +28,60 @@ REFUSED = [
     "http://[::ffff:a9fe:a9fe]/x.png",  # IPv4-mapped
     "http://[2001:0:4136:e378:8000:63bf:f5ff:fffe]/x.png",  # Teredo of 10.0.0.1
     "http://2852039166/x.png",  # 169.254.169.254 as one number
+    # Not globally reachable, though older ipaddress.is_global said so (or says so on this Python).
+    "http://192.0.0.8/x.png",
+    "http://192.0.0.11/x.png",
+    "http://192.0.0.100/x.png",
+    "http://192.0.0.200/x.png",
+    "http://192.0.0.255/x.png",
+    "http://[::ffff:192.0.0.8]/x.png",
+    "http://[64:ff9b::c000:8]/x.png",  # NAT64 of 192.0.0.8
+    "http://[2002:c000:8::]/x.png",  # 6to4 of 192.0.0.8
+    "http://[::ffff:0:7f00:1]/x.png",  # IPv4-translated 127.0.0.1
+    "http://[3fff::1]/x.png",  # documentation
+    "http://[5f00::1]/x.png",  # SRv6 SIDs
 ]
 
 
+@pytest.fixture
+def loopback_only(monkeypatch) -> list[object]:
+    """Sockets of this process may connect to loopback only: a guard that let an address through
+    finds no route (and the test sees the attempt) instead of sending traffic off the machine."""
+    attempts: list[object] = []
+    connect = socket.socket.connect
+
+    def guarded(sock: socket.socket, address: object) -> None:
+        host = address[0] if isinstance(address, tuple) else None
+        if host is not None and not ipaddress.ip_address(host.split("%")[0]).is_loopback:
+            attempts.append(address)
+            raise OSError(errno.ENETUNREACH, f"loopback only in this test: {address}")
+        connect(sock, address)
+
+    monkeypatch.setattr(socket.socket, "connect", guarded)
+    return attempts
+
+
 @pytest.mark.parametrize("url", REFUSED)
-def test_image_urls_to_non_global_addresses_are_refused(client, url):
+def test_image_urls_to_non_global_addresses_are_refused(stack, loopback_only, url):
     body = {"version": "kiln/sd2-depth2img", "input": depth2img_input(input_image=url)}
-    assert_problem(client.post("/v1/predictions", json=body), 422, "input.input_image", "not globally routable")
+    with app_for(stack, image_fetch_allow_private=False) as app:
+        response = app.post("/v1/predictions", json=body, headers={"Authorization": f"Bearer {TOKEN_A}"})
+    assert_problem(response, 422, "input.input_image", "not globally routable")
+    assert loopback_only == []
 
 
 @pytest.mark.parametrize("url", REFUSED)
-def test_webhooks_to_non_global_addresses_are_refused(stack, url):
+def test_webhooks_to_non_global_addresses_are_refused(stack, loopback_only, url):
+    hook = url.replace("x.png", "hook")
+    single = {"version": "kiln/sd2-depth2img", "input": depth2img_input(), "webhook": hook}
+    batch = {"predictions": [{"version": "kiln/sd2-depth2img", "input": depth2img_input()}], "webhook": hook}
     with app_for(stack, webhook_allow_private=False) as app:
-        body = {"version": "kiln/sd2-depth2img", "input": depth2img_input(), "webhook": url.replace("x.png", "hook")}
-        response = app.post("/v1/predictions", json=body, headers={"Authorization": f"Bearer {TOKEN_A}"})
-    assert_problem(response, 422, "webhook:", "not globally routable")
+        headers = {"Authorization": f"Bearer {TOKEN_A}"}
+        responses = [app.post("/v1/predictions", json=single, headers=headers)]
+        responses.append(app.post("/v1/batches", json=batch, headers=headers))
+    for response in responses:
+        assert_problem(response, 422, "webhook", "not globally routable")
+    assert loopback_only == []
 
 
 def test_an_image_url_redirecting_from_https_to_http_is_a_422_and_never_fetched(stack, monkeypatch):
