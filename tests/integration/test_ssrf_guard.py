@@ -1,4 +1,4 @@
-"""The SSRF guard in a real API process: image URLs and webhooks that reach anything but
+"""The SSRF guard in the API, on the real stack's Redis and S3: image URLs and webhooks that reach anything but
 globally routable addresses are a 422, IPv4 carried in IPv6 included (the table of addresses is in
 tests/support/addresses.py; tests/unit/test_ssrf_guards.py checks every outbound path gives its
 verdict), and an https image URL that redirects to plain http is a 422. The in-process API here may
