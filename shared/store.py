@@ -19,7 +19,7 @@ import redis.asyncio
 from redis import Redis
 from redis.client import Pipeline
 from redis.exceptions import RedisError
-from redis.typing import EncodableT
+from redis.typing import EncodableT, FieldT
 
 from shared import keys, retention
 from shared.batch_counts import LUA_BATCH_MOVED
@@ -111,34 +111,19 @@ return current
 
 # ARGV: groups of records, each: n, then n field, value pairs its records share, then m, then m
 # prediction ids. Writes one record per id: its group's fields and its JSON ``id`` (a batch's
-# identical items, stored in one call instead of one command each), but only if no record of any of
-# the ids exists: a stored record is never written over (it may be another tenant's). Returns how
-# many it wrote, or the first id found stored (having written nothing).
+# identical items, stored in one call instead of one command each). Fields and ids are read from
+# ARGV in place (unpack), never copied per record. Returns how many records it wrote.
 _STORE_RECORDS = f"""
-local groups, i = {{}}, 1
+local written, i = 0, 1
 while i <= #ARGV do
   local n = tonumber(ARGV[i])
-  local fields = {{}}
-  for j = i + 1, i + 2 * n do fields[#fields + 1] = ARGV[j] end
-  fields[#fields + 1] = 'id'
-  i = i + 2 * n + 1
-  groups[#groups + 1] = {{fields, i + 1, i + tonumber(ARGV[i])}}
-  i = i + tonumber(ARGV[i]) + 1
-end
-for _, group in ipairs(groups) do
-  for j = group[2], group[3] do
-    if redis.call('EXISTS', {lua_key(keys.prediction, "ARGV[j]")}) == 1 then return ARGV[j] end
-  end
-end
-local written = 0
-for _, group in ipairs(groups) do
-  local fields = group[1]
-  local slot = #fields + 1
-  for j = group[2], group[3] do
-    fields[slot] = '"' .. ARGV[j] .. '"'
-    redis.call('HSET', {lua_key(keys.prediction, "ARGV[j]")}, unpack(fields))
+  local m = tonumber(ARGV[i + 2 * n + 1])
+  for j = i + 2 * n + 2, i + 2 * n + 1 + m do
+    local quoted = '"' .. ARGV[j] .. '"'
+    redis.call('HSET', {lua_key(keys.prediction, "ARGV[j]")}, 'id', quoted, unpack(ARGV, i + 1, i + 2 * n))
     written = written + 1
   end
+  i = i + 2 * n + 2 + m
 end
 return written
 """
@@ -216,23 +201,44 @@ class PredictionStore:
         tenant's index, queues, counts), so a worker never finds an id whose record is missing.
 
         ``groups``: the fields some records share (encoded as ``Prediction.to_redis_hash``, without
-        ``id``) and their ids. The records are written in one script that refuses them all if a record
-        of one of the ids exists (``AlreadyStored``, nothing written): a record is never written over,
-        and nothing refers to an id that is not the caller's. If the transaction fails, the records
-        are deleted again."""
-        args: list[EncodableT] = []
-        for fields, ids in groups:
-            args += [len(fields), *(item for pair in fields.items() for item in pair), len(ids), *ids]
-        taken = self._store_records(args=args) if args else 0
-        if isinstance(taken, bytes):
-            raise AlreadyStored([keys.prediction(taken.decode())])
+        ``id``) and their ids. Each record is first claimed by writing its ``id`` field alone with
+        HSETNX, which does nothing where a record exists: if one of the ids is taken, the claims made
+        are deleted and ``AlreadyStored`` raised, so a record is never written over, and nothing
+        refers to an id that is not the caller's. Groups of several ids are written by one script
+        (their shared fields sent once), single records in the transaction. If writing fails, the
+        records are deleted again."""
+        ids = [i for _, group_ids in groups for i in group_ids]
+        self._claim(ids)
         try:
+            shared: list[EncodableT] = []
+            for fields, group_ids in groups:
+                if len(group_ids) > 1:
+                    shared += [len(fields), *(x for pair in fields.items() for x in pair), len(group_ids), *group_ids]
+            if shared:
+                self._store_records(args=shared)
             with self.redis.pipeline(transaction=True) as pipe:
+                for fields, group_ids in groups:
+                    if len(group_ids) == 1:
+                        record: dict[FieldT, EncodableT] = {name: value for name, value in fields.items()}
+                        pipe.hset(keys.prediction(group_ids[0]), mapping=record)
                 then(pipe)
                 pipe.execute()
         except BaseException:
-            self._delete_records([i for _, ids in groups for i in ids])
+            self._delete_records(ids)
             raise
+
+    def _claim(self, prediction_ids: Sequence[str]) -> None:
+        """Each id's record made with its ``id`` field alone, where no record of it exists; if one
+        exists, the claims made here are deleted again and ``AlreadyStored`` raised."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            for prediction_id in prediction_ids:
+                pipe.hsetnx(keys.prediction(prediction_id), "id", _encode(prediction_id))
+            claimed = pipe.execute()
+        if all(claimed):
+            return
+        taken = [keys.prediction(i) for i, ours in zip(prediction_ids, claimed, strict=True) if not ours]
+        self._delete_records([i for i, ours in zip(prediction_ids, claimed, strict=True) if ours])
+        raise AlreadyStored(taken)
 
     def _delete_records(self, prediction_ids: Sequence[str]) -> None:
         """Best effort: the caller's error, not a second one, is what the create answers."""
