@@ -10,7 +10,10 @@ Three parts, each switched on by ``KILN_FAST_COMPONENTS`` and applied for one pi
   (every ``KILN_FAST_REUSE_INTERVAL``-th, the first included) the whole UNet runs and the outputs of its
   deep blocks (every down block but the first, the mid block, every up block but the last) are kept; on
   the steps between, those blocks return what they gave on the refresh step, so only the outermost
-  down and up blocks (full resolution, the skip branch) run.
+  down and up blocks (full resolution, the skip branch) run. A compiled UNet runs eagerly for these
+  calls. (The ``DeepCache`` package's ``DeepCacheSDHelper`` runs on diffusers 0.42 too, but it patches
+  a pipeline for good and finds the step by looking the timestep up in the scheduler; here the reuse
+  is scoped to one call of a UNet that two XL pipelines share.)
 - ``float8``: torchao's float8 dynamic quantization of the UNet's and ControlNet's linear layers, on a
   copy made at setup (the quality path keeps the full-precision modules). It needs a CUDA device of
   compute capability 8.9 or more (Ada, Hopper) and torchao; elsewhere it is skipped with a log line.
@@ -135,6 +138,11 @@ def fast_mode_applied(pipe: Any, fast: FastMode | None, guided: bool, float8: bo
         if guided and FastComponent.CONTROLNET_COND_ONLY in fast.components and getattr(pipe, "controlnet", None):
             stack.enter_context(_conditional_only(pipe.controlnet))
         if FastComponent.FEATURE_REUSE in fast.components and fast.reuse_interval > 1:
+            compiled = getattr(pipe.unet, "_orig_mod", None)
+            if compiled is not None:
+                # Its graphs hold neither the reuse switch nor the kept features (nor, with CUDA graphs,
+                # outputs that outlive the next replay): reusing steps run the UNet eagerly.
+                stack.enter_context(_module_swapped(pipe, "unet", compiled))
             stack.enter_context(feature_reuse(pipe.unet, fast.reuse_interval))
         yield
 

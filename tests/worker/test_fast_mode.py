@@ -256,6 +256,26 @@ def test_feature_reuse_runs_the_deep_blocks_once_per_interval(depth, monkeypatch
     assert not np.array_equal(fast[0], kiln_pixels(depth, num_inference_steps=6)[0])
 
 
+def test_feature_reuse_runs_a_compiled_unet_eagerly_and_gives_it_back(depth, monkeypatch) -> None:
+    unet = depth.pipe.unet
+    compiled = torch.compile(unet, backend="eager")
+    deep = count_calls(monkeypatch, unet.up_blocks[0])
+    with only(depth, FastComponent.FEATURE_REUSE, interval=2):
+        expected = kiln_pixels(depth, speed="fast")
+        deep.clear()
+        monkeypatch.setattr(depth.pipe, "unet", compiled)
+        # What the pipeline's UNet is while the UNet runs: the eager module, not the compiled one.
+        seen: list[Any] = []
+        handle = unet.register_forward_pre_hook(lambda module, args: seen.append(depth.pipe.unet))
+        try:
+            pixels = kiln_pixels(depth, speed="fast")
+        finally:
+            handle.remove()
+    assert len(deep) == 2 and len(seen) == 4 and all(module is unet for module in seen)
+    assert depth.pipe.unet is compiled
+    assert np.array_equal(pixels[0], expected[0])
+
+
 def test_fast_and_quality_predictions_never_share_a_micro_batch(depth) -> None:
     keys = {speed: depth.batch_key(inputs(speed=speed)) for speed in (None, "quality", "fast")}
     assert keys["fast"] != keys["quality"] and keys["fast"] != keys[None]

@@ -69,7 +69,8 @@ def run_b(tmp_path_factory: pytest.TempPathFactory, weights: Path) -> dict:
     return run_kit(
         out,
         weights,
-        *("--run", "B", "--budget-s", "1500", "--no-stock", "--batch-sizes", "1,2"),
+        *("--run", "B", "--budget-s", "1500", "--no-stock", "--batch-sizes", "1,3"),
+        *("--best-batch", "kiln/ip-adapter-depth-xl=2"),
         *("--models", "kiln/ip-adapter-depth-xl"),
         *("--compile-modes", "reduce-overhead", "--compile-backend", "eager"),
         *("--compile-cache-in", str(cache), "--compile-cache-out", str(cache)),

@@ -79,6 +79,10 @@ def relative_l2(latents: torch.Tensor, reference: torch.Tensor) -> float:
 
 
 def best_batch(kit: Kit, model: str) -> int:
+    """The batch the compiled and fast passes run besides 1: ``--best-batch``'s for the model, else eager
+    Kiln's best, else the largest of ``--batch-sizes``."""
+    if model in kit.args.best_batch:
+        return kit.args.best_batch[model]
     kiln = kit.report.model(model).get("kiln", {})
     return int(kiln.get("best_batch") or max(kit.args.batch_sizes))
 
@@ -282,3 +286,70 @@ def measure_fast_batches(kit: Kit, model: str, predictor: Any, fast: dict[str, A
     fast["best_batch"] = int(min(fast["batches"].values(), key=lambda b: b["seconds_per_image"])["batch"])
     kiln_one = kit.report.model(model)["kiln"]["batches"]["1"]["seconds_per_image"]
     kit.report.model(model)["ratio_fast_over_kiln"] = round(fast["batches"]["1"]["seconds_per_image"] / kiln_one, 3)
+
+
+# -- the report ------------------------------------------------------------------------------------
+
+
+def _number(value: Any, digits: int = 3) -> str:
+    return "–" if value is None else f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def _recompiled(entry: dict[str, Any]) -> str:
+    counts = entry.get("recompiles")
+    if not counts:
+        return "–"
+    return str(sum(item["new_graphs"] + item["eager_fallbacks"] for item in counts.values()))
+
+
+def markdown(data: dict[str, Any]) -> list[str]:
+    """The compiled and fast-mode tables of the Markdown report (nothing when neither was measured)."""
+    lines: list[str] = []
+    compiled = [
+        (ref, mode, entry) for ref, m in data["models"].items() for mode, entry in m.get("compiled", {}).items()
+    ]
+    if compiled:
+        lines += [
+            "",
+            "Compiled Kiln (quality) against eager: compile s = first call minus a timed one (cache: warm when "
+            "run A's artifacts were loaded); max |Δ| = largest pixel difference (0-255) of the final image; "
+            "new graphs = those added over 3 values of each scale input.",
+            "",
+            "| model | mode | cache | s/img @1 | compile s @1 | best batch | s/img @best | compile s @best | "
+            "max abs Δ vs eager | new graphs |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for ref, mode, entry in compiled:
+            one, best = entry["batches"].get("1", {}), entry["batches"].get(str(entry.get("best_batch")), {})
+            lines.append(
+                f"| {ref} | {mode} | {entry.get('cache', '–')} | {_number(one.get('seconds_per_image'))} "
+                f"| {_number(one.get('compile_s'), 1)} | {_number(entry.get('best_batch'))} "
+                f"| {_number(best.get('seconds_per_image'))} | {_number(best.get('compile_s'), 1)} "
+                f"| {_number(entry.get('max_abs_diff_vs_eager'))} | {_recompiled(entry)} |"
+            )
+    fast = [(ref, m["fast"]) for ref, m in data["models"].items() if m.get("fast", {}).get("variants")]
+    if fast:
+        lines += [
+            "",
+            "Fast mode against Kiln quality (eager), batch 1: relative L2 of the final latents at the same seed.",
+            "",
+            "| model | variant | s/img @1 | fast / Kiln | rel. L2 latents |",
+            "|---|---|---|---|---|",
+        ]
+        for ref, entry in fast:
+            for name, variant in entry["variants"].items():
+                if "skipped" in variant:
+                    lines.append(f"| {ref} | {name} | skipped: {variant['skipped']} | – | – |")
+                    continue
+                lines.append(
+                    f"| {ref} | {name} | {_number(variant['seconds_per_image'])} "
+                    f"| {_number(variant['ratio_over_kiln'], 2)} | {_number(variant['rel_l2_latents_vs_quality'], 4)} |"
+                )
+    cache = data.get("compile_cache")
+    if cache:
+        lines += [
+            "",
+            f"Compile cache: loaded {cache.get('loaded_bytes', 0) / 2**20:.1f} MiB, "
+            f"saved {cache.get('saved_bytes', 0) / 2**20:.1f} MiB ({cache.get('key', '–')}).",
+        ]
+    return lines

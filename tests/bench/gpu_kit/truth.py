@@ -300,6 +300,7 @@ def render_markdown(data: dict[str, Any]) -> str:
             f"Recompiles ({recompiles['model']}, {recompiles['workload']}, backend `{recompiles['backend']}`): "
             f"new graphs over {len(next(iter(RECOMPILE_VALUES.values())))} values of each input: {per_input}.",
         ]
+    lines += fastpath.markdown(data)
     for item in data["skipped"]:
         lines.append(f"- skipped {item['what']}: {item['why']}")
     for item in data["errors"]:
@@ -777,6 +778,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-stock", action="store_true", help="skip stock diffusers (measured in another run)")
     parser.add_argument("--skip", default="", help="comma-separated per-model phases to leave out (RUNS)")
     parser.add_argument(
+        "--best-batch", default="", help="model=N,...: the batch compiled and fast passes run besides 1"
+    )
+    parser.add_argument(
         "--compile-modes",
         default=",".join(fastpath.COMPILE_MODES),
         help="comma-separated torch.compile modes Kiln is measured in, against eager",
@@ -796,6 +800,9 @@ def main(argv: list[str] | None = None) -> int:
     args.jobs = args.jobs or (6 if on_cuda else 3)
     args.compile_modes = [mode for mode in args.compile_modes.split(",") if mode]
     args.skip = {phase for phase in args.skip.split(",") if phase}
+    args.best_batch = {
+        model: int(batch) for model, _, batch in (item.partition("=") for item in args.best_batch.split(",") if item)
+    }
     kit = Kit(args, Budget(args.budget_s, started))
     kit.run()
     print(render_markdown(kit.report.data), flush=True)
