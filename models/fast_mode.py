@@ -17,6 +17,7 @@ Three parts, each switched on by ``KILN_FAST_COMPONENTS`` and applied for one pi
 - ``float8``: torchao's float8 dynamic quantization of the UNet's and ControlNet's linear layers, on a
   copy made at setup (the quality path keeps the full-precision modules). It needs a CUDA device of
   compute capability 8.9 or more (Ada, Hopper) and torchao; elsewhere it is skipped with a log line.
+  The copies are not compiled (``KILN_TORCH_COMPILE`` compiles the quality modules).
 """
 
 from __future__ import annotations
