@@ -14,7 +14,7 @@ from enum import Enum
 from functools import cache
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationInfo, WithJsonSchema
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, WithJsonSchema
 
 from shared.images import CheckedImage, ImageInputError, check_uri_scheme, decode_data_uri, inspect_image
 from shared.settings import Settings
@@ -97,6 +97,22 @@ class Scheduler(str, Enum):
     K_EULER_ANCESTRAL = "K_EULER_ANCESTRAL"
     PNDM = "PNDM"
     KLMS = "KLMS"
+
+
+# What a prediction trades: "fast" gives up some pixels for less GPU work (models/fast_mode.py).
+class Speed(str, Enum):
+    QUALITY = "quality"
+    FAST = "fast"
+
+
+def speed_field(order: int) -> Any:
+    """The ``speed`` input of a model with a fast mode, at ``x-order`` ``order``; None: the worker's default."""
+    return Field(
+        default=None,
+        description="quality, or fast: fewer GPU operations per image (cheaper) for slightly different "
+        "pixels. Default: quality, unless the deployment made fast its default.",
+        json_schema_extra={"x-order": order},
+    )
 
 
 # Path steps of an ``ImageField`` that stand for every item of a list / every value of a mapping.

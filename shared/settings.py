@@ -181,6 +181,13 @@ class Settings(BaseSettings):
     # Compile every size bucket at worker start (batch 1 and max_batch_size); unset: on with torch_compile.
     compile_warmup: bool | None = None
     size_buckets: str = "1024x1024,1152x896,896x1152,1216x832,832x1216,1344x768,768x1344,768x768,512x512"
+    # torch.compile cache artifacts (mega-cache) loaded before warm-up and saved after; empty: none kept.
+    compile_cache_dir: Path | None = None
+    # The opt-in fast mode (models/fast_mode.py): the speed of predictions that leave ``speed`` out,
+    # what "fast" applies, and how many steps share one computation of the UNet's deep features.
+    speed_default: Literal["quality", "fast"] = "quality"
+    fast_components: str = "controlnet_cond_only,feature_reuse,float8"
+    fast_reuse_interval: int = Field(default=3, ge=1, le=10)
 
     @property
     def token_digests(self) -> list[str]:

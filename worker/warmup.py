@@ -6,6 +6,8 @@ wait for it. With ``KILN_COMPILE_WARMUP`` (on whenever ``KILN_TORCH_COMPILE`` is
 each model it serves once per size bucket at batch 1 and at ``KILN_MAX_BATCH_SIZE`` before it
 takes a job. Batch sizes in between still compile on first use. The synthetic inputs go through
 the same validation, ``prepare()`` (detectors included) and ``generate()`` as a real prediction.
+With ``KILN_COMPILE_CACHE_DIR`` the compile artifacts are loaded before the warm-up and saved after it
+(``worker.compile_cache``): a worker whose cache is warm compiles little.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from models.registry import find_model
 from shared.images import decode_data_uri, decode_image
 from shared.input_schema import EVERY_ITEM, EVERY_VALUE, InputLimits, ModelInput, image_fields
 from shared.settings import Settings
+from worker import compile_cache
 from worker.predictor_pool import PredictorPool
 
 log = logging.getLogger(__name__)
@@ -112,6 +115,13 @@ def warm_up(pool: PredictorPool, tuning: Tuning, settings: Settings) -> list[tup
         return []
     ctx = WarmupContext(settings)
     limits = InputLimits.from_settings(settings)
+    batch_sizes = sorted({1, tuning.max_batch_size})
+    cache_dir = settings.compile_cache_dir if tuning.compile else None
+    key = compile_cache.cache_key(
+        tuning.device, pool.models, tuning.buckets, batch_sizes, tuning.compile_backend, tuning.compile_mode
+    )
+    if cache_dir is not None:
+        compile_cache.load(cache_dir, key)
     ran = []
     for model in pool.models:
         spec = find_model(model)
@@ -119,9 +129,11 @@ def warm_up(pool: PredictorPool, tuning: Tuning, settings: Settings) -> list[tup
         for size in tuning.buckets:
             inputs = spec.input_model.model_validate(warmup_input(model, size), context={"limits": limits})
             job = predictor.prepare(inputs, ctx)
-            for batch in sorted({1, tuning.max_batch_size}):
+            for batch in batch_sizes:
                 started = time.monotonic()
                 predictor.generate([job] * batch, ctx.step_callback())
                 log.info("warm-up: %s at %dx%d, batch %d, in %.1f s", model, *size, batch, time.monotonic() - started)
                 ran.append((model, size, batch))
+    if cache_dir is not None:
+        compile_cache.save(cache_dir, key)
     return ran

@@ -5,12 +5,14 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 from diffusers import StableDiffusionDepth2ImgPipeline
 from PIL import Image
 
+from models.fast_mode import FastMode, device_capability, fast_mode_applied, resolve_speed
 from models.kit.contract import Output, PredictContext, Predictor, PreparedJob, StepCallback, resolve_seed
 from models.kit.rows import fit, generators, rows, split_images
 from models.kit.schedulers import SCHEDULERS
@@ -19,6 +21,7 @@ from models.kit.weights.loading import load_pipeline
 from models.sd2_depth2img.schema import Depth2ImgInput
 from models.sd2_depth2img.weights import sd2_depth2img_source
 from shared.images import ImageInputError
+from shared.input_schema import Speed
 
 SIZE_MULTIPLE = 64
 
@@ -60,7 +63,7 @@ class Depth2ImgJob(PreparedJob):
 
 
 def _settings_key(inputs: Depth2ImgInput) -> Hashable:
-    return inputs.prompt_strength, inputs.num_inference_steps, inputs.guidance_scale, inputs.scheduler
+    return inputs.prompt_strength, inputs.num_inference_steps, inputs.guidance_scale, inputs.scheduler, inputs.speed
 
 
 class Depth2ImgPredictor(Predictor[Depth2ImgInput, Depth2ImgJob]):
@@ -69,7 +72,9 @@ class Depth2ImgPredictor(Predictor[Depth2ImgInput, Depth2ImgJob]):
     def setup(self) -> None:
         self.tuning = Tuning.from_settings(self.settings)
         self.pipe = load_pipeline(StableDiffusionDepth2ImgPipeline, sd2_depth2img_source(self.settings), self.settings)
-        self.applied = optimise_pipeline(self.pipe, self.tuning)
+        self.fast = FastMode.from_settings(self.settings)
+        self.applied = self.fast.prepare_float8(self.pipe, self.tuning.device, device_capability(self.tuning.device))
+        self.applied += optimise_pipeline(self.pipe, self.tuning)
         # Every prediction gets a fresh scheduler from this config: schedulers keep per-run state.
         self.scheduler_config = self.pipe.scheduler.config
 
@@ -108,7 +113,19 @@ class Depth2ImgPredictor(Predictor[Depth2ImgInput, Depth2ImgJob]):
         first = jobs[0].inputs
         layout = rows(jobs, lambda job: job.inputs.num_outputs)
         self.pipe.scheduler = SCHEDULERS[first.scheduler].from_config(self.scheduler_config)
-        result = self.pipe(
+        fast = self.fast if resolve_speed(first.speed, self.settings) is Speed.FAST else None
+        with fast_mode_applied(self.pipe, fast, guided=first.guidance_scale > 1):
+            result = self.run_pipeline(jobs, layout, step_callback)
+        return [
+            [fit(image, job.output_size) for image in images]
+            for job, images in split_images(result.images, jobs, lambda job: job.inputs.num_outputs)
+        ]
+
+    def run_pipeline(
+        self, jobs: Sequence[Depth2ImgJob], layout: list[tuple[Depth2ImgJob, int]], step_callback: StepCallback
+    ) -> Any:
+        first = jobs[0].inputs
+        return self.pipe(
             prompt=[job.inputs.prompt for job, _ in layout],
             # The pipeline encodes a missing negative prompt as "": the same, spelled out per row.
             negative_prompt=[job.inputs.negative_prompt or "" for job, _ in layout],
@@ -121,7 +138,3 @@ class Depth2ImgPredictor(Predictor[Depth2ImgInput, Depth2ImgJob]):
             generator=generators(layout, self.pipe.device),
             callback_on_step_end=step_callback,
         )
-        return [
-            [fit(image, job.output_size) for image in images]
-            for job, images in split_images(result.images, jobs, lambda job: job.inputs.num_outputs)
-        ]

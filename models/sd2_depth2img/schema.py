@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import Field, model_validator
 
 from shared.images import CheckedImage, ImageInputError
-from shared.input_schema import ImageURI, ModelInput, PromptText, Scheduler
+from shared.input_schema import ImageURI, ModelInput, PromptText, Scheduler, Speed, speed_field
 from shared.output_formats import OutputFormat, output_format_field, output_quality_field
 
 
@@ -62,8 +62,9 @@ class Depth2ImgInput(ModelInput):
         description="Depth map to use instead of the one estimated from the input image (white is near).",
         json_schema_extra={"x-order": 9},
     )
-    output_format: OutputFormat = output_format_field(order=10)
-    output_quality: int = output_quality_field(order=11)
+    speed: Speed | None = speed_field(order=10)
+    output_format: OutputFormat = output_format_field(order=11)
+    output_quality: int = output_quality_field(order=12)
 
     @classmethod
     def check_image(cls, where: str, image: CheckedImage) -> None:

@@ -25,6 +25,7 @@ from diffusers import AutoencoderKL, StableDiffusionXLControlNetPipeline, Stable
 from diffusers.image_processor import IPAdapterMaskProcessor
 from PIL import Image
 
+from models.fast_mode import FastMode, device_capability, fast_mode_applied, resolve_speed
 from models.kit.contract import (
     NamedImage,
     Output,
@@ -46,6 +47,7 @@ from models.sdxl_family.row_scales import RowScaledControlNetModel, install_row_
 from models.sdxl_family.schema import IPAdapterXLInput
 from models.sdxl_family.spec import ControlKind
 from models.sdxl_family.weights import XLWeights, xl_weights
+from shared.input_schema import Speed
 from shared.settings import Settings
 
 CONTROL_MAP_NAME = "control-map"
@@ -149,6 +151,7 @@ def _settings_key(inputs: IPAdapterXLInput) -> Hashable:
         inputs.negative_prompt is None,
         inputs.lora_weights,
         inputs.lora_scale if inputs.lora_weights is not None else None,
+        inputs.speed,
     )
 
 
@@ -176,7 +179,9 @@ class IPAdapterXLPredictor(Predictor[IPAdapterXLInput, IPAdapterXLJob]):
         controlnet = load_model(RowScaledControlNetModel, weights.controlnets[self.control.name], self.settings)
         self.pipe = RowwiseIPAdapterXLPipeline(**shared_base_components(self.settings, weights), controlnet=controlnet)
         self.pipe.set_progress_bar_config(disable=True)
-        self.applied = optimise_pipeline(self.pipe, self.tuning)
+        self.fast = FastMode.from_settings(self.settings)
+        self.applied = self.fast.prepare_float8(self.pipe, self.tuning.device, device_capability(self.tuning.device))
+        self.applied += optimise_pipeline(self.pipe, self.tuning)
         # Every prediction gets a fresh scheduler from this config: schedulers keep per-run state.
         self.scheduler_config = self.pipe.scheduler.config
         self.detector = self.load_detector(weights.annotators)
@@ -313,11 +318,16 @@ class IPAdapterXLPredictor(Predictor[IPAdapterXLInput, IPAdapterXLJob]):
     def generate(self, jobs: Sequence[IPAdapterXLJob], step_callback: StepCallback) -> list[list[Output]]:
         layout = rows(jobs, lambda job: job.inputs.num_outputs)
         guided = jobs[0].inputs.guidance_scale > 1
+        fast = self.fast if resolve_speed(jobs[0].inputs.speed, self.settings) is Speed.FAST else None
         # The attention processors belong to the UNet both XL predictors share: their scales are set per call.
         scales = row_scales_applied(
             self.pipe, self.ip_row_scales(layout, guided), self.controlnet_row_scales(layout, guided)
         )
-        with lora_applied(self.pipe, jobs[0].lora, jobs[0].inputs.lora_scale), scales:
+        with (
+            fast_mode_applied(self.pipe, fast, guided, float8=jobs[0].lora is None),
+            lora_applied(self.pipe, jobs[0].lora, jobs[0].inputs.lora_scale),
+            scales,
+        ):
             images = self.run_pipeline(jobs, layout, step_callback)
         outputs = []
         for job, job_images in split_images(images, jobs, lambda job: job.inputs.num_outputs):

@@ -144,10 +144,13 @@ class RowScaledControlNetModel(ControlNetModel):
     calls pass 1.0, so the compiled layers see one constant) and multiplies each row's by its scale.
     Where ``conditioning_scale`` is 0 (a step outside ``control_guidance_start/end``) it does not run
     at all and returns no residuals: the UNet then adds none, which is what adding zeros gives. While
-    ``row_scales`` is None it is diffusers' ControlNet.
+    ``row_scales`` is None it is diffusers' ControlNet. With ``conditional_only`` (the fast mode) it
+    runs on the conditional half of a guided batch and gives the unconditional half zero residuals.
     """
 
     row_scales: torch.Tensor | None = None
+    # Rows are [unconditional, conditional] (classifier-free guidance): run on the conditional half only.
+    conditional_only: bool = False
 
     def forward(
         self,
@@ -167,13 +170,58 @@ class RowScaledControlNetModel(ControlNetModel):
         return_dict = kwargs.pop("return_dict", True)
         if conditioning_scale == 0:
             return ControlNetOutput(None, None) if return_dict else (None, None)
-        down, mid = super().forward(
-            sample, timestep, encoder_hidden_states, controlnet_cond, conditioning_scale, return_dict=False, **kwargs
-        )
+        if self.conditional_only:
+            down, mid = self._conditional_half(
+                sample, timestep, encoder_hidden_states, controlnet_cond, conditioning_scale, **kwargs
+            )
+        else:
+            down, mid = super().forward(
+                sample,
+                timestep,
+                encoder_hidden_states,
+                controlnet_cond,
+                conditioning_scale,
+                return_dict=False,
+                **kwargs,
+            )
         scales = self.row_scales[:, None, None, None]
         down = [residual * scales for residual in down]
         mid = mid * scales
         return ControlNetOutput(down, mid) if return_dict else (down, mid)
+
+    def _conditional_half(
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor | float | int,
+        encoder_hidden_states: torch.Tensor,
+        controlnet_cond: torch.Tensor,
+        conditioning_scale: float,
+        **kwargs: Any,
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """The residuals of the rows ``[unconditional, conditional]``: computed for the conditional half
+        only, zeros for the unconditional half (what diffusers' guess mode does, without its ramp)."""
+        rows = sample.shape[0]
+        half = rows // 2
+
+        def conditional(value: Any) -> Any:
+            batched = isinstance(value, torch.Tensor) and value.ndim > 0 and value.shape[0] == rows
+            return value[half:] if batched else value
+
+        added = kwargs.pop("added_cond_kwargs", None)
+        if added is not None:
+            kwargs["added_cond_kwargs"] = {key: conditional(value) for key, value in added.items()}
+        down, mid = super().forward(
+            sample[half:],
+            conditional(timestep),
+            encoder_hidden_states[half:],
+            controlnet_cond[half:],
+            conditioning_scale,
+            return_dict=False,
+            **kwargs,
+        )
+        return [torch.cat([torch.zeros_like(residual), residual]) for residual in down], torch.cat(
+            [torch.zeros_like(mid), mid]
+        )
 
 
 def install_row_scaled_processors(unet: Any) -> None:

@@ -8,7 +8,7 @@ from typing import Annotated, ClassVar
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from shared.input_schema import ImageURI, ModelInput, PromptText, Scheduler
+from shared.input_schema import ImageURI, ModelInput, PromptText, Scheduler, Speed, speed_field
 from shared.lora_inputs import LoraURI
 from shared.output_formats import OutputFormat, output_format_field, output_quality_field
 
@@ -172,8 +172,9 @@ class IPAdapterXLInput(ModelInput):
         description="Also return the control map the model followed, as the last output.",
         json_schema_extra={"x-order": 22},
     )
-    output_format: OutputFormat = output_format_field(order=23)
-    output_quality: int = output_quality_field(order=24)
+    speed: Speed | None = speed_field(order=23)
+    output_format: OutputFormat = output_format_field(order=24)
+    output_quality: int = output_quality_field(order=25)
 
     @field_validator("width", "height")
     @classmethod

@@ -36,14 +36,14 @@ def test_version_id_changes_with_the_weights():
 
 
 # Version ids as clients have stored them: a model's id changes only when its input schema or its weights do.
-# Last moved by issue 18 (output_format / output_quality on every model; the XL models' new inputs).
+# Last moved by the speed input (the opt-in fast mode) on every model.
 PUBLISHED_VERSIONS = {
-    ("tiny", "kiln/sd2-depth2img"): "a428a7700df0f57e651ddd012673cdf29d6286ecfd8abc497e6136d4402a1d59",
-    ("tiny", "kiln/ip-adapter-depth-xl"): "6db849f2204902c8d097f291641756e67ced270b7742013754f7450b6185d011",
-    ("tiny", "kiln/ip-adapter-openpose-xl"): "06c951a8ed8cba7c446612825860960311d66d5e982a8015434442dec858ee25",
-    ("full", "kiln/sd2-depth2img"): "9e9ee3464c349805f793639a99a6a24086bfb44d9d688c885d6e1e627561e8ff",
-    ("full", "kiln/ip-adapter-depth-xl"): "ff6786fff1aa5fbbed69d452974f50cacb4d46968a8ea772fb093fe9f94ab656",
-    ("full", "kiln/ip-adapter-openpose-xl"): "b25de017bf11b2b65192904d5c47e78fa547b40d4ec6e2b9cc8aae2993cd37b8",
+    ("tiny", "kiln/sd2-depth2img"): "863296d577f68bae7b2c3636c3a6835072fc59e0ba571a3f648cd32b65fa8011",
+    ("tiny", "kiln/ip-adapter-depth-xl"): "39b51db86b76cb5c0119c1819820bf11a84e28861ea2b6f3f4ce7c1d453a42cf",
+    ("tiny", "kiln/ip-adapter-openpose-xl"): "995d99387147b6c91b51b183add3a8191273fd0fc490a982696ea6b5f63021cf",
+    ("full", "kiln/sd2-depth2img"): "75e8ab2ac45d3b3a7b15f50fa91d5b888dd9295cbcc25659a61a52f55776e07f",
+    ("full", "kiln/ip-adapter-depth-xl"): "d38f41ce1c55bd2dbd795c0b6775f5966b34b9b9c40ed71b8c78237a9217d43e",
+    ("full", "kiln/ip-adapter-openpose-xl"): "8520557db1f77d8758a75c8de8427cafb6c91f6e3bd5005da3b47098cbb1ab3b",
 }
 
 

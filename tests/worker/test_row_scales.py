@@ -17,7 +17,6 @@ import torch
 from diffusers import ControlNetModel
 from diffusers.models.attention_processor import Attention, IPAdapterAttnProcessor2_0
 
-from models.kit.rows import rows
 from models.registry import MODELS
 from models.sdxl_family.builder import make_conditioning_observable
 from models.sdxl_family.configs import tiny_configs
@@ -27,8 +26,8 @@ from models.sdxl_family.row_scales import RowScaledControlNetModel, RowScaledIPA
 from models.sdxl_family.schema import IPAdapterMode
 from shared import queues
 from shared.settings import Settings
-from tests.support.xl_inputs import FACE, PRODUCT, SETTING, WHITE, half_mask, inputs
-from tests.worker.fakes import FakeContext
+from tests.support.xl_inputs import FACE, PRODUCT, SETTING, WHITE, half_mask
+from tests.support.xl_runs import count_controlnet_forwards, diffusers_pixels, kiln_pixels
 from worker.predictor_pool import PredictorPool
 
 HIDDEN, CROSS, HEADS, TOKENS, QUERIES = 32, 24, 2, 4, 16
@@ -186,19 +185,6 @@ def test_controlnet_turned_off_for_a_step_does_not_run(controlnet, monkeypatch) 
     assert calls == []
 
 
-def count_controlnet_forwards(monkeypatch) -> list[int]:
-    """Every run of diffusers' ControlNet forward, as the batch size it ran at."""
-    calls: list[int] = []
-    forward = ControlNetModel.forward
-
-    def counted(self, sample, *args, **kwargs):
-        calls.append(sample.shape[0])
-        return forward(self, sample, *args, **kwargs)
-
-    monkeypatch.setattr(ControlNetModel, "forward", counted)
-    return calls
-
-
 # --- The predictors against the pipeline scaled the diffusers way ----------------------------------
 
 
@@ -212,26 +198,6 @@ def pool(make_settings: Callable[..., Settings]) -> PredictorPool:
 @pytest.fixture(scope="module")
 def depth(pool: PredictorPool) -> IPAdapterXLPredictor:
     return pool.get(MODELS["kiln/ip-adapter-depth-xl"])
-
-
-def kiln_pixels(predictor: IPAdapterXLPredictor, **fields: Any) -> list[np.ndarray]:
-    return [np.asarray(image) for image in predictor.predict(inputs(**fields), FakeContext())]
-
-
-def diffusers_pixels(predictor: IPAdapterXLPredictor, **fields: Any) -> list[np.ndarray]:
-    """The same pipeline call with diffusers' float scales: ``set_ip_adapter_scale`` (InstantStyle dicts for
-    modes; 1.0 with ip_images, whose weights ride in the masks) and ``controlnet_conditioning_scale``."""
-    job = predictor.prepare(inputs(**fields), FakeContext())
-    layout = rows([job], lambda job: job.inputs.num_outputs)
-    given = job.inputs
-    scale = 1.0 if given.ip_images is not None else given.ip_adapter_scale
-    predictor.pipe.set_ip_adapter_scale(
-        ip_adapter_block_scales(predictor.pipe.unet.config, given.ip_adapter_mode, scale)
-    )
-    images = predictor.run_pipeline(
-        [job], layout, FakeContext().step_callback(), controlnet_conditioning_scale=given.controlnet_scale
-    )
-    return [np.asarray(image) for image in images]
 
 
 @pytest.mark.parametrize(

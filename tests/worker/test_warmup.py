@@ -12,6 +12,7 @@ from models.kit.tuning import Tuning
 from models.registry import find_model
 from shared.input_schema import InputLimits, image_inputs
 from tests.support.nested_images import ListOfImagesInput, NestedImagesInput
+from worker import compile_cache
 from worker.predictor_pool import PredictorPool
 from worker.warmup import WarmupContext, synthetic_input, wants_warmup, warm_up, warmup_image, warmup_input
 
@@ -76,3 +77,30 @@ def test_warm_up_inputs_set_every_required_image_at_any_depth():
     listed = synthetic_input(ListOfImagesInput, (64, 64))
     ListOfImagesInput.model_validate(listed, context={"limits": limits})
     assert image_inputs(ListOfImagesInput, listed) == [("input_image", image), ("references.0", image)]
+
+
+def test_warm_up_loads_the_compile_cache_first_and_saves_it_after(compiled, monkeypatch, tmp_path):
+    settings, pool = compiled
+    settings = settings.model_copy(update={"compile_cache_dir": tmp_path})
+    events: list[tuple[str, object]] = []
+    monkeypatch.setattr(compile_cache, "load", lambda directory, key: events.append(("load", key)) or 0)
+    monkeypatch.setattr(compile_cache, "save", lambda directory, key: events.append(("save", key)) or 0)
+    predictor = pool.get(find_model(MODEL))
+    generate = predictor.generate
+    monkeypatch.setattr(
+        predictor, "generate", lambda jobs, callback: events.append(("generate", len(jobs))) or generate(jobs, callback)
+    )
+
+    warm_up(pool, Tuning.from_settings(settings), settings)
+
+    assert [event for event, _ in events] == ["load", *["generate"] * 4, "save"]
+    key = events[0][1]
+    assert events[-1][1] == key and key.models == (MODEL,)
+    assert key.shapes == ("64x64@1", "64x64@2", "128x64@1", "128x64@2") and key.compile == "eager:max-autotune"
+
+
+def test_without_a_cache_dir_warm_up_neither_loads_nor_saves(compiled, monkeypatch):
+    settings, pool = compiled
+    monkeypatch.setattr(compile_cache, "load", lambda directory, key: pytest.fail("loaded"))
+    monkeypatch.setattr(compile_cache, "save", lambda directory, key: pytest.fail("saved"))
+    assert len(warm_up(pool, Tuning.from_settings(settings), settings)) == 4

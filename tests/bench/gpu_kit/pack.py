@@ -2,7 +2,8 @@
 
 The host is offline, runs CPython 3.12 on x86-64 and already has torch, transformers and the rest of
 ``host-packages.txt``; the kit needs ``kit-packages.txt`` on top, at the versions installed here (the
-ones Kiln is tested with). Each is fetched as a wheel for the host's interpreter and platform
+ones Kiln is tested with) or the version an entry pins (``name==version``: GPU-only packages). Each is
+fetched as a wheel for the host's interpreter and platform
 (``pip download --only-binary``; pure-Python wheels fit any), stale wheels are removed, and
 ``.gpu-kit/kit.json`` records the commit and the wheels. ``run.sh`` installs them there with no
 network. Usage: ``python -m tests.bench.gpu_kit.pack [--dest .gpu-kit] [--python-version 3.12]``.
@@ -45,12 +46,20 @@ def names(path: Path) -> list[str]:
     return text.split()
 
 
-def canonical(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
+def canonical(entry: str) -> str:
+    """The normalised distribution name of a list entry (``name`` or ``name==version``)."""
+    return re.sub(r"[-_.]+", "-", entry.partition("==")[0]).lower()
 
 
-def pinned(name: str) -> str:
-    return f"{name}=={importlib.metadata.version(name)}"
+def version(entry: str) -> str:
+    """An entry's version: the one it pins (a distribution Kiln does not install: torchao, used on GPUs
+    only), else the one installed here."""
+    name, _, pin = entry.partition("==")
+    return pin or importlib.metadata.version(name)
+
+
+def pinned(entry: str) -> str:
+    return f"{entry.partition('==')[0]}=={version(entry)}"
 
 
 def download(requirements: list[str], dest: Path, python_version: str) -> None:
@@ -109,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     dest = Path(args.dest)
     dest.mkdir(parents=True, exist_ok=True)
     kit = names(KIT_PACKAGES)
-    wanted_versions = {canonical(name): importlib.metadata.version(name) for name in kit}
+    wanted_versions = {canonical(entry): version(entry) for entry in kit}
     remove_stale(dest, wanted_versions)
     download([pinned(name) for name in kit], dest, args.python_version)
     wheels = sorted(dest.glob("*.whl"))

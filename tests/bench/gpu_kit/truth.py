@@ -53,7 +53,7 @@ from models.kit.devices import resolve_device
 from models.kit.tuning import Tuning
 from models.registry import find_model
 from shared.settings import Settings
-from tests.bench.gpu_kit import imports, stock
+from tests.bench.gpu_kit import fastpath, imports, stock
 from tests.support import data_uri, png_bytes
 from tests.worker.fakes import FakeContext
 from tests.worker.runner_harness import Harness
@@ -190,9 +190,7 @@ def timed_calls(call: Callable[[], Any], device: torch.device, repeats: int) -> 
     return first, (time.perf_counter() - started) / repeats
 
 
-def throughput(seconds_per_call: float, batch: int) -> dict[str, float]:
-    per_image = seconds_per_call / batch
-    return {"seconds_per_image": round(per_image, 4), "images_per_minute": round(60 / per_image, 2)}
+throughput = fastpath.throughput
 
 
 class Report:
@@ -302,6 +300,7 @@ def render_markdown(data: dict[str, Any]) -> str:
             f"Recompiles ({recompiles['model']}, {recompiles['workload']}, backend `{recompiles['backend']}`): "
             f"new graphs over {len(next(iter(RECOMPILE_VALUES.values())))} values of each input: {per_input}.",
         ]
+    lines += fastpath.markdown(data)
     for item in data["skipped"]:
         lines.append(f"- skipped {item['what']}: {item['why']}")
     for item in data["errors"]:
@@ -420,6 +419,13 @@ class Kit:
     def workload(self, model: str) -> Workload:
         return workload(model, self.on_cuda, self.args.side, self.args.steps)
 
+    def seconds_left(self) -> float:
+        return self.budget.seconds - self.budget.elapsed
+
+    def timed(self, call: Callable[[], Any]) -> tuple[float, float]:
+        """``timed_calls`` with the run's repeats."""
+        return timed_calls(call, self.device, self.args.repeats)
+
     def predictor(self, model: str) -> Predictor:
         return self.pool.get(find_model(model))
 
@@ -463,8 +469,11 @@ class Kit:
             return
         with self.step(f"{model} Kiln batch 1"):
             self.measure_kiln_batch(model, 1, self.args.repeats)
-        with self.step(f"{model} stock batch 1"):
-            self.measure_stock(model)
+        if self.args.no_stock:
+            self.report.skip(f"{model} stock", "--no-stock")
+        else:
+            with self.step(f"{model} stock batch 1"):
+                self.measure_stock(model)
         kiln_one = entry.get("kiln", {}).get("batches", {}).get("1", {}).get("seconds_per_image")
         stock_one = entry.get("stock", {}).get("seconds_per_image")
         if kiln_one and stock_one:
@@ -679,20 +688,57 @@ class Kit:
             }
             print(f"recompiles: {self.report.data['recompiles']}", flush=True)
 
+    def measure_compile_modes(self, model: str) -> None:
+        fastpath.measure_compile_modes(self, model)
+
+    def measure_fast(self, model: str) -> None:
+        fastpath.measure_fast(self, model)
+
     def run(self) -> None:
         print(
-            f"GPU truth kit: {self.report.data['device']['name']}; weights {self.settings.weights_profile} in "
-            f"{self.settings.resolved_weights_dir}; budget {self.args.budget_s:.0f} s",
+            f"GPU truth kit (run {self.args.run}): {self.report.data['device']['name']}; weights "
+            f"{self.settings.weights_profile} in {self.settings.resolved_weights_dir}; "
+            f"budget {self.args.budget_s:.0f} s",
             flush=True,
         )
+        self.report.data["run"] = self.args.run
         self.save()
-        for phase in (self.measure_batch_one, self.measure_batches, self.measure_idle):
+        fastpath.load_compile_cache(self)
+        plan = RUNS[self.args.run]
+        for phase in plan.per_model:
             for model in self.args.models:
-                phase(model)
-        self.measure_compiled()
-        self.measure_recompiles()
+                if phase in self.args.skip:
+                    self.report.skip(f"{model} {phase}", "--skip")
+                    continue
+                getattr(self, f"measure_{phase}")(model)
+        for phase in plan.once:
+            getattr(self, f"measure_{phase}")()
+        with self.step("compile cache"):
+            fastpath.save_compile_cache(self)
         self.report.data["foreign_imports"] = imports.foreign_imports()
         self.save(complete=True)
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """The measurements of one run, in order of priority: per model (every model's before the next
+    phase), then once."""
+
+    per_model: tuple[str, ...]
+    once: tuple[str, ...]
+
+
+# A GPU window is about 15 minutes, machine start included: run A and run B each fit one command.
+RUNS = {
+    # Everything, as far as the budget goes.
+    "all": RunPlan(("batch_one", "batches", "idle", "compile_modes", "fast"), ("compiled", "recompiles")),
+    # Eager Kiln (and stock) at batch 1 and larger, then the compiled modes with their differences
+    # against eager and their recompile counts; --compile-cache-out keeps the compile artifacts.
+    "A": RunPlan(("batch_one", "batches", "compile_modes"), ()),
+    # On a fresh machine with run A's artifacts (--compile-cache-in): the compiled modes again (warm-cache
+    # compile times), then the fast mode.
+    "B": RunPlan(("batch_one", "compile_modes", "fast"), ()),
+}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -726,6 +772,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     # max-autotune (Kiln's default) takes many minutes per shape: the kit compiles in the default mode.
     parser.add_argument("--compile-mode", default="default")
+    parser.add_argument(
+        "--run", choices=sorted(RUNS), default=os.environ.get("RUN", "all"), help="which measurements (RunPlan)"
+    )
+    parser.add_argument("--no-stock", action="store_true", help="skip stock diffusers (measured in another run)")
+    parser.add_argument("--skip", default="", help="comma-separated per-model phases to leave out (RUNS)")
+    parser.add_argument(
+        "--best-batch", default="", help="model=N,...: the batch compiled and fast passes run besides 1"
+    )
+    parser.add_argument(
+        "--compile-modes",
+        default=",".join(fastpath.COMPILE_MODES),
+        help="comma-separated torch.compile modes Kiln is measured in, against eager",
+    )
+    parser.add_argument("--compile-backend", default="inductor", help="eager: trace only (the CPU dry run)")
+    parser.add_argument("--compile-cache-in", default=None, help="load compile artifacts from this folder first")
+    parser.add_argument("--compile-cache-out", default=None, help="save compile artifacts into this folder at the end")
     return parser.parse_args(argv)
 
 
@@ -736,6 +798,11 @@ def main(argv: list[str] | None = None) -> int:
     args.batch_sizes = [int(b) for b in (args.batch_sizes or ("1,2,4,8" if on_cuda else "1,2")).split(",")]
     args.repeats = args.repeats or (2 if on_cuda else 1)
     args.jobs = args.jobs or (6 if on_cuda else 3)
+    args.compile_modes = [mode for mode in args.compile_modes.split(",") if mode]
+    args.skip = {phase for phase in args.skip.split(",") if phase}
+    args.best_batch = {
+        model: int(batch) for model, _, batch in (item.partition("=") for item in args.best_batch.split(",") if item)
+    }
     kit = Kit(args, Budget(args.budget_s, started))
     kit.run()
     print(render_markdown(kit.report.data), flush=True)
