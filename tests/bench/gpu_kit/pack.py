@@ -38,6 +38,19 @@ PLATFORMS = (
 KIT_TARGET_BYTES = 30 * 2**20
 TRAVEL_LIMIT_BYTES = 64 * 2**20
 HOST_COMMAND = "bash tests/bench/gpu_kit/run.sh"
+# The two runs that fit a 15-minute device budget (docs/benchmarks.md, "Next GPU session"): A measures
+# stock, eager and both compiled modes and brings the compile cache back; B, with that cache carried
+# in .gpu-kit/compile-cache, the warm compile and the fast mode.
+_RUN_ARGS = (
+    "--models kiln/sd2-depth2img kiln/ip-adapter-depth-xl --batch-sizes 1,4,8 "
+    "--best-batch kiln/sd2-depth2img=8,kiln/ip-adapter-depth-xl=4 "
+    "--compile-modes reduce-overhead,max-autotune-no-cudagraphs"
+)
+RUN_A = f"BUDGET_S=420 {HOST_COMMAND} --run A {_RUN_ARGS} --compile-cache-out $OUT/compile-cache"
+RUN_B = (
+    f"TORCHINDUCTOR_CACHE_DIR=$(mktemp -d) BUDGET_S=420 {HOST_COMMAND} --run B --no-stock {_RUN_ARGS} "
+    "--compile-cache-in .gpu-kit/compile-cache"
+)
 
 
 def names(path: Path) -> list[str]:
@@ -147,8 +160,10 @@ def main(argv: list[str] | None = None) -> int:
     if kit_bytes + tree_bytes > TRAVEL_LIMIT_BYTES:
         raise SystemExit("the kit and the tree exceed what may travel to the host")
     print(
-        f"On the GPU host, from the repository root, with {dest}/ carried along:\n    {HOST_COMMAND}\n"
-        "(BUDGET_S=seconds sets the run's budget, default 420; results land in $OUT/gpu-truth.json and .md)"
+        f"On the GPU host, from the repository root, with {dest}/ carried along (timeout_s 560 each):\n"
+        f"  run A:\n    {RUN_A}\n"
+        f"  then copy the returned compile-cache/ to {dest}/compile-cache/, and run B:\n    {RUN_B}\n"
+        "(BUDGET_S=seconds sets a run's budget; results land in $OUT/gpu-truth.json and .md)"
     )
     return 0
 
