@@ -1,10 +1,10 @@
 """Prediction events for every waiter of one API process, over one Redis pub/sub connection.
 
-``Prefer: wait`` creates and SSE streams wait for a prediction to change. Each used to hold a Redis
-connection of its own for as long as it waited, so enough open streams from one tenant took every
-connection from everyone's requests. Now one listener per process subscribes to the channels that
-someone waits on and wakes the in-process subscribers of each; waiting costs no connection, and
-the number of waits is bounded per tenant (``api.stream_slots``), not by Redis.
+``Prefer: wait`` creates and SSE streams wait for a prediction to change. A Redis connection of its
+own per waiter would let enough open streams from one tenant take every connection from everyone's
+requests, so one listener per process subscribes to the channels that someone waits on and wakes
+the in-process subscribers of each; waiting costs no connection, and the number of waits is
+bounded per tenant (``api.stream_slots``), not by Redis.
 
 A subscriber is woken on every event of its prediction and re-reads what it needs. Events can be
 missed (published before the subscription took effect, lost while Redis reconnects), so waiters

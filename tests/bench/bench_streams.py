@@ -1,4 +1,4 @@
-"""Long requests against one API process (issue 15's finding 2): tenant A holds many SSE streams
+"""Long requests against one API process: tenant A holds many SSE streams
 while tenant B makes waited creates and reads; prints B's latencies, the 5xx count and how many
 Redis connections the API holds.
 

@@ -1,4 +1,4 @@
-"""Text that cannot break the server (issue 15): invalid Unicode anywhere (JSON body, query string,
+"""Text that cannot break the server: invalid Unicode anywhere (JSON body, query string,
 path, header, multipart) is a 4xx, never a 5xx; a batch item with bad text fails alone; no 4xx
 leaves an object behind; prompts are bounded (``KILN_MAX_PROMPT_CHARS``).
 

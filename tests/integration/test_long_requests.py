@@ -1,4 +1,4 @@
-"""Long requests cost no shared connections (issue 15): every ``Prefer: wait`` and stream of an API
+"""Long requests cost no shared connections: every ``Prefer: wait`` and stream of an API
 process waits on its one pub/sub connection; a token has at most ``KILN_MAX_OPEN_STREAMS_PER_TENANT``
 (20) open at once, across API processes (429 beyond); a stored create never answers 5xx."""
 

@@ -1,4 +1,4 @@
-"""A bounded schemathesis run against the API's own ``/openapi.json`` (issues 15 and 17): whatever it
+"""A bounded schemathesis run against the API's own ``/openapi.json``: whatever it
 sends, to every operation, no server error, and every answer as the document describes it (status
 code, content type, headers, body schema).
 

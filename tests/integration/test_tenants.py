@@ -1,4 +1,4 @@
-"""Tenants cannot forge or read each other's things (issue 15): a webhook secret per token, with
+"""Tenants cannot forge or read each other's things: a webhook secret per token, with
 rotation; signed output URLs that expire; tokens made, limited and revoked at run time."""
 
 from __future__ import annotations
