@@ -47,6 +47,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             )
         app.state.services = Services.connect(settings)
         app.state.intake_pool = IntakePool(settings)
+        if settings.batch_intake_warm:
+            app.state.intake_pool.warm()
         await app.state.services.start()
         try:
             yield

@@ -79,6 +79,10 @@ def _run(
     return found, _created() - before
 
 
+def _ready() -> bool:
+    return _services is not None
+
+
 class IntakePool:
     def __init__(self, settings: Settings, processes: int = PROCESSES) -> None:
         self.settings = settings
@@ -91,6 +95,10 @@ class IntakePool:
                 self.processes, multiprocessing.get_context("spawn"), initializer=_start, initargs=(self.settings,)
             )
         return self._pool
+
+    def warm(self) -> None:
+        """Start an intake process now, in the background, rather than on the first batch."""
+        self._executor().submit(_ready)
 
     async def run(self, work: Callable[..., tuple[Batch, bool]], *args: Any) -> tuple[Batch, bool]:
         """``work(services, *args)`` in an intake process; its ``ProblemError`` raised here."""

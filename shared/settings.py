@@ -59,6 +59,9 @@ class Settings(BaseSettings):
     # releases the rest round-robin across tenants as workers take them: a tenant's first item waits
     # for at most the running job and this many others. Set it to the family's worker count.
     dispatch_ahead: int = Field(default=1, ge=1, le=1000)
+    # Start a batch-intake process (``api.batch_process``) when the API starts, so the first
+    # ``POST /v1/batches`` does not wait about a second for one to spawn.
+    batch_intake_warm: bool = True
     # A tenant's batch items beyond its first this-many queued predictions go to a lower priority
     # step, so another tenant's batch waits for at most this many of them.
     batch_heavy_after: int = Field(default=1000, ge=1)

@@ -78,7 +78,10 @@ def run_xl(client: httpx.Client, model: str, **overrides) -> dict:
 
 
 def app_for(stack, **overrides) -> TestClient:
-    """An in-process API on the stack's Redis and S3, with settings overridden."""
+    """An in-process API on the stack's Redis and S3, with settings overridden (no batch-intake
+    process started ahead: most of these apps never create a batch)."""
     from api.app import create_app
+
+    overrides.setdefault("batch_intake_warm", False)
 
     return TestClient(create_app(stack.settings(**overrides)))

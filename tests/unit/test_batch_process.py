@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 import pytest
 
 from api.batch_process import IntakeFailed, IntakePool
+from api.batch_process import _ready as _ready_probe
 from api.errors import ProblemError
 from api.services import Services
 from deploy.devstack.servers import RedisServer
@@ -75,3 +76,14 @@ def test_a_problem_comes_back_as_the_same_problem(pool):
 def test_any_other_failure_is_intake_failed(pool):
     with pytest.raises(IntakeFailed, match="RuntimeError: a bug"):
         in_own_loop(pool.run(breaks))  # type: ignore[arg-type]
+
+
+def test_warm_starts_an_intake_process_before_any_batch(tmp_path):
+    with RedisServer(tmp_path, appendonly=False) as server:
+        pool = IntakePool(Settings(_env_file=None, redis_url=server.url, api_token="a"), processes=1)
+        try:
+            pool.warm()
+            assert pool._pool is not None and len(pool._pool._processes) == 1
+            assert pool._pool.submit(_ready_probe).result(timeout=60) is True
+        finally:
+            pool.close()
