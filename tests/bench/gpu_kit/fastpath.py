@@ -175,15 +175,16 @@ def measure_compile_mode(
         images, _ = generate(predictor, kit.prepared(model, 1))
         entry["max_abs_diff_vs_eager"] = max_abs_difference(images, eager_images)
         if model != "kiln/sd2-depth2img":
-            entry["recompiles"] = scale_recompiles(kit, model, predictor)
+            entry["recompiles"] = scale_recompiles(kit, model, predictor)[1]
     finally:
         _compiled_modules.clear()
     entry["best_batch"] = int(min(entry["batches"].values(), key=lambda b: b["seconds_per_image"])["batch"])
     return entry
 
 
-def scale_recompiles(kit: Kit, model: str, predictor: Any) -> dict[str, Any]:
-    """Graphs dynamo adds (and frames it gives up on) over three values of each scale input."""
+def scale_recompiles(kit: Kit, model: str, predictor: Any) -> tuple[int, dict[str, Any]]:
+    """The graphs of a first call, then the graphs dynamo adds (and frames it gives up on) over three
+    values of each scale input."""
     spec = find_model(model)
     base = kit.workload(model).inputs | {"seed": 0, "num_inference_steps": SCALE_STEPS}
     job = predictor.prepare(spec.input_model(**base), FakeContext())
@@ -196,7 +197,9 @@ def scale_recompiles(kit: Kit, model: str, predictor: Any) -> dict[str, Any]:
         frames = dynamo_counters["frames"]
         return dynamo_counters["stats"]["unique_graphs"], frames["total"] - frames["ok"]
 
+    before = graphs_and_fallbacks()
     run_with()
+    first_call_graphs = graphs_and_fallbacks()[0] - before[0]
     counts: dict[str, Any] = {}
     for name, values in SCALE_VALUES.items():
         start = graphs_and_fallbacks()
@@ -204,7 +207,7 @@ def scale_recompiles(kit: Kit, model: str, predictor: Any) -> dict[str, Any]:
             run_with(**{name: value})
         end = graphs_and_fallbacks()
         counts[name] = {"values": list(values), "new_graphs": end[0] - start[0], "eager_fallbacks": end[1] - start[1]}
-    return counts
+    return first_call_graphs, counts
 
 
 # -- the fast mode ---------------------------------------------------------------------------------

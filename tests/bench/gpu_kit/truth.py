@@ -38,7 +38,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +46,6 @@ import diffusers
 import fakeredis
 import torch
 import transformers
-from torch._dynamo.utils import counters as dynamo_counters
 
 from models.kit.contract import Predictor
 from models.kit.devices import resolve_device
@@ -69,14 +68,8 @@ SAFETY = 1.25
 FIRST_LOAD_GUESS_S = {"cuda": 60.0, "cpu": 30.0}
 # What a compiled pass needs at least (compile time is unknown until it has run once).
 COMPILE_RESERVE_S = {"cuda": 150.0, "cpu": 600.0}
-# The model, inputs and values the recompile count runs over (each input moved on its own from the workload).
+# The model the recompile count runs on (its inputs and values: ``fastpath.SCALE_VALUES``).
 RECOMPILE_MODEL = "kiln/ip-adapter-depth-xl"
-RECOMPILE_VALUES: dict[str, tuple[Any, ...]] = {
-    "ip_adapter_scale": (0.2, 0.5, 0.8),
-    "controlnet_scale": (0.3, 0.9, 1.5),
-    "ip_adapter_mode": ("full", "style", "composition"),
-}
-RECOMPILE_STEPS = 2
 # What tracing the XL UNet and ControlNet once with dynamo needs at least.
 RECOMPILE_RESERVE_S = {"cuda": 90.0, "cpu": 30.0}
 # Weights are built into RAM-backed /dev/shm on the GPU host when it has room for them (SDXL layout
@@ -298,7 +291,7 @@ def render_markdown(data: dict[str, Any]) -> str:
         lines += [
             "",
             f"Recompiles ({recompiles['model']}, {recompiles['workload']}, backend `{recompiles['backend']}`): "
-            f"new graphs over {len(next(iter(RECOMPILE_VALUES.values())))} values of each input: {per_input}.",
+            f"new graphs over {len(next(iter(fastpath.SCALE_VALUES.values())))} values of each input: {per_input}.",
         ]
     lines += fastpath.markdown(data)
     for item in data["skipped"]:
@@ -653,38 +646,13 @@ class Kit:
                 update={"torch_compile": True, "compile_backend": "eager", "compile_warmup": False}
             )
             predictor = PredictorPool(settings).get(find_model(RECOMPILE_MODEL))
-            spec, work = find_model(RECOMPILE_MODEL), self.workload(RECOMPILE_MODEL)
-            base = work.inputs | {"seed": 0, "num_inference_steps": RECOMPILE_STEPS}
-            job = predictor.prepare(spec.input_model(**base), FakeContext())
-
-            def run_with(**change: Any) -> None:
-                inputs = spec.input_model(**job.inputs.model_dump() | change)
-                predictor.generate([replace(job, inputs=inputs)], FakeContext().step_callback())
-
-            def graphs_and_fallbacks() -> tuple[int, int]:
-                frames = dynamo_counters["frames"]
-                return dynamo_counters["stats"]["unique_graphs"], frames["total"] - frames["ok"]
-
-            before = graphs_and_fallbacks()
-            run_with()
-            first = graphs_and_fallbacks()
-            inputs: dict[str, Any] = {}
-            for name, values in RECOMPILE_VALUES.items():
-                start = graphs_and_fallbacks()
-                for value in values:
-                    run_with(**{name: value})
-                end = graphs_and_fallbacks()
-                inputs[name] = {
-                    "values": list(values),
-                    "new_graphs": end[0] - start[0],
-                    "eager_fallbacks": end[1] - start[1],
-                }
+            first_call_graphs, counts = fastpath.scale_recompiles(self, RECOMPILE_MODEL, predictor)
             self.report.data["recompiles"] = {
                 "model": RECOMPILE_MODEL,
-                "workload": f"{work.side}², {RECOMPILE_STEPS} steps",
+                "workload": f"{self.workload(RECOMPILE_MODEL).side}², {fastpath.SCALE_STEPS} steps",
                 "backend": "eager",
-                "first_call_graphs": first[0] - before[0],
-                "inputs": inputs,
+                "first_call_graphs": first_call_graphs,
+                "inputs": counts,
             }
             print(f"recompiles: {self.report.data['recompiles']}", flush=True)
 
