@@ -99,7 +99,7 @@ class Scheduler(str, Enum):
     KLMS = "KLMS"
 
 
-# What a prediction trades: "fast" gives up some pixels for less GPU work (models/fast_mode.py).
+# What a prediction trades: "fast" gives up some pixels for less GPU work (models/kit/fast_mode.py).
 class Speed(str, Enum):
     QUALITY = "quality"
     FAST = "fast"

@@ -186,7 +186,7 @@ class Settings(BaseSettings):
     size_buckets: str = "1024x1024,1152x896,896x1152,1216x832,832x1216,1344x768,768x1344,768x768,512x512"
     # torch.compile cache artifacts (mega-cache) loaded before warm-up and saved after; empty: none kept.
     compile_cache_dir: Path | None = None
-    # The opt-in fast mode (models/fast_mode.py): the speed of predictions that leave ``speed`` out,
+    # The opt-in fast mode (models/kit/fast_mode.py): the speed of predictions that leave ``speed`` out,
     # what "fast" applies, and how many steps share one computation of the UNet's deep features.
     speed_default: Literal["quality", "fast"] = "quality"
     fast_components: str = "controlnet_cond_only,feature_reuse,float8"

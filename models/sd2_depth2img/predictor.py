@@ -12,8 +12,8 @@ import torch
 from diffusers import StableDiffusionDepth2ImgPipeline
 from PIL import Image
 
-from models.fast_mode import FastMode, device_capability, fast_mode_applied, resolve_speed
 from models.kit.contract import Output, PredictContext, Predictor, PreparedJob, StepCallback, resolve_seed
+from models.kit.fast_mode import FastMode, device_capability, fast_mode_applied, resolve_speed
 from models.kit.rows import fit, generators, rows, split_images
 from models.kit.schedulers import SCHEDULERS
 from models.kit.tuning import Tuning, optimise_pipeline

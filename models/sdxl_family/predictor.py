@@ -25,7 +25,6 @@ from diffusers import AutoencoderKL, StableDiffusionXLControlNetPipeline, Stable
 from diffusers.image_processor import IPAdapterMaskProcessor
 from PIL import Image
 
-from models.fast_mode import FastMode, device_capability, fast_mode_applied, resolve_speed
 from models.kit.contract import (
     NamedImage,
     Output,
@@ -36,6 +35,7 @@ from models.kit.contract import (
     resolve_seed,
 )
 from models.kit.devices import resolve_device
+from models.kit.fast_mode import FastMode, device_capability, fast_mode_applied, resolve_speed
 from models.kit.rows import fit, generators, rows, split_images
 from models.kit.schedulers import SCHEDULERS
 from models.kit.tuning import Tuning, optimise_pipeline

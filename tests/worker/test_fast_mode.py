@@ -17,7 +17,7 @@ import pytest
 import torch
 from diffusers import ControlNetModel
 
-from models.fast_mode import (
+from models.kit.fast_mode import (
     FastComponent,
     FastMode,
     deep_blocks,
@@ -86,7 +86,7 @@ def test_float8_runs_only_on_cuda_8_9_or_more_with_torchao(device, capability, t
 
 def test_on_the_cpu_float8_is_skipped_with_a_log_line(caplog: pytest.LogCaptureFixture) -> None:
     fast = FastMode(frozenset({FastComponent.FLOAT8}), 3)
-    with caplog.at_level("INFO", logger="models.fast_mode"):
+    with caplog.at_level("INFO", logger="models.kit.fast_mode"):
         assert fast.prepare_float8(object(), torch.device("cpu"), None) == []
     assert fast.float8_modules == {} and "float8 skipped" in caplog.text
 
@@ -98,7 +98,7 @@ def test_with_a_supported_gpu_float8_copies_the_unet_and_controlnet_once(monkeyp
         quantized.append(model)
         return torch.nn.Identity()
 
-    monkeypatch.setattr("models.fast_mode.float8_quantized", fake_quantized)
+    monkeypatch.setattr("models.kit.fast_mode.float8_quantized", fake_quantized)
     pipe = types.SimpleNamespace(unet=torch.nn.Linear(2, 2), controlnet=torch.nn.Linear(2, 2))
     with torchao_importable(True):
         applied = FastMode(frozenset({FastComponent.FLOAT8}), 3).prepare_float8(pipe, torch.device("cuda"), (9, 0))

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch._dynamo.utils import counters as dynamo_counters
 
-from models.fast_mode import FastComponent, FastMode, device_capability, float8_supported
+from models.kit.fast_mode import FastComponent, FastMode, device_capability, float8_supported
 from models.kit.tuning import _compiled_modules
 from models.registry import find_model
 from shared.input_schema import Speed
