@@ -50,3 +50,24 @@ def depth2img_pool(make_settings: Callable[..., Settings]) -> PredictorPool:
     pool = PredictorPool(make_settings())
     pool.get(find_model("kiln/sd2-depth2img"))
     return pool
+
+
+@pytest.fixture(scope="module")
+def pool(make_settings: Callable[..., Settings]) -> PredictorPool:
+    """The tiny XL predictors, set up once per test module."""
+    from shared import queues
+    from worker.predictor_pool import PredictorPool
+
+    pool = PredictorPool(make_settings())
+    pool.load_for_queues([queues.SDXL])
+    return pool
+
+
+@pytest.fixture(scope="module")
+def depth(pool: PredictorPool) -> Any:
+    return pool.get(find_model("kiln/ip-adapter-depth-xl"))
+
+
+@pytest.fixture(scope="module")
+def openpose(pool: PredictorPool) -> Any:
+    return pool.get(find_model("kiln/ip-adapter-openpose-xl"))

@@ -7,7 +7,6 @@ in the tests about them.
 from __future__ import annotations
 
 import io
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -17,21 +16,15 @@ from diffusers.models.attention_processor import IPAdapterAttnProcessor2_0
 from PIL import Image
 from skimage import data as photos
 
-from models.ip_adapter_depth_xl.predictor import IPAdapterDepthXLPredictor
-from models.ip_adapter_openpose_xl.predictor import IPAdapterOpenposeXLPredictor
 from models.kit.contract import NamedImage, PredictionCanceled
 from models.kit.schedulers import SCHEDULERS
-from models.registry import MODELS
 from models.sdxl_family.configs import tiny_configs
 from models.sdxl_family.predictor import IPAdapterXLPredictor, detect_resolution
 from models.sdxl_family.schema import IPAdapterXLInput
 from models.sdxl_family.weights import xl_weights
-from shared import queues
 from shared.input_schema import Scheduler
-from shared.settings import Settings
 from tests.support import data_uri, png_bytes
 from tests.worker.fakes import FakeContext, SpyDetector
-from worker.predictor_pool import PredictorPool
 
 
 def png_uri(image: Image.Image) -> str:
@@ -52,23 +45,6 @@ IP_IMAGE = data_uri(png_bytes(64, 64, seed=1))
 OTHER_IP_IMAGE = data_uri(png_bytes(64, 64, seed=2))
 ASTRONAUT = png_uri(Image.fromarray(photos.astronaut()))
 COFFEE = png_uri(Image.fromarray(photos.coffee()))
-
-
-@pytest.fixture(scope="module")
-def pool(make_settings: Callable[..., Settings]) -> PredictorPool:
-    pool = PredictorPool(make_settings())
-    pool.load_for_queues([queues.SDXL])
-    return pool
-
-
-@pytest.fixture(scope="module")
-def depth(pool: PredictorPool) -> IPAdapterDepthXLPredictor:
-    return pool.get(MODELS["kiln/ip-adapter-depth-xl"])
-
-
-@pytest.fixture(scope="module")
-def openpose(pool: PredictorPool) -> IPAdapterOpenposeXLPredictor:
-    return pool.get(MODELS["kiln/ip-adapter-openpose-xl"])
 
 
 @pytest.fixture(params=["depth", "openpose"])

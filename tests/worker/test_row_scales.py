@@ -8,7 +8,6 @@ before their scales were tensors.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -17,18 +16,13 @@ import torch
 from diffusers import ControlNetModel
 from diffusers.models.attention_processor import Attention, IPAdapterAttnProcessor2_0
 
-from models.registry import MODELS
 from models.sdxl_family.builder import make_conditioning_observable
 from models.sdxl_family.configs import tiny_configs
 from models.sdxl_family.ip_adapter_scales import LayerRole, ip_adapter_block_scales, layer_role
-from models.sdxl_family.predictor import IPAdapterXLPredictor
 from models.sdxl_family.row_scales import RowScaledControlNetModel, RowScaledIPAdapterAttnProcessor
 from models.sdxl_family.schema import IPAdapterMode
-from shared import queues
-from shared.settings import Settings
 from tests.support.xl_inputs import FACE, PRODUCT, SETTING, WHITE, half_mask
 from tests.support.xl_runs import count_controlnet_forwards, diffusers_pixels, kiln_pixels
-from worker.predictor_pool import PredictorPool
 
 HIDDEN, CROSS, HEADS, TOKENS, QUERIES = 32, 24, 2, 4, 16
 
@@ -186,18 +180,6 @@ def test_controlnet_turned_off_for_a_step_does_not_run(controlnet, monkeypatch) 
 
 
 # --- The predictors against the pipeline scaled the diffusers way ----------------------------------
-
-
-@pytest.fixture(scope="module")
-def pool(make_settings: Callable[..., Settings]) -> PredictorPool:
-    pool = PredictorPool(make_settings())
-    pool.load_for_queues([queues.SDXL])
-    return pool
-
-
-@pytest.fixture(scope="module")
-def depth(pool: PredictorPool) -> IPAdapterXLPredictor:
-    return pool.get(MODELS["kiln/ip-adapter-depth-xl"])
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import pickle
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,19 +14,15 @@ import pytest
 import torch
 from safetensors.torch import save as save_safetensors
 
-from models.registry import MODELS
 from models.sdxl_family.configs import load_config
 from models.sdxl_family.ip_adapter_scales import ip_adapter_block_scales
 from models.sdxl_family.lora import ADAPTER_NAME, LoraCache, LoraError, LoraWeights
 from models.sdxl_family.predictor import IPAdapterXLPredictor
 from models.sdxl_family.schema import IPAdapterMode
 from models.sdxl_family.tiny_lora import tiny_lora_state_dict
-from shared import queues
-from shared.settings import Settings
 from tests.support.xl_inputs import BLACK, FACE, PRODUCT, SETTING, WHITE, half_mask, inputs
 from tests.worker.fakes import FakeContext
 from worker.context import FileInputError
-from worker.predictor_pool import PredictorPool
 from worker.weights.tiny_lora import main as tiny_lora_main
 
 LORA = "https://loras.example/tiny.safetensors"
@@ -35,23 +30,6 @@ OTHER_LORA = "https://loras.example/other.safetensors"
 UPLOADED_LORA = "http://kiln.test/v1/files/" + "l" * 26
 LORA_BYTES = save_safetensors(tiny_lora_state_dict(seed=0))
 FILES = {LORA: LORA_BYTES, OTHER_LORA: save_safetensors(tiny_lora_state_dict(seed=1)), UPLOADED_LORA: LORA_BYTES}
-
-
-@pytest.fixture(scope="module")
-def pool(make_settings: Callable[..., Settings]) -> PredictorPool:
-    pool = PredictorPool(make_settings())
-    pool.load_for_queues([queues.SDXL])
-    return pool
-
-
-@pytest.fixture(scope="module")
-def depth(pool: PredictorPool) -> IPAdapterXLPredictor:
-    return pool.get(MODELS["kiln/ip-adapter-depth-xl"])
-
-
-@pytest.fixture(scope="module")
-def openpose(pool: PredictorPool) -> IPAdapterXLPredictor:
-    return pool.get(MODELS["kiln/ip-adapter-openpose-xl"])
 
 
 def run(predictor: IPAdapterXLPredictor, ctx: FakeContext | None = None, **fields: Any) -> np.ndarray:
