@@ -6,8 +6,8 @@ and never sinks the rest. Items with the same text are validated once: the first
 prediction is the template of the others, which differ only in their id. The batch is admitted
 against the queue caps whole, then stored a chunk at a time: the chunk's compact records
 (``PredictionStore.create_records``: refused whole, and drawn again, if one of its new ids is
-stored), then one Redis transaction holding the tenant's index, the batch's item list and counts, and the items' places in
-the dispatcher's lists (``shared.dispatcher``): no Celery message is written here.
+stored), then one Redis transaction holding the tenant's index, the batch's item list and counts,
+and the items' places in the dispatcher's lists (``shared.dispatcher``): no Celery message is written here.
 """
 
 from __future__ import annotations
