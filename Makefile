@@ -51,21 +51,21 @@ clean:
 
 # Submits many tiny predictions while killing the GPU worker and restarting Redis; prints one line.
 chaos: install
-	HF_HUB_OFFLINE=1 $(PY) -m tests.bench.chaos $(CHAOS_ARGS)
+	HF_HUB_OFFLINE=1 $(PY) -m tools.chaos $(CHAOS_ARGS)
 
 # Create throughput (single, batch) and submit->start / completed->webhook latencies; prints a table.
 bench: install
-	HF_HUB_OFFLINE=1 $(PY) -m tests.bench.bench $(BENCH_ARGS)
+	HF_HUB_OFFLINE=1 $(PY) -m tools.bench $(BENCH_ARGS)
 
 # One tenant holds many SSE streams while another waits on creates and reads: latencies, 5xx, Redis clients.
 bench-streams: install
-	HF_HUB_OFFLINE=1 $(PY) -m tests.bench.bench_streams $(BENCH_STREAMS_ARGS)
+	HF_HUB_OFFLINE=1 $(PY) -m tools.bench_streams $(BENCH_STREAMS_ARGS)
 
 # Per-image time (batch 1 and best batch), images/min, GPU idle share between jobs, peak memory per model.
 # On CUDA use KILN_WEIGHTS_PROFILE=random-full (or full); on a CPU it runs on the tiny profile (not GPU numbers).
 bench-gpu: install
-	HF_HUB_OFFLINE=1 $(PY) -m tests.bench.gpu_kit --out gpu-kit-out $(BENCH_GPU_ARGS)
+	HF_HUB_OFFLINE=1 $(PY) -m tools.gpu_kit --out gpu-kit-out $(BENCH_GPU_ARGS)
 
 # Packs the GPU truth kit for an offline GPU host: the wheels it lacks into .gpu-kit/, and the command to run there.
 gpu-kit: install
-	$(PY) -m tests.bench.gpu_kit.pack $(GPU_KIT_ARGS)
+	$(PY) -m tools.gpu_kit.pack $(GPU_KIT_ARGS)

@@ -11,11 +11,11 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from api.batch_process import IntakePool
-from api.body_limit import BodyLimitMiddleware
 from api.errors import install_error_handlers
+from api.intake.batch_pool import IntakePool
+from api.intake.body_limit import BodyLimitMiddleware
 from api.log_context import PredictionLogContext
-from api.openapi_document import install_openapi
+from api.openapi.document import install_openapi
 from api.ratelimit import RateLimitHeaders
 from api.routes import (
     batches,
@@ -31,7 +31,7 @@ from api.routes import (
 )
 from api.routes.playground import install_playground
 from api.services import Services
-from shared.logs import configure_logging
+from shared.runtime.logs import configure_logging
 from shared.settings import Settings, get_settings
 
 

@@ -1,5 +1,5 @@
 """Who a request's token belongs to, checked against Redis on every request so a revoked token is
-refused at once by every API process (``shared.tokens``)."""
+refused at once by every API process (``shared.security.tokens``)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from dataclasses import dataclass
 
 import redis.asyncio
 
-from shared import keys
+from shared.db import keys
+from shared.security.tokens import TokenInfo, bootstrap_tokens, record_limits, tenant_of, token_digest
 from shared.settings import Settings
-from shared.tokens import TokenInfo, bootstrap_tokens, record_limits, tenant_of, token_digest
 
 
 @dataclass(frozen=True)

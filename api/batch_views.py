@@ -8,8 +8,8 @@ from typing import Any
 import orjson
 
 from api.services import Services
-from shared.batches import Batch, RefusedItem
-from shared.prediction import Prediction
+from shared.batches.records import Batch, RefusedItem
+from shared.predictions.record import Prediction
 
 
 def result_line(

@@ -14,8 +14,8 @@ from api.auth import Caller
 from api.errors import ProblemError
 from api.ratelimit import STATE_KEY as RATELIMIT_STATE_KEY
 from api.services import Services
+from shared.predictions.store import PredictionStore
 from shared.settings import Settings
-from shared.store import PredictionStore
 
 CHALLENGE = {"WWW-Authenticate": "Bearer"}
 

@@ -16,9 +16,9 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from shared.objects import StorageUnavailable
-from shared.redis_client import AlreadyStored
-from shared.text import find_invalid_text, printable
+from api.intake.text import find_invalid_text, printable
+from shared.db.client import AlreadyStored
+from shared.storage.objects import StorageUnavailable
 
 PROBLEM_JSON = "application/problem+json"
 log = logging.getLogger(__name__)

@@ -6,7 +6,7 @@ import re
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from shared.logs import bound_prediction
+from shared.runtime.logs import bound_prediction
 
 _PREDICTION_PATH = re.compile(r"^/v1/predictions/([0-9a-z]{26})(?:/|$)")
 

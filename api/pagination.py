@@ -1,7 +1,7 @@
 """Cursor pages as Replicate's lists answer them: ``{next, previous, results}`` with absolute URLs.
 
 A cursor is opaque to clients: ``before:<id>`` or ``after:<id>`` in URL-safe base64, where ids are
-ULIDs (``shared.prediction.new_id``) that sort by creation time. Filters travel in the page links
+ULIDs (``shared.predictions.record.new_id``) that sort by creation time. Filters travel in the page links
 beside the cursor, so following ``next`` keeps them.
 """
 

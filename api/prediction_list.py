@@ -10,8 +10,8 @@ from ulid import ULID
 
 from api.errors import ProblemError
 from api.pagination import Cursor
-from shared.prediction import Prediction, format_timestamp
-from shared.store import PredictionStore
+from shared.predictions.record import Prediction, format_timestamp
+from shared.predictions.store import PredictionStore
 
 SOURCES = ("api", "web")
 # A page scans at most this many pages' worth of predictions for matches; the next link goes on.

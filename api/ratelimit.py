@@ -9,7 +9,7 @@ import redis.asyncio
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from shared import keys
+from shared.db import keys
 
 # KEYS[1]: bucket. ARGV: rate (tokens/s), burst, cost. Uses the server's clock so replicas agree.
 # Returns {allowed (0/1), tokens left (string, fractional)}.

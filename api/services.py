@@ -14,27 +14,27 @@ from redis.asyncio import Redis as AsyncRedis
 from redis.exceptions import RedisError
 
 from api.auth import Authenticator
-from api.events import EventHub
-from api.idempotency import IdempotencyKeys
+from api.intake.idempotency import IdempotencyKeys
 from api.ratelimit import RateLimiter
-from api.stream_slots import StreamSlots
-from shared.batch_webhooks import BatchSettler
-from shared.batches import BatchStore
-from shared.celery_config import create_celery
-from shared.dispatcher import Dispatcher
-from shared.files import FileStore
-from shared.lifecycle import PredictionLifecycle
-from shared.prediction import Prediction
-from shared.prediction_json import render_prediction
-from shared.redis_client import connect, connect_async
+from api.streams.events import EventHub
+from api.streams.slots import StreamSlots
+from shared.batches.records import BatchStore
+from shared.batches.settler import BatchSettler
+from shared.db.client import connect, connect_async
+from shared.predictions.client_json import render_prediction
+from shared.predictions.lifecycle import PredictionLifecycle
+from shared.predictions.record import Prediction
+from shared.predictions.store import PredictionStore
+from shared.runtime.celery_config import create_celery
+from shared.scheduling.dispatcher import Dispatcher
+from shared.scheduling.task_messages import PredictMessages
+from shared.security.signed_urls import UrlSigner
+from shared.security.tokens import publish_bootstrap
 from shared.settings import Settings
-from shared.signed_urls import UrlSigner
-from shared.storage import Storage
-from shared.store import PredictionStore
-from shared.task_messages import PredictMessages
-from shared.tokens import publish_bootstrap
-from shared.webhook_outbox import WebhookNotifier, WebhookOutbox
-from shared.webhook_secrets import WebhookSecrets
+from shared.storage.files import FileStore
+from shared.storage.s3 import Storage
+from shared.webhooks.outbox import WebhookNotifier, WebhookOutbox
+from shared.webhooks.secrets import WebhookSecrets
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Who may fetch a prediction's stored files (outputs, stored inputs, the inputs its batch's items
 share): its owner's token, or anyone holding an unexpired signed URL of that very path
-(``shared.signed_urls``)."""
+(``shared.security.signed_urls``)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from fastapi.responses import StreamingResponse
 
 from api.errors import ProblemError
 from api.services import Services
-from shared.objects import ObjectNotFound
-from shared.prediction import Prediction, format_timestamp
-from shared.signed_urls import Verdict
+from shared.predictions.record import Prediction, format_timestamp
+from shared.security.signed_urls import Verdict
+from shared.storage.objects import ObjectNotFound
 
 
 def signed_or_owned(

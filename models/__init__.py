@@ -4,7 +4,7 @@ A model's folder holds everything about it:
 
 - ``__init__.py``: its ``SPEC`` (a ``shared.model_spec.ModelSpec``: name, description, input schema,
   queue, predictor, the settings naming its full weights). Light: the API imports it.
-- ``schema.py``: its inputs, a pydantic model built from ``shared.input_schema``. Light too.
+- ``schema.py``: its inputs, a pydantic model built from ``shared.inputs.schema``. Light too.
 - ``predictor.py``: its ``Predictor`` (``models.kit.contract``): torch and diffusers, workers only.
 - ``weights.py`` and ``configs/``: how its tiny and random-full weights are built (small configs,
   the published full-size configs), alongside the full profile's references.

@@ -23,9 +23,9 @@ from typing import TextIO
 from redis import Redis
 from redis.exceptions import RedisError
 
-from shared.redis_client import connect
+from shared.db.client import connect
+from shared.security.tokens import TokenError, TokenInfo, TokenLimits, TokenRegistry
 from shared.settings import Settings
-from shared.tokens import TokenError, TokenInfo, TokenLimits, TokenRegistry
 
 # Where ``make run`` keeps the URL of the Redis it started (password included), under the data dir.
 REDIS_URL_FILE = "redis-url"

@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass
 from functools import lru_cache
 
-from shared.input_schema import ModelInput
+from shared.inputs.schema import ModelInput
 from shared.settings import Settings
 
 

@@ -9,7 +9,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from shared.tokens import bootstrap_tokens, tenant_of, token_digest
+from shared.security.tokens import bootstrap_tokens, tenant_of, token_digest
 
 __all__ = ["Settings", "get_settings", "tenant_of", "token_digest"]
 
@@ -33,7 +33,7 @@ class Settings(BaseSettings):
 
     # The bootstrap tokens, comma-separated; each token is its own tenant. An entry is "[name=]token" or
     # "[name=]sha256:<hex>" (the token's SHA-256, so settings need not contain secrets). More tokens,
-    # each with its own limits, are created and revoked at run time: `kiln tokens --help` (shared.tokens).
+    # each with its own limits, are created and revoked at run time: `kiln tokens --help` (shared.security.tokens).
     api_token: str = ""
     # Largest request body the API reads (uploads to /v1/files have their own cap).
     max_request_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
@@ -59,7 +59,7 @@ class Settings(BaseSettings):
     # releases the rest round-robin across tenants as workers take them: a tenant's first item waits
     # for at most the running job and this many others. Set it to the family's worker count.
     dispatch_ahead: int = Field(default=1, ge=1, le=1000)
-    # Start a batch-intake process (``api.batch_process``) when the API starts, so the first
+    # Start a batch-intake process (``api.intake.batch_pool``) when the API starts, so the first
     # ``POST /v1/batches`` does not wait about a second for one to spawn.
     batch_intake_warm: bool = True
     # A tenant's batch items beyond its first this-many queued predictions go to a lower priority
@@ -101,7 +101,7 @@ class Settings(BaseSettings):
     image_fetch_max_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
     image_max_pixels: int = Field(default=40_000_000, ge=4096)
     # Fetch image and LoRA URLs on loopback, private-use and unique-local addresses (local development
-    # only; link-local and the other special-purpose ranges stay refused: shared.ssrf).
+    # only; link-local and the other special-purpose ranges stay refused: shared.security.ssrf).
     image_fetch_allow_private: bool = False
     image_fetch_max_redirects: int = Field(default=5, ge=0)
 

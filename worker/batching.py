@@ -14,11 +14,11 @@ import time
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any, Protocol
 
-from shared.deadlines import passed
-from shared.leases import Leases
-from shared.prediction import Prediction
-from shared.status import Status
-from shared.store import PredictionStore
+from shared.predictions.deadlines import passed
+from shared.predictions.leases import Leases
+from shared.predictions.record import Prediction
+from shared.predictions.status import Status
+from shared.predictions.store import PredictionStore
 from worker.interrupts import HandedBack
 
 # How many upcoming messages one look at the queue reads.

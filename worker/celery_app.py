@@ -3,7 +3,7 @@
     celery -A worker.celery_app:app worker --pool solo -Q gpu.sd2-depth
 
 One process per GPU with the solo pool (CUDA does not survive a fork); the pipelines stay resident
-in it. Like every worker process (``shared.worker_process``) it also runs the maintenance jobs
+in it. Like every worker process (``shared.runtime.worker_process``) it also runs the maintenance jobs
 (lease reaper, retention) in a side thread. Webhooks are the webhook worker's
 (``webhook_worker.celery_app``, no torch); a GPU worker that is also given ``-Q ...,webhooks``
 delivers them too, and re-sends due ones.
@@ -18,13 +18,13 @@ from typing import Any
 from celery.signals import worker_init, worker_shutting_down
 from prometheus_client.registry import Collector
 
-from shared import queues
-from shared.celery_config import create_celery
-from shared.enqueue import enqueue_prediction
-from shared.logs import bound_prediction
+from shared.runtime.celery_config import create_celery
+from shared.runtime.logs import bound_prediction
+from shared.runtime.worker_process import WorkerProcess, consumed_queues
+from shared.scheduling import queues
+from shared.scheduling.enqueue import enqueue_prediction
 from shared.settings import get_settings
-from shared.webhook_delivery import add_delivery_task
-from shared.worker_process import WorkerProcess, consumed_queues
+from shared.webhooks.delivery import add_delivery_task
 from worker.metrics import GpuMemoryCollector
 from worker.predictor_pool import PredictorPool
 from worker.queue_peek import QueuePeek

@@ -12,15 +12,15 @@ import redis
 from PIL import Image
 from tqdm import tqdm
 
-from shared import deadlines
-from shared.files import FileStore, file_id_from_url
-from shared.images import ImageInputError, decode_image, fetch_url, load_image_bytes
-from shared.objects import input_key
-from shared.prediction import Prediction
-from shared.prediction_json import stored_input_name
+from shared.inputs.images import ImageInputError, decode_image, fetch_url, load_image_bytes
+from shared.predictions import deadlines
+from shared.predictions.client_json import stored_input_name
+from shared.predictions.record import Prediction
+from shared.predictions.store import PredictionStore
 from shared.settings import Settings
-from shared.store import PredictionStore
-from shared.webhook_outbox import WebhookNotifier
+from shared.storage.files import FileStore, file_id_from_url
+from shared.storage.objects import input_key
+from shared.webhooks.outbox import WebhookNotifier
 from worker.interrupts import HandedBack, LeaseLost, PredictionCanceled, TimeLimitExceeded
 from worker.step_gates import StepGate
 from worker.timeline import Timeline
@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 
 def load_image_input(uri: str, prediction: Prediction, files: FileStore, settings: Settings) -> Image.Image:
-    """Inputs stored at submission (``api.image_staging``) and uploaded files of the prediction's
+    """Inputs stored at submission (``api.intake.image_staging``) and uploaded files of the prediction's
     owner are read from storage; anything else (small data URIs) is decoded, or fetched."""
     file_id = file_id_from_url(uri, prediction.base_url)
     stored_name = stored_input_name(prediction, uri)

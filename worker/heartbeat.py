@@ -7,7 +7,7 @@ import threading
 
 import redis
 
-from shared.leases import Leases
+from shared.predictions.leases import Leases
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""GPU memory series for a GPU worker's Prometheus exporter (``shared.metrics.start_exporter``)."""
+"""GPU memory series for a GPU worker's Prometheus exporter (``shared.runtime.metrics.start_exporter``)."""
 
 from __future__ import annotations
 

@@ -20,11 +20,11 @@ from typing import Any
 
 from PIL import Image
 
-from shared.files import FileStore
-from shared.prediction import Prediction
+from shared.predictions.record import Prediction
+from shared.predictions.status import Status
+from shared.predictions.store import PredictionStore
 from shared.settings import Settings
-from shared.status import Status
-from shared.store import PredictionStore
+from shared.storage.files import FileStore
 from worker.context import file_input_digest, load_file_input, load_image_input
 from worker.timeline import Timeline
 

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 from redis import Redis
 
-from shared import queues
+from shared.scheduling import queues
 
 log = logging.getLogger(__name__)
 

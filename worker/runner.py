@@ -9,7 +9,7 @@ To keep a GPU busy (docs/benchmarks.md) a run may also claim queued predictions 
 (``worker.batching``), use inputs the prefetcher prepared while the previous job denoised
 (``worker.prefetch``), and leave uploads and the terminal transition to a side thread
 (``worker.uploader``). Each prediction keeps its own lease, seed, logs, outputs and webhooks.
-Whatever way it stops, a prediction ends through ``shared.lifecycle`` (``PredictionLifecycle.finish``).
+Whatever way it stops, a prediction ends through ``shared.predictions.lifecycle`` (``PredictionLifecycle.finish``).
 """
 
 from __future__ import annotations
@@ -28,19 +28,20 @@ from redis.retry import Retry
 from models.kit.contract import NamedImage, Output, Predictor, PreparedJob
 from models.kit.tuning import Tuning
 from models.registry import find_model
-from shared import deadlines, metrics
-from shared.files import FileStore
-from shared.images import ImageInputError
-from shared.input_schema import InputLimits, ModelInput
-from shared.leases import Leases
-from shared.lifecycle import PredictionLifecycle
-from shared.objects import StorageUnavailable, output_key
-from shared.output_formats import OutputEncoding, encoding_of
-from shared.prediction import Prediction, utcnow
+from shared.inputs.images import ImageInputError
+from shared.inputs.output_formats import OutputEncoding, encoding_of
+from shared.inputs.schema import InputLimits, ModelInput
+from shared.predictions import deadlines
+from shared.predictions.leases import Leases
+from shared.predictions.lifecycle import PredictionLifecycle
+from shared.predictions.record import Prediction, utcnow
+from shared.predictions.status import Status
+from shared.predictions.store import PredictionStore
+from shared.runtime import metrics
 from shared.settings import Settings
-from shared.status import Status
-from shared.store import PredictionStore
-from shared.webhook_outbox import WebhookNotifier
+from shared.storage.files import FileStore
+from shared.storage.objects import StorageUnavailable, output_key
+from shared.webhooks.outbox import WebhookNotifier
 from worker.batching import BatchClaimer, BatchStep, BatchStopped
 from worker.context import FileInputError, RunContext
 from worker.heartbeat import Heartbeat
@@ -51,7 +52,7 @@ from worker.timeline import Timeline
 from worker.uploader import Uploader
 
 if TYPE_CHECKING:
-    from shared.storage import Storage
+    from shared.storage.s3 import Storage
 
 log = logging.getLogger(__name__)
 
@@ -350,7 +351,7 @@ class PredictionRunner:
         return Status.STARTING
 
     def _finish(self, item: RunningPrediction, status: Status, predict_time: float, **fields: object) -> Status | None:
-        """End the prediction through the one lifecycle (``shared.lifecycle``): its status, or None
+        """End the prediction through the one lifecycle (``shared.predictions.lifecycle``): its status, or None
         when it could not (another attempt owns it now, or it had ended)."""
         ended = self.lifecycle.finish(
             item.prediction, status, attempt=item.attempt, predict_time=predict_time, **fields

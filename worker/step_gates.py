@@ -4,7 +4,7 @@ A test of a cancel, a shutdown's grace period or a time limit needs a prediction
 running when the test acts, on any machine. A step count that happens to be slow on one CPU
 finishes early on a faster one. With the setting on (the integration test stack sets it), a
 prediction whose prompt starts with ``step-gate:<name>`` stops after its first denoising step and
-waits while its gate is closed: while the Redis key ``shared.keys.step_gate(name)`` exists. It
+waits while its gate is closed: while the Redis key ``shared.db.keys.step_gate(name)`` exists. It
 keeps checking for a cancel, the time limit, a lost lease and a shutdown's hand-back as every
 step does, so each of those ends it exactly as it would end a long denoising loop.
 """
@@ -18,8 +18,8 @@ from collections.abc import Callable
 
 import redis
 
-from shared import keys
-from shared.prediction import Prediction
+from shared.db import keys
+from shared.predictions.record import Prediction
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)

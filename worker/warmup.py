@@ -23,8 +23,8 @@ from PIL import Image
 
 from models.kit.tuning import Size, Tuning
 from models.registry import find_model
-from shared.images import decode_data_uri, decode_image
-from shared.input_schema import EVERY_ITEM, EVERY_VALUE, InputLimits, ModelInput, image_fields
+from shared.inputs.images import decode_data_uri, decode_image
+from shared.inputs.schema import EVERY_ITEM, EVERY_VALUE, InputLimits, ModelInput, image_fields
 from shared.settings import Settings
 from worker import compile_cache
 from worker.predictor_pool import PredictorPool

@@ -9,22 +9,22 @@ from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from api.batch_intake import create_batch, file_lines, inline_items, read_input_file
-from api.batch_process import IntakePool
 from api.batch_views import batch_predictions, cancel_batch, results_file
 from api.deps import BaseURL, CurrentCaller, CurrentTenant, OptionalTenant, ServicesDep
 from api.errors import ProblemError
-from api.idempotency import await_first_request, fingerprint
+from api.intake.batch_file import create_batch, file_lines, inline_items, read_input_file
+from api.intake.batch_pool import IntakePool
+from api.intake.idempotency import await_first_request, fingerprint
+from api.intake.submission import check_webhook
 from api.pagination import split_cursor
 from api.routes.predictions import IdempotencyKey
 from api.schemas import CreateBatchObject
 from api.services import Services
 from api.signed_access import grant, stream_stored
-from api.submission import check_webhook
-from shared.batches import Batch, render_batch
-from shared.objects import batch_input_key
-from shared.prediction import new_id
-from shared.prediction_json import batch_input_path
+from shared.batches.records import Batch, render_batch
+from shared.predictions.client_json import batch_input_path
+from shared.predictions.record import new_id
+from shared.storage.objects import batch_input_key
 
 router = APIRouter(prefix="/v1", tags=["batches"])
 # Offsets in batch page cursors: far more items than a batch can hold, well inside Redis's list indexes.
@@ -197,7 +197,7 @@ def download_input(
     sig: str | None = None,
     expires: str | None = None,
 ) -> StreamingResponse:
-    """An image input the batch's items share, stored once for the batch (``api.image_staging``): to
+    """An image input the batch's items share, stored once for the batch (``api.intake.image_staging``): to
     the batch's owner, or to anyone holding the signed URL its items' inputs show."""
     batch = services.batches.get(batch_id)
     path = batch_input_path(batch_id, name)

@@ -1,5 +1,5 @@
 """Deployments (Replicate's ``/v1/deployments``): a tenant's named release pinning a model version,
-and predictions made through it (``shared.deployments``)."""
+and predictions made through it (``api.deployments``)."""
 
 from __future__ import annotations
 
@@ -11,15 +11,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.auth import Caller
-from api.deps import BaseURL, CurrentCaller, ServicesDep
-from api.errors import ProblemError
-from api.routes.catalog import account_of
-from api.routes.predictions import CancelAfter, IdempotencyKey, PreferHeader
-from api.schemas import PredictionFields
-from api.services import Services
-from api.submission import create_and_respond
-from models.registry import UnknownModelError, find_model
-from shared.deployments import (
+from api.deployments import (
     MAX_INSTANCES,
     NAME_PATTERN,
     BadConfiguration,
@@ -30,8 +22,16 @@ from shared.deployments import (
     Release,
     check_configuration,
 )
+from api.deps import BaseURL, CurrentCaller, ServicesDep
+from api.errors import ProblemError
+from api.intake.submission import create_and_respond
+from api.routes.catalog import account_of
+from api.routes.predictions import CancelAfter, IdempotencyKey, PreferHeader
+from api.schemas import PredictionFields
+from api.services import Services
+from models.registry import UnknownModelError, find_model
 from shared.model_spec import ModelSpec
-from shared.prediction import utcnow
+from shared.predictions.record import utcnow
 
 router = APIRouter(prefix="/v1/deployments", tags=["deployments"])
 

@@ -15,8 +15,8 @@ from api.deps import BaseURL, CurrentTenant, ServicesDep
 from api.errors import ProblemError, reject_invalid_text
 from api.pagination import Cursor, CursorQuery, page_links
 from api.services import Services
-from shared.files import FileRecord, render_file
-from shared.json_nesting import nests_deeper_than, too_deep_problem
+from shared.inputs.json_nesting import nests_deeper_than, too_deep_problem
+from shared.storage.files import FileRecord, render_file
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
 

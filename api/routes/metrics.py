@@ -1,6 +1,6 @@
 """``GET /metrics``: Prometheus text format.
 
-Counters this process recorded (``shared.metrics``), plus queue depth read from Redis at scrape
+Counters this process recorded (``shared.runtime.metrics``), plus queue depth read from Redis at scrape
 time. Like ``/health`` it needs no token: serve it on the cluster network and keep it off the
 public ingress.
 """
@@ -18,7 +18,8 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from redis import Redis
 
 from api.deps import ServicesDep
-from shared import keys, queues
+from shared.db import keys
+from shared.scheduling import queues
 
 router = APIRouter(tags=["health"])
 

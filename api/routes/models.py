@@ -10,11 +10,11 @@ from fastapi.concurrency import run_in_threadpool
 from api.catalog import search
 from api.deps import BaseURL, CurrentTenant, ServicesDep
 from api.errors import ProblemError
+from api.openapi.versions import render_model, render_version
 from api.services import Services
 from models.registry import MODELS, UnknownModelError, find_model
-from shared import keys
+from shared.db import keys
 from shared.model_spec import ModelSpec
-from shared.openapi import render_model, render_version
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 

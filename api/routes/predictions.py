@@ -11,7 +11,6 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
-from api.batch import submit_batch
 from api.deps import (
     CHALLENGE,
     BaseURL,
@@ -23,20 +22,21 @@ from api.deps import (
     take_rate_limit,
 )
 from api.errors import ProblemError
+from api.intake.inline_batch import submit_batch
+from api.intake.submission import create_and_respond
 from api.pagination import Cursor, CursorQuery, page_links
 from api.prediction_list import PredictionFilter, list_page
 from api.schemas import CreateBatch, CreatePrediction, PredictionFields
 from api.services import Services
 from api.signed_access import signed_or_owned, stream_stored
-from api.streaming import BadEventId, EventIds, Position, StreamContext, prediction_events
-from api.submission import create_and_respond
+from api.streams.sse import BadEventId, EventIds, Position, StreamContext, prediction_events
 from models.registry import UnknownModelError, find_model, resolve_version
-from shared.deadlines import DURATION_PATTERN
-from shared.objects import input_key, output_key
-from shared.prediction import Prediction
-from shared.prediction_json import input_path, output_path, stream_path
-from shared.signed_urls import Verdict
-from shared.store import PredictionStore
+from shared.predictions.client_json import input_path, output_path, stream_path
+from shared.predictions.deadlines import DURATION_PATTERN
+from shared.predictions.record import Prediction
+from shared.predictions.store import PredictionStore
+from shared.security.signed_urls import Verdict
+from shared.storage.objects import input_key, output_key
 
 router = APIRouter(prefix="/v1", tags=["predictions"])
 
@@ -48,7 +48,7 @@ CancelAfter = Annotated[
         alias="Cancel-After",
         description="A duration (`30s`, `5m`, `1h30m`): not started by then, the prediction ends `aborted`; "
         "still running, `canceled`.",
-        # Documented only: a bad value is a 400 naming the header (api.submission.deadline_after), not a 422.
+        # Documented only: a bad value is a 400 naming the header (api.intake.submission.deadline_after), not a 422.
         json_schema_extra={"pattern": DURATION_PATTERN},
     ),
 ]
@@ -253,7 +253,7 @@ def download_input(
     sig: str | None = None,
     expires: str | None = None,
 ) -> StreamingResponse:
-    """Stream an image input stored at submission (``api.image_staging``), as outputs are streamed."""
+    """Stream an image input stored at submission (``api.intake.image_staging``), as outputs are streamed."""
     signed_or_owned(services, prediction_id, input_path(prediction_id, name), tenant, sig, expires)  # or raises
     missing = f"prediction {prediction_id!r} has no stored input {name!r}"
     return stream_stored(services, input_key(prediction_id, name), missing)

@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter
 
 from api.deps import CurrentCaller, ServicesDep
-from shared import queues
+from shared.scheduling import queues
 
 router = APIRouter(prefix="/v1", tags=["queue"])
 

@@ -8,8 +8,8 @@ from typing import Any
 from fastapi import APIRouter
 
 from api.deps import CurrentTenant, ServicesDep
-from shared.prediction import format_timestamp
-from shared.webhook_secrets import TenantSecret
+from shared.predictions.record import format_timestamp
+from shared.webhooks.secrets import TenantSecret
 
 router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"])
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from deploy.devstack.servers import ManagedServer
-from shared import queues
+from shared.scheduling import queues
 
 # Servers start first; supervisord stops programs in the reverse order.
 SERVER_PRIORITY = 100

@@ -32,7 +32,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 LOOPBACK = "127.0.0.1"
 S3_REGION = "us-east-1"
-# The client options shared/storage.py uses (SigV4, path-style, checksums only when required); the
+# The client options shared/storage/s3.py uses (SigV4, path-style, checksums only when required); the
 # readiness check uses them too.
 S3_CLIENT_CONFIG = Config(
     signature_version="s3v4",

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from deploy.devstack.servers import private_dir, write_private
-from shared.tokens import TokenInfo, bootstrap_tokens
+from shared.security.tokens import TokenInfo, bootstrap_tokens
 
 DEFAULT_DATA_DIR = ".kiln"
 DEFAULT_API_PORT = 8000
@@ -93,7 +93,7 @@ class StackSettings:
 
     @property
     def tokens(self) -> list[TokenInfo]:
-        """The bootstrap tokens, each with its name (``shared.tokens``)."""
+        """The bootstrap tokens, each with its name (``shared.security.tokens``)."""
         return bootstrap_tokens(self.api_token_setting)
 
     @classmethod

@@ -13,7 +13,7 @@ and passes ``step_callback`` to it as ``callback_on_step_end``):
 >>> from dataclasses import dataclass
 >>> from PIL import Image
 >>> from models.kit.contract import PreparedJob, Predictor, resolve_seed
->>> from shared.input_schema import ModelInput
+>>> from shared.inputs.schema import ModelInput
 >>> from shared.settings import Settings
 >>> class Inputs(ModelInput):
 ...     colour: str = "red"
@@ -67,7 +67,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from PIL import Image
 
-from shared.input_schema import ModelInput
+from shared.inputs.schema import ModelInput
 from shared.settings import Settings
 
 InputT = TypeVar("InputT", bound=ModelInput)

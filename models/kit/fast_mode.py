@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from shared.input_schema import Speed
+from shared.inputs.schema import Speed
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -1,4 +1,4 @@
-"""The diffusers scheduler class behind each scheduler name users pick (``shared.input_schema.Scheduler``)."""
+"""The diffusers scheduler class behind each scheduler name users pick (``shared.inputs.schema.Scheduler``)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from diffusers import (
 )
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
-from shared.input_schema import Scheduler
+from shared.inputs.schema import Scheduler
 
 SCHEDULERS: dict[Scheduler, type[SchedulerMixin]] = {
     Scheduler.DDIM: DDIMScheduler,

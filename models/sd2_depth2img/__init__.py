@@ -1,8 +1,8 @@
 """``kiln/sd2-depth2img``: Stable Diffusion 2 depth-to-image (``StableDiffusionDepth2ImgPipeline``)."""
 
 from models.sd2_depth2img.schema import Depth2ImgInput
-from shared import queues
 from shared.model_spec import ModelSpec
+from shared.scheduling import queues
 
 SPEC = ModelSpec(
     owner="kiln",

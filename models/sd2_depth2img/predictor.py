@@ -20,8 +20,8 @@ from models.kit.tuning import Tuning, optimise_pipeline
 from models.kit.weights.loading import load_pipeline
 from models.sd2_depth2img.schema import Depth2ImgInput
 from models.sd2_depth2img.weights import sd2_depth2img_source
-from shared.images import ImageInputError
-from shared.input_schema import Speed
+from shared.inputs.images import ImageInputError
+from shared.inputs.schema import Speed
 
 SIZE_MULTIPLE = 64
 

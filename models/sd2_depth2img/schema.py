@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pydantic import Field, model_validator
 
-from shared.images import CheckedImage, ImageInputError
-from shared.input_schema import ImageURI, ModelInput, PromptText, Scheduler, Speed, speed_field
-from shared.output_formats import OutputFormat, output_format_field, output_quality_field
+from shared.inputs.images import CheckedImage, ImageInputError
+from shared.inputs.output_formats import OutputFormat, output_format_field, output_quality_field
+from shared.inputs.schema import ImageURI, ModelInput, PromptText, Scheduler, Speed, speed_field
 
 
 class Depth2ImgInput(ModelInput):

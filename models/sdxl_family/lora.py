@@ -31,7 +31,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 
 from models.kit.contract import PredictContext
-from shared.lora_inputs import LoraInputError, check_lora_header, read_safetensors_header
+from shared.inputs.lora import LoraInputError, check_lora_header, read_safetensors_header
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)

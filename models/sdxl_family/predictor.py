@@ -47,7 +47,7 @@ from models.sdxl_family.row_scales import RowScaledControlNetModel, install_row_
 from models.sdxl_family.schema import IPAdapterXLInput
 from models.sdxl_family.spec import ControlKind
 from models.sdxl_family.weights import XLWeights, xl_weights
-from shared.input_schema import Speed
+from shared.inputs.schema import Speed
 from shared.settings import Settings
 
 CONTROL_MAP_NAME = "control-map"

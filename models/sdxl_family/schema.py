@@ -8,9 +8,9 @@ from typing import Annotated, ClassVar
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from shared.input_schema import ImageURI, ModelInput, PromptText, Scheduler, Speed, speed_field
-from shared.lora_inputs import LoraURI
-from shared.output_formats import OutputFormat, output_format_field, output_quality_field
+from shared.inputs.lora import LoraURI
+from shared.inputs.output_formats import OutputFormat, output_format_field, output_quality_field
+from shared.inputs.schema import ImageURI, ModelInput, PromptText, Scheduler, Speed, speed_field
 
 SIZE_MULTIPLE = 8
 MAX_IP_IMAGES = 4

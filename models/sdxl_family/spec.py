@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from models.sdxl_family.schema import IPAdapterXLInput
-from shared import queues
 from shared.model_spec import ModelSpec
+from shared.scheduling import queues
 
 # The full profile's weights other than the ControlNet, in version-id order around it.
 BASE_WEIGHTS_SETTINGS = ("sdxl_base_weights", "sdxl_vae_fp16_weights")

@@ -10,7 +10,7 @@ from importlib import resources
 import jsonschema
 import pytest
 
-from shared import queues
+from shared.scheduling import queues
 from shared.settings import Settings
 from tests.deploy.support import REPO_ROOT, compose, load_yaml
 

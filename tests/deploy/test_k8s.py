@@ -16,7 +16,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from shared import queues
+from shared.scheduling import queues
 from shared.settings import Settings
 from tests.deploy.support import K8S_BASE, SCHEMAS, load_all_yaml, load_yaml
 

@@ -13,7 +13,7 @@ from deploy.devstack.programs import Program, StackContext, default_programs
 from deploy.devstack.servers import RedisServer, SeaweedS3Server
 from deploy.devstack.settings import StackSettings
 from deploy.devstack.supervisor import SupervisorConfig
-from shared import queues
+from shared.scheduling import queues
 
 
 def test_generated_secrets_are_private_and_kept_across_runs(tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ import httpx
 import pytest
 import trustme
 
-import shared.ssrf
+import shared.security.ssrf
 from tests.support import png_bytes
 
 # A trickling server sends one byte this often, each within any per-read timeout.
@@ -111,7 +111,7 @@ def trust_in_the_guard(monkeypatch: pytest.MonkeyPatch, ca: trustme.CA) -> None:
     context = ssl.create_default_context()
     ca.configure_trust(context)
     monkeypatch.setattr(
-        shared.ssrf,
+        shared.security.ssrf,
         "pinned_client",
         lambda timeout_s: httpx.Client(verify=context, timeout=timeout_s, follow_redirects=False, trust_env=False),
     )

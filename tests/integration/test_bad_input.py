@@ -296,11 +296,11 @@ def test_a_public_name_resolving_to_a_private_address_is_refused(stack, client, 
 def test_a_redirect_to_a_private_address_is_refused(stack, client, monkeypatch, location, fragment):
     """The first hop is on 127.0.0.2, which the guard is told to treat as public for this test;
     the redirect's target must still be checked, and the private server never hit."""
-    import shared.ssrf
+    import shared.security.ssrf
 
-    real_reason = shared.ssrf.forbidden_reason
+    real_reason = shared.security.ssrf.forbidden_reason
     monkeypatch.setattr(
-        shared.ssrf,
+        shared.security.ssrf,
         "forbidden_reason",
         lambda address, allow_private=False: (
             None if str(address) == "127.0.0.2" else real_reason(address, allow_private)

@@ -15,10 +15,10 @@ import httpx
 import pytest
 import redis
 
-from shared import keys
-from shared.objects import batch_prefix
-from shared.retention import Janitor
-from shared.storage import Storage
+from shared.db import keys
+from shared.predictions.retention import Janitor
+from shared.storage.objects import batch_prefix
+from shared.storage.s3 import Storage
 from tests.integration.receiver import WebhookReceiver
 from tests.support import data_uri, png_bytes, wait_until
 from tests.support.batches import all_predictions, item, results_of, tiny_image, wait_for_batch

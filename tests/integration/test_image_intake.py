@@ -11,7 +11,7 @@ import pytest
 import redis
 from PIL import Image
 
-from shared import keys
+from shared.db import keys
 from tests.support import assert_problem, data_uri, png_bytes, png_claiming_size, wait_for_status
 from tests.support.image_files import flat_png, rotated_jpeg
 from tests.support.predictions import TERMINAL, depth2img_input

@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from shared.prediction import new_id
+from shared.predictions.record import new_id
 from tests.support import PROBLEM_JSON, assert_problem, data_uri, png_bytes, wait_for_status
 from tests.support.predictions import TERMINAL, depth2img_input
 from tests.support.raw_http import RawResponse, raw_request

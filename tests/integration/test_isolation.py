@@ -11,8 +11,8 @@ import httpx
 import pytest
 from redis import Redis
 
-from shared.prediction import new_id
-from shared.store import PredictionStore
+from shared.predictions.record import new_id
+from shared.predictions.store import PredictionStore
 from tests.integration.conftest import TOKEN_A, TOKEN_B
 from tests.support import assert_problem, png_bytes, wait_for_status, wait_until
 from tests.support.batches import all_prediction_ids

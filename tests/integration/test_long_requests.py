@@ -167,12 +167,12 @@ def test_a_stream_sends_logs_status_output_and_done_and_waits_are_answered(stack
 def test_a_stored_create_answers_201_as_stored_when_waiting_fails(stack, monkeypatch):
     """Redis failing while a create waits: the prediction was stored, so the answer is a 201 with
     it as stored (a client retrying a 5xx would run it twice), never a 5xx."""
-    import api.submission
+    import api.intake.submission
 
     async def redis_gone(*args: object, **kwargs: object) -> bool:
         raise RedisConnectionError("Connection reset by peer (while waiting)")
 
-    monkeypatch.setattr(api.submission, "wait_until_terminal", redis_gone)
+    monkeypatch.setattr(api.intake.submission, "wait_until_terminal", redis_gone)
     _, token = new_token(stack.redis_url, "fragile")
     with app_for(stack) as app:
         response = app.post(

@@ -13,9 +13,9 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from api.app import create_app
-from shared import queues
-from shared.celery_config import create_celery
-from shared.prediction import Prediction
+from shared.predictions.record import Prediction
+from shared.runtime.celery_config import create_celery
+from shared.scheduling import queues
 from shared.settings import tenant_of, token_digest
 from tests.integration.conftest import TOKEN_A
 from tests.integration.receiver import WebhookReceiver
@@ -124,7 +124,7 @@ def test_a_queued_cancel_is_counted_by_the_api_that_made_it(stack):
 
 
 def test_queue_length_reads_the_lists_kombu_writes_for_each_priority(stack):
-    """The list names KEDA and /metrics read (shared.queues.priority_lists) are the ones Celery fills."""
+    """The list names KEDA and /metrics read (shared.scheduling.queues.priority_lists) are the ones Celery fills."""
     probe = "kiln-test-probe"
     celery = create_celery(stack.settings())
     lists = queues.priority_lists(probe)

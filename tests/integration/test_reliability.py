@@ -8,10 +8,10 @@ import time
 import pytest
 import redis
 
-from shared.celery_config import create_celery
-from shared.queues import PREDICT_TASK, SD2_DEPTH
-from shared.retention import Janitor
-from shared.storage import Storage
+from shared.predictions.retention import Janitor
+from shared.runtime.celery_config import create_celery
+from shared.scheduling.queues import PREDICT_TASK, SD2_DEPTH
+from shared.storage.s3 import Storage
 from tests.integration.conftest import SHUTDOWN_GRACE_S, TIME_LIMIT_S, TIME_LIMITED_MODEL
 from tests.integration.receiver import WebhookReceiver
 from tests.support import assert_problem, data_uri, png_bytes, wait_for_status, wait_until

@@ -1,6 +1,6 @@
 """Nothing outlives its retention: on the real stack, a prediction's input, output and logs are
 cleared at retention (its stored objects deleted), and the whole record is gone at record expiry;
-every key Kiln left in Redis is bounded as ``shared.keys.BOUNDS`` declares.
+every key Kiln left in Redis is bounded as ``shared.db.keys.BOUNDS`` declares.
 
 Deadlines are brought forward in the retention set instead of waiting an hour or 30 days: the
 janitor takes what is due, whichever setting put it there (unit tests check the scheduling)."""
@@ -14,9 +14,9 @@ import time
 import pytest
 import redis
 
-from shared import keys
-from shared.retention import Janitor
-from shared.storage import Storage
+from shared.db import keys
+from shared.predictions.retention import Janitor
+from shared.storage.s3 import Storage
 from tests.integration.receiver import WebhookReceiver
 from tests.support import wait_until
 from tests.support.predictions import TERMINAL, create_with_webhook
@@ -25,7 +25,7 @@ pytestmark = pytest.mark.integration
 
 
 def _key_patterns() -> list[tuple[str, re.Pattern[str]]]:
-    """Each key builder of ``shared.keys`` as a pattern over the key names it makes."""
+    """Each key builder of ``shared.db.keys`` as a pattern over the key names it makes."""
     patterns = []
     for name in keys.BOUNDS:
         builder = getattr(keys, name)
@@ -89,5 +89,5 @@ def test_every_key_kiln_wrote_is_declared_and_those_declared_ttl_expire(stack, c
             undeclared.append(key)
         elif keys.BOUNDS[builder] == "ttl" and db.ttl(key) == -1:
             without_ttl.append(key)
-    assert undeclared == [], "keys Kiln wrote that shared.keys does not declare"
+    assert undeclared == [], "keys Kiln wrote that shared.db.keys does not declare"
     assert without_ttl == [], "keys declared to expire that carry no TTL"

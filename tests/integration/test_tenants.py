@@ -15,11 +15,11 @@ import pytest
 from redis import Redis
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from shared import keys
-from shared.secrets import url_signing_secret
-from shared.signed_urls import UrlSigner
-from shared.tokens import tenant_of, token_digest
-from shared.webhooks import signature_headers
+from shared.db import keys
+from shared.security.server_secrets import url_signing_secret
+from shared.security.signed_urls import UrlSigner
+from shared.security.tokens import tenant_of, token_digest
+from shared.webhooks.signing import signature_headers
 from tests.integration.receiver import WebhookReceiver
 from tests.support import REPO_ROOT, assert_problem, python, wait_for_status, wait_until
 from tests.support.predictions import TERMINAL, app_for, create, create_with_webhook, depth2img_input

@@ -6,9 +6,9 @@ from collections.abc import Sequence
 
 import pytest
 
-from shared.lifecycle import PredictionLifecycle
-from shared.prediction import Prediction
-from shared.status import Status
+from shared.predictions.lifecycle import PredictionLifecycle
+from shared.predictions.record import Prediction
+from shared.predictions.status import Status
 
 
 def record_endings(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, Status]]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from shared.input_schema import ImageURI, ModelInput
+from shared.inputs.schema import ImageURI, ModelInput
 from shared.model_spec import ModelSpec
 
 

@@ -12,7 +12,7 @@ import secrets
 import httpx
 import redis
 
-from shared import keys
+from shared.db import keys
 from tests.support import wait_until
 
 # The line the worker logs when a prediction starts waiting at its gate.

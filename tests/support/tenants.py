@@ -1,4 +1,4 @@
-"""Tenants for the integration tests: fresh tokens (``shared.tokens``), made in the stack's Redis so
+"""Tenants for the integration tests: fresh tokens (``shared.security.tokens``), made in the stack's Redis so
 a test never shares a tenant's limits, secrets or streams with another test."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import secrets
 import httpx
 import redis
 
-from shared.tokens import TokenLimits, TokenRegistry
+from shared.security.tokens import TokenLimits, TokenRegistry
 
 
 def new_token(redis_url: str, prefix: str = "test", **limits: float | int) -> tuple[str, str]:

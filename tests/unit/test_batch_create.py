@@ -11,17 +11,19 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from api import batch_intake, submission
-from api.batch import submit_batch
 from api.errors import install_error_handlers
+from api.intake import batch_file as batch_intake
+from api.intake import submission
+from api.intake.inline_batch import submit_batch
+from api.intake.submission import submit
 from api.schemas import CreatePrediction
 from api.services import Services
-from api.submission import submit
 from deploy.devstack.servers import RedisServer
 from models.registry import find_model
-from shared import images, queues
-from shared.prediction import new_ids
-from shared.redis_client import AlreadyStored
+from shared.db.client import AlreadyStored
+from shared.inputs import images
+from shared.predictions.record import new_ids
+from shared.scheduling import queues
 from shared.settings import Settings
 from tests.support import data_uri
 from tests.support.predictions import depth2img_input
@@ -94,7 +96,7 @@ def test_an_image_repeated_across_a_batch_is_checked_once_and_a_bad_one_fails_ev
         inspected.append(len(data))
         return real_inspect(data, max_pixels)
 
-    monkeypatch.setattr("shared.input_schema.inspect_image", counting)
+    monkeypatch.setattr("shared.inputs.schema.inspect_image", counting)
     good = batch(services, "tenant-a", 5)
     assert len(good) == 5 and len(inspected) == 1
 

@@ -1,4 +1,4 @@
-"""Taking in a batch (``api.batch_intake``) in-process against a real redis-server: a cancel while
+"""Taking in a batch (``api.intake.batch_file``) in-process against a real redis-server: a cancel while
 the items are validated, an unexpected failure, JSON nested too deep, a batch over the queue cap."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from typing import Any
 import orjson
 import pytest
 
-from api import batch_intake
 from api.errors import ProblemError
+from api.intake import batch_file as batch_intake
 from api.routes.batches import _submit
 from api.schemas import CreateBatchObject
 from api.services import Services

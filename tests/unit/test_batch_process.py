@@ -1,4 +1,4 @@
-"""Batch intake in processes of its own (``api.batch_process``): the work runs outside the API
+"""Batch intake in processes of its own (``api.intake.batch_pool``): the work runs outside the API
 process, its problems come back as problems, anything else as ``IntakeFailed``, and what it
 counted as created reaches the API process's metrics."""
 
@@ -12,12 +12,12 @@ from typing import Any, TypeVar
 
 import pytest
 
-from api.batch_process import IntakeFailed, IntakePool
-from api.batch_process import _ready as _ready_probe
 from api.errors import ProblemError
+from api.intake.batch_pool import IntakeFailed, IntakePool
+from api.intake.batch_pool import _ready as _ready_probe
 from api.services import Services
 from deploy.devstack.servers import RedisServer
-from shared import metrics
+from shared.runtime import metrics
 from shared.settings import Settings
 
 pytestmark = pytest.mark.integration

@@ -10,18 +10,19 @@ import pytest
 import redis
 
 from deploy.devstack.servers import RedisServer
-from shared import keys, queues
-from shared.batch_webhooks import BatchSettler
-from shared.batches import Batch, BatchStore, batch_delivery_id
-from shared.celery_config import create_celery
-from shared.dispatcher import Dispatcher, dispatched_list
-from shared.leases import Leases
-from shared.prediction import Prediction
+from shared.batches.records import Batch, BatchStore, batch_delivery_id
+from shared.batches.settler import BatchSettler
+from shared.db import keys
+from shared.predictions.leases import Leases
+from shared.predictions.record import Prediction
+from shared.predictions.status import Status
+from shared.predictions.store import PredictionStore
+from shared.runtime.celery_config import create_celery
+from shared.scheduling import queues
+from shared.scheduling.dispatcher import Dispatcher, dispatched_list
+from shared.scheduling.task_messages import PredictMessages
 from shared.settings import Settings
-from shared.status import Status
-from shared.store import PredictionStore
-from shared.task_messages import PredictMessages
-from shared.webhook_outbox import WebhookOutbox
+from shared.webhooks.outbox import WebhookOutbox
 from worker.queue_peek import prediction_id_of
 
 FAMILY = queues.SD2_DEPTH

@@ -10,12 +10,12 @@ from datetime import timedelta
 import fakeredis
 import pytest
 
-from shared import keys
-from shared.deadlines import BadDuration, expire_due, parse_duration
-from shared.lifecycle import PredictionLifecycle
-from shared.prediction import Prediction, utcnow
-from shared.status import Status
-from shared.store import PredictionStore
+from shared.db import keys
+from shared.predictions.deadlines import BadDuration, expire_due, parse_duration
+from shared.predictions.lifecycle import PredictionLifecycle
+from shared.predictions.record import Prediction, utcnow
+from shared.predictions.status import Status
+from shared.predictions.store import PredictionStore
 from tests.support.lifecycle import record_endings
 
 

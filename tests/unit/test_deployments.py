@@ -6,7 +6,7 @@ from __future__ import annotations
 import fakeredis
 import pytest
 
-from shared.deployments import (
+from api.deployments import (
     BadConfiguration,
     Configuration,
     Deployment,
@@ -14,7 +14,7 @@ from shared.deployments import (
     DeploymentStore,
     Release,
 )
-from shared.prediction import utcnow
+from shared.predictions.record import utcnow
 
 ACCOUNT = {"type": "user", "username": "alice", "name": "alice", "github_url": None}
 

@@ -12,8 +12,8 @@ from collections import Counter
 import pytest
 from ulid import ULID
 
-from shared import prediction
-from shared.prediction import new_id, new_ids
+from shared.predictions import record as prediction
+from shared.predictions.record import new_id, new_ids
 
 ROUNDS = 2000
 # A millisecond long past, for the tests that stop the clock.

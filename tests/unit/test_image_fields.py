@@ -7,11 +7,11 @@ from types import SimpleNamespace
 import pytest
 
 from api.errors import ProblemError
-from api.image_staging import RequestImages, stage_images
-from api.inputs import validate_input
+from api.intake.image_staging import RequestImages, stage_images
+from api.intake.inputs import validate_input
 from models.sd2_depth2img.schema import Depth2ImgInput
 from models.sdxl_family.schema import IPAdapterXLInput
-from shared.input_schema import EVERY_ITEM, EVERY_VALUE, ImageField, image_fields, image_inputs
+from shared.inputs.schema import EVERY_ITEM, EVERY_VALUE, ImageField, image_fields, image_inputs
 from shared.settings import Settings
 from tests.support import data_uri, png_bytes
 from tests.support.image_files import BASE_URL, OURS, FakeFiles, FakeStorage
@@ -97,7 +97,7 @@ def test_every_remote_image_in_a_list_or_nested_object_is_fetched_once_and_stage
         fetched.append(url)
         return png_bytes(8, 8, seed=len(fetched))
 
-    monkeypatch.setattr("api.image_staging.fetch_url", fetch_url)
+    monkeypatch.setattr("api.intake.image_staging.fetch_url", fetch_url)
     inputs = validate_input(
         LIST_OF_IMAGES,
         {
@@ -125,7 +125,8 @@ def test_every_remote_image_in_a_list_or_nested_object_is_fetched_once_and_stage
 
 def test_a_remote_image_in_a_list_that_is_not_an_image_is_refused_naming_the_item(services, monkeypatch):
     monkeypatch.setattr(
-        "api.image_staging.fetch_url", lambda url, **bounds: png_bytes(8, 8) if url.endswith(".png") else b"<html>"
+        "api.intake.image_staging.fetch_url",
+        lambda url, **bounds: png_bytes(8, 8) if url.endswith(".png") else b"<html>",
     )
     inputs = {"references": ["https://e.com/0.png", "https://e.com/page.html"]}
     with pytest.raises(ProblemError, match=r"input\.references\.1: "):

@@ -1,4 +1,4 @@
-"""Image intake at submission (``api.image_staging``) and decoding (``shared.images``): every image
+"""Image intake at submission (``api.intake.image_staging``) and decoding (``shared.inputs.images``): every image
 decoded fully, friendly base64, EXIF orientation, large inputs stored with a reference in the record."""
 
 from __future__ import annotations
@@ -9,10 +9,10 @@ from types import SimpleNamespace
 import pytest
 
 from api.errors import ProblemError
-from api.image_staging import RequestImages, stage_images
+from api.intake.image_staging import RequestImages, stage_images
 from models.registry import find_model
-from shared.images import ImageInputError, check_image, decode_data_uri, decode_image
-from shared.prediction import Prediction
+from shared.inputs.images import ImageInputError, check_image, decode_data_uri, decode_image
+from shared.predictions.record import Prediction
 from shared.settings import Settings
 from tests.support import data_uri, png_bytes, png_claiming_size
 from tests.support.image_files import FakeFiles, FakeStorage, flat_png, rotated_jpeg

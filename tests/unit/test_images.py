@@ -8,7 +8,7 @@ from functools import partial
 
 import pytest
 
-from shared.images import (
+from shared.inputs.images import (
     ImageInputError,
     check_uri_scheme,
     decode_data_uri,
@@ -99,7 +99,7 @@ def test_fetch_url_refuses_private_addresses_unless_allowed(http_server):
 def test_a_redirect_to_a_private_address_is_refused(http_server, monkeypatch):
     """The first hop is allowed (treated as public here); the redirect target is checked again."""
     base, _ = http_server
-    import shared.ssrf as ssrf
+    import shared.security.ssrf as ssrf
 
     real = ssrf.forbidden_reason
     first_hop = {"allowed": True}

@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from shared.json_nesting import MAX_DEPTH, nests_deeper_than
-from shared.lora_inputs import LoraInputError, read_safetensors_header
+from shared.inputs.json_nesting import MAX_DEPTH, nests_deeper_than
+from shared.inputs.lora import LoraInputError, read_safetensors_header
 
 
 def test_depth_at_the_limit_passes_and_one_more_is_refused():

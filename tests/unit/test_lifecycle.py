@@ -1,5 +1,5 @@
 """One state table and one lifecycle: every Lua script moves a status exactly where
-``shared.status.ALLOWED_SOURCES`` allows, and every way a prediction ends (a worker's outcome, a
+``shared.predictions.status.ALLOWED_SOURCES`` allows, and every way a prediction ends (a worker's outcome, a
 cancel from the API, the lease reaper) goes through ``PredictionLifecycle._ended`` once (fakeredis
 with Lua, no servers)."""
 
@@ -18,17 +18,17 @@ import pytest
 from prometheus_client import REGISTRY
 
 from api.routes.predictions import cancel_prediction
-from shared import keys
-from shared import leases as leases_module
-from shared import store as store_module
-from shared.leases import Leases
-from shared.lifecycle import PredictionLifecycle
-from shared.maintenance import reap_lapsed_leases
-from shared.prediction import Prediction
-from shared.prediction_json import render_prediction
-from shared.signed_urls import UrlSigner
-from shared.status import ALLOWED_SOURCES, LUA_STATUS_TABLE, TERMINAL, Status, render_lua_status_table
-from shared.store import PredictionStore
+from shared.db import keys
+from shared.predictions import leases as leases_module
+from shared.predictions import store as store_module
+from shared.predictions.client_json import render_prediction
+from shared.predictions.leases import Leases
+from shared.predictions.lifecycle import PredictionLifecycle
+from shared.predictions.record import Prediction
+from shared.predictions.status import ALLOWED_SOURCES, LUA_STATUS_TABLE, TERMINAL, Status, render_lua_status_table
+from shared.predictions.store import PredictionStore
+from shared.runtime.maintenance import reap_lapsed_leases
+from shared.security.signed_urls import UrlSigner
 from tests.support import REPO_ROOT
 from tests.support.lifecycle import record_endings
 
@@ -255,7 +255,7 @@ def test_the_reaper_requeues_on_the_queue_the_record_names(store: PredictionStor
 # --- nothing else ends a prediction -------------------------------------------------------------
 
 APPLICATION_PACKAGES = ("api", "shared", "worker", "webhook_worker")
-LIFECYCLE = Path("shared/lifecycle.py")
+LIFECYCLE = Path("shared/predictions/lifecycle.py")
 
 
 def calls_in(path: Path) -> list[tuple[str, ast.Call]]:

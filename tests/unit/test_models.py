@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from models.registry import MODELS, UnknownModelError, resolve_version
 from models.sd2_depth2img.schema import Depth2ImgInput
-from shared.input_schema import InputLimits, Scheduler
+from shared.inputs.schema import InputLimits, Scheduler
 from shared.settings import Settings
 from tests.support import REPO_ROOT, data_uri, png_bytes
 

@@ -14,13 +14,13 @@ from PIL import Image
 from pydantic import ValidationError
 
 from api.errors import ProblemError
-from api.lora_inputs import check_lora_inputs
+from api.intake.lora import check_lora_inputs
 from models.registry import MODELS
 from models.sdxl_family.schema import IPAdapterXLInput
-from shared.lora_inputs import LoraInputError, check_lora_header, lora_fields, read_safetensors_header
-from shared.output_formats import OutputEncoding, OutputFormat, encoding_of
+from shared.inputs.lora import LoraInputError, check_lora_header, lora_fields, read_safetensors_header
+from shared.inputs.output_formats import OutputEncoding, OutputFormat, encoding_of
+from shared.security.ssrf import URLRefused
 from shared.settings import Settings
-from shared.ssrf import URLRefused
 
 XL = MODELS["kiln/ip-adapter-depth-xl"]
 BASE_URL = "http://kiln.test"
@@ -230,7 +230,7 @@ def services(monkeypatch: pytest.MonkeyPatch) -> SimpleNamespace:
         if "internal" in url and not allow_private:
             raise URLRefused("host 'internal' resolves to a private address (10.0.0.1)")
 
-    monkeypatch.setattr("api.lora_inputs.resolve_checked", resolve_checked)
+    monkeypatch.setattr("api.intake.lora.resolve_checked", resolve_checked)
     return SimpleNamespace(settings=Settings(_env_file=None), files=FakeFiles())
 
 

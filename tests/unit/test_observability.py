@@ -16,8 +16,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from redis.exceptions import ConnectionError
 
 from api.routes.metrics import QueueDepthCollector
-from shared import keys, queues
-from shared.logs import PredictionIdFilter, apply_format, bound_prediction, make_formatter
+from shared.db import keys
+from shared.runtime.logs import PredictionIdFilter, apply_format, bound_prediction, make_formatter
+from shared.scheduling import queues
 from worker.metrics import GpuMemoryCollector
 
 

@@ -14,8 +14,8 @@ from ulid import ULID
 from api.errors import ProblemError
 from api.pagination import Cursor
 from api.prediction_list import PredictionFilter, list_page
-from shared.prediction import Prediction
-from shared.store import PredictionStore
+from shared.predictions.record import Prediction
+from shared.predictions.store import PredictionStore
 
 START = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
 

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from api.errors import ProblemError
-from api.waiting import MAX_WAIT_S, parse_prefer_wait
+from api.streams.waiting import MAX_WAIT_S, parse_prefer_wait
 
 DEFAULT_S = 25
 

@@ -8,11 +8,11 @@ import time
 import fakeredis
 import pytest
 
-from shared.leases import Leases
-from shared.prediction import Prediction
-from shared.queue_counters import QueueFull
-from shared.status import Status
-from shared.store import PredictionStore
+from shared.predictions.leases import Leases
+from shared.predictions.record import Prediction
+from shared.predictions.status import Status
+from shared.predictions.store import PredictionStore
+from shared.scheduling.queue_counters import QueueFull
 
 SD2, SDXL = "gpu.sd2-depth", "gpu.sdxl"
 

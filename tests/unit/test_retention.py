@@ -1,5 +1,5 @@
-"""Retention and record expiry (``shared.retention``) on fakeredis with Lua, and the list of keys
-Kiln writes (``shared.keys``): each one declares how it stays bounded."""
+"""Retention and record expiry (``shared.predictions.retention``) on fakeredis with Lua, and the list of keys
+Kiln writes (``shared.db.keys``): each one declares how it stays bounded."""
 
 from __future__ import annotations
 
@@ -10,13 +10,13 @@ from dataclasses import dataclass, field
 import fakeredis
 import pytest
 
-from shared import keys
-from shared.lifecycle import PredictionLifecycle
-from shared.metrics import JANITOR_LAG
-from shared.prediction import Prediction
-from shared.retention import Janitor, schedule
-from shared.status import Status
-from shared.store import PredictionStore
+from shared.db import keys
+from shared.predictions.lifecycle import PredictionLifecycle
+from shared.predictions.record import Prediction
+from shared.predictions.retention import Janitor, schedule
+from shared.predictions.status import Status
+from shared.predictions.store import PredictionStore
+from shared.runtime.metrics import JANITOR_LAG
 
 BOUND_KINDS = {"ttl", "record", "swept", "config", "channel"}
 
@@ -51,9 +51,9 @@ def key_builders() -> list[str]:
 
 def test_every_key_kiln_writes_declares_how_it_stays_bounded():
     builders = key_builders()
-    assert builders, "shared.keys has key builders"
+    assert builders, "shared.db.keys has key builders"
     undeclared = [name for name in builders if name not in keys.BOUNDS]
-    assert not undeclared, f"keys without a bound in shared.keys.BOUNDS: {undeclared}"
+    assert not undeclared, f"keys without a bound in shared.db.keys.BOUNDS: {undeclared}"
     assert set(keys.BOUNDS) <= set(builders), "BOUNDS names a key builder that no longer exists"
     assert set(keys.BOUNDS.values()) <= BOUND_KINDS
 

@@ -9,7 +9,7 @@ import socket
 
 import pytest
 
-from shared.ssrf import URLRefused, forbidden_reason, resolve_checked
+from shared.security.ssrf import URLRefused, forbidden_reason, resolve_checked
 from tests.support.addresses import ADDRESSES, LOCAL_DEVELOPMENT
 
 

@@ -14,16 +14,16 @@ import httpx
 import pytest
 import trustme
 
-import shared.ssrf
+import shared.security.ssrf
 from api.errors import ProblemError
-from api.lora_inputs import check_lora_inputs
-from api.submission import check_webhook
+from api.intake.lora import check_lora_inputs
+from api.intake.submission import check_webhook
 from models.registry import MODELS
-from shared.images import ImageInputError, fetch_url
+from shared.inputs.images import ImageInputError, fetch_url
 from shared.settings import Settings
-from shared.webhook_delivery import SignedBody, post_signed
-from shared.webhook_outbox import Delivery
-from shared.webhook_secrets import new_webhook_secret
+from shared.webhooks.delivery import SignedBody, post_signed
+from shared.webhooks.outbox import Delivery
+from shared.webhooks.secrets import new_webhook_secret
 from tests.integration.image_servers import ImageServer, trust_in_the_guard
 from tests.support import png_bytes
 from tests.support.addresses import ADDRESSES, LOCAL_DEVELOPMENT
@@ -63,7 +63,7 @@ def sent(monkeypatch: pytest.MonkeyPatch) -> list[httpx.Request]:
         return httpx.Response(200, content=png_bytes(4, 4) if request.url.path.endswith(".png") else LORA_BYTES)
 
     client = httpx.Client(transport=httpx.MockTransport(answer))
-    monkeypatch.setattr(shared.ssrf, "pinned_client", lambda timeout_s: client)
+    monkeypatch.setattr(shared.security.ssrf, "pinned_client", lambda timeout_s: client)
     return requests
 
 

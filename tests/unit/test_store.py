@@ -13,11 +13,11 @@ import pytest
 import redis
 
 from deploy.devstack.servers import RedisServer
-from shared import keys
-from shared.prediction import Prediction, new_ids
-from shared.redis_client import AlreadyStored, create_new
-from shared.status import Status
-from shared.store import PredictionStore
+from shared.db import keys
+from shared.db.client import AlreadyStored, create_new
+from shared.predictions.record import Prediction, new_ids
+from shared.predictions.status import Status
+from shared.predictions.store import PredictionStore
 
 # Rounds of the start/cancel race: each side wins about half of them, and a non-atomic guard fails within them.
 RACE_ROUNDS = 300

@@ -14,14 +14,14 @@ import fakeredis
 import pytest
 from fastapi.sse import ServerSentEvent
 
-from api.events import EventHub
-from api.streaming import BadEventId, EventIds, Position, StreamContext, done_data, prediction_events
-from shared import keys
-from shared.prediction import Prediction, utcnow
-from shared.prediction_json import refresh_output_urls, render_prediction
-from shared.signed_urls import UrlSigner, Verdict
-from shared.status import Status
-from shared.store import PredictionStore
+from api.streams.events import EventHub
+from api.streams.sse import BadEventId, EventIds, Position, StreamContext, done_data, prediction_events
+from shared.db import keys
+from shared.predictions.client_json import refresh_output_urls, render_prediction
+from shared.predictions.record import Prediction, utcnow
+from shared.predictions.status import Status
+from shared.predictions.store import PredictionStore
+from shared.security.signed_urls import UrlSigner, Verdict
 
 SIGNER = UrlSigner("secret", 3600)
 

@@ -9,10 +9,10 @@ import pytest
 import redis
 
 from deploy.devstack.servers import RedisServer
-from shared import queues
-from shared.celery_config import create_celery
+from shared.runtime.celery_config import create_celery
+from shared.scheduling import queues
+from shared.scheduling.task_messages import PredictMessages, priority_step
 from shared.settings import Settings
-from shared.task_messages import PredictMessages, priority_step
 
 PREDICTION_ID = "01jd5s3q8k6v0n2x4z7b9c1e3g"
 

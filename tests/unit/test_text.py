@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 
 from api.errors import problem_body
-from shared.prediction_json import refresh_output_urls
-from shared.signed_urls import UrlSigner, Verdict
-from shared.text import find_invalid_text, printable
+from api.intake.text import find_invalid_text, printable
+from shared.predictions.client_json import refresh_output_urls
+from shared.security.signed_urls import UrlSigner, Verdict
 
 
 def test_lone_surrogates_are_found_in_values_and_keys_with_their_path():

@@ -8,9 +8,16 @@ from concurrent.futures import ThreadPoolExecutor
 import fakeredis
 import pytest
 
-from shared import keys
 from shared.cli import run
-from shared.tokens import TokenError, TokenLimits, TokenRegistry, bootstrap_tokens, publish_bootstrap, token_digest
+from shared.db import keys
+from shared.security.tokens import (
+    TokenError,
+    TokenLimits,
+    TokenRegistry,
+    bootstrap_tokens,
+    publish_bootstrap,
+    token_digest,
+)
 
 
 def test_bootstrap_entries_have_names_and_digests():

@@ -11,12 +11,12 @@ import fakeredis
 import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from shared.secrets import url_signing_secret
+from shared.security.server_secrets import url_signing_secret
+from shared.security.signed_urls import UrlSigner, Verdict
+from shared.security.ssrf import URLRefused, forbidden_reason, resolve_checked
 from shared.settings import Settings
-from shared.signed_urls import UrlSigner, Verdict
-from shared.ssrf import URLRefused, forbidden_reason, resolve_checked
-from shared.webhook_secrets import WebhookSecrets, new_webhook_secret
-from shared.webhooks import signature_headers
+from shared.webhooks.secrets import WebhookSecrets, new_webhook_secret
+from shared.webhooks.signing import signature_headers
 
 BODY = '{"id": "abc", "status": "succeeded"}'
 

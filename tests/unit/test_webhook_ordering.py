@@ -6,11 +6,11 @@ from __future__ import annotations
 import fakeredis
 import pytest
 
-from shared import webhook_delivery
-from shared.prediction import Prediction
+from shared.predictions.record import Prediction
 from shared.settings import Settings
-from shared.webhook_delivery import AttemptResult, SignedBody, attempt_delivery
-from shared.webhook_outbox import DELIVERED, FAILED, PENDING, WebhookOutbox
+from shared.webhooks.delivery import AttemptResult, SignedBody, attempt_delivery
+from shared.webhooks.outbox import DELIVERED, FAILED, PENDING, WebhookOutbox
+from shared.webhooks import delivery as webhook_delivery
 
 
 def signing(delivery):

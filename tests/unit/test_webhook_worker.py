@@ -8,7 +8,7 @@ import json
 import subprocess
 import sys
 
-from shared import queues
+from shared.scheduling import queues
 from tests.support import REPO_ROOT
 
 HEAVY = {"torch", "diffusers", "transformers", "controlnet_aux", "accelerate", "torchvision"}

@@ -55,7 +55,7 @@ def depth2img_pool(make_settings: Callable[..., Settings]) -> PredictorPool:
 @pytest.fixture(scope="module")
 def pool(make_settings: Callable[..., Settings]) -> PredictorPool:
     """The tiny XL predictors, set up once per test module."""
-    from shared import queues
+    from shared.scheduling import queues
     from worker.predictor_pool import PredictorPool
 
     pool = PredictorPool(make_settings())

@@ -9,7 +9,7 @@ from typing import Any
 from PIL import Image
 
 from models.kit.contract import PredictionCanceled
-from shared.images import decode_image, load_image_bytes
+from shared.inputs.images import decode_image, load_image_bytes
 
 
 class FakeContext:

@@ -16,13 +16,13 @@ from PIL import Image
 from redis import Redis
 
 from models.registry import find_model
-from shared.celery_config import create_celery
-from shared.enqueue import enqueue_prediction
-from shared.objects import StorageUnavailable, output_key
-from shared.prediction import Prediction
+from shared.predictions.record import Prediction
+from shared.predictions.store import PredictionStore
+from shared.runtime.celery_config import create_celery
+from shared.scheduling.enqueue import enqueue_prediction
+from shared.scheduling.task_messages import PredictMessages
 from shared.settings import Settings
-from shared.store import PredictionStore
-from shared.task_messages import PredictMessages
+from shared.storage.objects import StorageUnavailable, output_key
 from worker.predictor_pool import PredictorPool
 from worker.queue_peek import QueuePeek, prediction_id_of
 from worker.runner import PredictionRunner
@@ -55,7 +55,7 @@ class RecordingNotifier:
 
 class Harness:
     """``redis``: a URL (messages published by Celery's ``send_task``) or a client such as fakeredis
-    (messages rendered by ``shared.task_messages``, byte-for-byte what kombu would push)."""
+    (messages rendered by ``shared.scheduling.task_messages``, byte-for-byte what kombu would push)."""
 
     def __init__(
         self, redis: str | Redis, settings: Settings, predictors: PredictorPool, storage: MemoryStorage | None = None

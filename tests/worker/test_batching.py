@@ -13,8 +13,8 @@ from models.kit.contract import Predictor
 from models.registry import find_model
 from models.sd2_depth2img.schema import Depth2ImgInput
 from models.sdxl_family.schema import IPAdapterXLInput
+from shared.predictions.status import Status
 from shared.settings import Settings
-from shared.status import Status
 from tests.support.worker_inputs import FAST, INPUTS, MODEL, gradient, png_uri
 from tests.support.xl_inputs import FACE, RAMP
 from tests.worker.fakes import FakeContext

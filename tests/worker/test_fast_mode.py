@@ -30,8 +30,8 @@ from models.registry import MODELS
 from models.sd2_depth2img.predictor import Depth2ImgPredictor
 from models.sd2_depth2img.schema import Depth2ImgInput
 from models.sdxl_family.predictor import IPAdapterXLPredictor
-from shared import queues
-from shared.input_schema import Speed
+from shared.inputs.schema import Speed
+from shared.scheduling import queues
 from shared.settings import Settings
 from tests.support.predictions import depth2img_input
 from tests.support.xl_inputs import inputs

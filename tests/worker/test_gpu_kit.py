@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.bench.gpu_kit import pack, truth
+from tools.gpu_kit import pack, truth
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL_FIELDS = {"workload", "kiln", "stock", "ratio_kiln_over_stock", "idle"}
@@ -25,7 +25,7 @@ def run_kit(out: Path, weights_dir: Path, *args: str) -> dict:
         [
             sys.executable,
             "-m",
-            "tests.bench.gpu_kit",
+            "tools.gpu_kit",
             "--out",
             str(out),
             "--profile",

@@ -22,7 +22,7 @@ from models.sdxl_family.configs import tiny_configs
 from models.sdxl_family.predictor import IPAdapterXLPredictor, detect_resolution
 from models.sdxl_family.schema import IPAdapterXLInput
 from models.sdxl_family.weights import xl_weights
-from shared.input_schema import Scheduler
+from shared.inputs.schema import Scheduler
 from tests.support import data_uri, png_bytes
 from tests.worker.fakes import FakeContext, SpyDetector
 

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from shared.objects import output_key
+from shared.predictions.status import Status
 from shared.settings import Settings
-from shared.status import Status
+from shared.storage.objects import output_key
 from tests.support.worker_inputs import FAST, INPUTS, MODEL
 from tests.worker.runner_harness import Harness
 from worker.predictor_pool import PredictorPool

@@ -8,9 +8,9 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from shared import queues
+from shared.predictions.status import Status
+from shared.scheduling import queues
 from shared.settings import Settings
-from shared.status import Status
 from tests.support import wait_until
 from tests.support.step_gates import StepGate
 from tests.support.worker_inputs import FAST, INPUTS, MODEL

@@ -10,8 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from deploy.devstack.servers import RedisServer
+from shared.predictions.status import Status
 from shared.settings import Settings
-from shared.status import Status
 from tests.support.worker_inputs import FAST, INPUTS, MODEL
 from tests.worker.runner_harness import Harness
 from worker.predictor_pool import PredictorPool

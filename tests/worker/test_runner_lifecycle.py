@@ -9,10 +9,10 @@ from datetime import timedelta
 
 import pytest
 
-from shared import keys
-from shared.prediction import format_timestamp, utcnow
+from shared.db import keys
+from shared.predictions.record import format_timestamp, utcnow
+from shared.predictions.status import Status
 from shared.settings import Settings
-from shared.status import Status
 from tests.support.lifecycle import record_endings
 from tests.support.worker_inputs import FAST, INPUTS, MODEL, gradient, png_uri
 from tests.worker.runner_harness import Harness

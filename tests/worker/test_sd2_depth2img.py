@@ -14,8 +14,8 @@ from models.kit.contract import PredictionCanceled
 from models.sd2_depth2img.predictor import SCHEDULERS, Depth2ImgPredictor, output_size
 from models.sd2_depth2img.schema import Depth2ImgInput
 from models.sd2_depth2img.weights import ensure_tiny_sd2_depth2img
-from shared.images import ImageInputError
-from shared.input_schema import Scheduler
+from shared.inputs.images import ImageInputError
+from shared.inputs.schema import Scheduler
 from shared.settings import Settings
 from tests.support import data_uri, png_bytes
 from tests.support.worker_inputs import INPUT_64, gradient, png_uri

@@ -8,8 +8,8 @@ import threading
 import fakeredis
 import pytest
 
-from shared import keys
-from shared.prediction import Prediction
+from shared.db import keys
+from shared.predictions.record import Prediction
 from shared.settings import Settings
 from worker.interrupts import HandedBack
 from worker.step_gates import StepGate

@@ -10,7 +10,7 @@ from torch._dynamo.utils import counters
 
 from models.kit.tuning import Tuning
 from models.registry import find_model
-from shared.input_schema import InputLimits, image_inputs
+from shared.inputs.schema import InputLimits, image_inputs
 from tests.support.nested_images import ListOfImagesInput, NestedImagesInput
 from worker import compile_cache
 from worker.predictor_pool import PredictorPool

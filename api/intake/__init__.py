@@ -1,0 +1,1 @@
+"""What a create passes through: validation, image staging, idempotency, batches in."""

@@ -1,0 +1,104 @@
+"""``POST /v1/predictions/batch``: many creates in one request, each item validated on its own.
+
+Valid items are stored and enqueued in one Redis transaction (batch priority, behind single
+creates); the answer lists, in order, each created prediction or the problem with its item. The
+batch is admitted against the queue caps whole or not at all.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, cast
+
+from pydantic import ValidationError
+
+from api.errors import ProblemError, input_validation_problem, problem_body, reject_invalid_text
+from api.intake.idempotency import TTL_S, await_first_request, fingerprint
+from api.intake.image_staging import RequestImages
+from api.intake.submission import prepare, store_and_enqueue
+from api.schemas import CreateInBatch
+from api.services import Services
+from models.registry import UnknownModelError, find_model, resolve_version
+from shared.db import keys
+from shared.model_spec import ModelSpec
+from shared.predictions.record import Prediction, new_id
+from shared.scheduling import queues
+
+
+def _model_of(item: CreateInBatch, services: Services) -> ModelSpec:
+    if (item.version is None) == (item.model is None):
+        raise ProblemError(422, "give exactly one of version (a version id, owner/name or owner/name:id) or model")
+    try:
+        if item.version:
+            return resolve_version(item.version, services.settings)
+        assert item.model is not None  # exactly one of the two is given (checked above)
+        return find_model(item.model)
+    except UnknownModelError as exc:
+        raise ProblemError(422, f"{'version' if item.version else 'model'}: {exc}") from None
+
+
+def prepare_item(
+    services: Services, tenant: str, raw: dict[str, Any], base_url: str, images: RequestImages | set[str]
+) -> Prediction:
+    """One item as a prediction ready to store; ``ProblemError`` says what is wrong with it."""
+    reject_invalid_text(raw)
+    try:
+        item = CreateInBatch.model_validate(raw)
+    except ValidationError as exc:
+        raise input_validation_problem(exc, prefix=()) from None
+    return prepare(services, tenant, _model_of(item, services), item, base_url, images)
+
+
+def submit_batch(
+    services: Services,
+    tenant: str,
+    items: list[dict[str, Any]],
+    base_url: str,
+    idempotency_key: str | None,
+    tenant_cap: int | None = None,
+) -> tuple[list[dict[str, Any]], bool]:
+    """Create the batch (or replay it, for a repeated Idempotency-Key); returns the rendered results
+    and whether they were created now."""
+    limit = services.settings.batch_max_items
+    if len(items) > limit:
+        raise ProblemError(422, f"predictions: {len(items)} items, at most {limit} per batch (KILN_BATCH_MAX_ITEMS)")
+    batch_id = new_id()
+    if idempotency_key is not None:
+        request = fingerprint("batch", {"predictions": items})
+        existing = services.idempotency.claim(tenant, idempotency_key, request, batch_id)
+        if existing is not None:
+            return _replay(services, existing, base_url), False
+    with services.idempotency.released_on_failure(tenant, idempotency_key):
+        results = _create(services, tenant, items, base_url, tenant_cap)
+    entries = [{"id": r.id} if isinstance(r, Prediction) else {"problem": r} for r in results]
+    if idempotency_key is not None:
+        services.redis.set(keys.batch(batch_id), json.dumps(entries), ex=TTL_S)
+    return [services.render(r, base_url) if isinstance(r, Prediction) else r for r in results], True
+
+
+def _create(
+    services: Services, tenant: str, items: list[dict[str, Any]], base_url: str, tenant_cap: int | None
+) -> list[Prediction | dict[str, Any]]:
+    results: list[Prediction | dict[str, Any]] = []
+    images = RequestImages()  # images of this batch: each checked and uploaded once
+    for raw in items:
+        try:
+            results.append(prepare_item(services, tenant, raw, base_url, images))
+        except ProblemError as exc:
+            results.append(problem_body(exc.status, exc.detail, **exc.extra))
+    valid = [r for r in results if isinstance(r, Prediction)]
+    if valid:
+        store_and_enqueue(services, valid, queues.PRIORITY_BATCH, tenant_cap)
+    return results
+
+
+def _replay(services: Services, batch_id: str, base_url: str) -> list[dict[str, Any]]:
+    """The first request's results, with each prediction as it is now."""
+    stored = await_first_request(lambda: cast("bytes | None", services.redis.get(keys.batch(batch_id))), "a batch")
+    entries = json.loads(stored)
+    found = {p.id: p for p in services.store.get_many([e["id"] for e in entries if "id" in e])}
+    return [
+        services.render(found[e["id"]], base_url) if "id" in e else e["problem"]
+        for e in entries
+        if "problem" in e or e["id"] in found
+    ]

@@ -1,0 +1,259 @@
+"""Turning a create request into a stored, enqueued prediction, and answering it."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterable
+from datetime import datetime, timedelta
+
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+
+from api.auth import Caller
+from api.errors import ProblemError, reject_invalid_text
+from api.intake.idempotency import await_first_request, fingerprint
+from api.intake.image_staging import RequestImages, stage_images
+from api.intake.inputs import validate_input
+from api.intake.lora import check_lora_inputs
+from api.schemas import PredictionFields
+from api.services import Services
+from api.streams.waiting import parse_prefer_wait, wait_until_terminal
+from shared.db.client import AlreadyStored
+from shared.model_spec import ModelSpec
+from shared.predictions.deadlines import BadDuration, parse_duration
+from shared.predictions.record import Prediction, new_id, utcnow
+from shared.predictions.status import Status
+from shared.predictions.store import read_prediction
+from shared.runtime.metrics import record_created
+from shared.scheduling import queues
+from shared.scheduling.queue_counters import QueueFull
+from shared.security.ssrf import URLRefused, resolve_checked
+from shared.storage.objects import prediction_prefix
+
+log = logging.getLogger(__name__)
+
+# Over a queue cap: predictions start every few seconds, so this is when room is likely.
+QUEUE_FULL_RETRY_AFTER_S = 5
+
+
+def deadline_after(cancel_after: str | None) -> datetime | None:
+    """The deadline a ``Cancel-After`` header sets (from now), or a 400 naming the header."""
+    if cancel_after is None:
+        return None
+    try:
+        return utcnow() + timedelta(seconds=parse_duration(cancel_after))
+    except BadDuration as exc:
+        raise ProblemError(400, f"Cancel-After: {exc}") from None
+
+
+def check_webhook(url: str | None, services: Services) -> str | None:
+    """Refuse webhook URLs the sender would refuse (SSRF guard), so the client learns it now."""
+    if url is None:
+        return None
+    try:
+        resolve_checked(url, allow_private=services.settings.webhook_allow_private)
+    except URLRefused as exc:
+        raise ProblemError(422, f"webhook: {exc}") from None
+    return url
+
+
+def prepare(
+    services: Services,
+    tenant: str,
+    spec: ModelSpec,
+    body: PredictionFields,
+    base_url: str,
+    images: RequestImages | set[str] | None = None,
+    deadline: datetime | None = None,
+    deployment: str | None = None,
+) -> Prediction:
+    """Validate a create request (input, LoRA inputs, webhook, every image) into a prediction ready
+    to store, its large and remote images stored in S3 (``api.intake.image_staging``).
+
+    ``images`` is shared by the items of one request (a batch), so an image repeated across them is
+    checked and uploaded once; a bare set is taken as the data URIs already checked."""
+    images = images if isinstance(images, RequestImages) else RequestImages(checked=images or set())
+    # First: text that is not valid Unicode is never fetched, stored or echoed.
+    reject_invalid_text(body.input, "input")
+    prediction_id = new_id()
+    inputs = validate_input(spec, body.input, services, tenant, base_url, images.checked)
+    check_lora_inputs(spec, inputs, services, tenant, base_url, images.checked)
+    webhook = check_webhook(str(body.webhook) if body.webhook else None, services)
+    try:
+        inputs, input_files = stage_images(spec, inputs, services, tenant, prediction_id, base_url, images)
+    except BaseException:
+        images.forget(prediction_id)
+        discard_staged_inputs(services, [prediction_id])  # a 4xx leaves no object behind
+        raise
+    return Prediction(
+        id=prediction_id,
+        tenant=tenant,
+        model=spec.ref,
+        version=spec.version_id(services.settings),
+        queue=spec.queue,
+        input=inputs,
+        input_files=input_files,
+        webhook=webhook,
+        webhook_events_filter=list(body.webhook_events_filter) if body.webhook_events_filter is not None else None,
+        base_url=base_url,
+        deadline=deadline,
+        deployment=deployment,
+    )
+
+
+def discard_staged_inputs(services: Services, prediction_ids: Iterable[str]) -> None:
+    """Delete what was staged in S3 for predictions that will not be stored (best effort: the
+    answer is the problem that stopped them, not a storage error)."""
+    for prediction_id in prediction_ids:
+        try:
+            services.storage.delete_prefix(prediction_prefix(prediction_id))
+        except Exception as exc:
+            log.warning("staged inputs of refused prediction %s not deleted: %s", prediction_id, exc)
+
+
+def store_and_enqueue(
+    services: Services, predictions: list[Prediction], priority: int, tenant_cap: int | None = None
+) -> None:
+    """Store predictions within the queue caps and enqueue them, in one Redis transaction: 429
+    (tenant: ``tenant_cap``, else ``KILN_MAX_QUEUED_PER_TENANT``) or 503 (global cap) with nothing
+    stored; Redis down is a 503 with nothing stored. Inputs staged for them are deleted then."""
+    settings = services.settings
+    tenant_cap = tenant_cap or settings.max_queued_per_tenant
+
+    def priority_at(position: int) -> int:
+        """A batch item's priority depends on how many of its tenant's predictions queue before it."""
+        if priority != queues.PRIORITY_BATCH:
+            return priority
+        return queues.batch_priority(position, settings.batch_heavy_after)
+
+    def messages(queued_before: int) -> list[tuple[str, str]]:
+        return [
+            services.messages.render(p.id, p.queue, priority_at(queued_before + i)) for i, p in enumerate(predictions)
+        ]
+
+    try:
+        services.store.create_many(
+            predictions, tenant_cap=tenant_cap, total_cap=settings.max_queued_total, messages=messages
+        )
+    except BaseException as exc:
+        if not isinstance(exc, AlreadyStored):  # an id taken: what is staged under it is not only ours
+            discard_staged_inputs(services, (p.id for p in predictions if p.input_files))
+        if isinstance(exc, QueueFull):
+            raise _queue_full_problem(exc, len(predictions)) from None
+        raise
+    record_created(p.model for p in predictions)
+
+
+def _queue_full_problem(exc: QueueFull, count: int) -> ProblemError:
+    """429/503 with a Retry-After when ``count`` more predictions would fit once some have started;
+    422 without one when ``count`` is over the cap itself (no wait would ever admit them)."""
+    tenant = exc.scope == "tenant"
+    who = "this token" if tenant else "the service"
+    setting = "the token's max_queued, else KILN_MAX_QUEUED_PER_TENANT" if tenant else "KILN_MAX_QUEUED_TOTAL"
+    if count > exc.cap:
+        return ProblemError(
+            422,
+            f"{count} predictions in one request, but {who} may have at most {exc.cap} queued ({setting}): "
+            f"they can never fit; send at most {exc.cap} at a time",
+        )
+    return ProblemError(
+        429 if tenant else 503,
+        f"{who} may have at most {exc.cap} predictions queued ({setting}); {count} more would not fit now; "
+        "retry when some have started",
+        headers={"Retry-After": str(QUEUE_FULL_RETRY_AFTER_S)},
+    )
+
+
+def submit(
+    services: Services,
+    tenant: str,
+    spec: ModelSpec,
+    body: PredictionFields,
+    base_url: str,
+    idempotency_key: str | None = None,
+    tenant_cap: int | None = None,
+    deadline: datetime | None = None,
+    deployment: str | None = None,
+) -> tuple[Prediction, bool]:
+    """Store the prediction, then enqueue its id; returns it and whether it was created now.
+
+    The record is written first so a worker never receives an id it cannot find; if enqueueing
+    fails, the record says so instead of hanging. With an Idempotency-Key, a repeat of the same
+    request returns the first prediction instead of creating another.
+    """
+    prediction = prepare(services, tenant, spec, body, base_url, deadline=deadline, deployment=deployment)
+    if idempotency_key is not None:
+        request = fingerprint(spec.ref, body.model_dump(mode="json", exclude_unset=True))
+        try:
+            existing = services.idempotency.claim(tenant, idempotency_key, request, prediction.id)
+        except BaseException:
+            discard_staged_inputs(services, [prediction.id] if prediction.input_files else [])
+            raise
+        if existing is not None:
+            discard_staged_inputs(services, [prediction.id] if prediction.input_files else [])
+            return _stored_by_first_request(services, existing), False
+    with services.idempotency.released_on_failure(tenant, idempotency_key):
+        store_and_enqueue(services, [prediction], queues.PRIORITY_INTERACTIVE, tenant_cap)
+    return prediction, True
+
+
+def _stored_by_first_request(services: Services, prediction_id: str) -> Prediction:
+    return await_first_request(lambda: services.store.get(prediction_id), "a request")
+
+
+async def create_and_respond(
+    services: Services,
+    caller: Caller,
+    spec: ModelSpec,
+    body: PredictionFields,
+    base_url: str,
+    prefer: str | None,
+    idempotency_key: str | None,
+    cancel_after: str | None = None,
+    deployment: str | None = None,
+) -> JSONResponse:
+    """Create (or replay) the prediction; with ``Prefer: wait``, hold the answer until it is terminal.
+
+    A waited create takes one of the token's open-stream slots first (429 when none is free, with
+    nothing stored). Once the prediction is stored the answer is a 201 whatever happens while
+    waiting: a client that retried a 5xx would run it twice."""
+    wait_s = parse_prefer_wait(prefer, services.settings.prefer_wait_default_s)
+    deadline = deadline_after(cancel_after)
+    async with contextlib.AsyncExitStack() as held:
+        if wait_s is not None:
+            await held.enter_async_context(services.stream_slots.hold(caller.tenant))
+        prediction, created = await run_in_threadpool(
+            submit,
+            services,
+            caller.tenant,
+            spec,
+            body,
+            base_url,
+            idempotency_key,
+            caller.max_queued,
+            deadline,
+            deployment,
+        )
+        headers = {} if created else {"Idempotent-Replayed": "true"}
+        if wait_s is not None:
+            headers["Preference-Applied"] = f"wait={wait_s}"
+            prediction = await _after_waiting(services, prediction, wait_s)
+    rendered = services.render(prediction, base_url)
+    if wait_s is not None and not prediction.status.is_terminal():
+        headers["Location"] = rendered["urls"]["get"]
+        # Replicate's Python client polls after a waited create only when the status is "starting";
+        # any other unfinished status with no output would make replicate.run() return None.
+        if rendered["output"] is None:
+            rendered["status"] = Status.STARTING.value
+    return JSONResponse(rendered, status_code=201, headers=headers)
+
+
+async def _after_waiting(services: Services, stored: Prediction, wait_s: int) -> Prediction:
+    """The prediction once terminal or after ``wait_s``; as stored if waiting or reading fails."""
+    try:
+        await wait_until_terminal(services.events, services.async_redis, stored.id, wait_s)
+        return await read_prediction(services.async_redis, stored.id) or stored
+    except Exception as exc:
+        log.warning("waiting for prediction %s failed (%r); answering with it as stored", stored.id, exc)
+        return stored

@@ -1,0 +1,1 @@
+"""OpenAPI documents: the API's own and each model version's."""

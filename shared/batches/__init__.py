@@ -1,0 +1,1 @@
+"""Batches as objects (``/v1/batches``): their records, counts and completion."""

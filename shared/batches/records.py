@@ -1,0 +1,298 @@
+"""Batches as objects (``/v1/batches``): the record, its items in submission order, its one webhook.
+
+A batch's record is a Redis hash (``keys.batch_record``): who made it, its status, when, its
+webhook, and per-status counts of its items that the items' own status changes keep
+(``shared.batches.counts``). Its items are a list (``keys.batch_items``) of prediction ids, and of
+refused items with their line number and problem, in the order they were submitted: the results
+file reads it in pages. When the last item ends, the Lua script that ended it files the batch as
+finished; ``BatchSettler`` then records its one ``completed`` webhook (a maintenance job of every
+worker, and the API right after a cancel), under a delivery id made from the batch id, so however
+many settlers race, it is recorded once.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from redis import Redis
+
+from shared.batches.counts import CANCELED, COMPLETED, LUA_BATCH_FINISH, QUEUED, RUNNING, VALIDATING
+from shared.db import keys
+from shared.db.client import as_text, create_new, newest_first_page
+from shared.predictions.record import format_timestamp, new_id
+from shared.predictions.status import LUA_STATUS_TABLE, Status
+
+if TYPE_CHECKING:
+    from redis.client import Pipeline
+    from redis.typing import EncodableT, FieldT
+
+# How long a batch's items are given to finish; its keys are kept that long plus its items' record
+# retention (``BatchStore.ttl_s``), so the fields its items' records share outlive those records.
+BATCH_TTL_S = 7 * 24 * 3600
+# Marks a refused item in the item list.
+INVALID_MARK = "!"
+# A settler that took a finished batch and died: another takes it after this long.
+SETTLE_LEASE_S = 60.0
+
+# KEYS[1]: the batch record. ARGV[1]: the batch id. A batch done validating becomes queued, and ends
+# at once when no item is left unfinished (all refused, or all already ended). Returns 1 when it ended.
+_SEAL = (
+    LUA_STATUS_TABLE
+    + LUA_BATCH_FINISH
+    + f"""
+if redis.call('HGET', KEYS[1], 'status') == '{VALIDATING}' then redis.call('HSET', KEYS[1], 'status', '{QUEUED}') end
+return batch_try_finish(KEYS[1], ARGV[1])
+"""
+)
+
+# KEYS[1]: the finished set. ARGV[1]: now, ARGV[2]: lease, ARGV[3]: limit. Claims finished batches
+# by pushing their score a lease ahead (as the webhook outbox claims due deliveries).
+_CLAIM_FINISHED = """
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
+for _, id in ipairs(ids) do redis.call('ZADD', KEYS[1], tonumber(ARGV[1]) + tonumber(ARGV[2]), id) end
+return ids
+"""
+
+
+@dataclass
+class Batch:
+    id: str
+    tenant: str
+    status: str
+    created_at: float
+    base_url: str
+    completed_at: float | None = None
+    webhook: str | None = None
+    # Where the items came from: "inline" or the input file's URL.
+    source: str = "inline"
+    # Items submitted (lines of the file), of which ``refused`` were invalid and never ran.
+    total: int = 0
+    refused: int = 0
+    cancel_requested: bool = False
+    counts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def shown_status(self) -> str:
+        """``running`` once any item started or ended, until the batch ends."""
+        if self.status == QUEUED and any(self.counts.get(s.value, 0) for s in Status if s is not Status.STARTING):
+            return RUNNING
+        return self.status
+
+    @classmethod
+    def from_hash(cls, fields: Mapping[bytes | str, bytes | str]) -> Batch:
+        raw = {as_text(k): as_text(v) for k, v in fields.items()}
+        completed = raw.get("completed_at")
+        return cls(
+            id=raw["id"],
+            tenant=raw["tenant"],
+            status=raw["status"],
+            created_at=float(raw["created_at"]),
+            base_url=raw.get("base_url", ""),
+            completed_at=float(completed) if completed else None,
+            webhook=raw.get("webhook") or None,
+            source=raw.get("source", "inline"),
+            total=int(raw.get("total", 0)),
+            refused=int(raw.get("refused", 0)),
+            cancel_requested="cancel_requested" in raw,
+            counts={name[2:]: max(0, int(value)) for name, value in raw.items() if name.startswith("n:")},
+        )
+
+
+def batch_path(batch_id: str) -> str:
+    return f"/v1/batches/{batch_id}"
+
+
+def render_batch(batch: Batch, base_url: str | None = None) -> dict[str, Any]:
+    """The batch object clients and its webhook see."""
+    base = batch.base_url if base_url is None else base_url
+    get_url = f"{base}{batch_path(batch.id)}"
+    counts = {status.value: batch.counts.get(status.value, 0) for status in Status}
+    return {
+        "id": batch.id,
+        "status": batch.shown_status,
+        "source": batch.source,
+        "counts": counts | {"total": batch.total, "invalid": batch.refused},
+        "created_at": _timestamp(batch.created_at),
+        "completed_at": _timestamp(batch.completed_at),
+        "webhook": batch.webhook,
+        "urls": {
+            "get": get_url,
+            "cancel": f"{get_url}/cancel",
+            "predictions": f"{get_url}/predictions",
+            "results": f"{get_url}/results",
+            "web": f"{base}/playground/batches/{batch.id}",
+        },
+    }
+
+
+def _timestamp(unix: float | None) -> str | None:
+    return None if unix is None else format_timestamp(datetime.fromtimestamp(unix, UTC))
+
+
+@dataclass(frozen=True)
+class RefusedItem:
+    line: int
+    problem: dict[str, Any]
+
+
+def invalid_entry(item: RefusedItem) -> str:
+    return INVALID_MARK + orjson.dumps({"line": item.line, "problem": item.problem}).decode()
+
+
+def parse_entry(entry: bytes | str) -> str | RefusedItem:
+    """A prediction id, or the refused item an entry of the item list stands for."""
+    text = as_text(entry)
+    if not text.startswith(INVALID_MARK):
+        return text
+    found = json.loads(text[1:])
+    return RefusedItem(found["line"], found["problem"])
+
+
+class BatchStore:
+    def __init__(self, redis: Redis, record_retention_s: float = 30 * 24 * 3600) -> None:
+        self.redis = redis
+        # A batch's keys (record, items, shared fields) expire this long after it was created.
+        self.ttl_s = int(BATCH_TTL_S + record_retention_s)
+        self._seal = redis.register_script(_SEAL)
+        self._claim_finished = redis.register_script(_CLAIM_FINISHED)
+
+    def create(
+        self, tenant: str, base_url: str, webhook: str | None, source: str, total: int, batch_id: str | None = None
+    ) -> Batch:
+        """A new batch, ``validating`` until ``seal``; ``AlreadyStored``, nothing written, if a batch
+        of that id exists."""
+        batch = Batch(
+            id=batch_id or new_id(),
+            tenant=tenant,
+            status=VALIDATING,
+            created_at=time.time(),
+            base_url=base_url,
+            webhook=webhook,
+            source=source,
+            total=total,
+        )
+        fields: dict[FieldT, EncodableT] = {
+            "id": batch.id,
+            "tenant": tenant,
+            "status": VALIDATING,
+            "created_at": batch.created_at,
+            "base_url": base_url,
+            "source": source,
+            "total": total,
+            "unfinished": 0,
+        }
+        if webhook:
+            fields["webhook"] = webhook
+
+        def fill(pipe: Pipeline) -> None:
+            pipe.hset(keys.batch_record(batch.id), mapping=fields)
+            pipe.expire(keys.batch_record(batch.id), self.ttl_s)
+            pipe.zadd(keys.tenant_batches(tenant), {batch.id: 0})
+
+        create_new(self.redis, [keys.batch_record(batch.id), keys.batch_items(batch.id)], fill)
+        return batch
+
+    def add_items_to_pipeline(
+        self, pipe: Pipeline, batch_id: str, entries: Sequence[str], queued: int, refused: int
+    ) -> None:
+        """Append item entries (prediction ids and ``invalid_entry``s), ``queued`` of them new queued
+        predictions, in the caller's transaction (the one storing their records)."""
+        if entries:
+            pipe.rpush(keys.batch_items(batch_id), *entries)
+            pipe.expire(keys.batch_items(batch_id), self.ttl_s)
+        record = keys.batch_record(batch_id)
+        if queued:
+            pipe.hincrby(record, f"n:{Status.STARTING.value}", queued)
+            pipe.hincrby(record, "unfinished", queued)
+        if refused:
+            pipe.hincrby(record, "refused", refused)
+
+    def seal(self, batch_id: str) -> bool:
+        """Validation is over: the batch is queued (and ends now if nothing is left to run)."""
+        return bool(self._seal(keys=[keys.batch_record(batch_id)], args=[batch_id]))
+
+    def discard(self, batch: Batch) -> None:
+        """Forget a batch refused whole (over a queue cap) before any item was stored."""
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(keys.batch_record(batch.id), keys.batch_items(batch.id))
+            pipe.zrem(keys.tenant_batches(batch.tenant), batch.id)
+            pipe.execute()
+
+    def get(self, batch_id: str) -> Batch | None:
+        fields = self.redis.hgetall(keys.batch_record(batch_id))
+        return Batch.from_hash(fields) if fields else None
+
+    def flag_cancel(self, batch_id: str) -> None:
+        """Remember that the batch was canceled: it ends ``canceled`` rather than ``completed``."""
+        self.redis.hset(keys.batch_record(batch_id), "cancel_requested", 1)
+
+    def cancel_requested(self, batch_id: str) -> bool:
+        return bool(self.redis.hexists(keys.batch_record(batch_id), "cancel_requested"))
+
+    def cut_short(self, batch_id: str) -> None:
+        """A batch canceled (or failed) before all its items were stored: its ``total`` becomes the
+        items it took in, so its counts add up."""
+        self.redis.hset(keys.batch_record(batch_id), "total", self.item_count(batch_id))
+
+    def list_for_tenant(
+        self, tenant: str, *, before: str | None = None, after: str | None = None, limit: int = 100
+    ) -> tuple[list[Batch], bool]:
+        """Newest first, as ``PredictionStore.list_for_tenant``; batches that expired are dropped."""
+        index = keys.tenant_batches(tenant)
+        names, more = newest_first_page(self.redis, index, before=before, after=after, limit=limit)
+        with self.redis.pipeline(transaction=False) as pipe:
+            for batch_id in names:
+                pipe.hgetall(keys.batch_record(batch_id))
+            found = pipe.execute()
+        gone = [batch_id for batch_id, fields in zip(names, found, strict=True) if not fields]
+        if gone:
+            self.redis.zrem(index, *gone)
+        return [Batch.from_hash(fields) for fields in found if fields], more
+
+    def items(self, batch_id: str, start: int, count: int) -> list[str | RefusedItem]:
+        """Entries ``start`` .. ``start + count - 1`` of the batch, in submission order."""
+        return [parse_entry(e) for e in self.redis.lrange(keys.batch_items(batch_id), start, start + count - 1)]
+
+    def iter_items(self, batch_id: str, page: int = 1000) -> Iterator[list[str | RefusedItem]]:
+        """Every entry, a page at a time (the list may grow while a batch is still validating)."""
+        start = 0
+        while entries := self.items(batch_id, start, page):
+            yield entries
+            start += len(entries)
+
+    def item_count(self, batch_id: str) -> int:
+        return int(self.redis.llen(keys.batch_items(batch_id)))
+
+    def claim_finished(self, limit: int = 100) -> list[str]:
+        replies = self._claim_finished(keys=[keys.batches_finished()], args=[time.time(), SETTLE_LEASE_S, limit])
+        return [as_text(i) for i in replies]
+
+    def forget_finished(self, batch_id: str) -> None:
+        self.redis.zrem(keys.batches_finished(), batch_id)
+
+
+def batch_delivery_id(batch_id: str) -> str:
+    """The one ``completed`` webhook delivery of a batch (stable, so it is recorded once)."""
+    return f"msg_batch_{batch_id}"
+
+
+__all__ = [
+    "BATCH_TTL_S",
+    "CANCELED",
+    "COMPLETED",
+    "QUEUED",
+    "RUNNING",
+    "VALIDATING",
+    "Batch",
+    "BatchStore",
+    "RefusedItem",
+    "batch_delivery_id",
+    "invalid_entry",
+    "render_batch",
+]

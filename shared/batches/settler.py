@@ -1,0 +1,53 @@
+"""A finished batch's one ``completed`` webhook, signed like prediction webhooks (its tenant's secret),
+sent through the webhook outbox. ``BatchSettler.settle`` is the one place a batch's end is followed
+up: a maintenance job of every worker runs it, and the API after a cancel. It also brings the
+retention of the inputs its items share forward to its items' own (retention after the last ended)."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from celery import Celery
+
+from shared.batches.records import BatchStore, batch_delivery_id, render_batch
+from shared.predictions import retention
+from shared.scheduling import queues
+from shared.webhooks.outbox import WebhookOutbox
+
+log = logging.getLogger(__name__)
+
+
+class BatchSettler:
+    def __init__(self, batches: BatchStore, outbox: WebhookOutbox, celery: Celery, retention_s: float) -> None:
+        self.batches = batches
+        self.outbox = outbox
+        self.celery = celery
+        # KILN_RETENTION_S: how long after its last item ended a batch's shared inputs are kept.
+        self.retention_s = retention_s
+
+    def settle(self) -> int:
+        """Record the webhook of every batch that finished (once each); returns how many were settled."""
+        settled = 0
+        for batch_id in self.batches.claim_finished():
+            batch = self.batches.get(batch_id)
+            if batch is not None and batch.completed_at is not None:
+                due = batch.completed_at + self.retention_s
+                retention.schedule(self.batches.redis, "batch", batch.id, due)
+            if batch is not None and batch.webhook:
+                body = json.dumps(render_batch(batch))
+                delivery = self.outbox.record_once(
+                    batch_delivery_id(batch.id), batch.id, batch.tenant, batch.webhook, body
+                )
+                if delivery is not None:
+                    self._enqueue(delivery.id)
+            self.batches.forget_finished(batch_id)
+            log.info("batch %s %s", batch_id, batch.status if batch else "expired")
+            settled += 1
+        return settled
+
+    def _enqueue(self, delivery_id: str) -> None:
+        try:
+            self.celery.send_task(queues.DELIVER_WEBHOOK_TASK, args=[delivery_id], queue=queues.WEBHOOKS)
+        except Exception as exc:  # the outbox's poller sends it once its lease passes
+            log.warning("batch webhook %s not enqueued now (%s); the poller will send it", delivery_id, exc)

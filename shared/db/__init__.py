@@ -1,0 +1,1 @@
+"""Redis: every key Kiln writes, the clients, and the Lua scripts."""

@@ -1,0 +1,1 @@
+"""What model inputs are built from and checked with: schema pieces, images, LoRA files, output formats."""

@@ -1,0 +1,106 @@
+"""How a prediction ends, in one place, whichever path ends it.
+
+Three paths end predictions, each with its own atomic status change (they differ in what must be
+checked in the same step, all against the one state table in ``shared.predictions.status``):
+
+- a worker's outcome (``finish``): succeeded, failed or canceled, only while its attempt is current;
+- a user's cancel of a queued prediction (``cancel``, from the API), or its deadline (``expire``);
+- the lease reaper failing a prediction whose workers kept dying (``reap``, a maintenance job).
+
+What follows a terminal status is ``_ended``, for all three: its data is scheduled for deletion
+after retention, it is counted in ``kiln_predictions_finished``, and its ``completed`` webhook is
+recorded. Nothing else in Kiln does any of the three (a test checks it).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Protocol
+
+from shared.predictions.leases import Leases
+from shared.predictions.record import Prediction, utcnow
+from shared.predictions.status import Status
+from shared.predictions.store import PredictionStore
+from shared.runtime import metrics
+
+log = logging.getLogger(__name__)
+
+
+class Notifier(Protocol):
+    """Records a webhook event of a prediction (``shared.webhooks.outbox.WebhookNotifier``)."""
+
+    def notify(self, prediction: Prediction, event: str) -> object: ...
+
+
+class PredictionLifecycle:
+    def __init__(self, store: PredictionStore, notifier: Notifier) -> None:
+        self.store = store
+        self.notifier = notifier
+
+    def finish(
+        self,
+        prediction: Prediction,
+        status: Status,
+        *,
+        attempt: int | None = None,
+        predict_time: float | None = None,
+        **fields: object,
+    ) -> bool:
+        """End ``prediction`` in the terminal ``status`` with ``fields`` (``output``, ``error``), if
+        ``attempt`` is still the current one. False when it had already ended or moved on (another
+        worker took over, a duplicate delivery)."""
+        if predict_time is not None:
+            fields["predict_time"] = predict_time
+        if not self.store.transition(prediction.id, status, if_attempt=attempt, completed_at=utcnow(), **fields):
+            log.warning(
+                "prediction %s could not move to %s: it is %s",
+                prediction.id,
+                status.value,
+                self.store.status(prediction.id),
+            )
+            return False
+        log.info("prediction %s %s", prediction.id, status.value)
+        self._ended([prediction], status, predict_time)
+        return True
+
+    def cancel(self, prediction: Prediction) -> Status | None:
+        """A user's cancel: a queued prediction ends ``canceled`` now; a running one is flagged, and
+        its worker ends it (``finish``) within one denoising step. Returns the status it had."""
+        return self.cancel_many([prediction])[0]
+
+    def cancel_many(self, predictions: Sequence[Prediction]) -> list[Status | None]:
+        """``cancel`` for each (a batch's items: ``api.batch_views``), with one Redis round trip for
+        all their status changes and one for their retention. Returns the status each had."""
+        found = self.store.request_cancel_many([p.id for p in predictions])
+        self._ended([p for p, was in zip(predictions, found, strict=True) if was is Status.STARTING], Status.CANCELED)
+        return found
+
+    def expire(self, prediction: Prediction) -> Status | None:
+        """Its deadline (``Cancel-After``) passed: a queued prediction ends ``aborted`` now (it never
+        runs); a running one is flagged and ends ``canceled`` within one step. Returns the status it had."""
+        found = self.store.request_cancel(prediction.id, queued_ends=Status.ABORTED)
+        if found is Status.STARTING:
+            log.info("prediction %s aborted: its deadline passed before it started", prediction.id)
+            self._ended([prediction], Status.ABORTED)
+        return found
+
+    def reap(self, leases: Leases, prediction_id: str, max_attempts: int) -> tuple[Status, Prediction] | None:
+        """Requeue a prediction whose lease lapsed, or end it ``failed`` after ``max_attempts``
+        (``Leases.reap``). Returns the outcome and the record, or None when there was nothing to do
+        (renewed or finished meanwhile, or gone)."""
+        outcome = leases.reap(prediction_id, max_attempts)
+        prediction = self.store.get(prediction_id) if outcome else None
+        if outcome is None or prediction is None:
+            return None
+        if outcome is Status.FAILED:
+            log.error("prediction %s failed: %s", prediction_id, prediction.error)
+            self._ended([prediction], Status.FAILED)
+        return outcome, prediction
+
+    def _ended(self, predictions: Sequence[Prediction], status: Status, predict_time: float | None = None) -> None:
+        """What follows every terminal transition, once: retention, metrics, the ``completed`` webhook."""
+        self.store.schedule_retention([p.id for p in predictions])
+        for prediction in predictions:
+            metrics.record_finished(prediction.model, status.value, predict_time)
+            self.notifier.notify(prediction, "completed")

@@ -1,0 +1,163 @@
+"""Retention, as Replicate does it, and record expiry: nothing a prediction leaves in Redis or S3
+outlives them.
+
+- ``prediction:<id>``, due ``KILN_RETENTION_S`` after it finished: every stored object of the
+  prediction (inputs, outputs) is deleted, and input, output and logs are cleared from the record,
+  which then shows ``data_removed: true``; id, status, model, timestamps, metrics and error stay.
+- ``record:<id>``, due ``KILN_RECORD_RETENTION_S`` after it finished: the record, its logs, its
+  webhook state and its entry in the tenant's list are deleted; GET answers 404.
+- ``file:<id>[:<tenant>]``, due when an uploaded file expires: its bytes and its list entry.
+- ``batch:<id>``, due ``KILN_RETENTION_S`` after a batch object's last item ended (with its items'
+  own retention: ``shared.batches.settler``), or after its items were given their time to finish
+  (``shared.batches.records.BATCH_TTL_S``) should it never end: the image inputs its items share
+  (``api.intake.image_staging``), stored once for the batch.
+
+All four wait in one sorted set (``keys.retention``), scored by when they are due. The janitor
+(``Janitor.sweep``, a maintenance job of every worker process) takes what is due in bounded
+batches and exports how far behind it is (``kiln_janitor_lag_seconds``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from redis import Redis
+
+from shared.db import keys
+from shared.db.client import range_members
+from shared.runtime import metrics
+from shared.storage.objects import batch_prefix, file_key, prediction_prefix
+
+if TYPE_CHECKING:
+    from shared.storage.s3 import Storage
+
+log = logging.getLogger(__name__)
+
+# Items per batch, and batches per sweep: a sweep holds Redis and S3 for a bounded while.
+BATCH = 200
+MAX_BATCHES = 25
+
+# The webhook events whose per-prediction state (``keys.webhook_*``) a record takes with it.
+_WEBHOOK_EVENTS = ("start", "output", "logs", "completed")
+
+# KEYS[1]: the record, KEYS[2]: its logs. Clears input, output and logs of a record that exists
+# (a record already expired is not brought back) and marks it ``data_removed``.
+_REMOVE_DATA = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'data_removed', 'true', 'output', 'null', 'input', '{}', 'input_files', '{}')
+redis.call('DEL', KEYS[2])
+return 1
+"""
+
+
+# KEYS[1]: the retention set. ARGV[1]: now, ARGV[2]: most items to take, ARGV[3]: until when they
+# are taken. Claims up to ARGV[2] due items by moving them to ARGV[3], so the janitors of several
+# workers share the work instead of repeating it; one whose janitor died is due again then.
+_CLAIM = """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+for _, member in ipairs(due) do redis.call('ZADD', KEYS[1], ARGV[3], member) end
+return due
+"""
+# How long a claimed item is left to the janitor that claimed it.
+CLAIM_S = 300
+
+
+def schedule(redis: Redis, kind: str, item_id: str, due: float) -> None:
+    """Remember to remove ``kind`` (``prediction``, ``record``, ``file``, ``batch``) of ``item_id`` at ``due``
+    (unix seconds)."""
+    schedule_many(redis, [(kind, item_id, due)])
+
+
+def schedule_many(redis: Redis, items: Sequence[tuple[str, str, float]]) -> None:
+    """``schedule`` for each (kind, item id, due), in one command."""
+    if items:
+        redis.zadd(keys.retention(), {f"{kind}:{item_id}": due for kind, item_id, due in items})
+
+
+def prediction_keys(prediction_id: str) -> list[str]:
+    """Every Redis key of a prediction that goes with its record (its tenant's list entry aside)."""
+    return [
+        keys.prediction(prediction_id),
+        keys.prediction_logs(prediction_id),
+        keys.webhook_completed(prediction_id),
+        keys.webhook_progress_sending(prediction_id),
+        *(keys.webhook_latest_delivery(prediction_id, event) for event in _WEBHOOK_EVENTS),
+        *(keys.webhook_throttle(prediction_id, event) for event in _WEBHOOK_EVENTS),
+    ]
+
+
+class Janitor:
+    def __init__(self, redis: Redis, storage: Storage, batch: int = BATCH, max_batches: int = MAX_BATCHES) -> None:
+        self.redis = redis
+        self.storage = storage
+        self.batch = batch
+        self.max_batches = max_batches
+        self._remove_data = redis.register_script(_REMOVE_DATA)
+        self._claim = redis.register_script(_CLAIM)
+
+    def sweep(self) -> int:
+        """Batches of due items until none is left or ``max_batches`` ran; then the lag metric.
+        Returns how many items were done."""
+        done = 0
+        for _ in range(self.max_batches):
+            count = self.run_once(self.batch)
+            done += count
+            if count < self.batch:
+                break
+        metrics.record_janitor_lag(self.lag_s())
+        return done
+
+    def lag_s(self, now: float | None = None) -> float:
+        """How long the oldest due item has been waiting (0 when none is due)."""
+        now = time.time() if now is None else now
+        oldest = self.redis.zrangebyscore(keys.retention(), "-inf", now, start=0, num=1, withscores=True)
+        return max(0.0, now - float(oldest[0][1])) if oldest else 0.0
+
+    def run_once(self, limit: int = BATCH) -> int:
+        """Do one batch of what is due; returns how many items were done."""
+        now = time.time()
+        due = self._claim(keys=[keys.retention()], args=[now, limit, now + CLAIM_S])
+        for member in range_members(due):
+            kind, _, rest = member.partition(":")
+            if kind == "prediction":
+                self.remove_data(rest)
+            elif kind == "record":
+                self.expire_record(rest)
+            elif kind == "file":
+                file_id, _, tenant = rest.partition(":")
+                self.storage.delete(file_key(file_id))
+                if tenant:
+                    self.redis.zrem(keys.tenant_files(tenant), file_id)
+            elif kind == "batch":
+                self.storage.delete_prefix(batch_prefix(rest))
+            # Removed only once done, so a failure is retried once its claim lapses.
+            self.redis.zrem(keys.retention(), member)
+            log.info("retention: removed %s %s", kind, rest)
+        return len(due)
+
+    def remove_data(self, prediction_id: str) -> None:
+        """Retention: the prediction's stored objects deleted, its input, output and logs cleared."""
+        self.storage.delete_prefix(prediction_prefix(prediction_id))
+        self._remove_data(keys=[keys.prediction(prediction_id), keys.prediction_logs(prediction_id)])
+
+    def expire_record(self, prediction_id: str) -> None:
+        """Record expiry: the record and every key that goes with it, and its tenant's list entry."""
+        tenant = self.redis.hget(keys.prediction(prediction_id), "tenant")
+        # Retention is due first; should it still be pending, the record must not outlive its data.
+        if self.redis.zscore(keys.retention(), f"prediction:{prediction_id}") is not None:
+            self.storage.delete_prefix(prediction_prefix(prediction_id))
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(*prediction_keys(prediction_id))
+            if tenant is not None:
+                pipe.zrem(keys.tenant_predictions(_tenant_of(tenant)), prediction_id)
+            pipe.execute()
+
+
+def _tenant_of(raw: bytes | str) -> str:
+    """The tenant as the record stores it (a JSON string)."""
+    tenant: str = json.loads(raw)
+    return tenant

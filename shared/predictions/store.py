@@ -1,0 +1,391 @@
+"""Prediction records in Redis, with atomic status transitions.
+
+Every status change runs as one Lua script that checks the current status against the state table
+(``shared.predictions.status.ALLOWED_SOURCES``, rendered into each script), so a cancel racing a start, a
+duplicate completion or a late redelivery can never move a prediction out of a terminal state.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+import redis.asyncio
+from redis import Redis
+from redis.client import Pipeline
+from redis.exceptions import RedisError
+from redis.typing import EncodableT, FieldT
+
+from shared.batches.counts import LUA_BATCH_MOVED
+from shared.db import keys
+from shared.db.client import AlreadyStored, lua_key, newest_first_page
+from shared.predictions import retention
+from shared.predictions.record import Prediction, format_timestamp, utcnow
+from shared.predictions.status import LUA_STATUS_TABLE, Status
+from shared.scheduling.queue_counters import LUA_QUEUED_DELTA, QueuedCounters, counter_keys
+
+# Every script that changes a prediction's status starts with this: the state table rendered from
+# shared.predictions.status (the status constants and ``may_enter``), the queued counters
+# (shared.scheduling.queue_counters) and ``set_status``. Those scripts take KEYS[1]: the record,
+# KEYS[2]: its event channel, KEYS[3]: the running set (leases), KEYS[4..5]: the queued counters.
+# set_status(current, target, prediction_id, ...) moves the record from ``current`` to ``target`` (a
+# move the script checked with ``may_enter``) and sets the field, JSON value pairs given after the id:
+# the queued counters follow the prediction into and out of STARTING, an item of a batch moves its
+# batch's counts (shared.batches.counts), leaving PROCESSING drops its lease, and the new status is
+# announced to waiters and streams.
+LUA_SET_STATUS = (
+    LUA_STATUS_TABLE
+    + LUA_QUEUED_DELTA
+    + LUA_BATCH_MOVED
+    + """
+local function set_status(current, target, prediction_id, ...)
+  if current == STARTING and target ~= STARTING then queued_delta(-1)
+  elseif target == STARTING and current ~= STARTING then queued_delta(1) end
+  redis.call('HSET', KEYS[1], 'status', cjson.encode(target), ...)
+  batch_moved(current, target)
+  if target ~= PROCESSING then redis.call('ZREM', KEYS[3], prediction_id) end
+  redis.call('PUBLISH', KEYS[2], '{"status": ' .. cjson.encode(target) .. '}')
+end
+"""
+)
+
+# KEYS: as LUA_SET_STATUS. ARGV[1]: JSON target status; ARGV[2]: the attempt that must be current
+# ("" for any), so a worker that lost its lease cannot finish a rerun's work; ARGV[3]: prediction
+# id; ARGV[4..]: field, JSON value pairs to set with the new status.
+# Moves the record when the state table allows the move from its current status. Returns 1 when it
+# changed the record, 0 when not, false when there is none.
+_TRANSITION = (
+    LUA_SET_STATUS
+    + """
+local current = redis.call('HGET', KEYS[1], 'status')
+if not current then return false end
+if ARGV[2] ~= '' and redis.call('HGET', KEYS[1], 'attempt') ~= ARGV[2] then return 0 end
+local status, target = cjson.decode(current), cjson.decode(ARGV[1])
+if not may_enter(status, target) then return 0 end
+set_status(status, target, ARGV[3], unpack(ARGV, 4))
+return 1
+"""
+)
+
+# KEYS[1]: record, KEYS[2]: its event channel. ARGV[1]: the attempt that must be current ("" for
+# any); ARGV[2..]: field, JSON value pairs. Sets fields of a running prediction (its outputs before
+# it completes) without changing its status, and announces the change. Returns 1 when it set them,
+# 0 when the prediction is not running (under that attempt), false when there is none.
+_UPDATE_RUNNING = (
+    LUA_STATUS_TABLE
+    + """
+local current = redis.call('HGET', KEYS[1], 'status')
+if not current then return false end
+if ARGV[1] ~= '' and redis.call('HGET', KEYS[1], 'attempt') ~= ARGV[1] then return 0 end
+if cjson.decode(current) ~= PROCESSING then return 0 end
+if #ARGV > 1 then redis.call('HSET', KEYS[1], unpack(ARGV, 2)) end
+redis.call('PUBLISH', KEYS[2], '{"status": ' .. cjson.encode(PROCESSING) .. '}')
+return 1
+"""
+)
+
+# KEYS: as LUA_SET_STATUS. ARGV[1]: JSON completed_at, ARGV[2]: prediction id, ARGV[3]: the status a
+# queued prediction ends in (canceled by a user, aborted by its deadline).
+# A queued prediction ends on the spot; one in any other status the state table lets become
+# canceled (a running one) is flagged, and its worker stops at the next denoising step.
+# Returns the status found.
+_REQUEST_CANCEL = (
+    LUA_SET_STATUS
+    + """
+local current = redis.call('HGET', KEYS[1], 'status')
+if not current then return false end
+local status = cjson.decode(current)
+if status == STARTING and may_enter(status, ARGV[3]) then
+  set_status(status, ARGV[3], ARGV[2], 'completed_at', ARGV[1])
+elseif may_enter(status, CANCELED) then
+  redis.call('HSET', KEYS[1], 'cancel_requested', 'true')
+end
+return current
+"""
+)
+
+
+# ARGV: groups of records, each: n, then n field, value pairs its records share, then m, then m
+# prediction ids. Writes one record per id: its group's fields and its JSON ``id`` (a batch's
+# identical items, stored in one call instead of one command each). Fields and ids are read from
+# ARGV in place (unpack), never copied per record. Returns how many records it wrote.
+_STORE_RECORDS = f"""
+local written, i = 0, 1
+while i <= #ARGV do
+  local n = tonumber(ARGV[i])
+  local m = tonumber(ARGV[i + 2 * n + 1])
+  for j = i + 2 * n + 2, i + 2 * n + 1 + m do
+    local quoted = '"' .. ARGV[j] .. '"'
+    redis.call('HSET', {lua_key(keys.prediction, "ARGV[j]")}, 'id', quoted, unpack(ARGV, i + 1, i + 2 * n))
+    written = written + 1
+  end
+  i = i + 2 * n + 2 + m
+end
+return written
+"""
+
+# Caps left unset: more than Redis could ever hold.
+_UNCAPPED = 2**62
+# Records that share fields: the fields (encoded, without ``id``) and the records' ids.
+RecordGroup = tuple[Mapping[str, bytes], Sequence[str]]
+
+log = logging.getLogger(__name__)
+
+
+def _encode(value: Any) -> str:
+    if isinstance(value, datetime):
+        value = format_timestamp(value)
+    return json.dumps(value)
+
+
+class PredictionStore:
+    def __init__(self, redis: Redis, retention_s: float = 3600, record_retention_s: float = 30 * 24 * 3600) -> None:
+        self.redis = redis
+        self.retention_s = retention_s
+        # The record never goes before its data (retention) does.
+        self.record_retention_s = max(record_retention_s, retention_s)
+        self._transition = redis.register_script(_TRANSITION)
+        self._update_running = redis.register_script(_UPDATE_RUNNING)
+        self._request_cancel = redis.register_script(_REQUEST_CANCEL)
+        self._store_records = redis.register_script(_STORE_RECORDS)
+        self.queued = QueuedCounters(redis)
+
+    def create(self, prediction: Prediction, *, tenant_cap: int | None = None, total_cap: int | None = None) -> None:
+        self.create_many([prediction], tenant_cap=tenant_cap, total_cap=total_cap)
+
+    def create_many(
+        self,
+        predictions: Sequence[Prediction],
+        *,
+        tenant_cap: int | None = None,
+        total_cap: int | None = None,
+        messages: Callable[[int], Sequence[tuple[str, str]]] | None = None,
+    ) -> None:
+        """Store queued predictions of one tenant: count them against the caps (all or none:
+        ``QueueFull`` stores nothing), then write their records and the rest (``create_records``:
+        ``AlreadyStored``, nothing stored, if a record of one of their ids exists).
+
+        ``messages``, called with how many of the tenant's predictions were already queued, gives
+        ``(list, message)`` pairs (``shared.scheduling.task_messages``) pushed onto their queues in the
+        transaction that follows the records, so a worker never pops an id whose record is missing,
+        and a record whose message failed is deleted again."""
+        if not predictions:
+            return
+        tenant = predictions[0].tenant
+        if any(p.tenant != tenant for p in predictions):
+            raise ValueError("create_many stores one tenant's predictions")
+        families = [p.queue for p in predictions]
+        queued_before = self.queued.admit(tenant, families, tenant_cap or _UNCAPPED, total_cap or _UNCAPPED)
+
+        def then(pipe: Pipeline) -> None:
+            pipe.zadd(keys.tenant_predictions(tenant), {p.id: 0 for p in predictions})
+            if deadlines := {p.id: p.deadline.timestamp() for p in predictions if p.deadline}:
+                pipe.zadd(keys.deadlines(), deadlines)
+            for model, count in Counter(p.model for p in predictions).items():
+                pipe.incrby(keys.model_run_count(model), count)
+            for list_key, message in messages(queued_before) if messages else ():
+                pipe.lpush(list_key, message)
+
+        try:
+            self.create_records([(_own_fields(p.to_redis_hash()), [p.id]) for p in predictions], then)
+        except BaseException:
+            self.queued.release(tenant, families)
+            raise
+
+    def create_records(self, groups: Sequence[RecordGroup], then: Callable[[Pipeline], None]) -> None:
+        """Write new records, then run the transaction ``then`` queues (what refers to them: the
+        tenant's index, queues, counts), so a worker never finds an id whose record is missing.
+
+        ``groups``: the fields some records share (encoded as ``Prediction.to_redis_hash``, without
+        ``id``) and their ids. Each record is first claimed by writing its ``id`` field alone with
+        HSETNX, which does nothing where a record exists: if one of the ids is taken, the claims made
+        are deleted and ``AlreadyStored`` raised, so a record is never written over, and nothing
+        refers to an id that is not the caller's. Groups of several ids are written by one script
+        (their shared fields sent once), single records in the transaction. If writing fails, the
+        records are deleted again."""
+        ids = [i for _, group_ids in groups for i in group_ids]
+        self._claim(ids)
+        try:
+            shared: list[EncodableT] = []
+            for fields, group_ids in groups:
+                if len(group_ids) > 1:
+                    shared += [len(fields), *(x for pair in fields.items() for x in pair), len(group_ids), *group_ids]
+            if shared:
+                self._store_records(args=shared)
+            with self.redis.pipeline(transaction=True) as pipe:
+                for fields, group_ids in groups:
+                    if len(group_ids) == 1:
+                        record: dict[FieldT, EncodableT] = {name: value for name, value in fields.items()}
+                        pipe.hset(keys.prediction(group_ids[0]), mapping=record)
+                then(pipe)
+                pipe.execute()
+        except BaseException:
+            self._delete_records(ids)
+            raise
+
+    def _claim(self, prediction_ids: Sequence[str]) -> None:
+        """Each id's record made with its ``id`` field alone, where no record of it exists; if one
+        exists, the claims made here are deleted again and ``AlreadyStored`` raised."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            for prediction_id in prediction_ids:
+                pipe.hsetnx(keys.prediction(prediction_id), "id", _encode(prediction_id))
+            claimed = pipe.execute()
+        if all(claimed):
+            return
+        taken = [keys.prediction(i) for i, ours in zip(prediction_ids, claimed, strict=True) if not ours]
+        self._delete_records([i for i, ours in zip(prediction_ids, claimed, strict=True) if ours])
+        raise AlreadyStored(taken)
+
+    def _delete_records(self, prediction_ids: Sequence[str]) -> None:
+        """Best effort: the caller's error, not a second one, is what the create answers."""
+        try:
+            self.redis.delete(*[keys.prediction(i) for i in prediction_ids])
+        except RedisError as exc:
+            log.warning("%d records of a failed create not deleted: %s", len(prediction_ids), exc)
+
+    def get(self, prediction_id: str) -> Prediction | None:
+        found = self.get_many([prediction_id])
+        return found[0] if found else None
+
+    def get_many(self, prediction_ids: Sequence[str]) -> list[Prediction]:
+        with self.redis.pipeline(transaction=False) as pipe:
+            for prediction_id in prediction_ids:
+                pipe.hgetall(keys.prediction(prediction_id))
+                pipe.get(keys.prediction_logs(prediction_id))
+            replies = pipe.execute()
+        records = [
+            (_decode_hash(fields), logs) for fields, logs in zip(replies[::2], replies[1::2], strict=True) if fields
+        ]
+        refs = sorted({ref for fields, _ in records if (ref := _shared_ref(fields))})
+        shared: dict[str, dict[bytes, bytes]] = {}
+        if refs:
+            with self.redis.pipeline(transaction=False) as pipe:
+                for ref in refs:
+                    pipe.hgetall(ref)
+                shared = dict(zip(refs, pipe.execute(), strict=True))
+        return [
+            Prediction.from_redis_hash(_with_shared(fields, shared), (logs or b"").decode()) for fields, logs in records
+        ]
+
+    def transition(self, prediction_id: str, target: Status, *, if_attempt: int | None = None, **fields: Any) -> bool:
+        """Move to ``target`` and set ``fields`` atomically, if the state table (``shared.predictions.status``)
+        allows the move from the current status (and, when ``if_attempt`` is given, only if that
+        attempt is still the current one).
+
+        This is the bare status change: a terminal status has consequences (retention, metrics, the
+        ``completed`` webhook) that only ``shared.predictions.lifecycle.PredictionLifecycle`` adds."""
+        args = [_encode(target.value), _attempt_arg(if_attempt), prediction_id, *_field_args(fields)]
+        changed: int | None = self._transition(keys=record_keys(prediction_id), args=args)
+        return changed == 1
+
+    def update_while_processing(self, prediction_id: str, *, if_attempt: int | None = None, **fields: Any) -> bool:
+        """Set fields of a running prediction (e.g. its output before it completes); no-op otherwise."""
+        args = [_attempt_arg(if_attempt), *_field_args(fields)]
+        changed: int | None = self._update_running(keys=record_keys(prediction_id)[:2], args=args)
+        return changed == 1
+
+    def schedule_retention(self, prediction_ids: Sequence[str]) -> None:
+        """Finished predictions' inputs, outputs and logs are deleted ``retention_s`` from now, and
+        their records ``record_retention_s`` from now (``shared.predictions.retention``)."""
+        now = time.time()
+        due = {"prediction": now + self.retention_s, "record": now + self.record_retention_s}
+        retention.schedule_many(self.redis, [(kind, i, when) for i in prediction_ids for kind, when in due.items()])
+
+    def status(self, prediction_id: str) -> Status | None:
+        raw = self.redis.hget(keys.prediction(prediction_id), "status")
+        return None if raw is None else Status(json.loads(raw))
+
+    def request_cancel(self, prediction_id: str, queued_ends: Status = Status.CANCELED) -> Status | None:
+        """End a queued prediction now (``queued_ends``: canceled, or aborted when its deadline
+        passed), or flag a running one. Returns the status it had (``STARTING``: ended by this call).
+        The bare status change, as ``transition``."""
+        return self.request_cancel_many([prediction_id], queued_ends)[0]
+
+    def request_cancel_many(
+        self, prediction_ids: Sequence[str], queued_ends: Status = Status.CANCELED
+    ) -> list[Status | None]:
+        """``request_cancel`` for each id, in one round trip (each still its own atomic script)."""
+        now = _encode(utcnow())
+        with self.redis.pipeline(transaction=False) as pipe:
+            for prediction_id in prediction_ids:
+                self._request_cancel(
+                    keys=record_keys(prediction_id), args=[now, prediction_id, queued_ends.value], client=pipe
+                )
+            replies = pipe.execute()
+        return [None if found is None else Status(json.loads(found)) for found in replies]
+
+    def cancel_requested(self, prediction_id: str) -> bool:
+        return self.redis.hget(keys.prediction(prediction_id), "cancel_requested") == b"true"
+
+    def append_log(self, prediction_id: str, text: str) -> None:
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.append(keys.prediction_logs(prediction_id), text)
+            pipe.publish(keys.prediction_events(prediction_id), json.dumps({"logs": text}))
+            pipe.execute()
+
+    def list_for_tenant(
+        self, tenant: str, *, before: str | None = None, after: str | None = None, limit: int = 100
+    ) -> tuple[list[Prediction], bool]:
+        """Newest first. ``before``/``after`` are ids bounding the page (exclusive).
+
+        Returns the page and whether more exist beyond it in the direction of travel.
+        """
+        ids, more = newest_first_page(
+            self.redis, keys.tenant_predictions(tenant), before=before, after=after, limit=limit
+        )
+        return self.get_many(ids), more
+
+
+async def read_prediction(client: redis.asyncio.Redis, prediction_id: str) -> Prediction | None:
+    """``PredictionStore.get`` for the event loop (an asyncio client)."""
+    async with client.pipeline(transaction=False) as pipe:
+        pipe.hgetall(keys.prediction(prediction_id))
+        pipe.get(keys.prediction_logs(prediction_id))
+        fields, logs = await pipe.execute()
+    if not fields:
+        return None
+    decoded = _decode_hash(fields)
+    ref = _shared_ref(decoded)
+    shared = {ref: await client.hgetall(ref)} if ref else {}
+    return Prediction.from_redis_hash(_with_shared(decoded, shared), (logs or b"").decode())
+
+
+def record_keys(prediction_id: str) -> list[str]:
+    """The KEYS of a script that changes a prediction's status (``LUA_SET_STATUS``)."""
+    return [keys.prediction(prediction_id), keys.prediction_events(prediction_id), keys.running(), *counter_keys()]
+
+
+def _attempt_arg(attempt: int | None) -> str:
+    return "" if attempt is None else json.dumps(attempt)
+
+
+def _field_args(fields: dict[str, Any]) -> list[str]:
+    return [item for name, value in fields.items() for item in (name, _encode(value))]
+
+
+def _shared_ref(fields: dict[str, str]) -> str | None:
+    """The key of the fields a batch item's record shares with its twins (``keys.batch_shared_fields``)."""
+    ref: str | None = json.loads(fields["shared_fields"]) if "shared_fields" in fields else None
+    return ref
+
+
+def _with_shared(fields: dict[str, str], shared: dict[str, Any]) -> dict[str, str]:
+    """The record with the shared fields it does not hold itself (a field set on the record wins)."""
+    ref = _shared_ref(fields)
+    if ref is None:
+        return fields
+    return {"input": "{}"} | _decode_hash(shared.get(ref) or {}) | fields
+
+
+def _own_fields(record: Mapping[Any, Any]) -> dict[str, bytes]:
+    """A record's fields but its ``id`` (``create_records`` writes the id itself)."""
+    return {name: value for name, value in record.items() if name != "id"}
+
+
+def _decode_hash(fields: dict[bytes, bytes]) -> dict[str, str]:
+    return {k.decode(): v.decode() for k, v in fields.items()}

@@ -1,0 +1,1 @@
+"""What every worker process runs: the Celery app, maintenance, metrics, logs."""

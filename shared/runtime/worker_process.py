@@ -1,0 +1,138 @@
+"""What every Kiln Celery worker process builds once and runs beside its tasks, GPU worker and
+webhook worker alike: its clients (Redis, the prediction store, S3, the webhook notifier, the
+prediction lifecycle), the maintenance jobs in a side thread (``shared.runtime.maintenance``), the
+Prometheus exporter (``KILN_WORKER_METRICS_PORT``) and Celery's log format (``KILN_LOG_FORMAT``).
+
+Torch-free: the webhook worker (``webhook_worker.celery_app``) is this plus webhook delivery; the
+GPU worker (``worker.celery_app``) adds its runner and predictors.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from celery import Celery
+from celery.signals import after_setup_logger, after_setup_task_logger, worker_ready, worker_shutdown
+from prometheus_client.registry import Collector
+from redis import Redis
+
+from shared.batches.records import BatchStore
+from shared.batches.settler import BatchSettler
+from shared.db.client import connect
+from shared.predictions.leases import Leases
+from shared.predictions.lifecycle import PredictionLifecycle
+from shared.predictions.retention import Janitor
+from shared.predictions.store import PredictionStore
+from shared.runtime.logs import apply_format
+from shared.runtime.maintenance import Maintenance, worker_jobs
+from shared.runtime.metrics import start_exporter
+from shared.scheduling import queues
+from shared.scheduling.dispatcher import Dispatcher
+from shared.scheduling.task_messages import PredictMessages
+from shared.settings import Settings
+from shared.webhooks.outbox import WebhookNotifier, WebhookOutbox
+
+if TYPE_CHECKING:
+    from shared.storage.s3 import Storage
+
+log = logging.getLogger(__name__)
+
+
+def consumed_queues(sender: Any) -> list[str]:
+    """The queues the worker that sent a Celery signal consumes (its ``-Q``)."""
+    return list(sender.app.amqp.queues.consume_from or [])
+
+
+class WorkerProcess:
+    """One per worker process, held by its Celery entry module (Celery needs a module-level app)."""
+
+    def __init__(self, settings: Settings, celery: Celery) -> None:
+        self.settings = settings
+        self.celery = celery
+        self._maintenance: Maintenance | None = None
+
+    @cached_property
+    def redis(self) -> Redis:
+        return connect(self.settings.redis_url, socket_timeout=30)
+
+    @cached_property
+    def store(self) -> PredictionStore:
+        return PredictionStore(self.redis, self.settings.retention_s, self.settings.record_retention_s)
+
+    @cached_property
+    def storage(self) -> Storage:
+        from shared.storage.s3 import Storage  # boto3 loads when a job first needs S3, not at import
+
+        return Storage(self.settings, attempts=self.settings.storage_attempts)
+
+    @cached_property
+    def notifier(self) -> WebhookNotifier:
+        return WebhookNotifier(self.store, WebhookOutbox(self.redis, self.settings), self.celery)
+
+    @cached_property
+    def lifecycle(self) -> PredictionLifecycle:
+        return PredictionLifecycle(self.store, self.notifier)
+
+    @cached_property
+    def dispatcher(self) -> Dispatcher:
+        return Dispatcher(self.redis, PredictMessages(self.celery), self.settings.dispatch_ahead)
+
+    def metrics_collectors(self) -> list[Collector]:
+        """What the exporter serves besides ``shared.runtime.metrics``' series (the GPU worker adds GPU memory)."""
+        return []
+
+    def start(self, queues_consumed: Sequence[str]) -> None:
+        """Once the worker takes jobs: the maintenance jobs (and sending due webhooks, when it
+        consumes the ``webhooks`` queue), then the metrics exporter."""
+        self._maintenance = Maintenance(
+            worker_jobs(
+                self.lifecycle,
+                Leases(self.redis, self.settings.lease_s),
+                self.notifier.outbox,
+                self.celery,
+                Janitor(self.redis, self.storage),
+                self.settings.max_attempts,
+                with_webhooks=queues.WEBHOOKS in queues_consumed,
+                retention_interval_s=min(self.settings.janitor_interval_s, self.settings.retention_s / 4),
+                dispatcher=self.dispatcher,
+                settler=BatchSettler(
+                    BatchStore(self.redis, max(self.settings.record_retention_s, self.settings.retention_s)),
+                    self.notifier.outbox,
+                    self.celery,
+                    self.settings.retention_s,
+                ),
+            )
+        )
+        self._maintenance.start()
+        port = self.settings.worker_metrics_port
+        try:
+            start_exporter(port, self.settings.worker_metrics_host, self.metrics_collectors())
+        except OSError as exc:
+            log.error("worker metrics not served: KILN_WORKER_METRICS_PORT=%d cannot be bound: %s", port, exc)
+
+    def stop(self) -> None:
+        """Worker shutdown: stop the maintenance jobs."""
+        if self._maintenance is not None:
+            self._maintenance.stop()
+
+    def connect_signals(self) -> None:
+        """Run ``start`` when the worker is ready, ``stop`` when it shuts down, and give Celery's log
+        handlers Kiln's format. Called once, by the entry module."""
+        worker_ready.connect(self._on_ready, weak=False)
+        worker_shutdown.connect(self._on_shutdown, weak=False)
+        after_setup_logger.connect(self._format_logs, weak=False)
+        after_setup_task_logger.connect(self._format_logs, weak=False)
+
+    def _on_ready(self, sender: Any, **_: object) -> None:
+        self.start(consumed_queues(sender))
+
+    def _on_shutdown(self, **_: object) -> None:
+        self.stop()
+
+    def _format_logs(self, logger: logging.Logger, **_: object) -> None:
+        """KILN_LOG_FORMAT=json: Celery's log handlers write JSON lines carrying the prediction id."""
+        if self.settings.log_format == "json":
+            apply_format(logger.handlers, "json")

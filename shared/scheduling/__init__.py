@@ -1,0 +1,1 @@
+"""Queues: names and priorities, counters, Celery messages, the batch dispatcher."""

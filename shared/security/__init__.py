@@ -1,0 +1,1 @@
+"""Tokens, server secrets, signed URLs and the SSRF guard."""

@@ -1,0 +1,1 @@
+"""Webhooks: signing, the outbox, delivery and each tenant's secret."""

@@ -1,0 +1,257 @@
+"""The webhook outbox: events recorded in Redis, delivered by the webhook worker.
+
+Whoever changes a prediction (a GPU worker, or the API canceling a queued one) only records the
+event here and sends the delivery's id to the ``webhooks`` queue; it never waits on a receiver.
+Each delivery's state lives in Redis and every pending one sits in a due-time sorted set, so a
+lost queue message, a restarted webhook worker or a restarted Redis (AOF) loses no delivery: the
+webhook worker's poller sends whatever is due again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from functools import cached_property
+from typing import TYPE_CHECKING
+
+from celery import Celery
+from redis import Redis
+
+from shared.db import keys
+from shared.db.client import as_text
+from shared.predictions.client_json import render_prediction
+from shared.predictions.record import Prediction, new_id
+from shared.predictions.store import PredictionStore
+from shared.scheduling import queues
+from shared.security.signed_urls import UrlSigner
+from shared.settings import Settings
+from shared.webhooks.signing import THROTTLED_EVENTS
+
+if TYPE_CHECKING:
+    from redis.typing import EncodableT, FieldT
+
+log = logging.getLogger(__name__)
+
+PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
+# How long a claimed delivery may take before the poller sends it again (beyond the HTTP timeout).
+CLAIM_LEASE_S = 60.0
+# Events a prediction's ``completed`` delivery goes out after (once each was attempted).
+COMPLETED_AFTER = ("start", "output")
+# Finished deliveries are kept this long for inspection.
+FINISHED_TTL_S = 7 * 24 * 3600
+
+# KEYS[1]: due set. ARGV[1]: now, ARGV[2]: lease, ARGV[3]: limit. Claims due ids by pushing their
+# due time a lease ahead, so two pollers never send the same delivery at once.
+_CLAIM_DUE = """
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
+for _, id in ipairs(ids) do
+  redis.call('ZADD', KEYS[1], tonumber(ARGV[1]) + tonumber(ARGV[2]), id)
+end
+return ids
+"""
+
+
+@dataclass
+class Delivery:
+    id: str
+    prediction_id: str
+    event: str
+    url: str
+    body: str
+    created_at: float
+    # Terminal events are retried on the configured schedule; the others get one attempt.
+    retry: bool
+    state: str = PENDING
+    attempts: int = 0
+    last_outcome: str | None = None
+    next_attempt_at: float | None = field(default=None)
+    # The prediction's tenant, whose secret signs the delivery ("" in deliveries recorded before
+    # secrets were per tenant: the prediction's record says).
+    tenant: str = ""
+
+    def to_hash(self) -> dict[FieldT, EncodableT]:
+        return {name: json.dumps(value) for name, value in asdict(self).items()}
+
+    @classmethod
+    def from_hash(cls, fields: Mapping[bytes | str, bytes | str]) -> Delivery:
+        return cls(**{as_text(k): json.loads(v) for k, v in fields.items()})
+
+
+class WebhookOutbox:
+    def __init__(self, redis: Redis, settings: Settings) -> None:
+        self.redis = redis
+        self.settings = settings
+        self._claim_due = redis.register_script(_CLAIM_DUE)
+
+    def record(self, prediction: Prediction, event: str, body: str) -> Delivery:
+        """Persist a new pending delivery, due now."""
+        delivery = Delivery(
+            id=f"msg_{new_id()}",
+            prediction_id=prediction.id,
+            event=event,
+            url=prediction.webhook or "",
+            body=body,
+            created_at=time.time(),
+            retry=event == "completed",
+            tenant=prediction.tenant,
+        )
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(keys.webhook_delivery(delivery.id), mapping=delivery.to_hash())
+            pipe.zadd(keys.webhook_due(), {delivery.id: delivery.created_at + CLAIM_LEASE_S})
+            if event in COMPLETED_AFTER:
+                pipe.set(keys.webhook_latest_delivery(prediction.id, event), delivery.id, ex=FINISHED_TTL_S)
+            if event == "completed":
+                pipe.set(keys.webhook_completed(prediction.id), delivery.id, ex=FINISHED_TTL_S)
+            pipe.execute()
+        return delivery
+
+    def record_once(self, delivery_id: str, subject_id: str, tenant: str, url: str, body: str) -> Delivery | None:
+        """Persist a ``completed`` delivery under a fixed id (a batch's one webhook), unless a delivery
+        with that id was already recorded: then None."""
+        delivery = Delivery(
+            id=delivery_id,
+            prediction_id=subject_id,
+            event="completed",
+            url=url,
+            body=body,
+            created_at=time.time(),
+            retry=True,
+            tenant=tenant,
+        )
+        if not self.redis.hsetnx(keys.webhook_delivery(delivery.id), "id", json.dumps(delivery.id)):
+            return None
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(keys.webhook_delivery(delivery.id), mapping=delivery.to_hash())
+            pipe.zadd(keys.webhook_due(), {delivery.id: delivery.created_at + CLAIM_LEASE_S})
+            pipe.execute()
+        return delivery
+
+    def begin_progress(self, prediction_id: str, event: str) -> bool:
+        """Mark an ``output``/``logs`` delivery in flight. False for a ``logs`` event once the
+        prediction's ``completed`` event is recorded: it is stale (``completed`` carries every log
+        line) and must not reach the receiver after it. ``output`` events are always sent.
+
+        Paired with ``progress_in_flight``: this side counts itself in before it looks for the
+        completed marker, the completed side is recorded before it looks at the count, so at least
+        one of the two sees the other and no progress event lands after ``completed``.
+        """
+        counter = keys.webhook_progress_sending(prediction_id)
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.incr(counter)
+            pipe.expire(counter, int(CLAIM_LEASE_S))
+            pipe.exists(keys.webhook_completed(prediction_id))
+            stale = event == "logs" and pipe.execute()[2]
+        if stale:
+            self.end_progress(prediction_id)
+        return not stale
+
+    def end_progress(self, prediction_id: str) -> None:
+        self.redis.decr(keys.webhook_progress_sending(prediction_id))
+
+    def progress_in_flight(self, prediction_id: str) -> bool:
+        return int(self.redis.get(keys.webhook_progress_sending(prediction_id)) or 0) > 0
+
+    def unattempted(self, delivery_id: str) -> bool:
+        """Whether that delivery exists and has not been attempted yet."""
+        found = self.get(delivery_id)
+        return found is not None and found.state == PENDING and found.attempts == 0
+
+    def completed_must_wait(self, delivery: Delivery) -> bool:
+        """A ``completed`` event goes out after the prediction's ``start`` and latest ``output``
+        events were attempted, and while none of its progress events is in flight."""
+        latest = self.redis.mget(
+            [keys.webhook_latest_delivery(delivery.prediction_id, event) for event in COMPLETED_AFTER]
+        )
+        return any(self.unattempted(as_text(found)) for found in latest if found) or self.progress_in_flight(
+            delivery.prediction_id
+        )
+
+    def passes_throttle(self, prediction_id: str, event: str) -> bool:
+        """``output``/``logs``: at most one per throttle window per prediction. Others always pass."""
+        if event not in THROTTLED_EVENTS or self.settings.webhook_throttle_ms == 0:
+            return True
+        return bool(
+            self.redis.set(
+                keys.webhook_throttle(prediction_id, event), 1, nx=True, px=self.settings.webhook_throttle_ms
+            )
+        )
+
+    def get(self, delivery_id: str) -> Delivery | None:
+        fields = self.redis.hgetall(keys.webhook_delivery(delivery_id))
+        return Delivery.from_hash(fields) if fields else None
+
+    def claim_due(self, limit: int = 100) -> list[str]:
+        return [
+            i.decode() for i in self._claim_due(keys=[keys.webhook_due()], args=[time.time(), CLAIM_LEASE_S, limit])
+        ]
+
+    def lock_attempt(self, delivery_id: str) -> bool:
+        """Only one process attempts a delivery at a time (a redelivered message may race the poller)."""
+        return bool(self.redis.set(keys.webhook_attempt_lock(delivery_id), 1, nx=True, ex=int(CLAIM_LEASE_S)))
+
+    def unlock_attempt(self, delivery_id: str) -> None:
+        self.redis.delete(keys.webhook_attempt_lock(delivery_id))
+
+    def postpone(self, delivery: Delivery, delay_s: float) -> None:
+        self.redis.zadd(keys.webhook_due(), {delivery.id: time.time() + delay_s})
+
+    def save_attempt(
+        self, delivery: Delivery, outcome: str, *, succeeded: bool, stop: bool, retry_after_s: float | None = None
+    ) -> Delivery:
+        """Record one attempt's outcome and decide what comes next: done, failed, or due again later."""
+        delivery.attempts += 1
+        delivery.last_outcome = outcome
+        delay = None if succeeded or stop else self.next_delay(delivery, retry_after_s)
+        delivery.state = DELIVERED if succeeded else FAILED if delay is None else PENDING
+        delivery.next_attempt_at = None if delay is None else time.time() + delay
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(keys.webhook_delivery(delivery.id), mapping=delivery.to_hash())
+            if delivery.next_attempt_at is None:
+                pipe.zrem(keys.webhook_due(), delivery.id)
+                pipe.expire(keys.webhook_delivery(delivery.id), FINISHED_TTL_S)
+            else:
+                pipe.zadd(keys.webhook_due(), {delivery.id: delivery.next_attempt_at})
+            pipe.execute()
+        return delivery
+
+    def next_delay(self, delivery: Delivery, retry_after_s: float | None) -> float | None:
+        """Seconds until the next attempt, or None when the schedule is spent (or no retries apply)."""
+        schedule = self.settings.webhook_retry_schedule_s
+        if not delivery.retry or delivery.attempts > len(schedule):
+            return None
+        # ±10 % jitter spreads the retries of many predictions that failed together.
+        delay = schedule[delivery.attempts - 1] * random.uniform(0.9, 1.1)
+        return max(delay, retry_after_s or 0.0)
+
+
+class WebhookNotifier:
+    """Turns a prediction's state change into a recorded, enqueued webhook event."""
+
+    def __init__(self, store: PredictionStore, outbox: WebhookOutbox, celery: Celery) -> None:
+        self.store = store
+        self.outbox = outbox
+        self.celery = celery
+
+    @cached_property
+    def url_signer(self) -> UrlSigner:
+        return UrlSigner.from_settings(self.outbox.settings, self.outbox.redis)
+
+    def notify(self, prediction: Prediction, event: str) -> Delivery | None:
+        """Record ``event`` for ``prediction`` (any fresh copy of it: the body is read now) and enqueue it."""
+        if not prediction.wants_event(event) or not self.outbox.passes_throttle(prediction.id, event):
+            return None
+        current = self.store.get(prediction.id)
+        if current is None:
+            return None
+        rendered = render_prediction(current, current.base_url, self.url_signer, self.outbox.settings.retention_s)
+        body = json.dumps(rendered)
+        delivery = self.outbox.record(current, event, body)
+        try:
+            self.celery.send_task(queues.DELIVER_WEBHOOK_TASK, args=[delivery.id], queue=queues.WEBHOOKS)
+        except Exception as exc:  # the poller sends it once the lease passes; never fail a prediction for it
+            log.warning("webhook %s for %s not enqueued now (%s); the poller will send it", event, prediction.id, exc)
+        return delivery

@@ -1,9 +1,0 @@
-import sys
-
-from tests.bench.gpu_kit import imports
-
-imports.record()  # before anything else is imported, so every import of the kit is seen
-
-from tests.bench.gpu_kit.truth import main  # noqa: E402
-
-sys.exit(main())

@@ -1,0 +1,369 @@
+"""The kit's fast-path measurements: compiled modes against eager, the compile cache, the fast mode.
+
+Per model, after Kiln's eager batch 1 (and best batch) are measured:
+
+- **compiled** (``measure_compile_modes``): Kiln with ``KILN_TORCH_COMPILE`` in each of
+  ``--compile-modes`` (``reduce-overhead``: Inductor with CUDA graphs; ``max-autotune-no-cudagraphs``:
+  autotuned kernels, no graphs) at batch 1 and the best batch: compile time (first call minus a timed
+  one), seconds per image, the max absolute difference of the final image (0-255) against eager at
+  the same seeds, and on the XL models the graphs dynamo adds over three values of each scale input;
+- **fast** (``measure_fast``): the fast mode, each component alone and all together, at batch 1 (all
+  together also at the best batch), with the relative L2 difference of the final latents against the
+  quality path at the same seeds (random weights give noise images: latents say more than pixels).
+
+The compile cache (``worker.compile_cache``): with ``--compile-cache-in`` the kit loads the artifacts
+before anything compiles (run B: compile times are then warm-cache ones); with ``--compile-cache-out``
+it saves them after the compiled measurements (run A), and reports the sizes.
+"""
+
+from __future__ import annotations
+
+import gc
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch._dynamo.utils import counters as dynamo_counters
+
+from models.kit.fast_mode import FastComponent, FastMode, device_capability, float8_supported
+from models.kit.tuning import _compiled_modules
+from models.registry import find_model
+from shared.inputs.schema import Speed
+from tests.worker.fakes import FakeContext
+from worker import compile_cache
+from worker.predictor_pool import PredictorPool
+
+if TYPE_CHECKING:
+    from tools.gpu_kit.truth import Kit
+
+
+def throughput(seconds_per_call: float, batch: int) -> dict[str, float]:
+    per_image = seconds_per_call / batch
+    return {"seconds_per_image": round(per_image, 4), "images_per_minute": round(60 / per_image, 2)}
+
+
+COMPILE_MODES = ("reduce-overhead", "max-autotune-no-cudagraphs")
+# What one compiled mode needs at least, on top of its timed calls (compile time is unknown until run once).
+MODE_RESERVE_S = {"cuda": 120.0, "cpu": 20.0}
+# Each input moved on its own from the workload, on the compiled path: no new graph is expected.
+SCALE_VALUES: dict[str, tuple[Any, ...]] = {
+    "ip_adapter_scale": (0.2, 0.5, 0.8),
+    "controlnet_scale": (0.3, 0.9, 1.5),
+    "ip_adapter_mode": ("full", "style", "composition"),
+}
+SCALE_STEPS = 2
+ALL = "all"
+
+
+def generate(predictor: Any, jobs: list[Any]) -> tuple[list[np.ndarray], torch.Tensor]:
+    """One ``generate`` over ``jobs``: the first output image of each job, and the final latents."""
+    final: list[torch.Tensor] = []
+    step_callback = FakeContext().step_callback()
+
+    def keeping_latents(pipe: Any, step: int, timestep: Any, kwargs: dict) -> dict:
+        final[:] = [kwargs["latents"].detach().float().cpu()]
+        return step_callback(pipe, step, timestep, kwargs)
+
+    outputs = predictor.generate(jobs, keeping_latents)
+    return [np.asarray(images[0], dtype=np.int16) for images in outputs], final[0]
+
+
+def max_abs_difference(images: list[np.ndarray], reference: list[np.ndarray]) -> int:
+    return max(int(np.abs(a - b).max()) for a, b in zip(images, reference, strict=True))
+
+
+def relative_l2(latents: torch.Tensor, reference: torch.Tensor) -> float:
+    return float(torch.linalg.vector_norm(latents - reference) / torch.linalg.vector_norm(reference))
+
+
+def best_batch(kit: Kit, model: str) -> int:
+    """The batch the compiled and fast passes run besides 1: ``--best-batch``'s for the model, else eager
+    Kiln's best, else the largest of ``--batch-sizes``."""
+    if model in kit.args.best_batch:
+        return kit.args.best_batch[model]
+    kiln = kit.report.model(model).get("kiln", {})
+    return int(kiln.get("best_batch") or max(kit.args.batch_sizes))
+
+
+def cache_key(kit: Kit) -> compile_cache.CacheKey:
+    """The kit's compile cache key: the same arguments in runs A and B give the same key."""
+    sides = {kit.workload(model).side for model in kit.args.models}
+    return compile_cache.cache_key(
+        kit.device,
+        kit.args.models,
+        [(side, side) for side in sides],
+        kit.args.batch_sizes,
+        kit.args.compile_backend,
+        "+".join(kit.args.compile_modes),
+    )
+
+
+def load_compile_cache(kit: Kit) -> None:
+    if kit.args.compile_cache_in:
+        directory = Path(kit.args.compile_cache_in)
+        loaded = compile_cache.load(directory, cache_key(kit))
+        kit.report.data["compile_cache"] = {"loaded_from": str(directory), "loaded_bytes": loaded}
+
+
+def save_compile_cache(kit: Kit) -> None:
+    if kit.args.compile_cache_out:
+        directory = Path(kit.args.compile_cache_out)
+        saved = compile_cache.save(directory, cache_key(kit))
+        entry = kit.report.data.setdefault("compile_cache", {})
+        entry |= {"saved_to": str(directory), "saved_bytes": saved, "key": cache_key(kit).name}
+
+
+# -- compiled modes --------------------------------------------------------------------------------
+
+
+def measure_compile_modes(kit: Kit, model: str) -> None:
+    kiln = kit.report.model(model).get("kiln", {})
+    one = kiln.get("batches", {}).get("1")
+    if one is None:
+        return
+    batches = sorted({1, best_batch(kit, model)})
+    eager_images, _ = generate(kit.predictor(model), kit.prepared(model, 1))
+    warm = bool(kit.report.data.get("compile_cache", {}).get("loaded_bytes"))
+    for mode in kit.args.compile_modes:
+        calls = sum(batch * (1 + kit.args.sweep_repeats) for batch in batches)
+        estimate = MODE_RESERVE_S[kit.kind] + calls * one["seconds_per_image"]
+        if not kit.budget.allows(estimate):
+            kit.report.skip(f"{model} compiled {mode}", f"needs ~{estimate:.0f} s, {kit.seconds_left():.0f} s left")
+            return
+        with kit.step(f"{model} compiled {mode}"):
+            entry = measure_compile_mode(kit, model, mode, batches, eager_images)
+            release_memory(kit)
+            entry["cache"] = "warm" if warm else "cold"
+            kit.report.model(model).setdefault("compiled", {})[mode] = entry
+            print(f"{model}: compiled {mode}: {entry}", flush=True)
+
+
+def release_memory(kit: Kit) -> None:
+    """Free what a compiled predictor held (its pool is gone once ``measure_compile_mode`` returns)."""
+    gc.collect()
+    if kit.on_cuda:
+        torch.cuda.empty_cache()
+
+
+def measure_compile_mode(
+    kit: Kit, model: str, mode: str, batches: list[int], eager_images: list[np.ndarray]
+) -> dict[str, Any]:
+    torch._dynamo.reset()
+    _compiled_modules.clear()
+    settings = kit.settings.model_copy(
+        update={
+            "torch_compile": True,
+            "compile_mode": mode,
+            "compile_backend": kit.args.compile_backend,
+            "compile_warmup": False,
+        }
+    )
+    pool = PredictorPool(settings)
+    predictor = pool.get(find_model(model))
+    entry: dict[str, Any] = {"mode": mode, "backend": kit.args.compile_backend, "batches": {}}
+    try:
+        for batch in batches:
+            jobs = kit.prepared(model, batch)
+            first, mean = kit.timed(lambda jobs=jobs: predictor.generate(jobs, FakeContext().step_callback()))
+            entry["batches"][str(batch)] = {
+                "batch": batch,
+                **throughput(mean, batch),
+                "compile_s": round(first - mean, 2),
+            }
+        images, _ = generate(predictor, kit.prepared(model, 1))
+        entry["max_abs_diff_vs_eager"] = max_abs_difference(images, eager_images)
+        if model != "kiln/sd2-depth2img":
+            entry["recompiles"] = scale_recompiles(kit, model, predictor)[1]
+    finally:
+        _compiled_modules.clear()
+    entry["best_batch"] = int(min(entry["batches"].values(), key=lambda b: b["seconds_per_image"])["batch"])
+    return entry
+
+
+def scale_recompiles(kit: Kit, model: str, predictor: Any) -> tuple[int, dict[str, Any]]:
+    """The graphs of a first call, then the graphs dynamo adds (and frames it gives up on) over three
+    values of each scale input."""
+    spec = find_model(model)
+    base = kit.workload(model).inputs | {"seed": 0, "num_inference_steps": SCALE_STEPS}
+    job = predictor.prepare(spec.input_model(**base), FakeContext())
+
+    def run_with(**change: Any) -> None:
+        inputs = spec.input_model(**job.inputs.model_dump() | change)
+        predictor.generate([replace(job, inputs=inputs)], FakeContext().step_callback())
+
+    def graphs_and_fallbacks() -> tuple[int, int]:
+        frames = dynamo_counters["frames"]
+        return dynamo_counters["stats"]["unique_graphs"], frames["total"] - frames["ok"]
+
+    before = graphs_and_fallbacks()
+    run_with()
+    first_call_graphs = graphs_and_fallbacks()[0] - before[0]
+    counts: dict[str, Any] = {}
+    for name, values in SCALE_VALUES.items():
+        start = graphs_and_fallbacks()
+        for value in values:
+            run_with(**{name: value})
+        end = graphs_and_fallbacks()
+        counts[name] = {"values": list(values), "new_graphs": end[0] - start[0], "eager_fallbacks": end[1] - start[1]}
+    return first_call_graphs, counts
+
+
+# -- the fast mode ---------------------------------------------------------------------------------
+
+
+def fast_variants(model: str) -> dict[str, frozenset[FastComponent]]:
+    """Each component alone (the ControlNet one only where there is a ControlNet), then all together."""
+    components = [c for c in FastComponent if model != "kiln/sd2-depth2img" or c != FastComponent.CONTROLNET_COND_ONLY]
+    return {c.value: frozenset({c}) for c in components} | {ALL: frozenset(components)}
+
+
+def fast_jobs(jobs: list[Any]) -> list[Any]:
+    return [replace(job, inputs=job.inputs.model_copy(update={"speed": Speed.FAST})) for job in jobs]
+
+
+def measure_fast(kit: Kit, model: str) -> None:
+    kiln = kit.report.model(model).get("kiln", {})
+    one = kiln.get("batches", {}).get("1")
+    if one is None:
+        return
+    best = best_batch(kit, model)
+    variants = fast_variants(model)
+    calls = len(variants) * (2 + kit.args.repeats) + best * (1 + kit.args.sweep_repeats)
+    estimate = calls * one["seconds_per_image"]
+    if not kit.budget.allows(estimate):
+        kit.report.skip(f"{model} fast mode", f"needs ~{estimate:.0f} s, {kit.seconds_left():.0f} s left")
+        return
+    predictor = kit.predictor(model)
+    saved = predictor.fast
+    interval = kit.settings.fast_reuse_interval
+    fast: dict[str, Any] = {"batches": {}, "reuse_interval": interval, "variants": {}}
+    kit.report.model(model)["fast"] = fast
+    # Each variant is a step of its own: one that fails (float8 on an unforeseen layer) leaves the others.
+    try:
+        _, quality = generate(predictor, kit.prepared(model, 1))
+        float8: dict[str, torch.nn.Module] = {}
+        with kit.step(f"{model} fast float8 copies"):
+            float8 = float8_modules(kit, predictor, fast)
+        if not float8:
+            variants[ALL] -= {FastComponent.FLOAT8}
+        for name, components in variants.items():
+            if FastComponent.FLOAT8 in components and not float8:
+                fast["variants"][name] = {"skipped": fast.get("float8", "float8 copies failed")}
+                continue
+            with kit.step(f"{model} fast {name}"):
+                predictor.fast = FastMode(components, interval, float8)
+                fast["variants"][name] = measure_fast_variant(kit, model, predictor, quality, one)
+                print(f"{model}: fast {name}: {fast['variants'][name]}", flush=True)
+        with kit.step(f"{model} fast batches"):
+            predictor.fast = FastMode(variants[ALL], interval, float8)
+            measure_fast_batches(kit, model, predictor, fast, best)
+    finally:
+        predictor.fast = saved
+
+
+def measure_fast_variant(
+    kit: Kit, model: str, predictor: Any, quality: torch.Tensor, one: dict[str, Any]
+) -> dict[str, Any]:
+    """The predictor's fast mode at batch 1: speed, and how far its final latents are from quality's."""
+    jobs = fast_jobs(kit.prepared(model, 1))
+    _, latents = generate(predictor, jobs)
+    _, mean = kit.timed(lambda: predictor.generate(jobs, FakeContext().step_callback()))
+    return {
+        "components": sorted(c.value for c in predictor.fast.components),
+        **throughput(mean, 1),
+        "rel_l2_latents_vs_quality": round(relative_l2(latents, quality), 5),
+        "ratio_over_kiln": round(mean / one["seconds_per_image"], 3),
+    }
+
+
+def float8_modules(kit: Kit, predictor: Any, fast: dict[str, Any]) -> dict[str, torch.nn.Module]:
+    """The float8 copies of the predictor's UNet and ControlNet, or none (and why) where float8 cannot run."""
+    supported, why = float8_supported(kit.device, device_capability(kit.device))
+    fast["float8"] = why
+    if not supported:
+        return {}
+    probe = FastMode(frozenset({FastComponent.FLOAT8}), kit.settings.fast_reuse_interval)
+    probe.prepare_float8(predictor.pipe, kit.device, device_capability(kit.device))
+    return probe.float8_modules
+
+
+def measure_fast_batches(kit: Kit, model: str, predictor: Any, fast: dict[str, Any], best: int) -> None:
+    """The predictor's fast mode (every component that runs here) at batch 1 and the best batch: ``fast``
+    in ``kiln``'s shape, and the ratio fast / Kiln at batch 1."""
+    fast["components"] = sorted(c.value for c in predictor.fast.components)
+    for batch in sorted({1, best}):
+        jobs = fast_jobs(kit.prepared(model, batch))
+        first, mean = kit.timed(lambda jobs=jobs: predictor.generate(jobs, FakeContext().step_callback()))
+        fast["batches"][str(batch)] = {"batch": batch, **throughput(mean, batch), "first_call_s": round(first, 3)}
+    fast["best_batch"] = int(min(fast["batches"].values(), key=lambda b: b["seconds_per_image"])["batch"])
+    kiln_one = kit.report.model(model)["kiln"]["batches"]["1"]["seconds_per_image"]
+    kit.report.model(model)["ratio_fast_over_kiln"] = round(fast["batches"]["1"]["seconds_per_image"] / kiln_one, 3)
+
+
+# -- the report ------------------------------------------------------------------------------------
+
+
+def _number(value: Any, digits: int = 3) -> str:
+    return "–" if value is None else f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def _recompiled(entry: dict[str, Any]) -> str:
+    counts = entry.get("recompiles")
+    if not counts:
+        return "–"
+    return str(sum(item["new_graphs"] + item["eager_fallbacks"] for item in counts.values()))
+
+
+def markdown(data: dict[str, Any]) -> list[str]:
+    """The compiled and fast-mode tables of the Markdown report (nothing when neither was measured)."""
+    lines: list[str] = []
+    compiled = [
+        (ref, mode, entry) for ref, m in data["models"].items() for mode, entry in m.get("compiled", {}).items()
+    ]
+    if compiled:
+        lines += [
+            "",
+            "Compiled Kiln (quality) against eager: compile s = first call minus a timed one (cache: warm when "
+            "run A's artifacts were loaded); max |Δ| = largest pixel difference (0-255) of the final image; "
+            "new graphs = those added over 3 values of each scale input.",
+            "",
+            "| model | mode | cache | s/img @1 | compile s @1 | best batch | s/img @best | compile s @best | "
+            "max abs Δ vs eager | new graphs |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for ref, mode, entry in compiled:
+            one, best = entry["batches"].get("1", {}), entry["batches"].get(str(entry.get("best_batch")), {})
+            lines.append(
+                f"| {ref} | {mode} | {entry.get('cache', '–')} | {_number(one.get('seconds_per_image'))} "
+                f"| {_number(one.get('compile_s'), 1)} | {_number(entry.get('best_batch'))} "
+                f"| {_number(best.get('seconds_per_image'))} | {_number(best.get('compile_s'), 1)} "
+                f"| {_number(entry.get('max_abs_diff_vs_eager'))} | {_recompiled(entry)} |"
+            )
+    fast = [(ref, m["fast"]) for ref, m in data["models"].items() if m.get("fast", {}).get("variants")]
+    if fast:
+        lines += [
+            "",
+            "Fast mode against Kiln quality (eager), batch 1: relative L2 of the final latents at the same seed.",
+            "",
+            "| model | variant | s/img @1 | fast / Kiln | rel. L2 latents |",
+            "|---|---|---|---|---|",
+        ]
+        for ref, entry in fast:
+            for name, variant in entry["variants"].items():
+                if "skipped" in variant:
+                    lines.append(f"| {ref} | {name} | skipped: {variant['skipped']} | – | – |")
+                    continue
+                lines.append(
+                    f"| {ref} | {name} | {_number(variant['seconds_per_image'])} "
+                    f"| {_number(variant['ratio_over_kiln'], 2)} | {_number(variant['rel_l2_latents_vs_quality'], 4)} |"
+                )
+    cache = data.get("compile_cache")
+    if cache:
+        lines += [
+            "",
+            f"Compile cache: loaded {cache.get('loaded_bytes', 0) / 2**20:.1f} MiB, "
+            f"saved {cache.get('saved_bytes', 0) / 2**20:.1f} MiB ({cache.get('key', '–')}).",
+        ]
+    return lines
