@@ -8,9 +8,9 @@ import pytest
 
 from shared.predictions.record import Prediction
 from shared.settings import Settings
+from shared.webhooks import delivery as webhook_delivery
 from shared.webhooks.delivery import AttemptResult, SignedBody, attempt_delivery
 from shared.webhooks.outbox import DELIVERED, FAILED, PENDING, WebhookOutbox
-from shared.webhooks import delivery as webhook_delivery
 
 
 def signing(delivery):
