@@ -9,26 +9,7 @@ import redis.asyncio
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from shared.db import keys
-
-# KEYS[1]: bucket. ARGV: rate (tokens/s), burst, cost. Uses the server's clock so replicas agree.
-# Returns {allowed (0/1), tokens left (string, fractional)}.
-_TAKE = """
-local rate, burst, cost = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
-local tokens = tonumber(redis.call('HGET', KEYS[1], 'tokens') or burst)
-local last = tonumber(redis.call('HGET', KEYS[1], 'ts') or now)
-tokens = math.min(burst, tokens + math.max(0, now - last) * rate)
-local allowed = 0
-if tokens >= cost then
-  tokens = tokens - cost
-  allowed = 1
-end
-redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(now))
-redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
-return {allowed, tostring(tokens)}
-"""
+from shared.db import keys, lua
 
 
 @dataclass(frozen=True)
@@ -47,7 +28,7 @@ class Decision:
 class RateLimiter:
     def __init__(self, client: redis.asyncio.Redis) -> None:
         # Async, so the check runs on the event loop instead of costing every request a thread hop.
-        self._take = client.register_script(_TAKE)
+        self._take = client.register_script(lua.script("ratelimit_take"))
 
     async def take(self, tenant: str, rate_per_s: float, burst: int, cost: int = 1) -> Decision:
         """Take ``cost`` from the tenant's bucket (``rate_per_s`` refill, ``burst`` deep: the token's limits)."""

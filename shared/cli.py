@@ -3,9 +3,12 @@
     kiln tokens create NAME [--rate-limit-per-s N] [--rate-limit-burst N] [--max-queued N]
     kiln tokens list
     kiln tokens revoke NAME
+    kiln lua [NAME]
 
-It talks to the Redis the API uses: ``KILN_REDIS_URL`` (environment or ``.env``), else the URL
-``make run`` keeps in ``<KILN_DATA_DIR>/redis-url`` (with the password it generated).
+``kiln lua`` prints a Redis Lua script as Redis runs it (``shared.db.lua``), or without a name the
+names; it needs no Redis. The ``tokens`` commands talk to the Redis the API uses: ``KILN_REDIS_URL``
+(environment or ``.env``), else the URL ``make run`` keeps in ``<KILN_DATA_DIR>/redis-url`` (with the
+password it generated).
 The bootstrap tokens are those the running API published there at start (``KILN_API_TOKEN`` of the
 API, which this command need not have), and this environment's ``KILN_API_TOKEN`` besides. A name in
 use is refused (exit status 1).
@@ -23,6 +26,7 @@ from typing import TextIO
 from redis import Redis
 from redis.exceptions import RedisError
 
+from shared.db import lua
 from shared.db.client import connect
 from shared.security.tokens import TokenError, TokenInfo, TokenLimits, TokenRegistry
 from shared.settings import Settings
@@ -66,6 +70,7 @@ def parser() -> argparse.ArgumentParser:
     commands.add_parser("list", help="the tokens accepted now (names and limits, never the tokens)")
     revoke = commands.add_parser("revoke", help="refuse a token from now on, in every API process")
     revoke.add_argument("name")
+    lua.add_name_argument(groups.add_parser("lua", help="print a Redis Lua script as Redis runs it"))
     return root
 
 
@@ -89,7 +94,9 @@ def _describe(info: TokenInfo) -> str:
 
 def run(argv: Sequence[str], registry: TokenRegistry, out: TextIO) -> int:
     args = parser().parse_args(argv)
-    if args.command == "create":
+    if args.group == "lua":
+        out.write(lua.show(args.name))
+    elif args.command == "create":
         limits = TokenLimits(args.rate_limit_per_s, args.rate_limit_burst, args.max_queued)
         out.write(registry.create(args.name, limits) + "\n")
     elif args.command == "list":

@@ -20,7 +20,7 @@ import redis.asyncio
 from redis.exceptions import RedisError
 
 from api.errors import ProblemError
-from shared.db import keys
+from shared.db import keys, lua
 from shared.predictions.record import new_id
 
 log = logging.getLogger(__name__)
@@ -29,33 +29,6 @@ log = logging.getLogger(__name__)
 LEASE_S = 30
 # A refused client may try again after this long: streams and waits of a tenant end all the time.
 RETRY_AFTER_S = 5
-
-# KEYS[1]: the tenant's slots. ARGV[1]: member, ARGV[2]: cap, ARGV[3]: lease (ms). Server time, so
-# API processes agree. Drops lapsed slots, then takes one if fewer than the cap are held.
-# Returns the number held before (the caller got one when that is under the cap).
-_ACQUIRE = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-local held = redis.call('ZCARD', KEYS[1])
-if held < tonumber(ARGV[2]) then
-  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[1])
-  redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[3]))
-end
-return held
-"""
-
-# KEYS: tenants' slot sets; ARGV[1]: lease (ms); ARGV[2..]: one member per key. Extends the leases
-# of slots still held (never re-adds one that lapsed and was dropped).
-_RENEW = """
-local t = redis.call('TIME')
-local until_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[1])
-for i, key in ipairs(KEYS) do
-  redis.call('ZADD', key, 'XX', until_ms, ARGV[i + 1])
-  redis.call('PEXPIRE', key, tonumber(ARGV[1]))
-end
-return #KEYS
-"""
 
 
 @dataclass(frozen=True)
@@ -71,8 +44,8 @@ class StreamSlots:
         self.cap = cap
         self.lease_ms = int(lease_s * 1000)
         self._client = client
-        self._acquire = client.register_script(_ACQUIRE)
-        self._renew = client.register_script(_RENEW)
+        self._acquire = client.register_script(lua.script("stream_slots_acquire"))
+        self._renew = client.register_script(lua.script("stream_slots_renew"))
         self._held: set[Slot] = set()
         self._released: asyncio.Queue[Slot] = asyncio.Queue()
         self._keeper: asyncio.Task[None] | None = None

@@ -22,11 +22,11 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from redis import Redis
 
-from shared.batches.counts import CANCELED, COMPLETED, LUA_BATCH_FINISH, QUEUED, RUNNING, VALIDATING
-from shared.db import keys
+from shared.batches.counts import CANCELED, COMPLETED, QUEUED, RUNNING, VALIDATING
+from shared.db import keys, lua
 from shared.db.client import as_text, create_new, newest_first_page
 from shared.predictions.record import format_timestamp, new_id
-from shared.predictions.status import LUA_STATUS_TABLE, Status
+from shared.predictions.status import Status
 
 if TYPE_CHECKING:
     from redis.client import Pipeline
@@ -39,25 +39,6 @@ BATCH_TTL_S = 7 * 24 * 3600
 INVALID_MARK = "!"
 # A settler that took a finished batch and died: another takes it after this long.
 SETTLE_LEASE_S = 60.0
-
-# KEYS[1]: the batch record. ARGV[1]: the batch id. A batch done validating becomes queued, and ends
-# at once when no item is left unfinished (all refused, or all already ended). Returns 1 when it ended.
-_SEAL = (
-    LUA_STATUS_TABLE
-    + LUA_BATCH_FINISH
-    + f"""
-if redis.call('HGET', KEYS[1], 'status') == '{VALIDATING}' then redis.call('HSET', KEYS[1], 'status', '{QUEUED}') end
-return batch_try_finish(KEYS[1], ARGV[1])
-"""
-)
-
-# KEYS[1]: the finished set. ARGV[1]: now, ARGV[2]: lease, ARGV[3]: limit. Claims finished batches
-# by pushing their score a lease ahead (as the webhook outbox claims due deliveries).
-_CLAIM_FINISHED = """
-local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
-for _, id in ipairs(ids) do redis.call('ZADD', KEYS[1], tonumber(ARGV[1]) + tonumber(ARGV[2]), id) end
-return ids
-"""
 
 
 @dataclass
@@ -159,8 +140,8 @@ class BatchStore:
         self.redis = redis
         # A batch's keys (record, items, shared fields) expire this long after it was created.
         self.ttl_s = int(BATCH_TTL_S + record_retention_s)
-        self._seal = redis.register_script(_SEAL)
-        self._claim_finished = redis.register_script(_CLAIM_FINISHED)
+        self._seal = redis.register_script(lua.script("batch_seal"))
+        self._claim_finished = redis.register_script(lua.script("batch_claim_finished"))
 
     def create(
         self, tenant: str, base_url: str, webhook: str | None, source: str, total: int, batch_id: str | None = None

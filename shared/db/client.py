@@ -80,18 +80,6 @@ def newest_first_page(
     return [as_text(i) for i in ids[:limit]], len(ids) > limit
 
 
-def lua_key(builder: Callable[..., str], *lua_args: str) -> str:
-    """A Lua expression for the key ``builder`` (a ``shared.db.keys`` function) makes, its arguments
-    the Lua expressions ``lua_args``: ``lua_key(keys.prediction, "id")`` is
-    ``'kiln:prediction:' .. id``. Scripts build keys of ids they read this way, from the one builder."""
-    hole = "\x00"
-    parts = builder(*[hole] * len(lua_args)).split(hole)
-    pieces = [f"'{parts[0]}'"]
-    for arg, part in zip(lua_args, parts[1:], strict=True):
-        pieces += [arg, f"'{part}'"]
-    return " .. ".join(piece for piece in pieces if piece != "''")
-
-
 class AlreadyStored(Exception):
     """A create found keys it was to make already stored, and wrote nothing."""
 

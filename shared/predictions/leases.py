@@ -14,64 +14,19 @@ import time
 
 from redis import Redis
 
-from shared.db import keys
+from shared.db import keys, lua
 from shared.db.client import range_members
 from shared.predictions.record import format_timestamp, utcnow
 from shared.predictions.status import Status
-from shared.predictions.store import LUA_SET_STATUS, record_keys
-
-# KEYS: as shared.predictions.store.LUA_SET_STATUS (record, events, running set, queued counters).
-# ARGV[1]: JSON started_at, ARGV[2]: lease expiry, ARGV[3]: prediction id. Starts the prediction
-# under a new attempt number and takes its lease, if the state table lets it enter PROCESSING (it is
-# queued); returns that number, or 0 when not (running, finished, gone).
-_START = (
-    LUA_SET_STATUS
-    + """
-local current = redis.call('HGET', KEYS[1], 'status')
-if not current then return 0 end
-local status = cjson.decode(current)
-if not may_enter(status, PROCESSING) then return 0 end
-local attempt = tonumber(redis.call('HGET', KEYS[1], 'attempt') or '0') + 1
-set_status(status, PROCESSING, ARGV[3], 'started_at', ARGV[1], 'attempt', tostring(attempt))
-redis.call('ZADD', KEYS[3], ARGV[2], ARGV[3])
-return attempt
-"""
-)
-
-# KEYS: as shared.predictions.store.LUA_SET_STATUS. ARGV[1]: now, ARGV[2]: max attempts, ARGV[3]: prediction id,
-# ARGV[4]: JSON completed_at, ARGV[5]: JSON error for the last attempt.
-# If the lease really lapsed (not renewed meanwhile), requeue (STARTING) or, once the prediction was
-# tried max attempts times, fail it, as far as the state table allows. Returns the new status or "".
-_REAP = (
-    LUA_SET_STATUS
-    + """
-local expiry = redis.call('ZSCORE', KEYS[3], ARGV[3])
-if not expiry or tonumber(expiry) > tonumber(ARGV[1]) then return '' end
-redis.call('ZREM', KEYS[3], ARGV[3])
-local current = redis.call('HGET', KEYS[1], 'status')
-if not current then return '' end
-local status = cjson.decode(current)
-local attempt = tonumber(redis.call('HGET', KEYS[1], 'attempt') or '0')
-local target = STARTING
-if attempt >= tonumber(ARGV[2]) then target = FAILED end
--- A lease belongs to a running prediction; any other status is not this reaper's to change.
-if status ~= PROCESSING or not may_enter(status, target) then return '' end
-if target == FAILED then
-  set_status(status, FAILED, ARGV[3], 'completed_at', ARGV[4], 'error', ARGV[5])
-else
-  set_status(status, STARTING, ARGV[3])
-end
-return target
-"""
-)
+from shared.predictions.store import record_keys
 
 
 class Leases:
     def __init__(self, redis: Redis, lease_s: float) -> None:
         self.redis = redis
         self.lease_s = lease_s
-        self._start = redis.register_script(_START)
-        self._reap = redis.register_script(_REAP)
+        self._start = redis.register_script(lua.script("leases_start"))
+        self._reap = redis.register_script(lua.script("leases_reap"))
 
     def start(self, prediction_id: str) -> int | None:
         """Move a queued prediction to processing under this worker's lease; its attempt number, or

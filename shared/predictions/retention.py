@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 
 from redis import Redis
 
-from shared.db import keys
+from shared.db import keys, lua
 from shared.db.client import range_members
 from shared.runtime import metrics
 from shared.storage.objects import batch_prefix, file_key, prediction_prefix
@@ -44,24 +44,6 @@ MAX_BATCHES = 25
 # The webhook events whose per-prediction state (``keys.webhook_*``) a record takes with it.
 _WEBHOOK_EVENTS = ("start", "output", "logs", "completed")
 
-# KEYS[1]: the record, KEYS[2]: its logs. Clears input, output and logs of a record that exists
-# (a record already expired is not brought back) and marks it ``data_removed``.
-_REMOVE_DATA = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-redis.call('HSET', KEYS[1], 'data_removed', 'true', 'output', 'null', 'input', '{}', 'input_files', '{}')
-redis.call('DEL', KEYS[2])
-return 1
-"""
-
-
-# KEYS[1]: the retention set. ARGV[1]: now, ARGV[2]: most items to take, ARGV[3]: until when they
-# are taken. Claims up to ARGV[2] due items by moving them to ARGV[3], so the janitors of several
-# workers share the work instead of repeating it; one whose janitor died is due again then.
-_CLAIM = """
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
-for _, member in ipairs(due) do redis.call('ZADD', KEYS[1], ARGV[3], member) end
-return due
-"""
 # How long a claimed item is left to the janitor that claimed it.
 CLAIM_S = 300
 
@@ -96,8 +78,8 @@ class Janitor:
         self.storage = storage
         self.batch = batch
         self.max_batches = max_batches
-        self._remove_data = redis.register_script(_REMOVE_DATA)
-        self._claim = redis.register_script(_CLAIM)
+        self._remove_data = redis.register_script(lua.script("retention_remove_data"))
+        self._claim = redis.register_script(lua.script("retention_claim"))
 
     def sweep(self) -> int:
         """Batches of due items until none is left or ``max_batches`` ran; then the lag metric.

@@ -1,6 +1,7 @@
 """Prediction records in Redis, with atomic status transitions.
 
-Every status change runs as one Lua script that checks the current status against the state table
+Every status change runs as one Lua script (in ``shared/db/lua/``, each starting with
+``set_status.lua``) that checks the current status against the state table
 (``shared.predictions.status.ALLOWED_SOURCES``, rendered into each script), so a cancel racing a start, a
 duplicate completion or a late redelivery can never move a prediction out of a terminal state.
 """
@@ -21,113 +22,12 @@ from redis.client import Pipeline
 from redis.exceptions import RedisError
 from redis.typing import EncodableT, FieldT
 
-from shared.batches.counts import LUA_BATCH_MOVED
-from shared.db import keys
-from shared.db.client import AlreadyStored, lua_key, newest_first_page
+from shared.db import keys, lua
+from shared.db.client import AlreadyStored, newest_first_page
 from shared.predictions import retention
 from shared.predictions.record import Prediction, format_timestamp, utcnow
-from shared.predictions.status import LUA_STATUS_TABLE, Status
-from shared.scheduling.queue_counters import LUA_QUEUED_DELTA, QueuedCounters, counter_keys
-
-# Every script that changes a prediction's status starts with this: the state table rendered from
-# shared.predictions.status (the status constants and ``may_enter``), the queued counters
-# (shared.scheduling.queue_counters) and ``set_status``. Those scripts take KEYS[1]: the record,
-# KEYS[2]: its event channel, KEYS[3]: the running set (leases), KEYS[4..5]: the queued counters.
-# set_status(current, target, prediction_id, ...) moves the record from ``current`` to ``target`` (a
-# move the script checked with ``may_enter``) and sets the field, JSON value pairs given after the id:
-# the queued counters follow the prediction into and out of STARTING, an item of a batch moves its
-# batch's counts (shared.batches.counts), leaving PROCESSING drops its lease, and the new status is
-# announced to waiters and streams.
-LUA_SET_STATUS = (
-    LUA_STATUS_TABLE
-    + LUA_QUEUED_DELTA
-    + LUA_BATCH_MOVED
-    + """
-local function set_status(current, target, prediction_id, ...)
-  if current == STARTING and target ~= STARTING then queued_delta(-1)
-  elseif target == STARTING and current ~= STARTING then queued_delta(1) end
-  redis.call('HSET', KEYS[1], 'status', cjson.encode(target), ...)
-  batch_moved(current, target)
-  if target ~= PROCESSING then redis.call('ZREM', KEYS[3], prediction_id) end
-  redis.call('PUBLISH', KEYS[2], '{"status": ' .. cjson.encode(target) .. '}')
-end
-"""
-)
-
-# KEYS: as LUA_SET_STATUS. ARGV[1]: JSON target status; ARGV[2]: the attempt that must be current
-# ("" for any), so a worker that lost its lease cannot finish a rerun's work; ARGV[3]: prediction
-# id; ARGV[4..]: field, JSON value pairs to set with the new status.
-# Moves the record when the state table allows the move from its current status. Returns 1 when it
-# changed the record, 0 when not, false when there is none.
-_TRANSITION = (
-    LUA_SET_STATUS
-    + """
-local current = redis.call('HGET', KEYS[1], 'status')
-if not current then return false end
-if ARGV[2] ~= '' and redis.call('HGET', KEYS[1], 'attempt') ~= ARGV[2] then return 0 end
-local status, target = cjson.decode(current), cjson.decode(ARGV[1])
-if not may_enter(status, target) then return 0 end
-set_status(status, target, ARGV[3], unpack(ARGV, 4))
-return 1
-"""
-)
-
-# KEYS[1]: record, KEYS[2]: its event channel. ARGV[1]: the attempt that must be current ("" for
-# any); ARGV[2..]: field, JSON value pairs. Sets fields of a running prediction (its outputs before
-# it completes) without changing its status, and announces the change. Returns 1 when it set them,
-# 0 when the prediction is not running (under that attempt), false when there is none.
-_UPDATE_RUNNING = (
-    LUA_STATUS_TABLE
-    + """
-local current = redis.call('HGET', KEYS[1], 'status')
-if not current then return false end
-if ARGV[1] ~= '' and redis.call('HGET', KEYS[1], 'attempt') ~= ARGV[1] then return 0 end
-if cjson.decode(current) ~= PROCESSING then return 0 end
-if #ARGV > 1 then redis.call('HSET', KEYS[1], unpack(ARGV, 2)) end
-redis.call('PUBLISH', KEYS[2], '{"status": ' .. cjson.encode(PROCESSING) .. '}')
-return 1
-"""
-)
-
-# KEYS: as LUA_SET_STATUS. ARGV[1]: JSON completed_at, ARGV[2]: prediction id, ARGV[3]: the status a
-# queued prediction ends in (canceled by a user, aborted by its deadline).
-# A queued prediction ends on the spot; one in any other status the state table lets become
-# canceled (a running one) is flagged, and its worker stops at the next denoising step.
-# Returns the status found.
-_REQUEST_CANCEL = (
-    LUA_SET_STATUS
-    + """
-local current = redis.call('HGET', KEYS[1], 'status')
-if not current then return false end
-local status = cjson.decode(current)
-if status == STARTING and may_enter(status, ARGV[3]) then
-  set_status(status, ARGV[3], ARGV[2], 'completed_at', ARGV[1])
-elseif may_enter(status, CANCELED) then
-  redis.call('HSET', KEYS[1], 'cancel_requested', 'true')
-end
-return current
-"""
-)
-
-
-# ARGV: groups of records, each: n, then n field, value pairs its records share, then m, then m
-# prediction ids. Writes one record per id: its group's fields and its JSON ``id`` (a batch's
-# identical items, stored in one call instead of one command each). Fields and ids are read from
-# ARGV in place (unpack), never copied per record. Returns how many records it wrote.
-_STORE_RECORDS = f"""
-local written, i = 0, 1
-while i <= #ARGV do
-  local n = tonumber(ARGV[i])
-  local m = tonumber(ARGV[i + 2 * n + 1])
-  for j = i + 2 * n + 2, i + 2 * n + 1 + m do
-    local quoted = '"' .. ARGV[j] .. '"'
-    redis.call('HSET', {lua_key(keys.prediction, "ARGV[j]")}, 'id', quoted, unpack(ARGV, i + 1, i + 2 * n))
-    written = written + 1
-  end
-  i = i + 2 * n + 2 + m
-end
-return written
-"""
+from shared.predictions.status import Status
+from shared.scheduling.queue_counters import QueuedCounters, counter_keys
 
 # Caps left unset: more than Redis could ever hold.
 _UNCAPPED = 2**62
@@ -149,10 +49,10 @@ class PredictionStore:
         self.retention_s = retention_s
         # The record never goes before its data (retention) does.
         self.record_retention_s = max(record_retention_s, retention_s)
-        self._transition = redis.register_script(_TRANSITION)
-        self._update_running = redis.register_script(_UPDATE_RUNNING)
-        self._request_cancel = redis.register_script(_REQUEST_CANCEL)
-        self._store_records = redis.register_script(_STORE_RECORDS)
+        self._transition = redis.register_script(lua.script("store_transition"))
+        self._update_running = redis.register_script(lua.script("store_update_running"))
+        self._request_cancel = redis.register_script(lua.script("store_request_cancel"))
+        self._store_records = redis.register_script(lua.script("store_records"))
         self.queued = QueuedCounters(redis)
 
     def create(self, prediction: Prediction, *, tenant_cap: int | None = None, total_cap: int | None = None) -> None:
@@ -356,7 +256,7 @@ async def read_prediction(client: redis.asyncio.Redis, prediction_id: str) -> Pr
 
 
 def record_keys(prediction_id: str) -> list[str]:
-    """The KEYS of a script that changes a prediction's status (``LUA_SET_STATUS``)."""
+    """The KEYS of a script that changes a prediction's status (``shared/db/lua/set_status.lua``)."""
     return [keys.prediction(prediction_id), keys.prediction_events(prediction_id), keys.running(), *counter_keys()]
 
 

@@ -24,55 +24,13 @@ from collections.abc import Sequence
 from redis import Redis
 from redis.client import Pipeline
 
-from shared.db import keys
-from shared.db.client import as_text, lua_key, range_members
-from shared.predictions.status import LUA_STATUS_TABLE
+from shared.db import keys, lua
+from shared.db.client import as_text, range_members
 from shared.scheduling import queues
 from shared.scheduling.task_messages import PredictMessages
 
 # A claim this old was left by a dispatcher that died before writing its messages.
 STALE_CLAIM_S = 60.0
-# Most list entries one release looks at (canceled items are skipped without a message).
-_SCAN_LIMIT = 1000
-
-# KEYS[1]: the family's tenant ring, KEYS[2]: Celery's list for dispatched items, KEYS[3]: the
-# claimed set. ARGV[1]: family, ARGV[2]: messages to keep waiting in Celery, ARGV[3]: now.
-# Takes items round-robin over the ring's tenants until Celery's list would hold ARGV[2]; items no
-# longer queued (canceled) are dropped on the way. Claims and returns the ids taken.
-_RELEASE = (
-    LUA_STATUS_TABLE
-    + f"""
-local queued = cjson.encode(STARTING)
-local wanted = tonumber(ARGV[2]) - redis.call('LLEN', KEYS[2])
-local taken, looked = {{}}, 0
-while #taken < wanted and looked < {_SCAN_LIMIT} do
-  local tenant = redis.call('LPOP', KEYS[1])
-  if not tenant then break end
-  local list = {lua_key(keys.dispatch_queue, "ARGV[1]", "tenant")}
-  local id = redis.call('LPOP', list)
-  while id do
-    looked = looked + 1
-    if redis.call('HGET', {lua_key(keys.prediction, "id")}, 'status') == queued then break end
-    if looked >= {_SCAN_LIMIT} then id = nil break end
-    id = redis.call('LPOP', list)
-  end
-  if id then
-    table.insert(taken, id)
-    redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1] .. ' ' .. id)
-  end
-  if redis.call('LLEN', list) > 0 then redis.call('RPUSH', KEYS[1], tenant) end
-end
-return taken
-"""
-)
-
-# KEYS[1]: the family's tenant ring. ARGV[1]: tenant. Puts the tenant at the head of the ring unless
-# it is there already: a tenant that had nothing waiting is served next, so its first item waits for
-# the running job and the ``ahead`` ones only, whoever else has a backlog (it then takes its turns).
-_JOIN_RING = """
-if not redis.call('LPOS', KEYS[1], ARGV[1]) then redis.call('LPUSH', KEYS[1], ARGV[1]) end
-return 1
-"""
 
 
 def dispatched_list(family: str) -> str:
@@ -85,8 +43,8 @@ class Dispatcher:
         self.redis = redis
         self.messages = messages
         self.ahead = ahead
-        self._release = redis.register_script(_RELEASE)
-        self._join_ring = redis.register_script(_JOIN_RING)
+        self._release = redis.register_script(lua.script("dispatcher_release"))
+        self._join_ring = redis.register_script(lua.script("dispatcher_join_ring"))
 
     def add_to_pipeline(self, pipe: Pipeline, family: str, tenant: str, prediction_ids: Sequence[str]) -> None:
         """Queue ``prediction_ids`` (one tenant's, oldest first) for ``family`` in the caller's

@@ -15,38 +15,7 @@ from dataclasses import dataclass
 
 from redis import Redis
 
-from shared.db import keys
-
-# Prepended to a script whose KEYS[1] is the record and whose last two KEYS are the tenant and
-# family counter hashes. queued_delta(delta) moves the record's tenant and family by ``delta``;
-# counts that reach zero are dropped, so the hashes only name what is actually waiting.
-LUA_QUEUED_DELTA = """
-local function queued_bump(hash, field, delta)
-  if redis.call('HINCRBY', hash, field, delta) <= 0 then redis.call('HDEL', hash, field) end
-end
-local function queued_delta(delta)
-  local tenant = redis.call('HGET', KEYS[1], 'tenant')
-  local family = redis.call('HGET', KEYS[1], 'queue')
-  if tenant then queued_bump(KEYS[#KEYS - 1], cjson.decode(tenant), delta) end
-  if family and cjson.decode(family) ~= '' then queued_bump(KEYS[#KEYS], cjson.decode(family), delta) end
-end
-"""
-
-# KEYS[1]: tenant counters, KEYS[2]: family counters. ARGV[1]: tenant, ARGV[2]: how many, ARGV[3]:
-# tenant cap, ARGV[4]: global cap, ARGV[5..]: family, count pairs. Takes room for all or none:
-# returns the tenant's queued count before these (admitted, counted), -1 (over the tenant cap) or
-# -2 (over the global cap).
-_ADMIT = """
-local wanted = tonumber(ARGV[2])
-local mine = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
-if mine + wanted > tonumber(ARGV[3]) then return -1 end
-local total = 0
-for _, count in ipairs(redis.call('HVALS', KEYS[2])) do total = total + tonumber(count) end
-if total + wanted > tonumber(ARGV[4]) then return -2 end
-redis.call('HINCRBY', KEYS[1], ARGV[1], wanted)
-for i = 5, #ARGV, 2 do redis.call('HINCRBY', KEYS[2], ARGV[i], tonumber(ARGV[i + 1])) end
-return math.max(mine, 0)
-"""
+from shared.db import keys, lua
 
 
 def counter_keys() -> list[str]:
@@ -75,7 +44,7 @@ class Depth:
 class QueuedCounters:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
-        self._admit = redis.register_script(_ADMIT)
+        self._admit = redis.register_script(lua.script("queue_counters_admit"))
 
     def admit(self, tenant: str, families: Sequence[str], tenant_cap: int, total_cap: int) -> int:
         """Count ``len(families)`` new queued predictions of ``tenant``, or raise ``QueueFull`` (counting none).

@@ -29,22 +29,12 @@ from typing import Any, Literal
 
 from redis import Redis
 
-from shared.db import keys
+from shared.db import keys, lua
 from shared.db.client import as_text
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 TOKEN_PREFIX = "kiln_"
 _HEX_DIGEST = re.compile(r"^[0-9a-f]{64}$")
-
-# KEYS[1]: created token names, KEYS[2]: published bootstrap names, KEYS[3]: the new token's record.
-# ARGV[1]: name, ARGV[2]: the token's digest, ARGV[3..]: record fields and values.
-# Stores the token unless the name is taken; returns 'ok', 'bootstrap' or 'exists'.
-_CREATE = """
-if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then return 'bootstrap' end
-if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 'exists' end
-redis.call('HSET', KEYS[3], unpack(ARGV, 3))
-return 'ok'
-"""
 
 
 class TokenError(ValueError):
@@ -150,7 +140,7 @@ class TokenRegistry:
     def __init__(self, redis: Redis, bootstrap_setting: str = "") -> None:
         self.redis = redis
         self.configured = bootstrap_tokens(bootstrap_setting)
-        self._create = redis.register_script(_CREATE)
+        self._create = redis.register_script(lua.script("tokens_create"))
 
     def _revoked(self) -> set[str]:
         members: set[Any] = self.redis.smembers(keys.revoked_tokens())

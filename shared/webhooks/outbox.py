@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from celery import Celery
 from redis import Redis
 
-from shared.db import keys
+from shared.db import keys, lua
 from shared.db.client import as_text
 from shared.predictions.client_json import render_prediction
 from shared.predictions.record import Prediction, new_id
@@ -43,16 +43,6 @@ CLAIM_LEASE_S = 60.0
 COMPLETED_AFTER = ("start", "output")
 # Finished deliveries are kept this long for inspection.
 FINISHED_TTL_S = 7 * 24 * 3600
-
-# KEYS[1]: due set. ARGV[1]: now, ARGV[2]: lease, ARGV[3]: limit. Claims due ids by pushing their
-# due time a lease ahead, so two pollers never send the same delivery at once.
-_CLAIM_DUE = """
-local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
-for _, id in ipairs(ids) do
-  redis.call('ZADD', KEYS[1], tonumber(ARGV[1]) + tonumber(ARGV[2]), id)
-end
-return ids
-"""
 
 
 @dataclass
@@ -85,7 +75,7 @@ class WebhookOutbox:
     def __init__(self, redis: Redis, settings: Settings) -> None:
         self.redis = redis
         self.settings = settings
-        self._claim_due = redis.register_script(_CLAIM_DUE)
+        self._claim_due = redis.register_script(lua.script("webhook_outbox_claim_due"))
 
     def record(self, prediction: Prediction, event: str, body: str) -> Delivery:
         """Persist a new pending delivery, due now."""

@@ -18,19 +18,8 @@ from typing import Any
 
 from redis import Redis
 
-from shared.db import keys
+from shared.db import keys, lua
 from shared.db.client import as_text
-
-# KEYS[1]: the tenant's secret hash. ARGV[1]: new secret, ARGV[2]: until when the old one still signs.
-# The current secret becomes the previous one (a rotation within the overlap drops the oldest).
-_ROTATE = """
-local current = redis.call('HGET', KEYS[1], 'current')
-if current then
-  redis.call('HSET', KEYS[1], 'previous', current, 'previous_until', ARGV[2])
-end
-redis.call('HSET', KEYS[1], 'current', ARGV[1])
-return redis.call('HGETALL', KEYS[1])
-"""
 
 
 def new_webhook_secret() -> str:
@@ -74,7 +63,7 @@ class WebhookSecrets:
     def __init__(self, redis: Redis, overlap_s: float) -> None:
         self.redis = redis
         self.overlap_s = overlap_s
-        self._rotate = redis.register_script(_ROTATE)
+        self._rotate = redis.register_script(lua.script("webhook_secrets_rotate"))
 
     def get(self, tenant: str) -> TenantSecret:
         key = keys.webhook_secret(tenant)

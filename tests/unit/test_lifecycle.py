@@ -18,14 +18,12 @@ import pytest
 from prometheus_client import REGISTRY
 
 from api.routes.predictions import cancel_prediction
-from shared.db import keys
-from shared.predictions import leases as leases_module
-from shared.predictions import store as store_module
+from shared.db import keys, lua
 from shared.predictions.client_json import render_prediction
 from shared.predictions.leases import Leases
 from shared.predictions.lifecycle import PredictionLifecycle
 from shared.predictions.record import Prediction
-from shared.predictions.status import ALLOWED_SOURCES, LUA_STATUS_TABLE, TERMINAL, Status, render_lua_status_table
+from shared.predictions.status import ALLOWED_SOURCES, TERMINAL, Status
 from shared.predictions.store import PredictionStore
 from shared.runtime.maintenance import reap_lapsed_leases
 from shared.security.signed_urls import UrlSigner
@@ -33,14 +31,9 @@ from tests.support import REPO_ROOT
 from tests.support.lifecycle import record_endings
 
 PAIRS = list(itertools.product(Status, Status))
-# Every Lua script that reads or changes a prediction's status, by name.
-STATUS_SCRIPTS = {
-    "store._TRANSITION": store_module._TRANSITION,
-    "store._UPDATE_RUNNING": store_module._UPDATE_RUNNING,
-    "store._REQUEST_CANCEL": store_module._REQUEST_CANCEL,
-    "leases._START": leases_module._START,
-    "leases._REAP": leases_module._REAP,
-}
+# Every Lua script that reads or changes a prediction's status (shared/db/lua/).
+STATUS_SCRIPTS = ["store_transition", "store_update_running", "store_request_cancel", "leases_start", "leases_reap"]
+STATUS_TABLE = lua.script("status_table")
 
 
 @dataclass
@@ -96,7 +89,7 @@ def retention_due(store: PredictionStore, prediction_id: str) -> float | None:
 @pytest.mark.parametrize(("current", "target"), PAIRS, ids=lambda s: s.value)
 def test_the_lua_allows_exactly_what_the_table_allows(current: Status, target: Status) -> None:
     allowed = fakeredis.FakeRedis().eval(
-        LUA_STATUS_TABLE + "return may_enter(ARGV[1], ARGV[2]) and 1 or 0", 0, current.value, target.value
+        STATUS_TABLE + "return may_enter(ARGV[1], ARGV[2]) and 1 or 0", 0, current.value, target.value
     )
     assert bool(allowed) == (current in ALLOWED_SOURCES[target])
 
@@ -115,15 +108,15 @@ def test_the_scripts_follow_a_changed_table() -> None:
     changed = ALLOWED_SOURCES | {Status.PROCESSING: frozenset({Status.STARTING, Status.FAILED})}
     check = "return may_enter(ARGV[1], ARGV[2]) and 1 or 0"
     redis = fakeredis.FakeRedis()
-    assert redis.eval(LUA_STATUS_TABLE + check, 0, "failed", "processing") == 0
-    assert redis.eval(render_lua_status_table(changed) + check, 0, "failed", "processing") == 1
+    assert redis.eval(STATUS_TABLE + check, 0, "failed", "processing") == 0
+    assert redis.eval(lua.render("status_table", lua.placeholders(changed)) + check, 0, "failed", "processing") == 1
 
 
-@pytest.mark.parametrize("name", sorted(STATUS_SCRIPTS))
+@pytest.mark.parametrize("name", STATUS_SCRIPTS)
 def test_no_script_spells_out_a_status_of_its_own(name: str) -> None:
     """Status names and moves come from the rendered table; a script only names them by constant."""
-    body = STATUS_SCRIPTS[name].replace(LUA_STATUS_TABLE, "")
-    assert LUA_STATUS_TABLE in STATUS_SCRIPTS[name]
+    assert STATUS_TABLE in lua.script(name)
+    body = lua.script(name).replace(STATUS_TABLE, "")
     for status in Status:
         assert f"'{status.value}'" not in body and f'"{status.value}"' not in body, (name, status)
 
