@@ -10,14 +10,13 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from api.batch_views import batch_predictions, cancel_batch, results_file
-from api.deps import BaseURL, CurrentCaller, CurrentTenant, OptionalTenant, ServicesDep
+from api.deps import BaseURL, CurrentCaller, CurrentTenant, IdempotencyKey, OptionalTenant, ServicesDep
 from api.errors import ProblemError
 from api.intake.batch_file import create_batch, file_lines, inline_items, read_input_file
 from api.intake.batch_pool import IntakePool
 from api.intake.idempotency import await_first_request, fingerprint
 from api.intake.submission import check_webhook
 from api.pagination import split_cursor
-from api.routes.predictions import IdempotencyKey
 from api.schemas import CreateBatchObject
 from api.services import Services
 from api.signed_access import grant, stream_stored
