@@ -8,7 +8,6 @@ from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from api.batch_views import batch_predictions, cancel_batch, results_file
 from api.deps import BaseURL, CurrentCaller, CurrentTenant, IdempotencyKey, OptionalTenant, ServicesDep
 from api.errors import ProblemError
 from api.intake.batch_file import create_batch, file_lines, inline_items, read_input_file
@@ -19,6 +18,7 @@ from api.pagination import Cursor, CursorQuery, decode_offset, id_page_links, of
 from api.schemas import CreateBatchObject
 from api.services import Services
 from api.signed_access import grant, stream_stored
+from api.views.batches import batch_predictions, cancel_batch, results_file
 from shared.batches.records import Batch, render_batch
 from shared.predictions.client_json import batch_input_path
 from shared.predictions.record import new_id

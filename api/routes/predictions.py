@@ -28,11 +28,11 @@ from api.errors import ProblemError
 from api.intake.inline_batch import submit_batch
 from api.intake.submission import create_and_respond
 from api.pagination import Cursor, CursorQuery, page_links
-from api.prediction_list import PredictionFilter, list_page
 from api.schemas import CreateBatch, CreatePrediction, PredictionFields
 from api.services import Services
 from api.signed_access import signed_or_owned, stream_stored
 from api.streams.sse import BadEventId, EventIds, Position, StreamContext, prediction_events
+from api.views.prediction_list import PredictionFilter, list_page
 from models.registry import UnknownModelError, find_model, resolve_version
 from shared.predictions.client_json import input_path, output_path, stream_path
 from shared.predictions.record import Prediction
