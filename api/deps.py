@@ -1,4 +1,4 @@
-"""FastAPI dependencies, as ``Annotated`` aliases routes can declare.
+"""FastAPI dependencies and request headers, as ``Annotated`` aliases routes can declare.
 
 All are ``async def``: FastAPI runs a plain ``def`` dependency in a worker thread, and a thread hop
 per dependency cost more than the checks themselves on every request.
@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Header, Request
 
 from api.auth import Caller
 from api.errors import ProblemError
 from api.ratelimit import STATE_KEY as RATELIMIT_STATE_KEY
 from api.services import Services
+from shared.predictions.deadlines import DURATION_PATTERN
 from shared.predictions.store import PredictionStore
 from shared.settings import Settings
 
@@ -98,3 +99,16 @@ CurrentTenant = Annotated[str, Depends(current_tenant)]
 OptionalCaller = Annotated[Caller | None, Depends(optional_caller)]
 OptionalTenant = Annotated[str | None, Depends(optional_tenant)]
 BaseURL = Annotated[str, Depends(base_url)]
+
+PreferHeader = Annotated[str | None, Header(description="`wait` or `wait=N` (1-60 s): answer when finished.")]
+IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key")]
+CancelAfter = Annotated[
+    str | None,
+    Header(
+        alias="Cancel-After",
+        description="A duration (`30s`, `5m`, `1h30m`): not started by then, the prediction ends `aborted`; "
+        "still running, `canceled`.",
+        # Documented only: a bad value is a 400 naming the header (api.intake.submission.deadline_after), not a 422.
+        json_schema_extra={"pattern": DURATION_PATTERN},
+    ),
+]

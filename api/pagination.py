@@ -1,8 +1,10 @@
 """Cursor pages as Replicate's lists answer them: ``{next, previous, results}`` with absolute URLs.
 
-A cursor is opaque to clients: ``before:<id>`` or ``after:<id>`` in URL-safe base64, where ids are
-ULIDs (``shared.predictions.record.new_id``) that sort by creation time. Filters travel in the page links
-beside the cursor, so following ``next`` keeps them.
+A cursor is opaque to clients: ``<direction>:<bound>`` in unpadded URL-safe base64. Lists of records
+newest first take ``before:<id>`` or ``after:<id>``, where ids are ULIDs
+(``shared.predictions.record.new_id``) that sort by creation time; a batch's predictions, in
+submission order, take ``offset:<n>``. Filters travel in the page links beside the cursor, so
+following ``next`` keeps them.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ CURSOR_PATTERN = rf"^[A-Za-z0-9_-]{{1,{MAX_CURSOR_CHARS}}}$"
 
 # What a cursor this API returns decodes to: ``<direction>:<bound>``, the bound an id or an offset.
 _CURSOR_TEXT = re.compile(r"(?P<direction>[a-z]{1,16}):(?P<bound>[A-Za-z0-9]{1,64})")
+# Offsets in offset cursors: far more items than a batch can hold, well inside Redis's list indexes.
+MAX_OFFSET_DIGITS = 15
 
 Direction = Literal["before", "after"]
 # The ``cursor`` query parameter. The pattern is documented only: any other value is a 400 naming it.
@@ -48,9 +52,20 @@ class Cursor:
         direction, bound = split_cursor(cursor, {"before", "after"})
         return cls("before" if direction == "before" else "after", bound)
 
-    @staticmethod
-    def encode(direction: Direction, bound: str) -> str:
-        return base64.urlsafe_b64encode(f"{direction}:{bound}".encode()).decode().rstrip("=")
+    @property
+    def before(self) -> str | None:
+        """The id the page's items are older than, if it pages that way."""
+        return self.bound if self.direction == "before" else None
+
+    @property
+    def after(self) -> str | None:
+        """The id the page's items are newer than, if it pages that way."""
+        return self.bound if self.direction == "after" else None
+
+
+def encode_cursor(direction: str, bound: str) -> str:
+    """The cursor of ``direction`` from ``bound``, as page links carry it."""
+    return base64.urlsafe_b64encode(f"{direction}:{bound}".encode()).decode().rstrip("=")
 
 
 def split_cursor(cursor: str, directions: Collection[str]) -> tuple[str, str]:
@@ -77,6 +92,37 @@ def page_links(
     def link(direction: Direction, bound: str | None) -> str | None:
         if bound is None:
             return None
-        return f"{list_url}?{urlencode(filters | {'cursor': Cursor.encode(direction, bound)})}"
+        return f"{list_url}?{urlencode(filters | {'cursor': encode_cursor(direction, bound)})}"
 
     return {"next": link("before", older_than), "previous": link("after", newer_than)}
+
+
+def id_page_links(list_url: str, at: Cursor, ids: list[str], more: bool) -> dict[str, str | None]:
+    """``page_links`` (no filters) of a page of ``ids``, newest first, read from ``at``; ``more``: the
+    store holds items beyond the page in the direction it was read."""
+    if at.direction == "before":
+        older, newer = more, at.bound is not None
+    else:
+        older, newer = True, more
+    return page_links(list_url, {}, ids[-1] if ids and older else None, ids[0] if ids and newer else None)
+
+
+def decode_offset(cursor: str | None) -> int:
+    """The item offset an ``offset:<n>`` cursor names, 0 without a cursor; a 400 naming ``cursor`` for
+    anything else, offsets beyond any batch included."""
+    if cursor is None:
+        return 0
+    _, offset = split_cursor(cursor, {"offset"})
+    if not offset.isdigit() or len(offset) > MAX_OFFSET_DIGITS:
+        raise ProblemError(400, "cursor: not a cursor this API returned")
+    return int(offset)
+
+
+def offset_page_links(list_url: str, start: int, size: int, more: bool) -> dict[str, str | None]:
+    """``next`` (the ``size`` items from ``start + size``, when there are ``more``) and ``previous``
+    (the page before ``start``; None at the first item)."""
+
+    def link(offset: int) -> str:
+        return f"{list_url}?{urlencode({'cursor': encode_cursor('offset', str(offset))})}"
+
+    return {"next": link(start + size) if more else None, "previous": link(max(0, start - size)) if start else None}

@@ -23,12 +23,12 @@ from typing import Any
 import orjson
 from redis.client import Pipeline
 
-from api.batch_views import cancel_batch, cancel_items
 from api.errors import ProblemError, problem_body
 from api.intake.image_staging import RequestImages
 from api.intake.inline_batch import prepare_item
 from api.intake.submission import _queue_full_problem
 from api.services import Services
+from api.views.batches import cancel_batch, cancel_items
 from shared.batches.records import BATCH_TTL_S, Batch, RefusedItem, invalid_entry
 from shared.db import keys
 from shared.db.client import AlreadyStored

@@ -2,45 +2,29 @@
 
 from __future__ import annotations
 
-import base64
 from typing import Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from api.batch_views import batch_predictions, cancel_batch, results_file
-from api.deps import BaseURL, CurrentCaller, CurrentTenant, OptionalTenant, ServicesDep
+from api.deps import BaseURL, CurrentCaller, CurrentTenant, IdempotencyKey, OptionalTenant, ServicesDep
 from api.errors import ProblemError
 from api.intake.batch_file import create_batch, file_lines, inline_items, read_input_file
 from api.intake.batch_pool import IntakePool
 from api.intake.idempotency import await_first_request, fingerprint
 from api.intake.submission import check_webhook
-from api.pagination import split_cursor
-from api.routes.predictions import IdempotencyKey
+from api.pagination import Cursor, CursorQuery, decode_offset, id_page_links, offset_page_links
 from api.schemas import CreateBatchObject
 from api.services import Services
 from api.signed_access import grant, stream_stored
+from api.views.batches import batch_predictions, cancel_batch, results_file
 from shared.batches.records import Batch, render_batch
 from shared.predictions.client_json import batch_input_path
 from shared.predictions.record import new_id
 from shared.storage.objects import batch_input_key
 
 router = APIRouter(prefix="/v1", tags=["batches"])
-# Offsets in batch page cursors: far more items than a batch can hold, well inside Redis's list indexes.
-MAX_OFFSET_DIGITS = 15
-
-
-def encode_cursor(direction: str, bound: str) -> str:
-    """An opaque list cursor: which way to page from which id (or offset)."""
-    return base64.urlsafe_b64encode(f"{direction}:{bound}".encode()).decode().rstrip("=")
-
-
-def decode_cursor(
-    cursor: str, directions: frozenset[str] | set[str] = frozenset({"before", "after"})
-) -> tuple[str, str]:
-    """``encode_cursor``'s direction and bound; 400 for anything else."""
-    return split_cursor(cursor, directions)
 
 
 def _owned(services: Services, batch_id: str, tenant: str) -> Batch:
@@ -117,24 +101,15 @@ async def create(
 
 @router.get("/batches")
 def list_batches(
-    tenant: CurrentTenant, services: ServicesDep, base: BaseURL, cursor: str | None = Query(default=None)
+    tenant: CurrentTenant, services: ServicesDep, base: BaseURL, cursor: CursorQuery = None
 ) -> dict[str, Any]:
     """Newest first, in pages of ``KILN_PREDICTIONS_PAGE_SIZE`` with absolute ``next``/``previous`` URLs."""
-    direction, bound = decode_cursor(cursor) if cursor else ("before", None)
+    at = Cursor.decode(cursor)
     page, more = services.batches.list_for_tenant(
-        tenant,
-        before=bound if direction == "before" else None,
-        after=bound if direction == "after" else None,
-        limit=services.settings.predictions_page_size,
+        tenant, before=at.before, after=at.after, limit=services.settings.predictions_page_size
     )
-    older = more if direction == "before" else bool(page)
-    newer = more if direction == "after" else bool(page and bound)
-    list_url = f"{base}/v1/batches"
-    return {
-        "next": f"{list_url}?cursor={encode_cursor('before', page[-1].id)}" if older and page else None,
-        "previous": f"{list_url}?cursor={encode_cursor('after', page[0].id)}" if newer and page else None,
-        "results": [render_batch(b, base) for b in page],
-    }
+    links = id_page_links(f"{base}/v1/batches", at, [batch.id for batch in page], more)
+    return links | {"results": [render_batch(b, base) for b in page]}
 
 
 @router.get("/batches/{batch_id}")
@@ -151,33 +126,15 @@ def cancel(batch_id: str, tenant: CurrentTenant, services: ServicesDep, base: Ba
 
 @router.get("/batches/{batch_id}/predictions")
 def list_batch_predictions(
-    batch_id: str,
-    tenant: CurrentTenant,
-    services: ServicesDep,
-    base: BaseURL,
-    cursor: str | None = Query(default=None),
+    batch_id: str, tenant: CurrentTenant, services: ServicesDep, base: BaseURL, cursor: CursorQuery = None
 ) -> dict[str, Any]:
     """The batch's predictions in submission order, in pages of ``KILN_PREDICTIONS_PAGE_SIZE`` items."""
     batch = _owned(services, batch_id, tenant)
-    start = _decode_offset(cursor)
+    start = decode_offset(cursor)
     size = services.settings.predictions_page_size
     page, more = batch_predictions(services, batch, start, size)
-    list_url = f"{base}/v1/batches/{batch.id}/predictions"
-    return {
-        "next": f"{list_url}?cursor={encode_cursor('offset', str(start + size))}" if more else None,
-        "previous": f"{list_url}?cursor={encode_cursor('offset', str(max(0, start - size)))}" if start else None,
-        "results": [services.render(p, base) for p in page],
-    }
-
-
-def _decode_offset(cursor: str | None) -> int:
-    """The item offset a batch's page link names; 400 for anything else, offsets beyond any batch included."""
-    if cursor is None:
-        return 0
-    _, offset = decode_cursor(cursor, directions={"offset"})
-    if not offset.isdigit() or len(offset) > MAX_OFFSET_DIGITS:
-        raise ProblemError(400, "cursor: not a cursor this API returned")
-    return int(offset)
+    links = offset_page_links(f"{base}/v1/batches/{batch.id}/predictions", start, size, more)
+    return links | {"results": [services.render(p, base) for p in page]}
 
 
 @router.get("/batches/{batch_id}/results")

@@ -7,11 +7,9 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 
-from api.auth import Caller
-from api.catalog import COLLECTION_SLUG, collection_summary, query_words, search
+from api.catalog import COLLECTION_SLUG, account_of, collection_summary, query_words, render_models, search
 from api.deps import BaseURL, CurrentCaller, CurrentTenant, ServicesDep
 from api.errors import ProblemError
-from api.routes.models import render_models
 
 router = APIRouter(prefix="/v1", tags=["account and catalog"])
 
@@ -19,11 +17,6 @@ NO_TRAININGS = (
     "Kiln does not train models: it serves the models it ships (GET /v1/models). "
     "Fine-tune elsewhere and pass LoRA weights as inputs where a model takes them."
 )
-
-
-def account_of(caller: Caller) -> dict[str, Any]:
-    """Each token is its own account, named after the token (``kiln tokens``, ``KILN_API_TOKEN``)."""
-    return {"type": "user", "username": caller.name, "name": caller.name, "github_url": None}
 
 
 @router.get("/account")

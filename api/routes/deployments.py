@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.auth import Caller
+from api.catalog import account_of
 from api.deployments import (
     MAX_INSTANCES,
     NAME_PATTERN,
@@ -22,11 +23,9 @@ from api.deployments import (
     Release,
     check_configuration,
 )
-from api.deps import BaseURL, CurrentCaller, ServicesDep
+from api.deps import BaseURL, CancelAfter, CurrentCaller, IdempotencyKey, PreferHeader, ServicesDep
 from api.errors import ProblemError
 from api.intake.submission import create_and_respond
-from api.routes.catalog import account_of
-from api.routes.predictions import CancelAfter, IdempotencyKey, PreferHeader
 from api.schemas import PredictionFields
 from api.services import Services
 from models.registry import UnknownModelError, find_model

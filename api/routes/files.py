@@ -13,7 +13,7 @@ from starlette.datastructures import UploadFile
 
 from api.deps import BaseURL, CurrentTenant, ServicesDep
 from api.errors import ProblemError, reject_invalid_text
-from api.pagination import Cursor, CursorQuery, page_links
+from api.pagination import Cursor, CursorQuery, id_page_links
 from api.services import Services
 from shared.inputs.json_nesting import nests_deeper_than, too_deep_problem
 from shared.storage.files import FileRecord, render_file
@@ -94,17 +94,10 @@ def list_files(
 ) -> dict[str, Any]:
     """Newest first, in pages like ``GET /v1/predictions`` (``predictions_page_size``)."""
     at = Cursor.decode(cursor)
-    backwards = at.direction == "before"
     records, more = services.files.list_for_tenant(
-        tenant,
-        services.settings.predictions_page_size,
-        before=at.bound if backwards else None,
-        after=None if backwards else at.bound,
+        tenant, services.settings.predictions_page_size, before=at.before, after=at.after
     )
-    ids = [record.id for record in records]
-    older = ids[-1] if ids and (more if backwards else True) else None
-    newer = ids[0] if ids and (at.bound is not None if backwards else more) else None
-    links = page_links(f"{base}/v1/files", {}, older, newer)
+    links = id_page_links(f"{base}/v1/files", at, [record.id for record in records], more)
     return links | {"results": [render_file(r, base) for r in records]}
 
 

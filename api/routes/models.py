@@ -7,13 +7,11 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 
-from api.catalog import search
+from api.catalog import render_models, search
 from api.deps import BaseURL, CurrentTenant, ServicesDep
 from api.errors import ProblemError
-from api.openapi.versions import render_model, render_version
-from api.services import Services
-from models.registry import MODELS, UnknownModelError, find_model
-from shared.db import keys
+from api.openapi.versions import render_version
+from models.registry import UnknownModelError, find_model
 from shared.model_spec import ModelSpec
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
@@ -24,18 +22,6 @@ def _spec(owner: str, name: str) -> ModelSpec:
         return find_model(f"{owner}/{name}")
     except UnknownModelError as exc:
         raise ProblemError(404, str(exc)) from None
-
-
-def _run_counts(services: Services, specs: list[ModelSpec]) -> list[int]:
-    counts = services.redis.mget([keys.model_run_count(spec.ref) for spec in specs])
-    return [int(count or 0) for count in counts]
-
-
-def render_models(services: Services, base: str, specs: list[ModelSpec] | None = None) -> list[dict[str, Any]]:
-    """``specs`` (every model by default) as ``GET /v1/models/{owner}/{name}`` renders each."""
-    specs = list(MODELS.values()) if specs is None else specs
-    counts = _run_counts(services, specs) if specs else []
-    return [render_model(spec, services.settings, base, count) for spec, count in zip(specs, counts, strict=True)]
 
 
 @router.get("")
@@ -61,8 +47,7 @@ async def search_models(request: Request, _: CurrentTenant, services: ServicesDe
 
 @router.get("/{owner}/{name}")
 def get_model(owner: str, name: str, _: CurrentTenant, services: ServicesDep, base: BaseURL) -> dict[str, Any]:
-    spec = _spec(owner, name)
-    return render_model(spec, services.settings, base, _run_counts(services, [spec])[0])
+    return render_models(services, base, [_spec(owner, name)])[0]
 
 
 @router.get("/{owner}/{name}/versions")

@@ -14,10 +14,13 @@ from fastapi.sse import EventSourceResponse, ServerSentEvent
 from api.deps import (
     CHALLENGE,
     BaseURL,
+    CancelAfter,
     CurrentCaller,
     CurrentTenant,
+    IdempotencyKey,
     OptionalCaller,
     OptionalTenant,
+    PreferHeader,
     ServicesDep,
     take_rate_limit,
 )
@@ -25,33 +28,19 @@ from api.errors import ProblemError
 from api.intake.inline_batch import submit_batch
 from api.intake.submission import create_and_respond
 from api.pagination import Cursor, CursorQuery, page_links
-from api.prediction_list import PredictionFilter, list_page
 from api.schemas import CreateBatch, CreatePrediction, PredictionFields
 from api.services import Services
 from api.signed_access import signed_or_owned, stream_stored
 from api.streams.sse import BadEventId, EventIds, Position, StreamContext, prediction_events
+from api.views.prediction_list import PredictionFilter, list_page
 from models.registry import UnknownModelError, find_model, resolve_version
 from shared.predictions.client_json import input_path, output_path, stream_path
-from shared.predictions.deadlines import DURATION_PATTERN
 from shared.predictions.record import Prediction
 from shared.predictions.store import PredictionStore
 from shared.security.signed_urls import Verdict
 from shared.storage.objects import input_key, output_key
 
 router = APIRouter(prefix="/v1", tags=["predictions"])
-
-PreferHeader = Annotated[str | None, Header(description="`wait` or `wait=N` (1-60 s): answer when finished.")]
-IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key")]
-CancelAfter = Annotated[
-    str | None,
-    Header(
-        alias="Cancel-After",
-        description="A duration (`30s`, `5m`, `1h30m`): not started by then, the prediction ends `aborted`; "
-        "still running, `canceled`.",
-        # Documented only: a bad value is a 400 naming the header (api.intake.submission.deadline_after), not a 422.
-        json_schema_extra={"pattern": DURATION_PATTERN},
-    ),
-]
 
 
 def _owned(store: PredictionStore, prediction_id: str, tenant: str) -> Prediction:

@@ -3,9 +3,9 @@
 A LoRA input is an https URL or the ``urls.get`` of an uploaded file (Files API) of a ``.safetensors``
 file. Its JSON schema is a string with ``x-kiln-accept: .safetensors`` (not ``format: uri``, which
 marks image inputs): the playground offers a file picker for it. The API checks at submission what
-it can know there (``api.intake.lora``: the URL's form and host, an uploaded file's owner, size and
-header); the worker fetches, checks and loads the file (``models.sdxl_family.lora``). Only the
-safetensors format is read, never a pickle.
+it can know there (``api.intake.lora_checks``: the URL's form and host, an uploaded file's owner,
+size and header); the worker fetches, checks and loads the file (``models.sdxl_family.lora``). Only
+the safetensors format is read, never a pickle.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ class LoraInputError(ValueError):
 
 def check_lora_uri(value: str) -> str:
     """An http(s) URL with a host (plain http only reaches the API's own files or, in local
-    development, private hosts: ``api.intake.lora``)."""
+    development, private hosts: ``api.intake.lora_checks``)."""
     parts = urlsplit(value)
     if parts.scheme not in {"http", "https"}:
         raise ValueError(f"must be an https URL of a {SAFETENSORS} file, not a {parts.scheme or 'relative'!r} URI")

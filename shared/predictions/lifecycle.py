@@ -70,7 +70,7 @@ class PredictionLifecycle:
         return self.cancel_many([prediction])[0]
 
     def cancel_many(self, predictions: Sequence[Prediction]) -> list[Status | None]:
-        """``cancel`` for each (a batch's items: ``api.batch_views``), with one Redis round trip for
+        """``cancel`` for each (a batch's items: ``api.views.batches``), with one Redis round trip for
         all their status changes and one for their retention. Returns the status each had."""
         found = self.store.request_cancel_many([p.id for p in predictions])
         self._ended([p for p, was in zip(predictions, found, strict=True) if was is Status.STARTING], Status.CANCELED)

@@ -14,7 +14,7 @@ from PIL import Image
 from pydantic import ValidationError
 
 from api.errors import ProblemError
-from api.intake.lora import check_lora_inputs
+from api.intake.lora_checks import check_lora_inputs
 from models.registry import MODELS
 from models.sdxl_family.schema import IPAdapterXLInput
 from shared.inputs.lora import LoraInputError, check_lora_header, lora_fields, read_safetensors_header
@@ -230,7 +230,7 @@ def services(monkeypatch: pytest.MonkeyPatch) -> SimpleNamespace:
         if "internal" in url and not allow_private:
             raise URLRefused("host 'internal' resolves to a private address (10.0.0.1)")
 
-    monkeypatch.setattr("api.intake.lora.resolve_checked", resolve_checked)
+    monkeypatch.setattr("api.intake.lora_checks.resolve_checked", resolve_checked)
     return SimpleNamespace(settings=Settings(_env_file=None), files=FakeFiles())
 
 

@@ -13,7 +13,7 @@ from ulid import ULID
 
 from api.errors import ProblemError
 from api.pagination import Cursor
-from api.prediction_list import PredictionFilter, list_page
+from api.views.prediction_list import PredictionFilter, list_page
 from shared.predictions.record import Prediction
 from shared.predictions.store import PredictionStore
 

@@ -16,7 +16,7 @@ import trustme
 
 import shared.security.ssrf
 from api.errors import ProblemError
-from api.intake.lora import check_lora_inputs
+from api.intake.lora_checks import check_lora_inputs
 from api.intake.submission import check_webhook
 from models.registry import MODELS
 from shared.inputs.images import ImageInputError, fetch_url
