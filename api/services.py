@@ -26,6 +26,7 @@ from shared.predictions.lifecycle import PredictionLifecycle
 from shared.predictions.record import Prediction
 from shared.predictions.store import PredictionStore
 from shared.runtime.celery_config import create_celery
+from shared.runtime.prediction_core import PredictionCore, build_prediction_core
 from shared.scheduling.dispatcher import Dispatcher
 from shared.scheduling.task_messages import PredictMessages
 from shared.security.signed_urls import UrlSigner
@@ -33,7 +34,6 @@ from shared.security.tokens import publish_bootstrap
 from shared.settings import Settings
 from shared.storage.files import FileStore
 from shared.storage.s3 import Storage
-from shared.webhooks.outbox import WebhookNotifier, WebhookOutbox
 from shared.webhooks.secrets import WebhookSecrets
 
 log = logging.getLogger(__name__)
@@ -49,56 +49,68 @@ class Services:
     events: EventHub
     # At most KILN_MAX_OPEN_STREAMS_PER_TENANT streams and waits per token.
     stream_slots: StreamSlots
-    store: PredictionStore
+    # The store, webhook notifier, lifecycle, dispatcher and batches, built as the workers build them
+    # (``shared.runtime.prediction_core``); the properties below read them.
+    core: PredictionCore
     storage: Storage
     files: FileStore
     celery: Celery
-    # Predict messages rendered from a Celery-made template, enqueued with the records.
-    messages: PredictMessages
-    notifier: WebhookNotifier
-    # Ends predictions (here: cancels of queued ones) with their retention, metrics and webhook.
-    lifecycle: PredictionLifecycle
     authenticator: Authenticator
     rate_limiter: RateLimiter
     idempotency: IdempotencyKeys
     # Each tenant's webhook signing secret (and its rotation).
     webhook_secrets: WebhookSecrets
-    # Batch objects (/v1/batches), the dispatcher their items wait in, and their one webhook.
-    batches: BatchStore
-    dispatcher: Dispatcher
-    batch_settler: BatchSettler
 
     @classmethod
     def connect(cls, settings: Settings) -> Services:
         sync_redis = connect(settings.redis_url)
-        store = PredictionStore(sync_redis, settings.retention_s, settings.record_retention_s)
         storage = Storage(settings)
         celery = create_celery(settings)
         async_redis = connect_async(settings.redis_url)
-        notifier = WebhookNotifier(store, WebhookOutbox(sync_redis, settings), celery)
-        messages = PredictMessages(celery)
-        batches = BatchStore(sync_redis, max(settings.record_retention_s, settings.retention_s))
         return cls(
             settings=settings,
             redis=sync_redis,
             async_redis=async_redis,
             events=EventHub.connect(settings.redis_url),
             stream_slots=StreamSlots(async_redis, settings.max_open_streams_per_tenant),
-            store=store,
+            core=build_prediction_core(settings, sync_redis, celery),
             storage=storage,
             files=FileStore(sync_redis, storage, settings.file_retention_s),
             celery=celery,
-            messages=messages,
-            notifier=notifier,
-            lifecycle=PredictionLifecycle(store, notifier),
             authenticator=Authenticator(async_redis, settings),
             rate_limiter=RateLimiter(async_redis),
             idempotency=IdempotencyKeys(sync_redis),
             webhook_secrets=WebhookSecrets(sync_redis, settings.webhook_secret_overlap_s),
-            batches=batches,
-            dispatcher=Dispatcher(sync_redis, messages, settings.dispatch_ahead),
-            batch_settler=BatchSettler(batches, notifier.outbox, celery, settings.retention_s),
         )
+
+    @property
+    def store(self) -> PredictionStore:
+        return self.core.store
+
+    @property
+    def messages(self) -> PredictMessages:
+        """Predict messages rendered from a Celery-made template, enqueued with the records."""
+        return self.core.messages
+
+    @property
+    def lifecycle(self) -> PredictionLifecycle:
+        """Ends predictions (here: cancels of queued ones) with their retention, metrics and webhook."""
+        return self.core.lifecycle
+
+    @property
+    def batches(self) -> BatchStore:
+        """Batch objects (/v1/batches)."""
+        return self.core.batches
+
+    @property
+    def dispatcher(self) -> Dispatcher:
+        """The lists a batch's items wait in before their predict messages are pushed."""
+        return self.core.dispatcher
+
+    @property
+    def batch_settler(self) -> BatchSettler:
+        """Records a finished batch's one webhook."""
+        return self.core.batch_settler
 
     async def start(self) -> None:
         """The background tasks: the event listener and the open-stream slot keeper."""

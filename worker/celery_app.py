@@ -44,10 +44,9 @@ class GpuWorkerProcess(WorkerProcess):
         self.storage.ensure_bucket()
         return PredictionRunner(
             self.settings,
-            self.store,
+            self.core.lifecycle,
             self.storage,
             PredictorPool(self.settings),
-            self.notifier,
             requeue=lambda prediction_id, queue: enqueue_prediction(app, prediction_id, queue, queues.PRIORITY_REQUEUE),
         )
 
@@ -97,6 +96,6 @@ def _top_up(task: Any) -> None:
     queue = (task.request.delivery_info or {}).get("routing_key")
     if queue in queues.GPU_QUEUES:
         try:
-            runtime.dispatcher.release(queue)
+            runtime.core.dispatcher.release(queue)
         except Exception as exc:  # the maintenance job releases it shortly
             log.warning("dispatcher release for %s failed: %s", queue, exc)

@@ -15,12 +15,12 @@ from tqdm import tqdm
 from shared.inputs.images import ImageInputError, decode_image, fetch_url, load_image_bytes
 from shared.predictions import deadlines
 from shared.predictions.client_json import stored_input_name
+from shared.predictions.lifecycle import Notifier
 from shared.predictions.record import Prediction
 from shared.predictions.store import PredictionStore
 from shared.settings import Settings
 from shared.storage.files import FileStore, file_id_from_url
 from shared.storage.objects import input_key
-from shared.webhooks.outbox import WebhookNotifier
 from worker.interrupts import HandedBack, LeaseLost, PredictionCanceled, TimeLimitExceeded
 from worker.step_gates import StepGate
 from worker.timeline import Timeline
@@ -93,7 +93,7 @@ class RunContext:
         self,
         prediction: Prediction,
         store: PredictionStore,
-        notifier: WebhookNotifier,
+        notifier: Notifier,
         files: FileStore,
         settings: Settings,
         lease_lost: threading.Event,

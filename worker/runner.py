@@ -36,12 +36,10 @@ from shared.predictions.leases import Leases
 from shared.predictions.lifecycle import PredictionLifecycle
 from shared.predictions.record import Prediction, utcnow
 from shared.predictions.status import Status
-from shared.predictions.store import PredictionStore
 from shared.runtime import metrics
 from shared.settings import Settings
 from shared.storage.files import FileStore
 from shared.storage.objects import StorageUnavailable, output_key
-from shared.webhooks.outbox import WebhookNotifier
 from worker.batching import BatchClaimer, BatchStep, BatchStopped
 from worker.context import FileInputError, RunContext
 from worker.heartbeat import Heartbeat
@@ -97,22 +95,22 @@ class PredictionRunner:
     def __init__(
         self,
         settings: Settings,
-        store: PredictionStore,
+        lifecycle: PredictionLifecycle,
         storage: Storage,
         predictors: PredictorPool,
-        notifier: WebhookNotifier,
         requeue: Requeue,
         upcoming: Upcoming | None = None,
         timeline: Timeline | None = None,
     ) -> None:
         self.settings = settings
-        self.store = store
+        # The process's lifecycle; the runner records and notifies through its store and notifier.
+        self.lifecycle = lifecycle
+        self.store = lifecycle.store
+        self.notifier = lifecycle.notifier
         self.storage = storage
-        self.files = FileStore(store.redis, storage, settings.file_retention_s)
-        self.leases = Leases(store.redis, settings.lease_s)
+        self.files = FileStore(self.store.redis, storage, settings.file_retention_s)
+        self.leases = Leases(self.store.redis, settings.lease_s)
         self.predictors = predictors
-        self.notifier = notifier
-        self.lifecycle = PredictionLifecycle(store, notifier)
         self.requeue = requeue
         self.timeline = timeline or Timeline()
         self.tuning = Tuning.from_settings(settings)

@@ -1,7 +1,8 @@
 """What every Kiln Celery worker process builds once and runs beside its tasks, GPU worker and
-webhook worker alike: its clients (Redis, the prediction store, S3, the webhook notifier, the
-prediction lifecycle), the maintenance jobs in a side thread (``shared.runtime.maintenance``), the
-Prometheus exporter (``KILN_WORKER_METRICS_PORT``) and Celery's log format (``KILN_LOG_FORMAT``).
+webhook worker alike: its clients (Redis, S3, and the prediction store, webhook notifier, lifecycle,
+dispatcher and batches of ``shared.runtime.prediction_core``, built there as the API builds them),
+the maintenance jobs in a side thread (``shared.runtime.maintenance``), the Prometheus exporter
+(``KILN_WORKER_METRICS_PORT``) and Celery's log format (``KILN_LOG_FORMAT``).
 
 Torch-free: the webhook worker (``webhook_worker.celery_app``) is this plus webhook delivery; the
 GPU worker (``worker.celery_app``) adds its runner and predictors.
@@ -19,21 +20,15 @@ from celery.signals import after_setup_logger, after_setup_task_logger, worker_r
 from prometheus_client.registry import Collector
 from redis import Redis
 
-from shared.batches.records import BatchStore
-from shared.batches.settler import BatchSettler
 from shared.db.client import connect
 from shared.predictions.leases import Leases
-from shared.predictions.lifecycle import PredictionLifecycle
 from shared.predictions.retention import Janitor
-from shared.predictions.store import PredictionStore
 from shared.runtime.logs import apply_format
 from shared.runtime.maintenance import Maintenance, worker_jobs
 from shared.runtime.metrics import start_exporter
+from shared.runtime.prediction_core import PredictionCore, build_prediction_core
 from shared.scheduling import queues
-from shared.scheduling.dispatcher import Dispatcher
-from shared.scheduling.task_messages import PredictMessages
 from shared.settings import Settings
-from shared.webhooks.outbox import WebhookNotifier, WebhookOutbox
 
 if TYPE_CHECKING:
     from shared.storage.s3 import Storage
@@ -59,26 +54,14 @@ class WorkerProcess:
         return connect(self.settings.redis_url, socket_timeout=30)
 
     @cached_property
-    def store(self) -> PredictionStore:
-        return PredictionStore(self.redis, self.settings.retention_s, self.settings.record_retention_s)
+    def core(self) -> PredictionCore:
+        return build_prediction_core(self.settings, self.redis, self.celery)
 
     @cached_property
     def storage(self) -> Storage:
         from shared.storage.s3 import Storage  # boto3 loads when a job first needs S3, not at import
 
         return Storage(self.settings, attempts=self.settings.storage_attempts)
-
-    @cached_property
-    def notifier(self) -> WebhookNotifier:
-        return WebhookNotifier(self.store, WebhookOutbox(self.redis, self.settings), self.celery)
-
-    @cached_property
-    def lifecycle(self) -> PredictionLifecycle:
-        return PredictionLifecycle(self.store, self.notifier)
-
-    @cached_property
-    def dispatcher(self) -> Dispatcher:
-        return Dispatcher(self.redis, PredictMessages(self.celery), self.settings.dispatch_ahead)
 
     def metrics_collectors(self) -> list[Collector]:
         """What the exporter serves besides ``shared.runtime.metrics``' series (the GPU worker adds GPU memory)."""
@@ -89,21 +72,16 @@ class WorkerProcess:
         consumes the ``webhooks`` queue), then the metrics exporter."""
         self._maintenance = Maintenance(
             worker_jobs(
-                self.lifecycle,
+                self.core.lifecycle,
                 Leases(self.redis, self.settings.lease_s),
-                self.notifier.outbox,
+                self.core.outbox,
                 self.celery,
                 Janitor(self.redis, self.storage),
                 self.settings.max_attempts,
                 with_webhooks=queues.WEBHOOKS in queues_consumed,
                 retention_interval_s=min(self.settings.janitor_interval_s, self.settings.retention_s / 4),
-                dispatcher=self.dispatcher,
-                settler=BatchSettler(
-                    BatchStore(self.redis, max(self.settings.record_retention_s, self.settings.retention_s)),
-                    self.notifier.outbox,
-                    self.celery,
-                    self.settings.retention_s,
-                ),
+                dispatcher=self.core.dispatcher,
+                settler=self.core.batch_settler,
             )
         )
         self._maintenance.start()

@@ -177,8 +177,8 @@ def delivery_signer(process: WorkerProcess) -> DeliverySigner:
     settings = process.settings
     return DeliverySigner(
         WebhookSecrets(process.redis, settings.webhook_secret_overlap_s),
-        process.store,
-        process.notifier.url_signer,
+        process.core.store,
+        process.core.notifier.url_signer,
         settings.retention_s,
     )
 
@@ -188,7 +188,7 @@ def add_delivery_task(celery: Celery, process: WorkerProcess) -> None:
     (the webhook worker, or a GPU worker told to) attempts each delivery it is sent."""
 
     def deliver_webhook(delivery_id: str) -> None:
-        attempt_delivery(process.notifier.outbox, delivery_id, delivery_signer(process), process.settings)
+        attempt_delivery(process.core.outbox, delivery_id, delivery_signer(process), process.settings)
 
     # Celery is untyped: registered by a call, not a decorator (mypy's strict checks hold in shared/).
     celery.task(name=queues.DELIVER_WEBHOOK_TASK, shared=False)(deliver_webhook)

@@ -16,6 +16,7 @@ from PIL import Image
 from redis import Redis
 
 from models.registry import find_model
+from shared.predictions.lifecycle import PredictionLifecycle
 from shared.predictions.record import Prediction
 from shared.predictions.store import PredictionStore
 from shared.runtime.celery_config import create_celery
@@ -71,7 +72,11 @@ class Harness:
         self.storage = storage or MemoryStorage()
         self.notifier = RecordingNotifier()
         self.runner = PredictionRunner(
-            settings, self.store, self.storage, predictors, self.notifier, requeue=lambda prediction_id, queue: None
+            settings,
+            PredictionLifecycle(self.store, self.notifier),
+            self.storage,
+            predictors,
+            requeue=lambda prediction_id, queue: None,
         )
         self.queues = sorted({spec.queue for spec in map(find_model, predictors.models)})
         self.peek = QueuePeek(self.redis, self.queues)
