@@ -9,7 +9,7 @@ CONTROL = ControlKind(
     weights_setting="controlnet_depth_xl_weights",
     published_config=Path(__file__).parent / "configs" / "controlnet_depth_sdxl.json",
     detector="controlnet_aux:MidasDetector",
-    random_detector_checkpoints="models.ip_adapter_depth_xl.weights:write_random_checkpoints",
+    random_detector_checkpoints="models.ip_adapter_depth_xl.fake_weights:write_random_checkpoints",
 )
 
 SPEC = xl_model_spec(

@@ -3,7 +3,7 @@
 The depth map comes from ``MidasDetector`` (DPT-hybrid, ``dpt_hybrid-midas-501f0c75.pt`` from
 ``lllyasviel/Annotators``) unless the user passes ``control_image``. The tiny and random-full
 profiles load the same detector class through the same loader, from random weights
-(``weights.py``): their depth maps are image-dependent textures, not depth.
+(``fake_weights.py``): their depth maps are image-dependent textures, not depth.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ CONTROL = ControlKind(
     weights_setting="controlnet_openpose_xl_weights",
     published_config=Path(__file__).parent / "configs" / "controlnet_openpose_sdxl.json",
     detector="controlnet_aux:OpenposeDetector",
-    random_detector_checkpoints="models.ip_adapter_openpose_xl.weights:write_random_checkpoints",
+    random_detector_checkpoints="models.ip_adapter_openpose_xl.fake_weights:write_random_checkpoints",
 )
 
 SPEC = xl_model_spec(

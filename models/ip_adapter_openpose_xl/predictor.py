@@ -3,7 +3,7 @@
 The pose map (body keypoints, as ``thibaud/controlnet-openpose-sdxl-1.0`` was trained on) comes
 from ``OpenposeDetector`` (``lllyasviel/Annotators``) unless the user passes ``control_image``.
 The tiny and random-full profiles load the same detector through the same loader from random
-weights (``weights.py``): it finds no person, so their pose map is black.
+weights (``fake_weights.py``): it finds no person, so their pose map is black.
 """
 
 from __future__ import annotations

@@ -5,8 +5,9 @@
 - ``rows``, ``schedulers``: batch rows and per-row generators; the scheduler names the inputs accept.
 - ``tuning``: per-device throughput knobs, resolved from settings and applied to each loaded pipeline.
 - ``devices``: the torch device and dtype a worker runs on.
-- ``weights``: loading a model's weights by profile (``loading``), its published full-size configs
-  (``published``) and the tiny random weights a CPU runs (``tiny``).
+- ``weights.loading``: loading a model's weights by profile through the one ``from_pretrained`` path.
+- ``fake_weights``: what every model's fake-weight builders share (``models/__init__.py`` says where
+  fake weights live): building a folder once, the tiny tokenizer, the published configs.
 
 It imports ``shared`` and nothing above ``models``: the workers import it, never the other way round.
 """

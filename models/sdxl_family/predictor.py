@@ -40,8 +40,8 @@ from models.kit.rows import fit, generators, rows, split_images
 from models.kit.schedulers import SCHEDULERS
 from models.kit.tuning import Tuning, optimise_pipeline
 from models.kit.weights.loading import hub_cache_dir, load_model, load_pipeline
-from models.sdxl_family.builder import IP_ADAPTER_SUBFOLDER, IP_ADAPTER_WEIGHT_NAME
 from models.sdxl_family.ip_adapter_scales import LayerRole, role_row_scales
+from models.sdxl_family.layout import IP_ADAPTER_SUBFOLDER, IP_ADAPTER_WEIGHT_NAME
 from models.sdxl_family.lora import LoraWeights, fetch_lora, lora_applied, process_lora_cache
 from models.sdxl_family.row_scales import RowScaledControlNetModel, install_row_scaled_processors, row_scales_applied
 from models.sdxl_family.schema import IPAdapterXLInput

@@ -27,7 +27,7 @@ class ControlKind:
     """A ControlNet of the family and the controlnet-aux detector that turns ``input_image`` into its map.
 
     Its tiny ControlNet is the family's tiny UNet blocks with the conditioning channels of
-    ``published_config`` (``models.sdxl_family.configs.tiny_controlnet``).
+    ``published_config`` (``models.sdxl_family.fake_weights.layout_configs.tiny_controlnet``).
     """
 
     # "depth": names its folder in the weights layouts (``controlnet-depth``) and its log lines.
@@ -39,7 +39,7 @@ class ControlKind:
     # "module:Class" of the detector; loaded with ``from_pretrained`` from the annotators weights.
     detector: str
     # "module:function" writing the detector's checkpoints with random weights into a folder (tiny and
-    # random-full profiles; ``models.sdxl_family.annotators``).
+    # random-full profiles; the model folder's ``fake_weights``, run by ``models.sdxl_family.fake_weights.annotators``).
     random_detector_checkpoints: str
 
     @property

@@ -17,7 +17,7 @@ from pydantic import Field
 from api.app import create_app
 from models.registry import MODELS
 from models.sd2_depth2img.schema import Depth2ImgInput
-from models.sdxl_family.tiny_lora import write_tiny_lora
+from models.sdxl_family.fake_weights.tiny_lora import write_tiny_lora
 from shared.inputs.schema import Scheduler
 from tests.integration.browser import CHROMIUM_ARGS, chromium_or_skip, serve_in_thread
 from tests.integration.conftest import PAGE_SIZE, TOKEN_A, TOKEN_B

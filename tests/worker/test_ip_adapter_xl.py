@@ -18,7 +18,7 @@ from skimage import data as photos
 
 from models.kit.contract import NamedImage, PredictionCanceled
 from models.kit.schedulers import SCHEDULERS
-from models.sdxl_family.configs import tiny_configs
+from models.sdxl_family.fake_weights.layout_configs import tiny_configs
 from models.sdxl_family.predictor import IPAdapterXLPredictor, detect_resolution
 from models.sdxl_family.schema import IPAdapterXLInput
 from models.sdxl_family.weights import xl_weights
@@ -206,7 +206,8 @@ def test_the_openpose_detector_runs_on_a_photo(openpose, monkeypatch) -> None:
     assert spy.calls == [(512, 512)]
     assert any(line.startswith("Extracted the openpose map in") for line in ctx.lines)
     assert image.size == pose.image.size == (96, 64)
-    # Random weights find no person: the tiny profile's pose map is black (see models/sdxl_family/annotators.py).
+    # Random weights find no person: the tiny profile's pose map is black
+    # (see models/sdxl_family/fake_weights/annotators.py).
     assert np.asarray(pose.image).max() == 0
 
 

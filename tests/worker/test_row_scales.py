@@ -16,8 +16,8 @@ import torch
 from diffusers import ControlNetModel
 from diffusers.models.attention_processor import Attention, IPAdapterAttnProcessor2_0
 
-from models.sdxl_family.builder import make_conditioning_observable
-from models.sdxl_family.configs import tiny_configs
+from models.sdxl_family.fake_weights.builder import make_conditioning_observable
+from models.sdxl_family.fake_weights.layout_configs import tiny_configs
 from models.sdxl_family.ip_adapter_scales import LayerRole, ip_adapter_block_scales, layer_role
 from models.sdxl_family.row_scales import RowScaledControlNetModel, RowScaledIPAdapterAttnProcessor
 from models.sdxl_family.schema import IPAdapterMode

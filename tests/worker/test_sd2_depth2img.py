@@ -11,9 +11,9 @@ from diffusers import StableDiffusionDepth2ImgPipeline
 from PIL import Image
 
 from models.kit.contract import PredictionCanceled
+from models.sd2_depth2img.fake_weights import ensure_tiny_sd2_depth2img
 from models.sd2_depth2img.predictor import SCHEDULERS, Depth2ImgPredictor, output_size
 from models.sd2_depth2img.schema import Depth2ImgInput
-from models.sd2_depth2img.weights import ensure_tiny_sd2_depth2img
 from shared.inputs.images import ImageInputError
 from shared.inputs.schema import Scheduler
 from shared.settings import Settings

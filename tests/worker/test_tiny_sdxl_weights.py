@@ -22,24 +22,33 @@ from transformers import (
     DPTForDepthEstimation,
 )
 
-from models.ip_adapter_depth_xl import weights as depth_weights
-from models.ip_adapter_openpose_xl import weights as openpose_weights
-from models.sd2_depth2img.weights import load_config
-from models.sdxl_family import weights as family_weights
-from models.sdxl_family.annotators import build_tiny_annotators, compact_random_state_dict, ensure_tiny_annotators
-from models.sdxl_family.builder import (
+from models.ip_adapter_depth_xl import fake_weights as depth_weights
+from models.ip_adapter_openpose_xl import fake_weights as openpose_weights
+from models.sd2_depth2img.fake_weights import load_config
+from models.sdxl_family.fake_weights import builder as family_builder
+from models.sdxl_family.fake_weights.annotators import (
+    build_tiny_annotators,
+    compact_random_state_dict,
+    ensure_tiny_annotators,
+)
+from models.sdxl_family.fake_weights.builder import (
+    build_tiny_sdxl,
+    build_xl_weights,
+    ensure_random_full_sdxl,
+    ensure_tiny_sdxl,
+    make_conditioning_observable,
+    random_ip_adapter_weights,
+)
+from models.sdxl_family.fake_weights.layout_configs import XLConfigs, full_configs, tiny_configs
+from models.sdxl_family.layout import (
     BASE_DIR,
     IMAGE_ENCODER_DIR,
     IP_ADAPTER_DIR,
     IP_ADAPTER_SUBFOLDER,
     IP_ADAPTER_WEIGHT_NAME,
     VAE_FP16_DIR,
-    build_xl_weights,
-    make_conditioning_observable,
-    random_ip_adapter_weights,
+    control_kinds,
 )
-from models.sdxl_family.configs import XLConfigs, control_kinds, full_configs, tiny_configs
-from models.sdxl_family.weights import build_tiny_sdxl, ensure_random_full_sdxl, ensure_tiny_sdxl
 
 
 def _files(folder: Path) -> dict[str, bytes]:
@@ -153,7 +162,7 @@ def test_random_full_builds_the_published_configs_in_fp16_once(tmp_path: Path, m
         calls.append((configs, options))
         (folder / "built").write_text("")
 
-    monkeypatch.setattr(family_weights, "build_xl_weights", fake_build)
+    monkeypatch.setattr(family_builder, "build_xl_weights", fake_build)
     folder = ensure_random_full_sdxl(tmp_path, torch.device("cpu"))
     assert ensure_random_full_sdxl(tmp_path, torch.device("cpu")) == folder == tmp_path / "random-full" / "sdxl"
     [(configs, options)] = calls

@@ -9,9 +9,9 @@ from pathlib import Path
 import torch
 from transformers import CLIPTokenizer
 
+from models.kit.fake_weights.building import MARKER_NAME, ensure_built
 from models.kit.weights.loading import weights_source
-from models.kit.weights.tiny import MARKER_NAME, ensure_built
-from models.sd2_depth2img.weights import build_tiny_sd2_depth2img, ensure_tiny_sd2_depth2img
+from models.sd2_depth2img.fake_weights import build_tiny_sd2_depth2img, ensure_tiny_sd2_depth2img
 
 
 def _no_random_full(weights_dir: Path, device: torch.device) -> Path:

@@ -14,16 +14,16 @@ import pytest
 import torch
 from safetensors.torch import save as save_safetensors
 
-from models.sdxl_family.configs import load_config
+from models.sdxl_family.fake_weights.layout_configs import load_config
+from models.sdxl_family.fake_weights.tiny_lora import main as tiny_lora_main
+from models.sdxl_family.fake_weights.tiny_lora import tiny_lora_state_dict
 from models.sdxl_family.ip_adapter_scales import ip_adapter_block_scales
 from models.sdxl_family.lora import ADAPTER_NAME, LoraCache, LoraError, LoraWeights
 from models.sdxl_family.predictor import IPAdapterXLPredictor
 from models.sdxl_family.schema import IPAdapterMode
-from models.sdxl_family.tiny_lora import tiny_lora_state_dict
 from tests.support.xl_inputs import BLACK, FACE, PRODUCT, SETTING, WHITE, half_mask, inputs
 from tests.worker.fakes import FakeContext
 from worker.context import FileInputError
-from worker.weights.tiny_lora import main as tiny_lora_main
 
 LORA = "https://loras.example/tiny.safetensors"
 OTHER_LORA = "https://loras.example/other.safetensors"

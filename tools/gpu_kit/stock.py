@@ -26,7 +26,7 @@ from models.kit.schedulers import SCHEDULERS
 from models.registry import find_model
 from models.sd2_depth2img.predictor import Depth2ImgJob
 from models.sd2_depth2img.weights import sd2_depth2img_source
-from models.sdxl_family.builder import IP_ADAPTER_SUBFOLDER, IP_ADAPTER_WEIGHT_NAME
+from models.sdxl_family.layout import IP_ADAPTER_SUBFOLDER, IP_ADAPTER_WEIGHT_NAME
 from models.sdxl_family.predictor import IPAdapterXLPredictor
 from models.sdxl_family.weights import xl_weights
 from shared.settings import Settings

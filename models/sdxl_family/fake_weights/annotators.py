@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from models.kit.weights.tiny import builder_fingerprint, ensure_built
+from models.kit.fake_weights.building import builder_fingerprint, ensure_built
 from models.sdxl_family.spec import ControlKind
 
 SEED = 0

@@ -1,7 +1,7 @@
-"""Shared machinery of the tiny weights profile: build a folder once, safely, and small components.
+"""Build a fake-weights folder once, safely; and the small CLIP tokenizer every fake layout saves.
 
-A tiny pipeline is built from small configs with random weights under a fixed seed, saved with
-``save_pretrained`` and from then on loaded with ``from_pretrained`` like real weights. Building
+A tiny (or random-full) pipeline is built from configs with random weights under a fixed seed, saved
+with ``save_pretrained`` and from then on loaded with ``from_pretrained`` like real weights. Building
 happens once per weights directory: into a temporary folder next to the target, renamed into place
 under a file lock, so that workers starting together neither collide nor see a half-written folder.
 """

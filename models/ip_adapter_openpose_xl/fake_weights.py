@@ -1,4 +1,4 @@
-"""The openpose kind's own random weights: checkpoints for its detector, controlnet-aux ``OpenposeDetector``.
+"""The openpose kind's own fake weights: checkpoints for its detector, controlnet-aux ``OpenposeDetector``.
 
 Its ControlNet is built by the family's layout builders from ``CONTROL`` (``__init__.py``): the published
 config in ``configs/`` (random-full) or the family's tiny blocks (tiny).
@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from models.sdxl_family.annotators import SEED, compact_random_state_dict
+from models.sdxl_family.fake_weights.annotators import SEED, compact_random_state_dict
 
 BODY_FILENAME = "body_pose_model.pth"
 HAND_FILENAME = "hand_pose_model.pth"

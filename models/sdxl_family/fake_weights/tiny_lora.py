@@ -2,12 +2,14 @@
 
 It is keyed like a LoRA diffusers saves (PEFT names: ``unet.<module>.lora_A.weight`` /
 ``lora_B.weight``) over every attention projection of the tiny UNet and of both tiny text encoders,
-with random weights strong enough to change the tiny profile's images visibly. ``python -m
-worker.weights.tiny_lora OUT.safetensors`` writes one.
+with random weights strong enough to change the tiny profile's images visibly.
+
+``python -m models.sdxl_family.fake_weights.tiny_lora OUT.safetensors [--seed N] [--rank R]`` writes one.
 """
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import torch
@@ -15,7 +17,7 @@ from diffusers import UNet2DConditionModel
 from safetensors.torch import save_file
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-from models.sdxl_family.configs import XLConfigs, tiny_configs
+from models.sdxl_family.fake_weights.layout_configs import XLConfigs, tiny_configs
 
 DEFAULT_RANK = 4
 # The UNet's attention projections (IP-Adapter's to_k_ip / to_v_ip live under ``.processor`` and are left alone).
@@ -59,3 +61,21 @@ def write_tiny_lora(path: Path, *, seed: int = 0, rank: int = DEFAULT_RANK) -> P
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(tiny_lora_state_dict(seed=seed, rank=rank), str(path), metadata={"format": "pt"})
     return path
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Write a tiny LoRA to the file the command line names, to try ``lora_weights`` on a CPU."""
+    parser = argparse.ArgumentParser(
+        prog="python -m models.sdxl_family.fake_weights.tiny_lora",
+        description="Write a small random LoRA that fits the tiny SDXL profile.",
+    )
+    parser.add_argument("out", type=Path, help="the .safetensors file to write")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (another seed, another LoRA)")
+    parser.add_argument("--rank", type=int, default=DEFAULT_RANK, help="LoRA rank")
+    args = parser.parse_args(argv)
+    path = write_tiny_lora(args.out, seed=args.seed, rank=args.rank)
+    print(f"wrote {path} ({path.stat().st_size} bytes): pass it as lora_weights (upload it through POST /v1/files)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,17 +1,18 @@
-"""Write an SDXL + ControlNets + IP-Adapter weights folder from configs, with random weights.
+"""Write the family's weights layout (``models.sdxl_family.layout``) from configs, with random weights.
 
 The tiny profile (small configs) and the random-full profile (the published full-size configs) share
-this builder and one layout, which mirrors where the full profile's weights live so that the
-predictors load every profile with the same ``from_pretrained`` / ``load_ip_adapter`` calls::
+this builder and the layout; each builds its folder once per fingerprint under the weights directory:
 
-    sdxl-base/               StableDiffusionXLPipeline   stabilityai/stable-diffusion-xl-base-1.0
-    sdxl-vae-fp16-fix/       AutoencoderKL               madebyollin/sdxl-vae-fp16-fix
-    controlnet-<kind>/       ControlNetModel             e.g. diffusers/controlnet-depth-sdxl-1.0 (one per kind)
-    ip-adapter/sdxl_models/  ip-adapter_sdxl.safetensors and image_encoder/   h94/IP-Adapter
+- ``tiny``: the small configs (``layout_configs.tiny_configs``) with random weights, built on the CPU
+  in seconds into ``<weights_dir>/tiny/sdxl``.
+- ``random-full``: every model at full size with random weights, for timing on a GPU that real
+  weights cannot reach: the published configs are built directly on the device and saved once in
+  fp16 under ``<weights_dir>/random-full/sdxl`` (about 16 GB with two ControlNets). Real shapes and
+  FLOPs; the images are noise.
 
-The base is saved without image encoder and feature extractor: ``load_ip_adapter`` registers them.
-The tokenizers are the small byte-level ones of ``models.kit.weights.tiny`` in both profiles (the real
-CLIP vocabulary is not in the repo); prompts are padded to 77 tokens either way, so shapes match.
+Both hold a ControlNet per registered kind. The tokenizers are the small byte-level ones of
+``models.kit.fake_weights.building`` in both profiles (the real CLIP vocabulary is not in the repo);
+prompts are padded to 77 tokens either way, so shapes match.
 """
 
 from __future__ import annotations
@@ -36,19 +37,26 @@ from transformers import (
     CLIPVisionModelWithProjection,
 )
 
-from models.kit.weights.tiny import save_tiny_clip_tokenizer
-from models.sdxl_family.configs import XLConfigs
+from models.kit.fake_weights.building import builder_fingerprint, ensure_built, save_tiny_clip_tokenizer
+from models.sdxl_family.fake_weights.layout_configs import XLConfigs, full_configs, layout_digest, tiny_configs
+from models.sdxl_family.layout import (
+    BASE_DIR,
+    IMAGE_ENCODER_DIR,
+    IP_ADAPTER_DIR,
+    IP_ADAPTER_SUBFOLDER,
+    IP_ADAPTER_WEIGHT_NAME,
+    VAE_FP16_DIR,
+    control_kinds,
+)
 from models.sdxl_family.spec import controlnet_folder
 
 ModelT = TypeVar("ModelT", bound=torch.nn.Module)
 
-BASE_DIR = "sdxl-base"
-VAE_FP16_DIR = "sdxl-vae-fp16-fix"
-IP_ADAPTER_DIR = "ip-adapter"
-IP_ADAPTER_SUBFOLDER = "sdxl_models"
-IP_ADAPTER_WEIGHT_NAME = "ip-adapter_sdxl.safetensors"
-# load_ip_adapter's default image_encoder_folder, looked up under IP_ADAPTER_SUBFOLDER.
-IMAGE_ENCODER_DIR = "image_encoder"
+SEED = 0
+# random-full is saved in half precision whatever the device: half the disk and load time; loading casts.
+SAVED_DTYPE = torch.float16
+# The modules that shape the layout's files: their source is part of the fingerprint.
+_BUILDERS = (__name__, "models.sdxl_family.fake_weights.layout_configs", "models.sdxl_family.layout")
 # IP-Adapter (not Plus) turns the image embedding into this many extra text tokens.
 IP_ADAPTER_TOKENS = 4
 # Weight spread given to a ControlNet's zero convolutions in the tiny profile.
@@ -166,4 +174,38 @@ def build_xl_weights(
     save_file(
         {name: tensor.to(dtype).cpu().contiguous() for name, tensor in ip_adapter.items()},
         ip_folder / IP_ADAPTER_WEIGHT_NAME,
+    )
+
+
+def build_tiny_sdxl(folder: Path) -> None:
+    """Build the tiny SDXL layout with random weights under a fixed seed and save it into ``folder``.
+
+    The ControlNets' zero convolutions get random weights, so that the control image and
+    ``controlnet_conditioning_scale`` change the output. Deterministic on the CPU.
+    """
+    build_xl_weights(folder, tiny_configs(), seed=SEED, observable_controlnets=True)
+
+
+def ensure_tiny_sdxl(weights_dir: Path) -> Path:
+    """The folder of the tiny SDXL layout under ``weights_dir``, built on first use."""
+    return ensure_built(
+        Path(weights_dir) / "tiny" / "sdxl",
+        f"{builder_fingerprint(*_BUILDERS)}-{layout_digest(control_kinds())}",
+        build_tiny_sdxl,
+    )
+
+
+def ensure_random_full_sdxl(weights_dir: Path, device: torch.device) -> Path:
+    """The folder of the random full-size SDXL layout under ``weights_dir``, built on ``device`` on first use.
+
+    Building on the GPU takes seconds per model where random initialisation on a CPU takes minutes.
+    """
+
+    def build(folder: Path) -> None:
+        build_xl_weights(folder, full_configs(), seed=SEED, dtype=SAVED_DTYPE, device=str(device))
+
+    return ensure_built(
+        Path(weights_dir) / "random-full" / "sdxl",
+        f"{builder_fingerprint(*_BUILDERS)}-{layout_digest(control_kinds())}",
+        build,
     )

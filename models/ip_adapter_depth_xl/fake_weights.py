@@ -1,4 +1,4 @@
-"""The depth kind's own random weights: checkpoints for its detector, controlnet-aux ``MidasDetector``.
+"""The depth kind's own fake weights: checkpoints for its detector, controlnet-aux ``MidasDetector``.
 
 Its ControlNet is built by the family's layout builders from ``CONTROL`` (``__init__.py``): the published
 config in ``configs/`` (random-full) or the family's tiny blocks (tiny).
@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from models.sdxl_family.annotators import SEED, compact_random_state_dict
+from models.sdxl_family.fake_weights.annotators import SEED, compact_random_state_dict
 
 # What MidasDetector.from_pretrained loads for model_type="dpt_hybrid".
 MIDAS_FILENAME = "dpt_hybrid-midas-501f0c75.pt"

@@ -1,10 +1,10 @@
-"""The configs of every model in the SDXL layout: tiny ones (small, random weights) and the published ones.
+"""The configs of every model in the family's layout: the tiny ones (small) and the published ones (full size).
 
-The tiny layout has the same classes and shapes that matter as the full models (see
-``models.sdxl_family.builder``): two CLIP text encoders whose hidden sizes add up to the UNet's
-cross-attention width, a text-time UNet, a VAE and ControlNet conditioning embedding that both
-downscale by 8 like SDXL's, a CLIP vision encoder for the IP-Adapter. The random-full layout uses
-the published configs in ``configs/`` (sources in its README) and each kind's published ControlNet.
+The tiny layout has the same classes and shapes that matter as the full models (see ``builder``): two
+CLIP text encoders whose hidden sizes add up to the UNet's cross-attention width, a text-time UNet, a
+VAE and ControlNet conditioning embedding that both downscale by 8 like SDXL's, a CLIP vision encoder
+for the IP-Adapter. The random-full layout uses the published configs in ``models/sdxl_family/configs/``
+(sources in its README) and each kind's published ControlNet.
 """
 
 from __future__ import annotations
@@ -14,12 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from models.kit.weights.published import configs_digest, read_config
-from models.registry import MODELS
-from models.sdxl_family.spec import ControlKind, XLModelSpec
+from models.kit.fake_weights.published import configs_digest, read_config
+from models.sdxl_family.layout import control_kinds
+from models.sdxl_family.spec import ControlKind
 
-# The published configs of the family's full-size models (sources in configs/README.md).
-CONFIGS_DIR = Path(__file__).parent / "configs"
+# The published configs of the family's full-size models: models/sdxl_family/configs/ (sources in its README).
+CONFIGS_DIR = Path(__file__).parents[1] / "configs"
 
 TEXT_HIDDEN_SIZE = 32
 TIME_EMBED_DIM = 8
@@ -41,13 +41,8 @@ class XLConfigs:
     image_encoder: dict[str, Any]
 
 
-def control_kinds() -> tuple[ControlKind, ...]:
-    """The ControlNet kind of every registered XL model, in registry order: the layouts hold one ControlNet each."""
-    return tuple(spec.control for spec in MODELS.values() if isinstance(spec, XLModelSpec))
-
-
 def load_config(name: str) -> dict[str, Any]:
-    """A published config of the family from ``configs/``, by file name without ``.json``."""
+    """A published config of the family from ``CONFIGS_DIR``, by file name without ``.json``."""
     return read_config(CONFIGS_DIR / f"{name}.json")
 
 
