@@ -36,7 +36,7 @@ test: install
 
 # Unit tests only: no servers, no model pipelines (seconds). `make test` runs everything.
 test-fast: install
-	HF_HUB_OFFLINE=1 $(PY) -m pytest tests/unit -m "not integration" $(PYTEST_ARGS)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest tests/api tests/shared tests/webhook_worker tests/docs -m "not integration" $(PYTEST_ARGS)
 
 # Lint and format check (ruff), types (mypy: strict for api/ and shared/), then the import arrows
 # (lint-imports: api, worker, webhook_worker -> models -> shared; [tool.importlinter] in pyproject.toml).

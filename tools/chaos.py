@@ -42,8 +42,8 @@ from shared.predictions.status import Status
 from shared.predictions.store import PredictionStore
 from shared.scheduling import queues
 from tests.integration.conftest import TOKEN_A, WEBHOOK_WORKER_ARGV, Stack, stack_env, uvicorn_argv
-from tests.integration.receiver import WebhookReceiver
 from tests.support import REPO_ROOT, data_uri, png_bytes, wait_until
+from tests.support.receiver import WebhookReceiver
 from tools.chaos_events import ChaosSchedule, Watchdog
 
 TERMINAL = {status.value for status in Status if status.is_terminal()}

@@ -4,7 +4,7 @@
 
 Delivery is network-bound, so a thread pool. Beside its tasks the process runs the maintenance jobs
 (lease reaper, retention) and re-sends due webhook deliveries (``shared.runtime.worker_process``). Nothing
-here imports torch or diffusers (tests/unit/test_webhook_worker.py checks it): it runs on the API
+here imports torch or diffusers (tests/webhook_worker/test_webhook_worker.py checks it): it runs on the API
 image.
 """
 

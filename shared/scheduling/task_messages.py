@@ -6,7 +6,7 @@ Every predict message differs only in the prediction id, the task id and kombu's
 Kiln asks Celery once per (queue, priority) for a real message, sent to kombu's in-memory
 transport with sentinel ids, keeps it as a template, and renders later messages by filling the
 three slots. The rendered bytes are exactly what kombu's Redis transport would ``LPUSH``
-(``tests/unit/test_task_messages.py`` compares them with a message published through kombu), so
+(``tests/shared/test_task_messages.py`` compares them with a message published through kombu), so
 they can go into the same Redis transaction that stores the prediction records: one round trip
 stores and enqueues a whole batch.
 """

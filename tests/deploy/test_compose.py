@@ -12,7 +12,7 @@ import pytest
 
 from shared.scheduling import queues
 from shared.settings import Settings
-from tests.deploy.support import REPO_ROOT, compose, load_yaml
+from tests.support.deploy import REPO_ROOT, compose, load_yaml
 
 SERVICES = {"redis", "s3", "api", "worker-sd2", "worker-sdxl", "webhooks", "flower", "prometheus"}
 GPU_WORKERS = {"worker-sd2": queues.SD2_DEPTH, "worker-sdxl": queues.SDXL}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from shared.settings import Settings
-from tests.deploy.support import ENV_EXAMPLE
+from tests.support.deploy import ENV_EXAMPLE
 
 # "KILN_X=value", active or commented out ("# KILN_X=value" shows a default).
 LINE = re.compile(r"^(?P<commented>#\s*)?(?P<key>KILN_[A-Z0-9_]+)=(?P<value>.*)$")

@@ -8,14 +8,13 @@ import shutil
 import subprocess
 import sys
 import tomllib
-from importlib import metadata
 from pathlib import Path
 
 import pytest
 from packaging.requirements import Requirement
 
-from tests.deploy.support import DOCKER_DIR
 from tests.support import REPO_ROOT
+from tests.support.deploy import DOCKER_DIR, reachable
 
 DOCKERFILES = sorted(DOCKER_DIR.glob("Dockerfile.*"))
 # What must stay out of the API's install set: torch and everything built on it.
@@ -56,32 +55,6 @@ def test_hadolint_does_flag_a_bad_dockerfile(tmp_path):
 
 def _name(requirement: str) -> str:
     return Requirement(requirement).name.lower().replace("_", "-")
-
-
-def reachable(requirements: list[str]) -> set[str]:
-    """Every distribution an install of ``requirements`` pulls in, from the installed metadata (a package
-    reached again with other extras is walked again for their dependencies)."""
-    seen: set[tuple[str, frozenset[str]]] = set()
-    pending = [Requirement(r) for r in requirements]
-    while pending:
-        requirement = pending.pop()
-        name = requirement.name.lower().replace("_", "-")
-        if requirement.marker is not None and not requirement.marker.evaluate({"extra": ""}):
-            continue
-        if (name, frozenset(requirement.extras)) in seen:
-            continue
-        seen.add((name, frozenset(requirement.extras)))
-        try:
-            dependencies = metadata.requires(requirement.name) or []
-        except metadata.PackageNotFoundError:
-            continue
-        extras = requirement.extras
-        for dependency in map(Requirement, dependencies):
-            marker = dependency.marker
-            if marker is None or marker.evaluate({"extra": ""}) or any(marker.evaluate({"extra": e}) for e in extras):
-                dependency.marker = None
-                pending.append(dependency)
-    return {name for name, _ in seen}
 
 
 def test_the_api_install_set_has_no_torch():

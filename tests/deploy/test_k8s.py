@@ -18,7 +18,7 @@ import yaml
 
 from shared.scheduling import queues
 from shared.settings import Settings
-from tests.deploy.support import K8S_BASE, SCHEMAS, load_all_yaml, load_yaml
+from tests.support.deploy import K8S_BASE, SCHEMAS, load_all_yaml, load_yaml
 
 KUBERNETES_VERSION = "1.32.0"
 CRD_KINDS = {"ScaledObject"}

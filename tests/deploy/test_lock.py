@@ -10,9 +10,8 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from tests.deploy.support import DOCKER_DIR
-from tests.deploy.test_images import reachable
 from tests.support import REPO_ROOT
+from tests.support.deploy import DOCKER_DIR, reachable
 
 LOCK = REPO_ROOT / "requirements.lock"
 

@@ -7,9 +7,9 @@ import time
 import pytest
 from openapi_spec_validator import validate
 
-from tests.integration.conftest import TOKEN_A
 from tests.support import png_bytes
 from tests.support.predictions import app_for, depth2img_input
+from tests.support.stack import TOKEN_A
 from tests.support.step_gates import StepGate
 
 pytestmark = pytest.mark.integration

@@ -15,10 +15,10 @@ from urllib.parse import quote
 import pytest
 
 from deploy.devstack.servers import free_port
-from tests.integration.conftest import TOKEN_A
-from tests.integration.image_servers import ImageServer, silent_listener
 from tests.support import assert_problem, data_uri, image_bytes, png_claiming_size
+from tests.support.image_servers import ImageServer, silent_listener
 from tests.support.predictions import app_for, depth2img_input
+from tests.support.stack import TOKEN_A
 
 pytestmark = pytest.mark.integration
 AUTH = {"Authorization": f"Bearer {TOKEN_A}"}

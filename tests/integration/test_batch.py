@@ -13,9 +13,9 @@ from deploy.devstack.servers import free_port
 from shared.db import keys
 from shared.predictions.store import PredictionStore
 from shared.settings import tenant_of, token_digest
-from tests.integration.conftest import TOKEN_A, Stack, uvicorn_argv
 from tests.support import start_process, stop_process, wait_for_status, wait_until
 from tests.support.batches import item, tiny_image
+from tests.support.stack import TOKEN_A, Stack, uvicorn_argv
 
 pytestmark = pytest.mark.integration
 

@@ -19,9 +19,9 @@ from shared.db import keys
 from shared.predictions.retention import Janitor
 from shared.storage.objects import batch_prefix
 from shared.storage.s3 import Storage
-from tests.integration.receiver import WebhookReceiver
 from tests.support import data_uri, png_bytes, wait_until
 from tests.support.batches import all_predictions, item, results_of, tiny_image, wait_for_batch
+from tests.support.receiver import WebhookReceiver
 from tests.support.step_gates import StepGate, wait_until_waiting
 from tests.support.tenants import client_for, new_token
 

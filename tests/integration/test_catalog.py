@@ -10,10 +10,10 @@ from urllib.parse import quote
 import pytest
 import replicate
 
-from tests.integration.conftest import PAGE_SIZE, TOKEN_A
-from tests.integration.receiver import WebhookReceiver
 from tests.support import assert_problem, wait_until
 from tests.support.predictions import create, depth2img_input
+from tests.support.receiver import WebhookReceiver
+from tests.support.stack import PAGE_SIZE, TOKEN_A
 
 pytestmark = pytest.mark.integration
 

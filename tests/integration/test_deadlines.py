@@ -9,9 +9,9 @@ import replicate
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import v1 as pydantic_v1
 
-from tests.integration.receiver import WebhookReceiver
 from tests.support import assert_problem, wait_for_status, wait_until
 from tests.support.predictions import depth2img_input
+from tests.support.receiver import WebhookReceiver
 from tests.support.step_gates import StepGate, wait_until_waiting
 from tests.support.tenants import client_for, new_token
 

@@ -9,8 +9,8 @@ import secrets
 import pytest
 import replicate
 
-from tests.integration.conftest import TOKEN_A, TOKEN_B
 from tests.support import assert_problem, data_uri, png_bytes
+from tests.support.stack import TOKEN_A, TOKEN_B
 
 pytestmark = pytest.mark.integration
 MODEL = "kiln/sd2-depth2img"

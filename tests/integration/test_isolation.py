@@ -13,10 +13,10 @@ from redis import Redis
 
 from shared.predictions.record import new_id
 from shared.predictions.store import PredictionStore
-from tests.integration.conftest import TOKEN_A, TOKEN_B
 from tests.support import assert_problem, png_bytes, wait_for_status, wait_until
 from tests.support.batches import all_prediction_ids
 from tests.support.predictions import create, depth2img_input
+from tests.support.stack import TOKEN_A, TOKEN_B
 from tests.support.step_gates import StepGate
 
 pytestmark = pytest.mark.integration

@@ -8,8 +8,8 @@ import subprocess
 
 import pytest
 
-from tests.integration.conftest import TOKEN_A
 from tests.support import REPO_ROOT, png_bytes
+from tests.support.stack import TOKEN_A
 
 pytestmark = pytest.mark.integration
 JS_DIR = REPO_ROOT / "tests" / "js"

@@ -12,9 +12,9 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from tests.integration.conftest import TOKEN_A
 from tests.support import PROBLEM_JSON, assert_problem, data_uri, png_bytes
 from tests.support.predictions import app_for
+from tests.support.stack import TOKEN_A
 
 pytestmark = pytest.mark.integration
 AUTH = {"Authorization": f"Bearer {TOKEN_A}"}

@@ -17,10 +17,10 @@ from shared.predictions.record import Prediction
 from shared.runtime.celery_config import create_celery
 from shared.scheduling import queues
 from shared.settings import tenant_of, token_digest
-from tests.integration.conftest import TOKEN_A
-from tests.integration.receiver import WebhookReceiver
 from tests.support import data_uri, png_bytes, wait_for_status, wait_until
 from tests.support.predictions import create_with_webhook
+from tests.support.receiver import WebhookReceiver
+from tests.support.stack import TOKEN_A
 
 pytestmark = pytest.mark.integration
 

@@ -21,8 +21,8 @@ from redis import Redis
 from schemathesis import checks
 
 from deploy.devstack.servers import free_port
-from tests.integration.conftest import uvicorn_argv
 from tests.support import start_process, stop_process, wait_until
+from tests.support.stack import uvicorn_argv
 
 pytestmark = pytest.mark.integration
 FUZZ_DB = 6

@@ -19,10 +19,10 @@ from models.registry import MODELS
 from models.sd2_depth2img.schema import Depth2ImgInput
 from models.sdxl_family.fake_weights.tiny_lora import write_tiny_lora
 from shared.inputs.schema import Scheduler
-from tests.integration.browser import CHROMIUM_ARGS, chromium_or_skip, serve_in_thread
-from tests.integration.conftest import PAGE_SIZE, TOKEN_A, TOKEN_B
 from tests.support import png_bytes, wait_for_status, wait_until
+from tests.support.browser import CHROMIUM_ARGS, chromium_or_skip, serve_in_thread
 from tests.support.predictions import create, depth2img_input, run_xl
+from tests.support.stack import PAGE_SIZE, TOKEN_A, TOKEN_B
 
 # Room for installing chromium with apt on a fresh machine, within the session's first test.
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]

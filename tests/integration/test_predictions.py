@@ -8,9 +8,9 @@ import subprocess
 import pytest
 from PIL import Image
 
-from tests.integration.conftest import PAGE_SIZE, TOKEN_A, TOKEN_B
 from tests.support import REPO_ROOT, python, wait_for_status
 from tests.support.predictions import TERMINAL, create, depth2img_input, step_lines
+from tests.support.stack import PAGE_SIZE, TOKEN_A, TOKEN_B
 from tests.support.step_gates import StepGate, wait_until_waiting
 
 pytestmark = pytest.mark.integration

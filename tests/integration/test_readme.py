@@ -9,9 +9,9 @@ import subprocess
 
 import pytest
 
-from tests.integration.conftest import TOKEN_A
 from tests.support import REPO_ROOT, python
 from tests.support.docs import README, block
+from tests.support.stack import TOKEN_A
 
 pytestmark = pytest.mark.integration
 CLIENTS = REPO_ROOT / "docs" / "clients.md"

@@ -12,10 +12,10 @@ from shared.predictions.retention import Janitor
 from shared.runtime.celery_config import create_celery
 from shared.scheduling.queues import PREDICT_TASK, SD2_DEPTH
 from shared.storage.s3 import Storage
-from tests.integration.conftest import SHUTDOWN_GRACE_S, TIME_LIMIT_S, TIME_LIMITED_MODEL
-from tests.integration.receiver import WebhookReceiver
 from tests.support import assert_problem, data_uri, png_bytes, wait_for_status, wait_until
 from tests.support.predictions import TERMINAL, create, depth2img_input, xl_input
+from tests.support.receiver import WebhookReceiver
+from tests.support.stack import SHUTDOWN_GRACE_S, TIME_LIMIT_S, TIME_LIMITED_MODEL
 from tests.support.step_gates import StepGate, wait_until_waiting
 from tests.support.worker_inputs import gradient, png_uri
 

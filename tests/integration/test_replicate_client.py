@@ -12,8 +12,8 @@ import pytest
 import replicate
 from PIL import Image
 
-from tests.integration.conftest import PAGE_SIZE, TOKEN_A
 from tests.support import png_bytes
+from tests.support.stack import PAGE_SIZE, TOKEN_A
 from tests.support.step_gates import WAITING, StepGate
 
 pytestmark = pytest.mark.integration

@@ -17,9 +17,9 @@ import redis
 from shared.db import keys
 from shared.predictions.retention import Janitor
 from shared.storage.s3 import Storage
-from tests.integration.receiver import WebhookReceiver
 from tests.support import wait_until
 from tests.support.predictions import TERMINAL, create_with_webhook
+from tests.support.receiver import WebhookReceiver
 
 pytestmark = pytest.mark.integration
 

@@ -1,6 +1,6 @@
 """The SSRF guard in the API, on the real stack's Redis and S3: image URLs and webhooks that reach anything but
 globally routable addresses are a 422, IPv4 carried in IPv6 included (the table of addresses is in
-tests/support/addresses.py; tests/unit/test_ssrf_guards.py checks every outbound path gives its
+tests/support/addresses.py; tests/worker/test_ssrf_guards.py checks every outbound path gives its
 verdict), and an https image URL that redirects to plain http is a 422. The in-process API here may
 connect to loopback only, so a guard that failed could send nothing off the machine."""
 
@@ -13,10 +13,10 @@ import socket
 import pytest
 import trustme
 
-from tests.integration.conftest import TOKEN_A
-from tests.integration.image_servers import ImageServer, trust_in_the_guard
 from tests.support import assert_problem
+from tests.support.image_servers import ImageServer, trust_in_the_guard
 from tests.support.predictions import app_for, depth2img_input
+from tests.support.stack import TOKEN_A
 
 pytestmark = pytest.mark.integration
 REFUSED = [

@@ -14,8 +14,8 @@ import pytest
 import replicate
 from replicate.helpers import FileOutput
 
-from tests.integration.conftest import TOKEN_A
 from tests.support import data_uri, png_bytes, wait_for_status
+from tests.support.stack import TOKEN_A
 
 pytestmark = pytest.mark.integration
 MODEL = "kiln/sd2-depth2img"

@@ -20,9 +20,9 @@ from shared.security.server_secrets import url_signing_secret
 from shared.security.signed_urls import UrlSigner
 from shared.security.tokens import tenant_of, token_digest
 from shared.webhooks.signing import signature_headers
-from tests.integration.receiver import WebhookReceiver
 from tests.support import REPO_ROOT, assert_problem, python, wait_for_status, wait_until
 from tests.support.predictions import TERMINAL, app_for, create, create_with_webhook, depth2img_input
+from tests.support.receiver import WebhookReceiver
 from tests.support.step_gates import StepGate
 from tests.support.tenants import client_for, new_token
 

@@ -11,10 +11,10 @@ from fastapi.testclient import TestClient
 
 from api.app import create_app
 from deploy.devstack.servers import free_port
-from tests.integration.conftest import TOKEN_A
-from tests.integration.receiver import WebhookReceiver
 from tests.support import wait_for_status, wait_until
 from tests.support.predictions import TERMINAL, create_with_webhook, depth2img_input
+from tests.support.receiver import WebhookReceiver
+from tests.support.stack import TOKEN_A
 from tests.support.step_gates import StepGate
 
 pytestmark = pytest.mark.integration

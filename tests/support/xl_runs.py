@@ -11,8 +11,8 @@ from diffusers import ControlNetModel
 from models.kit.rows import rows
 from models.sdxl_family.ip_adapter_scales import ip_adapter_block_scales
 from models.sdxl_family.predictor import IPAdapterXLPredictor
+from tests.support.fakes import FakeContext
 from tests.support.xl_inputs import inputs
-from tests.worker.fakes import FakeContext
 
 
 def count_controlnet_forwards(monkeypatch) -> list[int]:

@@ -15,10 +15,10 @@ from models.sd2_depth2img.schema import Depth2ImgInput
 from models.sdxl_family.schema import IPAdapterXLInput
 from shared.predictions.status import Status
 from shared.settings import Settings
+from tests.support.fakes import FakeContext
+from tests.support.runner_harness import Harness
 from tests.support.worker_inputs import FAST, INPUTS, MODEL, gradient, png_uri
 from tests.support.xl_inputs import FACE, RAMP
-from tests.worker.fakes import FakeContext
-from tests.worker.runner_harness import Harness
 from worker.predictor_pool import PredictorPool
 
 

@@ -13,8 +13,8 @@ from PIL import Image
 from shared.predictions.status import Status
 from shared.settings import Settings
 from shared.storage.objects import output_key
+from tests.support.runner_harness import Harness
 from tests.support.worker_inputs import FAST, INPUTS, MODEL
-from tests.worker.runner_harness import Harness
 from worker.predictor_pool import PredictorPool
 
 FORMATS = {

@@ -12,9 +12,9 @@ from shared.predictions.status import Status
 from shared.scheduling import queues
 from shared.settings import Settings
 from tests.support import wait_until
+from tests.support.runner_harness import Harness, MemoryStorage
 from tests.support.step_gates import StepGate
 from tests.support.worker_inputs import FAST, INPUTS, MODEL
-from tests.worker.runner_harness import Harness, MemoryStorage
 from worker.predictor_pool import PredictorPool
 from worker.timeline import Timeline, gpu_idle_share
 

@@ -12,8 +12,8 @@ from pathlib import Path
 from deploy.devstack.servers import RedisServer
 from shared.predictions.status import Status
 from shared.settings import Settings
+from tests.support.runner_harness import Harness
 from tests.support.worker_inputs import FAST, INPUTS, MODEL
-from tests.worker.runner_harness import Harness
 from worker.predictor_pool import PredictorPool
 
 

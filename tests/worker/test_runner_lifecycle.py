@@ -14,8 +14,8 @@ from shared.predictions.record import format_timestamp, utcnow
 from shared.predictions.status import Status
 from shared.settings import Settings
 from tests.support.lifecycle import record_endings
+from tests.support.runner_harness import Harness
 from tests.support.worker_inputs import FAST, INPUTS, MODEL, gradient, png_uri
-from tests.worker.runner_harness import Harness
 from worker.predictor_pool import PredictorPool
 
 

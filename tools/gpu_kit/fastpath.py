@@ -31,7 +31,7 @@ from models.kit.fast_mode import FastComponent, FastMode, device_capability, flo
 from models.kit.tuning import _compiled_modules
 from models.registry import find_model
 from shared.inputs.schema import Speed
-from tests.worker.fakes import FakeContext
+from tests.support.fakes import FakeContext
 from worker import compile_cache
 from worker.predictor_pool import PredictorPool
 

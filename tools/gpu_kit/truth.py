@@ -53,8 +53,8 @@ from models.kit.tuning import Tuning
 from models.registry import find_model
 from shared.settings import Settings
 from tests.support import data_uri, png_bytes
-from tests.worker.fakes import FakeContext
-from tests.worker.runner_harness import Harness
+from tests.support.fakes import FakeContext
+from tests.support.runner_harness import Harness
 from tools.gpu_kit import fastpath, imports, stock
 from worker.predictor_pool import PredictorPool
 from worker.timeline import gpu_idle_share

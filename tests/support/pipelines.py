@@ -1,4 +1,5 @@
-"""Fixtures for worker tests: tiny weights built once per session, settings pointing at them."""
+"""Fixtures for the model and worker tests (a pytest plugin, registered in tests/conftest.py): tiny weights
+built once per session, settings pointing at them, the tiny XL pool and its predictors."""
 
 from __future__ import annotations
 

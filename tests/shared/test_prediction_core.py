@@ -21,7 +21,7 @@ from shared.runtime.celery_config import create_celery
 from shared.runtime.prediction_core import PredictionCore, build_prediction_core
 from shared.runtime.worker_process import WorkerProcess
 from shared.settings import Settings
-from tests.worker.runner_harness import MemoryStorage, RecordingNotifier
+from tests.support.runner_harness import MemoryStorage, RecordingNotifier
 from worker.predictor_pool import PredictorPool
 from worker.runner import PredictionRunner
 

@@ -24,7 +24,7 @@ from models.sdxl_family.schema import IPAdapterXLInput
 from models.sdxl_family.weights import xl_weights
 from shared.inputs.schema import Scheduler
 from tests.support import data_uri, png_bytes
-from tests.worker.fakes import FakeContext, SpyDetector
+from tests.support.fakes import FakeContext, SpyDetector
 
 
 def png_uri(image: Image.Image) -> str:

@@ -24,9 +24,9 @@ from shared.settings import Settings
 from shared.webhooks.delivery import SignedBody, post_signed
 from shared.webhooks.outbox import Delivery
 from shared.webhooks.secrets import new_webhook_secret
-from tests.integration.image_servers import ImageServer, trust_in_the_guard
 from tests.support import png_bytes
 from tests.support.addresses import ADDRESSES, LOCAL_DEVELOPMENT
+from tests.support.image_servers import ImageServer, trust_in_the_guard
 from worker.context import FileInputError, load_file_input
 from worker.runner import describe_failure
 

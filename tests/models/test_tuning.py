@@ -13,8 +13,8 @@ from models.kit.tuning import Tuning, fuse_qkv, parse_buckets, snap_to_bucket
 from models.sd2_depth2img.predictor import Depth2ImgPredictor
 from models.sd2_depth2img.schema import Depth2ImgInput
 from shared.settings import Settings
+from tests.support.fakes import FakeContext
 from tests.support.worker_inputs import FAST, INPUTS
-from tests.worker.fakes import FakeContext
 
 BUCKETS = parse_buckets("1024x1024,1152x896,896x1152,768x768,512x512")
 

@@ -18,8 +18,8 @@ from shared.inputs.images import ImageInputError
 from shared.inputs.schema import Scheduler
 from shared.settings import Settings
 from tests.support import data_uri, png_bytes
+from tests.support.fakes import FakeContext
 from tests.support.worker_inputs import INPUT_64, gradient, png_uri
-from tests.worker.fakes import FakeContext
 
 
 @pytest.fixture(scope="module")

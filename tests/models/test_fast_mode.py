@@ -33,10 +33,10 @@ from models.sdxl_family.predictor import IPAdapterXLPredictor
 from shared.inputs.schema import Speed
 from shared.scheduling import queues
 from shared.settings import Settings
+from tests.support.fakes import FakeContext
 from tests.support.predictions import depth2img_input
 from tests.support.xl_inputs import inputs
 from tests.support.xl_runs import count_controlnet_forwards, diffusers_pixels, kiln_pixels
-from tests.worker.fakes import FakeContext
 from worker.predictor_pool import PredictorPool
 
 # --- Settings and gating ----------------------------------------------------------------------------

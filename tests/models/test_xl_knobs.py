@@ -21,8 +21,8 @@ from models.sdxl_family.ip_adapter_scales import ip_adapter_block_scales
 from models.sdxl_family.lora import ADAPTER_NAME, LoraCache, LoraError, LoraWeights
 from models.sdxl_family.predictor import IPAdapterXLPredictor
 from models.sdxl_family.schema import IPAdapterMode
+from tests.support.fakes import FakeContext
 from tests.support.xl_inputs import BLACK, FACE, PRODUCT, SETTING, WHITE, half_mask, inputs
-from tests.worker.fakes import FakeContext
 from worker.context import FileInputError
 
 LORA = "https://loras.example/tiny.safetensors"

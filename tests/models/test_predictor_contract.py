@@ -7,7 +7,7 @@ from __future__ import annotations
 import doctest
 
 from models.kit import contract
-from tests.worker.fakes import FakeContext
+from tests.support.fakes import FakeContext
 
 
 def run_the_example() -> dict:

@@ -1,0 +1,3 @@
+"""Fixtures every test folder may use, registered once here."""
+
+pytest_plugins = ["tests.support.pipelines"]
