@@ -2,7 +2,8 @@
 
 Test modules import helpers from here (and its submodules), never from one another:
 ``tests.support.predictions`` (what the integration tests send a stack), ``tests.support.step_gates``
-(a prediction that runs until the test lets it go), ``tests.support.worker_inputs`` (predictor inputs).
+(a prediction that runs until the test lets it go), ``tests.support.worker_inputs`` (predictor inputs),
+``tests.support.fake_predictors`` (the fake model the runner tests run on).
 """
 
 from __future__ import annotations

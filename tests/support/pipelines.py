@@ -1,5 +1,6 @@
 """Fixtures for the model and worker tests (a pytest plugin, registered in tests/conftest.py): tiny weights
-built once per session, settings pointing at them, the tiny XL pool and its predictors."""
+built once per session, settings pointing at them, the tiny XL pool and its predictors, and the fake
+model (``tests.support.fake_predictors``) with runner harnesses serving it."""
 
 from __future__ import annotations
 
@@ -9,11 +10,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from redis import Redis
 
 from models.registry import find_model
 from shared.settings import Settings
+from tests.support.fake_predictors import FAKE_SPEC, FakePredictor, registered
 
 if TYPE_CHECKING:
+    from tests.support.runner_harness import Harness, MemoryStorage
     from worker.predictor_pool import PredictorPool
 
 
@@ -43,14 +47,43 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield server.url
 
 
-@pytest.fixture(scope="session")
-def depth2img_pool(make_settings: Callable[..., Settings]) -> PredictorPool:
-    """The tiny depth2img predictor, set up once for every runner test."""
+@pytest.fixture
+def fake_pool(make_settings: Callable[..., Settings]) -> Iterator[PredictorPool]:
+    """A pool serving the fake model, set up afresh for the test (its batches start empty); the model
+    is in the registry for the test's duration."""
     from worker.predictor_pool import PredictorPool
 
-    pool = PredictorPool(make_settings())
-    pool.get(find_model("kiln/sd2-depth2img"))
-    return pool
+    with registered():
+        pool = PredictorPool(make_settings())
+        pool.get(FAKE_SPEC)
+        yield pool
+
+
+@pytest.fixture
+def fake(fake_pool: PredictorPool) -> FakePredictor:
+    """The fake model's predictor in ``fake_pool``: what it was given, and the hooks to steer it."""
+    predictor = fake_pool.get(FAKE_SPEC)
+    assert isinstance(predictor, FakePredictor)
+    return predictor
+
+
+@pytest.fixture
+def make_harness(
+    redis_url: str, make_settings: Callable[..., Settings], fake_pool: PredictorPool
+) -> Iterator[Callable[..., Harness]]:
+    """``make_harness(**settings)``: a runner harness serving the fake model, on the session's
+    redis-server (or ``redis``) with in-memory storage (or ``storage``); closed after the test."""
+    from tests.support.runner_harness import Harness
+
+    made: list[Harness] = []
+
+    def make(redis: str | Redis | None = None, storage: MemoryStorage | None = None, **settings: Any) -> Harness:
+        made.append(Harness(redis or redis_url, make_settings(**settings), fake_pool, storage))
+        return made[-1]
+
+    yield make
+    for harness in made:
+        harness.close()
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""kiln/sd2-depth2img inputs the predictor, batching and runner tests share (tiny profile, CPU)."""
+"""kiln/sd2-depth2img inputs the predictor, batching and tuning tests share (tiny profile, CPU)."""
 
 from __future__ import annotations
 

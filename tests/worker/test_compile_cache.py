@@ -1,5 +1,5 @@
-"""Compile cache artifacts: the key follows everything they depend on; a real Inductor compile (on the
-CPU, with the C compiler) saved by one process is loaded by another, whose compile then hits the cache."""
+"""Compile cache artifacts: the key follows everything they depend on; a real Inductor compile on the CPU
+saved by one process is loaded by another, whose compile then hits the cache."""
 
 from __future__ import annotations
 
@@ -64,32 +64,46 @@ def test_loading_without_saved_artifacts_loads_nothing(tmp_path: Path) -> None:
     assert compile_cache.load(tmp_path, cache_key(**BASE)) == 0
 
 
-# One worker process: load the cache, compile a small model with Inductor, run it, save the cache.
-WORKER = """
-import json, sys, time
+# Two worker processes in turn, each with its own, empty Inductor cache (only the saved artifacts can
+# carry compiled graphs over): each loads the cache, compiles a small model with Inductor, runs it and
+# saves the cache. Each is forked afresh from a process that imported torch and its compiler but
+# compiled nothing, so the imports are paid once. The model is one Linear: Inductor lowers it to an
+# extern matmul, so its graph goes through the FX graph cache (and the artifacts) with no C++ kernel
+# to build, and no C compiler probing the CPU's vector instruction sets.
+WORKERS = """
+import json, os, sys
+from multiprocessing import get_context
 from pathlib import Path
 import torch
+import torch._inductor.compile_fx
 from torch._dynamo.utils import counters
 from worker import compile_cache
 
-directory = Path(sys.argv[1])
-key = compile_cache.cache_key(torch.device("cpu"), ["tiny"], [(8, 8)], [2], "inductor", "default")
-loaded = compile_cache.load(directory, key)
-torch.manual_seed(0)
-model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.GELU(), torch.nn.Linear(16, 8))
-started = time.monotonic()
-out = torch.compile(model, backend="inductor", dynamic=False)(torch.ones(2, 8))
-seconds = time.monotonic() - started
-saved = compile_cache.save(directory, key)
-print(json.dumps({"loaded": loaded, "saved": saved, "seconds": seconds, "sum": out.sum().item(),
-                  "hits": counters["inductor"]["fxgraph_cache_hit"]}))
+def work(directory, inductor_dir):
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = inductor_dir
+    key = compile_cache.cache_key(torch.device("cpu"), ["tiny"], [(8, 8)], [2], "inductor", "default")
+    loaded = compile_cache.load(directory, key)
+    torch.manual_seed(0)
+    out = torch.compile(torch.nn.Linear(8, 8), backend="inductor", dynamic=False)(torch.ones(2, 8))
+    saved = compile_cache.save(directory, key)
+    return {"loaded": loaded, "saved": saved, "sum": out.sum().item(),
+            "hits": counters["inductor"]["fxgraph_cache_hit"], "pid": os.getpid()}
+
+directory, inductor_dirs = Path(sys.argv[1]), sys.argv[2:]
+with get_context("fork").Pool(1, maxtasksperchild=1) as workers:
+    print(json.dumps([workers.apply(work, (directory, inductor_dir)) for inductor_dir in inductor_dirs]))
 """
 
 
-def run_worker(cache_dir: Path, inductor_dir: Path) -> dict:
-    env = os.environ | {"TORCHINDUCTOR_CACHE_DIR": str(inductor_dir), "PYTHONPATH": str(ROOT)}
+def run_workers(cache_dir: Path, *inductor_dirs: Path) -> list[dict]:
+    """What each worker saw, in turn."""
     done = subprocess.run(
-        [sys.executable, "-c", WORKER, str(cache_dir)], env=env, cwd=ROOT, capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", WORKERS, str(cache_dir), *map(str, inductor_dirs)],
+        env=os.environ | {"PYTHONPATH": str(ROOT)},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -97,9 +111,8 @@ def run_worker(cache_dir: Path, inductor_dir: Path) -> dict:
 
 def test_a_second_worker_loads_the_first_ones_artifacts_and_hits_them(tmp_path: Path) -> None:
     cache_dir = tmp_path / "kiln-compile-cache"
-    # Each worker gets its own, empty Inductor cache: only the saved artifacts can carry kernels over.
-    cold = run_worker(cache_dir, tmp_path / "inductor-1")
-    warm = run_worker(cache_dir, tmp_path / "inductor-2")
+    cold, warm = run_workers(cache_dir, tmp_path / "inductor-1", tmp_path / "inductor-2")
+    assert cold["pid"] != warm["pid"]
     assert cold["loaded"] == 0 and cold["saved"] > 0 and cold["hits"] == 0
     assert warm["loaded"] == cold["saved"] and warm["hits"] >= 1
     assert warm["sum"] == pytest.approx(cold["sum"])

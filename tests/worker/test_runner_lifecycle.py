@@ -1,10 +1,10 @@
 """The runner ends every prediction through the one lifecycle (``PredictionLifecycle``), whatever
-way it stops: succeeded, failed, or canceled (tiny profile, a real redis-server)."""
+way it stops: succeeded, failed, canceled, or past its time limit (the fake model, a real redis-server)."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import timedelta
 
 import pytest
@@ -12,11 +12,9 @@ import pytest
 from shared.db import keys
 from shared.predictions.record import format_timestamp, utcnow
 from shared.predictions.status import Status
-from shared.settings import Settings
+from tests.support.fake_predictors import FAKE_MODEL, INPUTS, FakePredictor
 from tests.support.lifecycle import record_endings
 from tests.support.runner_harness import Harness
-from tests.support.worker_inputs import FAST, INPUTS, MODEL, gradient, png_uri
-from worker.predictor_pool import PredictorPool
 
 
 @pytest.fixture
@@ -26,17 +24,14 @@ def ended(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, Status]]:
 
 
 @pytest.fixture
-def harness(redis_url: str, make_settings: Callable[..., Settings], depth2img_pool: PredictorPool) -> Iterator[Harness]:
-    harness = Harness(redis_url, make_settings(async_upload=True), depth2img_pool)
-    yield harness
-    harness.close()
+def harness(make_harness: Callable[..., Harness]) -> Harness:
+    return make_harness(async_upload=True)
 
 
 def test_each_way_a_run_stops_ends_the_prediction_once_through_the_lifecycle(harness: Harness, ended) -> None:
-    flat = png_uri(gradient(64, 64, horizontal=True).point(lambda _: 200))
-    succeeded = harness.submit(MODEL, **FAST | INPUTS[0])
-    failed = harness.submit(MODEL, **FAST | INPUTS[0] | {"depth_image": flat})
-    canceled = harness.submit(MODEL, **FAST | INPUTS[1])
+    succeeded = harness.submit(FAKE_MODEL, **INPUTS[0])
+    failed = harness.submit(FAKE_MODEL, **INPUTS[0] | {"fail": "prepare"})
+    canceled = harness.submit(FAKE_MODEL, **INPUTS[1])
     # Canceled after it was taken, before its first step: the runner sees the flag and stops.
     harness.redis.hset(keys.prediction(canceled), "cancel_requested", "true")
     harness.work()
@@ -50,9 +45,22 @@ def test_each_way_a_run_stops_ends_the_prediction_once_through_the_lifecycle(har
 
 
 def test_a_delivery_past_its_deadline_is_dropped_and_ends_aborted(harness: Harness, ended) -> None:
-    late = harness.submit(MODEL, **FAST | INPUTS[0])
+    late = harness.submit(FAKE_MODEL, **INPUTS[0])
     past = json.dumps(format_timestamp(utcnow() - timedelta(seconds=1)))
     harness.redis.hset(keys.prediction(late), "deadline", past)
     assert harness.work() == [[]]  # dropped: nothing ran (reached while running: tests/integration/test_deadlines.py)
     assert harness.get(late).status is Status.ABORTED and harness.get(late).started_at is None
     assert ended == [(late, Status.ABORTED)] and harness.notifier.of(late) == ["completed"]
+
+
+def test_a_run_past_its_time_limit_stops_at_the_next_step_and_fails(
+    make_harness: Callable[..., Harness], fake: FakePredictor, ended
+) -> None:
+    harness = make_harness(model_time_limits_s={FAKE_MODEL: 0.15})
+    slow = harness.submit(FAKE_MODEL, **INPUTS[0] | {"steps": 20, "step_s": 0.1})
+    harness.work()
+    prediction = harness.get(slow)
+    assert prediction.status is Status.FAILED and prediction.output is None
+    assert prediction.error == "prediction exceeded its time limit of 0.15 s"
+    assert fake.steps_run < 20  # stopped at a step, long before the loop would have ended
+    assert ended == [(slow, Status.FAILED)] and harness.notifier.of(slow) == ["start", "completed"]
