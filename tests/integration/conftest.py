@@ -10,12 +10,13 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.support.stack import TOKEN_A, TOKEN_B, Stack, running_stack, tiny_weights_dir
+from tests.support import fake_weights_dir
+from tests.support.stack import TOKEN_A, TOKEN_B, Stack, running_stack
 
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    with running_stack(tmp_path_factory.mktemp("stack"), tiny_weights_dir(tmp_path_factory)) as running:
+    with running_stack(tmp_path_factory.mktemp("stack"), fake_weights_dir(tmp_path_factory)) as running:
         yield running
 
 

@@ -19,9 +19,28 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 from PIL import Image
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def fake_weights_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One folder of tiny weights for the whole run, whoever needs them (the stack, the model tests).
+
+    ``KILN_TEST_WEIGHTS_DIR`` when set (tiny weights are deterministic: a built copy is reused across
+    runs); otherwise a folder under the run's temporary root, shared by the parallel test processes
+    (building is locked and atomic: ``models.kit.fake_weights.building.ensure_built``).
+    """
+    configured = os.environ.get("KILN_TEST_WEIGHTS_DIR")
+    if configured:
+        return Path(configured)
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # each parallel process has its own basetemp below the run's
+    folder = root / "fake-weights"
+    folder.mkdir(exist_ok=True)
+    return folder
 
 
 def png_bytes(width: int, height: int, seed: int = 0) -> bytes:

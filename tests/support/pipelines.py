@@ -4,7 +4,6 @@ model (``tests.support.fake_predictors``) with runner harnesses serving it."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -14,6 +13,7 @@ from redis import Redis
 
 from models.registry import find_model
 from shared.settings import Settings
+from tests.support import fake_weights_dir
 from tests.support.fake_predictors import FAKE_SPEC, FakePredictor, registered
 
 if TYPE_CHECKING:
@@ -23,9 +23,7 @@ if TYPE_CHECKING:
 
 @pytest.fixture(scope="session")
 def weights_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Tiny weights are deterministic: reuse a built copy across runs when KILN_TEST_WEIGHTS_DIR is set."""
-    configured = os.environ.get("KILN_TEST_WEIGHTS_DIR")
-    return Path(configured) if configured else tmp_path_factory.mktemp("weights")
+    return fake_weights_dir(tmp_path_factory)
 
 
 @pytest.fixture(scope="session")

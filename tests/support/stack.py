@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-import pytest
 import redis
 import trustme
 
@@ -193,12 +192,6 @@ class Stack:
     def client(self, token: str | None = TOKEN_A) -> httpx.Client:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         return httpx.Client(base_url=self.base_url, headers=headers, timeout=30)
-
-
-def tiny_weights_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Tiny weights are deterministic: reuse a built copy across runs when KILN_TEST_WEIGHTS_DIR is set."""
-    configured = os.environ.get("KILN_TEST_WEIGHTS_DIR")
-    return Path(configured) if configured else tmp_path_factory.mktemp("weights")
 
 
 def stack_env(
