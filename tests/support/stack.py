@@ -149,10 +149,10 @@ class Stack:
         stand_in = f"{name}-stand-in"
         with create_celery(self.settings()) as celery:
             node = host_format(hostname)
-            # A busy solo worker answers once its job is done.
-            answered = celery.control.cancel_consumer(queue, destination=[node], reply=True, timeout=120, limit=1)
-            assert answered, f"{node} did not stop consuming {queue}"
             try:
+                # A busy solo worker answers once its job is done.
+                answered = celery.control.cancel_consumer(queue, destination=[node], reply=True, timeout=120, limit=1)
+                assert answered, f"{node} did not stop consuming {queue}"
                 stand_in_argv = argv.copy()
                 stand_in_argv[argv.index("--hostname") + 1] = f"stand-in-{hostname}"
                 self.start(stand_in, stand_in_argv, env)
@@ -163,7 +163,9 @@ class Stack:
                     stop_process(self.processes.pop(stand_in))
                     del self.argv[stand_in]
                 answered = celery.control.add_consumer(queue, destination=[node], reply=True, timeout=120, limit=1)
-                assert answered, f"{node} did not consume {queue} again"
+                if not answered:  # stopped, so that the next test's repair starts it afresh
+                    stop_process(self.processes[name])
+                    raise AssertionError(f"{node} did not consume {queue} again; stopped it")
 
     def restart_webhook_worker(self) -> None:
         stop_process(self.processes["webhooks"])
@@ -184,7 +186,8 @@ class Stack:
             self.start(name, self.argv[name])
         for name in down:
             self.ready(name)
-        wait_until(lambda: healthy(self.base_url), 60, what="the API's /health")
+        if repaired or down:  # the API reconnects to restarted servers by itself: wait until it has
+            wait_until(lambda: healthy(self.base_url), 60, what="the API's /health")
         return repaired + down
 
     def mark_logs(self) -> None:
