@@ -55,12 +55,12 @@ def test_a_worker_killed_mid_denoise_is_replaced_and_the_prediction_completes_on
         wait_until(lambda: completed_deliveries(receiver, "/killed", created["id"]), 30, what="the completed webhook")
 
         # A late duplicate of the original message (Celery redelivery) changes nothing.
-        dropped = f"prediction {created['id']} is succeeded; not running it"
-        log = stack.logs / "gpu-worker.log"
-        dropped_before = log.read_text().count(dropped)
         with create_celery(stack.settings()) as celery:
-            celery.send_task(PREDICT_TASK, args=[created["id"]], queue=SD2_DEPTH)
-        wait_until(lambda: log.read_text().count(dropped) > dropped_before, 60, what="the worker to drop the duplicate")
+            duplicate = celery.send_task(PREDICT_TASK, args=[created["id"]], queue=SD2_DEPTH)
+        log = stack.logs / "gpu-worker.log"
+        handled = f"Task {PREDICT_TASK}[{duplicate.id}] succeeded"
+        wait_until(lambda: handled in log.read_text(), 60, what="the worker to take the duplicate")
+        assert f"prediction {created['id']} is succeeded; not running it" in log.read_text()
         again = client.get(f"/v1/predictions/{created['id']}").json()
         assert (again["status"], again["completed_at"], again["output"]) == (
             "succeeded",
