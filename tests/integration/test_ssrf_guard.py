@@ -9,9 +9,11 @@ from __future__ import annotations
 import errno
 import ipaddress
 import socket
+from collections.abc import Iterator
 
 import pytest
 import trustme
+from fastapi.testclient import TestClient
 
 from tests.support import assert_problem
 from tests.support.image_servers import ImageServer, trust_in_the_guard
@@ -61,24 +63,30 @@ def loopback_only(monkeypatch) -> list[object]:
     return attempts
 
 
+@pytest.fixture(scope="module")
+def guarded_app(stack) -> Iterator[TestClient]:
+    """One in-process API for every address of the table (its batch-intake process starts once),
+    fetching images from and sending webhooks to globally routable addresses only."""
+    with app_for(stack, image_fetch_allow_private=False, webhook_allow_private=False) as app:
+        yield app
+
+
 @pytest.mark.parametrize("url", REFUSED)
-def test_image_urls_to_non_global_addresses_are_refused(stack, loopback_only, url):
+def test_image_urls_to_non_global_addresses_are_refused(guarded_app, loopback_only, url):
     body = {"version": "kiln/sd2-depth2img", "input": depth2img_input(input_image=url)}
-    with app_for(stack, image_fetch_allow_private=False) as app:
-        response = app.post("/v1/predictions", json=body, headers={"Authorization": f"Bearer {TOKEN_A}"})
+    response = guarded_app.post("/v1/predictions", json=body, headers={"Authorization": f"Bearer {TOKEN_A}"})
     assert_problem(response, 422, "input.input_image", "not globally routable")
     assert loopback_only == []
 
 
 @pytest.mark.parametrize("url", REFUSED)
-def test_webhooks_to_non_global_addresses_are_refused(stack, loopback_only, url):
+def test_webhooks_to_non_global_addresses_are_refused(guarded_app, loopback_only, url):
     hook = url.replace("x.png", "hook")
     single = {"version": "kiln/sd2-depth2img", "input": depth2img_input(), "webhook": hook}
     batch = {"predictions": [{"version": "kiln/sd2-depth2img", "input": depth2img_input()}], "webhook": hook}
-    with app_for(stack, webhook_allow_private=False) as app:
-        headers = {"Authorization": f"Bearer {TOKEN_A}"}
-        responses = [app.post("/v1/predictions", json=single, headers=headers)]
-        responses.append(app.post("/v1/batches", json=batch, headers=headers))
+    headers = {"Authorization": f"Bearer {TOKEN_A}"}
+    responses = [guarded_app.post("/v1/predictions", json=single, headers=headers)]
+    responses.append(guarded_app.post("/v1/batches", json=batch, headers=headers))
     for response in responses:
         assert_problem(response, 422, "webhook", "not globally routable")
     assert loopback_only == []

@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import httpx
@@ -65,14 +66,22 @@ def start_process(argv: list[str], env: dict[str, str], log_path: Path) -> subpr
 
 
 def stop_process(process: subprocess.Popen, timeout: float = 15.0) -> None:
-    if process.poll() is not None:
-        return
-    os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout)
+    stop_processes([process], timeout)
+
+
+def stop_processes(processes: Iterable[subprocess.Popen], timeout: float = 15.0) -> None:
+    """SIGTERM to each process group at once, then wait for them; a group still running after
+    ``timeout`` is killed."""
+    running = [process for process in processes if process.poll() is None]
+    for process in running:
+        os.killpg(process.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for process in running:
+        try:
+            process.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout)
 
 
 def process_exists(pid: int) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import re
+from collections.abc import Callable
 
 import httpx
 from fastapi.testclient import TestClient
@@ -41,6 +42,23 @@ def create_with_webhook(client: httpx.Client, url: str, events: list[str] | None
     response = client.post("/v1/predictions", json=body)
     assert response.status_code == 201, response.text
     return response.json()
+
+
+# Cancel-After values for a prediction that must start before its deadline and reach it while it
+# runs: a few seconds on a quiet machine, each next one twice as long where a loaded one started it late.
+RUNNING_DEADLINES_S = (3, 6, 12, 24)
+
+
+def canceled_at_its_deadline(client: httpx.Client, create_with_deadline: Callable[[str], str]) -> dict:
+    """Create gated predictions (``create_with_deadline(cancel_after)`` returns the id, its prompt a
+    closed step gate's) until one reaches its deadline while it runs; return its record once it ended.
+    One that reached its deadline still in the queue ends ``aborted``: the next gets longer."""
+    for seconds in RUNNING_DEADLINES_S:
+        prediction_id = create_with_deadline(f"{seconds}s")
+        done = wait_for_status(client, prediction_id, TERMINAL)
+        if done["status"] != "aborted":
+            return done
+    raise AssertionError(f"no prediction started within {RUNNING_DEADLINES_S[-1]} s of being created")
 
 
 def step_lines(logs: str) -> list[tuple[int, int]]:

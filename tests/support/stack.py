@@ -18,10 +18,12 @@ from pathlib import Path
 import httpx
 import redis
 import trustme
+from celery.utils.nodenames import host_format
 
 from deploy.devstack.servers import RedisServer, SeaweedS3Server, free_port, free_ports
+from shared.runtime.celery_config import create_celery
 from shared.settings import Settings
-from tests.support import python, start_process, stop_process, wait_until
+from tests.support import python, start_process, stop_process, stop_processes, wait_until
 from tests.support.step_gates import open_every_gate
 
 TOKEN_A = "token-a-" + secrets.token_hex(8)
@@ -31,18 +33,18 @@ PAGE_SIZE = 2
 WEBHOOK_RETRY_SCHEDULE_S = [0.5, 0.5, 1, 2, 4, 8]
 # Short leases so the reaper notices a killed worker within seconds.
 LEASE_S = 3
-# A per-model time limit on one model. Every prediction the suite sends that model runs under it,
-# so it sits far above their few seconds even on a loaded 2-core CI machine (one ran past 10 s at a
-# load of 5); the time-limit test's prediction waits at a step gate, so it always exceeds it.
-TIME_LIMITED_MODEL = "kiln/ip-adapter-openpose-xl"
-TIME_LIMIT_S = 30
 SHUTDOWN_GRACE_S = 1
 # A Celery worker logs this once it takes jobs.
 READY = b" ready."
 
-CELERY = [python(), "-m", "celery", "-A", "worker.celery_app:app", "worker", "--loglevel", "INFO"]
+# Kiln sends no revokes, so the start-up sync with the other workers (mingle) only costs each
+# (re)start a second.
+CELERY = [python(), "-m", "celery", "-A", "worker.celery_app:app", "worker", "--loglevel", "INFO", "--without-mingle"]
 # The webhook worker's own entry point (no torch), as deploy/devstack, compose and Kubernetes run it.
-WEBHOOK_CELERY = [python(), "-m", "celery", "-A", "webhook_worker.celery_app:app", "worker", "--loglevel", "INFO"]
+WEBHOOK_CELERY = [
+    *[python(), "-m", "celery", "-A", "webhook_worker.celery_app:app", "worker", "--loglevel", "INFO"],
+    "--without-mingle",
+]
 GPU_WORKER_ARGV = [*CELERY, "--pool", "solo", "--concurrency", "1", "-Q", "gpu.sd2-depth", "--hostname", "test-gpu@%h"]
 SDXL_WORKER_ARGV = [*CELERY, "--pool", "solo", "--concurrency", "1", "-Q", "gpu.sdxl", "--hostname", "test-sdxl@%h"]
 WEBHOOK_WORKER_ARGV = [
@@ -89,11 +91,12 @@ class Stack:
             urls["api-tls"] = (self.tls_base_url, ssl.create_default_context(cafile=str(self.tls_ca)))
         return urls
 
-    def start(self, name: str, argv: list[str]) -> subprocess.Popen:
-        """Start a process of the stack (again, after a crash or a test's kill); ``ready`` waits for it."""
+    def start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
+        """Start a process of the stack (again, after a crash or a test's kill), with ``env`` on top of
+        the stack's environment; ``ready`` waits for it."""
         log = self.logs / f"{name}.log"
         self.ready_lines_before[name] = log.read_bytes().count(READY) if log.exists() else 0
-        env = self.env | {"KILN_WORKER_METRICS_PORT": str(self.metrics_ports.get(name, 0))}
+        env = self.env | {"KILN_WORKER_METRICS_PORT": str(self.metrics_ports.get(name, 0))} | (env or {})
         self.argv[name] = argv
         self.processes[name] = start_process(argv, env, log)
         return self.processes[name]
@@ -134,6 +137,35 @@ class Stack:
         finally:
             self.start_gpu_worker()
 
+    @contextmanager
+    def stand_in_worker(self, name: str, env: dict[str, str]) -> Iterator[str]:
+        """For the block, a second worker with ``env`` on top of the stack's environment takes the
+        jobs of worker ``name``'s queue, which ``name`` stops consuming (Celery's ``cancel_consumer``)
+        until the block ends: settings for one test, without restarting ``name``. Yields the
+        stand-in's process name (its log is ``logs/<name>.log``)."""
+        argv = self.argv[name]
+        queue, hostname = argv[argv.index("-Q") + 1], argv[argv.index("--hostname") + 1]
+        stand_in = f"{name}-stand-in"
+        with create_celery(self.settings()) as celery:
+            node = host_format(hostname)
+            try:
+                # A busy solo worker answers once its job is done.
+                answered = celery.control.cancel_consumer(queue, destination=[node], reply=True, timeout=120, limit=1)
+                assert answered, f"{node} did not stop consuming {queue}"
+                stand_in_argv = argv.copy()
+                stand_in_argv[argv.index("--hostname") + 1] = f"stand-in-{hostname}"
+                self.start(stand_in, stand_in_argv, env)
+                self.ready(stand_in)
+                yield stand_in
+            finally:
+                if stand_in in self.processes:
+                    stop_process(self.processes.pop(stand_in))
+                    del self.argv[stand_in]
+                answered = celery.control.add_consumer(queue, destination=[node], reply=True, timeout=120, limit=1)
+                if not answered:  # stopped, so that the next test's repair starts it afresh
+                    stop_process(self.processes[name])
+                    raise AssertionError(f"{node} did not consume {queue} again; stopped it")
+
     def restart_webhook_worker(self) -> None:
         stop_process(self.processes["webhooks"])
         self.start("webhooks", WEBHOOK_WORKER_ARGV)
@@ -153,7 +185,8 @@ class Stack:
             self.start(name, self.argv[name])
         for name in down:
             self.ready(name)
-        wait_until(lambda: healthy(self.base_url), 60, what="the API's /health")
+        if repaired or down:  # the API reconnects to restarted servers by itself: wait until it has
+            wait_until(lambda: healthy(self.base_url), 60, what="the API's /health")
         return repaired + down
 
     def mark_logs(self) -> None:
@@ -171,8 +204,7 @@ class Stack:
         return written
 
     def stop_all(self) -> None:
-        for process in self.processes.values():
-            stop_process(process)
+        stop_processes(self.processes.values())
 
     def settings(self, **overrides: object) -> Settings:
         """Settings reaching this stack's Redis and S3 as tenant A, for in-process apps and tools."""
@@ -213,7 +245,6 @@ def stack_env(
         "KILN_WEBHOOK_RETRY_SCHEDULE_S": json.dumps(WEBHOOK_RETRY_SCHEDULE_S),
         "KILN_WEBHOOK_TIMEOUT_S": "5",
         "KILN_LEASE_S": str(LEASE_S),
-        "KILN_MODEL_TIME_LIMITS_S": json.dumps({TIME_LIMITED_MODEL: TIME_LIMIT_S}),
         "KILN_SHUTDOWN_GRACE_S": str(SHUTDOWN_GRACE_S),
         # Slow predictions wait at a gate the test opens (tests.support.step_gates), not on the CPU.
         "KILN_STEP_GATES": "true",
@@ -223,6 +254,9 @@ def stack_env(
         "KILN_WORKER_METRICS_HOST": "127.0.0.1",
         "HF_HUB_OFFLINE": "1",
         "PYTHONUNBUFFERED": "1",
+        # One torch thread per worker: the stack's processes already share the machine's cores, and
+        # torch's spinning thread pool slows tiny pipelines tenfold and more on a loaded 2-core machine.
+        "OMP_NUM_THREADS": "1",
     }
 
 
@@ -263,7 +297,11 @@ def running_stack(root: Path, weights_dir: Path) -> Iterator[Stack]:
 
 
 def uvicorn_argv(port: int) -> list[str]:
-    return [python(), "-m", "uvicorn", "api.app:create_app", "--factory", "--host", "127.0.0.1", "--port", str(port)]
+    # A client's open stream or keep-alive connection holds a graceful shutdown for at most a second.
+    return [
+        *[python(), "-m", "uvicorn", "api.app:create_app", "--factory", "--host", "127.0.0.1", "--port", str(port)],
+        *["--timeout-graceful-shutdown", "1"],
+    ]
 
 
 def tls_arguments(root: Path, ca_path: Path) -> list[str]:
