@@ -48,7 +48,7 @@ from PIL import Image
 
 from shared.db import keys
 from shared.scheduling import queues
-from tests.integration.conftest import TOKEN_A
+from tests.support.stack import TOKEN_A
 from tests.support import REPO_ROOT, data_uri, wait_until
 from tests.support.receiver import WebhookReceiver
 from tools import redis_bytes

@@ -23,8 +23,8 @@ import httpx
 
 from deploy.devstack.servers import RedisServer, SeaweedS3Server, free_port
 from shared.storage.s3 import Storage
-from tests.integration.conftest import TOKEN_A, Stack, stack_env, uvicorn_argv
 from tests.support import REPO_ROOT, wait_until
+from tests.support.stack import TOKEN_A, Stack, stack_env, uvicorn_argv
 from tests.support.tenants import new_token
 from tools.chaos import _healthy, stop_stack
 

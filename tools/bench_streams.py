@@ -30,9 +30,9 @@ import httpx
 import redis
 
 from deploy.devstack.servers import RedisServer, SeaweedS3Server, free_port
-from tests.integration.conftest import GPU_WORKER_ARGV, READY, WEBHOOK_WORKER_ARGV, Stack, stack_env, uvicorn_argv
 from tests.support import REPO_ROOT, wait_until
 from tests.support.predictions import depth2img_input
+from tests.support.stack import GPU_WORKER_ARGV, READY, WEBHOOK_WORKER_ARGV, Stack, stack_env, uvicorn_argv
 from tests.support.tenants import new_token
 
 SD2 = {"version": "kiln/sd2-depth2img", "input": depth2img_input(width=64, height=64, num_inference_steps=2)}

@@ -41,9 +41,9 @@ from deploy.devstack.servers import RedisServer, SeaweedS3Server, free_port
 from shared.predictions.status import Status
 from shared.predictions.store import PredictionStore
 from shared.scheduling import queues
-from tests.integration.conftest import TOKEN_A, WEBHOOK_WORKER_ARGV, Stack, stack_env, uvicorn_argv
 from tests.support import REPO_ROOT, data_uri, png_bytes, wait_until
 from tests.support.receiver import WebhookReceiver
+from tests.support.stack import TOKEN_A, WEBHOOK_WORKER_ARGV, Stack, stack_env, uvicorn_argv
 from tools.chaos_events import ChaosSchedule, Watchdog
 
 TERMINAL = {status.value for status in Status if status.is_terminal()}

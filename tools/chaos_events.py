@@ -11,7 +11,7 @@ from collections.abc import Callable
 import redis
 
 from shared.db import keys
-from tests.integration.conftest import Stack
+from tests.support.stack import Stack
 
 # How long Redis stays down, so that clients see it gone rather than a blip.
 REDIS_DOWN_S = 2.0

@@ -28,8 +28,8 @@ from PIL import Image
 
 from shared.db import keys
 from shared.scheduling import queues
-from tests.integration.conftest import TOKEN_A
 from tests.support import data_uri, wait_until
+from tests.support.stack import TOKEN_A
 
 # The stack settings the section needs: data gone 10 s after a prediction ends, the record 20 s after.
 REDIS_SETTINGS = {"KILN_RETENTION_S": "10", "KILN_RECORD_RETENTION_S": "20", "KILN_JANITOR_INTERVAL_S": "1"}
