@@ -48,9 +48,9 @@ from PIL import Image
 
 from shared.db import keys
 from shared.scheduling import queues
-from tests.support.stack import TOKEN_A
 from tests.support import REPO_ROOT, data_uri, wait_until
 from tests.support.receiver import WebhookReceiver
+from tests.support.stack import TOKEN_A
 from tools import redis_bytes
 from tools.chaos import CHAOS_SETTINGS, start_stack
 
