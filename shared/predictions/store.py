@@ -159,7 +159,9 @@ class PredictionStore:
                 pipe.get(keys.prediction_logs(prediction_id))
             replies = pipe.execute()
         records = [
-            (_decode_hash(fields), logs) for fields, logs in zip(replies[::2], replies[1::2], strict=True) if fields
+            (_decode_hash(fields), logs)
+            for fields, logs in zip(replies[::2], replies[1::2], strict=True)
+            if _is_written(fields)
         ]
         refs = sorted({ref for fields, _ in records if (ref := _shared_ref(fields))})
         shared: dict[str, dict[bytes, bytes]] = {}
@@ -247,7 +249,7 @@ async def read_prediction(client: redis.asyncio.Redis, prediction_id: str) -> Pr
         pipe.hgetall(keys.prediction(prediction_id))
         pipe.get(keys.prediction_logs(prediction_id))
         fields, logs = await pipe.execute()
-    if not fields:
+    if not _is_written(fields):
         return None
     decoded = _decode_hash(fields)
     ref = _shared_ref(decoded)
@@ -266,6 +268,12 @@ def _attempt_arg(attempt: int | None) -> str:
 
 def _field_args(fields: dict[str, Any]) -> list[str]:
     return [item for name, value in fields.items() for item in (name, _encode(value))]
+
+
+def _is_written(fields: Mapping[bytes, bytes]) -> bool:
+    """A record whose fields are written, not one only claimed (``create_records`` writes its ``id``
+    first, alone, then the rest): a reader between the two sees no record yet."""
+    return any(name != b"id" for name in fields)
 
 
 def _shared_ref(fields: dict[str, str]) -> str | None:

@@ -238,3 +238,15 @@ def test_a_key_made_between_the_check_and_the_write_fails_the_create(server_stor
         create_new(client, [key], then)
 
     assert client.hgetall(key) == {b"tenant": b"tenant-a"}
+
+
+def test_a_record_only_claimed_is_not_read_as_one(store):
+    """Between claiming an id (HSETNX on ``id``) and writing the record, readers (an Idempotency-Key
+    duplicate waiting for the first request's prediction) see no record rather than a broken one."""
+    prediction = Prediction(tenant="t1", model="kiln/sd2-depth2img", version="v", input={"prompt": "x"})
+    store.redis.hsetnx(keys.prediction(prediction.id), "id", f'"{prediction.id}"')
+    assert store.get(prediction.id) is None
+    assert store.get_many([prediction.id]) == []
+    store.redis.delete(keys.prediction(prediction.id))
+    store.create(prediction)
+    assert store.get(prediction.id) == prediction
