@@ -31,8 +31,11 @@ lock:
 run: install
 	HF_HUB_OFFLINE=$${HF_HUB_OFFLINE:-1} $(PY) -m deploy.devstack
 
+# In TEST_WORKERS processes (pytest-xdist), a test file per process at a time; each process that runs
+# integration tests starts its own stack on free ports. TEST_WORKERS=0 runs everything in this process.
+TEST_WORKERS ?= 2
 test: install
-	HF_HUB_OFFLINE=1 $(PY) -m pytest $(PYTEST_ARGS)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # Unit tests only: no servers, no model pipelines (seconds). `make test` runs everything.
 test-fast: install
