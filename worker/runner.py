@@ -298,10 +298,14 @@ class PredictionRunner:
                 self._settle(item, exc, predict_time=predict_time)
                 return
             self.timeline.record("uploaded", prediction.id)
-            if self.store.update_while_processing(prediction.id, if_attempt=attempt, output=names):
-                self.notifier.notify(prediction, "output")
-            self._finish(item, Status.SUCCEEDED, output=names, predict_time=predict_time)
-            self._close(item)
+            # Whatever happens (Redis down as it finishes), the heartbeat stops: a prediction left
+            # processing then loses its lease, and the reaper runs it again.
+            try:
+                if self.store.update_while_processing(prediction.id, if_attempt=attempt, output=names):
+                    self.notifier.notify(prediction, "output")
+                self._finish(item, Status.SUCCEEDED, output=names, predict_time=predict_time)
+            finally:
+                self._close(item)
 
         self.uploader.submit(upload_and_finish)
 
