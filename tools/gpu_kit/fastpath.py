@@ -4,9 +4,10 @@ Per model, after Kiln's eager batch 1 (and best batch) are measured:
 
 - **compiled** (``measure_compile_modes``): Kiln with ``KILN_TORCH_COMPILE`` in each of
   ``--compile-modes`` (``reduce-overhead``: Inductor with CUDA graphs; ``max-autotune-no-cudagraphs``:
-  autotuned kernels, no graphs) at batch 1 and the best batch: compile time (first call minus a timed
-  one), seconds per image, the max absolute difference of the final image (0-255) against eager at
-  the same seeds, and on the XL models the graphs dynamo adds over three values of each scale input;
+  autotuned kernels, no graphs) at batch 1 and the best batch: what the compiled predictor applied,
+  compile time (first call minus a timed one), seconds per image, the max absolute difference of the
+  final image (0-255) against eager at the same seeds, and on the XL models the graphs dynamo adds
+  over three values of each scale input;
 - **fast** (``measure_fast``): the fast mode, each component alone and all together, at batch 1 (all
   together also at the best batch), with the relative L2 difference of the final latents against the
   quality path at the same seeds (random weights give noise images: latents say more than pixels).
@@ -162,7 +163,12 @@ def measure_compile_mode(
     )
     pool = PredictorPool(settings)
     predictor = pool.get(find_model(model))
-    entry: dict[str, Any] = {"mode": mode, "backend": kit.args.compile_backend, "batches": {}}
+    entry: dict[str, Any] = {
+        "mode": mode,
+        "backend": kit.args.compile_backend,
+        "applied": getattr(predictor, "applied", None),
+        "batches": {},
+    }
     try:
         for batch in batches:
             jobs = kit.prepared(model, batch)

@@ -680,6 +680,9 @@ class Kit:
                     continue
                 getattr(self, f"measure_{phase}")(model)
         for phase in plan.once:
+            if phase in self.args.skip:
+                self.report.skip(phase, "--skip")
+                continue
             getattr(self, f"measure_{phase}")()
         with self.step("compile cache"):
             fastpath.save_compile_cache(self)
@@ -744,7 +747,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--run", choices=sorted(RUNS), default=os.environ.get("RUN", "all"), help="which measurements (RunPlan)"
     )
     parser.add_argument("--no-stock", action="store_true", help="skip stock diffusers (measured in another run)")
-    parser.add_argument("--skip", default="", help="comma-separated per-model phases to leave out (RUNS)")
+    parser.add_argument(
+        "--skip", default="", help="comma-separated phases to leave out, per model or once (RunPlan, RUNS)"
+    )
     parser.add_argument(
         "--best-batch", default="", help="model=N,...: the batch compiled and fast passes run besides 1"
     )
