@@ -1,13 +1,13 @@
 """The GPU truth kit on the CPU with the tiny profile, so it cannot rot between GPU runs.
 
-Two kit runs on SD2 and the XL depth model take every measurement once, side by side (two cores):
-the command the GPU host runs (``python -m tools.gpu_kit``, in its own process, which records its
-imports) with the eager phases of the ``all`` plan (stock, Kiln at batch 1 and 2, the idle share),
-and meanwhile, in this process, run B as the GPU session runs it (Kiln at batch 1, a compiled mode
-with the compile cache loaded and the recompile counts, the fast mode). Compiled passes use dynamo's
-``eager`` backend: tracing only. Their numbers say nothing about a GPU; the tests check the report's
-shape, units and arithmetic, the budget, the printed host commands, and that the kit imports nothing
-the host lacks."""
+Two kit runs on SD2 and the XL depth model share the per-model measurements, side by side (two
+cores): the command the GPU host runs (``python -m tools.gpu_kit``, in its own process, which records
+its imports) with the eager phases of the ``all`` plan (stock, Kiln at batch 1 and 2, the idle share)
+and none of its once-per-run ones, and meanwhile, in this process, run B as the GPU session runs it
+(Kiln at batch 1, a compiled mode with the compile cache loaded and the recompile counts, the fast
+mode). Compiled passes use dynamo's ``eager`` backend: tracing only. Their numbers say nothing about
+a GPU; the tests check the report's shape, units and arithmetic, the budget, the printed host
+commands, and that the kit imports nothing the host lacks."""
 
 from __future__ import annotations
 
