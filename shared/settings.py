@@ -92,6 +92,12 @@ class Settings(BaseSettings):
     controlnet_openpose_xl_weights: str = "thibaud/controlnet-openpose-sdxl-1.0"
     ip_adapter_weights: str = "h94/IP-Adapter"
     annotators_weights: str = "lllyasviel/Annotators"
+    # kiln/instantid-xl (non-commercial weights: served only with allow_noncommercial_models): the InstantID
+    # ControlNet (ControlNetModel/) and adapter (ip-adapter.bin), and InsightFace's antelopev2 face models.
+    instantid_weights: str = "InstantX/InstantID"
+    insightface_weights: str = "DIAMONIK7777/antelopev2"
+    # Serve models whose weights are licensed for non-commercial research only (kiln/instantid-xl).
+    allow_noncommercial_models: bool = False
     # "auto" picks CUDA when available, else CPU.
     device: str = "auto"
 
@@ -110,6 +116,10 @@ class Settings(BaseSettings):
     lora_max_bytes: int = Field(default=1024 * 1024 * 1024, ge=1024)
     lora_fetch_timeout_s: float = Field(default=300.0, gt=0)
     lora_cache_bytes: int = Field(default=4 * 1024 * 1024 * 1024, ge=0)
+    # Embedding files given as inputs (face_embedding, ip_embeddings): the largest file taken, and the
+    # bytes of parsed ones a worker keeps in memory (LRU by content hash).
+    embeddings_max_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
+    embeddings_cache_bytes: int = Field(default=256 * 1024 * 1024, ge=0)
 
     # A running prediction's lease, renewed by its worker's heartbeat; when it lapses the
     # prediction is requeued, up to max_attempts runs in all.
