@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from models.kit.contract import NamedImage, Output, Predictor, PreparedJob
+from models.kit.contract import NamedFile, NamedImage, Output, Predictor, PreparedJob
 from models.kit.tuning import Tuning
 from models.registry import find_model
 from shared.inputs.images import ImageInputError
@@ -334,14 +334,22 @@ class PredictionRunner:
         item.heartbeat.__exit__(None, None, None)
 
     def _upload(self, prediction_id: str, outputs: list[Output], encoding: OutputEncoding) -> list[str]:
-        """Encode each output in the prediction's ``output_format`` and store it: ``out-0.webp``, ..."""
+        """Store each output: images encoded in the prediction's ``output_format`` (``out-0.webp``, ...),
+        files as they are (``embeddings.safetensors``)."""
         names = []
         for index, output in enumerate(outputs):
-            name, image = (output.name, output.image) if isinstance(output, NamedImage) else (f"out-{index}", output)
-            file_name = f"{name}.{encoding.extension}"
-            self.storage.put_bytes(output_key(prediction_id, file_name), encoding.encode(image), encoding.content_type)
+            file_name, data, content_type = self._stored(output, index, encoding)
+            self.storage.put_bytes(output_key(prediction_id, file_name), data, content_type)
             names.append(file_name)
         return names
+
+    @staticmethod
+    def _stored(output: Output, index: int, encoding: OutputEncoding) -> tuple[str, bytes, str]:
+        """The file name, bytes and content type output ``index`` is stored as."""
+        if isinstance(output, NamedFile):
+            return f"{output.name}.{output.extension}", output.data, output.content_type
+        name, image = (output.name, output.image) if isinstance(output, NamedImage) else (f"out-{index}", output)
+        return f"{name}.{encoding.extension}", encoding.encode(image), encoding.content_type
 
     def _hand_back(self, prediction: Prediction, attempt: int) -> Status | None:
         """Shutting down: back to the queue, without counting this run as a worker death."""

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,6 +67,8 @@ class RequestImages:
     seen: dict[str, SeenImage] = field(default_factory=dict)
     # The batch object whose items these are: their stored images belong to it, not to one item.
     batch_id: str | None = None
+    # The headers of the uploaded safetensors files read so far (``api.intake.file_checks``).
+    file_headers: dict[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def forget(self, prediction_id: str) -> None:
         """A prediction was refused: the objects it stored are deleted, so nothing copies from them."""

@@ -15,7 +15,7 @@ from api.errors import ProblemError, reject_invalid_text
 from api.intake.idempotency import await_first_request, fingerprint
 from api.intake.image_staging import RequestImages, stage_images
 from api.intake.inputs import validate_input
-from api.intake.lora_checks import check_lora_inputs
+from api.intake.file_checks import check_file_inputs
 from api.schemas import PredictionFields
 from api.services import Services
 from api.streams.waiting import parse_prefer_wait, wait_until_terminal
@@ -68,7 +68,7 @@ def prepare(
     deadline: datetime | None = None,
     deployment: str | None = None,
 ) -> Prediction:
-    """Validate a create request (input, LoRA inputs, webhook, every image) into a prediction ready
+    """Validate a create request (input, file inputs, webhook, every image) into a prediction ready
     to store, its large and remote images stored in S3 (``api.intake.image_staging``).
 
     ``images`` is shared by the items of one request (a batch), so an image repeated across them is
@@ -78,7 +78,7 @@ def prepare(
     reject_invalid_text(body.input, "input")
     prediction_id = new_id()
     inputs = validate_input(spec, body.input, services, tenant, base_url, images.checked)
-    check_lora_inputs(spec, inputs, services, tenant, base_url, images.checked)
+    check_file_inputs(spec, inputs, services, tenant, base_url, images.file_headers)
     webhook = check_webhook(str(body.webhook) if body.webhook else None, services)
     try:
         inputs, input_files = stage_images(spec, inputs, services, tenant, prediction_id, base_url, images)

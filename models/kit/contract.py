@@ -84,7 +84,18 @@ class NamedImage:
     image: Image.Image
 
 
-Output = Image.Image | NamedImage
+@dataclass(frozen=True)
+class NamedFile:
+    """An output that is not an image (e.g. ``embeddings``): stored as is as ``<name>.<extension>``,
+    served with ``content_type``; the prediction's ``output_format`` does not apply to it."""
+
+    name: str
+    data: bytes
+    extension: str
+    content_type: str
+
+
+Output = Image.Image | NamedImage | NamedFile
 
 
 class PredictionCanceled(Exception):

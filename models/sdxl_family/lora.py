@@ -8,7 +8,7 @@
   check reads the shared modules' shapes only: it never changes the pipeline another thread runs.
 - **Cache**: checked LoRAs are kept per process, by the SHA-256 of their bytes, least recently used
   out first within ``KILN_LORA_CACHE_BYTES``. An uploaded file's digest is on its record, so a cached
-  upload is not even read again.
+  upload is not even read again. (Fetch, header check, parse and cache: ``models.kit.tensor_files``.)
 - **Apply** (``generate``): ``lora_applied`` loads the LoRA into the UNet and text encoders under one
   adapter name (diffusers' PEFT integration), sets its scale, and unloads it when the call ends, however
   it ends: the next prediction runs on the untouched base, bit for bit. The LoRA is never fused: fusing
@@ -17,21 +17,22 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import threading
-from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load as load_safetensors
 
 from models.kit.contract import PredictContext
-from shared.inputs.lora import LoraInputError, check_lora_header, read_safetensors_header
+from models.kit.tensor_files import (
+    TensorFile,
+    TensorFileCache,
+    TensorFileError,
+    load_tensor_file,
+    process_tensor_file_cache,
+)
+from shared.inputs.lora import check_lora_header
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -50,72 +51,15 @@ class LoraError(ValueError):
     """LoRA weights that cannot be used with this model; the message says why, for the user."""
 
 
-@dataclass(frozen=True)
-class LoraWeights:
-    """A checked LoRA: its tensors (on the CPU) and the SHA-256 of the file they came from."""
-
-    sha256: str
-    state_dict: Mapping[str, torch.Tensor]
-
-    @property
-    def nbytes(self) -> int:
-        return sum(tensor.numel() * tensor.element_size() for tensor in self.state_dict.values())
-
-
-class LoraCache:
-    """Checked LoRAs by content hash, least recently used out first beyond ``max_bytes``; thread-safe
-    (the prefetch thread and the worker's thread both prepare jobs)."""
-
-    def __init__(self, max_bytes: int) -> None:
-        self.max_bytes = max_bytes
-        self._entries: OrderedDict[str, LoraWeights] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, sha256: str) -> LoraWeights | None:
-        with self._lock:
-            weights = self._entries.get(sha256)
-            if weights is not None:
-                self._entries.move_to_end(sha256)
-            return weights
-
-    def put(self, weights: LoraWeights) -> None:
-        """Keep ``weights`` (a LoRA larger than the whole cache is not kept)."""
-        if weights.nbytes > self.max_bytes:
-            return
-        with self._lock:
-            self._entries[weights.sha256] = weights
-            self._entries.move_to_end(weights.sha256)
-            while self.nbytes > self.max_bytes:
-                self._entries.popitem(last=False)
-
-    @property
-    def nbytes(self) -> int:
-        return sum(weights.nbytes for weights in self._entries.values())
-
-    def __contains__(self, sha256: str) -> bool:
-        with self._lock:
-            return sha256 in self._entries
-
-
-_caches: dict[int, LoraCache] = {}
-_caches_lock = threading.Lock()
+# A checked LoRA: its tensors (on the CPU, ``state_dict``) and the SHA-256 of the file they came from.
+LoraWeights = TensorFile
+# Checked LoRAs by content hash, least recently used out first.
+LoraCache = TensorFileCache
 
 
 def process_lora_cache(settings: Settings) -> LoraCache:
     """The process's LoRA cache: one for both XL predictors, which share their SDXL base."""
-    with _caches_lock:
-        return _caches.setdefault(settings.lora_cache_bytes, LoraCache(settings.lora_cache_bytes))
-
-
-def parse_lora(data: bytes) -> dict[str, torch.Tensor]:
-    """The tensors of a safetensors LoRA file, which must hold LoRA layers only; never unpickles anything."""
-    try:
-        check_lora_header(read_safetensors_header([data]))
-        return load_safetensors(data)
-    except LoraInputError as exc:
-        raise LoraError(str(exc)) from None
-    except (SafetensorError, ValueError) as exc:
-        raise LoraError(f"not a valid safetensors file: {exc}") from None
+    return process_tensor_file_cache("lora", settings.lora_cache_bytes)
 
 
 def _split(key: str) -> tuple[str, str]:
@@ -169,22 +113,19 @@ def check_fits(state_dict: Mapping[str, torch.Tensor], pipe: Any) -> None:
 def fetch_lora(uri: str, ctx: PredictContext, pipe: Any, cache: LoraCache, settings: Settings) -> LoraWeights:
     """The checked LoRA behind ``uri``: from the cache when its content is known there, else fetched,
     checked against ``pipe`` and cached."""
-    known = ctx.file_digest(uri)
-    if known is not None and (cached := cache.get(known)) is not None:
-        ctx.log("Using cached lora_weights")
-        return cached
-    data = ctx.load_file(uri, max_bytes=settings.lora_max_bytes, timeout_s=settings.lora_fetch_timeout_s)
-    sha256 = hashlib.sha256(data).hexdigest()
-    if (cached := cache.get(sha256)) is not None:
-        ctx.log("Using cached lora_weights")
-        return cached
-    state_dict = parse_lora(data)
-    del data
-    check_fits(state_dict, pipe)
-    weights = LoraWeights(sha256, state_dict)
-    cache.put(weights)
-    ctx.log(f"Loaded lora_weights ({weights.nbytes / 2**20:.1f} MiB, {len(state_dict)} tensors)")
-    return weights
+    try:
+        return load_tensor_file(
+            uri,
+            ctx,
+            cache,
+            max_bytes=settings.lora_max_bytes,
+            timeout_s=settings.lora_fetch_timeout_s,
+            check=check_lora_header,
+            verify=lambda lora: check_fits(lora.tensors, pipe),
+            name="lora_weights",
+        )
+    except TensorFileError as exc:
+        raise LoraError(str(exc)) from None
 
 
 @contextmanager

@@ -17,6 +17,8 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, WithJsonSchema
 
 from shared.inputs.images import CheckedImage, ImageInputError, check_uri_scheme, decode_data_uri, inspect_image
+from shared.inputs.lora import check_lora_header
+from shared.inputs.safetensors_files import LORA, SafetensorsInputError
 from shared.settings import Settings
 
 
@@ -86,6 +88,17 @@ class ModelInput(BaseModel):
     def check_image(cls, where: str, image: CheckedImage) -> None:
         """Refuse (``ImageInputError``, a 422 naming ``where``) an image input that decodes but that
         this model cannot use there; called at submission with what decoding it fully found."""
+
+    @classmethod
+    def check_file_header(
+        cls, field: str, kind: str, header: Mapping[str, Any], inputs: Mapping[str, Any], settings: Settings
+    ) -> None:
+        """Refuse (``SafetensorsInputError``, a 422 naming ``field``) a safetensors file input whose header
+        (``read_safetensors_header``) this model cannot use; called at submission with the input as JSON.
+        Models with other kinds of file inputs override it (``check_tensors`` checks names, dtypes, shapes)."""
+        if kind != LORA:
+            raise SafetensorsInputError(f"this model takes no {kind} files")
+        check_lora_header(header)
 
 
 # Scheduler names users pick from (Replicate's names), shared by every model's inputs. No docstring:

@@ -14,10 +14,11 @@ from PIL import Image
 from pydantic import ValidationError
 
 from api.errors import ProblemError
-from api.intake.lora_checks import check_lora_inputs
+from api.intake.file_checks import check_file_inputs
 from models.registry import MODELS
 from models.sdxl_family.schema import IPAdapterXLInput
-from shared.inputs.lora import LoraInputError, check_lora_header, lora_fields, read_safetensors_header
+from shared.inputs.lora import LoraInputError, check_lora_header
+from shared.inputs.safetensors_files import file_fields, read_safetensors_header
 from shared.inputs.output_formats import OutputEncoding, OutputFormat, encoding_of
 from shared.security.ssrf import URLRefused
 from shared.settings import Settings
@@ -100,8 +101,12 @@ def test_the_xl_schema_lists_every_input_in_order_with_ranges() -> None:
         ("lora_scale", 0, 2, 1),
     ):
         assert (props[name]["minimum"], props[name]["maximum"], props[name]["default"]) == (low, high, default)
-    assert props["lora_weights"]["anyOf"][0] == {"type": "string", "x-kiln-accept": ".safetensors"}
-    assert lora_fields(IPAdapterXLInput) == ("lora_weights",)
+    assert props["lora_weights"]["anyOf"][0] == {
+        "type": "string",
+        "x-kiln-accept": ".safetensors",
+        "x-kiln-file": "lora",
+    }
+    assert file_fields(IPAdapterXLInput) == (("lora_weights", "lora"),)
 
 
 @pytest.mark.parametrize(
@@ -230,12 +235,12 @@ def services(monkeypatch: pytest.MonkeyPatch) -> SimpleNamespace:
         if "internal" in url and not allow_private:
             raise URLRefused("host 'internal' resolves to a private address (10.0.0.1)")
 
-    monkeypatch.setattr("api.intake.lora_checks.resolve_checked", resolve_checked)
+    monkeypatch.setattr("api.intake.file_checks.resolve_checked", resolve_checked)
     return SimpleNamespace(settings=Settings(_env_file=None), files=FakeFiles())
 
 
-def submit(services: SimpleNamespace, lora: str, checked: set[str] | None = None) -> None:
-    check_lora_inputs(XL, {"lora_weights": lora}, services, "me", BASE_URL, checked)  # type: ignore[arg-type]
+def submit(services: SimpleNamespace, lora: str, headers: dict[str, Any] | None = None) -> None:
+    check_file_inputs(XL, {"lora_weights": lora}, services, "me", BASE_URL, headers)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
@@ -260,9 +265,9 @@ def test_submission_accepts_an_own_upload_or_a_public_https_url_and_reads_an_upl
     services: SimpleNamespace,
 ) -> None:
     submit(services, "https://loras.example/a.safetensors")
-    checked: set[str] = set()
+    headers: dict[str, Any] = {}
     for _ in range(3):
-        submit(services, OURS, checked)
+        submit(services, OURS, headers)
     assert services.files.opened == 1
     services.settings = Settings(_env_file=None, image_fetch_allow_private=True)
     submit(services, "http://internal/a.safetensors")

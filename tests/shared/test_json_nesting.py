@@ -8,7 +8,7 @@ import time
 import pytest
 
 from shared.inputs.json_nesting import MAX_DEPTH, nests_deeper_than
-from shared.inputs.lora import LoraInputError, read_safetensors_header
+from shared.inputs.safetensors_files import SafetensorsInputError, read_safetensors_header
 
 
 def test_depth_at_the_limit_passes_and_one_more_is_refused():
@@ -33,5 +33,5 @@ def test_hostile_text_is_measured_in_linear_time():
 
 def test_a_safetensors_header_of_unclosed_brackets_is_refused_before_parsing():
     raw = b"[" * 200_000  # json.loads would raise RecursionError on it
-    with pytest.raises(LoraInputError, match="nests deeper"):
+    with pytest.raises(SafetensorsInputError, match="nests deeper"):
         read_safetensors_header([struct.pack("<Q", len(raw)) + raw])

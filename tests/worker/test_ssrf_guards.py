@@ -16,7 +16,7 @@ import trustme
 
 import shared.security.ssrf
 from api.errors import ProblemError
-from api.intake.lora_checks import check_lora_inputs
+from api.intake.file_checks import check_file_inputs
 from api.intake.submission import check_webhook
 from models.registry import MODELS
 from shared.inputs.images import ImageInputError, fetch_url
@@ -74,7 +74,7 @@ def image_fetch(allow_private: bool) -> None:
 
 def lora_submission(allow_private: bool) -> None:
     services = SimpleNamespace(settings=Settings(_env_file=None, image_fetch_allow_private=allow_private))
-    check_lora_inputs(XL, {"lora_weights": f"https://{HOST}/a.safetensors"}, services, "me", BASE_URL)  # type: ignore[arg-type]
+    check_file_inputs(XL, {"lora_weights": f"https://{HOST}/a.safetensors"}, services, "me", BASE_URL)  # type: ignore[arg-type]
 
 
 def lora_fetch(allow_private: bool) -> None:
