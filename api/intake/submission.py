@@ -12,10 +12,10 @@ from fastapi.responses import JSONResponse
 
 from api.auth import Caller
 from api.errors import ProblemError, reject_invalid_text
+from api.intake.file_checks import check_file_inputs
 from api.intake.idempotency import await_first_request, fingerprint
 from api.intake.image_staging import RequestImages, stage_images
 from api.intake.inputs import validate_input
-from api.intake.file_checks import check_file_inputs
 from api.schemas import PredictionFields
 from api.services import Services
 from api.streams.waiting import parse_prefer_wait, wait_until_terminal

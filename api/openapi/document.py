@@ -72,7 +72,13 @@ EXTRA_STATUSES: dict[tuple[str, str], set[int]] = {
 }
 # Operations that answer bytes, not JSON: their media types.
 BINARY_ANSWERS: dict[tuple[str, str], list[str]] = {
-    ("get", "/v1/predictions/{prediction_id}/output/{name}"): ["image/png", "image/jpeg", "image/webp"],
+    # Images, or files a model returns as they are (return_embeddings: .safetensors).
+    ("get", "/v1/predictions/{prediction_id}/output/{name}"): [
+        "image/png",
+        "image/jpeg",
+        "image/webp",
+        "application/octet-stream",
+    ],
     ("get", "/v1/files/{file_id}/download"): ["*/*"],
     ("get", "/v1/batches/{batch_id}/results"): ["application/jsonl"],
     ("get", "/v1/batches/{batch_id}/inputs/{name}"): ["image/png", "image/jpeg", "image/webp"],

@@ -168,9 +168,7 @@ def check_tensors(header: Mapping[str, Any], expected: Mapping[str, ExpectedTens
         if dtype not in dtypes:
             raise SafetensorsInputError(f"tensor {name!r} is {dtype}, expected {' or '.join(sorted(dtypes))}")
         if not shape_matches(shape, pattern):
-            raise SafetensorsInputError(
-                f"tensor {name!r} has shape {list(shape)}, expected {describe_shape(pattern)}"
-            )
+            raise SafetensorsInputError(f"tensor {name!r} has shape {list(shape)}, expected {describe_shape(pattern)}")
     unexpected = sorted(set(found) - set(expected))
     if unexpected and not others:
         raise SafetensorsInputError(
@@ -189,7 +187,9 @@ def shape_matches(shape: Sequence[int], pattern: Sequence[Dimension]) -> bool:
 
 def describe_shape(pattern: Sequence[Dimension]) -> str:
     """A shape pattern as messages show it: ``[1..16, *, 2048]``."""
-    parts = ("*" if want is None else str(want) if isinstance(want, int) else f"{want[0]}..{want[1]}" for want in pattern)
+    parts = (
+        "*" if want is None else str(want) if isinstance(want, int) else f"{want[0]}..{want[1]}" for want in pattern
+    )
     return f"[{', '.join(parts)}]"
 
 

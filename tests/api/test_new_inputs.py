@@ -18,8 +18,8 @@ from api.intake.file_checks import check_file_inputs
 from models.registry import MODELS
 from models.sdxl_family.schema import IPAdapterXLInput
 from shared.inputs.lora import LoraInputError, check_lora_header
-from shared.inputs.safetensors_files import file_fields, read_safetensors_header
 from shared.inputs.output_formats import OutputEncoding, OutputFormat, encoding_of
+from shared.inputs.safetensors_files import file_fields, read_safetensors_header
 from shared.security.ssrf import URLRefused
 from shared.settings import Settings
 

@@ -10,7 +10,8 @@ function pageLink(id, apiUrl) {
 }
 
 function entry(prediction) {
-  const first = prediction.output?.[0];
+  // The first image: an output that is a file (return_embeddings) makes no thumbnail.
+  const first = (prediction.output || []).find((url) => /\.(png|jpe?g|webp)(\?|$)/i.test(url));
   const thumbnail = first
     ? el("img", { src: first, alt: "", loading: "lazy", class: "thumbnail" })
     : el("span", { class: "thumbnail empty", "aria-hidden": "true" }, "no image");

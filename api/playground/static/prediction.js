@@ -57,6 +57,20 @@ function figure(url, caption, className) {
     el("figcaption", {}, caption, " · ", el("a", { href: url, download: "" }, "download")));
 }
 
+// An output that is not an image (return_embeddings' .safetensors file): a download link.
+function fileFigure(url, name) {
+  return el("figure", { class: "output-file" },
+    el("figcaption", {}, "File ", el("code", {}, name), " · ", el("a", { href: url, download: name }, "download")));
+}
+
+// The file name of an output URL: "out-0.webp", "control-map.png", "embeddings.safetensors".
+function outputName(url) {
+  return decodeURIComponent(new URL(url, location.origin).pathname.split("/").pop());
+}
+
+const IMAGE_NAME = /\.(png|jpe?g|webp)$/i;
+const CONTROL_MAP_NAME = /^control-map\./;
+
 function renderGallery(prediction) {
   const key = JSON.stringify([prediction.output, prediction.data_removed]);
   if (key === shownOutputs) return;  // keep loaded images from reloading on every update
@@ -71,12 +85,16 @@ function renderGallery(prediction) {
     gallery.replaceChildren(el("p", { class: "muted" }, TERMINAL.has(prediction.status) ? "No output." : "Not yet."));
     return;
   }
-  // return_control_map appends the map the model followed as the last output.
-  const hasMap = prediction.input.return_control_map === true && outputs.length > 1;
-  const images = hasMap ? outputs.slice(0, -1) : outputs;
-  const figures = images.map((url, index) => figure(url, `Output ${index + 1}`, "output"));
-  if (hasMap) figures.push(figure(outputs.at(-1), "Control map (what the model followed)", "control-map"));
-  gallery.replaceChildren(...figures);
+  // Outputs are told apart by their names: images (out-N), the control map return_control_map adds,
+  // and files that are not images (return_embeddings).
+  const named = outputs.map((url) => ({ url, name: outputName(url) }));
+  const images = named.filter(({ name }) => IMAGE_NAME.test(name) && !CONTROL_MAP_NAME.test(name));
+  const maps = named.filter(({ name }) => IMAGE_NAME.test(name) && CONTROL_MAP_NAME.test(name));
+  const files = named.filter(({ name }) => !IMAGE_NAME.test(name));
+  gallery.replaceChildren(
+    ...images.map(({ url }, index) => figure(url, `Output ${index + 1}`, "output")),
+    ...maps.map(({ url }) => figure(url, "Control map (what the model followed)", "control-map")),
+    ...files.map(({ url, name }) => fileFigure(url, name)));
 }
 
 function facts(container, entries) {
