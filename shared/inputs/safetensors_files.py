@@ -31,7 +31,7 @@ from shared.settings import Settings
 # What marks a file input in a JSON schema (and which files the playground's picker offers).
 ACCEPT_KEY = "x-kiln-accept"
 SAFETENSORS = ".safetensors"
-# What the file must hold: its kind (``LORA``, or a kind a model defines).
+# What the file must hold: its kind (a kind a model defines; absent for ``LORA``, see ``SafetensorsFile``).
 FILE_KEY = "x-kiln-file"
 LORA = "lora"
 # A safetensors file starts with the header's length (8 bytes, little-endian), then the JSON header.
@@ -70,7 +70,9 @@ class SafetensorsFile:
     file's URL: ``FaceEmbeddingURI = Annotated[str, SafetensorsFile("face_embedding")]``.
 
     Validation checks the URL's form (``check_file_uri``); the JSON schema is a string with
-    ``x-kiln-accept`` (the playground's picker) and ``x-kiln-file`` (the kind).
+    ``x-kiln-accept`` (the playground's picker) and ``x-kiln-file`` (the kind). LoRA inputs, published
+    before there were other kinds, carry no ``x-kiln-file``: a ``.safetensors`` input without one is a
+    LoRA, and the version ids of the models that take one did not move.
     """
 
     kind: str
@@ -81,12 +83,13 @@ class SafetensorsFile:
     def __get_pydantic_json_schema__(
         self, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler
     ) -> dict[str, Any]:
-        return {"type": "string", ACCEPT_KEY: SAFETENSORS, FILE_KEY: self.kind}
+        tagged = {} if self.kind == LORA else {FILE_KEY: self.kind}
+        return {"type": "string", ACCEPT_KEY: SAFETENSORS, **tagged}
 
 
 def _kind_of(schema: Mapping[str, Any]) -> str | None:
     options = (schema, *schema.get("anyOf", ()))
-    return next((option[FILE_KEY] for option in options if option.get(ACCEPT_KEY) == SAFETENSORS), None)
+    return next((option.get(FILE_KEY, LORA) for option in options if option.get(ACCEPT_KEY) == SAFETENSORS), None)
 
 
 @cache

@@ -101,11 +101,7 @@ def test_the_xl_schema_lists_every_input_in_order_with_ranges() -> None:
         ("lora_scale", 0, 2, 1),
     ):
         assert (props[name]["minimum"], props[name]["maximum"], props[name]["default"]) == (low, high, default)
-    assert props["lora_weights"]["anyOf"][0] == {
-        "type": "string",
-        "x-kiln-accept": ".safetensors",
-        "x-kiln-file": "lora",
-    }
+    assert props["lora_weights"]["anyOf"][0] == {"type": "string", "x-kiln-accept": ".safetensors"}
     assert file_fields(IPAdapterXLInput) == (("lora_weights", "lora"),)
 
 

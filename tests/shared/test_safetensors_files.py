@@ -50,11 +50,8 @@ def test_a_file_input_is_a_string_the_picker_offers_tagged_with_its_kind() -> No
         "x-kiln-file": "face_embedding",
         "title": "Face Embedding",
     }
-    assert props["lora_weights"]["anyOf"][0] == {
-        "type": "string",
-        "x-kiln-accept": ".safetensors",
-        "x-kiln-file": "lora",
-    }
+    # A LoRA input's schema is what it was before kinds: no x-kiln-file means a LoRA (version ids stay).
+    assert props["lora_weights"]["anyOf"][0] == {"type": "string", "x-kiln-accept": ".safetensors"}
     assert "format" not in props["face_embedding"]  # not an image input
 
 
