@@ -20,6 +20,7 @@ from shared.inputs.lora import LoraURI
 from shared.inputs.safetensors_files import SafetensorsFile, SafetensorsInputError, check_tensors
 from shared.inputs.schema import ModelInput
 from shared.settings import Settings
+from tests.support.uploaded_files import UploadedFiles
 
 BASE_URL = "http://kiln.test"
 
@@ -60,28 +61,12 @@ def url(name: str) -> str:
     return f"{BASE_URL}/v1/files/{name:x<26}"
 
 
-class FakeFiles:
-    """Uploaded files by id: (tenant, bytes, size); ``opened`` records each read."""
-
-    def __init__(self) -> None:
-        self.files = {f"{name:x<26}": entry for name, entry in FILES.items()}
-        self.opened: list[str] = []
-
-    def get(self, file_id: str, tenant: str) -> SimpleNamespace | None:
-        entry = self.files.get(file_id)
-        if entry is None or entry[0] != tenant:
-            return None
-        return SimpleNamespace(id=file_id, data=entry[1], size=entry[2])
-
-    def open(self, record: SimpleNamespace) -> SimpleNamespace:
-        self.opened.append(record.id)
-        return SimpleNamespace(body=iter([record.data[i : i + 16] for i in range(0, len(record.data), 16)]))
-
-
 @pytest.fixture
 def services(monkeypatch: pytest.MonkeyPatch) -> SimpleNamespace:
     monkeypatch.setattr("api.intake.file_checks.resolve_checked", lambda url, *, allow_private: None)
-    return SimpleNamespace(settings=Settings(_env_file=None), files=FakeFiles())
+    return SimpleNamespace(
+        settings=Settings(_env_file=None), files=UploadedFiles({f"{name:x<26}": entry for name, entry in FILES.items()})
+    )
 
 
 def submit(services: SimpleNamespace, spec: Any = SPEC, headers: dict[str, Any] | None = None, **inputs: Any) -> None:

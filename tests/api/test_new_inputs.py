@@ -22,6 +22,7 @@ from shared.inputs.output_formats import OutputEncoding, OutputFormat, encoding_
 from shared.inputs.safetensors_files import file_fields, read_safetensors_header
 from shared.security.ssrf import URLRefused
 from shared.settings import Settings
+from tests.support.uploaded_files import UploadedFiles
 
 XL = MODELS["kiln/ip-adapter-depth-xl"]
 BASE_URL = "http://kiln.test"
@@ -201,28 +202,16 @@ def test_a_safetensors_file_must_hold_lora_layers() -> None:
 OURS, THEIRS, BIG, NOT_LORA, DEEP = (f"{BASE_URL}/v1/files/{letter * 26}" for letter in "abcde")
 
 
-class FakeFiles:
-    """Uploaded files by id: (tenant, bytes, size); ``opened`` counts the reads."""
-
-    def __init__(self) -> None:
-        self.files = {
+def uploaded_files() -> UploadedFiles:
+    return UploadedFiles(
+        {
             "a" * 26: ("me", LORA_FILE, len(LORA_FILE)),
             "b" * 26: ("someone else", LORA_FILE, len(LORA_FILE)),
             "c" * 26: ("me", LORA_FILE, 2 * 2**30),
             "d" * 26: ("me", safetensors_bytes(["model.weight"]), 100),
             "e" * 26: ("me", DEEP_FILE, len(DEEP_FILE)),
         }
-        self.opened = 0
-
-    def get(self, file_id: str, tenant: str) -> SimpleNamespace | None:
-        entry = self.files.get(file_id)
-        if entry is None or entry[0] != tenant:
-            return None
-        return SimpleNamespace(id=file_id, data=entry[1], size=entry[2])
-
-    def open(self, record: SimpleNamespace) -> SimpleNamespace:
-        self.opened += 1
-        return SimpleNamespace(body=iter([record.data[i : i + 16] for i in range(0, len(record.data), 16)]))
+    )
 
 
 @pytest.fixture
@@ -232,7 +221,7 @@ def services(monkeypatch: pytest.MonkeyPatch) -> SimpleNamespace:
             raise URLRefused("host 'internal' resolves to a private address (10.0.0.1)")
 
     monkeypatch.setattr("api.intake.file_checks.resolve_checked", resolve_checked)
-    return SimpleNamespace(settings=Settings(_env_file=None), files=FakeFiles())
+    return SimpleNamespace(settings=Settings(_env_file=None), files=uploaded_files())
 
 
 def submit(services: SimpleNamespace, lora: str, headers: dict[str, Any] | None = None) -> None:
@@ -264,6 +253,6 @@ def test_submission_accepts_an_own_upload_or_a_public_https_url_and_reads_an_upl
     headers: dict[str, Any] = {}
     for _ in range(3):
         submit(services, OURS, headers)
-    assert services.files.opened == 1
+    assert len(services.files.opened) == 1
     services.settings = Settings(_env_file=None, image_fetch_allow_private=True)
     submit(services, "http://internal/a.safetensors")
