@@ -127,8 +127,12 @@ def warm_up(pool: PredictorPool, tuning: Tuning, settings: Settings) -> list[tup
         spec = find_model(model)
         predictor = pool.get(spec)
         for size in tuning.buckets:
-            inputs = spec.input_model.model_validate(warmup_input(model, size), context={"limits": limits})
-            job = predictor.prepare(inputs, ctx)
+            if hasattr(predictor, "warmup_job"):
+                # A model whose inputs a synthetic image cannot make (a face that must be found) makes its own job.
+                job = predictor.warmup_job(size, WARMUP_STEPS, ctx)
+            else:
+                inputs = spec.input_model.model_validate(warmup_input(model, size), context={"limits": limits})
+                job = predictor.prepare(inputs, ctx)
             for batch in batch_sizes:
                 started = time.monotonic()
                 predictor.generate([job] * batch, ctx.step_callback())

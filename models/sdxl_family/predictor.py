@@ -14,14 +14,13 @@ call, and a compiled UNet or ControlNet sees the same graph whatever their value
 
 from __future__ import annotations
 
-import threading
 import time
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
-from diffusers import AutoencoderKL, StableDiffusionXLControlNetPipeline, StableDiffusionXLPipeline
+from diffusers import StableDiffusionXLControlNetPipeline
 from diffusers.image_processor import IPAdapterMaskProcessor
 from PIL import Image
 
@@ -38,59 +37,31 @@ from models.kit.devices import resolve_device
 from models.kit.fast_mode import FastMode, device_capability, fast_mode_applied, resolve_speed
 from models.kit.rows import fit, generators, rows, split_images
 from models.kit.schedulers import SCHEDULERS
+from models.kit.tensor_files import load_tensor_file, process_tensor_file_cache, safetensors_output
 from models.kit.tuning import Tuning, optimise_pipeline
-from models.kit.weights.loading import hub_cache_dir, load_model, load_pipeline
+from models.kit.weights.loading import hub_cache_dir, load_model
+from models.sdxl_family.base import SharedBase, shared_base
+from models.sdxl_family.embeddings import (
+    EMBEDDINGS_NAME,
+    IP_EMBEDDINGS,
+    VARIANT_KEY,
+    check_ip_embeddings,
+    check_ip_embeddings_header,
+)
 from models.sdxl_family.ip_adapter_scales import LayerRole, role_row_scales
-from models.sdxl_family.layout import IP_ADAPTER_SUBFOLDER, IP_ADAPTER_WEIGHT_NAME
+from models.sdxl_family.layout import ADAPTER_FILES
 from models.sdxl_family.lora import LoraWeights, fetch_lora, lora_applied, process_lora_cache
-from models.sdxl_family.row_scales import RowScaledControlNetModel, install_row_scaled_processors, row_scales_applied
-from models.sdxl_family.schema import IPAdapterXLInput
+from models.sdxl_family.row_scales import RowScaledControlNetModel, adapter_selected, row_scales_applied
+from models.sdxl_family.schema import IPAdapterVariant, IPAdapterXLInput
 from models.sdxl_family.spec import ControlKind
-from models.sdxl_family.weights import XLWeights, xl_weights
+from models.sdxl_family.weights import xl_weights
 from shared.inputs.schema import Speed
-from shared.settings import Settings
 
 CONTROL_MAP_NAME = "control-map"
 # Detectors run at the output's short side within these bounds: 512 is what they were trained at
 # (controlnet-aux's default), and below 256 a person is too small to find.
 MIN_DETECT_RESOLUTION = 256
 MAX_DETECT_RESOLUTION = 512
-
-
-_bases: dict[tuple[str, ...], dict[str, Any]] = {}
-_bases_lock = threading.Lock()
-
-
-def _load_base(settings: Settings, weights: XLWeights) -> dict[str, Any]:
-    vae = {"vae": load_model(AutoencoderKL, weights.vae, settings)} if weights.vae else {}
-    base = load_pipeline(StableDiffusionXLPipeline, weights.base, settings, **vae)
-    base.load_ip_adapter(
-        weights.ip_adapter,
-        subfolder=IP_ADAPTER_SUBFOLDER,
-        weight_name=IP_ADAPTER_WEIGHT_NAME,
-        cache_dir=hub_cache_dir(settings),
-    )
-    install_row_scaled_processors(base.unet)
-    return base.components
-
-
-def shared_base_components(settings: Settings, weights: XLWeights) -> dict[str, Any]:
-    """The SDXL base's components with the IP-Adapter loaded, loaded once per process and weights.
-
-    Every XL predictor of the process gets the same UNet, VAE, text encoders, tokenizers, image
-    encoder and feature extractor objects.
-    """
-    key = (
-        weights.base,
-        str(weights.vae),
-        weights.ip_adapter,
-        str(resolve_device(settings.device)),
-        str(hub_cache_dir(settings)),
-    )
-    with _bases_lock:
-        if key not in _bases:
-            _bases[key] = _load_base(settings, weights)
-        return dict(_bases[key])
 
 
 def detect_resolution(width: int, height: int) -> int:
@@ -110,9 +81,7 @@ class RowwiseIPAdapterXLPipeline(StableDiffusionXLControlNetPipeline):
         self, ip_adapter_image, ip_adapter_image_embeds, device, num_images_per_prompt, do_classifier_free_guidance
     ):
         if ip_adapter_image_embeds is None:
-            return super().prepare_ip_adapter_image_embeds(
-                ip_adapter_image, None, device, num_images_per_prompt, do_classifier_free_guidance
-            )
+            raise ValueError("Kiln encodes image prompts outside the pipeline: pass ip_adapter_image_embeds")
         return [embeds.to(device=device) for embeds in ip_adapter_image_embeds]
 
 
@@ -122,24 +91,32 @@ class IPAdapterXLJob(PreparedJob):
     # Output-sized (what return_control_map returns) and generation-sized (what the ControlNet reads).
     control: Image.Image
     control_at_generation: Image.Image
-    # Per IP-Adapter: ``(2, n, dim)`` = [unconditional, image prompt] embeddings of the n image prompts.
-    ip_embeds: tuple[torch.Tensor, ...]
-    # With ip_images: ``(n, height, width)`` at the generation size, each image prompt's weight where its
-    # mask is white (everywhere without ip_masks) and 0 elsewhere. None for ip_image alone.
+    # ``(2, n, ...)`` = [unconditional, image prompt] embeddings of the n image prompts, for the adapter of
+    # the job's ip_adapter_variant (``(2, n, dim)`` standard, ``(2, n, tokens, dim)`` Plus).
+    ip_embeds: torch.Tensor
+    # With several image prompts (ip_images, or ip_embeddings of several or with weights or masks):
+    # ``(n, height, width)`` at the generation size, each image prompt's weight where its mask is white
+    # (everywhere without ip_masks) and 0 elsewhere. None for one image prompt attended with ip_adapter_scale.
     ip_masks: torch.Tensor | None = None
     lora: LoraWeights | None = None
 
     @property
     def group_key(self) -> Hashable:
         lora = self.lora.sha256 if self.lora is not None else None
-        return self.control_at_generation.size, _settings_key(self.inputs), lora
+        several = None if self.ip_masks is None else self.ip_embeds.shape[1]
+        return self.control_at_generation.size, _settings_key(self.inputs), lora, several
 
 
 def _settings_key(inputs: IPAdapterXLInput) -> Hashable:
     """What one pipeline call shares: everything but what each row carries: prompts, images, seeds, the
     image prompts' weights and masks, ip_adapter_scale, ip_adapter_mode and controlnet_scale."""
-    image_prompts = "one" if inputs.ip_images is None else ("several", len(inputs.ip_images))
+    if inputs.ip_embeddings is not None:
+        # How many the file holds is known once it is read: the job's group key adds it.
+        image_prompts: Hashable = ("embeddings", inputs.ip_adapter_scales is None and inputs.ip_masks is None)
+    else:
+        image_prompts = "one" if inputs.ip_images is None else ("several", len(inputs.ip_images))
     return (
+        inputs.ip_adapter_variant,
         inputs.width,
         inputs.height,
         inputs.num_inference_steps,
@@ -177,7 +154,8 @@ class IPAdapterXLPredictor(Predictor[IPAdapterXLInput, IPAdapterXLJob]):
         self.tuning = Tuning.from_settings(self.settings)
         weights = xl_weights(self.settings)
         controlnet = load_model(RowScaledControlNetModel, weights.controlnets[self.control.name], self.settings)
-        self.pipe = RowwiseIPAdapterXLPipeline(**shared_base_components(self.settings, weights), controlnet=controlnet)
+        self.base: SharedBase = shared_base(self.settings, weights)
+        self.pipe = RowwiseIPAdapterXLPipeline(**self.base.components, controlnet=controlnet)
         self.pipe.set_progress_bar_config(disable=True)
         self.fast = FastMode.from_settings(self.settings)
         self.applied = self.fast.prepare_float8(self.pipe, self.tuning.device, device_capability(self.tuning.device))
@@ -187,6 +165,7 @@ class IPAdapterXLPredictor(Predictor[IPAdapterXLInput, IPAdapterXLJob]):
         self.detector = self.load_detector(weights.annotators)
         self.mask_processor = IPAdapterMaskProcessor()
         self.lora_cache = process_lora_cache(self.settings)
+        self.embeddings_cache = process_tensor_file_cache("embeddings", self.settings.embeddings_cache_bytes)
 
     def batch_key(self, inputs: IPAdapterXLInput) -> Hashable:
         return _settings_key(inputs)
@@ -205,33 +184,62 @@ class IPAdapterXLPredictor(Predictor[IPAdapterXLInput, IPAdapterXLJob]):
             ctx.log(f"Extracted the {self.control.name} map in {time.monotonic() - started:.2f} s")
         return control.convert("RGB").resize(size, Image.Resampling.BICUBIC)
 
-    @torch.no_grad()
-    def encode_ip_image(self, image: Image.Image) -> tuple[torch.Tensor, ...]:
-        return tuple(self.pipe.prepare_ip_adapter_image_embeds(image, None, self.pipe.device, 1, True))
+    def encode_ip_images(self, images: Sequence[Image.Image], variant: IPAdapterVariant) -> torch.Tensor:
+        """``(2, n, ...)`` for ``variant``'s adapter: each image encoded on its own, so its embedding is the
+        same whatever other images come with it."""
+        encoder = self.base.encoders[variant]
+        hidden_states = ADAPTER_FILES[variant].reads_hidden_states
+        return torch.cat([encoder.encode(image, hidden_states) for image in images], dim=1)
 
-    def encode_ip_images(self, images: Sequence[Image.Image]) -> tuple[torch.Tensor, ...]:
-        """Per IP-Adapter, ``(2, n, dim)``: each image encoded on its own, so its embedding is the same
-        whatever other images come with it."""
-        encoded = [self.encode_ip_image(image) for image in images]
-        return tuple(torch.cat([embeds[k] for embeds in encoded], dim=1) for k in range(len(encoded[0])))
+    def load_ip_embeddings(self, inputs: IPAdapterXLInput, ctx: PredictContext) -> torch.Tensor:
+        """The ``(2, n, ...)`` embeddings of an ``ip_embeddings`` file, checked against this request and model."""
+        assert inputs.ip_embeddings is not None
+        given = inputs.model_dump(mode="json")
+        try:
+            tensor_file = load_tensor_file(
+                inputs.ip_embeddings,
+                ctx,
+                self.embeddings_cache,
+                max_bytes=self.settings.embeddings_max_bytes,
+                timeout_s=self.settings.lora_fetch_timeout_s,
+                check=lambda header: check_ip_embeddings_header(header, given, self.settings),
+                name="ip_embeddings",
+            )
+            # Again for every request: a cached file skipped the header check, which depends on the request.
+            check_ip_embeddings(_described(tensor_file.tensors), tensor_file.metadata, given, self.settings)
+        except ValueError as exc:
+            raise ValueError(f"ip_embeddings: {exc}") from None
+        return tensor_file.tensors[IP_EMBEDDINGS].to(device=self.pipe.device, dtype=self.pipe.unet.dtype)
 
     def weighted_masks(
-        self, inputs: IPAdapterXLInput, ctx: PredictContext, size: tuple[int, int]
+        self, inputs: IPAdapterXLInput, ctx: PredictContext, size: tuple[int, int], count: int
     ) -> torch.Tensor | None:
-        """With ip_images: ``(n, height, width)``, each image's weight where its mask (binarised, stretched
-        to the generation ``size``) is white; its weight everywhere without ip_masks."""
-        if inputs.ip_images is None:
+        """With several image prompts: ``(n, height, width)``, each one's weight where its mask (binarised,
+        stretched to the generation ``size``) is white; its weight everywhere without ip_masks. None for one
+        image prompt (``ip_image``, or a file of one given without weights or masks)."""
+        if inputs.ip_image is not None or (
+            inputs.ip_images is None and count == 1 and inputs.ip_adapter_scales is None and inputs.ip_masks is None
+        ):
             return None
         width, height = size
-        weights = torch.tensor(inputs.image_prompt_weights, dtype=torch.float32)[:, None, None]
+        given = inputs.ip_adapter_scales or [inputs.ip_adapter_scale] * count
+        if len(given) != count:
+            raise ValueError(f"ip_adapter_scales has {len(given)} entries for {count} image prompts: give one each")
+        weights = torch.tensor(given, dtype=torch.float32)[:, None, None]
         if inputs.ip_masks is None:
-            return weights.expand(len(inputs.ip_images), height, width).clone()
+            return weights.expand(count, height, width).clone()
+        if len(inputs.ip_masks) != count:
+            raise ValueError(f"ip_masks has {len(inputs.ip_masks)} entries for {count} image prompts: give one each")
         masks = [ctx.load_image(uri) for uri in inputs.ip_masks]
         binary = self.mask_processor.preprocess(masks, height=height, width=width)[:, 0].float()
         return weights * binary
 
     def prepare(self, inputs: IPAdapterXLInput, ctx: PredictContext) -> IPAdapterXLJob:
-        ip_images = [ctx.load_image(uri) for uri in inputs.image_prompts]
+        if inputs.ip_embeddings is not None:
+            ip_embeds = self.load_ip_embeddings(inputs, ctx)
+        else:
+            ip_images = [ctx.load_image(uri) for uri in inputs.image_prompts]
+            ip_embeds = self.encode_ip_images(ip_images, inputs.ip_adapter_variant)
         control = self.control_map(inputs, ctx)
         generation_size = self.tuning.generation_size(control.size)
         lora = None
@@ -242,19 +250,19 @@ class IPAdapterXLPredictor(Predictor[IPAdapterXLInput, IPAdapterXLJob]):
             inputs=inputs,
             control=control,
             control_at_generation=fit(control, generation_size),
-            ip_embeds=self.encode_ip_images(ip_images),
-            ip_masks=self.weighted_masks(inputs, ctx, generation_size),
+            ip_embeds=ip_embeds,
+            ip_masks=self.weighted_masks(inputs, ctx, generation_size, ip_embeds.shape[1]),
             lora=lora,
         )
 
     def ip_row_scales(self, layout: list[tuple[IPAdapterXLJob, int]], guided: bool) -> dict[LayerRole, torch.Tensor]:
         """Per layer role, ``(rows, n)``: each row's image-prompt scales where its mode listens, else 0.
 
-        With ip_images the weights ride in each row's masks, so the scales only say which layers listen.
+        With several image prompts the weights ride in each row's masks, so the scales only say which layers listen.
         """
         scales = torch.tensor(
             [
-                [job.inputs.ip_adapter_scale] if job.inputs.ip_images is None else [1.0] * len(job.inputs.ip_images)
+                [job.inputs.ip_adapter_scale] if job.ip_masks is None else [1.0] * job.ip_embeds.shape[1]
                 for job, _ in layout
             ],
             dtype=self.pipe.unet.dtype,
@@ -282,13 +290,12 @@ class IPAdapterXLPredictor(Predictor[IPAdapterXLInput, IPAdapterXLJob]):
         guided = first.guidance_scale > 1
         ip_embeds = [
             torch.cat(
-                ([torch.cat([job.ip_embeds[k][:1] for job, _ in layout])] if guided else [])
-                + [torch.cat([job.ip_embeds[k][1:] for job, _ in layout])]
+                ([torch.cat([job.ip_embeds[:1] for job, _ in layout])] if guided else [])
+                + [torch.cat([job.ip_embeds[1:] for job, _ in layout])]
             )
-            for k in range(len(jobs[0].ip_embeds))
         ]
         cross_attention_kwargs = None
-        if first.ip_images is not None:
+        if jobs[0].ip_masks is not None:
             # The batch key gives every job of the call the same kind of image prompts: all have masks.
             masks = _for_guidance(
                 torch.stack([mask for job, _ in layout if (mask := job.ip_masks) is not None]), guided
@@ -324,20 +331,45 @@ class IPAdapterXLPredictor(Predictor[IPAdapterXLInput, IPAdapterXLJob]):
             self.pipe, self.ip_row_scales(layout, guided), self.controlnet_row_scales(layout, guided)
         )
         with (
+            adapter_selected(self.pipe.unet, self.adapter_index(jobs[0])),
             fast_mode_applied(self.pipe, fast, guided, float8=jobs[0].lora is None),
             lora_applied(self.pipe, jobs[0].lora, jobs[0].inputs.lora_scale),
             scales,
         ):
             images = self.run_pipeline(jobs, layout, step_callback)
-        outputs = []
-        for job, job_images in split_images(images, jobs, lambda job: job.inputs.num_outputs):
-            job_outputs: list[Output] = [fit(image, job.control.size) for image in job_images]
-            if job.inputs.return_control_map:
-                job_outputs.append(NamedImage(CONTROL_MAP_NAME, job.control))
-            outputs.append(job_outputs)
-        return outputs
+        return [
+            self.job_outputs(job, [fit(image, job.control.size) for image in job_images])
+            for job, job_images in split_images(images, jobs, lambda job: job.inputs.num_outputs)
+        ]
+
+    def adapter_index(self, job: IPAdapterXLJob) -> int:
+        """Which of the UNet's IP-Adapters the job's call attends to: its ip_adapter_variant's."""
+        return self.base.adapter_index(job.inputs.ip_adapter_variant.value)
+
+    def job_outputs(self, job: IPAdapterXLJob, images: list[Output]) -> list[Output]:
+        """The images, then the control map and the embeddings file where asked for."""
+        if job.inputs.return_control_map:
+            images.append(NamedImage(CONTROL_MAP_NAME, job.control))
+        if job.inputs.return_embeddings:
+            images.append(
+                safetensors_output(
+                    EMBEDDINGS_NAME,
+                    {IP_EMBEDDINGS: job.ip_embeds.float()},
+                    {VARIANT_KEY: job.inputs.ip_adapter_variant.value},
+                )
+            )
+        return images
 
 
 def _for_guidance(per_row: torch.Tensor, guided: bool) -> torch.Tensor:
     """Per-row values for the UNet's batch: [unconditional rows, conditional rows] with guidance."""
     return torch.cat([per_row, per_row]) if guided else per_row
+
+
+# safetensors' names of the dtypes an embeddings file may hold.
+_DTYPE_NAMES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16"}
+
+
+def _described(tensors: Mapping[str, torch.Tensor]) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """Loaded tensors as a safetensors header describes them: name to dtype name and shape."""
+    return {name: (_DTYPE_NAMES.get(t.dtype, str(t.dtype)), tuple(t.shape)) for name, t in tensors.items()}

@@ -44,17 +44,31 @@ class RowScaledIPAdapterAttnProcessor(IPAdapterAttnProcessor2_0):
 
     role: LayerRole = LayerRole.OTHER
     row_scales: list[torch.Tensor] | None = None
+    # Every IP-Adapter loaded into the UNet; ``to_k_ip`` / ``to_v_ip`` / ``num_tokens`` hold the selected one.
+    all_to_k_ip: torch.nn.ModuleList
+    all_to_v_ip: torch.nn.ModuleList
+    all_num_tokens: list[int]
 
     @classmethod
     def replacing(cls, processor: IPAdapterAttnProcessor2_0, role: LayerRole) -> RowScaledIPAdapterAttnProcessor:
-        """One that takes over ``processor``'s IP-Adapter projections (shared, not copied)."""
+        """One that takes over ``processor``'s IP-Adapter projections (shared, not copied), every adapter's,
+        with the first selected (``select_adapter``)."""
         with torch.device("meta"):
             replacement = cls(
                 processor.hidden_size, processor.cross_attention_dim, processor.num_tokens, list(processor.scale)
             )
-        replacement.to_k_ip, replacement.to_v_ip = processor.to_k_ip, processor.to_v_ip
+        replacement.all_to_k_ip, replacement.all_to_v_ip = processor.to_k_ip, processor.to_v_ip
+        replacement.all_num_tokens = list(processor.num_tokens)
         replacement.role = role
+        replacement.select_adapter(0)
         return replacement
+
+    def select_adapter(self, index: int) -> None:
+        """Attend to the ``index``-th loaded IP-Adapter only: to diffusers' code this processor then holds one."""
+        self.to_k_ip = torch.nn.ModuleList([self.all_to_k_ip[index]])
+        self.to_v_ip = torch.nn.ModuleList([self.all_to_v_ip[index]])
+        self.num_tokens = [self.all_num_tokens[index]]
+        self.scale = [1.0]
 
     def __call__(
         self,
@@ -149,6 +163,9 @@ class RowScaledControlNetModel(ControlNetModel):
     """
 
     row_scales: torch.Tensor | None = None
+    # ``(rows, 1, height, width)``: where each row's residuals apply (1) and not (0), resized to each residual
+    # (InstantID's enhance_face_region). None: everywhere.
+    row_masks: torch.Tensor | None = None
     # Rows are [unconditional, conditional] (classifier-free guidance): run on the conditional half only.
     conditional_only: bool = False
 
@@ -184,10 +201,17 @@ class RowScaledControlNetModel(ControlNetModel):
                 return_dict=False,
                 **kwargs,
             )
-        scales = self.row_scales[:, None, None, None]
-        down = [residual * scales for residual in down]
-        mid = mid * scales
+        down = [self._scaled(residual) for residual in down]
+        mid = self._scaled(mid)
         return ControlNetOutput(down, mid) if return_dict else (down, mid)
+
+    def _scaled(self, residual: torch.Tensor) -> torch.Tensor:
+        """A residual times its row's scale, and its row's mask (resized to it) where one is set."""
+        assert self.row_scales is not None
+        scaled = residual * self.row_scales[:, None, None, None]
+        if self.row_masks is None:
+            return scaled
+        return scaled * F.interpolate(self.row_masks.to(residual.dtype), size=residual.shape[-2:])
 
     def _conditional_half(
         self,
@@ -225,7 +249,9 @@ class RowScaledControlNetModel(ControlNetModel):
 
 
 def install_row_scaled_processors(unet: Any) -> None:
-    """Replace the UNet's IP-Adapter processors (loaded by ``load_ip_adapter``) with row-scaled ones."""
+    """Replace the UNet's IP-Adapter processors (loaded by ``load_ip_adapter``, one or several adapters) with
+    row-scaled ones, and keep every adapter's image projection: the first adapter is selected
+    (``adapter_selected`` selects another for a call)."""
     processors = {
         name: RowScaledIPAdapterAttnProcessor.replacing(processor, layer_role(unet.config, name))
         if isinstance(processor, IPAdapterAttnProcessor2_0)
@@ -233,6 +259,35 @@ def install_row_scaled_processors(unet: Any) -> None:
         for name, processor in unet.attn_processors.items()
     }
     unet.set_attn_processor(processors)
+    projection = unet.encoder_hid_proj
+    projection.all_layers = torch.nn.ModuleList(list(projection.image_projection_layers))
+    _select(unet, 0)
+
+
+def _select(unet: Any, index: int) -> None:
+    for processor in unet.attn_processors.values():
+        if isinstance(processor, RowScaledIPAdapterAttnProcessor):
+            processor.select_adapter(index)
+    projection = unet.encoder_hid_proj
+    projection.image_projection_layers = torch.nn.ModuleList([projection.all_layers[index]])
+
+
+def adapter_projection(unet: Any, index: int) -> torch.nn.Module:
+    """The image projection of the ``index``-th loaded IP-Adapter (selected or not)."""
+    return _unwrapped(unet).encoder_hid_proj.all_layers[index]
+
+
+@contextmanager
+def adapter_selected(unet: Any, index: int) -> Iterator[None]:
+    """For one pipeline call: the UNet attends to the ``index``-th loaded IP-Adapter only (its projections and
+    image projection), as if it were the only one; the first again afterwards. Every adapter stays in memory,
+    so models that share the UNet but not their adapter (the Plus variants, InstantID's) switch per call."""
+    net = _unwrapped(unet)
+    _select(net, index)
+    try:
+        yield
+    finally:
+        _select(net, 0)
 
 
 def _unwrapped(module: Any) -> Any:

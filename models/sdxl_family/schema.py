@@ -3,14 +3,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from enum import Enum
-from typing import Annotated, ClassVar
+from typing import Annotated, Any, ClassVar
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from shared.inputs.lora import LoraURI
 from shared.inputs.output_formats import OutputFormat, output_format_field, output_quality_field
+from shared.inputs.safetensors_files import SafetensorsFile
 from shared.inputs.schema import ImageURI, ModelInput, PromptText, Scheduler, Speed, speed_field
+from shared.settings import Settings
 
 SIZE_MULTIPLE = 8
 MAX_IP_IMAGES = 4
@@ -25,7 +28,22 @@ class IPAdapterMode(str, Enum):
     STYLE_AND_COMPOSITION = "style_and_composition"
 
 
+# No docstring, as above. Which IP-Adapter reads the image prompts (h94/IP-Adapter's SDXL adapters):
+# standard (ip-adapter_sdxl, ViT-bigG image embeddings), plus (ip-adapter-plus_sdxl_vit-h, 16 tokens from
+# ViT-H patch features: closer to the image's details) and plus-face (the same, trained on cropped faces).
+class IPAdapterVariant(str, Enum):
+    STANDARD = "standard"
+    PLUS = "plus"
+    PLUS_FACE = "plus-face"
+
+
 IPWeight = Annotated[float, Field(ge=0.0, le=MAX_IP_WEIGHT)]
+# The ways to give image prompts; one is required.
+IMAGE_PROMPT_FIELDS = ("ip_image", "ip_images", "ip_embeddings")
+# The kind of file ip_embeddings takes (``x-kiln-file``): what return_embeddings writes
+# (models.sdxl_family.embeddings).
+IP_EMBEDDINGS_KIND = "ip_embeddings"
+IPEmbeddingsURI = Annotated[str, SafetensorsFile(IP_EMBEDDINGS_KIND)]
 
 
 class IPAdapterXLInput(ModelInput):
@@ -175,6 +193,25 @@ class IPAdapterXLInput(ModelInput):
     speed: Speed | None = speed_field(order=23)
     output_format: OutputFormat = output_format_field(order=24)
     output_quality: int = output_quality_field(order=25)
+    ip_adapter_variant: IPAdapterVariant = Field(
+        default=IPAdapterVariant.STANDARD,
+        description="Which IP-Adapter reads the image prompts: standard (the image's overall content and style), "
+        "plus (closer to its details) or plus-face (a face's features: give a cropped face as the image prompt).",
+        json_schema_extra={"x-order": 26},
+    )
+    ip_embeddings: IPEmbeddingsURI | None = Field(
+        default=None,
+        description="Image-prompt embeddings saved by an earlier prediction (its return_embeddings output, a "
+        ".safetensors file by https URL or uploaded file) instead of ip_image or ip_images: the images are not "
+        "encoded again. Its ip_adapter_variant must be this prediction's.",
+        json_schema_extra={"x-order": 27},
+    )
+    return_embeddings: bool = Field(
+        default=False,
+        description="Also return the image prompts' embeddings as a .safetensors file (the last output), to pass "
+        "back as ip_embeddings.",
+        json_schema_extra={"x-order": 28},
+    )
 
     @field_validator("width", "height")
     @classmethod
@@ -194,17 +231,18 @@ class IPAdapterXLInput(ModelInput):
 
     @model_validator(mode="after")
     def _one_kind_of_image_prompt(self) -> IPAdapterXLInput:
-        if self.ip_image is not None and self.ip_images is not None:
-            raise ValueError("give one kind of image prompt: ip_image or ip_images (a list), not both")
-        if self.ip_image is None and self.ip_images is None:
-            raise ValueError("an image prompt is required: ip_image, or ip_images (a list)")
+        given_kinds = [name for name in IMAGE_PROMPT_FIELDS if getattr(self, name) is not None]
+        if len(given_kinds) > 1:
+            raise ValueError(f"give one kind of image prompt, not {' and '.join(given_kinds)}")
+        if not given_kinds:
+            raise ValueError("an image prompt is required: ip_image, ip_images (a list) or ip_embeddings")
         for name in ("ip_adapter_scales", "ip_masks"):
             given = getattr(self, name)
             if given is None:
                 continue
-            if self.ip_images is None:
+            if self.ip_image is not None:
                 raise ValueError(f"{name} goes with ip_images (one per image); ip_image takes ip_adapter_scale")
-            if len(given) != len(self.ip_images):
+            if self.ip_images is not None and len(given) != len(self.ip_images):
                 raise ValueError(f"{name} has {len(given)} entries for {len(self.ip_images)} ip_images: give one each")
         return self
 
@@ -216,6 +254,17 @@ class IPAdapterXLInput(ModelInput):
                 f"control_guidance_end ({self.control_guidance_end:g})"
             )
         return self
+
+    @classmethod
+    def check_file_header(
+        cls, field: str, kind: str, header: Mapping[str, Any], inputs: Mapping[str, Any], settings: Settings
+    ) -> None:
+        if kind == IP_EMBEDDINGS_KIND:
+            from models.sdxl_family.embeddings import check_ip_embeddings_header
+
+            check_ip_embeddings_header(header, inputs, settings)
+            return
+        super().check_file_header(field, kind, header, inputs, settings)
 
     @property
     def image_prompts(self) -> list[str]:

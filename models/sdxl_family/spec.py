@@ -54,6 +54,27 @@ class ControlKind:
         _import(self.random_detector_checkpoints)(folder)
 
 
+@dataclass(frozen=True)
+class ExtraAdapter:
+    """An IP-Adapter that a model of the family adds to the shared UNet beside the family's own variants
+    (InstantID's): every XL predictor of a process loads the same list, so they keep sharing one UNet."""
+
+    name: str
+    # "module:function" taking ``Settings`` and returning the adapter's weights as a local safetensors file
+    # (``image_proj.*`` and ``ip_adapter.*`` tensors): converted, downloaded or built on first use.
+    weights_file: str
+
+    def file(self, settings: Any) -> str:
+        return str(_import(self.weights_file)(settings))
+
+
+@dataclass(frozen=True)
+class AdapterModelSpec(ModelSpec):
+    """A model on the family's shared SDXL that brings an IP-Adapter of its own (``layout.extra_adapters``)."""
+
+    extra_adapter: ExtraAdapter
+
+
 def controlnet_folder(kind_name: str) -> str:
     """The folder of a kind's ControlNet in the tiny and random-full layouts: ``controlnet-depth``."""
     return f"controlnet-{kind_name}"
@@ -71,7 +92,16 @@ class XLModelSpec(ModelSpec):
     control: ControlKind
 
 
-def xl_model_spec(*, owner: str, name: str, description: str, control: ControlKind, predictor: str) -> XLModelSpec:
+# The licences of the weights every XL model loads (the full profile's).
+BASE_LICENCE = (
+    "SDXL 1.0 base and its fp16 VAE (CreativeML Open RAIL++-M), h94/IP-Adapter's SDXL adapters and image "
+    "encoders (Apache-2.0)"
+)
+
+
+def xl_model_spec(
+    *, owner: str, name: str, description: str, control: ControlKind, predictor: str, control_licence: str
+) -> XLModelSpec:
     """The spec of an XL model: the family's inputs and queue, the shared weights around its ControlNet."""
     return XLModelSpec(
         owner=owner,
@@ -82,4 +112,5 @@ def xl_model_spec(*, owner: str, name: str, description: str, control: ControlKi
         predictor=predictor,
         weights_settings=(*BASE_WEIGHTS_SETTINGS, control.weights_setting, *ADAPTER_WEIGHTS_SETTINGS),
         control=control,
+        licence=f"{BASE_LICENCE}; {control_licence}; lllyasviel/Annotators detectors (Apache-2.0).",
     )

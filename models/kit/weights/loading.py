@@ -53,10 +53,14 @@ def load_pipeline(pipeline_cls: type[PipelineT], source: str, settings: Settings
     return pipe
 
 
-def load_model(model_cls: type[ModelT], source: str, settings: Settings) -> ModelT:
-    """Load one diffusers model (a ControlNet, a VAE) like ``load_pipeline`` loads a pipeline."""
+def load_model(model_cls: type[ModelT], source: str, settings: Settings, subfolder: str | None = None) -> ModelT:
+    """Load one diffusers model (a ControlNet, a VAE) like ``load_pipeline`` loads a pipeline, from ``source``
+    or its ``subfolder``."""
     device = resolve_device(settings.device)
     model = model_cls.from_pretrained(
-        source, torch_dtype=dtype_for(device, settings.cuda_dtype), cache_dir=hub_cache_dir(settings)
+        source,
+        subfolder=subfolder,
+        torch_dtype=dtype_for(device, settings.cuda_dtype),
+        cache_dir=hub_cache_dir(settings),
     )
     return model.to(device)

@@ -18,7 +18,7 @@ prompts are padded to 77 tokens either way, so shapes match.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 from diffusers import (
@@ -40,14 +40,17 @@ from transformers import (
 from models.kit.fake_weights.building import builder_fingerprint, ensure_built, save_tiny_clip_tokenizer
 from models.sdxl_family.fake_weights.layout_configs import XLConfigs, full_configs, layout_digest, tiny_configs
 from models.sdxl_family.layout import (
+    ADAPTER_FILES,
     BASE_DIR,
     IMAGE_ENCODER_DIR,
     IP_ADAPTER_DIR,
     IP_ADAPTER_SUBFOLDER,
     IP_ADAPTER_WEIGHT_NAME,
+    PLUS_ENCODER_SUBFOLDER,
     VAE_FP16_DIR,
     control_kinds,
 )
+from models.sdxl_family.schema import IPAdapterVariant
 from models.sdxl_family.spec import controlnet_folder
 
 ModelT = TypeVar("ModelT", bound=torch.nn.Module)
@@ -116,6 +119,76 @@ def random_ip_adapter_weights(unet: UNet2DConditionModel, image_embed_dim: int) 
     return weights
 
 
+# IP-Adapter Plus's resampler (diffusers' IPAdapterPlusImageProjection): depth 4, heads of 64 channels, 16 queries.
+RESAMPLER_DEPTH = 4
+RESAMPLER_HEAD_DIM = 64
+RESAMPLER_QUERIES = 16
+RESAMPLER_FF_MULT = 4
+
+
+def random_resampler_weights(
+    embed_dim: int, hidden_dim: int, output_dim: int, *, queries: int = RESAMPLER_QUERIES, device: Any = "cpu"
+) -> dict[str, torch.Tensor]:
+    """Random weights of IP-Adapter Plus's resampler, keyed as the published files key it (``image_proj.``
+    omitted): ``latents``, ``proj_in``, four blocks of ``0.norm1/norm2/to_q/to_kv/to_out`` attention and
+    ``1.0/1.1/1.3`` feed-forward, ``proj_out``, ``norm_out``. InstantID's adapter uses the same resampler
+    on a 512-d face embedding. ``hidden_dim`` must be a multiple of 64 (diffusers reads heads from it)."""
+    if hidden_dim % RESAMPLER_HEAD_DIM:
+        raise ValueError(f"the resampler's width must be a multiple of {RESAMPLER_HEAD_DIM}, got {hidden_dim}")
+
+    def linear(out_features: int, in_features: int) -> torch.Tensor:
+        return torch.randn(out_features, in_features, device=device) * in_features**-0.5
+
+    def norm(prefix: str, size: int) -> dict[str, torch.Tensor]:
+        return {f"{prefix}.weight": torch.ones(size, device=device), f"{prefix}.bias": torch.zeros(size, device=device)}
+
+    weights = {
+        "latents": torch.randn(1, queries, hidden_dim, device=device) * hidden_dim**-0.5,
+        "proj_in.weight": linear(hidden_dim, embed_dim),
+        "proj_in.bias": torch.zeros(hidden_dim, device=device),
+        "proj_out.weight": linear(output_dim, hidden_dim),
+        "proj_out.bias": torch.zeros(output_dim, device=device),
+        **norm("norm_out", output_dim),
+    }
+    inner = RESAMPLER_FF_MULT * hidden_dim
+    for block in range(RESAMPLER_DEPTH):
+        prefix = f"layers.{block}"
+        weights |= norm(f"{prefix}.0.norm1", hidden_dim) | norm(f"{prefix}.0.norm2", hidden_dim)
+        weights[f"{prefix}.0.to_q.weight"] = linear(hidden_dim, hidden_dim)
+        weights[f"{prefix}.0.to_kv.weight"] = linear(2 * hidden_dim, hidden_dim)
+        weights[f"{prefix}.0.to_out.weight"] = linear(hidden_dim, hidden_dim)
+        weights |= norm(f"{prefix}.1.0", hidden_dim)
+        weights[f"{prefix}.1.1.weight"] = linear(inner, hidden_dim)
+        weights[f"{prefix}.1.3.weight"] = linear(hidden_dim, inner)
+    return weights
+
+
+def random_attention_ip_weights(unet: UNet2DConditionModel) -> dict[str, torch.Tensor]:
+    """Random ``to_k_ip`` / ``to_v_ip`` of every cross-attention (``attn2``) layer of ``unet``, numbered 1, 3,
+    5, ... in ``unet.attn_processors`` order, as diffusers' loader reads them (``ip_adapter.`` omitted)."""
+    cross_dim = unet.config.cross_attention_dim
+    weights = {}
+    cross_attentions = [name for name in unet.attn_processors if name.endswith("attn2.processor")]
+    for index, name in enumerate(cross_attentions):
+        hidden = unet.get_submodule(name.removesuffix(".processor")).to_k.out_features
+        for projection in ("to_k_ip", "to_v_ip"):
+            weights[f"{2 * index + 1}.{projection}.weight"] = (
+                torch.randn(hidden, cross_dim, device=unet.device) * cross_dim**-0.5
+            )
+    return weights
+
+
+def random_plus_adapter_weights(unet: UNet2DConditionModel, encoder_hidden_size: int) -> dict[str, torch.Tensor]:
+    """Random IP-Adapter Plus weights for ``unet``, keyed like ``ip-adapter-plus_sdxl_vit-h.safetensors``:
+    a resampler from the ViT-H encoder's patch features to 16 tokens, and the layers' projections."""
+    cross_dim = unet.config.cross_attention_dim
+    hidden = max(RESAMPLER_HEAD_DIM, (encoder_hidden_size // RESAMPLER_HEAD_DIM) * RESAMPLER_HEAD_DIM)
+    resampler = random_resampler_weights(encoder_hidden_size, hidden, cross_dim, device=unet.device)
+    return {f"image_proj.{name}": tensor for name, tensor in resampler.items()} | {
+        f"ip_adapter.{name}": tensor for name, tensor in random_attention_ip_weights(unet).items()
+    }
+
+
 def _in_dtype(model: ModelT, dtype: torch.dtype) -> ModelT:
     # Models are built in float32; casting to it anyway would only make diffusers warn.
     return model if dtype == torch.float32 else model.to(dtype)
@@ -159,6 +232,13 @@ def build_xl_weights(
     with torch.device(device):
         unet = _save_base(folder / BASE_DIR, configs, dtype)
         ip_adapter = random_ip_adapter_weights(unet, configs.image_encoder["projection_dim"])
+        # The Plus and Plus-Face adapters have the same shapes (their weights differ in training only).
+        plus_adapters = {
+            ADAPTER_FILES[variant].weight_name: random_plus_adapter_weights(
+                unet, configs.plus_image_encoder["hidden_size"]
+            )
+            for variant in (IPAdapterVariant.PLUS, IPAdapterVariant.PLUS_FACE)
+        }
         del unet
         _in_dtype(AutoencoderKL.from_config(configs.vae_fp16), dtype).save_pretrained(folder / VAE_FP16_DIR)
         for kind, config in configs.controlnets.items():
@@ -171,10 +251,15 @@ def build_xl_weights(
         image_encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(**configs.image_encoder))
         _in_dtype(image_encoder, dtype).save_pretrained(ip_folder / IMAGE_ENCODER_DIR)
         del image_encoder
-    save_file(
-        {name: tensor.to(dtype).cpu().contiguous() for name, tensor in ip_adapter.items()},
-        ip_folder / IP_ADAPTER_WEIGHT_NAME,
-    )
+        plus_encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(**configs.plus_image_encoder))
+        _in_dtype(plus_encoder, dtype).save_pretrained(
+            folder / IP_ADAPTER_DIR / PLUS_ENCODER_SUBFOLDER / IMAGE_ENCODER_DIR
+        )
+        del plus_encoder
+    for weight_name, weights in {IP_ADAPTER_WEIGHT_NAME: ip_adapter, **plus_adapters}.items():
+        save_file(
+            {name: tensor.to(dtype).cpu().contiguous() for name, tensor in weights.items()}, ip_folder / weight_name
+        )
 
 
 def build_tiny_sdxl(folder: Path) -> None:

@@ -39,6 +39,8 @@ class XLConfigs:
     scheduler: dict[str, Any]
     controlnets: dict[str, dict[str, Any]]
     image_encoder: dict[str, Any]
+    # The Plus adapters' encoder (ViT-H/14 in the full profile).
+    plus_image_encoder: dict[str, Any]
 
 
 def load_config(name: str) -> dict[str, Any]:
@@ -130,6 +132,16 @@ def tiny_configs(kinds: Sequence[ControlKind] | None = None) -> XLConfigs:
             "projection_dim": 32,
             "hidden_act": "gelu",
         },
+        plus_image_encoder={
+            "hidden_size": 48,
+            "intermediate_size": 96,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "image_size": 32,
+            "patch_size": 8,
+            "projection_dim": 32,
+            "hidden_act": "gelu",
+        },
     )
 
 
@@ -146,4 +158,5 @@ def full_configs(kinds: Sequence[ControlKind] | None = None) -> XLConfigs:
         scheduler=load_config("sdxl_base_scheduler"),
         controlnets={kind.name: read_config(kind.published_config) for kind in kinds},
         image_encoder=load_config("ip_adapter_sdxl_image_encoder"),
+        plus_image_encoder=load_config("ip_adapter_plus_image_encoder"),
     )
