@@ -10,9 +10,10 @@ from typing import Any
 from api.auth import Caller
 from api.openapi.versions import render_model
 from api.services import Services
-from models.registry import MODELS
+from models.registry import served_models
 from shared.db import keys
 from shared.model_spec import ModelSpec
+from shared.settings import Settings
 
 COLLECTION_SLUG = "kiln"
 COLLECTION = {
@@ -22,12 +23,12 @@ COLLECTION = {
 }
 
 
-def search(query: str) -> list[tuple[ModelSpec, float]]:
-    """The models whose name, owner or description hold every word of ``query`` (case-insensitive),
+def search(query: str, settings: Settings) -> list[tuple[ModelSpec, float]]:
+    """The served models whose name, owner or description hold every word of ``query`` (case-insensitive),
     best first: a score counting where the words were found (name counts more)."""
     words = query_words(query)
     found = []
-    for spec in MODELS.values():
+    for spec in served_models(settings).values():
         name, description = spec.ref.lower(), spec.description.lower()
         if words and all(word in name or word in description for word in words):
             score = sum(2.0 if word in name else 1.0 for word in words) / (2 * len(words))
@@ -51,7 +52,7 @@ def _run_counts(services: Services, specs: list[ModelSpec]) -> list[int]:
 
 def render_models(services: Services, base: str, specs: list[ModelSpec] | None = None) -> list[dict[str, Any]]:
     """``specs`` (every model by default) as ``GET /v1/models/{owner}/{name}`` renders each."""
-    specs = list(MODELS.values()) if specs is None else specs
+    specs = list(served_models(services.settings).values()) if specs is None else specs
     counts = _run_counts(services, specs) if specs else []
     return [render_model(spec, services.settings, base, count) for spec, count in zip(specs, counts, strict=True)]
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 from shared.inputs.schema import ModelInput
@@ -26,10 +26,23 @@ class ModelSpec:
     predictor: str
     # Settings attributes holding the full-profile weights references (HF ids or local paths).
     weights_settings: tuple[str, ...]
+    # The licences of its full-profile weights, for users (appended to its description).
+    licence: str = field(default="", kw_only=True)
+    # Its weights are for non-commercial research only: served only with KILN_ALLOW_NONCOMMERCIAL_MODELS.
+    noncommercial: bool = field(default=False, kw_only=True)
 
     @property
     def ref(self) -> str:
         return f"{self.owner}/{self.name}"
+
+    def served(self, settings: Settings) -> bool:
+        """Whether this deployment serves it: every model, but non-commercial ones only when allowed."""
+        return settings.allow_noncommercial_models or not self.noncommercial
+
+    @property
+    def described(self) -> str:
+        """Its description with its weights' licence, as users read it."""
+        return f"{self.description} Weights: {self.licence}" if self.licence else self.description
 
     def weights_ref(self, settings: Settings) -> str:
         if settings.weights_profile != "full":

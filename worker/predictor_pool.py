@@ -29,7 +29,7 @@ class PredictorPool:
         """Set up every model served on these queues."""
         wanted = set(queue_names)
         for spec in MODELS.values():
-            if spec.queue in wanted:
+            if spec.queue in wanted and spec.served(self.settings):
                 self.get(spec)
 
     @property
@@ -38,6 +38,8 @@ class PredictorPool:
         return list(self._loaded)
 
     def get(self, spec: ModelSpec) -> Predictor:
+        if not spec.served(self.settings):
+            raise LookupError(f"{spec.ref} is not served: it needs KILN_ALLOW_NONCOMMERCIAL_MODELS=true")
         if spec.ref not in self._loaded:
             started = time.monotonic()
             predictor = import_predictor(spec.predictor)(self.settings)

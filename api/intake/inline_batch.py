@@ -32,7 +32,7 @@ def _model_of(item: CreateInBatch, services: Services) -> ModelSpec:
         if item.version:
             return resolve_version(item.version, services.settings)
         assert item.model is not None  # exactly one of the two is given (checked above)
-        return find_model(item.model)
+        return find_model(item.model, services.settings)
     except UnknownModelError as exc:
         raise ProblemError(422, f"{'version' if item.version else 'model'}: {exc}") from None
 

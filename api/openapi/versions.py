@@ -26,7 +26,7 @@ def _input_components(input_model: type[ModelInput]) -> dict[str, Any]:
 def openapi_schema(spec: ModelSpec) -> dict[str, Any]:
     return {
         "openapi": "3.0.2",
-        "info": {"title": spec.ref, "version": "1.0.0", "description": spec.description},
+        "info": {"title": spec.ref, "version": "1.0.0", "description": spec.described},
         "paths": {},
         "components": {"schemas": {**_input_components(spec.input_model), "Output": OUTPUT_SCHEMA}},
     }
@@ -46,7 +46,7 @@ def render_model(spec: ModelSpec, settings: Settings, base_url: str, run_count: 
         "url": f"{base_url}/v1/models/{spec.ref}",
         "owner": spec.owner,
         "name": spec.name,
-        "description": spec.description,
+        "description": spec.described,
         "visibility": "public",
         "github_url": None,
         "paper_url": None,

@@ -53,7 +53,7 @@ def search_everything(
     ],
 ) -> dict[str, Any]:
     """Models matching every word of ``query`` (with a score), and the collection when it matches too."""
-    found = search(query)
+    found = search(query, services.settings)
     models = render_models(services, base, [spec for spec, _ in found])
     words = query_words(query)
     summary = collection_summary()

@@ -31,6 +31,7 @@ from api.services import Services
 from models.registry import UnknownModelError, find_model
 from shared.model_spec import ModelSpec
 from shared.predictions.record import utcnow
+from shared.settings import Settings
 
 router = APIRouter(prefix="/v1/deployments", tags=["deployments"])
 
@@ -62,9 +63,9 @@ def _store(services: Services) -> DeploymentStore:
     return DeploymentStore(services.redis)
 
 
-def _model(ref: str) -> ModelSpec:
+def _model(ref: str, settings: Settings) -> ModelSpec:
     try:
-        return find_model(ref)
+        return find_model(ref, settings)
     except UnknownModelError as exc:
         raise ProblemError(422, f"model: {exc}") from None
 
@@ -89,7 +90,7 @@ def _owned(services: Services, caller: Caller, owner: str, name: str) -> Deploym
 
 @router.post("", status_code=201)
 def create_deployment(body: CreateDeployment, caller: CurrentCaller, services: ServicesDep) -> dict[str, Any]:
-    spec = _model(body.model)
+    spec = _model(body.model, services.settings)
     _check_release(services, spec, body.version, body.hardware)
     try:
         configuration = check_configuration(
@@ -136,7 +137,7 @@ def update_deployment(
     if not changes:
         raise ProblemError(422, "body: give at least one of version, hardware, min_instances, max_instances")
     current = _owned(services, caller, owner, name)
-    _check_release(services, _model(current.current_release.model), body.version, body.hardware)
+    _check_release(services, _model(current.current_release.model, services.settings), body.version, body.hardware)
     try:
         updated = _store(services).release(caller.tenant, name, account_of(caller), **changes)
     except BadConfiguration as exc:
@@ -169,7 +170,7 @@ async def create_deployment_prediction(
     """A prediction of the release's model version, on that model's queue, with ``deployment`` set."""
     deployment = await run_in_threadpool(_owned, services, caller, owner, name)
     release = deployment.current_release
-    spec = find_model(release.model)
+    spec = find_model(release.model, services.settings)
     if release.version != spec.version_id(services.settings):
         raise ProblemError(
             409,

@@ -13,13 +13,14 @@ from api.errors import ProblemError
 from api.openapi.versions import render_version
 from models.registry import UnknownModelError, find_model
 from shared.model_spec import ModelSpec
+from shared.settings import Settings
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
 
-def _spec(owner: str, name: str) -> ModelSpec:
+def _spec(owner: str, name: str, settings: Settings) -> ModelSpec:
     try:
-        return find_model(f"{owner}/{name}")
+        return find_model(f"{owner}/{name}", settings)
     except UnknownModelError as exc:
         raise ProblemError(404, str(exc)) from None
 
@@ -41,24 +42,28 @@ async def search_models(request: Request, _: CurrentTenant, services: ServicesDe
         query = ""
     if not query or len(query) > 500:
         raise ProblemError(400, "body: the search query, as text/plain (1 to 500 characters)")
-    specs = [spec for spec, _ in search(query)]
+    specs = [spec for spec, _ in search(query, services.settings)]
     return {"next": None, "previous": None, "results": await run_in_threadpool(render_models, services, base, specs)}
 
 
 @router.get("/{owner}/{name}")
 def get_model(owner: str, name: str, _: CurrentTenant, services: ServicesDep, base: BaseURL) -> dict[str, Any]:
-    return render_models(services, base, [_spec(owner, name)])[0]
+    return render_models(services, base, [_spec(owner, name, services.settings)])[0]
 
 
 @router.get("/{owner}/{name}/versions")
 def list_versions(owner: str, name: str, _: CurrentTenant, services: ServicesDep) -> dict[str, Any]:
     """One version per model: its id changes when its schema or weights do."""
-    return {"next": None, "previous": None, "results": [render_version(_spec(owner, name), services.settings)]}
+    return {
+        "next": None,
+        "previous": None,
+        "results": [render_version(_spec(owner, name, services.settings), services.settings)],
+    }
 
 
 @router.get("/{owner}/{name}/versions/{version_id}")
 def get_version(owner: str, name: str, version_id: str, _: CurrentTenant, services: ServicesDep) -> dict[str, Any]:
-    spec = _spec(owner, name)
+    spec = _spec(owner, name, services.settings)
     if version_id != spec.version_id(services.settings):
         raise ProblemError(404, f"version {version_id!r} of {spec.ref} not found")
     return render_version(spec, services.settings)

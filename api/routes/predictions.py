@@ -85,7 +85,7 @@ async def create_model_prediction(
     cancel_after: CancelAfter = None,
 ) -> JSONResponse:
     try:
-        spec = find_model(f"{owner}/{name}")
+        spec = find_model(f"{owner}/{name}", services.settings)
     except UnknownModelError as exc:
         raise ProblemError(404, str(exc)) from None
     return await create_and_respond(services, caller, spec, body, base, prefer, idempotency_key, cancel_after)

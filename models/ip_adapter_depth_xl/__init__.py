@@ -18,5 +18,6 @@ SPEC = xl_model_spec(
     description="SDXL with IP-Adapter and a depth ControlNet: an image prompt, laid out like the depth of "
     "a reference image.",
     control=CONTROL,
+    control_licence="diffusers/controlnet-depth-sdxl-1.0 (CreativeML Open RAIL++-M)",
     predictor="models.ip_adapter_depth_xl.predictor:IPAdapterDepthXLPredictor",
 )

@@ -18,5 +18,6 @@ SPEC = xl_model_spec(
     description="SDXL with IP-Adapter and an openpose ControlNet: an image prompt, posed like the person "
     "in a reference image.",
     control=CONTROL,
+    control_licence="thibaud/controlnet-openpose-sdxl-1.0 (other: see its model card)",
     predictor="models.ip_adapter_openpose_xl.predictor:IPAdapterOpenposeXLPredictor",
 )

@@ -12,4 +12,5 @@ SPEC = ModelSpec(
     queue=queues.SD2_DEPTH,
     predictor="models.sd2_depth2img.predictor:Depth2ImgPredictor",
     weights_settings=("sd2_depth2img_weights",),
+    licence="stabilityai/stable-diffusion-2-depth (CreativeML Open RAIL++-M); the depth estimator ships with it.",
 )
