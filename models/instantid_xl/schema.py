@@ -1,0 +1,171 @@
+"""Inputs of ``kiln/instantid-xl``: whose likeness (a photo, several, or a saved embedding), where the face
+goes, how strongly each part holds, and the SDXL knobs the other XL models have."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Annotated, Any, ClassVar
+
+from pydantic import Field, ValidationInfo, field_validator, model_validator
+
+from shared.inputs.lora import LoraURI
+from shared.inputs.output_formats import OutputFormat, output_format_field, output_quality_field
+from shared.inputs.safetensors_files import SafetensorsFile
+from shared.inputs.schema import ImageURI, ModelInput, PromptText, Scheduler, Speed, speed_field
+from shared.settings import Settings
+
+SIZE_MULTIPLE = 8
+MAX_FACE_IMAGES = 4
+# The kind of file face_embedding takes (``x-kiln-file``): what return_embeddings writes.
+FACE_EMBEDDING_KIND = "face_embedding"
+# The ways to say whose likeness; one is required.
+IDENTITY_FIELDS = ("face_image", "face_images", "face_embedding")
+
+FaceEmbeddingURI = Annotated[str, SafetensorsFile(FACE_EMBEDDING_KIND)]
+
+
+class InstantIDXLInput(ModelInput):
+    # The optional image fields a warm-up run sets (worker.warmup): none, it runs from a face embedding.
+    warmup_images: ClassVar[tuple[str, ...]] = ()
+
+    prompt: PromptText = Field(
+        default="a portrait photo of a person",
+        description="Text that describes the output: the person's likeness comes from the face inputs.",
+        json_schema_extra={"x-order": 0},
+    )
+    negative_prompt: PromptText | None = Field(
+        default="lowres, blurry, worst quality, deformed face",
+        description="Things the output should not contain.",
+        json_schema_extra={"x-order": 1},
+    )
+    face_image: ImageURI | None = Field(
+        default=None,
+        description="A photo of the person: the largest face in it is used. Give it, face_images or face_embedding.",
+        json_schema_extra={"x-order": 2},
+    )
+    face_images: list[ImageURI] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_FACE_IMAGES,
+        description=f"1 to {MAX_FACE_IMAGES} photos of the same person: their face embeddings are averaged "
+        "(the keypoints come from the first). Instead of face_image.",
+        json_schema_extra={"x-order": 3},
+    )
+    face_embedding: FaceEmbeddingURI | None = Field(
+        default=None,
+        description="A face saved by an earlier prediction (its return_embeddings output, a .safetensors file "
+        "by https URL or uploaded file): no photo is analysed again. Instead of face_image.",
+        json_schema_extra={"x-order": 4},
+    )
+    pose_image: ImageURI | None = Field(
+        default=None,
+        description="Where to place the face: its keypoints come from the largest face in this image instead "
+        "of the face photo (or the saved embedding's, or a frontal face in the middle).",
+        json_schema_extra={"x-order": 5},
+    )
+    ip_adapter_scale: float = Field(
+        default=0.8,
+        ge=0.0,
+        le=1.5,
+        description="Identity strength: how closely the face follows the person's (0 ignores it).",
+        json_schema_extra={"x-order": 6},
+    )
+    identitynet_strength: float = Field(
+        default=0.8,
+        ge=0.0,
+        le=1.5,
+        description="How strictly the face keeps the keypoints' placement (the keypoint ControlNet's scale).",
+        json_schema_extra={"x-order": 7},
+    )
+    enhance_face_region: bool = Field(
+        default=True,
+        description="The keypoint ControlNet acts only around the face, leaving the rest to the prompt.",
+        json_schema_extra={"x-order": 8},
+    )
+    lora_weights: LoraURI | None = Field(
+        default=None,
+        description="LoRA for SDXL to apply to this prediction: an https URL or an uploaded file's URL of a "
+        ".safetensors file. Loaded for this prediction only.",
+        json_schema_extra={"x-order": 9},
+    )
+    lora_scale: float = Field(
+        default=1.0,
+        ge=0.0,
+        le=2.0,
+        description="How strongly lora_weights applies: 0 is as if no LoRA were given.",
+        json_schema_extra={"x-order": 10},
+    )
+    num_inference_steps: int = Field(
+        default=30, ge=1, le=100, description="Number of denoising steps.", json_schema_extra={"x-order": 11}
+    )
+    guidance_scale: float = Field(
+        default=5.0,
+        ge=1.0,
+        le=20.0,
+        description="Scale for classifier-free guidance; SDXL looks best around 4-8.",
+        json_schema_extra={"x-order": 12},
+    )
+    scheduler: Scheduler = Field(
+        default=Scheduler.DPM_SOLVER_MULTISTEP, description="Denoising scheduler.", json_schema_extra={"x-order": 13}
+    )
+    width: int = Field(
+        default=1024,
+        ge=64,
+        description="Output width in pixels, a multiple of 8.",
+        json_schema_extra={"x-order": 14},
+    )
+    height: int = Field(
+        default=1024,
+        ge=64,
+        description="Output height in pixels, a multiple of 8.",
+        json_schema_extra={"x-order": 15},
+    )
+    num_outputs: int = Field(
+        default=1, ge=1, le=4, description="Number of images to output.", json_schema_extra={"x-order": 16}
+    )
+    seed: int | None = Field(
+        default=None,
+        ge=0,
+        le=2**32 - 1,
+        description="Random seed. Leave blank to randomize.",
+        json_schema_extra={"x-order": 17},
+    )
+    return_embeddings: bool = Field(
+        default=False,
+        description="Also return the face as a .safetensors file (the last output): face_embedding and "
+        "face_kps, to pass back as face_embedding.",
+        json_schema_extra={"x-order": 18},
+    )
+    speed: Speed | None = speed_field(order=19)
+    output_format: OutputFormat = output_format_field(order=20)
+    output_quality: int = output_quality_field(order=21)
+
+    @field_validator("width", "height")
+    @classmethod
+    def _size_is_a_multiple_of_8_within_the_cap(cls, value: int, info: ValidationInfo) -> int:
+        if value % SIZE_MULTIPLE:
+            raise ValueError(f"must be a multiple of {SIZE_MULTIPLE}, got {value}")
+        limits = (info.context or {}).get("limits")
+        if limits is not None and value > limits.max_side:
+            raise ValueError(f"must be at most {limits.max_side}, got {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _one_identity(self) -> InstantIDXLInput:
+        given = [name for name in IDENTITY_FIELDS if getattr(self, name) is not None]
+        if not given:
+            raise ValueError("whose likeness? give face_image, face_images (a list) or face_embedding")
+        if len(given) > 1:
+            raise ValueError(f"give one of face_image, face_images or face_embedding, not {' and '.join(given)}")
+        return self
+
+    @classmethod
+    def check_file_header(
+        cls, field: str, kind: str, header: Mapping[str, Any], inputs: Mapping[str, Any], settings: Settings
+    ) -> None:
+        if kind == FACE_EMBEDDING_KIND:
+            from models.instantid_xl.embeddings import check_face_embedding_header
+
+            check_face_embedding_header(header)
+            return
+        super().check_file_header(field, kind, header, inputs, settings)
