@@ -19,7 +19,8 @@ from models.kit.weights.loading import hub_cache_dir
 from shared.settings import Settings
 
 FACE_MODELS_FOLDER = "antelopev2"
-_BUILDERS = ("models.instantid_xl.fake_weights.face_models",)
+# The modules that shape the layout's files: their source is part of the fingerprint.
+_BUILDERS = ("models.instantid_xl.fake_weights.face_models", "models.instantid_xl.keypoints")
 
 
 def face_models_dir(settings: Settings) -> Path:

@@ -24,6 +24,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from models.instantid_xl.faces import EMBEDDING_SIZE
+from models.instantid_xl.keypoints import ARCFACE_LANDMARKS_112
+
 DETECTOR_FILE = "scrfd_10g_bnkps.onnx"
 RECOGNIZER_FILE = "glintr100.onnx"
 STRIDES = (8, 16, 32)
@@ -34,7 +37,7 @@ HIDDEN = 8
 OPSET = 17
 # Old enough for any onnxruntime InsightFace supports, and fixed so the bytes do not follow onnx's default.
 IR_VERSION = 8
-# Score logit of every anchor: sigmoid(-20) ≈ 2e-9. The convolution adds at most a few tenths.
+# Score logit of every anchor: sigmoid(-20) ≈ 2e-9. The head's small random weights move it by about one.
 NO_FACE_LOGIT = -20.0
 HEAD_WEIGHT_STD = 0.05
 # finds_face: the one anchor that fires, its logit, and the face's geometry in detector-input pixels.
@@ -42,13 +45,7 @@ FACE_STRIDE = 32
 FACE_CELL = (6, 8)  # (row, column): anchor centre at x = 8 x 32 = 256, y = 6 x 32 = 192
 FACE_LOGIT = 40.0
 FACE_SIZE = 192.0
-# ArcFace's reference landmarks in its 112-pixel crop: the fake face's keypoints, scaled to FACE_SIZE.
-ARCFACE_LANDMARKS_112 = np.array(
-    [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]],
-    dtype=np.float32,
-)
 RECOGNITION_SIZE = 112
-EMBEDDING_SIZE = 512
 RECOGNITION_PATCH = 16
 RECOGNITION_CHANNELS = 16
 
@@ -77,7 +74,8 @@ def _init(name: str, array: np.ndarray) -> onnx.TensorProto:
 
 
 def _face_distances() -> dict[str, np.ndarray]:
-    """finds_face's constant box and keypoint distances from the anchor centre, in units of the stride."""
+    """finds_face's constant box and keypoint distances from the anchor centre, in units of the stride: a
+    square box ``FACE_SIZE`` wide, and ArcFace's reference landmarks placed in it as in its aligned crop."""
     half = FACE_SIZE / 2 / FACE_STRIDE
     keypoints = (ARCFACE_LANDMARKS_112 / RECOGNITION_SIZE - 0.5) * FACE_SIZE / FACE_STRIDE
     return {"bbox": np.full(4, half, dtype=np.float32), "kps": keypoints.reshape(-1).astype(np.float32)}

@@ -11,6 +11,7 @@ import pytest
 
 from models.instantid_xl.faces import EMBEDDING_SIZE, Face, FaceAnalyzer, NoFaceError, average_faces
 from models.instantid_xl.fake_weights import face_models
+from models.instantid_xl.keypoints import ARCFACE_LANDMARKS_112
 from tests.models.instantid_xl.photos import portrait
 
 
@@ -37,7 +38,7 @@ def test_keypoints_are_fractions_of_the_photo_whatever_its_size(analyzer: FaceAn
     """The fake detector puts its face at fixed pixels of its 640-pixel input, into which a square photo
     is scaled whole: the fractions are the same for a 512- and a 900-pixel photo."""
     stride, (row, column) = face_models.FACE_STRIDE, face_models.FACE_CELL
-    offsets = (face_models.ARCFACE_LANDMARKS_112 / 112 - 0.5) * face_models.FACE_SIZE
+    offsets = (ARCFACE_LANDMARKS_112 / 112 - 0.5) * face_models.FACE_SIZE
     expected = (np.array([column * stride, row * stride]) + offsets) / 640
     for side in (512, 900):
         face = analyzer.face(portrait(1, size=(side, side)), "face_image")
