@@ -11,12 +11,17 @@ LOCK := requirements.lock
 
 install: $(STAMP)
 
+# Installed without its dependencies, which pyproject.toml's worker extra lists less opencv-python: its cv2
+# would clash with controlnet-aux's opencv-python-headless (one cv2 module, two distributions).
+NO_DEPS := 'insightface>=2.1,<3'
+
 # pip (not uv/poetry) so torch==2.14.1 / torchvision==0.29.1 come from local wheels where present.
 # PIP_CONSTRAINT (not only -c) so the build environment of the editable install is pinned too.
 $(STAMP): pyproject.toml $(LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	PIP_CONSTRAINT=$(LOCK) $(PY) -m pip install --quiet --upgrade pip
 	PIP_CONSTRAINT=$(LOCK) $(PY) -m pip install --quiet -e '.[worker,dev]'
+	PIP_CONSTRAINT=$(LOCK) $(PY) -m pip install --quiet --no-deps $(NO_DEPS)
 	touch $(STAMP)
 
 # Updates the lock on purpose: resolves pyproject.toml's ranges afresh in a scratch venv and pins the result.
@@ -24,6 +29,7 @@ lock:
 	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
 	.lock-venv/bin/python -m pip install --quiet --upgrade pip
 	.lock-venv/bin/python -m pip install --quiet '.[worker,dev]'
+	.lock-venv/bin/python -m pip install --quiet --no-deps $(NO_DEPS)
 	{ echo "# Exact versions for make install, CI and the images. Written by 'make lock'; do not edit by hand."; \
 	  .lock-venv/bin/python -m pip freeze --all --exclude-editable | grep -v '^kiln[ =@]'; } > $(LOCK)
 	rm -rf .lock-venv build
