@@ -190,28 +190,28 @@ class IPAdapterXLInput(ModelInput):
         description="Also return the control map the model followed, as the last output.",
         json_schema_extra={"x-order": 22},
     )
-    speed: Speed | None = speed_field(order=23)
-    output_format: OutputFormat = output_format_field(order=24)
-    output_quality: int = output_quality_field(order=25)
     ip_adapter_variant: IPAdapterVariant = Field(
         default=IPAdapterVariant.STANDARD,
         description="Which IP-Adapter reads the image prompts: standard (the image's overall content and style), "
         "plus (closer to its details) or plus-face (a face's features: give a cropped face as the image prompt).",
-        json_schema_extra={"x-order": 26},
+        json_schema_extra={"x-order": 23},
     )
     ip_embeddings: IPEmbeddingsURI | None = Field(
         default=None,
         description="Image-prompt embeddings saved by an earlier prediction (its return_embeddings output, a "
         ".safetensors file by https URL or uploaded file) instead of ip_image or ip_images: the images are not "
         "encoded again. Its ip_adapter_variant must be this prediction's.",
-        json_schema_extra={"x-order": 27},
+        json_schema_extra={"x-order": 24},
     )
     return_embeddings: bool = Field(
         default=False,
         description="Also return the image prompts' embeddings as a .safetensors file (the last output), to pass "
         "back as ip_embeddings.",
-        json_schema_extra={"x-order": 28},
+        json_schema_extra={"x-order": 25},
     )
+    speed: Speed | None = speed_field(order=26)
+    output_format: OutputFormat = output_format_field(order=27)
+    output_quality: int = output_quality_field(order=28)
 
     @field_validator("width", "height")
     @classmethod
@@ -233,7 +233,7 @@ class IPAdapterXLInput(ModelInput):
     def _one_kind_of_image_prompt(self) -> IPAdapterXLInput:
         given_kinds = [name for name in IMAGE_PROMPT_FIELDS if getattr(self, name) is not None]
         if len(given_kinds) > 1:
-            raise ValueError(f"give one kind of image prompt, not {' and '.join(given_kinds)}")
+            raise ValueError(f"give one kind of image prompt, not both {' and '.join(given_kinds)}")
         if not given_kinds:
             raise ValueError("an image prompt is required: ip_image, ip_images (a list) or ip_embeddings")
         for name in ("ip_adapter_scales", "ip_masks"):

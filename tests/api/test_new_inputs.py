@@ -79,6 +79,8 @@ def test_every_model_offers_output_format_and_quality_last_with_ranges_and_defau
 
 
 def _minimal(ref: str) -> dict[str, Any]:
+    if ref == "kiln/instantid-xl":
+        return {"face_image": IMAGE}
     return {"input_image": IMAGE} | ({} if ref == "kiln/sd2-depth2img" else {"ip_image": IMAGE})
 
 
@@ -103,7 +105,10 @@ def test_the_xl_schema_lists_every_input_in_order_with_ranges() -> None:
     ):
         assert (props[name]["minimum"], props[name]["maximum"], props[name]["default"]) == (low, high, default)
     assert props["lora_weights"]["anyOf"][0] == {"type": "string", "x-kiln-accept": ".safetensors"}
-    assert file_fields(IPAdapterXLInput) == (("lora_weights", "lora"),)
+    assert file_fields(IPAdapterXLInput) == (("lora_weights", "lora"), ("ip_embeddings", "ip_embeddings"))
+    assert props["ip_embeddings"]["anyOf"][0]["x-kiln-accept"] == ".safetensors"
+    assert schema["$defs"]["IPAdapterVariant"]["enum"] == ["standard", "plus", "plus-face"]
+    assert props["ip_adapter_variant"]["default"] == "standard" and props["return_embeddings"]["default"] is False
 
 
 @pytest.mark.parametrize(

@@ -36,14 +36,17 @@ def test_version_id_changes_with_the_weights():
 
 
 # Version ids as clients have stored them: a model's id changes only when its input schema or its weights do.
-# Last moved by the speed input (the opt-in fast mode) on every model.
+# Last moved by ip_adapter_variant, ip_embeddings and return_embeddings on the XL models (the new
+# kiln/instantid-xl got its first); sd2-depth2img's is unchanged.
 PUBLISHED_VERSIONS = {
     ("tiny", "kiln/sd2-depth2img"): "863296d577f68bae7b2c3636c3a6835072fc59e0ba571a3f648cd32b65fa8011",
-    ("tiny", "kiln/ip-adapter-depth-xl"): "39b51db86b76cb5c0119c1819820bf11a84e28861ea2b6f3f4ce7c1d453a42cf",
-    ("tiny", "kiln/ip-adapter-openpose-xl"): "995d99387147b6c91b51b183add3a8191273fd0fc490a982696ea6b5f63021cf",
+    ("tiny", "kiln/ip-adapter-depth-xl"): "7988562de90d6cbc954b3ca1892a153365fb5537d7a954b1d7edcba5d7775460",
+    ("tiny", "kiln/ip-adapter-openpose-xl"): "c3de4045ec3ae005e35d4d5e9dd26ee0c7bcdf63b902021242a48299ba066e6f",
+    ("tiny", "kiln/instantid-xl"): "d0f7602d191205b5ef3c37b9631d24168234f4c73fdd3bc9fae6144f9e27d4d2",
     ("full", "kiln/sd2-depth2img"): "75e8ab2ac45d3b3a7b15f50fa91d5b888dd9295cbcc25659a61a52f55776e07f",
-    ("full", "kiln/ip-adapter-depth-xl"): "d38f41ce1c55bd2dbd795c0b6775f5966b34b9b9c40ed71b8c78237a9217d43e",
-    ("full", "kiln/ip-adapter-openpose-xl"): "8520557db1f77d8758a75c8de8427cafb6c91f6e3bd5005da3b47098cbb1ab3b",
+    ("full", "kiln/ip-adapter-depth-xl"): "fbdb2efd50fe98b972efd6038a953727a41a354b2706e437a082279b3b343ee2",
+    ("full", "kiln/ip-adapter-openpose-xl"): "2836589b6d32366578132ebdeb080aa685d8a1eb8dda09c754948c2b1ea3c599",
+    ("full", "kiln/instantid-xl"): "b0b6f9d039c4c1d2b07f5c09837ceb4bb4e8b55b56798533f4ad633e721d4617",
 }
 
 

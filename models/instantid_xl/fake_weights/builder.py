@@ -14,13 +14,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from diffusers import ControlNetModel, UNet2DConditionModel
+from diffusers import ControlNetModel
 
 from models.kit.fake_weights.building import builder_fingerprint, ensure_built
 from models.kit.fake_weights.published import read_config
 from models.sdxl_family.fake_weights.builder import (
     SAVED_DTYPE,
     make_conditioning_observable,
+    meta_unet,
     random_attention_ip_weights,
     random_resampler_weights,
 )
@@ -49,16 +50,15 @@ def build_instantid(folder: Path, *, tiny: bool, device: str = "cpu") -> None:
     """Write ``ControlNetModel/`` and ``ip-adapter.bin`` with random weights (fixed seed) into ``folder``."""
     torch.manual_seed(SEED)
     configs = tiny_configs(control_kinds()[:1]) if tiny else full_configs(control_kinds()[:1])
+    unet = meta_unet(configs)
+    width = TINY_RESAMPLER_WIDTH if tiny else FULL_RESAMPLER_WIDTH
+    adapter = {
+        "image_proj": random_resampler_weights(
+            FACE_EMBEDDING_SIZE, width, unet.config.cross_attention_dim, device=device
+        ),
+        "ip_adapter": random_attention_ip_weights(unet, device),
+    }
     with torch.device(device):
-        unet = UNet2DConditionModel.from_config(configs.unet)
-        width = TINY_RESAMPLER_WIDTH if tiny else FULL_RESAMPLER_WIDTH
-        adapter = {
-            "image_proj": random_resampler_weights(
-                FACE_EMBEDDING_SIZE, width, unet.config.cross_attention_dim, device=device
-            ),
-            "ip_adapter": random_attention_ip_weights(unet),
-        }
-        del unet
         controlnet = ControlNetModel.from_config(tiny_controlnet_config() if tiny else read_config(CONFIG))
         if tiny:
             make_conditioning_observable(controlnet)

@@ -163,9 +163,10 @@ def random_resampler_weights(
     return weights
 
 
-def random_attention_ip_weights(unet: UNet2DConditionModel) -> dict[str, torch.Tensor]:
-    """Random ``to_k_ip`` / ``to_v_ip`` of every cross-attention (``attn2``) layer of ``unet``, numbered 1, 3,
-    5, ... in ``unet.attn_processors`` order, as diffusers' loader reads them (``ip_adapter.`` omitted)."""
+def random_attention_ip_weights(unet: UNet2DConditionModel, device: Any = "cpu") -> dict[str, torch.Tensor]:
+    """Random ``to_k_ip`` / ``to_v_ip`` of every cross-attention (``attn2``) layer of ``unet`` (its shapes only: it
+    may be on the meta device), numbered 1, 3, 5, ... in ``unet.attn_processors`` order, as diffusers' loader
+    reads them (``ip_adapter.`` omitted), on ``device``."""
     cross_dim = unet.config.cross_attention_dim
     weights = {}
     cross_attentions = [name for name in unet.attn_processors if name.endswith("attn2.processor")]
@@ -173,20 +174,28 @@ def random_attention_ip_weights(unet: UNet2DConditionModel) -> dict[str, torch.T
         hidden = unet.get_submodule(name.removesuffix(".processor")).to_k.out_features
         for projection in ("to_k_ip", "to_v_ip"):
             weights[f"{2 * index + 1}.{projection}.weight"] = (
-                torch.randn(hidden, cross_dim, device=unet.device) * cross_dim**-0.5
+                torch.randn(hidden, cross_dim, device=device) * cross_dim**-0.5
             )
     return weights
 
 
-def random_plus_adapter_weights(unet: UNet2DConditionModel, encoder_hidden_size: int) -> dict[str, torch.Tensor]:
-    """Random IP-Adapter Plus weights for ``unet``, keyed like ``ip-adapter-plus_sdxl_vit-h.safetensors``:
+def random_plus_adapter_weights(
+    unet: UNet2DConditionModel, encoder_hidden_size: int, device: Any = "cpu"
+) -> dict[str, torch.Tensor]:
+    """Random IP-Adapter Plus weights for ``unet`` (shapes only), keyed like ``ip-adapter-plus_sdxl_vit-h.safetensors``:
     a resampler from the ViT-H encoder's patch features to 16 tokens, and the layers' projections."""
     cross_dim = unet.config.cross_attention_dim
     hidden = max(RESAMPLER_HEAD_DIM, (encoder_hidden_size // RESAMPLER_HEAD_DIM) * RESAMPLER_HEAD_DIM)
-    resampler = random_resampler_weights(encoder_hidden_size, hidden, cross_dim, device=unet.device)
+    resampler = random_resampler_weights(encoder_hidden_size, hidden, cross_dim, device=device)
     return {f"image_proj.{name}": tensor for name, tensor in resampler.items()} | {
-        f"ip_adapter.{name}": tensor for name, tensor in random_attention_ip_weights(unet).items()
+        f"ip_adapter.{name}": tensor for name, tensor in random_attention_ip_weights(unet, device).items()
     }
+
+
+def meta_unet(configs: XLConfigs) -> UNet2DConditionModel:
+    """The layout's UNet without storage: its shapes, for weights that fit it."""
+    with torch.device("meta"):
+        return UNet2DConditionModel.from_config(configs.unet)
 
 
 def _in_dtype(model: ModelT, dtype: torch.dtype) -> ModelT:
@@ -232,13 +241,6 @@ def build_xl_weights(
     with torch.device(device):
         unet = _save_base(folder / BASE_DIR, configs, dtype)
         ip_adapter = random_ip_adapter_weights(unet, configs.image_encoder["projection_dim"])
-        # The Plus and Plus-Face adapters have the same shapes (their weights differ in training only).
-        plus_adapters = {
-            ADAPTER_FILES[variant].weight_name: random_plus_adapter_weights(
-                unet, configs.plus_image_encoder["hidden_size"]
-            )
-            for variant in (IPAdapterVariant.PLUS, IPAdapterVariant.PLUS_FACE)
-        }
         del unet
         _in_dtype(AutoencoderKL.from_config(configs.vae_fp16), dtype).save_pretrained(folder / VAE_FP16_DIR)
         for kind, config in configs.controlnets.items():
@@ -251,11 +253,20 @@ def build_xl_weights(
         image_encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(**configs.image_encoder))
         _in_dtype(image_encoder, dtype).save_pretrained(ip_folder / IMAGE_ENCODER_DIR)
         del image_encoder
+        # The Plus adapters' encoder and weights (Plus and Plus-Face have the same shapes; their weights differ
+        # in training only), drawn last from a seed of their own: adding them left every other model's as it was.
+        torch.manual_seed(seed + 1)
         plus_encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(**configs.plus_image_encoder))
         _in_dtype(plus_encoder, dtype).save_pretrained(
             folder / IP_ADAPTER_DIR / PLUS_ENCODER_SUBFOLDER / IMAGE_ENCODER_DIR
         )
         del plus_encoder
+        plus_adapters = {
+            ADAPTER_FILES[variant].weight_name: random_plus_adapter_weights(
+                meta_unet(configs), configs.plus_image_encoder["hidden_size"], device
+            )
+            for variant in (IPAdapterVariant.PLUS, IPAdapterVariant.PLUS_FACE)
+        }
     for weight_name, weights in {IP_ADAPTER_WEIGHT_NAME: ip_adapter, **plus_adapters}.items():
         save_file(
             {name: tensor.to(dtype).cpu().contiguous() for name, tensor in weights.items()}, ip_folder / weight_name
