@@ -36,6 +36,6 @@ def inputs(**fields: Any) -> IPAdapterXLInput:
         "control_image": RAMP, "prompt": "a red house", "num_inference_steps": 4, "width": 64, "height": 64,
         "seed": 7,
     } | fields  # fmt: skip
-    if "ip_images" not in values and "ip_image" not in values:
+    if not {"ip_image", "ip_images", "ip_embeddings"} & values.keys():
         values["ip_image"] = FACE
     return IPAdapterXLInput(**values)
