@@ -239,6 +239,8 @@ def stack_env(
         "KILN_DATA_DIR": str(root / "data"),
         "KILN_WEIGHTS_PROFILE": "tiny",
         "KILN_WEIGHTS_DIR": str(weights_dir),
+        # kiln/instantid-xl is served (its weights are non-commercial: off by default).
+        "KILN_ALLOW_NONCOMMERCIAL_MODELS": "true",
         "KILN_PREDICTIONS_PAGE_SIZE": str(PAGE_SIZE),
         "KILN_PUBLIC_URL": "",
         "KILN_WEBHOOK_ALLOW_PRIVATE": "true",

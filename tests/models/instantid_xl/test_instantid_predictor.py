@@ -117,7 +117,7 @@ def test_the_face_the_strengths_and_the_region_each_change_the_image(instantid) 
     assert different(pixels(instantid, ip_adapter_scale=0.0), base)
     assert different(pixels(instantid, identitynet_strength=0.0), base)
     assert different(pixels(instantid, enhance_face_region=False), base)
-    moved = np.array(DEFAULT_FRONTAL_KPS) + [0.2, 0.1]
+    moved = DEFAULT_FRONTAL_KPS + np.array([0.2, 0.1], dtype=np.float32)
     assert different(pixels(instantid, files={SAVED: face_file(unit(1), moved.astype(np.float32))}), base)
 
 
