@@ -40,6 +40,15 @@ def test_try_it_then_the_python_snippets(stack, workdir):
     run([python(), "-c", block(WEBHOOKS, "Webhooks", "python") + "\nassert secret.startswith('whsec_')"], workdir, env)
 
 
+def test_a_likeness_from_a_saved_face(stack, workdir):
+    """The README's InstantID example, against the test stack (which serves the non-commercial model)."""
+    env = {"PATH": os.environ["PATH"], "KILN": stack.base_url, "TOKEN": TOKEN_A, "HOME": str(workdir)}
+    printed = run(["bash", "-euo", "pipefail", "-c", block(README, "A likeness from a saved face", "sh")], workdir, env)
+    status, image, face = printed.split()[-3:]
+    assert status == "succeeded"
+    assert image.split("?")[0].endswith("/out-0.png") and face.split("?")[0].endswith("/embeddings.safetensors")
+
+
 @pytest.mark.parametrize(
     ("setting", "expected"),
     [("tok-a,tok-b", "tok-a"), ("alice=tok-a, bob=tok-b", "tok-a"), ("only-one==", "only-one==")],

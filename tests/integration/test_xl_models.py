@@ -40,8 +40,8 @@ def test_same_seed_same_pixels_other_seed_other_pixels(client):
 @pytest.mark.parametrize(
     ("overrides", "expected"),
     [
-        ({"ip_image": None}, "an image prompt is required: ip_image, or ip_images"),
-        ({"ip_images": ["https://e.com/a.png"]}, "give one kind of image prompt: ip_image or ip_images"),
+        ({"ip_image": None}, "an image prompt is required: ip_image, ip_images (a list) or ip_embeddings"),
+        ({"ip_images": ["https://e.com/a.png"]}, "give one kind of image prompt, not both ip_image and ip_images"),
         ({"ip_adapter_mode": "layout"}, "input.ip_adapter_mode: Input should be 'full', 'style'"),
         ({"control_guidance_start": 0.9, "control_guidance_end": 0.1}, "control_guidance_start (0.9) must be less"),
         ({"lora_weights": "http://loras.example/a.safetensors"}, "input.lora_weights: must be an https URL"),

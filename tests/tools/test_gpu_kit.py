@@ -21,11 +21,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 
-from tools.gpu_kit import pack, truth
+from tools.gpu_kit import fastpath, pack, truth
 
 ROOT = Path(__file__).resolve().parents[2]
 SD2 = "kiln/sd2-depth2img"
@@ -250,6 +251,18 @@ def test_a_budget_too_small_skips_measurements_and_still_writes_the_report(tmp_p
     assert markdown.startswith("# GPU truth:")
 
 
+def test_the_kit_times_instantid_from_a_saved_face_at_batch_one_only(tmp_path: Path, weights_dir: Path) -> None:
+    model = truth.INSTANTID
+    args = ("--run", "B", "--models", model, "--batch-one-only", model, "--steps", "2", "--budget-s", "600")
+    data, markdown = run_in_process(tmp_path / "out", weights_dir, *args)
+    assert data["errors"] == [] and data["complete"] is True
+    check_measured(data["models"][model]["kiln"]["batches"]["1"])
+    skipped = {item["what"]: item["why"] for item in data["skipped"]}
+    assert "no InstantID pipeline" in skipped[f"{model} stock"]
+    assert skipped[f"{model} compile_modes"] == skipped[f"{model} fast"] == "--batch-one-only"
+    assert f"| {model} |" in markdown
+
+
 def test_the_kit_imports_only_what_the_host_has_or_the_kit_carries(host_run: tuple[dict, str, str]) -> None:
     foreign = host_run[0]["foreign_imports"]
     assert foreign == [], f"imported by Kiln or a carried package, on neither list: {foreign}"
@@ -277,3 +290,18 @@ def test_a_pinned_entry_travels_at_its_pin_without_being_installed_here() -> Non
     assert "torchao==0.18.0" in pack.names(pack.KIT_PACKAGES)
     assert pack.canonical("torchao==0.18.0") == "torchao" and pack.version("torchao==0.18.0") == "0.18.0"
     assert pack.pinned("torchao==0.18.0") == "torchao==0.18.0"
+
+
+def test_run_b_with_an_eager_only_model_keeps_run_a_compile_cache_key() -> None:
+    a, b = (
+        truth.parse_args(shlex.split(command.partition(f"{pack.HOST_COMMAND} ")[2]))
+        for command in (pack.RUN_A, pack.RUN_B)
+    )
+    assert truth.INSTANTID in b.models and truth.INSTANTID not in a.models
+    keys = [
+        fastpath.cache_key(
+            SimpleNamespace(args=args, device=torch.device("cpu"), workload=lambda m: truth.workload(m, False))
+        ).name
+        for args in (a, b)
+    ]
+    assert keys[0] == keys[1]

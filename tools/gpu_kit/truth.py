@@ -46,6 +46,7 @@ import diffusers
 import fakeredis
 import torch
 import transformers
+from safetensors.torch import save as save_safetensors
 
 from models.kit.contract import Predictor
 from models.kit.devices import resolve_device
@@ -60,7 +61,11 @@ from worker.predictor_pool import PredictorPool
 from worker.timeline import gpu_idle_share
 
 KIT_VERSION = 1
-MODELS = ("kiln/sd2-depth2img", "kiln/ip-adapter-depth-xl", "kiln/ip-adapter-openpose-xl")
+MODELS = ("kiln/sd2-depth2img", "kiln/ip-adapter-depth-xl", "kiln/ip-adapter-openpose-xl", "kiln/instantid-xl")
+# kiln/instantid-xl is timed from a saved face (a random unit embedding, as return_embeddings writes it):
+# the face models are not what is measured, and random-full's find no face.
+INSTANTID = "kiln/instantid-xl"
+FACE_URL = "https://gpu-kit.invalid/face.safetensors"
 RESULT_NAME = "gpu-truth"
 # Estimates are padded by this much before they are held against the time left.
 SAFETY = 1.25
@@ -95,8 +100,29 @@ class Workload:
         return f"{self.side}², {self.steps} steps"
 
 
+def face_file() -> bytes:
+    """A saved face for kiln/instantid-xl: a random unit ``face_embedding``, no keypoints (the frontal default)."""
+    embedding = torch.randn(512, generator=torch.Generator().manual_seed(0))
+    return save_safetensors({"face_embedding": embedding / embedding.norm()})
+
+
+def kit_context() -> FakeContext:
+    """The context the kit prepares jobs in: image inputs are data URIs, the one file is the saved face."""
+    return FakeContext(files={FACE_URL: face_file()})
+
+
 def workload(model: str, on_cuda: bool, side: int | None = None, steps: int | None = None) -> Workload:
     """The model's benchmark input; ``side`` and ``steps`` override the defaults (a quick dry run)."""
+    if model == INSTANTID:
+        side, steps = side or (1024 if on_cuda else 64), steps or (30 if on_cuda else 4)
+        inputs = {
+            "face_embedding": FACE_URL,
+            "num_inference_steps": steps,
+            "width": side,
+            "height": side,
+            "prompt": "a portrait",
+        }
+        return Workload(inputs, side, steps)
     if model == "kiln/sd2-depth2img":
         side, steps = side or (512 if on_cuda else 64), steps or (50 if on_cuda else 4)
         # prompt_strength 1.0: all the steps run (the pipeline runs steps * strength).
@@ -388,7 +414,8 @@ class Kit:
         self.on_cuda = self.device.type == "cuda"
         profile = args.profile or os.environ.get("KILN_WEIGHTS_PROFILE") or ("random-full" if self.on_cuda else "tiny")
         weights_dir = Path(args.weights_dir) if args.weights_dir else default_weights_dir(self.on_cuda, profile)
-        self.settings = Settings(weights_profile=profile, weights_dir=weights_dir)
+        # kiln/instantid-xl's weights are non-commercial: a kit run times it, nothing is served.
+        self.settings = Settings(weights_profile=profile, weights_dir=weights_dir, allow_noncommercial_models=True)
         self.pool = PredictorPool(self.settings)
         self.report = Report(Path(args.out), header(self.device, self.settings, args.budget_s))
         self.jobs: dict[str, list[Any]] = {}
@@ -429,7 +456,7 @@ class Kit:
         work = self.workload(model)
         while len(jobs) < count:
             inputs = spec.input_model(**work.inputs | {"seed": len(jobs)})
-            jobs.append(self.predictor(model).prepare(inputs, FakeContext()))
+            jobs.append(self.predictor(model).prepare(inputs, kit_context()))
         return jobs[:count]
 
     def generate_call(self, model: str, batch: int) -> Callable[[], Any]:
@@ -496,6 +523,9 @@ class Kit:
             self.report.skip(
                 f"{model} stock", f"needs ~{estimate:.0f} s, {self.budget.seconds - self.budget.elapsed:.0f} s left"
             )
+            return
+        if model == INSTANTID:
+            self.report.skip(f"{model} stock", "diffusers has no InstantID pipeline (only a community one)")
             return
         [job] = self.prepared(model, 1)
         started = time.perf_counter()
@@ -615,7 +645,7 @@ class Kit:
             pool = PredictorPool(settings)
             predictor = pool.get(find_model(model))
             spec, work = find_model(model), self.workload(model)
-            job = predictor.prepare(spec.input_model(**work.inputs | {"seed": 0}), FakeContext())
+            job = predictor.prepare(spec.input_model(**work.inputs | {"seed": 0}), kit_context())
             first, mean = timed_calls(
                 lambda: predictor.generate([job], FakeContext().step_callback()), self.device, self.args.repeats
             )
@@ -677,6 +707,9 @@ class Kit:
             for model in self.args.models:
                 if phase in self.args.skip:
                     self.report.skip(f"{model} {phase}", "--skip")
+                    continue
+                if model in self.args.batch_one_only and phase != "batch_one":
+                    self.report.skip(f"{model} {phase}", "--batch-one-only")
                     continue
                 getattr(self, f"measure_{phase}")(model)
         for phase in plan.once:
@@ -747,6 +780,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--run", choices=sorted(RUNS), default=os.environ.get("RUN", "all"), help="which measurements (RunPlan)"
     )
     parser.add_argument("--no-stock", action="store_true", help="skip stock diffusers (measured in another run)")
+    parser.add_argument(
+        "--batch-one-only", nargs="*", default=[], help="models timed eager at batch 1 only (no other phase)"
+    )
     parser.add_argument(
         "--skip", default="", help="comma-separated phases to leave out, per model or once (RunPlan, RUNS)"
     )
