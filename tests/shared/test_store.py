@@ -4,6 +4,7 @@ races on a real redis-server, where two clients' commands really arrive at once)
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -121,12 +122,22 @@ def test_cancel_racing_start_has_exactly_one_winner(server_store):
             p = make(store)
             barrier = threading.Barrier(2)
 
-            def start(prediction_id: str = p.id, at_once: threading.Barrier = barrier) -> bool:
+            # Every fourth round one side lags by a millisecond, so that on a loaded machine, where the pool's
+            # scheduling can hand every round to the same side, each side still wins some rounds.
+            lag = {1: "start", 3: "cancel"}.get(round_number % 4)
+
+            def start(prediction_id: str = p.id, at_once: threading.Barrier = barrier, lag: str | None = lag) -> bool:
                 at_once.wait()
+                if lag == "start":
+                    time.sleep(0.001)
                 return store.transition(prediction_id, Status.PROCESSING)
 
-            def cancel(prediction_id: str = p.id, at_once: threading.Barrier = barrier) -> Status | None:
+            def cancel(
+                prediction_id: str = p.id, at_once: threading.Barrier = barrier, lag: str | None = lag
+            ) -> Status | None:
                 at_once.wait()
+                if lag == "cancel":
+                    time.sleep(0.001)
                 return store.request_cancel(prediction_id)
 
             # Either may reach the barrier first: alternate which one is handed to the pool first.
