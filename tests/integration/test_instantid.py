@@ -5,6 +5,7 @@ file gives the same image back, and files that do not fit are 422s naming the in
 from __future__ import annotations
 
 import io
+import struct
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from PIL import Image
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
-from tests.support import data_uri, png_bytes, wait_for_status
+from tests.support import assert_problem, data_uri, png_bytes, wait_for_status
 from tests.support.predictions import app_for, xl_input
 from tests.support.stack import TOKEN_A
 
@@ -126,3 +127,61 @@ def test_ip_embeddings_round_trip_through_the_stack(client) -> None:
     assert again["status"] == "succeeded", again["error"]
     a, b = (np.asarray(Image.open(io.BytesIO(client.get(url).content))) for url in (image_url, again["output"][0]))
     assert np.array_equal(a, b)
+
+
+# --- The hostile tries (shared/HOSTILE.md) on the new file inputs and output ----------------------
+
+
+def test_another_tenants_face_file_is_a_422_and_its_output_file_needs_the_signature(client, other_client) -> None:
+    url = upload(client, face_file())
+    body = {"input": {"face_embedding": url}}
+    response = other_client.post(f"/v1/models/{MODEL}/predictions", json=body)
+    assert_problem(response, 422, "input.face_embedding", "does not exist")
+    done = run(client, face_embedding=url, return_embeddings=True)
+    saved = done["output"][1]
+    assert client.get(saved).status_code == 200
+    assert other_client.get(saved.split("?")[0]).status_code in (403, 404)
+
+
+def test_a_face_file_at_the_size_cap_passes_and_one_byte_over_is_a_422(stack) -> None:
+    data = face_file()
+    headers = {"Authorization": f"Bearer {TOKEN_A}"}
+    for cap, status in ((len(data), 201), (len(data) - 1, 422)):
+        with app_for(stack, embeddings_max_bytes=cap) as api:
+            created = api.post("/v1/files", files={"content": ("f.safetensors", data)}, headers=headers)
+            url = created.json()["urls"]["get"]
+            response = api.post(
+                f"/v1/models/{MODEL}/predictions", json={"input": {"face_embedding": url}}, headers=headers
+            )
+            assert response.status_code == status, response.text
+            if status == 422:
+                assert "KILN_EMBEDDINGS_MAX_BYTES" in response.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    ("data", "fragment"),
+    [
+        (b"", "shorter than a safetensors header"),
+        (struct.pack("<Q", 100_000) + b"[" * 100_000, "nests deeper than 3 levels"),
+        (struct.pack("<Q", 7) + b"\xff\xfe{}\x00\x00\x00", "not a safetensors file"),
+    ],
+    ids=["empty", "nested 100,000 deep", "invalid UTF-8"],
+)
+def test_files_parsers_choke_on_are_a_422_naming_the_input(client, data: bytes, fragment: str) -> None:
+    for model, field in ((MODEL, "face_embedding"), ("kiln/ip-adapter-depth-xl", "ip_embeddings")):
+        fields = ({} if model == MODEL else xl_input() | {"ip_image": None}) | {field: upload(client, data)}
+        response = client.post(f"/v1/models/{model}/predictions", json={"input": fields})
+        assert_problem(response, 422, f"input.{field}", fragment)
+
+
+@pytest.mark.parametrize("url", ["https://100.100.100.200/f.safetensors", "https://[::ffff:a9fe:a9fe]/f.safetensors"])
+def test_embedding_urls_to_non_global_addresses_are_refused(stack, url: str) -> None:
+    headers = {"Authorization": f"Bearer {TOKEN_A}"}
+    with app_for(stack, image_fetch_allow_private=False) as api:
+        for model, fields in (
+            (MODEL, {"face_embedding": url}),
+            ("kiln/ip-adapter-depth-xl", xl_input() | {"ip_image": None, "ip_embeddings": url}),
+        ):
+            response = api.post(f"/v1/models/{model}/predictions", json={"input": fields}, headers=headers)
+            field = "face_embedding" if model == MODEL else "ip_embeddings"
+            assert_problem(response, 422, f"input.{field}", "not globally routable")

@@ -217,6 +217,8 @@ class Stack:
                 "s3_access_key": self.env["KILN_S3_ACCESS_KEY"],
                 "s3_secret_key": self.env["KILN_S3_SECRET_KEY"],
                 "s3_bucket": self.env["KILN_S3_BUCKET"],
+                # As the stack's processes: kiln/instantid-xl is served.
+                "allow_noncommercial_models": True,
             }
             | overrides,
         )
