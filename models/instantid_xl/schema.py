@@ -8,13 +8,24 @@ from typing import Annotated, Any, ClassVar
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
+from models.sdxl_family.schema import (
+    checked_size,
+    guidance_field,
+    height_field,
+    lora_scale_field,
+    lora_weights_field,
+    num_outputs_field,
+    scheduler_field,
+    seed_field,
+    steps_field,
+    width_field,
+)
 from shared.inputs.lora import LoraURI
 from shared.inputs.output_formats import OutputFormat, output_format_field, output_quality_field
 from shared.inputs.safetensors_files import SafetensorsFile
 from shared.inputs.schema import ImageURI, ModelInput, PromptText, Scheduler, Speed, speed_field
 from shared.settings import Settings
 
-SIZE_MULTIPLE = 8
 MAX_FACE_IMAGES = 4
 # The kind of file face_embedding takes (``x-kiln-file``): what return_embeddings writes.
 FACE_EMBEDDING_KIND = "face_embedding"
@@ -82,54 +93,15 @@ class InstantIDXLInput(ModelInput):
         description="The keypoint ControlNet acts only around the face, leaving the rest to the prompt.",
         json_schema_extra={"x-order": 8},
     )
-    lora_weights: LoraURI | None = Field(
-        default=None,
-        description="LoRA for SDXL to apply to this prediction: an https URL or an uploaded file's URL of a "
-        ".safetensors file. Loaded for this prediction only.",
-        json_schema_extra={"x-order": 9},
-    )
-    lora_scale: float = Field(
-        default=1.0,
-        ge=0.0,
-        le=2.0,
-        description="How strongly lora_weights applies: 0 is as if no LoRA were given.",
-        json_schema_extra={"x-order": 10},
-    )
-    num_inference_steps: int = Field(
-        default=30, ge=1, le=100, description="Number of denoising steps.", json_schema_extra={"x-order": 11}
-    )
-    guidance_scale: float = Field(
-        default=5.0,
-        ge=1.0,
-        le=20.0,
-        description="Scale for classifier-free guidance; SDXL looks best around 4-8.",
-        json_schema_extra={"x-order": 12},
-    )
-    scheduler: Scheduler = Field(
-        default=Scheduler.DPM_SOLVER_MULTISTEP, description="Denoising scheduler.", json_schema_extra={"x-order": 13}
-    )
-    width: int = Field(
-        default=1024,
-        ge=64,
-        description="Output width in pixels, a multiple of 8.",
-        json_schema_extra={"x-order": 14},
-    )
-    height: int = Field(
-        default=1024,
-        ge=64,
-        description="Output height in pixels, a multiple of 8.",
-        json_schema_extra={"x-order": 15},
-    )
-    num_outputs: int = Field(
-        default=1, ge=1, le=4, description="Number of images to output.", json_schema_extra={"x-order": 16}
-    )
-    seed: int | None = Field(
-        default=None,
-        ge=0,
-        le=2**32 - 1,
-        description="Random seed. Leave blank to randomize.",
-        json_schema_extra={"x-order": 17},
-    )
+    lora_weights: LoraURI | None = lora_weights_field(9)
+    lora_scale: float = lora_scale_field(10)
+    num_inference_steps: int = steps_field(11)
+    guidance_scale: float = guidance_field(12)
+    scheduler: Scheduler = scheduler_field(13)
+    width: int = width_field(14)
+    height: int = height_field(15)
+    num_outputs: int = num_outputs_field(16)
+    seed: int | None = seed_field(17)
     return_embeddings: bool = Field(
         default=False,
         description="Also return the face as a .safetensors file (the last output): face_embedding and "
@@ -143,12 +115,7 @@ class InstantIDXLInput(ModelInput):
     @field_validator("width", "height")
     @classmethod
     def _size_is_a_multiple_of_8_within_the_cap(cls, value: int, info: ValidationInfo) -> int:
-        if value % SIZE_MULTIPLE:
-            raise ValueError(f"must be a multiple of {SIZE_MULTIPLE}, got {value}")
-        limits = (info.context or {}).get("limits")
-        if limits is not None and value > limits.max_side:
-            raise ValueError(f"must be at most {limits.max_side}, got {value}")
-        return value
+        return checked_size(value, info)
 
     @model_validator(mode="after")
     def _one_identity(self) -> InstantIDXLInput:

@@ -46,6 +46,91 @@ IP_EMBEDDINGS_KIND = "ip_embeddings"
 IPEmbeddingsURI = Annotated[str, SafetensorsFile(IP_EMBEDDINGS_KIND)]
 
 
+# The SDXL knobs every model of the family takes (the XL models, kiln/instantid-xl), each at its model's
+# x-order: one wording and one range everywhere.
+def lora_weights_field(order: int) -> Any:
+    return Field(
+        default=None,
+        description="LoRA for SDXL to apply to this prediction: an https URL or an uploaded file's URL of a "
+        ".safetensors file. Loaded for this prediction only.",
+        json_schema_extra={"x-order": order},
+    )
+
+
+def lora_scale_field(order: int) -> Any:
+    return Field(
+        default=1.0,
+        ge=0.0,
+        le=2.0,
+        description="How strongly lora_weights applies: 0 is as if no LoRA were given.",
+        json_schema_extra={"x-order": order},
+    )
+
+
+def steps_field(order: int) -> Any:
+    return Field(
+        default=30, ge=1, le=100, description="Number of denoising steps.", json_schema_extra={"x-order": order}
+    )
+
+
+def guidance_field(order: int) -> Any:
+    return Field(
+        default=5.0,
+        ge=1.0,
+        le=20.0,
+        description="Scale for classifier-free guidance; SDXL looks best around 4-8.",
+        json_schema_extra={"x-order": order},
+    )
+
+
+def scheduler_field(order: int) -> Any:
+    return Field(
+        default=Scheduler.DPM_SOLVER_MULTISTEP, description="Denoising scheduler.", json_schema_extra={"x-order": order}
+    )
+
+
+def width_field(order: int) -> Any:
+    return Field(
+        default=1024,
+        ge=64,
+        description="Output width in pixels, a multiple of 8 (SDXL is trained at 1024x1024).",
+        json_schema_extra={"x-order": order},
+    )
+
+
+def height_field(order: int) -> Any:
+    return Field(
+        default=1024,
+        ge=64,
+        description="Output height in pixels, a multiple of 8.",
+        json_schema_extra={"x-order": order},
+    )
+
+
+def num_outputs_field(order: int) -> Any:
+    return Field(default=1, ge=1, le=4, description="Number of images to output.", json_schema_extra={"x-order": order})
+
+
+def seed_field(order: int) -> Any:
+    return Field(
+        default=None,
+        ge=0,
+        le=2**32 - 1,
+        description="Random seed. Leave blank to randomize.",
+        json_schema_extra={"x-order": order},
+    )
+
+
+def checked_size(value: int, info: ValidationInfo) -> int:
+    """A width or height: a multiple of 8, within the deployment's cap (``limits`` in the validation context)."""
+    if value % SIZE_MULTIPLE:
+        raise ValueError(f"must be a multiple of {SIZE_MULTIPLE}, got {value}")
+    limits = (info.context or {}).get("limits")
+    if limits is not None and value > limits.max_side:
+        raise ValueError(f"must be at most {limits.max_side}, got {value}")
+    return value
+
+
 class IPAdapterXLInput(ModelInput):
     # The optional image fields a warm-up run sets (worker.warmup): the structure and one image prompt.
     warmup_images: ClassVar[tuple[str, ...]] = ("input_image", "ip_image")
@@ -137,54 +222,15 @@ class IPAdapterXLInput(ModelInput):
         "more than control_guidance_start.",
         json_schema_extra={"x-order": 12},
     )
-    lora_weights: LoraURI | None = Field(
-        default=None,
-        description="LoRA for SDXL to apply to this prediction: an https URL or an uploaded file's URL of a "
-        ".safetensors file. Loaded for this prediction only.",
-        json_schema_extra={"x-order": 13},
-    )
-    lora_scale: float = Field(
-        default=1.0,
-        ge=0.0,
-        le=2.0,
-        description="How strongly lora_weights applies: 0 is as if no LoRA were given.",
-        json_schema_extra={"x-order": 14},
-    )
-    num_inference_steps: int = Field(
-        default=30, ge=1, le=100, description="Number of denoising steps.", json_schema_extra={"x-order": 15}
-    )
-    guidance_scale: float = Field(
-        default=5.0,
-        ge=1.0,
-        le=20.0,
-        description="Scale for classifier-free guidance; SDXL looks best around 4-8.",
-        json_schema_extra={"x-order": 16},
-    )
-    scheduler: Scheduler = Field(
-        default=Scheduler.DPM_SOLVER_MULTISTEP, description="Denoising scheduler.", json_schema_extra={"x-order": 17}
-    )
-    width: int = Field(
-        default=1024,
-        ge=64,
-        description="Output width in pixels, a multiple of 8 (SDXL is trained at 1024x1024).",
-        json_schema_extra={"x-order": 18},
-    )
-    height: int = Field(
-        default=1024,
-        ge=64,
-        description="Output height in pixels, a multiple of 8.",
-        json_schema_extra={"x-order": 19},
-    )
-    num_outputs: int = Field(
-        default=1, ge=1, le=4, description="Number of images to output.", json_schema_extra={"x-order": 20}
-    )
-    seed: int | None = Field(
-        default=None,
-        ge=0,
-        le=2**32 - 1,
-        description="Random seed. Leave blank to randomize.",
-        json_schema_extra={"x-order": 21},
-    )
+    lora_weights: LoraURI | None = lora_weights_field(13)
+    lora_scale: float = lora_scale_field(14)
+    num_inference_steps: int = steps_field(15)
+    guidance_scale: float = guidance_field(16)
+    scheduler: Scheduler = scheduler_field(17)
+    width: int = width_field(18)
+    height: int = height_field(19)
+    num_outputs: int = num_outputs_field(20)
+    seed: int | None = seed_field(21)
     return_control_map: bool = Field(
         default=False,
         description="Also return the control map the model followed, as the last output.",
@@ -216,12 +262,7 @@ class IPAdapterXLInput(ModelInput):
     @field_validator("width", "height")
     @classmethod
     def _size_is_a_multiple_of_8_within_the_cap(cls, value: int, info: ValidationInfo) -> int:
-        if value % SIZE_MULTIPLE:
-            raise ValueError(f"must be a multiple of {SIZE_MULTIPLE}, got {value}")
-        limits = (info.context or {}).get("limits")
-        if limits is not None and value > limits.max_side:
-            raise ValueError(f"must be at most {limits.max_side}, got {value}")
-        return value
+        return checked_size(value, info)
 
     @model_validator(mode="after")
     def _needs_a_structure_reference(self) -> IPAdapterXLInput:

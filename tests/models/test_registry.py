@@ -42,11 +42,11 @@ PUBLISHED_VERSIONS = {
     ("tiny", "kiln/sd2-depth2img"): "863296d577f68bae7b2c3636c3a6835072fc59e0ba571a3f648cd32b65fa8011",
     ("tiny", "kiln/ip-adapter-depth-xl"): "7988562de90d6cbc954b3ca1892a153365fb5537d7a954b1d7edcba5d7775460",
     ("tiny", "kiln/ip-adapter-openpose-xl"): "c3de4045ec3ae005e35d4d5e9dd26ee0c7bcdf63b902021242a48299ba066e6f",
-    ("tiny", "kiln/instantid-xl"): "d0f7602d191205b5ef3c37b9631d24168234f4c73fdd3bc9fae6144f9e27d4d2",
+    ("tiny", "kiln/instantid-xl"): "8a7a77191fd023cb7117572fa84cfbac7858dc0a50a81c8397a5027122bc9f16",
     ("full", "kiln/sd2-depth2img"): "75e8ab2ac45d3b3a7b15f50fa91d5b888dd9295cbcc25659a61a52f55776e07f",
     ("full", "kiln/ip-adapter-depth-xl"): "fbdb2efd50fe98b972efd6038a953727a41a354b2706e437a082279b3b343ee2",
     ("full", "kiln/ip-adapter-openpose-xl"): "2836589b6d32366578132ebdeb080aa685d8a1eb8dda09c754948c2b1ea3c599",
-    ("full", "kiln/instantid-xl"): "b0b6f9d039c4c1d2b07f5c09837ceb4bb4e8b55b56798533f4ad633e721d4617",
+    ("full", "kiln/instantid-xl"): "c7727fbc4250e0eaf5e91ad3f0c91db03968ff0d15c73cfaceb50bfbaf125062",
 }
 
 

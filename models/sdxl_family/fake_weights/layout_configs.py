@@ -81,6 +81,18 @@ _VAE: dict[str, Any] = {
 }
 
 
+_TINY_IMAGE_ENCODER: dict[str, Any] = {
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "image_size": 32,
+    "patch_size": 8,
+    "projection_dim": 32,
+    "hidden_act": "gelu",
+}
+
+
 def _text_encoder(**extra: Any) -> dict[str, Any]:
     return {
         "vocab_size": VOCAB_SIZE,
@@ -122,26 +134,9 @@ def tiny_configs(kinds: Sequence[ControlKind] | None = None) -> XLConfigs:
         text_encoder_2=_text_encoder(projection_dim=TEXT_HIDDEN_SIZE),
         scheduler=load_config("sdxl_base_scheduler"),
         controlnets={kind.name: tiny_controlnet(kind) for kind in kinds},
-        image_encoder={
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "image_size": 32,
-            "patch_size": 8,
-            "projection_dim": 32,
-            "hidden_act": "gelu",
-        },
-        plus_image_encoder={
-            "hidden_size": 48,
-            "intermediate_size": 96,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "image_size": 32,
-            "patch_size": 8,
-            "projection_dim": 32,
-            "hidden_act": "gelu",
-        },
+        image_encoder=_TINY_IMAGE_ENCODER,
+        # Wider than the standard encoder's, so that the Plus adapters' shapes are their own.
+        plus_image_encoder=_TINY_IMAGE_ENCODER | {"hidden_size": 48, "intermediate_size": 96},
     )
 
 
