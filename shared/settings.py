@@ -30,6 +30,16 @@ class Settings(BaseSettings):
     data_dir: Path = Path(".kiln")
 
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # Redis behind Sentinel: "host:port,host:port,..." of the sentinels; when set, every Redis user finds
+    # the primary named redis_sentinel_master through them (and follows it after a failover). The
+    # password and database number still come from redis_url (its host is then unused).
+    redis_sentinels: str = ""
+    redis_sentinel_master: str = "kiln"
+    # Acknowledged means replicated: a create answers 201 (and a terminal transition records its
+    # webhook) only once this many replicas confirm it (WAIT), within redis_replica_ack_timeout_s;
+    # otherwise 503 with Retry-After. 0: no wait (a single Redis, or asynchronous replication).
+    redis_min_replicas_ack: int = Field(default=0, ge=0)
+    redis_replica_ack_timeout_s: float = Field(default=1.0, gt=0)
 
     # The bootstrap tokens, comma-separated; each token is its own tenant. An entry is "[name=]token" or
     # "[name=]sha256:<hex>" (the token's SHA-256, so settings need not contain secrets). More tokens,
