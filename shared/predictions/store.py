@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
@@ -35,6 +36,12 @@ _UNCAPPED = 2**62
 RecordGroup = tuple[Mapping[str, bytes], Sequence[str]]
 
 log = logging.getLogger(__name__)
+
+
+def _token() -> str:
+    """A status-changing call's token (JSON): the script keeps it on the record, so a retry of the same call
+    (its reply lost to a dropped connection or a failover) recognises its own change instead of refusing it."""
+    return _encode(uuid.uuid4().hex)
 
 
 def _encode(value: Any) -> str:
@@ -181,7 +188,7 @@ class PredictionStore:
 
         This is the bare status change: a terminal status has consequences (retention, metrics, the
         ``completed`` webhook) that only ``shared.predictions.lifecycle.PredictionLifecycle`` adds."""
-        args = [_encode(target.value), _attempt_arg(if_attempt), prediction_id, *_field_args(fields)]
+        args = [_encode(target.value), _attempt_arg(if_attempt), prediction_id, _token(), *_field_args(fields)]
         changed: int | None = self._transition(keys=record_keys(prediction_id), args=args)
         return changed == 1
 
@@ -216,7 +223,9 @@ class PredictionStore:
         with self.redis.pipeline(transaction=False) as pipe:
             for prediction_id in prediction_ids:
                 self._request_cancel(
-                    keys=record_keys(prediction_id), args=[now, prediction_id, queued_ends.value], client=pipe
+                    keys=record_keys(prediction_id),
+                    args=[now, prediction_id, queued_ends.value, _token()],
+                    client=pipe,
                 )
             replies = pipe.execute()
         return [None if found is None else Status(json.loads(found)) for found in replies]
