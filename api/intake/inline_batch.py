@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from api.errors import ProblemError, input_validation_problem, problem_body, reject_invalid_text
 from api.intake.idempotency import TTL_S, await_first_request, fingerprint
 from api.intake.image_staging import RequestImages
-from api.intake.submission import prepare, store_and_enqueue
+from api.intake.submission import confirm_replicated, prepare, store_and_enqueue
 from api.schemas import CreateInBatch
 from api.services import Services
 from models.registry import UnknownModelError, find_model, resolve_version
@@ -67,12 +67,15 @@ def submit_batch(
         request = fingerprint("batch", {"predictions": items})
         existing = services.idempotency.claim(tenant, idempotency_key, request, batch_id)
         if existing is not None:
-            return _replay(services, existing, base_url), False
+            replayed = _replay(services, existing, base_url)
+            confirm_replicated(services)
+            return replayed, False
     with services.idempotency.released_on_failure(tenant, idempotency_key):
         results = _create(services, tenant, items, base_url, tenant_cap)
     entries = [{"id": r.id} if isinstance(r, Prediction) else {"problem": r} for r in results]
     if idempotency_key is not None:
         services.redis.set(keys.batch(batch_id), json.dumps(entries), ex=TTL_S)
+    confirm_replicated(services)
     return [services.render(r, base_url) if isinstance(r, Prediction) else r for r in results], True
 
 

@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
+from redis.exceptions import RedisError
 
 from api.auth import Caller
 from api.errors import ProblemError, reject_invalid_text
@@ -20,6 +21,7 @@ from api.schemas import PredictionFields
 from api.services import Services
 from api.streams.waiting import parse_prefer_wait, wait_until_terminal
 from shared.db.client import AlreadyStored
+from shared.db.replication import NotReplicated
 from shared.model_spec import ModelSpec
 from shared.predictions.deadlines import BadDuration, parse_duration
 from shared.predictions.record import Prediction, new_id, utcnow
@@ -145,6 +147,25 @@ def store_and_enqueue(
     record_created(p.model for p in predictions)
 
 
+# What a create answers when the replicas have not confirmed it: retry soon, with the same Idempotency-Key.
+NOT_REPLICATED_RETRY_AFTER_S = 1
+
+
+def confirm_replicated(services: Services) -> None:
+    """Answer 201 only once ``KILN_REDIS_MIN_REPLICAS_ACK`` replicas hold what this request stored (and what
+    a replay finds): otherwise a 503 with ``Retry-After``. What was stored stays (it may well run): a retry
+    with the same Idempotency-Key finds it and confirms again, where a retry without one creates another."""
+    try:
+        services.core.replication.confirm()
+    except (NotReplicated, RedisError) as exc:
+        raise ProblemError(
+            503,
+            f"stored, but not yet confirmed on the Redis replicas ({exc}; KILN_REDIS_MIN_REPLICAS_ACK="
+            f"{services.settings.redis_min_replicas_ack}): retry with the same Idempotency-Key",
+            headers={"Retry-After": str(NOT_REPLICATED_RETRY_AFTER_S)},
+        ) from None
+
+
 def _queue_full_problem(exc: QueueFull, count: int) -> ProblemError:
     """429/503 with a Retry-After when ``count`` more predictions would fit once some have started;
     422 without one when ``count`` is over the cap itself (no wait would ever admit them)."""
@@ -192,9 +213,13 @@ def submit(
             raise
         if existing is not None:
             discard_staged_inputs(services, [prediction.id] if prediction.input_files else [])
-            return _stored_by_first_request(services, existing), False
+            stored = _stored_by_first_request(services, existing)
+            confirm_replicated(services)
+            return stored, False
     with services.idempotency.released_on_failure(tenant, idempotency_key):
         store_and_enqueue(services, [prediction], queues.PRIORITY_INTERACTIVE, tenant_cap)
+    # After the Idempotency-Key is kept for good: a 503 here is replayed, not created again.
+    confirm_replicated(services)
     return prediction, True
 
 

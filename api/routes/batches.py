@@ -13,7 +13,7 @@ from api.errors import ProblemError
 from api.intake.batch_file import create_batch, file_lines, inline_items, read_input_file
 from api.intake.batch_pool import IntakePool
 from api.intake.idempotency import await_first_request, fingerprint
-from api.intake.submission import check_webhook
+from api.intake.submission import check_webhook, confirm_replicated
 from api.pagination import Cursor, CursorQuery, decode_offset, id_page_links, offset_page_links
 from api.schemas import CreateBatchObject
 from api.services import Services
@@ -53,7 +53,9 @@ def _submit(
         request = fingerprint("batches", body.model_dump(mode="json", exclude_unset=True))
         existing = services.idempotency.claim(tenant, idempotency_key, request, batch_id)
         if existing is not None:
-            return _stored_by_first_request(services, existing), False
+            stored = _stored_by_first_request(services, existing)
+            confirm_replicated(services)
+            return stored, False
     with services.idempotency.released_on_failure(tenant, idempotency_key):
         if body.input_file is not None:
             data = read_input_file(services, tenant, body.input_file, base)
@@ -69,6 +71,7 @@ def _submit(
             assert body.predictions is not None  # exactly one of the two (checked above)
             items, count, source = inline_items(body.predictions), len(body.predictions), "inline"
         batch = create_batch(services, tenant, items, count, base, webhook, source, tenant_cap, batch_id)
+    confirm_replicated(services)
     return batch, True
 
 

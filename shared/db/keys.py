@@ -268,3 +268,9 @@ BOUNDS: dict[str, str] = {
     "dispatch_queue": "swept",  # drained by the dispatcher
     "dispatch_claimed": "swept",  # emptied as the dispatcher's messages are pushed
 }
+
+
+def replication_fence() -> str:
+    """A counter each replicated acknowledgement bumps before its WAIT (``shared.db.replication``): WAIT
+    covers the writes of the connection it runs on, so the fence makes them the latest write there."""
+    return f"{PREFIX}:replication-fence"

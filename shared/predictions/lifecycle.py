@@ -18,6 +18,7 @@ import logging
 from collections.abc import Sequence
 from typing import Protocol
 
+from shared.db.replication import Replication
 from shared.predictions.leases import Leases
 from shared.predictions.record import Prediction, utcnow
 from shared.predictions.status import Status
@@ -34,9 +35,11 @@ class Notifier(Protocol):
 
 
 class PredictionLifecycle:
-    def __init__(self, store: PredictionStore, notifier: Notifier) -> None:
+    def __init__(self, store: PredictionStore, notifier: Notifier, replication: Replication | None = None) -> None:
         self.store = store
         self.notifier = notifier
+        # With KILN_REDIS_MIN_REPLICAS_ACK, a terminal status is on the replicas before its webhook is recorded.
+        self.replication = replication
 
     def finish(
         self,
@@ -99,7 +102,13 @@ class PredictionLifecycle:
         return outcome, prediction
 
     def _ended(self, predictions: Sequence[Prediction], status: Status, predict_time: float | None = None) -> None:
-        """What follows every terminal transition, once: retention, metrics, the ``completed`` webhook."""
+        """What follows every terminal transition, once: retention, metrics, the ``completed`` webhook.
+
+        The webhook is recorded once the replicas required hold the terminal status (a few tries; if they
+        never confirm it, it is recorded anyway: a client that is never told would be worse than one told
+        of an ending a failover could still undo)."""
+        if self.replication is not None:
+            self.replication.settle()
         self.store.schedule_retention([p.id for p in predictions])
         for prediction in predictions:
             metrics.record_finished(prediction.model, status.value, predict_time)

@@ -11,6 +11,7 @@ from redis import Redis
 
 from shared.batches.records import BatchStore
 from shared.batches.settler import BatchSettler
+from shared.db.replication import Replication
 from shared.predictions.lifecycle import PredictionLifecycle
 from shared.predictions.store import PredictionStore
 from shared.scheduling.dispatcher import Dispatcher
@@ -33,6 +34,8 @@ class PredictionCore:
     # Batch objects (/v1/batches) and their one ``completed`` webhook.
     batches: BatchStore
     batch_settler: BatchSettler
+    # What "acknowledged" waits for: KILN_REDIS_MIN_REPLICAS_ACK replicas (``shared.db.replication``).
+    replication: Replication
 
 
 def build_prediction_core(settings: Settings, redis: Redis, celery: Celery) -> PredictionCore:
@@ -43,13 +46,15 @@ def build_prediction_core(settings: Settings, redis: Redis, celery: Celery) -> P
     notifier = WebhookNotifier(store, outbox, celery)
     messages = PredictMessages(celery)
     batches = BatchStore(redis, max(settings.record_retention_s, settings.retention_s))
+    replication = Replication(redis, settings.redis_min_replicas_ack, settings.redis_replica_ack_timeout_s)
     return PredictionCore(
         store=store,
         outbox=outbox,
         notifier=notifier,
-        lifecycle=PredictionLifecycle(store, notifier),
+        lifecycle=PredictionLifecycle(store, notifier, replication),
         messages=messages,
         dispatcher=Dispatcher(redis, messages, settings.dispatch_ahead),
         batches=batches,
         batch_settler=BatchSettler(batches, outbox, celery, settings.retention_s),
+        replication=replication,
     )
