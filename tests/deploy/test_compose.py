@@ -15,6 +15,8 @@ from shared.settings import Settings
 from tests.support.deploy import REPO_ROOT, compose, load_yaml
 
 SERVICES = {"redis", "s3", "api", "worker-sd2", "worker-sdxl", "webhooks", "flower", "prometheus"}
+# `--profile ha` (tests/deploy/test_compose_ha.py).
+HA = {"redis-replica", "sentinel-1", "sentinel-2", "sentinel-3"}
 GPU_WORKERS = {"worker-sd2": queues.SD2_DEPTH, "worker-sdxl": queues.SDXL}
 MONITORING = {"flower", "prometheus"}
 
@@ -47,11 +49,11 @@ def test_the_schema_check_catches_a_malformed_service():
 
 def test_every_service_is_there_with_a_healthcheck():
     services = compose()["services"]
-    assert set(services) == SERVICES
+    assert set(services) == SERVICES | HA
     for name, service in services.items():
         check = service.get("healthcheck")
         assert check and check["test"][0] == "CMD" and not check.get("disable"), f"{name} has no healthcheck"
-    assert {name for name, s in services.items() if s.get("profiles")} == MONITORING
+    assert {name for name, s in services.items() if s.get("profiles")} == MONITORING | HA
 
 
 def test_dependencies_wait_for_health():

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import re
+import subprocess
 from importlib import metadata
 from pathlib import Path
+from typing import TypeGuard, cast
 
 import yaml
 from packaging.requirements import Requirement
@@ -14,6 +17,7 @@ COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
 ENV_EXAMPLE = REPO_ROOT / ".env.example"
 DOCKER_DIR = REPO_ROOT / "deploy" / "docker"
 K8S_BASE = REPO_ROOT / "deploy" / "k8s" / "base"
+K8S_HA = REPO_ROOT / "deploy" / "k8s" / "ha"
 SCHEMAS = REPO_ROOT / "tests" / "deploy" / "schemas"
 
 
@@ -30,6 +34,72 @@ def compose() -> dict:
     document = load_yaml(COMPOSE_FILE)
     assert isinstance(document, dict)
     return document
+
+
+def kustomized(directory: Path) -> list[dict]:
+    """The objects a kustomization builds, without kustomize: its resources (files, or directories
+    built the same way) with its patches merged in. Namespace, labels and images are left out; a
+    test compares the result with ``kubectl kustomize`` where that is installed."""
+    kustomization = load_yaml(directory / "kustomization.yaml")
+    assert isinstance(kustomization, dict)
+    documents: list[dict] = []
+    for resource in kustomization["resources"]:
+        path = directory / resource
+        documents += kustomized(path) if path.is_dir() else load_all_yaml(path)
+    for entry in kustomization.get("patches", []):
+        for patch in load_all_yaml(directory / entry["path"]):
+            (at,) = [i for i, d in enumerate(documents) if identity(d) == identity(patch)]
+            merged = strategic_merge(documents[at], patch, by_name=not is_custom_resource(patch))
+            documents[at] = cast(dict, merged)
+    return documents
+
+
+def identity(document: dict) -> tuple[str, str]:
+    return document["kind"], document["metadata"]["name"]
+
+
+def is_custom_resource(document: dict) -> bool:
+    """Kubernetes' own API groups have no dot ("apps", "policy") or end in ".k8s.io"."""
+    group = document["apiVersion"].rpartition("/")[0]
+    return "." in group and not group.endswith(".k8s.io")
+
+
+def strategic_merge(base: object, patch: object, *, by_name: bool) -> object:
+    """``patch`` over ``base`` as a strategic merge patch does it for the fields Kiln's patches touch:
+    maps merge key by key, lists of named items (containers, env) item by item when ``by_name``,
+    any other list or value is replaced. A custom resource's lists are always replaced."""
+    if isinstance(base, dict) and isinstance(patch, dict):
+        merged = dict(base)
+        for key, value in patch.items():
+            merged[key] = strategic_merge(base[key], value, by_name=by_name) if key in base else value
+        return merged
+    if by_name and _named_items(base) and _named_items(patch):
+        items: dict[str, object] = {item["name"]: item for item in base}
+        for item in patch:
+            name = item["name"]
+            items[name] = strategic_merge(items[name], item, by_name=True) if name in items else item
+        return list(items.values())
+    return patch
+
+
+def _named_items(value: object) -> TypeGuard[list[dict]]:
+    return isinstance(value, list) and all(isinstance(item, dict) and "name" in item for item in value)
+
+
+def heredocs(script: str) -> list[list[str]]:
+    """The lines of each ``<<EOF`` ... ``EOF`` block of a shell script: the config files it writes."""
+    blocks: list[list[str]] = []
+    current: list[str] | None = None
+    for line in script.splitlines():
+        if current is not None:
+            if line == "EOF":
+                blocks.append(current)
+                current = None
+            else:
+                current.append(line)
+        elif line.rstrip().endswith("<<EOF"):
+            current = []
+    return blocks
 
 
 def reachable(requirements: list[str]) -> set[str]:
@@ -56,3 +126,11 @@ def reachable(requirements: list[str]) -> set[str]:
                 dependency.marker = None
                 pending.append(dependency)
     return {name for name, _ in seen}
+
+
+def run_start_script(script: str, data_dir: Path, environment: dict[str, str], server: str) -> None:
+    """Run a Redis or sentinel container's start script here, with ``/data`` at ``data_dir`` and the
+    final ``exec`` of ``server`` left out: what it writes is what the server would start from."""
+    script = script.replace("/data/", f"{data_dir}/")
+    script = re.sub(rf"^exec {server} .*?(?<!\\)$", "true", script, flags=re.MULTILINE | re.DOTALL)
+    subprocess.run(["sh", "-euc", script], env={"PATH": "/usr/bin:/bin", **environment}, check=True, timeout=30)
