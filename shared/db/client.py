@@ -131,6 +131,23 @@ class _BlockingSentinelPool(redis.asyncio.sentinel.SentinelConnectionPool, redis
     made to wait for a free connection as ``BlockingConnectionPool`` does, rather than fail."""
 
 
+class _SentinelConnection(redis.asyncio.sentinel.SentinelManagedConnection):
+    """A connection to the primary that asks the sentinels where it is whenever it reconnects.
+
+    redis-py 8.2's asyncio connection, dropped and then given a command (as a retry does), reconnects
+    to the address it had, bypassing the sentinel lookup in ``connect``: every retry would knock on
+    the dead primary. (Its synchronous connection does ask.)"""
+
+    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        if not self.is_connected:
+            await self.connect()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
+        await super().send_packed_command(command, check_health)
+
+
+class _SentinelSSLConnection(_SentinelConnection, redis.asyncio.SSLConnection):
+    """The same over TLS (a ``rediss://`` URL)."""
+
+
 def connect_async(where: str | RedisTarget, socket_timeout: float | None = 10) -> redis.asyncio.Redis:
     """An asyncio client whose pool makes a command wait (up to ``ASYNC_POOL_WAIT_S``) for a free
     connection rather than fail with "Too many connections" when a burst takes them all."""
@@ -144,14 +161,16 @@ def connect_async(where: str | RedisTarget, socket_timeout: float | None = 10) -
             **_options(socket_timeout),
         )
         return redis.asyncio.Redis.from_pool(pool)
+    primary = _primary_options(target.url)
     sentinel = redis.asyncio.sentinel.Sentinel(target.sentinels, sentinel_kwargs=_sentinel_options())
     async_client: redis.asyncio.Redis = sentinel.master_for(
         target.master,
         connection_pool_class=_BlockingSentinelPool,
+        connection_class=_SentinelSSLConnection if primary.pop("ssl", False) else _SentinelConnection,
         max_connections=ASYNC_POOL_SIZE,
         timeout=ASYNC_POOL_WAIT_S,
         retry=redis.asyncio.retry.Retry(ExponentialBackoff(cap=1.0, base=0.05), SENTINEL_RETRIES),
-        **_primary_options(target.url),
+        **primary,
         **_options(socket_timeout),
     )
     return async_client
