@@ -1,6 +1,7 @@
 """Redis behind Sentinel (``KILN_REDIS_SENTINELS``): every Redis user in Kiln follows the primary when
 it moves. Each test runs a real primary, replica and three sentinels (``tests.support.redis_ha``),
-SIGKILLs the primary and checks that what Kiln was doing goes on against the promoted replica."""
+SIGKILLs the primary and checks that what Kiln was doing goes on against the promoted replica
+(each prints how long after the kill it did, with ``-s``)."""
 
 from __future__ import annotations
 
@@ -23,8 +24,6 @@ from shared.settings import Settings
 from tests.support import python, start_process, stop_process, wait_until
 from tests.support.redis_ha import RedisHA, redis_ha
 from tests.support.sentinel_worker_app import DONE_KEY, QUEUE, RECORD_TASK
-
-pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
@@ -50,6 +49,7 @@ def test_settings_name_the_sentinels_and_a_plain_url_stays_a_plain_url() -> None
         parse_sentinels("10.0.0.1")
 
 
+@pytest.mark.integration
 def test_a_write_on_the_sync_client_rides_out_the_primary_being_killed(ha: RedisHA) -> None:
     with connect(ha.target) as client:
         client.set("before", "1")
@@ -61,6 +61,7 @@ def test_a_write_on_the_sync_client_rides_out_the_primary_being_killed(ha: Redis
         assert client.mget("before", "after") == [b"1", b"2"]
 
 
+@pytest.mark.integration
 def test_a_write_on_the_async_client_rides_out_the_primary_being_killed(ha: RedisHA) -> None:
     async def run() -> list[bytes | None]:
         client = connect_async(ha.target)
@@ -78,6 +79,7 @@ def test_a_write_on_the_async_client_rides_out_the_primary_being_killed(ha: Redi
     assert ha.current_primary() == ha.replica_address
 
 
+@pytest.mark.integration
 def test_the_kiln_command_finds_the_promoted_primary(
     ha: RedisHA, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -94,6 +96,7 @@ def test_the_kiln_command_finds_the_promoted_primary(
         assert promoted.keys(f"{keys.PREFIX}:*")  # written on the promoted replica
 
 
+@pytest.mark.integration
 def test_a_task_sent_as_the_primary_dies_reaches_a_real_worker(ha: RedisHA, tmp_path: Path) -> None:
     env = {**os.environ, **ha.environment(), "KILN_DATA_DIR": str(tmp_path / "data")}
     argv = [python(), "-m", "celery", "-A", "tests.support.sentinel_worker_app:app", "worker"]
@@ -117,6 +120,7 @@ def test_a_task_sent_as_the_primary_dies_reaches_a_real_worker(ha: RedisHA, tmp_
         stop_process(worker)
 
 
+@pytest.mark.integration
 def test_an_event_published_after_a_failover_reaches_its_waiter(ha: RedisHA) -> None:
     channel = keys.prediction_events("p-failover")
 
