@@ -20,7 +20,7 @@ from api.streams.events import EventHub
 from api.streams.slots import StreamSlots
 from shared.batches.records import BatchStore
 from shared.batches.settler import BatchSettler
-from shared.db.client import connect, connect_async
+from shared.db.client import connect, connect_async, redis_target
 from shared.predictions.client_json import render_prediction
 from shared.predictions.lifecycle import PredictionLifecycle
 from shared.predictions.record import Prediction
@@ -63,15 +63,16 @@ class Services:
 
     @classmethod
     def connect(cls, settings: Settings) -> Services:
-        sync_redis = connect(settings.redis_url)
+        target = redis_target(settings)
+        sync_redis = connect(target)
         storage = Storage(settings)
         celery = create_celery(settings)
-        async_redis = connect_async(settings.redis_url)
+        async_redis = connect_async(target)
         return cls(
             settings=settings,
             redis=sync_redis,
             async_redis=async_redis,
-            events=EventHub.connect(settings.redis_url),
+            events=EventHub.connect(target),
             stream_slots=StreamSlots(async_redis, settings.max_open_streams_per_tenant),
             core=build_prediction_core(settings, sync_redis, celery),
             storage=storage,

@@ -8,7 +8,8 @@
 ``kiln lua`` prints a Redis Lua script as Redis runs it (``shared.db.lua``), or without a name the
 names; it needs no Redis. The ``tokens`` commands talk to the Redis the API uses: ``KILN_REDIS_URL``
 (environment or ``.env``), else the URL ``make run`` keeps in ``<KILN_DATA_DIR>/redis-url`` (with the
-password it generated).
+password it generated); behind Sentinel, the primary ``KILN_REDIS_SENTINELS`` name (with that URL's
+password).
 The bootstrap tokens are those the running API published there at start (``KILN_API_TOKEN`` of the
 API, which this command need not have), and this environment's ``KILN_API_TOKEN`` besides. A name in
 use is refused (exit status 1).
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
@@ -27,7 +29,7 @@ from redis import Redis
 from redis.exceptions import RedisError
 
 from shared.db import lua
-from shared.db.client import connect
+from shared.db.client import RedisTarget, connect, redis_target
 from shared.security.tokens import TokenError, TokenInfo, TokenLimits, TokenRegistry
 from shared.settings import Settings
 
@@ -41,6 +43,11 @@ def redis_url(settings: Settings) -> str:
     if "redis_url" not in settings.model_fields_set and kept.is_file():
         return kept.read_text().strip()
     return settings.redis_url
+
+
+def cli_redis_target(settings: Settings) -> RedisTarget:
+    """The Redis the ``tokens`` commands use: ``redis_url``'s, behind the sentinels when they are set."""
+    return replace(redis_target(settings), url=redis_url(settings))
 
 
 def _positive_int(text: str) -> int:
@@ -110,14 +117,15 @@ def run(argv: Sequence[str], registry: TokenRegistry, out: TextIO) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     settings = Settings()
-    client: Redis = connect(redis_url(settings))
+    target = cli_redis_target(settings)
+    client: Redis = connect(target)
     try:
         return run(sys.argv[1:] if argv is None else argv, TokenRegistry(client, settings.api_token), sys.stdout)
     except TokenError as exc:
         print(f"kiln: {exc}", file=sys.stderr)
         return 1
     except RedisError as exc:
-        print(f"kiln: Redis ({redis_url(settings).split('@')[-1]}) unavailable: {exc}", file=sys.stderr)
+        print(f"kiln: Redis ({target.address}) unavailable: {exc}", file=sys.stderr)
         return 2
     finally:
         client.close()

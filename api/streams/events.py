@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 from redis.exceptions import RedisError
 
 from shared.db import keys
-from shared.db.client import connect_async
+from shared.db.client import RedisTarget, connect_async
 from shared.predictions.record import new_id
 
 if TYPE_CHECKING:
@@ -59,8 +59,9 @@ class EventHub:
     """The process's one pub/sub connection and the subscribers of each prediction's channel."""
 
     @classmethod
-    def connect(cls, redis_url: str) -> EventHub:
-        return cls(connect_async(redis_url, socket_timeout=None))
+    def connect(cls, where: str | RedisTarget) -> EventHub:
+        """A hub on its own client of the Redis at a URL or behind sentinels (``shared.db.client``)."""
+        return cls(connect_async(where, socket_timeout=None))
 
     def __init__(self, client: AsyncRedis) -> None:
         # A client of its own, with no read timeout: the listener blocks until a message comes.

@@ -93,7 +93,7 @@ class Launcher:
         """Create the servers the environment does not point at, and the programs' environment."""
         settings = self.settings
         redis = None
-        if not settings.redis_url:
+        if not settings.external_redis:
             redis = RedisServer(settings.data_dir / "redis", password=settings.redis_password)
             # For `kiln tokens ...` run beside the stack (shared.cli reads it when KILN_REDIS_URL is unset).
             write_private(settings.data_dir / REDIS_URL_FILE, redis.url + "\n")

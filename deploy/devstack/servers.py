@@ -125,6 +125,17 @@ def _tail(path: Path, lines: int = 40) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
+def _answers_ping(port: int, password: str | None = None) -> bool:
+    """Whether a Redis server (or sentinel) on 127.0.0.1:``port`` answers PING."""
+    client = redis.Redis(host=LOOPBACK, port=port, password=password, socket_timeout=1, socket_connect_timeout=1)
+    try:
+        return bool(client.ping())
+    except redis.exceptions.RedisError:
+        return False
+    finally:
+        client.close()
+
+
 class _RunningServers:
     """Every server started in this process, so that interpreter exit stops the stragglers."""
 
@@ -218,6 +229,15 @@ class ManagedServer:
                 raise ServerError(f"{self.name} {what}; last lines of {self.log_path}:\n{_tail(self.log_path)}")
             time.sleep(0.1)
 
+    def kill(self) -> None:
+        """SIGKILL the process group at once, as a crash would end it (no shutdown, no cleanup)."""
+        process, self._process = self._process, None
+        _RunningServers.servers.discard(self)
+        if process is not None:
+            with suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
     def stop(self) -> None:
         """Terminate the process group, then kill it if it lingers; wait for it either way."""
         process, self._process = self._process, None
@@ -246,17 +266,25 @@ class RedisServer(ManagedServer):
 
     With a ``password``, every client must authenticate (``url`` carries it); the password is in a
     config file only its owner can read, never on the command line (which every user can see).
+    With ``replica_of`` (a primary's port on loopback) it is that primary's replica, authenticating
+    with the same password.
     """
 
     name = "redis"
 
     def __init__(
-        self, data_dir: Path, port: int | None = None, appendonly: bool = True, password: str | None = None
+        self,
+        data_dir: Path,
+        port: int | None = None,
+        appendonly: bool = True,
+        password: str | None = None,
+        replica_of: int | None = None,
     ) -> None:
         super().__init__(data_dir)
         self.port = port or free_port()
         self.appendonly = appendonly
         self.password = password
+        self.replica_of = replica_of
         self.config_path = self.data_dir / "redis.conf"
 
     @property
@@ -266,7 +294,16 @@ class RedisServer(ManagedServer):
 
     def prepare(self) -> None:
         super().prepare()
-        write_private(self.config_path, f"requirepass {self.password}\n" if self.password else "")
+        write_private(self.config_path, "".join(self.config_lines()))
+
+    def config_lines(self) -> list[str]:
+        """The config file's lines: what must stay off the command line (the password)."""
+        lines = [f"requirepass {self.password}\n"] if self.password else []
+        if self.replica_of is not None:
+            lines.append(f"replicaof {LOOPBACK} {self.replica_of}\n")
+            # A replica promoted by Sentinel keeps it, for when it follows another primary again.
+            lines.extend([f"masterauth {self.password}\n"] if self.password else [])
+        return lines
 
     def command_line(self) -> list[str]:
         executable = shutil.which("redis-server")
@@ -299,15 +336,79 @@ class RedisServer(ManagedServer):
         ]
 
     def is_ready(self) -> bool:
-        client = redis.Redis(
-            host=LOOPBACK, port=self.port, password=self.password, socket_timeout=1, socket_connect_timeout=1
-        )
-        try:
-            return bool(client.ping())
-        except redis.exceptions.RedisError:
-            return False
-        finally:
-            client.close()
+        return _answers_ping(self.port, self.password)
+
+
+class RedisSentinelServer(ManagedServer):
+    """A Redis Sentinel (``redis-server --sentinel``) on 127.0.0.1 watching the primary at
+    ``primary_port`` under the name ``master``: it counts it down after 1 s without an answer, and
+    with ``quorum`` sentinels agreeing promotes a replica. The generated config is the sentinel's
+    own (it rewrites it with what it learns), in a directory only its owner can enter, like the
+    primary's ``password`` (``sentinel auth-pass``). Clients ask it without a password.
+    """
+
+    name = "sentinel"
+    down_after_ms = 1000
+    failover_timeout_ms = 3000
+
+    def __init__(
+        self,
+        data_dir: Path,
+        primary_port: int,
+        master: str = "kiln",
+        port: int | None = None,
+        password: str | None = None,
+        quorum: int = 2,
+    ) -> None:
+        super().__init__(data_dir)
+        self.primary_port = primary_port
+        self.master = master
+        self.port = port or free_port()
+        self.password = password
+        self.quorum = quorum
+        self.config_path = self.data_dir / "sentinel.conf"
+
+    @property
+    def address(self) -> str:
+        """``host:port``, as ``KILN_REDIS_SENTINELS`` lists it."""
+        return f"{LOOPBACK}:{self.port}"
+
+    def config_lines(self) -> list[str]:
+        name = self.master
+        lines = [
+            f"sentinel monitor {name} {LOOPBACK} {self.primary_port} {self.quorum}\n",
+            f"sentinel down-after-milliseconds {name} {self.down_after_ms}\n",
+            f"sentinel failover-timeout {name} {self.failover_timeout_ms}\n",
+            f"sentinel parallel-syncs {name} 1\n",
+        ]
+        return lines + ([f"sentinel auth-pass {name} {self.password}\n"] if self.password else [])
+
+    def prepare(self) -> None:
+        super().prepare()
+        write_private(self.config_path, "".join(self.config_lines()))
+
+    def command_line(self) -> list[str]:
+        executable = shutil.which("redis-server")
+        if executable is None:
+            raise ServerError("redis-server is not on PATH: install Redis (e.g. `apt-get install redis-server`)")
+        return [
+            executable,
+            str(self.config_path),
+            "--sentinel",
+            "--bind",
+            LOOPBACK,
+            "--port",
+            str(self.port),
+            "--daemonize",
+            "no",
+            "--dir",
+            str(self.data_dir),
+            "--logfile",
+            "",
+        ]
+
+    def is_ready(self) -> bool:
+        return _answers_ping(self.port)
 
 
 class SeaweedS3Server(ManagedServer):

@@ -60,8 +60,8 @@ def load_or_create_s3_credentials(data_dir: Path, env: Mapping[str, str]) -> tup
 class StackSettings:
     """Everything the launcher decides before it starts a process.
 
-    ``redis_url`` and ``s3_endpoint_url`` are set when the environment points at servers that
-    already run; the launcher then starts no server of its own for them.
+    ``redis_url`` (or ``redis_sentinels``) and ``s3_endpoint_url`` are set when the environment points
+    at servers that already run; the launcher then starts no server of its own for them.
     """
 
     data_dir: Path
@@ -75,8 +75,17 @@ class StackSettings:
     s3_endpoint_url: str | None
     # The password of the Redis the stack starts (None when KILN_REDIS_URL points at another).
     redis_password: str | None = None
+    # KILN_REDIS_SENTINELS and KILN_REDIS_SENTINEL_MASTER: Redis behind Sentinel, run elsewhere (the
+    # password and database then come from KILN_REDIS_URL, if set).
+    redis_sentinels: str | None = None
+    redis_sentinel_master: str | None = None
     # Whether api_token was generated here (then it is named GENERATED_TOKEN_NAME).
     token_generated: bool = False
+
+    @property
+    def external_redis(self) -> bool:
+        """Whether the environment names a Redis (by URL or by its sentinels): then none is started."""
+        return bool(self.redis_url or self.redis_sentinels)
 
     @property
     def api_url(self) -> str:
@@ -107,6 +116,7 @@ class StackSettings:
             raise SystemExit("KILN_S3_ENDPOINT_URL is set: set KILN_S3_ACCESS_KEY and KILN_S3_SECRET_KEY for it too")
         access_key, secret_key = load_or_create_s3_credentials(data_dir, env)
         redis_url = env.get("KILN_REDIS_URL") or None
+        sentinels = env.get("KILN_REDIS_SENTINELS") or None
         return cls(
             data_dir=data_dir,
             api_port=int(env.get("KILN_PORT") or DEFAULT_API_PORT),
@@ -116,17 +126,19 @@ class StackSettings:
             s3_bucket=env.get("KILN_S3_BUCKET") or DEFAULT_BUCKET,
             redis_url=redis_url,
             s3_endpoint_url=s3_endpoint_url,
-            redis_password=None if redis_url else load_or_create_redis_password(data_dir),
+            redis_password=None if redis_url or sentinels else load_or_create_redis_password(data_dir),
+            redis_sentinels=sentinels,
+            redis_sentinel_master=env.get("KILN_REDIS_SENTINEL_MASTER") or None,
             token_generated=not env.get("KILN_API_TOKEN"),
         )
 
     def child_environment(
-        self, redis_url: str, s3_endpoint_url: str, env: Mapping[str, str] | None = None
+        self, redis_url: str | None, s3_endpoint_url: str, env: Mapping[str, str] | None = None
     ) -> dict[str, str]:
         """The environment of every program: the stack's values, overridden by any already set."""
         env = os.environ if env is None else env
         defaults = {
-            "KILN_REDIS_URL": redis_url,
+            **self._redis_environment(redis_url),
             "KILN_S3_ENDPOINT_URL": s3_endpoint_url,
             "KILN_S3_ACCESS_KEY": self.s3_access_key,
             "KILN_S3_SECRET_KEY": self.s3_secret_key,
@@ -140,3 +152,12 @@ class StackSettings:
             "PYTHONUNBUFFERED": "1",
         }
         return {**defaults, **env}
+
+    def _redis_environment(self, redis_url: str | None) -> dict[str, str]:
+        """Where every program finds Redis: its URL, and the sentinels when Redis is behind them."""
+        found = {
+            "KILN_REDIS_URL": redis_url,
+            "KILN_REDIS_SENTINELS": self.redis_sentinels,
+            "KILN_REDIS_SENTINEL_MASTER": self.redis_sentinel_master,
+        }
+        return {name: value for name, value in found.items() if value}

@@ -1,22 +1,77 @@
-"""Redis clients that survive a Redis restart: a command on a connection the restart closed is
-retried on a fresh one (briefly, with backoff) instead of failing the request that used it."""
+"""Redis clients that survive a Redis restart, and a failover behind Redis Sentinel: a command on a
+connection the restart closed is retried on a fresh one (briefly, with backoff) instead of failing
+the request that used it.
+
+Where Redis is: a plain ``redis://`` URL (``KILN_REDIS_URL``), or a ``RedisTarget`` that names the
+sentinels too (``KILN_REDIS_SENTINELS``), whose clients ask a sentinel for the primary on every new
+connection and so follow it when it moves. The primary's password and database number come from the
+URL either way; the sentinels themselves are asked without a password (run them where only Kiln
+reaches them, as ``deploy/devstack``'s are, on loopback).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, cast
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, cast
 
 import redis
 import redis.asyncio
+import redis.asyncio.sentinel
+import redis.sentinel
 from redis.backoff import ExponentialBackoff
 from redis.client import Pipeline
+from redis.connection import parse_url
 from redis.exceptions import ConnectionError, TimeoutError, WatchError
 from redis.typing import ZSetRangeResponse
+
+if TYPE_CHECKING:
+    from shared.settings import Settings  # which imports this module
 
 _RETRY_ON = [ConnectionError, TimeoutError]
 # A create whose new keys were touched between its check and its write (or whose connection dropped
 # while it watched them) is checked again, this many times in all.
 _CREATE_TRIES = 5
+# Behind Sentinel a command rides out a failover: sentinels take down-after-milliseconds (1 s in
+# deploy/devstack) plus an election to promote a replica (~2.3 s measured on loopback), so it is
+# retried this many times, waiting 0.1, 0.2, 0.4, 0.8 s, then 1 s between tries (~7.5 s in all).
+SENTINEL_RETRIES = 10
+# How long a question to a sentinel may take (connecting, then answering) before the next one is asked.
+SENTINEL_TIMEOUT_S = 2.0
+
+
+@dataclass(frozen=True)
+class RedisTarget:
+    """Where Kiln's Redis is: ``url`` alone, or the primary named ``master`` that ``sentinels`` know
+    (then only the URL's password and database number are used, not its host)."""
+
+    url: str
+    sentinels: tuple[tuple[str, int], ...] = ()
+    master: str = "kiln"
+
+    @property
+    def address(self) -> str:
+        """Where it is, for messages: without the password."""
+        if self.sentinels:
+            listed = ",".join(f"{host}:{port}" for host, port in self.sentinels)
+            return f"primary {self.master!r} of sentinels {listed}"
+        return self.url.rpartition("@")[2]
+
+
+def parse_sentinels(text: str) -> tuple[tuple[str, int], ...]:
+    """``"host:port,host:port"`` (``KILN_REDIS_SENTINELS``) as (host, port) pairs; empty: none."""
+    sentinels = []
+    for entry in filter(None, (part.strip() for part in text.split(","))):
+        host, _, port = entry.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"KILN_REDIS_SENTINELS: {entry!r} is not host:port")
+        sentinels.append((host.strip("[]"), int(port)))
+    return tuple(sentinels)
+
+
+def redis_target(settings: Settings) -> RedisTarget:
+    """The Redis these settings name (``KILN_REDIS_URL``, ``KILN_REDIS_SENTINELS``, ``KILN_REDIS_SENTINEL_MASTER``)."""
+    return RedisTarget(settings.redis_url, parse_sentinels(settings.redis_sentinels), settings.redis_sentinel_master)
 
 
 def _options(socket_timeout: float | None) -> dict[str, Any]:
@@ -28,10 +83,41 @@ def _options(socket_timeout: float | None) -> dict[str, Any]:
     }
 
 
-def connect(url: str, socket_timeout: float | None = 10) -> redis.Redis:
-    return redis.Redis.from_url(
-        url, retry=redis.retry.Retry(ExponentialBackoff(cap=1.0, base=0.05), 3), **_options(socket_timeout)
+def _primary_options(url: str) -> dict[str, Any]:
+    """What a connection to the primary takes from the URL: credentials, database, TLS (not its host)."""
+    options: dict[str, Any] = dict(parse_url(url))  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
+    for unused in ("host", "port", "path", "unix_socket_path"):
+        options.pop(unused, None)
+    if options.pop("connection_class", None) is redis.SSLConnection:
+        options["ssl"] = True
+    return options
+
+
+def _sentinel_options() -> dict[str, Any]:
+    return {"socket_timeout": SENTINEL_TIMEOUT_S, "socket_connect_timeout": SENTINEL_TIMEOUT_S}
+
+
+def _as_target(where: str | RedisTarget) -> RedisTarget:
+    return where if isinstance(where, RedisTarget) else RedisTarget(where)
+
+
+def connect(where: str | RedisTarget, socket_timeout: float | None = 10) -> redis.Redis:
+    """A client of the Redis at a URL, or of the primary a ``RedisTarget``'s sentinels name."""
+    target = _as_target(where)
+    if not target.sentinels:
+        return redis.Redis.from_url(
+            target.url,
+            retry=redis.retry.Retry(ExponentialBackoff(cap=1.0, base=0.05), 3),
+            **_options(socket_timeout),
+        )
+    sentinel = redis.sentinel.Sentinel(target.sentinels, sentinel_kwargs=_sentinel_options())
+    client: redis.Redis = sentinel.master_for(
+        target.master,
+        retry=redis.retry.Retry(ExponentialBackoff(cap=1.0, base=0.05), SENTINEL_RETRIES),
+        **_primary_options(target.url),
+        **_options(socket_timeout),
     )
+    return client
 
 
 # The event loop's pool: commands are short (nothing waits on a connection: pub/sub waits share one),
@@ -40,17 +126,54 @@ ASYNC_POOL_SIZE = 100
 ASYNC_POOL_WAIT_S = 10.0
 
 
-def connect_async(url: str, socket_timeout: float | None = 10) -> redis.asyncio.Redis:
+class _BlockingSentinelPool(redis.asyncio.sentinel.SentinelConnectionPool, redis.asyncio.BlockingConnectionPool):
+    """redis-py's Sentinel pool (connections to whichever server the sentinels name the primary)
+    made to wait for a free connection as ``BlockingConnectionPool`` does, rather than fail."""
+
+
+class _SentinelConnection(redis.asyncio.sentinel.SentinelManagedConnection):
+    """A connection to the primary that asks the sentinels where it is whenever it reconnects.
+
+    redis-py 8.2's asyncio connection, dropped and then given a command (as a retry does), reconnects
+    to the address it had, bypassing the sentinel lookup in ``connect``: every retry would knock on
+    the dead primary. (Its synchronous connection does ask.)"""
+
+    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        if not self.is_connected:
+            await self.connect()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
+        await super().send_packed_command(command, check_health)
+
+
+class _SentinelSSLConnection(_SentinelConnection, redis.asyncio.SSLConnection):
+    """The same over TLS (a ``rediss://`` URL)."""
+
+
+def connect_async(where: str | RedisTarget, socket_timeout: float | None = 10) -> redis.asyncio.Redis:
     """An asyncio client whose pool makes a command wait (up to ``ASYNC_POOL_WAIT_S``) for a free
     connection rather than fail with "Too many connections" when a burst takes them all."""
-    pool = redis.asyncio.BlockingConnectionPool.from_url(
-        url,
+    target = _as_target(where)
+    if not target.sentinels:
+        pool = redis.asyncio.BlockingConnectionPool.from_url(
+            target.url,
+            max_connections=ASYNC_POOL_SIZE,
+            timeout=ASYNC_POOL_WAIT_S,
+            retry=redis.asyncio.retry.Retry(ExponentialBackoff(cap=1.0, base=0.05), 3),
+            **_options(socket_timeout),
+        )
+        return redis.asyncio.Redis.from_pool(pool)
+    primary = _primary_options(target.url)
+    sentinel = redis.asyncio.sentinel.Sentinel(target.sentinels, sentinel_kwargs=_sentinel_options())
+    async_client: redis.asyncio.Redis = sentinel.master_for(
+        target.master,
+        connection_pool_class=_BlockingSentinelPool,
+        connection_class=_SentinelSSLConnection if primary.pop("ssl", False) else _SentinelConnection,
         max_connections=ASYNC_POOL_SIZE,
         timeout=ASYNC_POOL_WAIT_S,
-        retry=redis.asyncio.retry.Retry(ExponentialBackoff(cap=1.0, base=0.05), 3),
+        retry=redis.asyncio.retry.Retry(ExponentialBackoff(cap=1.0, base=0.05), SENTINEL_RETRIES),
+        **primary,
         **_options(socket_timeout),
     )
-    return redis.asyncio.Redis.from_pool(pool)
+    return async_client
 
 
 def as_text(reply: bytes | str) -> str:

@@ -20,7 +20,7 @@ from celery.signals import after_setup_logger, after_setup_task_logger, worker_r
 from prometheus_client.registry import Collector
 from redis import Redis
 
-from shared.db.client import connect
+from shared.db.client import connect, redis_target
 from shared.predictions.leases import Leases
 from shared.predictions.retention import Janitor
 from shared.runtime.logs import apply_format
@@ -51,7 +51,7 @@ class WorkerProcess:
 
     @cached_property
     def redis(self) -> Redis:
-        return connect(self.settings.redis_url, socket_timeout=30)
+        return connect(redis_target(self.settings), socket_timeout=30)
 
     @cached_property
     def core(self) -> PredictionCore:

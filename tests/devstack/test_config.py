@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from deploy.devstack.launcher import Launcher
 from deploy.devstack.programs import Program, StackContext, default_programs
 from deploy.devstack.servers import RedisServer, SeaweedS3Server
 from deploy.devstack.settings import StackSettings
@@ -103,3 +104,31 @@ def test_supervisord_config_reads_back_commands_unchanged(tmp_path: Path) -> Non
 
     with pytest.raises(ValueError):
         config.write([Program("worker", ["sh", "-c", "true ; false"])])
+
+
+def test_redis_behind_sentinels_is_used_instead_of_a_redis_of_the_stacks_own(tmp_path: Path) -> None:
+    """``KILN_REDIS_SENTINELS`` set: ``make run`` starts no Redis (nor makes it a password), and every
+    program is told the sentinels, the master's name and the URL with the password."""
+    env = {
+        "KILN_DATA_DIR": str(tmp_path),
+        "KILN_REDIS_SENTINELS": "127.0.0.1:26379,127.0.0.1:26380",
+        "KILN_REDIS_SENTINEL_MASTER": "kiln-ha",
+        "KILN_REDIS_URL": "redis://:pw@unused:6379/2",
+        "KILN_S3_ENDPOINT_URL": "http://127.0.0.1:2",
+        "KILN_S3_ACCESS_KEY": "key",
+        "KILN_S3_SECRET_KEY": "secret",
+    }
+    settings = StackSettings.from_env(env)
+    assert settings.external_redis and settings.redis_password is None
+    assert not (tmp_path / "redis-password").exists()
+    context, child = Launcher(settings)._prepare_servers()
+    assert context.redis is None and context.servers == []
+    assert {name: child[name] for name in env if name.startswith("KILN_REDIS")} == {
+        "KILN_REDIS_SENTINELS": "127.0.0.1:26379,127.0.0.1:26380",
+        "KILN_REDIS_SENTINEL_MASTER": "kiln-ha",
+        "KILN_REDIS_URL": "redis://:pw@unused:6379/2",
+    }
+    # Without a URL, the programs' default stands (no password, database 0); the sentinels are passed on.
+    bare = StackSettings.from_env({"KILN_DATA_DIR": str(tmp_path / "b"), "KILN_REDIS_SENTINELS": "127.0.0.1:26379"})
+    assert bare.child_environment(None, "http://y", {})["KILN_REDIS_SENTINELS"] == "127.0.0.1:26379"
+    assert "KILN_REDIS_URL" not in bare.child_environment(None, "http://y", {})

@@ -14,8 +14,8 @@ import httpx
 import pytest
 import redis
 
-from deploy.devstack.servers import RedisServer, SeaweedS3Server
-from tests.support import process_exists
+from deploy.devstack.servers import RedisSentinelServer, RedisServer, SeaweedS3Server
+from tests.support import process_exists, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -106,6 +106,33 @@ def test_redis_with_a_password_refuses_clients_without_it_and_keeps_its_files_pr
     files = [tmp_path / "redis", *(tmp_path / "redis").rglob("*")]
     assert any(path.name.endswith(".aof") for path in files)
     for path in files:
+        assert stat.S_IMODE(path.stat().st_mode) & 0o077 == 0, f"{path}: {oct(path.stat().st_mode)}"
+
+
+def test_a_replica_and_a_sentinel_follow_a_primary_with_a_password(tmp_path: Path) -> None:
+    """The replica copies what the primary stores, and the sentinel, authenticating with the password
+    (``auth-pass``), finds the primary's replica; neither shows the password to other users."""
+    password = "pw-" + secrets.token_hex(8)
+    with (
+        RedisServer(tmp_path / "primary", appendonly=False, password=password) as primary,
+        RedisServer(tmp_path / "replica", appendonly=False, password=password, replica_of=primary.port) as replica,
+        RedisSentinelServer(tmp_path / "sentinel", primary.port, "kiln-test", password=password, quorum=1) as sentinel,
+    ):
+        with redis.Redis.from_url(primary.url) as client:
+            client.set("kiln:copied", "yes")
+        with redis.Redis.from_url(replica.url) as client:
+            wait_until(lambda: client.get("kiln:copied") == b"yes", 20, what="the replica to copy the primary")
+        with redis.Redis(port=sentinel.port, decode_responses=True) as client:
+            assert client.execute_command("SENTINEL", "get-master-addr-by-name", "kiln-test") == [
+                "127.0.0.1",
+                str(primary.port),
+            ]
+            wait_until(
+                lambda: client.execute_command("SENTINEL", "replicas", "kiln-test"), 20, what="the sentinel to find it"
+            )
+        for server in (replica, sentinel):
+            assert password not in Path(f"/proc/{server.pid}/cmdline").read_text()
+    for path in [*(tmp_path / "replica").rglob("*"), *(tmp_path / "sentinel").rglob("*")]:
         assert stat.S_IMODE(path.stat().st_mode) & 0o077 == 0, f"{path}: {oct(path.stat().st_mode)}"
 
 
