@@ -35,6 +35,9 @@ class Settings(BaseSettings):
     # password and database number still come from redis_url (its host is then unused).
     redis_sentinels: str = ""
     redis_sentinel_master: str = "kiln"
+    # The sentinels' own password (their requirepass), when they have one: the compose ha profile and
+    # the Kubernetes ha overlay give them Redis's.
+    redis_sentinel_password: str = ""
     # Acknowledged means replicated: a create answers 201 (and a terminal transition records its
     # webhook) only once this many replicas confirm it (WAIT), within redis_replica_ack_timeout_s;
     # otherwise 503 with Retry-After. 0: no wait (a single Redis, or asynchronous replication).

@@ -5,14 +5,14 @@ the request that used it.
 Where Redis is: a plain ``redis://`` URL (``KILN_REDIS_URL``), or a ``RedisTarget`` that names the
 sentinels too (``KILN_REDIS_SENTINELS``), whose clients ask a sentinel for the primary on every new
 connection and so follow it when it moves. The primary's password and database number come from the
-URL either way; the sentinels themselves are asked without a password (run them where only Kiln
-reaches them, as ``deploy/devstack``'s are, on loopback).
+URL either way; the sentinels themselves are asked with ``KILN_REDIS_SENTINEL_PASSWORD`` when they
+require one (the compose and Kubernetes ha files give them Redis's), else without.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
 import redis
@@ -48,6 +48,8 @@ class RedisTarget:
     url: str
     sentinels: tuple[tuple[str, int], ...] = ()
     master: str = "kiln"
+    # The sentinels' own password, if they require one (``KILN_REDIS_SENTINEL_PASSWORD``).
+    sentinel_password: str | None = field(default=None, repr=False)
 
     @property
     def address(self) -> str:
@@ -71,7 +73,12 @@ def parse_sentinels(text: str) -> tuple[tuple[str, int], ...]:
 
 def redis_target(settings: Settings) -> RedisTarget:
     """The Redis these settings name (``KILN_REDIS_URL``, ``KILN_REDIS_SENTINELS``, ``KILN_REDIS_SENTINEL_MASTER``)."""
-    return RedisTarget(settings.redis_url, parse_sentinels(settings.redis_sentinels), settings.redis_sentinel_master)
+    return RedisTarget(
+        settings.redis_url,
+        parse_sentinels(settings.redis_sentinels),
+        settings.redis_sentinel_master,
+        settings.redis_sentinel_password or None,
+    )
 
 
 def _options(socket_timeout: float | None) -> dict[str, Any]:
@@ -93,8 +100,12 @@ def _primary_options(url: str) -> dict[str, Any]:
     return options
 
 
-def _sentinel_options() -> dict[str, Any]:
-    return {"socket_timeout": SENTINEL_TIMEOUT_S, "socket_connect_timeout": SENTINEL_TIMEOUT_S}
+def sentinel_options(target: RedisTarget) -> dict[str, Any]:
+    """How the sentinels themselves are asked: short timeouts, and their password if they have one."""
+    options: dict[str, Any] = {"socket_timeout": SENTINEL_TIMEOUT_S, "socket_connect_timeout": SENTINEL_TIMEOUT_S}
+    if target.sentinel_password:
+        options["password"] = target.sentinel_password
+    return options
 
 
 def _as_target(where: str | RedisTarget) -> RedisTarget:
@@ -110,7 +121,7 @@ def connect(where: str | RedisTarget, socket_timeout: float | None = 10) -> redi
             retry=redis.retry.Retry(ExponentialBackoff(cap=1.0, base=0.05), 3),
             **_options(socket_timeout),
         )
-    sentinel = redis.sentinel.Sentinel(target.sentinels, sentinel_kwargs=_sentinel_options())
+    sentinel = redis.sentinel.Sentinel(target.sentinels, sentinel_kwargs=sentinel_options(target))
     client: redis.Redis = sentinel.master_for(
         target.master,
         retry=redis.retry.Retry(ExponentialBackoff(cap=1.0, base=0.05), SENTINEL_RETRIES),
@@ -162,7 +173,7 @@ def connect_async(where: str | RedisTarget, socket_timeout: float | None = 10) -
         )
         return redis.asyncio.Redis.from_pool(pool)
     primary = _primary_options(target.url)
-    sentinel = redis.asyncio.sentinel.Sentinel(target.sentinels, sentinel_kwargs=_sentinel_options())
+    sentinel = redis.asyncio.sentinel.Sentinel(target.sentinels, sentinel_kwargs=sentinel_options(target))
     async_client: redis.asyncio.Redis = sentinel.master_for(
         target.master,
         connection_pool_class=_BlockingSentinelPool,

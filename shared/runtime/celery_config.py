@@ -30,7 +30,7 @@ def broker_url(target: RedisTarget) -> str:
 
 def broker_options(settings: Settings, target: RedisTarget) -> dict[str, Any]:
     """``broker_transport_options``: the visibility timeout and priority lists, and behind Sentinel
-    the master's name (the sentinels are asked without a password, as ``shared.db.client`` asks them)."""
+    the master's name (and the sentinels' own password, if they have one, as ``shared.db.client`` gives it)."""
     # One Redis list per priority step, popped in order: interactive creates overtake batches.
     options: dict[str, Any] = {
         "visibility_timeout": settings.visibility_timeout_s,
@@ -38,6 +38,8 @@ def broker_options(settings: Settings, target: RedisTarget) -> dict[str, Any]:
     }
     if target.sentinels:
         options["master_name"] = target.master
+        if target.sentinel_password:
+            options["sentinel_kwargs"] = {"password": target.sentinel_password}
     return options
 
 

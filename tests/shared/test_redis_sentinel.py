@@ -18,8 +18,8 @@ import redis
 from api.streams.events import EventHub
 from shared.cli import main as kiln
 from shared.db import keys
-from shared.db.client import RedisTarget, connect, connect_async, parse_sentinels, redis_target
-from shared.runtime.celery_config import broker_url, create_celery
+from shared.db.client import RedisTarget, connect, connect_async, parse_sentinels, redis_target, sentinel_options
+from shared.runtime.celery_config import broker_options, broker_url, create_celery
 from shared.settings import Settings
 from tests.support import python, start_process, stop_process, wait_until
 from tests.support.redis_ha import RedisHA, redis_ha
@@ -47,6 +47,17 @@ def test_settings_name_the_sentinels_and_a_plain_url_stays_a_plain_url() -> None
     assert plain.sentinels == () and broker_url(plain) == "redis://127.0.0.1:6390/0"
     with pytest.raises(ValueError, match="KILN_REDIS_SENTINELS"):
         parse_sentinels("10.0.0.1")
+
+
+def test_sentinels_with_a_password_are_given_it_by_the_clients_and_the_broker() -> None:
+    settings = Settings(
+        _env_file=None, redis_url="redis://:pw@ignored:1/0", redis_sentinels="s:26379", redis_sentinel_password="spw"
+    )
+    target = redis_target(settings)
+    assert sentinel_options(target)["password"] == "spw"
+    assert broker_options(settings, target)["sentinel_kwargs"] == {"password": "spw"}
+    without = redis_target(Settings(_env_file=None, redis_sentinels="s:26379"))
+    assert "password" not in sentinel_options(without) and "sentinel_kwargs" not in broker_options(settings, without)
 
 
 @pytest.mark.integration

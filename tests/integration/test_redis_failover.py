@@ -1,0 +1,171 @@
+"""Kiln across a Redis failover (issue #27's done-when, short): the whole stack on a real primary, replica and
+three sentinels, with ``KILN_REDIS_MIN_REPLICAS_ACK=1``; the primary is SIGKILLed under a steady load of
+creates with webhooks, and restarted (it comes back as the new primary's replica, as a supervisor or a
+StatefulSet restarts it). Then: no prediction answered 201 is lost, none completes twice, each sends one
+``completed`` message (a repeated delivery of the same message is allowed), and creates are refused for
+no longer than the failover takes (printed)."""
+
+from __future__ import annotations
+
+import itertools
+import secrets
+import threading
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from deploy.devstack.servers import SeaweedS3Server, free_port
+from shared.db.client import connect
+from shared.predictions.status import Status
+from shared.predictions.store import PredictionStore
+from tests.support import data_uri, fake_weights_dir, png_bytes, wait_until
+from tests.support.receiver import WebhookReceiver
+from tests.support.redis_ha import RedisHA, redis_ha
+from tests.support.stack import TOKEN_A, WEBHOOK_WORKER_ARGV, Stack, healthy, stack_env, uvicorn_argv
+
+pytestmark = pytest.mark.integration
+TERMINAL = {status.value for status in Status if status.is_terminal()}
+SETTINGS = {
+    "KILN_REDIS_MIN_REPLICAS_ACK": "1",
+    "KILN_REDIS_REPLICA_ACK_TIMEOUT_S": "1.0",
+    # Steps run without waiting at a gate here.
+    "KILN_STEP_GATES": "false",
+    "KILN_LEASE_S": "6",
+    "KILN_WEBHOOK_RETRY_SCHEDULE_S": "[0.5, 1, 2, 4, 8, 16]",
+}
+# The load before the kill, and after the old primary is back.
+BEFORE_S, AFTER_S = 4.0, 6.0
+
+
+@pytest.fixture(scope="module")
+def ha_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, RedisHA]]:
+    root = tmp_path_factory.mktemp("ha-stack")
+    (root / "logs").mkdir()
+    access_key, secret_key = "kiln-ha", secrets.token_hex(16)
+    weights_dir = fake_weights_dir(tmp_path_factory)
+    with redis_ha(root / "redis") as ha, SeaweedS3Server(root / "s3", access_key, secret_key) as s3:
+        port = free_port()
+        env = stack_env(root, ha.primary, s3, access_key, secret_key, weights_dir) | ha.environment() | SETTINGS
+        stack = Stack(
+            base_url=f"http://127.0.0.1:{port}",
+            tls_base_url="",
+            tls_ca=root / "unused",
+            env=env,
+            redis=ha.primary,
+            s3=s3,
+            logs=root / "logs",
+        )
+        try:
+            stack.start("webhooks", WEBHOOK_WORKER_ARGV)
+            stack.start("api", uvicorn_argv(port))
+            stack.start_gpu_worker()
+            wait_until(lambda: healthy(stack.base_url), 60, what="the API's /health")
+            yield stack, ha
+        finally:
+            stack.stop_all()
+
+
+class SteadyLoad(threading.Thread):
+    """Creates with webhooks, one after another; each retried with its Idempotency-Key until answered 201."""
+
+    def __init__(self, stack: Stack, webhook: str) -> None:
+        super().__init__(daemon=True)
+        self.stack, self.webhook = stack, webhook
+        self.image = data_uri(png_bytes(64, 64))
+        self.accepted: dict[str, float] = {}
+        # (when the attempt ended, its status or None for a transport error)
+        self.attempts: list[tuple[float, int | None]] = []
+        self.stopping = threading.Event()
+
+    def body(self, index: int) -> dict:
+        return {
+            "version": "kiln/sd2-depth2img",
+            "input": {"prompt": "failover", "input_image": self.image, "num_inference_steps": 1, "seed": index},
+            "webhook": self.webhook,
+            "webhook_events_filter": ["completed"],
+        }
+
+    def run(self) -> None:
+        with self.stack.client(TOKEN_A) as client:
+            index = 0
+            while not self.stopping.is_set():
+                self.create(client, index)
+                index += 1
+                time.sleep(0.05)
+
+    def create(self, client: httpx.Client, index: int) -> None:
+        headers = {"Idempotency-Key": f"failover-{index}"}
+        while True:
+            try:
+                response = client.post("/v1/predictions", json=self.body(index), headers=headers, timeout=30)
+                status: int | None = response.status_code
+            except httpx.TransportError:
+                response, status = None, None
+            self.attempts.append((time.monotonic(), status))
+            if response is not None and status == 201:
+                self.accepted[response.json()["id"]] = time.monotonic()
+                return
+            assert status in {None, 429, 503}, f"{status}: {response.text if response is not None else ''}"
+            time.sleep(0.2)
+
+    def longest_refusal_s(self) -> float:
+        """The longest time between two consecutive 201s: how long creates were refused (or hung)."""
+        accepted = sorted(when for when, status in self.attempts if status == 201)
+        return max((b - a for a, b in itertools.pairwise(accepted)), default=0.0)
+
+
+def completed_messages(receiver: WebhookReceiver) -> dict[str, set[str]]:
+    """Prediction id -> distinct webhook-ids of its terminal deliveries."""
+    with receiver._lock:
+        received = list(receiver.received)
+    found: dict[str, set[str]] = {}
+    for event in received:
+        if event.body.get("status") in TERMINAL:
+            found.setdefault(event.body["id"], set()).add(event.headers["webhook-id"])
+    return found
+
+
+def test_a_primary_killed_under_load_loses_nothing_answered_201(ha_stack, capsys) -> None:
+    stack, ha = ha_stack
+    with stack.client(TOKEN_A) as client:
+        secret = client.get("/v1/webhooks/default/secret").json()["key"]
+    with WebhookReceiver(secret) as receiver:
+        load = SteadyLoad(stack, receiver.url("/failover"))
+        load.start()
+        time.sleep(BEFORE_S)
+        before = len(load.accepted)
+        killed = time.monotonic()
+        ha.kill_primary()
+        ha.wait_for_failover()
+        failover_s = time.monotonic() - killed
+        ha.primary.start()  # back as the new primary's replica: creates can be acknowledged again
+        wait_until(lambda: len(load.accepted) > before + 5, 60, what="creates answered 201 after the failover")
+        time.sleep(AFTER_S)
+        load.stopping.set()
+        load.join(60)
+        ids = list(load.accepted)
+        store = PredictionStore(connect(ha.target))
+
+        def statuses() -> dict[str, str]:
+            return {p.id: p.status.value for p in store.get_many(ids)}
+
+        wait_until(lambda: all(s in TERMINAL for s in statuses().values()) and len(statuses()) == len(ids), 120)
+        wait_until(lambda: set(completed_messages(receiver)) >= set(ids), 120, what="every completed webhook")
+        time.sleep(3)  # late duplicates, if any
+        found, messages = statuses(), completed_messages(receiver)
+    refused_s = load.longest_refusal_s()
+    with capsys.disabled():
+        print(
+            f"\nfailover: accepted={len(ids)} (before the kill {before}) lost={len(ids) - len(found)} "
+            f"completed_twice={sum(len(m) > 1 for m in messages.values())} "
+            f"webhooks_missing={len(set(ids) - set(messages))} failover_s={failover_s:.1f} "
+            f"longest_refusal_s={refused_s:.1f}"
+        )
+    assert len(found) == len(ids), "predictions answered 201 are missing after the failover"
+    assert all(found[i] == Status.SUCCEEDED.value for i in ids), {i: s for i, s in found.items() if s != "succeeded"}
+    assert all(len(messages[i]) == 1 for i in ids), "a prediction sent two different completed messages"
+    # Refused while the sentinels elected and the old primary rejoined: bounded by the failover plus the
+    # old primary's restart and resync, never the rest of the run.
+    assert refused_s < failover_s + 15, (refused_s, failover_s)
