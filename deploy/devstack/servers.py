@@ -298,11 +298,11 @@ class RedisServer(ManagedServer):
 
     def config_lines(self) -> list[str]:
         """The config file's lines: what must stay off the command line (the password)."""
-        lines = [f"requirepass {self.password}\n"] if self.password else []
+        # masterauth on every server, primary included: after a failover Sentinel turns the old primary
+        # into a replica of the promoted one, which it must then authenticate to.
+        lines = [f"requirepass {self.password}\n", f"masterauth {self.password}\n"] if self.password else []
         if self.replica_of is not None:
             lines.append(f"replicaof {LOOPBACK} {self.replica_of}\n")
-            # A replica promoted by Sentinel keeps it, for when it follows another primary again.
-            lines.extend([f"masterauth {self.password}\n"] if self.password else [])
         return lines
 
     def command_line(self) -> list[str]:

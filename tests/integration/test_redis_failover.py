@@ -1,9 +1,14 @@
-"""Kiln across a Redis failover (issue #27's done-when, short): the whole stack on a real primary, replica and
-three sentinels, with ``KILN_REDIS_MIN_REPLICAS_ACK=1``; the primary is SIGKILLed under a steady load of
-creates with webhooks, and restarted (it comes back as the new primary's replica, as a supervisor or a
-StatefulSet restarts it). Then: no prediction answered 201 is lost, none completes twice, each sends one
-``completed`` message (a repeated delivery of the same message is allowed), and creates are refused for
-no longer than the failover takes (printed)."""
+"""Kiln across a Redis failover (issue #27's done-when, short): the whole stack on a real primary, two
+replicas and three sentinels (the Kubernetes overlay's shape), with ``KILN_REDIS_MIN_REPLICAS_ACK=1``; the
+primary is SIGKILLed under a steady load of creates with webhooks, and restarted (Sentinel makes it a
+replica of the new primary, as a StatefulSet restarts it). Then: no prediction answered 201 is lost, none
+completes twice, each sends one ``completed`` message (a repeated delivery of the same message is
+allowed), and creates are refused for no longer than the failover takes (printed).
+
+With one replica, the one promoted, creates wait for the old primary to come back as a replica: Sentinel
+converts a returning primary about 10 s after it is reachable again, and resynchronisation follows, so
+the refusal window was 17.7 s against a 2.3 s failover in a run here. Two replicas keep one after the
+failover."""
 
 from __future__ import annotations
 
@@ -45,7 +50,7 @@ def ha_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, 
     (root / "logs").mkdir()
     access_key, secret_key = "kiln-ha", secrets.token_hex(16)
     weights_dir = fake_weights_dir(tmp_path_factory)
-    with redis_ha(root / "redis") as ha, SeaweedS3Server(root / "s3", access_key, secret_key) as s3:
+    with redis_ha(root / "redis", replicas=2) as ha, SeaweedS3Server(root / "s3", access_key, secret_key) as s3:
         port = free_port()
         env = stack_env(root, ha.primary, s3, access_key, secret_key, weights_dir) | ha.environment() | SETTINGS
         stack = Stack(
@@ -78,11 +83,13 @@ class SteadyLoad(threading.Thread):
         # (when the attempt ended, its status or None for a transport error)
         self.attempts: list[tuple[float, int | None]] = []
         self.stopping = threading.Event()
+        # Answers other than 201, 429, 503 or a dropped connection: none is expected.
+        self.unexpected: list[str] = []
 
     def body(self, index: int) -> dict:
         return {
             "version": "kiln/sd2-depth2img",
-            "input": {"prompt": "failover", "input_image": self.image, "num_inference_steps": 1, "seed": index},
+            "input": {"prompt": "failover", "input_image": self.image, "num_inference_steps": 2, "seed": index},
             "webhook": self.webhook,
             "webhook_events_filter": ["completed"],
         }
@@ -107,7 +114,10 @@ class SteadyLoad(threading.Thread):
             if response is not None and status == 201:
                 self.accepted[response.json()["id"]] = time.monotonic()
                 return
-            assert status in {None, 429, 503}, f"{status}: {response.text if response is not None else ''}"
+            if status not in {None, 429, 503}:
+                self.unexpected.append(f"{status}: {response.text[:300] if response is not None else ''}")
+            if self.stopping.is_set() and len(self.unexpected) > 100:
+                return
             time.sleep(0.2)
 
     def longest_refusal_s(self) -> float:
@@ -141,7 +151,11 @@ def test_a_primary_killed_under_load_loses_nothing_answered_201(ha_stack, capsys
         ha.wait_for_failover()
         failover_s = time.monotonic() - killed
         ha.primary.start()  # back as the new primary's replica: creates can be acknowledged again
-        wait_until(lambda: len(load.accepted) > before + 5, 60, what="creates answered 201 after the failover")
+        wait_until(
+            lambda: len(load.accepted) > before + 5 or load.unexpected,
+            90,
+            what="creates answered 201 after the failover",
+        )
         time.sleep(AFTER_S)
         load.stopping.set()
         load.join(60)
@@ -155,6 +169,7 @@ def test_a_primary_killed_under_load_loses_nothing_answered_201(ha_stack, capsys
         wait_until(lambda: set(completed_messages(receiver)) >= set(ids), 120, what="every completed webhook")
         time.sleep(3)  # late duplicates, if any
         found, messages = statuses(), completed_messages(receiver)
+    assert load.unexpected == []
     refused_s = load.longest_refusal_s()
     with capsys.disabled():
         print(
@@ -166,6 +181,5 @@ def test_a_primary_killed_under_load_loses_nothing_answered_201(ha_stack, capsys
     assert len(found) == len(ids), "predictions answered 201 are missing after the failover"
     assert all(found[i] == Status.SUCCEEDED.value for i in ids), {i: s for i, s in found.items() if s != "succeeded"}
     assert all(len(messages[i]) == 1 for i in ids), "a prediction sent two different completed messages"
-    # Refused while the sentinels elected and the old primary rejoined: bounded by the failover plus the
-    # old primary's restart and resync, never the rest of the run.
-    assert refused_s < failover_s + 15, (refused_s, failover_s)
+    # Refused while the sentinels elected a new primary and the clients found it: about the failover.
+    assert refused_s < failover_s + 5, (refused_s, failover_s)

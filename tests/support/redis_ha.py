@@ -1,4 +1,4 @@
-"""Redis behind Sentinel on loopback, for tests of failover: a primary, its replica and three
+"""Redis behind Sentinel on loopback, for tests of failover: a primary, its replica (or replicas) and three
 sentinels (quorum 2), each a real ``redis-server`` on a free port.
 
     with redis_ha(tmp_path) as ha:
@@ -30,9 +30,10 @@ FAILOVER_TIMEOUT_S = 20.0
 class RedisHA:
     """The running servers, and what a test does with them."""
 
-    def __init__(self, primary: RedisServer, replica: RedisServer, sentinels: list[RedisSentinelServer]) -> None:
+    def __init__(self, primary: RedisServer, replicas: list[RedisServer], sentinels: list[RedisSentinelServer]) -> None:
         self.primary = primary
-        self.replica = replica
+        self.replicas = replicas
+        self.replica = replicas[0]
         self.sentinels = sentinels
 
     @property
@@ -70,13 +71,17 @@ class RedisHA:
         self.primary.kill()
 
     def wait_for_failover(self) -> tuple[str, int]:
-        """Until every sentinel names the replica the primary (it was promoted); its address."""
+        """Until every sentinel names one of the replicas the primary (it was promoted); its address."""
         deadline = time.monotonic() + FAILOVER_TIMEOUT_S
-        while not all(self._asked(sentinel) == self.replica_address for sentinel in self.sentinels):
+        replicas = {(LOOPBACK, replica.port) for replica in self.replicas}
+        while True:
+            named = {self._asked(sentinel) for sentinel in self.sentinels}
+            if len(named) == 1 and (promoted := named.pop()) in replicas:
+                assert promoted is not None
+                return promoted
             if time.monotonic() > deadline:
-                raise ServerError(f"no failover to the replica within {FAILOVER_TIMEOUT_S:.0f} s")
+                raise ServerError(f"no failover to a replica within {FAILOVER_TIMEOUT_S:.0f} s")
             time.sleep(0.1)
-        return self.replica_address
 
     def _asked(self, sentinel: RedisSentinelServer) -> tuple[str, int] | None:
         with redis.Redis(host=LOOPBACK, port=sentinel.port, socket_timeout=2, decode_responses=True) as client:
@@ -89,16 +94,19 @@ class RedisHA:
     def _settled(self) -> bool:
         """Whether the replica is in sync and every sentinel knows the primary, the replica and the
         other sentinels (only then can they agree on a failover)."""
-        with redis.Redis(
-            host=LOOPBACK, port=self.replica.port, password=self.password, socket_timeout=2, decode_responses=True
-        ) as replica:
-            if replica.info("replication").get("master_link_status") != "up":
-                return False
+        for server in self.replicas:
+            with redis.Redis(
+                host=LOOPBACK, port=server.port, password=self.password, socket_timeout=2, decode_responses=True
+            ) as replica:
+                if replica.info("replication").get("master_link_status") != "up":
+                    return False
         for sentinel in self.sentinels:
             with redis.Redis(host=LOOPBACK, port=sentinel.port, socket_timeout=2, decode_responses=True) as client:
                 state = client.execute_command("SENTINEL", "master", MASTER)
                 fields = dict(zip(state[::2], state[1::2], strict=True)) if isinstance(state, list) else state
-                if int(fields["num-other-sentinels"]) != SENTINELS - 1 or int(fields["num-slaves"]) != 1:
+                if int(fields["num-other-sentinels"]) != SENTINELS - 1 or int(fields["num-slaves"]) != len(
+                    self.replicas
+                ):
                     return False
         return True
 
@@ -111,19 +119,22 @@ class RedisHA:
 
 
 @contextmanager
-def redis_ha(data_dir: Path, password: str | None = "kiln-ha-password") -> Iterator[RedisHA]:
-    """Start primary, replica and three sentinels under ``data_dir``; stop them all on exit."""
+def redis_ha(data_dir: Path, password: str | None = "kiln-ha-password", replicas: int = 1) -> Iterator[RedisHA]:
+    """Start a primary, ``replicas`` replicas and three sentinels under ``data_dir``; stop them all on exit."""
     with ExitStack() as stack:
         primary = stack.enter_context(RedisServer(data_dir / "primary", appendonly=False, password=password))
-        replica = stack.enter_context(
-            RedisServer(data_dir / "replica", appendonly=False, password=password, replica_of=primary.port)
-        )
+        followers = [
+            stack.enter_context(
+                RedisServer(data_dir / f"replica-{n}", appendonly=False, password=password, replica_of=primary.port)
+            )
+            for n in range(replicas)
+        ]
         sentinels = [
             stack.enter_context(
                 RedisSentinelServer(data_dir / f"sentinel-{n}", primary.port, master=MASTER, password=password)
             )
             for n in range(SENTINELS)
         ]
-        ha = RedisHA(primary, replica, sentinels)
+        ha = RedisHA(primary, followers, sentinels)
         ha.wait_settled()
         yield ha
