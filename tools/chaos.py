@@ -45,6 +45,7 @@ from tests.support import REPO_ROOT, data_uri, png_bytes, wait_until
 from tests.support.receiver import WebhookReceiver
 from tests.support.stack import TOKEN_A, WEBHOOK_WORKER_ARGV, Stack, stack_env, uvicorn_argv
 from tools.chaos_events import ChaosSchedule, Watchdog
+from tools.chaos_fleet import run_fleet
 
 TERMINAL = {status.value for status in Status if status.is_terminal()}
 CHAOS_SETTINGS = {
@@ -94,6 +95,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--no-faults", action="store_true", help="inject no fault: a baseline for the timings")
     parser.add_argument("--keep", action="store_true", help="keep the stack's directory (logs) and print its path")
+    parser.add_argument(
+        "--fleet",
+        action="store_true",
+        help="the fleet run: Redis behind Sentinel, 3 APIs, 4 GPU workers, 2 webhook workers (tools.chaos_fleet)",
+    )
+    parser.add_argument("--s3-down-s", type=float, default=30.0, help="fleet: how long S3 is stopped (default 30)")
+    parser.add_argument(
+        "--receiver-down-s",
+        type=float,
+        default=300.0,
+        help="fleet: how long the webhook receiver is down (default 300)",
+    )
+    parser.add_argument(
+        "--settle-timeout-s", type=float, default=900.0, help="fleet: how long to wait for every webhook (default 900)"
+    )
     return parser.parse_args(argv)
 
 
@@ -322,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(tempfile.mkdtemp(prefix="kiln-chaos-"))
     signal.signal(signal.SIGTERM, _interrupt)
     try:
-        print(run(args, root), flush=True)
+        print(run_fleet(args, root, log) if args.fleet else run(args, root), flush=True)
     finally:
         if args.keep:
             log(f"kept {root} (logs in {root / 'logs'})")

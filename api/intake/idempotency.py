@@ -10,11 +10,15 @@ from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from redis import Redis
+from redis.exceptions import WatchError
 
 from api.errors import ProblemError
 from shared.db import keys
 
 TTL_S = 24 * 3600
+# A claim whose request stored nothing within this long was abandoned (its API process died, or a
+# failover lost what it stored): the next request with the key takes it over instead of a 409 for a day.
+STALE_CLAIM_S = 120.0
 # How long a duplicate request waits for the first one's result before a 409 asking it to retry.
 DUPLICATE_WAIT_S = 10.0
 
@@ -30,22 +34,51 @@ class IdempotencyKeys:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
 
-    def claim(self, tenant: str, key: str, request_fingerprint: str, prediction_id: str) -> str | None:
+    def claim(
+        self,
+        tenant: str,
+        key: str,
+        request_fingerprint: str,
+        prediction_id: str,
+        is_stored: Callable[[str], bool] | None = None,
+    ) -> str | None:
         """Bind ``key`` to ``prediction_id`` if unused (atomically, so concurrent duplicates agree).
 
         Returns None when this request owns the key, else the id of the prediction the key already
-        names. Raises 409 when the key was used with a different request.
+        names. Raises 409 when the key was used with a different request. With ``is_stored`` (whether
+        what a claim names was stored), a claim older than ``STALE_CLAIM_S`` that stored nothing is taken
+        over: its request died between claiming and storing.
         """
         if not key or len(key) > 255:
             raise ProblemError(400, "Idempotency-Key must be 1 to 255 characters")
         name = keys.idempotency(tenant, hashlib.sha256(key.encode()).hexdigest())
-        value = json.dumps({"fingerprint": request_fingerprint, "prediction_id": prediction_id})
+        value = json.dumps({"fingerprint": request_fingerprint, "prediction_id": prediction_id, "at": time.time()})
         if self.redis.set(name, value, nx=True, ex=TTL_S):
             return None
-        existing: dict[str, str] = json.loads(self.redis.get(name) or value)
+        raw = self.redis.get(name)
+        existing: dict[str, Any] = json.loads(raw or value)
         if existing["fingerprint"] != request_fingerprint:
             raise ProblemError(409, "Idempotency-Key was already used with a different request body")
-        return existing["prediction_id"]
+        stale = time.time() - float(existing.get("at", time.time())) > STALE_CLAIM_S
+        if raw is not None and stale and is_stored is not None and not is_stored(existing["prediction_id"]):
+            if self._replaced(name, raw, value):
+                return None
+            return self.claim(tenant, key, request_fingerprint, prediction_id)
+        return str(existing["prediction_id"])
+
+    def _replaced(self, name: str, seen: bytes | str, value: str) -> bool:
+        """Swap the claim ``seen`` for ``value``, unless another request changed it meanwhile."""
+        with self.redis.pipeline() as pipe:
+            try:
+                pipe.watch(name)  # type: ignore[no-untyped-call]  # redis-py leaves watch untyped
+                if pipe.get(name) != seen:
+                    return False
+                pipe.multi()
+                pipe.set(name, value, ex=TTL_S)
+                pipe.execute()
+            except WatchError:
+                return False
+        return True
 
     def release(self, tenant: str, key: str) -> None:
         """Forget a key whose request failed before anything was stored, so a retry can use it."""

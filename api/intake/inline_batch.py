@@ -65,7 +65,9 @@ def submit_batch(
     batch_id = new_id()
     if idempotency_key is not None:
         request = fingerprint("batch", {"predictions": items})
-        existing = services.idempotency.claim(tenant, idempotency_key, request, batch_id)
+        existing = services.idempotency.claim(
+            tenant, idempotency_key, request, batch_id, lambda bid: bool(services.redis.exists(keys.batch(bid)))
+        )
         if existing is not None:
             replayed = _replay(services, existing, base_url)
             confirm_replicated(services)

@@ -207,7 +207,9 @@ def submit(
     if idempotency_key is not None:
         request = fingerprint(spec.ref, body.model_dump(mode="json", exclude_unset=True))
         try:
-            existing = services.idempotency.claim(tenant, idempotency_key, request, prediction.id)
+            existing = services.idempotency.claim(
+                tenant, idempotency_key, request, prediction.id, lambda pid: services.store.get(pid) is not None
+            )
         except BaseException:
             discard_staged_inputs(services, [prediction.id] if prediction.input_files else [])
             raise

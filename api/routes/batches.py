@@ -51,7 +51,9 @@ def _submit(
     batch_id = new_id()
     if idempotency_key is not None:
         request = fingerprint("batches", body.model_dump(mode="json", exclude_unset=True))
-        existing = services.idempotency.claim(tenant, idempotency_key, request, batch_id)
+        existing = services.idempotency.claim(
+            tenant, idempotency_key, request, batch_id, lambda bid: services.batches.get(bid) is not None
+        )
         if existing is not None:
             stored = _stored_by_first_request(services, existing)
             confirm_replicated(services)

@@ -27,11 +27,14 @@ class Received:
 class WebhookReceiver:
     """Answers each path with a scripted list of status codes (then 200), verifying signatures."""
 
-    def __init__(self, secret: str, port: int = 0) -> None:
-        self.verifier = Webhook(secret)
+    def __init__(self, secret: str | list[str], port: int = 0) -> None:
+        # One secret per tenant whose webhooks it takes (each tenant signs with its own).
+        self.verifiers = [Webhook(key) for key in ([secret] if isinstance(secret, str) else secret)]
         self.received: list[Received] = []
         self.bad_signatures = 0
         self._scripts: dict[str, list[int]] = defaultdict(list)
+        # Until then (monotonic), every delivery is answered 503 and not recorded: the receiver is down.
+        self._down_until = 0.0
         self._lock = threading.Lock()
         self._server = http.server.ThreadingHTTPServer(("127.0.0.1", port), self._handler())
         self.port = self._server.server_address[1]
@@ -48,6 +51,10 @@ class WebhookReceiver:
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}{path}"
 
+    def down_for(self, seconds: float) -> None:
+        """Answer 503 to every delivery for ``seconds``, recording none of them."""
+        self._down_until = time.monotonic() + seconds
+
     def script(self, path: str, statuses: list[int]) -> None:
         self._scripts[path] = list(statuses)
 
@@ -55,16 +62,27 @@ class WebhookReceiver:
         with self._lock:
             return [r for r in self.received if r.path == path]
 
+    @staticmethod
+    def verified(verifier: Webhook, raw: str, headers: dict[str, str]) -> bool:
+        try:
+            verifier.verify(raw, headers)
+        except Exception:
+            return False
+        return True
+
     def _handler(self):
         receiver = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_POST(self):
                 raw = self.rfile.read(int(self.headers.get("content-length", 0))).decode()
+                if time.monotonic() < receiver._down_until:
+                    self.send_response(503)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 headers = {k.lower(): v for k, v in self.headers.items()}
-                try:
-                    receiver.verifier.verify(raw, headers)
-                except Exception:
+                if not any(receiver.verified(verifier, raw, headers) for verifier in receiver.verifiers):
                     with receiver._lock:
                         receiver.bad_signatures += 1
                     self.send_response(400)

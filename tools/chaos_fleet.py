@@ -1,0 +1,379 @@
+"""``make chaos CHAOS_ARGS="--fleet"``: the fleet chaos run, on loopback only.
+
+A fleet: Redis as a primary, two replicas and three sentinels (``KILN_REDIS_MIN_REPLICAS_ACK=1``),
+SeaweedFS, three API processes, four GPU workers (tiny profile) and two webhook workers. A load of
+single creates with webhooks from several tenants (round-robin over the API processes, each retried
+with its Idempotency-Key), some of them waited (``Prefer: wait``), and one batch file; faults while it
+runs, each when the submissions reach a fraction of the total:
+
+- the Redis primary SIGKILLed (restarted: Sentinel makes it a replica of the new one), and later the
+  new primary too;
+- an API process SIGKILLed (restarted after a few seconds);
+- a GPU worker SIGKILLed mid-batch (restarted);
+- S3 stopped for a while (``--s3-down-s``);
+- the webhook receiver answering 503 for a while (``--receiver-down-s``; the retry schedule is
+  stretched to outlast it).
+
+It prints one line: accepted, lost, completed twice, webhooks missing, duplicated deliveries (the same
+message again), refused, the longest window in which no create was answered 201, and the p99 create
+latency outside the fault windows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import itertools
+import json
+import os
+import random
+import secrets
+import signal
+import statistics
+import threading
+import time
+from collections.abc import Callable
+from contextlib import ExitStack
+from pathlib import Path
+
+import httpx
+
+from deploy.devstack.servers import SeaweedS3Server, free_port
+from shared.db.client import connect
+from shared.predictions.status import Status
+from shared.predictions.store import PredictionStore
+from tests.support import data_uri, png_bytes, wait_until
+from tests.support.receiver import WebhookReceiver
+from tests.support.redis_ha import RedisHA, redis_ha
+from tests.support.stack import CELERY, TOKEN_A, TOKEN_B, WEBHOOK_CELERY, Stack, healthy, stack_env, uvicorn_argv
+
+TERMINAL = {status.value for status in Status if status.is_terminal()}
+APIS, GPU_WORKERS, WEBHOOK_WORKERS = 3, 4, 2
+# A submission is retried (same Idempotency-Key) for this long before it counts as refused.
+SUBMIT_RETRY_S = 180.0
+
+
+def fleet_settings(receiver_down_s: float) -> dict[str, str]:
+    # The retry schedule outlasts the receiver's outage (its sum is more than the outage, twice over).
+    schedule = [1, 2, 4, 8, 15] + [30] * int(2 * receiver_down_s / 30 + 2)
+    return {
+        "KILN_LEASE_S": "6",
+        "KILN_MAX_ATTEMPTS": "4",
+        "KILN_STEP_GATES": "false",
+        "KILN_WEBHOOK_ALLOW_PRIVATE": "true",
+        "KILN_WEBHOOK_RETRY_SCHEDULE_S": json.dumps(schedule),
+        "KILN_WEBHOOK_TIMEOUT_S": "10",
+        "KILN_STORAGE_ATTEMPTS": "8",
+        "KILN_REDIS_MIN_REPLICAS_ACK": "1",
+        "KILN_RATE_LIMIT_PER_S": "1000000",
+        "KILN_RATE_LIMIT_BURST": "1000000",
+    }
+
+
+def gpu_worker_argv(index: int) -> list[str]:
+    return [*CELERY, "--pool", "solo", "--concurrency", "1", "-Q", "gpu.sd2-depth", "--hostname", f"gpu-{index}@%h"]
+
+
+def webhook_worker_argv(index: int) -> list[str]:
+    return [
+        *WEBHOOK_CELERY,
+        "--pool",
+        "threads",
+        "--concurrency",
+        "4",
+        "-Q",
+        "webhooks",
+        "--hostname",
+        f"wh-{index}@%h",
+    ]
+
+
+class Fleet:
+    """The fleet's processes (in one ``Stack``), its Redis and its API URLs."""
+
+    def __init__(self, stack: Stack, ha: RedisHA, api_ports: list[int]) -> None:
+        self.stack = stack
+        self.ha = ha
+        self.api_ports = api_ports
+
+    @property
+    def api_urls(self) -> list[str]:
+        return [f"http://127.0.0.1:{port}" for port in self.api_ports]
+
+    def start_api(self, index: int) -> None:
+        self.stack.start(f"api-{index}", uvicorn_argv(self.api_ports[index]))
+
+    def start_gpu_worker(self, index: int) -> None:
+        self.stack.start(f"gpu-{index}", gpu_worker_argv(index))
+
+    def kill(self, name: str) -> None:
+        process = self.stack.processes[name]
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(60)
+
+
+def start_fleet(exits: ExitStack, root: Path, weights_dir: Path, settings: dict[str, str]) -> Fleet:
+    (root / "logs").mkdir(parents=True)
+    access_key, secret_key = "kiln-fleet", secrets.token_hex(16)
+    ha = exits.enter_context(redis_ha(root / "redis", replicas=2))
+    s3 = exits.enter_context(SeaweedS3Server(root / "s3", access_key, secret_key))
+    ports = [free_port() for _ in range(APIS)]
+    env = stack_env(root, ha.primary, s3, access_key, secret_key, weights_dir) | ha.environment() | settings
+    stack = Stack(
+        base_url=f"http://127.0.0.1:{ports[0]}",
+        tls_base_url="",
+        tls_ca=root / "unused",
+        env=env,
+        redis=ha.primary,
+        s3=s3,
+        logs=root / "logs",
+    )
+    exits.callback(stack.stop_all)
+    fleet = Fleet(stack, ha, ports)
+    for index in range(WEBHOOK_WORKERS):
+        stack.start(f"webhooks-{index}", webhook_worker_argv(index))
+    for index in range(APIS):
+        fleet.start_api(index)
+    for index in range(GPU_WORKERS):
+        fleet.start_gpu_worker(index)
+    for index in range(GPU_WORKERS):
+        stack.ready(f"gpu-{index}")
+    for url in fleet.api_urls:
+        wait_until(lambda url=url: healthy(url), 60, what=f"{url}/health")
+    return fleet
+
+
+class Load:
+    """Creates from two tenants over the API processes; every attempt's time, answer and latency."""
+
+    def __init__(self, fleet: Fleet, webhook: str, count: int, waited_share: float) -> None:
+        self.fleet, self.webhook, self.count, self.waited_share = fleet, webhook, count, waited_share
+        self.image = data_uri(png_bytes(64, 64))
+        self.accepted: dict[str, int] = {}
+        self.refused: list[int] = []
+        self.unexpected: list[str] = []
+        # (when it ended, status or None for a dropped connection, seconds it took)
+        self.attempts: list[tuple[float, int | None, float]] = []
+        self._lock = threading.Lock()
+        self._next = iter(range(count))
+
+    def run(self, threads: int) -> None:
+        workers = [threading.Thread(target=self._work, args=(n,), daemon=True) for n in range(threads)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+
+    @property
+    def progress(self) -> float:
+        with self._lock:
+            return (len(self.accepted) + len(self.refused)) / self.count
+
+    def _work(self, thread: int) -> None:
+        # Two tenants; the receiver verifies both (each tenant signs with its own webhook secret).
+        token = TOKEN_A if thread % 2 == 0 else TOKEN_B
+        clients = [
+            httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}) for url in self.fleet.api_urls
+        ]
+        try:
+            while True:
+                with self._lock:
+                    index = next(self._next, None)
+                if index is None:
+                    return
+                self._create(clients, index)
+        finally:
+            for client in clients:
+                client.close()
+
+    def _create(self, clients: list[httpx.Client], index: int) -> None:
+        body = {
+            "version": "kiln/sd2-depth2img",
+            "input": {"prompt": f"fleet {index}", "input_image": self.image, "num_inference_steps": 2, "seed": index},
+            "webhook": self.webhook,
+            "webhook_events_filter": ["completed"],
+        }
+        headers = {"Idempotency-Key": f"fleet-{index}"}
+        if random.random() < self.waited_share:
+            headers["Prefer"] = "wait=5"
+        deadline = time.monotonic() + SUBMIT_RETRY_S
+        attempt = 0
+        while time.monotonic() < deadline:
+            client = clients[(index + attempt) % len(clients)]
+            attempt += 1
+            started = time.monotonic()
+            try:
+                response = client.post("/v1/predictions", json=body, headers=headers, timeout=30)
+                status: int | None = response.status_code
+            except httpx.TransportError:
+                response, status = None, None
+            with self._lock:
+                self.attempts.append((time.monotonic(), status, time.monotonic() - started))
+            if response is not None and status == 201:
+                with self._lock:
+                    self.accepted[response.json()["id"]] = index
+                return
+            if status not in {None, 409, 429, 503}:
+                with self._lock:
+                    self.unexpected.append(f"{status} {response.text[:200] if response is not None else ''}")
+                return
+            time.sleep(0.3)
+        with self._lock:
+            self.refused.append(index)
+
+    def longest_refusal_s(self) -> float:
+        accepted = sorted(when for when, status, _ in self.attempts if status == 201)
+        return max((b - a for a, b in itertools.pairwise(accepted)), default=0.0)
+
+    def p99_outside(self, windows: list[tuple[float, float]]) -> float | None:
+        latencies = [
+            took
+            for when, status, took in self.attempts
+            if status == 201 and not any(start <= when <= end for start, end in windows)
+        ]
+        return statistics.quantiles(latencies, n=100)[98] if len(latencies) >= 100 else None
+
+
+class Faults:
+    """The fleet's faults in a thread, in order, as the load's progress passes each threshold; each
+    fault's window (start, end) on the monotonic clock."""
+
+    def __init__(
+        self,
+        fleet: Fleet,
+        receiver: WebhookReceiver,
+        progress: Callable[[], float],
+        log: Callable[[str], None],
+        s3_down_s: float,
+        receiver_down_s: float,
+    ) -> None:
+        self.fleet, self.receiver, self.progress, self.log = fleet, receiver, progress, log
+        self.s3_down_s, self.receiver_down_s = s3_down_s, receiver_down_s
+        self.windows: list[tuple[str, float, float]] = []
+        self.faults = [
+            (0.10, "kill the Redis primary", self.kill_primary),
+            (0.25, "kill an API process", self.kill_api),
+            (0.40, "kill a GPU worker mid-batch", self.kill_gpu_worker),
+            (0.55, "stop S3", self.stop_s3),
+            (0.65, "webhook receiver down", self.receiver_down),
+            (0.80, "kill the new Redis primary", self.kill_primary),
+        ]
+        self.thread = threading.Thread(target=self._run, name="faults", daemon=True)
+
+    def _run(self) -> None:
+        for threshold, name, fault in self.faults:
+            while self.progress() < threshold:
+                time.sleep(0.2)
+            started = time.monotonic()
+            detail = fault()
+            self.windows.append((name, started, time.monotonic()))
+            self.log(f"{name}: {detail or 'done'} ({time.monotonic() - started:.1f} s)")
+
+    def kill_primary(self) -> str:
+        ha = self.fleet.ha
+        primary = ha.current_primary()
+        assert primary is not None
+        victim = next(server for server in [ha.primary, *ha.replicas] if server.port == primary[1])
+        killed = time.monotonic()
+        victim.kill()
+        wait_until(lambda: ha.current_primary() not in (None, primary), 30, what="a new primary")
+        failover_s = time.monotonic() - killed
+        victim.start()  # back, as a replica of the new primary
+        return f"failover in {failover_s:.1f} s"
+
+    def kill_api(self) -> str:
+        self.fleet.kill("api-1")
+        time.sleep(3)
+        self.fleet.start_api(1)
+        wait_until(lambda: healthy(self.fleet.api_urls[1]), 60, what="the restarted API")
+        return "restarted"
+
+    def kill_gpu_worker(self) -> str:
+        self.fleet.kill("gpu-0")
+        self.fleet.start_gpu_worker(0)
+        self.fleet.stack.ready("gpu-0")
+        return "restarted"
+
+    def stop_s3(self) -> str:
+        self.fleet.stack.s3.stop()
+        time.sleep(self.s3_down_s)
+        self.fleet.stack.s3.start()
+        return f"down {self.s3_down_s:.0f} s"
+
+    def receiver_down(self) -> str:
+        self.receiver.down_for(self.receiver_down_s)
+        time.sleep(self.receiver_down_s)
+        return f"down {self.receiver_down_s:.0f} s"
+
+
+def deliveries(receiver: WebhookReceiver) -> tuple[dict[str, set[str]], int]:
+    """Prediction id -> distinct webhook-ids of its terminal deliveries, and how many deliveries repeated one."""
+    with receiver._lock:
+        received = list(receiver.received)
+    found: dict[str, set[str]] = {}
+    repeated = 0
+    for event in received:
+        if event.body.get("status") in TERMINAL:
+            ids = found.setdefault(event.body["id"], set())
+            repeated += event.headers["webhook-id"] in ids
+            ids.add(event.headers["webhook-id"])
+    return found, repeated
+
+
+def run_fleet(args: argparse.Namespace, root: Path, log: Callable[[str], None]) -> str:
+    with ExitStack() as exits:
+        log(f"starting the fleet under {root}")
+        fleet = start_fleet(exits, root, args.weights_dir, fleet_settings(args.receiver_down_s))
+        secrets_ = []
+        for token in (TOKEN_A, TOKEN_B):
+            with httpx.Client(base_url=fleet.api_urls[0], headers={"Authorization": f"Bearer {token}"}) as client:
+                secrets_.append(client.get("/v1/webhooks/default/secret").json()["key"])
+        receiver = exits.enter_context(WebhookReceiver(secrets_))
+        load = Load(fleet, receiver.url("/fleet"), args.count, waited_share=0.05)
+        faults = Faults(fleet, receiver, lambda: load.progress, log, args.s3_down_s, args.receiver_down_s)
+        started = time.monotonic()
+        faults.thread.start()
+        load.run(args.submitters)
+        log(f"submitted: {len(load.accepted)} accepted, {len(load.refused)} refused")
+        faults.thread.join(timeout=args.receiver_down_s + 300)
+        store = PredictionStore(connect(fleet.ha.target))
+        ids = list(load.accepted)
+
+        def statuses() -> dict[str, str]:
+            found: dict[str, str] = {}
+            for at in range(0, len(ids), 500):
+                found |= {p.id: p.status.value for p in store.get_many(ids[at : at + 500])}
+            return found
+
+        def settled() -> bool:
+            current, (delivered, _) = statuses(), deliveries(receiver)
+            terminal = [i for i in ids if current.get(i) in TERMINAL]
+            log(f"terminal {len(terminal)}/{len(ids)}, completed webhooks {len(set(terminal) & set(delivered))}")
+            return len(terminal) == len(ids) and set(ids) <= set(delivered)
+
+        deadline = time.monotonic() + args.settle_timeout_s
+        while not settled() and time.monotonic() < deadline:
+            time.sleep(10)
+        time.sleep(10)  # late duplicates
+        current, (delivered, repeated) = statuses(), deliveries(receiver)
+        windows = [(start, end + 5) for _, start, end in faults.windows]
+        p99 = load.p99_outside(windows)
+        counts = {
+            "accepted": len(ids),
+            "lost": sum(1 for i in ids if current.get(i) not in TERMINAL),
+            "succeeded": sum(1 for i in ids if current.get(i) == Status.SUCCEEDED.value),
+            "completed_twice": sum(1 for i in ids if len(delivered.get(i, ())) > 1),
+            "webhooks_missing": sum(1 for i in ids if i not in delivered),
+            "repeated_deliveries": repeated,
+            "refused": len(load.refused),
+            "unexpected": len(load.unexpected),
+            "longest_refusal_s": round(load.longest_refusal_s(), 1),
+            "create_p99_ms_outside_faults": None if p99 is None else round(p99 * 1000),
+            "faults": len(faults.windows),
+            "seconds": round(time.monotonic() - started),
+        }
+        if load.unexpected:
+            log(f"unexpected answers, e.g. {load.unexpected[:3]}")
+        log(f"deliveries with a bad signature: {receiver.bad_signatures}")
+        return " ".join(f"{name}={value}" for name, value in counts.items())
