@@ -1,0 +1,39 @@
+"""The fleet chaos run, short (``make chaos CHAOS_ARGS=--fleet`` at full length): Redis behind Sentinel
+with two replicas, three APIs, four GPU workers and two webhook workers, through a primary killed twice,
+an API process and a GPU worker killed, S3 stopped and the webhook receiver down. Nothing answered 201 is
+lost or completes twice, and every prediction's completed webhook arrives."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+
+from tests.support import fake_weights_dir
+from tools.chaos_fleet import run_fleet
+
+pytestmark = pytest.mark.integration
+
+
+def test_a_short_fleet_run_loses_nothing(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, capsys) -> None:
+    args = argparse.Namespace(
+        count=60,
+        submitters=4,
+        s3_down_s=3.0,
+        receiver_down_s=5.0,
+        settle_timeout_s=240.0,
+        weights_dir=fake_weights_dir(tmp_path_factory),
+    )
+    line = run_fleet(args, tmp_path / "fleet", lambda message: None)
+    with capsys.disabled():
+        print(f"\nfleet: {line}")
+    counts = dict(item.split("=", 1) for item in line.split())
+    assert counts["faults"] == "6"
+    assert (counts["lost"], counts["completed_twice"], counts["webhooks_missing"], counts["unexpected"]) == (
+        "0",
+        "0",
+        "0",
+        "0",
+    )
+    assert int(counts["accepted"]) + int(counts["refused"]) == 60 and counts["refused"] == "0"
