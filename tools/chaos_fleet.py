@@ -277,9 +277,14 @@ class Faults:
         victim = next(server for server in [ha.primary, *ha.replicas] if server.port == primary[1])
         killed = time.monotonic()
         victim.kill()
-        wait_until(lambda: ha.current_primary() not in (None, primary), 30, what="a new primary")
+        promoted = wait_until(
+            lambda: (found := ha.current_primary()) not in (None, primary) and found, 30, what="a new primary"
+        )
         failover_s = time.monotonic() - killed
-        victim.start()  # back, as a replica of the new primary
+        # Back as the new primary's replica, as a sentinel-aware start script brings it back: a server
+        # without persistence restarted as a primary would be an empty one that replicas could sync from.
+        victim.replica_of = promoted[1]
+        victim.start()
         return f"failover in {failover_s:.1f} s"
 
     def kill_api(self) -> str:

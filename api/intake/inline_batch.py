@@ -77,7 +77,8 @@ def submit_batch(
     entries = [{"id": r.id} if isinstance(r, Prediction) else {"problem": r} for r in results]
     if idempotency_key is not None:
         services.redis.set(keys.batch(batch_id), json.dumps(entries), ex=TTL_S)
-    confirm_replicated(services)
+    created = [r.id for r in results if isinstance(r, Prediction)]
+    confirm_replicated(services, lambda: len(services.store.get_many(created)) == len(created))
     return [services.render(r, base_url) if isinstance(r, Prediction) else r for r in results], True
 
 

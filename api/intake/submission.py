@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 
 from fastapi.concurrency import run_in_threadpool
@@ -151,12 +151,12 @@ def store_and_enqueue(
 NOT_REPLICATED_RETRY_AFTER_S = 1
 
 
-def confirm_replicated(services: Services) -> None:
+def confirm_replicated(services: Services, still_there: Callable[[], bool] | None = None) -> None:
     """Answer 201 only once ``KILN_REDIS_MIN_REPLICAS_ACK`` replicas hold what this request stored (and what
     a replay finds): otherwise a 503 with ``Retry-After``. What was stored stays (it may well run): a retry
     with the same Idempotency-Key finds it and confirms again, where a retry without one creates another."""
     try:
-        services.core.replication.confirm()
+        services.core.replication.confirm(still_there)
     except (NotReplicated, RedisError) as exc:
         raise ProblemError(
             503,
@@ -216,12 +216,12 @@ def submit(
         if existing is not None:
             discard_staged_inputs(services, [prediction.id] if prediction.input_files else [])
             stored = _stored_by_first_request(services, existing)
-            confirm_replicated(services)
+            confirm_replicated(services, lambda: services.store.get(stored.id) is not None)
             return stored, False
     with services.idempotency.released_on_failure(tenant, idempotency_key):
         store_and_enqueue(services, [prediction], queues.PRIORITY_INTERACTIVE, tenant_cap)
     # After the Idempotency-Key is kept for good: a 503 here is replayed, not created again.
-    confirm_replicated(services)
+    confirm_replicated(services, lambda: services.store.get(prediction.id) is not None)
     return prediction, True
 
 

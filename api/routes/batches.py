@@ -56,7 +56,7 @@ def _submit(
         )
         if existing is not None:
             stored = _stored_by_first_request(services, existing)
-            confirm_replicated(services)
+            confirm_replicated(services, lambda: services.batches.get(stored.id) is not None)
             return stored, False
     with services.idempotency.released_on_failure(tenant, idempotency_key):
         if body.input_file is not None:
@@ -73,7 +73,7 @@ def _submit(
             assert body.predictions is not None  # exactly one of the two (checked above)
             items, count, source = inline_items(body.predictions), len(body.predictions), "inline"
         batch = create_batch(services, tenant, items, count, base, webhook, source, tenant_cap, batch_id)
-    confirm_replicated(services)
+    confirm_replicated(services, lambda: services.batches.get(batch.id) is not None)
     return batch, True
 
 

@@ -15,6 +15,7 @@ hold it they hold those too.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import redis
@@ -25,7 +26,8 @@ log = logging.getLogger(__name__)
 
 
 class NotReplicated(Exception):
-    """Fewer replicas than required confirmed the writes within the timeout."""
+    """Fewer replicas than required confirmed the writes within the timeout, or what was written is not on
+    the primary any more (a failover lost it)."""
 
     def __init__(self, confirmed: int, required: int) -> None:
         super().__init__(f"{confirmed} of the {required} required replicas confirmed the write")
@@ -41,8 +43,12 @@ class Replication:
     replicas: int
     timeout_s: float
 
-    def confirm(self) -> None:
-        """Return once ``replicas`` replicas hold every write answered so far; ``NotReplicated`` after the timeout."""
+    def confirm(self, still_there: Callable[[], bool] | None = None) -> None:
+        """Return once ``replicas`` replicas hold every write answered so far; ``NotReplicated`` after the timeout.
+
+        If the primary died between the writes and the ``WAIT``, the client retries the fence on the promoted
+        replica, where the ``WAIT`` confirms that server's writes, not the lost ones: ``still_there`` then
+        reads back what was written (after the ``WAIT``, so on a primary whose replicas hold it)."""
         if self.replicas <= 0:
             return
         with self.client.pipeline(transaction=False) as pipe:
@@ -51,10 +57,13 @@ class Replication:
             _, confirmed = pipe.execute()
         if confirmed < self.replicas:
             raise NotReplicated(int(confirmed), self.replicas)
+        if still_there is not None and not still_there():
+            raise NotReplicated(0, self.replicas)
 
     def settle(self, tries: int = 3) -> bool:
         """``confirm``, a few times: for what is done whatever the answer (a terminal transition already
         made). False, logged, when the replicas never confirmed."""
+        last: NotReplicated | None = None
         for _ in range(tries):
             try:
                 self.confirm()

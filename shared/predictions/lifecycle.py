@@ -107,8 +107,12 @@ class PredictionLifecycle:
         The webhook is recorded once the replicas required hold the terminal status (a few tries; if they
         never confirm it, it is recorded anyway: a client that is never told would be worse than one told
         of an ending a failover could still undo)."""
-        if self.replication is not None:
+        if self.replication is not None and self.replication.replicas > 0:
             self.replication.settle()
+            # A terminal status a failover undid is not announced: the prediction runs (or is reaped) again,
+            # and that ending records the one completed webhook.
+            held = {p.id for p in self.store.get_many([p.id for p in predictions]) if p.status is status}
+            predictions = [p for p in predictions if p.id in held]
         self.store.schedule_retention([p.id for p in predictions])
         for prediction in predictions:
             metrics.record_finished(prediction.model, status.value, predict_time)

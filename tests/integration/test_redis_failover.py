@@ -148,9 +148,12 @@ def test_a_primary_killed_under_load_loses_nothing_answered_201(ha_stack, capsys
         before = len(load.accepted)
         killed = time.monotonic()
         ha.kill_primary()
-        ha.wait_for_failover()
+        promoted = ha.wait_for_failover()
         failover_s = time.monotonic() - killed
-        ha.primary.start()  # back as the new primary's replica: creates can be acknowledged again
+        # Back as the new primary's replica, as a sentinel-aware start script brings it back (restarted as a
+        # primary, this server without persistence would be an empty one that replicas could sync from).
+        ha.primary.replica_of = promoted[1]
+        ha.primary.start()
         wait_until(
             lambda: len(load.accepted) > before + 5 or load.unexpected,
             90,
