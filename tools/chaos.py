@@ -194,13 +194,7 @@ class Submitter:
 
 def completed_deliveries(receiver: WebhookReceiver) -> dict[str, set[str]]:
     """Prediction id -> distinct webhook-ids of the terminal (``completed``) deliveries received."""
-    with receiver._lock:
-        received = list(receiver.received)
-    deliveries: dict[str, set[str]] = {}
-    for event in received:
-        if event.body.get("status") in TERMINAL:
-            deliveries.setdefault(event.body["id"], set()).add(event.headers["webhook-id"])
-    return deliveries
+    return receiver.terminal_deliveries()[0]
 
 
 def statuses(stack: Stack, prediction_ids: list[str]) -> dict[str, str]:

@@ -315,20 +315,6 @@ class Faults:
         return f"down {self.receiver_down_s:.0f} s"
 
 
-def deliveries(receiver: WebhookReceiver) -> tuple[dict[str, set[str]], int]:
-    """Prediction id -> distinct webhook-ids of its terminal deliveries, and how many deliveries repeated one."""
-    with receiver._lock:
-        received = list(receiver.received)
-    found: dict[str, set[str]] = {}
-    repeated = 0
-    for event in received:
-        if event.body.get("status") in TERMINAL:
-            ids = found.setdefault(event.body["id"], set())
-            repeated += event.headers["webhook-id"] in ids
-            ids.add(event.headers["webhook-id"])
-    return found, repeated
-
-
 def run_fleet(args: argparse.Namespace, root: Path, log: Callable[[str], None]) -> str:
     with ExitStack() as exits:
         log(f"starting the fleet under {root}")
@@ -355,7 +341,7 @@ def run_fleet(args: argparse.Namespace, root: Path, log: Callable[[str], None]) 
             return found
 
         def settled() -> bool:
-            current, (delivered, _) = statuses(), deliveries(receiver)
+            current, (delivered, _) = statuses(), receiver.terminal_deliveries()
             terminal = [i for i in ids if current.get(i) in TERMINAL]
             log(f"terminal {len(terminal)}/{len(ids)}, completed webhooks {len(set(terminal) & set(delivered))}")
             return len(terminal) == len(ids) and set(ids) <= set(delivered)
@@ -364,7 +350,7 @@ def run_fleet(args: argparse.Namespace, root: Path, log: Callable[[str], None]) 
         while not settled() and time.monotonic() < deadline:
             time.sleep(10)
         time.sleep(10)  # late duplicates
-        current, (delivered, repeated) = statuses(), deliveries(receiver)
+        current, (delivered, repeated) = statuses(), receiver.terminal_deliveries()
         failed = [p for p in store.get_many(ids) if p.status is Status.FAILED]
         reasons = Counter((p.error or "").split(":")[0][:80] for p in failed)
         if reasons:

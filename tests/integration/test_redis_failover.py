@@ -126,17 +126,6 @@ class SteadyLoad(threading.Thread):
         return max((b - a for a, b in itertools.pairwise(accepted)), default=0.0)
 
 
-def completed_messages(receiver: WebhookReceiver) -> dict[str, set[str]]:
-    """Prediction id -> distinct webhook-ids of its terminal deliveries."""
-    with receiver._lock:
-        received = list(receiver.received)
-    found: dict[str, set[str]] = {}
-    for event in received:
-        if event.body.get("status") in TERMINAL:
-            found.setdefault(event.body["id"], set()).add(event.headers["webhook-id"])
-    return found
-
-
 def test_a_primary_killed_under_load_loses_nothing_answered_201(ha_stack, capsys) -> None:
     stack, ha = ha_stack
     with stack.client(TOKEN_A) as client:
@@ -169,9 +158,9 @@ def test_a_primary_killed_under_load_loses_nothing_answered_201(ha_stack, capsys
             return {p.id: p.status.value for p in store.get_many(ids)}
 
         wait_until(lambda: all(s in TERMINAL for s in statuses().values()) and len(statuses()) == len(ids), 120)
-        wait_until(lambda: set(completed_messages(receiver)) >= set(ids), 120, what="every completed webhook")
+        wait_until(lambda: set(receiver.terminal_deliveries()[0]) >= set(ids), 120, what="every completed webhook")
         time.sleep(3)  # late duplicates, if any
-        found, messages = statuses(), completed_messages(receiver)
+        found, messages = statuses(), receiver.terminal_deliveries()[0]
     assert load.unexpected == []
     refused_s = load.longest_refusal_s()
     with capsys.disabled():

@@ -11,6 +11,11 @@ from dataclasses import dataclass
 
 from standardwebhooks.webhooks import Webhook
 
+from shared.predictions.status import Status
+
+# A prediction webhook with one of these statuses is its ``completed`` event.
+TERMINAL_STATUSES = frozenset(status.value for status in Status if status.is_terminal())
+
 
 @dataclass
 class Received:
@@ -57,6 +62,20 @@ class WebhookReceiver:
 
     def script(self, path: str, statuses: list[int]) -> None:
         self._scripts[path] = list(statuses)
+
+    def terminal_deliveries(self) -> tuple[dict[str, set[str]], int]:
+        """Prediction id -> the distinct webhook-ids of its terminal (``completed``) deliveries, and how many
+        deliveries repeated a message already received (the same webhook-id again)."""
+        with self._lock:
+            received = list(self.received)
+        found: dict[str, set[str]] = {}
+        repeated = 0
+        for event in received:
+            if event.body.get("status") in TERMINAL_STATUSES:
+                ids = found.setdefault(event.body["id"], set())
+                repeated += event.headers["webhook-id"] in ids
+                ids.add(event.headers["webhook-id"])
+        return found, repeated
 
     def at(self, path: str) -> list[Received]:
         with self._lock:
