@@ -114,12 +114,20 @@ class Fleet:
         process.wait(60)
 
 
-def start_fleet(exits: ExitStack, root: Path, weights_dir: Path, settings: dict[str, str]) -> Fleet:
+def start_fleet(
+    exits: ExitStack,
+    root: Path,
+    weights_dir: Path,
+    settings: dict[str, str],
+    size: tuple[int, int, int] = (APIS, GPU_WORKERS, WEBHOOK_WORKERS),
+) -> Fleet:
+    """The fleet, ready: ``size`` is (API processes, GPU workers, webhook workers)."""
+    apis, gpu_workers, webhook_workers = size
     (root / "logs").mkdir(parents=True)
     access_key, secret_key = "kiln-fleet", secrets.token_hex(16)
     ha = exits.enter_context(redis_ha(root / "redis", replicas=2))
     s3 = exits.enter_context(SeaweedS3Server(root / "s3", access_key, secret_key))
-    ports = [free_port() for _ in range(APIS)]
+    ports = [free_port() for _ in range(apis)]
     env = stack_env(root, ha.primary, s3, access_key, secret_key, weights_dir) | ha.environment() | settings
     stack = Stack(
         base_url=f"http://127.0.0.1:{ports[0]}",
@@ -132,13 +140,13 @@ def start_fleet(exits: ExitStack, root: Path, weights_dir: Path, settings: dict[
     )
     exits.callback(stack.stop_all)
     fleet = Fleet(stack, ha, ports)
-    for index in range(WEBHOOK_WORKERS):
+    for index in range(webhook_workers):
         stack.start(f"webhooks-{index}", webhook_worker_argv(index))
-    for index in range(APIS):
+    for index in range(apis):
         fleet.start_api(index)
-    for index in range(GPU_WORKERS):
+    for index in range(gpu_workers):
         fleet.start_gpu_worker(index)
-    for index in range(GPU_WORKERS):
+    for index in range(gpu_workers):
         stack.ready(f"gpu-{index}")
     for url in fleet.api_urls:
         wait_until(lambda url=url: healthy(url), 60, what=f"{url}/health")
@@ -318,7 +326,8 @@ class Faults:
 def run_fleet(args: argparse.Namespace, root: Path, log: Callable[[str], None]) -> str:
     with ExitStack() as exits:
         log(f"starting the fleet under {root}")
-        fleet = start_fleet(exits, root, args.weights_dir, fleet_settings(args.receiver_down_s))
+        size = getattr(args, "size", (APIS, GPU_WORKERS, WEBHOOK_WORKERS))
+        fleet = start_fleet(exits, root, args.weights_dir, fleet_settings(args.receiver_down_s), size)
         secrets_ = []
         for token in (TOKEN_A, TOKEN_B):
             with httpx.Client(base_url=fleet.api_urls[0], headers={"Authorization": f"Bearer {token}"}) as client:

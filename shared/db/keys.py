@@ -267,6 +267,7 @@ BOUNDS: dict[str, str] = {
     "dispatch_tenants": "swept",  # the dispatcher drops a tenant whose list drained
     "dispatch_queue": "swept",  # drained by the dispatcher
     "dispatch_claimed": "swept",  # emptied as the dispatcher's messages are pushed
+    "replication_fence": "config",  # one counter
 }
 
 
