@@ -43,7 +43,7 @@ from shared.predictions.store import PredictionStore
 from shared.scheduling import queues
 from tests.support import REPO_ROOT, data_uri, png_bytes, wait_until
 from tests.support.receiver import WebhookReceiver
-from tests.support.stack import TOKEN_A, WEBHOOK_WORKER_ARGV, Stack, stack_env, uvicorn_argv
+from tests.support.stack import TOKEN_A, WEBHOOK_WORKER_ARGV, Stack, uvicorn_argv
 from tools.chaos_events import ChaosSchedule, Watchdog
 from tools.chaos_fleet import run_fleet
 
@@ -248,16 +248,7 @@ def start_stack(root: Path, weights_dir: Path) -> Stack:
     redis_server = RedisServer(root / "redis", appendonly=True).start()
     s3 = SeaweedS3Server(root / "s3", access_key, secret_key).start()
     port = free_port()
-    env = stack_env(root, redis_server, s3, access_key, secret_key, weights_dir) | CHAOS_SETTINGS
-    stack = Stack(
-        base_url=f"http://127.0.0.1:{port}",
-        tls_base_url="",
-        tls_ca=root / "unused",
-        env=env,
-        redis=redis_server,
-        s3=s3,
-        logs=root / "logs",
-    )
+    stack = Stack.plain(root, redis_server, s3, (access_key, secret_key), weights_dir, port, CHAOS_SETTINGS)
     try:
         stack.start("webhooks", WEBHOOK_WORKER_ARGV)
         stack.start("api", uvicorn_argv(port))

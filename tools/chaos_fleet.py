@@ -46,7 +46,7 @@ from shared.predictions.store import PredictionStore
 from tests.support import data_uri, png_bytes, wait_until
 from tests.support.receiver import WebhookReceiver
 from tests.support.redis_ha import RedisHA, redis_ha
-from tests.support.stack import CELERY, TOKEN_A, TOKEN_B, WEBHOOK_CELERY, Stack, healthy, stack_env, uvicorn_argv
+from tests.support.stack import CELERY, TOKEN_A, TOKEN_B, WEBHOOK_CELERY, Stack, healthy, uvicorn_argv
 
 TERMINAL = {status.value for status in Status if status.is_terminal()}
 APIS, GPU_WORKERS, WEBHOOK_WORKERS = 3, 4, 2
@@ -128,16 +128,8 @@ def start_fleet(
     ha = exits.enter_context(redis_ha(root / "redis", replicas=2))
     s3 = exits.enter_context(SeaweedS3Server(root / "s3", access_key, secret_key))
     ports = [free_port() for _ in range(apis)]
-    env = stack_env(root, ha.primary, s3, access_key, secret_key, weights_dir) | ha.environment() | settings
-    stack = Stack(
-        base_url=f"http://127.0.0.1:{ports[0]}",
-        tls_base_url="",
-        tls_ca=root / "unused",
-        env=env,
-        redis=ha.primary,
-        s3=s3,
-        logs=root / "logs",
-    )
+    env = ha.environment() | settings
+    stack = Stack.plain(root, ha.primary, s3, (access_key, secret_key), weights_dir, ports[0], env)
     exits.callback(stack.stop_all)
     fleet = Fleet(stack, ha, ports)
     for index in range(webhook_workers):

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from models.sdxl_family.row_scales import RowScaledControlNetModel
+from models.sdxl_family.row_scales import RowScaledControlNetModel, unwrapped
 
 
 class IdentityControlNetModel(RowScaledControlNetModel):
@@ -37,15 +37,11 @@ class IdentityControlNetModel(RowScaledControlNetModel):
         return super().forward(sample, timestep, encoder_hidden_states, controlnet_cond, conditioning_scale, **kwargs)
 
 
-def _unwrapped(module: Any) -> Any:
-    return getattr(module, "_orig_mod", module)
-
-
 @contextmanager
 def identity_applied(controlnet: Any, tokens: torch.Tensor, masks: torch.Tensor | None) -> Iterator[None]:
     """For one pipeline call: the ControlNet reads ``tokens`` (rows as the UNet sees them) and its residuals
     apply only where ``masks`` (``(rows, 1, height, width)``, or None: everywhere) are 1."""
-    net = _unwrapped(controlnet)
+    net = unwrapped(controlnet)
     if not isinstance(net, IdentityControlNetModel):
         raise TypeError("the pipeline's ControlNet is not InstantID's")
     net.identity_tokens, net.row_masks = tokens, masks

@@ -36,17 +36,17 @@ from models.kit.contract import (
     resolve_seed,
 )
 from models.kit.devices import resolve_device
-from models.kit.fast_mode import FastMode, device_capability, fast_mode_applied, resolve_speed
-from models.kit.rows import fit, generators, rows, split_images
+from models.kit.fast_mode import fast_mode_applied, resolve_speed
+from models.kit.rows import fit, for_guidance, generators, rows, split_images
 from models.kit.schedulers import SCHEDULERS
 from models.kit.tensor_files import load_tensor_file, process_tensor_file_cache, safetensors_output
-from models.kit.tuning import Tuning, optimise_pipeline
+from models.kit.tuning import Tuning
 from models.kit.weights.loading import load_model
 from models.sdxl_family.base import SharedBase, shared_base
 from models.sdxl_family.embeddings import EMBEDDINGS_NAME
 from models.sdxl_family.ip_adapter_scales import role_row_scales
 from models.sdxl_family.lora import LoraWeights, fetch_lora, lora_applied, process_lora_cache
-from models.sdxl_family.predictor import RowwiseIPAdapterXLPipeline
+from models.sdxl_family.predictor import family_pipeline
 from models.sdxl_family.row_scales import adapter_projection, adapter_selected, row_scales_applied
 from models.sdxl_family.schema import IPAdapterMode
 from models.sdxl_family.weights import xl_weights
@@ -93,11 +93,6 @@ def _settings_key(inputs: InstantIDXLInput) -> Hashable:
     )
 
 
-def _for_guidance(per_row: torch.Tensor, guided: bool) -> torch.Tensor:
-    """Per-row values for the UNet's batch: [unconditional rows, conditional rows] with guidance."""
-    return torch.cat([per_row, per_row]) if guided else per_row
-
-
 class InstantIDXLPredictor(Predictor[InstantIDXLInput, InstantIDJob]):
     """A likeness of one person, placed by their facial keypoints, on the family's shared SDXL."""
 
@@ -107,11 +102,7 @@ class InstantIDXLPredictor(Predictor[InstantIDXLInput, InstantIDJob]):
         self.adapter_index = self.base.adapter_index(ADAPTER_NAME)
         source, subfolder = controlnet_location(self.settings)
         controlnet = load_model(IdentityControlNetModel, source, self.settings, subfolder=subfolder)
-        self.pipe = RowwiseIPAdapterXLPipeline(**self.base.components, controlnet=controlnet)
-        self.pipe.set_progress_bar_config(disable=True)
-        self.fast = FastMode.from_settings(self.settings)
-        self.applied = self.fast.prepare_float8(self.pipe, self.tuning.device, device_capability(self.tuning.device))
-        self.applied += optimise_pipeline(self.pipe, self.tuning)
+        self.pipe, self.fast, self.applied = family_pipeline(self.settings, self.tuning, self.base, controlnet)
         self.scheduler_config = self.pipe.scheduler.config
         on_cuda = resolve_device(self.settings.device).type == "cuda"
         providers = ("CUDAExecutionProvider", "CPUExecutionProvider") if on_cuda else ("CPUExecutionProvider",)
@@ -162,15 +153,20 @@ class InstantIDXLPredictor(Predictor[InstantIDXLInput, InstantIDJob]):
 
     def prepare(self, inputs: InstantIDXLInput, ctx: PredictContext) -> InstantIDJob:
         embedding, kps = self.identity(inputs, ctx)
-        size = self.tuning.generation_size((inputs.width, inputs.height))
-        region = None
-        if inputs.enhance_face_region:
-            region = torch.from_numpy(face_region_mask(size, kps)).float()[None]
         lora = None
         if inputs.lora_weights is not None:
             lora = fetch_lora(inputs.lora_weights, ctx, self.pipe, self.lora_cache, self.settings)
+        return self.job(inputs, resolve_seed(inputs.seed, ctx), embedding, kps, lora)
+
+    def job(
+        self, inputs: InstantIDXLInput, seed: int, embedding: np.ndarray, kps: np.ndarray, lora: LoraWeights | None
+    ) -> InstantIDJob:
+        """The job of a face at ``kps``: its keypoint image and (enhance_face_region) its region, at the
+        generation size."""
+        size = self.tuning.generation_size((inputs.width, inputs.height))
+        region = torch.from_numpy(face_region_mask(size, kps)).float()[None] if inputs.enhance_face_region else None
         return InstantIDJob(
-            seed=resolve_seed(inputs.seed, ctx),
+            seed=seed,
             inputs=inputs,
             embedding=embedding,
             kps=kps,
@@ -185,15 +181,7 @@ class InstantIDXLPredictor(Predictor[InstantIDXLInput, InstantIDJob]):
             face_embedding=WARMUP_FACE_URL, width=size[0], height=size[1], num_inference_steps=steps, seed=0
         )
         embedding = np.random.default_rng(0).standard_normal(512).astype(np.float32)
-        generation = self.tuning.generation_size(size)
-        return InstantIDJob(
-            seed=0,
-            inputs=inputs,
-            embedding=embedding / np.linalg.norm(embedding),
-            kps=DEFAULT_FRONTAL_KPS,
-            control=draw_kps(generation, DEFAULT_FRONTAL_KPS),
-            region=torch.from_numpy(face_region_mask(generation, DEFAULT_FRONTAL_KPS)).float()[None],
-        )
+        return self.job(inputs, 0, embedding / np.linalg.norm(embedding), DEFAULT_FRONTAL_KPS, None)
 
     def face_embeds(self, layout: list[tuple[InstantIDJob, int]], guided: bool) -> torch.Tensor:
         """``(rows, 1, 1, 512)``: each row's face embedding, after a row of zeros each with guidance (InstantID's
@@ -215,7 +203,7 @@ class InstantIDXLPredictor(Predictor[InstantIDXLInput, InstantIDJob]):
         masks = None
         if first.enhance_face_region:
             regions = torch.stack([job.region for job, _ in layout if job.region is not None])
-            masks = _for_guidance(regions, guided).to(self.pipe.device)
+            masks = for_guidance(regions, guided).to(self.pipe.device)
         with identity_applied(self.pipe.controlnet, tokens, masks):
             return self.pipe(
                 prompt=[job.inputs.prompt for job, _ in layout],
@@ -248,8 +236,8 @@ class InstantIDXLPredictor(Predictor[InstantIDXLInput, InstantIDJob]):
             lora_applied(self.pipe, jobs[0].lora, jobs[0].inputs.lora_scale),
             row_scales_applied(
                 self.pipe,
-                {role: _for_guidance(tensor, guided) for role, tensor in ip_scales.items()},
-                _for_guidance(controlnet_scales.to(device), guided),
+                {role: for_guidance(tensor, guided) for role, tensor in ip_scales.items()},
+                for_guidance(controlnet_scales.to(device), guided),
             ),
         ):
             images = self.run_pipeline(jobs, layout, step_callback)

@@ -38,3 +38,8 @@ def split_images(
 def fit(image: Image.Image, size: tuple[int, int]) -> Image.Image:
     """An image generated at a bucket size, resized to the size the user asked for."""
     return image if image.size == size else image.resize(size, Image.Resampling.LANCZOS)
+
+
+def for_guidance(per_row: torch.Tensor, guided: bool) -> torch.Tensor:
+    """Per-row values for the UNet's batch: [unconditional rows, conditional rows] with guidance."""
+    return torch.cat([per_row, per_row]) if guided else per_row

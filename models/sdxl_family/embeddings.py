@@ -13,6 +13,7 @@ worker checks a fetched one the same way before reading its tensors.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import cache
 from typing import Any
 
 from models.sdxl_family.fake_weights.layout_configs import full_configs, tiny_configs
@@ -31,7 +32,14 @@ FLOAT_DTYPES = frozenset({"F32", "F16", "BF16"})
 def ip_embedding_dims(settings: Settings, variant: IPAdapterVariant) -> tuple[int, ...]:
     """The dims of one image prompt's embedding for ``variant`` under the settings' weights profile: the
     projection width (standard), or patch tokens and width (Plus)."""
-    configs = tiny_configs() if settings.weights_profile == "tiny" else full_configs()
+    return _dims(settings.weights_profile == "tiny", variant)
+
+
+@cache
+def _dims(tiny: bool, variant: IPAdapterVariant) -> tuple[int, ...]:
+    # Read from the layout's configs once per process (the full ones are files): every submission of an
+    # uploaded ip_embeddings file checks its shape against them.
+    configs = tiny_configs() if tiny else full_configs()
     if variant is IPAdapterVariant.STANDARD:
         return (configs.image_encoder["projection_dim"],)
     encoder = configs.plus_image_encoder

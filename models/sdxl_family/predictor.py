@@ -35,7 +35,7 @@ from models.kit.contract import (
 )
 from models.kit.devices import resolve_device
 from models.kit.fast_mode import FastMode, device_capability, fast_mode_applied, resolve_speed
-from models.kit.rows import fit, generators, rows, split_images
+from models.kit.rows import fit, for_guidance, generators, rows, split_images
 from models.kit.schedulers import SCHEDULERS
 from models.kit.tensor_files import load_tensor_file, process_tensor_file_cache, safetensors_output
 from models.kit.tuning import Tuning, optimise_pipeline
@@ -56,6 +56,7 @@ from models.sdxl_family.schema import IPAdapterVariant, IPAdapterXLInput
 from models.sdxl_family.spec import ControlKind
 from models.sdxl_family.weights import xl_weights
 from shared.inputs.schema import Speed
+from shared.settings import Settings
 
 CONTROL_MAP_NAME = "control-map"
 # Detectors run at the output's short side within these bounds: 512 is what they were trained at
@@ -83,6 +84,19 @@ class RowwiseIPAdapterXLPipeline(StableDiffusionXLControlNetPipeline):
         if ip_adapter_image_embeds is None:
             raise ValueError("Kiln encodes image prompts outside the pipeline: pass ip_adapter_image_embeds")
         return [embeds.to(device=device) for embeds in ip_adapter_image_embeds]
+
+
+def family_pipeline(
+    settings: Settings, tuning: Tuning, base: SharedBase, controlnet: Any
+) -> tuple[RowwiseIPAdapterXLPipeline, FastMode, list[str]]:
+    """A model's ControlNet pipeline over the family's shared base, quiet, with the fast mode's float8
+    modules prepared and the device's tuning applied; and what was applied."""
+    pipe = RowwiseIPAdapterXLPipeline(**base.components, controlnet=controlnet)
+    pipe.set_progress_bar_config(disable=True)
+    fast = FastMode.from_settings(settings)
+    applied = fast.prepare_float8(pipe, tuning.device, device_capability(tuning.device))
+    applied += optimise_pipeline(pipe, tuning)
+    return pipe, fast, applied
 
 
 @dataclass(frozen=True)
@@ -155,11 +169,7 @@ class IPAdapterXLPredictor(Predictor[IPAdapterXLInput, IPAdapterXLJob]):
         weights = xl_weights(self.settings)
         controlnet = load_model(RowScaledControlNetModel, weights.controlnets[self.control.name], self.settings)
         self.base: SharedBase = shared_base(self.settings, weights)
-        self.pipe = RowwiseIPAdapterXLPipeline(**self.base.components, controlnet=controlnet)
-        self.pipe.set_progress_bar_config(disable=True)
-        self.fast = FastMode.from_settings(self.settings)
-        self.applied = self.fast.prepare_float8(self.pipe, self.tuning.device, device_capability(self.tuning.device))
-        self.applied += optimise_pipeline(self.pipe, self.tuning)
+        self.pipe, self.fast, self.applied = family_pipeline(self.settings, self.tuning, self.base, controlnet)
         # Every prediction gets a fresh scheduler from this config: schedulers keep per-run state.
         self.scheduler_config = self.pipe.scheduler.config
         self.detector = self.load_detector(weights.annotators)
@@ -269,12 +279,12 @@ class IPAdapterXLPredictor(Predictor[IPAdapterXLInput, IPAdapterXLJob]):
             device=self.pipe.device,
         )
         by_role = role_row_scales([job.inputs.ip_adapter_mode for job, _ in layout], scales)
-        return {role: _for_guidance(tensor, guided) for role, tensor in by_role.items()}
+        return {role: for_guidance(tensor, guided) for role, tensor in by_role.items()}
 
     def controlnet_row_scales(self, layout: list[tuple[IPAdapterXLJob, int]], guided: bool) -> torch.Tensor:
         """``(rows,)``: each row's controlnet_scale."""
         scales = [job.inputs.controlnet_scale for job, _ in layout]
-        return _for_guidance(torch.tensor(scales, dtype=self.pipe.controlnet.dtype, device=self.pipe.device), guided)
+        return for_guidance(torch.tensor(scales, dtype=self.pipe.controlnet.dtype, device=self.pipe.device), guided)
 
     def run_pipeline(
         self,
@@ -297,9 +307,7 @@ class IPAdapterXLPredictor(Predictor[IPAdapterXLInput, IPAdapterXLJob]):
         cross_attention_kwargs = None
         if jobs[0].ip_masks is not None:
             # The batch key gives every job of the call the same kind of image prompts: all have masks.
-            masks = _for_guidance(
-                torch.stack([mask for job, _ in layout if (mask := job.ip_masks) is not None]), guided
-            )
+            masks = for_guidance(torch.stack([mask for job, _ in layout if (mask := job.ip_masks) is not None]), guided)
             cross_attention_kwargs = {"ip_adapter_masks": [masks.to(self.pipe.device)]}
         arguments = {
             "prompt": [job.inputs.prompt for job, _ in layout],
@@ -359,11 +367,6 @@ class IPAdapterXLPredictor(Predictor[IPAdapterXLInput, IPAdapterXLJob]):
                 )
             )
         return images
-
-
-def _for_guidance(per_row: torch.Tensor, guided: bool) -> torch.Tensor:
-    """Per-row values for the UNet's batch: [unconditional rows, conditional rows] with guidance."""
-    return torch.cat([per_row, per_row]) if guided else per_row
 
 
 # safetensors' names of the dtypes an embeddings file may hold.

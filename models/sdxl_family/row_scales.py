@@ -274,7 +274,7 @@ def _select(unet: Any, index: int) -> None:
 
 def adapter_projection(unet: Any, index: int) -> torch.nn.Module:
     """The image projection of the ``index``-th loaded IP-Adapter (selected or not)."""
-    return _unwrapped(unet).encoder_hid_proj.all_layers[index]
+    return unwrapped(unet).encoder_hid_proj.all_layers[index]
 
 
 @contextmanager
@@ -282,7 +282,7 @@ def adapter_selected(unet: Any, index: int) -> Iterator[None]:
     """For one pipeline call: the UNet attends to the ``index``-th loaded IP-Adapter only (its projections and
     image projection), as if it were the only one; the first again afterwards. Every adapter stays in memory,
     so models that share the UNet but not their adapter (the Plus variants, InstantID's) switch per call."""
-    net = _unwrapped(unet)
+    net = unwrapped(unet)
     _select(net, index)
     try:
         yield
@@ -290,7 +290,8 @@ def adapter_selected(unet: Any, index: int) -> Iterator[None]:
         _select(net, 0)
 
 
-def _unwrapped(module: Any) -> Any:
+def unwrapped(module: Any) -> Any:
+    """The module itself, if ``torch.compile`` wrapped it."""
     return getattr(module, "_orig_mod", module)
 
 
@@ -303,10 +304,10 @@ def row_scales_applied(pipe: Any, ip: Mapping[LayerRole, torch.Tensor], controln
     """
     processors = [
         processor
-        for processor in _unwrapped(pipe.unet).attn_processors.values()
+        for processor in unwrapped(pipe.unet).attn_processors.values()
         if isinstance(processor, RowScaledIPAdapterAttnProcessor)
     ]
-    net = _unwrapped(pipe.controlnet)
+    net = unwrapped(pipe.controlnet)
     if not processors or not isinstance(net, RowScaledControlNetModel):
         raise TypeError("the pipeline has no row-scaled IP-Adapter processors or ControlNet")
     try:

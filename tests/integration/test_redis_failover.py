@@ -28,7 +28,7 @@ from shared.predictions.store import PredictionStore
 from tests.support import data_uri, fake_weights_dir, png_bytes, wait_until
 from tests.support.receiver import WebhookReceiver
 from tests.support.redis_ha import RedisHA, redis_ha
-from tests.support.stack import TOKEN_A, WEBHOOK_WORKER_ARGV, Stack, healthy, stack_env, uvicorn_argv
+from tests.support.stack import TOKEN_A, WEBHOOK_WORKER_ARGV, Stack, healthy, uvicorn_argv
 
 pytestmark = pytest.mark.integration
 TERMINAL = {status.value for status in Status if status.is_terminal()}
@@ -52,16 +52,8 @@ def ha_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, 
     weights_dir = fake_weights_dir(tmp_path_factory)
     with redis_ha(root / "redis", replicas=2) as ha, SeaweedS3Server(root / "s3", access_key, secret_key) as s3:
         port = free_port()
-        env = stack_env(root, ha.primary, s3, access_key, secret_key, weights_dir) | ha.environment() | SETTINGS
-        stack = Stack(
-            base_url=f"http://127.0.0.1:{port}",
-            tls_base_url="",
-            tls_ca=root / "unused",
-            env=env,
-            redis=ha.primary,
-            s3=s3,
-            logs=root / "logs",
-        )
+        env = ha.environment() | SETTINGS
+        stack = Stack.plain(root, ha.primary, s3, (access_key, secret_key), weights_dir, port, env)
         try:
             stack.start("webhooks", WEBHOOK_WORKER_ARGV)
             stack.start("api", uvicorn_argv(port))

@@ -78,6 +78,30 @@ class Stack:
     # Each process log's size when the current test started (what a failure report shows is after it).
     log_offsets: dict[str, int] = field(default_factory=dict)
 
+    @classmethod
+    def plain(
+        cls,
+        root: Path,
+        redis: RedisServer,
+        s3: SeaweedS3Server,
+        credentials: tuple[str, str],
+        weights_dir: Path,
+        port: int,
+        env: dict[str, str],
+    ) -> Stack:
+        """A stack whose one API serves plain HTTP on ``port`` (the chaos runs' and the failover test's), with
+        the test stack's environment and ``env`` on top; its logs in ``root/logs``. Nothing started yet."""
+        access_key, secret_key = credentials
+        return cls(
+            base_url=f"http://127.0.0.1:{port}",
+            tls_base_url="",
+            tls_ca=root / "unused",
+            env=stack_env(root, redis, s3, access_key, secret_key, weights_dir) | env,
+            redis=redis,
+            s3=s3,
+            logs=root / "logs",
+        )
+
     @property
     def redis_url(self) -> str:
         return self.redis.url
