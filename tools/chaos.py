@@ -108,6 +108,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="fleet: how long the webhook receiver is down (default 300)",
     )
     parser.add_argument(
+        "--batch-lines",
+        type=int,
+        default=10_000,
+        help="fleet: lines of the batch file submitted beside the single creates (default 10000; 0: none)",
+    )
+    parser.add_argument(
         "--settle-timeout-s", type=float, default=900.0, help="fleet: how long to wait for every webhook (default 900)"
     )
     return parser.parse_args(argv)

@@ -238,6 +238,62 @@ class Load:
         return statistics.quantiles(latencies, n=100)[98] if len(latencies) >= 100 else None
 
 
+class BatchFileLoad:
+    """One batch file of ``lines`` distinct lines (prompt and seed per line, a small image each), uploaded
+    and created as a batch object with a webhook while the single creates run; both retried like them."""
+
+    def __init__(self, fleet: Fleet, webhook: str, lines: int) -> None:
+        self.fleet, self.webhook, self.lines = fleet, webhook, lines
+        self.batch_id: str | None = None
+        self.error: str | None = None
+        self.thread = threading.Thread(target=self._submit, name="batch-file", daemon=True)
+
+    def _submit(self) -> None:
+        image = data_uri(png_bytes(32, 32))
+        content = "\n".join(
+            json.dumps(
+                {
+                    "model": "kiln/sd2-depth2img",
+                    "input": {"prompt": f"fleet line {n}", "input_image": image, "num_inference_steps": 2, "seed": n},
+                }
+            )
+            for n in range(self.lines)
+        ).encode()
+        deadline = time.monotonic() + SUBMIT_RETRY_S
+        for attempt in itertools.count():
+            url = self.fleet.api_urls[attempt % len(self.fleet.api_urls)]
+            try:
+                with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {TOKEN_A}"}, timeout=120) as client:
+                    upload = client.post("/v1/files", files={"content": ("fleet.jsonl", content, "application/jsonl")})
+                    if upload.status_code == 201:
+                        body = {"input_file": upload.json()["urls"]["get"], "webhook": self.webhook}
+                        created = client.post("/v1/batches", json=body, headers={"Idempotency-Key": "fleet-batch"})
+                        if created.status_code == 201:
+                            self.batch_id = created.json()["id"]
+                            return
+                        self.error = f"{created.status_code} {created.text[:200]}"
+                    else:
+                        self.error = f"upload {upload.status_code} {upload.text[:200]}"
+            except httpx.TransportError as exc:
+                self.error = repr(exc)
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.5)
+
+    def item_ids(self, url: str) -> list[str]:
+        """The batch's predictions, in order, through its paged listing."""
+        found: list[str] = []
+        if self.batch_id is None:
+            return found
+        with httpx.Client(headers={"Authorization": f"Bearer {TOKEN_A}"}, timeout=60) as client:
+            page: str | None = f"{url}/v1/batches/{self.batch_id}/predictions"
+            while page:
+                listed = client.get(page).raise_for_status().json()
+                found += [item["id"] for item in listed["results"]]
+                page = listed.get("next")
+        return found
+
+
 class Faults:
     """The fleet's faults in a thread, in order, as the load's progress passes each threshold; each
     fault's window (start, end) on the monotonic clock."""
@@ -258,8 +314,8 @@ class Faults:
             (0.10, "kill the Redis primary", self.kill_primary),
             (0.25, "kill an API process", self.kill_api),
             (0.40, "kill a GPU worker mid-batch", self.kill_gpu_worker),
+            (0.50, "webhook receiver down", self.receiver_down),
             (0.55, "stop S3", self.stop_s3),
-            (0.65, "webhook receiver down", self.receiver_down),
             (0.80, "kill the new Redis primary", self.kill_primary),
         ]
         self.thread = threading.Thread(target=self._run, name="faults", daemon=True)
@@ -310,9 +366,9 @@ class Faults:
         return f"down {self.s3_down_s:.0f} s"
 
     def receiver_down(self) -> str:
+        # The receiver comes back by itself: the next faults run while it is down.
         self.receiver.down_for(self.receiver_down_s)
-        time.sleep(self.receiver_down_s)
-        return f"down {self.receiver_down_s:.0f} s"
+        return f"down for {self.receiver_down_s:.0f} s from now"
 
 
 def run_fleet(args: argparse.Namespace, root: Path, log: Callable[[str], None]) -> str:
@@ -326,26 +382,44 @@ def run_fleet(args: argparse.Namespace, root: Path, log: Callable[[str], None]) 
                 secrets_.append(client.get("/v1/webhooks/default/secret").json()["key"])
         receiver = exits.enter_context(WebhookReceiver(secrets_))
         load = Load(fleet, receiver.url("/fleet"), args.count, waited_share=0.05)
+        batch = BatchFileLoad(fleet, receiver.url("/fleet-batch"), getattr(args, "batch_lines", 0))
         faults = Faults(fleet, receiver, lambda: load.progress, log, args.s3_down_s, args.receiver_down_s)
         started = time.monotonic()
         faults.thread.start()
+        if batch.lines:
+            batch.thread.start()
         load.run(args.submitters)
-        log(f"submitted: {len(load.accepted)} accepted, {len(load.refused)} refused")
+        batch.thread.join(timeout=SUBMIT_RETRY_S + 300)
+        log(f"submitted: {len(load.accepted)} accepted, {len(load.refused)} refused, batch {batch.batch_id}")
+        if batch.lines and batch.batch_id is None:
+            log(f"the batch file was refused: {batch.error}")
         faults.thread.join(timeout=args.receiver_down_s + 300)
         store = PredictionStore(connect(fleet.ha.target))
         ids = list(load.accepted)
+        items = batch.item_ids(fleet.api_urls[0])
 
         def statuses() -> dict[str, str]:
             found: dict[str, str] = {}
-            for at in range(0, len(ids), 500):
-                found |= {p.id: p.status.value for p in store.get_many(ids[at : at + 500])}
+            every = ids + items
+            for at in range(0, len(every), 500):
+                found |= {p.id: p.status.value for p in store.get_many(every[at : at + 500])}
             return found
+
+        def batch_webhooks() -> int:
+            return len(
+                {r.headers["webhook-id"] for r in receiver.at("/fleet-batch") if r.body.get("id") == batch.batch_id}
+            )
 
         def settled() -> bool:
             current, (delivered, _) = statuses(), receiver.terminal_deliveries()
             terminal = [i for i in ids if current.get(i) in TERMINAL]
-            log(f"terminal {len(terminal)}/{len(ids)}, completed webhooks {len(set(terminal) & set(delivered))}")
-            return len(terminal) == len(ids) and set(ids) <= set(delivered)
+            ended_items = sum(1 for i in items if current.get(i) in TERMINAL)
+            log(
+                f"terminal {len(terminal)}/{len(ids)}, completed webhooks {len(set(terminal) & set(delivered))}, "
+                f"batch items ended {ended_items}/{len(items)}"
+            )
+            batch_done = batch.batch_id is None or batch_webhooks() > 0
+            return len(terminal) == len(ids) and set(ids) <= set(delivered) and ended_items == len(items) and batch_done
 
         deadline = time.monotonic() + args.settle_timeout_s
         while not settled() and time.monotonic() < deadline:
@@ -366,6 +440,9 @@ def run_fleet(args: argparse.Namespace, root: Path, log: Callable[[str], None]) 
             "completed_twice": sum(1 for i in ids if len(delivered.get(i, ())) > 1),
             "webhooks_missing": sum(1 for i in ids if i not in delivered),
             "repeated_deliveries": repeated,
+            "batch_items": len(items),
+            "batch_items_lost": sum(1 for i in items if current.get(i) not in TERMINAL),
+            "batch_webhooks": batch_webhooks() if batch.batch_id else None,
             "refused": len(load.refused),
             "unexpected": len(load.unexpected),
             "longest_refusal_s": round(load.longest_refusal_s(), 1),

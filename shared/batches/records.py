@@ -141,7 +141,7 @@ class BatchStore:
         # A batch's keys (record, items, shared fields) expire this long after it was created.
         self.ttl_s = int(BATCH_TTL_S + record_retention_s)
         self._seal = redis.register_script(lua.script("batch_seal"))
-        self._claim_finished = redis.register_script(lua.script("batch_claim_finished"))
+        self._claim_finished = redis.register_script(lua.script("claim_due"))
 
     def create(
         self, tenant: str, base_url: str, webhook: str | None, source: str, total: int, batch_id: str | None = None

@@ -11,6 +11,7 @@ import logging
 from celery import Celery
 
 from shared.batches.records import BatchStore, batch_delivery_id, render_batch
+from shared.db.replication import NotReplicated, Replication
 from shared.predictions import retention
 from shared.scheduling import queues
 from shared.webhooks.outbox import WebhookOutbox
@@ -19,12 +20,21 @@ log = logging.getLogger(__name__)
 
 
 class BatchSettler:
-    def __init__(self, batches: BatchStore, outbox: WebhookOutbox, celery: Celery, retention_s: float) -> None:
+    def __init__(
+        self,
+        batches: BatchStore,
+        outbox: WebhookOutbox,
+        celery: Celery,
+        retention_s: float,
+        replication: Replication | None = None,
+    ) -> None:
         self.batches = batches
         self.outbox = outbox
         self.celery = celery
         # KILN_RETENTION_S: how long after its last item ended a batch's shared inputs are kept.
         self.retention_s = retention_s
+        # KILN_REDIS_MIN_REPLICAS_ACK: a batch leaves the finished set once the replicas hold its webhook.
+        self.replication = replication
 
     def settle(self) -> int:
         """Record the webhook of every batch that finished (once each); returns how many were settled."""
@@ -41,10 +51,26 @@ class BatchSettler:
                 )
                 if delivery is not None:
                     self._enqueue(delivery.id)
+            if not self._held(batch_id, batch is not None and bool(batch.webhook)):
+                continue  # a failover lost the webhook (or the replicas lag): the next claim records it again
             self.batches.forget_finished(batch_id)
             log.info("batch %s %s", batch_id, batch.status if batch else "expired")
             settled += 1
         return settled
+
+    def _held(self, batch_id: str, with_webhook: bool) -> bool:
+        """Whether the replicas hold what was recorded for the batch (always, with none to wait for): its
+        webhook is read back after they confirm, since a failover between the two can lose it."""
+        if self.replication is None or self.replication.replicas <= 0:
+            return True
+        try:
+            self.replication.confirm(
+                (lambda: self.outbox.get(batch_delivery_id(batch_id)) is not None) if with_webhook else None
+            )
+        except NotReplicated as exc:
+            log.warning("batch %s: its webhook is not confirmed by the replicas (%s); it stays finished", batch_id, exc)
+            return False
+        return True
 
     def _enqueue(self, delivery_id: str) -> None:
         try:

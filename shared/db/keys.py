@@ -192,6 +192,14 @@ def batches_finished() -> str:
     return f"{PREFIX}:batches:finished"
 
 
+def predictions_ended() -> str:
+    """Sorted set: predictions that entered a terminal status (added by the status change itself, in its
+    script) whose ending is not yet followed up: retention scheduled and ``completed`` webhook recorded,
+    and with ``KILN_REDIS_MIN_REPLICAS_ACK`` both confirmed by the replicas. Scored by when a maintenance
+    job may take one over from the process that ended it (``PredictionLifecycle.follow_up_missed``)."""
+    return f"{PREFIX}:predictions:ended"
+
+
 def dispatch_tenants(family: str) -> str:
     """List: the round-robin ring of tenants with batch items waiting for ``family`` in Kiln's
     dispatcher (``shared.scheduling.dispatcher``); each tenant at most once. Emptied as their lists drain."""
@@ -264,6 +272,7 @@ BOUNDS: dict[str, str] = {
     "batch_shared_fields": "ttl",
     "tenant_batches": "swept",  # the API's listing drops expired batches
     "batches_finished": "swept",  # the batch settler removes each once its webhook is recorded
+    "predictions_ended": "swept",  # the lifecycle removes each once its ending is followed up
     "dispatch_tenants": "swept",  # the dispatcher drops a tenant whose list drained
     "dispatch_queue": "swept",  # drained by the dispatcher
     "dispatch_claimed": "swept",  # emptied as the dispatcher's messages are pushed

@@ -60,6 +60,7 @@ class PredictionStore:
         self._update_running = redis.register_script(lua.script("store_update_running"))
         self._request_cancel = redis.register_script(lua.script("store_request_cancel"))
         self._store_records = redis.register_script(lua.script("store_records"))
+        self._claim_ended = redis.register_script(lua.script("claim_due"))
         self.queued = QueuedCounters(redis)
 
     def create(self, prediction: Prediction, *, tenant_cap: int | None = None, total_cap: int | None = None) -> None:
@@ -204,6 +205,18 @@ class PredictionStore:
         now = time.time()
         due = {"prediction": now + self.retention_s, "record": now + self.record_retention_s}
         retention.schedule_many(self.redis, [(kind, i, when) for i in prediction_ids for kind, when in due.items()])
+
+    def claim_ended(self, ended_before: float, lease_s: float, limit: int = 100) -> list[str]:
+        """Predictions that ended before ``ended_before`` and whose ending is still not followed up
+        (``keys.predictions_ended``), claimed: each moves ``lease_s`` later in the set, so no other
+        claimer takes it meanwhile, and one whose claimer dies is due again."""
+        replies = self._claim_ended(keys=[keys.predictions_ended()], args=[ended_before, lease_s, limit])
+        return [reply.decode() for reply in replies]
+
+    def forget_ended(self, prediction_ids: Sequence[str]) -> None:
+        """These predictions' endings are followed up: out of the ended set."""
+        if prediction_ids:
+            self.redis.zrem(keys.predictions_ended(), *prediction_ids)
 
     def status(self, prediction_id: str) -> Status | None:
         raw = self.redis.hget(keys.prediction(prediction_id), "status")

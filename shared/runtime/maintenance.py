@@ -114,6 +114,7 @@ def worker_jobs(
         Job("retention", retention_interval_s, janitor.sweep),
         Job("dispatch", 0.5, dispatcher.release_all),
         Job("settle-batches", 0.5, settler.settle),
+        Job("follow-up-endings", 2.0, lifecycle.follow_up_missed),
     ]
     if with_webhooks:
         jobs.append(Job("webhooks", 0.25, lambda: send_due_webhooks(outbox, celery)))

@@ -55,6 +55,6 @@ def build_prediction_core(settings: Settings, redis: Redis, celery: Celery) -> P
         messages=messages,
         dispatcher=Dispatcher(redis, messages, settings.dispatch_ahead),
         batches=batches,
-        batch_settler=BatchSettler(batches, outbox, celery, settings.retention_s),
+        batch_settler=BatchSettler(batches, outbox, celery, settings.retention_s, replication),
         replication=replication,
     )

@@ -13,7 +13,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING
@@ -75,10 +75,12 @@ class WebhookOutbox:
     def __init__(self, redis: Redis, settings: Settings) -> None:
         self.redis = redis
         self.settings = settings
-        self._claim_due = redis.register_script(lua.script("webhook_outbox_claim_due"))
+        self._claim_due = redis.register_script(lua.script("claim_due"))
+        self._record_script = redis.register_script(lua.script("webhook_outbox_record"))
 
-    def record(self, prediction: Prediction, event: str, body: str) -> Delivery:
-        """Persist a new pending delivery, due now."""
+    def record(self, prediction: Prediction, event: str, body: str) -> Delivery | None:
+        """Persist a new pending delivery, due now. None for a ``completed`` event already recorded for
+        this prediction: each prediction has one ``completed`` message, whoever follows its ending up."""
         delivery = Delivery(
             id=f"msg_{new_id()}",
             prediction_id=prediction.id,
@@ -89,14 +91,12 @@ class WebhookOutbox:
             retry=event == "completed",
             tenant=prediction.tenant,
         )
-        with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(keys.webhook_delivery(delivery.id), mapping=delivery.to_hash())
-            pipe.zadd(keys.webhook_due(), {delivery.id: delivery.created_at + CLAIM_LEASE_S})
-            if event in COMPLETED_AFTER:
-                pipe.set(keys.webhook_latest_delivery(prediction.id, event), delivery.id, ex=FINISHED_TTL_S)
-            if event == "completed":
-                pipe.set(keys.webhook_completed(prediction.id), delivery.id, ex=FINISHED_TTL_S)
-            pipe.execute()
+        if event == "completed":
+            return delivery if self._record(delivery, keys.webhook_completed(prediction.id), once=True) else None
+        if event in COMPLETED_AFTER:
+            self._record(delivery, keys.webhook_latest_delivery(prediction.id, event), once=False)
+        else:
+            self._record(delivery, keys.webhook_delivery(delivery.id), once=False)
         return delivery
 
     def record_once(self, delivery_id: str, subject_id: str, tenant: str, url: str, body: str) -> Delivery | None:
@@ -112,13 +112,24 @@ class WebhookOutbox:
             retry=True,
             tenant=tenant,
         )
-        if not self.redis.hsetnx(keys.webhook_delivery(delivery.id), "id", json.dumps(delivery.id)):
-            return None
-        with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(keys.webhook_delivery(delivery.id), mapping=delivery.to_hash())
-            pipe.zadd(keys.webhook_due(), {delivery.id: delivery.created_at + CLAIM_LEASE_S})
-            pipe.execute()
-        return delivery
+        return delivery if self._record(delivery, keys.webhook_delivery(delivery.id), once=True) else None
+
+    def _record(self, delivery: Delivery, marker: str, *, once: bool) -> bool:
+        """One atomic write of the delivery, its due time and ``marker`` (``webhook_outbox_record.lua``)."""
+        fields = [item for pair in delivery.to_hash().items() for item in pair]
+        args = ["once" if once else "latest", FINISHED_TTL_S, delivery.created_at + CLAIM_LEASE_S, delivery.id]
+        return bool(
+            self._record_script(
+                keys=[keys.webhook_delivery(delivery.id), keys.webhook_due(), marker], args=args + fields
+            )
+        )
+
+    def completed_recorded(self, prediction_ids: Sequence[str]) -> set[str]:
+        """Which of these predictions have their ``completed`` delivery recorded."""
+        if not prediction_ids:
+            return set()
+        found = self.redis.mget([keys.webhook_completed(i) for i in prediction_ids])
+        return {i for i, marker in zip(prediction_ids, found, strict=True) if marker is not None}
 
     def begin_progress(self, prediction_id: str, event: str) -> bool:
         """Mark an ``output``/``logs`` delivery in flight. False for a ``logs`` event once the
@@ -230,6 +241,9 @@ class WebhookNotifier:
     def url_signer(self) -> UrlSigner:
         return UrlSigner.from_settings(self.outbox.settings, self.outbox.redis)
 
+    def completed_recorded(self, prediction_ids: Sequence[str]) -> set[str]:
+        return self.outbox.completed_recorded(prediction_ids)
+
     def notify(self, prediction: Prediction, event: str) -> Delivery | None:
         """Record ``event`` for ``prediction`` (any fresh copy of it: the body is read now) and enqueue it."""
         if not prediction.wants_event(event) or not self.outbox.passes_throttle(prediction.id, event):
@@ -240,6 +254,8 @@ class WebhookNotifier:
         rendered = render_prediction(current, current.base_url, self.url_signer, self.outbox.settings.retention_s)
         body = json.dumps(rendered)
         delivery = self.outbox.record(current, event, body)
+        if delivery is None:  # its completed message was recorded already (by the follow-up of a missed ending)
+            return None
         try:
             self.celery.send_task(queues.DELIVER_WEBHOOK_TASK, args=[delivery.id], queue=queues.WEBHOOKS)
         except Exception as exc:  # the poller sends it once the lease passes; never fail a prediction for it

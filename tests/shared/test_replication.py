@@ -86,6 +86,9 @@ def test_an_ending_a_failover_undid_records_no_webhook() -> None:
         def notify(self, prediction: Prediction, event: str) -> None:
             notified.append(prediction.id)
 
+        def completed_recorded(self, prediction_ids: list[str]) -> set[str]:
+            return set(prediction_ids)
+
     lifecycle = PredictionLifecycle(store, Notifier(), Settled())  # type: ignore[arg-type]
     kept, undone = (Prediction(tenant="t", model="kiln/sd2-depth2img", version="v", input={}) for _ in range(2))
     for prediction in (kept, undone):

@@ -6,15 +6,22 @@
 -- the script checked with may_enter) and sets the field, JSON value pairs given after the id: the
 -- queued counters follow the prediction into and out of STARTING, an item of a batch moves its
 -- batch's counts, leaving PROCESSING drops its lease, and the new status is announced to waiters
--- and streams.
+-- and streams. Entering a terminal status files the prediction in the ended set, scored by the time
+-- it ended, in the same step: whoever follows the ending up (retention, the completed webhook) takes
+-- it out, and a maintenance job takes over one left there (a process killed, a failover in between).
 -- include: status_table
 -- include: queued_delta
 -- include: batch_moved
+local ENDS = {{TERMINAL}}
 local function set_status(current, target, prediction_id, ...)
   if current == STARTING and target ~= STARTING then queued_delta(-1)
   elseif target == STARTING and current ~= STARTING then queued_delta(1) end
   redis.call('HSET', KEYS[1], 'status', cjson.encode(target), ...)
   batch_moved(current, target)
   if target ~= PROCESSING then redis.call('ZREM', KEYS[3], prediction_id) end
+  if ENDS[target] and not ENDS[current] then
+    local now = redis.call('TIME')
+    redis.call('ZADD', {{keys.predictions_ended()}}, tonumber(now[1]) + tonumber(now[2]) / 1000000, prediction_id)
+  end
   redis.call('PUBLISH', KEYS[2], '{"status": ' .. cjson.encode(target) .. '}')
 end
