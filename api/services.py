@@ -15,6 +15,7 @@ from redis.exceptions import RedisError
 
 from api.auth import Authenticator
 from api.intake.idempotency import IdempotencyKeys
+from api.intake.lanes import IntakeLanes
 from api.ratelimit import RateLimiter
 from api.streams.events import EventHub
 from api.streams.slots import StreamSlots
@@ -60,6 +61,8 @@ class Services:
     idempotency: IdempotencyKeys
     # Each tenant's webhook signing secret (and its rotation).
     webhook_secrets: WebhookSecrets
+    # The threads creates run on, a share per token (reads never wait for them).
+    intake: IntakeLanes
 
     @classmethod
     def connect(cls, settings: Settings) -> Services:
@@ -82,6 +85,7 @@ class Services:
             rate_limiter=RateLimiter(async_redis),
             idempotency=IdempotencyKeys(sync_redis),
             webhook_secrets=WebhookSecrets(sync_redis, settings.webhook_secret_overlap_s),
+            intake=IntakeLanes(settings.intake_threads, settings.intake_threads_per_token),
         )
 
     @property

@@ -61,6 +61,11 @@ class Settings(BaseSettings):
     max_open_streams_per_tenant: int = Field(default=20, ge=1)
     # Longest prompt / negative_prompt, in characters (422 beyond): the text encoders read 77 tokens.
     max_prompt_chars: int = Field(default=10_000, ge=1)
+    # Threads that run creates (validation, image staging, the store write), apart from the ones reads use,
+    # and the most of them one token holds at once: a token's slow image URLs never hold another's
+    # requests (api.intake.lanes). Further creates of that token wait for its own threads.
+    intake_threads: int = Field(default=64, ge=1)
+    intake_threads_per_token: int = Field(default=16, ge=1)
     # Per-token token bucket: sustained requests per second and burst size.
     rate_limit_per_s: float = Field(default=50.0, gt=0)
     rate_limit_burst: int = Field(default=600, ge=1)

@@ -7,7 +7,6 @@ import logging
 from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
 
@@ -250,7 +249,8 @@ async def create_and_respond(
     async with contextlib.AsyncExitStack() as held:
         if wait_s is not None:
             await held.enter_async_context(services.stream_slots.hold(caller.tenant))
-        prediction, created = await run_in_threadpool(
+        prediction, created = await services.intake.run(
+            caller.tenant,
             submit,
             services,
             caller.tenant,

@@ -100,8 +100,8 @@ async def create_batch(
     idempotency_key: IdempotencyKey = None,
 ) -> Response:
     """Up to ``KILN_BATCH_MAX_ITEMS`` creates; ``results`` holds, in order, each prediction or its problem."""
-    results, created = await run_in_threadpool(
-        submit_batch, services, caller.tenant, body.predictions, base, idempotency_key, caller.max_queued
+    results, created = await services.intake.run(
+        caller.tenant, submit_batch, services, caller.tenant, body.predictions, base, idempotency_key, caller.max_queued
     )
     # orjson: encoding a thousand predictions with the stdlib encoder cost more than storing them.
     return Response(
