@@ -1,6 +1,6 @@
-"""The SSRF guard in the API, on the real stack's Redis and S3: image URLs and webhooks that reach anything but
-globally routable addresses are a 422, IPv4 carried in IPv6 included (the table of addresses is in
-tests/support/addresses.py; tests/worker/test_ssrf_guards.py checks every outbound path gives its
+"""The SSRF guard in the API, on the real stack's Redis and S3: image URLs, webhooks, LoRA and embedding URLs
+that reach anything but globally routable addresses are a 422, IPv4 carried in IPv6 included (the table
+of addresses is in tests/support/addresses.py; tests/worker/test_ssrf_guards.py checks every outbound path gives its
 verdict), and an https image URL that redirects to plain http is a 422. The in-process API here may
 connect to loopback only, so a guard that failed could send nothing off the machine."""
 
@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 
 from tests.support import assert_problem
 from tests.support.image_servers import ImageServer, trust_in_the_guard
-from tests.support.predictions import app_for, depth2img_input
+from tests.support.predictions import app_for, depth2img_input, xl_input
 from tests.support.stack import TOKEN_A
 
 pytestmark = pytest.mark.integration
@@ -89,6 +89,21 @@ def test_webhooks_to_non_global_addresses_are_refused(guarded_app, loopback_only
     responses.append(guarded_app.post("/v1/batches", json=batch, headers=headers))
     for response in responses:
         assert_problem(response, 422, "webhook", "not globally routable")
+    assert loopback_only == []
+
+
+@pytest.mark.parametrize("field", ["lora_weights", "ip_embeddings"])
+@pytest.mark.parametrize("url", REFUSED)
+def test_lora_and_embedding_urls_to_non_global_addresses_are_refused(guarded_app, loopback_only, url, field):
+    """The same judgement for the safetensors file inputs (LoRA weights, saved embeddings), over https so
+    the address is what refuses them."""
+    remote = url.replace("http://", "https://").replace("x.png", "weights.safetensors")
+    inputs = xl_input(**{field: remote})
+    if field == "ip_embeddings":  # in place of the image prompt
+        del inputs["ip_image"]
+    body = {"version": "kiln/ip-adapter-depth-xl", "input": inputs}
+    response = guarded_app.post("/v1/predictions", json=body, headers={"Authorization": f"Bearer {TOKEN_A}"})
+    assert_problem(response, 422, f"input.{field}", "not globally routable")
     assert loopback_only == []
 
 
