@@ -3,12 +3,14 @@ refused at once by every API process (``shared.security.tokens``)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import redis.asyncio
 
-from shared.db import keys
-from shared.security.tokens import TokenInfo, bootstrap_tokens, record_limits, tenant_of, token_digest
+from api.ratelimit import Decision
+from shared.db import keys, lua
+from shared.security.tokens import TokenInfo, TokenLimits, bootstrap_tokens, record_limits, tenant_of, token_digest
 from shared.settings import Settings
 
 
@@ -28,6 +30,36 @@ class Authenticator:
         self.client = client
         self.settings = settings
         self.bootstrap: dict[str, TokenInfo] = {info.digest: info for info in bootstrap_tokens(settings.api_token)}
+        self._auth_take = client.register_script(lua.script("auth_take"))
+
+    async def caller_within_limit(self, token: str, cost: int = 1) -> tuple[Caller, Decision] | None:
+        """The token's caller and ``cost`` taken from its rate limit, in one round trip (``auth_take.lua``);
+        None for a token that is unknown or revoked (nothing taken)."""
+        digest = token_digest(token)
+        tenant = tenant_of(digest)
+        settings = self.settings
+        boot = self.bootstrap.get(digest)
+        boot_limits = boot.limits if boot is not None else TokenLimits()
+        args: list[str | int | float] = [
+            digest,
+            int(boot is not None),
+            settings.rate_limit_per_s,
+            settings.rate_limit_burst,
+            boot_limits.rate_limit_per_s or settings.rate_limit_per_s,
+            boot_limits.rate_limit_burst or settings.rate_limit_burst,
+            cost,
+        ]
+        reply = await self._auth_take(
+            keys=[keys.token(digest), keys.revoked_tokens(), keys.rate_limit(tenant)], args=args
+        )
+        if not reply[0]:
+            return None
+        _, flat, allowed, left = reply
+        fields = dict(zip(flat[::2], flat[1::2], strict=True))
+        caller = self._caller(digest, fields)
+        if caller is None:  # not reached: the script found a record, or the token is a bootstrap one
+            return None
+        return caller, Decision.of(bool(allowed), float(left), cost, caller.rate_limit_per_s, caller.rate_limit_burst)
 
     async def caller(self, token: str) -> Caller | None:
         """The token's caller, or None for a token that is unknown or revoked. One round trip."""
@@ -38,6 +70,10 @@ class Authenticator:
             fields, revoked = await pipe.execute()
         if revoked:
             return None
+        return self._caller(digest, fields)
+
+    def _caller(self, digest: str, fields: Mapping[bytes, bytes]) -> Caller | None:
+        """The caller of a token from its record's fields (none for a bootstrap token), or None when unknown."""
         if fields:
             name, limits = fields[b"name"].decode(), record_limits(fields)
         elif digest in self.bootstrap:

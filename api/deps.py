@@ -13,6 +13,7 @@ from fastapi import Depends, Header, Request
 from api.auth import Caller
 from api.errors import ProblemError
 from api.ratelimit import STATE_KEY as RATELIMIT_STATE_KEY
+from api.ratelimit import Decision
 from api.services import Services
 from shared.predictions.deadlines import DURATION_PATTERN
 from shared.predictions.store import PredictionStore
@@ -34,11 +35,9 @@ async def get_store(services: Annotated[Services, Depends(get_services)]) -> Pre
     return services.store
 
 
-async def optional_caller(request: Request, services: Annotated[Services, Depends(get_services)]) -> Caller | None:
-    """The caller of the request's token, None without credentials; 401 for an unknown or revoked token.
-
-    Accepts ``Bearer <token>`` and Replicate's older ``Token <token>``.
-    """
+def _bearer_token(request: Request) -> str | None:
+    """The request's token, None without credentials; 401 for malformed ones. Accepts ``Bearer <token>``
+    and Replicate's older ``Token <token>``."""
     header = request.headers.get("authorization")
     if header is None:
         return None
@@ -46,6 +45,14 @@ async def optional_caller(request: Request, services: Annotated[Services, Depend
     token = token.strip()
     if scheme.lower() not in {"bearer", "token"} or not token:
         raise ProblemError(401, "malformed credentials: send 'Authorization: Bearer <token>'", headers=CHALLENGE)
+    return token
+
+
+async def optional_caller(request: Request, services: Annotated[Services, Depends(get_services)]) -> Caller | None:
+    """The caller of the request's token, None without credentials; 401 for an unknown or revoked token."""
+    token = _bearer_token(request)
+    if token is None:
+        return None
     caller = await services.authenticator.caller(token)
     if caller is None:
         raise ProblemError(401, "invalid token (unknown or revoked)", headers=CHALLENGE)
@@ -56,22 +63,29 @@ async def optional_tenant(caller: Annotated[Caller | None, Depends(optional_call
     return caller.tenant if caller else None
 
 
-async def current_caller(
-    request: Request,
-    caller: Annotated[Caller | None, Depends(optional_caller)],
-    services: Annotated[Services, Depends(get_services)],
-) -> Caller:
-    """The authenticated caller, within its rate limit (429 with ``Retry-After`` beyond it)."""
-    if caller is None:
+async def current_caller(request: Request, services: Annotated[Services, Depends(get_services)]) -> Caller:
+    """The authenticated caller, within its rate limit (429 with ``Retry-After`` beyond it): the token and
+    the rate limit checked in one round trip. The answer, whatever it is, carries the ``ratelimit-*``
+    headers (``api.ratelimit.RateLimitHeaders``)."""
+    token = _bearer_token(request)
+    if token is None:
         raise ProblemError(401, "missing credentials: send 'Authorization: Bearer <token>'", headers=CHALLENGE)
-    await take_rate_limit(request, services, caller)
+    found = await services.authenticator.caller_within_limit(token)
+    if found is None:
+        raise ProblemError(401, "invalid token (unknown or revoked)", headers=CHALLENGE)
+    caller, decision = found
+    apply_rate_limit(request, caller, decision)
     return caller
 
 
 async def take_rate_limit(request: Request, services: Services, caller: Caller) -> None:
-    """One request off the caller's rate limit, or a 429 with ``Retry-After``. The answer, whatever it
-    is, carries the ``ratelimit-*`` headers (``api.ratelimit.RateLimitHeaders``)."""
+    """One request off the caller's rate limit, or a 429 with ``Retry-After``."""
     decision = await services.rate_limiter.take(caller.tenant, caller.rate_limit_per_s, caller.rate_limit_burst)
+    apply_rate_limit(request, caller, decision)
+
+
+def apply_rate_limit(request: Request, caller: Caller, decision: Decision) -> None:
+    """Leave the ``ratelimit-*`` headers for the answer; a 429 with ``Retry-After`` when not allowed."""
     setattr(request.state, RATELIMIT_STATE_KEY, decision.headers())
     if not decision.allowed:
         raise ProblemError(

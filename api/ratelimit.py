@@ -21,6 +21,16 @@ class Decision:
     # Seconds until the bucket is full again.
     reset_s: int
 
+    @classmethod
+    def of(cls, allowed: bool, tokens: float, cost: int, rate_per_s: float, burst: int) -> Decision:
+        """The decision a bucket's answer means: ``tokens`` left after ``cost`` was (or could not be) taken."""
+        return cls(
+            allowed=allowed,
+            remaining=int(tokens),
+            retry_after_s=0 if allowed else math.ceil((cost - tokens) / rate_per_s),
+            reset_s=math.ceil((burst - tokens) / rate_per_s),
+        )
+
     def headers(self) -> dict[str, str]:
         return {"ratelimit-remaining": str(self.remaining), "ratelimit-reset": str(self.reset_s)}
 
@@ -33,13 +43,7 @@ class RateLimiter:
     async def take(self, tenant: str, rate_per_s: float, burst: int, cost: int = 1) -> Decision:
         """Take ``cost`` from the tenant's bucket (``rate_per_s`` refill, ``burst`` deep: the token's limits)."""
         allowed, left = await self._take(keys=[keys.rate_limit(tenant)], args=[rate_per_s, burst, cost])
-        tokens = float(left)
-        return Decision(
-            allowed=bool(allowed),
-            remaining=int(tokens),
-            retry_after_s=0 if allowed else math.ceil((cost - tokens) / rate_per_s),
-            reset_s=math.ceil((burst - tokens) / rate_per_s),
-        )
+        return Decision.of(bool(allowed), float(left), cost, rate_per_s, burst)
 
 
 # Where ``api.deps`` leaves the caller's ``ratelimit-*`` headers for ``RateLimitHeaders``.
