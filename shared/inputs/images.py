@@ -90,12 +90,17 @@ def inspect_image(data: bytes, max_pixels: int) -> ImageInfo:
 def decode_image(data: bytes, max_pixels: int) -> Image.Image:
     """Decode fully to RGB, upright (EXIF orientation applied), after checking the header, so a
     decompression bomb is refused before decoding. Truncated or corrupt data is an ``ImageInputError``."""
-    inspect_image(data, max_pixels)
+    return _decode_inspected(data, max_pixels)[0]
+
+
+def _decode_inspected(data: bytes, max_pixels: int) -> tuple[Image.Image, ImageInfo]:
+    """``decode_image``, and what the header check found (its format)."""
+    info = inspect_image(data, max_pixels)
     try:
         with Image.open(io.BytesIO(data)) as img:
             img.load()
             upright = ImageOps.exif_transpose(img) or img
-            return upright.convert("RGB")
+            return upright.convert("RGB"), info
     except Image.DecompressionBombError:
         raise ImageInputError(f"image has more than {max_pixels} pixels") from None
     except (OSError, ValueError, SyntaxError, EOFError):
@@ -116,9 +121,9 @@ class CheckedImage:
 def check_image(data: bytes, max_pixels: int) -> CheckedImage:
     """Decode an image input fully, once, within the pixel cap (``decode_image``), and keep the facts
     per-field checks need; the decoded pixels are not kept."""
-    image = decode_image(data, max_pixels)
+    image, info = _decode_inspected(data, max_pixels)
     low, high = image.convert("L").getextrema()
-    return CheckedImage(inspect_image(data, max_pixels).format, image.width, image.height, flat=low == high)
+    return CheckedImage(info.format, image.width, image.height, flat=low == high)
 
 
 def fetch_url(url: str, *, timeout_s: float, max_bytes: int, allow_private: bool, max_redirects: int = 5) -> bytes:
