@@ -72,10 +72,11 @@ def test_retention_zero_keeps_the_outputs_for_the_completed_webhook_then_removes
     assert_data_gone(stack, client, gone)
 
 
-def test_retention_zero_without_a_webhook_removes_everything_once_it_ended(stack, client):
-    created = create(client, retention_s=0)
+@pytest.mark.parametrize("retention_s", [0, 2])
+def test_without_a_webhook_its_retention_removes_everything_that_long_after_it_ended(stack, client, retention_s):
+    created = create(client, retention_s=retention_s)
     gone = wait_until(lambda: removed(client, created["id"]), 120, what="its data removed")
-    assert gone["status"] == "succeeded"
+    assert gone["status"] == "succeeded" and gone["retention_s"] == retention_s
     assert_data_gone(stack, client, gone)
 
 
