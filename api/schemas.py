@@ -30,6 +30,15 @@ class PredictionFields(BaseModel):
     input: dict[str, Any] = Field(description="The model's inputs, validated against its schema.")
     webhook: HttpUrl | None = None
     webhook_events_filter: list[WebhookEvent] | None = None
+    # Kiln extension: its own retention, at most KILN_RETENTION_S (checked by ``api.intake.submission.prepare``).
+    retention_s: int | None = Field(
+        default=None,
+        ge=0,
+        strict=True,
+        description="Kiln extension: seconds its input, output and logs are kept after it ends, at most "
+        "KILN_RETENTION_S (the default). 0: deleted once it has ended and its completed webhook (if any) "
+        "was attempted.",
+    )
     # Replicate's legacy field: a URL called once, when the prediction completes.
     webhook_completed: HttpUrl | None = Field(
         default=None, description='Legacy: the same as `webhook` with `webhook_events_filter: ["completed"]`.'

@@ -25,6 +25,7 @@ from shared.db.client import connect, connect_async, redis_target
 from shared.predictions.client_json import render_prediction
 from shared.predictions.lifecycle import PredictionLifecycle
 from shared.predictions.record import Prediction
+from shared.predictions.retention import DataRemoval
 from shared.predictions.store import PredictionStore
 from shared.runtime.celery_config import create_celery
 from shared.runtime.prediction_core import PredictionCore, build_prediction_core
@@ -143,6 +144,11 @@ class Services:
     def url_signer(self) -> UrlSigner:
         """Signs the URLs that work without a token (streams, outputs), with their expiry."""
         return UrlSigner.from_settings(self.settings, self.redis)
+
+    @cached_property
+    def data_removal(self) -> DataRemoval:
+        """Deletes predictions' data on demand (``DELETE /v1/predictions/{id}``, ``DELETE /v1/batches/{id}``)."""
+        return DataRemoval(self.redis, self.storage)
 
     def render(self, prediction: Prediction, base_url: str) -> dict[str, Any]:
         """The prediction as clients see it, with freshly signed stream and output URLs."""

@@ -309,6 +309,8 @@ def create_batch(
         validated = validate_items(
             services, tenant, batch.id, items, base_url, lambda: services.batches.cancel_requested(batch.id)
         )
+        if (kept_s := longest_retention(validated)) is not None:
+            services.batches.keep_inputs_for(batch.id, kept_s)
         store_batch(services, batch, validated, tenant_cap)
     except CanceledWhileValidating:
         services.batches.cut_short(batch.id)
@@ -320,6 +322,15 @@ def create_batch(
         _abandon(services, batch)
         raise
     return services.batches.get(batch.id) or batch
+
+
+def longest_retention(validated: Validated) -> int | None:
+    """How long the inputs the items share are kept after the batch ends: as long as the item that keeps
+    its data longest, when every valid item gave its own ``retention_s``; else None (KILN_RETENTION_S)."""
+    found = [template.fields.get("retention_s") for template in validated.templates]
+    if not found or None in found:
+        return None
+    return max(int(orjson.loads(value)) for value in found if value is not None)
 
 
 def _forget(services: Services, batch: Batch) -> None:

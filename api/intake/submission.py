@@ -59,6 +59,16 @@ def check_webhook(url: str | None, services: Services) -> str | None:
     return url
 
 
+def check_retention(retention_s: int | None, services: Services) -> int | None:
+    """A create's own ``retention_s``: at most ``KILN_RETENTION_S``, else a 422 naming both."""
+    most = services.settings.retention_s
+    if retention_s is not None and retention_s > most:
+        raise ProblemError(
+            422, f"retention_s: {retention_s} is more than the maximum, {most} seconds (KILN_RETENTION_S)"
+        )
+    return retention_s
+
+
 def prepare(
     services: Services,
     tenant: str,
@@ -77,6 +87,7 @@ def prepare(
     images = images if isinstance(images, RequestImages) else RequestImages(checked=images or set())
     # First: text that is not valid Unicode is never fetched, stored or echoed.
     reject_invalid_text(body.input, "input")
+    retention_s = check_retention(body.retention_s, services)
     prediction_id = new_id()
     inputs = validate_input(spec, body.input, services, tenant, base_url, images.checked)
     check_file_inputs(spec, inputs, services, tenant, base_url, images.file_headers)
@@ -100,6 +111,7 @@ def prepare(
         base_url=base_url,
         deadline=deadline,
         deployment=deployment,
+        retention_s=retention_s,
     )
 
 

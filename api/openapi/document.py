@@ -64,6 +64,8 @@ EXTRA_STATUSES: dict[tuple[str, str], set[int]] = {
     ("post", "/v1/batches"): {409},
     ("post", "/v1/deployments"): {409},
     ("post", "/v1/deployments/{owner}/{name}/predictions"): {409},
+    ("delete", "/v1/predictions/{prediction_id}"): {409},
+    ("delete", "/v1/batches/{batch_id}"): {409},
     ("get", "/v1/predictions/{prediction_id}/stream"): {403},
     ("get", "/v1/predictions/{prediction_id}/output/{name}"): {403, 410},
     ("get", "/v1/files/{file_id}/download"): {410},
@@ -100,9 +102,10 @@ def statuses_of(method: str, path: str, operation: dict[str, Any]) -> set[int]:
     return found | EXTRA_STATUSES.get((method, path), set())
 
 
-def problem_response(status: int) -> dict[str, Any]:
+def problem_response(status: int, description: str | None = None) -> dict[str, Any]:
+    """The problem document answered with ``status``, described as the route said (else the HTTP phrase)."""
     return {
-        "description": HTTPStatus(status).phrase,
+        "description": description or HTTPStatus(status).phrase,
         "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}},
     }
 
@@ -126,7 +129,8 @@ def exact(document: dict[str, Any]) -> dict[str, Any]:
             responses = operation.setdefault("responses", {})
             responses.pop("422", None)
             for status in sorted(statuses_of(method, path, operation)):
-                responses[str(status)] = problem_response(status)
+                described = responses.get(str(status), {}).get("description")
+                responses[str(status)] = problem_response(status, described)
             for status, response in responses.items():
                 for media in response.get("content", {}).values():
                     _sse_as_text(media)

@@ -59,6 +59,7 @@ PREDICTION = {
         "completed_at": NULLABLE_TIMESTAMP,
         "deadline": TIMESTAMP,
         "deployment": STRING,
+        "retention_s": {"type": "integer", "minimum": 0},
         "urls": {
             "type": "object",
             "required": ["get", "cancel", "stream"],
@@ -147,6 +148,7 @@ RESPONSE_BODIES: dict[tuple[str, str], dict[str, Any]] = {
     ("post", "/v1/models/{owner}/{name}/predictions"): ref("Prediction"),
     ("get", "/v1/predictions/{prediction_id}"): ref("Prediction"),
     ("post", "/v1/predictions/{prediction_id}/cancel"): ref("Prediction"),
+    ("delete", "/v1/predictions/{prediction_id}"): ref("Prediction"),
     ("get", "/v1/account"): ref("Account"),
     ("get", "/v1/hardware"): {"type": "array", "items": ref("Hardware")},
     ("get", "/v1/collections"): ref("CollectionPage"),

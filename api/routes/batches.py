@@ -18,7 +18,7 @@ from api.pagination import Cursor, CursorQuery, decode_offset, id_page_links, of
 from api.schemas import CreateBatchObject
 from api.services import Services
 from api.signed_access import grant, stream_stored
-from api.views.batches import batch_predictions, cancel_batch, results_file
+from api.views.batches import batch_predictions, cancel_batch, remove_batch_data, results_file
 from shared.batches.records import Batch, render_batch
 from shared.predictions.client_json import batch_input_path
 from shared.predictions.record import new_id
@@ -126,6 +126,22 @@ def get_batch(batch_id: str, tenant: CurrentTenant, services: ServicesDep, base:
 def cancel(batch_id: str, tenant: CurrentTenant, services: ServicesDep, base: BaseURL) -> dict[str, Any]:
     """Every unfinished item: queued ones end ``canceled`` now, running ones at their next step."""
     cancel_batch(services, _owned(services, batch_id, tenant))
+    return render_batch(_owned(services, batch_id, tenant), base)
+
+
+@router.delete(
+    "/batches/{batch_id}",
+    response_description="The batch, its data removed (`data_removed: true`); the same again for a repeat.",
+    responses={
+        404: {"description": "No such batch of this token's."},
+        409: {"description": "An item is still queued or running (or the batch is validating): cancel it first."},
+    },
+)
+def delete_data(batch_id: str, tenant: CurrentTenant, services: ServicesDep, base: BaseURL) -> dict[str, Any]:
+    """Kiln extension: once every item has ended, delete every item's data now (as ``DELETE
+    /v1/predictions/{id}`` does for each) and the image inputs they share. The records stay (each
+    item's and the batch's) until record retention, showing ``data_removed: true``."""
+    remove_batch_data(services, _owned(services, batch_id, tenant))
     return render_batch(_owned(services, batch_id, tenant), base)
 
 

@@ -146,6 +146,32 @@ def cancel_prediction(
     return _render(_owned(services.store, prediction_id, tenant), base, services)
 
 
+@router.delete(
+    "/predictions/{prediction_id}",
+    response_description="The prediction, its data removed (`data_removed: true`); the same again for a repeat.",
+    responses={
+        404: {"description": "No such prediction of this token's."},
+        409: {"description": "The prediction is still queued or running: cancel it first."},
+    },
+)
+def delete_prediction_data(
+    prediction_id: str, tenant: CurrentTenant, services: ServicesDep, base: BaseURL
+) -> dict[str, Any]:
+    """Kiln extension: delete an ended prediction's data now, as retention would later: every stored
+    object of it (inputs, outputs), its input, output and logs. The record (status, timestamps,
+    metrics, error) stays until ``KILN_RECORD_RETENTION_S``, showing ``data_removed: true``."""
+    prediction = _owned(services.store, prediction_id, tenant)
+    if not prediction.status.is_terminal():
+        raise ProblemError(
+            409,
+            f"prediction {prediction_id!r} is still {prediction.status.value}: cancel it first "
+            f"(POST /v1/predictions/{prediction_id}/cancel), then delete its data once it has ended",
+        )
+    if not prediction.data_removed:
+        services.data_removal.remove([prediction.id])
+    return _render(_owned(services.store, prediction_id, tenant), base, services)
+
+
 async def _stream_access(
     request: Request, prediction_id: str, caller: OptionalCaller, services: ServicesDep
 ) -> Prediction:

@@ -7,9 +7,12 @@ from typing import Any
 
 import orjson
 
+from api.errors import ProblemError
 from api.services import Services
+from shared.batches.counts import CANCELED, COMPLETED
 from shared.batches.records import Batch, RefusedItem
 from shared.predictions.record import Prediction
+from shared.predictions.status import Status
 
 
 def result_line(
@@ -75,3 +78,21 @@ def cancel_batch(services: Services, batch: Batch) -> None:
 def cancel_items(services: Services, prediction_ids: list[str]) -> None:
     """Cancel those of the predictions that have not ended (queued now, running at their next step)."""
     services.lifecycle.cancel_many([p for p in services.store.get_many(prediction_ids) if not p.status.is_terminal()])
+
+
+def remove_batch_data(services: Services, batch: Batch) -> None:
+    """Every item's data (``DataRemoval``, a page of items at a time), then the inputs the items share,
+    and the batch marked ``data_removed``. A 409 while any item is queued or running, or the batch is
+    still validating. Repeated after a failure, it does the rest; once done, nothing."""
+    if batch.status not in (COMPLETED, CANCELED):
+        unfinished = sum(batch.counts.get(s.value, 0) for s in Status if not s.is_terminal())
+        raise ProblemError(
+            409,
+            f"batch {batch.id!r} is still {batch.shown_status} ({unfinished} items queued or running): cancel it "
+            f"first (POST /v1/batches/{batch.id}/cancel), then delete its data once every item has ended",
+        )
+    if batch.data_removed:
+        return
+    for page in services.batches.iter_items(batch.id):
+        services.data_removal.remove([e for e in page if isinstance(e, str)])
+    services.data_removal.remove_batch_inputs(batch.id)

@@ -57,6 +57,11 @@ class Batch:
     refused: int = 0
     cancel_requested: bool = False
     counts: dict[str, int] = field(default_factory=dict)
+    # How long after it ends the inputs its items share are kept (``BatchSettler``): the longest its
+    # items keep their data, when each gave its own ``retention_s``; None: KILN_RETENTION_S.
+    retention_s: int | None = None
+    # Its items' data and its shared inputs were deleted (``DELETE``, or at retention).
+    data_removed: bool = False
 
     @property
     def shown_status(self) -> str:
@@ -82,6 +87,8 @@ class Batch:
             refused=int(raw.get("refused", 0)),
             cancel_requested="cancel_requested" in raw,
             counts={name[2:]: max(0, int(value)) for name, value in raw.items() if name.startswith("n:")},
+            retention_s=int(raw["retention_s"]) if "retention_s" in raw else None,
+            data_removed="data_removed" in raw,
         )
 
 
@@ -102,6 +109,7 @@ def render_batch(batch: Batch, base_url: str | None = None) -> dict[str, Any]:
         "created_at": _timestamp(batch.created_at),
         "completed_at": _timestamp(batch.completed_at),
         "webhook": batch.webhook,
+        "data_removed": batch.data_removed,
         "urls": {
             "get": get_url,
             "cancel": f"{get_url}/cancel",
@@ -212,6 +220,10 @@ class BatchStore:
     def flag_cancel(self, batch_id: str) -> None:
         """Remember that the batch was canceled: it ends ``canceled`` rather than ``completed``."""
         self.redis.hset(keys.batch_record(batch_id), "cancel_requested", 1)
+
+    def keep_inputs_for(self, batch_id: str, retention_s: int) -> None:
+        """The batch's shared inputs are kept ``retention_s`` after it ends (``Batch.retention_s``)."""
+        self.redis.hset(keys.batch_record(batch_id), "retention_s", retention_s)
 
     def cancel_requested(self, batch_id: str) -> bool:
         return bool(self.redis.hexists(keys.batch_record(batch_id), "cancel_requested"))

@@ -1,7 +1,8 @@
 """A finished batch's one ``completed`` webhook, signed like prediction webhooks (its tenant's secret),
 sent through the webhook outbox. ``BatchSettler.settle`` is the one place a batch's end is followed
 up: a maintenance job of every worker runs it, and the API after a cancel. It also brings the
-retention of the inputs its items share forward to its items' own (retention after the last ended)."""
+retention of the inputs its items share forward to its items' own (retention, or the longest ``retention_s``
+its items gave, after the last ended)."""
 
 from __future__ import annotations
 
@@ -42,7 +43,8 @@ class BatchSettler:
         for batch_id in self.batches.claim_finished():
             batch = self.batches.get(batch_id)
             if batch is not None and batch.completed_at is not None:
-                due = batch.completed_at + self.retention_s
+                kept_s = self.retention_s if batch.retention_s is None else min(batch.retention_s, self.retention_s)
+                due = batch.completed_at + kept_s
                 retention.schedule(self.batches.redis, "batch", batch.id, due)
             if batch is not None and batch.webhook:
                 body = json.dumps(render_batch(batch))

@@ -64,6 +64,8 @@ def render_outputs(
 
 
 def render_prediction(prediction: Prediction, base_url: str, signer: UrlSigner, retention_s: float) -> dict[str, Any]:
+    # Its own retention, when shorter, bounds its URLs too (kept 0 s, they serve its completed webhook).
+    retention_s = min(retention_s, prediction.retention_s or retention_s)
     get_url = f"{base_url}{prediction_path(prediction.id)}"
     urls = {
         "get": get_url,
@@ -82,7 +84,7 @@ def render_prediction(prediction: Prediction, base_url: str, signer: UrlSigner, 
         metrics["predict_time"] = prediction.predict_time
     if prediction.total_time is not None:
         metrics["total_time"] = prediction.total_time
-    rendered = {
+    rendered: dict[str, Any] = {
         "id": prediction.id,
         "model": prediction.model,
         "version": prediction.version,
@@ -103,6 +105,8 @@ def render_prediction(prediction: Prediction, base_url: str, signer: UrlSigner, 
         rendered["deployment"] = prediction.deployment
     if prediction.deadline is not None:
         rendered["deadline"] = format_timestamp(prediction.deadline)
+    if prediction.retention_s is not None:
+        rendered["retention_s"] = prediction.retention_s
     return rendered
 
 

@@ -127,6 +127,8 @@ class Prediction(BaseModel):
     # Cancel-After: stopped (aborted before it starts, canceled while it runs) if not finished by then.
     deadline: datetime | None = None
     data_removed: bool = False
+    # Seconds its data is kept after it ends (``retention_s`` in the create body); None: KILN_RETENTION_S.
+    retention_s: int | None = None
     source: str = "api"
     cancel_requested: bool = False
     # How many times a worker started it (reruns after a worker died count up).

@@ -1,16 +1,18 @@
 """Retention, as Replicate does it, and record expiry: nothing a prediction leaves in Redis or S3
 outlives them.
 
-- ``prediction:<id>``, due ``KILN_RETENTION_S`` after it finished: every stored object of the
-  prediction (inputs, outputs) is deleted, and input, output and logs are cleared from the record,
-  which then shows ``data_removed: true``; id, status, model, timestamps, metrics and error stay.
+- ``prediction:<id>``, due ``KILN_RETENTION_S`` after it finished (or its own ``retention_s``:
+  ``data_kept_s``): every stored object of the prediction (inputs, outputs) is deleted, and input,
+  output and logs are cleared from the record, which then shows ``data_removed: true``; id, status,
+  model, timestamps, metrics and error stay. ``DELETE /v1/predictions/{id}`` does the same at once
+  (``DataRemoval``).
 - ``record:<id>``, due ``KILN_RECORD_RETENTION_S`` after it finished: the record, its logs, its
   webhook state and its entry in the tenant's list are deleted; GET answers 404.
 - ``file:<id>[:<tenant>]``, due when an uploaded file expires: its bytes and its list entry.
 - ``batch:<id>``, due ``KILN_RETENTION_S`` after a batch object's last item ended (with its items'
   own retention: ``shared.batches.settler``), or after its items were given their time to finish
   (``shared.batches.records.BATCH_TTL_S``) should it never end: the image inputs its items share
-  (``api.intake.image_staging``), stored once for the batch.
+  (``api.intake.image_staging``), stored once for the batch; the batch then shows ``data_removed``.
 
 All four wait in one sorted set (``keys.retention``), scored by when they are due. The janitor
 (``Janitor.sweep``, a maintenance job of every worker process) takes what is due in bounded
@@ -23,6 +25,7 @@ import json
 import logging
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 from redis import Redis
@@ -47,6 +50,16 @@ _WEBHOOK_EVENTS = ("start", "output", "logs", "completed")
 # How long a claimed item is left to the janitor that claimed it.
 CLAIM_S = 300
 
+# A prediction created with ``retention_s: 0`` keeps its data until its ``completed`` webhook was
+# attempted (so the receiver can fetch the outputs it names), then loses it at once
+# (``completed_webhook_attempted``). Should that attempt never come (the webhook workers down, the
+# delivery stuck), the data goes this long after the prediction ended all the same, or after
+# KILN_RETENTION_S when that is shorter.
+ZERO_RETENTION_WEBHOOK_WAIT_S = 600
+
+# S3 prefixes deleted at a time when many predictions' data goes at once (a batch's DELETE).
+REMOVAL_THREADS = 8
+
 
 def schedule(redis: Redis, kind: str, item_id: str, due: float) -> None:
     """Remember to remove ``kind`` (``prediction``, ``record``, ``file``, ``batch``) of ``item_id`` at ``due``
@@ -58,6 +71,23 @@ def schedule_many(redis: Redis, items: Sequence[tuple[str, str, float]]) -> None
     """``schedule`` for each (kind, item id, due), in one command."""
     if items:
         redis.zadd(keys.retention(), {f"{kind}:{item_id}": due for kind, item_id, due in items})
+
+
+def data_kept_s(default_s: float, own_s: int | None, awaits_completed_webhook: bool) -> float:
+    """How long after it ended a prediction's data is kept: its own ``retention_s`` (never beyond
+    ``default_s``, KILN_RETENTION_S), else ``default_s``. Kept 0 s, it waits for its ``completed``
+    webhook's first attempt when it has one (at most ``ZERO_RETENTION_WEBHOOK_WAIT_S``)."""
+    if own_s is None:
+        return default_s
+    if own_s == 0 and awaits_completed_webhook:
+        return min(default_s, ZERO_RETENTION_WEBHOOK_WAIT_S)
+    return min(float(own_s), default_s)
+
+
+def bring_forward(redis: Redis, kind: str, item_id: str, due: float) -> None:
+    """Make an item already scheduled due at ``due`` if that is sooner; nothing when it is not
+    scheduled (removed already, or never)."""
+    redis.zadd(keys.retention(), {f"{kind}:{item_id}": due}, xx=True, lt=True)
 
 
 def prediction_keys(prediction_id: str) -> list[str]:
@@ -72,13 +102,48 @@ def prediction_keys(prediction_id: str) -> list[str]:
     ]
 
 
+class DataRemoval:
+    """Deletes predictions' data now: every stored object under each one's prefix (inputs the API
+    staged, outputs, copies of uploaded files), then input, output and logs cleared from its record,
+    which shows ``data_removed: true``. The janitor does it at retention, ``DELETE`` on demand; doing
+    it twice changes nothing. A batch's shared inputs are the batch's (``remove_batch_inputs``)."""
+
+    def __init__(self, redis: Redis, storage: Storage, threads: int = REMOVAL_THREADS) -> None:
+        self.redis = redis
+        self.storage = storage
+        self.threads = threads
+        self._remove_data = redis.register_script(lua.script("retention_remove_data"))
+        self._batch_removed = redis.register_script(lua.script("retention_batch_removed"))
+
+    def remove(self, prediction_ids: Sequence[str]) -> None:
+        """S3 first: a record that says ``data_removed`` has no object left behind it."""
+        prefixes = [prediction_prefix(i) for i in prediction_ids]
+        if len(prefixes) > 1:
+            with ThreadPoolExecutor(min(self.threads, len(prefixes))) as pool:
+                list(pool.map(self.storage.delete_prefix, prefixes))
+        else:
+            for prefix in prefixes:
+                self.storage.delete_prefix(prefix)
+        with self.redis.pipeline(transaction=False) as pipe:
+            for prediction_id in prediction_ids:
+                record = [keys.prediction(prediction_id), keys.prediction_logs(prediction_id)]
+                self._remove_data(keys=record, client=pipe)
+            pipe.execute()
+
+    def remove_batch_inputs(self, batch_id: str) -> None:
+        """The image inputs a batch's items share (stored once for the batch), and the batch, while
+        its record lasts, marked ``data_removed``."""
+        self.storage.delete_prefix(batch_prefix(batch_id))
+        self._batch_removed(keys=[keys.batch_record(batch_id)])
+
+
 class Janitor:
     def __init__(self, redis: Redis, storage: Storage, batch: int = BATCH, max_batches: int = MAX_BATCHES) -> None:
         self.redis = redis
         self.storage = storage
         self.batch = batch
         self.max_batches = max_batches
-        self._remove_data = redis.register_script(lua.script("retention_remove_data"))
+        self.removal = DataRemoval(redis, storage)
         self._claim = redis.register_script(lua.script("retention_claim"))
 
     def sweep(self) -> int:
@@ -115,7 +180,7 @@ class Janitor:
                 if tenant:
                     self.redis.zrem(keys.tenant_files(tenant), file_id)
             elif kind == "batch":
-                self.storage.delete_prefix(batch_prefix(rest))
+                self.removal.remove_batch_inputs(rest)
             # Removed only once done, so a failure is retried once its claim lapses.
             self.redis.zrem(keys.retention(), member)
             log.info("retention: removed %s %s", kind, rest)
@@ -123,8 +188,7 @@ class Janitor:
 
     def remove_data(self, prediction_id: str) -> None:
         """Retention: the prediction's stored objects deleted, its input, output and logs cleared."""
-        self.storage.delete_prefix(prediction_prefix(prediction_id))
-        self._remove_data(keys=[keys.prediction(prediction_id), keys.prediction_logs(prediction_id)])
+        self.removal.remove([prediction_id])
 
     def expire_record(self, prediction_id: str) -> None:
         """Record expiry: the record and every key that goes with it, and its tenant's list entry."""

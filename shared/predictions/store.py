@@ -200,11 +200,17 @@ class PredictionStore:
         return changed == 1
 
     def schedule_retention(self, prediction_ids: Sequence[str]) -> None:
-        """Finished predictions' inputs, outputs and logs are deleted ``retention_s`` from now, and
-        their records ``record_retention_s`` from now (``shared.predictions.retention``)."""
+        """Finished predictions' inputs, outputs and logs are deleted ``retention_s`` from now (or after
+        each one's own ``retention_s``: ``retention.data_kept_s``), and their records
+        ``record_retention_s`` from now (``shared.predictions.retention``)."""
         now = time.time()
-        due = {"prediction": now + self.retention_s, "record": now + self.record_retention_s}
-        retention.schedule_many(self.redis, [(kind, i, when) for i in prediction_ids for kind, when in due.items()])
+        wishes = self._retention_wishes(prediction_ids)
+        data = [
+            ("prediction", i, now + retention.data_kept_s(self.retention_s, *wish))
+            for i, wish in zip(prediction_ids, wishes, strict=True)
+        ]
+        records = [("record", i, now + self.record_retention_s) for i in prediction_ids]
+        retention.schedule_many(self.redis, data + records)
 
     def claim_ended(self, ended_before: float, lease_s: float, limit: int = 100) -> list[str]:
         """Predictions that ended before ``ended_before`` and whose ending is still not followed up
@@ -246,6 +252,27 @@ class PredictionStore:
     def cancel_requested(self, prediction_id: str) -> bool:
         return self.redis.hget(keys.prediction(prediction_id), "cancel_requested") == b"true"
 
+    def completed_webhook_attempted(self, prediction_id: str) -> None:
+        """The prediction's ``completed`` webhook was attempted: kept 0 s, its data goes now (it waited
+        for the attempt, ``retention.data_kept_s``)."""
+        if self._retention_wishes([prediction_id])[0][0] == 0:
+            retention.bring_forward(self.redis, "prediction", prediction_id, time.time())
+
+    def _retention_wishes(self, prediction_ids: Sequence[str]) -> list[tuple[int | None, bool]]:
+        """Each prediction's own ``retention_s`` (None when it has none), and whether its webhook wants
+        the ``completed`` event: read from its record, or from the fields it shares with its batch's twins."""
+        records = self._fields_of([keys.prediction(i) for i in prediction_ids], (*_RETENTION_FIELDS, "shared_fields"))
+        refs = sorted({ref for record in records if (ref := record["shared_fields"])})
+        shared = dict(zip(refs, self._fields_of([json.loads(ref) for ref in refs], _RETENTION_FIELDS), strict=True))
+        return [_retention_wish(record, shared.get(record["shared_fields"] or b"", {})) for record in records]
+
+    def _fields_of(self, hashes: Sequence[str], fields: Sequence[str]) -> list[dict[str, bytes | None]]:
+        """``fields`` of each hash (None where one is missing), in one round trip."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            for name in hashes:
+                pipe.hmget(name, fields)
+            return [dict(zip(fields, values, strict=True)) for values in pipe.execute()]
+
     def append_log(self, prediction_id: str, text: str) -> None:
         with self.redis.pipeline(transaction=False) as pipe:
             pipe.append(keys.prediction_logs(prediction_id), text)
@@ -277,6 +304,18 @@ async def read_prediction(client: redis.asyncio.Redis, prediction_id: str) -> Pr
     ref = _shared_ref(decoded)
     shared = {ref: await client.hgetall(ref)} if ref else {}
     return Prediction.from_redis_hash(_with_shared(decoded, shared), (logs or b"").decode())
+
+
+# What decides how long a prediction's data is kept (``PredictionStore.schedule_retention``).
+_RETENTION_FIELDS = ("retention_s", "webhook", "webhook_events_filter")
+
+
+def _retention_wish(own: Mapping[str, bytes | None], shared: Mapping[str, bytes | None]) -> tuple[int | None, bool]:
+    """A record's ``retention_s`` and whether its webhook wants ``completed`` (``Prediction.wants_event``),
+    a field set on the record winning over the shared one."""
+    value = {name: json.loads(raw) if (raw := own[name] or shared.get(name)) else None for name in _RETENTION_FIELDS}
+    events = value["webhook_events_filter"]
+    return value["retention_s"], value["webhook"] is not None and (events is None or "completed" in events)
 
 
 def record_keys(prediction_id: str) -> list[str]:

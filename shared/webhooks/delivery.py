@@ -188,7 +188,9 @@ def add_delivery_task(celery: Celery, process: WorkerProcess) -> None:
     (the webhook worker, or a GPU worker told to) attempts each delivery it is sent."""
 
     def deliver_webhook(delivery_id: str) -> None:
-        attempt_delivery(process.core.outbox, delivery_id, delivery_signer(process), process.settings)
+        delivery = attempt_delivery(process.core.outbox, delivery_id, delivery_signer(process), process.settings)
+        if delivery is not None and delivery.event == "completed":  # retention_s 0 waited for this attempt
+            process.core.store.completed_webhook_attempted(delivery.prediction_id)
 
     # Celery is untyped: registered by a call, not a decorator (mypy's strict checks hold in shared/).
     celery.task(name=queues.DELIVER_WEBHOOK_TASK, shared=False)(deliver_webhook)

@@ -7,6 +7,7 @@ import json
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from standardwebhooks.webhooks import Webhook
@@ -41,6 +42,8 @@ class WebhookReceiver:
         # Until then (monotonic), every delivery is answered 503 and not recorded: the receiver is down.
         self._down_until = 0.0
         self._lock = threading.Lock()
+        # Run on each verified delivery before it is answered, as a receiver acting on it would (fetching its outputs).
+        self.on_delivery: Callable[[Received], None] | None = None
         self._server = http.server.ThreadingHTTPServer(("127.0.0.1", port), self._handler())
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -107,8 +110,11 @@ class WebhookReceiver:
                     self.send_response(400)
                     self.end_headers()
                     return
+                delivery = Received(self.path, headers, json.loads(raw), time.monotonic())
+                if receiver.on_delivery is not None:
+                    receiver.on_delivery(delivery)
                 with receiver._lock:
-                    receiver.received.append(Received(self.path, headers, json.loads(raw), time.monotonic()))
+                    receiver.received.append(delivery)
                     script = receiver._scripts[self.path]
                     status = script.pop(0) if script else 200
                 self.send_response(status)
