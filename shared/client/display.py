@@ -62,6 +62,7 @@ class PredictionBar:
 
     def __init__(self, progress: Progress, task: TaskID, prediction_id: str) -> None:
         self.progress, self.task, self.prediction_id = progress, task, prediction_id
+        self.steps: int | None = None
 
     def status(self, status: str) -> None:
         self.progress.update(self.task, description=escape(f"{self.prediction_id} {status}"))
@@ -70,7 +71,7 @@ class PredictionBar:
         """A log line: a step's progress moves the bar; any other line is printed above it."""
         found = STEP.search(line)
         if found:
-            self.progress.update(self.task, completed=int(found[1]), total=int(found[2]))
+            self.step(int(found[1]), int(found[2]))
         elif line.strip() and not self.progress.disable:
             self.progress.console.print(escape(line), style="dim")
 
@@ -78,7 +79,17 @@ class PredictionBar:
         """The latest step in a prediction's whole ``logs`` (when polling)."""
         steps = STEP.findall(text) if isinstance(text, str) else []
         if steps:
-            self.progress.update(self.task, completed=int(steps[-1][0]), total=int(steps[-1][1]))
+            self.step(int(steps[-1][0]), int(steps[-1][1]))
+
+    def step(self, done: int, steps: int) -> None:
+        self.steps = steps
+        self.progress.update(self.task, completed=done, total=steps)
+
+    def succeeded(self) -> None:
+        """A full bar: the last step's line may not have been read before the prediction ended."""
+        self.status("succeeded")
+        if self.steps:
+            self.progress.update(self.task, completed=self.steps)
 
 
 class BatchBar:

@@ -77,6 +77,8 @@ def poll(client: KilnClient, prediction_id: str, bar: PredictionBar) -> dict[str
         prediction = client.prediction(prediction_id)
         bar.status(str(prediction["status"]))
         bar.logs(prediction.get("logs"))
+        if prediction["status"] == "succeeded":
+            bar.succeeded()
         if prediction["status"] in TERMINAL:
             return prediction
         time.sleep(wait)

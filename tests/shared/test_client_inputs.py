@@ -12,6 +12,7 @@ from shared.client.batches import with_model
 from shared.client.config import DEFAULT_URL, resolve
 from shared.client.errors import UsageError
 from shared.client.inputs import check_model, parse_inputs, parse_since
+from shared.client.predictions import file_name
 from shared.client.sse import Event, parse_events
 
 
@@ -125,3 +126,11 @@ def test_event_stream_lines_become_events():
         Event("output", "http://x/a\nsecond", "1"),
         Event("done", "{}", "1"),
     ]
+
+
+def test_an_output_is_saved_under_its_own_name_never_a_path():
+    base = "http://kiln.test/v1/predictions/p1/output"
+    assert file_name(f"{base}/out-0.png?expires=1&sig=x", 0) == "out-0.png"
+    assert file_name(f"{base}/face%20embedding.safetensors", 1) == "face embedding.safetensors"
+    for hostile in ("..%2F..%2F.bashrc", "..", "a%5Cb", "x%00.png", ""):
+        assert file_name(f"{base}/{hostile}", 2) == "output-2"
