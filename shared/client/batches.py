@@ -55,6 +55,8 @@ def submit(
         data = path.read_bytes()
     except OSError as exc:
         raise UsageError(f"{path}: cannot read it: {exc.strerror or exc}") from None
+    if results is not None and not results.parent.is_dir():
+        raise UsageError(f"--results {results}: no directory {results.parent}")
     if model is not None:
         data = with_model(data, check_model(model))
     uploaded = client.upload(path.name, data, "application/jsonl")

@@ -161,12 +161,12 @@ def main(
     transport: httpx.BaseTransport | None = None,
     display: Display | None = None,
 ) -> int:
-    """Run the parsed client command; a ``ClientError`` is printed (``kiln: ...``) as exit status 2."""
+    """Run the parsed client command; what stops it is printed (``kiln: ...``) as exit status 2."""
     try:
         config = resolve(args.url, args.token, env)
         with KilnClient(config, transport) as client:
             handler: Handler = args.handler
             return handler(args, client, display or Display())
-    except ClientError as exc:
+    except (ClientError, OSError) as exc:  # OSError: an output or results file that cannot be written
         print(f"kiln: {exc}", file=sys.stderr)
         return EXIT_ERROR

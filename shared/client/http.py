@@ -11,6 +11,7 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Callable, Generator, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -135,6 +136,25 @@ class KilnClient:
         except ValueError:
             raise ClientError(f"{method} {url}: the answer is not JSON: {response.text[:200]!r}") from None
 
+    def object(self, method: str, url: str, **options: Any) -> dict[str, Any]:
+        """An answer that is one JSON object (a prediction, a batch, a file)."""
+        found = self.json(method, url, **options)
+        if not isinstance(found, dict):
+            raise ClientError(f"{method} {url}: the answer is not a JSON object: {str(found)[:200]!r}")
+        return found
+
+    @contextmanager
+    def opened(self, url: str | httpx.URL, what: str, **options: Any) -> Iterator[httpx.Response]:
+        """A GET whose body is read as it comes (a stream, a file); ``what`` names it in errors."""
+        try:
+            with self.http.stream("GET", url, **options) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise api_error(response)
+                yield response
+        except httpx.HTTPError as exc:
+            raise ClientError(f"{what}: {exc}") from None
+
     def on_this_api(self, url: str) -> str:
         """``url`` (a page's ``next``) on the configured API: its path and query there."""
         parts, prefix = urlsplit(url), urlsplit(self.base_url).path.rstrip("/")
@@ -145,7 +165,7 @@ class KilnClient:
         """Every result of a paged list (``{"results": [...], "next": url}``), following ``next``."""
         next_url: str | None = url
         while next_url:
-            page = self.json("GET", next_url, params=params)
+            page = self.object("GET", next_url, params=params)
             yield from page.get("results") or []
             found = page.get("next")
             next_url, params = (self.on_this_api(found) if found else None), None
@@ -154,87 +174,57 @@ class KilnClient:
 
     def create_prediction(self, version: str, inputs: dict[str, Any]) -> dict[str, Any]:
         body = {"version": version, "input": inputs}
-        created: dict[str, Any] = self.json("POST", "/v1/predictions", json=body, headers=idempotency_key())
-        return created
+        return self.object("POST", "/v1/predictions", json=body, headers=idempotency_key())
 
     def prediction(self, prediction_id: str) -> dict[str, Any]:
-        found: dict[str, Any] = self.json("GET", f"/v1/predictions/{path_of(prediction_id)}")
-        return found
+        return self.object("GET", f"/v1/predictions/{path_of(prediction_id)}")
 
     def cancel_prediction(self, prediction_id: str) -> dict[str, Any]:
-        found: dict[str, Any] = self.json("POST", f"/v1/predictions/{path_of(prediction_id)}/cancel")
-        return found
+        return self.object("POST", f"/v1/predictions/{path_of(prediction_id)}/cancel")
 
     def delete_prediction(self, prediction_id: str) -> dict[str, Any]:
         """The prediction as deleted; a running one is a 409 (cancel it first)."""
-        found: dict[str, Any] = self.json("DELETE", f"/v1/predictions/{path_of(prediction_id)}")
-        return found
+        return self.object("DELETE", f"/v1/predictions/{path_of(prediction_id)}")
 
     def upload(self, name: str, data: bytes, content_type: str) -> dict[str, Any]:
         """A Files API upload (``POST /v1/files``); its ``urls.get`` is usable as an input."""
-        file: dict[str, Any] = self.json("POST", "/v1/files", files={"content": (name, data, content_type)})
-        return file
+        return self.object("POST", "/v1/files", files={"content": (name, data, content_type)})
 
     def events(self, stream_url: str) -> Iterator[Event]:
         """A prediction's stream, with Kiln's ``status`` events, until the server closes it."""
+        # Merged into the signed URL's own query (``params=`` would replace it).
+        url = httpx.URL(stream_url).copy_merge_params({"kiln_status": "true"})
         headers = {"Accept": "text/event-stream", "Cache-Control": "no-store"}
-        try:
-            # Merged into the signed URL's own query (``params=`` would replace it).
-            url = httpx.URL(stream_url).copy_merge_params({"kiln_status": "true"})
-            with self.http.stream("GET", url, headers=headers, timeout=STREAM_TIMEOUT) as response:
-                if response.status_code >= 400:
-                    response.read()
-                    raise api_error(response)
-                yield from parse_events(response.iter_lines())
-        except httpx.HTTPError as exc:
-            raise ClientError(f"the prediction's stream broke off: {exc}") from None
+        with self.opened(url, "the prediction's stream", headers=headers, timeout=STREAM_TIMEOUT) as response:
+            yield from parse_events(response.iter_lines())
 
     def download(self, url: str, folder: Path, name: str) -> Path:
         """The file at ``url`` saved in ``folder`` as ``name``, or a numbered name beside it: never overwritten."""
-        try:
-            with self.http.stream("GET", url) as response:
-                if response.status_code >= 400:
-                    response.read()
-                    raise api_error(response)
-                return save_new(folder, name, response.iter_bytes())
-        except httpx.HTTPError as exc:
-            raise ClientError(f"downloading {url.split('?')[0]}: {exc}") from None
+        with self.opened(url, f"downloading {url.split('?')[0]}") as response:
+            return save_new(folder, name, response.iter_bytes())
 
     # Batches.
 
     def create_batch(self, input_file: str) -> dict[str, Any]:
-        batch: dict[str, Any] = self.json(
-            "POST",
-            "/v1/batches",
-            json={"input_file": input_file},
-            headers=idempotency_key(),
-            timeout=BATCH_CREATE_TIMEOUT,
-        )
-        return batch
+        body = {"input_file": input_file}
+        return self.object("POST", "/v1/batches", json=body, headers=idempotency_key(), timeout=BATCH_CREATE_TIMEOUT)
 
     def batch(self, batch_id: str) -> dict[str, Any]:
-        found: dict[str, Any] = self.json("GET", f"/v1/batches/{path_of(batch_id)}")
-        return found
+        return self.object("GET", f"/v1/batches/{path_of(batch_id)}")
 
     def cancel_batch(self, batch_id: str) -> dict[str, Any]:
-        found: dict[str, Any] = self.json("POST", f"/v1/batches/{path_of(batch_id)}/cancel")
-        return found
+        return self.object("POST", f"/v1/batches/{path_of(batch_id)}/cancel")
 
     def save_results(self, batch_id: str, path: Path) -> None:
         """The batch's results file (JSONL, one line per item in submission order) written to ``path``
         whole or not at all."""
         partial = path.with_name(f".{path.name}.partial")
+        url = f"/v1/batches/{path_of(batch_id)}/results"
         try:
-            with self.http.stream("GET", f"/v1/batches/{path_of(batch_id)}/results") as response:
-                if response.status_code >= 400:
-                    response.read()
-                    raise api_error(response)
-                with partial.open("wb") as out:
-                    for chunk in response.iter_bytes():
-                        out.write(chunk)
+            with self.opened(url, f"batch {batch_id}'s results") as response, partial.open("wb") as out:
+                for chunk in response.iter_bytes():
+                    out.write(chunk)
             partial.replace(path)
-        except httpx.HTTPError as exc:
-            raise ClientError(f"reading batch {batch_id}'s results: {exc}") from None
         finally:
             partial.unlink(missing_ok=True)
 

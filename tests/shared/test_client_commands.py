@@ -246,6 +246,9 @@ def test_batch_submit_exits_1_when_an_item_failed_and_0_without_waiting(tmp_path
     assert not list(tmp_path.glob("*.partial"))
     assert kiln(["batch", "submit", str(source)], batch_api([])) == 0
     assert kiln(["batch", "submit", str(tmp_path / "missing.jsonl")], batch_api([])) == 2
+    nowhere = batch_api([])
+    assert kiln(["batch", "submit", str(source), "--results", str(tmp_path / "no" / "out.jsonl")], nowhere) == 2
+    assert "no directory" in capsys.readouterr().err and nowhere.requests == []
 
 
 def delivery(n: int) -> dict:
