@@ -1,9 +1,18 @@
-"""The ``kiln`` command (declared in pyproject's ``[project.scripts]``): administration without a restart.
+"""The ``kiln`` command (declared in pyproject's ``[project.scripts]``): a client of the API, and
+administration without a restart.
 
+    kiln run MODEL [-i KEY=VALUE ...] [-i KEY=@path] [-o DIR]
+    kiln predictions list [--limit N] [--json] | get ID | cancel ID | delete ID
+    kiln batch submit FILE.jsonl [--model MODEL] [--wait] [--results OUT.jsonl] | get ID | cancel ID
+    kiln webhooks failed [--since WHEN] [--json] | retry WEBHOOK_ID | retry --all-failed [--since WHEN]
     kiln tokens create NAME [--rate-limit-per-s N] [--rate-limit-burst N] [--max-queued N]
     kiln tokens list
     kiln tokens revoke NAME
     kiln lua [NAME]
+
+The client commands (``shared.client``) speak HTTP to the API: ``--url``/``--token``, else
+``KILN_URL``/``KILN_TOKEN``, else ``~/.config/kiln/config.toml``; their exit status is 0 when every
+prediction succeeded, 1 when one failed or was canceled, 2 for usage, connection and HTTP errors.
 
 ``kiln lua`` prints a Redis Lua script as Redis runs it (``shared.db.lua``), or without a name the
 names; it needs no Redis. The ``tokens`` commands talk to the Redis the API uses: ``KILN_REDIS_URL``
@@ -28,6 +37,8 @@ from typing import TextIO
 from redis import Redis
 from redis.exceptions import RedisError
 
+from shared.client import commands as client
+from shared.client.inputs import positive_int
 from shared.db import lua
 from shared.db.client import RedisTarget, connect, redis_target
 from shared.security.tokens import TokenError, TokenInfo, TokenLimits, TokenRegistry
@@ -35,6 +46,12 @@ from shared.settings import Settings
 
 # Where ``make run`` keeps the URL of the Redis it started (password included), under the data dir.
 REDIS_URL_FILE = "redis-url"
+
+
+ADMIN_HELP = """
+administration commands (tokens, lua) talk to the API's Redis (KILN_REDIS_URL, else the one `make run`
+started); tokens: exit status 1 when a name is in use or unknown, 2 when Redis is unavailable.
+"""
 
 
 def redis_url(settings: Settings) -> str:
@@ -50,13 +67,6 @@ def cli_redis_target(settings: Settings) -> RedisTarget:
     return replace(redis_target(settings), url=redis_url(settings))
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be 1 or more")
-    return value
-
-
 def _positive_float(text: str) -> float:
     value = float(text)
     if not value > 0:
@@ -65,15 +75,21 @@ def _positive_float(text: str) -> float:
 
 
 def parser() -> argparse.ArgumentParser:
-    root = argparse.ArgumentParser(prog="kiln", description="Administer a Kiln deployment.")
+    root = argparse.ArgumentParser(
+        prog="kiln",
+        description="Run models on a Kiln API, and administer a Kiln deployment.",
+        epilog=client.HELP + ADMIN_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     groups = root.add_subparsers(dest="group", required=True)
+    client.add_commands(groups)
     tokens = groups.add_parser("tokens", help="API tokens: each token is a tenant")
     commands = tokens.add_subparsers(dest="command", required=True)
     create = commands.add_parser("create", help="make a token and print it (the only time it is shown)")
     create.add_argument("name", help="a name for the token: letters, digits, '.', '_', '-'")
     create.add_argument("--rate-limit-per-s", type=_positive_float, help="its requests per second (default: service's)")
-    create.add_argument("--rate-limit-burst", type=_positive_int, help="its burst size (default: the service's)")
-    create.add_argument("--max-queued", type=_positive_int, help="its cap on queued predictions (default: service's)")
+    create.add_argument("--rate-limit-burst", type=positive_int, help="its burst size (default: the service's)")
+    create.add_argument("--max-queued", type=positive_int, help="its cap on queued predictions (default: service's)")
     commands.add_parser("list", help="the tokens accepted now (names and limits, never the tokens)")
     revoke = commands.add_parser("revoke", help="refuse a token from now on, in every API process")
     revoke.add_argument("name")
@@ -100,7 +116,11 @@ def _describe(info: TokenInfo) -> str:
 
 
 def run(argv: Sequence[str], registry: TokenRegistry, out: TextIO) -> int:
-    args = parser().parse_args(argv)
+    """An administration command (``tokens``, ``lua``) with the registry given."""
+    return administer(parser().parse_args(argv), registry, out)
+
+
+def administer(args: argparse.Namespace, registry: TokenRegistry, out: TextIO) -> int:
     if args.group == "lua":
         out.write(lua.show(args.name))
     elif args.command == "create":
@@ -116,11 +136,14 @@ def run(argv: Sequence[str], registry: TokenRegistry, out: TextIO) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(sys.argv[1:] if argv is None else argv)
+    if args.group in client.GROUPS:
+        return client.main(args)
     settings = Settings()
     target = cli_redis_target(settings)
-    client: Redis = connect(target)
+    redis_client: Redis = connect(target)
     try:
-        return run(sys.argv[1:] if argv is None else argv, TokenRegistry(client, settings.api_token), sys.stdout)
+        return administer(args, TokenRegistry(redis_client, settings.api_token), sys.stdout)
     except TokenError as exc:
         print(f"kiln: {exc}", file=sys.stderr)
         return 1
@@ -128,7 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"kiln: Redis ({target.address}) unavailable: {exc}", file=sys.stderr)
         return 2
     finally:
-        client.close()
+        redis_client.close()
 
 
 if __name__ == "__main__":

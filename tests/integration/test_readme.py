@@ -4,6 +4,7 @@ several."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 
@@ -16,6 +17,7 @@ from tests.support.stack import TOKEN_A
 pytestmark = pytest.mark.integration
 CLIENTS = REPO_ROOT / "docs" / "clients.md"
 WEBHOOKS = REPO_ROOT / "docs" / "webhooks.md"
+CHECKOUT = {"PYTHONPATH": str(REPO_ROOT)}
 
 
 @pytest.fixture
@@ -32,9 +34,14 @@ def run(argv: list[str], cwd, env: dict[str, str], timeout: float = 300) -> str:
 
 def test_try_it_then_the_python_snippets(stack, workdir):
     env = {"PATH": os.environ["PATH"], "KILN": stack.base_url, "TOKEN": TOKEN_A, "HOME": str(workdir)}
-    shell = run(["bash", "-euo", "pipefail", "-c", block(README, "Try it", "sh")], workdir, env)
+    # The `kiln` script runs this checkout's code, wherever the venv's editable install points.
+    shell = run(["bash", "-euo", "pipefail", "-c", block(README, "Try it", "sh")], workdir, env | CHECKOUT)
     assert "event: done" in shell and "event: output" in shell and "out.png" in shell
     assert (workdir / "out.png").read_bytes().startswith(b"\x89PNG")
+    # kiln run printed the path of the file it saved; kiln batch submit the batch's id, then wrote its results.
+    assert "out-0.png" in shell.splitlines() and (workdir / "out-0.png").read_bytes().startswith(b"\x89PNG")
+    results = [json.loads(line) for line in (workdir / "results.jsonl").read_text().splitlines()]
+    assert [(r["line"], r["status"]) for r in results] == [(1, "succeeded"), (2, "succeeded"), (3, "succeeded")]
     printed = run([python(), "-c", block(CLIENTS, "The official Replicate clients", "python")], workdir, env)
     assert printed.splitlines()[-1].startswith("done")
     run([python(), "-c", block(WEBHOOKS, "Webhooks", "python") + "\nassert secret.startswith('whsec_')"], workdir, env)
