@@ -34,6 +34,7 @@ from shared.security.tokens import publish_bootstrap
 from shared.settings import Settings
 from shared.storage.files import FileStore
 from shared.storage.s3 import Storage
+from shared.webhooks.history import DeliveryHistory
 from shared.webhooks.secrets import WebhookSecrets
 
 log = logging.getLogger(__name__)
@@ -139,6 +140,11 @@ class Services:
     def url_signer(self) -> UrlSigner:
         """Signs the URLs that work without a token (streams, outputs), with their expiry."""
         return UrlSigner.from_settings(self.settings, self.redis)
+
+    @cached_property
+    def webhook_history(self) -> DeliveryHistory:
+        """Webhook messages with their attempts, the failed ones, and sending one again."""
+        return DeliveryHistory(self.redis)
 
     def render(self, prediction: Prediction, base_url: str) -> dict[str, Any]:
         """The prediction as clients see it, with freshly signed stream and output URLs."""
