@@ -101,3 +101,11 @@ class CreateBatchObject(_RawItems):
         default=None, min_length=1, description="urls.get of an uploaded JSONL file: one create body per line."
     )
     webhook: HttpUrl | None = Field(default=None, description="Called once, with the batch, when every item has ended.")
+
+
+class RetryDeliveries(BaseModel):
+    """``POST /v1/webhooks/deliveries/retry``: which failed webhook messages to send again."""
+
+    state: Literal["failed"] = Field(default="failed", description="The messages' state: failed.")
+    since: str | None = Field(default=None, max_length=64, description="ISO 8601: those that failed at or after it.")
+    until: str | None = Field(default=None, max_length=64, description="ISO 8601: those that failed before it.")

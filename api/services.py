@@ -36,6 +36,7 @@ from shared.security.tokens import publish_bootstrap
 from shared.settings import Settings
 from shared.storage.files import FileStore
 from shared.storage.s3 import Storage
+from shared.webhooks.history import DeliveryHistory
 from shared.webhooks.secrets import WebhookSecrets
 
 log = logging.getLogger(__name__)
@@ -149,6 +150,11 @@ class Services:
     def data_removal(self) -> DataRemoval:
         """Deletes predictions' data on demand (``DELETE /v1/predictions/{id}``, ``DELETE /v1/batches/{id}``)."""
         return DataRemoval(self.redis, self.storage)
+
+    @cached_property
+    def webhook_history(self) -> DeliveryHistory:
+        """Webhook messages with their attempts, the failed ones, and sending one again."""
+        return DeliveryHistory(self.redis)
 
     def render(self, prediction: Prediction, base_url: str) -> dict[str, Any]:
         """The prediction as clients see it, with freshly signed stream and output URLs."""

@@ -55,6 +55,9 @@ PARAMETERS_WITH_400 = {
     "Last-Event-ID",
     "Idempotency-Key",
     "prefer",
+    "state",
+    "since",
+    "until",
 }
 # What particular operations add, by (method, path).
 EXTRA_STATUSES: dict[tuple[str, str], set[int]] = {
@@ -66,6 +69,7 @@ EXTRA_STATUSES: dict[tuple[str, str], set[int]] = {
     ("post", "/v1/deployments/{owner}/{name}/predictions"): {409},
     ("delete", "/v1/predictions/{prediction_id}"): {409},
     ("delete", "/v1/batches/{batch_id}"): {409},
+    ("post", "/v1/webhooks/deliveries/{webhook_id}/retry"): {409},
     ("get", "/v1/predictions/{prediction_id}/stream"): {403},
     ("get", "/v1/predictions/{prediction_id}/output/{name}"): {403, 410},
     ("get", "/v1/files/{file_id}/download"): {410},

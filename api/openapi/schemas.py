@@ -128,7 +128,42 @@ COLLECTION = {
     "properties": {"slug": STRING, "name": STRING, "description": STRING, "models": {"type": "array"}},
 }
 
+WEBHOOK_ATTEMPT = {
+    "type": "object",
+    "required": ["at", "status_code", "error", "duration_ms"],
+    "properties": {
+        "at": TIMESTAMP,
+        "status_code": {"type": ["integer", "null"]},
+        "error": NULLABLE_STRING,
+        "duration_ms": {"type": "integer", "minimum": 0},
+    },
+}
+
+WEBHOOK_DELIVERY = {
+    "type": "object",
+    "required": ["id", "event", "state", "url", "created_at", "next_attempt_at", "attempts"],
+    "properties": {
+        "id": STRING,
+        "event": {"enum": ["start", "output", "logs", "completed"]},
+        "state": {"enum": ["pending", "delivered", "failed"]},
+        "url": STRING,
+        "prediction_id": STRING,
+        "batch_id": STRING,
+        "created_at": TIMESTAMP,
+        "next_attempt_at": NULLABLE_TIMESTAMP,
+        "attempts": {"type": "array", "items": ref("WebhookAttempt")},
+    },
+}
+
 SCHEMAS: dict[str, dict[str, Any]] = {
+    "WebhookAttempt": WEBHOOK_ATTEMPT,
+    "WebhookDelivery": WEBHOOK_DELIVERY,
+    "WebhookDeliveryPage": page_of("WebhookDelivery"),
+    "WebhookDeliveryList": {
+        "type": "object",
+        "required": ["results"],
+        "properties": {"results": {"type": "array", "items": ref("WebhookDelivery")}},
+    },
     "Account": ACCOUNT,
     "Prediction": PREDICTION,
     "PredictionPage": page_of("Prediction"),
@@ -161,4 +196,13 @@ RESPONSE_BODIES: dict[tuple[str, str], dict[str, Any]] = {
     ("post", "/v1/files"): ref("File"),
     ("get", "/v1/files"): ref("FilePage"),
     ("get", "/v1/files/{file_id}"): ref("File"),
+    ("get", "/v1/predictions/{prediction_id}/webhooks"): ref("WebhookDeliveryList"),
+    ("get", "/v1/batches/{batch_id}/webhooks"): ref("WebhookDeliveryList"),
+    ("get", "/v1/webhooks/deliveries"): ref("WebhookDeliveryPage"),
+    ("post", "/v1/webhooks/deliveries/{webhook_id}/retry"): ref("WebhookDelivery"),
+    ("post", "/v1/webhooks/deliveries/retry"): {
+        "type": "object",
+        "required": ["retried", "remaining"],
+        "properties": {"retried": {"type": "integer", "minimum": 0}, "remaining": {"type": "integer", "minimum": 0}},
+    },
 }

@@ -55,6 +55,25 @@ def webhook_delivery(delivery_id: str) -> str:
     return f"{PREFIX}:webhook:delivery:{delivery_id}"
 
 
+def webhook_delivery_attempts(delivery_id: str) -> str:
+    """List: one delivery's attempts, oldest first, each JSON ``{"at", "status_code", "error", "duration_ms"}``;
+    the latest ``shared.webhooks.outbox.MAX_ATTEMPTS_KEPT`` only. Lives and goes with its delivery."""
+    return f"{PREFIX}:webhook:delivery:{delivery_id}:attempts"
+
+
+def webhook_deliveries(prediction_id: str) -> str:
+    """Sorted set: the ids of a prediction's deliveries (every event), scored by when each was recorded
+    (unix seconds). Deleted with its record; a TTL past the record's expiry is the backstop."""
+    return f"{PREFIX}:webhook:deliveries:{prediction_id}"
+
+
+def tenant_failed_webhooks(tenant: str) -> str:
+    """Sorted set: a tenant's ``completed`` deliveries that failed (no more attempts scheduled), scored
+    by when they failed in unix microseconds, each score unique (a list cursor). A member leaves when it
+    is sent again, when its record expires, or once older than a finished delivery is kept."""
+    return f"{PREFIX}:tenant:{tenant}:webhooks:failed"
+
+
 def webhook_due() -> str:
     """Sorted set: pending delivery ids scored by when they are next due (unix seconds)."""
     return f"{PREFIX}:webhook:due"
@@ -243,7 +262,10 @@ BOUNDS: dict[str, str] = {
     "tenant_predictions": "swept",  # record expiry removes the member
     "secret": "config",
     "webhook_secret": "config",
-    "webhook_delivery": "swept",  # pending: in webhook_due; done: expires FINISHED_TTL_S later
+    "webhook_delivery": "swept",  # pending: in webhook_due; done: expires (outbox.kept_s) unless its record goes first
+    "webhook_delivery_attempts": "swept",  # as its delivery
+    "webhook_deliveries": "record",
+    "tenant_failed_webhooks": "swept",  # trimmed on each add; a retry and record expiry remove members
     "webhook_due": "swept",  # the webhook sender removes delivered and abandoned deliveries
     "webhook_throttle": "ttl",
     "webhook_latest_delivery": "ttl",

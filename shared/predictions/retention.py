@@ -7,7 +7,8 @@ outlives them.
   model, timestamps, metrics and error stay. ``DELETE /v1/predictions/{id}`` does the same at once
   (``DataRemoval``).
 - ``record:<id>``, due ``KILN_RECORD_RETENTION_S`` after it finished: the record, its logs, its
-  webhook state and its entry in the tenant's list are deleted; GET answers 404.
+  webhook state (every delivery with its attempts, and their index) and its entry in the tenant's
+  list are deleted; GET answers 404.
 - ``file:<id>[:<tenant>]``, due when an uploaded file expires: its bytes and its list entry.
 - ``batch:<id>``, due ``KILN_RETENTION_S`` after a batch object's last item ended (with its items'
   own retention: ``shared.batches.settler``), or after its items were given their time to finish
@@ -99,6 +100,7 @@ def prediction_keys(prediction_id: str) -> list[str]:
         keys.webhook_progress_sending(prediction_id),
         *(keys.webhook_latest_delivery(prediction_id, event) for event in _WEBHOOK_EVENTS),
         *(keys.webhook_throttle(prediction_id, event) for event in _WEBHOOK_EVENTS),
+        keys.webhook_deliveries(prediction_id),
     ]
 
 
@@ -135,6 +137,11 @@ class DataRemoval:
         its record lasts, marked ``data_removed``."""
         self.storage.delete_prefix(batch_prefix(batch_id))
         self._batch_removed(keys=[keys.batch_record(batch_id)])
+
+
+def delivery_keys(delivery_ids: Sequence[str]) -> list[str]:
+    """Every Redis key of those webhook deliveries: each one's state and attempts."""
+    return [key for i in delivery_ids for key in (keys.webhook_delivery(i), keys.webhook_delivery_attempts(i))]
 
 
 class Janitor:
@@ -191,15 +198,21 @@ class Janitor:
         self.removal.remove([prediction_id])
 
     def expire_record(self, prediction_id: str) -> None:
-        """Record expiry: the record and every key that goes with it, and its tenant's list entry."""
+        """Record expiry: the record and every key that goes with it (its webhook deliveries too: out of
+        the due set and its tenant's failed ones), and its tenant's list entry."""
         tenant = self.redis.hget(keys.prediction(prediction_id), "tenant")
         # Retention is due first; should it still be pending, the record must not outlive its data.
         if self.redis.zscore(keys.retention(), f"prediction:{prediction_id}") is not None:
             self.storage.delete_prefix(prediction_prefix(prediction_id))
+        deliveries = range_members(self.redis.zrange(keys.webhook_deliveries(prediction_id), 0, -1))
         with self.redis.pipeline(transaction=True) as pipe:
-            pipe.delete(*prediction_keys(prediction_id))
+            pipe.delete(*prediction_keys(prediction_id), *delivery_keys(deliveries))
+            if deliveries:
+                pipe.zrem(keys.webhook_due(), *deliveries)
             if tenant is not None:
                 pipe.zrem(keys.tenant_predictions(_tenant_of(tenant)), prediction_id)
+                if deliveries:
+                    pipe.zrem(keys.tenant_failed_webhooks(_tenant_of(tenant)), *deliveries)
             pipe.execute()
 
 

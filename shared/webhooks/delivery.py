@@ -4,6 +4,7 @@ address that was checked, and record the outcome. What the ``kiln.deliver_webhoo
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -21,7 +22,7 @@ from shared.scheduling import queues
 from shared.security.signed_urls import UrlSigner
 from shared.security.ssrf import URLRefused, guarded_request
 from shared.settings import Settings
-from shared.webhooks.outbox import DELIVERED, FAILED, PENDING, Delivery, WebhookOutbox
+from shared.webhooks.outbox import DELIVERED, FAILED, PENDING, Attempt, Delivery, WebhookOutbox
 from shared.webhooks.secrets import WebhookSecrets
 from shared.webhooks.signing import THROTTLED_EVENTS, signature_headers
 
@@ -79,6 +80,13 @@ class AttemptResult:
     # Retrying cannot help: 410 Gone, or a URL that may not be called.
     stop: bool = False
     retry_after_s: float | None = None
+    # The receiver's answer; None when there was none (``outcome`` says why).
+    status_code: int | None = None
+
+    def attempt(self, started_at: float, duration_s: float) -> Attempt:
+        """The attempt as its delivery's history keeps it."""
+        error = None if self.status_code is not None else self.outcome
+        return Attempt(started_at, self.status_code, error, round(duration_s * 1000))
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -121,19 +129,23 @@ def post_signed(delivery: Delivery, signed: SignedBody, settings: Settings) -> A
         return AttemptResult(f"network error: {exc}", succeeded=False)
     outcome = f"HTTP {response.status_code}"
     if 200 <= response.status_code < 300:
-        return AttemptResult(outcome, succeeded=True)
+        return AttemptResult(outcome, succeeded=True, status_code=response.status_code)
     return AttemptResult(
         outcome,
         succeeded=False,
         stop=response.status_code == 410,
         retry_after_s=parse_retry_after(response.headers.get("retry-after")),
+        status_code=response.status_code,
     )
 
 
 def attempt_delivery(outbox: WebhookOutbox, delivery_id: str, signing: Signing, settings: Settings) -> Delivery | None:
     """Attempt a pending delivery once and record the outcome. Returns it, or None when skipped."""
     delivery = outbox.get(delivery_id)
-    if delivery is None or delivery.state != PENDING:
+    if delivery is None:
+        outbox.forget_due(delivery_id)  # removed with its prediction's record: nothing left to send
+        return None
+    if delivery.state != PENDING:
         return None
     if delivery.event == "completed" and outbox.completed_must_wait(delivery):
         outbox.postpone(delivery, ORDERING_DELAY_S)  # start, output and progress events land first
@@ -141,6 +153,7 @@ def attempt_delivery(outbox: WebhookOutbox, delivery_id: str, signing: Signing, 
     if not outbox.lock_attempt(delivery_id):
         return None
     progress = delivery.event in THROTTLED_EVENTS
+    started_at, started = time.time(), time.monotonic()
     try:
         if progress and not outbox.begin_progress(delivery.prediction_id, delivery.event):
             result = AttemptResult(
@@ -152,8 +165,9 @@ def attempt_delivery(outbox: WebhookOutbox, delivery_id: str, signing: Signing, 
             finally:
                 if progress:
                     outbox.end_progress(delivery.prediction_id)
+        attempt = result.attempt(started_at, time.monotonic() - started)
         delivery = outbox.save_attempt(
-            delivery, result.outcome, succeeded=result.succeeded, stop=result.stop, retry_after_s=result.retry_after_s
+            delivery, attempt, succeeded=result.succeeded, stop=result.stop, retry_after_s=result.retry_after_s
         )
     finally:
         outbox.unlock_attempt(delivery_id)

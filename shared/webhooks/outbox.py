@@ -41,8 +41,34 @@ PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
 CLAIM_LEASE_S = 60.0
 # Events a prediction's ``completed`` delivery goes out after (once each was attempted).
 COMPLETED_AFTER = ("start", "output")
-# Finished deliveries are kept this long for inspection.
+# The markers of a prediction's deliveries (``keys.webhook_completed``, ``keys.webhook_latest_delivery``)
+# are kept this long; a finished delivery this long beyond its prediction's record retention (``kept_s``).
 FINISHED_TTL_S = 7 * 24 * 3600
+# Attempts kept per delivery (the latest): the retry schedule's and some manual retries'.
+MAX_ATTEMPTS_KEPT = 50
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One attempt to deliver: when it started, the receiver's HTTP status or why there was none, and
+    how long it took."""
+
+    at: float
+    status_code: int | None
+    error: str | None
+    duration_ms: int
+
+    @property
+    def outcome(self) -> str:
+        """As ``Delivery.last_outcome`` reads: ``HTTP 503``, or the error."""
+        return f"HTTP {self.status_code}" if self.status_code is not None else self.error or ""
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> Attempt:
+        return cls(**json.loads(raw))
 
 
 @dataclass
@@ -71,12 +97,27 @@ class Delivery:
         return cls(**{as_text(k): json.loads(v) for k, v in fields.items()})
 
 
+def listed_when_failed(delivery: Delivery) -> bool:
+    """Whether a failed delivery is listed with its tenant's failed deliveries and may be sent again: a
+    ``completed`` message (a prediction's or a batch's), whose tenant is known. A failed ``output`` or
+    ``logs`` event is superseded by its ``completed`` message; resent later, it would land after it."""
+    return delivery.event == "completed" and bool(delivery.tenant)
+
+
 class WebhookOutbox:
     def __init__(self, redis: Redis, settings: Settings) -> None:
         self.redis = redis
         self.settings = settings
         self._claim_due = redis.register_script(lua.script("claim_due"))
         self._record_script = redis.register_script(lua.script("webhook_outbox_record"))
+        self._attempt_script = redis.register_script(lua.script("webhook_outbox_attempt"))
+
+    @property
+    def kept_s(self) -> int:
+        """How long a finished delivery (and its attempts) is kept: past its prediction's record, which
+        takes it along (``shared.predictions.retention``), and past a batch's record, which expires
+        ``BATCH_TTL_S`` (7 days) beyond its items' record retention."""
+        return FINISHED_TTL_S + max(self.settings.record_retention_s, self.settings.retention_s)
 
     def record(self, prediction: Prediction, event: str, body: str) -> Delivery | None:
         """Persist a new pending delivery, due now. None for a ``completed`` event already recorded for
@@ -91,12 +132,14 @@ class WebhookOutbox:
             retry=event == "completed",
             tenant=prediction.tenant,
         )
+        index = keys.webhook_deliveries(prediction.id)
         if event == "completed":
-            return delivery if self._record(delivery, keys.webhook_completed(prediction.id), once=True) else None
+            recorded = self._record(delivery, keys.webhook_completed(prediction.id), once=True, index=index)
+            return delivery if recorded else None
         if event in COMPLETED_AFTER:
-            self._record(delivery, keys.webhook_latest_delivery(prediction.id, event), once=False)
+            self._record(delivery, keys.webhook_latest_delivery(prediction.id, event), once=False, index=index)
         else:
-            self._record(delivery, keys.webhook_delivery(delivery.id), once=False)
+            self._record(delivery, keys.webhook_delivery(delivery.id), once=False, index=index)
         return delivery
 
     def record_once(self, delivery_id: str, subject_id: str, tenant: str, url: str, body: str) -> Delivery | None:
@@ -114,15 +157,14 @@ class WebhookOutbox:
         )
         return delivery if self._record(delivery, keys.webhook_delivery(delivery.id), once=True) else None
 
-    def _record(self, delivery: Delivery, marker: str, *, once: bool) -> bool:
-        """One atomic write of the delivery, its due time and ``marker`` (``webhook_outbox_record.lua``)."""
+    def _record(self, delivery: Delivery, marker: str, *, once: bool, index: str | None = None) -> bool:
+        """One atomic write of the delivery, its due time, ``marker`` and its place in its prediction's
+        ``index`` (``webhook_outbox_record.lua``)."""
         fields = [item for pair in delivery.to_hash().items() for item in pair]
         args = ["once" if once else "latest", FINISHED_TTL_S, delivery.created_at + CLAIM_LEASE_S, delivery.id]
-        return bool(
-            self._record_script(
-                keys=[keys.webhook_delivery(delivery.id), keys.webhook_due(), marker], args=args + fields
-            )
-        )
+        args += [delivery.created_at, self.kept_s]
+        record_keys = [keys.webhook_delivery(delivery.id), keys.webhook_due(), marker]
+        return bool(self._record_script(keys=record_keys + ([index] if index else []), args=args + fields))
 
     def completed_recorded(self, prediction_ids: Sequence[str]) -> set[str]:
         """Which of these predictions have their ``completed`` delivery recorded."""
@@ -200,23 +242,44 @@ class WebhookOutbox:
     def postpone(self, delivery: Delivery, delay_s: float) -> None:
         self.redis.zadd(keys.webhook_due(), {delivery.id: time.time() + delay_s})
 
+    def forget_due(self, delivery_id: str) -> None:
+        """Take a delivery that is gone (its record expired) out of the due set."""
+        self.redis.zrem(keys.webhook_due(), delivery_id)
+
     def save_attempt(
-        self, delivery: Delivery, outcome: str, *, succeeded: bool, stop: bool, retry_after_s: float | None = None
+        self, delivery: Delivery, attempt: Attempt, *, succeeded: bool, stop: bool, retry_after_s: float | None = None
     ) -> Delivery:
-        """Record one attempt's outcome and decide what comes next: done, failed, or due again later."""
+        """Record one attempt (appended to the delivery's attempts) and decide what comes next: done,
+        failed, or due again later. A finished delivery keeps no body (a manual retry renders a fresh one);
+        a failed ``completed`` one is filed with its tenant's failed deliveries."""
         delivery.attempts += 1
-        delivery.last_outcome = outcome
+        delivery.last_outcome = attempt.outcome
         delay = None if succeeded or stop else self.next_delay(delivery, retry_after_s)
         delivery.state = DELIVERED if succeeded else FAILED if delay is None else PENDING
         delivery.next_attempt_at = None if delay is None else time.time() + delay
-        with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(keys.webhook_delivery(delivery.id), mapping=delivery.to_hash())
-            if delivery.next_attempt_at is None:
-                pipe.zrem(keys.webhook_due(), delivery.id)
-                pipe.expire(keys.webhook_delivery(delivery.id), FINISHED_TTL_S)
-            else:
-                pipe.zadd(keys.webhook_due(), {delivery.id: delivery.next_attempt_at})
-            pipe.execute()
+        if delivery.next_attempt_at is None:
+            delivery.body = ""
+        now_us = int(time.time() * 1_000_000)
+        fields = [item for pair in delivery.to_hash().items() for item in pair]
+        self._attempt_script(
+            keys=[
+                keys.webhook_delivery(delivery.id),
+                keys.webhook_due(),
+                keys.webhook_delivery_attempts(delivery.id),
+                keys.tenant_failed_webhooks(delivery.tenant),
+            ],
+            args=[
+                delivery.id,
+                "" if delivery.next_attempt_at is None else delivery.next_attempt_at,
+                self.kept_s,
+                attempt.to_json(),
+                MAX_ATTEMPTS_KEPT,
+                "failed" if delivery.state == FAILED and listed_when_failed(delivery) else "",
+                now_us,
+                now_us - self.kept_s * 1_000_000,
+                *fields,
+            ],
+        )
         return delivery
 
     def next_delay(self, delivery: Delivery, retry_after_s: float | None) -> float | None:

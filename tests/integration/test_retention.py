@@ -75,9 +75,13 @@ def test_input_output_logs_cleared_at_retention_and_record_gone_at_expiry(stack,
     stored = storage.client.list_objects_v2(Bucket=storage.bucket, Prefix=f"predictions/{prediction_id}/")
     assert stored.get("KeyCount", 0) == 0, "every stored object of the prediction is deleted"
 
+    messages = client.get(f"/v1/predictions/{prediction_id}/webhooks").json()["results"]
+    assert "completed" in [m["event"] for m in messages], "its webhook messages outlive its data"
     db.zadd(keys.retention(), {f"record:{prediction_id}": time.time() - 1})
     janitor.sweep()
     wait_until(lambda: client.get(f"/v1/predictions/{prediction_id}").status_code == 404, 60, what="record expiry")
+    for message in messages:  # keyed by their own ids: gone with the record too
+        assert not db.exists(keys.webhook_delivery(message["id"]), keys.webhook_delivery_attempts(message["id"]))
     assert prediction_id not in [p["id"] for p in client.get("/v1/predictions").json()["results"]]
     assert [k for k in db.scan_iter(match=f"*{prediction_id}*")] == []
     assert db.zscore(keys.retention(), f"record:{prediction_id}") is None
