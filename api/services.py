@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -140,9 +141,20 @@ class Services:
         """Signs the URLs that work without a token (streams, outputs), with their expiry."""
         return UrlSigner.from_settings(self.settings, self.redis)
 
-    def render(self, prediction: Prediction, base_url: str) -> dict[str, Any]:
-        """The prediction as clients see it, with freshly signed stream and output URLs."""
-        return render_prediction(prediction, base_url, self.url_signer, self.settings.retention_s)
+    def render(self, prediction: Prediction, base_url: str, *, with_position: bool = True) -> dict[str, Any]:
+        """The prediction as clients see it, with freshly signed stream and output URLs, and, while it is
+        queued, its ``queue_position`` (one Redis script; ``with_position=False`` leaves it null)."""
+        position = self.store.lines.position(prediction) if with_position else None
+        return render_prediction(prediction, base_url, self.url_signer, self.settings.retention_s, position)
+
+    def render_many(self, predictions: Sequence[Prediction], base_url: str) -> list[dict[str, Any]]:
+        """``render`` of each, their queue positions read in one round trip (a page of a list)."""
+        positions = self.store.lines.positions(predictions)
+        signer, retention_s = self.url_signer, self.settings.retention_s
+        return [
+            render_prediction(prediction, base_url, signer, retention_s, position)
+            for prediction, position in zip(predictions, positions, strict=True)
+        ]
 
     async def close(self) -> None:
         await self.stream_slots.close()

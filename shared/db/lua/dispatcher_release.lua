@@ -1,9 +1,15 @@
--- Dispatcher.release (shared.scheduling.dispatcher). KEYS[1]: the family's tenant ring, KEYS[2]:
--- Celery's list for dispatched items, KEYS[3]: the claimed set. ARGV[1]: family, ARGV[2]: messages
--- to keep waiting in Celery, ARGV[3]: now. Takes items round-robin over the ring's tenants until
--- Celery's list would hold ARGV[2]; items no longer queued (canceled) are dropped on the way.
--- Claims and returns the ids taken.
+-- Dispatcher.release (shared.scheduling.dispatcher). KEYS[1]: the lane's tenant ring, KEYS[2]:
+-- Celery's list the lane releases into, KEYS[3]: the claimed set, KEYS[4]: the lane's queue line
+-- (shared.scheduling.queue_lines), KEYS[5..]: lists that must all be empty for anything to be
+-- released (the low lane's gate: the family's normal work). ARGV[1]: the lane (the family, or
+-- "<family>:low"), ARGV[2]: messages to keep waiting in Celery, ARGV[3]: now. Takes items
+-- round-robin over the ring's tenants until Celery's list would hold ARGV[2]; items no longer queued
+-- (canceled) are dropped on the way. Marks each tenant's last released ticket in the queue line
+-- ("rel:<tenant>"). Claims and returns the ids taken.
 -- include: status_table
+for i = 5, #KEYS do
+  if redis.call('LLEN', KEYS[i]) > 0 then return {} end
+end
 -- Most list entries one release looks at (canceled items are skipped without a message).
 local SCAN_LIMIT = 1000
 local queued = cjson.encode(STARTING)
@@ -22,6 +28,8 @@ while #taken < wanted and looked < SCAN_LIMIT do
   end
   if id then
     table.insert(taken, id)
+    local ticket = redis.call('HGET', {{keys.prediction(id)}}, 'queue_ticket')
+    if ticket and ticket ~= 'null' then redis.call('HSET', KEYS[4], 'rel:' .. tenant, ticket) end
     redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1] .. ' ' .. id)
   end
   if redis.call('LLEN', list) > 0 then redis.call('RPUSH', KEYS[1], tenant) end
