@@ -169,6 +169,16 @@ def store_and_enqueue(
         raise
     record_created(p.model for p in predictions)
     _release_low_lanes(services, predictions)
+    _read_tickets(services, predictions)
+
+
+def _read_tickets(services: Services, predictions: list[Prediction]) -> None:
+    """Their queue-line tickets, for the create's answer (its ``queue_position``); without them (Redis
+    failing just now) it shows none, and a GET shows it."""
+    try:
+        services.store.lines.read_tickets(predictions)
+    except RedisError as exc:
+        log.warning("queue tickets of %d new predictions not read: %s", len(predictions), exc)
 
 
 def _release_low_lanes(services: Services, predictions: list[Prediction]) -> None:

@@ -95,6 +95,11 @@ class Ticket:
         return [self.family, str(self.line), self.tenant, self.number, *(str(line) for line in lines_before(self.line))]
 
 
+def _number(field: bytes | None) -> int | None:
+    """A record's JSON integer field (``null`` or absent: None)."""
+    return int(field) if field is not None and field.isdigit() else None
+
+
 def _position(found: int | bytes | None) -> int | None:
     number = int(found) if found is not None else -1
     return number if number >= 0 else None
@@ -113,6 +118,17 @@ class QueueLines:
         queued), written on their records, in the caller's transaction (the one that queues them)."""
         if prediction_ids:
             self._enter(args=[family, str(line), tenant, *prediction_ids], client=pipe)
+
+    def read_tickets(self, predictions: Sequence[Prediction]) -> None:
+        """Set each prediction's ``queue_line`` and ``queue_ticket`` as its record holds them (the script
+        that queued it wrote them there), in one round trip: a create's answer shows its position."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            for prediction in predictions:
+                pipe.hmget(keys.prediction(prediction.id), ["queue_line", "queue_ticket"])
+            found = pipe.execute()
+        for prediction, (line, ticket) in zip(predictions, found, strict=True):
+            prediction.queue_line = _number(line)
+            prediction.queue_ticket = _number(ticket)
 
     def position(self, prediction: Prediction) -> int | None:
         """``queue_position``: how many of its family's queued predictions start before it (0: it is

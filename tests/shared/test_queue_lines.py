@@ -58,8 +58,7 @@ def queue(
     """``count`` predictions of one tenant stored and given tickets of ``line``, as a create does (with
     their Celery messages, given ``messages``)."""
     created = [
-        Prediction(tenant=tenant, model="kiln/sd2-depth2img", version="v", queue=FAMILY, input={})
-        for _ in range(count)
+        Prediction(tenant=tenant, model="kiln/sd2-depth2img", version="v", queue=FAMILY, input={}) for _ in range(count)
     ]
     ids = [p.id for p in created]
 
@@ -75,8 +74,7 @@ def queue(
 def dispatch(store: PredictionStore, dispatcher: Dispatcher, count: int, tenant: str, *, low: bool) -> list[str]:
     """``count`` items of one tenant in a dispatcher lane, as the batch intake lists them."""
     created = [
-        Prediction(tenant=tenant, model="kiln/sd2-depth2img", version="v", queue=FAMILY, input={})
-        for _ in range(count)
+        Prediction(tenant=tenant, model="kiln/sd2-depth2img", version="v", queue=FAMILY, input={}) for _ in range(count)
     ]
     ids = [p.id for p in created]
     store.create_many(created, enqueue=lambda pipe, _: dispatcher.add_to_pipeline(pipe, FAMILY, tenant, ids, low=low))
