@@ -93,7 +93,7 @@ class Dispatcher:
                     keys.queue_line(family, str(step)),
                     *gate,
                 ],
-                args=[lane, self.ahead, time.time()],
+                args=[lane, self.ahead, time.time(), STALE_CLAIM_S],
             )
         ]
         self._send(lane, claimed)

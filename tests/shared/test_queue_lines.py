@@ -210,3 +210,16 @@ def test_low_work_waits_for_all_normal_work_and_is_released_only_then(store, dis
     dispatcher.release(FAMILY)
     assert take(store, LOW) == low_mine[0]
     assert positions(store, low_mine) == [None, 0]
+
+
+def test_a_release_racing_another_one_never_sends_a_tenants_later_item_first(store, dispatcher, monkeypatch):
+    items = dispatch(store, dispatcher, 2, "t1", low=False)
+    write_messages = dispatcher._send
+    # One release has claimed the first item and not yet written its message (another process, paused).
+    monkeypatch.setattr(dispatcher, "_send", lambda lane, ids: None)
+    assert dispatcher.release(FAMILY) == 1
+    monkeypatch.setattr(dispatcher, "_send", write_messages)
+    assert dispatcher.release(FAMILY) == 0  # the claim is in flight: nothing more, the second item waits
+    write_messages(FAMILY, [items[0]])
+    assert take(store, DISPATCHED) == items[0]
+    assert dispatcher.release(FAMILY) == 1 and take(store, DISPATCHED) == items[1]
