@@ -106,6 +106,7 @@ IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key")]
 
 
 async def header_priority(
+    request: Request,
     kiln_priority: Annotated[
         str | None,
         Header(
@@ -116,9 +117,12 @@ async def header_priority(
         ),
     ] = None,
 ) -> Priority | None:
-    """The ``Kiln-Priority`` header's priority; a 400 naming the header for any other value."""
+    """The ``Kiln-Priority`` header's priority; a 400 naming the header for any other value, or when it is
+    sent more than once."""
     if kiln_priority is None:
         return None
+    if len(request.headers.getlist("kiln-priority")) > 1:
+        raise ProblemError(400, "Kiln-Priority: sent more than once; send it once, normal or low")
     found = kiln_priority.strip().lower()
     for priority in PRIORITIES:
         if found == priority:

@@ -29,6 +29,7 @@ from shared.predictions.store import PredictionStore
 from shared.runtime.celery_config import create_celery
 from shared.runtime.prediction_core import PredictionCore, build_prediction_core
 from shared.scheduling.dispatcher import Dispatcher
+from shared.scheduling.queue_lines import Ticket, queue_position
 from shared.scheduling.task_messages import PredictMessages
 from shared.security.signed_urls import UrlSigner
 from shared.security.tokens import publish_bootstrap
@@ -144,12 +145,31 @@ class Services:
     def render(self, prediction: Prediction, base_url: str, *, with_position: bool = True) -> dict[str, Any]:
         """The prediction as clients see it, with freshly signed stream and output URLs, and, while it is
         queued, its ``queue_position`` (one Redis script; ``with_position=False`` leaves it null)."""
-        position = self.store.lines.position(prediction) if with_position else None
+        return self.render_many([prediction], base_url, with_positions=with_position)[0]
+
+    async def render_async(self, prediction: Prediction, base_url: str) -> dict[str, Any]:
+        """``render`` for the event loop: the queue position read with the asyncio client, never blocking it."""
+        ticket = Ticket.of(prediction)
+        position = None
+        if ticket is not None:
+            try:
+                position = await queue_position(self.async_redis, ticket)
+            except RedisError as exc:
+                log.warning("queue position of %s not read: %s", prediction.id, exc)
         return render_prediction(prediction, base_url, self.url_signer, self.settings.retention_s, position)
 
-    def render_many(self, predictions: Sequence[Prediction], base_url: str) -> list[dict[str, Any]]:
-        """``render`` of each, their queue positions read in one round trip (a page of a list)."""
-        positions = self.store.lines.positions(predictions)
+    def render_many(
+        self, predictions: Sequence[Prediction], base_url: str, *, with_positions: bool = True
+    ) -> list[dict[str, Any]]:
+        """``render`` of each, their queue positions read in one round trip (a page of a list). Positions
+        that cannot be read (Redis failing just now) show null: a create that stored its predictions still
+        answers with them."""
+        positions: list[int | None] = [None] * len(predictions)
+        if with_positions:
+            try:
+                positions = self.store.lines.positions(predictions)
+            except RedisError as exc:
+                log.warning("queue positions of %d predictions not read: %s", len(predictions), exc)
         signer, retention_s = self.url_signer, self.settings.retention_s
         return [
             render_prediction(prediction, base_url, signer, retention_s, position)

@@ -172,7 +172,11 @@ def test_batch_items_and_low_priority_work_wait_their_turn_across_tokens(stack, 
 def test_a_priority_that_is_not_one_is_refused_naming_it_and_the_body_wins_over_the_header(client):
     body = {"version": MODEL, "input": depth2img_input(width=64, height=64)}
     assert_problem(client.post("/v1/predictions", json=body | {"priority": "urgent"}), 422, "priority")
-    assert_problem(client.post("/v1/predictions", json=body, headers={"Kiln-Priority": "urgent"}), 400, "Kiln-Priority")
+    for header in ("urgent", "1.5", "low, normal", ""):
+        refused = client.post("/v1/predictions", json=body, headers={"Kiln-Priority": header})
+        assert_problem(refused, 400, "Kiln-Priority")
+    twice = [("Kiln-Priority", "low"), ("Kiln-Priority", "normal")]
+    assert_problem(client.post("/v1/predictions", json=body, headers=twice), 400, "Kiln-Priority", "more than once")
     assert_problem(client.post("/v1/batches", json={"predictions": [item()], "priority": "high"}), 422, "priority")
     assert_problem(
         client.post("/v1/predictions/batch", json={"predictions": [item()]}, headers={"Kiln-Priority": "-1"}),

@@ -5,6 +5,7 @@ round-robin lanes and the low lane's gate; on a private redis-server (the Lua as
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import redis
@@ -223,3 +224,17 @@ def test_a_release_racing_another_one_never_sends_a_tenants_later_item_first(sto
     write_messages(FAMILY, [items[0]])
     assert take(store, DISPATCHED) == items[0]
     assert dispatcher.release(FAMILY) == 1 and take(store, DISPATCHED) == items[1]
+
+
+def test_creates_racing_from_many_tenants_get_unique_tickets_and_every_place_once(store):
+    def create_two(index: int) -> list[str]:
+        return queue(store, INTERACTIVE, 2, tenant=f"t{index % 7}")
+
+    with ThreadPoolExecutor(16) as pool:
+        ids = [prediction_id for pair in pool.map(create_two, range(40)) for prediction_id in pair]
+    assert sorted(p.queue_ticket for p in store.get_many(ids)) == list(range(1, 81))
+    assert sorted(positions(store, ids)) == list(range(80))
+    in_line = [p.id for p in sorted(store.get_many(ids), key=lambda p: p.queue_ticket or 0)]
+    for prediction_id in in_line[:40]:  # as a worker takes them: in ticket order
+        start(store, prediction_id)
+    assert positions(store, in_line[40:]) == list(range(40))
