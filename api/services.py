@@ -29,7 +29,6 @@ from shared.predictions.store import PredictionStore
 from shared.runtime.celery_config import create_celery
 from shared.runtime.prediction_core import PredictionCore, build_prediction_core
 from shared.scheduling.dispatcher import Dispatcher
-from shared.scheduling.queue_lines import Ticket, queue_position
 from shared.scheduling.task_messages import PredictMessages
 from shared.security.signed_urls import UrlSigner
 from shared.security.tokens import publish_bootstrap
@@ -146,17 +145,6 @@ class Services:
         """The prediction as clients see it, with freshly signed stream and output URLs, and, while it is
         queued, its ``queue_position`` (one Redis script; ``with_position=False`` leaves it null)."""
         return self.render_many([prediction], base_url, with_positions=with_position)[0]
-
-    async def render_async(self, prediction: Prediction, base_url: str) -> dict[str, Any]:
-        """``render`` for the event loop: the queue position read with the asyncio client, never blocking it."""
-        ticket = Ticket.of(prediction)
-        position = None
-        if ticket is not None:
-            try:
-                position = await queue_position(self.async_redis, ticket)
-            except RedisError as exc:
-                log.warning("queue position of %s not read: %s", prediction.id, exc)
-        return render_prediction(prediction, base_url, self.url_signer, self.settings.retention_s, position)
 
     def render_many(
         self, predictions: Sequence[Prediction], base_url: str, *, with_positions: bool = True

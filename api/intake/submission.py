@@ -317,7 +317,7 @@ async def create_and_respond(
         if wait_s is not None:
             headers["Preference-Applied"] = f"wait={wait_s}"
             prediction = await _after_waiting(services, prediction, wait_s)
-    rendered = await services.render_async(prediction, base_url)
+    rendered = await run_in_threadpool(services.render, prediction, base_url)  # its queue position: a Redis read
     if wait_s is not None and not prediction.status.is_terminal():
         headers["Location"] = rendered["urls"]["get"]
         # Replicate's Python client polls after a waited create only when the status is "starting";
