@@ -17,6 +17,7 @@ from api.ratelimit import Decision
 from api.services import Services
 from shared.predictions.deadlines import DURATION_PATTERN
 from shared.predictions.store import PredictionStore
+from shared.scheduling.queues import PRIORITIES, Priority
 from shared.settings import Settings
 
 CHALLENGE = {"WWW-Authenticate": "Bearer"}
@@ -116,6 +117,36 @@ BaseURL = Annotated[str, Depends(base_url)]
 
 PreferHeader = Annotated[str | None, Header(description="`wait` or `wait=N` (1-60 s): answer when finished.")]
 IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key")]
+
+
+async def header_priority(
+    request: Request,
+    kiln_priority: Annotated[
+        str | None,
+        Header(
+            alias="Kiln-Priority",
+            description="Kiln extension: `normal` or `low` (any case), for clients that cannot add the body's "
+            "`priority` field, which wins when both are given. A low prediction starts only when no normal "
+            "one of its model family waits.",
+        ),
+    ] = None,
+) -> Priority | None:
+    """The ``Kiln-Priority`` header's priority; a 400 naming the header for any other value, or when it is
+    sent more than once."""
+    if kiln_priority is None:
+        return None
+    if len(request.headers.getlist("kiln-priority")) > 1:
+        raise ProblemError(400, "Kiln-Priority: sent more than once; send it once, normal or low")
+    found = kiln_priority.strip().lower()
+    for priority in PRIORITIES:
+        if found == priority:
+            return priority
+    raise ProblemError(
+        400, f"Kiln-Priority: {kiln_priority[:40]!r} is not a priority; send one of {', '.join(PRIORITIES)}"
+    )
+
+
+HeaderPriority = Annotated[Priority | None, Depends(header_priority)]
 CancelAfter = Annotated[
     str | None,
     Header(

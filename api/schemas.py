@@ -7,6 +7,12 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, model_validator
 
 from api.errors import reject_invalid_text
+from shared.scheduling.queues import Priority
+
+PRIORITY_DESCRIPTION = (
+    "Kiln extension: `low` starts only when no `normal` prediction of the same model family waits "
+    "(tenants still take turns); default `normal`. Wins over the `Kiln-Priority` header."
+)
 
 WebhookEvent = Literal["start", "output", "logs", "completed"]
 # What ``version`` may be: a version id (64 hex digits), ``owner/name`` or ``owner/name:<id>``.
@@ -43,6 +49,7 @@ class PredictionFields(BaseModel):
     webhook_completed: HttpUrl | None = Field(
         default=None, description='Legacy: the same as `webhook` with `webhook_events_filter: ["completed"]`.'
     )
+    priority: Priority | None = Field(default=None, description=PRIORITY_DESCRIPTION)
 
     @model_validator(mode="after")
     def _legacy_webhook_completed(self) -> PredictionFields:
@@ -87,8 +94,15 @@ class _RawItems(BaseModel):
         return data
 
 
+BATCH_PRIORITY_DESCRIPTION = (
+    "Kiln extension: the priority of the items that name none (`normal` or `low`); wins over the "
+    "`Kiln-Priority` header."
+)
+
+
 class CreateBatch(_RawItems):
     predictions: list[dict[str, Any]] = Field(description="Create bodies: version or model, input, webhook...")
+    priority: Priority | None = Field(default=None, description=BATCH_PRIORITY_DESCRIPTION)
 
 
 class CreateBatchObject(_RawItems):
@@ -101,6 +115,7 @@ class CreateBatchObject(_RawItems):
         default=None, min_length=1, description="urls.get of an uploaded JSONL file: one create body per line."
     )
     webhook: HttpUrl | None = Field(default=None, description="Called once, with the batch, when every item has ended.")
+    priority: Priority | None = Field(default=None, description=BATCH_PRIORITY_DESCRIPTION)
 
 
 class RetryDeliveries(BaseModel):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -156,9 +157,28 @@ class Services:
         """Webhook messages with their attempts, the failed ones, and sending one again."""
         return DeliveryHistory(self.redis)
 
-    def render(self, prediction: Prediction, base_url: str) -> dict[str, Any]:
-        """The prediction as clients see it, with freshly signed stream and output URLs."""
-        return render_prediction(prediction, base_url, self.url_signer, self.settings.retention_s)
+    def render(self, prediction: Prediction, base_url: str, *, with_position: bool = True) -> dict[str, Any]:
+        """The prediction as clients see it, with freshly signed stream and output URLs, and, while it is
+        queued, its ``queue_position`` (one Redis script; ``with_position=False`` leaves it null)."""
+        return self.render_many([prediction], base_url, with_positions=with_position)[0]
+
+    def render_many(
+        self, predictions: Sequence[Prediction], base_url: str, *, with_positions: bool = True
+    ) -> list[dict[str, Any]]:
+        """``render`` of each, their queue positions read in one round trip (a page of a list). Positions
+        that cannot be read (Redis failing just now) show null: a create that stored its predictions still
+        answers with them."""
+        positions: list[int | None] = [None] * len(predictions)
+        if with_positions:
+            try:
+                positions = self.store.lines.positions(predictions)
+            except RedisError as exc:
+                log.warning("queue positions of %d predictions not read: %s", len(predictions), exc)
+        signer, retention_s = self.url_signer, self.settings.retention_s
+        return [
+            render_prediction(prediction, base_url, signer, retention_s, position)
+            for prediction, position in zip(predictions, positions, strict=True)
+        ]
 
     async def close(self) -> None:
         await self.stream_slots.close()

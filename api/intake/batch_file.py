@@ -7,7 +7,8 @@ prediction is the template of the others, which differ only in their id. The bat
 against the queue caps whole, then stored a chunk at a time: the chunk's compact records
 (``PredictionStore.create_records``: refused whole, and drawn again, if one of its new ids is
 stored), then one Redis transaction holding the tenant's index, the batch's item list and counts,
-and the items' places in the dispatcher's lists (``shared.scheduling.dispatcher``): no Celery message is written here.
+and the items' places (and queue-line tickets) in the dispatcher's lists (``shared.scheduling.dispatcher``:
+its normal lane, or the low lane for low items): no Celery message is written here.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from shared.predictions import retention
 from shared.predictions.record import Prediction, new_ids
 from shared.runtime import metrics
 from shared.scheduling.queue_counters import QueueFull
+from shared.scheduling.queues import Priority
 from shared.storage.files import file_id_from_url
 from shared.storage.objects import batch_prefix
 
@@ -48,7 +50,7 @@ CANCEL_CHECK_EVERY = 500
 # impossible: ``shared.predictions.record.new_ids``).
 ID_DRAWS = 3
 # What a shared record keeps of its own: what the status scripts read (the rest is shared).
-OWN_FIELDS = frozenset({"id", "status", "tenant", "queue", "batch_id"})
+OWN_FIELDS = frozenset({"id", "status", "tenant", "queue", "batch_id", "queue_line", "queue_ticket"})
 
 # One submitted item: its line number (from 1) and its text, or the problem found reading it.
 RawItem = tuple[int, bytes]
@@ -67,6 +69,7 @@ class Template:
     family: str
     model: str
     fields: dict[str, bytes]
+    low: bool = False
 
 
 @dataclass
@@ -102,10 +105,12 @@ def validate_items(
     items: Iterable[RawItem],
     base_url: str,
     canceled: Callable[[], bool] = lambda: False,
+    priority: Priority = "normal",
 ) -> Validated:
-    """Every item checked; identical items checked once. Their stored images belong to the batch
-    (``api.intake.image_staging``), so identical items share them with the rest of their fields. Stops with
-    ``CanceledWhileValidating`` once ``canceled()`` (asked every ``CANCEL_CHECK_EVERY`` items) says so."""
+    """Every item checked (``priority``: the batch's, for items that name none); identical items checked
+    once. Their stored images belong to the batch (``api.intake.image_staging``), so identical items
+    share them with the rest of their fields. Stops with ``CanceledWhileValidating`` once ``canceled()``
+    (asked every ``CANCEL_CHECK_EVERY`` items) says so."""
     found = Validated()
     cache: dict[bytes, int | RefusedItem] = {}
     images = RequestImages(batch_id=batch_id)
@@ -114,7 +119,7 @@ def validate_items(
             raise CanceledWhileValidating
         known = cache.get(text)
         if known is None:
-            known = _validate_one(services, tenant, batch_id, line, text, base_url, images, found)
+            known = _validate_one(services, tenant, batch_id, line, text, base_url, images, found, priority)
             # Problems other than 422 (a file gone, a fetch that timed out) may not repeat.
             if isinstance(known, int) or known.problem.get("status") == 422:
                 cache[text] = known
@@ -131,6 +136,7 @@ def _validate_one(
     base_url: str,
     images: RequestImages,
     found: Validated,
+    priority: Priority,
 ) -> int | RefusedItem:
     if nests_deeper_than(text):
         return RefusedItem(line, problem_body(422, too_deep_problem(f"line {line}")))
@@ -141,11 +147,12 @@ def _validate_one(
     if not isinstance(raw, dict):
         return RefusedItem(line, problem_body(422, "a create body must be a JSON object"))
     try:
-        prediction = prepare_item(services, tenant, raw, base_url, images)
+        prediction = prepare_item(services, tenant, raw, base_url, images, priority)
     except ProblemError as exc:
         return RefusedItem(line, problem_body(exc.status, exc.detail, **exc.extra))
     prediction.batch_id = batch_id
-    found.templates.append(Template(prediction.queue, prediction.model, _shared_fields(prediction)))
+    low = prediction.priority == "low"
+    found.templates.append(Template(prediction.queue, prediction.model, _shared_fields(prediction), low))
     return len(found.templates) - 1
 
 
@@ -194,7 +201,7 @@ def store_batch(services: Services, batch: Batch, validated: Validated, tenant_c
     services.batches.seal(batch.id)
     metrics.record_created_counts(created)
     for family in set(families):
-        services.dispatcher.release(family)
+        services.dispatcher.release(family)  # both lanes
 
 
 def _share_inputs(services: Services, batch: Batch, validated: Validated) -> None:
@@ -243,7 +250,7 @@ def _store_chunk_with_new_ids(
 ) -> tuple[list[str], Counter[str]]:
     fresh = iter(new_ids(sum(1 for entry in chunk if isinstance(entry, int))))
     entries: list[str] = []
-    by_family: dict[str, list[str]] = {}
+    by_lane: dict[tuple[str, bool], list[str]] = {}
     by_template: dict[int, list[str]] = {}
     for entry in chunk:
         if isinstance(entry, RefusedItem):
@@ -252,9 +259,9 @@ def _store_chunk_with_new_ids(
         template = _template(validated, entry)
         prediction_id = next(fresh)
         entries.append(prediction_id)
-        by_family.setdefault(template.family, []).append(prediction_id)
+        by_lane.setdefault((template.family, template.low), []).append(prediction_id)
         by_template.setdefault(entry, []).append(prediction_id)
-    stored = [i for ids in by_family.values() for i in ids]
+    stored = [i for ids in by_lane.values() for i in ids]
     runs: Counter[str] = Counter()
     for entry, ids in by_template.items():
         runs[_template(validated, entry).model] += len(ids)
@@ -265,8 +272,8 @@ def _store_chunk_with_new_ids(
         for model, count in runs.items():
             pipe.incrby(keys.model_run_count(model), count)
         services.batches.add_items_to_pipeline(pipe, batch.id, entries, len(stored), len(entries) - len(stored))
-        for family, family_ids in by_family.items():
-            services.dispatcher.add_to_pipeline(pipe, family, batch.tenant, family_ids)
+        for (family, low), lane_ids in by_lane.items():
+            services.dispatcher.add_to_pipeline(pipe, family, batch.tenant, lane_ids, low=low)
 
     records = [
         ({k: v for k, v in _template(validated, e).fields.items() if k != "id"}, ids) for e, ids in by_template.items()
@@ -296,8 +303,10 @@ def create_batch(
     source: str,
     tenant_cap: int,
     batch_id: str | None = None,
+    priority: Priority = "normal",
 ) -> Batch:
-    """Validate, admit, store and seal a batch of ``count`` items; the batch as stored then. The
+    """Validate, admit, store and seal a batch of ``count`` items (``priority``: for the items that
+    name none); the batch as stored then. The
     image inputs its items share are deleted once its items have been given time to finish and
     retention has passed (or at once if it is refused). A cancel while it is validated ends it with
     no item stored; any other failure ends it too (never a batch validating for ever)."""
@@ -307,7 +316,7 @@ def create_batch(
     retention.schedule(services.redis, "batch", batch.id, due)
     try:
         validated = validate_items(
-            services, tenant, batch.id, items, base_url, lambda: services.batches.cancel_requested(batch.id)
+            services, tenant, batch.id, items, base_url, lambda: services.batches.cancel_requested(batch.id), priority
         )
         if (kept_s := longest_retention(validated)) is not None:
             services.batches.keep_inputs_for(batch.id, kept_s)

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from api.errors import ProblemError, input_validation_problem, problem_body, reject_invalid_text
 from api.intake.idempotency import TTL_S, await_first_request, fingerprint
 from api.intake.image_staging import RequestImages
-from api.intake.submission import confirm_replicated, prepare, store_and_enqueue
+from api.intake.submission import confirm_replicated, prepare, store_and_enqueue, with_priority
 from api.schemas import CreateInBatch
 from api.services import Services
 from models.registry import UnknownModelError, find_model, resolve_version
@@ -23,6 +23,7 @@ from shared.db import keys
 from shared.model_spec import ModelSpec
 from shared.predictions.record import Prediction, new_id
 from shared.scheduling import queues
+from shared.scheduling.queues import Priority
 
 
 def _model_of(item: CreateInBatch, services: Services) -> ModelSpec:
@@ -38,15 +39,21 @@ def _model_of(item: CreateInBatch, services: Services) -> ModelSpec:
 
 
 def prepare_item(
-    services: Services, tenant: str, raw: dict[str, Any], base_url: str, images: RequestImages | set[str]
+    services: Services,
+    tenant: str,
+    raw: dict[str, Any],
+    base_url: str,
+    images: RequestImages | set[str],
+    priority: Priority = "normal",
 ) -> Prediction:
-    """One item as a prediction ready to store; ``ProblemError`` says what is wrong with it."""
+    """One item as a prediction ready to store (``priority``: the batch's, for an item that names none);
+    ``ProblemError`` says what is wrong with it."""
     reject_invalid_text(raw)
     try:
         item = CreateInBatch.model_validate(raw)
     except ValidationError as exc:
         raise input_validation_problem(exc, prefix=()) from None
-    return prepare(services, tenant, _model_of(item, services), item, base_url, images)
+    return prepare(services, tenant, _model_of(item, services), item, base_url, images, priority=priority)
 
 
 def submit_batch(
@@ -56,15 +63,16 @@ def submit_batch(
     base_url: str,
     idempotency_key: str | None,
     tenant_cap: int | None = None,
+    priority: Priority = "normal",
 ) -> tuple[list[dict[str, Any]], bool]:
     """Create the batch (or replay it, for a repeated Idempotency-Key); returns the rendered results
-    and whether they were created now."""
+    and whether they were created now. ``priority``: the batch's, for the items that name none."""
     limit = services.settings.batch_max_items
     if len(items) > limit:
         raise ProblemError(422, f"predictions: {len(items)} items, at most {limit} per batch (KILN_BATCH_MAX_ITEMS)")
     batch_id = new_id()
     if idempotency_key is not None:
-        request = fingerprint("batch", {"predictions": items})
+        request = fingerprint("batch", with_priority({"predictions": items}, priority))
         existing = services.idempotency.claim(
             tenant, idempotency_key, request, batch_id, lambda bid: bool(services.redis.exists(keys.batch(bid)))
         )
@@ -73,23 +81,34 @@ def submit_batch(
             confirm_replicated(services)
             return replayed, False
     with services.idempotency.released_on_failure(tenant, idempotency_key):
-        results = _create(services, tenant, items, base_url, tenant_cap)
+        results = _create(services, tenant, items, base_url, tenant_cap, priority)
     entries = [{"id": r.id} if isinstance(r, Prediction) else {"problem": r} for r in results]
     if idempotency_key is not None:
         services.redis.set(keys.batch(batch_id), json.dumps(entries), ex=TTL_S)
     created = [r.id for r in results if isinstance(r, Prediction)]
     confirm_replicated(services, lambda: len(services.store.get_many(created)) == len(created))
-    return [services.render(r, base_url) if isinstance(r, Prediction) else r for r in results], True
+    return _rendered(services, results, base_url), True
+
+
+def _rendered(services: Services, results: list[Prediction | dict[str, Any]], base_url: str) -> list[dict[str, Any]]:
+    """Each prediction as clients see it (its queue position read with the others'), or its problem."""
+    rendered = iter(services.render_many([r for r in results if isinstance(r, Prediction)], base_url))
+    return [next(rendered) if isinstance(r, Prediction) else r for r in results]
 
 
 def _create(
-    services: Services, tenant: str, items: list[dict[str, Any]], base_url: str, tenant_cap: int | None
+    services: Services,
+    tenant: str,
+    items: list[dict[str, Any]],
+    base_url: str,
+    tenant_cap: int | None,
+    priority: Priority,
 ) -> list[Prediction | dict[str, Any]]:
     results: list[Prediction | dict[str, Any]] = []
     images = RequestImages()  # images of this batch: each checked and uploaded once
     for raw in items:
         try:
-            results.append(prepare_item(services, tenant, raw, base_url, images))
+            results.append(prepare_item(services, tenant, raw, base_url, images, priority))
         except ProblemError as exc:
             results.append(problem_body(exc.status, exc.detail, **exc.extra))
     valid = [r for r in results if isinstance(r, Prediction)]
@@ -103,8 +122,5 @@ def _replay(services: Services, batch_id: str, base_url: str) -> list[dict[str, 
     stored = await_first_request(lambda: cast("bytes | None", services.redis.get(keys.batch(batch_id))), "a batch")
     entries = json.loads(stored)
     found = {p.id: p for p in services.store.get_many([e["id"] for e in entries if "id" in e])}
-    return [
-        services.render(found[e["id"]], base_url) if "id" in e else e["problem"]
-        for e in entries
-        if "problem" in e or e["id"] in found
-    ]
+    kept = [found[e["id"]] if "id" in e else e["problem"] for e in entries if "problem" in e or e["id"] in found]
+    return _rendered(services, kept, base_url)

@@ -6,8 +6,11 @@ import contextlib
 import logging
 from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
+from typing import Any
 
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
+from redis.client import Pipeline
 from redis.exceptions import RedisError
 
 from api.auth import Caller
@@ -29,6 +32,7 @@ from shared.predictions.store import read_prediction
 from shared.runtime.metrics import record_created
 from shared.scheduling import queues
 from shared.scheduling.queue_counters import QueueFull
+from shared.scheduling.queues import Priority
 from shared.security.ssrf import URLRefused, resolve_checked
 from shared.storage.objects import prediction_prefix
 
@@ -78,12 +82,14 @@ def prepare(
     images: RequestImages | set[str] | None = None,
     deadline: datetime | None = None,
     deployment: str | None = None,
+    priority: Priority = "normal",
 ) -> Prediction:
     """Validate a create request (input, file inputs, webhook, every image) into a prediction ready
     to store, its large and remote images stored in S3 (``api.intake.image_staging``).
 
     ``images`` is shared by the items of one request (a batch), so an image repeated across them is
-    checked and uploaded once; a bare set is taken as the data URIs already checked."""
+    checked and uploaded once; a bare set is taken as the data URIs already checked. ``priority`` is
+    the request's (a batch's ``priority``, the ``Kiln-Priority`` header); the body's own wins."""
     images = images if isinstance(images, RequestImages) else RequestImages(checked=images or set())
     # First: text that is not valid Unicode is never fetched, stored or echoed.
     reject_invalid_text(body.input, "input")
@@ -112,7 +118,14 @@ def prepare(
         deadline=deadline,
         deployment=deployment,
         retention_s=retention_s,
+        priority=body.priority or priority,
     )
+
+
+def with_priority(request: dict[str, Any], priority: Priority) -> dict[str, Any]:
+    """A request's fingerprint body (``Idempotency-Key``) with the priority a header gave it: the same key
+    with another priority is another request. A normal one adds nothing (fingerprints stay as they were)."""
+    return request if priority == "normal" or "priority" in request else request | {"priority": priority}
 
 
 def discard_staged_inputs(services: Services, prediction_ids: Iterable[str]) -> None:
@@ -130,24 +143,35 @@ def store_and_enqueue(
 ) -> None:
     """Store predictions within the queue caps and enqueue them, in one Redis transaction: 429
     (tenant: ``tenant_cap``, else ``KILN_MAX_QUEUED_PER_TENANT``) or 503 (global cap) with nothing
-    stored; Redis down is a 503 with nothing stored. Inputs staged for them are deleted then."""
+    stored; Redis down is a 503 with nothing stored. Inputs staged for them are deleted then.
+
+    Normal predictions go to Celery at ``priority`` (a batch item's step depends on how many of its
+    tenant's predictions queue before it); low ones to the dispatcher's low lane, released later."""
     settings = services.settings
     tenant_cap = tenant_cap or settings.max_queued_per_tenant
 
     def priority_at(position: int) -> int:
-        """A batch item's priority depends on how many of its tenant's predictions queue before it."""
         if priority != queues.PRIORITY_BATCH:
             return priority
         return queues.batch_priority(position, settings.batch_heavy_after)
 
-    def messages(queued_before: int) -> list[tuple[str, str]]:
-        return [
-            services.messages.render(p.id, p.queue, priority_at(queued_before + i)) for i, p in enumerate(predictions)
-        ]
+    def enqueue(pipe: Pipeline, queued_before: int) -> None:
+        lines: dict[tuple[str, int], list[str]] = {}
+        for i, p in enumerate(predictions):
+            step = queues.PRIORITY_LOW if p.priority == "low" else priority_at(queued_before + i)
+            lines.setdefault((p.queue, step), []).append(p.id)
+        tenant = predictions[0].tenant
+        for (family, step), ids in lines.items():
+            if step == queues.PRIORITY_LOW:
+                services.dispatcher.add_to_pipeline(pipe, family, tenant, ids, low=True)
+                continue
+            for prediction_id in ids:
+                pipe.lpush(*services.messages.render(prediction_id, family, step))
+            services.store.lines.enter_in_pipeline(pipe, family, step, tenant, ids)
 
     try:
         services.store.create_many(
-            predictions, tenant_cap=tenant_cap, total_cap=settings.max_queued_total, messages=messages
+            predictions, tenant_cap=tenant_cap, total_cap=settings.max_queued_total, enqueue=enqueue
         )
     except BaseException as exc:
         if not isinstance(exc, AlreadyStored):  # an id taken: what is staged under it is not only ours
@@ -156,6 +180,27 @@ def store_and_enqueue(
             raise _queue_full_problem(exc, len(predictions)) from None
         raise
     record_created(p.model for p in predictions)
+    _release_low_lanes(services, predictions)
+    _read_tickets(services, predictions)
+
+
+def _read_tickets(services: Services, predictions: list[Prediction]) -> None:
+    """Their queue-line tickets, for the create's answer (its ``queue_position``); without them (Redis
+    failing just now) it shows none, and a GET shows it."""
+    try:
+        services.store.lines.read_tickets(predictions)
+    except RedisError as exc:
+        log.warning("queue tickets of %d new predictions not read: %s", len(predictions), exc)
+
+
+def _release_low_lanes(services: Services, predictions: list[Prediction]) -> None:
+    """Low predictions wait in the dispatcher: released now if no normal work waits (else a worker's
+    start or the maintenance job releases them; a failure here leaves that to them)."""
+    for family in {p.queue for p in predictions if p.priority == "low"}:
+        try:
+            services.dispatcher.release(family)
+        except RedisError as exc:
+            log.warning("low lane of %s not released after a create (the maintenance job will): %s", family, exc)
 
 
 # What a create answers when the replicas have not confirmed it: retry soon, with the same Idempotency-Key.
@@ -207,6 +252,7 @@ def submit(
     tenant_cap: int | None = None,
     deadline: datetime | None = None,
     deployment: str | None = None,
+    priority: Priority = "normal",
 ) -> tuple[Prediction, bool]:
     """Store the prediction, then enqueue its id; returns it and whether it was created now.
 
@@ -214,9 +260,13 @@ def submit(
     fails, the record says so instead of hanging. With an Idempotency-Key, a repeat of the same
     request returns the first prediction instead of creating another.
     """
-    prediction = prepare(services, tenant, spec, body, base_url, deadline=deadline, deployment=deployment)
+    prediction = prepare(
+        services, tenant, spec, body, base_url, deadline=deadline, deployment=deployment, priority=priority
+    )
     if idempotency_key is not None:
-        request = fingerprint(spec.ref, body.model_dump(mode="json", exclude_unset=True))
+        request = fingerprint(
+            spec.ref, with_priority(body.model_dump(mode="json", exclude_unset=True), prediction.priority)
+        )
         try:
             existing = services.idempotency.claim(
                 tenant, idempotency_key, request, prediction.id, lambda pid: services.store.get(pid) is not None
@@ -240,6 +290,15 @@ def _stored_by_first_request(services: Services, prediction_id: str) -> Predicti
     return await_first_request(lambda: services.store.get(prediction_id), "a request")
 
 
+def _submit_rendered(
+    render: bool, services: Services, tenant: str, spec: ModelSpec, body: PredictionFields, base_url: str, *rest: Any
+) -> tuple[Prediction, bool, dict[str, Any] | None]:
+    """``submit``, and, when ``render``, the answer's JSON read on the same intake thread (its queue position
+    is a Redis read): one thread hop per create."""
+    prediction, created = submit(services, tenant, spec, body, base_url, *rest)
+    return prediction, created, services.render(prediction, base_url) if render else None
+
+
 async def create_and_respond(
     services: Services,
     caller: Caller,
@@ -250,6 +309,7 @@ async def create_and_respond(
     idempotency_key: str | None,
     cancel_after: str | None = None,
     deployment: str | None = None,
+    priority: Priority | None = None,
 ) -> JSONResponse:
     """Create (or replay) the prediction; with ``Prefer: wait``, hold the answer until it is terminal.
 
@@ -261,9 +321,10 @@ async def create_and_respond(
     async with contextlib.AsyncExitStack() as held:
         if wait_s is not None:
             await held.enter_async_context(services.stream_slots.hold(caller.tenant))
-        prediction, created = await services.intake.run(
+        prediction, created, rendered = await services.intake.run(
             caller.tenant,
-            submit,
+            _submit_rendered,
+            wait_s is None,
             services,
             caller.tenant,
             spec,
@@ -273,12 +334,14 @@ async def create_and_respond(
             caller.max_queued,
             deadline,
             deployment,
+            priority or "normal",
         )
         headers = {} if created else {"Idempotent-Replayed": "true"}
         if wait_s is not None:
             headers["Preference-Applied"] = f"wait={wait_s}"
             prediction = await _after_waiting(services, prediction, wait_s)
-    rendered = services.render(prediction, base_url)
+    if rendered is None:  # its queue position is a Redis read: on a thread
+        rendered = await run_in_threadpool(services.render, prediction, base_url)
     if wait_s is not None and not prediction.status.is_terminal():
         headers["Location"] = rendered["urls"]["get"]
         # Replicate's Python client polls after a waited create only when the status is "starting";

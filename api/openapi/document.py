@@ -52,6 +52,7 @@ PARAMETERS_WITH_400 = {
     "created_before",
     "source",
     "Cancel-After",
+    "Kiln-Priority",
     "Last-Event-ID",
     "Idempotency-Key",
     "prefer",

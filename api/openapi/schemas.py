@@ -44,7 +44,7 @@ ACCOUNT = {
 PREDICTION_FIELDS = "id model version input output logs error status created_at started_at completed_at"
 PREDICTION = {
     "type": "object",
-    "required": [*PREDICTION_FIELDS.split(), "urls", "metrics", "data_removed", "source"],
+    "required": [*PREDICTION_FIELDS.split(), "urls", "metrics", "data_removed", "source", "priority", "queue_position"],
     "properties": {
         "id": STRING,
         "model": STRING,
@@ -71,6 +71,18 @@ PREDICTION = {
         },
         "data_removed": {"type": "boolean"},
         "source": {"enum": ["api", "web"]},
+        "priority": {
+            "enum": ["normal", "low"],
+            "description": "Kiln extension: `low` starts only when no `normal` prediction of its model family waits.",
+        },
+        "queue_position": {
+            "type": ["integer", "null"],
+            "minimum": 0,
+            "description": "Kiln extension: while queued, how many queued predictions of its model family start "
+            "before it (0: it is next); null once it started or ended. Exact for first-come work (single "
+            "creates, inline batches); for `/v1/batches` items and low-priority work, which tenants take in "
+            "turns, exact with one tenant and otherwise at most that (docs/scheduling.md).",
+        },
     },
 }
 

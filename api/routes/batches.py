@@ -8,12 +8,12 @@ from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from api.deps import BaseURL, CurrentCaller, CurrentTenant, IdempotencyKey, OptionalTenant, ServicesDep
+from api.deps import BaseURL, CurrentCaller, CurrentTenant, HeaderPriority, IdempotencyKey, OptionalTenant, ServicesDep
 from api.errors import ProblemError
 from api.intake.batch_file import create_batch, file_lines, inline_items, read_input_file
 from api.intake.batch_pool import IntakePool
 from api.intake.idempotency import await_first_request, fingerprint
-from api.intake.submission import check_webhook, confirm_replicated
+from api.intake.submission import check_webhook, confirm_replicated, with_priority
 from api.pagination import Cursor, CursorQuery, decode_offset, id_page_links, offset_page_links
 from api.schemas import CreateBatchObject
 from api.services import Services
@@ -22,6 +22,7 @@ from api.views.batches import batch_predictions, cancel_batch, remove_batch_data
 from shared.batches.records import Batch, render_batch
 from shared.predictions.client_json import batch_input_path
 from shared.predictions.record import new_id
+from shared.scheduling.queues import Priority
 from shared.storage.objects import batch_input_key
 
 router = APIRouter(prefix="/v1", tags=["batches"])
@@ -36,9 +37,16 @@ def _owned(services: Services, batch_id: str, tenant: str) -> Batch:
 
 
 def _submit(
-    services: Services, tenant: str, tenant_cap: int, body: CreateBatchObject, base: str, idempotency_key: str | None
+    services: Services,
+    tenant: str,
+    tenant_cap: int,
+    body: CreateBatchObject,
+    base: str,
+    idempotency_key: str | None,
+    header_priority: Priority | None = None,
 ) -> tuple[Batch, bool]:
     settings = services.settings
+    priority = body.priority or header_priority or "normal"
     if (body.predictions is None) == (body.input_file is None):
         raise ProblemError(422, "give exactly one of predictions (create bodies) or input_file (a JSONL file's URL)")
     webhook = check_webhook(str(body.webhook) if body.webhook else None, services)
@@ -50,7 +58,7 @@ def _submit(
         )
     batch_id = new_id()
     if idempotency_key is not None:
-        request = fingerprint("batches", body.model_dump(mode="json", exclude_unset=True))
+        request = fingerprint("batches", with_priority(body.model_dump(mode="json", exclude_unset=True), priority))
         existing = services.idempotency.claim(
             tenant, idempotency_key, request, batch_id, lambda bid: services.batches.get(bid) is not None
         )
@@ -72,7 +80,7 @@ def _submit(
         else:
             assert body.predictions is not None  # exactly one of the two (checked above)
             items, count, source = inline_items(body.predictions), len(body.predictions), "inline"
-        batch = create_batch(services, tenant, items, count, base, webhook, source, tenant_cap, batch_id)
+        batch = create_batch(services, tenant, items, count, base, webhook, source, tenant_cap, batch_id, priority)
     confirm_replicated(services, lambda: services.batches.get(batch.id) is not None)
     return batch, True
 
@@ -89,11 +97,13 @@ async def create(
     services: ServicesDep,
     base: BaseURL,
     idempotency_key: IdempotencyKey = None,
+    priority: HeaderPriority = None,
 ) -> JSONResponse:
     """A batch of inline create bodies (``predictions``, up to ``KILN_BATCH_MAX_ITEMS``) or of the lines
     of an uploaded JSONL file (``input_file``, up to ``KILN_BATCH_FILE_MAX_LINES``). Answers once the
     items are validated and queued; refused items are reported in the results, never sink the batch."""
-    args = (caller.tenant, caller.max_queued or services.settings.max_queued_per_tenant, body, base, idempotency_key)
+    cap = caller.max_queued or services.settings.max_queued_per_tenant
+    args = (caller.tenant, cap, body, base, idempotency_key, priority)
     pool: IntakePool | None = getattr(request.app.state, "intake_pool", None)
     if pool is not None:  # validation is CPU-bound: in a process of its own, never this one's GIL
         batch, created = await pool.run(_submit, *args)
@@ -155,7 +165,7 @@ def list_batch_predictions(
     size = services.settings.predictions_page_size
     page, more = batch_predictions(services, batch, start, size)
     links = offset_page_links(f"{base}/v1/batches/{batch.id}/predictions", start, size, more)
-    return links | {"results": [services.render(p, base) for p in page]}
+    return links | {"results": services.render_many(page, base)}
 
 
 @router.get("/batches/{batch_id}/results")

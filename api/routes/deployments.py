@@ -23,7 +23,7 @@ from api.deployments import (
     Release,
     check_configuration,
 )
-from api.deps import BaseURL, CancelAfter, CurrentCaller, IdempotencyKey, PreferHeader, ServicesDep
+from api.deps import BaseURL, CancelAfter, CurrentCaller, HeaderPriority, IdempotencyKey, PreferHeader, ServicesDep
 from api.errors import ProblemError
 from api.intake.submission import create_and_respond
 from api.schemas import PredictionFields
@@ -166,6 +166,7 @@ async def create_deployment_prediction(
     prefer: PreferHeader = None,
     idempotency_key: IdempotencyKey = None,
     cancel_after: CancelAfter = None,
+    priority: HeaderPriority = None,
 ) -> JSONResponse:
     """A prediction of the release's model version, on that model's queue, with ``deployment`` set."""
     deployment = await run_in_threadpool(_owned, services, caller, owner, name)
@@ -178,5 +179,5 @@ async def create_deployment_prediction(
             f"serves; PATCH it to version {spec.version_id(services.settings)!r}",
         )
     return await create_and_respond(
-        services, caller, spec, body, base, prefer, idempotency_key, cancel_after, deployment.ref
+        services, caller, spec, body, base, prefer, idempotency_key, cancel_after, deployment.ref, priority
     )

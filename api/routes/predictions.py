@@ -17,6 +17,7 @@ from api.deps import (
     CancelAfter,
     CurrentCaller,
     CurrentTenant,
+    HeaderPriority,
     IdempotencyKey,
     OptionalCaller,
     OptionalTenant,
@@ -64,12 +65,15 @@ async def create_prediction(
     prefer: PreferHeader = None,
     idempotency_key: IdempotencyKey = None,
     cancel_after: CancelAfter = None,
+    priority: HeaderPriority = None,
 ) -> JSONResponse:
     try:
         spec = resolve_version(body.version, services.settings)
     except UnknownModelError as exc:
         raise ProblemError(422, f"version: {exc}") from None
-    return await create_and_respond(services, caller, spec, body, base, prefer, idempotency_key, cancel_after)
+    return await create_and_respond(
+        services, caller, spec, body, base, prefer, idempotency_key, cancel_after, priority=priority
+    )
 
 
 @router.post("/models/{owner}/{name}/predictions", status_code=201)
@@ -83,12 +87,15 @@ async def create_model_prediction(
     prefer: PreferHeader = None,
     idempotency_key: IdempotencyKey = None,
     cancel_after: CancelAfter = None,
+    priority: HeaderPriority = None,
 ) -> JSONResponse:
     try:
         spec = find_model(f"{owner}/{name}", services.settings)
     except UnknownModelError as exc:
         raise ProblemError(404, str(exc)) from None
-    return await create_and_respond(services, caller, spec, body, base, prefer, idempotency_key, cancel_after)
+    return await create_and_respond(
+        services, caller, spec, body, base, prefer, idempotency_key, cancel_after, priority=priority
+    )
 
 
 @router.post("/predictions/batch")
@@ -98,10 +105,19 @@ async def create_batch(
     services: ServicesDep,
     base: BaseURL,
     idempotency_key: IdempotencyKey = None,
+    priority: HeaderPriority = None,
 ) -> Response:
     """Up to ``KILN_BATCH_MAX_ITEMS`` creates; ``results`` holds, in order, each prediction or its problem."""
     results, created = await services.intake.run(
-        caller.tenant, submit_batch, services, caller.tenant, body.predictions, base, idempotency_key, caller.max_queued
+        caller.tenant,
+        submit_batch,
+        services,
+        caller.tenant,
+        body.predictions,
+        base,
+        idempotency_key,
+        caller.max_queued,
+        body.priority or priority or "normal",
     )
     # orjson: encoding a thousand predictions with the stdlib encoder cost more than storing them.
     return Response(
@@ -128,7 +144,7 @@ def list_predictions(
     filters = PredictionFilter.parse(created_after, created_before, source)
     page = list_page(services.store, tenant, Cursor.decode(cursor), services.settings.predictions_page_size, filters)
     links = page_links(f"{base}/v1/predictions", filters.as_query(), page.older_than, page.newer_than)
-    return links | {"results": [_render(p, base, services) for p in page.results]}
+    return links | {"results": services.render_many(page.results, base)}
 
 
 @router.get("/predictions/{prediction_id}")

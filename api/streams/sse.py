@@ -7,9 +7,10 @@
   that would resume mid-line) is refused;
 - ``logs`` carries one log line, ``output`` one output URL as plain text (each new output file its
   own event), ``error`` the error message, and ``done`` ``{}`` or ``{"reason": "canceled"|"error"}``;
-- ``status`` events (the status, each time it changes) are a Kiln-only extension the playground
-  asks for (``?kiln_status=true``); Replicate's clients reject unknown events, so they are never
-  in the default stream.
+- ``status`` events (``{"status": ..., "queue_position": ...}``, each time either changes; the position
+  of a queued prediction is re-read every ``QUEUED_RECHECK_S``, as others start) are a Kiln-only
+  extension the playground asks for (``?kiln_status=true``); Replicate's clients reject unknown events,
+  so they are never in the default stream.
 
 The stream waits on the process's event hub (``api.streams.events``), holds no Redis connection, and on
 each change reads only what it sends: a few fields of the record and the log bytes it has not sent.
@@ -33,11 +34,15 @@ from api.streams.events import RECHECK_S, EventHub
 from shared.db import keys
 from shared.predictions.client_json import render_outputs
 from shared.predictions.status import Status
+from shared.scheduling.queue_lines import Ticket, queue_position
 from shared.security.signed_urls import UrlSigner
 
 # A stream ends after this long even if the prediction is still running; clients reconnect.
 STREAM_MAX_S = 30 * 60
-_FIELDS = ("status", "output", "error", "completed_at", "data_removed")
+# A queued prediction's status stream re-reads its queue position this often (others starting send
+# it no event of its own).
+QUEUED_RECHECK_S = 1.0
+_FIELDS = ("status", "output", "error", "completed_at", "data_removed", "queue", "tenant", "queue_line", "queue_ticket")
 # What a stream sent before, as its event ids name it: log bytes, outputs, an optional suffix, the tag.
 EVENT_ID = re.compile(
     r"(?P<position>(?P<log_bytes>[0-9]{1,15})-(?P<outputs>[0-9]{1,6})(?:-(?:error|done))?)\.(?P<tag>[A-Za-z0-9_-]{16})"
@@ -94,8 +99,9 @@ class StreamState:
     log_bytes: int = 0
     outputs_sent: int = 0
     status: Status | None = None
-    # Kiln's extension: also send ``status`` events.
+    # Kiln's extension: also send ``status`` events, with the queue position.
     with_status: bool = False
+    queue_position: int | None = None
     pending: list[ServerSentEvent] = field(default_factory=list)
 
     def event_id(self, suffix: str = "") -> str:
@@ -134,7 +140,8 @@ async def prediction_events(
             remaining = deadline - loop.time()
             if finished or remaining <= 0:
                 return
-            await subscription.wait(min(remaining, RECHECK_S))
+            queued = state.with_status and state.status is Status.STARTING
+            await subscription.wait(min(remaining, QUEUED_RECHECK_S if queued else RECHECK_S))
 
 
 async def _read_changes(context: StreamContext, prediction_id: str, state: StreamState) -> bool:
@@ -150,8 +157,12 @@ async def _read_changes(context: StreamContext, prediction_id: str, state: Strea
     }
     _queue_logs(state, new_logs)
     status = Status(str(record["status"]))
-    if state.with_status and status is not state.status:
-        state.pending.append(ServerSentEvent(event="status", raw_data=status.value, id=state.event_id()))
+    if state.with_status:
+        position = await _queue_position(context, record, status)
+        if (status, position) != (state.status, state.queue_position):
+            data = {"status": status.value, "queue_position": position}
+            state.pending.append(ServerSentEvent(event="status", data=data, id=state.event_id()))
+        state.queue_position = position
     state.status = status
     outputs = record["output"] if not record["data_removed"] else None
     if outputs and len(outputs) > state.outputs_sent:
@@ -169,6 +180,14 @@ async def _read_changes(context: StreamContext, prediction_id: str, state: Strea
         state.pending.append(ServerSentEvent(event="error", raw_data=message, id=state.event_id("-error")))
     state.pending.append(ServerSentEvent(event="done", data=done_data(status), id=state.event_id("-done")))
     return True
+
+
+async def _queue_position(context: StreamContext, record: dict[str, object], status: Status) -> int | None:
+    """The queue position of a queued prediction (``shared.scheduling.queue_lines``); None otherwise."""
+    family, tenant, line, ticket = (record[name] for name in ("queue", "tenant", "queue_line", "queue_ticket"))
+    if status is not Status.STARTING or not family or not isinstance(line, int) or not isinstance(ticket, int):
+        return None
+    return await queue_position(context.client, Ticket(str(family), line, str(tenant), ticket))
 
 
 def _queue_logs(state: StreamState, new_logs: bytes) -> None:

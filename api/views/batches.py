@@ -32,7 +32,7 @@ def result_line(
     prediction = found.get(entry)
     if prediction is None:  # expired with its record
         return {"line": position, "id": entry, "status": "expired", "output": None, "error": None, "metrics": {}}
-    rendered = services.render(prediction, base)
+    rendered = services.render(prediction, base, with_position=False)  # a line has no queue position
     return {
         "line": position,
         "id": prediction.id,

@@ -238,6 +238,21 @@ def dispatch_claimed() -> str:
     return f"{PREFIX}:dispatch:claimed"
 
 
+def queue_line(family: str, line: str) -> str:
+    """Hash: the tickets of one line of a model family's queue (``shared.scheduling.queue_lines``; the line is
+    its Celery priority step): ``enq`` issued, ``left`` left the queue, ``head`` the highest started; a
+    round-robin line also keeps them per tenant (``enq:<tenant>``, ...) and ``tenants`` with some waiting.
+    Fields are dropped as their counter set drains (nothing of it waiting), so the hash goes with the line's work."""
+    return f"{PREFIX}:queue-line:{family}:{line}"
+
+
+def queue_line_skipped(family: str, counter: str) -> str:
+    """Sorted set: tickets of one counter set of ``queue_line`` (``<line>``, or ``<line>:<tenant>`` in a
+    round-robin line) that left without starting while older ones still waited (canceled, aborted),
+    scored by ticket. Trimmed as started tickets pass them; deleted when the counter set drains."""
+    return f"{PREFIX}:queue-line:{family}:{counter}:skipped"
+
+
 def batch_shared_fields(batch_id: str, index: int) -> str:
     """Hash: record fields (the input, the version) that items of a batch submitted with the same text
     share; their records name it in ``shared_fields`` instead of holding copies, so a queued item's
@@ -299,6 +314,8 @@ BOUNDS: dict[str, str] = {
     "dispatch_queue": "swept",  # drained by the dispatcher
     "dispatch_claimed": "swept",  # emptied as the dispatcher's messages are pushed
     "replication_fence": "config",  # one counter
+    "queue_line": "swept",  # a counter set's fields go when it drains (the status scripts, queue_lines.lua)
+    "queue_line_skipped": "swept",  # trimmed as started tickets pass, deleted when its counter set drains
 }
 
 

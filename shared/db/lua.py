@@ -10,7 +10,8 @@ A file is rendered by three rules, and nothing else:
   prelude once, where it is first included; a later include of the same prelude (a prelude's own
   include of one the script already has) adds nothing.
 - ``{{NAME}}`` is replaced by ``placeholders()[NAME]``, Lua rendered from Python: the state table
-  of ``shared.predictions.status`` and the batch statuses of ``shared.batches.counts``.
+  of ``shared.predictions.status``, the batch statuses of ``shared.batches.counts`` and the queue
+  lines of ``shared.scheduling.queues``.
 - ``{{keys.BUILDER(expr, ...)}}`` is replaced by the Lua expression for the key that
   ``shared.db.keys.BUILDER`` makes of the Lua expressions given (``lua_key``): a script builds the
   keys of ids it reads from the one place keys are spelled. ``{{keys.prediction(id)}}`` renders as
@@ -31,6 +32,7 @@ from pathlib import Path
 from shared.batches.counts import COMPLETED, QUEUED, VALIDATING
 from shared.db import keys
 from shared.predictions.status import ALLOWED_SOURCES, TERMINAL, Status
+from shared.scheduling import queues
 
 SCRIPTS = Path(__file__).with_name("lua")
 
@@ -55,7 +57,8 @@ def _lua_set(statuses: Sequence[Status]) -> str:
 
 def placeholders(allowed_sources: Mapping[Status, frozenset[Status]] = ALLOWED_SOURCES) -> dict[str, str]:
     """The ``{{NAME}}`` values: ``STATUS_NAMES`` and ``STATUS_VALUES`` (a Lua constant per status),
-    ``ENTERED_FROM`` (``allowed_sources`` as a Lua table), ``TERMINAL`` and the batch statuses."""
+    ``ENTERED_FROM`` (``allowed_sources`` as a Lua table), ``TERMINAL``, the batch statuses, and the
+    queue lines: ``QUEUE_ROUND_ROBIN_LINES`` (a Lua set) and ``QUEUE_REQUEUE_LINE``."""
     return {
         "STATUS_NAMES": ", ".join(status.name for status in Status),
         "STATUS_VALUES": ", ".join(f"'{status.value}'" for status in Status),
@@ -69,6 +72,8 @@ def placeholders(allowed_sources: Mapping[Status, frozenset[Status]] = ALLOWED_S
         "BATCH_VALIDATING": f"'{VALIDATING}'",
         "BATCH_QUEUED": f"'{QUEUED}'",
         "BATCH_COMPLETED": f"'{COMPLETED}'",
+        "QUEUE_ROUND_ROBIN_LINES": "{" + ", ".join(f"['{step}'] = true" for step in queues.ROUND_ROBIN_STEPS) + "}",
+        "QUEUE_REQUEUE_LINE": f"'{queues.PRIORITY_REQUEUE}'",
     }
 
 

@@ -63,7 +63,12 @@ def render_outputs(
     return [output_url(base_url, prediction_id, name, signer, kept_until) for name in names]
 
 
-def render_prediction(prediction: Prediction, base_url: str, signer: UrlSigner, retention_s: float) -> dict[str, Any]:
+def render_prediction(
+    prediction: Prediction, base_url: str, signer: UrlSigner, retention_s: float, queue_position: int | None = None
+) -> dict[str, Any]:
+    """Replicate's prediction object, with Kiln's ``priority`` and ``queue_position`` (how many of its model
+    family's queued predictions start before it, as ``shared.scheduling.queue_lines`` reads it; null
+    unless queued). Replicate's clients ignore fields they do not know."""
     # Its own retention, when shorter, bounds its URLs too (kept 0 s, they serve its completed webhook).
     retention_s = min(retention_s, prediction.retention_s or retention_s)
     get_url = f"{base_url}{prediction_path(prediction.id)}"
@@ -100,6 +105,8 @@ def render_prediction(prediction: Prediction, base_url: str, signer: UrlSigner, 
         "metrics": metrics,
         "data_removed": prediction.data_removed,
         "source": prediction.source,
+        "priority": prediction.priority,
+        "queue_position": queue_position,
     }
     if prediction.deployment is not None:
         rendered["deployment"] = prediction.deployment

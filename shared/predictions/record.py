@@ -15,6 +15,7 @@ import orjson
 from pydantic import BaseModel, Field, field_serializer
 
 from shared.predictions.status import Status
+from shared.scheduling.queues import Priority
 
 if TYPE_CHECKING:
     from redis.typing import EncodableT, FieldT
@@ -139,6 +140,12 @@ class Prediction(BaseModel):
     base_url: str = ""
     # The batch (``shared.batches.records``) this prediction is an item of: its status changes move the batch's counts.
     batch_id: str | None = None
+    # "low": it starts only when no normal prediction of its model family waits (docs/scheduling.md).
+    priority: Priority = "normal"
+    # Where it waits (``shared.scheduling.queue_lines``): its family queue's line (a priority step) and its
+    # ticket there, written by the script that queues it; they give its ``queue_position``.
+    queue_line: int | None = None
+    queue_ticket: int | None = None
 
     def wants_event(self, event: str) -> bool:
         """Whether this prediction's webhook subscribed to ``event`` (all events when no filter was given)."""

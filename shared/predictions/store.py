@@ -29,6 +29,7 @@ from shared.predictions import retention
 from shared.predictions.record import Prediction, format_timestamp, utcnow
 from shared.predictions.status import Status
 from shared.scheduling.queue_counters import QueuedCounters, counter_keys
+from shared.scheduling.queue_lines import QueueLines
 
 # Caps left unset: more than Redis could ever hold.
 _UNCAPPED = 2**62
@@ -62,6 +63,8 @@ class PredictionStore:
         self._store_records = redis.register_script(lua.script("store_records"))
         self._claim_ended = redis.register_script(lua.script("claim_due"))
         self.queued = QueuedCounters(redis)
+        # Where each queued prediction stands (``queue_position``).
+        self.lines = QueueLines(redis)
 
     def create(self, prediction: Prediction, *, tenant_cap: int | None = None, total_cap: int | None = None) -> None:
         self.create_many([prediction], tenant_cap=tenant_cap, total_cap=total_cap)
@@ -72,16 +75,17 @@ class PredictionStore:
         *,
         tenant_cap: int | None = None,
         total_cap: int | None = None,
-        messages: Callable[[int], Sequence[tuple[str, str]]] | None = None,
+        enqueue: Callable[[Pipeline, int], None] | None = None,
     ) -> None:
         """Store queued predictions of one tenant: count them against the caps (all or none:
         ``QueueFull`` stores nothing), then write their records and the rest (``create_records``:
         ``AlreadyStored``, nothing stored, if a record of one of their ids exists).
 
-        ``messages``, called with how many of the tenant's predictions were already queued, gives
-        ``(list, message)`` pairs (``shared.scheduling.task_messages``) pushed onto their queues in the
-        transaction that follows the records, so a worker never pops an id whose record is missing,
-        and a record whose message failed is deleted again."""
+        ``enqueue``, called with the transaction that follows the records and how many of the tenant's
+        predictions were already queued, queues them there (their Celery messages, rendered by
+        ``shared.scheduling.task_messages``, or the dispatcher's lists, and their queue-line tickets),
+        so a worker never pops an id whose record is missing, and a record whose enqueueing failed is
+        deleted again."""
         if not predictions:
             return
         tenant = predictions[0].tenant
@@ -96,8 +100,8 @@ class PredictionStore:
                 pipe.zadd(keys.deadlines(), deadlines)
             for model, count in Counter(p.model for p in predictions).items():
                 pipe.incrby(keys.model_run_count(model), count)
-            for list_key, message in messages(queued_before) if messages else ():
-                pipe.lpush(list_key, message)
+            if enqueue is not None:
+                enqueue(pipe, queued_before)
 
         try:
             self.create_records([(_own_fields(p.to_redis_hash()), [p.id]) for p in predictions], then)

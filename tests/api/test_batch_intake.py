@@ -58,12 +58,12 @@ def test_a_cancel_while_validating_stores_no_item(services, monkeypatch):
     real = batch_intake.prepare_item
     seen: list[int] = []
 
-    def cancel_midway(services_: Services, tenant: str, raw: dict, base_url: str, images: Any):
+    def cancel_midway(services_: Services, tenant: str, raw: dict, base_url: str, images: Any, priority: Any):
         seen.append(1)
         if len(seen) == batch_intake.CANCEL_CHECK_EVERY // 2:
             (batch,), _ = services.batches.list_for_tenant(TENANT)
             services.batches.flag_cancel(batch.id)  # what POST .../cancel does first
-        return real(services_, tenant, raw, base_url, images)
+        return real(services_, tenant, raw, base_url, images, priority)
 
     monkeypatch.setattr(batch_intake, "prepare_item", cancel_midway)
     batch = create(services, lines(3 * batch_intake.CANCEL_CHECK_EVERY))

@@ -103,7 +103,7 @@ def test_status_events_only_when_asked_for():
     fixture.finish(Status.CANCELED)
     assert [e.event for e in _in_a_thread(fixture.events)] == ["done"]
     with_status = _in_a_thread(lambda: fixture.events(with_status=True))
-    assert (with_status[0].event, with_status[0].raw_data) == ("status", "canceled")
+    assert (with_status[0].event, with_status[0].data) == ("status", {"status": "canceled", "queue_position": None})
     assert with_status[-1].data == {"reason": "canceled"}
 
 

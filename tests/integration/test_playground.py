@@ -23,6 +23,7 @@ from tests.support import png_bytes, wait_for_status, wait_until
 from tests.support.browser import CHROMIUM_ARGS, chromium_or_skip, serve_in_thread
 from tests.support.predictions import create, depth2img_input, run_xl
 from tests.support.stack import PAGE_SIZE, TOKEN_A, TOKEN_B
+from tests.support.step_gates import StepGate, wait_until_waiting
 
 # Room for installing chromium with apt on a fresh machine, within the session's first test.
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
@@ -184,6 +185,23 @@ def test_another_tokens_prediction_page_shows_nothing_of_it(stack, page, client)
     enter_token(page, stack.base_url, TOKEN_A)
     page.goto(created["urls"]["web"])
     expect(page.locator("#input")).to_contain_text(secret_prompt)
+
+
+def test_a_queued_predictions_page_shows_its_place_in_line_counting_down(stack, page, client):
+    with StepGate(stack.redis_url) as running, StepGate(stack.redis_url) as ahead:
+        blocker = create(client, prompt=running.prompt)
+        wait_until_waiting(client, blocker["id"])
+        create(client, prompt=ahead.prompt)
+        queued = create(client, prompt="third in line")
+        assert queued["queue_position"] == 1
+
+        enter_token(page, stack.base_url, TOKEN_A)
+        page.goto(queued["urls"]["web"])
+        expect(page.locator("#progress-text")).to_have_text("2nd in line")
+        running.open()  # the one ahead starts: the stream's status event brings the new place
+        expect(page.locator("#progress-text")).to_have_text("1st in line")
+        ahead.open()
+        expect(page.locator("#status")).to_have_text("succeeded")
 
 
 def test_the_control_map_is_shown_beside_the_outputs(stack, page, client):

@@ -102,6 +102,32 @@ def test_cancel_a_running_prediction(stack, rc, image_file):
     assert prediction.status == "canceled"
 
 
+def test_kilns_queue_fields_and_priority_header_leave_the_client_working(stack, rc, image_file):
+    """A queued prediction carries Kiln's ``queue_position`` and ``priority``, fields the client does not
+    know: it creates, reloads and waits on it as on any other. ``Kiln-Priority``, the header for clients
+    that cannot add body fields, goes on every request of a client built with it."""
+    transport = httpx.HTTPTransport(verify=ssl.create_default_context(cafile=str(stack.tls_ca)))
+    low = replicate.Client(
+        api_token=TOKEN_A, base_url=stack.tls_base_url, transport=transport, headers={"Kiln-Priority": "low"}
+    )
+    with StepGate(stack.redis_url) as gate, image_file.open("rb") as f:
+        url = rc.files.create(f).urls["get"]
+        blocker = rc.models.predictions.create(
+            model="kiln/sd2-depth2img", input=FAST | {"input_image": url, "prompt": gate.prompt}
+        )
+        while WAITING not in (blocker.logs or ""):
+            blocker.reload()
+        queued = low.models.predictions.create(model="kiln/sd2-depth2img", input=FAST | {"input_image": url})
+        queued.reload()
+        assert queued.status == "starting"
+        with stack.client(TOKEN_A) as plain:
+            shown = plain.get(f"/v1/predictions/{queued.id}").json()
+        assert shown["priority"] == "low" and isinstance(shown["queue_position"], int)
+        gate.open()
+        queued.wait()
+    assert queued.status == "succeeded" and len(queued.output) == 1
+
+
 def test_list_across_pages(rc, image_file):
     with image_file.open("rb") as f:
         url = rc.files.create(f).urls["get"]

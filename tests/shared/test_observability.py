@@ -39,6 +39,7 @@ def test_priority_list_names_use_kombus_separator():
         0: "gpu.sdxl",
         3: "gpu.sdxl\x06\x163",
         6: "gpu.sdxl\x06\x166",
+        8: "gpu.sdxl\x06\x168",
         9: "gpu.sdxl\x06\x169",
     }
 

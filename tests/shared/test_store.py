@@ -190,7 +190,7 @@ def test_a_create_whose_id_is_stored_is_refused_and_writes_nothing(server_store)
     queue = "kiln:test:queue"
 
     with pytest.raises(AlreadyStored):
-        store.create_many([twin_of(first, "tenant-b")], messages=lambda _: [(queue, "message")])
+        store.create_many([twin_of(first, "tenant-b")], enqueue=lambda pipe, _: pipe.lpush(queue, "message"))
 
     assert store.get(first.id) == first
     assert store.list_for_tenant("tenant-b") == ([], False)

@@ -26,6 +26,20 @@ function latestLogs() {
   return streamedLogs.length > stored.length ? streamedLogs : stored;
 }
 
+// "1st", "2nd", "12th", "23rd": English ordinals, for a queue position.
+export function ordinal(n) {
+  const tens = n % 100;
+  const suffix = tens >= 11 && tens <= 13 ? "th" : { 1: "st", 2: "nd", 3: "rd" }[n % 10] || "th";
+  return `${n}${suffix}`;
+}
+
+// While queued: "12th in line" (queue_position 11: eleven of its model family start before it).
+function waitingText(prediction) {
+  const position = prediction.queue_position;
+  const low = prediction.priority === "low" ? " (low priority)" : "";
+  return Number.isInteger(position) ? `${ordinal(position + 1)} in line${low}` : `waiting in the queue${low}`;
+}
+
 function renderProgress() {
   const bar = document.getElementById("progress");
   const text = document.getElementById("progress-text");
@@ -40,7 +54,7 @@ function renderProgress() {
     text.textContent = "done";
   } else {
     bar.removeAttribute("value");  // indeterminate until the first step
-    text.textContent = current.status === "starting" ? "waiting in the queue" : "preparing";
+    text.textContent = current.status === "starting" ? waitingText(current) : "preparing";
   }
 }
 

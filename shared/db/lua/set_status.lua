@@ -1,21 +1,28 @@
 -- The start of every script that changes a prediction's status: the state table, the queued
--- counters, the batch counts and set_status. Those scripts take KEYS[1]: the record, KEYS[2]: its
--- event channel, KEYS[3]: the running set (leases), KEYS[4..5]: the queued counters
+-- counters, the queue lines, the batch counts and set_status. Those scripts take KEYS[1]: the record,
+-- KEYS[2]: its event channel, KEYS[3]: the running set (leases), KEYS[4..5]: the queued counters
 -- (shared.predictions.store.record_keys).
 -- set_status(current, target, prediction_id, ...) moves the record from current to target (a move
 -- the script checked with may_enter) and sets the field, JSON value pairs given after the id: the
--- queued counters follow the prediction into and out of STARTING, an item of a batch moves its
--- batch's counts, leaving PROCESSING drops its lease, and the new status is announced to waiters
--- and streams. Entering a terminal status files the prediction in the ended set, scored by the time
--- it ended, in the same step: whoever follows the ending up (retention, the completed webhook) takes
--- it out, and a maintenance job takes over one left there (a process killed, a failover in between).
+-- queued counters and the record's ticket in its queue line follow the prediction into and out of
+-- STARTING, an item of a batch moves its batch's counts, leaving PROCESSING drops its lease, and the
+-- new status is announced to waiters and streams. Entering a terminal status files the prediction in
+-- the ended set, scored by the time it ended, in the same step: whoever follows the ending up
+-- (retention, the completed webhook) takes it out, and a maintenance job takes over one left there (a
+-- process killed, a failover in between).
 -- include: status_table
 -- include: queued_delta
+-- include: queue_lines
 -- include: batch_moved
 local ENDS = {{TERMINAL}}
 local function set_status(current, target, prediction_id, ...)
-  if current == STARTING and target ~= STARTING then queued_delta(-1)
-  elseif target == STARTING and current ~= STARTING then queued_delta(1) end
+  if current == STARTING and target ~= STARTING then
+    queued_delta(-1)
+    queue_line_left(target == PROCESSING)
+  elseif target == STARTING and current ~= STARTING then
+    queued_delta(1)
+    queue_line_requeued()
+  end
   redis.call('HSET', KEYS[1], 'status', cjson.encode(target), ...)
   batch_moved(current, target)
   if target ~= PROCESSING then redis.call('ZREM', KEYS[3], prediction_id) end
