@@ -61,6 +61,11 @@ CLAIM_RETRY = Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=70)
 
 # Sends a prediction id back to the queue its model is served on.
 Requeue = Callable[[str, str], None]
+
+# How long a worker waits for the record its message names to appear before dropping the message (a
+# failover can lose a record for the seconds until the API's retried write brings it back).
+RECORD_WAIT_S = 15.0
+RECORD_POLL_S = 0.5
 # The ids of the next predictions this worker's queues will deliver (at most n): ``QueuePeek.upcoming``.
 Upcoming = Callable[[int], list[str]]
 
@@ -200,7 +205,7 @@ class PredictionRunner:
 
     def _claim(self, prediction_id: str) -> tuple[Prediction, int] | None:
         """The prediction and its new attempt number, its lease taken; None when there is nothing to run."""
-        prediction = self.store.get(prediction_id)
+        prediction = self._record_of_message(prediction_id)
         if prediction is None:
             log.warning("prediction %s does not exist; dropping the message", prediction_id)
             return None
@@ -210,10 +215,22 @@ class PredictionRunner:
             log.info("prediction %s is past its deadline (it was %s); dropping it", prediction_id, found)
             return None
         attempt = self.leases.start(prediction_id)
+        if attempt is None and self.store.status(prediction_id) is None and self._record_of_message(prediction_id):
+            attempt = self.leases.start(prediction_id)  # its record came back (rewritten after a failover)
         if attempt is None:
             log.info("prediction %s is %s; not running it", prediction_id, self.store.status(prediction_id))
             return None
         return prediction, attempt
+
+    def _record_of_message(self, prediction_id: str) -> Prediction | None:
+        """The record a message names. A message is sent only with its record, so a missing one was lost
+        with a Redis primary that failed over before the record reached the replicas; the API's write,
+        retried on the new primary, brings it back within seconds: it is waited for (``RECORD_WAIT_S``)
+        before the message is dropped."""
+        deadline = time.monotonic() + RECORD_WAIT_S
+        while (prediction := self.store.get(prediction_id)) is None and time.monotonic() < deadline:
+            time.sleep(RECORD_POLL_S)
+        return prediction
 
     def _open(self, prediction: Prediction, attempt: int) -> RunningPrediction:
         self.timeline.record("claimed", prediction.id)

@@ -4,6 +4,7 @@ way it stops: succeeded, failed, canceled, or past its time limit (the fake mode
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable
 from datetime import timedelta
 
@@ -64,3 +65,34 @@ def test_a_run_past_its_time_limit_stops_at_the_next_step_and_fails(
     assert prediction.error == "prediction exceeded its time limit of 0.15 s"
     assert fake.steps_run < 20  # stopped at a step, long before the loop would have ended
     assert ended == [(slow, Status.FAILED)] and harness.notifier.of(slow) == ["start", "completed"]
+
+
+def test_a_message_whose_record_a_failover_lost_runs_once_the_record_is_written_again(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A message arrives, its record is gone (the primary it was written on failed over first), and the
+    API's retried write brings the record back a moment later: the worker waits for it and runs it."""
+    import worker.runner
+
+    monkeypatch.setattr(worker.runner, "RECORD_POLL_S", 0.05)
+    prediction_id = harness.submit(FAKE_MODEL, **INPUTS[0])
+    saved = harness.redis.hgetall(keys.prediction(prediction_id))
+    harness.redis.delete(keys.prediction(prediction_id))
+    rewritten = threading.Timer(0.3, lambda: harness.redis.hset(keys.prediction(prediction_id), mapping=saved))
+    rewritten.start()
+    harness.work()
+    rewritten.join()
+    assert harness.get(prediction_id).status is Status.SUCCEEDED
+
+
+def test_a_message_whose_record_never_comes_is_dropped_after_the_wait(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import worker.runner
+
+    monkeypatch.setattr(worker.runner, "RECORD_WAIT_S", 0.2)
+    monkeypatch.setattr(worker.runner, "RECORD_POLL_S", 0.05)
+    prediction_id = harness.submit(FAKE_MODEL, **INPUTS[0])
+    harness.redis.delete(keys.prediction(prediction_id))
+    assert harness.work() == [[]]
+    assert harness.store.get(prediction_id) is None
