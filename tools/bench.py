@@ -7,12 +7,14 @@ webhook worker), then measures:
 - create throughput: predictions accepted per second by the one API process, after a warm-up,
   for single creates (concurrent clients) and for batches of ``--batch-size``. They target
   ``kiln/ip-adapter-depth-xl``, whose queue no worker consumes here, so the GPU worker stays idle;
-  that queue is emptied afterwards.
-- batch-file acceptance: a JSONL file of ``--file-lines`` create bodies sharing one uploaded image
-  (Files API), sent as ``POST /v1/batches {"input_file": ...}``: seconds until it answers (every
-  line validated, stored and queued) and Redis bytes per queued item (``INFO memory`` before and
-  after, the items' Celery messages included: the dispatcher keeps most of them in Kiln's compact
-  lists). Also ``XL`` items, so none runs.
+  that queue is emptied afterwards. Beside the single creates, the plain create
+  (``tools.plain_create``: FastAPI, pydantic, one Redis SET) served by uvicorn in the same run and
+  hammered alike, the ratio, and both at ``PEAK_CLIENTS`` clients with their p99 latency.
+- batch-file acceptance (``tools.bench_batch_file``): a JSONL file of ``--file-lines`` distinct
+  create bodies (own prompt and seed; an uploaded image, image URLs on a loopback server, small data
+  URIs: ``tools.batch_lines``) sent as ``POST /v1/batches {"input_file": ...}``: seconds until it
+  answers (every line validated, stored and queued), Redis bytes per queued item, the cancel; then,
+  labelled apart, a file of one line repeated (validated once: not what users send).
 - on the idle worker, one prediction at a time (tiny sd2, 64x64, ONE denoising step, so the model's
   time hardly hides the overhead): submit -> ``started_at``, ``completed_at`` -> ``completed``
   webhook received (loopback receiver), and ``predict_time`` for scale.
@@ -38,6 +40,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -48,10 +51,11 @@ from PIL import Image
 
 from shared.db import keys
 from shared.scheduling import queues
-from tests.support import REPO_ROOT, data_uri, wait_until
+from tests.support import REPO_ROOT, data_uri
 from tests.support.receiver import WebhookReceiver
-from tests.support.stack import TOKEN_A
-from tools import redis_bytes
+from tests.support.stack import TOKEN_A, Stack
+from tools import bench_batch_file, plain_create, redis_bytes
+from tools.bench_batch_file import FileRun, batch_file, file_rows
 from tools.chaos import CHAOS_SETTINGS, start_stack
 
 TARGETS = {
@@ -60,9 +64,10 @@ TARGETS = {
     "start_p50_ms": 5,
     "start_p99_ms": 20,
     "webhook_p50_ms": 20,
-    "file_items_per_s": 20_000,
-    "file_bytes_per_item": 1024,
+    "single_vs_plain": 0.4,
 }
+# Concurrent clients of the create-latency run (p99).
+PEAK_CLIENTS = 64
 
 
 def tiny_png() -> str:
@@ -80,16 +85,22 @@ def log(message: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def _client_thread(base_url: str, token: str, path: str, body: bytes, deadline: float, counts: list[int]) -> None:
-    """One keep-alive connection posting ``body`` until ``deadline``; adds the predictions accepted."""
+def _client_thread(
+    base_url: str, token: str, path: str, body: bytes, deadline: float, found: list[tuple[int, list[float]]]
+) -> None:
+    """One keep-alive connection posting ``body`` until ``deadline``; adds the predictions accepted
+    and each request's latency (s)."""
     url = urlsplit(base_url)
     connection = http.client.HTTPConnection(url.hostname, url.port, timeout=120)
     headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
     accepted = 0
+    latencies: list[float] = []
     while time.monotonic() < deadline:
+        sent = time.monotonic()
         connection.request("POST", path, body=body, headers=headers)
         response = connection.getresponse()
         payload = response.read()
+        latencies.append(time.monotonic() - sent)
         if response.status == 201:
             accepted += 1
         elif response.status == 200:  # a batch: count the created items
@@ -97,24 +108,36 @@ def _client_thread(base_url: str, token: str, path: str, body: bytes, deadline: 
         else:
             raise RuntimeError(f"{path} answered {response.status}: {payload[:300]!r}")
     connection.close()
-    counts.append(accepted)
+    found.append((accepted, latencies))
 
 
 def _client_process(base_url: str, token: str, path: str, body: bytes, seconds: float, threads: int, out) -> None:
     deadline = time.monotonic() + seconds
-    counts: list[int] = []
+    found: list[tuple[int, list[float]]] = []
     workers = [
-        threading.Thread(target=_client_thread, args=(base_url, token, path, body, deadline, counts))
+        threading.Thread(target=_client_thread, args=(base_url, token, path, body, deadline, found))
         for _ in range(threads)
     ]
     for worker in workers:
         worker.start()
     for worker in workers:
         worker.join()
-    out.put(sum(counts) if len(counts) == threads else -1)
+    ok = len(found) == threads
+    out.put((sum(a for a, _ in found) if ok else -1, [s for _, latencies in found for s in latencies]))
 
 
-def _hammer(base_url: str, path: str, body: bytes, seconds: float, processes: int, threads: int) -> float:
+@dataclass(frozen=True)
+class Hammered:
+    """What ``_hammer`` measured: predictions accepted per second, and every request's latency (ms)."""
+
+    rate: float
+    latencies_ms: list[float]
+
+    def p99_ms(self) -> float:
+        return percentile(self.latencies_ms, 99)
+
+
+def _hammer(base_url: str, path: str, body: bytes, seconds: float, processes: int, threads: int) -> Hammered:
     """Predictions accepted per second by the API from ``processes`` x ``threads`` keep-alive clients.
 
     Plain ``http.client`` connections in separate processes: an asyncio client in one process
@@ -129,13 +152,14 @@ def _hammer(base_url: str, path: str, body: bytes, seconds: float, processes: in
     ]
     for client in clients:
         client.start()
-    accepted = [out.get(timeout=seconds + 300) for _ in clients]
+    results = [out.get(timeout=seconds + 300) for _ in clients]
     elapsed = time.monotonic() - started
     for client in clients:
         client.join()
-    if min(accepted) < 0:
+    if min(accepted for accepted, _ in results) < 0:
         raise RuntimeError("a client thread failed; see its traceback above")
-    return sum(accepted) / elapsed
+    latencies = [s * 1000 for _, found in results for s in found]
+    return Hammered(sum(accepted for accepted, _ in results) / elapsed, latencies)
 
 
 SINGLE = ("/v1/models/kiln/ip-adapter-depth-xl/predictions", json.dumps(XL_BODY).encode())
@@ -147,7 +171,7 @@ def batch_request(size: int) -> tuple[str, bytes]:
     ).encode()
 
 
-def throughput(base_url: str, request: tuple[str, bytes], seconds: float, processes: int, threads: int) -> float:
+def throughput(base_url: str, request: tuple[str, bytes], seconds: float, processes: int, threads: int) -> Hammered:
     path, body = request
     _hammer(base_url, path, body, min(3.0, seconds), processes, threads)  # warm-up
     return _hammer(base_url, path, body, seconds, processes, threads)
@@ -160,50 +184,6 @@ def drop_xl_queue(redis_url: str) -> None:
             client.delete(queues.SDXL if step == 0 else f"{queues.SDXL}\x06\x16{step}")
         client.delete(keys.dispatch_tenants(queues.SDXL), *client.keys(keys.dispatch_queue(queues.SDXL, "*")))
         client.delete(keys.queued_by_tenant(), keys.queued_by_family())
-
-
-def batch_file(base_url: str, redis_url: str, lines: int) -> tuple[float, float, float]:
-    """Seconds to accept a ``lines``-line batch file, Redis bytes per queued item it added, and
-    seconds to cancel the batch (every item ended ``canceled``, the batch too)."""
-    headers = {"Authorization": f"Bearer {TOKEN_A}"}
-    with httpx.Client(base_url=base_url, headers=headers, timeout=600) as client, redis.Redis.from_url(redis_url) as r:
-        image = client.post("/v1/files", files={"content": ("ref.png", _png_bytes(), "image/png")})
-        image.raise_for_status()
-        url = image.json()["urls"]["get"]
-        line = json.dumps(
-            {
-                "model": "kiln/ip-adapter-depth-xl",
-                "input": {"prompt": "bench", "input_image": url, "ip_image": url, "num_inference_steps": 1},
-            }
-        )
-        upload = client.post(
-            "/v1/files", files={"content": ("b.jsonl", "\n".join([line] * lines), "application/jsonl")}
-        )
-        upload.raise_for_status()
-        before = r.info("memory")["used_memory"]
-        started = time.monotonic()
-        created = client.post("/v1/batches", json={"input_file": upload.json()["urls"]["get"]})
-        elapsed = time.monotonic() - started
-        created.raise_for_status()
-        counts = created.json()["counts"]
-        if counts["starting"] != lines:
-            raise RuntimeError(f"expected {lines} queued items, the batch says {counts}")
-        after = r.info("memory")["used_memory"]
-        started = time.monotonic()
-        client.post(created.json()["urls"]["cancel"]).raise_for_status()
-        wait_until(
-            lambda: client.get(created.json()["urls"]["get"]).json()["status"] == "canceled",
-            600,
-            what="the batch to end canceled",
-        )
-        canceled = time.monotonic() - started
-    return elapsed, (after - before) / lines, canceled
-
-
-def _png_bytes() -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (64, 64), "teal").save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def _wall(moment_monotonic: float) -> float:
@@ -251,52 +231,73 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
-def file_rows(file_lines: int, file_s: float, file_bytes: float, cancel_s: float) -> list[tuple[str, str, str, str]]:
-    rate = file_lines / file_s
-    return [
-        (
-            f"batch file accepted/s ({file_lines:,} lines, {file_s:.2f} s)",
-            f"{rate:,.0f}",
-            f">= {TARGETS['file_items_per_s']:,}",
-            "met" if rate >= TARGETS["file_items_per_s"] else "MISSED",
-        ),
-        (
-            "Redis bytes per queued batch-file item",
-            f"{file_bytes:,.0f}",
-            f"<= {TARGETS['file_bytes_per_item']:,}",
-            "met" if file_bytes <= TARGETS["file_bytes_per_item"] else "MISSED",
-        ),
-        (f"batch cancel: {file_lines:,} items ended canceled, s", f"{cancel_s:.1f}", "", ""),
-    ]
-
-
 def render_rows(rows: list[tuple[str, str, str, str]]) -> list[str]:
     width = [max(len(row[i]) for row in rows) for i in range(4)]
     return [" | ".join(cell.ljust(width[i]) for i, cell in enumerate(row)).rstrip() for row in rows]
 
 
-def table(
-    single: float, batch: float, measured: dict[str, list[float]], batch_size: int, extra_rows: list[tuple[str, ...]]
-) -> str:
+def verdict(ok: bool) -> str:
+    return "met" if ok else "MISSED"
+
+
+@dataclass(frozen=True)
+class Throughput:
+    """The throughput section: Kiln's single creates beside the plain create's, and inline batches."""
+
+    single: Hammered
+    plain: Hammered
+    single_64: Hammered
+    plain_64: Hammered
+    batch: Hammered
+    batch_size: int
+    clients: int
+
+    def rows(self) -> list[tuple[str, str, str, str]]:
+        ratio = self.single.rate / self.plain.rate
+        return [
+            (
+                f"single creates accepted/s ({self.clients} clients)",
+                f"{self.single.rate:,.0f}",
+                f">= {TARGETS['single']:,}",
+                verdict(self.single.rate >= TARGETS["single"]),
+            ),
+            (
+                f"plain create (FastAPI + pydantic + 1 Redis SET), creates/s ({self.clients} clients)",
+                f"{self.plain.rate:,.0f}",
+                "",
+                "",
+            ),
+            (
+                "Kiln single / plain create",
+                f"{ratio:.2f}x",
+                f">= {TARGETS['single_vs_plain']}x",
+                verdict(ratio >= TARGETS["single_vs_plain"]),
+            ),
+            (
+                f"create p99 at {PEAK_CLIENTS} clients, Kiln / plain (ms)",
+                f"{self.single_64.p99_ms():.1f} / {self.plain_64.p99_ms():.1f}",
+                "",
+                "",
+            ),
+            (
+                f"creates/s at {PEAK_CLIENTS} clients, Kiln / plain",
+                f"{self.single_64.rate:,.0f} / {self.plain_64.rate:,.0f}",
+                "",
+                "",
+            ),
+            (
+                f"batch creates accepted/s ({self.batch_size}/batch)",
+                f"{self.batch.rate:,.0f}",
+                f">= {TARGETS['batch']:,}",
+                verdict(self.batch.rate >= TARGETS["batch"]),
+            ),
+        ]
+
+
+def latency_rows(measured: dict[str, list[float]]) -> list[tuple[str, str, str, str]]:
     start, hook, predict = measured["start"], measured["webhook"], measured["predict"]
-
-    def verdict(ok: bool) -> str:
-        return "met" if ok else "MISSED"
-
     overhead_p50 = percentile(start, 50) + percentile(hook, 50)
-    rows = [
-        (
-            "single creates accepted/s",
-            f"{single:,.0f}",
-            f">= {TARGETS['single']:,}",
-            verdict(single >= TARGETS["single"]),
-        ),
-        (
-            f"batch creates accepted/s ({batch_size}/batch)",
-            f"{batch:,.0f}",
-            f">= {TARGETS['batch']:,}",
-            verdict(batch >= TARGETS["batch"]),
-        ),
+    return [
         (
             "submit -> started_at p50 (ms)",
             f"{percentile(start, 50):.1f}",
@@ -316,7 +317,6 @@ def table(
             verdict(percentile(hook, 50) <= TARGETS["webhook_p50_ms"]),
         ),
         ("completed_at -> webhook p99 (ms)", f"{percentile(hook, 99):.1f}", "", ""),
-        *extra_rows,
         ("predict_time p50 / p99 (ms)", f"{percentile(predict, 50):.1f} / {percentile(predict, 99):.1f}", "", ""),
         (
             "overhead share at p50",
@@ -325,12 +325,47 @@ def table(
             "",
         ),
     ]
-    lines = render_rows(rows)
-    note = (
-        f"latency runs: {len(start)} predictions one at a time on an idle worker; predictor: tiny-profile "
-        "kiln/sd2-depth2img, 64x64, 1 denoising step (random weights), so predict_time is small but not zero."
-    )
-    return "\n".join([*lines, note])
+
+
+LATENCY_NOTE = (
+    "latency runs: {runs} predictions one at a time on an idle worker; predictor: tiny-profile "
+    "kiln/sd2-depth2img, 64x64, 1 denoising step (random weights), so predict_time is small but not zero."
+)
+
+
+def measure_throughput(stack: Stack, args: argparse.Namespace) -> Throughput:
+    """Kiln's single creates and the plain create, hammered alike (same client, body, concurrency),
+    first at the bench's concurrency, then at ``PEAK_CLIENTS``; then inline batches."""
+    processes, threads = args.client_processes, args.concurrency
+    peak_threads = PEAK_CLIENTS // processes
+    plain_url = plain_create.start(stack)
+    found: dict[str, Hammered] = {}
+    for name, url, per_process in (
+        ("single", stack.base_url, threads),
+        ("plain", plain_url, threads),
+        ("single_64", stack.base_url, peak_threads),
+        ("plain_64", plain_url, peak_threads),
+    ):
+        log(f"{name} creates, {processes * per_process} clients")
+        found[name] = throughput(url, SINGLE, args.seconds, processes, per_process)
+        log(f"{name}: {found[name].rate:,.0f}/s, p99 {found[name].p99_ms():.1f} ms")
+        drop_xl_queue(stack.redis_url)
+    log("batch-create throughput")
+    batch = throughput(stack.base_url, batch_request(args.batch_size), args.seconds, 1, args.batch_concurrency)
+    log(f"batch: {batch.rate:,.0f}/s")
+    drop_xl_queue(stack.redis_url)
+    return Throughput(batch=batch, batch_size=args.batch_size, clients=processes * threads, **found)
+
+
+def measure_batch_files(stack: Stack, args: argparse.Namespace) -> list[FileRun]:
+    """The distinct-line file (the measure), then the one-line-repeated file (labelled apart)."""
+    runs = []
+    for distinct in (True, False):
+        log(f"batch file of {args.file_lines:,} {'distinct' if distinct else 'identical'} lines")
+        runs.append(batch_file(stack.base_url, stack.redis_url, args.file_lines, distinct, cancel=distinct))
+        log(f"accepted in {runs[-1].seconds:.2f} s ({runs[-1].rate:,.0f} items/s)")
+        drop_xl_queue(stack.redis_url)
+    return runs
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -357,39 +392,30 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(tempfile.mkdtemp(prefix="kiln-bench-"))
     # The throughput runs queue far more than the default per-tenant cap; the rate limit is already off.
     CHAOS_SETTINGS.update({"KILN_MAX_QUEUED_PER_TENANT": "100000000", "KILN_MAX_QUEUED_TOTAL": "100000000"})
-    CHAOS_SETTINGS.update(redis_bytes.REDIS_SETTINGS)
+    CHAOS_SETTINGS.update(redis_bytes.REDIS_SETTINGS | bench_batch_file.STACK_SETTINGS)
     log(f"starting the stack under {root}")
     stack = start_stack(root, args.weights_dir)
+    rows: list[tuple[str, str, str, str]] = []
+    notes: list[str] = []
     try:
-        rows: list[tuple[str, str, str, str]] = []
         if "batch-file" in sections:
-            log(f"batch file of {args.file_lines:,} lines")
-            file_s, file_bytes, cancel_s = batch_file(stack.base_url, stack.redis_url, args.file_lines)
-            rows = file_rows(args.file_lines, file_s, file_bytes, cancel_s)
-            drop_xl_queue(stack.redis_url)
-            if sections == {"batch-file"}:
-                print("\n".join(render_rows(rows)), flush=True)
+            rows += file_rows(measure_batch_files(stack, args))
         if "redis" in sections:
             print(redis_bytes.table(redis_bytes.measure(stack.base_url, stack.redis_url, args.count, log)), flush=True)
         if "throughput" in sections:
-            log("single-create throughput")
-            single = throughput(stack.base_url, SINGLE, args.seconds, args.client_processes, args.concurrency)
-            log(f"single: {single:,.0f}/s")
-            drop_xl_queue(stack.redis_url)
-            log("batch-create throughput")
-            batch = throughput(stack.base_url, batch_request(args.batch_size), args.seconds, 1, args.batch_concurrency)
-            log(f"batch: {batch:,.0f}/s")
-            drop_xl_queue(stack.redis_url)
+            rows += measure_throughput(stack, args).rows()
         if "latency" in sections:
             log("latencies on the idle worker")
             measured = latencies(stack.base_url, args.latency_runs)
-            if "throughput" in sections:
-                print(table(single, batch, measured, args.batch_size, rows), flush=True)
+            rows += latency_rows(measured)
+            notes.append(LATENCY_NOTE.format(runs=len(measured["start"])))
     finally:
         stack.stop_all()
         stack.s3.stop()
         stack.redis.stop()
         shutil.rmtree(root, ignore_errors=True)
+    if rows:
+        print("\n".join([*render_rows(rows), *notes]), flush=True)
     return 0
 
 
