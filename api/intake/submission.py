@@ -31,6 +31,7 @@ from shared.predictions.status import Status
 from shared.predictions.store import read_prediction
 from shared.runtime.metrics import record_created
 from shared.scheduling import queues
+from shared.scheduling.lost_messages import mark_sent_in_pipeline
 from shared.scheduling.queue_counters import QueueFull
 from shared.scheduling.queues import Priority
 from shared.security.ssrf import URLRefused, resolve_checked
@@ -167,6 +168,7 @@ def store_and_enqueue(
                 continue
             for prediction_id in ids:
                 pipe.lpush(*services.messages.render(prediction_id, family, step))
+            mark_sent_in_pipeline(pipe, ids)
             services.store.lines.enter_in_pipeline(pipe, family, step, tenant, ids)
 
     try:
