@@ -55,8 +55,11 @@ log = logging.getLogger(__name__)
 # worker's wait for a record a failover took back (``worker.runner.RECORD_WAIT_S``) and the moment
 # several workers start predictions out of ticket order. Read at each sweep, so tests may set it.
 GRACE_S = 60.0
-# Entries one sweep claims.
-SWEEP_LIMIT = 100
+# Entries claimed at once, and at most how many such claims one sweep makes: every queued prediction
+# is looked at about once a grace, so a sweep every 5 s on each worker keeps up with a backlog of
+# tens of thousands per worker (docs/multi-machine.md).
+SWEEP_LIMIT = 200
+SWEEP_ROUNDS = 10
 
 _FIELDS = ["status", "queue", "tenant", "queue_line", "queue_ticket", "queue_resent_behind"]
 _QUEUED = json.dumps(Status.STARTING.value).encode()
@@ -126,13 +129,21 @@ class LostMessages:
         self._resend = redis.register_script(lua.script("lost_messages_resend"))
 
     def resend(self) -> int:
-        """Claim the entries due and send the message again for each prediction presumably lost;
-        returns how many were sent."""
-        grace = GRACE_S
-        claimed = [
-            as_text(i)
-            for i in self._claim(keys=[keys.queued_waiting()], args=[time.time() - grace, grace, SWEEP_LIMIT])
-        ]
+        """Claim the entries due and send the message again for each prediction presumably lost, a
+        claim of ``SWEEP_LIMIT`` at a time, ``SWEEP_ROUNDS`` at most; returns how many were sent."""
+        sent = 0
+        for _ in range(SWEEP_ROUNDS):
+            claimed = [
+                as_text(i)
+                for i in self._claim(keys=[keys.queued_waiting()], args=[time.time() - GRACE_S, GRACE_S, SWEEP_LIMIT])
+            ]
+            sent += self._check(claimed)
+            if len(claimed) < SWEEP_LIMIT:
+                break
+        return sent
+
+    def _check(self, claimed: list[str]) -> int:
+        """Drop, keep or send again each claimed entry; how many were sent."""
         if not claimed:
             return 0
         with self.redis.pipeline(transaction=False) as pipe:

@@ -194,3 +194,22 @@ def test_an_entry_of_a_prediction_no_longer_queued_is_dropped(services, monkeypa
     services.redis.hset(keys.prediction(ended), "status", '"succeeded"')  # not through a status script
     assert sweep(services, monkeypatch) == 0
     assert waiting(services) == set()
+
+
+def test_one_sweep_takes_its_claims_in_rounds(services, monkeypatch) -> None:
+    ids = [create(services) for _ in range(5)]
+    services.redis.delete(*(keys.prediction(i) for i in ids))  # gone (not through a status script)
+    monkeypatch.setattr(lost_messages, "SWEEP_LIMIT", 2)
+    assert sweep(services, monkeypatch) == 0
+    assert waiting(services) == set()
+
+
+def test_a_requeue_forgets_where_the_line_stood_when_its_message_was_sent_again(services, monkeypatch) -> None:
+    prediction_id = create(services)
+    lose(services, queues.PRIORITY_INTERACTIVE, prediction_id)
+    assert sweep(services, monkeypatch) == 1
+    assert services.redis.hget(keys.prediction(prediction_id), "queue_resent_behind") == b"1"
+    lapsed = Leases(services.redis, lease_s=-1)
+    assert lapsed.start(prediction_id) == 1
+    assert services.lifecycle.reap(lapsed, prediction_id, max_attempts=3) is not None
+    assert services.redis.hget(keys.prediction(prediction_id), "queue_resent_behind") is None
