@@ -142,7 +142,8 @@ def discard_staged_inputs(services: Services, prediction_ids: Iterable[str]) -> 
 def store_and_enqueue(
     services: Services, predictions: list[Prediction], priority: int, tenant_cap: int | None = None
 ) -> None:
-    """Store predictions within the queue caps and enqueue them, in one Redis transaction: 429
+    """Store predictions within the queue caps and enqueue them (each message with its entry in the
+    waiting index, ``shared.scheduling.lost_messages``), in one Redis transaction: 429
     (tenant: ``tenant_cap``, else ``KILN_MAX_QUEUED_PER_TENANT``) or 503 (global cap) with nothing
     stored; Redis down is a 503 with nothing stored. Inputs staged for them are deleted then.
 

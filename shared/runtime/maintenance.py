@@ -82,7 +82,8 @@ def send_due_webhooks(outbox: WebhookOutbox, celery: Celery) -> int:
 
 def reap_lapsed_leases(lifecycle: PredictionLifecycle, leases: Leases, celery: Celery, max_attempts: int) -> int:
     """Requeue predictions whose worker stopped renewing their lease, on the queue their record names;
-    the lifecycle fails them after ``max_attempts``."""
+    the lifecycle fails them after ``max_attempts``. The status script that puts one back files it in
+    the waiting index, so a message not sent (this process dying first) is sent by ``resend-lost``."""
     reaped = 0
     for prediction_id in leases.lapsed():
         found = lifecycle.reap(leases, prediction_id, max_attempts)
