@@ -31,6 +31,7 @@ from shared.predictions.status import Status
 from shared.predictions.store import read_prediction
 from shared.runtime.metrics import record_created
 from shared.scheduling import queues
+from shared.scheduling.lost_messages import mark_sent_in_pipeline
 from shared.scheduling.queue_counters import QueueFull
 from shared.scheduling.queues import Priority
 from shared.security.ssrf import URLRefused, resolve_checked
@@ -141,7 +142,8 @@ def discard_staged_inputs(services: Services, prediction_ids: Iterable[str]) -> 
 def store_and_enqueue(
     services: Services, predictions: list[Prediction], priority: int, tenant_cap: int | None = None
 ) -> None:
-    """Store predictions within the queue caps and enqueue them, in one Redis transaction: 429
+    """Store predictions within the queue caps and enqueue them (each message with its entry in the
+    waiting index, ``shared.scheduling.lost_messages``), in one Redis transaction: 429
     (tenant: ``tenant_cap``, else ``KILN_MAX_QUEUED_PER_TENANT``) or 503 (global cap) with nothing
     stored; Redis down is a 503 with nothing stored. Inputs staged for them are deleted then.
 
@@ -167,6 +169,7 @@ def store_and_enqueue(
                 continue
             for prediction_id in ids:
                 pipe.lpush(*services.messages.render(prediction_id, family, step))
+            mark_sent_in_pipeline(pipe, ids)
             services.store.lines.enter_in_pipeline(pipe, family, step, tenant, ids)
 
     try:

@@ -231,6 +231,14 @@ def dispatch_queue(family: str, tenant: str) -> str:
     return f"{PREFIX}:dispatch:{family}:tenant:{tenant}"
 
 
+def queued_waiting() -> str:
+    """Sorted set: queued predictions whose Celery message was sent (a create, a dispatcher release, a
+    requeue), scored by when it was sent or last checked; added in the transaction that writes the
+    message (a requeue: the status script), removed when the prediction leaves the queue (its status
+    script). ``shared.scheduling.lost_messages`` sends the message again for one left too long."""
+    return f"{PREFIX}:queued:waiting"
+
+
 def dispatch_claimed() -> str:
     """Sorted set: ``<family> <prediction id>`` released by the dispatcher whose Celery message is
     being written, scored by the claim time; a claim older than a minute is sent again (a dispatcher

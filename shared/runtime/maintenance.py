@@ -1,6 +1,7 @@
 """Periodic work every worker process (``shared.runtime.worker_process``) runs beside its tasks: enforcing
 deadlines (``Cancel-After``), reaping lapsed leases, deleting data past retention, releasing batch
-items to Celery (the dispatcher), recording finished batches' webhooks and, on a worker that
+items to Celery (the dispatcher), recording finished batches' webhooks, sending again the message of
+a queued prediction whose message was lost (``shared.scheduling.lost_messages``) and, on a worker that
 consumes the ``webhooks`` queue, sending due webhook deliveries. Each job's Redis operations are
 atomic claims, so any number of workers can run them at once."""
 
@@ -22,6 +23,7 @@ from shared.predictions.status import Status
 from shared.scheduling import queues
 from shared.scheduling.dispatcher import Dispatcher
 from shared.scheduling.enqueue import enqueue_prediction
+from shared.scheduling.lost_messages import LostMessages
 from shared.webhooks.outbox import WebhookOutbox
 
 log = logging.getLogger(__name__)
@@ -29,6 +31,8 @@ log = logging.getLogger(__name__)
 
 # Deadlines (Cancel-After) are enforced within about this long of passing.
 DEADLINES_INTERVAL_S = 0.5
+# How often queued predictions past their grace are checked for a lost message.
+RESEND_LOST_INTERVAL_S = 5.0
 
 
 @dataclass
@@ -78,7 +82,8 @@ def send_due_webhooks(outbox: WebhookOutbox, celery: Celery) -> int:
 
 def reap_lapsed_leases(lifecycle: PredictionLifecycle, leases: Leases, celery: Celery, max_attempts: int) -> int:
     """Requeue predictions whose worker stopped renewing their lease, on the queue their record names;
-    the lifecycle fails them after ``max_attempts``."""
+    the lifecycle fails them after ``max_attempts``. The status script that puts one back files it in
+    the waiting index, so a message not sent (this process dying first) is sent by ``resend-lost``."""
     reaped = 0
     for prediction_id in leases.lapsed():
         found = lifecycle.reap(leases, prediction_id, max_attempts)
@@ -103,6 +108,7 @@ def worker_jobs(
     retention_interval_s: float,
     dispatcher: Dispatcher,
     settler: BatchSettler,
+    lost_messages: LostMessages,
 ) -> list[Job]:
     jobs = [
         Job("deadlines", DEADLINES_INTERVAL_S, lambda: expire_due(lifecycle, leases.redis)),
@@ -115,6 +121,7 @@ def worker_jobs(
         Job("dispatch", 0.5, dispatcher.release_all),
         Job("settle-batches", 0.5, settler.settle),
         Job("follow-up-endings", 2.0, lifecycle.follow_up_missed),
+        Job("resend-lost", RESEND_LOST_INTERVAL_S, lost_messages.resend),
     ]
     if with_webhooks:
         jobs.append(Job("webhooks", 0.25, lambda: send_due_webhooks(outbox, celery)))

@@ -15,6 +15,7 @@ from shared.db.replication import Replication
 from shared.predictions.lifecycle import PredictionLifecycle
 from shared.predictions.store import PredictionStore
 from shared.scheduling.dispatcher import Dispatcher
+from shared.scheduling.lost_messages import LostMessages
 from shared.scheduling.task_messages import PredictMessages
 from shared.settings import Settings
 from shared.webhooks.outbox import WebhookNotifier, WebhookOutbox
@@ -31,6 +32,8 @@ class PredictionCore:
     # Predict messages rendered from a Celery-made template, pushed by the dispatcher.
     messages: PredictMessages
     dispatcher: Dispatcher
+    # Sends again the message of a queued prediction whose message was lost (a maintenance job).
+    lost_messages: LostMessages
     # Batch objects (/v1/batches) and their one ``completed`` webhook.
     batches: BatchStore
     batch_settler: BatchSettler
@@ -54,6 +57,7 @@ def build_prediction_core(settings: Settings, redis: Redis, celery: Celery) -> P
         lifecycle=PredictionLifecycle(store, notifier, replication),
         messages=messages,
         dispatcher=Dispatcher(redis, messages, settings.dispatch_ahead),
+        lost_messages=LostMessages(redis, messages),
         batches=batches,
         batch_settler=BatchSettler(batches, outbox, celery, settings.retention_s, replication),
         replication=replication,

@@ -81,6 +81,7 @@ class WorkerProcess:
                 with_webhooks=queues.WEBHOOKS in queues_consumed,
                 retention_interval_s=min(self.settings.janitor_interval_s, self.settings.retention_s / 4),
                 dispatcher=self.core.dispatcher,
+                lost_messages=self.core.lost_messages,
                 settler=self.core.batch_settler,
             )
         )

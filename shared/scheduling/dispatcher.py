@@ -33,6 +33,7 @@ from redis.client import Pipeline
 from shared.db import keys, lua
 from shared.db.client import as_text, range_members
 from shared.scheduling import queues
+from shared.scheduling.lost_messages import mark_sent_in_pipeline
 from shared.scheduling.queue_lines import QueueLines
 from shared.scheduling.task_messages import PredictMessages
 
@@ -119,7 +120,8 @@ class Dispatcher:
         return int(self.redis.llen(keys.dispatch_queue(family, tenant)))
 
     def _send(self, lane: str, prediction_ids: list[str]) -> None:
-        """Push the Celery messages of claimed items and drop their claims, in one transaction."""
+        """Push the Celery messages of claimed items, drop their claims and file them in the waiting index
+        (``shared.scheduling.lost_messages``), in one transaction."""
         if not prediction_ids:
             return
         family, step = queues.lane_step(lane)
@@ -128,4 +130,5 @@ class Dispatcher:
                 list_key, message = self.messages.render(prediction_id, family, step)
                 pipe.lpush(list_key, message)
             pipe.zrem(keys.dispatch_claimed(), *(f"{lane} {i}" for i in prediction_ids))
+            mark_sent_in_pipeline(pipe, prediction_ids)
             pipe.execute()

@@ -85,6 +85,7 @@ def test_a_worker_process_runs_its_maintenance_over_its_one_built_core(
     assert process.core.store.redis is process.redis
     assert jobs["lifecycle"] is process.core.lifecycle and jobs["outbox"] is process.core.outbox
     assert jobs["dispatcher"] is process.core.dispatcher and jobs["settler"] is process.core.batch_settler
+    assert jobs["lost_messages"] is process.core.lost_messages
 
 
 class RecordingLifecycle(PredictionLifecycle):

@@ -13,6 +13,8 @@ import pytest
 from shared.db import keys
 from shared.predictions.record import format_timestamp, utcnow
 from shared.predictions.status import Status
+from shared.scheduling import lost_messages
+from shared.scheduling.lost_messages import LostMessages, mark_sent_in_pipeline
 from tests.support.fake_predictors import FAKE_MODEL, INPUTS, FakePredictor
 from tests.support.lifecycle import record_endings
 from tests.support.runner_harness import Harness
@@ -96,3 +98,26 @@ def test_a_message_whose_record_never_comes_is_dropped_after_the_wait(
     harness.redis.delete(keys.prediction(prediction_id))
     assert harness.work() == [[]]
     assert harness.store.get(prediction_id) is None
+
+
+def test_a_message_the_lost_message_sweep_sent_again_runs_its_prediction_once(
+    harness: Harness, ended, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A false alarm of ``shared.scheduling.lost_messages``: a worker popped the message but was slow to
+    claim it, and the sweep, finding nothing left ahead of it, sent a second one; the second delivery finds
+    the prediction started (or ended) and does nothing."""
+    prediction_id = harness.submit(FAKE_MODEL, **INPUTS[0])
+    with harness.redis.pipeline() as pipe:
+        mark_sent_in_pipeline(pipe, [prediction_id])
+        pipe.execute()
+    assert harness.next_delivery() == prediction_id
+    monkeypatch.setattr(lost_messages, "GRACE_S", 0.0)
+    assert LostMessages(harness.redis, harness.messages).resend() == 1
+
+    assert harness.runner.run(prediction_id) == [prediction_id]
+    assert harness.work() == [[]]  # the duplicate: delivered, nothing run
+    assert ended == [(prediction_id, Status.SUCCEEDED)]
+    events = harness.notifier.of(prediction_id)
+    assert events.count("start") == 1 and events[-1] == "completed" and events.count("completed") == 1
+    assert harness.get(prediction_id).attempt == 1
+    assert harness.redis.zscore(keys.queued_waiting(), prediction_id) is None
