@@ -162,6 +162,11 @@ class Services:
         queued, its ``queue_position`` (one Redis script; ``with_position=False`` leaves it null)."""
         return self.render_many([prediction], base_url, with_positions=with_position)[0]
 
+    def render_with_position(self, prediction: Prediction, base_url: str, position: int | None) -> dict[str, Any]:
+        """``render`` with a ``queue_position`` already known (a create reads it where it stores the
+        prediction): no Redis read."""
+        return render_prediction(prediction, base_url, self.url_signer, self.settings.retention_s, position)
+
     def render_many(
         self, predictions: Sequence[Prediction], base_url: str, *, with_positions: bool = True
     ) -> list[dict[str, Any]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -242,6 +243,43 @@ def _queue_full_problem(exc: QueueFull, count: int) -> ProblemError:
     )
 
 
+@dataclass
+class Submitted:
+    """What ``submit`` did: the prediction, whether it was created now (else the first request's was
+    replayed), and, for one stored and enqueued now in one round trip, its ``queue_position`` as read
+    there (``position_read``; otherwise the answer reads it)."""
+
+    prediction: Prediction
+    created: bool
+    position: int | None = None
+    position_read: bool = False
+
+
+def store_and_enqueue_one(services: Services, prediction: Prediction, tenant_cap: int | None = None) -> int | None:
+    """``store_and_enqueue`` for one normal-priority prediction, in one Redis round trip
+    (``PredictionStore.create_one``: caps, record, Celery message and queue-line ticket together, all or
+    nothing); returns its ``queue_position``, read in the same script. The same answers: 429/503 over a
+    cap, a 503 for Redis down, with nothing stored; inputs staged for it are deleted then."""
+    settings = services.settings
+    message = services.messages.render(prediction.id, prediction.queue, queues.PRIORITY_INTERACTIVE)
+    try:
+        position = services.store.create_one(
+            prediction,
+            message,
+            queues.PRIORITY_INTERACTIVE,
+            tenant_cap=tenant_cap or settings.max_queued_per_tenant,
+            total_cap=settings.max_queued_total,
+        )
+    except BaseException as exc:
+        if not isinstance(exc, AlreadyStored):  # an id taken: what is staged under it is not only ours
+            discard_staged_inputs(services, [prediction.id] if prediction.input_files else [])
+        if isinstance(exc, QueueFull):
+            raise _queue_full_problem(exc, 1) from None
+        raise
+    record_created([prediction.model])
+    return position
+
+
 def submit(
     services: Services,
     tenant: str,
@@ -260,6 +298,25 @@ def submit(
     fails, the record says so instead of hanging. With an Idempotency-Key, a repeat of the same
     request returns the first prediction instead of creating another.
     """
+    done = submit_one(
+        services, tenant, spec, body, base_url, idempotency_key, tenant_cap, deadline, deployment, priority
+    )
+    return done.prediction, done.created
+
+
+def submit_one(
+    services: Services,
+    tenant: str,
+    spec: ModelSpec,
+    body: PredictionFields,
+    base_url: str,
+    idempotency_key: str | None = None,
+    tenant_cap: int | None = None,
+    deadline: datetime | None = None,
+    deployment: str | None = None,
+    priority: Priority = "normal",
+) -> Submitted:
+    """``submit``, with the queue position when the create read it (a normal-priority one stored now)."""
     prediction = prepare(
         services, tenant, spec, body, base_url, deadline=deadline, deployment=deployment, priority=priority
     )
@@ -278,12 +335,16 @@ def submit(
             discard_staged_inputs(services, [prediction.id] if prediction.input_files else [])
             stored = _stored_by_first_request(services, existing)
             confirm_replicated(services, lambda: services.store.get(stored.id) is not None)
-            return stored, False
+            return Submitted(stored, created=False)
+    done = Submitted(prediction, created=True)
     with services.idempotency.released_on_failure(tenant, idempotency_key):
-        store_and_enqueue(services, [prediction], queues.PRIORITY_INTERACTIVE, tenant_cap)
+        if prediction.priority == "low":  # the dispatcher's low lane: the general path
+            store_and_enqueue(services, [prediction], queues.PRIORITY_INTERACTIVE, tenant_cap)
+        else:
+            done.position, done.position_read = store_and_enqueue_one(services, prediction, tenant_cap), True
     # After the Idempotency-Key is kept for good: a 503 here is replayed, not created again.
     confirm_replicated(services, lambda: services.store.get(prediction.id) is not None)
-    return prediction, True
+    return done
 
 
 def _stored_by_first_request(services: Services, prediction_id: str) -> Prediction:
@@ -293,10 +354,14 @@ def _stored_by_first_request(services: Services, prediction_id: str) -> Predicti
 def _submit_rendered(
     render: bool, services: Services, tenant: str, spec: ModelSpec, body: PredictionFields, base_url: str, *rest: Any
 ) -> tuple[Prediction, bool, dict[str, Any] | None]:
-    """``submit``, and, when ``render``, the answer's JSON read on the same intake thread (its queue position
-    is a Redis read): one thread hop per create."""
-    prediction, created = submit(services, tenant, spec, body, base_url, *rest)
-    return prediction, created, services.render(prediction, base_url) if render else None
+    """``submit``, and, when ``render``, the answer's JSON made on the same intake thread (its queue position
+    as the create read it, else a Redis read): one thread hop per create."""
+    done = submit_one(services, tenant, spec, body, base_url, *rest)
+    if not render:
+        return done.prediction, done.created, None
+    if done.position_read:
+        return done.prediction, done.created, services.render_with_position(done.prediction, base_url, done.position)
+    return done.prediction, done.created, services.render(done.prediction, base_url)
 
 
 async def create_and_respond(
