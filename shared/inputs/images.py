@@ -110,8 +110,8 @@ def _decode_inspected(data: bytes, max_pixels: int) -> tuple[Image.Image, ImageI
         info = _checked_header(img, max_pixels)
         try:
             img.load()
-            upright = ImageOps.exif_transpose(img) or img
-            return upright.convert("RGB"), info
+            ImageOps.exif_transpose(img, in_place=True)  # no copy when it is upright already
+            return img.convert("RGB"), info
         except Image.DecompressionBombError:
             raise ImageInputError(f"image has more than {max_pixels} pixels") from None
         except (OSError, ValueError, SyntaxError, EOFError):
