@@ -27,7 +27,7 @@ from shared.predictions.client_json import render_prediction
 from shared.predictions.lifecycle import PredictionLifecycle
 from shared.predictions.record import Prediction
 from shared.predictions.retention import DataRemoval
-from shared.predictions.store import PredictionStore
+from shared.predictions.store import AsyncCreates, PredictionStore
 from shared.runtime.celery_config import create_celery
 from shared.runtime.prediction_core import PredictionCore, build_prediction_core
 from shared.scheduling.dispatcher import Dispatcher
@@ -94,6 +94,11 @@ class Services:
     @property
     def store(self) -> PredictionStore:
         return self.core.store
+
+    @cached_property
+    def async_creates(self) -> AsyncCreates:
+        """Single creates stored on the event loop (``PredictionStore.create_one`` on the asyncio client)."""
+        return AsyncCreates(self.async_redis)
 
     @property
     def messages(self) -> PredictMessages:
