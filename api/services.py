@@ -27,7 +27,7 @@ from shared.predictions.client_json import render_prediction
 from shared.predictions.lifecycle import PredictionLifecycle
 from shared.predictions.record import Prediction
 from shared.predictions.retention import DataRemoval
-from shared.predictions.store import PredictionStore
+from shared.predictions.store import AsyncCreates, PredictionStore
 from shared.runtime.celery_config import create_celery
 from shared.runtime.prediction_core import PredictionCore, build_prediction_core
 from shared.scheduling.dispatcher import Dispatcher
@@ -95,6 +95,11 @@ class Services:
     def store(self) -> PredictionStore:
         return self.core.store
 
+    @cached_property
+    def async_creates(self) -> AsyncCreates:
+        """Single creates stored on the event loop (``PredictionStore.create_one`` on the asyncio client)."""
+        return AsyncCreates(self.async_redis)
+
     @property
     def messages(self) -> PredictMessages:
         """Predict messages rendered from a Celery-made template, enqueued with the records."""
@@ -161,6 +166,11 @@ class Services:
         """The prediction as clients see it, with freshly signed stream and output URLs, and, while it is
         queued, its ``queue_position`` (one Redis script; ``with_position=False`` leaves it null)."""
         return self.render_many([prediction], base_url, with_positions=with_position)[0]
+
+    def render_with_position(self, prediction: Prediction, base_url: str, position: int | None) -> dict[str, Any]:
+        """``render`` with a ``queue_position`` already known (a create reads it where it stores the
+        prediction): no Redis read."""
+        return render_prediction(prediction, base_url, self.url_signer, self.settings.retention_s, position)
 
     def render_many(
         self, predictions: Sequence[Prediction], base_url: str, *, with_positions: bool = True

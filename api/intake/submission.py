@@ -5,11 +5,13 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+import orjson
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse
+from fastapi.responses import Response
 from redis.client import Pipeline
 from redis.exceptions import RedisError
 
@@ -245,6 +247,80 @@ def _queue_full_problem(exc: QueueFull, count: int) -> ProblemError:
     )
 
 
+@dataclass
+class Submitted:
+    """What ``submit`` did: the prediction, whether it was created now (else the first request's was
+    replayed), and, for one stored and enqueued now in one round trip, its ``queue_position`` as read
+    there (``position_read``; otherwise the answer reads it)."""
+
+    prediction: Prediction
+    created: bool
+    position: int | None = None
+    position_read: bool = False
+
+
+def store_and_enqueue_one(services: Services, prediction: Prediction, tenant_cap: int | None = None) -> int | None:
+    """``store_and_enqueue`` for one normal-priority prediction, in one Redis round trip
+    (``PredictionStore.create_one``: caps, record, Celery message and queue-line ticket together, all or
+    nothing); returns its ``queue_position``, read in the same script. The same answers: 429/503 over a
+    cap, a 503 for Redis down, with nothing stored; inputs staged for it are deleted then.
+    ``store_and_enqueue_one_async`` is the same on the event loop."""
+    settings = services.settings
+    message = services.messages.render(prediction.id, prediction.queue, queues.PRIORITY_INTERACTIVE)
+    try:
+        position = services.store.create_one(
+            prediction,
+            message,
+            queues.PRIORITY_INTERACTIVE,
+            tenant_cap=tenant_cap or settings.max_queued_per_tenant,
+            total_cap=settings.max_queued_total,
+        )
+    except BaseException as exc:
+        _one_refused(services, prediction, exc)
+        if isinstance(exc, QueueFull):
+            raise _queue_full_problem(exc, 1) from None
+        raise
+    record_created([prediction.model])
+    return position
+
+
+async def store_and_enqueue_one_async(
+    services: Services, prediction: Prediction, tenant_cap: int | None = None, idempotency_key: str | None = None
+) -> int | None:
+    """``store_and_enqueue_one`` awaited on the event loop (``AsyncCreates``): no intake thread waits on
+    the round trip. Should it fail, the staged inputs are deleted and ``idempotency_key`` released, on a
+    thread (only when there is one or the other to do)."""
+    settings = services.settings
+    message = services.messages.render(prediction.id, prediction.queue, queues.PRIORITY_INTERACTIVE)
+    try:
+        position = await services.async_creates.create_one(
+            prediction,
+            message,
+            queues.PRIORITY_INTERACTIVE,
+            tenant_cap=tenant_cap or settings.max_queued_per_tenant,
+            total_cap=settings.max_queued_total,
+        )
+    except BaseException as exc:
+        if prediction.input_files or idempotency_key is not None:
+            await run_in_threadpool(_one_refused, services, prediction, exc, idempotency_key)
+        if isinstance(exc, QueueFull):
+            raise _queue_full_problem(exc, 1) from None
+        raise
+    record_created([prediction.model])
+    return position
+
+
+def _one_refused(
+    services: Services, prediction: Prediction, exc: BaseException, idempotency_key: str | None = None
+) -> None:
+    """After a single create stored nothing: its staged inputs deleted (unless its id was taken: what is
+    staged under it is not only ours), and its Idempotency-Key released."""
+    if not isinstance(exc, AlreadyStored):
+        discard_staged_inputs(services, [prediction.id] if prediction.input_files else [])
+    if idempotency_key is not None:
+        services.idempotency.release(prediction.tenant, idempotency_key)
+
+
 def submit(
     services: Services,
     tenant: str,
@@ -263,6 +339,53 @@ def submit(
     fails, the record says so instead of hanging. With an Idempotency-Key, a repeat of the same
     request returns the first prediction instead of creating another.
     """
+    done = submit_one(
+        services, tenant, spec, body, base_url, idempotency_key, tenant_cap, deadline, deployment, priority
+    )
+    return done.prediction, done.created
+
+
+def submit_one(
+    services: Services,
+    tenant: str,
+    spec: ModelSpec,
+    body: PredictionFields,
+    base_url: str,
+    idempotency_key: str | None = None,
+    tenant_cap: int | None = None,
+    deadline: datetime | None = None,
+    deployment: str | None = None,
+    priority: Priority = "normal",
+) -> Submitted:
+    """``submit``, with the queue position when the create read it (a normal-priority one stored now)."""
+    done = validate_and_claim(services, tenant, spec, body, base_url, idempotency_key, deadline, deployment, priority)
+    if not done.created:
+        return done
+    prediction = done.prediction
+    with services.idempotency.released_on_failure(tenant, idempotency_key):
+        if prediction.priority == "low":  # the dispatcher's low lane: the general path
+            store_and_enqueue(services, [prediction], queues.PRIORITY_INTERACTIVE, tenant_cap)
+        else:
+            done.position, done.position_read = store_and_enqueue_one(services, prediction, tenant_cap), True
+    # After the Idempotency-Key is kept for good: a 503 here is replayed, not created again.
+    confirm_replicated(services, lambda: services.store.get(prediction.id) is not None)
+    return done
+
+
+def validate_and_claim(
+    services: Services,
+    tenant: str,
+    spec: ModelSpec,
+    body: PredictionFields,
+    base_url: str,
+    idempotency_key: str | None = None,
+    deadline: datetime | None = None,
+    deployment: str | None = None,
+    priority: Priority = "normal",
+) -> Submitted:
+    """The first half of ``submit``: the prediction validated and its images staged (``prepare``), and its
+    Idempotency-Key (if any) claimed for it: ``created`` (to be stored next), or, for a repeat of the same
+    request, the first request's prediction (``created`` false; confirmed on the replicas)."""
     prediction = prepare(
         services, tenant, spec, body, base_url, deadline=deadline, deployment=deployment, priority=priority
     )
@@ -281,25 +404,75 @@ def submit(
             discard_staged_inputs(services, [prediction.id] if prediction.input_files else [])
             stored = _stored_by_first_request(services, existing)
             confirm_replicated(services, lambda: services.store.get(stored.id) is not None)
-            return stored, False
-    with services.idempotency.released_on_failure(tenant, idempotency_key):
-        store_and_enqueue(services, [prediction], queues.PRIORITY_INTERACTIVE, tenant_cap)
-    # After the Idempotency-Key is kept for good: a 503 here is replayed, not created again.
-    confirm_replicated(services, lambda: services.store.get(prediction.id) is not None)
-    return prediction, True
+            return Submitted(stored, created=False)
+    return Submitted(prediction, created=True)
 
 
 def _stored_by_first_request(services: Services, prediction_id: str) -> Prediction:
     return await_first_request(lambda: services.store.get(prediction_id), "a request")
 
 
-def _submit_rendered(
-    render: bool, services: Services, tenant: str, spec: ModelSpec, body: PredictionFields, base_url: str, *rest: Any
-) -> tuple[Prediction, bool, dict[str, Any] | None]:
-    """``submit``, and, when ``render``, the answer's JSON read on the same intake thread (its queue position
-    is a Redis read): one thread hop per create."""
-    prediction, created = submit(services, tenant, spec, body, base_url, *rest)
-    return prediction, created, services.render(prediction, base_url) if render else None
+def _on_intake_thread(
+    services: Services,
+    tenant: str,
+    spec: ModelSpec,
+    body: PredictionFields,
+    base_url: str,
+    idempotency_key: str | None,
+    tenant_cap: int | None,
+    deadline: datetime | None,
+    deployment: str | None,
+    priority: Priority,
+) -> Submitted:
+    """What a create does on its intake thread: validate and claim; a low-priority one (the dispatcher's
+    lane, the general path) is stored there too. A normal one is left to store on the event loop."""
+    done = validate_and_claim(services, tenant, spec, body, base_url, idempotency_key, deadline, deployment, priority)
+    if done.created and done.prediction.priority == "low":
+        return submit_one_stored(services, done, tenant, idempotency_key, tenant_cap)
+    return done
+
+
+def submit_one_stored(
+    services: Services, done: Submitted, tenant: str, idempotency_key: str | None, tenant_cap: int | None
+) -> Submitted:
+    """A validated, claimed prediction stored and enqueued by the general path (``store_and_enqueue``), and
+    confirmed on the replicas."""
+    prediction = done.prediction
+    with services.idempotency.released_on_failure(tenant, idempotency_key):
+        store_and_enqueue(services, [prediction], queues.PRIORITY_INTERACTIVE, tenant_cap)
+    confirm_replicated(services, lambda: services.store.get(prediction.id) is not None)
+    return done
+
+
+async def _submit(
+    services: Services,
+    caller: Caller,
+    spec: ModelSpec,
+    body: PredictionFields,
+    base_url: str,
+    idempotency_key: str | None,
+    deadline: datetime | None,
+    deployment: str | None,
+    priority: Priority,
+) -> Submitted:
+    """``submit`` for a request: validated (and a low one stored) on an intake thread, a normal one then
+    stored in its one round trip on the event loop, and confirmed on the replicas (on a thread, when
+    ``KILN_REDIS_MIN_REPLICAS_ACK`` asks for it)."""
+    tenant = caller.tenant
+    done = await services.intake.run(
+        tenant,
+        _on_intake_thread,
+        *(services, tenant, spec, body, base_url, idempotency_key, caller.max_queued, deadline, deployment, priority),
+    )
+    if not done.created or done.position_read or done.prediction.priority == "low":
+        return done
+    prediction = done.prediction
+    done.position = await store_and_enqueue_one_async(services, prediction, caller.max_queued, idempotency_key)
+    done.position_read = True
+    if services.core.replication.replicas > 0:
+        # After the Idempotency-Key is kept for good: a 503 here is replayed, not created again.
+        await run_in_threadpool(confirm_replicated, services, lambda: services.store.get(prediction.id) is not None)
+    return done
 
 
 async def create_and_respond(
@@ -313,7 +486,7 @@ async def create_and_respond(
     cancel_after: str | None = None,
     deployment: str | None = None,
     priority: Priority | None = None,
-) -> JSONResponse:
+) -> Response:
     """Create (or replay) the prediction; with ``Prefer: wait``, hold the answer until it is terminal.
 
     A waited create takes one of the token's open-stream slots first (429 when none is free, with
@@ -324,26 +497,17 @@ async def create_and_respond(
     async with contextlib.AsyncExitStack() as held:
         if wait_s is not None:
             await held.enter_async_context(services.stream_slots.hold(caller.tenant))
-        prediction, created, rendered = await services.intake.run(
-            caller.tenant,
-            _submit_rendered,
-            wait_s is None,
-            services,
-            caller.tenant,
-            spec,
-            body,
-            base_url,
-            idempotency_key,
-            caller.max_queued,
-            deadline,
-            deployment,
-            priority or "normal",
+        done = await _submit(
+            services, caller, spec, body, base_url, idempotency_key, deadline, deployment, priority or "normal"
         )
-        headers = {} if created else {"Idempotent-Replayed": "true"}
+        prediction = done.prediction
+        headers = {} if done.created else {"Idempotent-Replayed": "true"}
         if wait_s is not None:
             headers["Preference-Applied"] = f"wait={wait_s}"
             prediction = await _after_waiting(services, prediction, wait_s)
-    if rendered is None:  # its queue position is a Redis read: on a thread
+    if wait_s is None and done.position_read:  # the position its create read: no Redis read
+        rendered = services.render_with_position(prediction, base_url, done.position)
+    else:  # its queue position is a Redis read: on a thread
         rendered = await run_in_threadpool(services.render, prediction, base_url)
     if wait_s is not None and not prediction.status.is_terminal():
         headers["Location"] = rendered["urls"]["get"]
@@ -351,7 +515,8 @@ async def create_and_respond(
         # any other unfinished status with no output would make replicate.run() return None.
         if rendered["output"] is None:
             rendered["status"] = Status.STARTING.value
-    return JSONResponse(rendered, status_code=201, headers=headers)
+    # orjson: the answer holds the input (data-URI images); the stdlib encoder cost more than the rest of it.
+    return Response(orjson.dumps(rendered), status_code=201, headers=headers, media_type="application/json")
 
 
 async def _after_waiting(services: Services, stored: Prediction, wait_s: int) -> Prediction:

@@ -7,7 +7,6 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Response
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.auth import Caller
@@ -167,7 +166,7 @@ async def create_deployment_prediction(
     idempotency_key: IdempotencyKey = None,
     cancel_after: CancelAfter = None,
     priority: HeaderPriority = None,
-) -> JSONResponse:
+) -> Response:
     """A prediction of the release's model version, on that model's queue, with ``deployment`` set."""
     deployment = await run_in_threadpool(_owned, services, caller, owner, name)
     release = deployment.current_release

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import orjson
 from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
 from api.deps import (
@@ -66,7 +66,7 @@ async def create_prediction(
     idempotency_key: IdempotencyKey = None,
     cancel_after: CancelAfter = None,
     priority: HeaderPriority = None,
-) -> JSONResponse:
+) -> Response:
     try:
         spec = resolve_version(body.version, services.settings)
     except UnknownModelError as exc:
@@ -88,7 +88,7 @@ async def create_model_prediction(
     idempotency_key: IdempotencyKey = None,
     cancel_after: CancelAfter = None,
     priority: HeaderPriority = None,
-) -> JSONResponse:
+) -> Response:
     try:
         spec = find_model(f"{owner}/{name}", services.settings)
     except UnknownModelError as exc:

@@ -73,13 +73,23 @@ def decode_data_uri(uri: str, max_bytes: int) -> bytes:
 
 def inspect_image(data: bytes, max_pixels: int) -> ImageInfo:
     """Read only the header: format and size, checked against the allow-list and the pixel cap."""
+    with _opened(data, max_pixels) as img:
+        return _checked_header(img, max_pixels)
+
+
+def _opened(data: bytes, max_pixels: int) -> Image.Image:
+    """The image, its header read (nothing decoded yet); unreadable data is an ``ImageInputError``."""
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            info = ImageInfo(img.format or "", img.width, img.height)
+        return Image.open(io.BytesIO(data))
     except Image.DecompressionBombError:
         raise ImageInputError(f"image has more than {max_pixels} pixels") from None
     except (OSError, ValueError, SyntaxError):
         raise ImageInputError("not a readable image") from None
+
+
+def _checked_header(img: Image.Image, max_pixels: int) -> ImageInfo:
+    """An opened image's format and size, checked against the allow-list and the pixel cap."""
+    info = ImageInfo(img.format or "", img.width, img.height)
     if info.format not in ALLOWED_FORMATS:
         raise ImageInputError(f"image format {info.format or 'unknown'} is not one of {sorted(ALLOWED_FORMATS)}")
     if info.width * info.height > max_pixels:
@@ -94,17 +104,18 @@ def decode_image(data: bytes, max_pixels: int) -> Image.Image:
 
 
 def _decode_inspected(data: bytes, max_pixels: int) -> tuple[Image.Image, ImageInfo]:
-    """``decode_image``, and what the header check found (its format)."""
-    info = inspect_image(data, max_pixels)
-    try:
-        with Image.open(io.BytesIO(data)) as img:
+    """``decode_image``, and what the header check found (its format): the data opened once, its header
+    checked before any pixel is decoded."""
+    with _opened(data, max_pixels) as img:
+        info = _checked_header(img, max_pixels)
+        try:
             img.load()
-            upright = ImageOps.exif_transpose(img) or img
-            return upright.convert("RGB"), info
-    except Image.DecompressionBombError:
-        raise ImageInputError(f"image has more than {max_pixels} pixels") from None
-    except (OSError, ValueError, SyntaxError, EOFError):
-        raise ImageInputError("image data is truncated or corrupt") from None
+            ImageOps.exif_transpose(img, in_place=True)  # no copy when it is upright already
+            return img.convert("RGB"), info
+        except Image.DecompressionBombError:
+            raise ImageInputError(f"image has more than {max_pixels} pixels") from None
+        except (OSError, ValueError, SyntaxError, EOFError):
+            raise ImageInputError("image data is truncated or corrupt") from None
 
 
 @dataclass(frozen=True)

@@ -185,3 +185,21 @@ def test_queue_caps_refuse_with_retry_after_and_enqueue_nothing(stack, capped_ap
     for result in within.json()["results"]:
         assert wait_for_status(capped_api, result["id"], TERMINAL)["status"] == "succeeded"
     assert capped_api.get("/v1/queue").json()["queued"] == 0
+
+
+def test_a_single_create_refused_at_the_cap_releases_its_idempotency_key(stack, capped_api):
+    """A single create is stored on the event loop (``store_and_enqueue_one_async``): refused there, its
+    Idempotency-Key is released, so a retry with it once there is room creates (not a 409 or a replay)."""
+    tenant = tenant_of(token_digest(TOKEN_C))
+    headers = {"Idempotency-Key": "refused-at-the-cap"}
+    with redis.Redis.from_url(stack.redis_url) as redis_client:
+        redis_client.hset(keys.queued_by_tenant(), tenant, TENANT_CAP)
+        try:
+            refused = capped_api.post("/v1/predictions", json=item(1), headers=headers)
+            assert_problem(refused, 429, "KILN_MAX_QUEUED_PER_TENANT")
+        finally:
+            redis_client.hdel(keys.queued_by_tenant(), tenant)
+    retried = capped_api.post("/v1/predictions", json=item(1), headers=headers)
+    assert retried.status_code == 201, retried.text
+    assert "idempotent-replayed" not in retried.headers
+    assert wait_for_status(capped_api, retried.json()["id"], TERMINAL)["status"] == "succeeded"

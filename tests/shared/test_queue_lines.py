@@ -4,8 +4,10 @@ round-robin lanes and the low lane's gate; on a private redis-server (the Lua as
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+from typing import Any
 
 import pytest
 import redis
@@ -13,6 +15,7 @@ from redis.client import Pipeline
 
 from deploy.devstack.servers import RedisServer
 from shared.db import keys
+from shared.db.client import AlreadyStored
 from shared.predictions.leases import Leases
 from shared.predictions.record import Prediction
 from shared.predictions.status import Status
@@ -20,6 +23,7 @@ from shared.predictions.store import PredictionStore
 from shared.runtime.celery_config import create_celery
 from shared.scheduling import queues
 from shared.scheduling.dispatcher import Dispatcher
+from shared.scheduling.queue_counters import QueueFull
 from shared.scheduling.task_messages import PredictMessages
 from shared.settings import Settings
 from worker.queue_peek import prediction_id_of
@@ -238,3 +242,62 @@ def test_creates_racing_from_many_tenants_get_unique_tickets_and_every_place_onc
     for prediction_id in in_line[:40]:  # as a worker takes them: in ticket order
         start(store, prediction_id)
     assert positions(store, in_line[40:]) == list(range(40))
+
+
+def keyspace(client: redis.Redis) -> dict[Any, Any]:
+    """Every key with its value (hashes, lists, sorted sets, strings): to see that nothing changed."""
+    readers: dict[Any, Callable[[Any], Any]] = {
+        b"hash": client.hgetall,
+        b"list": lambda key: client.lrange(key, 0, -1),
+        b"zset": lambda key: client.zrange(key, 0, -1, withscores=True),
+        b"string": client.get,
+    }
+    return {key: readers[client.type(key)](key) for key in client.keys("*")}
+
+
+def single(tenant: str = "t1", **fields: Any) -> Prediction:
+    return Prediction(tenant=tenant, model="kiln/sd2-depth2img", version="v", queue=FAMILY, input={}, **fields)
+
+
+def test_a_single_create_stores_and_enqueues_what_the_general_path_does(store, dispatcher):
+    """``create_one`` (one script) writes the record, index, run count, message and ticket that
+    ``create_many`` and its transaction write, and answers the position a read would."""
+    messages = dispatcher.messages
+    queue(store, INTERACTIVE, 2, messages=messages)
+    general = store.get(queue(store, INTERACTIVE, 1, messages=messages)[0])
+    deadline = general.created_at + timedelta(minutes=5)
+    one = single(deadline=deadline)
+
+    position = store.create_one(one, messages.render(one.id, FAMILY, INTERACTIVE), INTERACTIVE)
+
+    stored = store.get(one.id)
+    assert stored == one
+    assert (stored.queue_line, stored.queue_ticket, position) == (INTERACTIVE, 4, 3)
+    assert positions(store, [general.id, one.id]) == [2, 3]
+    assert stored.model_dump(exclude={"id", "created_at", "deadline", "queue_ticket"}) == general.model_dump(
+        exclude={"id", "created_at", "deadline", "queue_ticket"}
+    )
+    assert store.redis.zscore(keys.deadlines(), one.id) == deadline.timestamp()
+    assert store.redis.zscore(keys.tenant_predictions("t1"), one.id) == 0
+    assert int(store.redis.get(keys.model_run_count("kiln/sd2-depth2img"))) == 4
+    assert store.queued.depth("t1").tenant == 4
+    assert [take(store, INTERACTIVE) for _ in range(4)][-1] == one.id  # its message, behind the others
+
+
+def test_a_refused_single_create_writes_nothing(store, dispatcher):
+    """Its id taken, or a queue cap full: ``AlreadyStored`` or ``QueueFull``, and no key changed."""
+    messages = dispatcher.messages
+    taken = store.get(queue(store, INTERACTIVE, 1, messages=messages)[0])
+    before = keyspace(store.redis)
+    twin = single(tenant="t2").model_copy(update={"id": taken.id})
+    fresh = single(tenant="t1")
+
+    with pytest.raises(AlreadyStored):
+        store.create_one(twin, messages.render(twin.id, FAMILY, INTERACTIVE), INTERACTIVE)
+    with pytest.raises(QueueFull) as tenant_full:
+        store.create_one(fresh, messages.render(fresh.id, FAMILY, INTERACTIVE), INTERACTIVE, tenant_cap=1)
+    with pytest.raises(QueueFull) as all_full:
+        store.create_one(fresh, messages.render(fresh.id, FAMILY, INTERACTIVE), INTERACTIVE, total_cap=1)
+
+    assert (tenant_full.value.scope, all_full.value.scope) == ("tenant", "global")
+    assert keyspace(store.redis) == before

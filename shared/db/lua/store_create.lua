@@ -1,0 +1,29 @@
+-- PredictionStore.create_one (shared.predictions.store): a single create, stored and enqueued in one
+-- script, so it costs one round trip and is all or nothing: refused with nothing written when a
+-- record of the id exists (a record is never written over) or the queue caps have no room; otherwise
+-- counted against the caps, its record written, indexed (tenant, deadline, run count), its Celery
+-- message pushed, its queue-line ticket taken and written on the record, and its queue position read.
+-- ARGV[1]: prediction id, ARGV[2]: tenant, ARGV[3]: model family (queue), ARGV[4]: tenant cap,
+-- ARGV[5]: global cap, ARGV[6]: model (run count), ARGV[7]: deadline (unix seconds; '' for none),
+-- ARGV[8]: the Celery list, ARGV[9]: the message (``shared.scheduling.task_messages``), ARGV[10]: its
+-- queue line, ARGV[11]: how many lines are served before it, then those lines, then the record's
+-- field, value pairs (JSON, ``Prediction.to_redis_hash``).
+-- Returns {0, queued before, ticket, position}, or {-1} (tenant cap), {-2} (global cap), {-3} (id taken).
+-- include: queue_admit
+-- include: queue_position_of
+local id, tenant, family, line = ARGV[1], ARGV[2], ARGV[3], ARGV[10]
+local record = {{keys.prediction(id)}}
+if redis.call('HEXISTS', record, 'id') == 1 then return {-3} end
+local queued_before = queue_admit(tenant, 1, tonumber(ARGV[4]), tonumber(ARGV[5]), {family, 1})
+if queued_before < 0 then return {queued_before} end
+
+local lines_before, first_field = {}, 12 + tonumber(ARGV[11])
+for i = 12, first_field - 1 do lines_before[#lines_before + 1] = ARGV[i] end
+redis.call('HSET', record, unpack(ARGV, first_field))
+redis.call('ZADD', {{keys.tenant_predictions(tenant)}}, 0, id)
+if ARGV[7] ~= '' then redis.call('ZADD', {{keys.deadlines()}}, ARGV[7], id) end
+redis.call('INCRBY', {{keys.model_run_count(ARGV[6])}}, 1)
+redis.call('LPUSH', ARGV[8], ARGV[9])
+local ticket = queue_line_enter(family, line, tenant, 1)
+redis.call('HSET', record, 'queue_line', line, 'queue_ticket', string.format('%d', ticket))
+return {0, queued_before, ticket, queue_position_of(family, line, tenant, ticket, lines_before)}
