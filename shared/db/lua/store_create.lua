@@ -2,7 +2,8 @@
 -- script, so it costs one round trip and is all or nothing: refused with nothing written when a
 -- record of the id exists (a record is never written over) or the queue caps have no room; otherwise
 -- counted against the caps, its record written, indexed (tenant, deadline, run count), its Celery
--- message pushed, its queue-line ticket taken and written on the record, and its queue position read.
+-- message pushed and filed in the waiting index (shared.scheduling.lost_messages), its queue-line
+-- ticket taken and written on the record, and its queue position read.
 -- ARGV[1]: prediction id, ARGV[2]: tenant, ARGV[3]: model family (queue), ARGV[4]: tenant cap,
 -- ARGV[5]: global cap, ARGV[6]: model (run count), ARGV[7]: deadline (unix seconds; '' for none),
 -- ARGV[8]: the Celery list, ARGV[9]: the message (``shared.scheduling.task_messages``), ARGV[10]: its
@@ -24,6 +25,8 @@ redis.call('ZADD', {{keys.tenant_predictions(tenant)}}, 0, id)
 if ARGV[7] ~= '' then redis.call('ZADD', {{keys.deadlines()}}, ARGV[7], id) end
 redis.call('INCRBY', {{keys.model_run_count(ARGV[6])}}, 1)
 redis.call('LPUSH', ARGV[8], ARGV[9])
+local now = redis.call('TIME')
+redis.call('ZADD', {{keys.queued_waiting()}}, tonumber(now[1]) + tonumber(now[2]) / 1000000, id)
 local ticket = queue_line_enter(family, line, tenant, 1)
 redis.call('HSET', record, 'queue_line', line, 'queue_ticket', string.format('%d', ticket))
 return {0, queued_before, ticket, queue_position_of(family, line, tenant, ticket, lines_before)}
