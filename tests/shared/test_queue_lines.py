@@ -301,3 +301,23 @@ def test_a_refused_single_create_writes_nothing(store, dispatcher):
 
     assert (tenant_full.value.scope, all_full.value.scope) == ("tenant", "global")
     assert keyspace(store.redis) == before
+
+
+def test_a_single_create_sent_again_by_a_retry_answers_as_it_did_and_writes_nothing_twice(store, dispatcher):
+    """redis-py sends a script again when its reply is lost with the connection: the second run finds
+    the record the first wrote and answers the same position, with no second message, count or ticket;
+    a record of another create under the same id is still refused."""
+    messages = dispatcher.messages
+    queue(store, INTERACTIVE, 2, messages=messages)
+    one = single()
+    message = messages.render(one.id, FAMILY, INTERACTIVE)
+    first = store.create_one(one, message, INTERACTIVE)
+    after_first = keyspace(store.redis)
+
+    again = store.create_one(one.model_copy(update={"queue_ticket": None}), message, INTERACTIVE)
+
+    assert again == first == 2
+    assert keyspace(store.redis) == after_first
+    with pytest.raises(AlreadyStored):
+        later = single(created_at=one.created_at + timedelta(microseconds=1)).model_copy(update={"id": one.id})
+        store.create_one(later, messages.render(one.id, FAMILY, INTERACTIVE), INTERACTIVE)

@@ -9,17 +9,30 @@
 -- ARGV[8]: the Celery list, ARGV[9]: the message (``shared.scheduling.task_messages``), ARGV[10]: its
 -- queue line, ARGV[11]: how many lines are served before it, then those lines, then the record's
 -- field, value pairs (JSON, ``Prediction.to_redis_hash``).
--- Returns {0, queued before, ticket, position}, or {-1} (tenant cap), {-2} (global cap), {-3} (id taken).
+-- Returns {0, queued before, ticket, position}, or {-1} (tenant cap), {-2} (global cap), {-3} (id taken
+-- by another record; the record this script wrote, found by its retry, answers {0, 0, ticket, position}).
 -- include: queue_admit
 -- include: queue_position_of
 local id, tenant, family, line = ARGV[1], ARGV[2], ARGV[3], ARGV[10]
 local record = {{keys.prediction(id)}}
-if redis.call('HEXISTS', record, 'id') == 1 then return {-3} end
+local lines_before, first_field = {}, 12 + tonumber(ARGV[11])
+for i = 12, first_field - 1 do lines_before[#lines_before + 1] = ARGV[i] end
+if redis.call('HEXISTS', record, 'id') == 1 then
+  -- This script run again by the client's retry (its first reply lost with a dropped connection)
+  -- finds the record it wrote: the same tenant, created at the same microsecond, holding a ticket.
+  -- It answers as the first run did, writing nothing twice; any other record of the id is refused.
+  local mine = {}
+  for i = first_field, #ARGV - 1, 2 do mine[ARGV[i]] = ARGV[i + 1] end
+  local found = redis.call('HMGET', record, 'tenant', 'created_at', 'queue_ticket')
+  if found[1] == mine['tenant'] and found[2] == mine['created_at'] and found[3] then
+    local ticket = tonumber(found[3])
+    return {0, 0, ticket, queue_position_of(family, line, tenant, ticket, lines_before)}
+  end
+  return {-3}
+end
 local queued_before = queue_admit(tenant, 1, tonumber(ARGV[4]), tonumber(ARGV[5]), {family, 1})
 if queued_before < 0 then return {queued_before} end
 
-local lines_before, first_field = {}, 12 + tonumber(ARGV[11])
-for i = 12, first_field - 1 do lines_before[#lines_before + 1] = ARGV[i] end
 redis.call('HSET', record, unpack(ARGV, first_field))
 redis.call('ZADD', {{keys.tenant_predictions(tenant)}}, 0, id)
 if ARGV[7] ~= '' then redis.call('ZADD', {{keys.deadlines()}}, ARGV[7], id) end
