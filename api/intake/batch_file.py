@@ -26,7 +26,7 @@ from redis.client import Pipeline
 
 from api.errors import ProblemError, problem_body
 from api.intake.image_staging import RequestImages
-from api.intake.inline_batch import prepare_item
+from api.intake.inline_batch import item_spec, prepare_item, prepare_item_input
 from api.intake.submission import _queue_full_problem
 from api.services import Services
 from api.views.batches import cancel_batch, cancel_items
@@ -34,12 +34,14 @@ from shared.batches.records import BATCH_TTL_S, Batch, RefusedItem, invalid_entr
 from shared.db import keys
 from shared.db.client import AlreadyStored
 from shared.inputs.json_nesting import nests_deeper_than, too_deep_problem
+from shared.model_spec import ModelSpec
 from shared.predictions import retention
 from shared.predictions.record import Prediction, new_ids
+from shared.predictions.store import ItemRecords
 from shared.runtime import metrics
 from shared.scheduling.queue_counters import QueueFull
 from shared.scheduling.queues import Priority
-from shared.storage.files import file_id_from_url
+from shared.storage.files import FileRecord, FileStore, file_id_from_url
 from shared.storage.objects import batch_prefix
 
 # Items stored per Redis transaction.
@@ -64,7 +66,8 @@ class CanceledWhileValidating(Exception):
 
 @dataclass(frozen=True)
 class Template:
-    """A validated item that later items with the same text copy: all but the id are shared."""
+    """What items with the same fields but their input share (their model, webhook, priority, ...):
+    the fields of the first one's record but its id and input. Its ``created_at`` is theirs too."""
 
     family: str
     model: str
@@ -74,13 +77,35 @@ class Template:
 
 @dataclass
 class Validated:
-    """The batch's items, in order: a template index per valid item, a refused item otherwise."""
+    """The batch's items, in order: a template index per valid item, a refused item otherwise; and each
+    valid item's own fields (``OwnFields``; the same object for items with the same text)."""
 
     entries: list[int | RefusedItem] = field(default_factory=list)
     templates: list[Template] = field(default_factory=list)
+    own: list[OwnFields] = field(default_factory=list)
 
     def families(self) -> list[str]:
         return [self.templates[e].family for e in self.entries if isinstance(e, int)]
+
+
+@dataclass(frozen=True)
+class OwnFields:
+    """An item's encoded ``input`` and ``input_files`` (None: none), as its record holds them."""
+
+    input: bytes
+    input_files: bytes | None = None
+
+
+# What a refused item's place in ``Validated.own`` holds.
+_NO_FIELDS = OwnFields(b"")
+
+
+@dataclass(frozen=True)
+class _KnownRest:
+    """The fields but the input of an item found good (encoded, sorted): its model and its template."""
+
+    spec: ModelSpec
+    template: int
 
 
 def inline_items(items: list[Any]) -> Iterator[RawItem]:
@@ -110,21 +135,46 @@ def validate_items(
     """Every item checked (``priority``: the batch's, for items that name none); identical items checked
     once. Their stored images belong to the batch (``api.intake.image_staging``), so identical items
     share them with the rest of their fields. Stops with ``CanceledWhileValidating`` once ``canceled()``
-    (asked every ``CANCEL_CHECK_EVERY`` items) says so."""
+    (asked every ``CANCEL_CHECK_EVERY`` items) says so.
+
+    Items whose fields but the input are those of an item found good before (the usual batch file: one
+    model, its own prompt and seed per line) have only their input checked (``prepare_item_input``);
+    the uploaded files they name are looked up once per batch (``RequestFiles``)."""
     found = Validated()
-    cache: dict[bytes, int | RefusedItem] = {}
+    cache: dict[bytes, tuple[int, OwnFields] | RefusedItem] = {}
+    rests: dict[bytes, _KnownRest] = {}
     images = RequestImages(batch_id=batch_id)
+    services = replace(services, files=RequestFiles(services.files))
     for count, (line, text) in enumerate(items, start=1):
         if count % CANCEL_CHECK_EVERY == 0 and canceled():
             raise CanceledWhileValidating
         known = cache.get(text)
         if known is None:
-            known = _validate_one(services, tenant, batch_id, line, text, base_url, images, found, priority)
+            known = _validate_one(services, tenant, batch_id, line, text, base_url, images, found, priority, rests)
             # Problems other than 422 (a file gone, a fetch that timed out) may not repeat.
-            if isinstance(known, int) or known.problem.get("status") == 422:
+            if not isinstance(known, RefusedItem) or known.problem.get("status") == 422:
                 cache[text] = known
-        found.entries.append(RefusedItem(line, known.problem) if isinstance(known, RefusedItem) else known)
+        if isinstance(known, RefusedItem):
+            found.entries.append(RefusedItem(line, known.problem))
+            found.own.append(_NO_FIELDS)
+        else:
+            found.entries.append(known[0])
+            found.own.append(known[1])
     return found
+
+
+class RequestFiles(FileStore):
+    """The tenant's uploaded files as one batch request found them: each looked up once, however many
+    of its items name it (a 100,000-line file naming one reference image: one read, not 200,000)."""
+
+    def __init__(self, files: FileStore) -> None:
+        super().__init__(files.redis, files.storage, files.retention_s)
+        self._found: dict[tuple[str, str], FileRecord | None] = {}
+
+    def get(self, file_id: str, tenant: str) -> FileRecord | None:
+        if (file_id, tenant) not in self._found:
+            self._found[(file_id, tenant)] = super().get(file_id, tenant)
+        return self._found[(file_id, tenant)]
 
 
 def _validate_one(
@@ -137,7 +187,8 @@ def _validate_one(
     images: RequestImages,
     found: Validated,
     priority: Priority,
-) -> int | RefusedItem:
+    rests: dict[bytes, _KnownRest],
+) -> tuple[int, OwnFields] | RefusedItem:
     if nests_deeper_than(text):
         return RefusedItem(line, problem_body(422, too_deep_problem(f"line {line}")))
     try:
@@ -146,14 +197,39 @@ def _validate_one(
         return RefusedItem(line, problem_body(422, f"not JSON ({exc})"))
     if not isinstance(raw, dict):
         return RefusedItem(line, problem_body(422, "a create body must be a JSON object"))
+    rest = _rest_key(raw)
+    known = rests.get(rest) if rest is not None and isinstance(raw.get("input"), dict) else None
     try:
+        if known is not None:
+            inputs, input_files = prepare_item_input(services, tenant, known.spec, raw, base_url, images)
+            return known.template, _own_fields(inputs, input_files)
         prediction = prepare_item(services, tenant, raw, base_url, images, priority)
     except ProblemError as exc:
         return RefusedItem(line, problem_body(exc.status, exc.detail, **exc.extra))
     prediction.batch_id = batch_id
     low = prediction.priority == "low"
-    found.templates.append(Template(prediction.queue, prediction.model, _shared_fields(prediction), low))
-    return len(found.templates) - 1
+    fields = _shared_fields(prediction)
+    own = OwnFields(fields.pop("input"), fields.pop("input_files", None))
+    found.templates.append(Template(prediction.queue, prediction.model, fields, low))
+    if rest is not None:
+        rests[rest] = _KnownRest(item_spec(services, raw), len(found.templates) - 1)
+    return len(found.templates) - 1, own
+
+
+def _rest_key(raw: dict[str, Any]) -> bytes | None:
+    """An item's fields but its input, encoded with sorted keys; None if orjson cannot write them."""
+    try:
+        return orjson.dumps({name: value for name, value in raw.items() if name != "input"}, option=_SORTED)
+    except TypeError:
+        return None
+
+
+_SORTED = orjson.OPT_SORT_KEYS
+
+
+def _own_fields(inputs: dict[str, Any], input_files: dict[str, str]) -> OwnFields:
+    """Encoded as ``Prediction.to_compact_hash`` encodes them (no ``input_files`` when there are none)."""
+    return OwnFields(orjson.dumps(inputs), orjson.dumps(input_files) if input_files else None)
 
 
 def _parse(text: bytes) -> Any:
@@ -183,11 +259,12 @@ def store_batch(services: Services, batch: Batch, validated: Validated, tenant_c
     created: Counter[str] = Counter()
     cut_short = False
     try:
-        _share_inputs(services, batch, validated)
+        groups = _share_fields(services, batch, validated)
         for start in range(0, len(validated.entries), CHUNK):
             if cut_short := services.batches.cancel_requested(batch.id):
                 break
-            ids, runs = _store_chunk(services, batch, validated, validated.entries[start : start + CHUNK])
+            chunk = range(start, min(start + CHUNK, len(validated.entries)))
+            ids, runs = _store_chunk(services, batch, validated, groups, chunk)
             stored += ids
             created += runs
             if cut_short := services.batches.cancel_requested(batch.id):
@@ -204,67 +281,110 @@ def store_batch(services: Services, batch: Batch, validated: Validated, tenant_c
         services.dispatcher.release(family)  # both lanes
 
 
-def _share_inputs(services: Services, batch: Batch, validated: Validated) -> None:
-    """Items with the same text share one stored copy of their fields (``keys.batch_shared_fields``:
-    the input, the version, ...); each record keeps only what the status scripts read, small enough
-    for Redis's compact hash encoding."""
-    uses = Counter(e for e in validated.entries if isinstance(e, int))
+@dataclass
+class _Group:
+    """Valid items stored alike: the same template and ``input_files``. ``fields``: what each of their
+    records holds but its id (and its input, when ``own_input``)."""
+
+    template: int
+    fields: dict[str, bytes]
+    own_input: bool
+
+
+@dataclass
+class _Groups:
+    """The batch's groups, and each entry's group (None: a refused entry)."""
+
+    groups: list[_Group]
+    of_entry: list[int | None]
+
+
+def _share_fields(services: Services, batch: Batch, validated: Validated) -> _Groups:
+    """Items of the same template and ``input_files`` (a batch file's usual lines: one model, one
+    reference image, a prompt and seed of their own) share one stored copy of those fields
+    (``keys.batch_shared_fields``: the version, the base URL, ``created_at``, ``input_files``, and the
+    input too when theirs is the same); each record keeps only what the status scripts read
+    (``OWN_FIELDS``) and its own input, small enough for Redis's compact hash encoding. An item alone
+    in its group keeps every field."""
+    index: dict[tuple[int, bytes | None], int] = {}
+    of_entry: list[int | None] = []
+    sizes: list[int] = []
+    inputs: list[set[bytes]] = []
+    for entry, own in zip(validated.entries, validated.own, strict=True):
+        if isinstance(entry, RefusedItem):
+            of_entry.append(None)
+            continue
+        group = index.setdefault((entry, own.input_files), len(index))
+        if group == len(sizes):
+            sizes.append(0)
+            inputs.append(set())
+        sizes[group] += 1
+        if len(inputs[group]) < 2:
+            inputs[group].add(own.input)
+        of_entry.append(group)
+    groups: list[_Group] = []
     with services.redis.pipeline(transaction=False) as pipe:
-        for index, count in uses.items():
-            template = validated.templates[index]
-            long = {name: value for name, value in template.fields.items() if name not in OWN_FIELDS}
-            if count < 2:
-                continue
-            key = keys.batch_shared_fields(batch.id, index)
-            pipe.hset(key, mapping=long)  # type: ignore[arg-type]
-            pipe.expire(key, services.batches.ttl_s)
-            fields = {name: value for name, value in template.fields.items() if name not in long}
-            validated.templates[index] = replace(template, fields=fields | {"shared_fields": orjson.dumps(key)})
+        for (template, input_files), group in index.items():
+            fields = dict(validated.templates[template].fields)
+            if input_files is not None:
+                fields["input_files"] = input_files
+            own_input = len(inputs[group]) > 1
+            if not own_input:
+                fields["input"] = next(iter(inputs[group]))
+            if sizes[group] > 1:
+                key = keys.batch_shared_fields(batch.id, group)
+                pipe.hset(key, mapping={k: v for k, v in fields.items() if k not in OWN_FIELDS})
+                pipe.expire(key, services.batches.ttl_s)
+                fields = {k: v for k, v in fields.items() if k in OWN_FIELDS} | {"shared_fields": orjson.dumps(key)}
+            groups.append(_Group(template, fields, own_input))
         pipe.execute()
-
-
-def _valid(validated: Validated) -> Iterator[int]:
-    return (e for e in validated.entries if isinstance(e, int))
-
-
-def _template(validated: Validated, entry: int) -> Template:
-    return validated.templates[entry]
+    return _Groups(groups, of_entry)
 
 
 def _store_chunk(
-    services: Services, batch: Batch, validated: Validated, chunk: list[int | RefusedItem]
+    services: Services, batch: Batch, validated: Validated, groups: _Groups, chunk: range
 ) -> tuple[list[str], Counter[str]]:
     """Its records, then one transaction; returns the ids of the predictions it stored, and how many
     per model. Should an id drawn for it have a record already, nothing of the chunk is stored and it
     is tried with ids drawn afresh."""
     for _ in range(ID_DRAWS - 1):
         try:
-            return _store_chunk_with_new_ids(services, batch, validated, chunk)
+            return _store_chunk_with_new_ids(services, batch, validated, groups, chunk)
         except AlreadyStored as exc:
             log.error("batch %s: new prediction ids already stored (%s); drawing others", batch.id, exc)
-    return _store_chunk_with_new_ids(services, batch, validated, chunk)
+    return _store_chunk_with_new_ids(services, batch, validated, groups, chunk)
 
 
 def _store_chunk_with_new_ids(
-    services: Services, batch: Batch, validated: Validated, chunk: list[int | RefusedItem]
+    services: Services, batch: Batch, validated: Validated, groups: _Groups, chunk: range
 ) -> tuple[list[str], Counter[str]]:
-    fresh = iter(new_ids(sum(1 for entry in chunk if isinstance(entry, int))))
+    entries_in = validated.entries
+    fresh = iter(new_ids(sum(1 for i in chunk if not isinstance(entries_in[i], RefusedItem))))
     entries: list[str] = []
     by_lane: dict[tuple[str, bool], list[str]] = {}
-    by_template: dict[int, list[str]] = {}
-    for entry in chunk:
+    by_group: dict[int, tuple[list[str], list[bytes]]] = {}
+    for i in chunk:
+        entry = entries_in[i]
         if isinstance(entry, RefusedItem):
             entries.append(invalid_entry(entry))
             continue
-        template = _template(validated, entry)
+        template = validated.templates[entry]
         prediction_id = next(fresh)
         entries.append(prediction_id)
         by_lane.setdefault((template.family, template.low), []).append(prediction_id)
-        by_template.setdefault(entry, []).append(prediction_id)
+        group = groups.of_entry[i]
+        assert group is not None  # a valid entry's
+        ids, inputs = by_group.setdefault(group, ([], []))
+        ids.append(prediction_id)
+        inputs.append(validated.own[i].input)
     stored = [i for ids in by_lane.values() for i in ids]
     runs: Counter[str] = Counter()
-    for entry, ids in by_template.items():
-        runs[_template(validated, entry).model] += len(ids)
+    records: list[ItemRecords] = []
+    for group, (ids, inputs) in by_group.items():
+        kind = groups.groups[group]
+        runs[validated.templates[kind.template].model] += len(ids)
+        own = ("input",) if kind.own_input else ()
+        records.append(ItemRecords(kind.fields, ids, own, [(value,) for value in inputs] if own else ()))
 
     def then(pipe: Pipeline) -> None:
         if stored:
@@ -275,10 +395,7 @@ def _store_chunk_with_new_ids(
         for (family, low), lane_ids in by_lane.items():
             services.dispatcher.add_to_pipeline(pipe, family, batch.tenant, lane_ids, low=low)
 
-    records = [
-        ({k: v for k, v in _template(validated, e).fields.items() if k != "id"}, ids) for e, ids in by_template.items()
-    ]
-    services.store.create_records(records, then)
+    services.store.create_item_records(records, then)
     return stored, runs
 
 
