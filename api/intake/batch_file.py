@@ -16,15 +16,19 @@ from __future__ import annotations
 import json
 import logging
 import time
+import zlib
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
-from typing import Any
+from functools import cache
+from typing import Any, cast
 
 import orjson
 from redis.client import Pipeline
 
 from api.errors import ProblemError, problem_body
+from api.intake.batch_pool import helped, helper
 from api.intake.image_staging import RequestImages
 from api.intake.inline_batch import item_spec, prepare_item, prepare_item_input
 from api.intake.submission import _queue_full_problem
@@ -42,7 +46,8 @@ from shared.runtime import metrics
 from shared.scheduling.queue_counters import QueueFull
 from shared.scheduling.queues import Priority
 from shared.storage.files import FileRecord, FileStore, file_id_from_url
-from shared.storage.objects import batch_prefix
+from shared.storage.objects import StoredObject, batch_prefix
+from shared.storage.s3 import Storage
 
 # Items stored per Redis transaction.
 CHUNK = 5000
@@ -123,6 +128,94 @@ def file_lines(data: bytes) -> Iterator[RawItem]:
             yield index, line
 
 
+def validate_all(
+    services: Services,
+    tenant: str,
+    batch_id: str,
+    items: Iterable[RawItem],
+    base_url: str,
+    canceled: Callable[[], bool] = lambda: False,
+    priority: Priority = "normal",
+) -> Validated:
+    """``validate_items``, for a batch of ``SHARE_FROM`` items or more shared with this intake process's
+    helper (``api.intake.batch_pool.helper``: validating is CPU-bound, and the machine has a core more),
+    which validates its share at the same time; the two are merged in line order, each item as either
+    process would have found it. Lines naming the same image URL are given to the same process, so
+    each image is still fetched once (``_shares``)."""
+    pool = helper()
+    items = items if pool is None or isinstance(items, Sequence) else list(items)
+    if pool is None or not isinstance(items, Sequence) or len(items) < SHARE_FROM:
+        return validate_items(services, tenant, batch_id, items, base_url, canceled, priority)
+    mine, theirs = _shares(items, base_url)
+    helping = pool.submit(helped, _validate_share, tenant, batch_id, [items[i] for i in theirs], base_url, priority)
+    try:
+        found = validate_items(services, tenant, batch_id, (items[i] for i in mine), base_url, canceled, priority)
+    except BaseException:
+        wait([helping])  # it stops too, if canceled: it asks the batch itself
+        raise
+    return _merged(len(items), [(mine, found), (theirs, helping.result())])
+
+
+def _validate_share(
+    services: Services, tenant: str, batch_id: str, items: list[RawItem], base_url: str, priority: Priority
+) -> Validated:
+    """``validate_items`` in the helper process, stopping when the batch is canceled."""
+    return validate_items(
+        services, tenant, batch_id, items, base_url, lambda: services.batches.cancel_requested(batch_id), priority
+    )
+
+
+# Items from which a batch's validation is shared with the helper process (below: not worth the copies).
+SHARE_FROM = 2000
+# Image URLs in an item's input (at its top level, or in a list there): what ``_shares`` keeps together.
+_SHARE_BY = ("http://", "https://")
+
+
+def _shares(items: Sequence[RawItem], base_url: str) -> tuple[list[int], list[int]]:
+    """The positions of the items this process validates, and of those the helper does: every other one,
+    except that items naming the same image URL (their first, in sorted order) go to the same process."""
+    shares: tuple[list[int], list[int]] = ([], [])
+    for position, (_, text) in enumerate(items):
+        urls = _image_urls(text, base_url)
+        side = zlib.crc32(min(urls).encode()) & 1 if urls else position & 1
+        shares[side].append(position)
+    return shares
+
+
+def _image_urls(text: bytes, base_url: str) -> list[str]:
+    """The http(s) URLs (not this API's) an item's input holds at its top level or in a list there."""
+    try:
+        raw = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return []
+    inputs = raw.get("input") if isinstance(raw, dict) else None
+    if not isinstance(inputs, dict):
+        return []
+    found = []
+    for value in inputs.values():
+        for item in value if isinstance(value, list) else (value,):
+            if isinstance(item, str) and item.startswith(_SHARE_BY) and not item.startswith(base_url):
+                found.append(item)
+    return found
+
+
+def _merged(count: int, parts: list[tuple[list[int], Validated]]) -> Validated:
+    """The validations of parts of a batch (each with the positions of its items) as one, in item order."""
+    entries: list[int | RefusedItem] = [_UNSET] * count
+    own = [_NO_FIELDS] * count
+    templates: list[Template] = []
+    for positions, part in parts:
+        offset = len(templates)
+        templates += part.templates
+        for position, entry, fields in zip(positions, part.entries, part.own, strict=True):
+            entries[position] = entry if isinstance(entry, RefusedItem) else entry + offset
+            own[position] = fields
+    return Validated(entries, templates, own)
+
+
+_UNSET = RefusedItem(0, {})
+
+
 def validate_items(
     services: Services,
     tenant: str,
@@ -144,23 +237,75 @@ def validate_items(
     cache: dict[bytes, tuple[int, OwnFields] | RefusedItem] = {}
     rests: dict[bytes, _KnownRest] = {}
     images = RequestImages(batch_id=batch_id)
-    services = replace(services, files=RequestFiles(services.files))
-    for count, (line, text) in enumerate(items, start=1):
-        if count % CANCEL_CHECK_EVERY == 0 and canceled():
-            raise CanceledWhileValidating
-        known = cache.get(text)
-        if known is None:
-            known = _validate_one(services, tenant, batch_id, line, text, base_url, images, found, priority, rests)
-            # Problems other than 422 (a file gone, a fetch that timed out) may not repeat.
-            if not isinstance(known, RefusedItem) or known.problem.get("status") == 422:
-                cache[text] = known
-        if isinstance(known, RefusedItem):
-            found.entries.append(RefusedItem(line, known.problem))
-            found.own.append(_NO_FIELDS)
-        else:
-            found.entries.append(known[0])
-            found.own.append(known[1])
+    uploads = UploadsMeanwhile(services.storage)
+    services = replace(services, files=RequestFiles(services.files), storage=cast(Storage, uploads))
+    with uploads:
+        for count, (line, text) in enumerate(items, start=1):
+            if count % CANCEL_CHECK_EVERY == 0 and canceled():
+                raise CanceledWhileValidating
+            known = cache.get(text)
+            if known is None:
+                known = _validate_one(services, tenant, batch_id, line, text, base_url, images, found, priority, rests)
+                # Problems other than 422 (a file gone, a fetch that timed out) may not repeat.
+                if not isinstance(known, RefusedItem) or known.problem.get("status") == 422:
+                    cache[text] = known
+            if isinstance(known, RefusedItem):
+                found.entries.append(RefusedItem(line, known.problem))
+                found.own.append(_NO_FIELDS)
+            else:
+                found.entries.append(known[0])
+                found.own.append(known[1])
     return found
+
+
+class UploadsMeanwhile:
+    """The storage a batch's validation uses: each upload (an image fetched from a URL, a large data
+    URI) is made on a thread of ``UPLOAD_THREADS`` while the next lines are checked, not in turn (300
+    distinct image URLs: seconds of round trips to S3). Every other call is the storage's own; a copy
+    or read of an object still being uploaded waits for it. Leaving the ``with`` waits for every
+    upload, and raises the first that failed: no item is stored before its images are."""
+
+    def __init__(self, storage: Storage) -> None:
+        self._storage = storage
+        self._pending: dict[str, Future[None]] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._storage, name)
+
+    def put_bytes(self, key: str, data: bytes, content_type: str) -> None:
+        self._pending[key] = _uploads().submit(self._storage.put_bytes, key, data, content_type)
+
+    def copy(self, source: str, key: str) -> None:
+        self._settle(source)
+        self._storage.copy(source, key)
+
+    def open(self, key: str) -> StoredObject:
+        self._settle(key)
+        return self._storage.open(key)
+
+    def _settle(self, key: str) -> None:
+        if (pending := self._pending.get(key)) is not None:
+            pending.result()
+
+    def __enter__(self) -> UploadsMeanwhile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """Every upload finished (their first failure raised, unless the batch already failed)."""
+        pending, self._pending = self._pending, {}
+        wait(pending.values())
+        if exc[0] is None:
+            for upload in pending.values():
+                upload.result()
+
+
+# Uploads of one intake process made at once (S3 round trips: threads wait, they do not compute).
+UPLOAD_THREADS = 8
+
+
+@cache
+def _uploads() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(UPLOAD_THREADS, thread_name_prefix="batch-uploads")
 
 
 class RequestFiles(FileStore):
@@ -432,7 +577,7 @@ def create_batch(
     due = time.time() + BATCH_TTL_S + services.settings.retention_s
     retention.schedule(services.redis, "batch", batch.id, due)
     try:
-        validated = validate_items(
+        validated = validate_all(
             services, tenant, batch.id, items, base_url, lambda: services.batches.cancel_requested(batch.id), priority
         )
         if (kept_s := longest_retention(validated)) is not None:

@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import multiprocessing.util
+import os
+import threading
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from multiprocessing.process import BaseProcess
+from typing import Any, TypeVar
 
 from api.errors import ProblemError
 from api.services import Services
@@ -24,10 +28,16 @@ from shared.runtime import metrics
 from shared.runtime.logs import configure_logging
 from shared.settings import Settings
 
+T = TypeVar("T")
+
 # Batch creates validated at once; more wait their turn (each one is CPU-bound).
 PROCESSES = 2
 
 _services: Services | None = None
+# This intake process's helper (``helper``): one more process, on the machine's other core.
+_helper: ProcessPoolExecutor | None = None
+# A helper's settings (it connects on its first work).
+_helper_settings: Settings | None = None
 
 
 @dataclass(frozen=True)
@@ -48,9 +58,50 @@ class IntakeFailed(Exception):
 
 
 def _start(settings: Settings) -> None:
-    global _services
+    global _services, _helper
     configure_logging(settings)
     _services = Services.connect(settings)
+    _helper = helper_pool(settings)
+    _helper.submit(_ready)  # started now, in the background, not on the first large batch
+    # Stopped as this process ends, before its queues close (their finalizers' priority is 10) and
+    # multiprocessing waits for its children, which would otherwise wait for work for ever.
+    multiprocessing.util.Finalize(None, _helper.shutdown, kwargs={"cancel_futures": True}, exitpriority=100)
+
+
+def _start_helper(settings: Settings) -> None:
+    """A helper connects on its first work, not here: one started as its intake process stops (a pool
+    closed at once) then exits as soon as it is told, however long Redis would take to answer."""
+    global _helper_settings
+    configure_logging(settings)
+    _helper_settings = settings
+    parent = multiprocessing.parent_process()
+    if parent is not None:  # an intake process killed outright leaves no helper behind
+        threading.Thread(target=_exit_after, args=(parent,), daemon=True, name="helper-parent").start()
+
+
+def _exit_after(parent: BaseProcess) -> None:
+    parent.join()
+    os._exit(0)
+
+
+def helper_pool(settings: Settings) -> ProcessPoolExecutor:
+    """One process (``spawn``, its own ``Services``) that a large batch's validation shares its lines
+    with (``api.intake.batch_file.validate_all``): validating is CPU-bound, and one process uses one core."""
+    return ProcessPoolExecutor(1, multiprocessing.get_context("spawn"), initializer=_start_helper, initargs=(settings,))
+
+
+def helper() -> ProcessPoolExecutor | None:
+    """This intake process's helper; None in any other process (the API's, a test's)."""
+    return _helper
+
+
+def helped(work: Callable[..., T], *args: Any) -> T:
+    """``work(services, *args)`` in a helper process (submitted to ``helper_pool``)."""
+    global _services
+    if _services is None:
+        assert _helper_settings is not None  # set by the pool's initializer
+        _services = Services.connect(_helper_settings)
+    return work(_services, *args)
 
 
 def _created() -> Counter[str]:

@@ -55,17 +55,17 @@ def create(services: Services, items: list[tuple[int, bytes]], tenant_cap: int =
 
 
 def test_a_cancel_while_validating_stores_no_item(services, monkeypatch):
-    real = batch_intake.prepare_item
+    real = batch_intake._validate_one
     seen: list[int] = []
 
-    def cancel_midway(services_: Services, tenant: str, raw: dict, base_url: str, images: Any, priority: Any):
+    def cancel_midway(*args: Any) -> Any:
         seen.append(1)
         if len(seen) == batch_intake.CANCEL_CHECK_EVERY // 2:
             (batch,), _ = services.batches.list_for_tenant(TENANT)
             services.batches.flag_cancel(batch.id)  # what POST .../cancel does first
-        return real(services_, tenant, raw, base_url, images, priority)
+        return real(*args)
 
-    monkeypatch.setattr(batch_intake, "prepare_item", cancel_midway)
+    monkeypatch.setattr(batch_intake, "_validate_one", cancel_midway)
     batch = create(services, lines(3 * batch_intake.CANCEL_CHECK_EVERY))
     assert len(seen) < 2 * batch_intake.CANCEL_CHECK_EVERY, "validation stopped soon after the cancel"
     assert batch.status == "canceled" and batch.total == 0
