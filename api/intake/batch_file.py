@@ -175,8 +175,10 @@ def _shares(items: Sequence[RawItem], base_url: str) -> tuple[list[int], list[in
     """The positions of the items this process validates, and of those the helper does: every other one,
     except that items naming the same image URL (their first, in sorted order) go to the same process."""
     shares: tuple[list[int], list[int]] = ([], [])
+    ours = base_url.encode()
     for position, (_, text) in enumerate(items):
-        urls = _image_urls(text, base_url)
+        # Only an item with an http(s) URL not of this API is read (most name uploaded files only).
+        urls = _image_urls(text, base_url) if text.count(b"http") > text.count(ours) else []
         side = zlib.crc32(min(urls).encode()) & 1 if urls else position & 1
         shares[side].append(position)
     return shares
