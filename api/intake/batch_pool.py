@@ -59,8 +59,14 @@ class IntakeFailed(Exception):
     """The intake process failed unexpectedly (the batch was ended there: ``api.intake.batch_file``)."""
 
 
+# How much less CPU priority intake and helper processes take than the API process: when the machine's
+# cores are all busy, the API's event loop (every other tenant's requests) is served first.
+NICENESS = 5
+
+
 def _start(settings: Settings) -> None:
     global _services, _helper
+    os.nice(NICENESS)
     configure_logging(settings)
     _services = Services.connect(settings)
     _helper = helper_pool(settings)
@@ -74,6 +80,7 @@ def _start_helper(settings: Settings) -> None:
     """A helper connects on its first work, not here: one started as its intake process stops (a pool
     closed at once) then exits as soon as it is told, however long Redis would take to answer."""
     global _helper_settings
+    os.nice(NICENESS)
     configure_logging(settings)
     _helper_settings = settings
     parent = multiprocessing.parent_process()
