@@ -20,6 +20,7 @@ import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
 from functools import cache
 from typing import Any, cast
@@ -28,7 +29,7 @@ import orjson
 from redis.client import Pipeline
 
 from api.errors import ProblemError, problem_body
-from api.intake.batch_pool import helped, helper
+from api.intake.batch_pool import helped, helper, replace_helper
 from api.intake.image_staging import RequestImages
 from api.intake.inline_batch import item_spec, prepare_item, prepare_item_input
 from api.intake.submission import _queue_full_problem
@@ -147,13 +148,23 @@ def validate_all(
     if pool is None or not isinstance(items, Sequence) or len(items) < SHARE_FROM:
         return validate_items(services, tenant, batch_id, items, base_url, canceled, priority)
     mine, theirs = _shares(items, base_url)
-    helping = pool.submit(helped, _validate_share, tenant, batch_id, [items[i] for i in theirs], base_url, priority)
+    share = [items[i] for i in theirs]
+    try:
+        helping = pool.submit(helped, _validate_share, tenant, batch_id, share, base_url, priority)
+    except BrokenProcessPool:  # the helper died (killed?): another is started, and this file checked here
+        replace_helper()
+        return validate_items(services, tenant, batch_id, items, base_url, canceled, priority)
     try:
         found = validate_items(services, tenant, batch_id, (items[i] for i in mine), base_url, canceled, priority)
     except BaseException:
         wait([helping])  # it stops too, if canceled: it asks the batch itself
         raise
-    return _merged(len(items), [(mine, found), (theirs, helping.result())])
+    try:
+        theirs_found = helping.result()
+    except BrokenProcessPool:
+        replace_helper()
+        theirs_found = validate_items(services, tenant, batch_id, share, base_url, canceled, priority)
+    return _merged(len(items), [(mine, found), (theirs, theirs_found)])
 
 
 def _validate_share(

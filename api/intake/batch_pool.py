@@ -40,6 +40,8 @@ _services: Services | None = None
 _helper: ProcessPoolExecutor | None = None
 # A helper's settings (it connects on its first work).
 _helper_settings: Settings | None = None
+# The settings this intake process starts its helpers with.
+_helper_settings_of: Settings | None = None
 
 
 @dataclass(frozen=True)
@@ -65,15 +67,21 @@ NICENESS = 5
 
 
 def _start(settings: Settings) -> None:
-    global _services, _helper
+    global _services, _helper, _helper_settings_of
     os.nice(NICENESS)
     configure_logging(settings)
     _services = Services.connect(settings)
     _helper = helper_pool(settings)
+    _helper_settings_of = settings
     _helper.submit(_ready)  # started now, in the background, not on the first large batch
     # Stopped as this process ends, before its queues close (their finalizers' priority is 10) and
     # multiprocessing waits for its children, which would otherwise wait for work for ever.
-    multiprocessing.util.Finalize(None, _helper.shutdown, kwargs={"cancel_futures": True}, exitpriority=100)
+    multiprocessing.util.Finalize(None, _stop_helper, exitpriority=100)
+
+
+def _stop_helper() -> None:
+    if _helper is not None:
+        _helper.shutdown(cancel_futures=True)
 
 
 def _start_helper(settings: Settings) -> None:
@@ -102,6 +110,15 @@ def helper_pool(settings: Settings) -> ProcessPoolExecutor:
 def helper() -> ProcessPoolExecutor | None:
     """This intake process's helper; None in any other process (the API's, a test's)."""
     return _helper
+
+
+def replace_helper() -> None:
+    """A new helper for one found broken (its process died): the next large batch is shared again."""
+    global _helper
+    if _helper is None or _helper_settings_of is None:
+        return
+    _helper.shutdown(wait=False, cancel_futures=True)
+    _helper = helper_pool(_helper_settings_of)
 
 
 def helped(work: Callable[..., T], *args: Any) -> T:

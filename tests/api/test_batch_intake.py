@@ -209,3 +209,20 @@ def test_a_cancel_reaches_the_helper_process_too(services, helper):
     services.batches.flag_cancel(batch.id)
     with pytest.raises(batch_intake.CanceledWhileValidating):
         batch_intake.validate_all(services, TENANT, batch.id, lines(3000), BASE, lambda: False)
+
+
+def test_a_helper_that_died_is_replaced_and_its_share_checked_here(services, helper, monkeypatch):
+    monkeypatch.setattr(batch_pool, "_helper_settings_of", services.settings)
+    dead = batch_pool._helper
+    assert dead is not None
+    dead.submit(batch_pool._ready).result(timeout=120)  # its process started
+    for process in list(dead._processes.values()):
+        process.kill()
+        process.join()
+    try:
+        validated = batch_intake.validate_all(services, TENANT, "b1", lines(6), BASE)
+        assert validated.entries == [0] * 6 or all(isinstance(e, int) for e in validated.entries)
+        assert batch_pool._helper is not dead
+    finally:
+        assert batch_pool._helper is not None
+        batch_pool._helper.shutdown()
