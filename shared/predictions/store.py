@@ -174,7 +174,12 @@ class PredictionStore:
                     args += values
             else:
                 args += group.ids
-        taken = self._store_records(args=args)
+        ids = [i for group in groups for i in group.ids]
+        try:
+            taken = self._store_records(args=args)
+        except BaseException:  # a script that failed midway (Redis out of memory) keeps what it wrote
+            self._delete_records(ids)
+            raise
         if taken:
             raise AlreadyStored([key.decode() if isinstance(key, bytes) else key for key in taken])
         try:
@@ -182,7 +187,7 @@ class PredictionStore:
                 then(pipe)
                 pipe.execute()
         except BaseException:
-            self._delete_records([i for group in groups for i in group.ids])
+            self._delete_records(ids)
             raise
 
     def _claim(self, prediction_ids: Sequence[str]) -> None:
