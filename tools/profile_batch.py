@@ -23,7 +23,7 @@ from typing import Any
 
 from redis.connection import Connection
 
-from api.intake import batch_file
+from api.intake import batch_file, batch_pool
 from api.services import Services
 from deploy.devstack.servers import RedisServer, SeaweedS3Server
 from shared.settings import Settings
@@ -118,6 +118,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=2, help="timed runs of each file (the first warms up)")
     parser.add_argument("--profile", action="store_true", help="also profile one run (pyinstrument)")
     parser.add_argument("--identical", action="store_true", help="also time the one-line-repeated file")
+    parser.add_argument(
+        "--no-helper",
+        action="store_true",
+        help="validate in this process alone (an intake process shares a large file with its helper process)",
+    )
     args = parser.parse_args(argv)
     root = Path(tempfile.mkdtemp(prefix="kiln-profile-batch-"))
     access_key, secret_key = "kiln-profile", secrets.token_hex(16)
@@ -140,6 +145,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         services = Services.connect(settings)
         services.storage.ensure_bucket()
+        if not args.no_helper:  # as an intake process does (``api.intake.batch_pool``)
+            batch_pool._helper = batch_pool.helper_pool(settings)
+            batch_pool._helper.submit(batch_pool._ready).result()
         upload = services.files.create(TENANT, "ref.png", "image/png", png(1), {})
         uploaded_url = f"{BASE_URL}/v1/files/{upload.id}"
         files = {"distinct": distinct_lines(args.lines, uploaded_url, images.urls())}
@@ -166,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
             with profiler, RoundTrips() as trips:
                 run_once(services, distinct_lines(args.lines, uploaded_url, images.urls()), Stages(trips))
             print(profiler.output_text(unicode=False, color=False, show_all=False, timeline=False), flush=True)
+        if batch_pool._helper is not None:
+            batch_pool._helper.shutdown()
     shutil.rmtree(root, ignore_errors=True)
     return 0
 

@@ -16,17 +16,22 @@ from __future__ import annotations
 import json
 import logging
 import time
+import zlib
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
-from typing import Any
+from functools import cache
+from typing import Any, cast
 
 import orjson
 from redis.client import Pipeline
 
 from api.errors import ProblemError, problem_body
+from api.intake.batch_pool import helped, helper, replace_helper
 from api.intake.image_staging import RequestImages
-from api.intake.inline_batch import prepare_item
+from api.intake.inline_batch import item_spec, prepare_item, prepare_item_input
 from api.intake.submission import _queue_full_problem
 from api.services import Services
 from api.views.batches import cancel_batch, cancel_items
@@ -34,13 +39,16 @@ from shared.batches.records import BATCH_TTL_S, Batch, RefusedItem, invalid_entr
 from shared.db import keys
 from shared.db.client import AlreadyStored
 from shared.inputs.json_nesting import nests_deeper_than, too_deep_problem
+from shared.model_spec import ModelSpec
 from shared.predictions import retention
 from shared.predictions.record import Prediction, new_ids
+from shared.predictions.store import ItemRecords
 from shared.runtime import metrics
 from shared.scheduling.queue_counters import QueueFull
 from shared.scheduling.queues import Priority
-from shared.storage.files import file_id_from_url
-from shared.storage.objects import batch_prefix
+from shared.storage.files import FileRecord, FileStore, file_id_from_url
+from shared.storage.objects import StoredObject, batch_prefix
+from shared.storage.s3 import Storage
 
 # Items stored per Redis transaction.
 CHUNK = 5000
@@ -64,7 +72,8 @@ class CanceledWhileValidating(Exception):
 
 @dataclass(frozen=True)
 class Template:
-    """A validated item that later items with the same text copy: all but the id are shared."""
+    """What items with the same fields but their input share (their model, webhook, priority, ...):
+    the fields of the first one's record but its id and input. Its ``created_at`` is theirs too."""
 
     family: str
     model: str
@@ -74,13 +83,35 @@ class Template:
 
 @dataclass
 class Validated:
-    """The batch's items, in order: a template index per valid item, a refused item otherwise."""
+    """The batch's items, in order: a template index per valid item, a refused item otherwise; and each
+    valid item's own fields (``OwnFields``; the same object for items with the same text)."""
 
     entries: list[int | RefusedItem] = field(default_factory=list)
     templates: list[Template] = field(default_factory=list)
+    own: list[OwnFields] = field(default_factory=list)
 
     def families(self) -> list[str]:
         return [self.templates[e].family for e in self.entries if isinstance(e, int)]
+
+
+@dataclass(frozen=True)
+class OwnFields:
+    """An item's encoded ``input`` and ``input_files`` (None: none), as its record holds them."""
+
+    input: bytes
+    input_files: bytes | None = None
+
+
+# What a refused item's place in ``Validated.own`` holds.
+_NO_FIELDS = OwnFields(b"")
+
+
+@dataclass(frozen=True)
+class _KnownRest:
+    """The fields but the input of an item found good (encoded, sorted): its model and its template."""
+
+    spec: ModelSpec
+    template: int
 
 
 def inline_items(items: list[Any]) -> Iterator[RawItem]:
@@ -98,6 +129,106 @@ def file_lines(data: bytes) -> Iterator[RawItem]:
             yield index, line
 
 
+def validate_all(
+    services: Services,
+    tenant: str,
+    batch_id: str,
+    items: Iterable[RawItem],
+    base_url: str,
+    canceled: Callable[[], bool] = lambda: False,
+    priority: Priority = "normal",
+) -> Validated:
+    """``validate_items``, for a batch of ``SHARE_FROM`` items or more shared with this intake process's
+    helper (``api.intake.batch_pool.helper``: validating is CPU-bound, and the machine has a core more),
+    which validates its share at the same time; the two are merged in line order, each item as either
+    process would have found it. Lines naming the same image URL are given to the same process, so
+    each image is still fetched once (``_shares``)."""
+    pool = helper()
+    items = items if pool is None or isinstance(items, Sequence) else list(items)
+    if pool is None or not isinstance(items, Sequence) or len(items) < SHARE_FROM:
+        return validate_items(services, tenant, batch_id, items, base_url, canceled, priority)
+    mine, theirs = _shares(items, base_url)
+    share = [items[i] for i in theirs]
+    try:
+        helping = pool.submit(helped, _validate_share, tenant, batch_id, share, base_url, priority)
+    except BrokenProcessPool:  # the helper died (killed?): another is started, and this file checked here
+        replace_helper()
+        return validate_items(services, tenant, batch_id, items, base_url, canceled, priority)
+    try:
+        found = validate_items(services, tenant, batch_id, (items[i] for i in mine), base_url, canceled, priority)
+    except BaseException:
+        wait([helping])  # it stops too, if canceled: it asks the batch itself
+        raise
+    try:
+        theirs_found = helping.result()
+    except BrokenProcessPool:
+        replace_helper()
+        theirs_found = validate_items(services, tenant, batch_id, share, base_url, canceled, priority)
+    return _merged(len(items), [(mine, found), (theirs, theirs_found)])
+
+
+def _validate_share(
+    services: Services, tenant: str, batch_id: str, items: list[RawItem], base_url: str, priority: Priority
+) -> Validated:
+    """``validate_items`` in the helper process, stopping when the batch is canceled."""
+    return validate_items(
+        services, tenant, batch_id, items, base_url, lambda: services.batches.cancel_requested(batch_id), priority
+    )
+
+
+# Items from which a batch's validation is shared with the helper process (below: not worth the copies).
+SHARE_FROM = 2000
+# Image URLs in an item's input (at its top level, or in a list there): what ``_shares`` keeps together.
+_SHARE_BY = ("http://", "https://")
+
+
+def _shares(items: Sequence[RawItem], base_url: str) -> tuple[list[int], list[int]]:
+    """The positions of the items this process validates, and of those the helper does: every other one,
+    except that items naming the same image URL (their first, in sorted order) go to the same process."""
+    shares: tuple[list[int], list[int]] = ([], [])
+    ours = base_url.encode()
+    for position, (_, text) in enumerate(items):
+        # Only an item with an http(s) URL not of this API is read (most name uploaded files only).
+        urls = _image_urls(text, base_url) if text.count(b"http") > text.count(ours) else []
+        side = zlib.crc32(min(urls).encode()) & 1 if urls else position & 1
+        shares[side].append(position)
+    return shares
+
+
+def _image_urls(text: bytes, base_url: str) -> list[str]:
+    """The http(s) URLs (not this API's) an item's input holds at its top level or in a list there."""
+    try:
+        raw = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return []
+    inputs = raw.get("input") if isinstance(raw, dict) else None
+    if not isinstance(inputs, dict):
+        return []
+    found = []
+    for value in inputs.values():
+        for item in value if isinstance(value, list) else (value,):
+            if isinstance(item, str) and item.startswith(_SHARE_BY) and not item.startswith(base_url):
+                found.append(item)
+    return found
+
+
+def _merged(count: int, parts: list[tuple[list[int], Validated]]) -> Validated:
+    """The validations of parts of a batch (each with the positions of its items) as one, in item order."""
+    entries: list[int | RefusedItem] = [_UNSET] * count
+    own = [_NO_FIELDS] * count
+    templates: list[Template] = []
+    for positions, part in parts:
+        offset = len(templates)
+        templates += part.templates
+        for position, entry, fields in zip(positions, part.entries, part.own, strict=True):
+            entries[position] = entry if isinstance(entry, RefusedItem) else entry + offset
+            own[position] = fields
+    return Validated(entries, templates, own)
+
+
+_UNSET = RefusedItem(0, {})
+
+
 def validate_items(
     services: Services,
     tenant: str,
@@ -110,21 +241,98 @@ def validate_items(
     """Every item checked (``priority``: the batch's, for items that name none); identical items checked
     once. Their stored images belong to the batch (``api.intake.image_staging``), so identical items
     share them with the rest of their fields. Stops with ``CanceledWhileValidating`` once ``canceled()``
-    (asked every ``CANCEL_CHECK_EVERY`` items) says so."""
+    (asked every ``CANCEL_CHECK_EVERY`` items) says so.
+
+    Items whose fields but the input are those of an item found good before (the usual batch file: one
+    model, its own prompt and seed per line) have only their input checked (``prepare_item_input``);
+    the uploaded files they name are looked up once per batch (``RequestFiles``)."""
     found = Validated()
-    cache: dict[bytes, int | RefusedItem] = {}
+    cache: dict[bytes, tuple[int, OwnFields] | RefusedItem] = {}
+    rests: dict[bytes, _KnownRest] = {}
     images = RequestImages(batch_id=batch_id)
-    for count, (line, text) in enumerate(items, start=1):
-        if count % CANCEL_CHECK_EVERY == 0 and canceled():
-            raise CanceledWhileValidating
-        known = cache.get(text)
-        if known is None:
-            known = _validate_one(services, tenant, batch_id, line, text, base_url, images, found, priority)
-            # Problems other than 422 (a file gone, a fetch that timed out) may not repeat.
-            if isinstance(known, int) or known.problem.get("status") == 422:
-                cache[text] = known
-        found.entries.append(RefusedItem(line, known.problem) if isinstance(known, RefusedItem) else known)
+    uploads = UploadsMeanwhile(services.storage)
+    services = replace(services, files=RequestFiles(services.files), storage=cast(Storage, uploads))
+    with uploads:
+        for count, (line, text) in enumerate(items, start=1):
+            if count % CANCEL_CHECK_EVERY == 0 and canceled():
+                raise CanceledWhileValidating
+            known = cache.get(text)
+            if known is None:
+                known = _validate_one(services, tenant, batch_id, line, text, base_url, images, found, priority, rests)
+                # Problems other than 422 (a file gone, a fetch that timed out) may not repeat.
+                if not isinstance(known, RefusedItem) or known.problem.get("status") == 422:
+                    cache[text] = known
+            if isinstance(known, RefusedItem):
+                found.entries.append(RefusedItem(line, known.problem))
+                found.own.append(_NO_FIELDS)
+            else:
+                found.entries.append(known[0])
+                found.own.append(known[1])
     return found
+
+
+class UploadsMeanwhile:
+    """The storage a batch's validation uses: each upload (an image fetched from a URL, a large data
+    URI) is made on a thread of ``UPLOAD_THREADS`` while the next lines are checked, not in turn (300
+    distinct image URLs: seconds of round trips to S3). Every other call is the storage's own; a copy
+    or read of an object still being uploaded waits for it. Leaving the ``with`` waits for every
+    upload, and raises the first that failed: no item is stored before its images are."""
+
+    def __init__(self, storage: Storage) -> None:
+        self._storage = storage
+        self._pending: dict[str, Future[None]] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._storage, name)
+
+    def put_bytes(self, key: str, data: bytes, content_type: str) -> None:
+        self._pending[key] = _uploads().submit(self._storage.put_bytes, key, data, content_type)
+
+    def copy(self, source: str, key: str) -> None:
+        self._settle(source)
+        self._storage.copy(source, key)
+
+    def open(self, key: str) -> StoredObject:
+        self._settle(key)
+        return self._storage.open(key)
+
+    def _settle(self, key: str) -> None:
+        if (pending := self._pending.get(key)) is not None:
+            pending.result()
+
+    def __enter__(self) -> UploadsMeanwhile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """Every upload finished (their first failure raised, unless the batch already failed)."""
+        pending, self._pending = self._pending, {}
+        wait(pending.values())
+        if exc[0] is None:
+            for upload in pending.values():
+                upload.result()
+
+
+# Uploads of one intake process made at once (S3 round trips: threads wait, they do not compute).
+UPLOAD_THREADS = 8
+
+
+@cache
+def _uploads() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(UPLOAD_THREADS, thread_name_prefix="batch-uploads")
+
+
+class RequestFiles(FileStore):
+    """The tenant's uploaded files as one batch request found them: each looked up once, however many
+    of its items name it (a 100,000-line file naming one reference image: one read, not 200,000)."""
+
+    def __init__(self, files: FileStore) -> None:
+        super().__init__(files.redis, files.storage, files.retention_s)
+        self._found: dict[tuple[str, str], FileRecord | None] = {}
+
+    def get(self, file_id: str, tenant: str) -> FileRecord | None:
+        if (file_id, tenant) not in self._found:
+            self._found[(file_id, tenant)] = super().get(file_id, tenant)
+        return self._found[(file_id, tenant)]
 
 
 def _validate_one(
@@ -137,7 +345,8 @@ def _validate_one(
     images: RequestImages,
     found: Validated,
     priority: Priority,
-) -> int | RefusedItem:
+    rests: dict[bytes, _KnownRest],
+) -> tuple[int, OwnFields] | RefusedItem:
     if nests_deeper_than(text):
         return RefusedItem(line, problem_body(422, too_deep_problem(f"line {line}")))
     try:
@@ -146,14 +355,39 @@ def _validate_one(
         return RefusedItem(line, problem_body(422, f"not JSON ({exc})"))
     if not isinstance(raw, dict):
         return RefusedItem(line, problem_body(422, "a create body must be a JSON object"))
+    rest = _rest_key(raw)
+    known = rests.get(rest) if rest is not None and isinstance(raw.get("input"), dict) else None
     try:
+        if known is not None:
+            inputs, input_files = prepare_item_input(services, tenant, known.spec, raw, base_url, images)
+            return known.template, _own_fields(inputs, input_files)
         prediction = prepare_item(services, tenant, raw, base_url, images, priority)
     except ProblemError as exc:
         return RefusedItem(line, problem_body(exc.status, exc.detail, **exc.extra))
     prediction.batch_id = batch_id
     low = prediction.priority == "low"
-    found.templates.append(Template(prediction.queue, prediction.model, _shared_fields(prediction), low))
-    return len(found.templates) - 1
+    fields = _shared_fields(prediction)
+    own = OwnFields(fields.pop("input"), fields.pop("input_files", None))
+    found.templates.append(Template(prediction.queue, prediction.model, fields, low))
+    if rest is not None:
+        rests[rest] = _KnownRest(item_spec(services, raw), len(found.templates) - 1)
+    return len(found.templates) - 1, own
+
+
+def _rest_key(raw: dict[str, Any]) -> bytes | None:
+    """An item's fields but its input, encoded with sorted keys; None if orjson cannot write them."""
+    try:
+        return orjson.dumps({name: value for name, value in raw.items() if name != "input"}, option=_SORTED)
+    except TypeError:
+        return None
+
+
+_SORTED = orjson.OPT_SORT_KEYS
+
+
+def _own_fields(inputs: dict[str, Any], input_files: dict[str, str]) -> OwnFields:
+    """Encoded as ``Prediction.to_compact_hash`` encodes them (no ``input_files`` when there are none)."""
+    return OwnFields(orjson.dumps(inputs), orjson.dumps(input_files) if input_files else None)
 
 
 def _parse(text: bytes) -> Any:
@@ -183,11 +417,12 @@ def store_batch(services: Services, batch: Batch, validated: Validated, tenant_c
     created: Counter[str] = Counter()
     cut_short = False
     try:
-        _share_inputs(services, batch, validated)
+        groups = _share_fields(services, batch, validated)
         for start in range(0, len(validated.entries), CHUNK):
             if cut_short := services.batches.cancel_requested(batch.id):
                 break
-            ids, runs = _store_chunk(services, batch, validated, validated.entries[start : start + CHUNK])
+            chunk = range(start, min(start + CHUNK, len(validated.entries)))
+            ids, runs = _store_chunk(services, batch, validated, groups, chunk)
             stored += ids
             created += runs
             if cut_short := services.batches.cancel_requested(batch.id):
@@ -204,67 +439,110 @@ def store_batch(services: Services, batch: Batch, validated: Validated, tenant_c
         services.dispatcher.release(family)  # both lanes
 
 
-def _share_inputs(services: Services, batch: Batch, validated: Validated) -> None:
-    """Items with the same text share one stored copy of their fields (``keys.batch_shared_fields``:
-    the input, the version, ...); each record keeps only what the status scripts read, small enough
-    for Redis's compact hash encoding."""
-    uses = Counter(e for e in validated.entries if isinstance(e, int))
+@dataclass
+class _Group:
+    """Valid items stored alike: the same template and ``input_files``. ``fields``: what each of their
+    records holds but its id (and its input, when ``own_input``)."""
+
+    template: int
+    fields: dict[str, bytes]
+    own_input: bool
+
+
+@dataclass
+class _Groups:
+    """The batch's groups, and each entry's group (None: a refused entry)."""
+
+    groups: list[_Group]
+    of_entry: list[int | None]
+
+
+def _share_fields(services: Services, batch: Batch, validated: Validated) -> _Groups:
+    """Items of the same template and ``input_files`` (a batch file's usual lines: one model, one
+    reference image, a prompt and seed of their own) share one stored copy of those fields
+    (``keys.batch_shared_fields``: the version, the base URL, ``created_at``, ``input_files``, and the
+    input too when theirs is the same); each record keeps only what the status scripts read
+    (``OWN_FIELDS``) and its own input, small enough for Redis's compact hash encoding. An item alone
+    in its group keeps every field."""
+    index: dict[tuple[int, bytes | None], int] = {}
+    of_entry: list[int | None] = []
+    sizes: list[int] = []
+    inputs: list[set[bytes]] = []
+    for entry, own in zip(validated.entries, validated.own, strict=True):
+        if isinstance(entry, RefusedItem):
+            of_entry.append(None)
+            continue
+        group = index.setdefault((entry, own.input_files), len(index))
+        if group == len(sizes):
+            sizes.append(0)
+            inputs.append(set())
+        sizes[group] += 1
+        if len(inputs[group]) < 2:
+            inputs[group].add(own.input)
+        of_entry.append(group)
+    groups: list[_Group] = []
     with services.redis.pipeline(transaction=False) as pipe:
-        for index, count in uses.items():
-            template = validated.templates[index]
-            long = {name: value for name, value in template.fields.items() if name not in OWN_FIELDS}
-            if count < 2:
-                continue
-            key = keys.batch_shared_fields(batch.id, index)
-            pipe.hset(key, mapping=long)  # type: ignore[arg-type]
-            pipe.expire(key, services.batches.ttl_s)
-            fields = {name: value for name, value in template.fields.items() if name not in long}
-            validated.templates[index] = replace(template, fields=fields | {"shared_fields": orjson.dumps(key)})
+        for (template, input_files), group in index.items():
+            fields = dict(validated.templates[template].fields)
+            if input_files is not None:
+                fields["input_files"] = input_files
+            own_input = len(inputs[group]) > 1
+            if not own_input:
+                fields["input"] = next(iter(inputs[group]))
+            if sizes[group] > 1:
+                key = keys.batch_shared_fields(batch.id, group)
+                pipe.hset(key, mapping={k: v for k, v in fields.items() if k not in OWN_FIELDS})
+                pipe.expire(key, services.batches.ttl_s)
+                fields = {k: v for k, v in fields.items() if k in OWN_FIELDS} | {"shared_fields": orjson.dumps(key)}
+            groups.append(_Group(template, fields, own_input))
         pipe.execute()
-
-
-def _valid(validated: Validated) -> Iterator[int]:
-    return (e for e in validated.entries if isinstance(e, int))
-
-
-def _template(validated: Validated, entry: int) -> Template:
-    return validated.templates[entry]
+    return _Groups(groups, of_entry)
 
 
 def _store_chunk(
-    services: Services, batch: Batch, validated: Validated, chunk: list[int | RefusedItem]
+    services: Services, batch: Batch, validated: Validated, groups: _Groups, chunk: range
 ) -> tuple[list[str], Counter[str]]:
     """Its records, then one transaction; returns the ids of the predictions it stored, and how many
     per model. Should an id drawn for it have a record already, nothing of the chunk is stored and it
     is tried with ids drawn afresh."""
     for _ in range(ID_DRAWS - 1):
         try:
-            return _store_chunk_with_new_ids(services, batch, validated, chunk)
+            return _store_chunk_with_new_ids(services, batch, validated, groups, chunk)
         except AlreadyStored as exc:
             log.error("batch %s: new prediction ids already stored (%s); drawing others", batch.id, exc)
-    return _store_chunk_with_new_ids(services, batch, validated, chunk)
+    return _store_chunk_with_new_ids(services, batch, validated, groups, chunk)
 
 
 def _store_chunk_with_new_ids(
-    services: Services, batch: Batch, validated: Validated, chunk: list[int | RefusedItem]
+    services: Services, batch: Batch, validated: Validated, groups: _Groups, chunk: range
 ) -> tuple[list[str], Counter[str]]:
-    fresh = iter(new_ids(sum(1 for entry in chunk if isinstance(entry, int))))
+    entries_in = validated.entries
+    fresh = iter(new_ids(sum(1 for i in chunk if not isinstance(entries_in[i], RefusedItem))))
     entries: list[str] = []
     by_lane: dict[tuple[str, bool], list[str]] = {}
-    by_template: dict[int, list[str]] = {}
-    for entry in chunk:
+    by_group: dict[int, tuple[list[str], list[bytes]]] = {}
+    for i in chunk:
+        entry = entries_in[i]
         if isinstance(entry, RefusedItem):
             entries.append(invalid_entry(entry))
             continue
-        template = _template(validated, entry)
+        template = validated.templates[entry]
         prediction_id = next(fresh)
         entries.append(prediction_id)
         by_lane.setdefault((template.family, template.low), []).append(prediction_id)
-        by_template.setdefault(entry, []).append(prediction_id)
+        group = groups.of_entry[i]
+        assert group is not None  # a valid entry's
+        ids, inputs = by_group.setdefault(group, ([], []))
+        ids.append(prediction_id)
+        inputs.append(validated.own[i].input)
     stored = [i for ids in by_lane.values() for i in ids]
     runs: Counter[str] = Counter()
-    for entry, ids in by_template.items():
-        runs[_template(validated, entry).model] += len(ids)
+    records: list[ItemRecords] = []
+    for group, (ids, inputs) in by_group.items():
+        kind = groups.groups[group]
+        runs[validated.templates[kind.template].model] += len(ids)
+        own = ("input",) if kind.own_input else ()
+        records.append(ItemRecords(kind.fields, ids, own, [(value,) for value in inputs] if own else ()))
 
     def then(pipe: Pipeline) -> None:
         if stored:
@@ -275,10 +553,7 @@ def _store_chunk_with_new_ids(
         for (family, low), lane_ids in by_lane.items():
             services.dispatcher.add_to_pipeline(pipe, family, batch.tenant, lane_ids, low=low)
 
-    records = [
-        ({k: v for k, v in _template(validated, e).fields.items() if k != "id"}, ids) for e, ids in by_template.items()
-    ]
-    services.store.create_records(records, then)
+    services.store.create_item_records(records, then)
     return stored, runs
 
 
@@ -315,7 +590,7 @@ def create_batch(
     due = time.time() + BATCH_TTL_S + services.settings.retention_s
     retention.schedule(services.redis, "batch", batch.id, due)
     try:
-        validated = validate_items(
+        validated = validate_all(
             services, tenant, batch.id, items, base_url, lambda: services.batches.cancel_requested(batch.id), priority
         )
         if (kept_s := longest_retention(validated)) is not None:

@@ -10,12 +10,18 @@ anything else that went wrong comes back as ``IntakeFailed`` (a 500)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import multiprocessing
+import multiprocessing.util
+import os
+import threading
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from multiprocessing.process import BaseProcess
+from typing import Any, TypeVar
 
 from api.errors import ProblemError
 from api.services import Services
@@ -24,10 +30,18 @@ from shared.runtime import metrics
 from shared.runtime.logs import configure_logging
 from shared.settings import Settings
 
+T = TypeVar("T")
+
 # Batch creates validated at once; more wait their turn (each one is CPU-bound).
 PROCESSES = 2
 
 _services: Services | None = None
+# This intake process's helper (``helper``): one more process, on the machine's other core.
+_helper: ProcessPoolExecutor | None = None
+# A helper's settings (it connects on its first work).
+_helper_settings: Settings | None = None
+# The settings this intake process starts its helpers with.
+_helper_settings_of: Settings | None = None
 
 
 @dataclass(frozen=True)
@@ -47,10 +61,88 @@ class IntakeFailed(Exception):
     """The intake process failed unexpectedly (the batch was ended there: ``api.intake.batch_file``)."""
 
 
+# How much less CPU priority intake and helper processes take than the API process: when the machine's
+# cores are all busy, the API's event loop (every other tenant's requests) is served first.
+NICENESS = 5
+
+
 def _start(settings: Settings) -> None:
-    global _services
+    global _services, _helper, _helper_settings_of
+    os.nice(NICENESS)
     configure_logging(settings)
     _services = Services.connect(settings)
+    _helper = helper_pool(settings)
+    _helper_settings_of = settings
+    _helper.submit(_ready)  # started now, in the background, not on the first large batch
+    # Stopped as this process ends, before its queues close (their finalizers' priority is 10) and
+    # multiprocessing waits for its children, which would otherwise wait for work for ever.
+    multiprocessing.util.Finalize(None, _stop_helper, exitpriority=100)
+
+
+def _stop_helper() -> None:
+    if _helper is not None:
+        _helper.shutdown(cancel_futures=True)
+
+
+def _start_helper(settings: Settings) -> None:
+    """A helper connects on its first work, not here: one started as its intake process stops (a pool
+    closed at once) then exits as soon as it is told, however long Redis would take to answer."""
+    global _helper_settings
+    os.nice(NICENESS)
+    configure_logging(settings)
+    _helper_settings = settings
+    parent = multiprocessing.parent_process()
+    if parent is not None:  # an intake process killed outright leaves no helper behind
+        threading.Thread(target=_exit_after, args=(parent,), daemon=True, name="helper-parent").start()
+
+
+def _exit_after(parent: BaseProcess) -> None:
+    parent.join()
+    os._exit(0)
+
+
+def helper_pool(settings: Settings) -> ProcessPoolExecutor:
+    """One process (``spawn``, its own ``Services``) that a large batch's validation shares its lines
+    with (``api.intake.batch_file.validate_all``): validating is CPU-bound, and one process uses one core."""
+    return ProcessPoolExecutor(1, multiprocessing.get_context("spawn"), initializer=_start_helper, initargs=(settings,))
+
+
+def helper() -> ProcessPoolExecutor | None:
+    """This intake process's helper; None in any other process (the API's, a test's)."""
+    return _helper
+
+
+def replace_helper() -> None:
+    """A new helper for one found broken (its process died): the next large batch is shared again."""
+    global _helper
+    if _helper is None or _helper_settings_of is None:
+        return
+    _helper.shutdown(wait=False, cancel_futures=True)
+    _helper = helper_pool(_helper_settings_of)
+
+
+def helped(work: Callable[..., T], *args: Any) -> T:
+    """``work(services, *args)`` in a helper process (submitted to ``helper_pool``)."""
+    global _services
+    if _services is None:
+        assert _helper_settings is not None  # set by the pool's initializer
+        _services = Services.connect(_helper_settings)
+    with collection_paused():
+        return work(_services, *args)
+
+
+@contextlib.contextmanager
+def collection_paused() -> Iterator[None]:
+    """No cyclic garbage collection meanwhile: a 100,000-line batch keeps hundreds of thousands of
+    objects alive, and each full collection would walk them all, for no garbage (its objects form no
+    cycles). Only in the processes of this module, which do nothing else while a batch is validated."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def _created() -> Counter[str]:
@@ -71,7 +163,8 @@ def _run(
     assert _services is not None  # set by the pool's initializer
     before = _created()
     try:
-        found: tuple[Batch, bool] | Problem | str = work(_services, *args)
+        with collection_paused():
+            found: tuple[Batch, bool] | Problem | str = work(_services, *args)
     except ProblemError as exc:
         found = Problem(exc.status, exc.detail, exc.headers, exc.extra)
     except Exception as exc:  # crosses back as text: not every exception pickles

@@ -13,8 +13,10 @@ from typing import Any, cast
 from pydantic import ValidationError
 
 from api.errors import ProblemError, input_validation_problem, problem_body, reject_invalid_text
+from api.intake.file_checks import check_file_inputs
 from api.intake.idempotency import TTL_S, await_first_request, fingerprint
-from api.intake.image_staging import RequestImages
+from api.intake.image_staging import RequestImages, stage_images
+from api.intake.inputs import validate_input
 from api.intake.submission import confirm_replicated, prepare, store_and_enqueue, with_priority
 from api.schemas import CreateInBatch
 from api.services import Services
@@ -54,6 +56,31 @@ def prepare_item(
     except ValidationError as exc:
         raise input_validation_problem(exc, prefix=()) from None
     return prepare(services, tenant, _model_of(item, services), item, base_url, images, priority=priority)
+
+
+def item_spec(services: Services, raw: dict[str, Any]) -> ModelSpec:
+    """The model an item that ``prepare_item`` took names (``version`` or ``model``)."""
+    return _model_of(CreateInBatch.model_validate(raw), services)
+
+
+def prepare_item_input(
+    services: Services,
+    tenant: str,
+    spec: ModelSpec,
+    raw: dict[str, Any],
+    base_url: str,
+    images: RequestImages,
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """The input (as stored) and ``input_files`` of a batch item whose other fields are those of an item
+    ``prepare_item`` took (the same model, webhook, priority, ...: ``spec`` is its model), with the same
+    checks in the same order as ``prepare_item`` makes, less those of the fields already found good: so
+    the same problem for a bad input, at a fraction of the cost (no create body or prediction is built).
+    Only for a batch object's items (``images.batch_id``): their images are stored for the batch."""
+    assert images.batch_id is not None  # an item's own images would be stored under its id
+    reject_invalid_text(raw)
+    inputs = validate_input(spec, raw["input"], services, tenant, base_url, images.checked)
+    check_file_inputs(spec, inputs, services, tenant, base_url, images.file_headers)
+    return stage_images(spec, inputs, services, tenant, "", base_url, images)
 
 
 def submit_batch(

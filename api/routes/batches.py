@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -10,7 +11,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from api.deps import BaseURL, CurrentCaller, CurrentTenant, HeaderPriority, IdempotencyKey, OptionalTenant, ServicesDep
 from api.errors import ProblemError
-from api.intake.batch_file import create_batch, file_lines, inline_items, read_input_file
+from api.intake.batch_file import RawItem, create_batch, file_lines, inline_items, read_input_file
 from api.intake.batch_pool import IntakePool
 from api.intake.idempotency import await_first_request, fingerprint
 from api.intake.submission import check_webhook, confirm_replicated, with_priority
@@ -76,7 +77,8 @@ def _submit(
                     f"input_file: {len(lines)} lines, at most {settings.batch_file_max_lines} "
                     "(KILN_BATCH_FILE_MAX_LINES)",
                 )
-            items, count, source = iter(lines), len(lines), body.input_file
+            items: Iterable[RawItem] = lines
+            count, source = len(lines), body.input_file
         else:
             assert body.predictions is not None  # exactly one of the two (checked above)
             items, count, source = inline_items(body.predictions), len(body.predictions), "inline"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import io
 import re
 import time
@@ -39,6 +40,22 @@ class ImageInfo:
 
 def check_uri_scheme(uri: str) -> str:
     """Return the scheme of an image URI, refusing anything but http, https and data."""
+    if len(uri) <= _REMEMBERED_URI_CHARS:
+        return _remembered_scheme(uri)
+    return _scheme(uri)
+
+
+# URIs up to this long have their scheme remembered (a batch file names one image in thousands of
+# lines, and checks it several times in each); longer ones (data URIs) are never kept alive for it.
+_REMEMBERED_URI_CHARS = 2048
+
+
+@functools.lru_cache(maxsize=4096)
+def _remembered_scheme(uri: str) -> str:
+    return _scheme(uri)
+
+
+def _scheme(uri: str) -> str:
     scheme = urlsplit(uri).scheme.lower()
     if scheme not in {"http", "https", "data"}:
         raise ImageInputError(f"must be an http(s) URL or a data URI, not a {scheme or 'relative'!r} URI")

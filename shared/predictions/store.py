@@ -14,6 +14,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -35,6 +36,18 @@ from shared.scheduling.queue_lines import QueueLines, lines_before
 _UNCAPPED = 2**62
 # Records that share fields: the fields (encoded, without ``id``) and the records' ids.
 RecordGroup = tuple[Mapping[str, bytes], Sequence[str]]
+
+
+@dataclass(frozen=True)
+class ItemRecords:
+    """Records ``create_item_records`` writes alike: the fields (encoded, without ``id``) each holds, the
+    names of those each has a value of its own of (``own``), the ids, and per id its own values."""
+
+    fields: Mapping[str, bytes]
+    ids: Sequence[str]
+    own: Sequence[str] = ()
+    values: Sequence[Sequence[EncodableT]] = ()
+
 
 log = logging.getLogger(__name__)
 
@@ -146,14 +159,51 @@ class PredictionStore:
             shared: list[EncodableT] = []
             for fields, group_ids in groups:
                 if len(group_ids) > 1:
-                    shared += [len(fields), *(x for pair in fields.items() for x in pair), len(group_ids), *group_ids]
+                    shared += [
+                        len(fields),
+                        *(x for pair in fields.items() for x in pair),
+                        0,
+                        len(group_ids),
+                        *group_ids,
+                    ]
             if shared:
-                self._store_records(args=shared)
+                self._store_records(args=[0, *shared])
             with self.redis.pipeline(transaction=True) as pipe:
                 for fields, group_ids in groups:
                     if len(group_ids) == 1:
                         record: dict[FieldT, EncodableT] = {name: value for name, value in fields.items()}
                         pipe.hset(keys.prediction(group_ids[0]), mapping=record)
+                then(pipe)
+                pipe.execute()
+        except BaseException:
+            self._delete_records(ids)
+            raise
+
+    def create_item_records(self, groups: Sequence[ItemRecords], then: Callable[[Pipeline], None]) -> None:
+        """``create_records`` for a batch's items, each with a field or two of its own (its input): one
+        script checks that none of the ids has a record and writes them all (``AlreadyStored``, nothing
+        written, if one has: the check and the writes are one atomic step, so no claim is needed), then
+        the transaction ``then`` queues runs. If it fails, the records are deleted again."""
+        args: list[EncodableT] = [1]
+        for group in groups:
+            args += [len(group.fields), *(x for pair in group.fields.items() for x in pair)]
+            args += [len(group.own), *group.own, len(group.ids)]
+            if group.own:
+                for prediction_id, values in zip(group.ids, group.values, strict=True):
+                    args.append(prediction_id)
+                    args += values
+            else:
+                args += group.ids
+        ids = [i for group in groups for i in group.ids]
+        try:
+            taken = self._store_records(args=args)
+        except BaseException:  # a script that failed midway (Redis out of memory) keeps what it wrote
+            self._delete_records(ids)
+            raise
+        if taken:
+            raise AlreadyStored([key.decode() if isinstance(key, bytes) else key for key in taken])
+        try:
+            with self.redis.pipeline(transaction=True) as pipe:
                 then(pipe)
                 pipe.execute()
         except BaseException:

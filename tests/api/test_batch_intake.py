@@ -3,6 +3,7 @@ the items are validated, an unexpected failure, JSON nested too deep, a batch ov
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -11,11 +12,14 @@ import pytest
 
 from api.errors import ProblemError
 from api.intake import batch_file as batch_intake
+from api.intake import batch_pool
 from api.routes.batches import _submit
 from api.schemas import CreateBatchObject
 from api.services import Services
 from deploy.devstack.servers import RedisServer
+from shared.batches.records import RefusedItem
 from shared.settings import Settings
+from tests.support import data_uri
 from tests.support.predictions import depth2img_input
 
 pytestmark = pytest.mark.integration
@@ -55,17 +59,17 @@ def create(services: Services, items: list[tuple[int, bytes]], tenant_cap: int =
 
 
 def test_a_cancel_while_validating_stores_no_item(services, monkeypatch):
-    real = batch_intake.prepare_item
+    real = batch_intake._validate_one
     seen: list[int] = []
 
-    def cancel_midway(services_: Services, tenant: str, raw: dict, base_url: str, images: Any, priority: Any):
+    def cancel_midway(*args: Any) -> Any:
         seen.append(1)
         if len(seen) == batch_intake.CANCEL_CHECK_EVERY // 2:
             (batch,), _ = services.batches.list_for_tenant(TENANT)
             services.batches.flag_cancel(batch.id)  # what POST .../cancel does first
-        return real(services_, tenant, raw, base_url, images, priority)
+        return real(*args)
 
-    monkeypatch.setattr(batch_intake, "prepare_item", cancel_midway)
+    monkeypatch.setattr(batch_intake, "_validate_one", cancel_midway)
     batch = create(services, lines(3 * batch_intake.CANCEL_CHECK_EVERY))
     assert len(seen) < 2 * batch_intake.CANCEL_CHECK_EVERY, "validation stopped soon after the cancel"
     assert batch.status == "canceled" and batch.total == 0
@@ -120,3 +124,105 @@ def test_a_batch_over_the_queue_cap_itself_can_never_fit(services):
     assert refused.value.status == 422 and "Retry-After" not in (refused.value.headers or {})
     assert "4 predictions" in refused.value.detail and "at most 3" in refused.value.detail
     assert services.batches.list_for_tenant(TENANT)[0] == []
+
+
+def _bad_items() -> list[dict[str, Any]]:
+    """Items whose other fields are good and whose input is not, each in its own way."""
+    return [
+        {"version": "kiln/sd2-depth2img", "input": SD2_INPUT | {"num_inference_steps": "many"}},
+        {"version": "kiln/sd2-depth2img", "input": SD2_INPUT | {"no_such_field": 1}},
+        {"version": "kiln/sd2-depth2img", "input": SD2_INPUT | {"input_image": data_uri(b"not an image")}},
+        {"version": "kiln/sd2-depth2img", "input": SD2_INPUT | {"prompt": "\ud800"}},
+        {"version": "kiln/sd2-depth2img", "input": {"prompt": "no image"}},
+        {"version": "kiln/sd2-depth2img", "input": "not an object"},
+    ]
+
+
+def _text(body: dict[str, Any]) -> bytes:
+    return json.dumps(body).encode()  # the stdlib writes a lone surrogate as an escape
+
+
+def test_an_item_checked_by_its_input_alone_is_refused_as_when_checked_whole(services):
+    """After a good item, items with the same other fields have only their input checked: the problem
+    with a bad one is the one a whole check (the first item of a batch) finds."""
+    alone = [
+        batch_intake.validate_items(services, TENANT, "b1", [(1, _text(item))], BASE).entries[0]
+        for item in _bad_items()
+    ]
+    after_a_good_one = batch_intake.validate_items(
+        services, TENANT, "b2", [lines(1)[0], *[(n, _text(item)) for n, item in enumerate(_bad_items(), 2)]], BASE
+    )
+    assert after_a_good_one.entries[0] == 0 and len(after_a_good_one.templates) == 1
+    refused = after_a_good_one.entries[1:]
+    assert all(isinstance(r, RefusedItem) for r in alone + refused)
+    assert [r.problem for r in refused] == [r.problem for r in alone]  # type: ignore[union-attr]
+    assert [r.line for r in refused] == list(range(2, 2 + len(alone)))  # type: ignore[union-attr]
+
+
+def test_an_item_checked_by_its_input_alone_is_stored_as_when_checked_whole(services):
+    validated = batch_intake.validate_items(services, TENANT, "b1", lines(3), BASE)
+    assert validated.entries == [0, 0, 0]
+    for seed, own in enumerate(validated.own):
+        whole = batch_intake.validate_items(services, TENANT, "b1", [lines(seed + 1)[seed]], BASE)
+        assert own == whole.own[0] and orjson.loads(own.input)["seed"] == seed
+        assert _without_created_at(whole.templates[0]) == _without_created_at(validated.templates[0])
+
+
+def _without_created_at(template: batch_intake.Template) -> dict[str, bytes]:
+    return {name: value for name, value in template.fields.items() if name != "created_at"}
+
+
+@pytest.fixture
+def helper(services, monkeypatch) -> Iterator[None]:
+    """An intake process's helper process, and files large enough to be shared with it."""
+    pool = batch_pool.helper_pool(services.settings)
+    monkeypatch.setattr(batch_pool, "_helper", pool)
+    monkeypatch.setattr(batch_intake, "SHARE_FROM", 4)
+    yield
+    pool.shutdown()
+
+
+def test_a_file_shared_with_the_helper_process_is_validated_as_one_process_validates_it(services, helper):
+    items = [
+        *lines(5),
+        (6, b"not json"),
+        (7, _text({"version": "kiln/no-such-model", "input": SD2_INPUT})),
+        *[(n, _text(item)) for n, item in enumerate(_bad_items(), 8)],
+        *[(n + 13, text) for n, text in lines(3)],  # the same text as lines 1-3
+        (17, _text({"version": "kiln/sd2-depth2img", "input": SD2_INPUT | {"seed": 9}, "priority": "low"})),
+    ]
+    shared = batch_intake.validate_all(services, TENANT, "b1", items, BASE)
+    alone = batch_intake.validate_items(services, TENANT, "b1", items, BASE)
+
+    def seen(validated: batch_intake.Validated) -> list[Any]:
+        return [
+            entry if isinstance(entry, RefusedItem) else (_without_created_at(validated.templates[entry]), own)
+            for entry, own in zip(validated.entries, validated.own, strict=True)
+        ]
+
+    assert seen(shared) == seen(alone)
+    assert len(shared.templates) > len(alone.templates), "the helper validated a share"
+
+
+def test_a_cancel_reaches_the_helper_process_too(services, helper):
+    batch = services.batches.create(TENANT, BASE, None, "inline", 3000)
+    services.batches.flag_cancel(batch.id)
+    with pytest.raises(batch_intake.CanceledWhileValidating):
+        batch_intake.validate_all(services, TENANT, batch.id, lines(3000), BASE, lambda: False)
+
+
+def test_a_helper_that_died_is_replaced_and_its_share_checked_here(services, helper, monkeypatch):
+    monkeypatch.setattr(batch_pool, "_helper_settings_of", services.settings)
+    dead = batch_pool._helper
+    assert dead is not None
+    dead.submit(batch_pool._ready).result(timeout=120)  # its process started
+    for process in list(dead._processes.values()):
+        process.kill()
+        process.join()
+    try:
+        validated = batch_intake.validate_all(services, TENANT, "b1", lines(6), BASE)
+        assert validated.entries == [0] * 6 or all(isinstance(e, int) for e in validated.entries)
+        assert batch_pool._helper is not dead
+    finally:
+        assert batch_pool._helper is not None
+        batch_pool._helper.shutdown()

@@ -3,15 +3,27 @@
 from __future__ import annotations
 
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
+from pydantic import BaseModel
 
 from api.errors import ProblemError
 from api.intake.image_staging import RequestImages, stage_images
 from api.intake.inputs import validate_input
 from models.sd2_depth2img.schema import Depth2ImgInput
 from models.sdxl_family.schema import IPAdapterXLInput
-from shared.inputs.schema import EVERY_ITEM, EVERY_VALUE, ImageField, image_fields, image_inputs
+from shared.inputs.schema import (
+    EVERY_ITEM,
+    EVERY_VALUE,
+    ImageField,
+    ImageURI,
+    ModelInput,
+    _image_finder,
+    _images_in,
+    image_fields,
+    image_inputs,
+)
 from shared.settings import Settings
 from tests.support import data_uri, png_bytes
 from tests.support.image_files import BASE_URL, OURS, FakeFiles, FakeStorage
@@ -131,3 +143,53 @@ def test_a_remote_image_in_a_list_that_is_not_an_image_is_refused_naming_the_ite
     inputs = {"references": ["https://e.com/0.png", "https://e.com/page.html"]}
     with pytest.raises(ProblemError, match=r"input\.references\.1: "):
         stage_images(LIST_OF_IMAGES, inputs, services, "a", "p1", BASE_URL, RequestImages())
+
+
+class _Node(BaseModel):
+    image: ImageURI | None = None
+    children: list[_Node] = []
+
+
+class _SelfNestedInput(ModelInput):
+    root: _Node
+
+
+def _walked(input_model: type[ModelInput], inputs: dict[str, Any]) -> list[tuple[str, str]]:
+    schema = input_model.model_json_schema()
+    return list(dict(_images_in(inputs, schema, schema.get("$defs", {}), ())).items())
+
+
+@pytest.mark.parametrize(
+    ("input_model", "inputs"),
+    [
+        (
+            IPAdapterXLInput,
+            {
+                "prompt": "https://e.com/not-an-image-field",
+                "ip_images": ["https://e.com/0.png", PNG, ""],
+                "input_image": "https://e.com/in.png",
+                "ip_masks": None,
+                "control_image": PNG,
+            },
+        ),
+        (IPAdapterXLInput, {"prompt": "a fox"}),
+        (
+            NestedImagesInput,
+            {
+                "layers": [{"image": PNG}, {"image": "https://e.com/l1.png", "weight": 2}],
+                "style": {"image": "https://e.com/style.png"},
+                "extra": None,
+            },
+        ),
+    ],
+)
+def test_the_compiled_image_finder_finds_what_the_schema_walk_finds_in_the_same_order(input_model, inputs):
+    assert _image_finder(input_model) is not None
+    assert image_inputs(input_model, inputs) == _walked(input_model, inputs)
+
+
+def test_models_the_image_fields_do_not_describe_fully_keep_the_schema_walk():
+    assert _image_finder(ListOfImagesInput) is None  # a mapping of images
+    assert _image_finder(_SelfNestedInput) is None  # nested in itself: deeper than its fields go
+    deep = {"root": {"children": [{"children": [{"children": [{"image": PNG}]}]}]}}
+    assert image_inputs(_SelfNestedInput, deep) == [("root.children.0.children.0.children.0.image", PNG)]
