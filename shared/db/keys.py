@@ -324,6 +324,7 @@ BOUNDS: dict[str, str] = {
     "replication_fence": "config",  # one counter
     "queue_line": "swept",  # a counter set's fields go when it drains (the status scripts, queue_lines.lua)
     "queue_line_skipped": "swept",  # trimmed as started tickets pass, deleted when its counter set drains
+    "queued_waiting": "swept",  # a member leaves with the queue (status scripts) or its record (the sweep)
 }
 
 
