@@ -78,7 +78,7 @@ def test_launcher_runs_the_stack_wires_its_environment_and_generates_private_sec
         assert stat.S_IMODE((launcher.data_dir / name).stat().st_mode) == 0o600, name
     assert stat.S_IMODE(launcher.data_dir.stat().st_mode) == 0o700
 
-    wait_until(lambda: set(launcher.statuses().values()) == {"RUNNING"}, 15, what="every program RUNNING")
+    wait_until(lambda: set(launcher.statuses().values()) == {"RUNNING"}, 60, what="every program RUNNING")
     assert set(launcher.statuses()) == {"redis", "s3", "api", WORKER_NAME}
 
     report_path = launcher.data_dir / f"{WORKER_NAME}.json"
