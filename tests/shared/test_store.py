@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import fakeredis
+import orjson
 import pytest
 import redis
 
@@ -18,7 +19,7 @@ from shared.db import keys
 from shared.db.client import AlreadyStored, create_new
 from shared.predictions.record import Prediction, new_ids
 from shared.predictions.status import Status
-from shared.predictions.store import PredictionStore
+from shared.predictions.store import ItemRecords, PredictionStore
 
 # Rounds of the start/cancel race: each side wins about half of them, and a non-atomic guard fails within them.
 RACE_ROUNDS = 300
@@ -261,3 +262,28 @@ def test_a_record_only_claimed_is_not_read_as_one(store):
     store.redis.delete(keys.prediction(prediction.id))
     store.create(prediction)
     assert store.get(prediction.id) == prediction
+
+
+@pytest.mark.integration
+def test_a_batch_chunk_sent_again_by_a_retry_is_written_once_and_another_creates_record_still_refuses_it(
+    server_store,
+):
+    """``store_records.lua`` run again by redis-py's retry (its reply lost with the connection) finds
+    the records its first run wrote (their tenant and created_at are the chunk's): it answers written,
+    so the chunk is not drawn again under new ids, leaving the first records behind; a chunk of
+    another tenant's create whose id is stored is still refused."""
+    store = server_store
+    ids = new_ids(3)
+    fields = {k: v for k, v in twin_of(make(store), "t1").to_compact_hash().items() if k not in {"id", "input"}}
+    chunk = [ItemRecords(fields, ids, ("input",), [(orjson.dumps({"prompt": f"line {n}"}),) for n in range(3)])]
+    store.create_item_records(chunk, lambda pipe: None)
+    written = store.get_many(ids)
+
+    store.create_item_records(chunk, lambda pipe: None)
+
+    assert store.get_many(ids) == written
+    assert [p.input for p in written] == [{"prompt": f"line {n}"} for n in range(3)]
+    other = {**fields, "tenant": orjson.dumps("t2")}
+    with pytest.raises(AlreadyStored):
+        store.create_item_records([ItemRecords(other, ids[:1], ("input",), [(b"{}",)])], lambda pipe: None)
+    assert store.get_many(ids) == written
