@@ -21,6 +21,7 @@ from api.intake.file_checks import check_file_inputs
 from api.intake.idempotency import await_first_request, fingerprint
 from api.intake.image_staging import RequestImages, stage_images
 from api.intake.inputs import validate_input
+from api.intake.loop_fit import fits_on_loop
 from api.schemas import PredictionFields
 from api.services import Services
 from api.streams.waiting import parse_prefer_wait, wait_until_terminal
@@ -455,15 +456,16 @@ async def _submit(
     deployment: str | None,
     priority: Priority,
 ) -> Submitted:
-    """``submit`` for a request: validated (and a low one stored) on an intake thread, a normal one then
+    """``submit`` for a request: validated (and a low one stored) on an intake thread, or on the event loop
+    when that does no I/O and little CPU (``api.intake.loop_fit``); a normal one then
     stored in its one round trip on the event loop, and confirmed on the replicas (on a thread, when
     ``KILN_REDIS_MIN_REPLICAS_ACK`` asks for it)."""
     tenant = caller.tenant
-    done = await services.intake.run(
-        tenant,
-        _on_intake_thread,
-        *(services, tenant, spec, body, base_url, idempotency_key, caller.max_queued, deadline, deployment, priority),
-    )
+    if fits_on_loop(spec, body, idempotency_key, priority, services.settings):  # no I/O, little CPU
+        done = validate_and_claim(services, tenant, spec, body, base_url, None, deadline, deployment, priority)
+    else:
+        work = (services, tenant, spec, body, base_url, idempotency_key, caller.max_queued, deadline, deployment)
+        done = await services.intake.run(tenant, _on_intake_thread, *work, priority)
     if not done.created or done.position_read or done.prediction.priority == "low":
         return done
     prediction = done.prediction
