@@ -87,13 +87,16 @@ def prepare(
     deadline: datetime | None = None,
     deployment: str | None = None,
     priority: Priority = "normal",
+    on_loop: bool = False,
 ) -> Prediction:
     """Validate a create request (input, file inputs, webhook, every image) into a prediction ready
     to store, its large and remote images stored in S3 (``api.intake.image_staging``).
 
     ``images`` is shared by the items of one request (a batch), so an image repeated across them is
     checked and uploaded once; a bare set is taken as the data URIs already checked. ``priority`` is
-    the request's (a batch's ``priority``, the ``Kiln-Priority`` header); the body's own wins."""
+    the request's (a batch's ``priority``, the ``Kiln-Priority`` header); the body's own wins. ``on_loop``:
+    validated on the event loop (``api.intake.loop_fit``), which stores nothing in S3, so a refusal has
+    nothing to delete there (and the loop makes no S3 call)."""
     images = images if isinstance(images, RequestImages) else RequestImages(checked=images or set())
     # First: text that is not valid Unicode is never fetched, stored or echoed.
     reject_invalid_text(body.input, "input")
@@ -106,7 +109,8 @@ def prepare(
         inputs, input_files = stage_images(spec, inputs, services, tenant, prediction_id, base_url, images)
     except BaseException:
         images.forget(prediction_id)
-        discard_staged_inputs(services, [prediction_id])  # a 4xx leaves no object behind
+        if not on_loop:
+            discard_staged_inputs(services, [prediction_id])  # a 4xx leaves no object behind
         raise
     return Prediction(
         id=prediction_id,
@@ -383,12 +387,21 @@ def validate_and_claim(
     deadline: datetime | None = None,
     deployment: str | None = None,
     priority: Priority = "normal",
+    on_loop: bool = False,
 ) -> Submitted:
     """The first half of ``submit``: the prediction validated and its images staged (``prepare``), and its
     Idempotency-Key (if any) claimed for it: ``created`` (to be stored next), or, for a repeat of the same
     request, the first request's prediction (``created`` false; confirmed on the replicas)."""
     prediction = prepare(
-        services, tenant, spec, body, base_url, deadline=deadline, deployment=deployment, priority=priority
+        services,
+        tenant,
+        spec,
+        body,
+        base_url,
+        deadline=deadline,
+        deployment=deployment,
+        priority=priority,
+        on_loop=on_loop,
     )
     if idempotency_key is not None:
         request = fingerprint(
@@ -462,7 +475,9 @@ async def _submit(
     ``KILN_REDIS_MIN_REPLICAS_ACK`` asks for it)."""
     tenant = caller.tenant
     if fits_on_loop(spec, body, idempotency_key, priority, services.settings):  # no I/O, little CPU
-        done = validate_and_claim(services, tenant, spec, body, base_url, None, deadline, deployment, priority)
+        done = validate_and_claim(
+            services, tenant, spec, body, base_url, None, deadline, deployment, priority, on_loop=True
+        )
     else:
         work = (services, tenant, spec, body, base_url, idempotency_key, caller.max_queued, deadline, deployment)
         done = await services.intake.run(tenant, _on_intake_thread, *work, priority)

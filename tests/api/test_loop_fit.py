@@ -4,13 +4,17 @@ large image goes to its token's intake lane."""
 
 from __future__ import annotations
 
+import base64
 import io
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from PIL import Image
 
+from api.errors import ProblemError
 from api.intake.loop_fit import ON_LOOP_MAX_PIXELS, fits_on_loop
+from api.intake.submission import validate_and_claim
 from api.schemas import PredictionFields
 from models.registry import find_model
 from shared.settings import Settings
@@ -67,3 +71,32 @@ def test_a_data_uri_stored_in_s3_or_unreadable_goes_to_its_intake_lane() -> None
     over_inline = "data:image/png;base64," + "A" * SETTINGS.inline_input_max_bytes
     assert not fits({"input": {"prompt": "a", "input_image": over_inline}})
     assert not fits({"input": {"prompt": "a", "input_image": "data:image/png;base64,bm90IGFuIGltYWdl"}})
+
+
+class NoStorage:
+    """S3 that notes every call (a failing delete is only logged): a create validated on the loop stores
+    and deletes nothing there."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        self.calls.append(name)
+        raise AssertionError(f"storage.{name} called on the event loop")
+
+
+def test_an_image_refused_on_the_loop_is_a_422_with_no_s3_call() -> None:
+    """Its header reads (so it fits on the loop), its pixels do not: the same 422 as on the intake thread,
+    and no S3 delete of what was never staged."""
+    whole = base64.b64decode(SMALL.partition(",")[2])
+    truncated = data_uri(whole[:60])  # its header, the start of its pixels
+    body = PredictionFields.model_validate({"input": {"prompt": "a", "input_image": truncated, "ip_image": SMALL}})
+    assert fits_on_loop(SPEC, body, None, "normal", SETTINGS)
+    storage = NoStorage()
+    services = SimpleNamespace(settings=SETTINGS, storage=storage)
+    with pytest.raises(ProblemError) as refused:
+        validate_and_claim(services, "t", SPEC, body, "http://kiln", on_loop=True)  # type: ignore[arg-type]
+    assert (
+        refused.value.status == 422 and refused.value.detail == "input.input_image: image data is truncated or corrupt"
+    )
+    assert storage.calls == []
