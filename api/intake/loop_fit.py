@@ -26,30 +26,35 @@ ON_LOOP_MAX_DATA_URI_BYTES = 64 * 1024
 ON_LOOP_MAX_PIXELS = 512 * 512
 
 
-def fits_on_loop(
+def loop_checked_images(
     spec: ModelSpec, body: PredictionFields, idempotency_key: str | None, priority: str, settings: Settings
-) -> bool:
-    """Whether this create does no I/O and little CPU before its store (see the module): a normal one,
-    without an Idempotency-Key, webhook or file input, whose every URL-like string is a small data URI."""
+) -> set[str] | None:
+    """The data URIs of a create that does no I/O and little CPU before its store (see the module), their
+    headers checked as the input schema checks them (so it need not again); None for any other create: a
+    low one, or one with an Idempotency-Key, a webhook, a file input, or a URL-like string that is not a
+    small data URI."""
     if idempotency_key is not None or priority == "low" or body.priority == "low":
-        return False
+        return None
     if body.webhook is not None or body.webhook_completed is not None or file_inputs(spec.input_model, body.input):
-        return False
+        return None
     budget = ON_LOOP_MAX_DATA_URI_BYTES
+    checked: set[str] = set()
     for text in _strings(body.input):
         if "://" in text:  # an image URL, an uploaded file's URL
-            return False
-        if text[:5].lower() != "data:":
+            return None
+        if text[:5].lower() != "data:" or text in checked:
             continue
         budget -= len(text)
         if len(text) > settings.inline_input_max_bytes or budget < 0 or not _small_image(text, settings):
-            return False
-    return True
+            return None
+        checked.add(text)
+    return checked
 
 
 def _small_image(uri: str, settings: Settings) -> bool:
-    """Whether a data URI's header names an image of at most ``ON_LOOP_MAX_PIXELS`` (one that does not
-    read as an image is left to the intake thread, which answers why)."""
+    """Whether a data URI's header names an allowed image within the caps (``shared.inputs.schema``'s
+    check) of at most ``ON_LOOP_MAX_PIXELS``; one that does not is left to the intake thread, which
+    answers why."""
     try:
         info = inspect_image(decode_data_uri(uri, settings.image_fetch_max_bytes), settings.image_max_pixels)
     except ImageInputError:

@@ -21,7 +21,7 @@ from api.intake.file_checks import check_file_inputs
 from api.intake.idempotency import await_first_request, fingerprint
 from api.intake.image_staging import RequestImages, stage_images
 from api.intake.inputs import validate_input
-from api.intake.loop_fit import fits_on_loop
+from api.intake.loop_fit import loop_checked_images
 from api.schemas import PredictionFields
 from api.services import Services
 from api.streams.waiting import parse_prefer_wait, wait_until_terminal
@@ -387,11 +387,12 @@ def validate_and_claim(
     deadline: datetime | None = None,
     deployment: str | None = None,
     priority: Priority = "normal",
-    on_loop: bool = False,
+    loop_checked: set[str] | None = None,
 ) -> Submitted:
     """The first half of ``submit``: the prediction validated and its images staged (``prepare``), and its
     Idempotency-Key (if any) claimed for it: ``created`` (to be stored next), or, for a repeat of the same
-    request, the first request's prediction (``created`` false; confirmed on the replicas)."""
+    request, the first request's prediction (``created`` false; confirmed on the replicas). ``loop_checked``:
+    validated on the event loop (``api.intake.loop_fit``), these data URIs' headers checked there."""
     prediction = prepare(
         services,
         tenant,
@@ -401,7 +402,8 @@ def validate_and_claim(
         deadline=deadline,
         deployment=deployment,
         priority=priority,
-        on_loop=on_loop,
+        images=loop_checked,
+        on_loop=loop_checked is not None,
     )
     if idempotency_key is not None:
         request = fingerprint(
@@ -474,10 +476,9 @@ async def _submit(
     stored in its one round trip on the event loop, and confirmed on the replicas (on a thread, when
     ``KILN_REDIS_MIN_REPLICAS_ACK`` asks for it)."""
     tenant = caller.tenant
-    if fits_on_loop(spec, body, idempotency_key, priority, services.settings):  # no I/O, little CPU
-        done = validate_and_claim(
-            services, tenant, spec, body, base_url, None, deadline, deployment, priority, on_loop=True
-        )
+    checked = loop_checked_images(spec, body, idempotency_key, priority, services.settings)
+    if checked is not None:  # no I/O, little CPU: on the loop
+        done = validate_and_claim(services, tenant, spec, body, base_url, None, deadline, deployment, priority, checked)
     else:
         work = (services, tenant, spec, body, base_url, idempotency_key, caller.max_queued, deadline, deployment)
         done = await services.intake.run(tenant, _on_intake_thread, *work, priority)

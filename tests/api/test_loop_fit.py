@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from api.errors import ProblemError
-from api.intake.loop_fit import ON_LOOP_MAX_PIXELS, fits_on_loop
+from api.intake.loop_fit import ON_LOOP_MAX_PIXELS, loop_checked_images
 from api.intake.submission import validate_and_claim
 from api.schemas import PredictionFields
 from models.registry import find_model
@@ -34,11 +34,13 @@ SMALL = png(64, 64)
 
 
 def fits(body: dict[str, Any], idempotency_key: str | None = None, priority: str = "normal") -> bool:
-    return fits_on_loop(SPEC, PredictionFields.model_validate(body), idempotency_key, priority, SETTINGS)
+    checked = loop_checked_images(SPEC, PredictionFields.model_validate(body), idempotency_key, priority, SETTINGS)
+    return checked is not None
 
 
-def test_a_create_with_small_data_uri_images_is_validated_on_the_loop() -> None:
-    assert fits({"input": {"prompt": "a", "input_image": SMALL, "ip_image": SMALL}})
+def test_a_create_with_small_data_uri_images_is_validated_on_the_loop_its_headers_checked_once() -> None:
+    body = PredictionFields.model_validate({"input": {"prompt": "a", "input_image": SMALL, "ip_image": SMALL}})
+    assert loop_checked_images(SPEC, body, None, "normal", SETTINGS) == {SMALL}
 
 
 @pytest.mark.parametrize(
@@ -91,11 +93,12 @@ def test_an_image_refused_on_the_loop_is_a_422_with_no_s3_call() -> None:
     whole = base64.b64decode(SMALL.partition(",")[2])
     truncated = data_uri(whole[:60])  # its header, the start of its pixels
     body = PredictionFields.model_validate({"input": {"prompt": "a", "input_image": truncated, "ip_image": SMALL}})
-    assert fits_on_loop(SPEC, body, None, "normal", SETTINGS)
+    checked = loop_checked_images(SPEC, body, None, "normal", SETTINGS)
+    assert checked is not None
     storage = NoStorage()
     services = SimpleNamespace(settings=SETTINGS, storage=storage)
     with pytest.raises(ProblemError) as refused:
-        validate_and_claim(services, "t", SPEC, body, "http://kiln", on_loop=True)  # type: ignore[arg-type]
+        validate_and_claim(services, "t", SPEC, body, "http://kiln", loop_checked=checked)  # type: ignore[arg-type]
     assert (
         refused.value.status == 422 and refused.value.detail == "input.input_image: image data is truncated or corrupt"
     )
