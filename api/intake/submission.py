@@ -21,6 +21,7 @@ from api.intake.file_checks import check_file_inputs
 from api.intake.idempotency import await_first_request, fingerprint
 from api.intake.image_staging import RequestImages, stage_images
 from api.intake.inputs import validate_input
+from api.intake.loop_fit import loop_checked_images
 from api.schemas import PredictionFields
 from api.services import Services
 from api.streams.waiting import parse_prefer_wait, wait_until_terminal
@@ -86,13 +87,16 @@ def prepare(
     deadline: datetime | None = None,
     deployment: str | None = None,
     priority: Priority = "normal",
+    on_loop: bool = False,
 ) -> Prediction:
     """Validate a create request (input, file inputs, webhook, every image) into a prediction ready
     to store, its large and remote images stored in S3 (``api.intake.image_staging``).
 
     ``images`` is shared by the items of one request (a batch), so an image repeated across them is
     checked and uploaded once; a bare set is taken as the data URIs already checked. ``priority`` is
-    the request's (a batch's ``priority``, the ``Kiln-Priority`` header); the body's own wins."""
+    the request's (a batch's ``priority``, the ``Kiln-Priority`` header); the body's own wins. ``on_loop``:
+    validated on the event loop (``api.intake.loop_fit``), which stores nothing in S3, so a refusal has
+    nothing to delete there (and the loop makes no S3 call)."""
     images = images if isinstance(images, RequestImages) else RequestImages(checked=images or set())
     # First: text that is not valid Unicode is never fetched, stored or echoed.
     reject_invalid_text(body.input, "input")
@@ -105,7 +109,8 @@ def prepare(
         inputs, input_files = stage_images(spec, inputs, services, tenant, prediction_id, base_url, images)
     except BaseException:
         images.forget(prediction_id)
-        discard_staged_inputs(services, [prediction_id])  # a 4xx leaves no object behind
+        if not on_loop:
+            discard_staged_inputs(services, [prediction_id])  # a 4xx leaves no object behind
         raise
     return Prediction(
         id=prediction_id,
@@ -382,12 +387,23 @@ def validate_and_claim(
     deadline: datetime | None = None,
     deployment: str | None = None,
     priority: Priority = "normal",
+    loop_checked: set[str] | None = None,
 ) -> Submitted:
     """The first half of ``submit``: the prediction validated and its images staged (``prepare``), and its
     Idempotency-Key (if any) claimed for it: ``created`` (to be stored next), or, for a repeat of the same
-    request, the first request's prediction (``created`` false; confirmed on the replicas)."""
+    request, the first request's prediction (``created`` false; confirmed on the replicas). ``loop_checked``:
+    validated on the event loop (``api.intake.loop_fit``), these data URIs' headers checked there."""
     prediction = prepare(
-        services, tenant, spec, body, base_url, deadline=deadline, deployment=deployment, priority=priority
+        services,
+        tenant,
+        spec,
+        body,
+        base_url,
+        deadline=deadline,
+        deployment=deployment,
+        priority=priority,
+        images=loop_checked,
+        on_loop=loop_checked is not None,
     )
     if idempotency_key is not None:
         request = fingerprint(
@@ -455,15 +471,17 @@ async def _submit(
     deployment: str | None,
     priority: Priority,
 ) -> Submitted:
-    """``submit`` for a request: validated (and a low one stored) on an intake thread, a normal one then
+    """``submit`` for a request: validated (and a low one stored) on an intake thread, or on the event loop
+    when that does no I/O and little CPU (``api.intake.loop_fit``); a normal one then
     stored in its one round trip on the event loop, and confirmed on the replicas (on a thread, when
     ``KILN_REDIS_MIN_REPLICAS_ACK`` asks for it)."""
     tenant = caller.tenant
-    done = await services.intake.run(
-        tenant,
-        _on_intake_thread,
-        *(services, tenant, spec, body, base_url, idempotency_key, caller.max_queued, deadline, deployment, priority),
-    )
+    checked = loop_checked_images(spec, body, idempotency_key, priority, services.settings)
+    if checked is not None:  # no I/O, little CPU: on the loop
+        done = validate_and_claim(services, tenant, spec, body, base_url, None, deadline, deployment, priority, checked)
+    else:
+        work = (services, tenant, spec, body, base_url, idempotency_key, caller.max_queued, deadline, deployment)
+        done = await services.intake.run(tenant, _on_intake_thread, *work, priority)
     if not done.created or done.position_read or done.prediction.priority == "low":
         return done
     prediction = done.prediction

@@ -13,15 +13,16 @@ from fastapi.sse import EventSourceResponse, ServerSentEvent
 
 from api.deps import (
     CHALLENGE,
+    CREATE_HEADER_PARAMETERS,
     BaseURL,
-    CancelAfter,
+    CreateRequest,
+    CreateRequestDep,
     CurrentCaller,
     CurrentTenant,
     HeaderPriority,
     IdempotencyKey,
     OptionalCaller,
     OptionalTenant,
-    PreferHeader,
     ServicesDep,
     take_rate_limit,
 )
@@ -35,6 +36,7 @@ from api.signed_access import signed_or_owned, stream_stored
 from api.streams.sse import BadEventId, EventIds, Position, StreamContext, prediction_events
 from api.views.prediction_list import PredictionFilter, list_page
 from models.registry import UnknownModelError, find_model, resolve_version
+from shared.model_spec import ModelSpec
 from shared.predictions.client_json import input_path, output_path, stream_path
 from shared.predictions.record import Prediction
 from shared.predictions.store import PredictionStore
@@ -56,45 +58,37 @@ def _render(prediction: Prediction, base: str, services: Services) -> dict[str, 
     return services.render(prediction, base)
 
 
-@router.post("/predictions", status_code=201)
-async def create_prediction(
-    body: CreatePrediction,
-    caller: CurrentCaller,
-    services: ServicesDep,
-    base: BaseURL,
-    prefer: PreferHeader = None,
-    idempotency_key: IdempotencyKey = None,
-    cancel_after: CancelAfter = None,
-    priority: HeaderPriority = None,
-) -> Response:
+@router.post("/predictions", status_code=201, openapi_extra={"parameters": CREATE_HEADER_PARAMETERS})
+async def create_prediction(body: CreatePrediction, create: CreateRequestDep) -> Response:
     try:
-        spec = resolve_version(body.version, services.settings)
+        spec = resolve_version(body.version, create.services.settings)
     except UnknownModelError as exc:
         raise ProblemError(422, f"version: {exc}") from None
-    return await create_and_respond(
-        services, caller, spec, body, base, prefer, idempotency_key, cancel_after, priority=priority
-    )
+    return await _create(create, spec, body)
 
 
-@router.post("/models/{owner}/{name}/predictions", status_code=201)
-async def create_model_prediction(
-    owner: str,
-    name: str,
-    body: PredictionFields,
-    caller: CurrentCaller,
-    services: ServicesDep,
-    base: BaseURL,
-    prefer: PreferHeader = None,
-    idempotency_key: IdempotencyKey = None,
-    cancel_after: CancelAfter = None,
-    priority: HeaderPriority = None,
-) -> Response:
+@router.post(
+    "/models/{owner}/{name}/predictions", status_code=201, openapi_extra={"parameters": CREATE_HEADER_PARAMETERS}
+)
+async def create_model_prediction(owner: str, name: str, body: PredictionFields, create: CreateRequestDep) -> Response:
     try:
-        spec = find_model(f"{owner}/{name}", services.settings)
+        spec = find_model(f"{owner}/{name}", create.services.settings)
     except UnknownModelError as exc:
         raise ProblemError(404, str(exc)) from None
+    return await _create(create, spec, body)
+
+
+async def _create(create: CreateRequest, spec: ModelSpec, body: PredictionFields) -> Response:
     return await create_and_respond(
-        services, caller, spec, body, base, prefer, idempotency_key, cancel_after, priority=priority
+        create.services,
+        create.caller,
+        spec,
+        body,
+        create.base_url,
+        create.prefer,
+        create.idempotency_key,
+        create.cancel_after,
+        priority=create.priority,
     )
 
 

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import TextIO
 
-from pythonjsonlogger.json import JsonFormatter
+from pythonjsonlogger.orjson import OrjsonFormatter
 
 from shared.settings import Settings
 
@@ -49,8 +49,9 @@ class PredictionIdFilter(logging.Filter):
 
 def make_formatter(log_format: str) -> logging.Formatter:
     if log_format == "json":
-        # "time": ISO 8601 in UTC, as collectors expect.
-        return JsonFormatter(JSON_FIELDS, rename_fields={"levelname": "level", "name": "logger"}, timestamp="time")
+        # "time": ISO 8601 in UTC, as collectors expect. orjson: the stdlib encoder made formatting each
+        # access log line (one per request) cost six times as much, a tenth of a single create's CPU.
+        return OrjsonFormatter(JSON_FIELDS, rename_fields={"levelname": "level", "name": "logger"}, timestamp="time")
     if log_format == "text":
         return logging.Formatter(TEXT_FORMAT)
     raise ValueError(f"unknown log format {log_format!r}: use 'text' or 'json' (KILN_LOG_FORMAT)")
