@@ -97,6 +97,12 @@ class Delivery:
         return cls(**{as_text(k): json.loads(v) for k, v in fields.items()})
 
 
+def completed_message_id(prediction_id: str) -> str:
+    """The id (``webhook-id``) of a prediction's one ``completed`` message, as a batch's webhook has
+    ``shared.batches.records``' fixed id."""
+    return f"msg_completed_{prediction_id}"
+
+
 def listed_when_failed(delivery: Delivery) -> bool:
     """Whether a failed delivery is listed with its tenant's failed deliveries and may be sent again: a
     ``completed`` message (a prediction's or a batch's), whose tenant is known. A failed ``output`` or
@@ -121,9 +127,12 @@ class WebhookOutbox:
 
     def record(self, prediction: Prediction, event: str, body: str) -> Delivery | None:
         """Persist a new pending delivery, due now. None for a ``completed`` event already recorded for
-        this prediction: each prediction has one ``completed`` message, whoever follows its ending up."""
+        this prediction: each prediction has one ``completed`` message, whoever follows its ending up.
+        That message's id is the prediction's (``completed_message_id``): recorded again after a
+        failover lost its first record (which may have been sent already), it is the same message, which
+        a receiver deduplicates by its ``webhook-id``."""
         delivery = Delivery(
-            id=f"msg_{new_id()}",
+            id=completed_message_id(prediction.id) if event == "completed" else f"msg_{new_id()}",
             prediction_id=prediction.id,
             event=event,
             url=prediction.webhook or "",

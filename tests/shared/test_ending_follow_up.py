@@ -14,7 +14,7 @@ from shared.predictions.record import Prediction
 from shared.predictions.status import Status
 from shared.predictions.store import PredictionStore
 from shared.settings import Settings
-from shared.webhooks.outbox import WebhookNotifier, WebhookOutbox
+from shared.webhooks.outbox import WebhookNotifier, WebhookOutbox, completed_message_id
 from tests.shared.test_batches import SentTasks
 
 
@@ -96,11 +96,13 @@ class FailoverAfterRecording:
     def __init__(self, redis: fakeredis.FakeRedis) -> None:
         self.redis = redis
         self.settled = 0
+        self.lost: list[str] = []
 
     def settle(self) -> bool:
         self.settled += 1
         if self.settled == 2:
             for key in self.redis.scan_iter(match=keys.webhook_delivery("*")):
+                self.lost.append(key.decode())
                 self.redis.delete(key)
             for key in self.redis.scan_iter(match=keys.webhook_completed("*")):
                 self.redis.delete(key)
@@ -117,7 +119,10 @@ def test_a_completed_message_a_failover_lost_is_recorded_again(redis) -> None:
     assert _ended(redis) == [prediction.id]  # kept for the follow-up job
 
     assert lifecycle.follow_up_missed(after_s=0) == 1
-    assert len(_completed_messages(redis, prediction.id)) == 1
+    # The same message again (its webhook-id the lost one's, which may have been sent already), not a
+    # second one: a receiver deduplicates it.
+    assert _completed_messages(redis, prediction.id) == replication.lost
+    assert replication.lost == [keys.webhook_delivery(completed_message_id(prediction.id))]
     assert _ended(redis) == []
 
 
