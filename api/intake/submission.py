@@ -270,16 +270,8 @@ def store_and_enqueue_one(services: Services, prediction: Prediction, tenant_cap
     nothing); returns its ``queue_position``, read in the same script. The same answers: 429/503 over a
     cap, a 503 for Redis down, with nothing stored; inputs staged for it are deleted then.
     ``store_and_enqueue_one_async`` is the same on the event loop."""
-    settings = services.settings
-    message = services.messages.render(prediction.id, prediction.queue, queues.PRIORITY_INTERACTIVE)
     try:
-        position = services.store.create_one(
-            prediction,
-            message,
-            queues.PRIORITY_INTERACTIVE,
-            tenant_cap=tenant_cap or settings.max_queued_per_tenant,
-            total_cap=settings.max_queued_total,
-        )
+        position = services.store.create_one(prediction, **_create_one_args(services, prediction, tenant_cap))
     except BaseException as exc:
         _one_refused(services, prediction, exc)
         if isinstance(exc, QueueFull):
@@ -295,15 +287,9 @@ async def store_and_enqueue_one_async(
     """``store_and_enqueue_one`` awaited on the event loop (``AsyncCreates``): no intake thread waits on
     the round trip. Should it fail, the staged inputs are deleted and ``idempotency_key`` released, on a
     thread (only when there is one or the other to do)."""
-    settings = services.settings
-    message = services.messages.render(prediction.id, prediction.queue, queues.PRIORITY_INTERACTIVE)
     try:
         position = await services.async_creates.create_one(
-            prediction,
-            message,
-            queues.PRIORITY_INTERACTIVE,
-            tenant_cap=tenant_cap or settings.max_queued_per_tenant,
-            total_cap=settings.max_queued_total,
+            prediction, **_create_one_args(services, prediction, tenant_cap)
         )
     except BaseException as exc:
         if prediction.input_files or idempotency_key is not None:
@@ -313,6 +299,18 @@ async def store_and_enqueue_one_async(
         raise
     record_created([prediction.model])
     return position
+
+
+def _create_one_args(services: Services, prediction: Prediction, tenant_cap: int | None) -> dict[str, Any]:
+    """What ``create_one`` (sync or async) takes besides the prediction: its Celery message on the
+    interactive step, that line, and the queue caps."""
+    settings = services.settings
+    return {
+        "message": services.messages.render(prediction.id, prediction.queue, queues.PRIORITY_INTERACTIVE),
+        "line": queues.PRIORITY_INTERACTIVE,
+        "tenant_cap": tenant_cap or settings.max_queued_per_tenant,
+        "total_cap": settings.max_queued_total,
+    }
 
 
 def _one_refused(
@@ -367,11 +365,10 @@ def submit_one(
     if not done.created:
         return done
     prediction = done.prediction
+    if prediction.priority == "low":  # the dispatcher's low lane: the general path
+        return submit_one_stored(services, done, tenant, idempotency_key, tenant_cap)
     with services.idempotency.released_on_failure(tenant, idempotency_key):
-        if prediction.priority == "low":  # the dispatcher's low lane: the general path
-            store_and_enqueue(services, [prediction], queues.PRIORITY_INTERACTIVE, tenant_cap)
-        else:
-            done.position, done.position_read = store_and_enqueue_one(services, prediction, tenant_cap), True
+        done.position, done.position_read = store_and_enqueue_one(services, prediction, tenant_cap), True
     # After the Idempotency-Key is kept for good: a 503 here is replayed, not created again.
     confirm_replicated(services, lambda: services.store.get(prediction.id) is not None)
     return done
@@ -456,6 +453,7 @@ def submit_one_stored(
     prediction = done.prediction
     with services.idempotency.released_on_failure(tenant, idempotency_key):
         store_and_enqueue(services, [prediction], queues.PRIORITY_INTERACTIVE, tenant_cap)
+    # After the Idempotency-Key is kept for good: a 503 here is replayed, not created again.
     confirm_replicated(services, lambda: services.store.get(prediction.id) is not None)
     return done
 
