@@ -8,6 +8,7 @@ from urllib.parse import urlsplit
 from celery import Celery
 
 from shared.db.client import RedisTarget, redis_target
+from shared.runtime.redis_broker import use_fixed_channels
 from shared.scheduling import queues
 from shared.settings import Settings
 
@@ -44,6 +45,8 @@ def broker_options(settings: Settings, target: RedisTarget) -> dict[str, Any]:
 
 
 def create_celery(settings: Settings) -> Celery:
+    # A worker survives its broker connection being cut while it holds messages (kombu bug, see there).
+    use_fixed_channels()
     target = redis_target(settings)
     app = Celery("kiln", broker=broker_url(target), set_as_current=False)
     app.conf.update(
