@@ -341,7 +341,7 @@ class Load:
         overlapping = [
             f"{name} at {s - self.started:.1f}-{e - self.started:.1f} s"
             for name, s, e in faults
-            if s - self.started <= end and e - self.started + 5 >= start
+            if s - self.started <= end and e - self.started >= start
         ]
         by_answer = Counter(a.answer for a in inside)
         by_api = Counter(a.api for a in inside)
