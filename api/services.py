@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -86,7 +87,7 @@ class Services:
             celery=celery,
             authenticator=Authenticator(async_redis, settings),
             rate_limiter=RateLimiter(async_redis),
-            idempotency=IdempotencyKeys(sync_redis),
+            idempotency=IdempotencyKeys(sync_redis, owner=secrets.token_hex(12)),
             webhook_secrets=WebhookSecrets(sync_redis, settings.webhook_secret_overlap_s),
             intake=IntakeLanes(settings.intake_threads, settings.intake_threads_per_token),
         )
@@ -126,9 +127,10 @@ class Services:
         return self.core.batch_settler
 
     async def start(self) -> None:
-        """The background tasks: the event listener and the open-stream slot keeper."""
+        """The background tasks: the event listener, the open-stream slot keeper and the claims' alive beat."""
         await self.events.start()
         await self.stream_slots.start()
+        await self.idempotency.start(self.async_redis)
         # Read the URL-signing secret now, so answering never needs Redis for it later.
         with contextlib.suppress(RedisError, OSError):
             _ = self.url_signer
@@ -191,6 +193,7 @@ class Services:
         ]
 
     async def close(self) -> None:
+        await self.idempotency.close()
         await self.stream_slots.close()
         await self.events.close()
         self.redis.close()

@@ -30,11 +30,13 @@ import random
 import secrets
 import signal
 import statistics
+import subprocess
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
 from contextlib import ExitStack
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import httpx
@@ -52,6 +54,11 @@ TERMINAL = {status.value for status in Status if status.is_terminal()}
 APIS, GPU_WORKERS, WEBHOOK_WORKERS = 3, 4, 2
 # A submission is retried (same Idempotency-Key) for this long before it counts as refused.
 SUBMIT_RETRY_S = 180.0
+# A process that exits by itself is started again this long after (a container's restart back-off).
+RESTART_DELAY_S = 1.5
+SUPERVISE_POLL_S = 0.5
+# How much of an exited process's log the run prints.
+LOG_TAIL_LINES = 15
 
 
 def fleet_settings(receiver_down_s: float) -> dict[str, str]:
@@ -96,22 +103,81 @@ class Fleet:
         self.stack = stack
         self.ha = ha
         self.api_ports = api_ports
+        # Held while a process is killed or started; a process a fault killed on purpose is in ``planned``
+        # until the fault starts it again (the supervisor leaves it alone meanwhile).
+        self.lock = threading.Lock()
+        self.planned: set[str] = set()
 
     @property
     def api_urls(self) -> list[str]:
         return [f"http://127.0.0.1:{port}" for port in self.api_ports]
 
     def start_api(self, index: int) -> None:
-        self.stack.start(f"api-{index}", uvicorn_argv(self.api_ports[index]))
+        self.start(f"api-{index}", uvicorn_argv(self.api_ports[index]))
 
     def start_gpu_worker(self, index: int) -> None:
-        self.stack.start(f"gpu-{index}", gpu_worker_argv(index))
+        self.start(f"gpu-{index}", gpu_worker_argv(index))
+
+    def start(self, name: str, argv: list[str]) -> None:
+        with self.lock:
+            self.stack.start(name, argv)
+            self.planned.discard(name)
 
     def kill(self, name: str) -> None:
-        process = self.stack.processes[name]
+        """SIGKILL a process on purpose: the fault that kills it starts it again, not the supervisor."""
+        with self.lock:
+            self.planned.add(name)
+            process = self.stack.processes[name]
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
         process.wait(60)
+
+
+class Supervisor:
+    """Restarts a fleet process that exited without a fault killing it, as Kubernetes or compose would:
+    after ``RESTART_DELAY_S``, with the same command; each exit logged with its status and its log's tail."""
+
+    def __init__(self, fleet: Fleet, log: Callable[[str], None]) -> None:
+        self.fleet, self.log = fleet, log
+        self.restarts: list[str] = []
+        self._exited: dict[str, tuple[subprocess.Popen, float]] = {}  # name -> (the process that exited, when)
+        self._stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="supervisor", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self.thread.join(timeout=60)
+
+    def _run(self) -> None:
+        while not self._stopping.wait(SUPERVISE_POLL_S):
+            self.check()
+
+    def check(self) -> None:
+        """One look at every process: note the ones that exited, restart those whose delay has passed."""
+        fleet = self.fleet
+        with fleet.lock:
+            for name, process in list(fleet.stack.processes.items()):
+                if name in fleet.planned or process.poll() is None:
+                    self._exited.pop(name, None)
+                    continue
+                seen = self._exited.get(name)
+                if seen is None or seen[0] is not process:
+                    self._exited[name] = (process, time.monotonic())
+                    tail = self._tail(name)
+                    self.log(f"{name} exited by itself (status {process.returncode}); its log ends:\n{tail}")
+                elif time.monotonic() - seen[1] >= RESTART_DELAY_S:
+                    del self._exited[name]
+                    self.restarts.append(name)
+                    fleet.stack.start(name, fleet.stack.argv[name])
+                    self.log(f"{name} restarted (unplanned restart {len(self.restarts)})")
+
+    def _tail(self, name: str) -> str:
+        path = self.fleet.stack.logs / f"{name}.log"
+        lines = path.read_bytes()[-8000:].decode(errors="replace").splitlines() if path.exists() else []
+        return "\n".join(f"    {line}" for line in lines[-LOG_TAIL_LINES:])
 
 
 def start_fleet(
@@ -145,8 +211,27 @@ def start_fleet(
     return fleet
 
 
+@dataclass(frozen=True)
+class Attempt:
+    """One create attempt: when it ended (seconds since the load started), the API process it went to, its
+    status (None: no answer, the connection failed), a short detail (the problem's, or the error's name),
+    the submission it was for, how long it took and whether it was a waited create."""
+
+    at: float
+    api: int
+    status: int | None
+    detail: str
+    submission: int
+    took: float
+    waited: bool
+
+    @property
+    def answer(self) -> str:
+        return f"{self.status or 'no answer'} {self.detail}".strip()
+
+
 class Load:
-    """Creates from two tenants over the API processes; every attempt's time, answer and latency."""
+    """Creates from two tenants over the API processes; every attempt (``Attempt``)."""
 
     def __init__(self, fleet: Fleet, webhook: str, count: int, waited_share: float) -> None:
         self.fleet, self.webhook, self.count, self.waited_share = fleet, webhook, count, waited_share
@@ -154,12 +239,13 @@ class Load:
         self.accepted: dict[str, int] = {}
         self.refused: list[int] = []
         self.unexpected: list[str] = []
-        # (when it ended, status or None for a dropped connection, seconds it took, whether it was waited)
-        self.attempts: list[tuple[float, int | None, float, bool]] = []
+        self.attempts: list[Attempt] = []
+        self.started = time.monotonic()
         self._lock = threading.Lock()
         self._next = iter(range(count))
 
     def run(self, threads: int) -> None:
+        self.started = time.monotonic()
         workers = [threading.Thread(target=self._work, args=(n,), daemon=True) for n in range(threads)]
         for worker in workers:
             worker.start()
@@ -202,16 +288,18 @@ class Load:
         deadline = time.monotonic() + SUBMIT_RETRY_S
         attempt = 0
         while time.monotonic() < deadline:
-            client = clients[(index + attempt) % len(clients)]
+            api = (index + attempt) % len(clients)
             attempt += 1
             started = time.monotonic()
+            response: httpx.Response | None = None
             try:
-                response = client.post("/v1/predictions", json=body, headers=headers, timeout=30)
-                status: int | None = response.status_code
-            except httpx.TransportError:
-                response, status = None, None
+                response = clients[api].post("/v1/predictions", json=body, headers=headers, timeout=30)
+                status, detail = response.status_code, answer_detail(response)
+            except httpx.TransportError as exc:
+                status, detail = None, type(exc).__name__
+            ended = time.monotonic()
             with self._lock:
-                self.attempts.append((time.monotonic(), status, time.monotonic() - started, waited))
+                self.attempts.append(Attempt(ended - self.started, api, status, detail, index, ended - started, waited))
             if response is not None and status == 201:
                 with self._lock:
                     self.accepted[response.json()["id"]] = index
@@ -225,17 +313,72 @@ class Load:
             self.refused.append(index)
 
     def longest_refusal_s(self) -> float:
-        accepted = sorted(when for when, status, _, _ in self.attempts if status == 201)
-        return max((b - a for a, b in itertools.pairwise(accepted)), default=0.0)
+        window = self.longest_window()
+        return 0.0 if window is None else window[1] - window[0]
+
+    def longest_window(self) -> tuple[float, float] | None:
+        """The longest time between two consecutive 201s (seconds since the load started), if two there were."""
+        accepted = sorted(a.at for a in self.attempts if a.status == 201)
+        return max(itertools.pairwise(accepted), key=lambda pair: pair[1] - pair[0], default=None)
+
+    def explain_window(self, faults: list[tuple[str, float, float]]) -> list[str]:
+        """What the longest window without a 201 was made of: its attempts' answers (by status and detail, and
+        by API process), the submissions still pending when it began, whether it is the load's tail (no
+        submission began after it started), and the faults it overlaps (``faults`` on the monotonic clock)."""
+        window = self.longest_window()
+        if window is None:
+            return ["no window: fewer than two creates answered 201"]
+        start, end = window
+        inside = [a for a in self.attempts if start < a.at <= end]
+        first_try: dict[int, float] = {}
+        done_at: dict[int, float] = {}
+        for a in self.attempts:
+            first_try.setdefault(a.submission, a.at - a.took)
+            if a.status == 201:
+                done_at[a.submission] = a.at
+        pending = [s for s in first_try if first_try[s] <= start and done_at.get(s, float("inf")) > start]
+        began_after = sum(1 for at in first_try.values() if at > start) + self.count - len(first_try)
+        overlapping = [
+            f"{name} at {s - self.started:.1f}-{e - self.started:.1f} s"
+            for name, s, e in faults
+            if s - self.started <= end and e - self.started >= start
+        ]
+        by_answer = Counter(a.answer for a in inside)
+        by_api = Counter(a.api for a in inside)
+        return [
+            f"longest window without a 201: {end - start:.1f} s, from {start:.1f} s to {end:.1f} s of the load; "
+            f"{len(inside)} attempts in it by answer: {dict(by_answer.most_common(8))}; by API process: "
+            f"{dict(sorted(by_api.items()))}",
+            f"  pending when it began: {len(pending)} submissions {sorted(pending)[:10]}; begun after it began: "
+            f"{began_after} (the load's tail: {began_after == 0}); faults overlapping it: {overlapping or 'none'}",
+        ]
+
+    def write_attempts(self, path: Path) -> None:
+        with path.open("w") as out:
+            for a in self.attempts:
+                out.write(json.dumps(asdict(a)) + "\n")
 
     def p99_outside(self, windows: list[tuple[float, float]]) -> float | None:
         # Creates answered at once (a waited create holds its answer until the prediction ends).
         latencies = [
-            took
-            for when, status, took, waited in self.attempts
-            if status == 201 and not waited and not any(start <= when <= end for start, end in windows)
+            a.took
+            for a in self.attempts
+            if a.status == 201
+            and not a.waited
+            and not any(start <= a.at + self.started <= end for start, end in windows)
         ]
         return statistics.quantiles(latencies, n=100)[98] if len(latencies) >= 100 else None
+
+
+def answer_detail(response: httpx.Response) -> str:
+    """A short detail of a create's answer: a replay, or the start of the problem's detail."""
+    if response.status_code == 201:
+        return "replayed" if response.headers.get("Idempotent-Replayed") else ""
+    try:
+        detail = str(response.json().get("detail", ""))
+    except ValueError:
+        detail = response.text
+    return detail[:60]
 
 
 class BatchFileLoad:
@@ -376,6 +519,9 @@ def run_fleet(args: argparse.Namespace, root: Path, log: Callable[[str], None]) 
         log(f"starting the fleet under {root}")
         size = getattr(args, "size", (APIS, GPU_WORKERS, WEBHOOK_WORKERS))
         fleet = start_fleet(exits, root, args.weights_dir, fleet_settings(args.receiver_down_s), size)
+        supervisor = Supervisor(fleet, log)
+        supervisor.start()
+        exits.callback(supervisor.stop)  # before the fleet is stopped (callbacks run last first)
         secrets_ = []
         for token in (TOKEN_A, TOKEN_B):
             with httpx.Client(base_url=fleet.api_urls[0], headers={"Authorization": f"Bearer {token}"}) as client:
@@ -448,9 +594,13 @@ def run_fleet(args: argparse.Namespace, root: Path, log: Callable[[str], None]) 
             "longest_refusal_s": round(load.longest_refusal_s(), 1),
             "create_p99_ms_outside_faults": None if p99 is None else round(p99 * 1000),
             "faults": len(faults.windows),
+            "restarts": len(supervisor.restarts),
             "seconds": round(time.monotonic() - started),
         }
         if load.unexpected:
             log(f"unexpected answers, e.g. {load.unexpected[:3]}")
+        for line in load.explain_window(faults.windows):
+            log(line)
+        load.write_attempts(root / "logs" / "attempts.jsonl")
         log(f"deliveries with a bad signature: {receiver.bad_signatures}")
         return " ".join(f"{name}={value}" for name, value in counts.items())

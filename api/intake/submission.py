@@ -232,6 +232,26 @@ def confirm_replicated(services: Services, still_there: Callable[[], bool] | Non
         ) from None
 
 
+def confirm_created(services: Services, prediction: Prediction, idempotency_key: str | None) -> None:
+    """``confirm_replicated`` for a prediction stored just now, after which its Idempotency-Key is kept for
+    good: a 503 here is replayed, not created again. Unless a failover lost what was stored (it is not there
+    after the ``WAIT``): then the key is released too, so that the retry the 503 asks for creates it again at
+    once, rather than wait for a prediction that will never be stored (409 until the claim is stale)."""
+    lost = False
+
+    def still_there() -> bool:
+        nonlocal lost
+        lost = services.store.get(prediction.id) is None
+        return not lost
+
+    try:
+        confirm_replicated(services, still_there)
+    except ProblemError:
+        if lost and idempotency_key is not None:
+            services.idempotency.release(prediction.tenant, idempotency_key, prediction.id)
+        raise
+
+
 def _queue_full_problem(exc: QueueFull, count: int) -> ProblemError:
     """429/503 with a Retry-After when ``count`` more predictions would fit once some have started;
     422 without one when ``count`` is over the cap itself (no wait would ever admit them)."""
@@ -316,12 +336,15 @@ def _create_one_args(services: Services, prediction: Prediction, tenant_cap: int
 def _one_refused(
     services: Services, prediction: Prediction, exc: BaseException, idempotency_key: str | None = None
 ) -> None:
-    """After a single create stored nothing: its staged inputs deleted (unless its id was taken: what is
-    staged under it is not only ours), and its Idempotency-Key released."""
-    if not isinstance(exc, AlreadyStored):
-        discard_staged_inputs(services, [prediction.id] if prediction.input_files else [])
+    """After a single create stored nothing: its staged inputs deleted, and its Idempotency-Key released.
+    Unless its id was taken: what is staged under it is not only ours, and the key keeps naming it (a store
+    retried through a failover finds its own first try there, whose answer the failover lost: a retry of the
+    request replays that prediction rather than create a second one)."""
+    if isinstance(exc, AlreadyStored):
+        return
+    discard_staged_inputs(services, [prediction.id] if prediction.input_files else [])
     if idempotency_key is not None:
-        services.idempotency.release(prediction.tenant, idempotency_key)
+        services.idempotency.release(prediction.tenant, idempotency_key, prediction.id)
 
 
 def submit(
@@ -367,10 +390,9 @@ def submit_one(
     prediction = done.prediction
     if prediction.priority == "low":  # the dispatcher's low lane: the general path
         return submit_one_stored(services, done, tenant, idempotency_key, tenant_cap)
-    with services.idempotency.released_on_failure(tenant, idempotency_key):
+    with services.idempotency.released_on_failure(tenant, idempotency_key, prediction.id):
         done.position, done.position_read = store_and_enqueue_one(services, prediction, tenant_cap), True
-    # After the Idempotency-Key is kept for good: a 503 here is replayed, not created again.
-    confirm_replicated(services, lambda: services.store.get(prediction.id) is not None)
+    confirm_created(services, prediction, idempotency_key)
     return done
 
 
@@ -451,10 +473,9 @@ def submit_one_stored(
     """A validated, claimed prediction stored and enqueued by the general path (``store_and_enqueue``), and
     confirmed on the replicas."""
     prediction = done.prediction
-    with services.idempotency.released_on_failure(tenant, idempotency_key):
+    with services.idempotency.released_on_failure(tenant, idempotency_key, prediction.id):
         store_and_enqueue(services, [prediction], queues.PRIORITY_INTERACTIVE, tenant_cap)
-    # After the Idempotency-Key is kept for good: a 503 here is replayed, not created again.
-    confirm_replicated(services, lambda: services.store.get(prediction.id) is not None)
+    confirm_created(services, prediction, idempotency_key)
     return done
 
 
@@ -486,8 +507,7 @@ async def _submit(
     done.position = await store_and_enqueue_one_async(services, prediction, caller.max_queued, idempotency_key)
     done.position_read = True
     if services.core.replication.replicas > 0:
-        # After the Idempotency-Key is kept for good: a 503 here is replayed, not created again.
-        await run_in_threadpool(confirm_replicated, services, lambda: services.store.get(prediction.id) is not None)
+        await run_in_threadpool(confirm_created, services, prediction, idempotency_key)
     return done
 
 

@@ -120,6 +120,12 @@ def idempotency(tenant: str, key_digest: str) -> str:
     return f"{PREFIX}:idempotency:{tenant}:{key_digest}"
 
 
+def api_alive(owner: str) -> str:
+    """String (``api.intake.idempotency.OWNER_TTL_S``): an API process is alive; its Idempotency-Key claims
+    name it, so that a retry can tell a request whose process died from a slow one."""
+    return f"{PREFIX}:api-alive:{owner}"
+
+
 def token(digest: str) -> str:
     """Hash: a token created at run time (``kiln tokens create``), by its SHA-256: ``name``,
     ``created_at`` and its limits (``rate_limit_per_s``, ``rate_limit_burst``, ``max_queued``) where
@@ -298,6 +304,7 @@ BOUNDS: dict[str, str] = {
     "file": "ttl",
     "tenant_files": "swept",  # the janitor removes a file's member when the file expires
     "idempotency": "ttl",
+    "api_alive": "ttl",
     "token": "config",
     "token_names": "config",
     "bootstrap_tokens": "config",
