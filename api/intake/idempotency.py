@@ -94,7 +94,7 @@ class IdempotencyKeys:
         """
         if not key or len(key) > 255:
             raise ProblemError(400, "Idempotency-Key must be 1 to 255 characters")
-        name = keys.idempotency(tenant, hashlib.sha256(key.encode()).hexdigest())
+        name = self.claim_key(tenant, key)
         claim = {"fingerprint": request_fingerprint, "prediction_id": prediction_id, "at": time.time()}
         value = json.dumps(claim if self.owner is None else claim | {"owner": self.owner})
         if self.redis.set(name, value, nx=True, ex=TTL_S):
@@ -110,6 +110,11 @@ class IdempotencyKeys:
                 return None
             return self.claim(tenant, key, request_fingerprint, prediction_id)
         return str(existing["prediction_id"])
+
+    @staticmethod
+    def claim_key(tenant: str, key: str) -> str:
+        """The Redis key of ``key``'s claim, which a single create's store checks still names its prediction."""
+        return keys.idempotency(tenant, hashlib.sha256(key.encode()).hexdigest())
 
     def _abandoned(self, existing: dict[str, Any]) -> bool:
         """Whether a claim's request may have died: older than ``STALE_CLAIM_S``, or than ``OWNER_GONE_S`` with
@@ -142,7 +147,7 @@ class IdempotencyKeys:
         The request failed most likely because Redis did (a failover): the release is retried until Redis
         answers, for up to ``RELEASE_RETRY_S``. A key left claimed would answer every retry of the request 409
         after waiting ``DUPLICATE_WAIT_S``, until the claim is stale (``STALE_CLAIM_S``)."""
-        name = keys.idempotency(tenant, hashlib.sha256(key.encode()).hexdigest())
+        name = self.claim_key(tenant, key)
         deadline = time.monotonic() + RELEASE_RETRY_S
         while True:
             try:

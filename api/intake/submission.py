@@ -31,7 +31,7 @@ from shared.model_spec import ModelSpec
 from shared.predictions.deadlines import BadDuration, parse_duration
 from shared.predictions.record import Prediction, new_id, utcnow
 from shared.predictions.status import Status
-from shared.predictions.store import read_prediction
+from shared.predictions.store import ClaimLost, read_prediction
 from shared.runtime.metrics import record_created
 from shared.scheduling import queues
 from shared.scheduling.lost_messages import mark_sent_in_pipeline
@@ -284,18 +284,25 @@ class Submitted:
     position_read: bool = False
 
 
-def store_and_enqueue_one(services: Services, prediction: Prediction, tenant_cap: int | None = None) -> int | None:
+def store_and_enqueue_one(
+    services: Services, prediction: Prediction, tenant_cap: int | None = None, idempotency_key: str | None = None
+) -> int | None:
     """``store_and_enqueue`` for one normal-priority prediction, in one Redis round trip
     (``PredictionStore.create_one``: caps, record, Celery message and queue-line ticket together, all or
     nothing); returns its ``queue_position``, read in the same script. The same answers: 429/503 over a
-    cap, a 503 for Redis down, with nothing stored; inputs staged for it are deleted then.
+    cap, a 503 for Redis down, with nothing stored; inputs staged for it are deleted then. With
+    ``idempotency_key``, only while its claim names the prediction (else 409, ``_claim_lost_problem``).
     ``store_and_enqueue_one_async`` is the same on the event loop."""
     try:
-        position = services.store.create_one(prediction, **_create_one_args(services, prediction, tenant_cap))
+        position = services.store.create_one(
+            prediction, **_create_one_args(services, prediction, tenant_cap, idempotency_key)
+        )
     except BaseException as exc:
         _one_refused(services, prediction, exc)
         if isinstance(exc, QueueFull):
             raise _queue_full_problem(exc, 1) from None
+        if isinstance(exc, ClaimLost):
+            raise _claim_lost_problem() from None
         raise
     record_created([prediction.model])
     return position
@@ -309,28 +316,44 @@ async def store_and_enqueue_one_async(
     thread (only when there is one or the other to do)."""
     try:
         position = await services.async_creates.create_one(
-            prediction, **_create_one_args(services, prediction, tenant_cap)
+            prediction, **_create_one_args(services, prediction, tenant_cap, idempotency_key)
         )
     except BaseException as exc:
         if prediction.input_files or idempotency_key is not None:
             await run_in_threadpool(_one_refused, services, prediction, exc, idempotency_key)
         if isinstance(exc, QueueFull):
             raise _queue_full_problem(exc, 1) from None
+        if isinstance(exc, ClaimLost):
+            raise _claim_lost_problem() from None
         raise
     record_created([prediction.model])
     return position
 
 
-def _create_one_args(services: Services, prediction: Prediction, tenant_cap: int | None) -> dict[str, Any]:
+def _create_one_args(
+    services: Services, prediction: Prediction, tenant_cap: int | None, idempotency_key: str | None
+) -> dict[str, Any]:
     """What ``create_one`` (sync or async) takes besides the prediction: its Celery message on the
-    interactive step, that line, and the queue caps."""
+    interactive step, that line, the queue caps and its Idempotency-Key's claim (if any)."""
     settings = services.settings
+    claim = None if idempotency_key is None else services.idempotency.claim_key(prediction.tenant, idempotency_key)
     return {
         "message": services.messages.render(prediction.id, prediction.queue, queues.PRIORITY_INTERACTIVE),
         "line": queues.PRIORITY_INTERACTIVE,
         "tenant_cap": tenant_cap or settings.max_queued_per_tenant,
         "total_cap": settings.max_queued_total,
+        "claim": claim,
     }
+
+
+def _claim_lost_problem() -> ProblemError:
+    """409 for a create whose Idempotency-Key claim was taken over while it was processed (a retry of the
+    request judged it abandoned, or a failover lost the claim): the retry's prediction is the key's."""
+    return ProblemError(
+        409,
+        "A retry of this request took its Idempotency-Key over while it was processed; retry to get its prediction",
+        headers={"Retry-After": "1"},
+    )
 
 
 def _one_refused(
@@ -391,7 +414,8 @@ def submit_one(
     if prediction.priority == "low":  # the dispatcher's low lane: the general path
         return submit_one_stored(services, done, tenant, idempotency_key, tenant_cap)
     with services.idempotency.released_on_failure(tenant, idempotency_key, prediction.id):
-        done.position, done.position_read = store_and_enqueue_one(services, prediction, tenant_cap), True
+        done.position = store_and_enqueue_one(services, prediction, tenant_cap, idempotency_key)
+        done.position_read = True
     confirm_created(services, prediction, idempotency_key)
     return done
 

@@ -64,6 +64,14 @@ def _encode(value: Any) -> str:
     return json.dumps(value)
 
 
+class ClaimLost(Exception):
+    """A create's Idempotency-Key claim no longer names its prediction (a retry of the request took it over,
+    or a failover lost it): nothing was stored, so that the key never names two predictions."""
+
+    def __init__(self, prediction_id: str) -> None:
+        super().__init__(f"the Idempotency-Key claim of {prediction_id} names another prediction or none")
+
+
 class PredictionStore:
     def __init__(self, redis: Redis, retention_s: float = 3600, record_retention_s: float = 30 * 24 * 3600) -> None:
         self.redis = redis
@@ -131,16 +139,19 @@ class PredictionStore:
         *,
         tenant_cap: int | None = None,
         total_cap: int | None = None,
+        claim: str | None = None,
     ) -> int | None:
         """Store one queued prediction and enqueue it, in one round trip (``store_create.lua``): what
         ``create_many`` and the transaction its ``enqueue`` fills do for a single create, its Celery
         ``message`` (``(list, body)``, ``shared.scheduling.task_messages``) pushed and a ticket of ``line``
         taken. All or nothing, like ``create_many``: ``QueueFull`` over a cap, ``AlreadyStored`` when a
-        record of its id exists, with nothing written. Sets the prediction's ``queue_line`` and
-        ``queue_ticket``, and returns its ``queue_position`` as the script read it (None if not waiting).
+        record of its id exists, ``ClaimLost`` when ``claim`` (the key of its Idempotency-Key's claim) no
+        longer names it, with nothing written. Sets the prediction's ``queue_line`` and ``queue_ticket``,
+        and returns its ``queue_position`` as the script read it (None if not waiting).
         ``AsyncCreates.create_one`` is the same for the event loop."""
         args = _create_one_args(prediction, message, line, tenant_cap, total_cap)
-        return _created_one(self._create_one(args=args), prediction, line, tenant_cap, total_cap)
+        found = self._create_one(keys=[claim] if claim else [], args=args)
+        return _created_one(found, prediction, line, tenant_cap, total_cap)
 
     def create_records(self, groups: Sequence[RecordGroup], then: Callable[[Pipeline], None]) -> None:
         """Write new records, then run the transaction ``then`` queues (what refers to them: the
@@ -450,10 +461,12 @@ class AsyncCreates:
         *,
         tenant_cap: int | None = None,
         total_cap: int | None = None,
+        claim: str | None = None,
     ) -> int | None:
         """``PredictionStore.create_one``."""
         args = _create_one_args(prediction, message, line, tenant_cap, total_cap)
-        return _created_one(await self._create_one(args=args), prediction, line, tenant_cap, total_cap)
+        found = await self._create_one(keys=[claim] if claim else [], args=args)
+        return _created_one(found, prediction, line, tenant_cap, total_cap)
 
 
 def _create_one_args(
@@ -481,6 +494,8 @@ def _created_one(
         raise QueueFull("global", total_cap or _UNCAPPED)
     if found[0] == -3:
         raise AlreadyStored([keys.prediction(prediction.id)])
+    if found[0] == -4:
+        raise ClaimLost(prediction.id)
     _, _, ticket, position = found
     prediction.queue_line, prediction.queue_ticket = line, ticket
     return position if position >= 0 else None

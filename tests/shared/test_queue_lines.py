@@ -4,6 +4,7 @@ round-robin lanes and the low lane's gate; on a private redis-server (the Lua as
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
@@ -19,7 +20,7 @@ from shared.db.client import AlreadyStored
 from shared.predictions.leases import Leases
 from shared.predictions.record import Prediction
 from shared.predictions.status import Status
-from shared.predictions.store import PredictionStore
+from shared.predictions.store import ClaimLost, PredictionStore
 from shared.runtime.celery_config import create_celery
 from shared.scheduling import queues
 from shared.scheduling.dispatcher import Dispatcher
@@ -321,3 +322,23 @@ def test_a_single_create_sent_again_by_a_retry_answers_as_it_did_and_writes_noth
     with pytest.raises(AlreadyStored):
         later = single(created_at=one.created_at + timedelta(microseconds=1)).model_copy(update={"id": one.id})
         store.create_one(later, messages.render(one.id, FAMILY, INTERACTIVE), INTERACTIVE)
+
+
+def test_a_single_create_stores_only_while_its_idempotency_claim_names_it(store, dispatcher):
+    """A claim taken over by a retry of the request (its process looked dead), or lost in a failover,
+    refuses the store with nothing written (``ClaimLost``): one key never names two predictions."""
+    messages = dispatcher.messages
+    claim = keys.idempotency("t1", "digest")
+    taken_over, lost, owned = single(), single(), single()
+    store.redis.set(claim, json.dumps({"fingerprint": "fp", "prediction_id": "the-retry's"}))
+    before = keyspace(store.redis)
+
+    with pytest.raises(ClaimLost):
+        store.create_one(taken_over, messages.render(taken_over.id, FAMILY, INTERACTIVE), INTERACTIVE, claim=claim)
+    with pytest.raises(ClaimLost):
+        store.create_one(lost, messages.render(lost.id, FAMILY, INTERACTIVE), INTERACTIVE, claim=claim + ":gone")
+    assert keyspace(store.redis) == before
+
+    store.redis.set(claim, json.dumps({"fingerprint": "fp", "prediction_id": owned.id}))
+    store.create_one(owned, messages.render(owned.id, FAMILY, INTERACTIVE), INTERACTIVE, claim=claim)
+    assert store.get(owned.id) == owned

@@ -9,8 +9,12 @@
 -- ARGV[8]: the Celery list, ARGV[9]: the message (``shared.scheduling.task_messages``), ARGV[10]: its
 -- queue line, ARGV[11]: how many lines are served before it, then those lines, then the record's
 -- field, value pairs (JSON, ``Prediction.to_redis_hash``).
+-- KEYS[1], only for a create with an Idempotency-Key: its claim (``api.intake.idempotency``), which must
+-- still name this prediction: a claim taken over by a retry of the request (its process looked dead) or
+-- lost in a failover stores nothing, so one key never names two predictions.
 -- Returns {0, queued before, ticket, position}, or {-1} (tenant cap), {-2} (global cap), {-3} (id taken
--- by another record; the record this script wrote, found by its retry, answers {0, 0, ticket, position}).
+-- by another record; the record this script wrote, found by its retry, answers {0, 0, ticket, position}),
+-- {-4} (the claim in KEYS[1] no longer names this prediction).
 -- include: queue_admit
 -- include: queue_position_of
 local id, tenant, family, line = ARGV[1], ARGV[2], ARGV[3], ARGV[10]
@@ -29,6 +33,10 @@ if redis.call('HEXISTS', record, 'id') == 1 then
     return {0, 0, ticket, queue_position_of(family, line, tenant, ticket, lines_before)}
   end
   return {-3}
+end
+if KEYS[1] then
+  local claim = redis.call('GET', KEYS[1])
+  if not claim or cjson.decode(claim)['prediction_id'] ~= id then return {-4} end
 end
 local queued_before = queue_admit(tenant, 1, tonumber(ARGV[4]), tonumber(ARGV[5]), {family, 1})
 if queued_before < 0 then return {queued_before} end
