@@ -342,3 +342,18 @@ def test_a_single_create_stores_only_while_its_idempotency_claim_names_it(store,
     store.redis.set(claim, json.dumps({"fingerprint": "fp", "prediction_id": owned.id}))
     store.create_one(owned, messages.render(owned.id, FAMILY, INTERACTIVE), INTERACTIVE, claim=claim)
     assert store.get(owned.id) == owned
+
+
+def test_a_single_create_that_reaches_a_replica_is_refused_as_a_write_there(server, dispatcher, tmp_path):
+    """In a failover a client can reach a replica (the old primary back and still empty): its claim read
+    there is missing, which must not answer "taken over" (409) but READONLY, as a write there would be,
+    so that the client finds the primary and runs the create again."""
+    one = single()
+    with RedisServer(tmp_path / "replica", appendonly=False, replica_of=server.port) as replica:
+        with redis.Redis.from_url(replica.url) as client:
+            replica_store = PredictionStore(client)
+            with pytest.raises(redis.exceptions.ReadOnlyError):
+                replica_store.create_one(
+                    one, dispatcher.messages.render(one.id, FAMILY, INTERACTIVE), INTERACTIVE, claim="kiln:missing"
+                )
+            assert replica_store.get(one.id) is None

@@ -14,7 +14,7 @@
 -- lost in a failover stores nothing, so one key never names two predictions.
 -- Returns {0, queued before, ticket, position}, or {-1} (tenant cap), {-2} (global cap), {-3} (id taken
 -- by another record; the record this script wrote, found by its retry, answers {0, 0, ticket, position}),
--- {-4} (the claim in KEYS[1] no longer names this prediction).
+-- {-4} (the claim in KEYS[1] no longer names this prediction), or a READONLY error on a replica.
 -- include: queue_admit
 -- include: queue_position_of
 local id, tenant, family, line = ARGV[1], ARGV[2], ARGV[3], ARGV[10]
@@ -36,7 +36,15 @@ if redis.call('HEXISTS', record, 'id') == 1 then
 end
 if KEYS[1] then
   local claim = redis.call('GET', KEYS[1])
-  if not claim or cjson.decode(claim)['prediction_id'] ~= id then return {-4} end
+  if not claim or cjson.decode(claim)['prediction_id'] ~= id then
+    -- A replica reached in a failover (a sentinel not yet told of the promotion; the old primary back
+    -- as a replica, still empty) reads no claim: refused as Redis refuses a write there, so that the
+    -- client finds the primary and runs this again, rather than a 409 for a claim that is intact.
+    if string.match(redis.call('INFO', 'replication'), 'role:(%a+)') ~= 'master' then
+      return redis.error_reply("READONLY You can't write against a read only replica.")
+    end
+    return {-4}
+  end
 end
 local queued_before = queue_admit(tenant, 1, tonumber(ARGV[4]), tonumber(ARGV[5]), {family, 1})
 if queued_before < 0 then return {queued_before} end
