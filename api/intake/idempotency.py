@@ -31,6 +31,10 @@ OWNER_TTL_S = 15.0
 OWNER_GONE_S = 15.0
 # How long a duplicate request waits for the first one's result before a 409 asking it to retry.
 DUPLICATE_WAIT_S = 10.0
+# A fenced claim (a single create's: its store checks that the claim still names it) that stored nothing is
+# taken over once this old, whatever its process: its request may be alive, but it can no longer store (a
+# failover lost its record, or it is that slow), and should it try, its store is refused.
+FENCED_TAKEOVER_S = 10.0
 # A failed request's release is retried for this long: through a Redis failover (about 2.5 s, plus what the
 # client's own retries take to reach the promoted replica), so that the key is not left claimed until stale.
 RELEASE_RETRY_S = 20.0
@@ -84,19 +88,26 @@ class IdempotencyKeys:
         request_fingerprint: str,
         prediction_id: str,
         is_stored: Callable[[str], bool] | None = None,
+        record_key: Callable[[str], str] | None = None,
     ) -> str | None:
         """Bind ``key`` to ``prediction_id`` if unused (atomically, so concurrent duplicates agree).
 
         Returns None when this request owns the key, else the id of the prediction the key already
         names. Raises 409 when the key was used with a different request. With ``is_stored`` (whether
         what a claim names was stored), a claim that stored nothing is taken over once its request may have
-        died between claiming and storing (``_abandoned``).
+        died between claiming and storing (``_abandoned``). ``record_key`` (a prediction id's record key)
+        makes the claim fenced: for a create whose store checks that its claim still names it
+        (``store_create.lua``), so its claim is taken over sooner, only while that record is absent.
         """
         if not key or len(key) > 255:
             raise ProblemError(400, "Idempotency-Key must be 1 to 255 characters")
         name = self.claim_key(tenant, key)
-        claim = {"fingerprint": request_fingerprint, "prediction_id": prediction_id, "at": time.time()}
-        value = json.dumps(claim if self.owner is None else claim | {"owner": self.owner})
+        claim: dict[str, Any] = {"fingerprint": request_fingerprint, "prediction_id": prediction_id, "at": time.time()}
+        if self.owner is not None:
+            claim["owner"] = self.owner
+        if record_key is not None:
+            claim["fenced"] = True
+        value = json.dumps(claim)
         if self.redis.set(name, value, nx=True, ex=TTL_S):
             return None
         raw = self.redis.get(name)
@@ -106,9 +117,10 @@ class IdempotencyKeys:
         if raw is not None and is_stored is not None and self._abandoned(existing):
             if is_stored(existing["prediction_id"]):
                 return str(existing["prediction_id"])
-            if self._replaced(name, raw, value):
+            record = record_key(existing["prediction_id"]) if record_key is not None else None
+            if self._replaced(name, raw, value, record):
                 return None
-            return self.claim(tenant, key, request_fingerprint, prediction_id)
+            return self.claim(tenant, key, request_fingerprint, prediction_id, is_stored, record_key)
         return str(existing["prediction_id"])
 
     @staticmethod
@@ -118,19 +130,21 @@ class IdempotencyKeys:
 
     def _abandoned(self, existing: dict[str, Any]) -> bool:
         """Whether a claim's request may have died: older than ``STALE_CLAIM_S``, or than ``OWNER_GONE_S`` with
-        its process no longer alive."""
+        its process no longer alive; a fenced claim once older than ``FENCED_TAKEOVER_S``."""
         age = time.time() - float(existing.get("at", time.time()))
-        if age > STALE_CLAIM_S:
+        if age > STALE_CLAIM_S or (existing.get("fenced") and age > FENCED_TAKEOVER_S):
             return True
         owner = existing.get("owner")
         return age > OWNER_GONE_S and owner is not None and not self.redis.exists(keys.api_alive(owner))
 
-    def _replaced(self, name: str, seen: bytes | str, value: str) -> bool:
-        """Swap the claim ``seen`` for ``value``, unless another request changed it meanwhile."""
+    def _replaced(self, name: str, seen: bytes | str, value: str, absent: str | None = None) -> bool:
+        """Swap the claim ``seen`` for ``value``, unless another request changed it meanwhile, or (``absent``:
+        the record of the prediction it names) its request stored it meanwhile."""
+        watched = [name] if absent is None else [name, absent]
         with self.redis.pipeline() as pipe:
             try:
-                pipe.watch(name)  # type: ignore[no-untyped-call]  # redis-py leaves watch untyped
-                if pipe.get(name) != seen:
+                pipe.watch(*watched)  # type: ignore[no-untyped-call]  # redis-py leaves watch untyped
+                if pipe.get(name) != seen or (absent is not None and pipe.exists(absent)):
                     return False
                 pipe.multi()
                 pipe.set(name, value, ex=TTL_S)

@@ -25,6 +25,7 @@ from api.intake.loop_fit import loop_checked_images
 from api.schemas import PredictionFields
 from api.services import Services
 from api.streams.waiting import parse_prefer_wait, wait_until_terminal
+from shared.db import keys
 from shared.db.client import AlreadyStored
 from shared.db.replication import NotReplicated
 from shared.model_spec import ModelSpec
@@ -454,7 +455,13 @@ def validate_and_claim(
         )
         try:
             existing = services.idempotency.claim(
-                tenant, idempotency_key, request, prediction.id, lambda pid: services.store.get(pid) is not None
+                tenant,
+                idempotency_key,
+                request,
+                prediction.id,
+                lambda pid: services.store.get(pid) is not None,
+                # A normal create's store checks its claim (``store_and_enqueue_one``); the low lane's does not.
+                record_key=keys.prediction if prediction.priority != "low" else None,
             )
         except BaseException:
             discard_staged_inputs(services, [prediction.id] if prediction.input_files else [])

@@ -7,6 +7,7 @@ its retry creates the prediction at once; one whose prediction was stored keeps 
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
@@ -178,3 +179,32 @@ def test_an_api_process_says_it_is_alive_while_it_runs() -> None:
             await claims.close()
 
     assert 0 < asyncio.run(started_and_closed()) <= idempotency.OWNER_TTL_S
+
+
+def test_a_fenced_claim_that_stored_nothing_is_taken_over_while_its_process_lives(monkeypatch) -> None:
+    # The fleet run: a create stored on a primary that died before its replica had the record (the claim had
+    # reached it): its process lived on, so every retry waited 10 s and was answered 409 for 85 s. A single
+    # create's store checks its claim, so its claim can be taken over as soon as it stored nothing for a while.
+    client = fakeredis.FakeRedis()
+    alive = IdempotencyKeys(client, owner="alive")
+    client.set(keys.api_alive("alive"), "1")
+    stored = lambda prediction_id: bool(client.exists(keys.prediction(prediction_id)))  # noqa: E731
+    assert alive.claim("t", "k", "fp", "first", stored, keys.prediction) is None
+    assert alive.claim("t", "k", "fp", "second", stored, keys.prediction) == "first"  # young: waited for
+    monkeypatch.setattr(idempotency, "FENCED_TAKEOVER_S", -1.0)
+    assert alive.claim("t", "k", "fp", "second", stored, keys.prediction) is None
+    # An unfenced claim (a batch's, the low lane's) of a live process is still waited for.
+    assert alive.claim("t", "other", "fp", "first", stored) is None
+    assert alive.claim("t", "other", "fp", "second", stored) == "first"
+
+
+def test_a_fenced_claim_is_not_taken_over_once_its_request_stored_it() -> None:
+    # The takeover watches the record: the first request storing between the retry's check and its swap
+    # aborts the swap, and the retry replays the first request's prediction; never two predictions.
+    client = fakeredis.FakeRedis()
+    claims = IdempotencyKeys(client)
+    assert claims.claim("t", "k", "fp", "first", never_stored, keys.prediction) is None
+    raw = client.get(claims.claim_key("t", "k"))
+    client.set(keys.prediction("first"), "stored meanwhile")
+    assert not claims._replaced(claims.claim_key("t", "k"), raw, "{}", keys.prediction("first"))
+    assert json.loads(client.get(claims.claim_key("t", "k")))["prediction_id"] == "first"

@@ -25,8 +25,8 @@ def test_a_request_whose_claim_was_taken_over_stores_nothing(stack, monkeypatch)
     claim = IdempotencyKeys.claim
     drawn: list[str] = []
 
-    def taken_over_meanwhile(self, tenant, key, request_fingerprint, prediction_id, is_stored=None):
-        owned = claim(self, tenant, key, request_fingerprint, prediction_id, is_stored)
+    def taken_over_meanwhile(self, tenant, key, request_fingerprint, prediction_id, is_stored=None, record_key=None):
+        owned = claim(self, tenant, key, request_fingerprint, prediction_id, is_stored, record_key)
         drawn.append(prediction_id)
         # A retry of the request takes the key over between this request's claim and its store.
         value = json.dumps({"fingerprint": request_fingerprint, "prediction_id": "p-the-retrys", "at": 0})
