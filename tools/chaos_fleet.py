@@ -316,6 +316,23 @@ class Load:
         window = self.longest_window()
         return 0.0 if window is None else window[1] - window[0]
 
+    def longest_wait(self) -> tuple[float, int | None]:
+        """The longest a submission waited for its 201, from its first attempt's start, and which one: where
+        the longest window counts the gap between any two 201s, this is what one client went through."""
+        first: dict[int, float] = {}
+        accepted: dict[int, float] = {}
+        for a in self.attempts:
+            first[a.submission] = min(first.get(a.submission, a.at - a.took), a.at - a.took)
+            if a.status == 201:
+                accepted[a.submission] = a.at
+        waits = [(at - first[index], index) for index, at in accepted.items()]
+        return max(waits, default=(0.0, None))
+
+    def explain_wait(self, index: int | None) -> str:
+        """The answers the submission that waited longest got, in order."""
+        answers = Counter(a.answer[:70] for a in self.attempts if a.submission == index)
+        return f"longest wait for a 201: submission {index}, answers {dict(answers)}"
+
     def longest_window(self) -> tuple[float, float] | None:
         """The longest time between two consecutive 201s (seconds since the load started), if two there were."""
         accepted = sorted(a.at for a in self.attempts if a.status == 201)
@@ -592,6 +609,7 @@ def run_fleet(args: argparse.Namespace, root: Path, log: Callable[[str], None]) 
             "refused": len(load.refused),
             "unexpected": len(load.unexpected),
             "longest_refusal_s": round(load.longest_refusal_s(), 1),
+            "longest_wait_s": round(load.longest_wait()[0], 1),
             "create_p99_ms_outside_faults": None if p99 is None else round(p99 * 1000),
             "faults": len(faults.windows),
             "restarts": len(supervisor.restarts),
@@ -601,6 +619,7 @@ def run_fleet(args: argparse.Namespace, root: Path, log: Callable[[str], None]) 
             log(f"unexpected answers, e.g. {load.unexpected[:3]}")
         for line in load.explain_window(faults.windows):
             log(line)
+        log(load.explain_wait(load.longest_wait()[1]))
         load.write_attempts(root / "logs" / "attempts.jsonl")
         log(f"deliveries with a bad signature: {receiver.bad_signatures}")
         return " ".join(f"{name}={value}" for name, value in counts.items())

@@ -11,7 +11,7 @@ import pytest
 from tests.support import python, stop_processes, wait_until
 from tests.support.stack import Stack
 from tools import chaos_fleet
-from tools.chaos_fleet import Fleet, Supervisor
+from tools.chaos_fleet import Attempt, Fleet, Load, Supervisor
 
 CRASH = [python(), "-c", "print('kombu says no'); raise SystemExit(3)"]
 SLEEP = [python(), "-c", "import time; time.sleep(600)"]
@@ -59,3 +59,17 @@ def test_a_process_a_fault_killed_is_not_restarted_twice(fleet, monkeypatch) -> 
     fleet.start("api-1", SLEEP)  # the fault starts it again
     supervisor.check()
     assert fleet.stack.processes["api-1"].poll() is None and supervisor.restarts == []
+
+
+def test_the_longest_wait_is_one_submissions_from_its_first_try_to_its_201() -> None:
+    # Others' 201s fill the gaps, so the longest window between 201s does not show one client held by 409s.
+    load = Load(None, "http://receiver", count=2, waited_share=0.0)  # type: ignore[arg-type]
+    load.attempts += [
+        Attempt(1.0, 0, 503, "stored, but not yet confirmed", 7, 1.0, False),
+        Attempt(11.0, 1, 409, "still being processed", 7, 10.0, False),
+        Attempt(2.0, 0, 201, "", 8, 0.1, False),
+        Attempt(12.0, 1, 201, "", 8, 0.1, False),
+        Attempt(30.5, 2, 201, "", 7, 0.5, False),
+    ]
+    assert load.longest_wait() == (30.5, 7)
+    assert "409 still being processed" in load.explain_wait(7)
