@@ -349,11 +349,13 @@ def test_a_single_create_that_reaches_a_replica_is_refused_as_a_write_there(serv
     there is missing, which must not answer "taken over" (409) but READONLY, as a write there would be,
     so that the client finds the primary and runs the create again."""
     one = single()
-    with RedisServer(tmp_path / "replica", appendonly=False, replica_of=server.port) as replica:
-        with redis.Redis.from_url(replica.url) as client:
-            replica_store = PredictionStore(client)
-            with pytest.raises(redis.exceptions.ReadOnlyError):
-                replica_store.create_one(
-                    one, dispatcher.messages.render(one.id, FAMILY, INTERACTIVE), INTERACTIVE, claim="kiln:missing"
-                )
-            assert replica_store.get(one.id) is None
+    with (
+        RedisServer(tmp_path / "replica", appendonly=False, replica_of=server.port) as replica,
+        redis.Redis.from_url(replica.url) as client,
+    ):
+        replica_store = PredictionStore(client)
+        with pytest.raises(redis.exceptions.ReadOnlyError):
+            replica_store.create_one(
+                one, dispatcher.messages.render(one.id, FAMILY, INTERACTIVE), INTERACTIVE, claim="kiln:missing"
+            )
+        assert replica_store.get(one.id) is None
