@@ -25,7 +25,7 @@ from redis.exceptions import RedisError
 from redis.typing import EncodableT, FieldT
 
 from shared.db import keys, lua
-from shared.db.client import AlreadyStored, newest_first_page
+from shared.db.client import AlreadyStored, newest_first_page, run_script
 from shared.predictions import retention
 from shared.predictions.record import Prediction, format_timestamp, utcnow
 from shared.predictions.status import Status
@@ -453,7 +453,7 @@ class AsyncCreates:
     ) -> int | None:
         """``PredictionStore.create_one``."""
         args = _create_one_args(prediction, message, line, tenant_cap, total_cap)
-        return _created_one(await self._create_one(args=args), prediction, line, tenant_cap, total_cap)
+        return _created_one(await run_script(self._create_one, (), args), prediction, line, tenant_cap, total_cap)
 
 
 def _create_one_args(
