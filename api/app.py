@@ -66,9 +66,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(PredictionLogContext)
     app.add_middleware(RateLimitHeaders)
     install_error_handlers(app)
+    # Predictions first: FastAPI matches a request against every route of each router before its own, and
+    # the creates are the busiest requests (no path of one router is a path of another).
+    app.include_router(predictions.router)
     app.include_router(health.router)
     app.include_router(metrics.router)
-    app.include_router(predictions.router)
     app.include_router(batches.router)
     app.include_router(webhooks.router)
     app.include_router(models.router)

@@ -10,6 +10,7 @@ import redis.asyncio
 
 from api.ratelimit import Decision
 from shared.db import keys, lua
+from shared.db.client import run_script
 from shared.security.tokens import TokenInfo, TokenLimits, bootstrap_tokens, record_limits, tenant_of, token_digest
 from shared.settings import Settings
 
@@ -49,8 +50,8 @@ class Authenticator:
             boot_limits.rate_limit_burst or settings.rate_limit_burst,
             cost,
         ]
-        reply = await self._auth_take(
-            keys=[keys.token(digest), keys.revoked_tokens(), keys.rate_limit(tenant)], args=args
+        reply = await run_script(
+            self._auth_take, [keys.token(digest), keys.revoked_tokens(), keys.rate_limit(tenant)], args
         )
         if not reply[0]:
             return None

@@ -107,8 +107,29 @@ async def base_url(request: Request, settings: Annotated[Settings, Depends(get_s
 
 
 def link_base(request: Request, settings: Settings) -> str:
-    """Absolute base URL for links in responses: the configured public URL, else the request's."""
-    return (settings.public_url or str(request.base_url)).rstrip("/")
+    """Absolute base URL for links in responses: the configured public URL, else the request's
+    (Starlette's ``request.base_url``, which cost a create more than its own checks: the few recent ones
+    are remembered by what they are made of)."""
+    if settings.public_url:
+        return settings.public_url.rstrip("/")
+    scope = request.scope
+    server = scope.get("server")
+    key = (
+        scope.get("scheme", "http"),
+        request.headers.get("host"),
+        tuple(server) if server else None,
+        scope.get("app_root_path", scope.get("root_path", "")),
+    )
+    found = _BASES.get(key)
+    if found is None:
+        if len(_BASES) >= _BASES_KEPT:  # Host headers are the client's: keep only a few
+            _BASES.clear()
+        found = _BASES[key] = str(request.base_url).rstrip("/")
+    return found
+
+
+_BASES: dict[tuple[Any, ...], str] = {}
+_BASES_KEPT = 64
 
 
 ServicesDep = Annotated[Services, Depends(get_services)]

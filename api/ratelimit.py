@@ -10,6 +10,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared.db import keys, lua
+from shared.db.client import run_script
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,7 @@ class RateLimiter:
 
     async def take(self, tenant: str, rate_per_s: float, burst: int, cost: int = 1) -> Decision:
         """Take ``cost`` from the tenant's bucket (``rate_per_s`` refill, ``burst`` deep: the token's limits)."""
-        allowed, left = await self._take(keys=[keys.rate_limit(tenant)], args=[rate_per_s, burst, cost])
+        allowed, left = await run_script(self._take, [keys.rate_limit(tenant)], [rate_per_s, burst, cost])
         return Decision.of(bool(allowed), float(left), cost, rate_per_s, burst)
 
 

@@ -1,18 +1,28 @@
-"""Profile the API's create paths in-process (pyinstrument): ``python -m tools.profile_create``.
+"""Profile the API's create paths in-process: ``python -m tools.profile_create [--app-only] [--count N]``.
 
-Runs ``submit`` (single creates) and ``submit_batch`` against a private redis-server, without HTTP,
-and prints where the time goes. Object storage is not touched (data-URI inputs).
+``app``: the whole ASGI app (middleware, routing, dependencies, the route, the asyncio Redis client) served
+the bench's single create (``kiln/ip-adapter-depth-xl``, two 64x64 data URIs: ``tools.bench.XL_BODY``) by 16
+clients at once, without uvicorn or sockets to the client: the API process's CPU µs per create and the
+redis-server's (``INFO cpu``), unprofiled, then where the time goes (pyinstrument). ``single`` and ``batch``:
+``submit`` and ``submit_batch`` alone (pyinstrument). All against a private redis-server; object storage is
+not touched (data-URI inputs).
 """
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import json
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
+import redis
 from pyinstrument import Profiler
 
+from api.app import create_app
 from api.intake.inline_batch import submit_batch
 from api.intake.submission import submit
 from api.schemas import CreatePrediction
@@ -20,19 +30,113 @@ from api.services import Services
 from deploy.devstack.servers import RedisServer
 from models.registry import find_model
 from shared.settings import Settings
-from tools.bench import SD2_INPUT
+from tools.bench import SD2_INPUT, XL_BODY
+
+CLIENTS = 16
+PATH = "/v1/models/kiln/ip-adapter-depth-xl/predictions"
+
+
+def _settings(redis_url: str) -> Settings:
+    return Settings(
+        _env_file=None,
+        redis_url=redis_url,
+        api_token="t",
+        max_queued_per_tenant=10**8,
+        max_queued_total=10**8,
+        rate_limit_per_s=10**6,
+        rate_limit_burst=10**6,
+    )
+
+
+async def _post(app: Any, body: bytes, statuses: list[int]) -> None:
+    """One create through the ASGI app, as uvicorn would hand it over."""
+    headers = [
+        (b"host", b"127.0.0.1:8000"),
+        (b"authorization", b"Bearer t"),
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": PATH,
+        "raw_path": PATH.encode(),
+        "root_path": "",
+        "query_string": b"",
+        "headers": headers,
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 8000),
+        "state": {},
+    }
+    sent = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await asyncio.Event().wait()  # the client never disconnects
+        raise AssertionError
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            statuses.append(message["status"])
+
+    await app(scope, receive, send)
+
+
+async def _creates(app: Any, count: int) -> None:
+    body, statuses = json.dumps(XL_BODY).encode(), list[int]()
+
+    async def client() -> None:
+        for _ in range(count // CLIENTS):
+            await _post(app, body, statuses)
+
+    await asyncio.gather(*(client() for _ in range(CLIENTS)))
+    refused = [status for status in statuses if status != 201]
+    if refused:
+        raise RuntimeError(f"{len(refused)} creates answered {sorted(set(refused))}")
+
+
+async def _profile_app(redis_url: str, count: int) -> None:
+    app = create_app(_settings(redis_url))
+    server = redis.Redis.from_url(redis_url)
+
+    def redis_cpu_s() -> float:
+        info = server.info("cpu")
+        return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
+
+    async with app.router.lifespan_context(app):
+        await _creates(app, 400)  # warm-up
+        for run in range(3):
+            redis_before, cpu_before, started = redis_cpu_s(), time.process_time(), time.perf_counter()
+            await _creates(app, count)
+            cpu, wall = time.process_time() - cpu_before, time.perf_counter() - started
+            redis_us = (redis_cpu_s() - redis_before) / count * 1e6
+            print(
+                f"== app, run {run + 1}: {cpu / count * 1e6:,.0f} µs API CPU per create "
+                f"(redis-server {redis_us:,.0f} µs), {count / wall:,.0f} creates/s, {CLIENTS} at once (unprofiled)",
+                flush=True,
+            )
+        profiler = Profiler(interval=0.0005, async_mode="disabled")
+        with profiler:
+            await _creates(app, count)
+        print(profiler.output_text(unicode=False, color=False, show_all=False, timeline=False), flush=True)
 
 
 def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--app-only", action="store_true", help="only the whole app's single create")
+    parser.add_argument("--count", type=int, default=4000, help="creates per app run")
+    options = parser.parse_args()
     with RedisServer(Path(tempfile.mkdtemp(prefix="kiln-profile-"))) as redis_server:
-        settings = Settings(
-            _env_file=None,
-            redis_url=redis_server.url,
-            api_token="t",
-            max_queued_per_tenant=10**8,
-            max_queued_total=10**8,
-        )
-        services = Services.connect(settings)
+        asyncio.run(_profile_app(redis_server.url, options.count))
+        if options.app_only:
+            return 0
+        services = Services.connect(_settings(redis_server.url))
         spec = find_model("kiln/sd2-depth2img")
         body = CreatePrediction(version="kiln/sd2-depth2img", input=SD2_INPUT)
         items = [{"version": "kiln/sd2-depth2img", "input": SD2_INPUT}] * 1000

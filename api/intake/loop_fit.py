@@ -14,8 +14,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+from api.intake.image_staging import RequestImages, SeenImage
 from api.schemas import PredictionFields
-from shared.inputs.images import ImageInputError, decode_data_uri, inspect_image
+from shared.inputs.images import ImageInputError, check_image, decode_data_uri
 from shared.inputs.safetensors_files import file_inputs
 from shared.model_spec import ModelSpec
 from shared.settings import Settings
@@ -29,40 +30,36 @@ ON_LOOP_MAX_PIXELS = 2 * 256 * 256
 
 def loop_checked_images(
     spec: ModelSpec, body: PredictionFields, idempotency_key: str | None, priority: str, settings: Settings
-) -> set[str] | None:
-    """The data URIs of a create that does no I/O and little CPU before its store (see the module), their
-    headers checked as the input schema checks them (so it need not again); None for any other create: a
-    low one, or one with an Idempotency-Key, a webhook, a file input, or a URL-like string that is not a
-    small data URI."""
+) -> RequestImages | None:
+    """The data-URI images of a create that does no I/O and little CPU before its store (see the module),
+    each decoded and checked as staging checks it (``check_image``, its header first: within the pixels
+    left, so none past the bound is decoded), so that neither the input schema nor staging opens it again;
+    None for any other create: a low one, or one with an Idempotency-Key, a webhook, a file input, a
+    URL-like string that is not a small data URI, or an image that fails its check (its intake thread
+    answers why)."""
     if idempotency_key is not None or priority == "low" or body.priority == "low":
         return None
     if body.webhook is not None or body.webhook_completed is not None or file_inputs(spec.input_model, body.input):
         return None
     budget, pixels = ON_LOOP_MAX_DATA_URI_BYTES, ON_LOOP_MAX_PIXELS
-    checked: set[str] = set()
+    images = RequestImages()
     for text in _strings(body.input):
         if "://" in text:  # an image URL, an uploaded file's URL
             return None
-        if text[:5].lower() != "data:" or text in checked:
+        if text[:5].lower() != "data:" or text in images.seen:
             continue
         budget -= len(text)
         if len(text) > settings.inline_input_max_bytes or budget < 0:
             return None
-        pixels -= _pixels(text, settings)
-        if pixels < 0:
+        try:
+            data = decode_data_uri(text, settings.image_fetch_max_bytes)
+            checked = check_image(data, min(pixels, settings.image_max_pixels))
+        except ImageInputError:
             return None
-        checked.add(text)
-    return checked
-
-
-def _pixels(uri: str, settings: Settings) -> int:
-    """The pixels of a data URI's image by its header, checked as ``shared.inputs.schema`` checks it
-    (allowed format, within the caps); one that fails that counts as too many: the intake thread answers why."""
-    try:
-        info = inspect_image(decode_data_uri(uri, settings.image_fetch_max_bytes), settings.image_max_pixels)
-    except ImageInputError:
-        return ON_LOOP_MAX_PIXELS + 1
-    return info.width * info.height
+        pixels -= checked.width * checked.height
+        images.checked.add(text)
+        images.seen[text] = SeenImage(checked)
+    return images
 
 
 def _strings(value: Any) -> Iterator[str]:

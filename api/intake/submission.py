@@ -431,12 +431,12 @@ def validate_and_claim(
     deadline: datetime | None = None,
     deployment: str | None = None,
     priority: Priority = "normal",
-    loop_checked: set[str] | None = None,
+    loop_checked: RequestImages | None = None,
 ) -> Submitted:
     """The first half of ``submit``: the prediction validated and its images staged (``prepare``), and its
     Idempotency-Key (if any) claimed for it: ``created`` (to be stored next), or, for a repeat of the same
     request, the first request's prediction (``created`` false; confirmed on the replicas). ``loop_checked``:
-    validated on the event loop (``api.intake.loop_fit``), these data URIs' headers checked there."""
+    validated on the event loop (``api.intake.loop_fit``), its data-URI images checked there."""
     prediction = prepare(
         services,
         tenant,

@@ -11,7 +11,9 @@ require one (the compose and Kubernetes ha files give them Redis's), else withou
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import asyncio
+import builtins
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
@@ -19,11 +21,14 @@ import redis
 import redis.asyncio
 import redis.asyncio.sentinel
 import redis.sentinel
+from redis.asyncio.connection import AbstractConnection
 from redis.backoff import ExponentialBackoff
 from redis.client import Pipeline
+from redis.commands.core import AsyncScript
 from redis.connection import parse_url
-from redis.exceptions import ConnectionError, TimeoutError, WatchError
-from redis.typing import ZSetRangeResponse
+from redis.exceptions import ConnectionError, MaxConnectionsError, NoScriptError, TimeoutError, WatchError
+from redis.typing import EncodableT, KeyT, ZSetRangeResponse
+from redis.utils import is_os_level_timeout
 
 if TYPE_CHECKING:
     from shared.settings import Settings  # which imports this module
@@ -137,12 +142,86 @@ ASYNC_POOL_SIZE = 100
 ASYNC_POOL_WAIT_S = 10.0
 
 
-class _BlockingSentinelPool(redis.asyncio.sentinel.SentinelConnectionPool, redis.asyncio.BlockingConnectionPool):
+class _Connection(redis.asyncio.Connection):
+    """redis-py's asyncio connection, its writes bounded by ``asyncio.timeout`` rather than ``asyncio.wait_for``:
+    on Python 3.11 ``wait_for`` runs every write as a task of its own, which cost a single create (two
+    commands) ~7% of its event-loop CPU. The same bound (``socket_timeout``) and the same errors as redis-py's
+    ``send_packed_command``."""
+
+    async def send_packed_command(self, command: bytes | str | Iterable[bytes], check_health: bool = True) -> None:
+        if not self.socket_timeout:
+            await super().send_packed_command(command, check_health)
+            return
+        if not self.is_connected:
+            await self.connect_check_health(check_health=False)
+        if check_health:
+            await self.check_health()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
+        if isinstance(command, str):
+            command = command.encode()
+        try:
+            async with asyncio.timeout(self.socket_timeout):
+                await self._send_packed_command([command] if isinstance(command, bytes) else command)
+        except builtins.TimeoutError as exc:  # the bound, or the OS's ETIMEDOUT
+            await self.disconnect(nowait=True)
+            if is_os_level_timeout(exc):
+                raise ConnectionError(f"Error {exc.errno} while writing to socket. {exc.strerror}.") from exc
+            raise TimeoutError("Timeout writing to socket") from None
+        except OSError as exc:
+            await self.disconnect(nowait=True)
+            err_no, message = ("UNKNOWN", exc.args[0]) if len(exc.args) == 1 else exc.args[:2]
+            raise ConnectionError(f"Error {err_no} while writing to socket. {message}.") from exc
+        except BaseException:
+            await self.disconnect(nowait=True)
+            raise
+
+
+class _SSLConnection(_Connection, redis.asyncio.SSLConnection):
+    """The same over TLS (a ``rediss://`` URL)."""
+
+
+class _WaitingPool(redis.asyncio.ConnectionPool):
+    """redis-py's connection pool that, every connection in use, waits (up to ``timeout`` seconds) for one
+    to be released rather than fail with "Too many connections", as ``BlockingConnectionPool`` does; but a
+    command that finds a connection free pays nothing for it (``BlockingConnectionPool`` takes a condition
+    and starts a timeout on every command: ~3% of a single create's event-loop CPU)."""
+
+    def __init__(self, *args: Any, timeout: float = ASYNC_POOL_WAIT_S, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.timeout = timeout
+        self._released = asyncio.Condition()
+        self._waiting = 0
+
+    async def get_connection(self, *args: Any, **kwargs: Any) -> AbstractConnection:
+        try:
+            return cast("AbstractConnection", await super().get_connection())  # type: ignore[no-untyped-call]
+        except MaxConnectionsError:
+            pass
+        self._waiting += 1  # before trying again: a release from now on notifies
+        try:
+            async with asyncio.timeout(self.timeout), self._released:
+                while True:
+                    try:
+                        return cast("AbstractConnection", await super().get_connection())  # type: ignore[no-untyped-call]
+                    except MaxConnectionsError:
+                        await self._released.wait()
+        except builtins.TimeoutError:
+            raise ConnectionError("No connection available.") from None
+        finally:
+            self._waiting -= 1
+
+    async def release(self, connection: AbstractConnection) -> None:
+        await super().release(connection)
+        if self._waiting:
+            async with self._released:
+                self._released.notify()
+
+
+class _WaitingSentinelPool(redis.asyncio.sentinel.SentinelConnectionPool, _WaitingPool):
     """redis-py's Sentinel pool (connections to whichever server the sentinels name the primary)
-    made to wait for a free connection as ``BlockingConnectionPool`` does, rather than fail."""
+    made to wait for a free connection (``_WaitingPool``), rather than fail."""
 
 
-class _SentinelConnection(redis.asyncio.sentinel.SentinelManagedConnection):
+class _SentinelConnection(redis.asyncio.sentinel.SentinelManagedConnection, _Connection):
     """A connection to the primary that asks the sentinels where it is whenever it reconnects.
 
     redis-py 8.2's asyncio connection, dropped and then given a command (as a retry does), reconnects
@@ -164,19 +243,25 @@ def connect_async(where: str | RedisTarget, socket_timeout: float | None = 10) -
     connection rather than fail with "Too many connections" when a burst takes them all."""
     target = _as_target(where)
     if not target.sentinels:
-        pool = redis.asyncio.BlockingConnectionPool.from_url(
+        pool = _WaitingPool.from_url(
             target.url,
             max_connections=ASYNC_POOL_SIZE,
             timeout=ASYNC_POOL_WAIT_S,
             retry=redis.asyncio.retry.Retry(ExponentialBackoff(cap=1.0, base=0.05), 3),
             **_options(socket_timeout),
         )
+        # The URL chose plain TCP or TLS (a Unix socket keeps redis-py's own connection).
+        bounded: dict[type[AbstractConnection], type[AbstractConnection]] = {
+            redis.asyncio.Connection: _Connection,
+            redis.asyncio.SSLConnection: _SSLConnection,
+        }
+        pool.connection_class = bounded.get(pool.connection_class, pool.connection_class)
         return redis.asyncio.Redis.from_pool(pool)
     primary = _primary_options(target.url)
     sentinel = redis.asyncio.sentinel.Sentinel(target.sentinels, sentinel_kwargs=sentinel_options(target))
     async_client: redis.asyncio.Redis = sentinel.master_for(
         target.master,
-        connection_pool_class=_BlockingSentinelPool,
+        connection_pool_class=_WaitingSentinelPool,
         connection_class=_SentinelSSLConnection if primary.pop("ssl", False) else _SentinelConnection,
         max_connections=ASYNC_POOL_SIZE,
         timeout=ASYNC_POOL_WAIT_S,
@@ -185,6 +270,16 @@ def connect_async(where: str | RedisTarget, socket_timeout: float | None = 10) -
         **_options(socket_timeout),
     )
     return async_client
+
+
+async def run_script(script: AsyncScript, keys: Sequence[KeyT], args: Sequence[EncodableT]) -> Any:
+    """``await script(keys=keys, args=args)`` on the client it was registered on, without redis-py's
+    wrapper (its imports and type checks, on every call): EVALSHA, and on NOSCRIPT (a Redis restarted or
+    failed over, its script cache empty) the wrapper, which loads the script and runs it again."""
+    try:
+        return await script.registered_client.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+    except NoScriptError:
+        return await script(keys=keys, args=args)
 
 
 def as_text(reply: bytes | str) -> str:

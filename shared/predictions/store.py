@@ -25,7 +25,7 @@ from redis.exceptions import RedisError
 from redis.typing import EncodableT, FieldT
 
 from shared.db import keys, lua
-from shared.db.client import AlreadyStored, newest_first_page
+from shared.db.client import AlreadyStored, newest_first_page, run_script
 from shared.predictions import retention
 from shared.predictions.record import Prediction, format_timestamp, utcnow
 from shared.predictions.status import Status
@@ -465,7 +465,7 @@ class AsyncCreates:
     ) -> int | None:
         """``PredictionStore.create_one``."""
         args = _create_one_args(prediction, message, line, tenant_cap, total_cap)
-        found = await self._create_one(keys=[claim] if claim else [], args=args)
+        found = await run_script(self._create_one, [claim] if claim else [], args)
         return _created_one(found, prediction, line, tenant_cap, total_cap)
 
 

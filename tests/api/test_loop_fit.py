@@ -38,9 +38,26 @@ def fits(body: dict[str, Any], idempotency_key: str | None = None, priority: str
     return checked is not None
 
 
-def test_a_create_with_small_data_uri_images_is_validated_on_the_loop_its_headers_checked_once() -> None:
+def test_a_create_with_small_data_uri_images_is_validated_on_the_loop_each_image_checked_once() -> None:
     body = PredictionFields.model_validate({"input": {"prompt": "a", "input_image": SMALL, "ip_image": SMALL}})
-    assert loop_checked_images(SPEC, body, None, "normal", SETTINGS) == {SMALL}
+    images = loop_checked_images(SPEC, body, None, "normal", SETTINGS)
+    assert images is not None and images.checked == {SMALL} and list(images.seen) == [SMALL]
+    checked = images.seen[SMALL].checked
+    assert (checked.format, checked.width, checked.height, checked.flat) == ("PNG", 64, 64, True)
+
+
+def test_staging_does_not_decode_again_what_the_loop_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    body = PredictionFields.model_validate({"input": {"prompt": "a", "input_image": SMALL, "ip_image": SMALL}})
+    images = loop_checked_images(SPEC, body, None, "normal", SETTINGS)
+
+    def decoded_again(*_: Any) -> None:
+        raise AssertionError("an image checked on the loop was decoded again")
+
+    monkeypatch.setattr("api.intake.image_staging.check_image", decoded_again)
+    monkeypatch.setattr("api.intake.image_staging.decode_data_uri", decoded_again)
+    services = SimpleNamespace(settings=SETTINGS, storage=NoStorage())
+    done = validate_and_claim(services, "t", SPEC, body, "http://kiln", loop_checked=images)  # type: ignore[arg-type]
+    assert done.created and done.prediction.input["input_image"] == SMALL
 
 
 @pytest.mark.parametrize(
@@ -69,10 +86,14 @@ def test_an_image_over_the_pixel_bound_goes_to_its_intake_lane_though_its_data_u
     assert not fits({"input": {"prompt": "a", "input_image": large}})
 
 
-def test_a_data_uri_stored_in_s3_or_unreadable_goes_to_its_intake_lane() -> None:
+def test_a_data_uri_stored_in_s3_unreadable_or_corrupt_goes_to_its_intake_lane() -> None:
+    """Its intake thread answers why (the same 422 either way: ``test_intake_lanes``)."""
     over_inline = "data:image/png;base64," + "A" * SETTINGS.inline_input_max_bytes
     assert not fits({"input": {"prompt": "a", "input_image": over_inline}})
     assert not fits({"input": {"prompt": "a", "input_image": "data:image/png;base64,bm90IGFuIGltYWdl"}})
+    whole = base64.b64decode(SMALL.partition(",")[2])
+    truncated = data_uri(whole[:60])  # its header, the start of its pixels
+    assert not fits({"input": {"prompt": "a", "input_image": truncated, "ip_image": SMALL}})
 
 
 class NoStorage:
@@ -87,19 +108,17 @@ class NoStorage:
         raise AssertionError(f"storage.{name} called on the event loop")
 
 
-def test_an_image_refused_on_the_loop_is_a_422_with_no_s3_call() -> None:
-    """Its header reads (so it fits on the loop), its pixels do not: the same 422 as on the intake thread,
-    and no S3 delete of what was never staged."""
-    whole = base64.b64decode(SMALL.partition(",")[2])
-    truncated = data_uri(whole[:60])  # its header, the start of its pixels
-    body = PredictionFields.model_validate({"input": {"prompt": "a", "input_image": truncated, "ip_image": SMALL}})
+def test_a_create_refused_on_the_loop_is_a_422_with_no_s3_call() -> None:
+    """Its images check, its input does not: the same 422 as on the intake thread, and no S3 delete of
+    what was never staged."""
+    body = PredictionFields.model_validate(
+        {"input": {"prompt": "a", "input_image": SMALL, "ip_image": SMALL, "num_inference_steps": 0}}
+    )
     checked = loop_checked_images(SPEC, body, None, "normal", SETTINGS)
     assert checked is not None
     storage = NoStorage()
     services = SimpleNamespace(settings=SETTINGS, storage=storage)
     with pytest.raises(ProblemError) as refused:
         validate_and_claim(services, "t", SPEC, body, "http://kiln", loop_checked=checked)  # type: ignore[arg-type]
-    assert (
-        refused.value.status == 422 and refused.value.detail == "input.input_image: image data is truncated or corrupt"
-    )
+    assert refused.value.status == 422 and refused.value.detail.startswith("input.num_inference_steps")
     assert storage.calls == []

@@ -1,0 +1,104 @@
+"""The event loop's Redis client (``shared.db.client.connect_async``): a command waits for a connection when
+every one is in use (and fails only after ``ASYNC_POOL_WAIT_S``), a write to a Redis that stopped reading
+fails after ``socket_timeout`` with redis-py's error, and ``run_script`` runs a script the server forgot."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError, TimeoutError
+
+from deploy.devstack.servers import RedisServer
+from shared.db import client as db_client
+from shared.db.client import connect_async, run_script
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[RedisServer]:
+    with RedisServer(tmp_path, appendonly=False) as found:
+        yield found
+
+
+async def _hold(client: Redis, seconds: float) -> object:
+    """Hold one of the client's connections for ``seconds`` (a blocking pop of nothing)."""
+    return await client.blpop(["nothing"], timeout=seconds)
+
+
+def test_a_command_waits_for_a_connection_while_every_one_is_in_use(
+    server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(db_client, "ASYNC_POOL_SIZE", 2)
+
+    async def run() -> list[object]:
+        client = connect_async(server.url)
+        try:
+            held = [asyncio.create_task(_hold(client, 0.3)) for _ in range(2)]
+            await asyncio.sleep(0.05)  # both connections taken
+            waited = await client.ping()
+            return [*(await asyncio.gather(*held)), waited]
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(run()) == [None, None, True]
+
+
+def test_a_command_fails_when_no_connection_is_released_in_time(
+    server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(db_client, "ASYNC_POOL_SIZE", 1)
+    monkeypatch.setattr(db_client, "ASYNC_POOL_WAIT_S", 0.1)
+
+    async def run() -> None:
+        client = connect_async(server.url)
+        try:
+            held = asyncio.create_task(_hold(client, 1))
+            await asyncio.sleep(0.05)
+            with pytest.raises(ConnectionError, match="No connection available"):
+                await client.ping()
+            assert await held is None
+            assert await client.ping()  # released: usable again
+        finally:
+            await client.aclose()
+
+    asyncio.run(run())
+
+
+def test_a_write_to_a_redis_that_stopped_reading_fails_after_the_socket_timeout(server: RedisServer) -> None:
+    async def run() -> None:
+        client = connect_async(server.url, socket_timeout=0.5)
+        connection = await client.connection_pool.get_connection()
+        assert server.pid is not None
+        os.kill(server.pid, signal.SIGSTOP)
+        try:
+            # Far more than the socket buffers hold: the write waits for Redis to read.
+            command = connection.pack_command("SET", "large", b"x" * (64 << 20))
+            with pytest.raises(TimeoutError, match="Timeout writing to socket"):
+                await connection.send_packed_command(command)
+            assert not connection.is_connected
+        finally:
+            os.kill(server.pid, signal.SIGCONT)
+        await client.connection_pool.release(connection)
+        assert await client.ping()  # a fresh connection
+        await client.aclose()
+
+    asyncio.run(run())
+
+
+def test_run_script_runs_a_script_the_server_forgot(server: RedisServer) -> None:
+    async def run() -> list[object]:
+        client = connect_async(server.url)
+        script = client.register_script("return {KEYS[1], ARGV[1]}")
+        try:
+            first = await run_script(script, ["k"], ["a"])
+            await client.script_flush()  # as after a restart or a failover
+            return [first, await run_script(script, ["k"], ["b"])]
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(run()) == [[b"k", b"a"], [b"k", b"b"]]
