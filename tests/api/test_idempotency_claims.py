@@ -6,7 +6,6 @@ its retry creates the prediction at once; one whose prediction was stored keeps 
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Callable
 from types import SimpleNamespace
@@ -23,6 +22,7 @@ from api.intake.submission import _one_refused, confirm_created
 from shared.db import keys
 from shared.db.client import AlreadyStored
 from shared.db.replication import NotReplicated
+from tests.support import run_on_own_loop
 
 
 @pytest.fixture
@@ -178,7 +178,7 @@ def test_an_api_process_says_it_is_alive_while_it_runs() -> None:
         finally:
             await claims.close()
 
-    assert 0 < asyncio.run(started_and_closed()) <= idempotency.OWNER_TTL_S
+    assert 0 < run_on_own_loop(started_and_closed()) <= idempotency.OWNER_TTL_S
 
 
 def test_a_fenced_claim_that_stored_nothing_is_taken_over_while_its_process_lives(monkeypatch) -> None:

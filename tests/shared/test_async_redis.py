@@ -17,6 +17,7 @@ from redis.exceptions import ConnectionError, TimeoutError
 from deploy.devstack.servers import RedisServer
 from shared.db import client as db_client
 from shared.db.client import connect_async, run_script
+from tests.support import run_on_own_loop
 
 
 @pytest.fixture
@@ -45,7 +46,7 @@ def test_a_command_waits_for_a_connection_while_every_one_is_in_use(
         finally:
             await client.aclose()
 
-    assert asyncio.run(run()) == [None, None, True]
+    assert run_on_own_loop(run()) == [None, None, True]
 
 
 def test_a_command_fails_when_no_connection_is_released_in_time(
@@ -66,7 +67,7 @@ def test_a_command_fails_when_no_connection_is_released_in_time(
         finally:
             await client.aclose()
 
-    asyncio.run(run())
+    run_on_own_loop(run())
 
 
 def test_a_write_to_a_redis_that_stopped_reading_fails_after_the_socket_timeout(server: RedisServer) -> None:
@@ -87,7 +88,7 @@ def test_a_write_to_a_redis_that_stopped_reading_fails_after_the_socket_timeout(
         assert await client.ping()  # a fresh connection
         await client.aclose()
 
-    asyncio.run(run())
+    run_on_own_loop(run())
 
 
 def test_run_script_runs_a_script_the_server_forgot(server: RedisServer) -> None:
@@ -101,4 +102,4 @@ def test_run_script_runs_a_script_the_server_forgot(server: RedisServer) -> None
         finally:
             await client.aclose()
 
-    assert asyncio.run(run()) == [[b"k", b"a"], [b"k", b"b"]]
+    assert run_on_own_loop(run()) == [[b"k", b"a"], [b"k", b"b"]]

@@ -8,6 +8,7 @@ Test modules import helpers from here (and its submodules), never from one anoth
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import os
@@ -16,14 +17,18 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Coroutine, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any, TypeVar
 
 import httpx
 import pytest
 from PIL import Image
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+
+T = TypeVar("T")
 
 
 def fake_weights_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -156,3 +161,10 @@ def image_bytes(format: str, width: int = 32, height: int = 32) -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", (width, height), "teal").save(buffer, format=format)
     return buffer.getvalue()
+
+
+def run_on_own_loop(coroutine: Coroutine[Any, Any, T]) -> T:
+    """``asyncio.run(coroutine)`` on a thread of its own: a test run after another in the same worker
+    process may find an event loop still marked running on the main thread."""
+    with ThreadPoolExecutor(1) as thread:
+        return thread.submit(asyncio.run, coroutine).result()
