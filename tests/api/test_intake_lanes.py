@@ -5,15 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from concurrent.futures import ThreadPoolExecutor
 
 from api.intake.lanes import IntakeLanes
-
-
-def _run(coroutine) -> object:
-    # A loop of its own on a thread of its own (a session-scoped sync Playwright may hold this thread's).
-    with ThreadPoolExecutor(1) as pool:
-        return pool.submit(asyncio.run, asyncio.wait_for(coroutine, timeout=20)).result()
+from tests.support import run_on_own_loop
 
 
 def test_a_token_holds_at_most_its_share_and_another_token_is_not_held() -> None:
@@ -42,7 +36,7 @@ def test_a_token_holds_at_most_its_share_and_another_token_is_not_held() -> None
         release.set()
         return await asyncio.gather(*slow), waiting
 
-    done, waiting = _run(scenario())
+    done, waiting = run_on_own_loop(asyncio.wait_for(scenario(), timeout=20))
     assert done == ["a"] * 6 and waiting == 6
     assert most == {"a": 2, "b": most["b"]} and 1 <= most["b"] <= 2
     assert lanes.in_flight("a") == 0 and lanes._lanes == {}

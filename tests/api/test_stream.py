@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable, Coroutine
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -22,15 +21,13 @@ from shared.predictions.record import Prediction, utcnow
 from shared.predictions.status import Status
 from shared.predictions.store import PredictionStore
 from shared.security.signed_urls import UrlSigner, Verdict
+from tests.support import run_on_own_loop
 
 SIGNER = UrlSigner("secret", 3600)
 
 
 def _in_a_thread(coroutine: Callable[[], Coroutine[Any, Any, list[ServerSentEvent]]]) -> list[ServerSentEvent]:
-    # In a thread of its own: the browser tests' session fixture (playwright's sync API) keeps an
-    # event loop running in this one.
-    with ThreadPoolExecutor(1) as pool:
-        return pool.submit(asyncio.run, asyncio.wait_for(coroutine(), timeout=10)).result()
+    return run_on_own_loop(asyncio.wait_for(coroutine(), timeout=10))
 
 
 class Fixture:

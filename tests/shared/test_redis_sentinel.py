@@ -9,10 +9,8 @@ import asyncio
 import os
 import sys
 import time
-from collections.abc import Coroutine, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
 
 import pytest
 import redis
@@ -23,11 +21,9 @@ from shared.db import keys
 from shared.db.client import RedisTarget, connect, connect_async, parse_sentinels, redis_target, sentinel_options
 from shared.runtime.celery_config import broker_options, broker_url, create_celery
 from shared.settings import Settings
-from tests.support import python, start_process, stop_process, wait_until
+from tests.support import python, run_on_own_loop, start_process, stop_process, wait_until
 from tests.support.redis_ha import RedisHA, redis_ha
 from tests.support.sentinel_worker_app import DONE_KEY, QUEUE, RECORD_TASK
-
-T = TypeVar("T")
 
 
 @pytest.fixture
@@ -78,13 +74,6 @@ def test_a_write_on_the_sync_client_rides_out_the_primary_being_killed(ha: Redis
         assert client.mget("before", "after") == [b"1", b"2"]
 
 
-def in_own_loop(coroutine: Coroutine[Any, Any, T]) -> T:
-    """Run ``coroutine`` on a new event loop in a thread of its own: a test this process ran before may have
-    left a loop running in the main thread (``asyncio.run`` refuses to start there then)."""
-    with ThreadPoolExecutor(1) as pool:
-        return pool.submit(asyncio.run, coroutine).result()
-
-
 @pytest.mark.integration
 def test_a_write_on_the_async_client_rides_out_the_primary_being_killed(ha: RedisHA) -> None:
     async def run() -> list[bytes | None]:
@@ -100,7 +89,7 @@ def test_a_write_on_the_async_client_rides_out_the_primary_being_killed(ha: Redi
         finally:
             await client.aclose()
 
-    assert in_own_loop(run()) == [b"1", b"2"]
+    assert run_on_own_loop(run()) == [b"1", b"2"]
     assert ha.current_primary() == ha.replica_address
 
 
@@ -170,4 +159,4 @@ def test_an_event_published_after_a_failover_reaches_its_waiter(ha: RedisHA) -> 
         finally:
             await hub.close()
 
-    assert in_own_loop(run()) < 60, "the waiter was not woken by the event"
+    assert run_on_own_loop(run()) < 60, "the waiter was not woken by the event"

@@ -164,7 +164,8 @@ def image_bytes(format: str, width: int = 32, height: int = 32) -> bytes:
 
 
 def run_on_own_loop(coroutine: Coroutine[Any, Any, T]) -> T:
-    """``asyncio.run(coroutine)`` on a thread of its own: a test run after another in the same worker
-    process may find an event loop still marked running on the main thread."""
+    """``asyncio.run(coroutine)`` on a new event loop in a thread of its own: the browser tests' session
+    fixture (Playwright's sync API) keeps an event loop running in the main thread of the worker process
+    that ran them, where ``asyncio.run`` then refuses to start."""
     with ThreadPoolExecutor(1) as thread:
         return thread.submit(asyncio.run, coroutine).result()
