@@ -15,8 +15,9 @@ runs, each when the submissions reach a fraction of the total:
   stretched to outlast it).
 
 It prints one line: accepted, lost, completed twice, webhooks missing, duplicated deliveries (the same
-message again), refused, the longest window in which no create was answered 201, and the p99 create
-latency outside the fault windows.
+message again), refused, the longest window in which no create was answered 201, the longest one
+submission waited for its 201, the p99 create latency outside the fault windows, and the processes that
+exited by themselves and were restarted (a supervisor thread restarts them, as Kubernetes would).
 """
 
 from __future__ import annotations
