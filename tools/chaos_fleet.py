@@ -317,17 +317,21 @@ class Load:
         window = self.longest_window()
         return 0.0 if window is None else window[1] - window[0]
 
+    def spans(self) -> tuple[dict[int, float], dict[int, float]]:
+        """Per submission, when its first attempt began and when it was answered 201 (if it was)."""
+        first_try: dict[int, float] = {}
+        done_at: dict[int, float] = {}
+        for a in self.attempts:  # a submission's attempts follow one another
+            first_try.setdefault(a.submission, a.at - a.took)
+            if a.status == 201:
+                done_at[a.submission] = a.at
+        return first_try, done_at
+
     def longest_wait(self) -> tuple[float, int | None]:
         """The longest a submission waited for its 201, from its first attempt's start, and which one: where
         the longest window counts the gap between any two 201s, this is what one client went through."""
-        first: dict[int, float] = {}
-        accepted: dict[int, float] = {}
-        for a in self.attempts:
-            first[a.submission] = min(first.get(a.submission, a.at - a.took), a.at - a.took)
-            if a.status == 201:
-                accepted[a.submission] = a.at
-        waits = [(at - first[index], index) for index, at in accepted.items()]
-        return max(waits, default=(0.0, None))
+        first_try, done_at = self.spans()
+        return max(((at - first_try[index], index) for index, at in done_at.items()), default=(0.0, None))
 
     def explain_wait(self, index: int | None) -> str:
         """The answers the submission that waited longest got, in order."""
@@ -348,12 +352,7 @@ class Load:
             return ["no window: fewer than two creates answered 201"]
         start, end = window
         inside = [a for a in self.attempts if start < a.at <= end]
-        first_try: dict[int, float] = {}
-        done_at: dict[int, float] = {}
-        for a in self.attempts:
-            first_try.setdefault(a.submission, a.at - a.took)
-            if a.status == 201:
-                done_at[a.submission] = a.at
+        first_try, done_at = self.spans()
         pending = [s for s in first_try if first_try[s] <= start and done_at.get(s, float("inf")) > start]
         began_after = sum(1 for at in first_try.values() if at > start) + self.count - len(first_try)
         overlapping = [

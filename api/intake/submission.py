@@ -292,7 +292,7 @@ def store_and_enqueue_one(
     (``PredictionStore.create_one``: caps, record, Celery message and queue-line ticket together, all or
     nothing); returns its ``queue_position``, read in the same script. The same answers: 429/503 over a
     cap, a 503 for Redis down, with nothing stored; inputs staged for it are deleted then. With
-    ``idempotency_key``, only while its claim names the prediction (else 409, ``_claim_lost_problem``).
+    ``idempotency_key``, only while its claim names the prediction (else 409, ``_raise_one_refusal``).
     ``store_and_enqueue_one_async`` is the same on the event loop."""
     try:
         position = services.store.create_one(
@@ -300,10 +300,7 @@ def store_and_enqueue_one(
         )
     except BaseException as exc:
         _one_refused(services, prediction, exc)
-        if isinstance(exc, QueueFull):
-            raise _queue_full_problem(exc, 1) from None
-        if isinstance(exc, ClaimLost):
-            raise _claim_lost_problem() from None
+        _raise_one_refusal(exc)
         raise
     record_created([prediction.model])
     return position
@@ -322,10 +319,7 @@ async def store_and_enqueue_one_async(
     except BaseException as exc:
         if prediction.input_files or idempotency_key is not None:
             await run_in_threadpool(_one_refused, services, prediction, exc, idempotency_key)
-        if isinstance(exc, QueueFull):
-            raise _queue_full_problem(exc, 1) from None
-        if isinstance(exc, ClaimLost):
-            raise _claim_lost_problem() from None
+        _raise_one_refusal(exc)
         raise
     record_created([prediction.model])
     return position
@@ -347,14 +341,18 @@ def _create_one_args(
     }
 
 
-def _claim_lost_problem() -> ProblemError:
-    """409 for a create whose Idempotency-Key claim was taken over while it was processed (a retry of the
-    request judged it abandoned, or a failover lost the claim): the retry's prediction is the key's."""
-    return ProblemError(
-        409,
-        "A retry of this request took its Idempotency-Key over while it was processed; retry to get its prediction",
-        headers={"Retry-After": "1"},
-    )
+def _raise_one_refusal(exc: BaseException) -> None:
+    """A single create's store refused: the answer for a full queue (429/503/422), or 409 for a create whose
+    Idempotency-Key claim was taken over while it was processed (a retry of the request judged it abandoned,
+    or a failover lost the claim: the retry's prediction is the key's). Anything else is the caller's to raise."""
+    if isinstance(exc, QueueFull):
+        raise _queue_full_problem(exc, 1) from None
+    if isinstance(exc, ClaimLost):
+        raise ProblemError(
+            409,
+            "A retry of this request took its Idempotency-Key over while it was processed; retry to get its prediction",
+            headers={"Retry-After": "1"},
+        ) from None
 
 
 def _one_refused(
