@@ -103,3 +103,43 @@ def test_run_script_runs_a_script_the_server_forgot(server: RedisServer) -> None
             await client.aclose()
 
     assert run_on_own_loop(run()) == [[b"k", b"a"], [b"k", b"b"]]
+
+
+PACKED_ALIKE = [
+    ("EVALSHA", "a" * 40, 2, "kiln:prediction:01", b"\x00\xffbytes", "é ✓ 😀", 0, -7, 2**70, 1.5, 1e20, 1e-07, 0.1),
+    ("SET", "k", "x" * 10_000),  # past redis-py's 6,000-byte chunking
+    ("CONFIG GET", "maxmemory"),  # a name redis-py splits
+]
+REFUSED_ALIKE = [("SET", "k", True), ("SET", "k", None), ("SET", "k", "\ud800")]
+
+
+@pytest.mark.parametrize("args", PACKED_ALIKE)
+def test_commands_are_packed_to_the_bytes_redis_py_packs(args: tuple[object, ...]) -> None:
+    ours, theirs = db_client._Connection(), Redis().connection_pool.connection_class()
+    assert type(ours._command_packer).__name__ == "_DirectPacker"
+    assert b"".join(ours.pack_command(*args)) == b"".join(theirs.pack_command(*args))
+    sync = db_client._direct_packer()
+    assert sync is not None and b"".join(sync.pack(*args)) == b"".join(theirs.pack_command(*args))
+
+
+@pytest.mark.parametrize("args", REFUSED_ALIKE)
+def test_what_redis_py_refuses_to_pack_is_refused_alike(args: tuple[object, ...]) -> None:
+    theirs = Redis().connection_pool.connection_class()
+    with pytest.raises(Exception) as expected:
+        theirs.pack_command(*args)
+    with pytest.raises(type(expected.value)):
+        db_client._Connection().pack_command(*args)
+
+
+def test_both_clients_pack_directly_and_their_commands_work(server: RedisServer) -> None:
+    sync = db_client.connect(server.url)
+    sync.set("k", "é", ex=60)
+    assert sync.get("k") == "é".encode() and sync.incrbyfloat("f", 1.5) == 1.5
+    assert type(sync.connection_pool.get_connection()._command_packer).__name__ == "_DirectPacker"
+
+    async def run() -> object:
+        client = connect_async(server.url)
+        await client.hset("h", mapping={"a": 1, "b": 2.5, "c": "✓"})
+        return await client.hgetall("h")
+
+    assert run_on_own_loop(run()) == {b"a": b"1", b"b": b"2.5", b"c": "✓".encode()}
