@@ -1,5 +1,12 @@
 """Who a request's token belongs to, checked against Redis on every request so a revoked token is
-refused at once by every API process (``shared.security.tokens``)."""
+refused at once by every API process (``shared.security.tokens``).
+
+A token's record never changes while it exists (``kiln tokens`` creates and revokes, nothing else), and
+a bootstrap token's limits are this process's settings: what one check found about a token stays true
+until the token is revoked. So a single create of a token this process has seen valid may leave the
+check itself (revoked? its rate limit?) to its store's script (``Authenticator.deferred``,
+``shared.predictions.store.TokenCheck``), and spare a round trip; anything answered before that store
+checks the token first (``api.deps.DeferredAuth``)."""
 
 from __future__ import annotations
 
@@ -11,6 +18,7 @@ import redis.asyncio
 from api.ratelimit import Decision
 from shared.db import keys, lua
 from shared.db.client import run_script
+from shared.predictions.store import TokenCheck
 from shared.security.tokens import TokenInfo, TokenLimits, bootstrap_tokens, record_limits, tenant_of, token_digest
 from shared.settings import Settings
 
@@ -26,12 +34,34 @@ class Caller:
     max_queued: int
 
 
+# The tokens an API process remembers as seen valid (a few hundred bytes each); all are forgotten when full.
+SEEN_KEPT = 4096
+
+
 class Authenticator:
     def __init__(self, client: redis.asyncio.Redis, settings: Settings) -> None:
         self.client = client
         self.settings = settings
         self.bootstrap: dict[str, TokenInfo] = {info.digest: info for info in bootstrap_tokens(settings.api_token)}
         self._auth_take = client.register_script(lua.script("auth_take"))
+        # Tokens seen valid, by digest: their caller and how the store checks them (``deferred``).
+        self._seen: dict[str, tuple[Caller, TokenCheck]] = {}
+
+    def deferred(self, token: str) -> tuple[Caller, TokenCheck] | None:
+        """The caller of a token this process has seen valid, and the check its create's store makes
+        (``TokenCheck``: not revoked since, within its rate limit); None for a token not seen valid (or
+        forgotten), which must be checked now (``caller_within_limit``)."""
+        return self._seen.get(token_digest(token))
+
+    def forget(self, digest: str) -> None:
+        """A token found unknown or revoked: checked before anything else from now on."""
+        self._seen.pop(digest, None)
+
+    def _remember(self, digest: str, caller: Caller, fields: Mapping[bytes, bytes]) -> None:
+        if len(self._seen) >= SEEN_KEPT:  # tokens are the clients': keep a bounded few
+            self._seen.clear()
+        check = TokenCheck(digest, not fields, caller.rate_limit_per_s, caller.rate_limit_burst)
+        self._seen[digest] = (caller, check)
 
     async def caller_within_limit(self, token: str, cost: int = 1) -> tuple[Caller, Decision] | None:
         """The token's caller and ``cost`` taken from its rate limit, in one round trip (``auth_take.lua``);
@@ -54,12 +84,14 @@ class Authenticator:
             self._auth_take, [keys.token(digest), keys.revoked_tokens(), keys.rate_limit(tenant)], args
         )
         if not reply[0]:
+            self.forget(digest)
             return None
         _, flat, allowed, left = reply
         fields = dict(zip(flat[::2], flat[1::2], strict=True))
         caller = self._caller(digest, fields)
         if caller is None:  # not reached: the script found a record, or the token is a bootstrap one
             return None
+        self._remember(digest, caller, fields)
         return caller, Decision.of(bool(allowed), float(left), cost, caller.rate_limit_per_s, caller.rate_limit_burst)
 
     async def caller(self, token: str) -> Caller | None:

@@ -7,17 +7,17 @@ per dependency cost more than the checks themselves on every request.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 from fastapi import Depends, Header, Request
 
 from api.auth import Caller
-from api.errors import ProblemError
+from api.errors import DEFERRED_AUTH_STATE_KEY, ProblemError
 from api.ratelimit import STATE_KEY as RATELIMIT_STATE_KEY
 from api.ratelimit import Decision
 from api.services import Services
 from shared.predictions.deadlines import DURATION_PATTERN
-from shared.predictions.store import PredictionStore
+from shared.predictions.store import PredictionStore, RateLimited, TokenCheck, TokenRefused
 from shared.scheduling.queues import PRIORITIES, Priority
 from shared.settings import Settings
 
@@ -78,6 +78,52 @@ async def current_caller(request: Request, services: Annotated[Services, Depends
     caller, decision = found
     apply_rate_limit(request, caller, decision)
     return caller
+
+
+class DeferredAuth:
+    """A single create's token check left to its store (``api.auth``): the token was seen valid by this
+    process, and the create's store script checks it is still valid and takes one request from its rate
+    limit, before it writes anything (``TokenCheck``). Whatever answers the request before that store (a
+    422 for its body, a 404, a create that goes to an intake thread, a waited one) checks the token first
+    (``settle``), so that a revoked token or a spent rate limit still answers 401 or 429 before anything
+    else, as ``current_caller`` does. Kept on the request's state for the error handlers
+    (``api.errors.DEFERRED_AUTH_STATE_KEY``)."""
+
+    def __init__(self, request: Request, services: Services, caller: Caller, check: TokenCheck) -> None:
+        self.request = request
+        self.services = services
+        self.caller = caller
+        self.check = check
+        self.pending = True
+        setattr(request.state, DEFERRED_AUTH_STATE_KEY, self)
+
+    async def settle(self) -> None:
+        """Check the token now, as ``current_caller`` does (401, 429), unless it was already."""
+        if self.pending:
+            self.pending = False
+            await current_caller(self.request, self.services)
+
+    def take_over(self) -> TokenCheck:
+        """The check, for the store that makes it (and answers for it: ``stored``, ``refused``)."""
+        self.pending = False
+        return self.check
+
+    def stored(self, tokens_left: float) -> None:
+        """The store checked the token and took one request: the answer's ``ratelimit-*`` headers."""
+        self._decided(True, tokens_left)
+
+    def refused(self, exc: TokenRefused | RateLimited) -> NoReturn:
+        """The store found the token revoked (401, and forgotten) or at its rate limit (429)."""
+        if isinstance(exc, TokenRefused):
+            self.services.authenticator.forget(self.check.digest)
+            raise ProblemError(401, "invalid token (unknown or revoked)", headers=CHALLENGE) from None
+        self._decided(False, exc.tokens_left)
+        raise AssertionError("not reached: a refused decision raises")  # pragma: no cover
+
+    def _decided(self, allowed: bool, tokens_left: float) -> None:
+        caller = self.caller
+        decision = Decision.of(allowed, tokens_left, 1, caller.rate_limit_per_s, caller.rate_limit_burst)
+        apply_rate_limit(self.request, caller, decision)
 
 
 async def take_rate_limit(request: Request, services: Services, caller: Caller) -> None:
@@ -191,8 +237,9 @@ CancelAfter = Annotated[
 
 @dataclass(frozen=True)
 class CreateRequest:
-    """What a single create needs besides its body: the caller (authenticated, within its rate limit),
-    the services, the links' base URL and the create's headers."""
+    """What a single create needs besides its body: the caller (authenticated and within its rate limit,
+    or, with ``auth``, seen valid and left to check: ``DeferredAuth``), the services, the links' base URL
+    and the create's headers."""
 
     caller: Caller
     services: Services
@@ -201,17 +248,28 @@ class CreateRequest:
     idempotency_key: str | None
     cancel_after: str | None
     priority: Priority | None
+    auth: DeferredAuth | None = None
 
 
 async def create_request(request: Request) -> CreateRequest:
     """``CurrentCaller``, ``ServicesDep``, ``BaseURL`` and the create headers (``PreferHeader``,
     ``IdempotencyKey``, ``CancelAfter``, ``HeaderPriority``) in one dependency, in that order, with the same
     answers: FastAPI resolving them one by one (a dependency tree of nine) cost a single create more of the
-    event loop than its Redis round trips. The headers are documented by ``CREATE_HEADER_PARAMETERS``."""
+    event loop than its Redis round trips. The headers are documented by ``CREATE_HEADER_PARAMETERS``.
+    The token of a caller this process has seen valid is checked later, by the create's store or before
+    any other answer (``DeferredAuth``): one round trip fewer."""
     services: Services = request.app.state.services
-    caller = await current_caller(request, services)
+    token = _bearer_token(request)
+    seen = services.authenticator.deferred(token) if token is not None else None
+    auth = None
+    if seen is None:
+        caller = await current_caller(request, services)
+    else:
+        caller, check = seen
+        auth = DeferredAuth(request, services, caller, check)
     headers = request.headers
     return CreateRequest(
+        auth=auth,
         caller=caller,
         services=services,
         base_url=link_base(request, services.settings),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from http import HTTPStatus
 from typing import Any
 
@@ -95,12 +95,50 @@ def allowed_methods(request: Request) -> list[str]:
     ]
 
 
+# Where a create whose token check was left to its store keeps it (``api.deps.DeferredAuth``).
+DEFERRED_AUTH_STATE_KEY = "deferred_auth"
+Handler = Callable[[Request, Any], Awaitable[JSONResponse]]
+
+
+async def _deferred_auth_refusal(request: Request) -> ProblemError | None:
+    """The 401 or 429 of a create's token check still pending (``api.deps.DeferredAuth``), made now: a
+    revoked token or a spent rate limit answers before any other error, as when the token is checked
+    first. None when no check was pending, the token is fine, or Redis could not tell (then the error's
+    own answer stands)."""
+    deferred = getattr(request.state, DEFERRED_AUTH_STATE_KEY, None)
+    if deferred is None or not deferred.pending:
+        return None
+    try:
+        await deferred.settle()
+    except ProblemError as exc:
+        return exc
+    except Exception:  # Redis down: the error being answered says as much
+        return None
+    return None
+
+
 def install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(ProblemError)
+    def handles(*types: type[Exception]) -> Callable[[Handler], Handler]:
+        """Register a handler for ``types``, answering a pending token check's refusal first."""
+
+        def register(handler: Handler) -> Handler:
+            async def answer(request: Request, exc: Any) -> JSONResponse:
+                refused = await _deferred_auth_refusal(request)
+                if refused is not None:
+                    return problem_response(refused.status, refused.detail, refused.headers, **refused.extra)
+                return await handler(request, exc)
+
+            for kind in types:
+                app.add_exception_handler(kind, answer)
+            return handler
+
+        return register
+
+    @handles(ProblemError)
     async def _problem(_: Request, exc: ProblemError) -> JSONResponse:
         return problem_response(exc.status, exc.detail, exc.headers, **exc.extra)
 
-    @app.exception_handler(StarletteHTTPException)
+    @handles(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         headers = getattr(exc, "headers", None)
         if exc.status_code == 405:
@@ -109,31 +147,29 @@ def install_error_handlers(app: FastAPI) -> None:
             headers = (headers or {}) | {"Allow": ", ".join(allowed_methods(request))}
         return problem_response(exc.status_code, str(exc.detail), headers)
 
-    @app.exception_handler(RequestValidationError)
+    @handles(RequestValidationError)
     async def _request_validation(_: Request, exc: RequestValidationError) -> JSONResponse:
         # FastAPI prefixes locations with "body"/"query"; drop it so fields read as the client sent them.
         errors = [dict(err, loc=tuple(err["loc"])[1:] or tuple(err["loc"])) for err in exc.errors()]
         detail, items = describe_validation_errors(errors)
         return problem_response(422, detail, errors=items)
 
-    @app.exception_handler(redis.exceptions.ConnectionError)
+    @handles(redis.exceptions.ConnectionError)
     async def _redis_down(_: Request, exc: redis.exceptions.ConnectionError) -> JSONResponse:
         log.warning("redis unavailable: %s", exc)
         return problem_response(503, "the prediction store (Redis) is unavailable; retry shortly", {"Retry-After": "5"})
 
-    @app.exception_handler(AlreadyStored)
+    @handles(AlreadyStored)
     async def _id_taken(_: Request, exc: AlreadyStored) -> JSONResponse:
         log.error("a create's new id is already stored; nothing was written: %s", exc)
         return problem_response(503, "a new id was already taken; nothing was stored; retry", {"Retry-After": "1"})
 
-    @app.exception_handler(StorageUnavailable)
-    @app.exception_handler(BotoCoreError)
-    @app.exception_handler(ClientError)
+    @handles(StorageUnavailable, BotoCoreError, ClientError)
     async def _storage_down(_: Request, exc: Exception) -> JSONResponse:
         log.warning("storage unavailable: %s", exc)
         return problem_response(503, "object storage (S3) is unavailable; retry shortly", {"Retry-After": "5"})
 
-    @app.exception_handler(Exception)
+    @handles(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error", exc_info=exc)
         return problem_response(500, "internal server error")

@@ -16,6 +16,7 @@ from redis.client import Pipeline
 from redis.exceptions import RedisError
 
 from api.auth import Caller
+from api.deps import DeferredAuth
 from api.errors import ProblemError, reject_invalid_text
 from api.intake.file_checks import check_file_inputs
 from api.intake.idempotency import await_first_request, fingerprint
@@ -32,7 +33,7 @@ from shared.model_spec import ModelSpec
 from shared.predictions.deadlines import BadDuration, parse_duration
 from shared.predictions.record import Prediction, new_id, utcnow
 from shared.predictions.status import Status
-from shared.predictions.store import ClaimLost, read_prediction
+from shared.predictions.store import ClaimLost, RateLimited, TokenRefused, read_prediction
 from shared.runtime.metrics import record_created
 from shared.scheduling import queues
 from shared.scheduling.lost_messages import mark_sent_in_pipeline
@@ -307,22 +308,32 @@ def store_and_enqueue_one(
 
 
 async def store_and_enqueue_one_async(
-    services: Services, prediction: Prediction, tenant_cap: int | None = None, idempotency_key: str | None = None
+    services: Services,
+    prediction: Prediction,
+    tenant_cap: int | None = None,
+    idempotency_key: str | None = None,
+    auth: DeferredAuth | None = None,
 ) -> int | None:
     """``store_and_enqueue_one`` awaited on the event loop (``AsyncCreates``): no intake thread waits on
     the round trip. Should it fail, the staged inputs are deleted and ``idempotency_key`` released, on a
-    thread (only when there is one or the other to do)."""
+    thread (only when there is one or the other to do). A token check still pending (``auth``) is made by
+    the same script, before it writes anything: 401 or 429 as ``current_caller`` answers."""
+    check = auth.take_over() if auth is not None and auth.pending else None
     try:
-        position = await services.async_creates.create_one(
-            prediction, **_create_one_args(services, prediction, tenant_cap, idempotency_key)
+        stored = await services.async_creates.create_one(
+            prediction, **_create_one_args(services, prediction, tenant_cap, idempotency_key), token=check
         )
     except BaseException as exc:
         if prediction.input_files or idempotency_key is not None:
             await run_in_threadpool(_one_refused, services, prediction, exc, idempotency_key)
+        if auth is not None and isinstance(exc, TokenRefused | RateLimited):
+            auth.refused(exc)
         _raise_one_refusal(exc)
         raise
+    if auth is not None and stored.tokens_left is not None:
+        auth.stored(stored.tokens_left)
     record_created([prediction.model])
-    return position
+    return stored.position
 
 
 def _create_one_args(
@@ -518,22 +529,26 @@ async def _submit(
     deadline: datetime | None,
     deployment: str | None,
     priority: Priority,
+    auth: DeferredAuth | None = None,
 ) -> Submitted:
     """``submit`` for a request: validated (and a low one stored) on an intake thread, or on the event loop
     when that does no I/O and little CPU (``api.intake.loop_fit``); a normal one then
     stored in its one round trip on the event loop, and confirmed on the replicas (on a thread, when
-    ``KILN_REDIS_MIN_REPLICAS_ACK`` asks for it)."""
+    ``KILN_REDIS_MIN_REPLICAS_ACK`` asks for it). A token check left pending (``auth``) is made by that
+    round trip for a create validated on the loop; any other checks it before its intake thread."""
     tenant = caller.tenant
     checked = loop_checked_images(spec, body, idempotency_key, priority, services.settings)
     if checked is not None:  # no I/O, little CPU: on the loop
         done = validate_and_claim(services, tenant, spec, body, base_url, None, deadline, deployment, priority, checked)
     else:
+        if auth is not None:
+            await auth.settle()
         work = (services, tenant, spec, body, base_url, idempotency_key, caller.max_queued, deadline, deployment)
         done = await services.intake.run(tenant, _on_intake_thread, *work, priority)
     if not done.created or done.position_read or done.prediction.priority == "low":
         return done
     prediction = done.prediction
-    done.position = await store_and_enqueue_one_async(services, prediction, caller.max_queued, idempotency_key)
+    done.position = await store_and_enqueue_one_async(services, prediction, caller.max_queued, idempotency_key, auth)
     done.position_read = True
     if services.core.replication.replicas > 0:
         await run_in_threadpool(confirm_created, services, prediction, idempotency_key)
@@ -551,19 +566,23 @@ async def create_and_respond(
     cancel_after: str | None = None,
     deployment: str | None = None,
     priority: Priority | None = None,
+    auth: DeferredAuth | None = None,
 ) -> Response:
     """Create (or replay) the prediction; with ``Prefer: wait``, hold the answer until it is terminal.
 
     A waited create takes one of the token's open-stream slots first (429 when none is free, with
-    nothing stored). Once the prediction is stored the answer is a 201 whatever happens while
-    waiting: a client that retried a 5xx would run it twice."""
+    nothing stored), its token checked before (``auth``, a check left pending: ``DeferredAuth``). Once
+    the prediction is stored the answer is a 201 whatever happens while waiting: a client that retried
+    a 5xx would run it twice."""
     wait_s = parse_prefer_wait(prefer, services.settings.prefer_wait_default_s)
     deadline = deadline_after(cancel_after)
     async with contextlib.AsyncExitStack() as held:
         if wait_s is not None:
+            if auth is not None:
+                await auth.settle()
             await held.enter_async_context(services.stream_slots.hold(caller.tenant))
         done = await _submit(
-            services, caller, spec, body, base_url, idempotency_key, deadline, deployment, priority or "normal"
+            services, caller, spec, body, base_url, idempotency_key, deadline, deployment, priority or "normal", auth
         )
         prediction = done.prediction
         headers = {} if done.created else {"Idempotent-Replayed": "true"}

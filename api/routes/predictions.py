@@ -89,6 +89,7 @@ async def _create(create: CreateRequest, spec: ModelSpec, body: PredictionFields
         create.idempotency_key,
         create.cancel_after,
         priority=create.priority,
+        auth=create.auth,
     )
 
 

@@ -72,6 +72,40 @@ class ClaimLost(Exception):
         super().__init__(f"the Idempotency-Key claim of {prediction_id} names another prediction or none")
 
 
+@dataclass(frozen=True)
+class TokenCheck:
+    """A token a single create's store checks, and takes one request from the rate limit of, before it
+    writes anything (``AsyncCreates.create_one``): as ``auth_take.lua`` does, in the create's own round
+    trip. ``bootstrap``: valid without a record (``KILN_API_TOKEN``); ``rate_per_s`` and ``burst``: its limits."""
+
+    digest: str
+    bootstrap: bool
+    rate_per_s: float
+    burst: int
+
+
+class TokenRefused(Exception):
+    """The create's token (``TokenCheck``) is unknown or revoked: nothing was stored or taken."""
+
+
+class RateLimited(Exception):
+    """The create's token (``TokenCheck``) is at its rate limit: nothing was stored; ``tokens_left`` in
+    its bucket."""
+
+    def __init__(self, tokens_left: float) -> None:
+        super().__init__(f"rate limit reached ({tokens_left:g} left)")
+        self.tokens_left = tokens_left
+
+
+@dataclass(frozen=True)
+class StoredOne:
+    """A single create stored (``AsyncCreates.create_one``): its queue position (None if not waiting), and
+    the tokens left in its token's bucket when the store checked the token (else None)."""
+
+    position: int | None
+    tokens_left: float | None = None
+
+
 class PredictionStore:
     def __init__(self, redis: Redis, retention_s: float = 3600, record_retention_s: float = 30 * 24 * 3600) -> None:
         self.redis = redis
@@ -462,24 +496,41 @@ class AsyncCreates:
         tenant_cap: int | None = None,
         total_cap: int | None = None,
         claim: str | None = None,
-    ) -> int | None:
-        """``PredictionStore.create_one``."""
-        args = _create_one_args(prediction, message, line, tenant_cap, total_cap)
+        token: TokenCheck | None = None,
+    ) -> StoredOne:
+        """``PredictionStore.create_one``, and with ``token``, that token checked and one request taken
+        from its rate limit first, in the same script: ``TokenRefused`` or ``RateLimited`` with nothing
+        written (``store_create.lua``)."""
+        args = _create_one_args(prediction, message, line, tenant_cap, total_cap, token)
         found = await run_script(self._create_one, [claim] if claim else [], args)
-        return _created_one(found, prediction, line, tenant_cap, total_cap)
+        if found[0] == -5:
+            raise TokenRefused(prediction.tenant)
+        if found[0] == -6:
+            raise RateLimited(float(found[1]))
+        position = _created_one(found, prediction, line, tenant_cap, total_cap)
+        return StoredOne(position, float(found[4]) if token is not None else None)
 
 
 def _create_one_args(
-    prediction: Prediction, message: tuple[str, str], line: int, tenant_cap: int | None, total_cap: int | None
+    prediction: Prediction,
+    message: tuple[str, str],
+    line: int,
+    tenant_cap: int | None,
+    total_cap: int | None,
+    token: TokenCheck | None = None,
 ) -> list[EncodableT]:
     """ARGV of ``store_create.lua``."""
     before = [str(step) for step in lines_before(line)]
+    checked: list[EncodableT] = (
+        [] if token is None else [token.digest, int(token.bootstrap), token.rate_per_s, token.burst]
+    )
     fields = [x for pair in prediction.to_redis_hash().items() for x in pair]
     deadline = repr(prediction.deadline.timestamp()) if prediction.deadline else ""
     list_key, body = message
     return [
         *(prediction.id, prediction.tenant, prediction.queue, tenant_cap or _UNCAPPED, total_cap or _UNCAPPED),
-        *(prediction.model, deadline, list_key, body, str(line), len(before), *before, *fields),
+        *(prediction.model, deadline, list_key, body, str(line), len(before), *before, len(checked), *checked),
+        *fields,
     ]
 
 
@@ -496,6 +547,6 @@ def _created_one(
         raise AlreadyStored([keys.prediction(prediction.id)])
     if found[0] == -4:
         raise ClaimLost(prediction.id)
-    _, _, ticket, position = found
+    ticket, position = found[2], found[3]
     prediction.queue_line, prediction.queue_ticket = line, ticket
     return position if position >= 0 else None
