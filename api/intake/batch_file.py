@@ -93,6 +93,12 @@ class Validated:
     def families(self) -> list[str]:
         return [self.templates[e].family for e in self.entries if isinstance(e, int)]
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled (a helper process's share, back to its intake process) as plain lists of the own fields'
+        bytes: 50,000 ``OwnFields`` pickled one by one took 0.28 s both ways, the lists 0.03 s."""
+        own = self.own
+        return _rebuilt, (self.entries, self.templates, [o.input for o in own], [o.input_files for o in own])
+
 
 @dataclass(frozen=True)
 class OwnFields:
@@ -104,6 +110,13 @@ class OwnFields:
 
 # What a refused item's place in ``Validated.own`` holds.
 _NO_FIELDS = OwnFields(b"")
+
+
+def _rebuilt(
+    entries: list[int | RefusedItem], templates: list[Template], inputs: list[bytes], input_files: list[bytes | None]
+) -> Validated:
+    """A ``Validated`` from its pickled lists (``Validated.__reduce__``)."""
+    return Validated(entries, templates, [OwnFields(*fields) for fields in zip(inputs, input_files, strict=True)])
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ the items are validated, an unexpected failure, JSON nested too deep, a batch ov
 from __future__ import annotations
 
 import json
+import pickle
 from collections.abc import Iterator
 from typing import Any
 
@@ -226,3 +227,17 @@ def test_a_helper_that_died_is_replaced_and_its_share_checked_here(services, hel
     finally:
         assert batch_pool._helper is not None
         batch_pool._helper.shutdown()
+
+
+def test_a_validated_share_crosses_processes_whole() -> None:
+    # A helper's share comes back pickled as plain lists (``Validated.__reduce__``).
+    template = batch_intake.Template("sd2", "kiln/sd2-depth2img", {"version": b'"v"'})
+    refused = RefusedItem(2, {"status": 422, "detail": "bad"})
+    own = [
+        batch_intake.OwnFields(b'{"seed":1}', b'{"image":"f"}'),
+        batch_intake._NO_FIELDS,
+        batch_intake.OwnFields(b"{}"),
+    ]
+    validated = batch_intake.Validated([0, refused, 0], [template], own)
+    again = pickle.loads(pickle.dumps(validated))
+    assert (again.entries, again.templates, again.own) == ([0, refused, 0], [template], own)
