@@ -6,6 +6,7 @@ with nothing stored, and either wins over a bad body, an unknown model or a bad 
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from redis import Redis
@@ -15,7 +16,7 @@ from shared.db import keys
 from shared.security.tokens import TokenRegistry, tenant_of, token_digest
 from tests.support import assert_problem
 from tests.support.predictions import app_for, depth2img_input
-from tests.support.tenants import new_token
+from tests.support.tenants import client_for, new_token
 
 pytestmark = pytest.mark.integration
 # Validated on the event loop (``api.intake.loop_fit``): its token check is left to the store.
@@ -135,3 +136,16 @@ def test_a_revoked_bootstrap_token_is_refused_by_the_store(stack, counted_checks
         assert_problem(app.post("/v1/predictions", json=BODY, headers=auth), 401, "revoked")
         assert len(counted_checks) == checks, "refused by a check of its own, not by the store"
         assert stored_count(stack.redis_url, token) == 1
+
+
+def test_concurrent_creates_of_a_seen_token_take_exactly_its_burst(stack):
+    # Through the stack's API process: the token seen valid by a GET (one of its burst of 6), then 24
+    # creates at once, each checked by its store's script; the bucket does not refill meanwhile.
+    _, token = new_token(stack.redis_url, "burst", rate_limit_per_s=0.001, rate_limit_burst=6)
+    with client_for(stack.base_url, token) as client:
+        assert client.get("/v1/queue").status_code == 200
+        with ThreadPoolExecutor(12) as pool:
+            answers = list(pool.map(lambda _: client.post("/v1/predictions", json=BODY), range(24)))
+        statuses = sorted(answer.status_code for answer in answers)
+        assert statuses == [201] * 5 + [429] * 19, statuses
+        assert stored_count(stack.redis_url, token) == 5
