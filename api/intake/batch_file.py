@@ -363,7 +363,7 @@ def _validate_one(
     if nests_deeper_than(text):
         return RefusedItem(line, problem_body(422, too_deep_problem(f"line {line}")))
     try:
-        raw = _parse(text)
+        raw, valid_text = _parse(text)
     except ValueError as exc:
         return RefusedItem(line, problem_body(422, f"not JSON ({exc})"))
     if not isinstance(raw, dict):
@@ -372,7 +372,9 @@ def _validate_one(
     known = rests.get(rest) if rest is not None and isinstance(raw.get("input"), dict) else None
     try:
         if known is not None:
-            inputs, input_files = prepare_item_input(services, tenant, known.spec, raw, base_url, images)
+            inputs, input_files = prepare_item_input(
+                services, tenant, known.spec, raw, base_url, images, text_checked=valid_text
+            )
             return known.template, _own_fields(inputs, input_files)
         prediction = prepare_item(services, tenant, raw, base_url, images, priority)
     except ProblemError as exc:
@@ -403,11 +405,13 @@ def _own_fields(inputs: dict[str, Any], input_files: dict[str, str]) -> OwnField
     return OwnFields(orjson.dumps(inputs), orjson.dumps(input_files) if input_files else None)
 
 
-def _parse(text: bytes) -> Any:
+def _parse(text: bytes) -> tuple[Any, bool]:
+    """The line's JSON, and whether its every string is valid Unicode: orjson refuses a lone surrogate
+    escape (``"\\ud800"``), which the stdlib parser, its fallback, lets through."""
     try:
-        return orjson.loads(text)
+        return orjson.loads(text), True
     except orjson.JSONDecodeError:
-        return json.loads(text)  # what orjson refuses but JSON allows (integers beyond 64 bits)
+        return json.loads(text), False  # what orjson refuses but JSON allows (integers beyond 64 bits)
 
 
 def _shared_fields(prediction: Prediction) -> dict[str, bytes]:

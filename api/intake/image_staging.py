@@ -92,14 +92,15 @@ def stage_images(
     prediction_id: str,
     base_url: str,
     images: RequestImages,
+    found: list[tuple[str, str]] | None = None,
 ) -> tuple[dict[str, Any], dict[str, str]]:
-    """Check every image input of ``inputs``; store those that must be (see the module). Returns the
-    input as it is to be stored (large data URIs replaced by their stored copy's URL) and its
-    ``input_files`` (URL or file URL -> storage key)."""
+    """Check every image input of ``inputs`` (``found``: as ``image_inputs`` found them, when already
+    known); store those that must be (see the module). Returns the input as it is to be stored (large
+    data URIs replaced by their stored copy's URL) and its ``input_files`` (URL or file URL -> storage key)."""
     settings = services.settings
     input_files: dict[str, str] = {}
     replaced: dict[str, str] = {}
-    for where, uri in image_inputs(spec.input_model, inputs):
+    for where, uri in found if found is not None else image_inputs(spec.input_model, inputs):
         seen = images.seen.get(uri)
         try:
             data = None if seen is not None else _read(uri, services, tenant, base_url)

@@ -4,7 +4,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydantic import ValidationError
 
@@ -13,6 +13,13 @@ from api.services import Services
 from shared.inputs.schema import InputLimits, image_inputs
 from shared.model_spec import ModelSpec
 from shared.storage.files import file_id_from_url
+
+
+class CheckedInput(NamedTuple):
+    """An input as stored (the fields the client set), and its image inputs (``image_inputs``) as found."""
+
+    stored: dict[str, Any]
+    images: list[tuple[str, str]]
 
 
 def validate_input(
@@ -27,14 +34,28 @@ def validate_input(
 
     ``checked_images``, shared by the items of one batch, holds the data-URI images already found
     good, so a reference image repeated across a batch is decoded and checked once."""
+    return check_input(spec, raw, services, tenant, base_url, checked_images).stored
+
+
+def check_input(
+    spec: ModelSpec,
+    raw: dict[str, Any],
+    services: Services,
+    tenant: str,
+    base_url: str,
+    checked_images: set[str] | None = None,
+) -> CheckedInput:
+    """``validate_input``, with the image inputs it found, for staging (``stage_images``) not to walk
+    the input for them again."""
     context = {"limits": InputLimits.from_settings(services.settings), "checked_images": checked_images}
     try:
         parsed = spec.input_model.model_validate(raw, context=context)
     except ValidationError as exc:
         raise input_validation_problem(exc, prefix=("input",)) from None
     stored = parsed.model_dump(mode="json", exclude_unset=True)
-    for where, uri in image_inputs(spec.input_model, stored):
+    images = image_inputs(spec.input_model, stored)
+    for where, uri in images:
         file_id = file_id_from_url(uri, base_url)
         if file_id is not None and services.files.get(file_id, tenant) is None:
             raise ProblemError(422, f"input.{where}: file {file_id} does not exist or has expired")
-    return stored
+    return CheckedInput(stored, images)

@@ -21,7 +21,7 @@ from api.errors import ProblemError, reject_invalid_text
 from api.intake.file_checks import check_file_inputs
 from api.intake.idempotency import await_first_request, fingerprint
 from api.intake.image_staging import RequestImages, stage_images
-from api.intake.inputs import validate_input
+from api.intake.inputs import check_input
 from api.intake.loop_fit import loop_checked_images
 from api.schemas import PredictionFields
 from api.services import Services
@@ -104,11 +104,11 @@ def prepare(
     reject_invalid_text(body.input, "input")
     retention_s = check_retention(body.retention_s, services)
     prediction_id = new_id()
-    inputs = validate_input(spec, body.input, services, tenant, base_url, images.checked)
+    inputs, found = check_input(spec, body.input, services, tenant, base_url, images.checked)
     check_file_inputs(spec, inputs, services, tenant, base_url, images.file_headers)
     webhook = check_webhook(str(body.webhook) if body.webhook else None, services)
     try:
-        inputs, input_files = stage_images(spec, inputs, services, tenant, prediction_id, base_url, images)
+        inputs, input_files = stage_images(spec, inputs, services, tenant, prediction_id, base_url, images, found)
     except BaseException:
         images.forget(prediction_id)
         if not on_loop:
