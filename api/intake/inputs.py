@@ -22,21 +22,6 @@ class CheckedInput(NamedTuple):
     images: list[tuple[str, str]]
 
 
-def validate_input(
-    spec: ModelSpec,
-    raw: dict[str, Any],
-    services: Services,
-    tenant: str,
-    base_url: str,
-    checked_images: set[str] | None = None,
-) -> dict[str, Any]:
-    """Validate against the model's schema; return the input as stored (the fields the client set).
-
-    ``checked_images``, shared by the items of one batch, holds the data-URI images already found
-    good, so a reference image repeated across a batch is decoded and checked once."""
-    return check_input(spec, raw, services, tenant, base_url, checked_images).stored
-
-
 def check_input(
     spec: ModelSpec,
     raw: dict[str, Any],
@@ -45,8 +30,11 @@ def check_input(
     base_url: str,
     checked_images: set[str] | None = None,
 ) -> CheckedInput:
-    """``validate_input``, with the image inputs it found, for staging (``stage_images``) not to walk
-    the input for them again."""
+    """Validate against the model's schema; return the input as stored (the fields the client set) and
+    its image inputs as found (``image_inputs``), for staging (``stage_images``) not to walk it again.
+
+    ``checked_images``, shared by the items of one batch, holds the data-URI images already found
+    good, so a reference image repeated across a batch is decoded and checked once."""
     context = {"limits": InputLimits.from_settings(services.settings), "checked_images": checked_images}
     try:
         parsed = spec.input_model.model_validate(raw, context=context)

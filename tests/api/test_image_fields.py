@@ -10,7 +10,7 @@ from pydantic import BaseModel
 
 from api.errors import ProblemError
 from api.intake.image_staging import RequestImages, stage_images
-from api.intake.inputs import validate_input
+from api.intake.inputs import check_input
 from models.sd2_depth2img.schema import Depth2ImgInput
 from models.sdxl_family.schema import IPAdapterXLInput
 from shared.inputs.schema import (
@@ -88,18 +88,18 @@ def services() -> SimpleNamespace:
 
 
 def test_a_missing_or_foreign_file_inside_a_list_is_refused_naming_the_item(services):
-    validate_input(LIST_OF_IMAGES, {"references": [OURS]}, services, "a", BASE_URL)
+    check_input(LIST_OF_IMAGES, {"references": [OURS]}, services, "a", BASE_URL)
     with pytest.raises(ProblemError) as refused:
-        validate_input(LIST_OF_IMAGES, {"references": [OURS, GONE]}, services, "a", BASE_URL)
+        check_input(LIST_OF_IMAGES, {"references": [OURS, GONE]}, services, "a", BASE_URL)
     assert refused.value.status == 422
     assert refused.value.detail == f"input.references.1: file {'b' * 26} does not exist or has expired"
     with pytest.raises(ProblemError, match=r"input\.layers\.0\.image: file a{26} does not exist"):
-        validate_input(LIST_OF_IMAGES, {"references": [], "layers": [{"image": OURS}]}, services, "b", BASE_URL)
+        check_input(LIST_OF_IMAGES, {"references": [], "layers": [{"image": OURS}]}, services, "b", BASE_URL)
 
 
 def test_a_bad_data_uri_inside_a_list_is_refused_naming_the_item(services):
     with pytest.raises(ProblemError, match=r"input\.references\.1: .*not a readable image"):
-        validate_input(LIST_OF_IMAGES, {"references": [PNG, data_uri(b"not an image")]}, services, "a", BASE_URL)
+        check_input(LIST_OF_IMAGES, {"references": [PNG, data_uri(b"not an image")]}, services, "a", BASE_URL)
 
 
 def test_every_remote_image_in_a_list_or_nested_object_is_fetched_once_and_staged(services, monkeypatch):
@@ -110,7 +110,7 @@ def test_every_remote_image_in_a_list_or_nested_object_is_fetched_once_and_stage
         return png_bytes(8, 8, seed=len(fetched))
 
     monkeypatch.setattr("api.intake.image_staging.fetch_url", fetch_url)
-    inputs = validate_input(
+    inputs = check_input(
         LIST_OF_IMAGES,
         {
             "references": ["https://e.com/0.png", PNG, OURS, "https://e.com/0.png"],
@@ -120,7 +120,7 @@ def test_every_remote_image_in_a_list_or_nested_object_is_fetched_once_and_stage
         services,
         "a",
         BASE_URL,
-    )
+    ).stored
 
     stored, staged = stage_images(LIST_OF_IMAGES, inputs, services, "a", "p1", BASE_URL, RequestImages())
 
