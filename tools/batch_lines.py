@@ -94,14 +94,20 @@ def identical_lines(count: int, uploaded_url: str) -> list[bytes]:
     return [orjson.dumps(body)] * count
 
 
+class _Server(http.server.ThreadingHTTPServer):
+    # A web server's usual listen backlog: the standard library's 5 drops connections made at once
+    # (each dropped one waits a second for its SYN to be sent again).
+    request_queue_size = 128
+    daemon_threads = True
+
+
 class ImageURLServer:
     """Loopback HTTP server: ``GET /img/<n>.png`` answers a PNG of its own for each ``n``; counts requests."""
 
     def __init__(self) -> None:
         self.hits = 0
         self._lock = threading.Lock()
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._server.daemon_threads = True
+        self._server = _Server(("127.0.0.1", 0), self._handler())
         self.port = self._server.server_address[1]
 
     def urls(self, count: int = DISTINCT_URLS) -> list[str]:

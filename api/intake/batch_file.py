@@ -22,15 +22,17 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
-from functools import cache
+from functools import cache, partial
 from typing import Any, cast
 
 import orjson
+from pydantic import ValidationError
 from redis.client import Pipeline
 
 from api.errors import ProblemError, problem_body
 from api.intake.batch_pool import helped, helper, replace_helper
-from api.intake.image_staging import RequestImages
+from api.intake.fetch_ahead import FetchAhead
+from api.intake.image_staging import RequestImages, fetch_image
 from api.intake.inline_batch import item_spec, prepare_item, prepare_item_input
 from api.intake.submission import _queue_full_problem
 from api.services import Services
@@ -39,6 +41,7 @@ from shared.batches.records import BATCH_TTL_S, Batch, RefusedItem, invalid_entr
 from shared.db import keys
 from shared.db.client import AlreadyStored
 from shared.inputs.json_nesting import nests_deeper_than, too_deep_problem
+from shared.inputs.schema import image_inputs
 from shared.model_spec import ModelSpec
 from shared.predictions import retention
 from shared.predictions.record import Prediction, new_ids
@@ -262,13 +265,16 @@ def validate_items(
     found = Validated()
     cache: dict[bytes, tuple[int, OwnFields] | RefusedItem] = {}
     rests: dict[bytes, _KnownRest] = {}
-    images = RequestImages(batch_id=batch_id)
+    items = items if isinstance(items, Sequence) else list(items)
+    images = RequestImages(batch_id=batch_id, ahead=_fetch_ahead(services, items, base_url))
     uploads = UploadsMeanwhile(services.storage)
     services = replace(services, files=RequestFiles(services.files), storage=cast(Storage, uploads))
     with uploads:
         for count, (line, text) in enumerate(items, start=1):
             if count % CANCEL_CHECK_EVERY == 0 and canceled():
                 raise CanceledWhileValidating
+            if images.ahead is not None:
+                images.ahead.reached(count)
             known = cache.get(text)
             if known is None:
                 known = _validate_one(services, tenant, batch_id, line, text, base_url, images, found, priority, rests)
@@ -282,6 +288,50 @@ def validate_items(
                 found.entries.append(known[0])
                 found.own.append(known[1])
     return found
+
+
+def _fetch_ahead(services: Services, items: Sequence[RawItem], base_url: str) -> FetchAhead | None:
+    """The image URLs (not this API's) that items name in their model's image inputs, to be fetched ahead
+    of the first item naming each (``api.intake.fetch_ahead``); None when they name none. Only an item
+    with an http(s) URL not of this API is read (most name uploaded files only)."""
+    ours = base_url.encode()
+    specs: dict[bytes, ModelSpec | None] = {}
+    first: dict[str, int] = {}
+    for position, (_, text) in enumerate(items, start=1):
+        if text.count(b"http") > text.count(ours) and not nests_deeper_than(text):
+            for url in _image_urls_named(services, text, base_url, specs):
+                first.setdefault(url, position)
+    if not first:
+        return None
+    return FetchAhead(
+        ((position, url) for url, position in first.items()), partial(fetch_image, settings=services.settings)
+    )
+
+
+def _image_urls_named(
+    services: Services, text: bytes, base_url: str, specs: dict[bytes, ModelSpec | None]
+) -> list[str]:
+    """The http(s) URLs not of this API an item's input names where its model takes an image (none for
+    an item whose model is not found: it will be refused). ``specs``: each item kind's model, found once."""
+    try:
+        raw = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return []
+    if not isinstance(raw, dict) or not isinstance(inputs := raw.get("input"), dict):
+        return []
+    rest = _rest_key(raw)
+    if rest is None:
+        return []
+    if rest not in specs:
+        try:
+            specs[rest] = item_spec(services, raw)
+        except (ProblemError, ValidationError):
+            specs[rest] = None
+    spec = specs[rest]
+    if spec is None:
+        return []
+    found = image_inputs(spec.input_model, inputs)
+    return [uri for _, uri in found if uri.startswith(_SHARE_BY) and file_id_from_url(uri, base_url) is None]
 
 
 class UploadsMeanwhile:

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from api.errors import ProblemError
+from api.intake.fetch_ahead import FetchAhead
 from api.services import Services
 from shared.inputs.images import (
     CheckedImage,
@@ -44,6 +45,7 @@ from shared.inputs.images import (
 from shared.inputs.schema import image_inputs
 from shared.model_spec import ModelSpec
 from shared.predictions.client_json import batch_input_path, input_path
+from shared.settings import Settings
 from shared.storage.files import file_id_from_url
 from shared.storage.objects import ObjectNotFound, batch_input_key, file_key, input_key, prediction_prefix
 
@@ -69,6 +71,8 @@ class RequestImages:
     batch_id: str | None = None
     # The headers of the uploaded safetensors files read so far (``api.intake.file_checks``).
     file_headers: dict[str, Mapping[str, Any]] = field(default_factory=dict)
+    # A batch's image URLs, fetched a few at once ahead of the lines that name them (``api.intake.fetch_ahead``).
+    ahead: FetchAhead | None = None
 
     def forget(self, prediction_id: str) -> None:
         """A prediction was refused: the objects it stored are deleted, so nothing copies from them."""
@@ -103,7 +107,7 @@ def stage_images(
     for where, uri in found if found is not None else image_inputs(spec.input_model, inputs):
         seen = images.seen.get(uri)
         try:
-            data = None if seen is not None else _read(uri, services, tenant, base_url)
+            data = None if seen is not None else _read(uri, services, tenant, base_url, images.ahead)
             if seen is None:
                 assert data is not None
                 seen = images.seen[uri] = SeenImage(check_image(data, settings.image_max_pixels))
@@ -159,20 +163,16 @@ def _store_for_batch(
         input_files[uri] = key
 
 
-def _read(uri: str, services: Services, tenant: str, base_url: str) -> bytes:
-    """The bytes of an image input, bounded like every fetch (``KILN_IMAGE_FETCH_MAX_BYTES``)."""
+def _read(uri: str, services: Services, tenant: str, base_url: str, ahead: FetchAhead | None = None) -> bytes:
+    """The bytes of an image input, bounded like every fetch (``KILN_IMAGE_FETCH_MAX_BYTES``); a URL's
+    as its fetch ``ahead`` found them, when it is one of those."""
     settings = services.settings
     if check_uri_scheme(uri) == "data":
         return decode_data_uri(uri, settings.image_fetch_max_bytes)
     file_id = file_id_from_url(uri, base_url)
     if file_id is None:
-        return fetch_url(
-            uri,
-            timeout_s=settings.image_fetch_timeout_s,
-            max_bytes=settings.image_fetch_max_bytes,
-            allow_private=settings.image_fetch_allow_private,
-            max_redirects=settings.image_fetch_max_redirects,
-        )
+        fetched = ahead.take(uri) if ahead is not None else None
+        return fetched.result() if fetched is not None else fetch_image(uri, settings)
     record = services.files.get(file_id, tenant)
     if record is None:
         raise ImageInputError(f"file {file_id} does not exist or has expired")
@@ -185,6 +185,17 @@ def _read(uri: str, services: Services, tenant: str, base_url: str) -> bytes:
         return b"".join(services.files.open(record).body)
     except ObjectNotFound:
         raise ImageInputError(f"file {file_id} does not exist or has expired") from None
+
+
+def fetch_image(url: str, settings: Settings) -> bytes:
+    """An image URL's bytes, through the SSRF guard and within the fetch limits of ``settings``."""
+    return fetch_url(
+        url,
+        timeout_s=settings.image_fetch_timeout_s,
+        max_bytes=settings.image_fetch_max_bytes,
+        allow_private=settings.image_fetch_allow_private,
+        max_redirects=settings.image_fetch_max_redirects,
+    )
 
 
 def _store(

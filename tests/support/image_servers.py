@@ -25,6 +25,13 @@ TRICKLE_INTERVAL_S = 0.2
 TRICKLE_BYTES = 150
 
 
+class _Server(http.server.ThreadingHTTPServer):
+    # A web server's usual listen backlog (the standard library's 5 drops connections a batch's
+    # fetches make at once: each dropped one waits a second for its SYN to be sent again).
+    request_queue_size = 128
+    daemon_threads = True
+
+
 class ImageServer:
     """Serves a PNG (or ``body``) on every GET, or redirects to ``redirect_to``, or trickles a byte at
     a time; over TLS with a certificate for ``host`` from ``tls`` when given."""
@@ -37,8 +44,7 @@ class ImageServer:
         self.redirect_to: str | None = None
         self.hits = 0
         self.body = png_bytes(64, 64) if body is None else body
-        self._server = http.server.ThreadingHTTPServer((host, 0), self._handler())
-        self._server.daemon_threads = True
+        self._server = _Server((host, 0), self._handler())
         self.scheme = "http"
         if tls is not None:
             context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
