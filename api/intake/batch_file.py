@@ -30,7 +30,7 @@ from pydantic import ValidationError
 from redis.client import Pipeline
 
 from api.errors import ProblemError, problem_body
-from api.intake.batch_pool import helped, helper, replace_helper
+from api.intake.batch_pool import handed_over, helped, helper, replace_helper, taken
 from api.intake.fetch_ahead import FetchAhead
 from api.intake.image_staging import RequestImages, fetch_image
 from api.intake.inline_batch import item_spec, prepare_item, prepare_item_input
@@ -165,28 +165,31 @@ def validate_all(
         return validate_items(services, tenant, batch_id, items, base_url, canceled, priority)
     mine, theirs = _shares(items, base_url)
     share = [items[i] for i in theirs]
-    try:
-        helping = pool.submit(helped, _validate_share, tenant, batch_id, share, base_url, priority)
-    except BrokenProcessPool:  # the helper died (killed?): another is started, and this file checked here
-        replace_helper()
-        return validate_items(services, tenant, batch_id, items, base_url, canceled, priority)
-    try:
-        found = validate_items(services, tenant, batch_id, (items[i] for i in mine), base_url, canceled, priority)
-    except BaseException:
-        wait([helping])  # it stops too, if canceled: it asks the batch itself
-        raise
-    try:
-        theirs_found = helping.result()
-    except BrokenProcessPool:
-        replace_helper()
-        theirs_found = validate_items(services, tenant, batch_id, share, base_url, canceled, priority)
+    with handed_over(share) as path:
+        try:
+            helping = pool.submit(helped, _validate_share, tenant, batch_id, path, base_url, priority)
+        except BrokenProcessPool:  # the helper died (killed?): another is started, and this file checked here
+            replace_helper()
+            return validate_items(services, tenant, batch_id, items, base_url, canceled, priority)
+        try:
+            found = validate_items(services, tenant, batch_id, (items[i] for i in mine), base_url, canceled, priority)
+        except BaseException:
+            wait([helping])  # it stops too, if canceled: it asks the batch itself
+            raise
+        try:
+            theirs_found = helping.result()
+        except BrokenProcessPool:
+            replace_helper()
+            theirs_found = validate_items(services, tenant, batch_id, share, base_url, canceled, priority)
     return _merged(len(items), [(mine, found), (theirs, theirs_found)])
 
 
 def _validate_share(
-    services: Services, tenant: str, batch_id: str, items: list[RawItem], base_url: str, priority: Priority
+    services: Services, tenant: str, batch_id: str, share: str, base_url: str, priority: Priority
 ) -> Validated:
-    """``validate_items`` in the helper process, stopping when the batch is canceled."""
+    """``validate_items`` in the helper process, of the items handed over at ``share``, stopping when the
+    batch is canceled."""
+    items: list[RawItem] = taken(share)
     return validate_items(
         services, tenant, batch_id, items, base_url, lambda: services.batches.cancel_requested(batch_id), priority
     )

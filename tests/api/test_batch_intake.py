@@ -4,8 +4,10 @@ the items are validated, an unexpected failure, JSON nested too deep, a batch ov
 from __future__ import annotations
 
 import json
+import os
 import pickle
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import orjson
@@ -241,3 +243,28 @@ def test_a_validated_share_crosses_processes_whole() -> None:
     validated = batch_intake.Validated([0, refused, 0], [template], own)
     again = pickle.loads(pickle.dumps(validated))
     assert (again.entries, again.templates, again.own) == ([0, refused, 0], [template], own)
+
+
+def test_a_share_crosses_to_the_helper_in_a_private_file_deleted_after(services, helper, monkeypatch):
+    handed: list[tuple[str, int]] = []
+    original = batch_pool.handed_over
+
+    @contextmanager
+    def watched(value: Any) -> Iterator[str]:
+        with original(value) as path:
+            handed.append((path, os.stat(path).st_mode & 0o777))
+            yield path
+
+    monkeypatch.setattr(batch_intake, "handed_over", watched)
+    validated = batch_intake.validate_all(services, TENANT, "b1", lines(6), BASE)
+    assert [isinstance(entry, int) for entry in validated.entries] == [True] * 6
+    assert len(validated.templates) == 2, "the helper validated its share"
+    [(path, mode)] = handed
+    assert mode == 0o600
+    assert not os.path.exists(path)
+
+
+def test_the_processes_import_at_start_what_their_first_work_runs():
+    # Importing it on a first 100,000-line file's share took the helper 0.2-0.3 s while its intake waited.
+    assert batch_intake._validate_share.__module__ in batch_pool.HELPER_MODULES
+    assert _submit.__module__ in batch_pool.INTAKE_MODULES
