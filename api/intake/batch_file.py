@@ -488,11 +488,27 @@ def store_batch(services: Services, batch: Batch, validated: Validated, tenant_c
     cut_short = False
     try:
         groups = _share_fields(services, batch, validated)
-        for start in range(0, len(validated.entries), CHUNK):
+        chunks = [
+            range(start, min(start + CHUNK, len(validated.entries)))
+            for start in range(0, len(validated.entries), CHUNK)
+        ]
+        following = _prepared(services, batch, validated, groups, chunks[0]) if chunks else None
+        for index, chunk in enumerate(chunks):
             if cut_short := services.batches.cancel_requested(batch.id):
                 break
-            chunk = range(start, min(start + CHUNK, len(validated.entries)))
-            ids, runs = _store_chunk(services, batch, validated, groups, chunk)
+            assert following is not None  # prepared for every chunk
+            writing = _writes().submit(_store_chunk, services, batch, validated, groups, chunk, following)
+            # The next chunk is prepared while Redis stores this one.
+            try:
+                following = (
+                    _prepared(services, batch, validated, groups, chunks[index + 1])
+                    if index + 1 < len(chunks)
+                    else None
+                )
+            except BaseException:
+                stored += writing.result()[0]  # counted as stored before failing
+                raise
+            ids, runs = writing.result()
             stored += ids
             created += runs
             if cut_short := services.batches.cancel_requested(batch.id):
@@ -569,23 +585,45 @@ def _share_fields(services: Services, batch: Batch, validated: Validated) -> _Gr
     return _Groups(groups, of_entry)
 
 
+@dataclass(frozen=True)
+class _Chunk:
+    """A chunk ready to store (``_prepared``): the ids of its predictions, how many per model, its records,
+    and what its transaction queues."""
+
+    stored: list[str]
+    runs: Counter[str]
+    records: list[ItemRecords]
+    then: Callable[[Pipeline], None]
+
+
+# Stores a batch's chunk while its intake process prepares the next (Redis works, this process waits).
+@cache
+def _writes() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(1, thread_name_prefix="batch-store")
+
+
 def _store_chunk(
-    services: Services, batch: Batch, validated: Validated, groups: _Groups, chunk: range
+    services: Services, batch: Batch, validated: Validated, groups: _Groups, chunk: range, prepared: _Chunk
 ) -> tuple[list[str], Counter[str]]:
     """Its records, then one transaction; returns the ids of the predictions it stored, and how many
     per model. Should an id drawn for it have a record already, nothing of the chunk is stored and it
     is tried with ids drawn afresh."""
     for _ in range(ID_DRAWS - 1):
         try:
-            return _store_chunk_with_new_ids(services, batch, validated, groups, chunk)
+            return _stored(services, prepared)
         except AlreadyStored as exc:
             log.error("batch %s: new prediction ids already stored (%s); drawing others", batch.id, exc)
-    return _store_chunk_with_new_ids(services, batch, validated, groups, chunk)
+            prepared = _prepared(services, batch, validated, groups, chunk)
+    return _stored(services, prepared)
 
 
-def _store_chunk_with_new_ids(
-    services: Services, batch: Batch, validated: Validated, groups: _Groups, chunk: range
-) -> tuple[list[str], Counter[str]]:
+def _stored(services: Services, chunk: _Chunk) -> tuple[list[str], Counter[str]]:
+    services.store.create_item_records(chunk.records, chunk.then)
+    return chunk.stored, chunk.runs
+
+
+def _prepared(services: Services, batch: Batch, validated: Validated, groups: _Groups, chunk: range) -> _Chunk:
+    """The chunk's records and transaction, its items given new ids."""
     entries_in = validated.entries
     fresh = iter(new_ids(sum(1 for i in chunk if not isinstance(entries_in[i], RefusedItem))))
     entries: list[str] = []
@@ -623,8 +661,7 @@ def _store_chunk_with_new_ids(
         for (family, low), lane_ids in by_lane.items():
             services.dispatcher.add_to_pipeline(pipe, family, batch.tenant, lane_ids, low=low)
 
-    services.store.create_item_records(records, then)
-    return stored, runs
+    return _Chunk(stored, runs, records, then)
 
 
 def read_input_file(services: Services, tenant: str, url: str, base_url: str) -> bytes:

@@ -21,6 +21,7 @@ from api.schemas import CreateBatchObject
 from api.services import Services
 from deploy.devstack.servers import RedisServer
 from shared.batches.records import RefusedItem
+from shared.db import keys
 from shared.settings import Settings
 from tests.support import data_uri
 from tests.support.predictions import depth2img_input
@@ -268,3 +269,24 @@ def test_the_processes_import_at_start_what_their_first_work_runs():
     # Importing it on a first 100,000-line file's share took the helper 0.2-0.3 s while its intake waited.
     assert batch_intake._validate_share.__module__ in batch_pool.HELPER_MODULES
     assert _submit.__module__ in batch_pool.INTAKE_MODULES
+
+
+def test_a_cancel_while_a_chunk_is_stored_stores_no_later_chunk_and_cancels_that_one(services, monkeypatch):
+    # Each chunk is stored while the next is prepared: a cancel seen after one is stored still stops there.
+    monkeypatch.setattr(batch_intake, "CHUNK", 2)
+    asked = 0
+    real = services.batches.cancel_requested
+
+    def canceled_after_the_first_chunk(batch_id: str) -> bool:
+        nonlocal asked
+        asked += 1
+        if asked == 2:  # before the first chunk, then after it
+            services.batches.flag_cancel(batch_id)
+        return real(batch_id)
+
+    monkeypatch.setattr(services.batches, "cancel_requested", canceled_after_the_first_chunk)
+    batch = create(services, lines(6))
+    assert batch.status == "canceled" and batch.total == 2
+    assert batch.counts.get("canceled") == 2
+    assert services.store.queued.depth(TENANT).tenant == 0
+    assert len(services.redis.zrange(keys.tenant_predictions(TENANT), 0, -1)) == 2
