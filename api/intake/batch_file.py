@@ -27,7 +27,6 @@ from typing import Any, cast
 
 import orjson
 from pydantic import ValidationError
-from redis.client import Pipeline
 
 from api.errors import ProblemError, problem_body
 from api.intake.batch_pool import handed_over, helped, helper, replace_helper, taken
@@ -45,7 +44,7 @@ from shared.inputs.schema import image_inputs
 from shared.model_spec import ModelSpec
 from shared.predictions import retention
 from shared.predictions.record import Prediction, new_ids
-from shared.predictions.store import ItemRecords
+from shared.predictions.store import ChunkQueue, ItemRecords
 from shared.runtime import metrics
 from shared.scheduling.queue_counters import QueueFull
 from shared.scheduling.queues import Priority
@@ -588,12 +587,12 @@ def _share_fields(services: Services, batch: Batch, validated: Validated) -> _Gr
 @dataclass(frozen=True)
 class _Chunk:
     """A chunk ready to store (``_prepared``): the ids of its predictions, how many per model, its records,
-    and what its transaction queues."""
+    and where they are queued."""
 
     stored: list[str]
     runs: Counter[str]
     records: list[ItemRecords]
-    then: Callable[[Pipeline], None]
+    queue: ChunkQueue
 
 
 # Stores a batch's chunk while its intake process prepares the next (Redis works, this process waits).
@@ -605,9 +604,9 @@ def _writes() -> ThreadPoolExecutor:
 def _store_chunk(
     services: Services, batch: Batch, validated: Validated, groups: _Groups, chunk: range, prepared: _Chunk
 ) -> tuple[list[str], Counter[str]]:
-    """Its records, then one transaction; returns the ids of the predictions it stored, and how many
-    per model. Should an id drawn for it have a record already, nothing of the chunk is stored and it
-    is tried with ids drawn afresh."""
+    """Its records and their queueing, one atomic step; returns the ids of the predictions it stored, and
+    how many per model. Should an id drawn for it have a record already, nothing of the chunk is stored and
+    it is tried with ids drawn afresh."""
     for _ in range(ID_DRAWS - 1):
         try:
             return _stored(services, prepared)
@@ -618,12 +617,12 @@ def _store_chunk(
 
 
 def _stored(services: Services, chunk: _Chunk) -> tuple[list[str], Counter[str]]:
-    services.store.create_item_records(chunk.records, chunk.then)
+    services.store.create_batch_chunk(chunk.records, chunk.queue)
     return chunk.stored, chunk.runs
 
 
 def _prepared(services: Services, batch: Batch, validated: Validated, groups: _Groups, chunk: range) -> _Chunk:
-    """The chunk's records and transaction, its items given new ids."""
+    """The chunk's records and where they are queued, its items given new ids."""
     entries_in = validated.entries
     fresh = iter(new_ids(sum(1 for i in chunk if not isinstance(entries_in[i], RefusedItem))))
     entries: list[str] = []
@@ -651,17 +650,9 @@ def _prepared(services: Services, batch: Batch, validated: Validated, groups: _G
         runs[validated.templates[kind.template].model] += len(ids)
         own = ("input",) if kind.own_input else ()
         records.append(ItemRecords(kind.fields, ids, own, [(value,) for value in inputs] if own else ()))
-
-    def then(pipe: Pipeline) -> None:
-        if stored:
-            pipe.zadd(keys.tenant_predictions(batch.tenant), dict.fromkeys(stored, 0))
-        for model, count in runs.items():
-            pipe.incrby(keys.model_run_count(model), count)
-        services.batches.add_items_to_pipeline(pipe, batch.id, entries, len(stored), len(entries) - len(stored))
-        for (family, low), lane_ids in by_lane.items():
-            services.dispatcher.add_to_pipeline(pipe, family, batch.tenant, lane_ids, low=low)
-
-    return _Chunk(stored, runs, records, then)
+    lanes = [services.dispatcher.lane_of(family, ids, low=low) for (family, low), ids in by_lane.items()]
+    queue = ChunkQueue(batch.tenant, batch.id, entries, len(entries) - len(stored), runs, lanes, services.batches.ttl_s)
+    return _Chunk(stored, runs, records, queue)
 
 
 def read_input_file(services: Services, tenant: str, url: str, base_url: str) -> bytes:

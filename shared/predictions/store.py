@@ -29,6 +29,7 @@ from shared.db.client import AlreadyStored, newest_first_page, run_script
 from shared.predictions import retention
 from shared.predictions.record import Prediction, format_timestamp, utcnow
 from shared.predictions.status import Status
+from shared.scheduling.dispatcher import ChunkLane
 from shared.scheduling.queue_counters import QueuedCounters, QueueFull, counter_keys
 from shared.scheduling.queue_lines import QueueLines, lines_before
 
@@ -47,6 +48,36 @@ class ItemRecords:
     ids: Sequence[str]
     own: Sequence[str] = ()
     values: Sequence[Sequence[EncodableT]] = ()
+
+
+@dataclass(frozen=True)
+class ChunkQueue:
+    """What ``create_batch_chunk`` queues besides the records: the tenant's and batch's, the entries of the
+    batch's item list (ids and refused lines; ``refused`` of them refused), the run counts per model, the
+    lanes, and how long the item list is kept."""
+
+    tenant: str
+    batch_id: str
+    entries: Sequence[str]
+    refused: int
+    runs: Mapping[str, int]
+    lanes: Sequence[ChunkLane]
+    items_ttl_s: int
+
+
+def _record_args(groups: Sequence[ItemRecords]) -> list[EncodableT]:
+    """``groups`` as ``records.lua`` lays records out."""
+    args: list[EncodableT] = []
+    for group in groups:
+        args += [len(group.fields), *(x for pair in group.fields.items() for x in pair)]
+        args += [len(group.own), *group.own, len(group.ids)]
+        if group.own:
+            for prediction_id, values in zip(group.ids, group.values, strict=True):
+                args.append(prediction_id)
+                args += values
+        else:
+            args += group.ids
+    return args
 
 
 log = logging.getLogger(__name__)
@@ -117,6 +148,7 @@ class PredictionStore:
         self._update_running = redis.register_script(lua.script("store_update_running"))
         self._request_cancel = redis.register_script(lua.script("store_request_cancel"))
         self._store_records = redis.register_script(lua.script("store_records"))
+        self._store_batch_chunk = redis.register_script(lua.script("store_batch_chunk"))
         self._claim_ended = redis.register_script(lua.script("claim_due"))
         self.queued = QueuedCounters(redis)
         # Where each queued prediction stands (``queue_position``).
@@ -224,36 +256,22 @@ class PredictionStore:
             self._delete_records(ids)
             raise
 
-    def create_item_records(self, groups: Sequence[ItemRecords], then: Callable[[Pipeline], None]) -> None:
-        """``create_records`` for a batch's items, each with a field or two of its own (its input): one
-        script checks that none of the ids has a record and writes them all (``AlreadyStored``, nothing
-        written, if one has: the check and the writes are one atomic step, so no claim is needed), then
-        the transaction ``then`` queues runs. If it fails, the records are deleted again."""
-        args: list[EncodableT] = [1]
-        for group in groups:
-            args += [len(group.fields), *(x for pair in group.fields.items() for x in pair)]
-            args += [len(group.own), *group.own, len(group.ids)]
-            if group.own:
-                for prediction_id, values in zip(group.ids, group.values, strict=True):
-                    args.append(prediction_id)
-                    args += values
-            else:
-                args += group.ids
-        ids = [i for group in groups for i in group.ids]
-        try:
-            taken = self._store_records(args=args)
-        except BaseException:  # a script that failed midway (Redis out of memory) keeps what it wrote
-            self._delete_records(ids)
-            raise
+    def create_batch_chunk(self, groups: Sequence[ItemRecords], queue: ChunkQueue) -> None:
+        """A batch object's chunk of items stored and queued in one atomic step (``store_batch_chunk.lua``):
+        if one of the ids has a record (``AlreadyStored``), nothing is written; else the dispatcher's
+        lists and queue-line tickets, the records (each with its ticket), the tenant's index, the run counts
+        and the batch's item list and counts. The same call sent again by redis-py's retry (its reply lost
+        with the connection) finds its own records and writes nothing twice."""
+        args: list[EncodableT] = [queue.tenant, queue.batch_id, queue.items_ttl_s, queue.refused]
+        args += [len(queue.entries), *queue.entries, len(queue.runs)]
+        for model, count in queue.runs.items():
+            args += [model, count]
+        args.append(len(queue.lanes))
+        for lane in queue.lanes:
+            args += [lane.name, lane.family, lane.line, len(lane.ids), *lane.ids]
+        taken = self._store_batch_chunk(args=args + _record_args(groups))
         if taken:
             raise AlreadyStored([key.decode() if isinstance(key, bytes) else key for key in taken])
-        try:
-            with self.redis.pipeline(transaction=True) as pipe:
-                then(pipe)
-                pipe.execute()
-        except BaseException:
-            self._delete_records(ids)
-            raise
 
     def _claim(self, prediction_ids: Sequence[str]) -> None:
         """Each id's record made with its ``id`` field alone, where no record of it exists; if one

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from redis import Redis
 from redis.client import Pipeline
@@ -53,6 +54,17 @@ def low_lane_gate(family: str) -> list[str]:
     return [lists[step] for step in queues.NORMAL_STEPS] + [keys.dispatch_tenants(family)]
 
 
+@dataclass(frozen=True)
+class ChunkLane:
+    """A dispatcher lane a batch chunk's items wait in (``shared.scheduling.dispatcher``): its name, model
+    family and queue line, and the ids, oldest first."""
+
+    name: str
+    family: str
+    line: str
+    ids: Sequence[str]
+
+
 class Dispatcher:
     def __init__(self, redis: Redis, messages: PredictMessages, ahead: int) -> None:
         self.redis = redis
@@ -74,6 +86,13 @@ class Dispatcher:
         pipe.rpush(keys.dispatch_queue(lane, tenant), *prediction_ids)
         self._join_ring(keys=[keys.dispatch_tenants(lane)], args=[tenant], client=pipe)
         self.lines.enter_in_pipeline(pipe, family, step, tenant, prediction_ids)
+
+    def lane_of(self, family: str, prediction_ids: Sequence[str], *, low: bool = False) -> ChunkLane:
+        """Where ``prediction_ids`` (one tenant's, oldest first) wait for ``family`` (its low lane when
+        ``low``), for a batch chunk's store to queue them itself (``PredictionStore.create_batch_chunk``:
+        the tenant's list, the ring and a queue-line ticket each, as ``add_to_pipeline`` does)."""
+        step = queues.PRIORITY_LOW if low else queues.PRIORITY_DISPATCHED
+        return ChunkLane(queues.dispatch_lane(family, step), family, str(step), prediction_ids)
 
     def release(self, family: str) -> int:
         """Move waiting items of ``family`` onto Celery's queue, round-robin over tenants, until

@@ -19,7 +19,8 @@ from shared.db import keys
 from shared.db.client import AlreadyStored, create_new
 from shared.predictions.record import Prediction, new_ids
 from shared.predictions.status import Status
-from shared.predictions.store import ItemRecords, PredictionStore
+from shared.predictions.store import ChunkQueue, ItemRecords, PredictionStore
+from shared.scheduling.dispatcher import ChunkLane
 
 # Rounds of the start/cancel race: each side wins about half of them, and a non-atomic guard fails within them.
 RACE_ROUNDS = 300
@@ -268,22 +269,43 @@ def test_a_record_only_claimed_is_not_read_as_one(store):
 def test_a_batch_chunk_sent_again_by_a_retry_is_written_once_and_another_creates_record_still_refuses_it(
     server_store,
 ):
-    """``store_records.lua`` run again by redis-py's retry (its reply lost with the connection) finds
+    """``store_batch_chunk.lua`` run again by redis-py's retry (its reply lost with the connection) finds
     the records its first run wrote (their tenant and created_at are the chunk's): it answers written,
-    so the chunk is not drawn again under new ids, leaving the first records behind; a chunk of
-    another tenant's create whose id is stored is still refused."""
+    so the chunk is neither drawn again under new ids nor queued twice; a chunk of another tenant's
+    create whose id is stored is still refused, with nothing written."""
     store = server_store
     ids = new_ids(3)
     fields = {k: v for k, v in twin_of(make(store), "t1").to_compact_hash().items() if k not in {"id", "input"}}
     chunk = [ItemRecords(fields, ids, ("input",), [(orjson.dumps({"prompt": f"line {n}"}),) for n in range(3)])]
-    store.create_item_records(chunk, lambda pipe: None)
+    lane = ChunkLane("sd2:3", "sd2", "3", ids)
+    queue = ChunkQueue("t1", "batch-1", ids, 0, {"kiln/sd2-depth2img": 3}, [lane], 3600)
+    runs = int(store.redis.get(keys.model_run_count("kiln/sd2-depth2img")) or 0)
+    store.create_batch_chunk(chunk, queue)
     written = store.get_many(ids)
+    queued = store.redis.lrange(keys.dispatch_queue("sd2:3", "t1"), 0, -1)
 
-    store.create_item_records(chunk, lambda pipe: None)
+    store.create_batch_chunk(chunk, queue)
 
     assert store.get_many(ids) == written
     assert [p.input for p in written] == [{"prompt": f"line {n}"} for n in range(3)]
+    assert [(p.queue_line, p.queue_ticket) for p in written] == [(3, 1), (3, 2), (3, 3)]
+    assert store.redis.lrange(keys.dispatch_queue("sd2:3", "t1"), 0, -1) == queued == [i.encode() for i in ids]
+    assert store.redis.lrange(keys.batch_items("batch-1"), 0, -1) == [i.encode() for i in ids]
+    assert int(store.redis.get(keys.model_run_count("kiln/sd2-depth2img"))) == runs + 3
     other = {**fields, "tenant": orjson.dumps("t2")}
     with pytest.raises(AlreadyStored):
-        store.create_item_records([ItemRecords(other, ids[:1], ("input",), [(b"{}",)])], lambda pipe: None)
+        store.create_batch_chunk(
+            [ItemRecords(other, [ids[0], "fresh-id"], ("input",), [(b"{}",), (b"{}",)])],
+            ChunkQueue(
+                "t2",
+                "batch-2",
+                [ids[0], "fresh-id"],
+                0,
+                {"m": 2},
+                [ChunkLane("sd2:3", "sd2", "3", [ids[0], "fresh-id"])],
+                60,
+            ),
+        )
     assert store.get_many(ids) == written
+    assert store.get("fresh-id") is None
+    assert not store.redis.exists(keys.dispatch_queue("sd2:3", "t2"), keys.batch_items("batch-2"))
