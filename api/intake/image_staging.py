@@ -57,6 +57,8 @@ class SeenImage:
     checked: CheckedImage
     # Where the first prediction of the request that stored it keeps it (None while inline only).
     stored_key: str | None = None
+    # Its object's name among a batch object's inputs (``_store_for_batch``), once known.
+    batch_name: str | None = None
 
 
 @dataclass
@@ -148,7 +150,9 @@ def _store_for_batch(
 ) -> None:
     """Store the image once for the whole batch (see the module); the record names the copy in its
     ``input_files``, a large data URI being replaced by a URL that names the batch."""
-    name = hashlib.sha256(uri.encode()).hexdigest()[:32]
+    name = seen.batch_name
+    if name is None:  # every line naming the image comes here: its name is found once
+        name = seen.batch_name = hashlib.sha256(uri.encode()).hexdigest()[:32]
     key = batch_input_key(batch_id, name)
     if seen.stored_key != key:
         try:
