@@ -4,11 +4,12 @@ Each item is validated on its own with the same code as a single create (``api.i
 a bad item (or a line that is not JSON) becomes a refused entry with its line number and problem,
 and never sinks the rest. Items with the same text are validated once: the first one's prepared
 prediction is the template of the others, which differ only in their id. The batch is admitted
-against the queue caps whole, then stored a chunk at a time: the chunk's compact records
-(``PredictionStore.create_records``: refused whole, and drawn again, if one of its new ids is
-stored), then one Redis transaction holding the tenant's index, the batch's item list and counts,
-and the items' places (and queue-line tickets) in the dispatcher's lists (``shared.scheduling.dispatcher``:
-its normal lane, or the low lane for low items): no Celery message is written here.
+against the queue caps whole, then stored a chunk at a time, each in one atomic script
+(``PredictionStore.create_batch_chunk``: refused whole, and drawn again, if one of its new ids is
+stored): the chunk's compact records with their queue-line tickets, the tenant's index, the batch's
+item list and counts, and the items' places in the dispatcher's lists (``shared.scheduling.dispatcher``:
+its normal lane, or the low lane for low items); no Celery message is written here. A chunk is stored
+while the next one is prepared.
 """
 
 from __future__ import annotations
