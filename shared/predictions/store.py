@@ -244,7 +244,7 @@ class PredictionStore:
                         *group_ids,
                     ]
             if shared:
-                self._store_records(args=[0, *shared])
+                self._store_records(args=shared)
             with self.redis.pipeline(transaction=True) as pipe:
                 for fields, group_ids in groups:
                     if len(group_ids) == 1:
