@@ -159,9 +159,13 @@ def handed_over(value: Any) -> Iterator[str]:
 
 
 def taken(path: str) -> Any:
-    """What ``handed_over`` wrote at ``path``."""
+    """What ``handed_over`` wrote at ``path``; the file is deleted once read (so an intake process killed
+    outright meanwhile leaves none behind)."""
     with open(path, "rb") as file:
-        return pickle.load(file)
+        value = pickle.load(file)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    return value
 
 
 @contextlib.contextmanager

@@ -265,6 +265,12 @@ def test_a_share_crosses_to_the_helper_in_a_private_file_deleted_after(services,
     assert not os.path.exists(path)
 
 
+def test_a_share_is_deleted_once_the_helper_has_read_it(tmp_path):
+    with batch_pool.handed_over([(1, b"{}")]) as path:
+        assert batch_pool.taken(path) == [(1, b"{}")]
+        assert not os.path.exists(path), "gone before its intake process is done with the batch"
+
+
 def test_the_processes_import_at_start_what_their_first_work_runs():
     # Importing it on a first 100,000-line file's share took the helper 0.2-0.3 s while its intake waited.
     assert batch_intake._validate_share.__module__ in batch_pool.HELPER_MODULES
