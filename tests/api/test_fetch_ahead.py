@@ -15,7 +15,8 @@ from shared.inputs.images import ImageInputError
 class Fetches:
     """A fetch that records what it fetched and how many ran at once; ``failing`` URLs raise."""
 
-    def __init__(self, failing: tuple[str, ...] = ()) -> None:
+    def __init__(self, failing: tuple[str, ...] = (), round_trip_s: float = 0.05) -> None:
+        self.round_trip_s = round_trip_s
         self.fetched: list[str] = []
         self.most_at_once = 0
         self._running = 0
@@ -27,7 +28,7 @@ class Fetches:
             self.fetched.append(url)
             self._running += 1
             self.most_at_once = max(self.most_at_once, self._running)
-        time.sleep(0.05)  # a round trip: the others of its group start meanwhile
+        time.sleep(self.round_trip_s)  # a round trip: the others of its group start meanwhile
         with self._lock:
             self._running -= 1
         if url in self.failing:
@@ -41,7 +42,7 @@ def urls(count: int) -> list[tuple[int, str]]:
 
 
 def test_a_line_needing_a_url_fetches_it_with_the_next_ones_at_once():
-    fetch = Fetches()
+    fetch = Fetches(round_trip_s=0.5)  # long enough for its group's threads to start on a busy machine
     ahead = FetchAhead(urls(20), fetch, ahead=4)
     ahead.reached(10)
     taken = ahead.take("https://images.test/1.png")
