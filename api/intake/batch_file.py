@@ -30,7 +30,7 @@ import orjson
 from pydantic import ValidationError
 
 from api.errors import ProblemError, problem_body
-from api.intake.batch_pool import handed_over, helped, helper, replace_helper, taken
+from api.intake.batch_pool import ShareNotHandedOver, handed_over, helped, helper, replace_helper, taken
 from api.intake.fetch_ahead import FetchAhead
 from api.intake.image_staging import RequestImages, fetch_image
 from api.intake.inline_batch import item_spec, prepare_item, prepare_item_input
@@ -165,22 +165,28 @@ def validate_all(
         return validate_items(services, tenant, batch_id, items, base_url, canceled, priority)
     mine, theirs = _shares(items, base_url)
     share = [items[i] for i in theirs]
-    with handed_over(share) as path:
-        try:
-            helping = pool.submit(helped, _validate_share, tenant, batch_id, path, base_url, priority)
-        except BrokenProcessPool:  # the helper died (killed?): another is started, and this file checked here
-            replace_helper()
-            return validate_items(services, tenant, batch_id, items, base_url, canceled, priority)
-        try:
-            found = validate_items(services, tenant, batch_id, (items[i] for i in mine), base_url, canceled, priority)
-        except BaseException:
-            wait([helping])  # it stops too, if canceled: it asks the batch itself
-            raise
-        try:
-            theirs_found = helping.result()
-        except BrokenProcessPool:
-            replace_helper()
-            theirs_found = validate_items(services, tenant, batch_id, share, base_url, canceled, priority)
+    try:
+        with handed_over(share) as path:
+            try:
+                helping = pool.submit(helped, _validate_share, tenant, batch_id, path, base_url, priority)
+            except BrokenProcessPool:  # the helper died (killed?): another is started, and this file checked here
+                replace_helper()
+                return validate_items(services, tenant, batch_id, items, base_url, canceled, priority)
+            try:
+                found = validate_items(
+                    services, tenant, batch_id, (items[i] for i in mine), base_url, canceled, priority
+                )
+            except BaseException:
+                wait([helping])  # it stops too, if canceled: it asks the batch itself
+                raise
+            try:
+                theirs_found = helping.result()
+            except BrokenProcessPool:
+                replace_helper()
+                theirs_found = validate_items(services, tenant, batch_id, share, base_url, canceled, priority)
+    except ShareNotHandedOver as exc:
+        log.warning("batch %s: its share could not be handed to the helper (%s); all checked here", batch_id, exc)
+        return validate_items(services, tenant, batch_id, items, base_url, canceled, priority)
     return _merged(len(items), [(mine, found), (theirs, theirs_found)])
 
 

@@ -142,16 +142,27 @@ def helped(work: Callable[..., T], *args: Any) -> T:
         return work(_services, *args)
 
 
+class ShareNotHandedOver(Exception):
+    """A share's file could not be written (the temp directory full or read-only): validate it here."""
+
+
 @contextlib.contextmanager
 def handed_over(value: Any) -> Iterator[str]:
     """``value`` pickled into a private temporary file, whose path a helper reads it from (``taken``);
     deleted on leaving. A large share (50,000 lines, ~12 MB) sent as an argument crossed the pool's
     pipe 64 KB at a time from a thread of this process, each write waiting for the GIL that this
-    process's own validation held: ~0.3 s more before the helper could start. One write here takes ~30 ms."""
-    fd, path = tempfile.mkstemp(prefix="kiln-share-", suffix=".pickle")  # readable by this user alone
+    process's own validation held: ~0.3 s more before the helper could start. One write here takes ~30 ms.
+    ``ShareNotHandedOver`` when the file cannot be written."""
     try:
-        with os.fdopen(fd, "wb") as file:
-            pickle.dump(value, file, protocol=pickle.HIGHEST_PROTOCOL)
+        fd, path = tempfile.mkstemp(prefix="kiln-share-", suffix=".pickle")  # readable by this user alone
+    except OSError as exc:
+        raise ShareNotHandedOver(str(exc)) from exc
+    try:
+        try:
+            with os.fdopen(fd, "wb") as file:
+                pickle.dump(value, file, protocol=pickle.HIGHEST_PROTOCOL)
+        except OSError as exc:
+            raise ShareNotHandedOver(str(exc)) from exc
         yield path
     finally:
         with contextlib.suppress(FileNotFoundError):

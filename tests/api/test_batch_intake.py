@@ -296,3 +296,14 @@ def test_a_cancel_while_a_chunk_is_stored_stores_no_later_chunk_and_cancels_that
     assert batch.counts.get("canceled") == 2
     assert services.store.queued.depth(TENANT).tenant == 0
     assert len(services.redis.zrange(keys.tenant_predictions(TENANT), 0, -1)) == 2
+
+
+def test_a_share_that_cannot_be_written_is_checked_here_alone(services, helper, monkeypatch):
+    def full_disk(*args: Any, **kwargs: Any) -> Any:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(batch_pool.tempfile, "mkstemp", full_disk)
+    items = [*lines(5), (6, b"not json")]
+    validated = batch_intake.validate_all(services, TENANT, "b1", items, BASE)
+    assert validated.entries[:5] == [0] * 5 and isinstance(validated.entries[5], RefusedItem)
+    assert len(validated.templates) == 1, "one process validated every line"
