@@ -42,6 +42,8 @@ SETTINGS = {
 }
 # The load before the kill, and after the old primary is back.
 BEFORE_S, AFTER_S = 4.0, 6.0
+# How much longer than the failover itself creates may be refused (see the last assertion).
+REFUSAL_MARGIN_S = 15.0
 
 
 @pytest.fixture(scope="module")
@@ -170,5 +172,7 @@ def test_a_primary_killed_under_load_loses_nothing_answered_201(ha_stack, capsys
     assert len(found) == len(ids), "predictions answered 201 are missing after the failover"
     assert all(found[i] == Status.SUCCEEDED.value for i in ids), {i: s for i, s in found.items() if s != "succeeded"}
     assert all(len(messages[i]) == 1 for i in ids), "a prediction sent two different completed messages"
-    # Refused while the sentinels elected a new primary and the clients found it: about the failover.
-    assert refused_s < failover_s + 5, (refused_s, failover_s)
+    # Refused while the sentinels elected a new primary and the clients found it: about the failover. The margin
+    # is for a machine busy with the rest of the suite (one CI run measured 7.8 s of refusals for a 2.3 s
+    # failover); a client that never found the new primary would be refused until the end of the load.
+    assert refused_s < failover_s + REFUSAL_MARGIN_S, (refused_s, failover_s)
