@@ -163,7 +163,7 @@ def validate_all(
     items = items if pool is None or isinstance(items, Sequence) else list(items)
     if pool is None or not isinstance(items, Sequence) or len(items) < SHARE_FROM:
         return validate_items(services, tenant, batch_id, items, base_url, canceled, priority)
-    mine, theirs = _shares(items, base_url)
+    mine, theirs = _shares(services, items, base_url)
     share = [items[i] for i in theirs]
     try:
         with handed_over(share) as path:
@@ -203,38 +203,20 @@ def _validate_share(
 
 # Items from which a batch's validation is shared with the helper process (below: not worth the copies).
 SHARE_FROM = 2000
-# Image URLs in an item's input (at its top level, or in a list there): what ``_shares`` keeps together.
-_SHARE_BY = ("http://", "https://")
+# What an image URL that is not this API's starts with.
+_IMAGE_URL = ("http://", "https://")
 
 
-def _shares(items: Sequence[RawItem], base_url: str) -> tuple[list[int], list[int]]:
+def _shares(services: Services, items: Sequence[RawItem], base_url: str) -> tuple[list[int], list[int]]:
     """The positions of the items this process validates, and of those the helper does: every other one,
     except that items naming the same image URL (their first, in sorted order) go to the same process."""
     shares: tuple[list[int], list[int]] = ([], [])
-    ours = base_url.encode()
+    specs: dict[bytes, ModelSpec | None] = {}
     for position, (_, text) in enumerate(items):
-        # Only an item with an http(s) URL not of this API is read (most name uploaded files only).
-        urls = _image_urls(text, base_url) if text.count(b"http") > text.count(ours) else []
+        urls = _image_urls(services, text, base_url, specs)
         side = zlib.crc32(min(urls).encode()) & 1 if urls else position & 1
         shares[side].append(position)
     return shares
-
-
-def _image_urls(text: bytes, base_url: str) -> list[str]:
-    """The http(s) URLs (not this API's) an item's input holds at its top level or in a list there."""
-    try:
-        raw = orjson.loads(text)
-    except orjson.JSONDecodeError:
-        return []
-    inputs = raw.get("input") if isinstance(raw, dict) else None
-    if not isinstance(inputs, dict):
-        return []
-    found = []
-    for value in inputs.values():
-        for item in value if isinstance(value, list) else (value,):
-            if isinstance(item, str) and item.startswith(_SHARE_BY) and not item.startswith(base_url):
-                found.append(item)
-    return found
 
 
 def _merged(count: int, parts: list[tuple[list[int], Validated]]) -> Validated:
@@ -301,15 +283,12 @@ def validate_items(
 
 def _fetch_ahead(services: Services, items: Sequence[RawItem], base_url: str) -> FetchAhead | None:
     """The image URLs (not this API's) that items name in their model's image inputs, to be fetched ahead
-    of the first item naming each (``api.intake.fetch_ahead``); None when they name none. Only an item
-    with an http(s) URL not of this API is read (most name uploaded files only)."""
-    ours = base_url.encode()
+    of the first item naming each (``api.intake.fetch_ahead``); None when they name none."""
     specs: dict[bytes, ModelSpec | None] = {}
     first: dict[str, int] = {}
     for position, (_, text) in enumerate(items, start=1):
-        if text.count(b"http") > text.count(ours) and not nests_deeper_than(text):
-            for url in _image_urls_named(services, text, base_url, specs):
-                first.setdefault(url, position)
+        for url in _image_urls(services, text, base_url, specs):
+            first.setdefault(url, position)
     if not first:
         return None
     return FetchAhead(
@@ -317,11 +296,12 @@ def _fetch_ahead(services: Services, items: Sequence[RawItem], base_url: str) ->
     )
 
 
-def _image_urls_named(
-    services: Services, text: bytes, base_url: str, specs: dict[bytes, ModelSpec | None]
-) -> list[str]:
+def _image_urls(services: Services, text: bytes, base_url: str, specs: dict[bytes, ModelSpec | None]) -> list[str]:
     """The http(s) URLs not of this API an item's input names where its model takes an image (none for
-    an item whose model is not found: it will be refused). ``specs``: each item kind's model, found once."""
+    an item whose model is not found: it will be refused). ``specs``: each item kind's model, found once.
+    Only an item with an http(s) URL not of this API is read (most name uploaded files only)."""
+    if text.count(b"http") <= text.count(base_url.encode()) or nests_deeper_than(text):
+        return []
     try:
         raw = orjson.loads(text)
     except orjson.JSONDecodeError:
@@ -340,7 +320,7 @@ def _image_urls_named(
     if spec is None:
         return []
     found = image_inputs(spec.input_model, inputs)
-    return [uri for _, uri in found if uri.startswith(_SHARE_BY) and file_id_from_url(uri, base_url) is None]
+    return [uri for _, uri in found if uri.startswith(_IMAGE_URL) and file_id_from_url(uri, base_url) is None]
 
 
 class UploadsMeanwhile:
