@@ -11,6 +11,7 @@
 -- include: status_table
 -- include: records
 -- include: queue_lines
+-- include: dispatcher_ring
 local tenant, batch_id = ARGV[1], ARGV[2]
 local PIECE = 1000  -- arguments per command at most (Lua's unpack limit)
 
@@ -51,8 +52,7 @@ for _, lane in ipairs(lanes) do
     line_of[id], ticket_of[id] = lane.line, first + y
   end
   each_piece('RPUSH', {{keys.dispatch_queue(lane.name, tenant)}}, lane.from, lane.n, false)
-  local ring = {{keys.dispatch_tenants(lane.name)}}
-  if not redis.call('LPOS', ring, tenant) then redis.call('LPUSH', ring, tenant) end
+  dispatcher_join_ring({{keys.dispatch_tenants(lane.name)}}, tenant)
   each_piece('ZADD', {{keys.tenant_predictions(tenant)}}, lane.from, lane.n, true)
   queued = queued + lane.n
 end
