@@ -2,16 +2,17 @@
 
 ``app``: the whole ASGI app (middleware, routing, dependencies, the route, the asyncio Redis client) served
 the bench's single create (``kiln/ip-adapter-depth-xl``, two 64x64 data URIs: ``tools.bench.XL_BODY``) by 16
-clients at once, without uvicorn or sockets to the client: the API process's CPU µs per create and the
-redis-server's (``INFO cpu``), unprofiled, then where the time goes (pyinstrument). ``single`` and ``batch``:
-``submit`` and ``submit_batch`` alone (pyinstrument). All against a private redis-server; object storage is
-not touched (data-URI inputs).
+clients at once, without uvicorn or sockets to the client: the API process's CPU µs per create, the
+redis-server's (``INFO cpu``) and the cyclic garbage collector's, unprofiled, then where the time goes
+(pyinstrument). ``single`` and ``batch``: ``submit`` and ``submit_batch`` alone (pyinstrument). All against a
+private redis-server; object storage is not touched (data-URI inputs).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import sys
 import tempfile
@@ -101,6 +102,28 @@ async def _creates(app: Any, count: int) -> None:
         raise RuntimeError(f"{len(refused)} creates answered {sorted(set(refused))}")
 
 
+class _CollectorTime:
+    """The time the cyclic garbage collector ran inside the block, and how often: a request that leaves a
+    reference cycle behind makes it run often, and each run walks every object it left."""
+
+    def __init__(self) -> None:
+        self.seconds, self.collections, self._started = 0.0, 0, 0.0
+
+    def _observe(self, phase: str, _: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.seconds += time.perf_counter() - self._started
+            self.collections += 1
+
+    def __enter__(self) -> _CollectorTime:
+        gc.callbacks.append(self._observe)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        gc.callbacks.remove(self._observe)
+
+
 async def _profile_app(redis_url: str, count: int) -> None:
     app = create_app(_settings(redis_url))
     server = redis.Redis.from_url(redis_url)
@@ -113,12 +136,14 @@ async def _profile_app(redis_url: str, count: int) -> None:
         await _creates(app, 400)  # warm-up
         for run in range(3):
             redis_before, cpu_before, started = redis_cpu_s(), time.process_time(), time.perf_counter()
-            await _creates(app, count)
+            with _CollectorTime() as collector:
+                await _creates(app, count)
             cpu, wall = time.process_time() - cpu_before, time.perf_counter() - started
             redis_us = (redis_cpu_s() - redis_before) / count * 1e6
             print(
                 f"== app, run {run + 1}: {cpu / count * 1e6:,.0f} µs API CPU per create "
-                f"(redis-server {redis_us:,.0f} µs), {count / wall:,.0f} creates/s, {CLIENTS} at once (unprofiled)",
+                f"(redis-server {redis_us:,.0f} µs; cyclic GC {collector.seconds / count * 1e6:,.1f} µs in "
+                f"{collector.collections} collections), {count / wall:,.0f} creates/s, {CLIENTS} at once (unprofiled)",
                 flush=True,
             )
         profiler = Profiler(interval=0.0005, async_mode="disabled")
