@@ -283,13 +283,12 @@ async def create_request(request: Request) -> CreateRequest:
     any other answer (``DeferredAuth``): one round trip fewer."""
     services: Services = request.app.state.services
     token = _bearer_token(request)
-    seen = services.authenticator.deferred(token) if token is not None else None
     auth = None
-    if token is None or seen is None:
-        caller = await current_caller(request, services)
-    else:
+    if token is not None and (seen := services.authenticator.deferred(token)) is not None:
         caller, check = seen
         auth = DeferredAuth(request, services, caller, check, token)
+    else:
+        caller = await current_caller(request, services)
     headers = request.headers
     return CreateRequest(
         auth=auth,
