@@ -41,7 +41,7 @@ from shared.batches.records import BATCH_TTL_S, Batch, RefusedItem, invalid_entr
 from shared.db import keys
 from shared.db.client import AlreadyStored
 from shared.inputs.json_nesting import nests_deeper_than, too_deep_problem
-from shared.inputs.schema import image_inputs
+from shared.inputs.schema import InputLimits, image_inputs, standalone_checks
 from shared.model_spec import ModelSpec
 from shared.predictions import retention
 from shared.predictions.record import Prediction, new_ids
@@ -252,10 +252,13 @@ def validate_items(
 
     Items whose fields but the input are those of an item found good before (the usual batch file: one
     model, its own prompt and seed per line) have only their input checked (``prepare_item_input``);
-    the uploaded files they name are looked up once per batch (``RequestFiles``)."""
+    the uploaded files they name are looked up once per batch (``RequestFiles``). Of those, an input
+    that differs from one found good only in its model's standalone fields (``ModelInput.standalone_fields``:
+    the prompts and the seed) has only these checked (``_standalone_own``)."""
     found = Validated()
     cache: dict[bytes, tuple[int, OwnFields] | RefusedItem] = {}
     rests: dict[bytes, _KnownRest] = {}
+    skeletons: dict[bytes, _Skeleton] = {}
     items = items if isinstance(items, Sequence) else list(items)
     images = RequestImages(batch_id=batch_id, ahead=_fetch_ahead(services, items, base_url))
     uploads = UploadsMeanwhile(services.storage)
@@ -268,7 +271,9 @@ def validate_items(
                 images.ahead.reached(count)
             known = cache.get(text)
             if known is None:
-                known = _validate_one(services, tenant, batch_id, line, text, base_url, images, found, priority, rests)
+                known = _validate_one(
+                    services, tenant, batch_id, line, text, base_url, images, found, priority, rests, skeletons
+                )
                 # Problems other than 422 (a file gone, a fetch that timed out) may not repeat.
                 if not isinstance(known, RefusedItem) or known.problem.get("status") == 422:
                     cache[text] = known
@@ -398,6 +403,7 @@ def _validate_one(
     found: Validated,
     priority: Priority,
     rests: dict[bytes, _KnownRest],
+    skeletons: dict[bytes, _Skeleton],
 ) -> tuple[int, OwnFields] | RefusedItem:
     if nests_deeper_than(text):
         return RefusedItem(line, problem_body(422, too_deep_problem(f"line {line}")))
@@ -411,10 +417,17 @@ def _validate_one(
     known = rests.get(rest) if rest is not None and isinstance(raw.get("input"), dict) else None
     try:
         if known is not None:
+            skeleton = _skeleton_key(known, raw["input"]) if valid_text else None
+            like = skeletons.get(skeleton) if skeleton is not None else None
+            if like is not None and (own := _standalone_own(services, known.spec, raw["input"], like)) is not None:
+                return known.template, own
             inputs, input_files = prepare_item_input(
                 services, tenant, known.spec, raw, base_url, images, text_checked=valid_text
             )
-            return known.template, _own_fields(inputs, input_files)
+            own = _own_fields(inputs, input_files)
+            if skeleton is not None:
+                skeletons[skeleton] = _Skeleton(inputs, own.input_files)
+            return known.template, own
         prediction = prepare_item(services, tenant, raw, base_url, images, priority)
     except ProblemError as exc:
         return RefusedItem(line, problem_body(exc.status, exc.detail, **exc.extra))
@@ -426,6 +439,47 @@ def _validate_one(
     if rest is not None:
         rests[rest] = _KnownRest(item_spec(services, raw), len(found.templates) - 1)
     return len(found.templates) - 1, own
+
+
+@dataclass(frozen=True)
+class _Skeleton:
+    """An input found good, as stored, with its encoded ``input_files``: what an input that differs from it
+    only in its model's standalone fields is stored as, with its own values of those."""
+
+    stored: dict[str, Any]
+    input_files: bytes | None
+
+
+def _skeleton_key(known: _KnownRest, inputs: dict[str, Any]) -> bytes | None:
+    """What inputs that differ only in the model's standalone fields share (their template, and each
+    field with those fields' values blanked); None if orjson cannot write it."""
+    standalone = known.spec.input_model.standalone_fields
+    if not standalone:
+        return None
+    try:
+        return orjson.dumps([known.template, {name: None if name in standalone else v for name, v in inputs.items()}])
+    except TypeError:
+        return None
+
+
+def _standalone_own(services: Services, spec: ModelSpec, inputs: dict[str, Any], like: _Skeleton) -> OwnFields | None:
+    """The own fields of an input that differs from ``like`` only in standalone fields, each of those
+    checked as the model checks it (``standalone_checks``); None if one is refused (the input is then
+    checked whole, for the problem a whole check gives) or cannot be checked alone."""
+    checks = standalone_checks(spec.input_model)
+    context = {"limits": InputLimits.from_settings(services.settings)}
+    stored = dict(like.stored)
+    for name in spec.input_model.standalone_fields:
+        if name not in inputs:
+            continue
+        check = checks.get(name)
+        if check is None or name not in stored:
+            return None
+        try:
+            stored[name] = check.dump_python(check.validate_python(inputs[name], context=context), mode="json")
+        except ValidationError:
+            return None
+    return OwnFields(orjson.dumps(stored), like.input_files)
 
 
 def _rest_key(raw: dict[str, Any]) -> bytes | None:

@@ -38,6 +38,7 @@ FaceEmbeddingURI = Annotated[str, SafetensorsFile(FACE_EMBEDDING_KIND)]
 class InstantIDXLInput(ModelInput):
     # The optional image fields a warm-up run sets (worker.warmup): none, it runs from a face embedding.
     warmup_images: ClassVar[tuple[str, ...]] = ()
+    standalone_fields: ClassVar[frozenset[str]] = frozenset({"prompt", "negative_prompt", "seed"})
 
     prompt: PromptText = Field(
         default="a portrait photo of a person",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from pydantic import Field, model_validator
 
 from shared.inputs.images import CheckedImage, ImageInputError
@@ -10,6 +12,8 @@ from shared.inputs.schema import ImageURI, ModelInput, PromptText, Scheduler, Sp
 
 
 class Depth2ImgInput(ModelInput):
+    standalone_fields: ClassVar[frozenset[str]] = frozenset({"prompt", "negative_prompt", "seed"})
+
     prompt: PromptText = Field(
         default="",
         description="Text that describes what the output should look like.",

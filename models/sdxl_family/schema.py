@@ -134,6 +134,7 @@ def checked_size(value: int, info: ValidationInfo) -> int:
 class IPAdapterXLInput(ModelInput):
     # The optional image fields a warm-up run sets (worker.warmup): the structure and one image prompt.
     warmup_images: ClassVar[tuple[str, ...]] = ("input_image", "ip_image")
+    standalone_fields: ClassVar[frozenset[str]] = frozenset({"prompt", "negative_prompt", "seed"})
 
     prompt: PromptText = Field(
         default="",

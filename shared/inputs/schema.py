@@ -14,9 +14,9 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from functools import cache
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, WithJsonSchema
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationInfo, WithJsonSchema
 
 from shared.inputs.images import CheckedImage, ImageInputError, check_uri_scheme, decode_data_uri, inspect_image
 from shared.inputs.lora import check_lora_header
@@ -95,6 +95,11 @@ class ModelInput(BaseModel):
 
     model_config = ConfigDict(extra="forbid", title="Input")
 
+    # Fields each checked on its own (a prompt, a seed): no validator or check of another field or of the
+    # model reads them, and they hold no image or file. A batch's lines that differ only in these have the
+    # rest checked once (``api.intake.batch_file``), each line's own values by ``standalone_checks``.
+    standalone_fields: ClassVar[frozenset[str]] = frozenset()
+
     @classmethod
     def check_image(cls, where: str, image: CheckedImage) -> None:
         """Refuse (``ImageInputError``, a 422 naming ``where``) an image input that decodes but that
@@ -110,6 +115,20 @@ class ModelInput(BaseModel):
         if kind != LORA:
             raise SafetensorsInputError(f"this model takes no {kind} files")
         check_lora_header(header)
+
+
+@cache
+def standalone_checks(input_model: type[ModelInput]) -> dict[str, TypeAdapter[Any]]:
+    """Each of ``input_model.standalone_fields``' check, as the model makes it: the field's type and
+    constraints (with ``limits`` in the validation context, as ``check_input`` gives them). A field read
+    under another name (an alias) has none: its lines are checked whole."""
+    checks: dict[str, TypeAdapter[Any]] = {}
+    for name in input_model.standalone_fields:
+        info = input_model.model_fields[name]
+        kind: Any = info.annotation  # a type, or a special form (Optional[...]) the adapter takes too
+        if kind is not None and info.alias is None and info.validation_alias is None:
+            checks[name] = TypeAdapter(Annotated[kind, *info.metadata] if info.metadata else kind)
+    return checks
 
 
 # Scheduler names users pick from (Replicate's names), shared by every model's inputs. No docstring:

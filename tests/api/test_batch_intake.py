@@ -20,11 +20,14 @@ from api.routes.batches import _submit
 from api.schemas import CreateBatchObject
 from api.services import Services
 from deploy.devstack.servers import RedisServer
+from models.registry import MODELS
 from shared.batches.records import RefusedItem
 from shared.db import keys
+from shared.inputs.safetensors_files import file_fields
+from shared.inputs.schema import image_fields, standalone_checks
 from shared.settings import Settings
 from tests.support import data_uri
-from tests.support.predictions import depth2img_input
+from tests.support.predictions import depth2img_input, xl_input
 
 pytestmark = pytest.mark.integration
 BASE = "http://kiln.test"
@@ -307,3 +310,70 @@ def test_a_share_that_cannot_be_written_is_checked_here_alone(services, helper, 
     validated = batch_intake.validate_all(services, TENANT, "b1", items, BASE)
     assert validated.entries[:5] == [0] * 5 and isinstance(validated.entries[5], RefusedItem)
     assert len(validated.templates) == 1, "one process validated every line"
+
+
+# Values a line may give its model's standalone fields (``ModelInput.standalone_fields``): good ones, ones
+# the model coerces, and ones it refuses.
+_STANDALONE_VALUES: dict[str, list[Any]] = {
+    "prompt": ["a fox at dusk", "", "x" * 10_001, None, 7, ["a fox"], "été, 東京"],
+    "negative_prompt": ["blurry", None, "y" * 10_001, 3],
+    "seed": [0, 2**32 - 1, 2**32, -1, "7", 7.0, 7.5, True, None, "seven"],
+}
+
+
+def _standalone_variants(base: dict[str, Any]) -> list[dict[str, Any]]:
+    """``base`` with each value of each standalone field, with each one left out, and with two at once."""
+    variants = [base | {name: value} for name, values in _STANDALONE_VALUES.items() for value in values]
+    variants += [{field: value for field, value in base.items() if field != name} for name in ("prompt", "seed")]
+    variants += [base | {"prompt": "another", "negative_prompt": "z", "seed": 3}, base | {"prompt": 1, "seed": -1}]
+    return variants
+
+
+@pytest.mark.parametrize("model", ["kiln/sd2-depth2img", "kiln/ip-adapter-depth-xl"])
+def test_an_input_differing_only_in_standalone_fields_is_stored_or_refused_as_when_checked_whole(services, model):
+    """Lines whose input differs from one found good only in its prompts and seed have those checked alone
+    (``_standalone_own``): each is stored, or refused with the problem, as when it is checked whole."""
+    base = SD2_INPUT if model == "kiln/sd2-depth2img" else xl_input(width=64, height=64, num_inference_steps=1)
+    inputs = [base, base, *_standalone_variants(base)]
+    bodies = [{"version": model, "input": given} for given in inputs]
+    items = [(n, orjson.dumps(body)) for n, body in enumerate(bodies, start=1)]
+    together = batch_intake.validate_items(services, TENANT, "b1", items, BASE)
+    assert len(together.templates) == 1
+    refused = 0
+    for (line, text), entry, own in zip(items[2:], together.entries[2:], together.own[2:], strict=True):
+        whole = batch_intake.validate_items(services, TENANT, "b2", [(line, text)], BASE)
+        if isinstance(whole.entries[0], RefusedItem):
+            refused += 1
+            assert isinstance(entry, RefusedItem) and entry.problem == whole.entries[0].problem, text
+        else:
+            assert entry == 0 and own == whole.own[0], text
+    assert 0 < refused < len(items) - 2  # both kinds were tried
+
+
+def test_lines_differing_only_in_prompt_and_seed_have_the_rest_of_their_input_checked_once(services, monkeypatch):
+    real = batch_intake.prepare_item_input
+    checked: list[dict[str, Any]] = []
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        checked.append(args[3]["input"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(batch_intake, "prepare_item_input", counted)
+    own = [SD2_INPUT | {"prompt": f"a kiln {n}", "seed": n} for n in range(1, 51)]
+    items = [(n, orjson.dumps({"version": "kiln/sd2-depth2img", "input": given})) for n, given in enumerate(own, 1)]
+    validated = batch_intake.validate_items(services, TENANT, "b1", items, BASE)
+    assert validated.entries == [0] * 50
+    assert [orjson.loads(own.input)["seed"] for own in validated.own] == list(range(1, 51))
+    assert len(checked) == 1  # the second line's; the first built the template, the others only their own fields
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_a_models_standalone_fields_are_plain_fields_each_checked_alone(name):
+    """What ``standalone_checks`` relies on: each is a field of the input, read under its own name, and
+    neither an image nor a file input."""
+    input_model = MODELS[name].input_model
+    images = {image.path[0] for image in image_fields(input_model)}
+    files = {field for field, _ in file_fields(input_model)}
+    assert input_model.standalone_fields <= input_model.model_fields.keys()
+    assert not input_model.standalone_fields & (images | files)
+    assert standalone_checks(input_model).keys() == input_model.standalone_fields
