@@ -191,7 +191,8 @@ class BatchStore:
         self, pipe: Pipeline, batch_id: str, entries: Sequence[str], queued: int, refused: int
     ) -> None:
         """Append item entries (prediction ids and ``invalid_entry``s), ``queued`` of them new queued
-        predictions, in the caller's transaction (the one storing their records)."""
+        predictions, in the caller's transaction (the one storing their records). The intake does this in
+        its chunk script (``store_batch_chunk.lua``); tests use this to list items without queueing them."""
         if entries:
             pipe.rpush(keys.batch_items(batch_id), *entries)
             pipe.expire(keys.batch_items(batch_id), self.ttl_s)

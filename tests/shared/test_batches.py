@@ -54,7 +54,9 @@ def client(server: RedisServer) -> Iterator[redis.Redis]:
 def new_batch(
     client: redis.Redis, count: int, tenant: str = "t1", webhook: str | None = "https://example.com/h"
 ) -> tuple[Batch, list[Prediction]]:
-    """A batch of ``count`` queued items, stored as the intake stores them (still validating)."""
+    """A batch of ``count`` queued items (still validating): records and the batch's item list and counts,
+    but not the dispatcher's lists, which the dispatcher tests fill themselves (``queue_items``). The
+    intake stores all of these in one script (``PredictionStore.create_batch_chunk``)."""
     batches, store = BatchStore(client), PredictionStore(client)
     batch = batches.create(tenant, "http://api", webhook, "inline", count)
     items = [
