@@ -23,7 +23,7 @@ from models.sdxl_family.schema import (
 from shared.inputs.lora import LoraURI
 from shared.inputs.output_formats import OutputFormat, output_format_field, output_quality_field
 from shared.inputs.safetensors_files import SafetensorsFile
-from shared.inputs.schema import ImageURI, ModelInput, PromptText, Scheduler, Speed, speed_field
+from shared.inputs.schema import PROMPTS_AND_SEED, ImageURI, ModelInput, PromptText, Scheduler, Speed, speed_field
 from shared.settings import Settings
 
 MAX_FACE_IMAGES = 4
@@ -38,7 +38,7 @@ FaceEmbeddingURI = Annotated[str, SafetensorsFile(FACE_EMBEDDING_KIND)]
 class InstantIDXLInput(ModelInput):
     # The optional image fields a warm-up run sets (worker.warmup): none, it runs from a face embedding.
     warmup_images: ClassVar[tuple[str, ...]] = ()
-    standalone_fields: ClassVar[frozenset[str]] = frozenset({"prompt", "negative_prompt", "seed"})
+    standalone_fields: ClassVar[frozenset[str]] = PROMPTS_AND_SEED
 
     prompt: PromptText = Field(
         default="a portrait photo of a person",

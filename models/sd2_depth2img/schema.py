@@ -8,11 +8,11 @@ from pydantic import Field, model_validator
 
 from shared.inputs.images import CheckedImage, ImageInputError
 from shared.inputs.output_formats import OutputFormat, output_format_field, output_quality_field
-from shared.inputs.schema import ImageURI, ModelInput, PromptText, Scheduler, Speed, speed_field
+from shared.inputs.schema import PROMPTS_AND_SEED, ImageURI, ModelInput, PromptText, Scheduler, Speed, speed_field
 
 
 class Depth2ImgInput(ModelInput):
-    standalone_fields: ClassVar[frozenset[str]] = frozenset({"prompt", "negative_prompt", "seed"})
+    standalone_fields: ClassVar[frozenset[str]] = PROMPTS_AND_SEED
 
     prompt: PromptText = Field(
         default="",

@@ -12,7 +12,7 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 from shared.inputs.lora import LoraURI
 from shared.inputs.output_formats import OutputFormat, output_format_field, output_quality_field
 from shared.inputs.safetensors_files import SafetensorsFile
-from shared.inputs.schema import ImageURI, ModelInput, PromptText, Scheduler, Speed, speed_field
+from shared.inputs.schema import PROMPTS_AND_SEED, ImageURI, ModelInput, PromptText, Scheduler, Speed, speed_field
 from shared.settings import Settings
 
 SIZE_MULTIPLE = 8
@@ -134,7 +134,7 @@ def checked_size(value: int, info: ValidationInfo) -> int:
 class IPAdapterXLInput(ModelInput):
     # The optional image fields a warm-up run sets (worker.warmup): the structure and one image prompt.
     warmup_images: ClassVar[tuple[str, ...]] = ("input_image", "ip_image")
-    standalone_fields: ClassVar[frozenset[str]] = frozenset({"prompt", "negative_prompt", "seed"})
+    standalone_fields: ClassVar[frozenset[str]] = PROMPTS_AND_SEED
 
     prompt: PromptText = Field(
         default="",

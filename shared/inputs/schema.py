@@ -90,6 +90,10 @@ ImageURI = Annotated[
 """An image input: an http(s) URL or a data URI (checked to be a bounded, allowed image)."""
 
 
+# The standalone fields (``ModelInput.standalone_fields``) of a model whose prompts and seed no other check reads.
+PROMPTS_AND_SEED = frozenset({"prompt", "negative_prompt", "seed"})
+
+
 class ModelInput(BaseModel):
     """Base of every model's inputs: unknown fields are refused so that typos surface as 422s."""
 
