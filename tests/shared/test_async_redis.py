@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError, TimeoutError
 
 from deploy.devstack.servers import RedisServer
@@ -68,6 +70,67 @@ def test_a_command_fails_when_no_connection_is_released_in_time(
             await client.aclose()
 
     run_on_own_loop(run())
+
+
+def test_commands_share_the_idle_connections_and_leave_none_in_use(
+    server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(db_client, "ASYNC_POOL_SIZE", 3)
+
+    async def run() -> tuple[list[object], int, int, int]:
+        client = connect_async(server.url)
+        try:
+            answers = await asyncio.gather(*(client.incr("n") for _ in range(300)))
+            pool = client.connection_pool
+            clients = await client.client_list()
+            return answers, len(pool._in_use_connections), len(pool._available_connections), len(clients)
+        finally:
+            await client.aclose()
+
+    answers, in_use, idle, connected = run_on_own_loop(run())
+    assert sorted(answers) == list(range(1, 301))  # type: ignore[type-var]
+    assert (in_use, idle) == (0, 3)
+    assert connected == 3  # the same three, reused: none left behind or dropped
+
+
+def test_an_idle_connection_the_server_closed_is_reconnected_before_its_command(server: RedisServer) -> None:
+    async def run() -> tuple[object, object]:
+        client = connect_async(server.url)
+        try:
+            first = await client.client_id()
+            await client.execute_command("CLIENT", "KILL", "ID", first, "SKIPME", "no")
+            await asyncio.sleep(0.05)  # the close reaches the idle connection
+            # No retry to hide it: the readiness check must find the close and reconnect.
+            client.connection_pool._available_connections[-1].retry = Retry(NoBackoff(), 0)
+            return first, await client.client_id()
+        finally:
+            await client.aclose()
+
+    first, second = run_on_own_loop(run())
+    assert first != second
+
+
+def test_a_connection_given_a_new_token_is_reauthenticated_when_released(server: RedisServer) -> None:
+    async def run() -> list[object]:
+        client = connect_async(server.url)
+        try:
+            pool = client.connection_pool
+            connection = await pool.get_connection()
+            authenticated: list[object] = []
+
+            async def re_auth() -> None:
+                authenticated.append(connection._re_auth_token)
+                connection._re_auth_token = None
+
+            connection.re_auth = re_auth  # type: ignore[method-assign]
+            connection.set_re_auth_token("token")  # type: ignore[arg-type]  # as a streaming provider does
+            await pool.release(connection)
+            assert connection in pool._available_connections
+            return authenticated
+        finally:
+            await client.aclose()
+
+    assert run_on_own_loop(run()) == ["token"]
 
 
 def test_a_write_to_a_redis_that_stopped_reading_fails_after_the_socket_timeout(server: RedisServer) -> None:
