@@ -29,6 +29,7 @@ from api.routes import (
     queue,
     webhooks,
 )
+from api.routes.direct_creates import direct_create_routes
 from api.routes.playground import install_playground
 from api.services import Services
 from shared.runtime.logs import configure_logging
@@ -66,6 +67,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(PredictionLogContext)
     app.add_middleware(RateLimitHeaders)
     install_error_handlers(app)
+    # Plain single creates first, without FastAPI's request handling (the rest is handed back to its routes).
+    app.router.routes.extend(direct_create_routes(app.router))
     # Predictions first: FastAPI matches a request against every route of each router before its own, and
     # the creates are the busiest requests (no path of one router is a path of another).
     app.include_router(predictions.router)

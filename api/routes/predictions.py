@@ -15,7 +15,6 @@ from api.deps import (
     CHALLENGE,
     CREATE_HEADER_PARAMETERS,
     BaseURL,
-    CreateRequest,
     CreateRequestDep,
     CurrentCaller,
     CurrentTenant,
@@ -28,15 +27,13 @@ from api.deps import (
 )
 from api.errors import ProblemError
 from api.intake.inline_batch import submit_batch
-from api.intake.submission import create_and_respond
 from api.pagination import Cursor, CursorQuery, page_links
 from api.schemas import CreateBatch, CreatePrediction, PredictionFields
 from api.services import Services
 from api.signed_access import signed_or_owned, stream_stored
+from api.single_creates import BY_MODEL_PATH, BY_VERSION_PATH, create_by_model, create_by_version
 from api.streams.sse import BadEventId, EventIds, Position, StreamContext, prediction_events
 from api.views.prediction_list import PredictionFilter, list_page
-from models.registry import UnknownModelError, find_model, resolve_version
-from shared.model_spec import ModelSpec
 from shared.predictions.client_json import input_path, output_path, stream_path
 from shared.predictions.record import Prediction
 from shared.predictions.store import PredictionStore
@@ -58,39 +55,24 @@ def _render(prediction: Prediction, base: str, services: Services) -> dict[str, 
     return services.render(prediction, base)
 
 
-@router.post("/predictions", status_code=201, openapi_extra={"parameters": CREATE_HEADER_PARAMETERS})
+# A plain request to either create route is served by ``api.routes.direct_creates`` ahead of it, which then
+# calls the same ``create_by_version`` or ``create_by_model``.
+@router.post(
+    BY_VERSION_PATH.removeprefix(router.prefix),
+    status_code=201,
+    openapi_extra={"parameters": CREATE_HEADER_PARAMETERS},
+)
 async def create_prediction(body: CreatePrediction, create: CreateRequestDep) -> Response:
-    try:
-        spec = resolve_version(body.version, create.services.settings)
-    except UnknownModelError as exc:
-        raise ProblemError(422, f"version: {exc}") from None
-    return await _create(create, spec, body)
+    return await create_by_version(create, body)
 
 
 @router.post(
-    "/models/{owner}/{name}/predictions", status_code=201, openapi_extra={"parameters": CREATE_HEADER_PARAMETERS}
+    BY_MODEL_PATH.removeprefix(router.prefix),
+    status_code=201,
+    openapi_extra={"parameters": CREATE_HEADER_PARAMETERS},
 )
 async def create_model_prediction(owner: str, name: str, body: PredictionFields, create: CreateRequestDep) -> Response:
-    try:
-        spec = find_model(f"{owner}/{name}", create.services.settings)
-    except UnknownModelError as exc:
-        raise ProblemError(404, str(exc)) from None
-    return await _create(create, spec, body)
-
-
-async def _create(create: CreateRequest, spec: ModelSpec, body: PredictionFields) -> Response:
-    return await create_and_respond(
-        create.services,
-        create.caller,
-        spec,
-        body,
-        create.base_url,
-        create.prefer,
-        create.idempotency_key,
-        create.cancel_after,
-        priority=create.priority,
-        auth=create.auth,
-    )
+    return await create_by_model(create, owner, name, body)
 
 
 @router.post("/predictions/batch")
