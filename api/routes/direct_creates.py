@@ -2,13 +2,14 @@
 is handed back to FastAPI's routes, which answer it as they always did.
 
 FastAPI's handling of a single create (the included router's layers, the dependency solving, the generic
-body reading and the endpoint's wrappers) was ~18 % of the API process's instructions for one
-(``tools.count_create``: 2.62 M with it, 2.14 M without). ``DirectCreate`` routes ``POST /v1/predictions``
+body reading and the endpoint's wrappers) was ~16 % of the API process's instructions for one
+(``tools.count_create``: 2.617 M with it, 2.195 M without). ``DirectCreate`` routes ``POST /v1/predictions``
 and ``POST /v1/models/{owner}/{name}/predictions`` ahead of FastAPI's routes. A *plain* request is
 served there:
 
 - its ``Content-Type`` is exactly ``application/json``;
-- its body parses with ``json.loads``, as FastAPI (Starlette's ``Request.json``) parses it;
+- its body parses with ``json.loads``, as FastAPI (Starlette's ``Request.json``) parses it (not orjson,
+  which reads an integer past 64 bits as a float, and refuses what the stdlib reads as infinity);
 - and the route's own body model (``CreatePrediction``, ``PredictionFields``) accepts it.
 
 Nothing is done before those checks, which have no effect of their own. A plain request then meets what the
