@@ -63,11 +63,11 @@ class DirectCreate:
         try:
             raw = await request.body()
         except Exception as exc:  # a body past its cap, a client gone: FastAPI's route answers it
-            await self._hand_back(scope, _raising(exc, receive), send)
+            await self._hand_back(scope, _again(exc, receive), send)
             return
         body = self._plain_body(raw)
         if body is None:
-            await self._hand_back(scope, _replaying(raw, receive), send)
+            await self._hand_back(scope, _again(raw, receive), send)
             return
         response = await self.create(await create_request(request), request.path_params, body)
         await response(scope, receive, send)
@@ -95,32 +95,21 @@ class DirectCreateRoute(Route):
         return super().matches(scope)
 
 
-def _replaying(body: bytes, receive: Receive) -> Receive:
-    """``receive`` whose first message is the whole ``body`` again (it was read already)."""
-    replayed = False
+def _again(read: bytes | Exception, receive: Receive) -> Receive:
+    """``receive`` whose first call gives again what reading the body gave: the whole body, or the error
+    raised (a body past its cap, a client gone)."""
+    pending = True
 
-    async def replay() -> Message:
-        nonlocal replayed
-        if replayed:
+    async def first_again() -> Message:
+        nonlocal pending
+        if not pending:
             return await receive()
-        replayed = True
-        return {"type": "http.request", "body": body, "more_body": False}
+        pending = False
+        if isinstance(read, Exception):
+            raise read
+        return {"type": "http.request", "body": read, "more_body": False}
 
-    return replay
-
-
-def _raising(exc: Exception, receive: Receive) -> Receive:
-    """``receive`` that raises ``exc`` again, as reading the body did."""
-    raised = False
-
-    async def again() -> Message:
-        nonlocal raised
-        if raised:
-            return await receive()
-        raised = True
-        raise exc
-
-    return again
+    return first_again
 
 
 async def _by_version(create: CreateRequest, _: dict[str, Any], body: CreatePrediction) -> Response:
