@@ -55,12 +55,15 @@ CASES: dict[str, tuple[str, bytes]] = {
     "not-json": (BY_MODEL, b'{"input": '),
     "nan": (BY_MODEL, b'{"input": {"prompt": "x", "seed": NaN}}'),
     "a-list": (BY_MODEL, b"[]"),
+    "nested-100000-deep": (BY_MODEL, b'{"input": {"prompt": ' + b"[" * 100_000 + b"]" * 100_000 + b"}}"),
+    "invalid-utf8": (BY_MODEL, b'{"input": {"prompt": "\xff"}}'),
+    "byte-order-mark": (BY_MODEL, b"\xef\xbb\xbf" + json.dumps({"input": INPUT}).encode()),
     "empty": (BY_MODEL, b""),
 }
 
 # The cases whose body parses and passes the route's body model (refused or not after that).
 VALID_BODIES = {
-    *("by-version", "by-model", "extra-keys-ignored", "low-priority", "webhook"),
+    *("by-version", "by-model", "extra-keys-ignored", "low-priority", "webhook", "byte-order-mark"),
     *("unknown-version", "unknown-model", "bad-input-value", "nan"),
 }
 
