@@ -9,16 +9,13 @@ import secrets
 import threading
 import time
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 from pydantic import BaseModel, Field, field_serializer
 
 from shared.predictions.status import Status
 from shared.scheduling.queues import Priority
-
-if TYPE_CHECKING:
-    from redis.typing import EncodableT, FieldT
 
 
 def utcnow() -> datetime:
@@ -161,14 +158,11 @@ class Prediction(BaseModel):
             return None
         return (self.completed_at - self.created_at).total_seconds()
 
-    def to_redis_hash(self) -> dict[FieldT, EncodableT]:
-        """Every field JSON-encoded (orjson: a create's large data-URI inputs cost the stdlib encoder
-        most of a batch's time); logs live in their own key so appends stay O(1)."""
-        return {name: orjson.dumps(value) for name, value in self.model_dump(mode="json", exclude={"logs"}).items()}
-
     def to_compact_hash(self) -> dict[str, bytes]:
-        """``to_redis_hash`` without the fields that hold their defaults (a batch item's record: a
-        queued item costs fewer bytes of Redis); ``status`` is always written, the scripts read it."""
+        """The record as Redis stores it: each field JSON-encoded (orjson: a create's large data-URI inputs
+        cost the stdlib encoder most of a batch's time), except those that hold their defaults (readers
+        take an absent field as its default: a queued prediction costs fewer bytes of Redis); ``status`` is
+        always written, the scripts read it. Logs live in their own key so appends stay O(1)."""
         fields = self.model_dump(mode="json", exclude={"logs"}, exclude_defaults=True)
         fields["status"] = self.status.value
         return {

@@ -192,7 +192,7 @@ class PredictionStore:
                 enqueue(pipe, queued_before)
 
         try:
-            self.create_records([(_own_fields(p.to_redis_hash()), [p.id]) for p in predictions], then)
+            self.create_records([(_own_fields(p.to_compact_hash()), [p.id]) for p in predictions], then)
         except BaseException:
             self.queued.release(tenant, families)
             raise
@@ -223,7 +223,7 @@ class PredictionStore:
         """Write new records, then run the transaction ``then`` queues (what refers to them: the
         tenant's index, queues, counts), so a worker never finds an id whose record is missing.
 
-        ``groups``: the fields some records share (encoded as ``Prediction.to_redis_hash``, without
+        ``groups``: the fields some records share (encoded as ``Prediction.to_compact_hash``, without
         ``id``) and their ids. Each record is first claimed by writing its ``id`` field alone with
         HSETNX, which does nothing where a record exists: if one of the ids is taken, the claims made
         are deleted and ``AlreadyStored`` raised, so a record is never written over, and nothing
@@ -542,7 +542,7 @@ def _create_one_args(
     checked: list[EncodableT] = (
         [] if token is None else [token.digest, int(token.bootstrap), token.rate_per_s, token.burst]
     )
-    fields = [x for pair in prediction.to_redis_hash().items() for x in pair]
+    fields = [x for pair in prediction.to_compact_hash().items() for x in pair]
     deadline = repr(prediction.deadline.timestamp()) if prediction.deadline else ""
     list_key, body = message
     return [

@@ -10,7 +10,7 @@ import json
 import pytest
 import redis
 
-from api.intake.idempotency import IdempotencyKeys
+from api.intake.idempotency import TTL_S, IdempotencyKeys
 from shared.db import keys
 from tests.support import assert_problem
 from tests.support.predictions import app_for, depth2img_input
@@ -28,9 +28,10 @@ def test_a_request_whose_claim_was_taken_over_stores_nothing(stack, monkeypatch)
     def taken_over_meanwhile(self, tenant, key, request_fingerprint, prediction_id, is_stored=None, record_key=None):
         owned = claim(self, tenant, key, request_fingerprint, prediction_id, is_stored, record_key)
         drawn.append(prediction_id)
-        # A retry of the request takes the key over between this request's claim and its store.
+        # A retry of the request takes the key over between this request's claim and its store (its claim
+        # expires as every claim does: a later test of the session checks that every claim carries its TTL).
         value = json.dumps({"fingerprint": request_fingerprint, "prediction_id": "p-the-retrys", "at": 0})
-        self.redis.set(self.claim_key(tenant, key), value)
+        self.redis.set(self.claim_key(tenant, key), value, ex=TTL_S)
         return owned
 
     monkeypatch.setattr(IdempotencyKeys, "claim", taken_over_meanwhile)

@@ -9,7 +9,7 @@
 -- ARGV[8]: the Celery list, ARGV[9]: the message (``shared.scheduling.task_messages``), ARGV[10]: its
 -- queue line, ARGV[11]: how many lines are served before it, then those lines, then how many values
 -- the token check below takes (0 or 4) and those values, then the record's field, value pairs (JSON,
--- ``Prediction.to_redis_hash``).
+-- ``Prediction.to_compact_hash``).
 -- The token check (``api.auth.Authenticator.deferred``: a token seen valid by this API process, whose
 -- check and rate limit the create leaves to its store, so both cost no round trip of their own): its
 -- digest, 1 when it is a bootstrap token (valid without a record), its rate (tokens/s) and burst. The
