@@ -7,12 +7,13 @@ What each knob buys is in docs/benchmarks.md.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0, FusedAttnProcessor2_0
@@ -120,10 +121,26 @@ _compiled_modules: weakref.WeakKeyDictionary[torch.nn.Module, Callable[..., Any]
 
 
 def _compiled(model: torch.nn.Module, tuning: Tuning) -> Callable[..., Any]:
+    """``model`` compiled whole: ``fullgraph`` makes a graph break an error when first traced, instead of a
+    model that silently runs part eager (and, with CUDA graphs, in pieces)."""
     if model not in _compiled_modules:
         mode = tuning.compile_mode if tuning.compile_backend == "inductor" else None
-        _compiled_modules[model] = torch.compile(model, mode=mode, backend=tuning.compile_backend, dynamic=False)
+        _compiled_modules[model] = torch.compile(
+            model, mode=mode, backend=tuning.compile_backend, dynamic=False, fullgraph=True
+        )
     return _compiled_modules[model]
+
+
+def _decoder_compiled(vae: torch.nn.Module, tuning: Tuning) -> torch.nn.Module:
+    """A view of ``vae`` whose decoder runs compiled: the same parameters and buffers, its own table of
+    child modules. The pipelines call ``vae.decode`` (a method a compiled module would not reach), and the
+    VAE may be shared with pipelines that run it eagerly (the SDXL base), so the VAE itself is left as it is.
+    """
+    view = copy.copy(vae)
+    view._modules = dict(vae._modules)
+    decoder = vae.get_submodule("decoder")
+    view._modules["decoder"] = cast(torch.nn.Module, _compiled(getattr(decoder, "_orig_mod", decoder), tuning))
+    return view
 
 
 def optimise_pipeline(pipe: Any, tuning: Tuning) -> list[str]:
@@ -139,7 +156,10 @@ def optimise_pipeline(pipe: Any, tuning: Tuning) -> list[str]:
             applied.append(f"{name}:channels_last")
         if tuning.fuse_qkv:
             applied.append(f"{name}:fused_qkv" if fuse_qkv(model) else f"{name}:unfused(ip-adapter)")
-        if tuning.compile and name != "vae":
+        if tuning.compile and name == "vae":
+            setattr(pipe, name, _decoder_compiled(model, tuning))
+            applied.append(f"vae:decoder_compiled({tuning.compile_backend})")
+        elif tuning.compile:
             setattr(pipe, name, _compiled(model, tuning))
             applied.append(f"{name}:compiled({tuning.compile_backend})")
     log.info("pipeline %s tuned: %s", type(pipe).__name__, ", ".join(applied) or "nothing")

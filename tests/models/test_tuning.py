@@ -9,6 +9,7 @@ import pytest
 import torch
 from diffusers.models.attention_processor import FusedAttnProcessor2_0
 
+from models.kit import tuning as tuning_module
 from models.kit.tuning import Tuning, fuse_qkv, parse_buckets, snap_to_bucket
 from models.sd2_depth2img.predictor import Depth2ImgPredictor
 from models.sd2_depth2img.schema import Depth2ImgInput
@@ -85,7 +86,40 @@ def test_fused_qkv_channels_last_and_compile_keep_the_image(make_settings: Calla
     assert isinstance(unet, torch._dynamo.eval_frame.OptimizedModule)
     assert all(isinstance(p, FusedAttnProcessor2_0) for p in unet._orig_mod.attn_processors.values())
     assert unet._orig_mod.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    assert isinstance(tuned.pipe.vae.decoder, torch._dynamo.eval_frame.OptimizedModule)
+    assert "vae:decoder_compiled(eager)" in tuned.applied
     assert np.abs(_run(plain) - _run(tuned)).max() <= 2
+
+
+def test_a_compiled_decoder_is_a_view_that_leaves_a_shared_vae_eager(make_settings: Callable[..., Settings]) -> None:
+    plain = Depth2ImgPredictor(make_settings())
+    plain.setup()
+    vae = plain.pipe.vae
+    decoder = vae.decoder
+    view = tuning_module._decoder_compiled(
+        vae, Tuning.from_settings(make_settings(torch_compile=True, compile_backend="eager"))
+    )
+    assert vae.decoder is decoder and isinstance(view.decoder, torch._dynamo.eval_frame.OptimizedModule)
+    assert view.decoder._orig_mod is decoder and view.post_quant_conv.weight is vae.post_quant_conv.weight
+    latents = torch.randn(1, vae.config.latent_channels, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(view.decode(latents).sample, vae.decode(latents).sample)
+
+
+class Breaking(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        torch._dynamo.graph_break()
+        return x + 1
+
+
+def test_a_graph_break_in_a_compiled_model_is_an_error_not_a_model_run_in_pieces(
+    make_settings: Callable[..., Settings],
+) -> None:
+    compiled = tuning_module._compiled(
+        Breaking(), Tuning.from_settings(make_settings(torch_compile=True, compile_backend="eager"))
+    )
+    with pytest.raises(torch._dynamo.exc.Unsupported):
+        compiled(torch.zeros(2))
 
 
 def test_fusing_is_refused_where_it_would_drop_ip_adapter_processors() -> None:
