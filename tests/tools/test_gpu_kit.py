@@ -129,6 +129,21 @@ def check_measured(measured: dict) -> None:
     assert measured["images_per_minute"] == pytest.approx(60 / measured["seconds_per_image"], rel=0.01)
 
 
+def check_profile(profile: dict, controlnet: bool) -> None:
+    """A profiled call on the CPU: one UNet call per step (and one ControlNet call), one decode, host times only."""
+    assert profile["steps"] == 2 and profile["batch"] == 1 and profile["clock"] == "host"
+    step = profile["per_step_ms"]
+    assert step["unet"]["calls"] == 1 and step["unet"]["host"] > 0 and step["unet"]["gpu"] is None
+    assert (step["controlnet"] is not None) == controlnet
+    modules = step["unet"]["host"] + (step["controlnet"]["host"] if controlnet else 0)
+    # The modules run inside the loop, the loop inside the call.
+    assert 0 < modules <= step["host"] <= step["wall"] * 1.01
+    assert step["wall"] * profile["steps"] < profile["call_s"] * 1000
+    assert profile["vae_decode_ms"]["calls"] == 1 and profile["vae_decode_ms"]["host"] > 0
+    assert step["other_gpu"] is None and step["gpu_idle"] is None and profile["gpu_busy_share"] is None
+    assert profile["outside_loop_ms"]["wall"] > profile["vae_decode_ms"]["host"]
+
+
 def test_the_host_command_measures_stock_against_kiln_at_each_batch_and_the_idle_share(
     host_run: tuple[dict, str, str],
 ) -> None:
@@ -157,6 +172,8 @@ def test_the_host_command_measures_stock_against_kiln_at_each_batch_and_the_idle
             assert 0 <= model["idle"][overlap]["idle_share"] < 1
         assert model["idle"]["overlap_on"]["max_batch_size"] == kiln["best_batch"]
     assert data["compile"] is None and data["recompiles"] is None
+    for ref, model in data["models"].items():
+        check_profile(model["profile"], controlnet=ref == XL)
     per_model = [f"{m} {phase}" for phase in ("compile_modes", "fast") for m in MODELS]
     assert [item["what"] for item in data["skipped"]] == [*per_model, "compiled", "recompiles"]
 
@@ -175,7 +192,8 @@ def test_run_b_measures_kiln_at_batch_one_then_the_compiled_path_with_the_cache_
         check_measured(model["kiln"]["batches"]["1"])
         compiled = model["compiled"]["reduce-overhead"]
         assert compiled["backend"] == "eager" and compiled["cache"] == "cold"
-        assert "unet:compiled(eager)" in compiled["applied"]
+        assert {"unet:compiled(eager)", "vae:decoder_compiled(eager)"} <= set(compiled["applied"])
+        check_profile(compiled["profile"], controlnet=ref == XL)
         assert set(compiled["batches"]) == ({"1", "2"} if ref == SD2 else {"1"})
         assert compiled["best_batch"] in (1, 2)
         for batch in compiled["batches"].values():
@@ -240,6 +258,11 @@ def test_the_markdown_reports_have_a_row_per_model_and_the_compiled_and_fast_tab
         assert f"| {ref} | reduce-overhead | cold |" in markdown and f"| {ref} | feature_reuse |" in markdown
     assert f"| {XL} | controlnet_cond_only |" in markdown
     assert "Compile cache: loaded 0.0 MiB" in markdown
+    for data, markdown, path in ((host_run[0], host_run[1], "eager"), (*run_b, "reduce-overhead")):
+        for ref, model in data["models"].items():
+            profile = model["profile"] if path == "eager" else model["compiled"][path]["profile"]
+            wall = profile["per_step_ms"]["wall"]
+            assert f"| {ref} | {path} | 2 | {profile['call_s']:.3f} | {wall:.2f} |" in markdown
 
 
 def test_a_budget_too_small_skips_measurements_and_still_writes_the_report(tmp_path: Path, weights_dir: Path) -> None:

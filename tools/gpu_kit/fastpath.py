@@ -8,6 +8,9 @@ Per model, after Kiln's eager batch 1 (and best batch) are measured:
   compile time (first call minus a timed one), seconds per image, the max absolute difference of the
   final image (0-255) against eager at the same seeds, and on the XL models the graphs dynamo adds
   over three values of each scale input;
+- **where the time goes** (``measure_profile``, and each compiled mode at batch 1): one call profiled,
+  summarised per denoising step (``step_profile``): host, UNet, ControlNet, the loop's other kernels,
+  GPU idle, then the VAE decode and the rest of the call;
 - **fast** (``measure_fast``): the fast mode, each component alone and all together, at batch 1 (all
   together also at the best batch), with the relative L2 difference of the final latents against the
   quality path at the same seeds (random weights give noise images: latents say more than pixels).
@@ -33,6 +36,7 @@ from models.kit.tuning import _compiled_modules
 from models.registry import find_model
 from shared.inputs.schema import Speed
 from tests.support.fakes import FakeContext
+from tools.gpu_kit import step_profile
 from worker import compile_cache
 from worker.predictor_pool import PredictorPool
 
@@ -57,6 +61,8 @@ SCALE_VALUES: dict[str, tuple[Any, ...]] = {
 SCALE_STEPS = 2
 # The models that take every input of SCALE_VALUES.
 SCALE_MODELS = ("kiln/ip-adapter-depth-xl", "kiln/ip-adapter-openpose-xl")
+# What a profiled call needs besides its two calls (the profiler's start and the trace's summary).
+PROFILE_RESERVE_S = {"cuda": 20.0, "cpu": 5.0}
 ALL = "all"
 
 
@@ -134,6 +140,7 @@ def measure_compile_modes(kit: Kit, model: str) -> None:
     for mode in kit.args.compile_modes:
         calls = sum(batch * (1 + kit.args.sweep_repeats) for batch in batches)
         estimate = MODE_RESERVE_S[kit.kind] + calls * one["seconds_per_image"]
+        estimate += profile_estimate_s(kit, model, one["seconds_per_image"])
         if not kit.budget.allows(estimate):
             kit.report.skip(f"{model} compiled {mode}", f"needs ~{estimate:.0f} s, {kit.seconds_left():.0f} s left")
             return
@@ -184,6 +191,8 @@ def measure_compile_mode(
             }
         images, _ = generate(predictor, kit.prepared(model, 1))
         entry["max_abs_diff_vs_eager"] = max_abs_difference(images, eager_images)
+        with kit.step(f"{model} compiled {mode} profile"):
+            entry["profile"] = profile(kit, model, predictor)
         if model in SCALE_MODELS:
             entry["recompiles"] = scale_recompiles(kit, model, predictor)[1]
     finally:
@@ -218,6 +227,42 @@ def scale_recompiles(kit: Kit, model: str, predictor: Any) -> tuple[int, dict[st
         end = graphs_and_fallbacks()
         counts[name] = {"values": list(values), "new_graphs": end[0] - start[0], "eager_fallbacks": end[1] - start[1]}
     return first_call_graphs, counts
+
+
+# -- where the time goes --------------------------------------------------------------------------
+
+
+def profile_estimate_s(kit: Kit, model: str, seconds_per_image: float) -> float:
+    """A profiled call's cost: a warm-up and the call (slowed down by the profiler) at fewer steps."""
+    work = kit.workload(model)
+    return (
+        PROFILE_RESERVE_S[kit.kind] + 4 * seconds_per_image * min(step_profile.PROFILE_STEPS, work.steps) / work.steps
+    )
+
+
+def profile(kit: Kit, model: str, predictor: Any) -> dict[str, Any]:
+    """``predictor``'s call at batch 1, profiled and summarised per step (``step_profile``)."""
+    steps = min(step_profile.PROFILE_STEPS, kit.workload(model).steps)
+    job = kit.prepare_job(predictor, model, num_inference_steps=steps)
+
+    def call() -> None:
+        predictor.generate([job], FakeContext().step_callback())
+
+    return step_profile.profile_call(predictor.pipe, call, kit.device, steps, batch=1)
+
+
+def measure_profile(kit: Kit, model: str) -> None:
+    """Eager Kiln's call profiled (the compiled modes profile theirs in ``measure_compile_mode``)."""
+    one = kit.report.model(model).get("kiln", {}).get("batches", {}).get("1")
+    if one is None:
+        return
+    estimate = profile_estimate_s(kit, model, one["seconds_per_image"])
+    if not kit.budget.allows(estimate):
+        kit.report.skip(f"{model} profile", f"needs ~{estimate:.0f} s, {kit.seconds_left():.0f} s left")
+        return
+    with kit.step(f"{model} profile"):
+        kit.report.model(model)["profile"] = profile(kit, model, kit.predictor(model))
+        print(f"{model}: profile: {kit.report.model(model)['profile']}", flush=True)
 
 
 # -- the fast mode ---------------------------------------------------------------------------------
@@ -369,6 +414,7 @@ def markdown(data: dict[str, Any]) -> list[str]:
                     f"| {ref} | {name} | {_number(variant['seconds_per_image'])} "
                     f"| {_number(variant['ratio_over_kiln'], 2)} | {_number(variant['rel_l2_latents_vs_quality'], 4)} |"
                 )
+    lines += profile_markdown(data)
     cache = data.get("compile_cache")
     if cache:
         lines += [
@@ -376,4 +422,41 @@ def markdown(data: dict[str, Any]) -> list[str]:
             f"Compile cache: loaded {cache.get('loaded_bytes', 0) / 2**20:.1f} MiB, "
             f"saved {cache.get('saved_bytes', 0) / 2**20:.1f} MiB ({cache.get('key', '–')}).",
         ]
+    return lines
+
+
+def profile_markdown(data: dict[str, Any]) -> list[str]:
+    """The table of where the profiled calls' time went (nothing when no call was profiled)."""
+    profiled = [(ref, "eager", m["profile"]) for ref, m in data["models"].items() if "profile" in m]
+    profiled += [
+        (ref, mode, entry["profile"])
+        for ref, m in data["models"].items()
+        for mode, entry in m.get("compiled", {}).items()
+        if "profile" in entry
+    ]
+    if not profiled:
+        return []
+    lines = [
+        "",
+        "Where the time goes: one call at batch 1 profiled (torch.profiler, which slows the host), ms per "
+        "denoising step: the loop's wall time on the device's clock, the host's time in it, host / GPU time of "
+        "the UNet and ControlNet calls, the loop's other kernels, and GPU idle (the GPU waiting on the host); "
+        "then ms per call: VAE decode host / GPU, and the rest of the call (text encoders, set-up, the image).",
+        "",
+        "| model | path | steps | call s | wall | host | UNet host / GPU | ControlNet host / GPU | other GPU | "
+        "GPU idle | VAE decode host / GPU | rest of call | GPU busy |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for ref, path, entry in profiled:
+        step, vae = entry["per_step_ms"], entry["vae_decode_ms"]
+
+        def pair(module: dict[str, Any] | None) -> str:
+            return "–" if module is None else f"{_number(module['host'], 2)} / {_number(module['gpu'], 2)}"
+
+        lines.append(
+            f"| {ref} | {path} | {entry['steps']} | {_number(entry['call_s'])} | {_number(step['wall'], 2)} "
+            f"| {_number(step['host'], 2)} | {pair(step['unet'])} | {pair(step['controlnet'])} "
+            f"| {_number(step['other_gpu'], 2)} | {_number(step['gpu_idle'], 2)} | {pair(vae)} "
+            f"| {_number(entry['outside_loop_ms']['wall'], 1)} | {_number(entry['gpu_busy_share'], 2)} |"
+        )
     return lines

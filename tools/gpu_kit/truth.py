@@ -17,6 +17,9 @@ architectures, random weights, built on the GPU) and the ``tiny`` profile on a C
    three values of each per-row scale input: the graphs each new value adds (0 when the scales are
    data, one per value when a graph is specialised on them) and the frames left to run eager.
 
+``--run`` picks the measurements (``RUNS``); the compiled modes, the fast mode and where a call's time
+goes are ``fastpath``'s.
+
 Measurements run in that order of priority, every model's step 1 before any step 2. Each one's cost
 is estimated from those before it and skipped (and listed as skipped) when it would not fit in
 ``--budget-s``; a failing one is recorded with its error and the run goes on. ``gpu-truth.json``
@@ -452,12 +455,14 @@ class Kit:
     def prepared(self, model: str, count: int) -> list[Any]:
         """``count`` prepared jobs of the model's workload, seeds 0, 1, ...; prepared once and kept."""
         jobs = self.jobs.setdefault(model, [])
-        spec = find_model(model)
-        work = self.workload(model)
         while len(jobs) < count:
-            inputs = spec.input_model(**work.inputs | {"seed": len(jobs)})
-            jobs.append(self.predictor(model).prepare(inputs, kit_context()))
+            jobs.append(self.prepare_job(self.predictor(model), model, seed=len(jobs)))
         return jobs[:count]
+
+    def prepare_job(self, predictor: Predictor, model: str, seed: int = 0, **change: Any) -> Any:
+        """One job of the model's workload, with ``change`` to its inputs, prepared by ``predictor``."""
+        inputs = find_model(model).input_model(**self.workload(model).inputs | {"seed": seed} | change)
+        return predictor.prepare(inputs, kit_context())
 
     def generate_call(self, model: str, batch: int) -> Callable[[], Any]:
         predictor, jobs = self.predictor(model), self.prepared(model, batch)
@@ -644,8 +649,8 @@ class Kit:
             )
             pool = PredictorPool(settings)
             predictor = pool.get(find_model(model))
-            spec, work = find_model(model), self.workload(model)
-            job = predictor.prepare(spec.input_model(**work.inputs | {"seed": 0}), kit_context())
+            work = self.workload(model)
+            job = self.prepare_job(predictor, model)
             first, mean = timed_calls(
                 lambda: predictor.generate([job], FakeContext().step_callback()), self.device, self.args.repeats
             )
@@ -692,6 +697,9 @@ class Kit:
     def measure_fast(self, model: str) -> None:
         fastpath.measure_fast(self, model)
 
+    def measure_profile(self, model: str) -> None:
+        fastpath.measure_profile(self, model)
+
     def run(self) -> None:
         print(
             f"GPU truth kit (run {self.args.run}): {self.report.data['device']['name']}; weights "
@@ -735,10 +743,11 @@ class RunPlan:
 # A GPU window is about 15 minutes, machine start included: run A and run B each fit one command.
 RUNS = {
     # Everything, as far as the budget goes.
-    "all": RunPlan(("batch_one", "batches", "idle", "compile_modes", "fast"), ("compiled", "recompiles")),
+    "all": RunPlan(("batch_one", "batches", "idle", "compile_modes", "fast", "profile"), ("compiled", "recompiles")),
     # Eager Kiln (and stock) at batch 1 and larger, then the compiled modes with their differences
-    # against eager and their recompile counts; --compile-cache-out keeps the compile artifacts.
-    "A": RunPlan(("batch_one", "batches", "compile_modes"), ()),
+    # against eager, their recompile counts and where their time goes, then where eager's goes;
+    # --compile-cache-out keeps the compile artifacts.
+    "A": RunPlan(("batch_one", "batches", "compile_modes", "profile"), ()),
     # On a fresh machine with run A's artifacts (--compile-cache-in): the compiled modes again (warm-cache
     # compile times), then the fast mode.
     "B": RunPlan(("batch_one", "compile_modes", "fast"), ()),
