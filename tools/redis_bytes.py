@@ -7,9 +7,11 @@ On the bench stack (run with short ``KILN_RETENTION_S`` / ``KILN_RECORD_RETENTIO
    (PNG noise), created one per request and then in batches; the delta over the count is the bytes
    of Redis per queued prediction: record, tenant-list entry, Celery message, counters. The goal is
    2 KiB plus the prompt. They target ``kiln/ip-adapter-depth-xl``, which no bench worker runs.
-2. Every one of them canceled through the API (a terminal status, so retention and record expiry
+2. Every one of them (and the warm-up's) canceled through the API (a terminal status, so retention and record expiry
    are scheduled), their Celery messages dropped (a worker would pop and skip them), then
    ``used_memory`` again once the janitor has emptied the retention set: back at the baseline.
+   What is not is split into Redis's own overhead (clients, scripts, the keyspace's tables) and the
+   key families (a key's name with its ids as ``*``) that hold more keys or bytes than at the baseline.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -59,6 +62,8 @@ class RedisBytes:
     peak: int
     after_expiry: int
     expiry_wait_s: float
+    overhead_growth: dict[str, int]
+    families_left: dict[str, tuple[int, int]]
 
 
 def used_memory(client: redis.Redis) -> int:
@@ -73,6 +78,46 @@ def _settled_memory(client: redis.Redis) -> int:
         time.sleep(0.2)
         readings.append(used_memory(client))
     return min(readings)
+
+
+# INFO memory's parts that are not the dataset: what Redis holds for clients, scripts and its own tables.
+OVERHEAD_FIELDS = (
+    "used_memory_dataset",
+    "used_memory_overhead",
+    "mem_clients_normal",
+    "used_memory_scripts",
+    "mem_replication_backlog",
+    "mem_aof_buffer",
+)
+_ID_PART = re.compile(r"^(?=.*\d)[0-9A-Za-z_-]{12,}$")
+
+
+def family(key: bytes) -> str:
+    """A key's family: its name with every id-like part (12 or more characters with a digit) as ``*``."""
+    return ":".join("*" if _ID_PART.match(part) else part for part in key.decode(errors="replace").split(":"))
+
+
+def key_families(client: redis.Redis) -> dict[str, tuple[int, int]]:
+    """Per key family: how many keys, and their bytes (``MEMORY USAGE``, sampled)."""
+    families: dict[str, tuple[int, int]] = {}
+    for key in client.scan_iter(count=1000):
+        count, size = families.get(family(key), (0, 0))
+        families[family(key)] = (count + 1, size + int(client.memory_usage(key, samples=5) or 0))
+    return families
+
+
+def grown(before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int]]) -> dict[str, tuple[int, int]]:
+    """The families with more keys or bytes ``after`` than ``before``: (keys added, bytes added)."""
+    return {
+        name: (count - before.get(name, (0, 0))[0], size - before.get(name, (0, 0))[1])
+        for name, (count, size) in sorted(after.items())
+        if count > before.get(name, (0, 0))[0] or size > before.get(name, (0, 0))[1]
+    }
+
+
+def overhead(client: redis.Redis) -> dict[str, int]:
+    info = client.info("memory")
+    return {name: int(info.get(name, 0)) for name in OVERHEAD_FIELDS}
 
 
 def _in_parallel(count: int, task: Callable[[httpx.Client, int], list[str]], threads: int = 8) -> list[str]:
@@ -140,8 +185,11 @@ def _retention_done(client: redis.Redis) -> bool:
 def measure(base_url: str, redis_url: str, count: int, log: Callable[[str], None]) -> RedisBytes:
     image = noise_png_uri()
     client = redis.Redis.from_url(redis_url)
-    create_single(base_url, 20, image)  # warm-up: code paths, connections, the tenant's keys
+    # Warm-up: code paths, connections, the tenant's keys. Canceled with the rest at the end: a prediction left
+    # queued would hold the tickets canceled after it (``keys.queue_line_skipped``) until it starts.
+    warm_ids = create_single(base_url, 20, image)
     baseline = _settled_memory(client)
+    baseline_overhead, baseline_families = overhead(client), key_families(client)
     log(f"redis: {count} single creates with a {len(image) // 1024} KiB data-URI image each")
     single_ids = create_single(base_url, count, image)
     after_single = _settled_memory(client)
@@ -150,7 +198,7 @@ def measure(base_url: str, redis_url: str, count: int, log: Callable[[str], None
     peak = _settled_memory(client)
     record_bytes = int(client.memory_usage(keys.prediction(single_ids[0])) or 0)
     log("redis: canceling them all, then waiting for retention and record expiry")
-    cancel_all(base_url, single_ids + batch_ids)
+    cancel_all(base_url, warm_ids + single_ids + batch_ids)
     drop_queued_messages(client)
     started = time.monotonic()
     wait_until(lambda: _retention_done(client), 600, interval=1, what="the janitor to finish")
@@ -158,6 +206,7 @@ def measure(base_url: str, redis_url: str, count: int, log: Callable[[str], None
     client.close()
     client = redis.Redis.from_url(redis_url)
     after = _settled_memory(client)
+    after_overhead = overhead(client)
     return RedisBytes(
         count=count,
         image_chars=len(image),
@@ -168,6 +217,8 @@ def measure(base_url: str, redis_url: str, count: int, log: Callable[[str], None
         peak=peak,
         after_expiry=after,
         expiry_wait_s=waited,
+        overhead_growth={name: after_overhead[name] - baseline_overhead[name] for name in OVERHEAD_FIELDS},
+        families_left=grown(baseline_families, key_families(client)),
     )
 
 
@@ -192,4 +243,9 @@ def table(result: RedisBytes) -> str:
         f"{len(PROMPT)}-character prompt; expiry settings {json.dumps(REDIS_SETTINGS)}; the janitor emptied "
         f"the retention set {result.expiry_wait_s:.0f} s after the cancels."
     )
-    return "\n".join([*lines, note])
+    growth = ", ".join(f"{name} {delta / 1024:+,.0f} KiB" for name, delta in result.overhead_growth.items())
+    left = "; ".join(
+        f"{name}: {count:+,} keys, {size / 1024:+,.0f} KiB" for name, (count, size) in result.families_left.items()
+    )
+    where = [f"after expiry against the baseline: {growth}", f"key families grown: {left or 'none'}"]
+    return "\n".join([*lines, note, *where])
