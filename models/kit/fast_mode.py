@@ -33,6 +33,7 @@ from typing import Any
 
 import torch
 
+from models.kit.tuning import uncompiled
 from shared.inputs.schema import Speed
 from shared.settings import Settings
 
@@ -139,11 +140,9 @@ def fast_mode_applied(pipe: Any, fast: FastMode | None, guided: bool, float8: bo
         if guided and FastComponent.CONTROLNET_COND_ONLY in fast.components and getattr(pipe, "controlnet", None):
             stack.enter_context(_conditional_only(pipe.controlnet))
         if FastComponent.FEATURE_REUSE in fast.components and fast.reuse_interval > 1:
-            compiled = getattr(pipe.unet, "_orig_mod", None)
-            if compiled is not None:
-                # Its graphs hold neither the reuse switch nor the kept features (nor, with CUDA graphs,
-                # outputs that outlive the next replay): reusing steps run the UNet eagerly.
-                stack.enter_context(_module_swapped(pipe, "unet", compiled))
+            # A compiled UNet's graphs hold neither the reuse switch nor the kept features (nor, with CUDA
+            # graphs, outputs that outlive the next replay): reusing calls run it eagerly.
+            stack.enter_context(uncompiled(pipe, "unet"))
             stack.enter_context(feature_reuse(pipe.unet, fast.reuse_interval))
         yield
 

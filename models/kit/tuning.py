@@ -11,7 +11,8 @@ import copy
 import logging
 import math
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -25,6 +26,13 @@ log = logging.getLogger(__name__)
 
 # Micro-batch size on CUDA when max_batch_size is unset: SDXL at 1024² fills an H100 at 2-4.
 CUDA_DEFAULT_BATCH = 4
+# The most images one prediction asks for (SD2's num_outputs; the XL models take 4), and the row count's
+# factor under classifier-free guidance: with the size buckets and the batch size, they bound the shapes
+# a compiled module meets (``recompile_limit``).
+MAX_OUTPUTS = 8
+GUIDANCE_ROWS = 2
+# SD2 and the SDXL models run diffusers' same UNet and VAE classes: one code object, one count of graphs.
+MODEL_FAMILIES = 2
 # The modules of a diffusers pipeline that run per denoising step (or decode), which the knobs touch.
 HOT_MODULES = ("unet", "controlnet", "vae")
 
@@ -120,9 +128,25 @@ def fuse_qkv(model: torch.nn.Module) -> bool:
 _compiled_modules: weakref.WeakKeyDictionary[torch.nn.Module, Callable[..., Any]] = weakref.WeakKeyDictionary()
 
 
+def recompile_limit(tuning: Tuning) -> int:
+    """The graphs one compiled forward may need: one per shape (``dynamic=False``), every size bucket at every
+    row count a call can have, for each model family running the class. dynamo's default (8) is far below
+    it, and a ``fullgraph`` module past its limit fails the call."""
+    return max(1, len(tuning.buckets)) * tuning.max_batch_size * MAX_OUTPUTS * GUIDANCE_ROWS * MODEL_FAMILIES
+
+
+def _raise_recompile_limits(tuning: Tuning) -> None:
+    config = torch._dynamo.config
+    needed = recompile_limit(tuning)
+    config.recompile_limit = max(config.recompile_limit, needed)
+    # Across every compiled frame: UNet, ControlNet, VAE decoder, and the few small frames around them.
+    config.accumulated_recompile_limit = max(config.accumulated_recompile_limit, 4 * needed)
+
+
 def _compiled(model: torch.nn.Module, tuning: Tuning) -> Callable[..., Any]:
     """``model`` compiled whole: ``fullgraph`` makes a graph break an error when first traced, instead of a
     model that silently runs part eager (and, with CUDA graphs, in pieces)."""
+    _raise_recompile_limits(tuning)
     if model not in _compiled_modules:
         mode = tuning.compile_mode if tuning.compile_backend == "inductor" else None
         _compiled_modules[model] = torch.compile(
@@ -141,6 +165,25 @@ def _decoder_compiled(vae: torch.nn.Module, tuning: Tuning) -> torch.nn.Module:
     decoder = vae.get_submodule("decoder")
     view._modules["decoder"] = cast(torch.nn.Module, _compiled(getattr(decoder, "_orig_mod", decoder), tuning))
     return view
+
+
+@contextmanager
+def uncompiled(pipe: Any, name: str) -> Iterator[None]:
+    """For one call: the pipeline's ``name`` module run eagerly when it is compiled (as it is otherwise).
+
+    For calls that change the module (a LoRA's layers, feature reuse's shadowed blocks): its graphs hold
+    none of it, and diffusers' LoRA methods pass over a compiled module (it is no ``ModelMixin``).
+    """
+    module = getattr(pipe, name, None)
+    inner = getattr(module, "_orig_mod", None)
+    if inner is None:
+        yield
+        return
+    setattr(pipe, name, inner)
+    try:
+        yield
+    finally:
+        setattr(pipe, name, module)
 
 
 def optimise_pipeline(pipe: Any, tuning: Tuning) -> list[str]:

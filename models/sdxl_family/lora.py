@@ -32,6 +32,7 @@ from models.kit.tensor_files import (
     load_tensor_file,
     process_tensor_file_cache,
 )
+from models.kit.tuning import uncompiled
 from shared.inputs.lora import check_lora_header
 from shared.settings import Settings
 
@@ -130,20 +131,25 @@ def fetch_lora(uri: str, ctx: PredictContext, pipe: Any, cache: LoraCache, setti
 
 @contextmanager
 def lora_applied(pipe: Any, lora: LoraWeights | None, scale: float) -> Iterator[None]:
-    """Run the body with ``lora`` loaded into ``pipe`` at ``scale``; unloaded afterwards, however the body ends."""
+    """Run the body with ``lora`` loaded into ``pipe`` at ``scale``; unloaded afterwards, however the body ends.
+
+    A compiled UNet runs eagerly for the call (``uncompiled``): diffusers loads, weighs and unloads LoRA
+    layers only in a module it recognises, and the compiled graphs hold no LoRA layers.
+    """
     if lora is None:
         yield
         return
-    try:
-        pipe.load_lora_weights(dict(lora.state_dict), adapter_name=ADAPTER_NAME)
-        pipe.set_adapters([ADAPTER_NAME], adapter_weights=[scale])
-    except Exception as exc:
-        remove_loras(pipe)
-        raise LoraError(f"could not load lora_weights into the model: {exc}") from exc
-    try:
-        yield
-    finally:
-        remove_loras(pipe)
+    with uncompiled(pipe, "unet"):
+        try:
+            pipe.load_lora_weights(dict(lora.state_dict), adapter_name=ADAPTER_NAME)
+            pipe.set_adapters([ADAPTER_NAME], adapter_weights=[scale])
+        except Exception as exc:
+            remove_loras(pipe)
+            raise LoraError(f"could not load lora_weights into the model: {exc}") from exc
+        try:
+            yield
+        finally:
+            remove_loras(pipe)
 
 
 def remove_loras(pipe: Any) -> None:

@@ -128,3 +128,19 @@ def test_fusing_is_refused_where_it_would_drop_ip_adapter_processors() -> None:
     model = torch.nn.Module()
     model.attn_processors = {"a": IPAdapterAttnProcessor2_0(hidden_size=8, cross_attention_dim=8)}
     assert fuse_qkv(model) is False
+
+
+def test_a_compiled_model_takes_every_shape_its_buckets_and_batches_allow_without_failing(
+    make_settings: Callable[..., Settings],
+) -> None:
+    tuning = Tuning.from_settings(
+        make_settings(torch_compile=True, compile_backend="eager", max_batch_size=2, size_buckets="64x64,128x128")
+    )
+    rows = 2 * tuning_module.MAX_OUTPUTS * tuning_module.GUIDANCE_ROWS
+    assert tuning_module.recompile_limit(tuning) == 2 * rows * tuning_module.MODEL_FAMILIES
+    # dynamo's defaults: 8 graphs per frame, past which a fullgraph frame fails the call.
+    with torch._dynamo.config.patch(recompile_limit=8, accumulated_recompile_limit=256):
+        compiled = tuning_module._compiled(torch.nn.Linear(4, 4), tuning)
+        assert torch._dynamo.config.recompile_limit == tuning_module.recompile_limit(tuning)
+        for count in range(1, rows + 1):
+            assert compiled(torch.zeros(count, 4)).shape == (count, 4)
