@@ -137,7 +137,9 @@ def fast_mode_applied(pipe: Any, fast: FastMode | None, guided: bool, float8: bo
     with ExitStack() as stack:
         for name, module in fast.float8_modules.items() if float8 else ():
             stack.enter_context(_module_swapped(pipe, name, module))
-        if guided and FastComponent.CONTROLNET_COND_ONLY in fast.components and getattr(pipe, "controlnet", None):
+        controlnet = getattr(pipe, "controlnet", None)
+        # ``is not None``: a compiled module has no truth value (its ``__len__`` raises).
+        if guided and FastComponent.CONTROLNET_COND_ONLY in fast.components and controlnet is not None:
             stack.enter_context(_conditional_only(pipe.controlnet))
         if FastComponent.FEATURE_REUSE in fast.components and fast.reuse_interval > 1:
             # A compiled UNet's graphs hold neither the reuse switch nor the kept features (nor, with CUDA

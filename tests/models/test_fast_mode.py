@@ -237,6 +237,14 @@ def test_controlnet_cond_only_keeps_full_strength_residuals_unlike_guess_mode(de
     torch.testing.assert_close(guess_down[0], 0.1 * half_down[0][2:], rtol=1e-3, atol=1e-5)
 
 
+def test_controlnet_cond_only_takes_a_compiled_controlnet(depth, monkeypatch) -> None:
+    with only(depth, FastComponent.CONTROLNET_COND_ONLY):
+        expected = kiln_pixels(depth, speed="fast")
+        # A compiled module has no truth value (its __len__ raises): the fast mode must not ask for one.
+        monkeypatch.setattr(depth.pipe, "controlnet", torch.compile(depth.pipe.controlnet, backend="eager"))
+        assert np.array_equal(kiln_pixels(depth, speed="fast")[0], expected[0])
+
+
 def test_feature_reuse_runs_the_deep_blocks_once_per_interval(depth, monkeypatch) -> None:
     unet = depth.pipe.unet
     deep = count_calls(monkeypatch, unet.up_blocks[0])
