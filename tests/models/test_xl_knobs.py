@@ -189,27 +189,6 @@ def test_a_lora_is_unloaded_when_the_prediction_is_canceled_mid_loop(depth) -> N
     assert np.array_equal(run(depth), before)
 
 
-@pytest.fixture(scope="module")
-def compiled_depth(make_settings) -> Any:
-    """The XL depth model with its UNet, ControlNet and VAE decoder compiled (dynamo's eager backend: tracing
-    only, the same kernels), sharing the SDXL base with ``depth``."""
-    from models.registry import find_model
-    from worker.predictor_pool import PredictorPool
-
-    settings = make_settings(torch_compile=True, compile_backend="eager", snap_to_buckets=False, compile_warmup=False)
-    predictor = PredictorPool(settings).get(find_model("kiln/ip-adapter-depth-xl"))
-    assert isinstance(predictor.pipe.unet, torch._dynamo.eval_frame.OptimizedModule)
-    return predictor
-
-
-def test_a_compiled_unet_takes_a_lora_at_its_scale_and_drops_it_after(depth, compiled_depth) -> None:
-    for fields in ({"lora_weights": LORA}, {"lora_weights": LORA, "lora_scale": 0.5}, {}):
-        assert np.array_equal(run(compiled_depth, **fields), run(depth, **fields)), fields
-    unet = compiled_depth.pipe.unet
-    assert isinstance(unet, torch._dynamo.eval_frame.OptimizedModule)  # compiled again after the call
-    assert not any(hasattr(module, "lora_A") for module in unet.modules())
-
-
 def test_loras_are_cached_by_content_and_an_upload_is_not_read_again(depth) -> None:
     depth.lora_cache = LoraCache(depth.settings.lora_cache_bytes)
     first = FakeContext(files=FILES, uploaded=frozenset({UPLOADED_LORA}))
