@@ -208,6 +208,9 @@ class Settings(BaseSettings):
     torch_compile: bool = False
     compile_mode: str = "max-autotune"
     compile_backend: str = "inductor"
+    # Each module compiled whole: a graph break is an error when first traced (a call that fails), not a
+    # module run in pieces; off lets a module with a break (a newer diffusers, say) run, partly eager.
+    compile_fullgraph: bool = True
     snap_to_buckets: bool | None = None
     # Compile every size bucket at worker start (batch 1 and max_batch_size); unset: on with torch_compile.
     compile_warmup: bool | None = None

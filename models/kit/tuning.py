@@ -73,6 +73,7 @@ class Tuning:
     compile: bool
     compile_mode: str
     compile_backend: str
+    compile_fullgraph: bool
     # Empty when sizes are not snapped.
     buckets: tuple[Size, ...]
 
@@ -97,6 +98,7 @@ class Tuning:
             compile=settings.torch_compile,
             compile_mode=settings.compile_mode,
             compile_backend=settings.compile_backend,
+            compile_fullgraph=settings.compile_fullgraph,
             buckets=parse_buckets(settings.size_buckets) if snap else (),
         )
 
@@ -144,13 +146,13 @@ def _raise_recompile_limits(tuning: Tuning) -> None:
 
 
 def _compiled(model: torch.nn.Module, tuning: Tuning) -> Callable[..., Any]:
-    """``model`` compiled whole: ``fullgraph`` makes a graph break an error when first traced, instead of a
-    model that silently runs part eager (and, with CUDA graphs, in pieces)."""
+    """``model`` compiled whole (``compile_fullgraph``): a graph break is an error when first traced, instead
+    of a model that silently runs part eager (and, with CUDA graphs, in pieces)."""
     _raise_recompile_limits(tuning)
     if model not in _compiled_modules:
         mode = tuning.compile_mode if tuning.compile_backend == "inductor" else None
         _compiled_modules[model] = torch.compile(
-            model, mode=mode, backend=tuning.compile_backend, dynamic=False, fullgraph=True
+            model, mode=mode, backend=tuning.compile_backend, dynamic=False, fullgraph=tuning.compile_fullgraph
         )
     return _compiled_modules[model]
 

@@ -120,6 +120,10 @@ def test_a_graph_break_in_a_compiled_model_is_an_error_not_a_model_run_in_pieces
     )
     with pytest.raises(torch._dynamo.exc.Unsupported):
         compiled(torch.zeros(2))
+    # KILN_COMPILE_FULLGRAPH=false: the module runs, in pieces.
+    settings = make_settings(torch_compile=True, compile_backend="eager", compile_fullgraph=False)
+    in_pieces = tuning_module._compiled(Breaking(), Tuning.from_settings(settings))
+    assert torch.equal(in_pieces(torch.zeros(2)), torch.ones(2))
 
 
 def test_fusing_is_refused_where_it_would_drop_ip_adapter_processors() -> None:

@@ -23,6 +23,7 @@ it saves them after the compiled measurements (run A), and reports the sizes.
 from __future__ import annotations
 
 import gc
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -145,11 +146,30 @@ def measure_compile_modes(kit: Kit, model: str) -> None:
             kit.report.skip(f"{model} compiled {mode}", f"needs ~{estimate:.0f} s, {kit.seconds_left():.0f} s left")
             return
         with kit.step(f"{model} compiled {mode}"):
-            entry = measure_compile_mode(kit, model, mode, batches, eager_images)
-            release_memory(kit)
+
+            def measure(fullgraph: bool, mode: str = mode) -> dict[str, Any]:
+                try:
+                    return measure_compile_mode(kit, model, mode, batches, eager_images, fullgraph)
+                finally:
+                    release_memory(kit)
+
+            entry = with_graph_break_fallback(measure)
             entry["cache"] = "warm" if warm else "cold"
             kit.report.model(model).setdefault("compiled", {})[mode] = entry
             print(f"{model}: compiled {mode}: {entry}", flush=True)
+
+
+def with_graph_break_fallback(measure: Callable[[bool], dict[str, Any]]) -> dict[str, Any]:
+    """``measure(fullgraph=True)``; where a graph break fails it, measured again with the modules compiled in
+    pieces (``KILN_COMPILE_FULLGRAPH=false``) and the break reported, so one break does not cost the run."""
+    try:
+        return measure(True)
+    except torch._dynamo.exc.Unsupported as exc:
+        # Measured again once the failed attempt's traceback (which holds its predictor) is let go.
+        error = f"{type(exc).__name__}: {exc}"[:2000]
+    entry = measure(False)
+    entry["fullgraph_error"] = error
+    return entry
 
 
 def release_memory(kit: Kit) -> None:
@@ -160,7 +180,7 @@ def release_memory(kit: Kit) -> None:
 
 
 def measure_compile_mode(
-    kit: Kit, model: str, mode: str, batches: list[int], eager_images: list[np.ndarray]
+    kit: Kit, model: str, mode: str, batches: list[int], eager_images: list[np.ndarray], fullgraph: bool = True
 ) -> dict[str, Any]:
     torch._dynamo.reset()
     _compiled_modules.clear()
@@ -169,6 +189,7 @@ def measure_compile_mode(
             "torch_compile": True,
             "compile_mode": mode,
             "compile_backend": kit.args.compile_backend,
+            "compile_fullgraph": fullgraph,
             "compile_warmup": False,
         }
     )
@@ -177,6 +198,7 @@ def measure_compile_mode(
     entry: dict[str, Any] = {
         "mode": mode,
         "backend": kit.args.compile_backend,
+        "fullgraph": fullgraph,
         "applied": getattr(predictor, "applied", None),
         "batches": {},
     }
@@ -390,8 +412,9 @@ def markdown(data: dict[str, Any]) -> list[str]:
         ]
         for ref, mode, entry in compiled:
             one, best = entry["batches"].get("1", {}), entry["batches"].get(str(entry.get("best_batch")), {})
+            shown = mode if entry.get("fullgraph", True) else f"{mode} (graph breaks: see fullgraph_error)"
             lines.append(
-                f"| {ref} | {mode} | {entry.get('cache', '–')} | {_number(one.get('seconds_per_image'))} "
+                f"| {ref} | {shown} | {entry.get('cache', '–')} | {_number(one.get('seconds_per_image'))} "
                 f"| {_number(one.get('compile_s'), 1)} | {_number(entry.get('best_batch'))} "
                 f"| {_number(best.get('seconds_per_image'))} | {_number(best.get('compile_s'), 1)} "
                 f"| {_number(entry.get('max_abs_diff_vs_eager'))} | {_recompiled(entry)} |"
