@@ -16,6 +16,7 @@ import pytest
 import torch
 from safetensors.torch import save as save_safetensors
 
+from models.instantid_xl.schema import InstantIDXLInput
 from models.kit.fast_mode import FastComponent, FastMode
 from models.registry import find_model
 from models.sd2_depth2img.schema import Depth2ImgInput
@@ -27,7 +28,12 @@ from tests.support.xl_inputs import FACE, PRODUCT, WHITE, half_mask, inputs
 from worker.predictor_pool import PredictorPool
 
 LORA = "https://loras.example/tiny.safetensors"
-FILES = {LORA: save_safetensors(tiny_lora_state_dict(seed=0))}
+FACE_FILE = "https://faces.example/face.safetensors"
+FACE_EMBEDDING = torch.randn(512, generator=torch.Generator().manual_seed(0))
+FILES = {
+    LORA: save_safetensors(tiny_lora_state_dict(seed=0)),
+    FACE_FILE: save_safetensors({"face_embedding": FACE_EMBEDDING / FACE_EMBEDDING.norm()}),
+}
 # Each knob whose path differs on a compiled module; the fast mode with its components a CPU runs.
 XL_CASES: dict[str, dict[str, Any]] = {
     "plain": {},
@@ -51,8 +57,10 @@ CPU_FAST = FastMode(frozenset({FastComponent.CONTROLNET_COND_ONLY, FastComponent
 @pytest.fixture(scope="module")
 def pools(make_settings: Callable[..., Settings]) -> Iterator[tuple[PredictorPool, PredictorPool]]:
     """(eager, compiled): the compiled pool's sizes are not snapped, so both generate at 64²."""
-    compiled = make_settings(torch_compile=True, compile_backend="eager", snap_to_buckets=False)
-    yield PredictorPool(make_settings()), PredictorPool(compiled)
+    compiled = make_settings(
+        torch_compile=True, compile_backend="eager", snap_to_buckets=False, allow_noncommercial_models=True
+    )
+    yield PredictorPool(make_settings(allow_noncommercial_models=True)), PredictorPool(compiled)
 
 
 def xl_pixels(predictor: Any, **fields: Any) -> list[np.ndarray]:
@@ -100,4 +108,25 @@ def test_a_compiled_sd2_predictor_gives_the_eager_pixels(
         predictor.fast = FastMode(frozenset({FastComponent.FEATURE_REUSE}), 2)
     given = Depth2ImgInput(**FAST | INPUTS[0] | {"speed": speed})
     expected, got = (np.asarray(p.predict(given, FakeContext())[0]).astype(int) for p in (eager, compiled))
+    assert np.array_equal(got, expected)
+
+
+INSTANTID_CASES: dict[str, dict[str, Any]] = {
+    "plain": {},
+    "lora": {"lora_weights": LORA},
+    "weaker identity, whole image": {"identitynet_strength": 0.5, "enhance_face_region": False},
+    "fast": {"speed": "fast"},
+}
+
+
+@pytest.mark.parametrize("case", list(INSTANTID_CASES))
+def test_a_compiled_instantid_predictor_gives_the_eager_pixels(
+    pools: tuple[PredictorPool, PredictorPool], case: str
+) -> None:
+    eager, compiled = (pool.get(find_model("kiln/instantid-xl")) for pool in pools)
+    for predictor in (eager, compiled):
+        predictor.fast = CPU_FAST
+    fields = {"prompt": "a portrait", "width": 64, "height": 64, "num_inference_steps": 3, "seed": 5}
+    given = InstantIDXLInput(**fields | {"face_embedding": FACE_FILE} | INSTANTID_CASES[case])
+    expected, got = (np.asarray(p.predict(given, FakeContext(files=FILES))[0]).astype(int) for p in (eager, compiled))
     assert np.array_equal(got, expected)
