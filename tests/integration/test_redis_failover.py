@@ -114,9 +114,10 @@ class SteadyLoad(threading.Thread):
                 return
             time.sleep(0.2)
 
-    def longest_refusal_s(self) -> float:
-        """The longest time between two consecutive 201s: how long creates were refused (or hung)."""
-        accepted = sorted(when for when, status in self.attempts if status == 201)
+    def longest_refusal_s(self, before: float = float("inf")) -> float:
+        """The longest time between two consecutive 201s (answered before ``before``): how long creates were
+        refused (or hung)."""
+        accepted = sorted(when for when, status in self.attempts if status == 201 and when < before)
         return max((b - a for a, b in itertools.pairwise(accepted)), default=0.0)
 
 
@@ -162,17 +163,21 @@ def test_a_primary_killed_under_load_loses_nothing_answered_201(ha_stack, capsys
         found, messages = statuses(), receiver.terminal_deliveries()[0]
     assert load.unexpected == []
     refused_s = load.longest_refusal_s()
+    # The machine's own pace: the longest wait for a 201 while the primary was up.
+    stalled_s = load.longest_refusal_s(before=killed)
     with capsys.disabled():
         print(
             f"\nfailover: accepted={len(ids)} (before the kill {before}) lost={len(ids) - len(found)} "
             f"completed_twice={sum(len(m) > 1 for m in messages.values())} "
             f"webhooks_missing={len(set(ids) - set(messages))} failover_s={failover_s:.1f} "
-            f"longest_refusal_s={refused_s:.1f} last_webhook_after_s={webhooks_s:.0f}"
+            f"longest_refusal_s={refused_s:.1f} (before the kill {stalled_s:.1f}) last_webhook_after_s={webhooks_s:.0f}"
         )
     assert len(found) == len(ids), "predictions answered 201 are missing after the failover"
     assert all(found[i] == Status.SUCCEEDED.value for i in ids), {i: s for i, s in found.items() if s != "succeeded"}
     assert all(len(messages[i]) == 1 for i in ids), "a prediction sent two different completed messages"
     # Refused while the sentinels elected a new primary and the clients found it: about the failover. The margin
     # is for a machine busy with the rest of the suite (one CI run measured 7.8 s of refusals for a 2.3 s
-    # failover); a client that never found the new primary would be refused until the end of the load.
-    assert refused_s < failover_s + REFUSAL_MARGIN_S, (refused_s, failover_s)
+    # failover), and grows with how slow the machine was before the kill (a run beside a third heavy process
+    # on two cores: 18.8 s); a client that never found the new primary would be refused until the end.
+    margin_s = REFUSAL_MARGIN_S + 3 * stalled_s
+    assert refused_s < failover_s + margin_s, (refused_s, failover_s, stalled_s)
