@@ -76,6 +76,7 @@ def test_the_summary_splits_a_step_into_modules_other_kernels_and_gpu_idle() -> 
     assert summary["vae_decode_ms"] == {"calls": 1, "host": 0.05, "gpu": 0.04}
     assert summary["outside_loop_ms"] == {"wall": 1.0, "gpu": 0.07}
     assert summary["gpu_busy_share"] == 0.385 and summary["clock"] == "cuda events"
+    assert summary["kernels"] == {"per_step": 3, "call": 8}  # UNet, ControlNet, scheduler; then decode, text
 
 
 def test_on_a_cpu_the_summary_has_host_times_and_no_gpu_ones() -> None:
@@ -83,6 +84,7 @@ def test_on_a_cpu_the_summary_has_host_times_and_no_gpu_ones() -> None:
     step = summary["per_step_ms"]
     assert step["unet"] == {"calls": 1, "host": 0.3, "gpu": None}
     assert step["other_gpu"] is None and step["gpu_idle"] is None and summary["gpu_busy_share"] is None
+    assert summary["kernels"] is None
     assert summary["clock"] == "host"
 
 

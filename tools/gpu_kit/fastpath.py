@@ -467,8 +467,8 @@ def profile_markdown(data: dict[str, Any]) -> list[str]:
         "then ms per call: VAE decode host / GPU, and the rest of the call (text encoders, set-up, the image).",
         "",
         "| model | path | steps | call s | wall | host | UNet host / GPU | ControlNet host / GPU | other GPU | "
-        "GPU idle | VAE decode host / GPU | rest of call | GPU busy |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "GPU idle | VAE decode host / GPU | rest of call | GPU busy | kernels / step |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for ref, path, entry in profiled:
         step, vae = entry["per_step_ms"], entry["vae_decode_ms"]
@@ -480,6 +480,7 @@ def profile_markdown(data: dict[str, Any]) -> list[str]:
             f"| {ref} | {path} | {entry['steps']} | {_number(entry['call_s'])} | {_number(step['wall'], 2)} "
             f"| {_number(step['host'], 2)} | {pair(step['unet'])} | {pair(step['controlnet'])} "
             f"| {_number(step['other_gpu'], 2)} | {_number(step['gpu_idle'], 2)} | {pair(vae)} "
-            f"| {_number(entry['outside_loop_ms']['wall'], 1)} | {_number(entry['gpu_busy_share'], 2)} |"
+            f"| {_number(entry['outside_loop_ms']['wall'], 1)} | {_number(entry['gpu_busy_share'], 2)} "
+            f"| {_number((entry.get('kernels') or {}).get('per_step'), 1)} |"
         )
     return lines

@@ -12,6 +12,9 @@ the first UNet or ControlNet call to the VAE decode. The summary, per step:
   where it is large, and where ``host`` comes near ``wall``);
 - ``host``: the host's time from the loop's start to its end.
 
+The kernels the profiler recorded are counted too (per step, and in the call): a GPU time of 0 beside a
+count of 0 means the profiler saw no kernels, not that the GPU did no work.
+
 Then the VAE decode (host and GPU ms per call) and the rest of the call (text encoders, latents set-up,
 the image's conversion): ``call_ms`` less the loop. The profiler slows the host down (a few µs per kernel
 launch), so the profiled call runs slower than the timed ones; its ``call_s`` is reported beside them.
@@ -131,37 +134,40 @@ class Marks:
         return decoding
 
 
-def kernel_us(event: Any, memo: dict[int, float]) -> float:
-    """Microseconds of the GPU kernels launched within ``event``, its children's included (on a CPU: 0).
-
-    A range's own entry among its ``kernels`` is the GPU-side copy of the range itself, not a kernel: left out.
-    """
+def kernel_totals(event: Any, memo: dict[int, tuple[float, int]]) -> tuple[float, int]:
+    """Microseconds and count of the GPU kernels launched within ``event``, its children's included (on a CPU:
+    none). A range's own entry among its ``kernels`` is the GPU-side copy of the range itself, not a kernel:
+    left out."""
     key = id(event)
     if key not in memo:
-        own = sum(kernel.duration for kernel in event.kernels if kernel.name != event.name)
-        memo[key] = own + sum(kernel_us(child, memo) for child in event.cpu_children)
+        own = [kernel.duration for kernel in event.kernels if kernel.name != event.name]
+        children = [kernel_totals(child, memo) for child in event.cpu_children]
+        memo[key] = (sum(own) + sum(us for us, _ in children), len(own) + sum(count for _, count in children))
     return memo[key]
 
 
 @dataclass
 class Span:
-    """One range's calls, host time and kernel time, summed (µs)."""
+    """One range's calls, host time and kernel time (µs), and its kernels, summed."""
 
     calls: int = 0
     host_us: float = 0.0
     gpu_us: float = 0.0
+    kernels: int = 0
 
 
 def spans(events: Sequence[Any]) -> dict[str, Span]:
     """Each of ``RANGES``' host-side ranges summed over the profiled call."""
     totals = {name: Span() for name in RANGES}
-    memo: dict[int, float] = {}
+    memo: dict[int, tuple[float, int]] = {}
     for event in events:
         if event.name in totals and event.device_type == DeviceType.CPU:
             span = totals[event.name]
+            gpu_us, kernels = kernel_totals(event, memo)
             span.calls += 1
             span.host_us += event.cpu_time_total
-            span.gpu_us += kernel_us(event, memo)
+            span.gpu_us += gpu_us
+            span.kernels += kernels
     return totals
 
 
@@ -198,6 +204,8 @@ def summarise(
         "vae_decode_ms": {"calls": vae.calls, "host": ms(vae.host_us), "gpu": gpu_ms(vae.gpu_us)},
         "outside_loop_ms": {"wall": round(call_ms - loop_ms, 3), "gpu": gpu_ms(call.gpu_us - loop.gpu_us)},
         "gpu_busy_share": round(call.gpu_us / 1000 / call_ms, 4) if on_gpu and call_ms else None,
+        # How many kernels the profiler saw: none on a GPU would mean it saw none (CUDA graph replays, say).
+        "kernels": {"per_step": round(loop.kernels / steps, 1), "call": call.kernels} if on_gpu else None,
     }
 
 
