@@ -140,7 +140,7 @@ def fast_mode_applied(pipe: Any, fast: FastMode | None, guided: bool, float8: bo
         controlnet = getattr(pipe, "controlnet", None)
         # ``is not None``: a compiled module has no truth value (its ``__len__`` raises).
         if guided and FastComponent.CONTROLNET_COND_ONLY in fast.components and controlnet is not None:
-            stack.enter_context(_conditional_only(pipe.controlnet))
+            stack.enter_context(_conditional_only(controlnet))
         if FastComponent.FEATURE_REUSE in fast.components and fast.reuse_interval > 1:
             # A compiled UNet's graphs hold neither the reuse switch nor the kept features (nor, with CUDA
             # graphs, outputs that outlive the next replay): reusing calls run it eagerly.
