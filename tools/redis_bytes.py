@@ -101,8 +101,9 @@ def key_families(client: redis.Redis) -> dict[str, tuple[int, int]]:
     """Per key family: how many keys, and their bytes (``MEMORY USAGE``, sampled)."""
     families: dict[str, tuple[int, int]] = {}
     for key in client.scan_iter(count=1000):
-        count, size = families.get(family(key), (0, 0))
-        families[family(key)] = (count + 1, size + int(client.memory_usage(key, samples=5) or 0))
+        name = family(key)
+        count, size = families.get(name, (0, 0))
+        families[name] = (count + 1, size + int(client.memory_usage(key, samples=5) or 0))
     return families
 
 

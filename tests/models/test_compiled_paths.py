@@ -8,7 +8,7 @@ do: a UNet and ControlNet that are ``OptimizedModule`` wrappers (no truth value,
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -55,12 +55,12 @@ CPU_FAST = FastMode(frozenset({FastComponent.CONTROLNET_COND_ONLY, FastComponent
 
 
 @pytest.fixture(scope="module")
-def pools(make_settings: Callable[..., Settings]) -> Iterator[tuple[PredictorPool, PredictorPool]]:
+def pools(make_settings: Callable[..., Settings]) -> tuple[PredictorPool, PredictorPool]:
     """(eager, compiled): the compiled pool's sizes are not snapped, so both generate at 64²."""
     compiled = make_settings(
         torch_compile=True, compile_backend="eager", snap_to_buckets=False, allow_noncommercial_models=True
     )
-    yield PredictorPool(make_settings(allow_noncommercial_models=True)), PredictorPool(compiled)
+    return PredictorPool(make_settings(allow_noncommercial_models=True)), PredictorPool(compiled)
 
 
 def xl_pixels(predictor: Any, **fields: Any) -> list[np.ndarray]:

@@ -227,8 +227,7 @@ def scale_recompiles(kit: Kit, model: str, predictor: Any) -> tuple[int, dict[st
     """The graphs of a first call, then the graphs dynamo adds (and frames it gives up on) over three
     values of each scale input."""
     spec = find_model(model)
-    base = kit.workload(model).inputs | {"seed": 0, "num_inference_steps": SCALE_STEPS}
-    job = predictor.prepare(spec.input_model(**base), FakeContext())
+    job = kit.prepare_job(predictor, model, num_inference_steps=SCALE_STEPS)
 
     def run_with(**change: Any) -> None:
         inputs = spec.input_model(**job.inputs.model_dump() | change)
