@@ -10,30 +10,35 @@ Three parts, each switched on by ``KILN_FAST_COMPONENTS`` and applied for one pi
   (every ``KILN_FAST_REUSE_INTERVAL``-th, the first included) the whole UNet runs and the outputs of its
   deep blocks (every down block but the first, the mid block, every up block but the last) are kept; on
   the steps between, those blocks return what they gave on the refresh step, so only the outermost
-  down and up blocks (full resolution, the skip branch) run. A compiled UNet runs eagerly for these
-  calls. (The ``DeepCache`` package's ``DeepCacheSDHelper`` runs on diffusers 0.42 too, but it patches
-  a pipeline for good and finds the step by looking the timestep up in the scheduler; here the reuse
-  is scoped to one call of a UNet that two XL pipelines share.)
+  down and up blocks (full resolution, the skip branch) run. The blocks' switch is installed once per
+  UNet (``reuse_installed``) and is idle outside fast calls, so a compiled UNet traces it: three graphs per
+  shape (quality, refresh and reuse steps), none added per call. (The ``DeepCache`` package's
+  ``DeepCacheSDHelper`` runs on diffusers 0.42 too, but it patches a pipeline for good and finds the step
+  by looking the timestep up in the scheduler; here the reuse is scoped to one call of a UNet that two XL
+  pipelines share.)
 - ``float8``: torchao's float8 dynamic quantization of the UNet's and ControlNet's linear layers, on a
   copy made at setup (the quality path keeps the full-precision modules). It needs a CUDA device of
   compute capability 8.9 or more (Ada, Hopper) and torchao; elsewhere it is skipped with a log line.
-  The copies are not compiled (``KILN_TORCH_COMPILE`` compiles the quality modules).
+  With ``KILN_TORCH_COMPILE`` the copies are compiled as the quality modules are (``FastMode.tune``):
+  float8's dynamic scaling is many small kernels that Inductor fuses.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import weakref
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
+from typing import Any, cast
 
 import torch
+from torch.utils._pytree import tree_map
 
-from models.kit.tuning import uncompiled
+from models.kit.tuning import Tuning, compiled, optimise_pipeline
 from shared.inputs.schema import Speed
 from shared.settings import Settings
 
@@ -119,6 +124,30 @@ class FastMode:
                 self.float8_modules[name] = _float8_copies[model]
         return [f"{name}:float8" for name in self.float8_modules]
 
+    def tune(self, pipe: Any, tuning: Tuning) -> list[str]:
+        """After the pipeline's own tuning (``optimise_pipeline``): the float8 copies compiled as the quality
+        modules are, and feature reuse installed on each UNet a fast call may run, so that a compiled one
+        traces it with the rest at warm-up rather than at the first fast prediction."""
+        applied = []
+        if tuning.compile:
+            for name, module in self.float8_modules.items():
+                self.float8_modules[name] = cast(torch.nn.Module, compiled(module, tuning))
+                applied.append(f"{name}:float8_compiled({tuning.compile_backend})")
+        if FastComponent.FEATURE_REUSE in self.components and self.reuse_interval > 1:
+            for unet in (pipe.unet, self.float8_modules.get("unet")):
+                if unet is not None:
+                    reuse_installed(unet)
+            applied.append("unet:feature_reuse")
+        return applied
+
+
+def optimised_with_fast_mode(pipe: Any, tuning: Tuning, fast: FastMode) -> list[str]:
+    """A loaded pipeline made ready: ``fast``'s float8 copies (of the modules as loaded), the device's knobs
+    (``optimise_pipeline``), then ``fast.tune``; what was applied, for the log."""
+    applied = fast.prepare_float8(pipe, tuning.device, device_capability(tuning.device))
+    applied += optimise_pipeline(pipe, tuning)
+    return applied + fast.tune(pipe, tuning)
+
 
 # A module shared by two pipelines (the SDXL UNet) gets one float8 copy.
 _float8_copies: weakref.WeakKeyDictionary[torch.nn.Module, torch.nn.Module] = weakref.WeakKeyDictionary()
@@ -142,9 +171,6 @@ def fast_mode_applied(pipe: Any, fast: FastMode | None, guided: bool, float8: bo
         if guided and FastComponent.CONTROLNET_COND_ONLY in fast.components and controlnet is not None:
             stack.enter_context(_conditional_only(controlnet))
         if FastComponent.FEATURE_REUSE in fast.components and fast.reuse_interval > 1:
-            # A compiled UNet's graphs hold neither the reuse switch nor the kept features (nor, with CUDA
-            # graphs, outputs that outlive the next replay): reusing calls run it eagerly.
-            stack.enter_context(uncompiled(pipe, "unet"))
             stack.enter_context(feature_reuse(pipe.unet, fast.reuse_interval))
         yield
 
@@ -172,16 +198,57 @@ def _conditional_only(controlnet: Any) -> Iterator[None]:
 
 
 class _ReuseState:
-    """The step count of one pipeline call and whether this step reuses the deep features."""
+    """One UNet's feature reuse: whether the running call reuses (``active``), its step count, and whether
+    this step takes the deep blocks' kept outputs (``reusing``) or runs them and keeps them (a refresh step).
 
-    def __init__(self, interval: int) -> None:
-        self.interval = interval
+    Installed once per UNet and left there (``reuse_installed``): a compiled UNet traces the reusing
+    blocks as part of its graph, guarded on ``active`` and ``reusing``, so it keeps three graphs per shape
+    (quality, refresh, reuse) instead of one new one per call.
+    """
+
+    def __init__(self) -> None:
+        self.active = False
+        self.interval = 1
         self.step = -1
         self.reusing = False
+        # Per deep block: its output on the last refresh step (a one-item list, empty between calls).
+        self.kept: list[list[Any]] = []
+
+    def start(self, interval: int) -> None:
+        self.active, self.interval, self.step, self.reusing = True, interval, -1, False
+
+    def stop(self) -> None:
+        self.active, self.reusing = False, False
+        for kept in self.kept:
+            kept.clear()
 
     def next_step(self) -> None:
+        """Before each UNet call of an active call; a refresh step drops the outputs it replaces, so the
+        blocks store into an empty list (one graph for every refresh step)."""
+        if not self.active:
+            return
         self.step += 1
         self.reusing = self.step % self.interval != 0
+        if not self.reusing:
+            for kept in self.kept:
+                kept.clear()
+
+    def keep_own_copies(self) -> None:
+        """After a compiled refresh step: the kept outputs copied out of the graph's memory (a CUDA graph
+        reuses its output buffers on its next replay)."""
+        if self.active and not self.reusing:
+            for kept in self.kept:
+                kept[:] = [tree_map(_cloned, value) for value in kept]
+
+
+def _cloned(value: Any) -> Any:
+    return value.clone() if isinstance(value, torch.Tensor) else value
+
+
+# The inner (uncompiled) UNet → its reuse; a UNet shared by two pipelines (the SDXL one) has one.
+_reuse_states: weakref.WeakKeyDictionary[torch.nn.Module, _ReuseState] = weakref.WeakKeyDictionary()
+# The compiled wrappers whose calls count steps (``reuse_installed``).
+_counting_wrappers: weakref.WeakSet[torch.nn.Module] = weakref.WeakSet()
 
 
 def deep_blocks(unet: Any) -> list[torch.nn.Module]:
@@ -190,36 +257,69 @@ def deep_blocks(unet: Any) -> list[torch.nn.Module]:
     return [*unet.down_blocks[1:], unet.mid_block, *unet.up_blocks[:-1]]
 
 
+def reuse_installed(unet: torch.nn.Module) -> _ReuseState:
+    """``unet``'s feature reuse, installed once (idle until ``feature_reuse`` starts it for a call).
+
+    Each deep block's ``forward`` is shadowed (an instance attribute) by one that, on a reusing step of an
+    active call, returns the block's output of the last refresh step, and otherwise runs the block (keeping
+    its output when active). Steps are counted before each call of the UNet: by a pre-hook on the module
+    itself when it runs eagerly (a LoRA call) and, for a compiled UNet, on its wrapper, outside the graph.
+    """
+    inner = getattr(unet, "_orig_mod", unet)
+    state = _reuse_states.get(inner)
+    if state is None:
+        _drop_copied_reuse(inner)
+        state = _reuse_states[inner] = _ReuseState()
+        for block in deep_blocks(inner):
+            kept: list[Any] = []
+            state.kept.append(kept)
+            block.forward = _reusing_forward(block, state, kept)
+        inner.register_forward_pre_hook(functools.partial(_count_eager_step, state))
+    if unet is not inner and unet not in _counting_wrappers:
+        _counting_wrappers.add(unet)
+        unet.register_forward_pre_hook(lambda module, args: state.next_step())
+        unet.register_forward_hook(lambda module, args, output: state.keep_own_copies())
+    return state
+
+
+def _drop_copied_reuse(inner: torch.nn.Module) -> None:
+    """A UNet deep-copied from one with reuse installed (a float8 copy) holds that one's block wrappers and
+    step hook, which act on the original's blocks and steps: removed before its own are installed."""
+    for block in deep_blocks(inner):
+        if hasattr(vars(block).get("forward"), "kiln_reuse_of"):
+            del block.forward
+    for key, hook in list(inner._forward_pre_hooks.items()):
+        if getattr(hook, "func", None) is _count_eager_step:
+            del inner._forward_pre_hooks[key]
+
+
+def _count_eager_step(state: _ReuseState, module: torch.nn.Module, args: Any) -> None:
+    # Traced into a compiled UNet's graph as nothing: its wrapper counted the step already.
+    if not torch.compiler.is_compiling():
+        state.next_step()
+
+
 @contextmanager
 def feature_reuse(unet: torch.nn.Module, interval: int) -> Iterator[None]:
     """For one pipeline call: every ``interval``-th UNet call (the first included) runs every block and
-    keeps the deep blocks' outputs; the calls between take those outputs instead of running the blocks.
-
-    The UNet's own forward is untouched: each deep block's ``forward`` is shadowed for the call (an
-    instance attribute, removed after), and a pre-hook on the module the pipeline calls counts the steps.
-    """
-    state = _ReuseState(interval)
-    inner = getattr(unet, "_orig_mod", unet)
-    blocks = deep_blocks(inner)
-    for block in blocks:
-        block.forward = _reusing_forward(block.forward, state)
-    handle = unet.register_forward_pre_hook(lambda module, args: state.next_step())
+    keeps the deep blocks' outputs; the calls between take those outputs instead of running the blocks."""
+    state = reuse_installed(unet)
+    state.start(interval)
     try:
         yield
     finally:
-        handle.remove()
-        for block in blocks:
-            del block.forward
+        state.stop()
 
 
-def _reusing_forward(forward: Any, state: _ReuseState) -> Any:
-    cached: list[Any] = []
-
+def _reusing_forward(block: torch.nn.Module, state: _ReuseState, kept: list[Any]) -> Any:
     def reusing(*args: Any, **kwargs: Any) -> Any:
-        if state.reusing and cached:
-            return cached[0]
-        output = forward(*args, **kwargs)
-        cached[:] = [output]
+        if state.active and state.reusing and kept:
+            return kept[0]
+        # The class's forward, looked up at each call (a test may count its calls).
+        output = type(block).forward(block, *args, **kwargs)
+        if state.active:
+            kept.append(output)
         return output
 
+    reusing.kiln_reuse_of = block  # type: ignore[attr-defined]
     return reusing

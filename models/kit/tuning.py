@@ -33,6 +33,8 @@ MAX_OUTPUTS = 8
 GUIDANCE_ROWS = 2
 # SD2 and the SDXL models run diffusers' same UNet and VAE classes: one code object, one count of graphs.
 MODEL_FAMILIES = 2
+# A UNet with the fast mode's feature reuse has a graph per kind of step at each shape: quality, refresh, reuse.
+STEP_KINDS = 3
 # The modules of a diffusers pipeline that run per denoising step (or decode), which the knobs touch.
 HOT_MODULES = ("unet", "controlnet", "vae")
 
@@ -132,9 +134,10 @@ _compiled_modules: weakref.WeakKeyDictionary[torch.nn.Module, Callable[..., Any]
 
 def recompile_limit(tuning: Tuning) -> int:
     """The graphs one compiled forward may need: one per shape (``dynamic=False``), every size bucket at every
-    row count a call can have, for each model family running the class. dynamo's default (8) is far below
-    it, and a ``fullgraph`` module past its limit fails the call."""
-    return max(1, len(tuning.buckets)) * tuning.max_batch_size * MAX_OUTPUTS * GUIDANCE_ROWS * MODEL_FAMILIES
+    row count a call can have and kind of step, for each model family running the class. dynamo's default (8)
+    is far below it, and a ``fullgraph`` module past its limit fails the call."""
+    shapes = max(1, len(tuning.buckets)) * tuning.max_batch_size * MAX_OUTPUTS * GUIDANCE_ROWS
+    return shapes * STEP_KINDS * MODEL_FAMILIES
 
 
 def _raise_recompile_limits(tuning: Tuning) -> None:
@@ -145,7 +148,7 @@ def _raise_recompile_limits(tuning: Tuning) -> None:
     config.accumulated_recompile_limit = max(config.accumulated_recompile_limit, 4 * needed)
 
 
-def _compiled(model: torch.nn.Module, tuning: Tuning) -> Callable[..., Any]:
+def compiled(model: torch.nn.Module, tuning: Tuning) -> Callable[..., Any]:
     """``model`` compiled whole (``compile_fullgraph``): a graph break is an error when first traced, instead
     of a model that silently runs part eager (and, with CUDA graphs, in pieces)."""
     _raise_recompile_limits(tuning)
@@ -165,7 +168,7 @@ def _decoder_compiled(vae: torch.nn.Module, tuning: Tuning) -> torch.nn.Module:
     view = copy.copy(vae)
     view._modules = dict(vae._modules)
     decoder = vae.get_submodule("decoder")
-    view._modules["decoder"] = cast(torch.nn.Module, _compiled(getattr(decoder, "_orig_mod", decoder), tuning))
+    view._modules["decoder"] = cast(torch.nn.Module, compiled(getattr(decoder, "_orig_mod", decoder), tuning))
     return view
 
 
@@ -205,7 +208,7 @@ def optimise_pipeline(pipe: Any, tuning: Tuning) -> list[str]:
             setattr(pipe, name, _decoder_compiled(model, tuning))
             applied.append(f"vae:decoder_compiled({tuning.compile_backend})")
         elif tuning.compile:
-            setattr(pipe, name, _compiled(model, tuning))
+            setattr(pipe, name, compiled(model, tuning))
             applied.append(f"{name}:compiled({tuning.compile_backend})")
     log.info("pipeline %s tuned: %s", type(pipe).__name__, ", ".join(applied) or "nothing")
     return applied

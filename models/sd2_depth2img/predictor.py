@@ -13,10 +13,10 @@ from diffusers import StableDiffusionDepth2ImgPipeline
 from PIL import Image
 
 from models.kit.contract import Output, PredictContext, Predictor, PreparedJob, StepCallback, resolve_seed
-from models.kit.fast_mode import FastMode, device_capability, fast_mode_applied, resolve_speed
+from models.kit.fast_mode import FastMode, fast_mode_applied, optimised_with_fast_mode, resolve_speed
 from models.kit.rows import fit, generators, rows, split_images
 from models.kit.schedulers import SCHEDULERS
-from models.kit.tuning import Tuning, optimise_pipeline
+from models.kit.tuning import Tuning
 from models.kit.weights.loading import load_pipeline
 from models.sd2_depth2img.schema import Depth2ImgInput
 from models.sd2_depth2img.weights import sd2_depth2img_source
@@ -73,8 +73,7 @@ class Depth2ImgPredictor(Predictor[Depth2ImgInput, Depth2ImgJob]):
         self.tuning = Tuning.from_settings(self.settings)
         self.pipe = load_pipeline(StableDiffusionDepth2ImgPipeline, sd2_depth2img_source(self.settings), self.settings)
         self.fast = FastMode.from_settings(self.settings)
-        self.applied = self.fast.prepare_float8(self.pipe, self.tuning.device, device_capability(self.tuning.device))
-        self.applied += optimise_pipeline(self.pipe, self.tuning)
+        self.applied = optimised_with_fast_mode(self.pipe, self.tuning, self.fast)
         # Every prediction gets a fresh scheduler from this config: schedulers keep per-run state.
         self.scheduler_config = self.pipe.scheduler.config
 

@@ -34,11 +34,11 @@ from models.kit.contract import (
     resolve_seed,
 )
 from models.kit.devices import resolve_device
-from models.kit.fast_mode import FastMode, device_capability, fast_mode_applied, resolve_speed
+from models.kit.fast_mode import FastMode, fast_mode_applied, optimised_with_fast_mode, resolve_speed
 from models.kit.rows import fit, for_guidance, generators, rows, split_images
 from models.kit.schedulers import SCHEDULERS
 from models.kit.tensor_files import load_tensor_file, process_tensor_file_cache, safetensors_output
-from models.kit.tuning import Tuning, optimise_pipeline
+from models.kit.tuning import Tuning
 from models.kit.weights.loading import hub_cache_dir, load_model
 from models.sdxl_family.base import SharedBase, shared_base
 from models.sdxl_family.embeddings import (
@@ -94,8 +94,7 @@ def family_pipeline(
     pipe = RowwiseIPAdapterXLPipeline(**base.components, controlnet=controlnet)
     pipe.set_progress_bar_config(disable=True)
     fast = FastMode.from_settings(settings)
-    applied = fast.prepare_float8(pipe, tuning.device, device_capability(tuning.device))
-    applied += optimise_pipeline(pipe, tuning)
+    applied = optimised_with_fast_mode(pipe, tuning, fast)
     return pipe, fast, applied
 
 

@@ -6,6 +6,8 @@ calls), determinism, and that quality pixels are those of the plain pipeline cal
 
 from __future__ import annotations
 
+import copy
+import functools
 import sys
 import types
 from collections.abc import Callable, Iterator
@@ -25,6 +27,7 @@ from models.kit.fast_mode import (
     float8_supported,
     parse_components,
     resolve_speed,
+    reuse_installed,
 )
 from models.registry import MODELS
 from models.sd2_depth2img.predictor import Depth2ImgPredictor
@@ -259,29 +262,50 @@ def test_feature_reuse_runs_the_deep_blocks_once_per_interval(depth, monkeypatch
     with only(depth, FastComponent.FEATURE_REUSE, interval=3):
         kiln_pixels(depth, num_inference_steps=6, speed="fast")
     assert (len(deep), len(outer)) == (2, 6)
-    # The call leaves the blocks as it found them, and the next quality call is untouched by it.
-    assert all("forward" not in vars(block) for block in deep_blocks(unet))
+    # The call keeps nothing after it, and the next quality call is untouched by it.
+    state = reuse_installed(unet)
+    assert not state.active and not any(state.kept)
     assert not np.array_equal(fast[0], kiln_pixels(depth, num_inference_steps=6)[0])
 
 
-def test_feature_reuse_runs_a_compiled_unet_eagerly_and_gives_it_back(depth, monkeypatch) -> None:
+def test_feature_reuse_runs_a_compiled_unet_with_three_graphs_whatever_the_calls(depth, monkeypatch) -> None:
+    """Quality, refresh and reuse steps each have a graph (per shape); a call adds none once they exist, and
+    the compiled UNet reuses exactly as the eager one does."""
     unet = depth.pipe.unet
-    compiled = torch.compile(unet, backend="eager")
-    deep = count_calls(monkeypatch, unet.up_blocks[0])
+    graphs: list[torch.fx.GraphModule] = []
+
+    def counting(graph: torch.fx.GraphModule, example_inputs: list[Any]) -> Callable[..., Any]:
+        graphs.append(graph)
+        return graph.forward
+
     with only(depth, FastComponent.FEATURE_REUSE, interval=2):
-        expected = kiln_pixels(depth, speed="fast")
-        deep.clear()
-        monkeypatch.setattr(depth.pipe, "unet", compiled)
-        # What the pipeline's UNet is while the UNet runs: the eager module, not the compiled one.
-        seen: list[Any] = []
-        handle = unet.register_forward_pre_hook(lambda module, args: seen.append(depth.pipe.unet))
-        try:
-            pixels = kiln_pixels(depth, speed="fast")
-        finally:
-            handle.remove()
-    assert len(deep) == 2 and len(seen) == 4 and all(module is unet for module in seen)
-    assert depth.pipe.unet is compiled
-    assert np.array_equal(pixels[0], expected[0])
+        expected = kiln_pixels(depth, speed="fast", num_inference_steps=4)
+        quality = kiln_pixels(depth, num_inference_steps=4)
+        monkeypatch.setattr(depth.pipe, "unet", torch.compile(unet, backend=counting, fullgraph=True))
+        assert np.array_equal(kiln_pixels(depth, speed="fast", num_inference_steps=4)[0], expected[0])
+        assert len(graphs) == 2
+        assert np.array_equal(kiln_pixels(depth, num_inference_steps=4)[0], quality[0])
+        assert len(graphs) == 3
+        for _ in range(2):
+            assert np.array_equal(kiln_pixels(depth, speed="fast", num_inference_steps=4)[0], expected[0])
+            assert np.array_equal(kiln_pixels(depth, num_inference_steps=4)[0], quality[0])
+    assert len(graphs) == 3
+    # The reuse graph runs only the outer blocks: it has fewer operations than the refresh graph.
+    refresh, reuse, _ = (len(graph.graph.nodes) for graph in graphs)
+    assert reuse < refresh / 2
+
+
+def test_a_copy_of_a_unet_gets_its_own_reuse_not_its_originals(depth) -> None:
+    """A float8 copy is a deep copy of a UNet that may have reuse installed: the copy's blocks and steps are
+    its own."""
+    unet = getattr(depth.pipe.unet, "_orig_mod", depth.pipe.unet)
+    original = reuse_installed(unet)
+    unet = copy.deepcopy(unet)
+    state = reuse_installed(unet)
+    assert state is not original
+    assert all(vars(block)["forward"].kiln_reuse_of is block for block in deep_blocks(unet))
+    counters = [hook for hook in unet._forward_pre_hooks.values() if isinstance(hook, functools.partial)]
+    assert [hook.args for hook in counters] == [(state,)]
 
 
 def test_fast_and_quality_predictions_never_share_a_micro_batch(depth) -> None:

@@ -115,14 +115,14 @@ class Breaking(torch.nn.Module):
 def test_a_graph_break_in_a_compiled_model_is_an_error_not_a_model_run_in_pieces(
     make_settings: Callable[..., Settings],
 ) -> None:
-    compiled = tuning_module._compiled(
+    compiled = tuning_module.compiled(
         Breaking(), Tuning.from_settings(make_settings(torch_compile=True, compile_backend="eager"))
     )
     with pytest.raises(torch._dynamo.exc.Unsupported):
         compiled(torch.zeros(2))
     # KILN_COMPILE_FULLGRAPH=false: the module runs, in pieces.
     settings = make_settings(torch_compile=True, compile_backend="eager", compile_fullgraph=False)
-    in_pieces = tuning_module._compiled(Breaking(), Tuning.from_settings(settings))
+    in_pieces = tuning_module.compiled(Breaking(), Tuning.from_settings(settings))
     assert torch.equal(in_pieces(torch.zeros(2)), torch.ones(2))
 
 
@@ -141,10 +141,11 @@ def test_a_compiled_model_takes_every_shape_its_buckets_and_batches_allow_withou
         make_settings(torch_compile=True, compile_backend="eager", max_batch_size=2, size_buckets="64x64,128x128")
     )
     rows = 2 * tuning_module.MAX_OUTPUTS * tuning_module.GUIDANCE_ROWS
-    assert tuning_module.recompile_limit(tuning) == 2 * rows * tuning_module.MODEL_FAMILIES
+    kinds = tuning_module.STEP_KINDS * tuning_module.MODEL_FAMILIES
+    assert tuning_module.recompile_limit(tuning) == 2 * rows * kinds
     # dynamo's defaults: 8 graphs per frame, past which a fullgraph frame fails the call.
     with torch._dynamo.config.patch(recompile_limit=8, accumulated_recompile_limit=256):
-        compiled = tuning_module._compiled(torch.nn.Linear(4, 4), tuning)
+        compiled = tuning_module.compiled(torch.nn.Linear(4, 4), tuning)
         assert torch._dynamo.config.recompile_limit == tuning_module.recompile_limit(tuning)
         for count in range(1, rows + 1):
             assert compiled(torch.zeros(count, 4)).shape == (count, 4)

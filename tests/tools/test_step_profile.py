@@ -109,13 +109,14 @@ def test_a_profiled_call_marks_each_unet_call_and_the_decode_then_leaves_the_pip
     def call() -> None:
         calls.append(predictor.generate([job], FakeContext().step_callback()))
 
+    hooks = dict(pipe.unet._forward_pre_hooks), dict(pipe.unet._forward_hooks)  # the fast mode's own stay
     summary = step_profile.profile_call(pipe, call, torch.device("cpu"), steps=3, batch=1)
     assert len(calls) == 2  # a warm-up, then the profiled call
     assert summary["per_step_ms"]["unet"]["calls"] == 1 and summary["per_step_ms"]["controlnet"] is None
     assert summary["vae_decode_ms"]["calls"] == 1
     assert 0 < summary["per_step_ms"]["unet"]["host"] <= summary["per_step_ms"]["host"]
     assert "decode" not in vars(pipe.vae)
-    assert not pipe.unet._forward_pre_hooks and not pipe.unet._forward_hooks
+    assert (dict(pipe.unet._forward_pre_hooks), dict(pipe.unet._forward_hooks)) == hooks
 
 
 def test_a_call_that_never_reaches_its_unet_is_an_error(sd2: tuple) -> None:
