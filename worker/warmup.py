@@ -4,7 +4,8 @@
 takes minutes per shape; a worker that compiled lazily would make its first users of each size
 wait for it. With ``KILN_COMPILE_WARMUP`` (on whenever ``KILN_TORCH_COMPILE`` is) the worker runs
 each model it serves once per size bucket at batch 1 and at ``KILN_MAX_BATCH_SIZE`` before it
-takes a job. Batch sizes in between still compile on first use. The synthetic inputs go through
+takes a job, at both speeds where the fast mode has components (``warmup_speeds``). Batch sizes in
+between still compile on first use. The synthetic inputs go through
 the same validation, ``prepare()`` (detectors included) and ``generate()`` as a real prediction.
 With ``KILN_COMPILE_CACHE_DIR`` the compile artifacts are loaded before the warm-up and saved after it
 (``worker.compile_cache``): a worker whose cache is warm compiles little.
@@ -14,9 +15,11 @@ from __future__ import annotations
 
 import base64
 import io
+import itertools
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from PIL import Image
@@ -24,15 +27,17 @@ from PIL import Image
 from models.kit.tuning import Size, Tuning
 from models.registry import find_model
 from shared.inputs.images import decode_data_uri, decode_image
-from shared.inputs.schema import EVERY_ITEM, EVERY_VALUE, InputLimits, ModelInput, image_fields
+from shared.inputs.schema import EVERY_ITEM, EVERY_VALUE, InputLimits, ModelInput, Speed, image_fields
 from shared.settings import Settings
 from worker import compile_cache
 from worker.predictor_pool import PredictorPool
 
 log = logging.getLogger(__name__)
 
-# The compiled graphs do not depend on the number of steps: two keep warm-up short.
-WARMUP_STEPS = 2
+# The compiled graphs do not depend on the number of steps, but a fast call's do on the kind of step: a
+# refresh step and a reusing one (feature reuse) must both run, also where a strength below 1 skips the
+# first steps (depth2img's default 0.8 runs 3 of 4). Four keep warm-up short.
+WARMUP_STEPS = 4
 
 
 def warmup_image(size: Size) -> str:
@@ -105,8 +110,21 @@ def wants_warmup(settings: Settings) -> bool:
     return settings.torch_compile if settings.compile_warmup is None else settings.compile_warmup
 
 
-def warm_up(pool: PredictorPool, tuning: Tuning, settings: Settings) -> list[tuple[str, Size, int]]:
-    """Run every loaded model once per bucket and batch size; returns what ran, in order."""
+def warmup_speeds(predictor: Any) -> list[Speed | None]:
+    """Quality and fast where the predictor's fast mode has components (a fast call runs graphs of its own:
+    the reuse steps' UNet, the ControlNet on half the rows, the float8 modules); else the job as prepared."""
+    fast = getattr(predictor, "fast", None)
+    return [Speed.QUALITY, Speed.FAST] if fast is not None and fast.components else [None]
+
+
+def at_speed(job: Any, speed: Speed | None) -> Any:
+    """``job`` (a prepared job, whose ``inputs`` are its prediction's) as a prediction at ``speed``."""
+    return job if speed is None else replace(job, inputs=job.inputs.model_copy(update={"speed": speed}))
+
+
+def warm_up(pool: PredictorPool, tuning: Tuning, settings: Settings) -> list[tuple[Any, ...]]:
+    """Run every loaded model once per bucket, batch size and speed (``warmup_speeds``); returns what ran,
+    in order: (model, size, batch), with the speed after them for a fast run."""
     if not tuning.buckets:
         log.warning(
             "compile warm-up skipped: sizes are not snapped to buckets (KILN_SNAP_TO_BUCKETS), "
@@ -133,11 +151,12 @@ def warm_up(pool: PredictorPool, tuning: Tuning, settings: Settings) -> list[tup
             else:
                 inputs = spec.input_model.model_validate(warmup_input(model, size), context={"limits": limits})
                 job = predictor.prepare(inputs, ctx)
-            for batch in batch_sizes:
+            for speed, batch in itertools.product(warmup_speeds(predictor), batch_sizes):
                 started = time.monotonic()
-                predictor.generate([job] * batch, ctx.step_callback())
-                log.info("warm-up: %s at %dx%d, batch %d, in %.1f s", model, *size, batch, time.monotonic() - started)
-                ran.append((model, size, batch))
+                predictor.generate([at_speed(job, speed)] * batch, ctx.step_callback())
+                took = time.monotonic() - started
+                log.info("warm-up: %s at %dx%d, batch %d, %s, in %.1f s", model, *size, batch, speed or "", took)
+                ran.append((model, size, batch) if speed is not Speed.FAST else (model, size, batch, speed.value))
     if cache_dir is not None:
         compile_cache.save(cache_dir, key)
     return ran

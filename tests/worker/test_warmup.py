@@ -103,17 +103,22 @@ def test_after_warm_up_a_job_at_a_bucket_size_compiles_nothing_new(compiled_dept
     model = "kiln/sd2-depth2img"
     before = graphs()
 
-    assert warm_up(pool, Tuning.from_settings(settings), settings) == [(model, (64, 64), 1)]
+    # The fast mode's components (feature reuse here) run graphs of their own: warmed too.
+    ran = warm_up(pool, Tuning.from_settings(settings), settings)
+    assert ran == [(model, (64, 64), 1), (model, (64, 64), 1, "fast")]
 
     compiled_graphs = graphs()
     assert compiled_graphs > before, "warm-up traced nothing: the UNet is not compiled"
     # A job at the bucket size, with another prompt, seed and step count, reuses the warmed graphs.
     predictor = pool.get(find_model(model))
-    inputs = find_model(model).input_model.model_validate(
-        warmup_input(model, (64, 64)) | {"prompt": "a kiln", "seed": 7, "num_inference_steps": 3}
-    )
+    fields = warmup_input(model, (64, 64)) | {"prompt": "a kiln", "seed": 7, "num_inference_steps": 3}
+    inputs = find_model(model).input_model.model_validate(fields)
     ctx = WarmupContext(settings)
     job = predictor.prepare(inputs, ctx)
     [outputs] = predictor.generate([job], ctx.step_callback())
     assert job.image.size == (64, 64) and outputs[0].size == (64, 64)
+    assert graphs() == compiled_graphs
+    # And a fast one (refresh and reuse steps).
+    fast = find_model(model).input_model.model_validate(fields | {"speed": "fast", "num_inference_steps": 4})
+    predictor.generate([predictor.prepare(fast, ctx)], ctx.step_callback())
     assert graphs() == compiled_graphs
