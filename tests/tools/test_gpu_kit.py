@@ -87,7 +87,7 @@ class HostCommand:
 def host_command(tmp_path_factory: pytest.TempPathFactory, weights_dir: Path) -> Iterator[HostCommand]:
     """Starts the host's command on the eager phases of the ``all`` plan, in its own process."""
     out = tmp_path_factory.mktemp("kit")
-    skip = ("--skip", "compile_modes,fast,compiled,recompiles")
+    skip = ("--skip", "compile_modes,fast,compiled_fast,compiled,recompiles")
     args = kit_args(out, weights_dir, "--budget-s", "1500", *WORKLOAD, "--jobs", "2", *skip)
     log = out.parent / f"{out.name}.log"
     with log.open("w") as stdout:
@@ -174,7 +174,7 @@ def test_the_host_command_measures_stock_against_kiln_at_each_batch_and_the_idle
     assert data["compile"] is None and data["recompiles"] is None
     for ref, model in data["models"].items():
         check_profile(model["profile"], controlnet=ref == XL)
-    per_model = [f"{m} {phase}" for phase in ("compile_modes", "fast") for m in MODELS]
+    per_model = [f"{m} {phase}" for phase in ("compile_modes", "fast", "compiled_fast") for m in MODELS]
     assert [item["what"] for item in data["skipped"]] == [*per_model, "compiled", "recompiles"]
 
 
@@ -232,6 +232,21 @@ def test_the_fast_mode_measures_each_component_against_the_quality_path(run_b: t
         )
 
 
+def test_the_fast_mode_on_a_compiled_predictor_keeps_its_graphs_across_calls(run_b: tuple[dict, str]) -> None:
+    for ref, model in run_b[0]["models"].items():
+        compiled = model["fast"]["compiled"]
+        assert compiled["mode"] == "reduce-overhead" and compiled["backend"] == "eager" and compiled["fullgraph"]
+        assert "unet:feature_reuse" in compiled["applied"] and compiled["float8_modules"] == []  # no CUDA
+        assert set(compiled["batches"]) == ({"1", "2"} if ref == SD2 else {"1"}) and compiled["best_batch"] in (1, 2)
+        for batch in compiled["batches"].values():
+            assert batch["seconds_per_image"] > 0 and "compile_s" in batch
+        # Refresh and reuse steps each traced once: a repeated call adds nothing.
+        assert compiled["new_graphs_on_repeat"] == 0
+        # Tracing only (eager backend): the latents of the eager fast mode with every component.
+        eager = model["fast"]["variants"]["all"]["rel_l2_latents_vs_quality"]
+        assert compiled["rel_l2_latents_vs_quality"] == pytest.approx(eager, rel=1e-3) and eager > 0
+
+
 def model_rows(markdown: str) -> list[str]:
     """The rows of the main table: one per model, with its workload."""
     return [line for line in markdown.splitlines() if line.startswith("| kiln/") and "| 64², 2 steps |" in line]
@@ -257,6 +272,8 @@ def test_the_markdown_reports_have_a_row_per_model_and_the_compiled_and_fast_tab
     for ref in MODELS:
         assert f"| {ref} | reduce-overhead | cold |" in markdown and f"| {ref} | feature_reuse |" in markdown
     assert f"| {XL} | controlnet_cond_only |" in markdown
+    for ref in MODELS:
+        assert f"| {ref} | reduce-overhead | no | " in markdown  # the compiled fast mode, float8 off on a CPU
     assert "Compile cache: loaded 0.0 MiB" in markdown
     for data, markdown, path in ((host_run[0], host_run[1], "eager"), (*run_b, "reduce-overhead")):
         for ref, model in data["models"].items():

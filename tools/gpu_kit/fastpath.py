@@ -13,7 +13,9 @@ Per model, after Kiln's eager batch 1 (and best batch) are measured:
   GPU idle, then the VAE decode and the rest of the call;
 - **fast** (``measure_fast``): the fast mode, each component alone and all together, at batch 1 (all
   together also at the best batch), with the relative L2 difference of the final latents against the
-  quality path at the same seeds (random weights give noise images: latents say more than pixels).
+  quality path at the same seeds (random weights give noise images: latents say more than pixels);
+- **compiled fast** (``measure_compiled_fast``): the fast mode on a compiled predictor (the first compiled
+  mode), every component together, at batch 1 and the best batch, with the graphs a repeated call adds.
 
 The compile cache (``worker.compile_cache``): with ``--compile-cache-in`` the kit loads the artifacts
 before anything compiles (run B: compile times are then warm-cache ones); with ``--compile-cache-out``
@@ -179,9 +181,9 @@ def release_memory(kit: Kit) -> None:
         torch.cuda.empty_cache()
 
 
-def measure_compile_mode(
-    kit: Kit, model: str, mode: str, batches: list[int], eager_images: list[np.ndarray], fullgraph: bool = True
-) -> dict[str, Any]:
+def compiled_predictor(kit: Kit, model: str, mode: str, fullgraph: bool) -> tuple[Any, dict[str, Any]]:
+    """A fresh predictor of ``model`` with ``KILN_TORCH_COMPILE`` in ``mode`` (no warm-up: the kit times the
+    first call), in a pool of its own, after dynamo forgot every earlier graph; and the head of its entry."""
     torch._dynamo.reset()
     _compiled_modules.clear()
     settings = kit.settings.model_copy(
@@ -193,24 +195,32 @@ def measure_compile_mode(
             "compile_warmup": False,
         }
     )
-    pool = PredictorPool(settings)
-    predictor = pool.get(find_model(model))
-    entry: dict[str, Any] = {
+    predictor = PredictorPool(settings).get(find_model(model))
+    entry = {
         "mode": mode,
         "backend": kit.args.compile_backend,
         "fullgraph": fullgraph,
         "applied": getattr(predictor, "applied", None),
-        "batches": {},
     }
+    return predictor, entry
+
+
+def timed_batches(kit: Kit, predictor: Any, jobs_at: Callable[[int], list[Any]], batches: list[int]) -> dict[str, Any]:
+    """Per batch size: seconds per image and compile time (the first call less a timed one)."""
+    timed: dict[str, Any] = {}
+    for batch in batches:
+        jobs = jobs_at(batch)
+        first, mean = kit.timed(lambda jobs=jobs: predictor.generate(jobs, FakeContext().step_callback()))
+        timed[str(batch)] = {"batch": batch, **throughput(mean, batch), "compile_s": round(first - mean, 2)}
+    return timed
+
+
+def measure_compile_mode(
+    kit: Kit, model: str, mode: str, batches: list[int], eager_images: list[np.ndarray], fullgraph: bool = True
+) -> dict[str, Any]:
+    predictor, entry = compiled_predictor(kit, model, mode, fullgraph)
     try:
-        for batch in batches:
-            jobs = kit.prepared(model, batch)
-            first, mean = kit.timed(lambda jobs=jobs: predictor.generate(jobs, FakeContext().step_callback()))
-            entry["batches"][str(batch)] = {
-                "batch": batch,
-                **throughput(mean, batch),
-                "compile_s": round(first - mean, 2),
-            }
+        entry["batches"] = timed_batches(kit, predictor, lambda batch: kit.prepared(model, batch), batches)
         images, _ = generate(predictor, kit.prepared(model, 1))
         entry["max_abs_diff_vs_eager"] = max_abs_difference(images, eager_images)
         with kit.step(f"{model} compiled {mode} profile"):
@@ -219,8 +229,12 @@ def measure_compile_mode(
             entry["recompiles"] = scale_recompiles(kit, model, predictor)[1]
     finally:
         _compiled_modules.clear()
-    entry["best_batch"] = int(min(entry["batches"].values(), key=lambda b: b["seconds_per_image"])["batch"])
+    entry["best_batch"] = best_of(entry["batches"])
     return entry
+
+
+def best_of(batches: dict[str, Any]) -> int:
+    return int(min(batches.values(), key=lambda b: b["seconds_per_image"])["batch"])
 
 
 def scale_recompiles(kit: Kit, model: str, predictor: Any) -> tuple[int, dict[str, Any]]:
@@ -373,9 +387,58 @@ def measure_fast_batches(kit: Kit, model: str, predictor: Any, fast: dict[str, A
         jobs = fast_jobs(kit.prepared(model, batch))
         first, mean = kit.timed(lambda jobs=jobs: predictor.generate(jobs, FakeContext().step_callback()))
         fast["batches"][str(batch)] = {"batch": batch, **throughput(mean, batch), "first_call_s": round(first, 3)}
-    fast["best_batch"] = int(min(fast["batches"].values(), key=lambda b: b["seconds_per_image"])["batch"])
+    fast["best_batch"] = best_of(fast["batches"])
     kiln_one = kit.report.model(model)["kiln"]["batches"]["1"]["seconds_per_image"]
     kit.report.model(model)["ratio_fast_over_kiln"] = round(fast["batches"]["1"]["seconds_per_image"] / kiln_one, 3)
+
+
+def measure_compiled_fast(kit: Kit, model: str) -> None:
+    """The fast mode on a compiled predictor (the first of ``--compile-modes``) with every component the
+    settings name that runs here, at batch 1 and the best batch: ``fast.compiled``, in ``kiln``'s shape."""
+    one = kit.report.model(model).get("kiln", {}).get("batches", {}).get("1")
+    if one is None or not kit.args.compile_modes:
+        return
+    mode = kit.args.compile_modes[0]
+    batches = sorted({1, best_batch(kit, model)})
+    calls = sum(batch * (2 + kit.args.sweep_repeats) for batch in batches)
+    # Graphs of its own: the float8 modules, the reusing steps' UNet, the ControlNet on half the rows.
+    estimate = 2 * MODE_RESERVE_S[kit.kind] + calls * one["seconds_per_image"]
+    if not kit.budget.allows(estimate):
+        kit.report.skip(f"{model} compiled fast", f"needs ~{estimate:.0f} s, {kit.seconds_left():.0f} s left")
+        return
+    _, quality = generate(kit.predictor(model), kit.prepared(model, 1))
+    with kit.step(f"{model} compiled fast {mode}"):
+
+        def measure(fullgraph: bool) -> dict[str, Any]:
+            try:
+                return measure_compiled_fast_mode(kit, model, mode, batches, quality, fullgraph)
+            finally:
+                release_memory(kit)
+
+        entry = with_graph_break_fallback(measure)
+        kit.report.model(model).setdefault("fast", {})["compiled"] = entry
+        print(f"{model}: compiled fast {mode}: {entry}", flush=True)
+
+
+def measure_compiled_fast_mode(
+    kit: Kit, model: str, mode: str, batches: list[int], quality: torch.Tensor, fullgraph: bool = True
+) -> dict[str, Any]:
+    """One compiled predictor's fast calls: per batch size, seconds per image and compile time; then the graphs
+    a repeated call adds (0: quality, refresh and reuse steps each keep theirs) and the relative L2 of its final
+    latents against eager quality's at the same seed."""
+    predictor, entry = compiled_predictor(kit, model, mode, fullgraph)
+    entry["components"] = sorted(c.value for c in predictor.fast.components)
+    entry["float8_modules"] = sorted(predictor.fast.float8_modules)
+    try:
+        entry["batches"] = timed_batches(kit, predictor, lambda batch: fast_jobs(kit.prepared(model, batch)), batches)
+        graphs = dynamo_counters["stats"]["unique_graphs"]
+        _, latents = generate(predictor, fast_jobs(kit.prepared(model, 1)))
+        entry["new_graphs_on_repeat"] = dynamo_counters["stats"]["unique_graphs"] - graphs
+        entry["rel_l2_latents_vs_quality"] = round(relative_l2(latents, quality), 5)
+    finally:
+        _compiled_modules.clear()
+    entry["best_batch"] = best_of(entry["batches"])
+    return entry
 
 
 # -- the report ------------------------------------------------------------------------------------
@@ -436,6 +499,7 @@ def markdown(data: dict[str, Any]) -> list[str]:
                     f"| {ref} | {name} | {_number(variant['seconds_per_image'])} "
                     f"| {_number(variant['ratio_over_kiln'], 2)} | {_number(variant['rel_l2_latents_vs_quality'], 4)} |"
                 )
+    lines += compiled_fast_markdown(data)
     lines += profile_markdown(data)
     cache = data.get("compile_cache")
     if cache:
@@ -444,6 +508,31 @@ def markdown(data: dict[str, Any]) -> list[str]:
             f"Compile cache: loaded {cache.get('loaded_bytes', 0) / 2**20:.1f} MiB, "
             f"saved {cache.get('saved_bytes', 0) / 2**20:.1f} MiB ({cache.get('key', '–')}).",
         ]
+    return lines
+
+
+def compiled_fast_markdown(data: dict[str, Any]) -> list[str]:
+    """The table of the fast mode on a compiled predictor (nothing when it was not measured)."""
+    entries = [(ref, m["fast"]["compiled"]) for ref, m in data["models"].items() if "compiled" in m.get("fast", {})]
+    if not entries:
+        return []
+    lines = [
+        "",
+        "Fast mode (every component) on compiled Kiln: new graphs = those a repeated call added (0 expected); "
+        "rel. L2 of the final latents against eager quality at the same seed.",
+        "",
+        "| model | mode | float8 | s/img @1 | compile s @1 | best batch | s/img @best | new graphs | rel. L2 latents |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for ref, entry in entries:
+        one, best = entry["batches"].get("1", {}), entry["batches"].get(str(entry.get("best_batch")), {})
+        shown = entry["mode"] if entry.get("fullgraph", True) else f"{entry['mode']} (graph breaks)"
+        lines.append(
+            f"| {ref} | {shown} | {', '.join(entry.get('float8_modules', [])) or 'no'} "
+            f"| {_number(one.get('seconds_per_image'))} | {_number(one.get('compile_s'), 1)} "
+            f"| {_number(entry.get('best_batch'))} | {_number(best.get('seconds_per_image'))} "
+            f"| {_number(entry.get('new_graphs_on_repeat'))} | {_number(entry.get('rel_l2_latents_vs_quality'), 4)} |"
+        )
     return lines
 
 

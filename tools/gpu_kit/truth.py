@@ -700,6 +700,9 @@ class Kit:
     def measure_profile(self, model: str) -> None:
         fastpath.measure_profile(self, model)
 
+    def measure_compiled_fast(self, model: str) -> None:
+        fastpath.measure_compiled_fast(self, model)
+
     def run(self) -> None:
         print(
             f"GPU truth kit (run {self.args.run}): {self.report.data['device']['name']}; weights "
@@ -743,14 +746,17 @@ class RunPlan:
 # A GPU window is about 15 minutes, machine start included: run A and run B each fit one command.
 RUNS = {
     # Everything, as far as the budget goes.
-    "all": RunPlan(("batch_one", "batches", "idle", "compile_modes", "fast", "profile"), ("compiled", "recompiles")),
+    "all": RunPlan(
+        ("batch_one", "batches", "idle", "compile_modes", "fast", "compiled_fast", "profile"),
+        ("compiled", "recompiles"),
+    ),
     # Eager Kiln (and stock) at batch 1 and larger, then the compiled modes with their differences
     # against eager, their recompile counts and where their time goes, then where eager's goes;
     # --compile-cache-out keeps the compile artifacts.
     "A": RunPlan(("batch_one", "batches", "compile_modes", "profile"), ()),
     # On a fresh machine with run A's artifacts (--compile-cache-in): the compiled modes again (warm-cache
-    # compile times), then the fast mode.
-    "B": RunPlan(("batch_one", "compile_modes", "fast"), ()),
+    # compile times), then the fast mode, eager and (as far as the budget goes) compiled.
+    "B": RunPlan(("batch_one", "compile_modes", "fast", "compiled_fast"), ()),
 }
 
 
