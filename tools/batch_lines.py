@@ -48,6 +48,30 @@ def data_uri(seed: int) -> str:
     return "data:image/png;base64," + base64.b64encode(png(10_000 + seed, 8)).decode()
 
 
+def solid_png(index: int, side: int = 64) -> bytes:
+    """A PNG of one colour, its own for each ``index`` (up to 2**24): a few hundred bytes, decoded at the full
+    ``side`` like any image of that size."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (side, side), tuple(index.to_bytes(3, "big"))).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def solid_data_uri(index: int) -> str:
+    return "data:image/png;base64," + base64.b64encode(solid_png(index % 2**24)).decode()
+
+
+def create_input(index: int, ip_image: str | None = None) -> dict[str, object]:
+    """A create's input as a user sends one: its own prompt, seed and structure image (a 64x64 data URI), and
+    its own image prompt unless ``ip_image`` is given (a batch's one style reference)."""
+    return {
+        "prompt": prompt(index),
+        "seed": index,
+        "input_image": solid_data_uri(2 * index),
+        "ip_image": ip_image or solid_data_uri(2 * index + 1),
+        "num_inference_steps": 1,
+    }
+
+
 def prompt(index: int) -> str:
     rng = random.Random(index)
     return f"{rng.choice(SUBJECTS)}, {rng.choice(STYLES)}, study {index}, detailed, soft light"

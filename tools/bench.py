@@ -5,7 +5,8 @@ API process under uvicorn, one GPU worker for ``kiln/sd2-depth2img`` on the tiny
 webhook worker), then measures:
 
 - create throughput: predictions accepted per second by the one API process, after a warm-up,
-  for single creates (concurrent clients) and for batches of ``--batch-size``. They target
+  for single creates (concurrent clients) and for batches of ``--batch-size``, each create and batch item
+  with its own prompt, seed and structure image (``single_body``, ``batch_body``). They target
   ``kiln/ip-adapter-depth-xl``, whose queue no worker consumes here, so the GPU worker stays idle;
   that queue is emptied afterwards. Beside the single creates, the plain create
   (``tools.plain_create``: FastAPI, pydantic, one Redis SET) served by uvicorn in the same run and
@@ -30,8 +31,10 @@ Usage: ``python -m tools.bench [--seconds 10] [--latency-runs 40] [--batch-size 
 from __future__ import annotations
 
 import argparse
+import functools
 import http.client
 import io
+import itertools
 import json
 import multiprocessing
 import shutil
@@ -40,12 +43,15 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+import orjson
 import redis
 from PIL import Image
 
@@ -55,6 +61,7 @@ from tests.support import REPO_ROOT, data_uri
 from tests.support.receiver import WebhookReceiver
 from tests.support.stack import TOKEN_A, Stack
 from tools import bench_batch_file, plain_create, redis_bytes
+from tools.batch_lines import MODEL, create_input, solid_data_uri
 from tools.bench_batch_file import FileRun, batch_file, file_rows
 from tools.chaos import CHAOS_SETTINGS, start_stack
 
@@ -77,7 +84,6 @@ def tiny_png() -> str:
 
 
 IMAGE = tiny_png()
-XL_BODY = {"input": {"prompt": "bench", "input_image": IMAGE, "ip_image": IMAGE, "num_inference_steps": 1}}
 SD2_INPUT = {"prompt": "bench", "input_image": IMAGE, "num_inference_steps": 1, "prompt_strength": 1.0, "seed": 1}
 
 
@@ -86,16 +92,18 @@ def log(message: str) -> None:
 
 
 def _client_thread(
-    base_url: str, token: str, path: str, body: bytes, deadline: float, found: list[tuple[int, list[float]]]
+    base_url: str, token: str, path: str, bodies: list[bytes], deadline: float, found: list[tuple[int, list[float]]]
 ) -> None:
-    """One keep-alive connection posting ``body`` until ``deadline``; adds the predictions accepted
+    """One keep-alive connection posting ``bodies`` in turn until ``deadline``; adds the predictions accepted
     and each request's latency (s)."""
     url = urlsplit(base_url)
     connection = http.client.HTTPConnection(url.hostname, url.port, timeout=120)
     headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
     accepted = 0
     latencies: list[float] = []
-    while time.monotonic() < deadline:
+    for body in itertools.cycle(bodies):
+        if time.monotonic() >= deadline:
+            break
         sent = time.monotonic()
         connection.request("POST", path, body=body, headers=headers)
         response = connection.getresponse()
@@ -111,12 +119,33 @@ def _client_thread(
     found.append((accepted, latencies))
 
 
-def _client_process(base_url: str, token: str, path: str, body: bytes, seconds: float, threads: int, out) -> None:
+@dataclass(frozen=True)
+class Load:
+    """What the clients send: ``make_body(n)`` is the n-th request's body (module-level, so that client
+    processes can be handed it), each client thread ``per_thread`` of them, made before the clock starts."""
+
+    path: str
+    make_body: Callable[[int], bytes]
+    per_thread: int
+
+
+def _client_process(
+    base_url: str, token: str, load: Load, first: int, seconds: float, threads: int, start: Any, out: Any
+) -> None:
+    try:
+        bodies = [
+            [load.make_body(first + (thread * load.per_thread) + n) for n in range(load.per_thread)]
+            for thread in range(threads)
+        ]
+    except BaseException:
+        start.abort()  # the bench fails now, not when the others give up waiting
+        raise
+    start.wait()
     deadline = time.monotonic() + seconds
     found: list[tuple[int, list[float]]] = []
     workers = [
-        threading.Thread(target=_client_thread, args=(base_url, token, path, body, deadline, found))
-        for _ in range(threads)
+        threading.Thread(target=_client_thread, args=(base_url, token, load.path, own, deadline, found))
+        for own in bodies
     ]
     for worker in workers:
         worker.start()
@@ -137,21 +166,27 @@ class Hammered:
         return percentile(self.latencies_ms, 99)
 
 
-def _hammer(base_url: str, path: str, body: bytes, seconds: float, processes: int, threads: int) -> Hammered:
-    """Predictions accepted per second by the API from ``processes`` x ``threads`` keep-alive clients.
+def _hammer(base_url: str, load: Load, seconds: float, processes: int, threads: int) -> Hammered:
+    """Predictions accepted per second by the API from ``processes`` x ``threads`` keep-alive clients, each
+    request a body of its own (``load``), timed from when every client has its bodies made.
 
     Plain ``http.client`` connections in separate processes: an asyncio client in one process
     (httpx's AsyncClient) turned out to be the bottleneck itself, collapsing with concurrency.
     """
     context = multiprocessing.get_context("spawn")
     out = context.Queue()
-    started = time.monotonic()
+    start = context.Barrier(processes + 1)
     clients = [
-        context.Process(target=_client_process, args=(base_url, TOKEN_A, path, body, seconds, threads, out))
-        for _ in range(processes)
+        context.Process(
+            target=_client_process,
+            args=(base_url, TOKEN_A, load, index * threads * load.per_thread, seconds, threads, start, out),
+        )
+        for index in range(processes)
     ]
     for client in clients:
         client.start()
+    start.wait(timeout=120)
+    started = time.monotonic()
     results = [out.get(timeout=seconds + 300) for _ in clients]
     elapsed = time.monotonic() - started
     for client in clients:
@@ -162,19 +197,38 @@ def _hammer(base_url: str, path: str, body: bytes, seconds: float, processes: in
     return Hammered(sum(accepted for accepted, _ in results) / elapsed, latencies)
 
 
-SINGLE = ("/v1/models/kiln/ip-adapter-depth-xl/predictions", json.dumps(XL_BODY).encode())
+# What users send (docs: HOSTILE "benchmarks measure what users send"): each create its own prompt, seed and
+# images, each batch item its own prompt, seed and structure image beside the batch's one style reference.
+SINGLE_PATH = "/v1/models/kiln/ip-adapter-depth-xl/predictions"
+# Bodies made per client thread: more than one thread sends in a run (about 200/s at the most here).
+SINGLE_BODIES = 3_000
 
 
-def batch_request(size: int) -> tuple[str, bytes]:
-    return "/v1/predictions/batch", json.dumps(
-        {"predictions": [{"model": "kiln/ip-adapter-depth-xl"} | XL_BODY] * size}
-    ).encode()
+def single_body(index: int) -> bytes:
+    return orjson.dumps({"input": create_input(index)})
 
 
-def throughput(base_url: str, request: tuple[str, bytes], seconds: float, processes: int, threads: int) -> Hammered:
-    path, body = request
-    _hammer(base_url, path, body, min(3.0, seconds), processes, threads)  # warm-up
-    return _hammer(base_url, path, body, seconds, processes, threads)
+def batch_body(size: int, index: int) -> bytes:
+    style = solid_data_uri(2**23 + index)
+    return orjson.dumps(
+        {"predictions": [{"model": MODEL, "input": create_input(index * size + n, style)} for n in range(size)]}
+    )
+
+
+def single_load(seconds: float) -> Load:
+    return Load(SINGLE_PATH, single_body, min(SINGLE_BODIES, int(250 * seconds) + 100))
+
+
+def batch_load(size: int, seconds: float, threads: int) -> Load:
+    """Enough batches per thread for ``seconds`` at 10,000 items/s over ``threads`` threads."""
+    return Load(
+        "/v1/predictions/batch", functools.partial(batch_body, size), int(10_000 * seconds / size / threads) + 2
+    )
+
+
+def throughput(base_url: str, load: Load, seconds: float, processes: int, threads: int) -> Hammered:
+    _hammer(base_url, load, min(3.0, seconds), processes, threads)  # warm-up
+    return _hammer(base_url, load, seconds, processes, threads)
 
 
 def drop_xl_queue(redis_url: str) -> None:
@@ -347,11 +401,12 @@ def measure_throughput(stack: Stack, args: argparse.Namespace) -> Throughput:
         ("plain_64", plain_url, peak_threads),
     ):
         log(f"{name} creates, {processes * per_process} clients")
-        found[name] = throughput(url, SINGLE, args.seconds, processes, per_process)
+        found[name] = throughput(url, single_load(args.seconds), args.seconds, processes, per_process)
         log(f"{name}: {found[name].rate:,.0f}/s, p99 {found[name].p99_ms():.1f} ms")
         drop_xl_queue(stack.redis_url)
     log("batch-create throughput")
-    batch = throughput(stack.base_url, batch_request(args.batch_size), args.seconds, 1, args.batch_concurrency)
+    load = batch_load(args.batch_size, args.seconds, args.batch_concurrency)
+    batch = throughput(stack.base_url, load, args.seconds, 1, args.batch_concurrency)
     log(f"batch: {batch.rate:,.0f}/s")
     drop_xl_queue(stack.redis_url)
     return Throughput(batch=batch, batch_size=args.batch_size, clients=processes * threads, **found)

@@ -1,9 +1,10 @@
 """Profile the API's create paths in-process: ``python -m tools.profile_create [--app-only] [--count N]``.
 
 ``app``: the whole ASGI app (middleware, routing, dependencies, the route, the asyncio Redis client) served
-the bench's single create (``kiln/ip-adapter-depth-xl``, two 64x64 data URIs: ``tools.bench.XL_BODY``) by 16
-clients at once, without uvicorn or sockets to the client: the API process's CPU µs per create, the
-redis-server's (``INFO cpu``) and the cyclic garbage collector's, unprofiled, then where the time goes
+the bench's single creates (``kiln/ip-adapter-depth-xl``, each its own prompt, seed and two 64x64 data URIs:
+``tools.bench.single_body``) by 16 clients at once, without uvicorn or sockets to the client: the API
+process's CPU µs per create, the redis-server's (``INFO cpu``) and the cyclic garbage collector's,
+unprofiled, then where the time goes
 (pyinstrument). ``single`` and ``batch``: ``submit`` and ``submit_batch`` alone (pyinstrument). All against a
 private redis-server; object storage is not touched (data-URI inputs).
 """
@@ -13,13 +14,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import json
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+import orjson
 import redis
 from pyinstrument import Profiler
 
@@ -31,7 +32,8 @@ from api.services import Services
 from deploy.devstack.servers import RedisServer
 from models.registry import find_model
 from shared.settings import Settings
-from tools.bench import SD2_INPUT, XL_BODY
+from tools.batch_lines import MODEL
+from tools.bench import batch_body, single_body
 
 CLIENTS = 16
 PATH = "/v1/models/kiln/ip-adapter-depth-xl/predictions"
@@ -89,14 +91,20 @@ async def _post(app: Any, body: bytes, statuses: list[int]) -> None:
     await app(scope, receive, send)
 
 
-async def _creates(app: Any, count: int) -> None:
-    body, statuses = json.dumps(XL_BODY).encode(), list[int]()
+def _bodies(count: int, first: int = 0) -> list[bytes]:
+    """``count`` single creates, each its own (made before any clock starts)."""
+    return [single_body(first + n) for n in range(count)]
 
-    async def client() -> None:
-        for _ in range(count // CLIENTS):
+
+async def _creates(app: Any, bodies: list[bytes]) -> None:
+    statuses: list[int] = []
+    per_client = len(bodies) // CLIENTS
+
+    async def client(first: int) -> None:
+        for body in bodies[first : first + per_client]:
             await _post(app, body, statuses)
 
-    await asyncio.gather(*(client() for _ in range(CLIENTS)))
+    await asyncio.gather(*(client(index * per_client) for index in range(CLIENTS)))
     refused = [status for status in statuses if status != 201]
     if refused:
         raise RuntimeError(f"{len(refused)} creates answered {sorted(set(refused))}")
@@ -133,11 +141,12 @@ async def _profile_app(redis_url: str, count: int) -> None:
         return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
 
     async with app.router.lifespan_context(app):
-        await _creates(app, 400)  # warm-up
+        await _creates(app, _bodies(400))  # warm-up
         for run in range(3):
+            bodies = _bodies(count, (run + 1) * count)
             redis_before, cpu_before, started = redis_cpu_s(), time.process_time(), time.perf_counter()
             with _CollectorTime() as collector:
-                await _creates(app, count)
+                await _creates(app, bodies)
             cpu, wall = time.process_time() - cpu_before, time.perf_counter() - started
             redis_us = (redis_cpu_s() - redis_before) / count * 1e6
             print(
@@ -146,9 +155,10 @@ async def _profile_app(redis_url: str, count: int) -> None:
                 f"{collector.collections} collections), {count / wall:,.0f} creates/s, {CLIENTS} at once (unprofiled)",
                 flush=True,
             )
+        bodies = _bodies(count, 4 * count)
         profiler = Profiler(interval=0.0005, async_mode="disabled")
         with profiler:
-            await _creates(app, count)
+            await _creates(app, bodies)
         print(profiler.output_text(unicode=False, color=False, show_all=False, timeline=False), flush=True)
 
 
@@ -162,13 +172,13 @@ def main() -> int:
         if options.app_only:
             return 0
         services = Services.connect(_settings(redis_server.url))
-        spec = find_model("kiln/sd2-depth2img")
-        body = CreatePrediction(version="kiln/sd2-depth2img", input=SD2_INPUT)
-        items = [{"version": "kiln/sd2-depth2img", "input": SD2_INPUT}] * 1000
-        submit_batch(services, "t", items, "http://x", None)  # warm-up
+        spec = find_model(MODEL)
+        singles = iter([CreatePrediction.model_validate(orjson.loads(body) | {"version": MODEL}) for body in _bodies(2000)])
+        batches = iter([orjson.loads(batch_body(1000, n))["predictions"] for n in range(11)])
+        submit_batch(services, "t", next(batches), "http://x", None)  # warm-up
         for name, run, count in (
-            ("single", lambda: submit(services, "t", spec, body, "http://x"), 2000),
-            ("batch", lambda: submit_batch(services, "t", items, "http://x", None), 10),
+            ("single", lambda: submit(services, "t", spec, next(singles), "http://x"), 2000),
+            ("batch", lambda: submit_batch(services, "t", next(batches), "http://x", None), 10),
         ):
             profiler = Profiler(interval=0.0005)
             started = time.perf_counter()
