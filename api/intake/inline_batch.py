@@ -49,8 +49,8 @@ def prepare_item(
     priority: Priority = "normal",
 ) -> Prediction:
     """One item as a prediction ready to store (``priority``: the batch's, for an item that names none);
-    ``ProblemError`` says what is wrong with it."""
-    reject_invalid_text(raw)
+    ``ProblemError`` says what is wrong with it (text that is not valid Unicode first: the body model's
+    validator looks for it before any field is read)."""
     try:
         item = CreateInBatch.model_validate(raw)
     except ValidationError as exc:

@@ -17,7 +17,7 @@ from redis.exceptions import RedisError
 
 from api.auth import Caller
 from api.deps import DeferredAuth
-from api.errors import ProblemError, reject_invalid_text
+from api.errors import ProblemError
 from api.intake.file_checks import check_file_inputs
 from api.intake.idempotency import await_first_request, fingerprint
 from api.intake.image_staging import RequestImages, stage_images
@@ -100,8 +100,8 @@ def prepare(
     validated on the event loop (``api.intake.loop_fit``), which stores nothing in S3, so a refusal has
     nothing to delete there (and the loop makes no S3 call)."""
     images = images if isinstance(images, RequestImages) else RequestImages(checked=images or set())
-    # First: text that is not valid Unicode is never fetched, stored or echoed.
-    reject_invalid_text(body.input, "input")
+    # Text that is not valid Unicode is never fetched, stored or echoed: ``body``'s model refused it already
+    # (``PredictionFields._valid_text``, before any field was read).
     retention_s = check_retention(body.retention_s, services)
     prediction_id = new_id()
     inputs, found = check_input(spec, body.input, services, tenant, base_url, images.checked)
