@@ -173,7 +173,8 @@ def main() -> int:
             return 0
         services = Services.connect(_settings(redis_server.url))
         spec = find_model(MODEL)
-        singles = iter([CreatePrediction.model_validate(orjson.loads(body) | {"version": MODEL}) for body in _bodies(2000)])
+        created = [orjson.loads(body) | {"version": MODEL} for body in _bodies(2000)]
+        singles = iter([CreatePrediction.model_validate(body) for body in created])
         batches = iter([orjson.loads(batch_body(1000, n))["predictions"] for n in range(11)])
         submit_batch(services, "t", next(batches), "http://x", None)  # warm-up
         for name, run, count in (

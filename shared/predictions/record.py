@@ -103,7 +103,7 @@ def _encode_ulid(number: int) -> str:
 
 # Left out of ``Prediction.to_compact_hash``'s dump: the logs (a key of their own), and the fields with a default
 # factory, written apart.
-_DUMPED_APART = frozenset({"logs", "id", "created_at"})
+_DUMPED_APART = {"logs", "id", "created_at"}
 
 
 class Prediction(BaseModel):
