@@ -155,7 +155,8 @@ def warm_up(pool: PredictorPool, tuning: Tuning, settings: Settings) -> list[tup
                 started = time.monotonic()
                 predictor.generate([at_speed(job, speed)] * batch, ctx.step_callback())
                 took = time.monotonic() - started
-                log.info("warm-up: %s at %dx%d, batch %d, %s, in %.1f s", model, *size, batch, speed or "", took)
+                shown = speed.value if speed is not None else "as prepared"
+                log.info("warm-up: %s at %dx%d, batch %d, %s, in %.1f s", model, *size, batch, shown, took)
                 ran.append((model, size, batch) if speed is not Speed.FAST else (model, size, batch, speed.value))
     if cache_dir is not None:
         compile_cache.save(cache_dir, key)
