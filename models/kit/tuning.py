@@ -176,8 +176,8 @@ def _decoder_compiled(vae: torch.nn.Module, tuning: Tuning) -> torch.nn.Module:
 def uncompiled(pipe: Any, name: str) -> Iterator[None]:
     """For one call: the pipeline's ``name`` module run eagerly when it is compiled (as it is otherwise).
 
-    For calls that change the module (a LoRA's layers, feature reuse's shadowed blocks): its graphs hold
-    none of it, and diffusers' LoRA methods pass over a compiled module (it is no ``ModelMixin``).
+    For calls that change the module (a LoRA's layers): its graphs hold none of it, and diffusers' LoRA
+    methods pass over a compiled module (it is no ``ModelMixin``).
     """
     module = getattr(pipe, name, None)
     inner = getattr(module, "_orig_mod", None)
