@@ -199,7 +199,7 @@ def _hammer(base_url: str, load: Load, seconds: float, processes: int, threads: 
 
 # What users send (docs: HOSTILE "benchmarks measure what users send"): each create its own prompt, seed and
 # images, each batch item its own prompt, seed and structure image beside the batch's one style reference.
-SINGLE_PATH = "/v1/models/kiln/ip-adapter-depth-xl/predictions"
+SINGLE_PATH = f"/v1/models/{MODEL}/predictions"
 # Bodies made per client thread: more than one thread sends in a run (about 200/s at the most here).
 SINGLE_BODIES = 3_000
 

@@ -33,10 +33,9 @@ from deploy.devstack.servers import RedisServer
 from models.registry import find_model
 from shared.settings import Settings
 from tools.batch_lines import MODEL
-from tools.bench import batch_body, single_body
+from tools.bench import SINGLE_PATH, batch_body, single_body
 
 CLIENTS = 16
-PATH = "/v1/models/kiln/ip-adapter-depth-xl/predictions"
 
 
 def _settings(redis_url: str) -> Settings:
@@ -65,8 +64,8 @@ async def _post(app: Any, body: bytes, statuses: list[int]) -> None:
         "http_version": "1.1",
         "method": "POST",
         "scheme": "http",
-        "path": PATH,
-        "raw_path": PATH.encode(),
+        "path": SINGLE_PATH,
+        "raw_path": SINGLE_PATH.encode(),
         "root_path": "",
         "query_string": b"",
         "headers": headers,

@@ -79,7 +79,7 @@ def test_a_compiled_xl_predictor_gives_the_eager_pixels(pools: tuple[PredictorPo
     assert len(got) == len(expected)
     for a, b in zip(got, expected, strict=True):
         assert np.array_equal(a, b), case
-    # Whatever the call swapped (the UNet run eagerly for a LoRA or feature reuse) is compiled again.
+    # Whatever the call swapped (the UNet run eagerly for a LoRA) is compiled again.
     assert isinstance(compiled.pipe.unet, torch._dynamo.eval_frame.OptimizedModule)
     assert not any(hasattr(module, "lora_A") for module in compiled.pipe.unet.modules())
 

@@ -24,6 +24,7 @@ it saves them after the compiled measurements (run A), and reports the sizes.
 
 from __future__ import annotations
 
+import functools
 import gc
 from collections.abc import Callable
 from dataclasses import replace
@@ -148,14 +149,8 @@ def measure_compile_modes(kit: Kit, model: str) -> None:
             kit.report.skip(f"{model} compiled {mode}", f"needs ~{estimate:.0f} s, {kit.seconds_left():.0f} s left")
             return
         with kit.step(f"{model} compiled {mode}"):
-
-            def measure(fullgraph: bool, mode: str = mode) -> dict[str, Any]:
-                try:
-                    return measure_compile_mode(kit, model, mode, batches, eager_images, fullgraph)
-                finally:
-                    release_memory(kit)
-
-            entry = with_graph_break_fallback(measure)
+            measure = functools.partial(measure_compile_mode, kit, model, mode, batches, eager_images)
+            entry = with_graph_break_fallback(releasing(kit, measure))
             entry["cache"] = "warm" if warm else "cold"
             kit.report.model(model).setdefault("compiled", {})[mode] = entry
             print(f"{model}: compiled {mode}: {entry}", flush=True)
@@ -172,6 +167,18 @@ def with_graph_break_fallback(measure: Callable[[bool], dict[str, Any]]) -> dict
     entry = measure(False)
     entry["fullgraph_error"] = error
     return entry
+
+
+def releasing(kit: Kit, measure: Callable[[bool], dict[str, Any]]) -> Callable[[bool], dict[str, Any]]:
+    """``measure``, with what each attempt's compiled predictor held freed once it returns or fails."""
+
+    def attempt(fullgraph: bool) -> dict[str, Any]:
+        try:
+            return measure(fullgraph)
+        finally:
+            release_memory(kit)
+
+    return attempt
 
 
 def release_memory(kit: Kit) -> None:
@@ -408,14 +415,8 @@ def measure_compiled_fast(kit: Kit, model: str) -> None:
         return
     _, quality = generate(kit.predictor(model), kit.prepared(model, 1))
     with kit.step(f"{model} compiled fast {mode}"):
-
-        def measure(fullgraph: bool) -> dict[str, Any]:
-            try:
-                return measure_compiled_fast_mode(kit, model, mode, batches, quality, fullgraph)
-            finally:
-                release_memory(kit)
-
-        entry = with_graph_break_fallback(measure)
+        measure = functools.partial(measure_compiled_fast_mode, kit, model, mode, batches, quality)
+        entry = with_graph_break_fallback(releasing(kit, measure))
         kit.report.model(model).setdefault("fast", {})["compiled"] = entry
         print(f"{model}: compiled fast {mode}: {entry}", flush=True)
 
