@@ -345,3 +345,10 @@ def test_run_b_with_an_eager_only_model_keeps_run_a_compile_cache_key() -> None:
         for args in (a, b)
     ]
     assert keys[0] == keys[1]
+
+
+def test_the_cudagraphs_mode_runs_dynamos_cudagraphs_backend_only_in_inductors_place() -> None:
+    on_gpu, dry_run = (SimpleNamespace(args=SimpleNamespace(compile_backend=b)) for b in ("inductor", "eager"))
+    assert fastpath.backend_for(on_gpu, fastpath.CAPTURE_ONLY) == "cudagraphs"
+    assert fastpath.backend_for(on_gpu, "reduce-overhead") == "inductor"
+    assert fastpath.backend_for(dry_run, fastpath.CAPTURE_ONLY) == "eager"

@@ -4,7 +4,8 @@ Per model, after Kiln's eager batch 1 (and best batch) are measured:
 
 - **compiled** (``measure_compile_modes``): Kiln with ``KILN_TORCH_COMPILE`` in each of
   ``--compile-modes`` (``reduce-overhead``: Inductor with CUDA graphs; ``max-autotune-no-cudagraphs``:
-  autotuned kernels, no graphs) at batch 1 and the best batch: what the compiled predictor applied,
+  autotuned kernels, no graphs; ``cudagraphs``, on request: graphs of the eager kernels, no Inductor) at batch 1
+  and the best batch: what the compiled predictor applied,
   compile time (first call minus a timed one), seconds per image, the max absolute difference of the
   final image (0-255) against eager at the same seeds, and on the XL models the graphs dynamo adds
   over three values of each scale input;
@@ -54,6 +55,10 @@ def throughput(seconds_per_call: float, batch: int) -> dict[str, float]:
 
 
 COMPILE_MODES = ("reduce-overhead", "max-autotune-no-cudagraphs")
+# A further mode the kit knows: CUDA graphs captured from the eager kernels, no Inductor (dynamo's
+# ``cudagraphs`` backend, what a worker runs with ``KILN_COMPILE_BACKEND=cudagraphs``). It compiles in a
+# fraction of Inductor's time; measured beside ``reduce-overhead`` it says what the graphs alone give.
+CAPTURE_ONLY = "cudagraphs"
 # What one compiled mode needs at least, on top of its timed calls (compile time is unknown until run once).
 MODE_RESERVE_S = {"cuda": 120.0, "cpu": 20.0}
 # Each input moved on its own from the workload, on the compiled path: no new graph is expected.
@@ -193,11 +198,12 @@ def compiled_predictor(kit: Kit, model: str, mode: str, fullgraph: bool) -> tupl
     first call), in a pool of its own, after dynamo forgot every earlier graph; and the head of its entry."""
     torch._dynamo.reset()
     _compiled_modules.clear()
+    backend = backend_for(kit, mode)
     settings = kit.settings.model_copy(
         update={
             "torch_compile": True,
             "compile_mode": mode,
-            "compile_backend": kit.args.compile_backend,
+            "compile_backend": backend,
             "compile_fullgraph": fullgraph,
             "compile_warmup": False,
         }
@@ -205,11 +211,19 @@ def compiled_predictor(kit: Kit, model: str, mode: str, fullgraph: bool) -> tupl
     predictor = PredictorPool(settings).get(find_model(model))
     entry = {
         "mode": mode,
-        "backend": kit.args.compile_backend,
+        "backend": backend,
         "fullgraph": fullgraph,
         "applied": getattr(predictor, "applied", None),
     }
     return predictor, entry
+
+
+def backend_for(kit: Kit, mode: str) -> str:
+    """The compile backend of ``mode``: ``--compile-backend`` (Inductor, or the CPU dry run's ``eager``), except
+    that ``cudagraphs`` on Inductor's place means dynamo's ``cudagraphs`` backend."""
+    if mode == CAPTURE_ONLY and kit.args.compile_backend == "inductor":
+        return CAPTURE_ONLY
+    return kit.args.compile_backend
 
 
 def timed_batches(kit: Kit, predictor: Any, jobs_at: Callable[[int], list[Any]], batches: list[int]) -> dict[str, Any]:

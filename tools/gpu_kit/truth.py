@@ -807,7 +807,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--compile-modes",
         default=",".join(fastpath.COMPILE_MODES),
-        help="comma-separated torch.compile modes Kiln is measured in, against eager",
+        help="comma-separated torch.compile modes measured against eager; cudagraphs: graphs without Inductor",
     )
     parser.add_argument("--compile-backend", default="inductor", help="eager: trace only (the CPU dry run)")
     parser.add_argument("--compile-cache-in", default=None, help="load compile artifacts from this folder first")
