@@ -173,7 +173,9 @@ class Settings(BaseSettings):
     output_url_ttl_s: int = Field(default=3600, ge=10)
     # Allow webhooks to loopback, private-use and unique-local addresses: local development and tests only.
     webhook_allow_private: bool = False
-    webhook_timeout_s: float = Field(default=15.0, gt=0)
+    # The whole of one attempt, connect to answer (``shared.security.ssrf.Deadline``); at most half the
+    # 60 s an attempt's claim lasts (``shared.webhooks.outbox.CLAIM_LEASE_S``), so no attempt outlives it.
+    webhook_timeout_s: float = Field(default=15.0, gt=0, le=30)
     # Delays between attempts of a terminal event (Svix-like: 5 s, 5 min, 30 min, 2 h, 5 h, 10 h).
     webhook_retry_schedule_s: list[float] = [5, 300, 1800, 7200, 18000, 36000]
     webhook_throttle_ms: int = Field(default=500, ge=0)

@@ -16,16 +16,22 @@ submission and again when connecting.
   request sent to the address that was checked (Host and SNI keep the name), so DNS cannot be
   rebound in between. Redirects are never followed by the client: a caller that follows them judges
   each hop again, and never leaves https for http (``redirect_target``).
+- **Time** (``Deadline``): a request is cut off ``timeout_s`` after it starts, whatever it is doing.
+  httpx's timeouts bound each connect, read and write alone, so a peer that trickles its answer a
+  byte at a time would otherwise hold the caller (a webhook thread, an image fetch) for as long as
+  it likes.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import socket
+import threading
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from functools import cache
+from typing import Any
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import httpx
@@ -298,7 +304,55 @@ def guarded_request(
     Redirects are answers like any other."""
     target = resolve_checked(url, allow_private=allow_private)
     pinned, host_header, extensions = pinned_request(target, url)
-    with pinned_client(timeout_s).stream(
-        method, pinned, headers={**(headers or {}), **host_header}, content=content, extensions=extensions
-    ) as response:
-        yield response
+    deadline = Deadline(timeout_s)
+    try:
+        with pinned_client(timeout_s).stream(
+            method,
+            pinned,
+            headers={**(headers or {}), **host_header},
+            content=content,
+            extensions={**extensions, "trace": deadline.trace},
+        ) as response:
+            yield response
+    except httpx.TransportError as exc:
+        if deadline.expired:
+            raise httpx.ReadTimeout(f"no whole answer within {timeout_s:g} s") from exc
+        raise
+    finally:
+        deadline.cancel()
+
+
+class Deadline:
+    """Cuts one request's connection ``timeout_s`` after it was made: the socket is shut down, so whatever
+    read or write the request is blocked in ends at once (``guarded_request`` then raises a timeout).
+
+    The connection is learned from httpcore's ``trace`` extension (its ``connect_tcp`` event), which
+    ``guarded_request`` passes with the request; with no keep-alive, every request has its own."""
+
+    def __init__(self, timeout_s: float) -> None:
+        self.expired = False
+        self._socket: socket.socket | None = None
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(timeout_s, self._expire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def trace(self, event: str, info: dict[str, Any]) -> None:
+        if event == "connection.connect_tcp.complete":
+            with self._lock:
+                self._socket = info["return_value"].get_extra_info("socket")
+                if self.expired:
+                    self._cut()
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            self._cut()
+
+    def _cut(self) -> None:
+        if self._socket is not None:
+            with suppress(OSError):  # closed already: the request ended as the deadline came
+                self._socket.shutdown(socket.SHUT_RDWR)

@@ -54,7 +54,7 @@ def webhook_worker(ha: RedisHA, tmp_path: Path) -> Iterator[tuple[Path, subproce
         "KILN_DATA_DIR": str(tmp_path / "data"),
         "KILN_WEBHOOK_ALLOW_PRIVATE": "true",
         # Held at the receiver across the failover: not given up meanwhile.
-        "KILN_WEBHOOK_TIMEOUT_S": "60",
+        "KILN_WEBHOOK_TIMEOUT_S": "30",  # the most allowed
         # No S3 is needed; nothing listens here.
         "KILN_S3_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}",
         "KILN_WORKER_METRICS_PORT": "0",
