@@ -27,7 +27,7 @@ import logging
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from redis import Redis
 
@@ -115,6 +115,7 @@ class DataRemoval:
         self.storage = storage
         self.threads = threads
         self._remove_data = redis.register_script(lua.script("retention_remove_data"))
+        self._replace_body = redis.register_script(lua.script("webhook_body_replace"))
         self._batch_removed = redis.register_script(lua.script("retention_batch_removed"))
 
     def remove(self, prediction_ids: Sequence[str]) -> None:
@@ -131,12 +132,45 @@ class DataRemoval:
                 record = [keys.prediction(prediction_id), keys.prediction_logs(prediction_id)]
                 self._remove_data(keys=record, client=pipe)
             pipe.execute()
+        self.scrub_pending_webhooks(prediction_ids)
+
+    def scrub_pending_webhooks(self, prediction_ids: Sequence[str]) -> None:
+        """The bodies of the predictions' webhook deliveries still to be sent (a ``completed`` one being
+        retried, say), cleared as their records were: no later attempt carries what was removed."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            for prediction_id in prediction_ids:
+                pipe.zrange(keys.webhook_deliveries(prediction_id), 0, -1)
+            delivery_ids = [i for members in pipe.execute() for i in range_members(members)]
+        if not delivery_ids:
+            return
+        with self.redis.pipeline(transaction=False) as pipe:
+            for delivery_id in delivery_ids:
+                pipe.hget(keys.webhook_delivery(delivery_id), "body")
+            stored = pipe.execute()
+        with self.redis.pipeline(transaction=False) as pipe:
+            for delivery_id, raw in zip(delivery_ids, stored, strict=True):
+                body = json.loads(raw) if raw else ""  # a delivery's fields are JSON; a finished one keeps ""
+                if body:
+                    replaced = json.dumps(data_removed_body(body))
+                    self._replace_body(keys=[keys.webhook_delivery(delivery_id)], args=[raw, replaced], client=pipe)
+            pipe.execute()
 
     def remove_batch_inputs(self, batch_id: str) -> None:
         """The image inputs a batch's items share (stored once for the batch), and the batch, while
         its record lasts, marked ``data_removed``."""
         self.storage.delete_prefix(batch_prefix(batch_id))
         self._batch_removed(keys=[keys.batch_record(batch_id)])
+
+
+def data_removed_body(body: str) -> str:
+    """A prediction's webhook body as its record shows it once its data is removed: input, output and logs
+    cleared, ``data_removed`` true (a body that is no prediction's is kept)."""
+    rendered = json.loads(body)
+    if not isinstance(rendered, dict) or "input" not in rendered:
+        return body
+    cleared: dict[str, Any] = {"input": {}, "output": None, "logs": ""}
+    rendered |= {name: value for name, value in cleared.items() if name in rendered} | {"data_removed": True}
+    return json.dumps(rendered)
 
 
 def delivery_keys(delivery_ids: Sequence[str]) -> list[str]:

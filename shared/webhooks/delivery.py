@@ -166,11 +166,15 @@ def attempt_delivery(outbox: WebhookOutbox, delivery_id: str, signing: Signing, 
                 if progress:
                     outbox.end_progress(delivery.prediction_id)
         attempt = result.attempt(started_at, time.monotonic() - started)
-        delivery = outbox.save_attempt(
+        saved = outbox.save_attempt(
             delivery, attempt, succeeded=result.succeeded, stop=result.stop, retry_after_s=result.retry_after_s
         )
     finally:
         outbox.unlock_attempt(delivery_id)
+    if saved is None:
+        log.info("webhook %s: its prediction's record expired during the attempt; not kept", delivery.id)
+        return None
+    delivery = saved
     log.info(
         "webhook %s %s for prediction %s attempt %d: %s -> %s",
         delivery.id,

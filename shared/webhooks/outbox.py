@@ -257,20 +257,26 @@ class WebhookOutbox:
 
     def save_attempt(
         self, delivery: Delivery, attempt: Attempt, *, succeeded: bool, stop: bool, retry_after_s: float | None = None
-    ) -> Delivery:
+    ) -> Delivery | None:
         """Record one attempt (appended to the delivery's attempts) and decide what comes next: done,
         failed, or due again later. A finished delivery keeps no body (a manual retry renders a fresh one);
-        a failed ``completed`` one is filed with its tenant's failed deliveries."""
+        a failed ``completed`` one is filed with its tenant's failed deliveries. None, with nothing
+        written, when the delivery is gone (its prediction's record expired during the attempt)."""
         delivery.attempts += 1
         delivery.last_outcome = attempt.outcome
         delay = None if succeeded or stop else self.next_delay(delivery, retry_after_s)
         delivery.state = DELIVERED if succeeded else FAILED if delay is None else PENDING
         delivery.next_attempt_at = None if delay is None else time.time() + delay
+        saved = delivery.to_hash()
         if delivery.next_attempt_at is None:
             delivery.body = ""
+            saved["body"] = json.dumps("")
+        else:
+            # The body stays as stored: data removal may have scrubbed it during the attempt.
+            del saved["body"]
         now_us = int(time.time() * 1_000_000)
-        fields = [item for pair in delivery.to_hash().items() for item in pair]
-        self._attempt_script(
+        fields = [item for pair in saved.items() for item in pair]
+        kept = self._attempt_script(
             keys=[
                 keys.webhook_delivery(delivery.id),
                 keys.webhook_due(),
@@ -289,7 +295,7 @@ class WebhookOutbox:
                 *fields,
             ],
         )
-        return delivery
+        return delivery if kept else None
 
     def next_delay(self, delivery: Delivery, retry_after_s: float | None) -> float | None:
         """Seconds until the next attempt, or None when the schedule is spent (or no retries apply)."""

@@ -7,10 +7,13 @@ import time
 from collections.abc import Iterator
 
 import pytest
+import redis
 from fastapi.testclient import TestClient
 
 from api.app import create_app
 from deploy.devstack.servers import free_port
+from shared.db import keys
+from shared.webhooks.outbox import completed_message_id
 from tests.support import wait_for_status, wait_until
 from tests.support.predictions import TERMINAL, create_with_webhook, depth2img_input
 from tests.support.receiver import WebhookReceiver
@@ -81,6 +84,33 @@ def test_failed_attempts_are_retried_with_the_same_webhook_id(client, receiver):
     assert len(got) == 3, "delivered on the third try and not again"
     assert len({r.headers["webhook-id"] for r in got}) == 1
     assert all(r.status == "succeeded" for r in got)
+
+
+def test_a_delete_during_the_retries_leaves_them_nothing_it_removed(stack, client, receiver):
+    """DELETE while the ``completed`` message is being retried: the next attempts carry the record as it is
+    now (``data_removed``, no input, output or logs), and nothing in Redis still holds what was removed."""
+    deleted: list[float] = []
+
+    def delete_during_the_first(delivery) -> None:
+        if not deleted:
+            with stack.client(TOKEN_A) as owner:
+                assert owner.delete(f"/v1/predictions/{delivery.body['id']}").status_code == 200
+            deleted.append(time.monotonic())
+
+    receiver.on_delivery = delete_during_the_first
+    receiver.script("/flaky", [500, 500])
+    created = create_with_webhook(client, receiver.url("/flaky"), ["completed"], prompt="a secret of its own")
+    wait_until(lambda: len(receiver.at("/flaky")) >= 3, 60, what="three attempts")
+    first, *retries = receiver.at("/flaky")
+    assert first.body["input"]["prompt"] == "a secret of its own" and first.body["output"]
+    for retry in retries:
+        assert retry.at > deleted[0]
+        assert retry.body["data_removed"] is True
+        assert (retry.body["input"], retry.body["output"], retry.body["logs"]) == ({}, None, "")
+    with redis.Redis.from_url(stack.redis_url) as db:
+        kept = db.hgetall(keys.webhook_delivery(completed_message_id(created["id"])))
+    assert kept and not any(b"a secret of its own" in value for value in kept.values())
+    assert client.get(f"/v1/predictions/{created['id']}").json()["data_removed"] is True
 
 
 def test_410_stops_retries_and_redirects_are_failures_not_followed(client, receiver):

@@ -12,7 +12,7 @@ import pytest
 from shared.batches.records import batch_delivery_id
 from shared.db import keys
 from shared.predictions.record import Prediction
-from shared.predictions.retention import Janitor
+from shared.predictions.retention import DataRemoval, Janitor
 from shared.settings import Settings
 from shared.webhooks import delivery as webhook_delivery
 from shared.webhooks import outbox as webhook_outbox
@@ -252,3 +252,63 @@ def test_a_delivery_gone_with_its_record_leaves_the_due_set(outbox):
     outbox.redis.delete(keys.webhook_delivery(delivery.id))
     assert attempt(outbox, delivery.id) is None
     assert outbox.redis.zscore(keys.webhook_due(), delivery.id) is None
+
+
+class NoObjects:
+    """Storage with nothing stored: data removal's S3 half, a no-op."""
+
+    def delete_prefix(self, prefix: str) -> None:
+        pass
+
+
+SECRET_BODY = json.dumps(
+    {"id": "p0", "input": {"prompt": "a secret"}, "output": ["https://x/out-0.png"], "logs": "step 1", "status": "x"}
+)
+
+
+def test_data_removal_scrubs_a_pending_body_and_its_retries_send_it_scrubbed(outbox, monkeypatch):
+    completed = outbox.record(prediction(), "completed", SECRET_BODY)
+    sent: list[str] = []
+
+    def receiver(delivery, signed, settings):
+        sent.append(signed.body)
+        return unavailable()
+
+    monkeypatch.setattr(webhook_delivery, "post_signed", receiver)
+    assert attempt(outbox, completed.id).state == PENDING
+    DataRemoval(outbox.redis, NoObjects()).remove(["p0"])  # type: ignore[arg-type]
+
+    stored = outbox.redis.hget(keys.webhook_delivery(completed.id), "body")
+    assert b"secret" not in stored and b"step 1" not in stored
+    attempt(outbox, completed.id)
+    first, retried = (json.loads(body) for body in sent)
+    assert first["input"] == {"prompt": "a secret"}
+    assert retried == {"id": "p0", "input": {}, "output": None, "logs": "", "status": "x", "data_removed": True}
+
+
+def test_an_attempt_in_flight_during_data_removal_leaves_the_body_scrubbed(outbox, monkeypatch):
+    completed = outbox.record(prediction(), "completed", SECRET_BODY)
+
+    def removed_meanwhile(delivery, signed, settings):
+        DataRemoval(outbox.redis, NoObjects()).remove(["p0"])  # type: ignore[arg-type]
+        return unavailable()
+
+    monkeypatch.setattr(webhook_delivery, "post_signed", removed_meanwhile)
+    assert attempt(outbox, completed.id).state == PENDING
+    assert json.loads(outbox.get(completed.id).body)["data_removed"] is True
+
+
+def test_a_delivery_whose_record_expired_during_its_attempt_is_not_brought_back(outbox, monkeypatch):
+    subject = prediction()
+    completed = outbox.record(subject, "completed", SECRET_BODY)
+
+    def expired_meanwhile(delivery, signed, settings):
+        Janitor(outbox.redis, storage=None).expire_record(subject.id)  # type: ignore[arg-type]
+        return unavailable()
+
+    monkeypatch.setattr(webhook_delivery, "post_signed", expired_meanwhile)
+    assert attempt(outbox, completed.id) is None
+    redis = outbox.redis
+    assert not redis.exists(keys.webhook_delivery(completed.id), keys.webhook_delivery_attempts(completed.id))
+    assert redis.zscore(keys.webhook_due(), completed.id) is None
+    assert redis.zcard(keys.tenant_failed_webhooks("t1")) == 0

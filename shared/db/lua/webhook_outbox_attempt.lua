@@ -5,7 +5,9 @@
 -- ARGV[5]: how many attempts are kept; ARGV[6]: 'failed' to file it with its tenant's failed deliveries
 -- ('' takes it out); ARGV[7]: when it failed (unix microseconds: its score, made unique so a list cursor
 -- names one member); ARGV[8]: failures older than this (microseconds) leave that set, their deliveries
--- expired; ARGV[9..]: the delivery's field, JSON value pairs.
+-- expired; ARGV[9..]: the delivery's field, JSON value pairs. A delivery gone meanwhile (its prediction's
+-- record expired during the attempt) is not brought back: nothing is written, and 0 returned.
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 redis.call('HSET', KEYS[1], unpack(ARGV, 9))
 redis.call('RPUSH', KEYS[3], ARGV[4])
 redis.call('LTRIM', KEYS[3], -tonumber(ARGV[5]), -1)
