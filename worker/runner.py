@@ -35,7 +35,7 @@ from shared.predictions import deadlines
 from shared.predictions.leases import Leases
 from shared.predictions.lifecycle import PredictionLifecycle
 from shared.predictions.record import Prediction, utcnow
-from shared.predictions.status import Status
+from shared.predictions.status import TERMINAL, Status
 from shared.runtime import metrics
 from shared.settings import Settings
 from shared.storage.files import FileStore
@@ -81,6 +81,10 @@ def describe_failure(exc: BaseException) -> str:
     if isinstance(exc, StorageUnavailable):
         return f"could not store the outputs (object storage unavailable): {exc}"
     return str(exc) or type(exc).__name__
+
+
+# Ended in a way that keeps no output: an attempt's uploads are strays there.
+ENDED_WITHOUT_OUTPUTS = TERMINAL - {Status.SUCCEEDED}
 
 
 @dataclass(eq=False)
@@ -320,7 +324,8 @@ class PredictionRunner:
             try:
                 if self.store.update_while_processing(prediction.id, if_attempt=attempt, output=names):
                     self.notifier.notify(prediction, "output")
-                self._finish(item, Status.SUCCEEDED, output=names, predict_time=predict_time)
+                if self._finish(item, Status.SUCCEEDED, output=names, predict_time=predict_time) is None:
+                    self._discard_stray_outputs(prediction.id, names)
             finally:
                 self._close(item)
 
@@ -349,6 +354,18 @@ class PredictionRunner:
     def _close(self, item: RunningPrediction) -> None:
         self.timeline.record("finished", item.prediction.id)
         item.heartbeat.__exit__(None, None, None)
+
+    def _discard_stray_outputs(self, prediction_id: str, names: list[str]) -> None:
+        """Outputs this attempt stored but could not end its prediction with (it lost its lease while it
+        uploaded): deleted where nothing can want them, as the prediction ended without them (canceled, say),
+        had its data removed (``DELETE``) or is gone; left where another attempt runs it, or succeeded,
+        since that attempt stores the same names."""
+        current = self.store.get(prediction_id)
+        if current is not None and not current.data_removed and current.status not in ENDED_WITHOUT_OUTPUTS:
+            return
+        log.warning("prediction %s: ended without this attempt's outputs; deleting them", prediction_id)
+        for name in names:
+            self.storage.delete(output_key(prediction_id, name))
 
     def _upload(self, prediction_id: str, outputs: list[Output], encoding: OutputEncoding) -> list[str]:
         """Store each output: images encoded in the prediction's ``output_format`` (``out-0.webp``, ...),

@@ -8,6 +8,7 @@ worker and hands each to ``PredictionRunner.run``, like the Celery task does.
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,12 +35,26 @@ class MemoryStorage:
         self.objects: dict[str, bytes] = {}
         self.content_types: dict[str, str] = {}
         self.fail_puts = fail_puts
+        # Called with each key before it is stored: what happens elsewhere while an upload is under way.
+        self.before_put: Callable[[str], None] | None = None
 
     def put_bytes(self, key: str, data: bytes, content_type: str) -> None:
         if self.fail_puts:
             raise StorageUnavailable("object storage unreachable")
+        if self.before_put is not None:
+            self.before_put(key)
         self.objects[key] = data
         self.content_types[key] = content_type
+
+    def delete(self, key: str) -> None:
+        self.objects.pop(key, None)
+
+    def delete_prefix(self, prefix: str) -> None:
+        for key in [key for key in self.objects if key.startswith(prefix)]:
+            del self.objects[key]
+
+    def under(self, prefix: str) -> list[str]:
+        return sorted(key for key in self.objects if key.startswith(prefix))
 
 
 @dataclass

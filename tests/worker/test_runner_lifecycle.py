@@ -12,9 +12,11 @@ import pytest
 
 from shared.db import keys
 from shared.predictions.record import format_timestamp, utcnow
+from shared.predictions.retention import DataRemoval
 from shared.predictions.status import Status
 from shared.scheduling import lost_messages
 from shared.scheduling.lost_messages import LostMessages, mark_sent_in_pipeline
+from shared.storage.objects import prediction_prefix
 from tests.support.fake_predictors import FAKE_MODEL, INPUTS, FakePredictor
 from tests.support.lifecycle import record_endings
 from tests.support.runner_harness import Harness
@@ -121,3 +123,41 @@ def test_a_message_the_lost_message_sweep_sent_again_runs_its_prediction_once(
     assert events.count("start") == 1 and events[-1] == "completed" and events.count("completed") == 1
     assert harness.get(prediction_id).attempt == 1
     assert harness.redis.zscore(keys.queued_waiting(), prediction_id) is None
+
+
+def ended_during_the_upload(harness: Harness, prediction_id: str, elsewhere: Callable[[], None]) -> None:
+    """Run the prediction; as its first output is stored, ``elsewhere`` happens (the attempt has lost its lease)."""
+    happened: list[str] = []
+
+    def once(key: str) -> None:
+        if not happened:
+            happened.append(key)
+            elsewhere()
+
+    harness.storage.before_put = once
+    harness.work()
+    assert happened
+
+
+def test_outputs_stored_after_a_delete_ended_the_prediction_are_deleted(harness: Harness) -> None:
+    prediction_id = harness.submit(FAKE_MODEL, **INPUTS[0] | {"num_outputs": 3})
+
+    def canceled_and_deleted() -> None:
+        assert harness.store.transition(prediction_id, Status.CANCELED)
+        DataRemoval(harness.redis, harness.storage).remove([prediction_id])  # type: ignore[arg-type]
+
+    ended_during_the_upload(harness, prediction_id, canceled_and_deleted)
+    assert harness.get(prediction_id).status is Status.CANCELED and harness.get(prediction_id).data_removed
+    assert harness.storage.under(prediction_prefix(prediction_id)) == []
+
+
+def test_outputs_stored_after_another_attempt_took_the_prediction_are_left_to_it(harness: Harness) -> None:
+    prediction_id = harness.submit(FAKE_MODEL, **INPUTS[0] | {"num_outputs": 2})
+
+    def taken_over() -> None:  # the reaper gave it to another attempt, which stores the same names
+        attempt = harness.get(prediction_id).attempt
+        assert harness.store.transition(prediction_id, Status.STARTING, if_attempt=attempt, attempt=attempt + 1)
+
+    ended_during_the_upload(harness, prediction_id, taken_over)
+    assert harness.get(prediction_id).status is Status.STARTING
+    assert len(harness.storage.under(prediction_prefix(prediction_id))) == 2
