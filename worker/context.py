@@ -75,7 +75,10 @@ def load_file_input(
             raise FileInputError(f"file {file_id} does not exist or has expired")
         if record.size > max_bytes:
             raise FileInputError(f"file {file_id} is {record.size} bytes, more than the {max_bytes} allowed")
-        return b"".join(files.open(record).body)
+        stored = files.open(record)
+        if stored is None:
+            raise FileInputError(f"file {file_id} does not exist or has expired")
+        return b"".join(stored.body)
     try:
         return fetch_url(
             uri,

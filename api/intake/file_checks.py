@@ -76,4 +76,7 @@ def _uploaded_header(file_id: str, kind: str, services: Services, tenant: str) -
     limit, setting = file_size_cap(kind, services.settings)
     if record.size > limit:
         raise SafetensorsInputError(f"file {file_id} is {record.size} bytes, more than the {limit} allowed ({setting})")
-    return read_safetensors_header(services.files.open(record).body)
+    stored = services.files.open(record)
+    if stored is None:  # deleted since its record was read
+        raise SafetensorsInputError(f"file {file_id} does not exist or has expired")
+    return read_safetensors_header(stored.body)

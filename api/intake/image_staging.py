@@ -185,10 +185,10 @@ def _read(uri: str, services: Services, tenant: str, base_url: str, ahead: Fetch
             f"file {file_id} is {record.size} bytes, more than {settings.image_fetch_max_bytes} "
             "(KILN_IMAGE_FETCH_MAX_BYTES)"
         )
-    try:
-        return b"".join(services.files.open(record).body)
-    except ObjectNotFound:
-        raise ImageInputError(f"file {file_id} does not exist or has expired") from None
+    stored = services.files.open(record)
+    if stored is None:
+        raise ImageInputError(f"file {file_id} does not exist or has expired")
+    return b"".join(stored.body)
 
 
 def fetch_image(url: str, settings: Settings) -> bytes:

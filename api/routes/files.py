@@ -110,6 +110,8 @@ def get_file(file_id: str, tenant: CurrentTenant, services: ServicesDep, base: B
 def download_file(file_id: str, tenant: CurrentTenant, services: ServicesDep) -> StreamingResponse:
     record = _owned_file(services, file_id, tenant)
     stored = services.files.open(record)
+    if stored is None:  # deleted since its record was read
+        raise ProblemError(404, f"file {file_id!r} not found")
     return StreamingResponse(
         stored.body,
         media_type=record.content_type,

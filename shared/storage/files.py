@@ -18,7 +18,7 @@ from shared.db import keys
 from shared.db.client import as_text
 from shared.predictions import retention
 from shared.predictions.record import format_timestamp, new_id, utcnow
-from shared.storage.objects import StoredObject, file_key
+from shared.storage.objects import ObjectNotFound, StoredObject, file_key
 
 _FILE_PATH = re.compile(r"^/v1/files/([0-9a-z]{26})$")
 
@@ -104,21 +104,26 @@ class FileStore:
         record = FileRecord.model_validate_json(raw) if raw else None
         return record if record is not None and record.tenant == tenant else None
 
-    def open(self, record: FileRecord) -> StoredObject:
-        return self.storage.open(file_key(record.id))
+    def open(self, record: FileRecord) -> StoredObject | None:
+        """The file's bytes, or None when they are gone: deleted (or expired) since its record was read."""
+        try:
+            return self.storage.open(file_key(record.id))
+        except ObjectNotFound:
+            return None
 
     def read(self, file_id: str, tenant: str) -> bytes | None:
         record = self.get(file_id, tenant)
-        if record is None:
-            return None
-        return b"".join(self.open(record).body)
+        stored = self.open(record) if record is not None else None
+        return b"".join(stored.body) if stored is not None else None
 
     def delete(self, record: FileRecord) -> None:
-        self.storage.delete(file_key(record.id))
+        """The record first: a request that finds it after this finds no file, and one that found it just
+        before gets None from ``open``."""
         with self.redis.pipeline(transaction=True) as pipe:
             pipe.delete(keys.file(record.id))
             pipe.zrem(keys.tenant_files(record.tenant), record.id)
             pipe.execute()
+        self.storage.delete(file_key(record.id))
 
     def list_for_tenant(
         self, tenant: str, limit: int, *, before: str | None = None, after: str | None = None

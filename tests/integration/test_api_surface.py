@@ -7,10 +7,13 @@ import time
 import pytest
 from openapi_spec_validator import validate
 
+from shared.storage.objects import file_key
+from shared.storage.s3 import Storage
 from tests.support import png_bytes
 from tests.support.predictions import app_for, depth2img_input
 from tests.support.stack import TOKEN_A
 from tests.support.step_gates import StepGate
+from tests.support.xl_inputs import FACE, RAMP
 
 pytestmark = pytest.mark.integration
 AUTH = {"Authorization": f"Bearer {TOKEN_A}"}
@@ -90,6 +93,27 @@ def test_files_upload_get_download_delete_and_use_as_input(client, other_client)
     assert client.delete(record["urls"]["get"]).status_code == 204
     assert client.get(record["urls"]["get"]).status_code == 404
     assert client.post("/v1/predictions", json=as_input).status_code == 422
+
+
+def test_a_file_whose_bytes_went_after_its_record_was_read_is_missing_not_a_500(stack, client):
+    """A DELETE racing a reader: the reader found the record, then the bytes were gone (here: deleted from S3
+    under a record that stays). Each reader answers as for a missing file: 404, or a 422 naming it."""
+    record = client.post("/v1/files", files={"content": ("in.png", png_bytes(64, 64), "image/png")}).json()
+    Storage(stack.settings()).delete(file_key(record["id"]))
+    url = record["urls"]["get"]
+    missing = f"file {record['id']} does not exist or has expired"
+
+    assert client.get(f"{url}/download").status_code == 404
+    batch = client.post("/v1/batches", json={"version": "kiln/sd2-depth2img", "input_file": url})
+    assert batch.status_code == 422 and "input_file" in batch.json()["detail"], batch.text
+    image = {"version": "kiln/sd2-depth2img", "input": depth2img_input() | {"input_image": url}}
+    lora = {
+        "version": "kiln/ip-adapter-depth-xl",
+        "input": {"control_image": RAMP, "ip_image": FACE, "lora_weights": url},
+    }
+    for body, field in ((image, "input_image"), (lora, "lora_weights")):
+        answer = client.post("/v1/predictions", json=body)
+        assert answer.status_code == 422 and missing in answer.json()["detail"] and field in answer.json()["detail"]
 
 
 def test_files_reject_bad_metadata(client):
