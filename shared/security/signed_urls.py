@@ -34,6 +34,9 @@ from redis import Redis
 from shared.security.server_secrets import url_signing_secret
 from shared.settings import Settings
 
+# An expiry is unix seconds: 10 digits until the year 2286; longer ones are refused unread.
+MAX_EXPIRES_DIGITS = 12
+
 
 class Verdict(Enum):
     VALID = "valid"
@@ -86,6 +89,8 @@ class UrlSigner:
         if sig is None and expires is None:
             return Verdict.MISSING
         if sig is None or expires is None or not expires.isascii() or not expires.isdigit() or not sig.isascii():
+            return Verdict.INVALID
+        if len(expires) > MAX_EXPIRES_DIGITS:  # no URL was signed so far ahead (and int() refuses 4,300 digits)
             return Verdict.INVALID
         expected = _signature(self.secret, path, int(expires))
         if not hmac.compare_digest(expected.encode(), sig.encode()):

@@ -78,6 +78,9 @@ def test_signed_urls_verify_only_for_the_same_path_secret_and_expiry():
     assert signer.check(PATH, now=1000, expires=None, sig=None) is Verdict.MISSING
     for sig, expires in (("é" * 32, query["expires"]), (query["sig"], "１２"), (query["sig"], "-1"), ("", "")):
         assert signer.check(PATH, now=1000, expires=expires, sig=sig) is Verdict.INVALID
+    # Past the digits int() reads (4,300), and one past what any expiry needs: refused, not an error.
+    for expires in ("9" * 5000, "1" + "0" * 12):
+        assert signer.check(PATH, now=1000, expires=expires, sig=query["sig"]) is Verdict.INVALID
 
 
 def test_signed_urls_expire_within_their_lifetime_and_never_after_not_after():
