@@ -1,15 +1,27 @@
-"""Request body size caps, answered as problem+json 413s.
+"""Request body caps: size, answered as problem+json 413s, and JSON nesting, as 422s.
 
 FastAPI's own ``max_body_size`` answers in plain text; this middleware keeps the error format the
 same as everywhere else, and gives uploads their own, larger cap.
+
+A JSON body nested past ``MAX_DEPTH`` is refused before it is parsed (``BoundedJSONRoute``, and the
+direct creates' ``api.routes.direct_creates``): Python's parser and every later walk of the value (text
+checks, a batch's items pickled for the intake pool) recurse, and share one stack, so a body that parsed
+could still end in a 500, at depths that differed by the path it took.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.errors import problem_response
+from api.errors import ProblemError, problem_response
+from shared.inputs.json_nesting import nests_deeper_than, too_deep_problem
 
 
 class BodyTooLarge(HTTPException):
@@ -53,3 +65,27 @@ class BodyLimitMiddleware:
             return message
 
         await self.app(scope, limited_receive, send)
+
+
+def too_deep_json(content_type: str | None, body: bytes) -> bool:
+    """Whether ``body``, read as JSON (its content type says JSON, or none is given, as FastAPI reads it),
+    nests deeper than ``MAX_DEPTH``. Free for the few brackets of most bodies."""
+    return (content_type is None or "json" in content_type.lower()) and nests_deeper_than(body)
+
+
+class BoundedJSONRoute(APIRoute):
+    """A route whose JSON body nested too deep is a 422 naming ``body``, before FastAPI parses it."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def bounded(request: Request) -> Response:
+            content_type = request.headers.get("content-type")
+            if request.method in BODY_METHODS and too_deep_json(content_type, await request.body()):
+                raise ProblemError(422, too_deep_problem("body"))
+            return await handler(request)
+
+        return bounded
+
+
+BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})

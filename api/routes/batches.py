@@ -13,6 +13,7 @@ from api.deps import BaseURL, CurrentCaller, CurrentTenant, HeaderPriority, Idem
 from api.errors import ProblemError
 from api.intake.batch_file import RawItem, create_batch, file_lines, inline_items, read_input_file
 from api.intake.batch_pool import IntakePool
+from api.intake.body_limit import BoundedJSONRoute
 from api.intake.idempotency import await_first_request, fingerprint
 from api.intake.submission import check_webhook, confirm_replicated, with_priority
 from api.pagination import Cursor, CursorQuery, decode_offset, id_page_links, offset_page_links
@@ -26,7 +27,7 @@ from shared.predictions.record import new_id
 from shared.scheduling.queues import Priority
 from shared.storage.objects import batch_input_key
 
-router = APIRouter(prefix="/v1", tags=["batches"])
+router = APIRouter(prefix="/v1", tags=["batches"], route_class=BoundedJSONRoute)
 
 
 def _owned(services: Services, batch_id: str, tenant: str) -> Batch:

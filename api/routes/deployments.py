@@ -24,6 +24,7 @@ from api.deployments import (
 )
 from api.deps import BaseURL, CancelAfter, CurrentCaller, HeaderPriority, IdempotencyKey, PreferHeader, ServicesDep
 from api.errors import ProblemError
+from api.intake.body_limit import BoundedJSONRoute
 from api.intake.submission import create_and_respond
 from api.schemas import PredictionFields
 from api.services import Services
@@ -32,7 +33,7 @@ from shared.model_spec import ModelSpec
 from shared.predictions.record import utcnow
 from shared.settings import Settings
 
-router = APIRouter(prefix="/v1/deployments", tags=["deployments"])
+router = APIRouter(prefix="/v1/deployments", tags=["deployments"], route_class=BoundedJSONRoute)
 
 VERSION_PATTERN = r"^[0-9a-f]{64}$"
 Instances = Annotated[int, Field(ge=0, le=MAX_INSTANCES)]

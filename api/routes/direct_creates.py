@@ -34,6 +34,7 @@ from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.deps import CreateRequest, create_request
+from api.intake.body_limit import too_deep_json
 from api.schemas import CreatePrediction, PredictionFields
 from api.single_creates import BY_MODEL_PATH, BY_VERSION_PATH, create_by_model, create_by_version
 
@@ -65,7 +66,7 @@ class DirectCreate:
         except Exception as exc:  # a body past its cap, a client gone: FastAPI's route answers it
             await self._hand_back(scope, _again(exc, receive), send)
             return
-        body = self._plain_body(raw)
+        body = None if too_deep_json(JSON, raw) else self._plain_body(raw)
         if body is None:
             await self._hand_back(scope, _again(raw, receive), send)
             return

@@ -26,6 +26,7 @@ from api.deps import (
     take_rate_limit,
 )
 from api.errors import ProblemError
+from api.intake.body_limit import BoundedJSONRoute
 from api.intake.inline_batch import submit_batch
 from api.pagination import Cursor, CursorQuery, page_links
 from api.schemas import CreateBatch, CreatePrediction, PredictionFields
@@ -40,7 +41,7 @@ from shared.predictions.store import PredictionStore
 from shared.security.signed_urls import Verdict
 from shared.storage.objects import input_key, output_key
 
-router = APIRouter(prefix="/v1", tags=["predictions"])
+router = APIRouter(prefix="/v1", tags=["predictions"], route_class=BoundedJSONRoute)
 
 
 def _owned(store: PredictionStore, prediction_id: str, tenant: str) -> Prediction:

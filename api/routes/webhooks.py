@@ -11,6 +11,7 @@ from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
 
 from api.deps import BaseURL, CurrentTenant, ServicesDep
+from api.intake.body_limit import BoundedJSONRoute
 from api.pagination import Cursor, CursorQuery, page_links
 from api.schemas import RetryDeliveries
 from api.views.webhook_deliveries import (
@@ -25,7 +26,7 @@ from api.views.webhook_deliveries import (
 from shared.predictions.record import format_timestamp
 from shared.webhooks.secrets import TenantSecret
 
-router = APIRouter(prefix="/v1", tags=["webhooks"])
+router = APIRouter(prefix="/v1", tags=["webhooks"], route_class=BoundedJSONRoute)
 
 StateQuery = Annotated[
     str | None,

@@ -245,6 +245,44 @@ def test_unknown_model_on_the_model_endpoint_is_a_404(client):
     assert newest_predictions(client) == before
 
 
+def nested(depth: int) -> str:
+    """A JSON value ``depth`` arrays deep."""
+    return "[" * depth + "]" * depth
+
+
+JSON_TYPES = ("application/json", "application/json; charset=utf-8")
+# Every route that reads a JSON body, and a body for it (``{deep}``: where the nesting goes).
+JSON_ROUTES = {
+    "/v1/predictions": '{"version": "VERSION", "input": {"prompt": "x"}, "extra": {deep}}',
+    "/v1/models/kiln/sd2-depth2img/predictions": '{"input": {"prompt": "x", "y": {deep}}}',
+    "/v1/deployments/someone/some-deployment/predictions": '{"input": {"prompt": {deep}}}',
+    "/v1/batches": '{"predictions": [{"version": "VERSION", "input": {deep}}]}',
+    "/v1/predictions/batch": '{"predictions": [], "x": {deep}}',
+    "/v1/webhooks/deliveries/retry": '{"since": {deep}}',
+}
+
+
+@pytest.mark.parametrize("depth", [65, 500, 950, 100_000])
+@pytest.mark.parametrize("path", list(JSON_ROUTES))
+def test_a_json_body_nested_too_deep_is_a_422_naming_the_body_on_every_route(client, path, depth):
+    """Refused before it is parsed, whichever route and content type: the depths a parse survives but a
+    later walk does not (Python's parser and the walks share one stack) were 500s, or a prediction created
+    on the direct-create path where FastAPI's route answered 500."""
+    before = newest_predictions(client)
+    body = JSON_ROUTES[path].replace("{deep}", nested(depth)).replace("VERSION", VERSION)
+    for content_type in JSON_TYPES:
+        response = client.post(path, content=body, headers={"content-type": content_type})
+        assert_problem(response, 422, "body: JSON nested deeper than 64 levels")
+    assert newest_predictions(client) == before
+
+
+def test_a_body_nested_within_the_cap_is_read_as_before(client):
+    body = {"version": VERSION, "input": depth2img_input(width=64, height=64), "extra": json.loads(nested(60))}
+    for content_type in JSON_TYPES:
+        response = client.post("/v1/predictions", content=json.dumps(body), headers={"content-type": content_type})
+        assert response.status_code == 201, response.text
+
+
 @pytest.mark.parametrize(("max_request_bytes", "body_size"), [(2048, 2049), (32 * 1024 * 1024, 32 * 1024 * 1024 + 1)])
 def test_bodies_over_the_cap_are_a_413(stack, client, max_request_bytes, body_size):
     """Over the cap by one byte, declared up front (Content-Length) or streamed without a length."""
