@@ -100,6 +100,11 @@ def webhook_progress_sending(prediction_id: str) -> str:
     return f"{PREFIX}:webhook:sending:{prediction_id}"
 
 
+def webhook_tenant_sending(tenant: str) -> str:
+    """Sorted set: a tenant's webhook deliveries being attempted now, scored by when each claim lapses."""
+    return f"{PREFIX}:webhook:sending:{tenant}"
+
+
 def webhook_attempt_lock(delivery_id: str) -> str:
     """String with a TTL: held while one process attempts the delivery."""
     return f"{PREFIX}:webhook:lock:{delivery_id}"
@@ -297,6 +302,7 @@ BOUNDS: dict[str, str] = {
     "tenant_failed_webhooks": "swept",  # trimmed on each add; a retry and record expiry remove members
     "webhook_due": "swept",  # the webhook sender removes delivered and abandoned deliveries
     "webhook_throttle": "ttl",
+    "webhook_tenant_sending": "ttl",  # each attempt renews it; attempts remove their members
     "webhook_latest_delivery": "ttl",
     "webhook_completed": "ttl",
     "webhook_progress_sending": "ttl",

@@ -117,6 +117,7 @@ class WebhookOutbox:
         self._claim_due = redis.register_script(lua.script("claim_due"))
         self._record_script = redis.register_script(lua.script("webhook_outbox_record"))
         self._attempt_script = redis.register_script(lua.script("webhook_outbox_attempt"))
+        self._sending_script = redis.register_script(lua.script("webhook_sending_place"))
 
     @property
     def kept_s(self) -> int:
@@ -247,6 +248,20 @@ class WebhookOutbox:
 
     def unlock_attempt(self, delivery_id: str) -> None:
         self.redis.delete(keys.webhook_attempt_lock(delivery_id))
+
+    def take_sending_place(self, delivery: Delivery) -> bool:
+        """One of its tenant's ``webhook_sending_per_tenant`` places for an attempt; False when all are taken
+        (the attempt waits). A delivery recorded before tenants were known takes none."""
+        if not delivery.tenant:
+            return True
+        now = time.time()
+        places = self.settings.webhook_sending_per_tenant
+        args: list[EncodableT] = [now, now + CLAIM_LEASE_S, places, delivery.id, int(CLAIM_LEASE_S)]
+        return bool(self._sending_script(keys=[keys.webhook_tenant_sending(delivery.tenant)], args=args))
+
+    def leave_sending_place(self, delivery: Delivery) -> None:
+        if delivery.tenant:
+            self.redis.zrem(keys.webhook_tenant_sending(delivery.tenant), delivery.id)
 
     def postpone(self, delivery: Delivery, delay_s: float) -> None:
         self.redis.zadd(keys.webhook_due(), {delivery.id: time.time() + delay_s})
