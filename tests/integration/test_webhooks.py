@@ -16,8 +16,8 @@ from shared.db import keys
 from shared.webhooks.outbox import completed_message_id
 from tests.support import wait_for_status, wait_until
 from tests.support.predictions import TERMINAL, create_with_webhook, depth2img_input
-from tests.support.receiver import WebhookReceiver
-from tests.support.stack import TOKEN_A
+from tests.support.receiver import HoldingReceiver, WebhookReceiver
+from tests.support.stack import TOKEN_A, WEBHOOK_SENDING_PER_TENANT, WEBHOOK_THREADS
 from tests.support.step_gates import StepGate
 
 pytestmark = pytest.mark.integration
@@ -154,6 +154,31 @@ def test_cancel_of_a_queued_prediction_sends_completed(stack, client, receiver):
         client.post(f"/v1/predictions/{blocker['id']}/cancel")
     wait_until(lambda: receiver.at("/queued-cancel"), 30, what="the completed webhook")
     assert [r.status for r in receiver.at("/queued-cancel")] == ["canceled"]
+
+
+def test_a_tenant_whose_receivers_never_answer_leaves_a_webhook_thread_to_the_others(stack, client, other_client):
+    """Tenant A's ``completed`` messages, as many as the webhook worker has threads, go to a receiver that
+    never answers (each attempt held until the timeout): A holds no more than its places
+    (``KILN_WEBHOOK_SENDING_PER_TENANT``), and tenant B's message goes out while A's are all still held."""
+    secret_b = other_client.get("/v1/webhooks/default/secret").json()["key"]
+    with HoldingReceiver() as holding, WebhookReceiver(secret_b) as receiver, StepGate(stack.redis_url) as gate:
+        blocker = client.post(
+            "/v1/predictions",
+            json={"version": "kiln/sd2-depth2img", "input": depth2img_input(prompt=gate.prompt, width=64, height=64)},
+        ).json()
+        try:
+            # Canceled while queued behind the blocker: their completed messages are due at once.
+            for index in range(WEBHOOK_THREADS):
+                held = create_with_webhook(client, holding.url(f"/held{index}"), ["completed"])
+                client.post(f"/v1/predictions/{held['id']}/cancel")
+            wait_until(lambda: holding.open == WEBHOOK_SENDING_PER_TENANT, 30, what="tenant A's attempts held")
+            other = create_with_webhook(other_client, receiver.url("/b"), ["completed"])
+            other_client.post(f"/v1/predictions/{other['id']}/cancel")
+            wait_until(lambda: receiver.at("/b"), 30, what="tenant B's completed message")
+            assert holding.ended == 0, "tenant B's message waited for one of tenant A's attempts to give up"
+            assert holding.most_open == WEBHOOK_SENDING_PER_TENANT
+        finally:
+            client.post(f"/v1/predictions/{blocker['id']}/cancel")
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.server
 import json
+import socket
 import threading
 import time
 from collections import defaultdict
@@ -127,3 +128,47 @@ class WebhookReceiver:
                 pass
 
         return Handler
+
+
+class HoldingReceiver:
+    """A receiver that reads each request and never answers: every attempt holds its connection (and a
+    webhook thread) until the sender gives up. Counts the connections open now and at most."""
+
+    def __init__(self) -> None:
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self.open = self.most_open = self.ended = 0
+        self._lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._hold, args=(conn,), daemon=True).start()
+
+    def _hold(self, conn: socket.socket) -> None:
+        with self._lock:
+            self.open += 1
+            self.most_open = max(self.most_open, self.open)
+        try:
+            with conn:
+                while conn.recv(65536):  # until the sender closes it
+                    pass
+        except OSError:
+            pass
+        finally:
+            with self._lock:
+                self.open -= 1
+                self.ended += 1
+
+    def __enter__(self) -> HoldingReceiver:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._listener.close()

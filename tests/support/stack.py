@@ -47,12 +47,15 @@ WEBHOOK_CELERY = [
 ]
 GPU_WORKER_ARGV = [*CELERY, "--pool", "solo", "--concurrency", "1", "-Q", "gpu.sd2-depth", "--hostname", "test-gpu@%h"]
 SDXL_WORKER_ARGV = [*CELERY, "--pool", "solo", "--concurrency", "1", "-Q", "gpu.sdxl", "--hostname", "test-sdxl@%h"]
+# The webhook worker's threads, and the attempts one tenant may hold of them (one is always left to others).
+WEBHOOK_THREADS = 4
+WEBHOOK_SENDING_PER_TENANT = WEBHOOK_THREADS - 1
 WEBHOOK_WORKER_ARGV = [
     *WEBHOOK_CELERY,
     "--pool",
     "threads",
     "--concurrency",
-    "4",
+    str(WEBHOOK_THREADS),
     "-Q",
     "webhooks",
     "--hostname",
@@ -272,6 +275,7 @@ def stack_env(
         "KILN_WEBHOOK_ALLOW_PRIVATE": "true",
         "KILN_WEBHOOK_RETRY_SCHEDULE_S": json.dumps(WEBHOOK_RETRY_SCHEDULE_S),
         "KILN_WEBHOOK_TIMEOUT_S": "5",
+        "KILN_WEBHOOK_SENDING_PER_TENANT": str(WEBHOOK_SENDING_PER_TENANT),
         "KILN_LEASE_S": str(LEASE_S),
         "KILN_SHUTDOWN_GRACE_S": str(SHUTDOWN_GRACE_S),
         # Slow predictions wait at a gate the test opens (tests.support.step_gates), not on the CPU.
