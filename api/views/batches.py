@@ -69,7 +69,8 @@ def batch_predictions(services: Services, batch: Batch, start: int, count: int) 
 def cancel_batch(services: Services, batch: Batch) -> None:
     """Every unfinished item: a queued one ends ``canceled`` now, a running one at its next step (the
     cancel path of single predictions). The batch ends ``canceled`` once the last item has ended."""
-    services.batches.flag_cancel(batch.id)
+    if not services.batches.flag_cancel(batch.id):  # expired since it was read
+        raise ProblemError(404, f"batch {batch.id!r} not found")
     for page in services.batches.iter_items(batch.id):
         cancel_items(services, [e for e in page if isinstance(e, str)])
     services.batch_settler.settle()

@@ -92,6 +92,12 @@ class Batch:
         )
 
 
+def is_record(fields: Mapping[bytes | str, bytes | str]) -> bool:
+    """Whether a batch record's fields are a whole record: a hash of a few fields alone (written as the
+    record expired, before every write checked it exists) is none."""
+    return b"id" in fields or "id" in fields
+
+
 def batch_path(batch_id: str) -> str:
     return f"/v1/batches/{batch_id}"
 
@@ -150,6 +156,7 @@ class BatchStore:
         self.ttl_s = int(BATCH_TTL_S + record_retention_s)
         self._seal = redis.register_script(lua.script("batch_seal"))
         self._claim_finished = redis.register_script(lua.script("claim_due"))
+        self._set_fields = redis.register_script(lua.script("batch_record_set"))
 
     def create(
         self, tenant: str, base_url: str, webhook: str | None, source: str, total: int, batch_id: str | None = None
@@ -216,15 +223,20 @@ class BatchStore:
 
     def get(self, batch_id: str) -> Batch | None:
         fields = self.redis.hgetall(keys.batch_record(batch_id))
-        return Batch.from_hash(fields) if fields else None
+        return Batch.from_hash(fields) if is_record(fields) else None
 
-    def flag_cancel(self, batch_id: str) -> None:
-        """Remember that the batch was canceled: it ends ``canceled`` rather than ``completed``."""
-        self.redis.hset(keys.batch_record(batch_id), "cancel_requested", 1)
+    def _set(self, batch_id: str, field: str, value: int) -> bool:
+        """``field`` set on the batch's record, if it still exists (never a record brought back)."""
+        return bool(self._set_fields(keys=[keys.batch_record(batch_id)], args=[field, value]))
+
+    def flag_cancel(self, batch_id: str) -> bool:
+        """Remember that the batch was canceled: it ends ``canceled`` rather than ``completed``. False when
+        the batch is gone (its record expired since it was read)."""
+        return self._set(batch_id, "cancel_requested", 1)
 
     def keep_inputs_for(self, batch_id: str, retention_s: int) -> None:
         """The batch's shared inputs are kept ``retention_s`` after it ends (``Batch.retention_s``)."""
-        self.redis.hset(keys.batch_record(batch_id), "retention_s", retention_s)
+        self._set(batch_id, "retention_s", retention_s)
 
     def cancel_requested(self, batch_id: str) -> bool:
         return bool(self.redis.hexists(keys.batch_record(batch_id), "cancel_requested"))
@@ -232,7 +244,7 @@ class BatchStore:
     def cut_short(self, batch_id: str) -> None:
         """A batch canceled (or failed) before all its items were stored: its ``total`` becomes the
         items it took in, so its counts add up."""
-        self.redis.hset(keys.batch_record(batch_id), "total", self.item_count(batch_id))
+        self._set(batch_id, "total", self.item_count(batch_id))
 
     def list_for_tenant(
         self, tenant: str, *, before: str | None = None, after: str | None = None, limit: int = 100
@@ -244,10 +256,10 @@ class BatchStore:
             for batch_id in names:
                 pipe.hgetall(keys.batch_record(batch_id))
             found = pipe.execute()
-        gone = [batch_id for batch_id, fields in zip(names, found, strict=True) if not fields]
+        gone = [batch_id for batch_id, fields in zip(names, found, strict=True) if not is_record(fields)]
         if gone:
             self.redis.zrem(index, *gone)
-        return [Batch.from_hash(fields) for fields in found if fields], more
+        return [Batch.from_hash(fields) for fields in found if is_record(fields)], more
 
     def items(self, batch_id: str, start: int, count: int) -> list[str | RefusedItem]:
         """Entries ``start`` .. ``start + count - 1`` of the batch, in submission order."""

@@ -136,6 +136,23 @@ def test_a_batch_ends_only_once_sealed_and_a_canceled_one_ends_canceled(client):
     assert batches.seal(empty.id) and batches.get(empty.id).status == "completed"  # every item refused
 
 
+def test_a_cancel_racing_a_batchs_expiry_brings_nothing_back(client):
+    """The record expired after a cancel read it: the cancel's write makes no hash of its own (with no TTL,
+    and no ``id``, one broke every read and list of the tenant's batches)."""
+    batches = BatchStore(client)
+    batch = batches.create("t1", "http://api", None, "inline", 1)
+    client.delete(keys.batch_record(batch.id))  # expired
+    assert batches.flag_cancel(batch.id) is False
+    batches.keep_inputs_for(batch.id, 60)
+    batches.cut_short(batch.id)
+    assert not client.exists(keys.batch_record(batch.id))
+    # A hash of a few fields alone, as such a write left one before: read as no batch, and listed as none.
+    client.hset(keys.batch_record(batch.id), "cancel_requested", 1)
+    assert batches.get(batch.id) is None
+    listed, _ = batches.list_for_tenant("t1")
+    assert listed == [] and client.zscore(keys.tenant_batches("t1"), batch.id) is None
+
+
 @pytest.fixture
 def dispatcher(server: RedisServer, client: redis.Redis) -> Dispatcher:
     messages = PredictMessages(create_celery(Settings(_env_file=None, redis_url=server.url)))
