@@ -621,6 +621,8 @@ def _share_fields(services: Services, batch: Batch, validated: Validated) -> _Gr
                 pipe.expire(key, services.batches.ttl_s)
                 fields = {k: v for k, v in fields.items() if k in OWN_FIELDS} | {"shared_fields": orjson.dumps(key)}
             groups.append(_Group(template, fields, own_input))
+        if any(size > 1 for size in sizes):  # the shared copies' keys, for data removal to find them
+            pipe.hset(keys.batch_record(batch.id), keys.BATCH_SHARED_GROUPS, len(index))
         pipe.execute()
     return _Groups(groups, of_entry)
 

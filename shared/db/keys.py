@@ -279,6 +279,10 @@ def batch_shared_fields(batch_id: str, index: int) -> str:
     return f"{PREFIX}:batch:{batch_id}:shared:{index}"
 
 
+# The batch record's field that says how many indexes its ``batch_shared_fields`` keys take (0 .. n - 1).
+BATCH_SHARED_GROUPS = "shared_groups"
+
+
 # How each key above stays bounded, by builder name (a test holds every builder to one, and checks the
 # TTLs on a running stack):
 # - "ttl": written with an expiry, every time;

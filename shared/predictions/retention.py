@@ -156,10 +156,17 @@ class DataRemoval:
             pipe.execute()
 
     def remove_batch_inputs(self, batch_id: str) -> None:
-        """The image inputs a batch's items share (stored once for the batch), and the batch, while
-        its record lasts, marked ``data_removed``."""
+        """The image inputs a batch's items share (stored once for the batch), the input its identical items
+        share (``keys.batch_shared_fields``: each item's record shows ``{}`` once its data is removed, but
+        the one copy stayed with the batch), and the batch, while its record lasts, marked
+        ``data_removed``. Runs once every item's data is due (at the batch's retention, or on ``DELETE``)."""
         self.storage.delete_prefix(batch_prefix(batch_id))
-        self._batch_removed(keys=[keys.batch_record(batch_id)])
+        groups = int(self.redis.hget(keys.batch_record(batch_id), keys.BATCH_SHARED_GROUPS) or 0)
+        with self.redis.pipeline(transaction=False) as pipe:
+            for group in range(groups):
+                pipe.hdel(keys.batch_shared_fields(batch_id, group), "input", "input_files")
+            self._batch_removed(keys=[keys.batch_record(batch_id)], client=pipe)
+            pipe.execute()
 
 
 def data_removed_body(body: str) -> str:

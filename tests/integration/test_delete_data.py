@@ -5,10 +5,13 @@ The records stay, showing ``data_removed: true``."""
 
 from __future__ import annotations
 
+import time
+
 import httpx
 import pytest
 import redis
 
+from shared.db import keys
 from shared.predictions.retention import Janitor
 from shared.storage.objects import batch_prefix, prediction_prefix
 from shared.storage.s3 import Storage
@@ -150,3 +153,30 @@ def test_delete_removes_every_items_data_and_the_batchs_shared_inputs_once_every
     assert client.get(batch["urls"]["get"]).json()["data_removed"] is True
     assert client.delete(batch["urls"]["get"]).json()["data_removed"] is True
     assert_problem(client.delete("/v1/batches/no-such-batch"), 404, "not found")
+
+
+@pytest.mark.parametrize("removal", ["delete", "retention"])
+def test_identical_items_share_one_input_and_its_removal_takes_it_too(stack, client, removal):
+    """Identical items keep one copy of their input with the batch (``keys.batch_shared_fields``); each
+    item's record showed ``{}`` once its data was removed, but that copy stayed in Redis as long as the
+    batch. A DELETE, and the batch's retention once its items' is due, take it too."""
+    line = {"version": "kiln/sd2-depth2img", "input": depth2img_input(prompt=f"one prompt, twice, {removal}")}
+    created = client.post("/v1/batches", json={"predictions": [line, line]})
+    assert created.status_code == 201, created.text
+    batch = wait_for_batch(client, created.json()["id"], {"completed"})
+    items = client.get(batch["urls"]["predictions"]).json()["results"]
+    db = redis.Redis.from_url(stack.redis_url)
+    shared = db.keys(keys.batch_shared_fields(batch["id"], 0))
+    assert shared and b"twice" in db.hget(shared[0], "input"), "the two items share one stored input"
+
+    if removal == "delete":
+        assert client.delete(batch["urls"]["get"]).status_code == 200
+    else:
+        wait_until(lambda: db.zscore(keys.retention(), f"batch:{batch['id']}") is not None, 30, what="its retention")
+        due = time.time() - 1
+        db.zadd(keys.retention(), {f"prediction:{p['id']}": due for p in items} | {f"batch:{batch['id']}": due})
+        Janitor(db, Storage(stack.settings())).sweep()
+    for item in items:
+        assert client.get(f"/v1/predictions/{item['id']}").json()["input"] == {}
+    assert not db.hexists(shared[0], "input") and not db.hexists(shared[0], "input_files")
+    assert db.hexists(shared[0], "version"), "what the records still show stays shared"
