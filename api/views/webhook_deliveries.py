@@ -181,6 +181,7 @@ def retry_one(services: Services, tenant: str, webhook_id: str) -> dict[str, Any
         )
     body = current_body(services, delivery)
     if body is None:
+        services.webhook_history.forget_failed(tenant, [webhook_id])  # it leaves the list, as a bulk retry's
         raise ProblemError(404, f"webhook message {webhook_id!r} not found: its record expired")
     if delivery.state == PENDING or not resend(services, delivery, body):
         raise ProblemError(409, f"{webhook_id}: pending already (its next attempt is scheduled); retry once it ended")

@@ -152,7 +152,10 @@ def parse_entry(entry: bytes | str) -> str | RefusedItem:
 class BatchStore:
     def __init__(self, redis: Redis, record_retention_s: float = 30 * 24 * 3600) -> None:
         self.redis = redis
-        # A batch's keys (record, items, shared fields) expire this long after it was created.
+        # An ended batch's record is kept this long, as its items' are (``expire``, by the janitor).
+        self.record_retention_s = record_retention_s
+        # A batch's keys (record, items, shared fields) expire this long after it was created: the backstop
+        # for a batch that never ends.
         self.ttl_s = int(BATCH_TTL_S + record_retention_s)
         self._seal = redis.register_script(lua.script("batch_seal"))
         self._claim_finished = redis.register_script(lua.script("claim_due"))
@@ -274,6 +277,28 @@ class BatchStore:
 
     def item_count(self, batch_id: str) -> int:
         return int(self.redis.llen(keys.batch_items(batch_id)))
+
+    def expire(self, batch_id: str) -> None:
+        """Record expiry, ``KILN_RECORD_RETENTION_S`` after the batch ended: its record, item list and shared
+        copies, its tenant's list entry, and its webhook message with its attempts (out of the due set and
+        its tenant's failed ones). GET answers 404. Its items' records expire on their own, each due no
+        later (each ended before it)."""
+        fields = self.redis.hmget(keys.batch_record(batch_id), ["tenant", keys.BATCH_SHARED_GROUPS])
+        tenant, groups = (as_text(value) if value is not None else None for value in fields)
+        message = batch_delivery_id(batch_id)
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(
+                keys.batch_record(batch_id),
+                keys.batch_items(batch_id),
+                *(keys.batch_shared_fields(batch_id, group) for group in range(int(groups or 0))),
+                keys.webhook_delivery(message),
+                keys.webhook_delivery_attempts(message),
+            )
+            pipe.zrem(keys.webhook_due(), message)
+            if tenant is not None:
+                pipe.zrem(keys.tenant_batches(tenant), batch_id)
+                pipe.zrem(keys.tenant_failed_webhooks(tenant), message)
+            pipe.execute()
 
     def claim_finished(self, limit: int = 100) -> list[str]:
         replies = self._claim_finished(keys=[keys.batches_finished()], args=[time.time(), SETTLE_LEASE_S, limit])

@@ -46,6 +46,8 @@ class BatchSettler:
                 kept_s = self.retention_s if batch.retention_s is None else min(batch.retention_s, self.retention_s)
                 due = batch.completed_at + kept_s
                 retention.schedule(self.batches.redis, "batch", batch.id, due)
+                expires = batch.completed_at + self.batches.record_retention_s
+                retention.schedule(self.batches.redis, "batch_record", batch.id, expires)
             if batch is not None and batch.webhook:
                 body = json.dumps(render_batch(batch))
                 delivery = self.outbox.record_once(

@@ -14,8 +14,11 @@ outlives them.
   own retention: ``shared.batches.settler``), or after its items were given their time to finish
   (``shared.batches.records.BATCH_TTL_S``) should it never end: the image inputs its items share
   (``api.intake.image_staging``), stored once for the batch; the batch then shows ``data_removed``.
+- ``batch_record:<id>``, due ``KILN_RECORD_RETENTION_S`` after a batch object ended: the batch's record, its
+  item list, the fields its items share, its webhook message and its tenant's list entry
+  (``BatchStore.expire``); GET answers 404. A batch that never ends expires with its keys' TTL.
 
-All four wait in one sorted set (``keys.retention``), scored by when they are due. The janitor
+All five wait in one sorted set (``keys.retention``), scored by when they are due. The janitor
 (``Janitor.sweep``, a maintenance job of every worker process) takes what is due in bounded
 batches and exports how far behind it is (``kiln_janitor_lag_seconds``).
 """
@@ -31,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from redis import Redis
 
+from shared.batches.records import BatchStore
 from shared.db import keys, lua
 from shared.db.client import range_members
 from shared.runtime import metrics
@@ -192,6 +196,7 @@ class Janitor:
         self.batch = batch
         self.max_batches = max_batches
         self.removal = DataRemoval(redis, storage)
+        self.batches = BatchStore(redis)
         self._claim = redis.register_script(lua.script("retention_claim"))
 
     def sweep(self) -> int:
@@ -229,6 +234,8 @@ class Janitor:
                     self.redis.zrem(keys.tenant_files(tenant), file_id)
             elif kind == "batch":
                 self.removal.remove_batch_inputs(rest)
+            elif kind == "batch_record":
+                self.batches.expire(rest)
             # Removed only once done, so a failure is retried once its claim lapses.
             self.redis.zrem(keys.retention(), member)
             log.info("retention: removed %s %s", kind, rest)

@@ -15,6 +15,7 @@ from shared.batches.settler import BatchSettler
 from shared.db import keys
 from shared.predictions.leases import Leases
 from shared.predictions.record import Prediction
+from shared.predictions.retention import Janitor
 from shared.predictions.status import Status
 from shared.predictions.store import PredictionStore
 from shared.runtime.celery_config import create_celery
@@ -122,6 +123,33 @@ def test_a_settled_batch_s_shared_inputs_are_due_with_its_items_retention(client
     assert settler.settle() == 1
     ended = BatchStore(client).get(batch.id).completed_at
     assert client.zscore(keys.retention(), f"batch:{batch.id}") == pytest.approx(ended + 40)
+
+
+def test_an_ended_batch_expires_with_its_webhook_message_its_record_retention_after_it_ended(client):
+    """Its record, item list, shared fields, its tenant's list entry and its (failed) webhook message all go
+    ``record_retention_s`` after it ended, as its items' records do: it outlived them by up to 7 days."""
+    batch, items = new_batch(client, 1)
+    batches = BatchStore(client, record_retention_s=600)
+    batches.seal(batch.id)
+    PredictionStore(client).request_cancel(items[0].id)
+    client.hset(keys.batch_shared_fields(batch.id, 0), "version", "v")
+    client.hset(keys.batch_record(batch.id), keys.BATCH_SHARED_GROUPS, 1)
+    outbox = WebhookOutbox(client, Settings(_env_file=None))
+    assert BatchSettler(batches, outbox, SentTasks(), 40).settle() == 1  # type: ignore[arg-type]
+    message = batch_delivery_id(batch.id)
+    client.zadd(keys.tenant_failed_webhooks("t1"), {message: 1})  # its webhook failed
+    ended = batches.get(batch.id).completed_at
+    assert client.zscore(keys.retention(), f"batch_record:{batch.id}") == pytest.approx(ended + 600)
+
+    client.zadd(keys.retention(), {f"batch_record:{batch.id}": 0})  # due
+    Janitor(client, storage=None).run_once()  # type: ignore[arg-type]
+    assert batches.get(batch.id) is None and batches.list_for_tenant("t1")[0] == []
+    gone = [keys.batch_record(batch.id), keys.batch_items(batch.id), keys.batch_shared_fields(batch.id, 0)]
+    gone += [keys.webhook_delivery(message), keys.webhook_delivery_attempts(message)]
+    assert client.exists(*gone) == 0
+    assert client.zscore(keys.tenant_batches("t1"), batch.id) is None
+    assert client.zscore(keys.tenant_failed_webhooks("t1"), message) is None
+    assert client.zscore(keys.webhook_due(), message) is None
 
 
 def test_a_batch_ends_only_once_sealed_and_a_canceled_one_ends_canceled(client):
