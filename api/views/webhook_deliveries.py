@@ -184,6 +184,8 @@ def retry_one(services: Services, tenant: str, webhook_id: str) -> dict[str, Any
         services.webhook_history.forget_failed(tenant, [webhook_id])  # it leaves the list, as a bulk retry's
         raise ProblemError(404, f"webhook message {webhook_id!r} not found: its record expired")
     if delivery.state == PENDING or not resend(services, delivery, body):
+        if services.core.outbox.get(webhook_id) is None:  # expired with its record meanwhile
+            raise ProblemError(404, f"webhook message {webhook_id!r} not found: its record expired")
         raise ProblemError(409, f"{webhook_id}: pending already (its next attempt is scheduled); retry once it ended")
     return delivery_document(owned_delivery(services, tenant, webhook_id))
 

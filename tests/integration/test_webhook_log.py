@@ -11,9 +11,11 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import pytest
 
+from api.views import webhook_deliveries
+from shared.db import keys
 from tests.support import assert_problem, wait_until
 from tests.support.batches import item
-from tests.support.predictions import create_with_webhook
+from tests.support.predictions import app_for, create_with_webhook
 from tests.support.receiver import WebhookReceiver
 from tests.support.stack import WEBHOOK_RETRY_SCHEDULE_S
 from tests.support.tenants import client_for, new_token
@@ -139,3 +141,27 @@ def test_unknown_messages_and_subjects_are_a_404(client):
     assert_problem(client.post(f"{FAILED}/{'x' * 5000}/retry"), 404, "not found")
     assert_problem(client.get("/v1/predictions/nothing/webhooks"), 404, "not found")
     assert_problem(client.get("/v1/batches/nothing/webhooks"), 404, "not found")
+
+
+def test_a_retry_racing_its_records_expiry_is_a_404_not_pending(stack, client, monkeypatch):
+    """The record expires between the retry reading it and sending the message again: the message is gone,
+    so the answer is the expired message's 404, not a 409 saying it is pending."""
+    secret = client.get("/v1/webhooks/default/secret").json()["key"]
+    with WebhookReceiver(secret) as receiver:
+        receiver.script("/gone", [410])  # 410 stops the schedule: failed at once
+        prediction = create_with_webhook(client, receiver.url("/gone"), ["completed"])
+        path = f"/v1/predictions/{prediction['id']}"
+        message = wait_until(
+            lambda: [m for m in messages(client, path) if m["state"] == "failed"], 60, what="the failed message"
+        )[0]
+    read_body = webhook_deliveries.current_body
+
+    def expiring_meanwhile(services, delivery):
+        body = read_body(services, delivery)
+        services.redis.delete(keys.webhook_delivery(delivery.id))  # the record expired just after it was read
+        return body
+
+    monkeypatch.setattr(webhook_deliveries, "current_body", expiring_meanwhile)
+    with app_for(stack) as app:
+        answer = app.post(f"{FAILED}/{message['id']}/retry", headers=dict(client.headers))
+    assert_problem(answer, 404, "its record expired")
