@@ -67,6 +67,10 @@ class BodyLimitMiddleware:
         await self.app(scope, limited_receive, send)
 
 
+# The methods whose body a route reads.
+BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+
+
 def too_deep_json(content_type: str | None, body: bytes) -> bool:
     """Whether ``body``, read as JSON (its content type says JSON, or none is given, as FastAPI reads it),
     nests deeper than ``MAX_DEPTH``. Free for the few brackets of most bodies."""
@@ -86,6 +90,3 @@ class BoundedJSONRoute(APIRoute):
             return await handler(request)
 
         return bounded
-
-
-BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})

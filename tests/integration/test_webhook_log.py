@@ -96,7 +96,9 @@ def test_failed_messages_are_listed_with_their_attempts_and_a_retry_delivers_the
         receiver.down_for(0)
         retried = client.post(f"{FAILED}/{completed['id']}/retry")
         assert retried.status_code == 202, retried.text
-        assert retried.json()["state"] == "pending" and len(retried.json()["attempts"]) == ATTEMPTS
+        # Pending again as the answer was read; a webhook thread may have delivered it already by then.
+        answered = retried.json()
+        assert (answered["state"], len(answered["attempts"])) in {("pending", ATTEMPTS), ("delivered", ATTEMPTS + 1)}
         wait_until(lambda: receiver.at("/log"), 60, what="the retried message")
         (sent,) = receiver.at("/log")
         assert receiver.bad_signatures == 0, "verified with the tenant's secret (Standard Webhooks)"
