@@ -177,7 +177,8 @@ class Settings(BaseSettings):
     # 60 s an attempt's claim lasts (``shared.webhooks.outbox.CLAIM_LEASE_S``), so no attempt outlives it.
     webhook_timeout_s: float = Field(default=15.0, gt=0, le=30)
     # Webhook attempts one tenant may have under way at once, across the webhook workers: a tenant whose
-    # receivers are slow holds no more threads than this, and the other tenants' webhooks keep going.
+    # receivers are slow holds no more threads than this, and the other tenants' webhooks keep going. Its
+    # further deliveries wait in line, each woken as one of its attempts ends.
     webhook_sending_per_tenant: int = Field(default=4, ge=1)
     # Delays between attempts of a terminal event (Svix-like: 5 s, 5 min, 30 min, 2 h, 5 h, 10 h).
     webhook_retry_schedule_s: list[float] = [5, 300, 1800, 7200, 18000, 36000]

@@ -105,6 +105,12 @@ def webhook_tenant_sending(tenant: str) -> str:
     return f"{PREFIX}:webhook:sending:{tenant}"
 
 
+def webhook_tenant_waiting(tenant: str) -> str:
+    """Sorted set: a tenant's webhook deliveries waiting for one of its places, scored by when each began to
+    wait; an attempt that ends wakes the first."""
+    return f"{PREFIX}:webhook:waiting:{tenant}"
+
+
 def webhook_attempt_lock(delivery_id: str) -> str:
     """String with a TTL: held while one process attempts the delivery."""
     return f"{PREFIX}:webhook:lock:{delivery_id}"
@@ -307,6 +313,7 @@ BOUNDS: dict[str, str] = {
     "webhook_due": "swept",  # the webhook sender removes delivered and abandoned deliveries
     "webhook_throttle": "ttl",
     "webhook_tenant_sending": "ttl",  # each attempt renews it; attempts remove their members
+    "webhook_tenant_waiting": "ttl",  # each wait renews it; an attempt's end pops a member
     "webhook_latest_delivery": "ttl",
     "webhook_completed": "ttl",
     "webhook_progress_sending": "ttl",

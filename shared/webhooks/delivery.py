@@ -4,7 +4,6 @@ address that was checked, and record the outcome. What the ``kiln.deliver_webhoo
 from __future__ import annotations
 
 import logging
-import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -153,10 +152,8 @@ def attempt_delivery(outbox: WebhookOutbox, delivery_id: str, signing: Signing, 
         return None
     if not outbox.lock_attempt(delivery_id):
         return None
-    if not outbox.take_sending_place(delivery):
+    if not outbox.take_sending_place(delivery):  # its tenant's places are all taken: it waits for one
         outbox.unlock_attempt(delivery_id)
-        # Its tenant's places are all taken (slow receivers): tried again once one may have freed.
-        outbox.postpone(delivery, random.uniform(1.0, max(1.0, settings.webhook_timeout_s)))
         return None
     progress = delivery.event in THROTTLED_EVENTS
     started_at, started = time.time(), time.monotonic()

@@ -32,7 +32,7 @@ from shared.settings import Settings
 from shared.webhooks.signing import THROTTLED_EVENTS
 
 if TYPE_CHECKING:
-    from redis.typing import EncodableT, FieldT
+    from redis.typing import EncodableT, FieldT, KeyT
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +118,7 @@ class WebhookOutbox:
         self._record_script = redis.register_script(lua.script("webhook_outbox_record"))
         self._attempt_script = redis.register_script(lua.script("webhook_outbox_attempt"))
         self._sending_script = redis.register_script(lua.script("webhook_sending_place"))
+        self._leave_script = redis.register_script(lua.script("webhook_sending_leave"))
 
     @property
     def kept_s(self) -> int:
@@ -250,18 +251,24 @@ class WebhookOutbox:
         self.redis.delete(keys.webhook_attempt_lock(delivery_id))
 
     def take_sending_place(self, delivery: Delivery) -> bool:
-        """One of its tenant's ``webhook_sending_per_tenant`` places for an attempt; False when all are taken
-        (the attempt waits). A delivery recorded before tenants were known takes none."""
+        """One of its tenant's ``webhook_sending_per_tenant`` places for an attempt; False when all are taken:
+        the delivery then waits, first come first woken, until an attempt of its tenant ends (or, should
+        none, its claim would lapse). A delivery recorded before tenants were known takes none."""
         if not delivery.tenant:
             return True
         now = time.time()
         places = self.settings.webhook_sending_per_tenant
         args: list[EncodableT] = [now, now + CLAIM_LEASE_S, places, delivery.id, int(CLAIM_LEASE_S)]
-        return bool(self._sending_script(keys=[keys.webhook_tenant_sending(delivery.tenant)], args=args))
+        return bool(self._sending_script(keys=self._sending_keys(delivery.tenant), args=args))
 
     def leave_sending_place(self, delivery: Delivery) -> None:
+        """The attempt ended: its place goes to its tenant's delivery that has waited longest (due now)."""
         if delivery.tenant:
-            self.redis.zrem(keys.webhook_tenant_sending(delivery.tenant), delivery.id)
+            self._leave_script(keys=self._sending_keys(delivery.tenant), args=[delivery.id, time.time()])
+
+    @staticmethod
+    def _sending_keys(tenant: str) -> list[KeyT]:
+        return [keys.webhook_tenant_sending(tenant), keys.webhook_tenant_waiting(tenant), keys.webhook_due()]
 
     def postpone(self, delivery: Delivery, delay_s: float) -> None:
         self.redis.zadd(keys.webhook_due(), {delivery.id: time.time() + delay_s})

@@ -177,6 +177,10 @@ def test_a_tenant_whose_receivers_never_answer_leaves_a_webhook_thread_to_the_ot
             wait_until(lambda: receiver.at("/b"), 30, what="tenant B's completed message")
             assert holding.ended == 0, "tenant B's message waited for one of tenant A's attempts to give up"
             assert holding.most_open == WEBHOOK_SENDING_PER_TENANT
+            # A's message that waited is woken as soon as one of A's attempts ends (at the 5 s timeout), not
+            # left until its claim would lapse (60 s).
+            every = {f"/held{index}" for index in range(WEBHOOK_THREADS)}
+            wait_until(lambda: holding.paths >= every, 20, what="tenant A's waiting message, woken")
         finally:
             client.post(f"/v1/predictions/{blocker['id']}/cancel")
 

@@ -51,16 +51,31 @@ def test_a_tenant_with_every_place_taken_waits_and_another_tenant_is_sent(outbox
     slow = [completed(outbox, "slow", index) for index in range(PLACES + 1)]
     for held in slow[:PLACES]:  # attempts under way at slow receivers
         assert outbox.take_sending_place(held)
-    before = time.time()
-    assert attempt(outbox, slow[PLACES].id) is None
-    waiting = outbox.get(slow[PLACES].id)
+    waiting_id = slow[PLACES].id
+    assert attempt(outbox, waiting_id) is None
+    waiting = outbox.get(waiting_id)
     assert waiting.state == PENDING and waiting.attempts == 0
-    due = outbox.redis.zscore(keys.webhook_due(), slow[PLACES].id)
-    assert before + 1.0 <= due <= time.time() + 5.0  # tried again once a place may have freed
+    assert outbox.redis.zrange(keys.webhook_tenant_waiting("slow"), 0, -1) == [waiting_id.encode()]
+    # Due again only when a claim would lapse, should no attempt of its tenant end first.
+    assert outbox.redis.zscore(keys.webhook_due(), waiting_id) >= time.time() + CLAIM_LEASE_S - 5
+    assert not outbox.redis.exists(keys.webhook_attempt_lock(waiting_id))
     other = completed(outbox, "other", 0)
     assert attempt(outbox, other.id).state == DELIVERED
     assert posted == [other.id]
-    assert not outbox.redis.exists(keys.webhook_attempt_lock(slow[PLACES].id))
+
+    outbox.leave_sending_place(slow[0])  # an attempt at a slow receiver ended: the one waiting is due now
+    assert outbox.redis.zscore(keys.webhook_due(), waiting_id) <= time.time()
+    assert outbox.redis.zcard(keys.webhook_tenant_waiting("slow")) == 0
+    assert attempt(outbox, waiting_id).state == DELIVERED and posted == [other.id, waiting_id]
+
+
+def test_a_woken_delivery_that_finished_meanwhile_is_not_due_again(outbox, posted) -> None:
+    first, second = (completed(outbox, "t", index) for index in range(2))
+    outbox.redis.zadd(keys.webhook_tenant_waiting("t"), {second.id: 0})  # it waited, then its claim lapsed
+    assert attempt(outbox, second.id).state == DELIVERED  # attempted meanwhile: out of the due set
+    assert outbox.take_sending_place(first)
+    outbox.leave_sending_place(first)
+    assert outbox.redis.zscore(keys.webhook_due(), second.id) is None
 
 
 def test_an_attempt_leaves_its_place_and_a_lapsed_claim_frees_its_own(outbox, posted) -> None:

@@ -132,12 +132,14 @@ class WebhookReceiver:
 
 class HoldingReceiver:
     """A receiver that reads each request and never answers: every attempt holds its connection (and a
-    webhook thread) until the sender gives up. Counts the connections open now and at most."""
+    webhook thread) until the sender gives up. Counts the connections open now and at most, and keeps the
+    paths requested."""
 
     def __init__(self) -> None:
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = self._listener.getsockname()[1]
         self.open = self.most_open = self.ended = 0
+        self.paths: set[str] = set()
         self._lock = threading.Lock()
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -158,6 +160,9 @@ class HoldingReceiver:
             self.most_open = max(self.most_open, self.open)
         try:
             with conn:
+                first = conn.recv(65536)
+                with self._lock:
+                    self.paths.add(first.split(b" ", 2)[1].decode() if first.count(b" ") >= 2 else "")
                 while conn.recv(65536):  # until the sender closes it
                     pass
         except OSError:
