@@ -75,7 +75,7 @@ def decode_data_uri(uri: str, max_bytes: int) -> bytes:
     payload = match["data"]
     if match["b64"]:
         payload = _WHITESPACE.sub("", payload)
-        if len(payload) * 3 // 4 > max_bytes:
+        if len(payload.rstrip("=")) * 3 // 4 > max_bytes:  # padding is no data: a file at the cap fits
             raise ImageInputError(f"data URI is larger than {max_bytes} bytes")
         try:
             data = base64.b64decode(payload + "=" * (-len(payload) % 4), validate=True)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import base64
 import http.server
 import threading
 from functools import partial
 
 import pytest
+from PIL import Image
 
 from shared.inputs.images import (
     ImageInputError,
@@ -16,7 +18,8 @@ from shared.inputs.images import (
     fetch_url,
     inspect_image,
 )
-from tests.support import data_uri, png_bytes
+from shared.settings import Settings
+from tests.support import data_uri, png_bytes, png_claiming_size
 
 
 @pytest.mark.parametrize(
@@ -127,3 +130,23 @@ def test_a_url_that_never_answers_times_out():
             )
     finally:
         silent.close()
+
+
+@pytest.mark.parametrize("cap", [5000, 5001, 5002])
+def test_a_data_uri_of_exactly_the_byte_cap_is_read_and_one_byte_more_is_not(cap):
+    """Whatever the cap's remainder by 3 (base64's padding is no data; the 20 MiB default leaves 2)."""
+    at_cap = base64.b64encode(bytes(cap)).decode()
+    assert len(decode_data_uri(f"data:image/png;base64,{at_cap}", cap)) == cap
+    past = base64.b64encode(bytes(cap + 1)).decode()
+    with pytest.raises(ImageInputError, match=f"larger than {cap} bytes"):
+        decode_data_uri(f"data:image/png;base64,{past}", cap)
+
+
+def test_the_pixel_cap_goes_no_higher_than_what_pillow_decodes():
+    """A cap above Pillow's own bomb limit would refuse images under it as bombs: the setting stops there,
+    and an image at it is read."""
+    highest = Settings.model_fields["image_max_pixels"].metadata
+    assert any(getattr(bound, "le", None) == 2 * Image.MAX_IMAGE_PIXELS for bound in highest)
+    assert inspect_image(png_claiming_size(13377, 13377), 2 * Image.MAX_IMAGE_PIXELS).width == 13377
+    with pytest.raises(ValueError, match="image_max_pixels"):
+        Settings(_env_file=None, image_max_pixels=2 * Image.MAX_IMAGE_PIXELS + 1)
