@@ -49,7 +49,12 @@ class QueuedCounters:
     def admit(self, tenant: str, families: Sequence[str], tenant_cap: int, total_cap: int) -> int:
         """Count ``len(families)`` new queued predictions of ``tenant``, or raise ``QueueFull`` (counting none).
 
-        Returns how many of the tenant's predictions were queued before these."""
+        Returns how many of the tenant's predictions were queued before these. More than a cap allows at all
+        are refused by the smaller such cap, whatever is queued: no wait would ever admit them."""
+        never = [(cap, scope) for scope, cap in (("tenant", tenant_cap), ("global", total_cap)) if len(families) > cap]
+        if never:
+            cap, scope = min(never)
+            raise QueueFull(scope, cap)
         per_family = Counter(families)
         args: list[str | int] = [tenant, len(families), tenant_cap, total_cap]
         for family, count in per_family.items():

@@ -101,3 +101,16 @@ def test_room_comes_back_when_predictions_start(store):
         store.create(queued(), tenant_cap=1)
     Leases(store.redis, lease_s=30).start(first.id)
     store.create(queued(), tenant_cap=1)
+
+
+@pytest.mark.parametrize(("tenant_cap", "total_cap", "scope", "cap"), [(10, 3, "global", 3), (3, 10, "tenant", 3)])
+def test_more_than_a_cap_allows_at_all_is_refused_by_that_cap_whatever_is_queued(
+    store, tenant_cap, total_cap, scope, cap
+):
+    """5 can never fit under a cap of 3: refused by that cap (a 422, no Retry-After), even while the other
+    cap is the one the queue fills first (8 of the tenant's 10 queued)."""
+    for _ in range(8 if scope == "global" else 0):
+        store.queued.admit("t1", [SD2], 10**6, 10**6)
+    with pytest.raises(QueueFull) as refused:
+        store.queued.admit("t1", [SD2] * 5, tenant_cap, total_cap)
+    assert (refused.value.scope, refused.value.cap) == (scope, cap)
