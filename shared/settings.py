@@ -123,7 +123,9 @@ class Settings(BaseSettings):
     max_image_side: int = Field(default=1024, ge=64)
     image_fetch_timeout_s: float = Field(default=15.0, gt=0)
     image_fetch_max_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
-    image_max_pixels: int = Field(default=40_000_000, ge=4096)
+    # At most what Pillow decodes at all (twice its MAX_IMAGE_PIXELS): a larger cap would still refuse images
+    # under it, as decompression bombs.
+    image_max_pixels: int = Field(default=40_000_000, ge=4096, le=178_956_970)
     # Fetch image and LoRA URLs on loopback, private-use and unique-local addresses (local development
     # only; link-local and the other special-purpose ranges stay refused: shared.security.ssrf).
     image_fetch_allow_private: bool = False
