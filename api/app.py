@@ -30,6 +30,7 @@ from api.routes import (
     webhooks,
 )
 from api.routes.direct_creates import direct_create_routes
+from api.routes.files import upload_body_limit
 from api.routes.playground import install_playground
 from api.services import Services
 from shared.runtime.logs import configure_logging
@@ -58,11 +59,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await app.state.services.close()
 
     app = FastAPI(title="Kiln", version="0.1.0", lifespan=lifespan)
-    # Uploads have their own, larger cap (plus room for the multipart framing).
+    # Uploads have their own, larger cap (a file at its cap, its metadata at its own, the multipart framing).
     app.add_middleware(
         BodyLimitMiddleware,
         default_limit=settings.max_request_bytes,
-        limits_by_prefix={"/v1/files": settings.file_max_bytes + 64 * 1024},
+        limits_by_prefix={"/v1/files": upload_body_limit(settings.file_max_bytes)},
     )
     app.add_middleware(PredictionLogContext)
     app.add_middleware(RateLimitHeaders)

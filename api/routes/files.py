@@ -10,6 +10,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
 
 from api.deps import BaseURL, CurrentTenant, ServicesDep
 from api.errors import ProblemError, reject_invalid_text
@@ -49,9 +50,28 @@ _UPLOAD_SCHEMA = {
 }
 
 
+# ``metadata`` is kept with the file's record (in Redis) and shown by every read of it.
+METADATA_MAX_BYTES = 64 * 1024
+# What a multipart body holds besides the file and its metadata (boundaries, part headers), at most.
+FRAMING_BYTES = 64 * 1024
+
+
+def upload_body_limit(file_max_bytes: int) -> int:
+    """The body cap of ``POST /v1/files``: a file at its cap, metadata at its own, and the framing."""
+    return file_max_bytes + METADATA_MAX_BYTES + FRAMING_BYTES
+
+
+def _metadata_too_large() -> ProblemError:
+    return ProblemError(413, f"metadata is larger than {METADATA_MAX_BYTES} bytes")
+
+
 async def _metadata(field: str | UploadFile | None) -> dict[str, Any]:
     """``metadata`` as a JSON object; the JS client sends it as a file part, the Python client as a field."""
-    raw = await field.read() if isinstance(field, UploadFile) else field
+    raw = await field.read(METADATA_MAX_BYTES + 1) if isinstance(field, UploadFile) else field
+    if raw and len(raw) > METADATA_MAX_BYTES:  # a field's characters are at most its bytes
+        raise _metadata_too_large()
+    if isinstance(raw, str) and len(raw.encode(errors="surrogatepass")) > METADATA_MAX_BYTES:
+        raise _metadata_too_large()
     if raw and nests_deeper_than(raw):
         raise ProblemError(422, too_deep_problem("metadata"))
     try:
@@ -67,7 +87,12 @@ async def _metadata(field: str | UploadFile | None) -> dict[str, Any]:
 @router.post("", status_code=201, openapi_extra=_UPLOAD_SCHEMA)
 async def create_file(request: Request, tenant: CurrentTenant, services: ServicesDep, base: BaseURL) -> dict[str, Any]:
     """Multipart upload: ``content`` (the file) and optional ``metadata`` (a JSON object)."""
-    form = await request.form(max_files=2, max_fields=4)
+    try:
+        form = await request.form(max_files=2, max_fields=4, max_part_size=METADATA_MAX_BYTES + 1)
+    except HTTPException as exc:  # a field past max_part_size: metadata is the one field read
+        if "maximum size" in str(exc.detail):
+            raise _metadata_too_large() from None
+        raise
     content = form.get("content")
     if not isinstance(content, UploadFile):
         raise ProblemError(422, "content: a file part named 'content' is required")

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
 from openapi_spec_validator import validate
 
+from api.routes.files import METADATA_MAX_BYTES
 from shared.storage.objects import file_key
 from shared.storage.s3 import Storage
-from tests.support import png_bytes
+from tests.support import assert_problem, png_bytes
 from tests.support.predictions import app_for, depth2img_input
 from tests.support.stack import TOKEN_A
 from tests.support.step_gates import StepGate
@@ -176,3 +178,32 @@ def test_remote_image_urls_are_fetched_at_submission_and_kept(stack, tmp_path):
         } and time.monotonic() < deadline:
             time.sleep(0.2)
     assert done["status"] == "succeeded", done["error"]
+
+
+def test_file_metadata_has_a_cap_of_its_own_and_a_file_at_its_cap_fits_beside_it(stack, client):
+    """Metadata is kept with the file's record and shown by every read: at most ``METADATA_MAX_BYTES``, sent
+    as a field (the Python client) or a file part (the JS client); past it, a 413 naming ``metadata``. A file
+    at its own cap with metadata at its cap is within the upload's body cap."""
+
+    def metadata_of(size: int) -> str:
+        return json.dumps({"note": "x" * (size - len('{"note": ""}'))})
+
+    def part(text: str) -> tuple[str, str, str]:
+        return ("m.json", text, "application/json")
+
+    at_cap, past = metadata_of(METADATA_MAX_BYTES), metadata_of(METADATA_MAX_BYTES + 1)
+    content = {"content": ("a.bin", b"x" * 4096, "application/octet-stream")}
+    with app_for(stack, file_max_bytes=4096) as app:
+        as_field = app.post("/v1/files", files=content, data={"metadata": at_cap}, headers=AUTH)
+        assert as_field.status_code == 201, as_field.text
+        assert len(json.dumps(as_field.json()["metadata"])) == METADATA_MAX_BYTES
+        as_part = app.post(
+            "/v1/files", files=content | {"metadata": ("m.json", at_cap, "application/json")}, headers=AUTH
+        )
+        assert as_part.status_code == 201, as_part.text
+        for sent in (
+            {"data": {"metadata": past}},
+            {"files": content | {"metadata": ("m.json", past, "application/json")}},
+        ):
+            refused = app.post("/v1/files", **({"files": content} | sent), headers=AUTH)
+            assert_problem(refused, 413, f"metadata is larger than {METADATA_MAX_BYTES} bytes")
