@@ -101,14 +101,15 @@ def webhook_progress_sending(prediction_id: str) -> str:
 
 
 def webhook_tenant_sending(tenant: str) -> str:
-    """Sorted set: a tenant's webhook deliveries being attempted now, scored by when each claim lapses."""
-    return f"{PREFIX}:webhook:sending:{tenant}"
+    """Sorted set: a tenant's webhook deliveries being attempted now, scored by when each claim lapses (under
+    the tenant's own prefix: ``webhook_progress_sending`` names predictions under ``webhook:sending:``)."""
+    return f"{PREFIX}:tenant:{tenant}:webhooks:sending"
 
 
 def webhook_tenant_waiting(tenant: str) -> str:
     """Sorted set: a tenant's webhook deliveries waiting for one of its places, scored by when each began to
     wait; an attempt that ends wakes the first."""
-    return f"{PREFIX}:webhook:waiting:{tenant}"
+    return f"{PREFIX}:tenant:{tenant}:webhooks:waiting"
 
 
 def webhook_attempt_lock(delivery_id: str) -> str:
