@@ -68,9 +68,8 @@ def _metadata_too_large() -> ProblemError:
 async def _metadata(field: str | UploadFile | None) -> dict[str, Any]:
     """``metadata`` as a JSON object; the JS client sends it as a file part, the Python client as a field."""
     raw = await field.read(METADATA_MAX_BYTES + 1) if isinstance(field, UploadFile) else field
-    if raw and len(raw) > METADATA_MAX_BYTES:  # a field's characters are at most its bytes
-        raise _metadata_too_large()
-    if isinstance(raw, str) and len(raw.encode(errors="surrogatepass")) > METADATA_MAX_BYTES:
+    size = len(raw.encode(errors="surrogatepass")) if isinstance(raw, str) else len(raw or b"")
+    if size > METADATA_MAX_BYTES:
         raise _metadata_too_large()
     if raw and nests_deeper_than(raw):
         raise ProblemError(422, too_deep_problem("metadata"))
