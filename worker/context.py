@@ -48,6 +48,7 @@ def load_image_input(uri: str, prediction: Prediction, files: FileStore, setting
             timeout_s=settings.image_fetch_timeout_s,
             max_bytes=settings.image_fetch_max_bytes,
             allow_private=settings.image_fetch_allow_private,
+            max_redirects=settings.image_fetch_max_redirects,
         )
     return decode_image(data, settings.image_max_pixels)
 

@@ -193,8 +193,12 @@ def _read_bounded(response: httpx.Response, url: str, max_bytes: int, deadline: 
     return b"".join(chunks)
 
 
-def load_image_bytes(uri: str, *, timeout_s: float, max_bytes: int, allow_private: bool) -> bytes:
+def load_image_bytes(
+    uri: str, *, timeout_s: float, max_bytes: int, allow_private: bool, max_redirects: int = 5
+) -> bytes:
     """The raw bytes behind an image input, whichever kind of URI it is."""
     if check_uri_scheme(uri) == "data":
         return decode_data_uri(uri, max_bytes)
-    return fetch_url(uri, timeout_s=timeout_s, max_bytes=max_bytes, allow_private=allow_private)
+    return fetch_url(
+        uri, timeout_s=timeout_s, max_bytes=max_bytes, allow_private=allow_private, max_redirects=max_redirects
+    )

@@ -27,7 +27,7 @@ from shared.webhooks.secrets import new_webhook_secret
 from tests.support import png_bytes
 from tests.support.addresses import ADDRESSES, LOCAL_DEVELOPMENT
 from tests.support.image_servers import ImageServer, trust_in_the_guard
-from worker.context import FileInputError, load_file_input
+from worker.context import FileInputError, load_file_input, load_image_input
 from worker.runner import describe_failure
 
 HOST = "guarded.example"
@@ -171,6 +171,23 @@ def test_a_lora_redirected_from_https_to_http_fails_the_prediction_and_is_never_
     assert error.startswith("could not load a file input: ")
     assert f"redirects to {plain.url('/a.safetensors')}, which is not https" in error
     assert plain.hits == 0
+
+
+def test_a_worker_follows_no_more_image_redirects_than_its_setting(servers):
+    """An image URL the worker fetches itself (one not stored at submission) obeys
+    ``KILN_IMAGE_FETCH_MAX_REDIRECTS`` as the API's fetch does."""
+    redirector, https, _ = servers
+    https.body = png_bytes(8, 8)
+    redirector.redirect_to = https.url("/x.png")
+    prediction = SimpleNamespace(base_url=BASE_URL, tenant="me", id="p1", input={}, input_files={})
+
+    def load(max_redirects: int) -> object:
+        settings = Settings(_env_file=None, image_fetch_allow_private=True, image_fetch_max_redirects=max_redirects)
+        return load_image_input(redirector.url("/x.png"), prediction, None, settings)  # type: ignore[arg-type]
+
+    assert load(1).size == (8, 8)  # type: ignore[attr-defined]
+    with pytest.raises(ImageInputError, match="more than 0 redirects"):
+        load(0)
 
 
 def test_an_image_redirected_from_https_to_http_is_refused_and_never_fetched(servers):
