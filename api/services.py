@@ -67,6 +67,8 @@ class Services:
     webhook_secrets: WebhookSecrets
     # The threads creates run on, a share per token (reads never wait for them).
     intake: IntakeLanes
+    # The same for uploads (POST /v1/files): their own threads, and a share per token.
+    uploads: IntakeLanes
 
     @classmethod
     def connect(cls, settings: Settings) -> Services:
@@ -90,6 +92,7 @@ class Services:
             idempotency=IdempotencyKeys(sync_redis, owner=secrets.token_hex(12)),
             webhook_secrets=WebhookSecrets(sync_redis, settings.webhook_secret_overlap_s),
             intake=IntakeLanes(settings.intake_threads, settings.intake_threads_per_token),
+            uploads=IntakeLanes(settings.upload_threads, settings.uploads_per_token),
         )
 
     @property

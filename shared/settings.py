@@ -89,6 +89,10 @@ class Settings(BaseSettings):
     # Uploaded files (Files API): size cap and how long they are kept.
     file_max_bytes: int = Field(default=100 * 1024 * 1024, ge=1024)
     file_retention_s: int = Field(default=24 * 3600, ge=60)
+    # Uploads under way at once per token, and the threads that store them (api.intake.lanes): one token's
+    # uploads never hold another's, nor the threads reads run on. Further uploads of a token wait, unread.
+    uploads_per_token: int = Field(default=2, ge=1)
+    upload_threads: int = Field(default=8, ge=1)
 
     s3_endpoint_url: str = "http://127.0.0.1:8333"
     # Endpoint used when presigning URLs for outside consumers (SigV4 signs the host).

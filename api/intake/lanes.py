@@ -8,11 +8,16 @@ inline batches, deployments) run on their own limiter of ``KILN_INTAKE_THREADS``
 never wait for, and one token holds at most ``KILN_INTAKE_THREADS_PER_TOKEN`` of them at once: its
 further creates wait for its own threads (on the event loop, holding no thread), so a token's slow
 URLs hold nothing but that token's own slots.
+
+Uploads (``POST /v1/files``, up to ``KILN_FILE_MAX_BYTES`` each) have lanes of their own, held from the first
+byte of the body read to the file stored (``slot``, ``on_thread``): one token's uploads take at most
+``KILN_UPLOADS_PER_TOKEN`` of ``KILN_UPLOAD_THREADS`` at once, and never the threads reads run on.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, TypeVar
@@ -39,19 +44,29 @@ class IntakeLanes:
 
     async def run(self, tenant: str, work: Callable[..., T], *args: Any) -> T:
         """``work(*args)`` on an intake thread, once one of ``tenant``'s slots is free."""
-        if self._limiter is None:
-            self._limiter = anyio.CapacityLimiter(self.threads)
+        async with self.slot(tenant):
+            return await self.on_thread(work, *args)
+
+    @asynccontextmanager
+    async def slot(self, tenant: str) -> AsyncIterator[None]:
+        """Holds one of ``tenant``'s slots, waiting for one (on the event loop, holding no thread)."""
         lane = self._lanes.get(tenant)
         if lane is None:
             lane = self._lanes[tenant] = _TokenLane(anyio.Semaphore(self.per_token))
         lane.users += 1
         try:
             async with lane.slots:
-                return await anyio.to_thread.run_sync(partial(work, *args), limiter=self._limiter)
+                yield
         finally:
             lane.users -= 1
             if lane.users == 0:  # a token with nothing in flight keeps no lane: one per active token
                 del self._lanes[tenant]
+
+    async def on_thread(self, work: Callable[..., T], *args: Any) -> T:
+        """``work(*args)`` on one of the lanes' threads (within a ``slot``)."""
+        if self._limiter is None:
+            self._limiter = anyio.CapacityLimiter(self.threads)
+        return await anyio.to_thread.run_sync(partial(work, *args), limiter=self._limiter)
 
     def in_flight(self, tenant: str) -> int:
         """The token's creates running or waiting for a slot (tests, metrics)."""

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import json
+from contextlib import aclosing
 from typing import Any
 from urllib.parse import quote
 
 from fastapi import APIRouter, Request, Response
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
-from starlette.datastructures import UploadFile
-from starlette.exceptions import HTTPException
+from python_multipart.multipart import parse_options_header
+from starlette.datastructures import FormData, UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
 
 from api.deps import BaseURL, CurrentTenant, ServicesDep
 from api.errors import ProblemError, reject_invalid_text
@@ -83,15 +84,39 @@ async def _metadata(field: str | UploadFile | None) -> dict[str, Any]:
     return parsed
 
 
+async def _upload_form(request: Request, file_max_bytes: int) -> FormData:
+    """The upload's parts, as ``request.form`` reads them, but a file part kept in memory up to
+    ``file_max_bytes``: it is read into memory whole anyway, and spooled to disk each 64 KiB chunk of it
+    cost a hop to the threads reads run on (16 uploads of 100 MB held another tenant's reads for seconds)."""
+    content_type, _ = parse_options_header(request.headers.get("content-type", ""))
+    limits: dict[str, Any] = {"max_files": 2, "max_fields": 4, "max_part_size": METADATA_MAX_BYTES + 1}
+    if content_type != b"multipart/form-data":  # no file part: answered as such
+        return await request.form(**limits)
+    async with aclosing(request.stream()) as stream:
+        parser = MultiPartParser(request.headers, stream, **limits)
+        parser.spool_max_size = file_max_bytes + 1
+        try:
+            return await parser.parse()
+        except MultiPartException as exc:
+            if "maximum size" in exc.message:  # a field past max_part_size: metadata is the one field read
+                raise _metadata_too_large() from None
+            raise ProblemError(400, exc.message) from None
+
+
 @router.post("", status_code=201, openapi_extra=_UPLOAD_SCHEMA)
 async def create_file(request: Request, tenant: CurrentTenant, services: ServicesDep, base: BaseURL) -> dict[str, Any]:
-    """Multipart upload: ``content`` (the file) and optional ``metadata`` (a JSON object)."""
-    try:
-        form = await request.form(max_files=2, max_fields=4, max_part_size=METADATA_MAX_BYTES + 1)
-    except HTTPException as exc:  # a field past max_part_size: metadata is the one field read
-        if "maximum size" in str(exc.detail):
-            raise _metadata_too_large() from None
-        raise
+    """Multipart upload: ``content`` (the file) and optional ``metadata`` (a JSON object). Read, checked and
+    stored within one of the token's upload slots (``api.intake.lanes``)."""
+    async with services.uploads.slot(tenant):
+        form = await _upload_form(request, services.settings.file_max_bytes)
+        try:
+            record = await _store_upload(form, tenant, services)
+        finally:
+            await form.close()
+    return render_file(record, base)
+
+
+async def _store_upload(form: FormData, tenant: str, services: Services) -> FileRecord:
     content = form.get("content")
     if not isinstance(content, UploadFile):
         raise ProblemError(422, "content: a file part named 'content' is required")
@@ -101,7 +126,7 @@ async def create_file(request: Request, tenant: CurrentTenant, services: Service
         raise ProblemError(413, f"content is larger than {limit} bytes")
     metadata = await _metadata(form.get("metadata"))
     reject_invalid_text({"filename": content.filename or "", "content_type": content.content_type or ""})
-    record = await run_in_threadpool(
+    return await services.uploads.on_thread(
         services.files.create,
         tenant,
         content.filename or "file",
@@ -109,7 +134,6 @@ async def create_file(request: Request, tenant: CurrentTenant, services: Service
         data,
         metadata,
     )
-    return render_file(record, base)
 
 
 @router.get("")
