@@ -1,0 +1,211 @@
+"""Another tenant's speed while one tenant abuses the API: ``python -m tools.bench_neighbours``.
+
+HOSTILE.md asks that while one tenant abuses a surface, another's ``GET`` p99 stays under 100 ms. This
+starts redis-server, SeaweedFS and one API process (no worker: nothing needs to run; image URLs on
+loopback allowed), then, for each abuse in ``--abuses``, tenant B sends ``GET /v1/predictions`` one
+after another, first with A idle and then while A, from ``--threads`` threads, keeps:
+
+- ``slow-urls``: creating predictions whose image URL trickles a byte a second (each create holds an
+  intake thread until ``KILN_IMAGE_FETCH_TIMEOUT_S`` ends it with a 422);
+- ``uploads``: uploading files of ``--upload-mb`` (the default cap, 100 MB), distinct bytes each;
+- ``downloads``: downloading such a file;
+- ``creates``: ``make bench``'s single creates (``tools.bench.single_body``: a distinct prompt, seed and
+  images each).
+
+A is a new token for each abuse, with the default rate limits (``KILN_RATE_LIMIT_PER_S``, ``_BURST``): what
+any tenant may do; B's token has them raised, to read as fast as it can. Prints B's latencies (p50, p99,
+max) alone and during each abuse, and what A got done (its answers, counted). The client
+shares the machine's CPUs with the stack (on a 2-core machine, A's own client takes a share of them).
+The stream and batch file abuses have their own benches (``tools.bench_streams``,
+``tools.bench_batch_isolation``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.server
+import os
+import secrets
+import shutil
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+from deploy.devstack.servers import RedisServer, SeaweedS3Server, free_port
+from shared.storage.s3 import Storage
+from tests.support import REPO_ROOT, wait_until
+from tests.support.stack import Stack, stack_env, uvicorn_argv
+from tests.support.tenants import new_token
+from tools.bench import SINGLE_PATH, single_body
+from tools.bench_batch_isolation import gets_until, percentiles
+from tools.chaos import _healthy, stop_stack
+
+ABUSES = ("slow-urls", "uploads", "downloads", "creates")
+
+
+def start_api(root: Path) -> Stack:
+    (root / "logs").mkdir(parents=True)
+    access_key, secret_key = "kiln-bench", secrets.token_hex(16)
+    redis_server = RedisServer(root / "redis", appendonly=False).start()
+    s3 = SeaweedS3Server(root / "s3", access_key, secret_key).start()
+    port = free_port()
+    env = stack_env(root, redis_server, s3, access_key, secret_key, REPO_ROOT / ".kiln" / "weights")
+    # A abuses within the default rate limits: what one tenant's token may do.
+    env |= {"KILN_IMAGE_FETCH_ALLOW_PRIVATE": "true"}
+    stack = Stack(f"http://127.0.0.1:{port}", "", root / "unused", env, redis_server, s3, root / "logs")
+    Storage(stack.settings()).ensure_bucket()  # a worker would make it; none runs here
+    stack.start("api", uvicorn_argv(port))
+    wait_until(lambda: _healthy(stack), 240, what="the API's /health (SeaweedFS can be slow to start)")
+    return stack
+
+
+class _Trickle(http.server.BaseHTTPRequestHandler):
+    """Answers every GET with a PNG's headers, then a byte a second until the client goes."""
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "image/png")
+        self.send_header("Content-Length", "1000000")
+        self.end_headers()
+        try:
+            while not self.server.stopping.is_set():  # type: ignore[attr-defined]
+                self.wfile.write(b"\x89")
+                self.wfile.flush()
+                time.sleep(1)
+        except OSError:
+            pass
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@contextmanager
+def trickling_server() -> Iterator[str]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Trickle)
+    server.daemon_threads = True
+    server.stopping = threading.Event()  # type: ignore[attr-defined]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.stopping.set()  # type: ignore[attr-defined]
+        server.shutdown()
+        server.server_close()
+
+
+def outcome(response: httpx.Response) -> str:
+    """A response's status, and for a refusal what it said."""
+    if response.is_success:
+        return str(response.status_code)
+    return f"{response.status_code} {response.json().get('detail', '')[:80]}"
+
+
+def abuse_actions(a: httpx.Client, abuse: str, slow_url: str, upload_bytes: int) -> Callable[[int], str]:
+    """What one of A's threads does, its ``n``-th time: returns the outcome to count."""
+    if abuse == "slow-urls":
+
+        def act(n: int) -> str:
+            body = {
+                "version": "kiln/sd2-depth2img",
+                "input": {"prompt": f"slow {n}", "input_image": f"{slow_url}/{n}.png"},
+            }
+            return outcome(a.post("/v1/predictions", json=body))
+
+        return act
+    if abuse == "creates":
+
+        def act(n: int) -> str:
+            return outcome(a.post(SINGLE_PATH, content=single_body(n), headers={"Content-Type": "application/json"}))
+
+        return act
+    payload = bytearray(os.urandom(upload_bytes))
+    if abuse == "uploads":
+
+        def act(n: int) -> str:
+            content = bytes(payload[:8] + n.to_bytes(8, "big") + payload[16:])  # distinct bytes each upload
+            return outcome(a.post("/v1/files", files={"content": (f"{n}.bin", content, "application/octet-stream")}))
+
+        return act
+    uploaded = a.post("/v1/files", files={"content": ("big.bin", bytes(payload), "application/octet-stream")})
+    uploaded.raise_for_status()
+    url = f"/v1/files/{uploaded.json()['id']}/download"
+
+    def act(n: int) -> str:
+        with a.stream("GET", url) as response:
+            for _ in response.iter_bytes(1 << 20):
+                pass
+            return str(response.status_code)
+
+    return act
+
+
+def measure(stack: Stack, abuse: str, args: argparse.Namespace, slow_url: str) -> None:
+    # B reads as fast as it can, past the default rate limit: its own token's limits are raised.
+    b_token = new_token(stack.redis_url, "bench-b", rate_limit_per_s=1e6, rate_limit_burst=10**6)[1]
+    a_token = new_token(stack.redis_url, "bench-a")[1]
+    a = httpx.Client(base_url=stack.base_url, headers={"Authorization": f"Bearer {a_token}"}, timeout=120)
+    b = httpx.Client(base_url=stack.base_url, headers={"Authorization": f"Bearer {b_token}"}, timeout=60)
+    with a, b:
+        for i in range(3):
+            b.post("/v1/predictions", json={"version": "kiln/ip-adapter-depth-xl", "input": {"prompt": f"b {i}"}})
+        act = abuse_actions(a, abuse, slow_url, args.upload_mb << 20)
+        alone = gets_until(b, threading.Event(), args.idle_seconds)
+        stop, outcomes, lock, counter = threading.Event(), Counter[str](), threading.Lock(), iter(range(10**9))
+
+        def keep_abusing() -> None:
+            while not stop.is_set():
+                with lock:
+                    n = next(counter)
+                try:
+                    result = act(n)
+                except httpx.HTTPError as exc:
+                    result = type(exc).__name__
+                with lock:
+                    outcomes[result] += 1
+
+        threads = [threading.Thread(target=keep_abusing, daemon=True) for _ in range(args.threads)]
+        for thread in threads:
+            thread.start()
+        time.sleep(1)  # A's requests under way before B measures
+        during = gets_until(b, threading.Event(), args.seconds)
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=30)
+        print(f"{abuse}:", flush=True)
+        print(f"  B alone:        {percentiles(alone)}", flush=True)
+        print(f"  B during abuse: {percentiles(during)}", flush=True)
+        print(f"  A's requests ({args.threads} threads, {args.seconds + 1:.0f} s): {dict(outcomes)}", flush=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--abuses", default=",".join(ABUSES), help=f"some of {','.join(ABUSES)}")
+    parser.add_argument("--threads", type=int, default=16, help="A's concurrent requests")
+    parser.add_argument("--seconds", type=float, default=10.0, help="how long B measures during each abuse")
+    parser.add_argument("--idle-seconds", type=float, default=3.0)
+    parser.add_argument("--upload-mb", type=int, default=100)
+    args = parser.parse_args()
+    abuses = args.abuses.split(",")
+    if unknown := set(abuses) - set(ABUSES):
+        parser.error(f"unknown abuses: {', '.join(sorted(unknown))}")
+    root = Path(tempfile.mkdtemp(prefix="kiln-neighbours-"))
+    stack = start_api(root)
+    try:
+        with trickling_server() as slow_url:
+            for abuse in abuses:
+                measure(stack, abuse, args, slow_url)
+    finally:
+        stop_stack(stack)
+        shutil.rmtree(root, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
