@@ -3,6 +3,9 @@
 FastAPI's own ``max_body_size`` answers in plain text; this middleware keeps the error format the
 same as everywhere else, and gives uploads their own, larger cap.
 
+A JSON body that Python's parser refuses for anything but its syntax (not UTF-8, an integer past 4,300
+digits), which FastAPI answers with a 400 naming nothing, is a 422 saying why (``BoundedJSONRoute``).
+
 A JSON body nested past ``MAX_DEPTH`` is refused before it is parsed (``BoundedJSONRoute``, and the
 direct creates' ``api.routes.direct_creates``): Python's parser and every later walk of the value (text
 checks, a batch's items pickled for the intake pool) recurse, and share one stack, so a body that parsed
@@ -11,6 +14,7 @@ could still end in a 500, at depths that differed by the path it took.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -77,8 +81,22 @@ def too_deep_json(content_type: str | None, body: bytes) -> bool:
     return (content_type is None or "json" in content_type.lower()) and nests_deeper_than(body)
 
 
+# FastAPI's answer to a JSON body its parser raised anything but a syntax error for.
+UNPARSED_BODY = "There was an error parsing the body"
+
+
+def unparsed_body_problem(error: BaseException | None) -> str:
+    """Why Python's JSON parser refused a body (``error``, what it raised), naming ``body``."""
+    if isinstance(error, UnicodeDecodeError):
+        return f"body: not valid UTF-8 (byte {error.start})"
+    if isinstance(error, ValueError) and "integer string conversion" in str(error):
+        return f"body: an integer of more than {sys.get_int_max_str_digits()} digits"
+    return "body: not valid JSON"
+
+
 class BoundedJSONRoute(APIRoute):
-    """A route whose JSON body nested too deep is a 422 naming ``body``, before FastAPI parses it."""
+    """A route whose JSON body nested too deep is a 422 naming ``body``, before FastAPI parses it; and one
+    that FastAPI could not parse for anything but its syntax is a 422 saying why."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
@@ -87,6 +105,11 @@ class BoundedJSONRoute(APIRoute):
             content_type = request.headers.get("content-type")
             if request.method in BODY_METHODS and too_deep_json(content_type, await request.body()):
                 raise ProblemError(422, too_deep_problem("body"))
-            return await handler(request)
+            try:
+                return await handler(request)
+            except HTTPException as exc:
+                if exc.status_code == 400 and exc.detail == UNPARSED_BODY:
+                    raise ProblemError(422, unparsed_body_problem(exc.__cause__)) from None
+                raise
 
         return bounded

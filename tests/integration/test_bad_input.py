@@ -276,6 +276,25 @@ def test_a_json_body_nested_too_deep_is_a_422_naming_the_body_on_every_route(cli
     assert newest_predictions(client) == before
 
 
+UNREADABLE = {
+    "a 5,000-digit integer": (b"9" * 5000, "body: an integer of more than 4300 digits"),
+    "invalid UTF-8": (b'"a\xff"', "body: not valid UTF-8"),
+}
+
+
+@pytest.mark.parametrize("what", list(UNREADABLE))
+@pytest.mark.parametrize("path", list(JSON_ROUTES))
+def test_a_json_body_pythons_parser_cannot_read_is_a_422_saying_why_on_every_route(client, path, what):
+    """What the parser raises for other than syntax was FastAPI's 400 "There was an error parsing the body",
+    which named nothing."""
+    before = newest_predictions(client)
+    value, detail = UNREADABLE[what]
+    body = JSON_ROUTES[path].replace("VERSION", VERSION).encode().replace(b"{deep}", value)
+    for content_type in JSON_TYPES:
+        assert_problem(client.post(path, content=body, headers={"content-type": content_type}), 422, detail)
+    assert newest_predictions(client) == before
+
+
 def test_a_body_nested_within_the_cap_is_read_as_before(client):
     body = {"version": VERSION, "input": depth2img_input(width=64, height=64), "extra": json.loads(nested(60))}
     for content_type in JSON_TYPES:
