@@ -76,7 +76,7 @@ async def _metadata(field: str | UploadFile | None) -> dict[str, Any]:
         raise ProblemError(422, too_deep_problem("metadata"))
     try:
         parsed = json.loads(raw) if raw else {}
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except ValueError:  # not JSON, not UTF-8, or an integer past Python's 4,300 digits
         parsed = None
     if not isinstance(parsed, dict):
         raise ProblemError(422, "metadata: must be a JSON object")

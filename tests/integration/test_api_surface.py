@@ -118,11 +118,12 @@ def test_a_file_whose_bytes_went_after_its_record_was_read_is_missing_not_a_500(
         assert answer.status_code == 422 and missing in answer.json()["detail"] and field in answer.json()["detail"]
 
 
-def test_files_reject_bad_metadata(client):
+@pytest.mark.parametrize("metadata", ["[1, 2]", '{"a": ' + "9" * 5000 + "}"], ids=["array", "5000-digit-integer"])
+def test_files_reject_bad_metadata(client, metadata):
     response = client.post(
-        "/v1/files", files={"content": ("a.bin", b"x", "application/octet-stream")}, data={"metadata": "[1, 2]"}
+        "/v1/files", files={"content": ("a.bin", b"x", "application/octet-stream")}, data={"metadata": metadata}
     )
-    assert response.status_code == 422 and "metadata" in response.json()["detail"]
+    assert_problem(response, 422, "metadata: must be a JSON object")
 
 
 def test_problem_json_for_unknown_routes_and_models(client):
