@@ -131,11 +131,15 @@ class _KnownRest:
 
 
 def inline_items(items: list[Any]) -> Iterator[RawItem]:
+    """Each inline item as the line of a file holding it: the stdlib writes what orjson cannot (an integer
+    beyond 64 bits) or would change (NaN and ±Infinity, which orjson writes as null), so that the item is
+    refused for it as the same line of a file is."""
     for index, item in enumerate(items, start=1):
         try:
-            yield index, orjson.dumps(item)
-        except TypeError:  # what orjson cannot write (an integer beyond 64 bits): the stdlib can
-            yield index, json.dumps(item).encode()
+            line = orjson.dumps(item)
+        except TypeError:
+            line = b"null"
+        yield index, json.dumps(item).encode() if b"null" in line else line
 
 
 def file_lines(data: bytes) -> Iterator[RawItem]:

@@ -102,6 +102,8 @@ def submit_batch(
     limit = services.settings.batch_max_items
     if len(items) > limit:
         raise ProblemError(422, f"predictions: {len(items)} items, at most {limit} per batch (KILN_BATCH_MAX_ITEMS)")
+    if not items:
+        raise ProblemError(422, "predictions: no items: a batch holds at least one create body")
     batch_id = new_id()
     if idempotency_key is not None:
         request = fingerprint("batch", with_priority({"predictions": items}, priority))

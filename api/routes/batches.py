@@ -83,6 +83,9 @@ def _submit(
         else:
             assert body.predictions is not None  # exactly one of the two (checked above)
             items, count, source = inline_items(body.predictions), len(body.predictions), "inline"
+        if count == 0:
+            field = "predictions: no items" if source == "inline" else "input_file: no lines"
+            raise ProblemError(422, f"{field}: a batch holds at least one create body")
         batch = create_batch(services, tenant, items, count, base, webhook, source, tenant_cap, batch_id, priority)
     confirm_replicated(services, lambda: services.batches.get(batch.id) is not None)
     return batch, True

@@ -62,6 +62,49 @@ def test_file_metadata_nested_too_deep_is_refused_and_nothing_is_stored(client):
     assert client.get("/v1/files").json()["results"] == before
 
 
+def test_non_finite_numbers_in_an_inline_item_refuse_it_as_the_same_line_of_a_file(client):
+    """Items were re-encoded with orjson, which writes NaN and Infinity as null: they ran as if unset."""
+    bad = [item(1), item(2), item(3) | {"retention_s": float("-inf")}]
+    bad[0]["input"]["seed"], bad[1]["input"]["seed"] = float("nan"), float("inf")
+    for source in ("inline", "file"):
+        lines = [json.dumps(entry) for entry in (item(0), *bad)]  # the stdlib writes NaN, Infinity, -Infinity
+        body = '{"predictions": [' + ", ".join(lines) + "]}" if source == "inline" else None
+        created = (
+            client.post("/v1/batches", content=body, headers={"content-type": "application/json"})
+            if body
+            else client.post("/v1/batches", json={"input_file": upload_jsonl(client, lines)})
+        )
+        assert created.status_code == 201, created.text
+        batch = created.json()
+        assert (batch["counts"]["total"], batch["counts"]["invalid"]) == (4, 3), (source, batch)
+        refused = [line for line in results_of(client, batch) if line["status"] == "invalid"]
+        assert [line["line"] for line in refused] == [2, 3, 4], refused
+        for field, line in zip(("seed", "seed", "retention_s"), refused, strict=True):
+            assert field in line["error"], (source, line)
+        assert wait_for_batch(client, batch["id"], {"completed"})["counts"]["succeeded"] == 1
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "detail"),
+    [
+        ("/v1/batches", {"predictions": []}, "predictions: no items"),
+        ("/v1/predictions/batch", {"predictions": []}, "predictions: no items"),
+        ("/v1/batches", "", "input_file: no lines"),
+        ("/v1/batches", "\n \r\n\t\n", "input_file: no lines"),
+    ],
+    ids=["inline", "predictions-batch", "empty-file", "blank-file"],
+)
+def test_a_batch_of_nothing_is_a_422_and_nothing_is_stored(client, path, body, detail):
+    """It was stored as a completed batch of 0 items."""
+    if isinstance(body, str):
+        upload = client.post("/v1/files", files={"content": ("b.jsonl", body.encode(), "application/jsonl")})
+        body = {"input_file": upload.json()["urls"]["get"]}
+    response = client.post(path, json=body)
+    assert response.status_code == 422 and detail in response.json()["detail"], response.text
+    assert client.get("/v1/batches").json()["results"] == []
+    assert client.get("/v1/predictions").json()["results"] == []
+
+
 def test_a_batch_larger_than_the_tokens_queue_cap_says_it_can_never_fit(stack):
     with client_for(stack.base_url, new_token(stack.redis_url, "capped", max_queued=3)[1]) as capped:
         queue = capped.get("/v1/queue").json()
