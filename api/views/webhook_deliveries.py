@@ -160,10 +160,10 @@ def owned_delivery(services: Services, tenant: str, webhook_id: str) -> SentDeli
     return sent
 
 
-def resend(services: Services, delivery: Delivery, body: str) -> bool:
+def resend(services: Services, delivery: Delivery, body: str, *, only_failed: bool = False) -> bool:
     """Send a finished ``completed`` message once more, now, with ``body`` (``current_body``): pending
-    again, and enqueued. False when it is pending already."""
-    if not services.webhook_history.resend(delivery, body):
+    again, and enqueued. False when it is pending already (or, ``only_failed``, no longer failed)."""
+    if not services.webhook_history.resend(delivery, body, only_failed=only_failed):
         return False
     try:
         services.celery.send_task(queues.DELIVER_WEBHOOK_TASK, args=[delivery.id], queue=queues.WEBHOOKS)
@@ -201,6 +201,6 @@ def retry_failed(services: Services, tenant: str, filters: FailedFilter) -> dict
         if delivery is None or body is None:
             gone.append(webhook_id)  # expired with its record: it leaves the list instead
         else:
-            retried += resend(services, delivery, body)
+            retried += resend(services, delivery, body, only_failed=True)  # a concurrent retry may have sent it
     history.forget_failed(tenant, gone)
     return {"retried": retried, "remaining": history.count_failed(tenant, filters.window)}

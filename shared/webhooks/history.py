@@ -120,10 +120,11 @@ class DeliveryHistory:
     def count_failed(self, tenant: str, window: TimeWindow) -> int:
         return int(self.redis.zcount(keys.tenant_failed_webhooks(tenant), _lower(window), _upper(window)))
 
-    def resend(self, delivery: Delivery, body: str) -> bool:
+    def resend(self, delivery: Delivery, body: str, *, only_failed: bool = False) -> bool:
         """Make a finished delivery pending again, due now, with ``body`` (rendered afresh), for one more
         attempt (``retry`` off: a manual retry is not put back on the schedule); it leaves its tenant's
-        failed deliveries. False when it is pending already, or gone."""
+        failed deliveries. False when it is pending already, or gone, or (``only_failed``) no longer among
+        its tenant's failed deliveries: sent again since by another retry, and maybe delivered."""
         now = time.time()
         fields = {"state": PENDING, "body": body, "next_attempt_at": now, "retry": False}
         pairs = [item for name, value in fields.items() for item in (name, json.dumps(value))]
@@ -134,7 +135,7 @@ class DeliveryHistory:
                     keys.webhook_due(),
                     keys.tenant_failed_webhooks(delivery.tenant),
                 ],
-                args=[delivery.id, now + CLAIM_LEASE_S, *pairs],
+                args=[delivery.id, now + CLAIM_LEASE_S, "1" if only_failed else "0", *pairs],
             )
         )
 

@@ -164,6 +164,18 @@ def test_a_retry_sends_it_once_more_and_a_success_takes_it_off_the_failed_list(o
     assert history.failed_ids("t1", TimeWindow(), 10) == []
 
 
+def test_a_retry_of_all_failed_ones_leaves_a_message_another_retry_sent_since_it_was_listed(outbox, history, answers):
+    """Two retries of all failed messages at once each listed it; the first sent it and it was delivered:
+    the second sends it no more. A retry naming the message still sends it."""
+    failed_id = fail_completed(outbox, answers, prediction())
+    listed = outbox.get(failed_id)
+    assert history.resend(listed, "{}", only_failed=True)
+    assert attempt(outbox, failed_id).state == DELIVERED
+    assert not history.resend(outbox.get(failed_id), "{}", only_failed=True), "delivered: no longer failed"
+    assert outbox.get(failed_id).state == DELIVERED
+    assert history.resend(outbox.get(failed_id), "{}"), "named: sent again"
+
+
 def test_a_retry_that_fails_is_one_attempt_and_lists_it_as_failed_again(outbox, history, answers):
     failed_id = fail_completed(outbox, answers, prediction())
     assert history.resend(outbox.get(failed_id), "{}")
