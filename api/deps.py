@@ -219,8 +219,38 @@ CANCEL_AFTER_DESCRIPTION = (
     "A duration (`30s`, `5m`, `1h30m`): not started by then, the prediction ends `aborted`; still running, `canceled`."
 )
 
-PreferHeader = Annotated[str | None, Header(description=PREFER_DESCRIPTION)]
-IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key")]
+
+def single_header(request: Request, name: str) -> str | None:
+    """A header that takes one value (``Idempotency-Key``, ``Cancel-After``, ``Kiln-Priority``); a 400 naming
+    it when sent more than once, which of its values was meant being unknown."""
+    value = request.headers.get(name)
+    if value is not None and len(request.headers.getlist(name)) > 1:
+        raise ProblemError(400, f"{name}: sent more than once; send it once")
+    return value
+
+
+def prefer_of(request: Request) -> str | None:
+    """Every ``Prefer`` header, as the one list RFC 7240 makes of them (the first of a preference counts)."""
+    value = request.headers.get("prefer")
+    if value is not None and len(values := request.headers.getlist("prefer")) > 1:
+        value = ", ".join(values)
+    return value
+
+
+async def _prefer(
+    request: Request, prefer: Annotated[str | None, Header(description=PREFER_DESCRIPTION)] = None
+) -> str | None:
+    return prefer_of(request)
+
+
+async def _idempotency_key(
+    request: Request, idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None
+) -> str | None:
+    return single_header(request, "Idempotency-Key")
+
+
+PreferHeader = Annotated[str | None, Depends(_prefer)]
+IdempotencyKey = Annotated[str | None, Depends(_idempotency_key)]
 
 
 async def header_priority(
@@ -233,10 +263,8 @@ async def header_priority(
 def priority_of(request: Request, kiln_priority: str | None) -> Priority | None:
     """The ``Kiln-Priority`` header's priority; a 400 naming the header for any other value, or when it is
     sent more than once."""
-    if kiln_priority is None:
+    if kiln_priority is None or single_header(request, "Kiln-Priority") is None:
         return None
-    if len(request.headers.getlist("kiln-priority")) > 1:
-        raise ProblemError(400, "Kiln-Priority: sent more than once; send it once, normal or low")
     found = kiln_priority.strip().lower()
     for priority in PRIORITIES:
         if found == priority:
@@ -247,15 +275,24 @@ def priority_of(request: Request, kiln_priority: str | None) -> Priority | None:
 
 
 HeaderPriority = Annotated[Priority | None, Depends(header_priority)]
-CancelAfter = Annotated[
-    str | None,
-    Header(
-        alias="Cancel-After",
-        description=CANCEL_AFTER_DESCRIPTION,
-        # Documented only: a bad value is a 400 naming the header (api.intake.submission.deadline_after), not a 422.
-        json_schema_extra={"pattern": DURATION_PATTERN},
-    ),
-]
+
+
+async def _cancel_after(
+    request: Request,
+    cancel_after: Annotated[
+        str | None,
+        Header(
+            alias="Cancel-After",
+            description=CANCEL_AFTER_DESCRIPTION,
+            # Documented only: a bad value is a 400 naming the header (api.intake.submission.deadline_after).
+            json_schema_extra={"pattern": DURATION_PATTERN},
+        ),
+    ] = None,
+) -> str | None:
+    return single_header(request, "Cancel-After")
+
+
+CancelAfter = Annotated[str | None, Depends(_cancel_after)]
 
 
 @dataclass(frozen=True)
@@ -295,9 +332,9 @@ async def create_request(request: Request) -> CreateRequest:
         caller=caller,
         services=services,
         base_url=link_base(request, services.settings),
-        prefer=headers.get("prefer"),
-        idempotency_key=headers.get("idempotency-key"),
-        cancel_after=headers.get("cancel-after"),
+        prefer=prefer_of(request),
+        idempotency_key=single_header(request, "Idempotency-Key"),
+        cancel_after=single_header(request, "Cancel-After"),
         priority=priority_of(request, headers.get("kiln-priority")),
     )
 

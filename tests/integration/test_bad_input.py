@@ -238,6 +238,32 @@ def test_bad_create_is_a_problem_naming_what_is_wrong(client, request_kwargs, st
     assert newest_predictions(client) == before
 
 
+REPEATED = {
+    "cancel-after": ([("Cancel-After", "1h"), ("cancel-after", "1s")], "Cancel-After: sent more than once"),
+    "idempotency-key": ([("Idempotency-Key", "a"), ("Idempotency-Key", "b")], "Idempotency-Key: sent more than once"),
+    "prefer-is-one-list": ([("Prefer", "respond-async"), ("Prefer", "wait=abc")], "Prefer: wait must be a whole"),
+}
+
+
+@pytest.mark.parametrize(
+    ("path", "repeated"),
+    [
+        *(("/v1/predictions", name) for name in REPEATED),
+        ("/v1/predictions/batch", "cancel-after"),
+        ("/v1/predictions/batch", "idempotency-key"),
+    ],
+)
+def test_a_repeated_create_header_is_not_half_read(client, path, repeated):
+    """A header taking one value sent twice is a 400 naming it (the first was taken); the ``Prefer`` headers
+    are one list (only the first was read)."""
+    headers, detail = REPEATED[repeated]
+    before = newest_predictions(client)
+    body = {"version": VERSION, "input": depth2img_input(width=64, height=64)}
+    response = client.post(path, json=body if path == "/v1/predictions" else {"predictions": [body]}, headers=headers)
+    assert_problem(response, 400, detail)
+    assert newest_predictions(client) == before
+
+
 def test_unknown_model_on_the_model_endpoint_is_a_404(client):
     before = newest_predictions(client)
     response = client.post("/v1/models/kiln/nope/predictions", json={"input": depth2img_input()})
