@@ -8,6 +8,7 @@ batch is admitted against the queue caps whole or not at all.
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from typing import Any, cast
 
 from pydantic import ValidationError
@@ -17,7 +18,7 @@ from api.intake.file_checks import check_file_inputs
 from api.intake.idempotency import TTL_S, await_first_request, fingerprint
 from api.intake.image_staging import RequestImages, stage_images
 from api.intake.inputs import check_input
-from api.intake.submission import confirm_replicated, prepare, store_and_enqueue, with_priority
+from api.intake.submission import confirm_replicated, deadline_after, prepare, store_and_enqueue, with_priority
 from api.schemas import CreateInBatch
 from api.services import Services
 from models.registry import UnknownModelError, find_model, resolve_version
@@ -47,15 +48,18 @@ def prepare_item(
     base_url: str,
     images: RequestImages | set[str],
     priority: Priority = "normal",
+    deadline: datetime | None = None,
 ) -> Prediction:
-    """One item as a prediction ready to store (``priority``: the batch's, for an item that names none);
+    """One item as a prediction ready to store (``priority``: the batch's, for an item that names none;
+    ``deadline``: the batch's ``Cancel-After``);
     ``ProblemError`` says what is wrong with it (text that is not valid Unicode first: the body model's
     validator looks for it before any field is read)."""
     try:
         item = CreateInBatch.model_validate(raw)
     except ValidationError as exc:
         raise input_validation_problem(exc, prefix=()) from None
-    return prepare(services, tenant, _model_of(item, services), item, base_url, images, priority=priority)
+    spec = _model_of(item, services)
+    return prepare(services, tenant, spec, item, base_url, images, deadline=deadline, priority=priority)
 
 
 def item_spec(services: Services, raw: dict[str, Any]) -> ModelSpec:
@@ -96,14 +100,17 @@ def submit_batch(
     idempotency_key: str | None,
     tenant_cap: int | None = None,
     priority: Priority = "normal",
+    cancel_after: str | None = None,
 ) -> tuple[list[dict[str, Any]], bool]:
     """Create the batch (or replay it, for a repeated Idempotency-Key); returns the rendered results
-    and whether they were created now. ``priority``: the batch's, for the items that name none."""
+    and whether they were created now. ``priority``: the batch's, for the items that name none;
+    ``cancel_after``: its ``Cancel-After`` header, every item's deadline."""
     limit = services.settings.batch_max_items
     if len(items) > limit:
         raise ProblemError(422, f"predictions: {len(items)} items, at most {limit} per batch (KILN_BATCH_MAX_ITEMS)")
     if not items:
         raise ProblemError(422, "predictions: no items: a batch holds at least one create body")
+    deadline = deadline_after(cancel_after)
     batch_id = new_id()
     if idempotency_key is not None:
         request = fingerprint("batch", with_priority({"predictions": items}, priority))
@@ -115,7 +122,7 @@ def submit_batch(
             confirm_replicated(services)
             return replayed, False
     with services.idempotency.released_on_failure(tenant, idempotency_key):
-        results = _create(services, tenant, items, base_url, tenant_cap, priority)
+        results = _create(services, tenant, items, base_url, tenant_cap, priority, deadline)
     entries = [{"id": r.id} if isinstance(r, Prediction) else {"problem": r} for r in results]
     if idempotency_key is not None:
         services.redis.set(keys.batch(batch_id), json.dumps(entries), ex=TTL_S)
@@ -137,12 +144,13 @@ def _create(
     base_url: str,
     tenant_cap: int | None,
     priority: Priority,
+    deadline: datetime | None,
 ) -> list[Prediction | dict[str, Any]]:
     results: list[Prediction | dict[str, Any]] = []
     images = RequestImages()  # images of this batch: each checked and uploaded once
     for raw in items:
         try:
-            results.append(prepare_item(services, tenant, raw, base_url, images, priority))
+            results.append(prepare_item(services, tenant, raw, base_url, images, priority, deadline))
         except ProblemError as exc:
             results.append(problem_body(exc.status, exc.detail, **exc.extra))
     valid = [r for r in results if isinstance(r, Prediction)]

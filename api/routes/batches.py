@@ -108,6 +108,12 @@ async def create(
     """A batch of inline create bodies (``predictions``, up to ``KILN_BATCH_MAX_ITEMS``) or of the lines
     of an uploaded JSONL file (``input_file``, up to ``KILN_BATCH_FILE_MAX_LINES``). Answers once the
     items are validated and queued; refused items are reported in the results, never sink the batch."""
+    if "cancel-after" in request.headers:  # not silently dropped: a client sending it means it
+        raise ProblemError(
+            400,
+            "Cancel-After: a batch object takes none; cancel it (POST /v1/batches/{id}/cancel), or send its "
+            "items to POST /v1/predictions/batch, which takes it",
+        )
     cap = caller.max_queued or services.settings.max_queued_per_tenant
     args = (caller.tenant, cap, body, base, idempotency_key, priority)
     pool: IntakePool | None = getattr(request.app.state, "intake_pool", None)

@@ -15,6 +15,7 @@ from api.deps import (
     CHALLENGE,
     CREATE_HEADER_PARAMETERS,
     BaseURL,
+    CancelAfter,
     CreateRequestDep,
     CurrentCaller,
     CurrentTenant,
@@ -84,8 +85,10 @@ async def create_batch(
     base: BaseURL,
     idempotency_key: IdempotencyKey = None,
     priority: HeaderPriority = None,
+    cancel_after: CancelAfter = None,
 ) -> Response:
-    """Up to ``KILN_BATCH_MAX_ITEMS`` creates; ``results`` holds, in order, each prediction or its problem."""
+    """Up to ``KILN_BATCH_MAX_ITEMS`` creates; ``results`` holds, in order, each prediction or its problem.
+    ``Cancel-After`` sets every item's deadline, as it sets a single create's."""
     results, created = await services.intake.run(
         caller.tenant,
         submit_batch,
@@ -96,6 +99,7 @@ async def create_batch(
         idempotency_key,
         caller.max_queued,
         body.priority or priority or "normal",
+        cancel_after,
     )
     # orjson: encoding a thousand predictions with the stdlib encoder cost more than storing them.
     return Response(

@@ -96,6 +96,26 @@ def test_a_bad_cancel_after_is_a_400_naming_the_header_and_stores_nothing(client
     assert client.get("/v1/predictions").json()["results"][:1] == before[:1]
 
 
+def test_cancel_after_sets_every_inline_batch_items_deadline_and_a_batch_object_refuses_it(client):
+    """Both batch routes dropped the header: items ran with no deadline, whatever it said."""
+    items = [{"version": MODEL, "input": depth2img_input(seed=seed)} for seed in (1, 2)]
+    created = client.post("/v1/predictions/batch", json={"predictions": items}, headers={"Cancel-After": "1h"})
+    assert created.status_code == 200, created.text
+    for prediction in created.json()["results"]:
+        assert prediction["deadline"] is not None, prediction
+        client.post(f"/v1/predictions/{prediction['id']}/cancel")
+    before = client.get("/v1/predictions").json()["results"][:1]
+    refused = client.post("/v1/predictions/batch", json={"predictions": items}, headers={"Cancel-After": "169h"})
+    assert_problem(refused, 400, "Cancel-After")
+    assert_problem(
+        client.post("/v1/batches", json={"predictions": items}, headers={"Cancel-After": "1h"}),
+        400,
+        "Cancel-After: a batch object takes none",
+    )
+    assert client.get("/v1/predictions").json()["results"][:1] == before
+    assert client.get("/v1/batches").json()["results"] == []
+
+
 def test_the_official_python_client_with_a_cancel_after_header(stack, client, token):
     """replicate-python sends no Cancel-After of its own; a client made with the header sends it on
     every request. A deadline reached while running ends the prediction canceled, as the client
