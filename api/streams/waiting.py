@@ -41,7 +41,8 @@ def _wait_seconds(value: str) -> int:
         raise ProblemError(
             400, f"Prefer: wait must be a whole number of seconds from 1 to {MAX_WAIT_S}, got {value[:40]!r}"
         )
-    seconds = int(value) if len(value) <= len(str(MAX_WAIT_S)) + 3 else None  # long digit runs need no int()
+    digits = value.lstrip("0")  # the same number: RFC 7240's delta-seconds is digits
+    seconds = int(digits or "0") if len(digits) <= len(str(MAX_WAIT_S)) else None  # long runs need no int()
     if seconds is None or not 1 <= seconds <= MAX_WAIT_S:
         raise ProblemError(400, f"Prefer: wait must be between 1 and {MAX_WAIT_S} seconds, got {value[:40]}")
     return seconds
