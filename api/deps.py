@@ -72,9 +72,28 @@ async def current_caller(request: Request, services: Annotated[Services, Depends
     token = _bearer_token(request)
     if token is None:
         raise ProblemError(401, "missing credentials: send 'Authorization: Bearer <token>'", headers=CHALLENGE)
+    refuse_spent(request, services, token)
     caller, decision = await _caller_within_limit(services, token)
-    apply_rate_limit(request, caller, decision)
+    apply_rate_limit(request, caller, decision, token)
     return caller
+
+
+def refuse_spent(request: Request, services: Services, token: str) -> None:
+    """A 429 at once for a token whose bucket this process found spent, until it refills
+    (``api.ratelimit.SpentBuckets``)."""
+    found = services.spent.refusal(token)
+    if found is not None:
+        spent, decision = found
+        setattr(request.state, RATELIMIT_STATE_KEY, decision.headers())
+        raise _rate_limited(spent.rate_per_s, spent.burst, decision)
+
+
+def refuse_if_spent(request: Request) -> None:
+    """``refuse_spent`` for the request's token, if it sent one (a malformed one is answered later)."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    token = token.strip()
+    if token and scheme.lower() in {"bearer", "token"}:
+        refuse_spent(request, request.app.state.services, token)
 
 
 async def _caller_within_limit(services: Services, token: str) -> tuple[Caller, Decision]:
@@ -141,6 +160,7 @@ class DeferredAuth:
     def _apply(self, caller: Caller, decision: Decision) -> None:
         self.headers.clear()
         self.headers.update(decision.headers())
+        self.services.spent.note(self.token, decision, caller.rate_limit_per_s, caller.rate_limit_burst)
         _refuse_over_limit(caller, decision)
 
 
@@ -150,21 +170,28 @@ async def take_rate_limit(request: Request, services: Services, caller: Caller) 
     apply_rate_limit(request, caller, decision)
 
 
-def apply_rate_limit(request: Request, caller: Caller, decision: Decision) -> None:
-    """Leave the ``ratelimit-*`` headers for the answer; a 429 with ``Retry-After`` when not allowed."""
+def apply_rate_limit(request: Request, caller: Caller, decision: Decision, token: str | None = None) -> None:
+    """Leave the ``ratelimit-*`` headers for the answer; a 429 with ``Retry-After`` when not allowed (and
+    the token's bucket remembered as spent, when it is)."""
     setattr(request.state, RATELIMIT_STATE_KEY, decision.headers())
+    if not decision.allowed and (token := token or _bearer_token(request)) is not None:
+        services: Services = request.app.state.services
+        services.spent.note(token, decision, caller.rate_limit_per_s, caller.rate_limit_burst)
     _refuse_over_limit(caller, decision)
 
 
 def _refuse_over_limit(caller: Caller, decision: Decision) -> None:
     """A 429 with ``Retry-After`` when ``decision`` did not allow the request."""
     if not decision.allowed:
-        raise ProblemError(
-            429,
-            f"rate limit exceeded: {caller.rate_limit_per_s:g} requests per second "
-            f"with bursts of {caller.rate_limit_burst}",
-            headers=decision.headers() | {"Retry-After": str(decision.retry_after_s)},
-        )
+        raise _rate_limited(caller.rate_limit_per_s, caller.rate_limit_burst, decision)
+
+
+def _rate_limited(rate_per_s: float, burst: int, decision: Decision) -> ProblemError:
+    return ProblemError(
+        429,
+        f"rate limit exceeded: {rate_per_s:g} requests per second with bursts of {burst}",
+        headers=decision.headers() | {"Retry-After": str(decision.retry_after_s)},
+    )
 
 
 async def current_tenant(caller: Annotated[Caller, Depends(current_caller)]) -> str:
@@ -321,6 +348,8 @@ async def create_request(request: Request) -> CreateRequest:
     services: Services = request.app.state.services
     token = _bearer_token(request)
     auth = None
+    if token is not None:
+        refuse_spent(request, services, token)
     if token is not None and (seen := services.authenticator.deferred(token)) is not None:
         caller, check = seen
         auth = DeferredAuth(request, services, caller, check, token)

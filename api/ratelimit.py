@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 
 import redis.asyncio
@@ -21,6 +22,8 @@ class Decision:
     retry_after_s: int
     # Seconds until the bucket is full again.
     reset_s: int
+    # The bucket's tokens left after the request was (or could not be) taken.
+    tokens: float = 0.0
 
     @classmethod
     def of(cls, allowed: bool, tokens: float, cost: int, rate_per_s: float, burst: int) -> Decision:
@@ -30,10 +33,56 @@ class Decision:
             remaining=int(tokens),
             retry_after_s=0 if allowed else math.ceil((cost - tokens) / rate_per_s),
             reset_s=math.ceil((burst - tokens) / rate_per_s),
+            tokens=tokens,
         )
 
     def headers(self) -> dict[str, str]:
         return {"ratelimit-remaining": str(self.remaining), "ratelimit-reset": str(self.reset_s)}
+
+
+# The tokens an API process remembers as spent (a few dozen bytes each); all are forgotten when full.
+SPENT_KEPT = 4096
+
+
+@dataclass(frozen=True)
+class SpentBucket:
+    """A bucket found with less than one request left: when (monotonic), how much, and its limits."""
+
+    at: float
+    tokens: float
+    rate_per_s: float
+    burst: int
+
+
+class SpentBuckets:
+    """The tokens whose bucket this process found empty, until it holds a request again: their requests are
+    refused (429) at once, before the round trip, the body's checks and the create's work that would only
+    find the bucket empty again. A token sending a thousand creates a second past its limit cost the process
+    as much as the creates themselves (each was checked before its store found the bucket empty), and slowed
+    every other token's requests on it. Never refuses what the bucket would hold: every process only takes
+    from it, so it refills no sooner than its rate says."""
+
+    def __init__(self) -> None:
+        self._spent: dict[str, SpentBucket] = {}
+
+    def note(self, token: str, decision: Decision, rate_per_s: float, burst: int) -> None:
+        """Remember ``token``'s bucket when ``decision`` found it without a request left."""
+        if decision.allowed or decision.tokens >= 1:
+            return
+        if len(self._spent) >= SPENT_KEPT:  # tokens are the clients': keep a bounded few
+            self._spent.clear()
+        self._spent[token] = SpentBucket(time.monotonic(), decision.tokens, rate_per_s, burst)
+
+    def refusal(self, token: str) -> tuple[SpentBucket, Decision] | None:
+        """The bucket and the refusal of a request of ``token`` now, while its bucket is still spent."""
+        spent = self._spent.get(token)
+        if spent is None:
+            return None
+        tokens = spent.tokens + (time.monotonic() - spent.at) * spent.rate_per_s
+        if tokens >= 1:
+            del self._spent[token]
+            return None
+        return spent, Decision.of(False, tokens, 1, spent.rate_per_s, spent.burst)
 
 
 class RateLimiter:

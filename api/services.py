@@ -18,7 +18,7 @@ from redis.exceptions import RedisError
 from api.auth import Authenticator
 from api.intake.idempotency import IdempotencyKeys
 from api.intake.lanes import IntakeLanes
-from api.ratelimit import RateLimiter
+from api.ratelimit import RateLimiter, SpentBuckets
 from api.streams.events import EventHub
 from api.streams.slots import StreamSlots
 from shared.batches.records import BatchStore
@@ -62,6 +62,8 @@ class Services:
     celery: Celery
     authenticator: Authenticator
     rate_limiter: RateLimiter
+    # Tokens whose rate limit this process found spent, refused at once until it refills.
+    spent: SpentBuckets
     idempotency: IdempotencyKeys
     # Each tenant's webhook signing secret (and its rotation).
     webhook_secrets: WebhookSecrets
@@ -89,6 +91,7 @@ class Services:
             celery=celery,
             authenticator=Authenticator(async_redis, settings),
             rate_limiter=RateLimiter(async_redis),
+            spent=SpentBuckets(),
             idempotency=IdempotencyKeys(sync_redis, owner=secrets.token_hex(12)),
             webhook_secrets=WebhookSecrets(sync_redis, settings.webhook_secret_overlap_s),
             intake=IntakeLanes(settings.intake_threads, settings.intake_threads_per_token),

@@ -33,7 +33,7 @@ from starlette.responses import Response
 from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.deps import CreateRequest, create_request
+from api.deps import CreateRequest, create_request, refuse_if_spent
 from api.intake.body_limit import too_deep_json
 from api.schemas import CreatePrediction, PredictionFields
 from api.single_creates import BY_MODEL_PATH, BY_VERSION_PATH, create_by_model, create_by_version
@@ -58,6 +58,7 @@ class DirectCreate:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         request = Request(scope, receive)
+        refuse_if_spent(request)  # before the body is read: a spent token's create would only be refused
         if request.headers.get("content-type") != JSON:
             await self._hand_back(scope, receive, send)
             return

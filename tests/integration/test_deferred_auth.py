@@ -18,6 +18,7 @@ from api.deps import DeferredAuth
 from shared.db import keys
 from shared.security.tokens import TokenRegistry, tenant_of, token_digest
 from tests.support import assert_problem
+from tests.support.image_servers import ImageServer
 from tests.support.predictions import app_for, depth2img_input
 from tests.support.tenants import client_for, new_token
 
@@ -124,6 +125,30 @@ def test_a_spent_rate_limit_answers_429_before_anything_else(stack, kind):
         assert own.status_code == own_status, own.text
         if own.status_code == 201:
             app.post(f"/v1/predictions/{own.json()['id']}/cancel", headers=fresh_auth)
+
+
+def test_a_spent_bucket_is_refused_at_once_without_a_round_trip_or_the_requests_work(stack, counted_checks):
+    """Once this process found a token's bucket spent, its requests are 429s at once until the bucket refills
+    (``api.ratelimit.SpentBuckets``): a flood past the limit cost as much as the creates themselves."""
+    _, token = new_token(stack.redis_url, "spent-at-once", rate_limit_per_s=0.01, rate_limit_burst=2)
+    auth = {"Authorization": f"Bearer {token}"}
+    with ImageServer("127.0.0.1") as images, app_for(stack, image_fetch_allow_private=True) as app:
+        first = app.post("/v1/predictions", json=BODY, headers=auth)
+        assert first.status_code == 201 and counted_checks == [token]
+        assert app.post(f"/v1/predictions/{first.json()['id']}/cancel", headers=auth).status_code == 200
+        assert counted_checks == [token, token]
+        assert_problem(app.post("/v1/predictions", json=BODY, headers=auth), 429, "bursts of 2")  # by the store
+        with_url = {**BODY, "input": {**BODY["input"], "input_image": images.url("/a.png")}}
+        for refused in (
+            app.post("/v1/predictions", json=BODY, headers=auth),
+            app.post("/v1/predictions", json=with_url, headers=auth),
+            app.post("/v1/predictions", content=b"{", headers=auth | {"Content-Type": "application/json"}),
+            app.get("/v1/queue", headers=auth),
+        ):
+            assert_problem(refused, 429, "bursts of 2")
+            assert int(refused.headers["retry-after"]) >= 1 and refused.headers["ratelimit-remaining"] == "0"
+        assert counted_checks == [token, token], "a spent token's request was checked on a round trip of its own"
+        assert images.hits == 0 and stored_count(stack.redis_url, token) == 1
 
 
 def test_a_revoked_bootstrap_token_is_refused_by_the_store(stack, counted_checks):
