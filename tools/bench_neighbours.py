@@ -14,7 +14,8 @@ after another, first with A idle and then while A, from ``--threads`` threads, k
 
 A is a new token for each abuse, with the default rate limits (``KILN_RATE_LIMIT_PER_S``, ``_BURST``): what
 any tenant may do; B's token has them raised, to read as fast as it can. Prints B's latencies (p50, p99,
-max) alone and during each abuse, and what A got done (its answers, counted). The client
+max) alone and during each abuse, and what A got done (its answers, counted). A's client runs in a process
+of its own, so its work never holds the interpreter lock B's client measures with. The client
 shares the machine's CPUs with the stack (on a 2-core machine, A's own client takes a share of them).
 The stream and batch file abuses have their own benches (``tools.bench_streams``,
 ``tools.bench_batch_isolation``).
@@ -24,7 +25,9 @@ from __future__ import annotations
 
 import argparse
 import http.server
+import multiprocessing
 import os
+import re
 import secrets
 import shutil
 import tempfile
@@ -33,7 +36,10 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from multiprocessing.queues import Queue
+from multiprocessing.synchronize import Event
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -146,18 +152,13 @@ def abuse_actions(a: httpx.Client, abuse: str, slow_url: str, upload_bytes: int)
     return act
 
 
-def measure(stack: Stack, abuse: str, args: argparse.Namespace, slow_url: str) -> None:
-    # B reads as fast as it can, past the default rate limit: its own token's limits are raised.
-    b_token = new_token(stack.redis_url, "bench-b", rate_limit_per_s=1e6, rate_limit_burst=10**6)[1]
-    a_token = new_token(stack.redis_url, "bench-a")[1]
-    a = httpx.Client(base_url=stack.base_url, headers={"Authorization": f"Bearer {a_token}"}, timeout=120)
-    b = httpx.Client(base_url=stack.base_url, headers={"Authorization": f"Bearer {b_token}"}, timeout=60)
-    with a, b:
-        for i in range(3):
-            b.post("/v1/predictions", json={"version": "kiln/ip-adapter-depth-xl", "input": {"prompt": f"b {i}"}})
+def abuse(
+    base_url: str, token: str, abuse: str, args: argparse.Namespace, slow_url: str, started: Event, stop: Event
+) -> Counter[str]:
+    """A's ``args.threads`` threads doing ``abuse`` until ``stop``; the outcomes of A's requests, counted."""
+    outcomes, lock, counter = Counter[str](), threading.Lock(), iter(range(10**9))
+    with httpx.Client(base_url=base_url, headers={"Authorization": f"Bearer {token}"}, timeout=120) as a:
         act = abuse_actions(a, abuse, slow_url, args.upload_mb << 20)
-        alone = gets_until(b, threading.Event(), args.idle_seconds)
-        stop, outcomes, lock, counter = threading.Event(), Counter[str](), threading.Lock(), iter(range(10**9))
 
         def keep_abusing() -> None:
             while not stop.is_set():
@@ -168,20 +169,47 @@ def measure(stack: Stack, abuse: str, args: argparse.Namespace, slow_url: str) -
                 except httpx.HTTPError as exc:
                     result = type(exc).__name__
                 with lock:
-                    outcomes[result] += 1
+                    outcomes[re.sub(r"https?://\S+", "<url>", result)] += 1
 
         threads = [threading.Thread(target=keep_abusing, daemon=True) for _ in range(args.threads)]
         for thread in threads:
             thread.start()
+        started.set()
+        for thread in threads:
+            thread.join()
+    return outcomes
+
+
+def _abuse_process(results: Queue, *arguments: Any) -> None:
+    results.put(abuse(*arguments))
+
+
+def measure(stack: Stack, name: str, args: argparse.Namespace, slow_url: str) -> None:
+    """B's latencies alone, then while A abuses: A runs in a process of its own, so that its client's work
+    (100 MB bodies built and sent) never holds the interpreter lock that B's client measures with."""
+    # B reads as fast as it can, past the default rate limit: its own token's limits are raised.
+    b_token = new_token(stack.redis_url, "bench-b", rate_limit_per_s=1e6, rate_limit_burst=10**6)[1]
+    a_token = new_token(stack.redis_url, "bench-a")[1]
+    with httpx.Client(base_url=stack.base_url, headers={"Authorization": f"Bearer {b_token}"}, timeout=60) as b:
+        for i in range(3):
+            b.post("/v1/predictions", json={"version": "kiln/ip-adapter-depth-xl", "input": {"prompt": f"b {i}"}})
+        alone = gets_until(b, threading.Event(), args.idle_seconds)
+        context = multiprocessing.get_context("fork")
+        started, stop, results = context.Event(), context.Event(), context.Queue()
+        process = context.Process(
+            target=_abuse_process, args=(results, stack.base_url, a_token, name, args, slow_url, started, stop)
+        )
+        process.start()
+        started.wait(600)  # A's threads started (a download first uploads its file)
         time.sleep(1)  # A's requests under way before B measures
         during = gets_until(b, threading.Event(), args.seconds)
         stop.set()
-        for thread in threads:
-            thread.join(timeout=30)
-        print(f"{abuse}:", flush=True)
-        print(f"  B alone:        {percentiles(alone)}", flush=True)
-        print(f"  B during abuse: {percentiles(during)}", flush=True)
-        print(f"  A's requests ({args.threads} threads, {args.seconds + 1:.0f} s): {dict(outcomes)}", flush=True)
+        outcomes = results.get(timeout=120)
+        process.join(timeout=30)
+    print(f"{name}:", flush=True)
+    print(f"  B alone:        {percentiles(alone)}", flush=True)
+    print(f"  B during abuse: {percentiles(during)}", flush=True)
+    print(f"  A's requests ({args.threads} threads, {args.seconds + 1:.0f} s): {dict(outcomes)}", flush=True)
 
 
 def main() -> int:
