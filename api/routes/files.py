@@ -9,7 +9,7 @@ from urllib.parse import quote
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
-from python_multipart.multipart import parse_options_header
+from python_multipart.multipart import DEFAULT_MAX_HEADER_SIZE, parse_options_header
 from starlette.datastructures import FormData, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
@@ -100,7 +100,18 @@ async def _upload_form(request: Request, file_max_bytes: int) -> FormData:
         except MultiPartException as exc:
             if "maximum size" in exc.message:  # a field past max_part_size: metadata is the one field read
                 raise _metadata_too_large() from None
-            raise ProblemError(400, exc.message) from None
+            raise ProblemError(400, _malformed(exc)) from None
+
+
+def _malformed(exc: MultiPartException) -> str:
+    """Why the multipart body was refused: Starlette's message, and the parser's reason behind it."""
+    reason = exc.__cause__
+    if reason is None:
+        return exc.message
+    detail = f"{exc.message.rstrip('.')}: {reason}"
+    if "header size" in str(reason):
+        detail += f" (a part's header line, its file name included, is at most {DEFAULT_MAX_HEADER_SIZE} bytes)"
+    return detail
 
 
 @router.post("", status_code=201, openapi_extra=_UPLOAD_SCHEMA)

@@ -126,6 +126,14 @@ def test_files_reject_bad_metadata(client, metadata):
     assert_problem(response, 422, "metadata: must be a JSON object")
 
 
+def test_a_file_name_past_the_part_header_cap_is_a_400_saying_so(client):
+    """It was a 400 "Invalid multipart data." that named nothing."""
+    before = client.get("/v1/files").json()["results"]
+    response = client.post("/v1/files", files={"content": ("n" * 10_000 + ".bin", b"x", "application/octet-stream")})
+    assert_problem(response, 400, "Maximum header size exceeded", "file name included, is at most 4224 bytes")
+    assert client.get("/v1/files").json()["results"] == before
+
+
 def test_problem_json_for_unknown_routes_and_models(client):
     for response in (
         client.get("/v1/nope"),
