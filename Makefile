@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.kiln-installed
 
-.PHONY: install lock run test test-fast lint clean chaos bench bench-streams bench-gpu gpu-kit
+.PHONY: install lock run test test-fast lint clean chaos bench bench-streams bench-neighbours bench-gpu gpu-kit
 
 # Exact versions of every dependency and tool (requirements.lock): install, CI and the images use them.
 LOCK := requirements.lock
@@ -69,6 +69,10 @@ bench: install
 # One tenant holds many SSE streams while another waits on creates and reads: latencies, 5xx, Redis clients.
 bench-streams: install
 	HF_HUB_OFFLINE=1 $(PY) -m tools.bench_streams $(BENCH_STREAMS_ARGS)
+
+# Another tenant's GET latencies while one tenant trickles image URLs, uploads or downloads 100 MB files, or floods creates.
+bench-neighbours: install
+	HF_HUB_OFFLINE=1 $(PY) -m tools.bench_neighbours $(BENCH_NEIGHBOURS_ARGS)
 
 # Per-image time (batch 1 and best batch), images/min, GPU idle share between jobs, peak memory per model.
 # On CUDA use KILN_WEIGHTS_PROFILE=random-full (or full); on a CPU it runs on the tiny profile (not GPU numbers).
