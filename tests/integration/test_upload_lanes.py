@@ -40,7 +40,7 @@ def api_url(stack: Stack) -> Iterator[str]:
 def held_upload(release: threading.Event) -> Iterator[bytes]:
     """A multipart body that sends its first bytes, then waits for ``release`` before the rest."""
     yield (
-        f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"content\"; filename=\"slow.bin\"\r\n"
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="content"; filename="slow.bin"\r\n'
         "Content-Type: application/octet-stream\r\n\r\n"
     ).encode()
     yield b"x" * 1024
