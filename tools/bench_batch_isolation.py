@@ -17,6 +17,8 @@ import statistics
 import tempfile
 import threading
 import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -28,24 +30,39 @@ from tests.support.stack import TOKEN_A, Stack, stack_env, uvicorn_argv
 from tests.support.tenants import new_token
 from tools.chaos import _healthy, stop_stack
 
+# What the API process is started with here: nothing the bench sends is refused for its rate or volume.
+UNLIMITED = {
+    "KILN_MAX_QUEUED_PER_TENANT": "1000000",
+    "KILN_RATE_LIMIT_PER_S": "1000000",
+    "KILN_RATE_LIMIT_BURST": "1000000",
+}
 
-def start_api(root: Path) -> Stack:
+
+def start_api(root: Path, settings: Mapping[str, str] = UNLIMITED) -> Stack:
+    """redis-server, SeaweedFS and one API process (its ``settings`` added to the stack's), under ``root``."""
     (root / "logs").mkdir(parents=True)
     access_key, secret_key = "kiln-bench", secrets.token_hex(16)
     redis_server = RedisServer(root / "redis", appendonly=False).start()
     s3 = SeaweedS3Server(root / "s3", access_key, secret_key).start()
     port = free_port()
-    env = stack_env(root, redis_server, s3, access_key, secret_key, REPO_ROOT / ".kiln" / "weights")
-    env |= {
-        "KILN_MAX_QUEUED_PER_TENANT": "1000000",
-        "KILN_RATE_LIMIT_PER_S": "1000000",
-        "KILN_RATE_LIMIT_BURST": "1000000",
-    }
+    env = stack_env(root, redis_server, s3, access_key, secret_key, REPO_ROOT / ".kiln" / "weights") | dict(settings)
     stack = Stack(f"http://127.0.0.1:{port}", "", root / "unused", env, redis_server, s3, root / "logs")
     Storage(stack.settings()).ensure_bucket()  # a worker would make it; none runs here
     stack.start("api", uvicorn_argv(port))
     wait_until(lambda: _healthy(stack), 240, what="the API's /health (SeaweedFS can be slow to start)")
     return stack
+
+
+@contextmanager
+def api_only(prefix: str, settings: Mapping[str, str] = UNLIMITED) -> Iterator[Stack]:
+    """``start_api`` in a temporary folder, stopped and removed after."""
+    root = Path(tempfile.mkdtemp(prefix=prefix))
+    stack = start_api(root, settings)
+    try:
+        yield stack
+    finally:
+        stop_stack(stack)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def percentiles(values: list[float]) -> str:
@@ -104,13 +121,8 @@ def main() -> int:
     parser.add_argument("--lines", type=int, default=100_000)
     parser.add_argument("--idle-seconds", type=float, default=5.0)
     args = parser.parse_args()
-    root = Path(tempfile.mkdtemp(prefix="kiln-isolation-"))
-    stack = start_api(root)
-    try:
+    with api_only("kiln-isolation-") as stack:
         measure(stack, args.lines, args.idle_seconds)
-    finally:
-        stop_stack(stack)
-        shutil.rmtree(root, ignore_errors=True)
     return 0
 
 

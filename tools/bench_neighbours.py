@@ -28,9 +28,6 @@ import http.server
 import multiprocessing
 import os
 import re
-import secrets
-import shutil
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -38,37 +35,16 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Event
-from pathlib import Path
 from typing import Any
 
 import httpx
 
-from deploy.devstack.servers import RedisServer, SeaweedS3Server, free_port
-from shared.storage.s3 import Storage
-from tests.support import REPO_ROOT, wait_until
-from tests.support.stack import Stack, stack_env, uvicorn_argv
+from tests.support.stack import Stack
 from tests.support.tenants import new_token
 from tools.bench import SINGLE_PATH, single_body
-from tools.bench_batch_isolation import gets_until, percentiles
-from tools.chaos import _healthy, stop_stack
+from tools.bench_batch_isolation import api_only, gets_until, percentiles
 
 ABUSES = ("slow-urls", "uploads", "downloads", "creates")
-
-
-def start_api(root: Path) -> Stack:
-    (root / "logs").mkdir(parents=True)
-    access_key, secret_key = "kiln-bench", secrets.token_hex(16)
-    redis_server = RedisServer(root / "redis", appendonly=False).start()
-    s3 = SeaweedS3Server(root / "s3", access_key, secret_key).start()
-    port = free_port()
-    env = stack_env(root, redis_server, s3, access_key, secret_key, REPO_ROOT / ".kiln" / "weights")
-    # A abuses within the default rate limits: what one tenant's token may do.
-    env |= {"KILN_IMAGE_FETCH_ALLOW_PRIVATE": "true"}
-    stack = Stack(f"http://127.0.0.1:{port}", "", root / "unused", env, redis_server, s3, root / "logs")
-    Storage(stack.settings()).ensure_bucket()  # a worker would make it; none runs here
-    stack.start("api", uvicorn_argv(port))
-    wait_until(lambda: _healthy(stack), 240, what="the API's /health (SeaweedFS can be slow to start)")
-    return stack
 
 
 class _Trickle(http.server.BaseHTTPRequestHandler):
@@ -223,15 +199,10 @@ def main() -> int:
     abuses = args.abuses.split(",")
     if unknown := set(abuses) - set(ABUSES):
         parser.error(f"unknown abuses: {', '.join(sorted(unknown))}")
-    root = Path(tempfile.mkdtemp(prefix="kiln-neighbours-"))
-    stack = start_api(root)
-    try:
-        with trickling_server() as slow_url:
-            for abuse in abuses:
-                measure(stack, abuse, args, slow_url)
-    finally:
-        stop_stack(stack)
-        shutil.rmtree(root, ignore_errors=True)
+    # A abuses within the default rate limits: what one tenant's token may do.
+    with api_only("kiln-neighbours-", {"KILN_IMAGE_FETCH_ALLOW_PRIVATE": "true"}) as stack, trickling_server() as url:
+        for abuse in abuses:
+            measure(stack, abuse, args, url)
     return 0
 
 
