@@ -9,13 +9,12 @@ import httpx
 import pytest
 import redis
 
-from deploy.devstack.servers import free_port
 from shared.db import keys
 from shared.predictions.store import PredictionStore
 from shared.settings import tenant_of, token_digest
-from tests.support import start_process, stop_process, wait_for_status, wait_until
+from tests.support import wait_for_status
 from tests.support.batches import item, tiny_image
-from tests.support.stack import TOKEN_A, Stack, uvicorn_argv
+from tests.support.stack import TOKEN_A, Stack, extra_api
 
 pytestmark = pytest.mark.integration
 
@@ -129,28 +128,16 @@ TOTAL_CAP = 50
 @pytest.fixture
 def capped_api(stack: Stack) -> Iterator[httpx.Client]:
     """A second API on the same Redis with small queue caps and its own tenant."""
-    port = free_port()
-    env = stack.env | {
+    settings = {
         "KILN_API_TOKEN": TOKEN_C,
         "KILN_MAX_QUEUED_PER_TENANT": str(TENANT_CAP),
         "KILN_MAX_QUEUED_TOTAL": str(TOTAL_CAP),
     }
-    process = start_process(uvicorn_argv(port), env, stack.logs / "api-capped.log")
-    try:
-        with httpx.Client(
-            base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {TOKEN_C}"}, timeout=30
-        ) as capped:
-            wait_until(lambda: _up(capped), 60, what="the capped API")
-            yield capped
-    finally:
-        stop_process(process)
-
-
-def _up(client: httpx.Client) -> bool:
-    try:
-        return client.get("/health").status_code == 200
-    except httpx.HTTPError:
-        return False
+    with (
+        extra_api(stack, settings, "api-capped") as url,
+        httpx.Client(base_url=url, headers={"Authorization": f"Bearer {TOKEN_C}"}, timeout=30) as capped,
+    ):
+        yield capped
 
 
 def test_queue_caps_refuse_with_retry_after_and_enqueue_nothing(stack, capped_api):

@@ -12,11 +12,10 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from deploy.devstack.servers import free_port
-from tests.support import start_process, stop_process, wait_until
+from tests.support import wait_until
 from tests.support.image_servers import ImageServer
 from tests.support.predictions import depth2img_input
-from tests.support.stack import TOKEN_A, TOKEN_B, Stack, healthy, uvicorn_argv
+from tests.support.stack import TOKEN_A, TOKEN_B, Stack, extra_api
 
 pytestmark = pytest.mark.integration
 
@@ -27,19 +26,13 @@ SLOW_CREATES = 40
 @pytest.fixture
 def api_url(stack: Stack) -> Iterator[str]:
     """An API process that may fetch images from loopback, with a fetch time limit the test can outlast."""
-    port = free_port()
-    env = stack.env | {
+    settings = {
         "KILN_IMAGE_FETCH_ALLOW_PRIVATE": "true",
         "KILN_IMAGE_FETCH_TIMEOUT_S": str(FETCH_TIMEOUT_S),
         "KILN_RATE_LIMIT_BURST": "1000",
     }
-    process = start_process(uvicorn_argv(port), env, stack.logs / "api-lanes.log")
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until(lambda: healthy(url), 60, what="the lanes API")
+    with extra_api(stack, settings, "api-lanes") as url:
         yield url
-    finally:
-        stop_process(process)
 
 
 def test_one_tokens_trickling_image_urls_never_hold_another_tokens_requests(api_url) -> None:

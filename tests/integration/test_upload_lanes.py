@@ -13,10 +13,8 @@ import httpx
 import pytest
 import starlette.datastructures
 
-from deploy.devstack.servers import free_port
-from tests.support import start_process, stop_process, wait_until
 from tests.support.predictions import app_for
-from tests.support.stack import TOKEN_A, TOKEN_B, Stack, healthy, uvicorn_argv
+from tests.support.stack import TOKEN_A, TOKEN_B, Stack, extra_api
 
 pytestmark = pytest.mark.integration
 
@@ -26,15 +24,8 @@ BOUNDARY = "kiln-upload-lanes"
 @pytest.fixture
 def api_url(stack: Stack) -> Iterator[str]:
     """An API process whose tokens have two uploads each."""
-    port = free_port()
-    env = stack.env | {"KILN_UPLOADS_PER_TOKEN": "2", "KILN_RATE_LIMIT_BURST": "1000"}
-    process = start_process(uvicorn_argv(port), env, stack.logs / "api-uploads.log")
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until(lambda: healthy(url), 60, what="the uploads API")
+    with extra_api(stack, {"KILN_UPLOADS_PER_TOKEN": "2", "KILN_RATE_LIMIT_BURST": "1000"}, "api-uploads") as url:
         yield url
-    finally:
-        stop_process(process)
 
 
 def held_upload(release: threading.Event) -> Iterator[bytes]:

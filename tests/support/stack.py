@@ -10,7 +10,7 @@ import secrets
 import signal
 import ssl
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -334,6 +334,20 @@ def uvicorn_argv(port: int) -> list[str]:
         *[python(), "-m", "uvicorn", "api.app:create_app", "--factory", "--host", "127.0.0.1", "--port", str(port)],
         *["--timeout-graceful-shutdown", "1"],
     ]
+
+
+@contextmanager
+def extra_api(stack: Stack, settings: Mapping[str, str], name: str) -> Iterator[str]:
+    """Another API process on the stack's Redis and S3, its ``settings`` added to the stack's (logged to
+    ``<name>.log``): its base URL, once healthy; stopped after."""
+    port = free_port()
+    process = start_process(uvicorn_argv(port), stack.env | dict(settings), stack.logs / f"{name}.log")
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: healthy(url), 60, what=f"the API process {name}")
+        yield url
+    finally:
+        stop_process(process)
 
 
 def tls_arguments(root: Path, ca_path: Path) -> list[str]:
