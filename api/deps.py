@@ -264,6 +264,7 @@ def prefer_of(request: Request) -> str | None:
     return value
 
 
+# The ``Header`` parameters of these dependencies document the headers (OpenAPI); each is read with its repeats.
 async def _prefer(
     request: Request, prefer: Annotated[str | None, Header(description=PREFER_DESCRIPTION)] = None
 ) -> str | None:
@@ -290,8 +291,9 @@ async def header_priority(
 def priority_of(request: Request, kiln_priority: str | None) -> Priority | None:
     """The ``Kiln-Priority`` header's priority; a 400 naming the header for any other value, or when it is
     sent more than once."""
-    if kiln_priority is None or single_header(request, "Kiln-Priority") is None:
+    if kiln_priority is None:
         return None
+    single_header(request, "Kiln-Priority")  # sent twice: a 400
     found = kiln_priority.strip().lower()
     for priority in PRIORITIES:
         if found == priority:
