@@ -11,6 +11,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
 from python_multipart.multipart import DEFAULT_MAX_HEADER_SIZE, parse_options_header
 from starlette.datastructures import FormData, UploadFile
+from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from api.deps import BaseURL, CurrentTenant, ServicesDep
@@ -90,17 +91,23 @@ async def _upload_form(request: Request, file_max_bytes: int) -> FormData:
     cost a hop to the threads reads run on (1,600 for a file of 100 MB), and a read of it back."""
     content_type, _ = parse_options_header(request.headers.get("content-type", ""))
     limits: dict[str, Any] = {"max_files": 2, "max_fields": 4, "max_part_size": METADATA_MAX_BYTES + 1}
-    if content_type != b"multipart/form-data":  # no file part: answered as such
-        return await request.form(**limits)
-    async with aclosing(request.stream()) as stream:
-        parser = MultiPartParser(request.headers, stream, **limits)
-        parser.spool_max_size = file_max_bytes + 1
-        try:
+    try:
+        if content_type != b"multipart/form-data":  # no file part: answered as such
+            return await request.form(**limits)
+        async with aclosing(request.stream()) as stream:
+            parser = MultiPartParser(request.headers, stream, **limits)
+            parser.spool_max_size = file_max_bytes + 1
             return await parser.parse()
-        except MultiPartException as exc:
-            if "maximum size" in exc.message:  # a field past max_part_size: metadata is the one field read
-                raise _metadata_too_large() from None
-            raise ProblemError(400, _malformed(exc)) from None
+    # A field past max_part_size: metadata is the one field read. request.form answers its parsers' errors
+    # as 400 HTTPExceptions; the multipart parser raises them as they are.
+    except HTTPException as exc:
+        if "maximum size" in str(exc.detail):
+            raise _metadata_too_large() from None
+        raise
+    except MultiPartException as exc:
+        if "maximum size" in exc.message:
+            raise _metadata_too_large() from None
+        raise ProblemError(400, _malformed(exc)) from None
 
 
 def _malformed(exc: MultiPartException) -> str:

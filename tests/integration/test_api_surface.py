@@ -216,3 +216,6 @@ def test_file_metadata_has_a_cap_of_its_own_and_a_file_at_its_cap_fits_beside_it
         ):
             refused = app.post("/v1/files", **({"files": content} | sent), headers=AUTH)
             assert_problem(refused, 413, f"metadata is larger than {METADATA_MAX_BYTES} bytes")
+        # A urlencoded body has no file part, but its metadata past the cap is answered first, the same way.
+        urlencoded = app.post("/v1/files", data={"metadata": past}, headers=AUTH)
+        assert_problem(urlencoded, 413, f"metadata is larger than {METADATA_MAX_BYTES} bytes")
