@@ -37,15 +37,21 @@ async def get_store(services: Annotated[Services, Depends(get_services)]) -> Pre
     return services.store
 
 
+def _token_in(header: str) -> str | None:
+    """The token of an ``Authorization`` header, ``Bearer <token>`` or Replicate's older ``Token <token>``;
+    None for a malformed one."""
+    scheme, _, token = header.partition(" ")
+    token = token.strip()
+    return token if token and scheme.lower() in {"bearer", "token"} else None
+
+
 def _bearer_token(request: Request) -> str | None:
-    """The request's token, None without credentials; 401 for malformed ones. Accepts ``Bearer <token>``
-    and Replicate's older ``Token <token>``."""
+    """The request's token, None without credentials; 401 for malformed ones."""
     header = request.headers.get("authorization")
     if header is None:
         return None
-    scheme, _, token = header.partition(" ")
-    token = token.strip()
-    if scheme.lower() not in {"bearer", "token"} or not token:
+    token = _token_in(header)
+    if token is None:
         raise ProblemError(401, "malformed credentials: send 'Authorization: Bearer <token>'", headers=CHALLENGE)
     return token
 
@@ -90,9 +96,8 @@ def refuse_spent(request: Request, services: Services, token: str) -> None:
 
 def refuse_if_spent(request: Request) -> None:
     """``refuse_spent`` for the request's token, if it sent one (a malformed one is answered later)."""
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    token = token.strip()
-    if token and scheme.lower() in {"bearer", "token"}:
+    token = _token_in(request.headers.get("authorization", ""))
+    if token is not None:
         refuse_spent(request, request.app.state.services, token)
 
 
@@ -285,15 +290,15 @@ async def header_priority(
     request: Request,
     kiln_priority: Annotated[str | None, Header(alias="Kiln-Priority", description=PRIORITY_HEADER_DESCRIPTION)] = None,
 ) -> Priority | None:
-    return priority_of(request, kiln_priority)
+    return priority_of(request)
 
 
-def priority_of(request: Request, kiln_priority: str | None) -> Priority | None:
+def priority_of(request: Request) -> Priority | None:
     """The ``Kiln-Priority`` header's priority; a 400 naming the header for any other value, or when it is
     sent more than once."""
+    kiln_priority = single_header(request, "Kiln-Priority")
     if kiln_priority is None:
         return None
-    single_header(request, "Kiln-Priority")  # sent twice: a 400
     found = kiln_priority.strip().lower()
     for priority in PRIORITIES:
         if found == priority:
@@ -357,7 +362,6 @@ async def create_request(request: Request) -> CreateRequest:
         auth = DeferredAuth(request, services, caller, check, token)
     else:
         caller = await current_caller(request, services)
-    headers = request.headers
     return CreateRequest(
         auth=auth,
         caller=caller,
@@ -366,7 +370,7 @@ async def create_request(request: Request) -> CreateRequest:
         prefer=prefer_of(request),
         idempotency_key=single_header(request, "Idempotency-Key"),
         cancel_after=single_header(request, "Cancel-After"),
-        priority=priority_of(request, headers.get("kiln-priority")),
+        priority=priority_of(request),
     )
 
 
