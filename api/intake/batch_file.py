@@ -136,10 +136,10 @@ def inline_items(items: list[Any]) -> Iterator[RawItem]:
     refused for it as the same line of a file is."""
     for index, item in enumerate(items, start=1):
         try:
-            line = orjson.dumps(item)
+            line: bytes | None = orjson.dumps(item)
         except TypeError:
-            line = b"null"
-        yield index, json.dumps(item).encode() if b"null" in line else line
+            line = None
+        yield index, json.dumps(item).encode() if line is None or b"null" in line else line
 
 
 def file_lines(data: bytes) -> Iterator[RawItem]:
