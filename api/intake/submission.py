@@ -30,6 +30,7 @@ from shared.db import keys
 from shared.db.client import AlreadyStored
 from shared.db.replication import NotReplicated
 from shared.model_spec import ModelSpec
+from shared.predictions.client_json import has_stored_inputs
 from shared.predictions.deadlines import BadDuration, parse_duration
 from shared.predictions.record import Prediction, new_id, utcnow
 from shared.predictions.status import Status
@@ -138,6 +139,12 @@ def with_priority(request: dict[str, Any], priority: Priority) -> dict[str, Any]
     return request if priority == "normal" or "priority" in request else request | {"priority": priority}
 
 
+def staged(prediction: Prediction) -> bool:
+    """Whether anything of ``prediction`` may be in S3 under its own prefix: a fetched or uploaded image
+    (``input_files``), or a large data URI's stored copy, which its input names (no ``input_files`` entry)."""
+    return bool(prediction.input_files) or has_stored_inputs(prediction)
+
+
 def discard_staged_inputs(services: Services, prediction_ids: Iterable[str]) -> None:
     """Delete what was staged in S3 for predictions that will not be stored (best effort: the
     answer is the problem that stopped them, not a storage error)."""
@@ -187,7 +194,7 @@ def store_and_enqueue(
         )
     except BaseException as exc:
         if not isinstance(exc, AlreadyStored):  # an id taken: what is staged under it is not only ours
-            discard_staged_inputs(services, (p.id for p in predictions if p.input_files))
+            discard_staged_inputs(services, (p.id for p in predictions if staged(p)))
         if isinstance(exc, QueueFull):
             raise _queue_full_problem(exc, len(predictions)) from None
         raise
@@ -324,7 +331,7 @@ async def store_and_enqueue_one_async(
             prediction, **_create_one_args(services, prediction, tenant_cap, idempotency_key), token=check
         )
     except BaseException as exc:
-        if prediction.input_files or idempotency_key is not None:
+        if staged(prediction) or idempotency_key is not None:
             await run_in_threadpool(_one_refused, services, prediction, exc, idempotency_key)
         if auth is not None and isinstance(exc, TokenRefused | RateLimited):
             auth.refused(exc)
@@ -375,7 +382,7 @@ def _one_refused(
     request replays that prediction rather than create a second one)."""
     if isinstance(exc, AlreadyStored):
         return
-    discard_staged_inputs(services, [prediction.id] if prediction.input_files else [])
+    discard_staged_inputs(services, [prediction.id] if staged(prediction) else [])
     if idempotency_key is not None:
         services.idempotency.release(prediction.tenant, idempotency_key, prediction.id)
 
@@ -473,10 +480,10 @@ def validate_and_claim(
                 record_key=keys.prediction if prediction.priority != "low" else None,
             )
         except BaseException:
-            discard_staged_inputs(services, [prediction.id] if prediction.input_files else [])
+            discard_staged_inputs(services, [prediction.id] if staged(prediction) else [])
             raise
         if existing is not None:
-            discard_staged_inputs(services, [prediction.id] if prediction.input_files else [])
+            discard_staged_inputs(services, [prediction.id] if staged(prediction) else [])
             stored = _stored_by_first_request(services, existing)
             confirm_replicated(services, lambda: services.store.get(stored.id) is not None)
             return Submitted(stored, created=False)
