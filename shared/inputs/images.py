@@ -172,7 +172,7 @@ def fetch_url(url: str, *, timeout_s: float, max_bytes: int, allow_private: bool
             raise ImageInputError(f"{url}: {exc}") from None
         except httpx.TimeoutException:
             raise ImageInputError(f"fetching {url} timed out after {timeout_s:g} s") from None
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, httpx.InvalidURL, UnicodeError) as exc:  # the last two: a URL httpx cannot send
             raise ImageInputError(f"fetching {url} failed: {exc}") from None
     raise ImageInputError(f"fetching {url}: more than {max_redirects} redirects")
 

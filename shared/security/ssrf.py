@@ -32,9 +32,10 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
-from urllib.parse import urljoin, urlsplit, urlunsplit
+from urllib.parse import SplitResult, urljoin, urlsplit, urlunsplit
 
 import httpx
+import idna
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -231,17 +232,21 @@ class ResolvedURL:
 def resolve_checked(url: str, *, allow_private: bool) -> ResolvedURL:
     """Resolve the URL's host and refuse it when any of its addresses may not be contacted
     (``forbidden_reason``). Returns the first address, for the caller to connect to what was checked."""
-    parts = urlsplit(url)
+    parts = _split(url)
     if parts.scheme not in {"http", "https"}:
         raise URLRefused(f"must be an http(s) URL, not {parts.scheme or 'relative'!r}")
     if not parts.hostname:
         raise URLRefused("URL has no host")
+    host = ascii_host(parts.hostname)
     try:
-        port = parts.port or (443 if parts.scheme == "https" else 80)
+        port = parts.port
     except ValueError:
-        raise URLRefused("URL has an invalid port") from None
+        port = 0
+    if port == 0:  # 0 is no port a server listens on: never replaced by the scheme's default
+        raise URLRefused("URL has an invalid port")
+    port = port or (443 if parts.scheme == "https" else 80)
     try:
-        infos = socket.getaddrinfo(parts.hostname, port, type=socket.SOCK_STREAM)
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError):
         raise URLRefused(f"host {parts.hostname!r} does not resolve") from None
     # Only IPv4 and IPv6 entries come back for a host name, and their address is a string.
@@ -252,14 +257,36 @@ def resolve_checked(url: str, *, allow_private: bool) -> ResolvedURL:
             raise URLRefused(
                 f"host {parts.hostname!r} resolves to the address {address}, which is not globally routable ({reason})"
             )
-    return ResolvedURL(url=url, scheme=parts.scheme, host=parts.hostname, port=port, address=str(addresses[0]))
+    return ResolvedURL(url=url, scheme=parts.scheme, host=host, port=port, address=str(addresses[0]))
+
+
+def _split(url: str) -> SplitResult:
+    """``urlsplit``, its refusals (a bracketed host that is no IPv6 address, one not closed) as ``URLRefused``."""
+    try:
+        return urlsplit(url)
+    except ValueError as exc:
+        raise URLRefused(f"not a valid URL ({exc})") from None
+
+
+def ascii_host(hostname: str) -> str:
+    """The host as it goes on the wire (resolved, and in the Host header and TLS SNI): an internationalized
+    name in its IDNA (punycode) form, as a browser writes it; an ASCII one as it is (``_`` included)."""
+    if hostname.isascii():
+        return hostname
+    try:
+        return idna.encode(hostname, uts46=True).decode("ascii")
+    except idna.IDNAError as exc:
+        raise URLRefused(f"host {hostname!r} is not a valid internationalized domain name ({exc})") from None
 
 
 def redirect_target(url: str, location: str) -> str:
     """Where a redirect from ``url`` leads; refused when it leaves https (the host of the target is
     judged when it is requested)."""
-    target = urljoin(url, location)
-    if urlsplit(url).scheme == "https" and urlsplit(target).scheme != "https":
+    try:
+        target = urljoin(url, location)
+    except ValueError as exc:
+        raise URLRefused(f"redirects to {location!r}, which is not a valid URL ({exc})") from None
+    if urlsplit(url).scheme == "https" and _split(target).scheme != "https":
         raise URLRefused(f"redirects to {target}, which is not https: a redirect may not leave https")
     return target
 
@@ -271,7 +298,8 @@ def pinned_request(target: ResolvedURL, url: str) -> tuple[str, dict[str, str], 
     address = f"[{target.address}]" if ":" in target.address else target.address
     pinned = urlunsplit((parts.scheme, f"{address}:{target.port}", parts.path or "/", parts.query, ""))
     default_port = 443 if target.scheme == "https" else 80
-    host = target.host if target.port == default_port else f"{target.host}:{target.port}"
+    name = f"[{target.host}]" if ":" in target.host else target.host  # an IPv6 literal, as RFC 9110 writes it
+    host = name if target.port == default_port else f"{name}:{target.port}"
     return pinned, {"host": host}, {"sni_hostname": target.host}
 
 

@@ -119,3 +119,33 @@ def test_an_image_url_redirecting_from_https_to_http_is_a_422_and_never_fetched(
             response = app.post("/v1/predictions", json=body, headers={"Authorization": f"Bearer {TOKEN_A}"})
         assert_problem(response, 422, "input.input_image", "a redirect may not leave https")
         assert (redirector.hits, plain.hits) == (1, 0)
+
+
+# ``localhost`` in fullwidth letters: UTS 46 maps it to ``localhost`` (the host httpx would have put in a
+# Unicode Host header, a 500).
+FULLWIDTH_LOCALHOST = "\uff4c\uff4f\uff43\uff41\uff4c\uff48\uff4f\uff53\uff54"
+
+
+@pytest.mark.parametrize(
+    ("address", "named", "host_header"),
+    [("127.0.0.1", FULLWIDTH_LOCALHOST, "localhost"), ("::1", None, "[::1]")],
+    ids=["internationalized-name", "ipv6-literal"],
+)
+def test_an_image_url_is_fetched_with_the_host_header_the_wire_takes(stack, address, named, host_header):
+    """An internationalized name is sent in its IDNA form, an IPv6 literal bracketed (RFC 9110)."""
+    with ImageServer(address) as server, app_for(stack, image_fetch_allow_private=True) as app:
+        body = {"version": "kiln/sd2-depth2img", "input": depth2img_input(input_image=server.url("/x.png", named))}
+        response = app.post("/v1/predictions", json=body, headers={"Authorization": f"Bearer {TOKEN_A}"})
+        assert response.status_code == 201, response.text
+        assert server.hosts == [f"{host_header}:{server.port}"]
+
+
+def test_port_0_is_refused_never_replaced_by_the_schemes_default(stack):
+    """Port 0 read as absent sent image fetches and webhooks to port 80."""
+    with app_for(stack, image_fetch_allow_private=True, webhook_allow_private=True) as app:
+        image = {"version": "kiln/sd2-depth2img", "input": depth2img_input(input_image="http://127.0.0.1:0/x.png")}
+        response = app.post("/v1/predictions", json=image, headers={"Authorization": f"Bearer {TOKEN_A}"})
+        assert_problem(response, 422, "input.input_image", "invalid port")
+        hook = {"version": "kiln/sd2-depth2img", "input": depth2img_input(), "webhook": "http://127.0.0.1:0/hook"}
+        response = app.post("/v1/predictions", json=hook, headers={"Authorization": f"Bearer {TOKEN_A}"})
+        assert_problem(response, 422, "webhook", "invalid port")

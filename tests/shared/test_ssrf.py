@@ -9,7 +9,7 @@ import socket
 
 import pytest
 
-from shared.security.ssrf import URLRefused, forbidden_reason, resolve_checked
+from shared.security.ssrf import URLRefused, forbidden_reason, pinned_request, redirect_target, resolve_checked
 from tests.support.addresses import ADDRESSES, LOCAL_DEVELOPMENT
 
 
@@ -43,6 +43,7 @@ FAKE_DNS = {
     "nat64.example": ["64:ff9b::c0a8:101"],
     "dummy.example": ["192.0.0.8"],
     "public.example": ["93.184.216.34", "2606:4700::1111"],
+    "xn--bcher-kva.example": ["93.184.216.34"],  # bücher.example
 }
 LOCAL, NEVER = True, False
 # (URL, fragment of the refusal or None when it passes, whether local development may reach it)
@@ -111,3 +112,44 @@ def test_urls_resolving_to_non_global_addresses_are_refused(fake_dns, url, fragm
 
 def test_the_table_is_wide():
     assert len(ADDRESSES) + len(URLS) >= 40
+
+
+@pytest.mark.parametrize(
+    ("url", "host", "sni"),
+    [
+        # An internationalized name goes on the wire in its IDNA form (a Unicode Host header was a 500).
+        ("http://bücher.example/x.png", "xn--bcher-kva.example", "xn--bcher-kva.example"),
+        ("https://BÜCHER.example:8443/x.png", "xn--bcher-kva.example:8443", "xn--bcher-kva.example"),
+        # An IPv6 literal is bracketed in the Host header (RFC 9110), never in the SNI.
+        ("http://[2606:4700::1111]/x.png", "[2606:4700::1111]", "2606:4700::1111"),
+        ("http://[2606:4700::1111]:8080/x.png", "[2606:4700::1111]:8080", "2606:4700::1111"),
+        ("http://public.example:8080/x.png", "public.example:8080", "public.example"),
+    ],
+)
+def test_the_host_header_and_sni_are_what_the_wire_takes(fake_dns, url, host, sni):
+    target = resolve_checked(url, allow_private=False)
+    _, headers, extensions = pinned_request(target, url)
+    assert headers["host"] == host and extensions["sni_hostname"] == sni
+
+
+def test_an_internationalized_name_resolves_in_its_idna_form(fake_dns):
+    """The fullwidth spelling of a name maps to it (UTS 46), so the guard judges what is connected to."""
+    assert resolve_checked("http://ｌｏｃａｌｈｏｓｔ/", allow_private=True).host == "localhost"
+    with pytest.raises(URLRefused, match="loopback"):
+        resolve_checked("http://ｌｏｃａｌｈｏｓｔ/", allow_private=False)
+    with pytest.raises(URLRefused, match="not a valid internationalized domain name"):
+        resolve_checked("http://bü" + "c" * 70 + ".example/", allow_private=False)
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:0/x.png", "http://[::1]:0/x.png", "https://localhost:0/hook"])
+def test_port_0_is_refused_not_replaced_by_the_default(url):
+    with pytest.raises(URLRefused, match="invalid port"):
+        resolve_checked(url, allow_private=True)
+
+
+@pytest.mark.parametrize("url", ["http://[127.0.0.1]/x.png", "http://[::1/x.png"])
+def test_a_url_urlsplit_refuses_is_refused_by_the_guard(url):
+    with pytest.raises(URLRefused, match="not a valid URL"):
+        resolve_checked(url, allow_private=True)
+    with pytest.raises(URLRefused, match="not a valid URL"):
+        redirect_target("https://public.example/", url.replace("http://", "https://"))

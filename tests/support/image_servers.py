@@ -32,6 +32,10 @@ class _Server(http.server.ThreadingHTTPServer):
     daemon_threads = True
 
 
+class _Server6(_Server):
+    address_family = socket.AF_INET6
+
+
 class ImageServer:
     """Serves a PNG (or ``body``) on every GET, or redirects to ``redirect_to``, or trickles a byte at
     a time; over TLS with a certificate for ``host`` from ``tls`` when given."""
@@ -43,8 +47,10 @@ class ImageServer:
         self.trickle = trickle
         self.redirect_to: str | None = None
         self.hits = 0
+        # The Host header of each request, in order.
+        self.hosts: list[str | None] = []
         self.body = png_bytes(64, 64) if body is None else body
-        self._server = _Server((host, 0), self._handler())
+        self._server = (_Server6 if ":" in host else _Server)((host, 0), self._handler())
         self.scheme = "http"
         if tls is not None:
             context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -53,8 +59,10 @@ class ImageServer:
             self.scheme = "https"
         self.port = self._server.server_address[1]
 
-    def url(self, path: str) -> str:
-        return f"{self.scheme}://{self.host}:{self.port}{path}"
+    def url(self, path: str, host: str | None = None) -> str:
+        """``path`` on this server, named by ``host`` (one resolving to its address) or its address."""
+        host = host or (f"[{self.host}]" if ":" in self.host else self.host)
+        return f"{self.scheme}://{host}:{self.port}{path}"
 
     def __enter__(self) -> ImageServer:
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
@@ -70,6 +78,7 @@ class ImageServer:
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self):
                 server.hits += 1
+                server.hosts.append(self.headers.get("Host"))
                 if server.redirect_to is not None:
                     self.send_response(302)
                     self.send_header("Location", server.redirect_to)
