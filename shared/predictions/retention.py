@@ -247,7 +247,7 @@ class Janitor:
 
     def expire_record(self, prediction_id: str) -> None:
         """Record expiry: the record and every key that goes with it (its webhook deliveries too: out of
-        the due set and its tenant's failed ones), and its tenant's list entry."""
+        the due set and its tenant's failed ones), its tenant's list entry and its deadline entry."""
         tenant = self.redis.hget(keys.prediction(prediction_id), "tenant")
         # Retention is due first; should it still be pending, the record must not outlive its data.
         if self.redis.zscore(keys.retention(), f"prediction:{prediction_id}") is not None:
@@ -255,6 +255,7 @@ class Janitor:
         deliveries = range_members(self.redis.zrange(keys.webhook_deliveries(prediction_id), 0, -1))
         with self.redis.pipeline(transaction=True) as pipe:
             pipe.delete(*prediction_keys(prediction_id), *delivery_keys(deliveries))
+            pipe.zrem(keys.deadlines(), prediction_id)  # a finished one's Cancel-After may reach past its record
             if deliveries:
                 pipe.zrem(keys.webhook_due(), *deliveries)
             if tenant is not None:

@@ -6,13 +6,14 @@ from __future__ import annotations
 import inspect
 import time
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 import fakeredis
 import pytest
 
 from shared.db import keys
 from shared.predictions.lifecycle import PredictionLifecycle
-from shared.predictions.record import Prediction
+from shared.predictions.record import Prediction, utcnow
 from shared.predictions.retention import Janitor, schedule
 from shared.predictions.status import Status
 from shared.predictions.store import PredictionStore
@@ -118,6 +119,16 @@ def test_record_expiry_deletes_every_key_of_the_prediction(store):
     assert left == []
     assert store.redis.zscore(keys.tenant_predictions("t1"), prediction.id) is None
     assert store.list_for_tenant("t1") == ([], False)
+
+
+def test_record_expiry_takes_a_deadline_that_reached_past_it(store):
+    """A finished prediction's Cancel-After (up to 7 days) stays in the deadline set until it is due; with
+    KILN_RECORD_RETENTION_S shorter, it named a record that was gone."""
+    prediction = Prediction(tenant="t1", model="m", version="v", input={}, deadline=utcnow() + timedelta(days=7))
+    store.create(prediction)
+    assert store.redis.zscore(keys.deadlines(), prediction.id) is not None
+    Janitor(store.redis, RecordingStorage()).expire_record(prediction.id)
+    assert store.redis.zscore(keys.deadlines(), prediction.id) is None
 
 
 def test_retention_after_the_record_expired_does_not_bring_it_back(store):
