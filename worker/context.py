@@ -103,8 +103,11 @@ class RunContext:
         lease_lost: threading.Event,
         hand_back: threading.Event,
         timeline: Timeline | None = None,
+        attempt: int | None = None,
     ) -> None:
         self.prediction = prediction
+        # The attempt this context runs: its log lines are written only while it is the current one.
+        self.attempt = attempt
         self.prediction_id = prediction.id
         self.store = store
         self.notifier = notifier
@@ -121,7 +124,8 @@ class RunContext:
     def log(self, line: str) -> None:
         """Best effort: a Redis restart mid-prediction costs log lines, not the prediction."""
         try:
-            self.store.append_log(self.prediction_id, line.rstrip("\n") + "\n")
+            if not self.store.append_log(self.prediction_id, line.rstrip("\n") + "\n", if_attempt=self.attempt):
+                return  # no longer this attempt's (see ``append_log``): check_interruptions says why
             self.notifier.notify(self.prediction, "logs")
         except redis.RedisError as exc:
             log.warning("prediction %s: log line not recorded: %s", self.prediction_id, exc)

@@ -251,6 +251,7 @@ class PredictionRunner:
             lease_lost=heartbeat.lost,
             hand_back=self.hand_back,
             timeline=self.timeline,
+            attempt=attempt,
         )
         if attempt > 1:
             ctx.log(f"Running again (attempt {attempt}): the previous worker stopped without finishing.")
@@ -389,7 +390,12 @@ class PredictionRunner:
         """Shutting down: back to the queue, without counting this run as a worker death."""
         if not self.store.transition(prediction.id, Status.STARTING, if_attempt=attempt, attempt=attempt - 1):
             return None
-        self.store.append_log(prediction.id, "Worker shutting down: prediction handed back to the queue.\n")
+        self.store.append_log(
+            prediction.id,
+            "Worker shutting down: prediction handed back to the queue.\n",
+            if_attempt=attempt - 1,
+            if_status=Status.STARTING,
+        )
         self.requeue(prediction.id, find_model(prediction.model).queue)
         log.info("prediction %s handed back to the queue", prediction.id)
         return Status.STARTING

@@ -146,6 +146,7 @@ class PredictionStore:
         self._transition = redis.register_script(lua.script("store_transition"))
         self._create_one = redis.register_script(lua.script("store_create"))
         self._update_running = redis.register_script(lua.script("store_update_running"))
+        self._append_log = redis.register_script(lua.script("store_append_log"))
         self._request_cancel = redis.register_script(lua.script("store_request_cancel"))
         self._store_records = redis.register_script(lua.script("store_records"))
         self._store_batch_chunk = redis.register_script(lua.script("store_batch_chunk"))
@@ -410,11 +411,22 @@ class PredictionStore:
                 pipe.hmget(name, fields)
             return [dict(zip(fields, values, strict=True)) for values in pipe.execute()]
 
-    def append_log(self, prediction_id: str, text: str) -> None:
-        with self.redis.pipeline(transaction=False) as pipe:
-            pipe.append(keys.prediction_logs(prediction_id), text)
-            pipe.publish(keys.prediction_events(prediction_id), json.dumps({"logs": text}))
-            pipe.execute()
+    def append_log(
+        self, prediction_id: str, text: str, *, if_attempt: int | None = None, if_status: Status = Status.PROCESSING
+    ) -> bool:
+        """Append ``text`` to the logs of a prediction in status ``if_status`` (under attempt ``if_attempt``,
+        when given) and announce it; False, writing nothing, otherwise: a worker whose attempt stalled past
+        its lease never writes into what the prediction became meanwhile (a removed one's cleared logs, an
+        expired record's key)."""
+        appended: int = self._append_log(
+            keys=[
+                keys.prediction(prediction_id),
+                keys.prediction_logs(prediction_id),
+                keys.prediction_events(prediction_id),
+            ],
+            args=[_attempt_arg(if_attempt), _encode(if_status.value), text, json.dumps({"logs": text})],
+        )
+        return appended == 1
 
     def list_for_tenant(
         self, tenant: str, *, before: str | None = None, after: str | None = None, limit: int = 100

@@ -113,7 +113,7 @@ def test_an_attempt_after_the_data_was_removed_schedules_nothing_again(store):
 
 def test_data_removal_deletes_every_prefix_then_marks_each_record_and_twice_changes_nothing(store):
     first, second = ended(store), ended(store)
-    store.append_log(first.id, "step 1/4\n")
+    store.redis.append(keys.prediction_logs(first.id), "step 1/4\n")
     storage = RecordingStorage()
     removal = DataRemoval(store.redis, storage)
     for _ in range(2):

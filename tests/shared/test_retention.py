@@ -74,10 +74,10 @@ def finished_prediction(store: PredictionStore) -> Prediction:
         webhook="https://example.com/hook",
     )
     store.create(prediction)
-    store.append_log(prediction.id, "step 1/4\n")
     store.redis.set(keys.webhook_completed(prediction.id), "d1", ex=3600)
     store.redis.set(keys.webhook_latest_delivery(prediction.id, "start"), "d0", ex=3600)
     assert store.transition(prediction.id, Status.PROCESSING, started_at=prediction.created_at)
+    assert store.append_log(prediction.id, "step 1/4\n")
     PredictionLifecycle(store, QuietNotifier()).finish(prediction, Status.SUCCEEDED, output=["out-0.png"])
     return prediction
 

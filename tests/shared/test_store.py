@@ -160,11 +160,23 @@ def test_cancel_racing_start_has_exactly_one_winner(server_store):
     assert set(winners) == {"start", "cancel"}, f"the two never raced: {dict(winners)}"
 
 
-def test_logs_append(store):
+def test_logs_append_while_the_attempt_runs_and_never_after(store):
+    """A worker whose attempt stalled past its lease must not write into what the prediction became:
+    another attempt's run, an ended one (whose logs data removal cleared), an expired record."""
     p = make(store)
-    store.append_log(p.id, "a\n")
-    store.append_log(p.id, "b\n")
+    assert not store.append_log(p.id, "queued\n")
+    assert store.transition(p.id, Status.PROCESSING, attempt=2)
+    assert store.append_log(p.id, "a\n") and store.append_log(p.id, "b\n", if_attempt=2)
+    assert not store.append_log(p.id, "from attempt 1\n", if_attempt=1)
     assert store.get(p.id).logs == "a\nb\n"
+    assert store.transition(p.id, Status.STARTING, attempt=1)  # handed back
+    assert store.append_log(p.id, "handed back\n", if_attempt=1, if_status=Status.STARTING)
+    assert store.transition(p.id, Status.CANCELED)
+    assert not store.append_log(p.id, "late\n")
+    assert store.get(p.id).logs == "a\nb\nhanded back\n"
+    store.redis.delete(keys.prediction(p.id), keys.prediction_logs(p.id))
+    assert not store.append_log(p.id, "after expiry\n", if_status=Status.CANCELED)
+    assert not store.redis.exists(keys.prediction_logs(p.id))
 
 
 def test_list_is_newest_first_with_cursors_and_per_tenant(store):

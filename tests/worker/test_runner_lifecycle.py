@@ -7,6 +7,7 @@ import json
 import threading
 from collections.abc import Callable
 from datetime import timedelta
+from typing import Any
 
 import pytest
 
@@ -20,6 +21,7 @@ from shared.storage.objects import prediction_prefix
 from tests.support.fake_predictors import FAKE_MODEL, INPUTS, FakePredictor
 from tests.support.lifecycle import record_endings
 from tests.support.runner_harness import Harness
+from worker.context import RunContext
 
 
 @pytest.fixture
@@ -161,3 +163,25 @@ def test_outputs_stored_after_another_attempt_took_the_prediction_are_left_to_it
     ended_during_the_upload(harness, prediction_id, taken_over)
     assert harness.get(prediction_id).status is Status.STARTING
     assert len(harness.storage.under(prediction_prefix(prediction_id))) == 2
+
+
+def test_an_attempt_another_took_over_writes_no_more_log_lines(harness: Harness, monkeypatch) -> None:
+    """A worker stalled past its lease (a pause, a partition) wakes up while another attempt runs the
+    prediction: its step lines must not land in that run's logs (nor in an ended one's, cleared at
+    retention, nor recreate an expired record's key)."""
+    prediction_id = harness.submit(FAKE_MODEL, **INPUTS[0])
+    on_step = RunContext.on_step
+
+    def taken_over_at_the_first_step(self: RunContext, pipe: Any, step: int, started: float) -> None:
+        if step == 0:
+            attempt = harness.get(prediction_id).attempt
+            assert harness.store.transition(prediction_id, Status.STARTING, if_attempt=attempt, attempt=attempt + 1)
+            assert harness.store.transition(prediction_id, Status.PROCESSING, attempt=attempt + 1)
+            harness.redis.append(keys.prediction_logs(prediction_id), "the other attempt's line\n")
+        on_step(self, pipe, step, started)
+
+    monkeypatch.setattr(RunContext, "on_step", taken_over_at_the_first_step)
+    harness.work()
+    taken = harness.get(prediction_id)
+    assert taken.status is Status.PROCESSING
+    assert taken.logs.endswith("the other attempt's line\n"), taken.logs
