@@ -28,6 +28,10 @@ import torch
 
 from tools.gpu_kit import fastpath, pack, truth
 
+# The module's fixtures run the kit's two runs on the CPU (compiles included): about 110 s alone, two to
+# three times that beside the rest of the suite on a busy 2-core machine; the suite's 300 s was too tight.
+pytestmark = pytest.mark.timeout(900)
+
 ROOT = Path(__file__).resolve().parents[2]
 SD2 = "kiln/sd2-depth2img"
 XL = "kiln/ip-adapter-depth-xl"
