@@ -229,6 +229,7 @@ class Janitor:
                 self.expire_record(rest)
             elif kind == "file":
                 file_id, _, tenant = rest.partition(":")
+                self.redis.delete(keys.file(file_id))  # the record first, as a DELETE does
                 self.storage.delete(file_key(file_id))
                 if tenant:
                     self.redis.zrem(keys.tenant_files(tenant), file_id)

@@ -91,7 +91,8 @@ class FileStore:
         serialized = record.model_dump_json()
         self.storage.put_bytes(file_key(record.id), data, content_type)
         with self.redis.pipeline(transaction=True) as pipe:
-            pipe.set(keys.file(record.id), serialized, ex=self.retention_s)
+            # Expires at the instant the janitor deletes its bytes (not retention_s after a slow upload ended).
+            pipe.set(keys.file(record.id), serialized, pxat=int(record.expires_at.timestamp() * 1000))
             pipe.zadd(keys.tenant_files(tenant), {record.id: 0})
             pipe.execute()
         # With its tenant, so the janitor also drops it from the tenant's list (keys.tenant_files).

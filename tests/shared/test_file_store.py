@@ -4,12 +4,14 @@ instead of an error, and a DELETE takes the record before the bytes."""
 
 from __future__ import annotations
 
+import time
 from types import SimpleNamespace
 
 import fakeredis
 import pytest
 
 from shared.db import keys
+from shared.predictions.retention import Janitor
 from shared.storage.files import FileStore
 from shared.storage.objects import ObjectNotFound, StoredObject, file_key
 from worker.context import FileInputError, load_file_input
@@ -63,5 +65,17 @@ def test_a_file_whose_bytes_went_under_its_record_is_none_to_every_reader(store:
 def test_a_delete_takes_the_record_before_the_bytes(store: FileStore) -> None:
     record = store.create("me", "in.bin", "application/octet-stream", b"bytes", {})
     store.delete(record)
+    assert store.storage.deleted == [(file_key(record.id), False)]  # type: ignore[attr-defined]
+    assert store.get(record.id, "me") is None and not store.redis.zscore(keys.tenant_files("me"), record.id)
+
+
+def test_retention_takes_the_record_before_the_bytes_at_the_files_expires_at(store: FileStore) -> None:
+    """The record lived ``retention_s`` from the end of its upload, the janitor deleted the bytes at
+    ``expires_at``: between the two, GET answered 200 for a file whose download was a 404."""
+    record = store.create("me", "in.bin", "application/octet-stream", b"bytes", {})
+    expires_ms = store.redis.pexpiretime(keys.file(record.id))
+    assert expires_ms == int(record.expires_at.timestamp() * 1000)
+    store.redis.zadd(keys.retention(), {f"file:{record.id}:me": time.time() - 1})
+    Janitor(store.redis, store.storage).sweep()  # type: ignore[arg-type]
     assert store.storage.deleted == [(file_key(record.id), False)]  # type: ignore[attr-defined]
     assert store.get(record.id, "me") is None and not store.redis.zscore(keys.tenant_files("me"), record.id)
