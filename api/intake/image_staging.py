@@ -49,7 +49,7 @@ from shared.settings import Settings
 from shared.storage.files import file_id_from_url
 from shared.storage.objects import ObjectNotFound, batch_input_key, file_key, input_key, prediction_prefix
 
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$")  # never "." or "..", which no S3 key may end in
 
 
 @dataclass
@@ -88,6 +88,12 @@ def stored_name(where: str) -> str:
     """The object name of the image input at ``where`` (``input_image``, ``references.1``); a field
     name that would not be safe in a URL path is replaced by a stable one."""
     return where if _SAFE_NAME.match(where) else f"input-{hashlib.sha256(where.encode()).hexdigest()[:16]}"
+
+
+def is_stored_name(name: str) -> bool:
+    """Whether ``name`` could name a stored image input (``stored_name``'s, or a batch's shared copy's hex
+    digest): any other is answered 404 before S3 is asked, which refuses some (``.``, NUL) as bad requests."""
+    return _SAFE_NAME.match(name) is not None
 
 
 def stage_images(

@@ -15,6 +15,7 @@ from api.intake.batch_file import RawItem, create_batch, file_lines, inline_item
 from api.intake.batch_pool import IntakePool
 from api.intake.body_limit import BoundedJSONRoute
 from api.intake.idempotency import await_first_request, fingerprint
+from api.intake.image_staging import is_stored_name
 from api.intake.submission import check_webhook, confirm_replicated, with_priority
 from api.pagination import Cursor, CursorQuery, decode_offset, id_page_links, offset_page_links
 from api.schemas import CreateBatchObject
@@ -202,4 +203,7 @@ def download_input(
     batch = services.batches.get(batch_id)
     path = batch_input_path(batch_id, name)
     grant(services, batch.tenant if batch else None, path, tenant, sig, expires, f"batch {batch_id!r} not found")
-    return stream_stored(services, batch_input_key(batch_id, name), f"batch {batch_id!r} has no stored input {name!r}")
+    missing = f"batch {batch_id!r} has no stored input {name!r}"
+    if not is_stored_name(name):
+        raise ProblemError(404, missing)
+    return stream_stored(services, batch_input_key(batch_id, name), missing)

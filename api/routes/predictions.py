@@ -28,6 +28,7 @@ from api.deps import (
 )
 from api.errors import ProblemError
 from api.intake.body_limit import BoundedJSONRoute
+from api.intake.image_staging import is_stored_name
 from api.intake.inline_batch import submit_batch
 from api.pagination import Cursor, CursorQuery, page_links
 from api.schemas import CreateBatch, CreatePrediction, PredictionFields
@@ -269,4 +270,6 @@ def download_input(
     """Stream an image input stored at submission (``api.intake.image_staging``), as outputs are streamed."""
     signed_or_owned(services, prediction_id, input_path(prediction_id, name), tenant, sig, expires)  # or raises
     missing = f"prediction {prediction_id!r} has no stored input {name!r}"
+    if not is_stored_name(name):
+        raise ProblemError(404, missing)
     return stream_stored(services, input_key(prediction_id, name), missing)

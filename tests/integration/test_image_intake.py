@@ -102,3 +102,16 @@ def test_a_file_input_deleted_after_submission_still_succeeds(stack, client):
     assert done["status"] == "succeeded", done["error"]
     assert done["input"]["input_image"] == file_url
     wait_for_status(client, holding["id"], TERMINAL)
+
+
+@pytest.mark.parametrize("name", ["%00", "%2E%2E", "%2E", "a%00b"])
+def test_a_stored_input_name_s3_refuses_is_a_404(client, name):
+    """Such names reached S3, whose 400 (a bad key) was answered 503 "storage unavailable; retry"."""
+    created = create(client)
+    assert created.status_code == 201, created.text
+    response = client.get(f"/v1/predictions/{created.json()['id']}/inputs/{name}")
+    assert_problem(response, 404, "has no stored input")
+    line = {"version": "kiln/sd2-depth2img", "input": depth2img_input()}
+    batch = client.post("/v1/batches", json={"predictions": [line]})
+    assert batch.status_code == 201, batch.text
+    assert_problem(client.get(f"/v1/batches/{batch.json()['id']}/inputs/{name}"), 404, "has no stored input")
