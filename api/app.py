@@ -16,6 +16,7 @@ from api.intake.batch_pool import IntakePool
 from api.intake.body_limit import BodyLimitMiddleware
 from api.log_context import PredictionLogContext
 from api.openapi.document import install_openapi
+from api.query_values import SingleQueryValues
 from api.ratelimit import RateLimitHeaders
 from api.routes import (
     batches,
@@ -67,6 +68,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.add_middleware(PredictionLogContext)
     app.add_middleware(RateLimitHeaders)
+    app.add_middleware(SingleQueryValues)
     install_error_handlers(app)
     # Plain single creates first, without FastAPI's request handling (the rest is handed back to its routes).
     app.router.routes.extend(direct_create_routes(app.router))

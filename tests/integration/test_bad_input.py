@@ -413,3 +413,20 @@ def test_an_image_url_that_never_finishes_times_out(stack, client, kind):
         )
     assert_problem(response, 422, "input.input_image", "timed out")
     assert newest_predictions(client) == before
+
+
+@pytest.mark.parametrize(
+    ("path", "name"),
+    [
+        ("/v1/predictions?source=bogus&source=api", "source"),  # the bad value was hidden
+        ("/v1/predictions?source=web&source=api", "source"),  # one of the two was answered for
+        ("/v1/predictions?created_after=abc&cursor=&created_after=2026-01-01T00:00:00Z", "created_after"),
+        ("/v1/webhooks/deliveries?state=delivered&state=failed", "state"),
+        ("/v1/batches?cursor=x&cursor=", "cursor"),
+    ],
+)
+def test_a_query_parameter_sent_twice_is_a_400_naming_it(client, path, name):
+    """FastAPI read the last value of a repeat silently, as a single-value header's repeat is refused."""
+    assert_problem(client.get(path), 400, f"{name}: query parameter sent more than once")
+    assert client.get(path.split("&")[0]).status_code in (200, 400)  # each alone is judged as before
+    assert client.get("/v1/predictions?source=api&created_after=2026-01-01T00:00:00Z").status_code == 200
