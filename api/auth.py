@@ -43,7 +43,7 @@ class Authenticator:
         self.client = client
         self.settings = settings
         self.bootstrap: dict[str, TokenInfo] = {info.digest: info for info in bootstrap_tokens(settings.api_token)}
-        self._auth_take = client.register_script(lua.script("auth_take"))
+        self._auth_take = lua.register(client, "auth_take")
         # Tokens seen valid, by digest: their caller and how the store checks them (``deferred``).
         self._seen: dict[str, tuple[Caller, TokenCheck]] = {}
 

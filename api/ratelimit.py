@@ -88,7 +88,7 @@ class SpentBuckets:
 class RateLimiter:
     def __init__(self, client: redis.asyncio.Redis) -> None:
         # Async, so the check runs on the event loop instead of costing every request a thread hop.
-        self._take = client.register_script(lua.script("ratelimit_take"))
+        self._take = lua.register(client, "ratelimit_take")
 
     async def take(self, tenant: str, rate_per_s: float, burst: int, cost: int = 1) -> Decision:
         """Take ``cost`` from the tenant's bucket (``rate_per_s`` refill, ``burst`` deep: the token's limits)."""

@@ -44,8 +44,8 @@ class StreamSlots:
         self.cap = cap
         self.lease_ms = int(lease_s * 1000)
         self._client = client
-        self._acquire = client.register_script(lua.script("stream_slots_acquire"))
-        self._renew = client.register_script(lua.script("stream_slots_renew"))
+        self._acquire = lua.register(client, "stream_slots_acquire")
+        self._renew = lua.register(client, "stream_slots_renew")
         self._held: set[Slot] = set()
         self._released: asyncio.Queue[Slot] = asyncio.Queue()
         self._keeper: asyncio.Task[None] | None = None

@@ -157,9 +157,9 @@ class BatchStore:
         # A batch's keys (record, items, shared fields) expire this long after it was created: the backstop
         # for a batch that never ends.
         self.ttl_s = int(BATCH_TTL_S + record_retention_s)
-        self._seal = redis.register_script(lua.script("batch_seal"))
-        self._claim_finished = redis.register_script(lua.script("claim_due"))
-        self._set_fields = redis.register_script(lua.script("batch_record_set"))
+        self._seal = lua.register(redis, "batch_seal")
+        self._claim_finished = lua.register(redis, "claim_due")
+        self._set_fields = lua.register(redis, "batch_record_set")
 
     def create(
         self, tenant: str, base_url: str, webhook: str | None, source: str, total: int, batch_id: str | None = None

@@ -26,13 +26,16 @@ from redis._parsers.encoders import Encoder
 from redis.asyncio.connection import AbstractConnection
 from redis.backoff import ExponentialBackoff
 from redis.client import Pipeline
-from redis.commands.core import AsyncScript
+from redis.commands.core import AsyncScript, Script
 from redis.connection import HiredisRespSerializer, PythonRespSerializer, parse_url
 from redis.exceptions import ConnectionError, MaxConnectionsError, NoScriptError, TimeoutError, WatchError
 from redis.typing import EncodableT, KeyT, ZSetRangeResponse
 from redis.utils import HIREDIS_AVAILABLE, is_os_level_timeout
 
 if TYPE_CHECKING:
+    from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+    from redis.cluster import RedisCluster
+
     from shared.settings import Settings  # which imports this module
 
 _RETRY_ON = [ConnectionError, TimeoutError]
@@ -357,14 +360,63 @@ def connect_async(where: str | RedisTarget, socket_timeout: float | None = 10) -
     return async_client
 
 
+class _Script(Script):
+    """A script run by EVALSHA and, on NOSCRIPT (a Redis restarted or failed over, its script cache empty),
+    by EVAL: the script travels in the one command that runs it. redis-py's own fallback sends SCRIPT LOAD
+    and then EVALSHA, two commands that a pool may put on two connections: during a failover one can reach
+    the new primary and the other a server that was not (a sentinel's stale answer), and the EVALSHA fails
+    NOSCRIPT again, a 500. In a pipeline redis-py loads the pipeline's scripts on its own connection first."""
+
+    def __call__(
+        self,
+        keys: Sequence[KeyT] | None = None,
+        args: Iterable[EncodableT] | None = None,
+        client: redis.Redis | RedisCluster | None = None,
+    ) -> Any:
+        target: Any = self.registered_client if client is None else client
+        if isinstance(target, Pipeline):
+            return super().__call__(keys, args, target)
+        keys, args = list(keys or ()), list(args or ())
+        try:
+            return target.evalsha(self.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            return target.eval(self.script, len(keys), *keys, *args)
+
+
+class _AsyncScript(AsyncScript):
+    """``_Script`` for an asyncio client."""
+
+    async def __call__(
+        self,
+        keys: Sequence[KeyT] | None = None,
+        args: Iterable[EncodableT] | None = None,
+        client: redis.asyncio.Redis | AsyncRedisCluster | None = None,
+    ) -> Any:
+        target: Any = self.registered_client if client is None else client
+        if isinstance(target, redis.asyncio.client.Pipeline):
+            return await super().__call__(keys, args, target)
+        return await _run_async(target, self, list(keys or ()), list(args or ()))
+
+
+def register_script(client: redis.Redis | redis.asyncio.Redis, text: str) -> Any:
+    """A script registered on ``client`` as redis-py registers it, but whose NOSCRIPT fallback is EVAL (``_Script``)."""
+    if isinstance(client, redis.asyncio.Redis):
+        return _AsyncScript(client, text)
+    return _Script(client, text)
+
+
+async def _run_async(client: Any, script: AsyncScript, keys: Sequence[KeyT], args: Sequence[EncodableT]) -> Any:
+    try:
+        return await client.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+    except NoScriptError:
+        return await client.execute_command("EVAL", script.script, len(keys), *keys, *args)
+
+
 async def run_script(script: AsyncScript, keys: Sequence[KeyT], args: Sequence[EncodableT]) -> Any:
     """``await script(keys=keys, args=args)`` on the client it was registered on, without redis-py's
     wrapper (its imports and type checks, on every call): EVALSHA, and on NOSCRIPT (a Redis restarted or
-    failed over, its script cache empty) the wrapper, which loads the script and runs it again."""
-    try:
-        return await script.registered_client.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
-    except NoScriptError:
-        return await script(keys=keys, args=args)
+    failed over, its script cache empty) EVAL, the script in the command that runs it (``_Script``)."""
+    return await _run_async(script.registered_client, script, keys, args)
 
 
 def as_text(reply: bytes | str) -> str:

@@ -1,7 +1,8 @@
 """Kiln's Redis Lua scripts: one file each in ``shared/db/lua/``, rendered whole by ``script(name)``.
 
-Every ``register_script`` call takes its text from ``script``. ``python -m shared.db.lua NAME`` (or
-``kiln lua NAME``) prints a script exactly as Redis runs it; without a name, the names.
+Every script is registered by ``register(client, NAME)``, which takes its text from ``script``.
+``python -m shared.db.lua NAME`` (or ``kiln lua NAME``) prints a script exactly
+as Redis runs it; without a name, the names.
 
 A file is rendered by three rules, and nothing else:
 
@@ -28,9 +29,15 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from functools import cache
 from pathlib import Path
+from typing import overload
+
+import redis
+import redis.asyncio
+from redis.commands.core import AsyncScript, Script
 
 from shared.batches.counts import COMPLETED, QUEUED, VALIDATING
 from shared.db import keys
+from shared.db.client import register_script
 from shared.predictions.status import ALLOWED_SOURCES, TERMINAL, Status
 from shared.scheduling import queues
 
@@ -110,6 +117,17 @@ def render(name: str, values: Mapping[str, str]) -> str:
 def script(name: str) -> str:
     """Script ``name``, complete, as Redis runs it."""
     return render(name, placeholders())
+
+
+@overload
+def register(client: redis.asyncio.Redis, name: str) -> AsyncScript: ...
+@overload
+def register(client: redis.Redis, name: str) -> Script: ...
+def register(client: redis.Redis | redis.asyncio.Redis, name: str) -> Script | AsyncScript:
+    """Script ``name`` registered on ``client``: run by EVALSHA, and by EVAL where the server has forgotten
+    it (``shared.db.client.register_script``)."""
+    found: Script | AsyncScript = register_script(client, script(name))
+    return found
 
 
 def show(name: str | None) -> str:

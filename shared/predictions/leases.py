@@ -25,8 +25,8 @@ class Leases:
     def __init__(self, redis: Redis, lease_s: float) -> None:
         self.redis = redis
         self.lease_s = lease_s
-        self._start = redis.register_script(lua.script("leases_start"))
-        self._reap = redis.register_script(lua.script("leases_reap"))
+        self._start = lua.register(redis, "leases_start")
+        self._reap = lua.register(redis, "leases_reap")
 
     def start(self, prediction_id: str) -> int | None:
         """Move a queued prediction to processing under this worker's lease; its attempt number, or

@@ -118,9 +118,9 @@ class DataRemoval:
         self.redis = redis
         self.storage = storage
         self.threads = threads
-        self._remove_data = redis.register_script(lua.script("retention_remove_data"))
-        self._replace_body = redis.register_script(lua.script("webhook_body_replace"))
-        self._batch_removed = redis.register_script(lua.script("retention_batch_removed"))
+        self._remove_data = lua.register(redis, "retention_remove_data")
+        self._replace_body = lua.register(redis, "webhook_body_replace")
+        self._batch_removed = lua.register(redis, "retention_batch_removed")
 
     def remove(self, prediction_ids: Sequence[str]) -> None:
         """S3 first: a record that says ``data_removed`` has no object left behind it."""
@@ -197,7 +197,7 @@ class Janitor:
         self.max_batches = max_batches
         self.removal = DataRemoval(redis, storage)
         self.batches = BatchStore(redis)
-        self._claim = redis.register_script(lua.script("retention_claim"))
+        self._claim = lua.register(redis, "retention_claim")
 
     def sweep(self) -> int:
         """Batches of due items until none is left or ``max_batches`` ran; then the lag metric.

@@ -143,14 +143,14 @@ class PredictionStore:
         self.retention_s = retention_s
         # The record never goes before its data (retention) does.
         self.record_retention_s = max(record_retention_s, retention_s)
-        self._transition = redis.register_script(lua.script("store_transition"))
-        self._create_one = redis.register_script(lua.script("store_create"))
-        self._update_running = redis.register_script(lua.script("store_update_running"))
-        self._append_log = redis.register_script(lua.script("store_append_log"))
-        self._request_cancel = redis.register_script(lua.script("store_request_cancel"))
-        self._store_records = redis.register_script(lua.script("store_records"))
-        self._store_batch_chunk = redis.register_script(lua.script("store_batch_chunk"))
-        self._claim_ended = redis.register_script(lua.script("claim_due"))
+        self._transition = lua.register(redis, "store_transition")
+        self._create_one = lua.register(redis, "store_create")
+        self._update_running = lua.register(redis, "store_update_running")
+        self._append_log = lua.register(redis, "store_append_log")
+        self._request_cancel = lua.register(redis, "store_request_cancel")
+        self._store_records = lua.register(redis, "store_records")
+        self._store_batch_chunk = lua.register(redis, "store_batch_chunk")
+        self._claim_ended = lua.register(redis, "claim_due")
         self.queued = QueuedCounters(redis)
         # Where each queued prediction stands (``queue_position``).
         self.lines = QueueLines(redis)
@@ -515,7 +515,7 @@ class AsyncCreates:
     win the GIL back from the busy event loop, which cost a loaded API a fifth of its creates)."""
 
     def __init__(self, client: redis.asyncio.Redis) -> None:
-        self._create_one = client.register_script(lua.script("store_create"))
+        self._create_one = lua.register(client, "store_create")
 
     async def create_one(
         self,

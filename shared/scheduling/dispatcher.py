@@ -71,8 +71,8 @@ class Dispatcher:
         self.messages = messages
         self.ahead = ahead
         self.lines = QueueLines(redis)
-        self._release = redis.register_script(lua.script("dispatcher_release"))
-        self._join_ring = redis.register_script(lua.script("dispatcher_join_ring"))
+        self._release = lua.register(redis, "dispatcher_release")
+        self._join_ring = lua.register(redis, "dispatcher_join_ring")
 
     def add_to_pipeline(
         self, pipe: Pipeline, family: str, tenant: str, prediction_ids: Sequence[str], *, low: bool = False

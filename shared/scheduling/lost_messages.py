@@ -125,8 +125,8 @@ class LostMessages:
     def __init__(self, redis: Redis, messages: PredictMessages) -> None:
         self.redis = redis
         self.messages = messages
-        self._claim = redis.register_script(lua.script("claim_due"))
-        self._resend = redis.register_script(lua.script("lost_messages_resend"))
+        self._claim = lua.register(redis, "claim_due")
+        self._resend = lua.register(redis, "lost_messages_resend")
 
     def resend(self) -> int:
         """Claim the entries due and send the message again for each prediction presumably lost, a

@@ -44,7 +44,7 @@ class Depth:
 class QueuedCounters:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
-        self._admit = redis.register_script(lua.script("queue_counters_admit"))
+        self._admit = lua.register(redis, "queue_counters_admit")
 
     def admit(self, tenant: str, families: Sequence[str], tenant_cap: int, total_cap: int) -> int:
         """Count ``len(families)`` new queued predictions of ``tenant``, or raise ``QueueFull`` (counting none).

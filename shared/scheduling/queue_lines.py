@@ -108,8 +108,8 @@ def _position(found: int | bytes | None) -> int | None:
 class QueueLines:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
-        self._enter = redis.register_script(lua.script("queue_lines_enter"))
-        self._position = redis.register_script(lua.script("queue_position"))
+        self._enter = lua.register(redis, "queue_lines_enter")
+        self._position = lua.register(redis, "queue_position")
 
     def enter_in_pipeline(
         self, pipe: Pipeline, family: str, line: int, tenant: str, prediction_ids: Sequence[str]
@@ -150,5 +150,5 @@ class QueueLines:
 
 async def queue_position(client: redis.asyncio.Redis, ticket: Ticket) -> int | None:
     """``QueueLines.position`` for the event loop (an asyncio client), given the prediction's ticket."""
-    script = client.register_script(lua.script("queue_position"))
+    script = lua.register(client, "queue_position")
     return _position(await script(keys=ticket.script_keys(), args=ticket.script_args()))

@@ -140,7 +140,7 @@ class TokenRegistry:
     def __init__(self, redis: Redis, bootstrap_setting: str = "") -> None:
         self.redis = redis
         self.configured = bootstrap_tokens(bootstrap_setting)
-        self._create = redis.register_script(lua.script("tokens_create"))
+        self._create = lua.register(redis, "tokens_create")
 
     def _revoked(self) -> set[str]:
         members: set[Any] = self.redis.smembers(keys.revoked_tokens())

@@ -57,7 +57,7 @@ class TimeWindow:
 class DeliveryHistory:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
-        self._resend = redis.register_script(lua.script("webhook_outbox_resend"))
+        self._resend = lua.register(redis, "webhook_outbox_resend")
 
     def with_attempts(self, delivery_ids: Sequence[str]) -> list[SentDelivery]:
         """Those deliveries that still exist, in the order given, each with its attempts."""

@@ -114,11 +114,11 @@ class WebhookOutbox:
     def __init__(self, redis: Redis, settings: Settings) -> None:
         self.redis = redis
         self.settings = settings
-        self._claim_due = redis.register_script(lua.script("claim_due"))
-        self._record_script = redis.register_script(lua.script("webhook_outbox_record"))
-        self._attempt_script = redis.register_script(lua.script("webhook_outbox_attempt"))
-        self._sending_script = redis.register_script(lua.script("webhook_sending_place"))
-        self._leave_script = redis.register_script(lua.script("webhook_sending_leave"))
+        self._claim_due = lua.register(redis, "claim_due")
+        self._record_script = lua.register(redis, "webhook_outbox_record")
+        self._attempt_script = lua.register(redis, "webhook_outbox_attempt")
+        self._sending_script = lua.register(redis, "webhook_sending_place")
+        self._leave_script = lua.register(redis, "webhook_sending_leave")
 
     @property
     def kept_s(self) -> int:

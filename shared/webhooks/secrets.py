@@ -63,7 +63,7 @@ class WebhookSecrets:
     def __init__(self, redis: Redis, overlap_s: float) -> None:
         self.redis = redis
         self.overlap_s = overlap_s
-        self._rotate = redis.register_script(lua.script("webhook_secrets_rotate"))
+        self._rotate = lua.register(redis, "webhook_secrets_rotate")
 
     def get(self, tenant: str) -> TenantSecret:
         key = keys.webhook_secret(tenant)
