@@ -154,8 +154,8 @@ def install_error_handlers(app: FastAPI) -> None:
         detail, items = describe_validation_errors(errors)
         return problem_response(422, detail, errors=items)
 
-    @handles(redis.exceptions.ConnectionError)
-    async def _redis_down(_: Request, exc: redis.exceptions.ConnectionError) -> JSONResponse:
+    @handles(redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+    async def _redis_down(_: Request, exc: redis.exceptions.RedisError) -> JSONResponse:
         log.warning("redis unavailable: %s", exc)
         return problem_response(503, "the prediction store (Redis) is unavailable; retry shortly", {"Retry-After": "5"})
 

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import time
 
+import httpx
 import pytest
 import redis
 
+from deploy.devstack.servers import RedisServer
 from shared.predictions.retention import Janitor
 from shared.runtime.celery_config import create_celery
 from shared.scheduling.queues import PREDICT_TASK, SD2_DEPTH
@@ -16,7 +19,7 @@ from shared.storage.s3 import Storage
 from tests.support import assert_problem, data_uri, png_bytes, wait_for_status, wait_until
 from tests.support.predictions import TERMINAL, create, depth2img_input, run_xl
 from tests.support.receiver import WebhookReceiver
-from tests.support.stack import SHUTDOWN_GRACE_S
+from tests.support.stack import SHUTDOWN_GRACE_S, TOKEN_A, extra_api
 from tests.support.step_gates import StepGate, wait_until_waiting
 from tests.support.worker_inputs import gradient, png_uri
 
@@ -121,6 +124,27 @@ def test_a_redis_restart_loses_no_accepted_prediction(stack, client):
     wait_until(lambda: client.get("/health").status_code == 200, 30, what="the API to reconnect")
     finals = [wait_for_status(client, prediction_id, TERMINAL, timeout=120)["status"] for prediction_id in accepted]
     assert finals == ["succeeded"] * 3
+
+
+def test_a_redis_that_stops_answering_is_a_503(stack, tmp_path):
+    """A paused (or unreachable) Redis: a request waits out two tries' socket timeouts (20 s; the tries are
+    counted in tests/shared/test_redis_retry.py) and is a 503 naming Redis. It was a 500, after 40 s (160 s
+    for the next request)."""
+    with (
+        RedisServer(tmp_path, appendonly=False) as private,
+        extra_api(stack, {"KILN_REDIS_URL": private.url}, "api-paused-redis") as url,
+        httpx.Client(base_url=url, headers={"Authorization": f"Bearer {TOKEN_A}"}, timeout=120) as api,
+    ):
+        assert api.get("/v1/predictions").status_code == 200
+        assert private.pid is not None
+        os.kill(private.pid, signal.SIGSTOP)
+        try:
+            listed = api.get("/v1/predictions")
+        finally:
+            os.kill(private.pid, signal.SIGCONT)
+        assert_problem(listed, 503, "the prediction store (Redis) is unavailable")
+        assert listed.headers["retry-after"] == "5"
+        assert api.get("/v1/predictions").status_code == 200
 
 
 def test_storage_outage_fails_the_prediction_clearly_and_the_worker_keeps_serving(stack, client):
