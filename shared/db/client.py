@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import time
 from collections.abc import Callable, Iterable, Sequence
+from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
@@ -48,6 +50,59 @@ _CREATE_TRIES = 5
 SENTINEL_RETRIES = 10
 # How long a question to a sentinel may take (connecting, then answering) before the next one is asked.
 SENTINEL_TIMEOUT_S = 2.0
+# No retry of a command starts this long after its first try began: a failover's fast failures are retried
+# for ~7.5 s (SENTINEL_RETRIES), a timeout (10 s) once.
+RETRY_BUDGET_S = 15.0
+
+_RETRY_STARTED: ContextVar[float | None] = ContextVar("kiln_redis_retry_started", default=None)
+
+
+def _retryable(_: Exception) -> bool:
+    """Whether a failed try (refused, reset, a moved primary, a timeout) is tried again: while the command's
+    ``RETRY_BUDGET_S`` lasts. redis-py retries a new connection's connect inside each try of a command, so
+    counted tries alone multiplied: a paused Redis held a command 160 s (4 tries, each connecting 4 times,
+    each waiting out a 10 s timeout), sentinels with no primary to name 83 s. Now a paused Redis takes two
+    tries (20 s), a failover's fast failures as many as before (~7.5 s)."""
+    started = _RETRY_STARTED.get()
+    return started is None or time.monotonic() - started < RETRY_BUDGET_S
+
+
+def _starts_budget() -> Token[float | None] | None:
+    """Start the budget unless a call it is inside (a command whose try connects) started one."""
+    return _RETRY_STARTED.set(time.monotonic()) if _RETRY_STARTED.get() is None else None
+
+
+class _Retry(redis.retry.Retry):
+    """redis-py's retry, exponential backoff up to 1 s, its tries bounded by ``_retryable``; the budget
+    starts with the outermost call (a connect retried inside a command's try spends the command's)."""
+
+    def __init__(self, retries: int) -> None:
+        super().__init__(ExponentialBackoff(cap=1.0, base=0.05), retries, is_retryable=_retryable)
+
+    def call_with_retry(self, do: Any, fail: Any, is_retryable: Any = None, with_failure_count: bool = False) -> Any:
+        token = _starts_budget()
+        try:
+            return super().call_with_retry(do, fail, is_retryable, with_failure_count)
+        finally:
+            if token is not None:
+                _RETRY_STARTED.reset(token)
+
+
+class _AsyncRetry(redis.asyncio.retry.Retry):
+    """``_Retry`` for an asyncio client (the budget is the task's)."""
+
+    def __init__(self, retries: int) -> None:
+        super().__init__(ExponentialBackoff(cap=1.0, base=0.05), retries, is_retryable=_retryable)
+
+    async def call_with_retry(
+        self, do: Any, fail: Any, is_retryable: Any = None, with_failure_count: bool = False
+    ) -> Any:
+        token = _starts_budget()
+        try:
+            return await super().call_with_retry(do, fail, is_retryable, with_failure_count)
+        finally:
+            if token is not None:
+                _RETRY_STARTED.reset(token)
 
 
 @dataclass(frozen=True)
@@ -122,6 +177,24 @@ def _as_target(where: str | RedisTarget) -> RedisTarget:
     return where if isinstance(where, RedisTarget) else RedisTarget(where)
 
 
+class _SyncSentinelConnection(redis.sentinel.SentinelManagedConnection):
+    """A connection to the primary that asks the sentinels where it is whenever it reconnects.
+
+    redis-py 8.2's connection, dropped and then given a command (as a retry does), reconnects to the
+    address it had (``connect_check_health``), bypassing the sentinel lookup in ``connect``: every retry
+    of a command knocked on the dead (or paused) primary, and only the next command found the promoted
+    one (redis/redis-py#3874). ``_SentinelConnection`` is the same for the asyncio client."""
+
+    def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        if self._sock is None:
+            self.connect()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
+        super().send_packed_command(command, check_health)  # type: ignore[no-untyped-call]
+
+
+class _SyncSentinelSSLConnection(_SyncSentinelConnection, redis.SSLConnection):
+    """The same over TLS (a ``rediss://`` URL)."""
+
+
 def connect(where: str | RedisTarget, socket_timeout: float | None = 10) -> redis.Redis:
     """A client of the Redis at a URL, or of the primary a ``RedisTarget``'s sentinels name."""
     target = _as_target(where)
@@ -129,15 +202,17 @@ def connect(where: str | RedisTarget, socket_timeout: float | None = 10) -> redi
     if not target.sentinels:
         return redis.Redis.from_url(
             target.url,
-            retry=redis.retry.Retry(ExponentialBackoff(cap=1.0, base=0.05), 3),
+            retry=_Retry(3),
             **_options(socket_timeout),
             **packer,
         )
     sentinel = redis.sentinel.Sentinel(target.sentinels, sentinel_kwargs=sentinel_options(target))
+    primary = _primary_options(target.url)
     client: redis.Redis = sentinel.master_for(
         target.master,
-        retry=redis.retry.Retry(ExponentialBackoff(cap=1.0, base=0.05), SENTINEL_RETRIES),
-        **_primary_options(target.url),
+        connection_class=_SyncSentinelSSLConnection if primary.pop("ssl", False) else _SyncSentinelConnection,
+        retry=_Retry(SENTINEL_RETRIES),
+        **primary,
         **_options(socket_timeout),
         **packer,
     )
@@ -314,7 +389,7 @@ class _SentinelConnection(redis.asyncio.sentinel.SentinelManagedConnection, _Con
 
     redis-py 8.2's asyncio connection, dropped and then given a command (as a retry does), reconnects
     to the address it had, bypassing the sentinel lookup in ``connect``: every retry would knock on
-    the dead primary. (Its synchronous connection does ask.)"""
+    the dead primary (redis/redis-py#3874; ``_SyncSentinelConnection`` for the synchronous client)."""
 
     async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
         if not self.is_connected:
@@ -335,7 +410,7 @@ def connect_async(where: str | RedisTarget, socket_timeout: float | None = 10) -
             target.url,
             max_connections=ASYNC_POOL_SIZE,
             timeout=ASYNC_POOL_WAIT_S,
-            retry=redis.asyncio.retry.Retry(ExponentialBackoff(cap=1.0, base=0.05), 3),
+            retry=_AsyncRetry(3),
             **_options(socket_timeout),
         )
         # The URL chose plain TCP or TLS (a Unix socket keeps redis-py's own connection).
@@ -353,7 +428,7 @@ def connect_async(where: str | RedisTarget, socket_timeout: float | None = 10) -
         connection_class=_SentinelSSLConnection if primary.pop("ssl", False) else _SentinelConnection,
         max_connections=ASYNC_POOL_SIZE,
         timeout=ASYNC_POOL_WAIT_S,
-        retry=redis.asyncio.retry.Retry(ExponentialBackoff(cap=1.0, base=0.05), SENTINEL_RETRIES),
+        retry=_AsyncRetry(SENTINEL_RETRIES),
         **primary,
         **_options(socket_timeout),
     )
