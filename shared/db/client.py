@@ -177,6 +177,39 @@ def _as_target(where: str | RedisTarget) -> RedisTarget:
     return where if isinstance(where, RedisTarget) else RedisTarget(where)
 
 
+class _Pipeline(Pipeline):
+    """redis-py's pipeline, its scripts loaded again before a retry: redis-py loads them (SCRIPT EXISTS,
+    then SCRIPT LOAD) once, before the first try, and a retry that reconnected to another server (behind
+    Sentinel, the promoted replica) ran EVALSHA of scripts that server never had: NOSCRIPT."""
+
+    _tried = False
+
+    def execute(self, raise_on_error: bool = True) -> list[Any]:
+        self._tried = False
+        return super().execute(raise_on_error)
+
+    def _execute_transaction(self, connection: Any, commands: Any, raise_on_error: bool) -> list[Any]:
+        self._before_try()
+        return super()._execute_transaction(connection, commands, raise_on_error)
+
+    def _execute_pipeline(self, connection: Any, commands: Any, raise_on_error: bool) -> list[Any]:
+        self._before_try()
+        replies: list[Any] = super()._execute_pipeline(connection, commands, raise_on_error)  # type: ignore[no-untyped-call]
+        return replies
+
+    def _before_try(self) -> None:
+        if self._tried and self.scripts:
+            self.load_scripts()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
+        self._tried = True
+
+
+class _Redis(redis.Redis):
+    """A client whose pipelines are ``_Pipeline``s (``transaction`` too makes its pipeline here)."""
+
+    def pipeline(self, transaction: bool = True, shard_hint: Any = None) -> _Pipeline:
+        return _Pipeline(self.connection_pool, self.response_callbacks, transaction, shard_hint)
+
+
 class _SyncSentinelConnection(redis.sentinel.SentinelManagedConnection):
     """A connection to the primary that asks the sentinels where it is whenever it reconnects.
 
@@ -200,7 +233,7 @@ def connect(where: str | RedisTarget, socket_timeout: float | None = 10) -> redi
     target = _as_target(where)
     packer: dict[str, Any] = {"command_packer": found} if (found := _direct_packer()) is not None else {}
     if not target.sentinels:
-        return redis.Redis.from_url(
+        return _Redis.from_url(
             target.url,
             retry=_Retry(3),
             **_options(socket_timeout),
@@ -210,6 +243,7 @@ def connect(where: str | RedisTarget, socket_timeout: float | None = 10) -> redi
     primary = _primary_options(target.url)
     client: redis.Redis = sentinel.master_for(
         target.master,
+        redis_class=_Redis,
         connection_class=_SyncSentinelSSLConnection if primary.pop("ssl", False) else _SyncSentinelConnection,
         retry=_Retry(SENTINEL_RETRIES),
         **primary,

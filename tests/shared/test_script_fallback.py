@@ -99,3 +99,39 @@ def test_an_async_script_the_server_forgot_is_run_by_eval(servers: tuple[RedisSe
     replies, counted = run_on_own_loop(run())
     assert replies == [[b"k", letter] for letter in (b"a", b"b", b"c", b"d")]
     assert counted == {"eval": 2, "evalsha": 4, "script|load": 0}
+
+
+class MovingConnection(redis.Connection):
+    """Connects to its first server, and after a drop to another: as a sentinel-managed connection
+    reconnects to the replica promoted meanwhile."""
+
+    def __init__(self, then_port: int, **kwargs: object) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self.then_port = then_port
+        self.connects = 0
+
+    def _connect(self) -> object:
+        if self.connects:
+            self.port = self.then_port
+        self.connects += 1
+        return super()._connect()
+
+
+@pytest.mark.parametrize("transaction", [False, True], ids=["pipeline", "transaction"])
+def test_a_pipeline_retried_on_another_server_loads_its_scripts_there(
+    servers: tuple[RedisServer, RedisServer], transaction: bool
+) -> None:
+    first, second = servers
+    client = connect(first.url)
+    # Kiln's connection settings (its retry among them), on connections that move.
+    moving = client.connection_pool.connection_kwargs | {"then_port": second.port}
+    client.connection_pool = redis.ConnectionPool(connection_class=MovingConnection, **moving)
+    script = register_script(client, ECHO)
+    with client.pipeline(transaction=transaction) as pipe:
+        # The first server drops the connection after the scripts were loaded there (the first try); the
+        # retry runs on the second, which kills nothing (its own address is another).
+        pipe.execute_command("CLIENT", "KILL", "LADDR", f"127.0.0.1:{first.port}", "SKIPME", "no")
+        script(keys=["k"], args=["a"], client=pipe)
+        replies = pipe.execute()
+    assert replies == [0, [b"k", b"a"]]  # redis-py's pipeline ran EVALSHA there: NOSCRIPT
+    assert calls(connect(second.url))["script|load"] == 1
