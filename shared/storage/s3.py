@@ -6,6 +6,7 @@ Where objects live and the errors callers handle are in ``shared.storage.objects
 from __future__ import annotations
 
 import time
+from functools import cached_property
 from typing import Any
 
 import boto3
@@ -16,7 +17,9 @@ from shared.settings import Settings
 from shared.storage.objects import ObjectNotFound, StorageUnavailable, StoredObject
 
 
-def _client(settings: Settings, endpoint_url: str, attempts: int = 3) -> Any:  # boto3 has no annotations
+def _client(
+    settings: Settings, endpoint_url: str, attempts: int = 3, connect_timeout_s: float = 5, read_timeout_s: float = 30
+) -> Any:  # boto3 has no annotations
     # Path-style addressing and SigV4 work with every S3-compatible server; botocore >= 1.36 sends
     # CRC checksums by default, which some servers reject, so only send them when required.
     config = Config(
@@ -26,8 +29,8 @@ def _client(settings: Settings, endpoint_url: str, attempts: int = 3) -> Any:  #
         response_checksum_validation="when_required",
         # Standard mode retries connection errors, throttling and 5xx with jittered exponential backoff.
         retries={"max_attempts": attempts, "mode": "standard"},
-        connect_timeout=5,
-        read_timeout=30,
+        connect_timeout=connect_timeout_s,
+        read_timeout=read_timeout_s,
     )
     return boto3.client(
         "s3",
@@ -39,8 +42,12 @@ def _client(settings: Settings, endpoint_url: str, attempts: int = 3) -> Any:  #
     )
 
 
+PROBE_TIMEOUT_S = 2.0
+
+
 class Storage:
     def __init__(self, settings: Settings, attempts: int = 3) -> None:
+        self._settings = settings
         self.bucket = settings.s3_bucket
         self.client = _client(settings, settings.s3_endpoint_url, attempts)
         # Presigned URLs must be signed for the host that outside consumers will reach.
@@ -72,9 +79,15 @@ class Storage:
             if exc.response.get("Error", {}).get("Code") not in {"BucketAlreadyOwnedByYou", "BucketAlreadyExists"}:
                 raise
 
+    @cached_property
+    def _probe_client(self) -> Any:
+        """A client for ``ping``: one try, 2 s to connect and 2 s to answer."""
+        return _client(self._settings, self._settings.s3_endpoint_url, 1, PROBE_TIMEOUT_S, PROBE_TIMEOUT_S)
+
     def ping(self) -> None:
-        """Raise if the bucket cannot be reached."""
-        self.client.head_bucket(Bucket=self.bucket)
+        """Raise if the bucket cannot be reached within ``PROBE_TIMEOUT_S`` (a readiness probe's question: with
+        the transfers' client, a stalled S3 held it 120 s, four tries of a 30 s read timeout)."""
+        self._probe_client.head_bucket(Bucket=self.bucket)
 
     def put_bytes(self, key: str, data: bytes, content_type: str) -> None:
         """Store ``data`` at ``key``; ``StorageUnavailable`` when the server cannot be reached or refuses it."""

@@ -164,6 +164,21 @@ def test_storage_outage_fails_the_prediction_clearly_and_the_worker_keeps_servin
     assert wait_for_status(client, create(client)["id"], TERMINAL)["status"] == "succeeded"
 
 
+def test_health_answers_while_s3_stops_answering(stack, client):
+    """A readiness probe's question gets a quick answer from a stalled S3 (paused, a partition): it waited out
+    the transfers' client, four tries of a 30 s read timeout (120 s)."""
+    assert stack.s3.pid is not None
+    os.kill(stack.s3.pid, signal.SIGSTOP)
+    try:
+        answered = client.get("/health", timeout=30)
+    finally:
+        os.kill(stack.s3.pid, signal.SIGCONT)
+    assert answered.status_code == 503
+    assert answered.json()["checks"]["redis"] == "ok"
+    assert answered.json()["checks"]["s3"].startswith("unavailable: ")
+    wait_until(lambda: client.get("/health").status_code == 200, 30, what="S3 to answer again")
+
+
 def test_retention_removes_inputs_and_outputs(stack, client):
     done = wait_for_status(client, create(client)["id"], TERMINAL)
     settings = stack.settings()
