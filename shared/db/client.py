@@ -15,7 +15,7 @@ import asyncio
 import builtins
 import time
 from collections.abc import Callable, Iterable, Sequence
-from contextvars import ContextVar, Token
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
@@ -67,9 +67,18 @@ def _retryable(_: Exception) -> bool:
     return started is None or time.monotonic() - started < RETRY_BUDGET_S
 
 
-def _starts_budget() -> Token[float | None] | None:
-    """Start the budget unless a call it is inside (a command whose try connects) started one."""
-    return _RETRY_STARTED.set(time.monotonic()) if _RETRY_STARTED.get() is None else None
+class _Budget:
+    """``with _Budget():`` around a call's tries: starts the budget ``_retryable`` reads, unless a call it
+    is inside (a command whose try connects) started one, and ends it with that call."""
+
+    __slots__ = ("_token",)
+
+    def __enter__(self) -> None:
+        self._token = _RETRY_STARTED.set(time.monotonic()) if _RETRY_STARTED.get() is None else None
+
+    def __exit__(self, *_: object) -> None:
+        if self._token is not None:
+            _RETRY_STARTED.reset(self._token)
 
 
 class _Retry(redis.retry.Retry):
@@ -80,12 +89,8 @@ class _Retry(redis.retry.Retry):
         super().__init__(ExponentialBackoff(cap=1.0, base=0.05), retries, is_retryable=_retryable)
 
     def call_with_retry(self, do: Any, fail: Any, is_retryable: Any = None, with_failure_count: bool = False) -> Any:
-        token = _starts_budget()
-        try:
+        with _Budget():
             return super().call_with_retry(do, fail, is_retryable, with_failure_count)
-        finally:
-            if token is not None:
-                _RETRY_STARTED.reset(token)
 
 
 class _AsyncRetry(redis.asyncio.retry.Retry):
@@ -97,12 +102,8 @@ class _AsyncRetry(redis.asyncio.retry.Retry):
     async def call_with_retry(
         self, do: Any, fail: Any, is_retryable: Any = None, with_failure_count: bool = False
     ) -> Any:
-        token = _starts_budget()
-        try:
+        with _Budget():
             return await super().call_with_retry(do, fail, is_retryable, with_failure_count)
-        finally:
-            if token is not None:
-                _RETRY_STARTED.reset(token)
 
 
 @dataclass(frozen=True)
@@ -507,7 +508,7 @@ class _AsyncScript(AsyncScript):
         return await _run_async(target, self, list(keys or ()), list(args or ()))
 
 
-def register_script(client: redis.Redis | redis.asyncio.Redis, text: str) -> Any:
+def register_script(client: redis.Redis | redis.asyncio.Redis, text: str) -> Script | AsyncScript:
     """A script registered on ``client`` as redis-py registers it, but whose NOSCRIPT fallback is EVAL (``_Script``)."""
     if isinstance(client, redis.asyncio.Redis):
         return _AsyncScript(client, text)

@@ -126,8 +126,7 @@ def register(client: redis.Redis, name: str) -> Script: ...
 def register(client: redis.Redis | redis.asyncio.Redis, name: str) -> Script | AsyncScript:
     """Script ``name`` registered on ``client``: run by EVALSHA, and by EVAL where the server has forgotten
     it (``shared.db.client.register_script``)."""
-    found: Script | AsyncScript = register_script(client, script(name))
-    return found
+    return register_script(client, script(name))
 
 
 def show(name: str | None) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import time
 
@@ -16,7 +15,7 @@ from shared.predictions.retention import Janitor
 from shared.runtime.celery_config import create_celery
 from shared.scheduling.queues import PREDICT_TASK, SD2_DEPTH
 from shared.storage.s3 import Storage
-from tests.support import assert_problem, data_uri, png_bytes, wait_for_status, wait_until
+from tests.support import assert_problem, data_uri, paused, png_bytes, wait_for_status, wait_until
 from tests.support.predictions import TERMINAL, create, depth2img_input, run_xl
 from tests.support.receiver import WebhookReceiver
 from tests.support.stack import SHUTDOWN_GRACE_S, TOKEN_A, extra_api
@@ -136,12 +135,8 @@ def test_a_redis_that_stops_answering_is_a_503(stack, tmp_path):
         httpx.Client(base_url=url, headers={"Authorization": f"Bearer {TOKEN_A}"}, timeout=120) as api,
     ):
         assert api.get("/v1/predictions").status_code == 200
-        assert private.pid is not None
-        os.kill(private.pid, signal.SIGSTOP)
-        try:
+        with paused(private.pid):
             listed = api.get("/v1/predictions")
-        finally:
-            os.kill(private.pid, signal.SIGCONT)
         assert_problem(listed, 503, "the prediction store (Redis) is unavailable")
         assert listed.headers["retry-after"] == "5"
         assert api.get("/v1/predictions").status_code == 200
@@ -167,12 +162,8 @@ def test_storage_outage_fails_the_prediction_clearly_and_the_worker_keeps_servin
 def test_health_answers_while_s3_stops_answering(stack, client):
     """A readiness probe's question gets a quick answer from a stalled S3 (paused, a partition): it waited out
     the transfers' client, four tries of a 30 s read timeout (120 s)."""
-    assert stack.s3.pid is not None
-    os.kill(stack.s3.pid, signal.SIGSTOP)
-    try:
+    with paused(stack.s3.pid):
         answered = client.get("/health", timeout=30)
-    finally:
-        os.kill(stack.s3.pid, signal.SIGCONT)
     assert answered.status_code == 503
     assert answered.json()["checks"]["redis"] == "ok"
     assert answered.json()["checks"]["s3"].startswith("unavailable: ")

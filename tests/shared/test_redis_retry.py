@@ -20,7 +20,7 @@ from redis.exceptions import ConnectionError, TimeoutError
 from deploy.devstack.servers import RedisServer
 from shared.db import client as db_client
 from shared.db.client import connect, connect_async
-from tests.support import run_on_own_loop
+from tests.support import paused, run_on_own_loop
 from tests.support.redis_ha import RedisHA, redis_ha
 
 SOCKET_TIMEOUT_S = 0.5
@@ -45,16 +45,6 @@ def connections_received(server: RedisServer) -> int:
     its backlog holds once continued, before this question's)."""
     with redis.Redis.from_url(server.url) as asking:
         return int(asking.info("stats")["total_connections_received"])
-
-
-@contextmanager
-def paused(pid: int | None) -> Iterator[None]:
-    assert pid is not None
-    os.kill(pid, signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        os.kill(pid, signal.SIGCONT)
 
 
 def sync_opened(server: RedisServer, connected: bool) -> int:
