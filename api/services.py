@@ -71,6 +71,8 @@ class Services:
     intake: IntakeLanes
     # The same for uploads (POST /v1/files): their own threads, and a share per token.
     uploads: IntakeLanes
+    # The threads downloads read S3 on, a share per owner (``api.signed_access.stream_stored``).
+    downloads: IntakeLanes
 
     @classmethod
     def connect(cls, settings: Settings) -> Services:
@@ -96,6 +98,7 @@ class Services:
             webhook_secrets=WebhookSecrets(sync_redis, settings.webhook_secret_overlap_s),
             intake=IntakeLanes(settings.intake_threads, settings.intake_threads_per_token),
             uploads=IntakeLanes(settings.upload_threads, settings.uploads_per_token),
+            downloads=IntakeLanes(settings.download_threads, settings.downloads_per_token),
         )
 
     @property

@@ -4,12 +4,13 @@ share): its owner's token, or anyone holding an unexpired signed URL of that ver
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from datetime import UTC, datetime
 
 from fastapi.responses import StreamingResponse
 
 from api.errors import ProblemError
+from api.intake.lanes import IntakeLanes
 from api.services import Services
 from shared.predictions.record import Prediction, format_timestamp
 from shared.security.signed_urls import Verdict
@@ -55,13 +56,33 @@ def grant(
         )
 
 
-def stream_stored(services: Services, key: str, missing: str) -> StreamingResponse:
-    """The object at ``key``, streamed from S3; 404 saying ``missing`` when it is gone."""
+async def stream_stored(
+    services: Services,
+    owner: str,
+    key: str,
+    missing: str,
+    media_type: str | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> StreamingResponse:
+    """The object at ``key``, streamed from S3; 404 saying ``missing`` when it is gone.
+
+    Every S3 call (the open, then each chunk) runs on the download lanes within ``owner``'s share of them,
+    never on the thread pool synchronous reads run on: a stalled S3 held a download's thread for as long as
+    the S3 client waited, and 40 downloads held every thread, so another token's ``GET /v1/predictions/{id}``
+    waited a minute."""
+    lanes = services.downloads
     try:
-        stored = services.storage.open(key)
+        stored = await lanes.run(owner, services.storage.open, key)
     except ObjectNotFound:
         raise ProblemError(404, missing) from None
-    body: Iterator[bytes] = stored.body
     return StreamingResponse(
-        body, media_type=stored.content_type, headers={"Content-Length": str(stored.content_length)}
+        _chunks(lanes, owner, stored.body),
+        media_type=media_type or stored.content_type,
+        headers={"Content-Length": str(stored.content_length), **(headers or {})},
     )
+
+
+async def _chunks(lanes: IntakeLanes, owner: str, body: Iterator[bytes]) -> AsyncIterator[bytes]:
+    """``body``'s chunks, each read on a download lane."""
+    while (chunk := await lanes.run(owner, next, body, None)) is not None:
+        yield chunk

@@ -12,6 +12,9 @@ URLs hold nothing but that token's own slots.
 Uploads (``POST /v1/files``, up to ``KILN_FILE_MAX_BYTES`` each) have lanes of their own, held from the first
 byte of the body read to the file stored (``slot``, ``on_thread``): one token's uploads take at most
 ``KILN_UPLOADS_PER_TOKEN`` of ``KILN_UPLOAD_THREADS`` at once, and never the threads reads run on.
+
+Downloads read S3 on lanes of their own too (``api.signed_access.stream_stored``): each S3 call within a share
+of ``KILN_DOWNLOADS_PER_TOKEN`` of ``KILN_DOWNLOAD_THREADS`` for the files of one owner.
 """
 
 from __future__ import annotations

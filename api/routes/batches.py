@@ -190,7 +190,7 @@ def results(batch_id: str, tenant: CurrentTenant, services: ServicesDep, base: B
 
 
 @router.get("/batches/{batch_id}/inputs/{name}")
-def download_input(
+async def download_input(
     batch_id: str,
     name: str,
     tenant: OptionalTenant,
@@ -200,10 +200,12 @@ def download_input(
 ) -> StreamingResponse:
     """An image input the batch's items share, stored once for the batch (``api.intake.image_staging``): to
     the batch's owner, or to anyone holding the signed URL its items' inputs show."""
-    batch = services.batches.get(batch_id)
+    batch = await run_in_threadpool(services.batches.get, batch_id)
+    owner = batch.tenant if batch else None
     path = batch_input_path(batch_id, name)
-    grant(services, batch.tenant if batch else None, path, tenant, sig, expires, f"batch {batch_id!r} not found")
+    grant(services, owner, path, tenant, sig, expires, f"batch {batch_id!r} not found")
+    assert owner is not None  # granted: the batch exists
     missing = f"batch {batch_id!r} has no stored input {name!r}"
     if not is_stored_name(name):
         raise ProblemError(404, missing)
-    return stream_stored(services, batch_input_key(batch_id, name), missing)
+    return await stream_stored(services, owner, batch_input_key(batch_id, name), missing)

@@ -8,6 +8,7 @@ from typing import Any
 from urllib.parse import quote
 
 from fastapi import APIRouter, Request, Response
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from python_multipart.multipart import DEFAULT_MAX_HEADER_SIZE, parse_options_header
 from starlette.datastructures import FormData, UploadFile
@@ -18,8 +19,10 @@ from api.deps import BaseURL, CurrentTenant, ServicesDep
 from api.errors import ProblemError, reject_invalid_text
 from api.pagination import Cursor, CursorQuery, id_page_links
 from api.services import Services
+from api.signed_access import stream_stored
 from shared.inputs.json_nesting import nests_deeper_than, too_deep_problem
 from shared.storage.files import FileRecord, render_file
+from shared.storage.objects import file_key
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
 
@@ -173,18 +176,15 @@ def get_file(file_id: str, tenant: CurrentTenant, services: ServicesDep, base: B
 
 
 @router.get("/{file_id}/download")
-def download_file(file_id: str, tenant: CurrentTenant, services: ServicesDep) -> StreamingResponse:
-    record = _owned_file(services, file_id, tenant)
-    stored = services.files.open(record)
-    if stored is None:  # deleted since its record was read
-        raise ProblemError(404, f"file {file_id!r} not found")
-    return StreamingResponse(
-        stored.body,
+async def download_file(file_id: str, tenant: CurrentTenant, services: ServicesDep) -> StreamingResponse:
+    record = await run_in_threadpool(_owned_file, services, file_id, tenant)
+    return await stream_stored(
+        services,
+        tenant,
+        file_key(record.id),
+        f"file {file_id!r} not found",  # deleted since its record was read
         media_type=record.content_type,
-        headers={
-            "Content-Length": str(record.size),
-            "Content-Disposition": f"attachment; filename*=UTF-8''{quote(record.name)}",
-        },
+        headers={"Content-Disposition": f"attachment; filename*=UTF-8''{quote(record.name)}"},
     )
 
 

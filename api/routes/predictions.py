@@ -239,7 +239,7 @@ async def stream_prediction(
 
 
 @router.get("/predictions/{prediction_id}/output/{name}")
-def download_output(
+async def download_output(
     prediction_id: str,
     name: str,
     tenant: OptionalTenant,
@@ -248,18 +248,16 @@ def download_output(
     expires: str | None = None,
 ) -> StreamingResponse:
     """Stream an output file from S3: to its owner's token, or to anyone holding an unexpired signed URL."""
-    prediction = signed_or_owned(services, prediction_id, output_path(prediction_id, name), tenant, sig, expires)
+    path = output_path(prediction_id, name)
+    prediction = await run_in_threadpool(signed_or_owned, services, prediction_id, path, tenant, sig, expires)
     if name not in (prediction.output or []):
         raise ProblemError(404, f"prediction {prediction_id!r} has no output {name!r}")
-    return stream_stored(
-        services,
-        output_key(prediction_id, name),
-        f"output {name!r} of prediction {prediction_id!r} is no longer stored",
-    )
+    missing = f"output {name!r} of prediction {prediction_id!r} is no longer stored"
+    return await stream_stored(services, prediction.tenant, output_key(prediction_id, name), missing)
 
 
 @router.get("/predictions/{prediction_id}/inputs/{name}")
-def download_input(
+async def download_input(
     prediction_id: str,
     name: str,
     tenant: OptionalTenant,
@@ -268,8 +266,9 @@ def download_input(
     expires: str | None = None,
 ) -> StreamingResponse:
     """Stream an image input stored at submission (``api.intake.image_staging``), as outputs are streamed."""
-    signed_or_owned(services, prediction_id, input_path(prediction_id, name), tenant, sig, expires)  # or raises
+    path = input_path(prediction_id, name)
+    prediction = await run_in_threadpool(signed_or_owned, services, prediction_id, path, tenant, sig, expires)
     missing = f"prediction {prediction_id!r} has no stored input {name!r}"
     if not is_stored_name(name):
         raise ProblemError(404, missing)
-    return stream_stored(services, input_key(prediction_id, name), missing)
+    return await stream_stored(services, prediction.tenant, input_key(prediction_id, name), missing)

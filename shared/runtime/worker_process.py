@@ -61,7 +61,7 @@ class WorkerProcess:
     def storage(self) -> Storage:
         from shared.storage.s3 import Storage  # boto3 loads when a job first needs S3, not at import
 
-        return Storage(self.settings, attempts=self.settings.storage_attempts)
+        return Storage(self.settings, retries=self.settings.storage_attempts)
 
     def metrics_collectors(self) -> list[Collector]:
         """What the exporter serves besides ``shared.runtime.metrics``' series (the GPU worker adds GPU memory)."""

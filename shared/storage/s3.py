@@ -18,7 +18,7 @@ from shared.storage.objects import ObjectNotFound, StorageUnavailable, StoredObj
 
 
 def _client(
-    settings: Settings, endpoint_url: str, attempts: int = 3, connect_timeout_s: float = 5, read_timeout_s: float = 30
+    settings: Settings, endpoint_url: str, retries: int = 3, connect_timeout_s: float = 5, read_timeout_s: float = 30
 ) -> Any:  # boto3 has no annotations
     # Path-style addressing and SigV4 work with every S3-compatible server; botocore >= 1.36 sends
     # CRC checksums by default, which some servers reject, so only send them when required.
@@ -27,8 +27,9 @@ def _client(
         s3={"addressing_style": "path"},
         request_checksum_calculation="when_required",
         response_checksum_validation="when_required",
-        # Standard mode retries connection errors, throttling and 5xx with jittered exponential backoff.
-        retries={"max_attempts": attempts, "mode": "standard"},
+        # Standard mode retries connection errors, throttling and 5xx with jittered exponential backoff;
+        # its max_attempts counts the retries, not the first try.
+        retries={"max_attempts": retries, "mode": "standard"},
         connect_timeout=connect_timeout_s,
         read_timeout=read_timeout_s,
     )
@@ -43,13 +44,16 @@ def _client(
 
 
 PROBE_TIMEOUT_S = 2.0
+# Reads (``open``): a server silent this long between bytes is stalled, whatever the object's size.
+READ_TIMEOUT_S = 10.0
 
 
 class Storage:
-    def __init__(self, settings: Settings, attempts: int = 3) -> None:
+    def __init__(self, settings: Settings, retries: int = 3) -> None:
         self._settings = settings
         self.bucket = settings.s3_bucket
-        self.client = _client(settings, settings.s3_endpoint_url, attempts)
+        self._retries = retries
+        self.client = _client(settings, settings.s3_endpoint_url, retries)
         # Presigned URLs must be signed for the host that outside consumers will reach.
         self._presign_client = _client(settings, settings.s3_public_endpoint_url or settings.s3_endpoint_url)
 
@@ -82,7 +86,13 @@ class Storage:
     @cached_property
     def _probe_client(self) -> Any:
         """A client for ``ping``: one try, 2 s to connect and 2 s to answer."""
-        return _client(self._settings, self._settings.s3_endpoint_url, 1, PROBE_TIMEOUT_S, PROBE_TIMEOUT_S)
+        return _client(self._settings, self._settings.s3_endpoint_url, 0, PROBE_TIMEOUT_S, PROBE_TIMEOUT_S)
+
+    @cached_property
+    def _reads_client(self) -> Any:
+        """A client for ``open``: the same retries, ``READ_TIMEOUT_S`` to answer each (a download waited 120 s for a
+        stalled S3 with the transfers' client, four tries of the 30 s that also covers a large write's reply)."""
+        return _client(self._settings, self._settings.s3_endpoint_url, self._retries, read_timeout_s=READ_TIMEOUT_S)
 
     def ping(self) -> None:
         """Raise if the bucket cannot be reached within ``PROBE_TIMEOUT_S`` (a readiness probe's question: with
@@ -123,7 +133,7 @@ class Storage:
 
     def open(self, key: str) -> StoredObject:
         try:
-            reply = self.client.get_object(Bucket=self.bucket, Key=key)
+            reply = self._reads_client.get_object(Bucket=self.bucket, Key=key)
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in {"NoSuchKey", "404"}:
                 raise ObjectNotFound(key) from None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import threading
 import time
 
 import httpx
@@ -15,7 +16,15 @@ from shared.predictions.retention import Janitor
 from shared.runtime.celery_config import create_celery
 from shared.scheduling.queues import PREDICT_TASK, SD2_DEPTH
 from shared.storage.s3 import Storage
-from tests.support import assert_problem, data_uri, paused, png_bytes, wait_for_status, wait_until
+from tests.support import (
+    assert_problem,
+    data_uri,
+    paused,
+    png_bytes,
+    requests_waiting_at,
+    wait_for_status,
+    wait_until,
+)
 from tests.support.predictions import TERMINAL, create, depth2img_input, run_xl
 from tests.support.receiver import WebhookReceiver
 from tests.support.stack import SHUTDOWN_GRACE_S, TOKEN_A, extra_api
@@ -168,6 +177,38 @@ def test_health_answers_while_s3_stops_answering(stack, client):
     assert answered.json()["checks"]["redis"] == "ok"
     assert answered.json()["checks"]["s3"].startswith("unavailable: ")
     wait_until(lambda: client.get("/health").status_code == 200, 30, what="S3 to answer again")
+
+
+DOWNLOADS = 45  # more than the 40 threads synchronous reads run on
+
+
+def test_downloads_from_a_stalled_s3_never_hold_another_tokens_reads(stack, client, other_client):
+    """Downloads read S3 on lanes of their own, a share per owner (``api.signed_access.stream_stored``): 45
+    downloads from a stalled S3 held every thread of the pool reads run on, and another token's
+    ``GET /v1/predictions`` waited for the S3 client to give up (a minute or two)."""
+    output = wait_for_status(client, create(client)["id"], TERMINAL)["output"][0].split("?")[0]
+    answered_a: list[tuple[int, float]] = []
+
+    def download() -> None:
+        with stack.client(TOKEN_A) as a:
+            status = a.get(output, timeout=180).status_code
+        answered_a.append((status, time.monotonic()))
+
+    threads = [threading.Thread(target=download, daemon=True) for _ in range(DOWNLOADS)]
+    with paused(stack.s3.pid):
+        for thread in threads:
+            thread.start()
+        wait_until(lambda: requests_waiting_at(stack.s3.s3_port) >= 8, 30, what="A's downloads to wait on S3")
+        for _ in range(10):
+            assert other_client.get("/v1/predictions", timeout=30).status_code == 200
+        b_done = time.monotonic()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert len(answered_a) == DOWNLOADS
+    assert b_done < min(at for _, at in answered_a), "a download of A's was answered before B's reads"
+    # Once S3 answers again, A's downloads are served: those still waiting, and any that gave up (503).
+    assert {status for status, _ in answered_a} <= {200, 503}
+    assert client.get(output).status_code == 200
 
 
 def test_retention_removes_inputs_and_outputs(stack, client):
