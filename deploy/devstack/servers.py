@@ -331,6 +331,10 @@ class RedisServer(ManagedServer):
             # Prediction records (hashes) stay compact listpacks (docs/benchmarks.md: Redis bytes).
             "--hash-max-listpack-value",
             "1024",
+            # A replica (a new one, or an old primary rejoining after a failover) is sent its copy at once, not
+            # after Redis's default 5 s wait for more replicas to share the transfer with.
+            "--repl-diskless-sync-delay",
+            "0",
             "--logfile",
             "",
         ]
