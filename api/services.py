@@ -71,8 +71,8 @@ class Services:
     intake: IntakeLanes
     # The same for uploads (POST /v1/files): their own threads, and a share per token.
     uploads: IntakeLanes
-    # The threads downloads read S3 on, a share per owner (``api.signed_access.stream_stored``).
-    downloads: IntakeLanes
+    # The threads requests wait for S3 on (downloads, deletes), a share per owner of the data.
+    storage_lanes: IntakeLanes
 
     @classmethod
     def connect(cls, settings: Settings) -> Services:
@@ -98,7 +98,7 @@ class Services:
             webhook_secrets=WebhookSecrets(sync_redis, settings.webhook_secret_overlap_s),
             intake=IntakeLanes(settings.intake_threads, settings.intake_threads_per_token),
             uploads=IntakeLanes(settings.upload_threads, settings.uploads_per_token),
-            downloads=IntakeLanes(settings.download_threads, settings.downloads_per_token),
+            storage_lanes=IntakeLanes(settings.storage_threads, settings.storage_threads_per_token),
         )
 
     @property

@@ -66,11 +66,11 @@ async def stream_stored(
 ) -> StreamingResponse:
     """The object at ``key``, streamed from S3; 404 saying ``missing`` when it is gone.
 
-    Every S3 call (the open, then each chunk) runs on the download lanes within ``owner``'s share of them,
+    Every S3 call (the open, then each chunk) runs on the storage lanes within ``owner``'s share of them,
     never on the thread pool synchronous reads run on: a stalled S3 held a download's thread for as long as
     the S3 client waited, and 40 downloads held every thread, so another token's ``GET /v1/predictions/{id}``
     waited a minute."""
-    lanes = services.downloads
+    lanes = services.storage_lanes
     try:
         stored = await lanes.run(owner, services.storage.open, key)
     except ObjectNotFound:
@@ -83,6 +83,6 @@ async def stream_stored(
 
 
 async def _chunks(lanes: IntakeLanes, owner: str, body: Iterator[bytes]) -> AsyncIterator[bytes]:
-    """``body``'s chunks, each read on a download lane."""
+    """``body``'s chunks, each read on a storage lane."""
     while (chunk := await lanes.run(owner, next, body, None)) is not None:
         yield chunk

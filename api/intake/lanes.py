@@ -13,8 +13,9 @@ Uploads (``POST /v1/files``, up to ``KILN_FILE_MAX_BYTES`` each) have lanes of t
 byte of the body read to the file stored (``slot``, ``on_thread``): one token's uploads take at most
 ``KILN_UPLOADS_PER_TOKEN`` of ``KILN_UPLOAD_THREADS`` at once, and never the threads reads run on.
 
-Downloads read S3 on lanes of their own too (``api.signed_access.stream_stored``): each S3 call within a share
-of ``KILN_DOWNLOADS_PER_TOKEN`` of ``KILN_DOWNLOAD_THREADS`` for the files of one owner.
+Requests that wait for S3 have lanes of their own too, ``KILN_STORAGE_THREADS`` threads of which the data of one
+owner takes at most ``KILN_STORAGE_THREADS_PER_TOKEN``: downloads (``api.signed_access.stream_stored``: the open,
+then each chunk) and deletes of predictions' data, batches' data and files.
 """
 
 from __future__ import annotations

@@ -160,10 +160,15 @@ def cancel(batch_id: str, tenant: CurrentTenant, services: ServicesDep, base: Ba
         409: {"description": "An item is still queued or running (or the batch is validating): cancel it first."},
     },
 )
-def delete_data(batch_id: str, tenant: CurrentTenant, services: ServicesDep, base: BaseURL) -> dict[str, Any]:
+async def delete_data(batch_id: str, tenant: CurrentTenant, services: ServicesDep, base: BaseURL) -> dict[str, Any]:
     """Kiln extension: once every item has ended, delete every item's data now (as ``DELETE
     /v1/predictions/{id}`` does for each) and the image inputs they share. The records stay (each
     item's and the batch's) until record retention, showing ``data_removed: true``."""
+    # It waits for S3: on a storage lane of the token's.
+    return await services.storage_lanes.run(tenant, _delete_data, batch_id, tenant, services, base)
+
+
+def _delete_data(batch_id: str, tenant: str, services: Services, base: str) -> dict[str, Any]:
     remove_batch_data(services, _owned(services, batch_id, tenant))
     return render_batch(_owned(services, batch_id, tenant), base)
 

@@ -189,6 +189,7 @@ async def download_file(file_id: str, tenant: CurrentTenant, services: ServicesD
 
 
 @router.delete("/{file_id}", status_code=204)
-def delete_file(file_id: str, tenant: CurrentTenant, services: ServicesDep) -> Response:
-    services.files.delete(_owned_file(services, file_id, tenant))
+async def delete_file(file_id: str, tenant: CurrentTenant, services: ServicesDep) -> Response:
+    record = await run_in_threadpool(_owned_file, services, file_id, tenant)
+    await services.storage_lanes.run(tenant, services.files.delete, record)  # it waits for S3: on a storage lane
     return Response(status_code=204)

@@ -153,12 +153,17 @@ def cancel_prediction(
         409: {"description": "The prediction is still queued or running: cancel it first."},
     },
 )
-def delete_prediction_data(
+async def delete_prediction_data(
     prediction_id: str, tenant: CurrentTenant, services: ServicesDep, base: BaseURL
 ) -> dict[str, Any]:
     """Kiln extension: delete an ended prediction's data now, as retention would later: every stored
     object of it (inputs, outputs), its input, output and logs. The record (status, timestamps,
     metrics, error) stays until ``KILN_RECORD_RETENTION_S``, showing ``data_removed: true``."""
+    # It waits for S3: on a storage lane of the token's.
+    return await services.storage_lanes.run(tenant, _delete_data, prediction_id, tenant, services, base)
+
+
+def _delete_data(prediction_id: str, tenant: str, services: Services, base: str) -> dict[str, Any]:
     prediction = _owned(services.store, prediction_id, tenant)
     if not prediction.status.is_terminal():
         raise ProblemError(

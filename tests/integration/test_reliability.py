@@ -179,36 +179,43 @@ def test_health_answers_while_s3_stops_answering(stack, client):
     wait_until(lambda: client.get("/health").status_code == 200, 30, what="S3 to answer again")
 
 
-DOWNLOADS = 45  # more than the 40 threads synchronous reads run on
+WAITING_ON_S3 = 45  # more requests than the 40 threads synchronous reads run on
 
 
-def test_downloads_from_a_stalled_s3_never_hold_another_tokens_reads(stack, client, other_client):
-    """Downloads read S3 on lanes of their own, a share per owner (``api.signed_access.stream_stored``): 45
-    downloads from a stalled S3 held every thread of the pool reads run on, and another token's
-    ``GET /v1/predictions`` waited for the S3 client to give up (a minute or two)."""
-    output = wait_for_status(client, create(client)["id"], TERMINAL)["output"][0].split("?")[0]
+@pytest.mark.parametrize("method", ["GET", "DELETE"])
+def test_requests_waiting_on_a_stalled_s3_never_hold_another_tokens_reads(stack, client, other_client, method):
+    """Downloads (GET of an output) and deletes (DELETE of a prediction's data) wait for S3 on lanes of their
+    own, a share per owner (``api.intake.lanes``): 45 of them waiting on a stalled S3 held every thread of the
+    pool reads run on, and another token's ``GET /v1/predictions`` waited for the S3 client to give up (a
+    minute or two)."""
+    done = wait_for_status(client, create(client)["id"], TERMINAL)
+    url = done["output"][0].split("?")[0] if method == "GET" else done["urls"]["get"]
     answered_a: list[tuple[int, float]] = []
 
-    def download() -> None:
+    def request() -> None:
         with stack.client(TOKEN_A) as a:
-            status = a.get(output, timeout=180).status_code
+            status = a.request(method, url, timeout=180).status_code
         answered_a.append((status, time.monotonic()))
 
-    threads = [threading.Thread(target=download, daemon=True) for _ in range(DOWNLOADS)]
+    threads = [threading.Thread(target=request, daemon=True) for _ in range(WAITING_ON_S3)]
     with paused(stack.s3.pid):
         for thread in threads:
             thread.start()
-        wait_until(lambda: requests_waiting_at(stack.s3.s3_port) >= 8, 30, what="A's downloads to wait on S3")
+        wait_until(lambda: requests_waiting_at(stack.s3.s3_port) >= 8, 30, what="A's requests to wait on S3")
+        time.sleep(1)  # and the rest of them reach the API
         for _ in range(10):
             assert other_client.get("/v1/predictions", timeout=30).status_code == 200
         b_done = time.monotonic()
     for thread in threads:
         thread.join(timeout=120)
-    assert len(answered_a) == DOWNLOADS
-    assert b_done < min(at for _, at in answered_a), "a download of A's was answered before B's reads"
-    # Once S3 answers again, A's downloads are served: those still waiting, and any that gave up (503).
+    assert len(answered_a) == WAITING_ON_S3
+    assert b_done < min(at for _, at in answered_a), "a request of A's was answered before B's reads"
+    # Once S3 answers again, A's requests are served: those still waiting, and any that gave up (503).
     assert {status for status, _ in answered_a} <= {200, 503}
-    assert client.get(output).status_code == 200
+    if method == "GET":
+        assert client.get(url).status_code == 200
+    else:
+        assert client.get(url).json()["data_removed"] is True
 
 
 def test_retention_removes_inputs_and_outputs(stack, client):
