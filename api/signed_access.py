@@ -14,7 +14,8 @@ from api.intake.lanes import IntakeLanes
 from api.services import Services
 from shared.predictions.record import Prediction, format_timestamp
 from shared.security.signed_urls import Verdict
-from shared.storage.objects import ObjectNotFound
+from shared.storage.objects import ObjectNotFound, StoredObject
+from shared.storage.s3 import Storage
 
 
 def signed_or_owned(
@@ -72,17 +73,25 @@ async def stream_stored(
     waited a minute."""
     lanes = services.storage_lanes
     try:
-        stored = await lanes.run(owner, services.storage.open, key)
+        stored, first = await lanes.run(owner, _open_with_first_chunk, services.storage, key)
     except ObjectNotFound:
         raise ProblemError(404, missing) from None
     return StreamingResponse(
-        _chunks(lanes, owner, stored.body),
+        _chunks(lanes, owner, first, stored.body),
         media_type=media_type or stored.content_type,
         headers={"Content-Length": str(stored.content_length), **(headers or {})},
     )
 
 
-async def _chunks(lanes: IntakeLanes, owner: str, body: Iterator[bytes]) -> AsyncIterator[bytes]:
-    """``body``'s chunks, each read on a storage lane."""
-    while (chunk := await lanes.run(owner, next, body, None)) is not None:
+def _open_with_first_chunk(storage: Storage, key: str) -> tuple[StoredObject, bytes]:
+    """The object and its first chunk, read in one trip to a thread (an image is often one chunk)."""
+    stored = storage.open(key)
+    return stored, next(stored.body, b"")
+
+
+async def _chunks(lanes: IntakeLanes, owner: str, first: bytes, body: Iterator[bytes]) -> AsyncIterator[bytes]:
+    """``first``, then the rest of ``body``'s chunks, each read on a storage lane."""
+    chunk = first
+    while chunk:
         yield chunk
+        chunk = await lanes.run(owner, next, body, b"")

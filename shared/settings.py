@@ -96,8 +96,8 @@ class Settings(BaseSettings):
     # Threads on which requests wait for S3 (downloads of outputs, stored inputs and files; deletes of data and
     # files), apart from the ones reads use, and the most of them one token (the data's owner) holds at once
     # (api.intake.lanes): a stalled S3 or one token's many downloads hold only these, never another's reads.
-    storage_threads: int = Field(default=32, ge=1)
-    storage_threads_per_token: int = Field(default=8, ge=1)
+    storage_threads: int = Field(default=64, ge=1)
+    storage_threads_per_token: int = Field(default=16, ge=1)
 
     s3_endpoint_url: str = "http://127.0.0.1:8333"
     # Endpoint used when presigning URLs for outside consumers (SigV4 signs the host).
