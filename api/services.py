@@ -17,7 +17,7 @@ from redis.exceptions import RedisError
 
 from api.auth import Authenticator
 from api.intake.idempotency import IdempotencyKeys
-from api.intake.lanes import IntakeLanes
+from api.lanes import Lanes
 from api.ratelimit import RateLimiter, SpentBuckets
 from api.streams.events import EventHub
 from api.streams.slots import StreamSlots
@@ -68,11 +68,11 @@ class Services:
     # Each tenant's webhook signing secret (and its rotation).
     webhook_secrets: WebhookSecrets
     # The threads creates run on, a share per token (reads never wait for them).
-    intake: IntakeLanes
+    intake: Lanes
     # The same for uploads (POST /v1/files): their own threads, and a share per token.
-    uploads: IntakeLanes
+    uploads: Lanes
     # The threads requests wait for S3 on (downloads, deletes), a share per owner of the data.
-    storage_lanes: IntakeLanes
+    storage_lanes: Lanes
 
     @classmethod
     def connect(cls, settings: Settings) -> Services:
@@ -96,9 +96,9 @@ class Services:
             spent=SpentBuckets(),
             idempotency=IdempotencyKeys(sync_redis, owner=secrets.token_hex(12)),
             webhook_secrets=WebhookSecrets(sync_redis, settings.webhook_secret_overlap_s),
-            intake=IntakeLanes(settings.intake_threads, settings.intake_threads_per_token),
-            uploads=IntakeLanes(settings.upload_threads, settings.uploads_per_token),
-            storage_lanes=IntakeLanes(settings.storage_threads, settings.storage_threads_per_token),
+            intake=Lanes(settings.intake_threads, settings.intake_threads_per_token),
+            uploads=Lanes(settings.upload_threads, settings.uploads_per_token),
+            storage_lanes=Lanes(settings.storage_threads, settings.storage_threads_per_token),
         )
 
     @property

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from fastapi.responses import StreamingResponse
 
 from api.errors import ProblemError
-from api.intake.lanes import IntakeLanes
+from api.lanes import Lanes
 from api.services import Services
 from shared.predictions.record import Prediction, format_timestamp
 from shared.security.signed_urls import Verdict
@@ -89,7 +89,7 @@ def _open_with_first_chunk(storage: Storage, key: str) -> tuple[StoredObject, by
     return stored, next(stored.body, b"")
 
 
-async def _chunks(lanes: IntakeLanes, owner: str, first: bytes, body: Iterator[bytes]) -> AsyncIterator[bytes]:
+async def _chunks(lanes: Lanes, owner: str, first: bytes, body: Iterator[bytes]) -> AsyncIterator[bytes]:
     """``first``, then the rest of ``body``'s chunks, each read on a storage lane."""
     chunk = first
     while chunk:

@@ -63,7 +63,7 @@ class Settings(BaseSettings):
     max_prompt_chars: int = Field(default=10_000, ge=1)
     # Threads that run creates (validation, image staging, the store write), apart from the ones reads use,
     # and the most of them one token holds at once: a token's slow image URLs never hold another's
-    # requests (api.intake.lanes). Further creates of that token wait for its own threads.
+    # requests (api.lanes). Further creates of that token wait for its own threads.
     intake_threads: int = Field(default=64, ge=1)
     intake_threads_per_token: int = Field(default=16, ge=1)
     # Per-token token bucket: sustained requests per second and burst size.
@@ -89,13 +89,13 @@ class Settings(BaseSettings):
     # Uploaded files (Files API): size cap and how long they are kept.
     file_max_bytes: int = Field(default=100 * 1024 * 1024, ge=1024)
     file_retention_s: int = Field(default=24 * 3600, ge=60)
-    # Uploads under way at once per token, and the threads that store them (api.intake.lanes): one token's
+    # Uploads under way at once per token, and the threads that store them (api.lanes): one token's
     # uploads never hold another's, nor the threads reads run on. Further uploads of a token wait, unread.
     uploads_per_token: int = Field(default=2, ge=1)
     upload_threads: int = Field(default=8, ge=1)
     # Threads on which requests wait for S3 (downloads of outputs, stored inputs and files; deletes of data and
     # files), apart from the ones reads use, and the most of them one token (the data's owner) holds at once
-    # (api.intake.lanes): a stalled S3 or one token's many downloads hold only these, never another's reads.
+    # (api.lanes): a stalled S3 or one token's many downloads hold only these, never another's reads.
     storage_threads: int = Field(default=64, ge=1)
     storage_threads_per_token: int = Field(default=16, ge=1)
 

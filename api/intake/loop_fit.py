@@ -1,4 +1,4 @@
-"""Which single creates are validated on the event loop rather than on an intake thread (``api.intake.lanes``).
+"""Which single creates are validated on the event loop rather than on an intake thread (``api.lanes``).
 
 The hop to an intake thread and back (and the thread winning the GIL from the busy loop) cost a small
 create a fifth of its throughput. It protects the loop from work that blocks or runs long: a fetched

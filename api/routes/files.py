@@ -127,7 +127,7 @@ def _malformed(exc: MultiPartException) -> str:
 @router.post("", status_code=201, openapi_extra=_UPLOAD_SCHEMA)
 async def create_file(request: Request, tenant: CurrentTenant, services: ServicesDep, base: BaseURL) -> dict[str, Any]:
     """Multipart upload: ``content`` (the file) and optional ``metadata`` (a JSON object). Read, checked and
-    stored within one of the token's upload slots (``api.intake.lanes``)."""
+    stored within one of the token's upload slots (``api.lanes``)."""
     async with services.uploads.slot(tenant):
         form = await _upload_form(request, services.settings.file_max_bytes)
         try:

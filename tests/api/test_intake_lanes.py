@@ -1,4 +1,4 @@
-"""``api.intake.lanes``: creates run on threads of their own, at most ``per_token`` of them per token at once;
+"""``api.lanes``: creates run on threads of their own, at most ``per_token`` of them per token at once;
 a token over its share waits without holding a thread, and another token's work runs meanwhile."""
 
 from __future__ import annotations
@@ -6,12 +6,12 @@ from __future__ import annotations
 import asyncio
 import threading
 
-from api.intake.lanes import IntakeLanes
+from api.lanes import Lanes
 from tests.support import run_on_own_loop
 
 
 def test_a_token_holds_at_most_its_share_and_another_token_is_not_held() -> None:
-    lanes = IntakeLanes(threads=8, per_token=2)
+    lanes = Lanes(threads=8, per_token=2)
     release = threading.Event()
     running: dict[str, int] = {"a": 0, "b": 0}
     most = {"a": 0, "b": 0}

@@ -1,4 +1,4 @@
-"""A token's slow image URLs hold nothing but that token's own intake slots (``api.intake.lanes``): while
+"""A token's slow image URLs hold nothing but that token's own intake slots (``api.lanes``): while
 tenant A's 40 creates wait on image URLs that trickle a byte at a time, tenant B's reads and creates on
 the same API process are answered, all of them before the first of A's fetches gives up."""
 

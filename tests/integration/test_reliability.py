@@ -185,7 +185,7 @@ WAITING_ON_S3 = 45  # more requests than the 40 threads synchronous reads run on
 @pytest.mark.parametrize("method", ["GET", "DELETE"])
 def test_requests_waiting_on_a_stalled_s3_never_hold_another_tokens_reads(stack, client, other_client, method):
     """Downloads (GET of an output) and deletes (DELETE of a prediction's data) wait for S3 on lanes of their
-    own, a share per owner (``api.intake.lanes``): 45 of them waiting on a stalled S3 held every thread of the
+    own, a share per owner (``api.lanes``): 45 of them waiting on a stalled S3 held every thread of the
     pool reads run on, and another token's ``GET /v1/predictions`` waited for the S3 client to give up (a
     minute or two)."""
     done = wait_for_status(client, create(client)["id"], TERMINAL)

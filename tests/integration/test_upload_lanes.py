@@ -1,4 +1,4 @@
-"""Uploads (``POST /v1/files``) hold nothing of another token's (``api.intake.lanes``): a token has at most
+"""Uploads (``POST /v1/files``) hold nothing of another token's (``api.lanes``): a token has at most
 ``KILN_UPLOADS_PER_TOKEN`` uploads under way, its further ones wait unread, and another token's upload is
 answered meanwhile; and a file part is kept in memory as it arrives, never a hop per chunk to the threads
 reads run on."""

@@ -1,4 +1,5 @@
-"""Where create work runs: threads of its own, and a share of them per token.
+"""Where work that may wait on someone else runs: threads of its own, apart from the ones reads use, and a
+share of them per token. Creates, uploads and requests that wait for S3 each have their own ``Lanes``.
 
 A create validates its input and stages its images, and an image URL is fetched synchronously, for up
 to ``KILN_IMAGE_FETCH_TIMEOUT_S``. Run on the event loop's default thread pool (40 threads, shared
@@ -39,7 +40,7 @@ class _TokenLane:
 
 
 @dataclass
-class IntakeLanes:
+class Lanes:
     threads: int
     per_token: int
     # Built on first use: anyio's primitives belong to the event loop that makes them.
