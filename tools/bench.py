@@ -16,6 +16,8 @@ webhook worker), then measures:
   URIs: ``tools.batch_lines``) sent as ``POST /v1/batches {"input_file": ...}``: seconds until it
   answers (every line validated, stored and queued), Redis bytes per queued item, the cancel; then,
   labelled apart, a file of one line repeated (validated once: not what users send).
+- downloads (``tools.bench_downloads``): files served by the API from S3, one token's clients fetching
+  distinct small PNGs: downloads per second and p99.
 - on the idle worker, one prediction at a time (tiny sd2, 64x64, ONE denoising step, so the model's
   time hardly hides the overhead): submit -> ``started_at``, ``completed_at`` -> ``completed``
   webhook received (loopback receiver), and ``predict_time`` for scale.
@@ -25,7 +27,7 @@ The client runs on the same machine as the stack and competes with it for the CP
   record expiry (``tools.redis_bytes``; ``--count`` predictions of each kind).
 
 Usage: ``python -m tools.bench [--seconds 10] [--latency-runs 40] [--batch-size 1000]
-[--sections batch-file,throughput,latency,redis] [--count 10000] [--only-batch-file]``.
+[--sections batch-file,throughput,downloads,latency,redis] [--count 10000] [--only-batch-file]``.
 """
 
 from __future__ import annotations
@@ -60,7 +62,7 @@ from shared.scheduling import queues
 from tests.support import REPO_ROOT, data_uri
 from tests.support.receiver import WebhookReceiver
 from tests.support.stack import TOKEN_A, Stack
-from tools import bench_batch_file, plain_create, redis_bytes
+from tools import bench_batch_file, bench_downloads, plain_create, redis_bytes
 from tools.batch_lines import MODEL, create_input, solid_data_uri
 from tools.bench_batch_file import FileRun, batch_file, file_rows
 from tools.chaos import CHAOS_SETTINGS, start_stack
@@ -438,8 +440,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--weights-dir", type=Path, default=REPO_ROOT / ".kiln" / "weights")
     parser.add_argument(
         "--sections",
-        default="batch-file,throughput,latency,redis",
-        help="comma-separated: batch-file, throughput, latency, redis",
+        default="batch-file,throughput,downloads,latency,redis",
+        help="comma-separated: batch-file, throughput, downloads, latency, redis",
     )
     parser.add_argument("--count", type=int, default=10_000, help="predictions per kind in the Redis section")
     args = parser.parse_args(argv)
@@ -461,6 +463,11 @@ def main(argv: list[str] | None = None) -> int:
             rows += file_rows(measure_batch_files(stack, args))
         if "throughput" in sections:
             rows += measure_throughput(stack, args).rows()
+        if "downloads" in sections:
+            found = bench_downloads.measure(
+                stack.base_url, TOKEN_A, args.seconds, args.client_processes, args.concurrency, log
+            )
+            rows += bench_downloads.rows(found)
         if "latency" in sections:
             log("latencies on the idle worker")
             measured = latencies(stack.base_url, args.latency_runs)

@@ -12,7 +12,7 @@ from PIL import Image
 from models.registry import find_model
 from shared.inputs.schema import InputLimits
 from shared.settings import Settings
-from tools import bench
+from tools import bench, bench_downloads
 from tools.batch_lines import MODEL
 
 
@@ -51,3 +51,9 @@ def test_the_clients_have_enough_bodies_for_the_run() -> None:
     batch = bench.batch_load(1000, 8, threads=2)
     assert batch.per_thread * 1000 * 2 >= 8 * 10_000
     assert orjson.loads(batch.make_body(3))["predictions"][0]["input"]["seed"] == 3000
+
+
+def test_the_download_bench_fetches_distinct_images() -> None:
+    files = [bench_downloads.distinct_png(n) for n in range(bench_downloads.FILES)]
+    assert len(set(files)) == bench_downloads.FILES
+    assert {Image.open(io.BytesIO(png)).size for png in files} == {(bench_downloads.SIDE, bench_downloads.SIDE)}
