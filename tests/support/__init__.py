@@ -105,8 +105,8 @@ def requests_waiting_at(port: int) -> int:
     """Connections to local ``port`` holding bytes their server has not read (/proc/net/tcp and tcp6): the
     requests a paused server has been sent."""
     waiting = 0
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for line in Path(table).read_text().splitlines()[1:]:
+    for table in filter(Path.exists, (Path("/proc/net/tcp"), Path("/proc/net/tcp6"))):  # tcp6: where IPv6 is on
+        for line in table.read_text().splitlines()[1:]:
             local, state, queues = line.split()[1], line.split()[3], line.split()[4]
             if int(local.rsplit(":", 1)[1], 16) == port and state == "01" and int(queues.split(":")[1], 16) > 0:
                 waiting += 1
