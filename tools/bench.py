@@ -38,7 +38,6 @@ import http.client
 import io
 import itertools
 import json
-import multiprocessing
 import shutil
 import statistics
 import sys
@@ -66,6 +65,7 @@ from tools import bench_batch_file, bench_downloads, plain_create, redis_bytes
 from tools.batch_lines import MODEL, create_input, solid_data_uri
 from tools.bench_batch_file import FileRun, batch_file, file_rows
 from tools.chaos import CHAOS_SETTINGS, start_stack
+from tools.client_processes import percentile, run_clients
 
 TARGETS = {
     "batch": 20_000,
@@ -170,29 +170,12 @@ class Hammered:
 
 def _hammer(base_url: str, load: Load, seconds: float, processes: int, threads: int) -> Hammered:
     """Predictions accepted per second by the API from ``processes`` x ``threads`` keep-alive clients, each
-    request a body of its own (``load``), timed from when every client has its bodies made.
-
-    Plain ``http.client`` connections in separate processes: an asyncio client in one process
-    (httpx's AsyncClient) turned out to be the bottleneck itself, collapsing with concurrency.
-    """
-    context = multiprocessing.get_context("spawn")
-    out = context.Queue()
-    start = context.Barrier(processes + 1)
-    clients = [
-        context.Process(
-            target=_client_process,
-            args=(base_url, TOKEN_A, load, index * threads * load.per_thread, seconds, threads, start, out),
-        )
-        for index in range(processes)
+    request a body of its own (``load``), timed from when every client has its bodies made
+    (``tools.client_processes``)."""
+    args = [
+        (base_url, TOKEN_A, load, index * threads * load.per_thread, seconds, threads) for index in range(processes)
     ]
-    for client in clients:
-        client.start()
-    start.wait(timeout=120)
-    started = time.monotonic()
-    results = [out.get(timeout=seconds + 300) for _ in clients]
-    elapsed = time.monotonic() - started
-    for client in clients:
-        client.join()
+    results, elapsed = run_clients(_client_process, args, seconds)
     if min(accepted for accepted, _ in results) < 0:
         raise RuntimeError("a client thread failed; see its traceback above")
     latencies = [s * 1000 for _, found in results for s in found]
@@ -280,11 +263,6 @@ def latencies(base_url: str, runs: int) -> dict[str, list[float]]:
                 found["webhook"].append((_wall(delivered[0].at) - _ts(body["completed_at"])) * 1000)
                 found["predict"].append(body["metrics"]["predict_time"] * 1000)
     return found
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
 def render_rows(rows: list[tuple[str, str, str, str]]) -> list[str]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import http.client
 import io
 import itertools
-import multiprocessing
 import random
 import threading
 import time
@@ -22,6 +21,8 @@ from urllib.parse import urlsplit
 
 import httpx
 from PIL import Image
+
+from tools.client_processes import percentile, run_clients
 
 FILES = 200
 SIDE = 64
@@ -88,28 +89,12 @@ class Downloads:
 
 
 def _run(base_url: str, token: str, paths: list[str], seconds: float, processes: int, threads: int) -> Downloads:
-    context = multiprocessing.get_context("spawn")
-    out = context.Queue()
-    start = context.Barrier(processes + 1)
-    clients = [
-        context.Process(
-            target=_client_process, args=(base_url, token, paths, index * 101, seconds, threads, start, out)
-        )
-        for index in range(processes)
-    ]
-    for client in clients:
-        client.start()
-    start.wait(timeout=120)
-    started = time.monotonic()
-    results = [out.get(timeout=seconds + 300) for _ in clients]
-    elapsed = time.monotonic() - started
-    for client in clients:
-        client.join()
+    args = [(base_url, token, paths, index * 101, seconds, threads) for index in range(processes)]
+    results, elapsed = run_clients(_client_process, args, seconds)
     if any(found is None for found in results):
         raise RuntimeError("a download client failed; see its traceback above")
-    latencies = sorted(s * 1000 for found in results for s in found)
-    p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
-    return Downloads(len(latencies) / elapsed, p99, processes * threads)
+    latencies = [s * 1000 for found in results for s in found]
+    return Downloads(len(latencies) / elapsed, percentile(latencies, 99), processes * threads)
 
 
 def measure(
